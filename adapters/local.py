@@ -1,0 +1,130 @@
+"""Local folder target: copies the artifact to ``path/<template>/<task-id>.<ext>``.
+
+There is no VM here, so the task goes straight to Done once the file is in place.
+The copy skips holes (SEEK_DATA/SEEK_HOLE), so a sparse raw disk stays sparse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from adapters.base import (
+    Capability,
+    CatalogPath,
+    ConnectorConfig,
+    DiskFormat,
+    InsufficientSpaceError,
+    PlatformError,
+    PublishContext,
+    Published,
+)
+from compositor.spec import FORMAT_EXTENSIONS
+
+_CHUNK = 8 << 20
+
+
+class Config(ConnectorConfig):
+    type: Literal["local"]
+    path: CatalogPath
+    format: DiskFormat = "qcow2"
+
+
+def _extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """Data ranges of a (possibly sparse) file."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after pos
+            break
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        out.append((start, end))
+        pos = end
+    return out
+
+
+class Adapter:
+    type_name: ClassVar[str] = "local"
+    platform: ClassVar[str] = "Local folder"
+    capabilities: ClassVar[Capability] = Capability.NONE
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def disk_format(self) -> DiskFormat:
+        return self.config.format
+
+    def destination(self, ctx: PublishContext) -> Path:
+        ext = FORMAT_EXTENSIONS[self.config.format]
+        return self.config.path / ctx.template / f"{ctx.task_id}.{ext}"
+
+    async def publish(self, ctx: PublishContext) -> Published:
+        dest = self.destination(ctx)
+        partial = dest.with_name(dest.name + ".partial")
+        await ctx.record({"partial": str(partial), "file": str(dest)})
+        loop = asyncio.get_running_loop()
+
+        def report(fraction: float) -> None:
+            asyncio.run_coroutine_threadsafe(ctx.progress(fraction, "copying"), loop)
+
+        try:
+            await asyncio.to_thread(self._copy, ctx.artifact, partial, report)
+            os.replace(partial, dest)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            if exc.errno == 28:
+                raise InsufficientSpaceError(f"no space left in {self.config.path}") from exc
+            raise PlatformError(f"cannot write {dest}: {exc.strerror}") from exc
+        size = dest.stat().st_size
+        return Published(
+            link=dest.resolve().as_uri(),
+            summary=f"{dest.name} ({self.config.format}, {size} bytes) in {dest.parent}",
+            resource={"file": str(dest)},
+        )
+
+    @staticmethod
+    def _copy(src: Path, dest: Path, report: Any) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        size = src.stat().st_size
+        with open(src, "rb") as fin, open(dest, "wb") as fout:
+            extents = _extents(fin.fileno(), size)
+            total = sum(e - s for s, e in extents) or 1
+            done = 0
+            for start, end in extents:
+                pos = start
+                while pos < end:
+                    n = os.copy_file_range(fin.fileno(), fout.fileno(), min(_CHUNK, end - pos),
+                                           pos, pos)
+                    if n == 0:
+                        raise OSError(5, f"unexpected end of {src}")
+                    pos += n
+                    done += n
+                    report(done / total)
+            fout.truncate(size)
+
+    def next_steps(self, published: Published) -> str:
+        path = published.resource.get("file", published.link)
+        return (
+            f"The layered image is in {path}. Copy it to your platform and create a VM from "
+            "it; on first boot the guest runs the connector's scripts and shuts down."
+        )
+
+    async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
+        """Never called: this target has no VM (no WATCH_POWER capability)."""
+
+    async def cleanup(self, resources: dict[str, Any]) -> list[str]:
+        """Called only for a publish that did not finish: remove what it wrote."""
+        removed = []
+        for key in ("partial", "file"):
+            path = resources.get(key)
+            if path and Path(path).exists():
+                Path(path).unlink()
+                removed.append(f"file {path}")
+        return removed
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,222 @@
+"""The catalog (layerbot.yml): layers, connectors, templates and runner settings.
+
+Validated at load with pydantic; every error names the file, the key path and
+the bad value, and all errors are reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import adapters
+from adapters.base import AccessConfig, CatalogPath, ConnectorConfig
+from bot.yamlfile import YamlError, load_yaml
+
+LayerKind = Literal["os", "app", "platform"]
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd")
+
+
+class CatalogError(ValueError):
+    """One or more problems in layerbot.yml; ``problems`` lists them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Layer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: LayerKind
+    source: CatalogPath
+    description: str = ""
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, value: Path) -> Path:
+        if value.is_dir():
+            return value
+        if not value.exists():
+            raise ValueError(f"layer source {str(value)!r} does not exist")
+        if not value.name.endswith(_TAR_SUFFIXES):
+            raise ValueError(
+                f"layer source {str(value)!r} is neither a directory nor a tar archive "
+                f"({', '.join(_TAR_SUFFIXES)})"
+            )
+        return value
+
+
+class DiskSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size_gib: int = Field(ge=1, le=2048)
+    filesystem: Literal["ext4", "ntfs"] = "ext4"
+
+
+class Template(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str = ""
+    icon: str = ":package:"
+    os_layer: str
+    app_layers: list[str] = Field(default_factory=list)
+    platform_layer: str | None = None
+    connector: str
+    disk: DiskSettings
+    access: AccessConfig | None = None
+
+
+class RunnerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_parallel: int = Field(default=2, ge=1, le=64)
+    #: Where composited artifacts are cached (relative to the catalog file).
+    cache_dir: CatalogPath = Path(".layerbot/cache")
+    work_dir: CatalogPath = Path(".layerbot/work")
+    lease_seconds: float = Field(default=30.0, gt=1)
+    #: Seconds to wait for the guest to run its scripts and power off.
+    watch_timeout: float = Field(default=24 * 3600.0, gt=0)
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    path: Path
+    layers: dict[str, Layer] = Field(default_factory=dict)
+    connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
+    templates: dict[str, Template] = Field(default_factory=dict)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+
+    def template(self, name: str) -> Template:
+        try:
+            return self.templates[name]
+        except KeyError:
+            raise KeyError(unknown_name("template", name, self.templates)) from None
+
+    def layers_of(self, template: Template) -> list[tuple[str, Layer]]:
+        """The template's layers, lowest priority first."""
+        names = [template.os_layer, *template.app_layers]
+        if template.platform_layer:
+            names.append(template.platform_layer)
+        return [(n, self.layers[n]) for n in names]
+
+
+def unknown_name(what: str, name: str, known: Any) -> str:
+    guess = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    return f"no {what} named {name!r}{hint}"
+
+
+def default_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("LAYERBOT_CONFIG")
+    return Path(env) if env else Path("layerbot.yml")
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _value_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _pydantic_problems(fname: str, prefix: tuple[Any, ...], exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = _loc(prefix + tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] != "missing" and "input" in err and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {_value_repr(err['input'])})"
+        problems.append(f"{fname}: {loc}: {msg}")
+    return problems
+
+
+def _connectors(
+    fname: str, raw: Any, context: dict[str, Any], problems: list[str]
+) -> dict[str, ConnectorConfig]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(f"{fname}: connectors: must be a mapping of name to settings")
+        return {}
+    out: dict[str, ConnectorConfig] = {}
+    for name, settings in raw.items():
+        loc = f"connectors.{name}"
+        if not isinstance(settings, dict) or "type" not in settings:
+            problems.append(f"{fname}: {loc}.type: missing (one of {adapters.known_types()})")
+            continue
+        try:
+            model = adapters.config_model(str(settings["type"]))
+        except adapters.UnknownConnectorType as exc:
+            problems.append(f"{fname}: {loc}.type: {exc}")
+            continue
+        try:
+            out[name] = model.model_validate(settings, context=context)
+        except ValidationError as exc:
+            problems += _pydantic_problems(fname, ("connectors", name), exc)
+    return out
+
+
+def _check_references(
+    fname: str, cat: Catalog, declared_connectors: set[str], problems: list[str]
+) -> None:
+    """Check names across sections; a connector that failed its own checks still counts
+    as declared, so its templates are not reported twice."""
+    slots: list[tuple[str, str, LayerKind]]
+    for tname, t in cat.templates.items():
+        slots = [(f"templates.{tname}.os_layer", t.os_layer, "os")]
+        slots += [(f"templates.{tname}.app_layers[{i}]", n, "app") for i, n in enumerate(t.app_layers)]
+        if t.platform_layer is not None:
+            slots.append((f"templates.{tname}.platform_layer", t.platform_layer, "platform"))
+        for loc, lname, kind in slots:
+            layer = cat.layers.get(lname)
+            if layer is None:
+                problems.append(f"{fname}: {loc}: {unknown_name('layer', lname, cat.layers)}")
+            elif layer.kind != kind:
+                problems.append(
+                    f"{fname}: {loc}: layer {lname!r} is a {layer.kind} layer, not a {kind} layer"
+                )
+        if len(set(t.app_layers)) != len(t.app_layers):
+            dup = next(n for n in t.app_layers if t.app_layers.count(n) > 1)
+            problems.append(f"{fname}: templates.{tname}.app_layers: {dup!r} is listed twice")
+        if t.connector not in declared_connectors:
+            problems.append(
+                f"{fname}: templates.{tname}.connector: "
+                f"{unknown_name('connector', t.connector, cat.connectors)}"
+            )
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Load and validate layerbot.yml; raise CatalogError listing every problem."""
+    fname = path.name
+    try:
+        raw = load_yaml(path)
+    except YamlError as exc:
+        raise CatalogError([str(exc)]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CatalogError([f"{fname}: the top level must be a mapping (layers, connectors, ...)"])
+    context = {"base_dir": path.resolve().parent}
+    problems: list[str] = []
+    connectors = _connectors(fname, raw.get("connectors"), context, problems)
+    rest = {k: v for k, v in raw.items() if k != "connectors"}
+    try:
+        cat = Catalog.model_validate({**rest, "path": path.resolve()}, context=context)
+    except ValidationError as exc:
+        problems += _pydantic_problems(fname, (), exc)
+        raise CatalogError(problems) from None
+    cat.connectors = connectors
+    declared = raw.get("connectors")
+    _check_references(fname, cat, set(declared) if isinstance(declared, dict) else set(), problems)
+    if problems:
+        raise CatalogError(problems)
+    return cat

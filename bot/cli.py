@@ -1,0 +1,285 @@
+"""The ``layerbot`` command: a thin edge over the library.
+
+Exit codes: 0 every task done, 1 a task failed or was cancelled, 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bot import states
+from bot.catalog import Catalog, CatalogError, default_path, load_catalog
+from bot.events import follow
+from bot.runner import JobRunner
+from bot.store import Event, TaskNotFound, TaskStore, default_db_path
+from bot.summary import PublishPlan, enqueue, plan
+
+console = Console(highlight=False)
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class Context:
+    def __init__(self, config: Path | None, db: Path | None) -> None:
+        self.config_path = default_path(config)
+        self.db_path = default_db_path(db)
+
+    def catalog(self) -> Catalog:
+        try:
+            return load_catalog(self.config_path)
+        except CatalogError as exc:
+            for problem in exc.problems:
+                console.print(f"[red]error:[/red] {problem}", soft_wrap=True)
+            sys.exit(EXIT_USAGE)
+
+    def store(self) -> TaskStore:
+        return TaskStore(self.db_path)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option("--config", type=click.Path(path_type=Path), help="layerbot.yml "
+              "(default: $LAYERBOT_CONFIG, else ./layerbot.yml)")
+@click.option("--db", type=click.Path(path_type=Path), help="task database "
+              "(default: $LAYERBOT_DB, else ./layerbot.db)")
+@click.option("-v", "--verbose", is_flag=True, help="log debug details to stderr")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: bool) -> None:
+    """layerbot: publish layered images from templates.
+
+    Example: layerbot --config examples/demo/layerbot.yml publish demo-folder --yes
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(config, db)
+
+
+# ------------------------------------------------------------------ publish
+def _print_plan(p: PublishPlan) -> None:
+    table = Table.grid(padding=(0, 2))
+    table.add_row("OS layer", p.os_layer)
+    table.add_row("App layers", ", ".join(p.app_layers) or "none")
+    table.add_row("Platform layer", p.platform_layer or "none")
+    table.add_row("Connector", f"{p.connector} ({p.platform})")
+    table.add_row("Disk", f"{p.size_gib} GiB {p.filesystem}, {p.disk_format}")
+    table.add_row("Scripts", ", ".join(p.scripts) or "none")
+    table.add_row("Cached disk", "yes, reused" if p.cache_hit else "no, will composite")
+    console.print(f"[bold]{p.template}[/bold] {p.description}")
+    console.print(table)
+
+
+def _event_line(event: Event, template: str) -> str:
+    colour = {"failed": "red", "done": "green", "cancelled": "yellow",
+              "disk_created": "cyan", "hint": "magenta"}.get(event.kind, "")
+    text = f"[{colour}]{event.message}[/{colour}]" if colour else event.message
+    return f"[dim]{template}[/dim] {text}"
+
+
+async def _watch(store: TaskStore, runner: JobRunner | None, ids: list[str]) -> None:
+    templates = {i: store.get(i).template for i in ids}
+    firsts = [events[0].id for i in ids if (events := store.events(i))]
+    after = min(firsts) - 1 if firsts else 0  # this run's events, from creation on
+    stop = asyncio.Event()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[status]}"),
+                        TimeElapsedColumn(), console=console, transient=False)
+    bars = {i: progress.add_task(templates[i], total=100, status="queued") for i in ids}
+
+    async def refresh() -> None:
+        while not stop.is_set():
+            for i in ids:
+                t = store.get(i)
+                progress.update(bars[i], completed=t.progress,
+                                status=f"{states.LABELS[t.status]} · {t.stage}")
+            if all(store.get(i).finished for i in ids):
+                await asyncio.sleep(0.3)  # let the follower print the last events
+                stop.set()
+            await asyncio.sleep(0.2)
+
+    async def print_events() -> None:
+        async for event in follow(store, task_ids=ids, after=after, stop=stop):
+            if event.kind != "progress":
+                progress.console.print(_event_line(event, templates[event.task_id]),
+                                       soft_wrap=True)
+
+    with progress:
+        work = [refresh(), print_events()]
+        if runner is not None:
+            work.append(runner.run(only=ids, stop=stop))
+        await asyncio.gather(*work)
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.option("--no-run", is_flag=True, help="only queue the tasks for another runner")
+@pass_ctx
+def publish(ctx: Context, names: tuple[str, ...], yes: bool, no_run: bool) -> None:
+    """Publish layered images from templates and follow the tasks to Done.
+
+    Example: layerbot publish win10-office --yes
+    """
+    catalog = ctx.catalog()
+    try:
+        plans = [plan(catalog, n) for n in dict.fromkeys(names)]
+    except KeyError as exc:
+        raise click.UsageError(str(exc.args[0])) from None
+    console.print(f"[bold]Confirm and Complete[/bold]: publish {len(plans)} layered image(s)")
+    for p in plans:
+        _print_plan(p)
+    if not yes and not click.confirm("Publish Layered Images?", default=True):
+        console.print("Cancelled; nothing was queued.")
+        return
+    store = ctx.store()
+    user = getpass.getuser()
+    ids = [enqueue(store, p, requested_by=user)[0].id for p in plans]
+    console.print("Queued: " + ", ".join(ids))
+    if no_run:
+        return
+    runner = JobRunner(store, catalog)
+    try:
+        asyncio.run(_watch(store, runner, ids))
+    except KeyboardInterrupt:
+        console.print("Detached: the tasks stay queued for any runner (layerbot worker).")
+        sys.exit(EXIT_FAILED)
+    finished = [store.get(i) for i in ids]
+    sys.exit(0 if all(t.status == states.DONE for t in finished) else EXIT_FAILED)
+
+
+# ------------------------------------------------------------------ listings
+@main.command()
+@pass_ctx
+def templates(ctx: Context) -> None:
+    """List the templates of the catalog.
+
+    Example: layerbot templates
+    """
+    catalog = ctx.catalog()
+    table = Table("template", "description", "layers", "connector", "disk")
+    for name, t in catalog.templates.items():
+        layers = ", ".join(n for n, _ in catalog.layers_of(t))
+        table.add_row(name, t.description, layers, t.connector,
+                      f"{t.disk.size_gib} GiB {t.disk.filesystem}")
+    console.print(table)
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
+
+
+@main.command()
+@click.option("--status", type=click.Choice(states.ALL), help="only tasks in this state")
+@click.option("--limit", default=50, show_default=True)
+@pass_ctx
+def tasks(ctx: Context, status: str | None, limit: int) -> None:
+    """List tasks, newest first.
+
+    Example: layerbot tasks --status failed
+    """
+    table = Table("id", "template", "platform", "status", "stage", "progress", "created (UTC)",
+                  "link / error")
+    for t in ctx.store().list_tasks(status=status, limit=limit):
+        table.add_row(t.id, t.template, t.platform, states.LABELS[t.status], t.stage,
+                      f"{t.progress:.0f}%", _when(t.created_at), t.error or t.link or "")
+    console.print(table)
+
+
+@main.command()
+@click.argument("task_id")
+@pass_ctx
+def task(ctx: Context, task_id: str) -> None:
+    """Show one task and its events.
+
+    Example: layerbot task t1a2b3c4d
+    """
+    store = ctx.store()
+    try:
+        t = store.get(task_id)
+    except TaskNotFound as exc:
+        raise click.UsageError(str(exc)) from None
+    console.print(f"[bold]{t.id}[/bold] {t.template} → {t.connector} ({t.platform}): "
+                  f"{states.LABELS[t.status]}, {t.stage} {t.progress:.0f}%")
+    if t.link:
+        console.print(f"link: {t.link}")
+    if t.error:
+        console.print(f"[red]error:[/red] {t.error}")
+    for e in store.events(task_id):
+        console.print(f"{_when(e.at)}  {e.kind:<16} {e.message}", soft_wrap=True)
+
+
+@main.command()
+@click.argument("task_id")
+@pass_ctx
+def cancel(ctx: Context, task_id: str) -> None:
+    """Cancel a task; its runner removes any partial upload.
+
+    Example: layerbot cancel t1a2b3c4d
+    """
+    store = ctx.store()
+    user = getpass.getuser()
+    try:
+        t = store.request_cancel(task_id, user, f"Cancel requested by {user}")
+    except TaskNotFound as exc:
+        raise click.UsageError(str(exc)) from None
+    console.print(f"{t.id}: {states.LABELS[t.status]}"
+                  + ("" if t.finished else " (cancel requested; its runner cleans up)"))
+
+
+@main.command()
+@pass_ctx
+def worker(ctx: Context) -> None:
+    """Run a job runner (no Slack) until interrupted.
+
+    Example: layerbot worker
+    """
+    catalog = ctx.catalog()
+    runner = JobRunner(ctx.store(), catalog)
+    console.print(f"runner {runner.owner}: working tasks from {ctx.db_path} "
+                  f"(max {runner.max_parallel} at once); Ctrl-C to stop")
+    try:
+        asyncio.run(runner.run())
+    except KeyboardInterrupt:
+        console.print("stopped; unfinished tasks are left for another runner")
+
+
+# ------------------------------------------------------------------ check
+@main.command()
+@pass_ctx
+def check(ctx: Context) -> None:
+    """Validate the catalog and check the tools the compositor needs.
+
+    Example: layerbot --config layerbot.yml check
+    """
+    import compositor
+
+    catalog = ctx.catalog()
+    console.print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
+                  f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")
+    formats = {plan(catalog, n, check_cache=False).disk_format for n in catalog.templates}
+    missing = []
+    for tool in compositor.required_tools(sorted(formats)):
+        found = shutil.which(tool.name)
+        console.print(f"  {tool.name:<14} {found or '[red]missing[/red]'}")
+        if not found:
+            missing.append(tool.package)
+    if missing:
+        pkgs = " ".join(sorted(set(missing)))
+        console.print(f"[red]missing tools[/red]: install with: sudo apt-get install -y {pkgs}")
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()

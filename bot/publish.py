@@ -1,0 +1,222 @@
+"""One "Publishing Layered Image" task as a list of steps with cleanup.
+
+compose → upload (adapter.publish) → [watch for shutdown] → done
+
+Every state change is written to the store (with its event) before the work it
+announces starts. A task resumed by another runner restarts from its stage:
+``action_required`` skips straight to watching; ``uploading`` first removes the
+partial upload recorded by the dead runner, then composites (a cache hit) again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import adapters
+import compositor
+from adapters.base import Adapter, Capability, PublishContext, Published
+from bot import messages, states
+from bot.catalog import Catalog, Template
+from bot.steps import Outcome, Step
+from bot.store import Task, TaskStore
+from compositor.firstboot import linux_publish_layer
+from compositor.spec import BuiltImage, ImageSpec, LayerSource
+
+
+class TaskConfigError(Exception):
+    """The catalog no longer describes this task (template or connector removed)."""
+
+
+@dataclass
+class Job:
+    task: Task
+    store: TaskStore
+    owner: str
+    catalog: Catalog
+    template: Template
+    adapter: Adapter
+    started: float = field(default_factory=time.monotonic)
+    built: BuiltImage | None = None
+    published: Published | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    _last_progress: tuple[float, float] = (0.0, -100.0)  # (time, percent) last written
+
+    def update(self, *, event: tuple[str, str] | None = None, data: dict[str, Any] | None = None,
+               **fields: Any) -> None:
+        self.task = self.store.update(self.task.id, self.owner, event=event, data=data, **fields)
+
+    def progress(self, percent: float, note: str, *, force: bool = False) -> None:
+        """Store progress at most once a second; an event every 10 %."""
+        now = time.monotonic()
+        last_at, last_pct = self._last_progress
+        if not force and now - last_at < 1.0 and percent < 100:
+            return
+        event = None
+        if percent - last_pct >= 10 or percent >= 100:
+            event = ("progress", f"{self.task.stage}: {percent:.0f}% {note}".rstrip())
+            self._last_progress = (now, percent)
+        else:
+            self._last_progress = (now, last_pct)
+        self.update(progress=round(percent, 1), event=event, data={"percent": percent})
+
+
+def image_spec(catalog: Catalog, template: Template, adapter: Adapter) -> ImageSpec:
+    connector = catalog.connectors[template.connector]
+    files, links = linux_publish_layer(list(connector.scripts), connector.shutdown)
+    return ImageSpec(
+        layers=tuple(
+            LayerSource(name, layer.kind, layer.source)
+            for name, layer in catalog.layers_of(template)
+        ),
+        size_gib=template.disk.size_gib,
+        filesystem=template.disk.filesystem,
+        format=adapter.disk_format(),
+        extra_files=files,
+        extra_symlinks=links,
+    )
+
+
+class ComposeStep:
+    name = "compose"
+
+    async def run(self, job: Job) -> None:
+        spec = image_spec(job.catalog, job.template, job.adapter)
+        job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
+                   event=("stage", messages.stage_compositing(len(spec.layers))))
+        loop = asyncio.get_running_loop()
+
+        def on_progress(note: str, fraction: float) -> None:
+            loop.call_soon_threadsafe(job.progress, fraction * 100, note)
+
+        started = time.monotonic()
+        built = await compositor.build_image(
+            spec,
+            work_dir=job.catalog.runner.work_dir,
+            cache_dir=job.catalog.runner.cache_dir,
+            progress=on_progress,
+        )
+        job.built = built
+        if built.cache_hit:
+            job.store.add_event(job.task.id, "cache_hit", messages.cache_hit(built.cache_key),
+                                {"cache_key": built.cache_key})
+        else:
+            job.store.add_event(
+                job.task.id, "composited",
+                messages.composited(built.file_size, built.format, time.monotonic() - started),
+                {"cache_key": built.cache_key, "bytes": built.file_size},
+            )
+
+    async def cleanup(self, job: Job, outcome: Outcome) -> None:
+        """The artifact stays in the cache; the compositor removes its own work files."""
+
+
+class UploadStep:
+    name = "upload"
+
+    def __init__(self) -> None:
+        self.context: PublishContext | None = None
+
+    async def run(self, job: Job) -> None:
+        assert job.built is not None
+        job.update(status=states.UPLOADING, stage="uploading", progress=0.0,
+                   event=("stage", messages.stage_uploading(job.adapter.platform)))
+
+        async def report(fraction: float, note: str) -> None:
+            job.progress(fraction * 100, note)
+
+        async def record(resource: dict[str, Any]) -> None:
+            job.resources.update(resource)
+            job.update(resources=job.resources)
+
+        self.context = publish_context(job, report, record)
+        published = await job.adapter.publish(self.context)
+        job.published = published
+        job.update(link=published.link, published=published.to_json(), progress=100.0,
+                   event=("disk_created", messages.disk_created(published.summary, published.link)),
+                   data={"link": published.link})
+        job.store.add_event(job.task.id, "next_steps", job.adapter.next_steps(published))
+        job.store.add_event(job.task.id, "hint", messages.LOCAL_USER_HINT)
+
+    async def cleanup(self, job: Job, outcome: Outcome) -> None:
+        """Remove a half-made upload; a finished VM/image is the user's to keep."""
+        if outcome in (Outcome.SUCCEEDED, Outcome.DETACHED) or job.published is not None:
+            return
+        await remove_partial(job)
+
+
+class WatchStep:
+    name = "watch"
+
+    async def run(self, job: Job) -> None:
+        assert job.published is not None
+        job.update(status=states.ACTION_REQUIRED, stage="waiting for shutdown",
+                   event=("waiting", messages.waiting_for_shutdown()))
+
+        async def report(fraction: float, note: str) -> None:
+            job.store.add_event(job.task.id, "guest", note, {"fraction": fraction})
+
+        async def record(resource: dict[str, Any]) -> None:
+            job.resources.update(resource)
+            job.update(resources=job.resources)
+
+        await job.adapter.wait_for_shutdown(job.published, publish_context(job, report, record))
+
+    async def cleanup(self, job: Job, outcome: Outcome) -> None:
+        """Nothing to undo: the published VM stays, whatever happened while watching."""
+
+
+def publish_context(job: Job, report: Any, record: Any) -> PublishContext:
+    built = job.built
+    return PublishContext(
+        task_id=job.task.id,
+        template=job.task.template,
+        image_name=job.task.image_name,
+        artifact=built.path if built else Path(),
+        artifact_format=built.format if built else job.adapter.disk_format(),
+        virtual_size=built.virtual_size if built else 0,
+        progress=report,
+        record=record,
+        resources=job.resources,
+        watch_timeout=job.catalog.runner.watch_timeout,
+    )
+
+
+async def remove_partial(job: Job) -> None:
+    if not job.resources:
+        return
+    removed = await job.adapter.cleanup(dict(job.resources))
+    job.removed += removed
+    job.resources = {}
+    job.update(resources={}, event=("cleanup", "Removed: " + ", ".join(removed) if removed
+                                    else "Nothing to remove"), data={"removed": removed})
+
+
+def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog) -> Job:
+    if task.template not in catalog.templates:
+        raise TaskConfigError(
+            f"template {task.template!r} is no longer in {catalog.path.name}"
+        )
+    template = catalog.templates[task.template]
+    if task.connector not in catalog.connectors:
+        raise TaskConfigError(f"connector {task.connector!r} is no longer in {catalog.path.name}")
+    adapter = adapters.create(catalog.connectors[task.connector])
+    job = Job(task=task, store=store, owner=owner, catalog=catalog, template=template,
+              adapter=adapter, resources=dict(task.resources))
+    if task.published is not None:
+        job.published = Published.from_json(task.published)
+    return job
+
+
+def steps_for(job: Job) -> list[Step[Job]]:
+    watch = Capability.WATCH_POWER in job.adapter.capabilities
+    if job.published is not None:
+        return [WatchStep()] if watch else []
+    steps: list[Step[Job]] = [ComposeStep(), UploadStep()]
+    if watch:
+        steps.append(WatchStep())
+    return steps

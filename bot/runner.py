@@ -1,0 +1,184 @@
+"""The job runner: claims tasks from the shared store and works them, at most
+``max_parallel`` at once, renewing its lease while it works.
+
+Several runners (``layerbot serve``, ``layerbot publish``, ``layerbot worker``) may
+share one database: a task is claimed with one atomic UPDATE, so it is worked by
+one runner at a time; a runner that dies stops renewing its lease and another one
+resumes the task from its last completed stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Collection
+
+from adapters.base import AdapterError
+from bot import messages, states
+from bot.catalog import Catalog
+from bot.publish import Job, TaskConfigError, build_job, remove_partial, steps_for
+from bot.steps import DETACH, StepRunner
+from bot.store import LeaseLost, Task, TaskStore
+from compositor import CompositorError
+
+log = logging.getLogger(__name__)
+
+#: Errors whose message is shown as is; anything else is reported by its type too.
+_USER_ERRORS = (AdapterError, CompositorError, TaskConfigError)
+
+
+def runner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{int(time.time() * 1000) % 100000}"
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, _USER_ERRORS):
+        return str(exc)
+    return f"internal error ({type(exc).__name__}: {exc})"
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: TaskStore,
+        catalog: Catalog,
+        *,
+        owner: str | None = None,
+        max_parallel: int | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.owner = owner or runner_id()
+        self.max_parallel = max_parallel or catalog.runner.max_parallel
+        self.lease_seconds = catalog.runner.lease_seconds
+        self.poll_interval = poll_interval
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """A task was queued in this process: look for work now."""
+        self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        return len(self._jobs)
+
+    async def run(self, *, only: Collection[str] | None = None, stop: asyncio.Event | None = None,
+                  until_done: bool = False) -> None:
+        """Claim and work tasks until ``stop`` is set, or (``until_done``) until every
+        task in ``only`` is finished."""
+        try:
+            while not (stop and stop.is_set()):
+                self._fill(only)
+                if until_done and only is not None and self._all_finished(only):
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        finally:
+            await self.shutdown()
+
+    def _all_finished(self, ids: Collection[str]) -> bool:
+        return not self._jobs and all(self.store.get(i).finished for i in ids)
+
+    def _fill(self, only: Collection[str] | None) -> None:
+        while len(self._jobs) < self.max_parallel and not self._stopping:
+            task = self.store.claim(self.owner, self.lease_seconds, ids=only)
+            if task is None:
+                return
+            job = asyncio.create_task(self._work(task), name=f"task-{task.id}")
+            self._jobs[task.id] = job
+            job.add_done_callback(lambda _, tid=task.id: self._finished(tid))
+
+    def _finished(self, task_id: str) -> None:
+        self._jobs.pop(task_id, None)
+        self._wake.set()
+
+    async def shutdown(self) -> None:
+        """Stop working: detach every job, leaving its task for another runner."""
+        self._stopping = True
+        jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel(DETACH)
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+    # ------------------------------------------------------------ one task
+    async def _work(self, task: Task) -> None:
+        work = asyncio.current_task()
+        assert work is not None
+        keeper = asyncio.create_task(self._keep_lease(task.id, work))
+        try:
+            await self._run_job(task)
+        except asyncio.CancelledError as exc:
+            if DETACH not in exc.args:
+                raise
+        except LeaseLost:
+            log.warning("task %s: lease lost, another runner has it", task.id)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            self.store.release(task.id, self.owner)
+
+    async def _keep_lease(self, task_id: str, work: asyncio.Task[None]) -> None:
+        cancel_sent = False
+        while True:
+            await asyncio.sleep(min(self.lease_seconds / 3, 1.0))
+            try:
+                task = self.store.renew(task_id, self.owner, self.lease_seconds)
+            except LeaseLost:
+                work.cancel(DETACH)
+                return
+            if task.cancel_requested and not cancel_sent:
+                cancel_sent = True
+                work.cancel("layerbot:cancel")
+
+    async def _run_job(self, task: Task) -> None:
+        try:
+            job = build_job(task, self.store, self.owner, self.catalog)
+        except TaskConfigError as exc:
+            self.store.update(task.id, self.owner, status=states.FAILED, error=str(exc),
+                              event=("failed", messages.failed(str(exc), [])))
+            return
+        try:
+            await self._run_steps(job)
+        finally:
+            await job.adapter.close()
+
+    async def _run_steps(self, job: Job) -> None:
+        task = job.task
+        if task.cancel_requested:
+            await remove_partial(job)
+            job.update(status=states.CANCELLED, event=("cancelled", messages.cancelled(job.removed)))
+            return
+        if task.status == states.UPLOADING and job.resources and job.published is None:
+            await remove_partial(job)
+            self.store.add_event(task.id, "resumed", messages.resumed_cleanup(job.removed))
+            job.removed = []
+        try:
+            await StepRunner(steps_for(job)).run(job)
+        except asyncio.CancelledError as exc:
+            if DETACH in exc.args:
+                raise
+            job.update(status=states.CANCELLED, error="cancelled",
+                       event=("cancelled", messages.cancelled(job.removed)),
+                       data={"removed": job.removed})
+            return
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.info("task %s failed", task.id, exc_info=not isinstance(exc, _USER_ERRORS))
+            reason = failure_reason(exc)
+            job.update(status=states.FAILED, error=reason,
+                       event=("failed", messages.failed(reason, job.removed)),
+                       data={"removed": job.removed})
+            return
+        elapsed = time.time() - task.created_at
+        job.update(status=states.DONE, progress=100.0, stage="done",
+                   event=("done", messages.done(elapsed)), data={"elapsed": elapsed})

@@ -1,0 +1,368 @@
+"""The task store: SQLite (WAL) via sqlite-utils, shared by every runner process.
+
+Tables:
+- ``tasks``: one row per "Publishing Layered Image" task, its status/stage/progress,
+  Slack coordinates, the runner lease and the JSON handles of what was created.
+- ``task_events``: the audit trail; every state change is written here (in the same
+  transaction as the row change) before the side effect it announces.
+- ``audit``: access decisions (who, what, when) from the Slack app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from bot import states
+
+SCHEMA_VERSION = 1
+
+
+class TaskNotFound(KeyError):
+    def __str__(self) -> str:
+        return f"no task with id {self.args[0]!r}"
+
+
+class LeaseLost(RuntimeError):
+    """Another runner owns the task now; this runner must stop touching it."""
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    template: str
+    connector: str
+    platform: str
+    status: str
+    stage: str
+    progress: float
+    requested_by: str
+    channel: str | None
+    message_ts: str | None
+    thread_ts: str | None
+    idempotency_key: str | None
+    link: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    image_name: str
+    lease_owner: str | None
+    lease_until: float
+    cancel_requested: int
+    attempts: int
+    resources: dict[str, Any]
+    published: dict[str, Any] | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in states.TERMINAL
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Task:
+        data = dict(row)
+        data["resources"] = json.loads(data["resources"] or "{}")
+        data["published"] = json.loads(data["published"]) if data["published"] else None
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    task_id: str
+    at: float
+    kind: str
+    message: str
+    data: dict[str, Any]
+
+
+def default_db_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("LAYERBOT_DB")
+    return Path(env) if env else Path("layerbot.db")
+
+
+def new_task_id() -> str:
+    return "t" + secrets.token_hex(4)
+
+
+class TaskStore:
+    """Library-first access to the task database. Safe to share between threads."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else path
+        conn = sqlite3.connect(
+            str(path), timeout=30, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA busy_timeout = 30000")
+        self.db = sqlite_utils.Database(conn)
+        if str(path) != ":memory:":
+            self.db.enable_wal()
+        self._lock = threading.RLock()
+        self._migrate()
+
+    # ------------------------------------------------------------ schema
+    def _migrate(self) -> None:
+        with self._tx():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                return
+            self.db["tasks"].create(
+                {
+                    "id": str, "template": str, "connector": str, "platform": str,
+                    "status": str, "stage": str, "progress": float, "requested_by": str,
+                    "channel": str, "message_ts": str, "thread_ts": str,
+                    "idempotency_key": str, "link": str, "error": str,
+                    "created_at": float, "updated_at": float, "finished_at": float,
+                    "image_name": str, "lease_owner": str, "lease_until": float,
+                    "cancel_requested": int, "attempts": int,
+                    "resources": str, "published": str,
+                },
+                pk="id",
+                not_null={"template", "connector", "status", "stage", "created_at"},
+                defaults={"progress": 0.0, "lease_until": 0.0, "cancel_requested": 0,
+                          "attempts": 0, "resources": "{}", "stage": ""},
+                if_not_exists=True,
+            )
+            self.db["tasks"].create_index(["idempotency_key"], unique=True, if_not_exists=True)
+            self.db["tasks"].create_index(["status"], if_not_exists=True)
+            self.db["task_events"].create(
+                {"id": int, "task_id": str, "at": float, "kind": str, "message": str,
+                 "data": str},
+                pk="id",
+                foreign_keys=[("task_id", "tasks", "id")],
+                if_not_exists=True,
+            )
+            self.db["task_events"].create_index(["task_id", "id"], if_not_exists=True)
+            self.db["audit"].create(
+                {"id": int, "at": float, "user": str, "action": str, "target": str,
+                 "allowed": int, "reason": str},
+                pk="id",
+                if_not_exists=True,
+            )
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self.db.conn
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _event(self, task_id: str, kind: str, message: str, data: dict[str, Any] | None) -> None:
+        self.db.execute(
+            "INSERT INTO task_events (task_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)",
+            [task_id, time.time(), kind, message, json.dumps(data or {}, sort_keys=True)],
+        )
+
+    # ------------------------------------------------------------ create / read
+    def create_task(
+        self,
+        *,
+        template: str,
+        connector: str,
+        platform: str,
+        image_name: str,
+        requested_by: str,
+        message: str,
+        channel: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Task, bool]:
+        """Queue a task; returns (task, created). A repeated idempotency key returns
+        the existing task with created=False, so retries never start work twice."""
+        now = time.time()
+        task_id = new_task_id()
+        with self._tx():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO tasks (id, template, connector, platform, status, stage,"
+                " progress, requested_by, channel, idempotency_key, created_at, updated_at,"
+                " image_name) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)",
+                [task_id, template, connector, platform, states.QUEUED, requested_by, channel,
+                 idempotency_key, now, now, image_name],
+            )
+            if cur.rowcount == 0:
+                row = self.db.execute(
+                    "SELECT id FROM tasks WHERE idempotency_key = ?", [idempotency_key]
+                ).fetchone()
+                return self.get(row[0]), False
+            self._event(task_id, "created", message, {"requested_by": requested_by})
+        return self.get(task_id), True
+
+    def get(self, task_id: str) -> Task:
+        rows = list(self.db.query("SELECT * FROM tasks WHERE id = ?", [task_id]))
+        if not rows:
+            raise TaskNotFound(task_id)
+        return Task.from_row(rows[0])
+
+    def list_tasks(self, status: str | None = None, limit: int = 50) -> list[Task]:
+        where, args = ("WHERE status = ?", [status]) if status else ("", [])
+        rows = self.db.query(
+            f"SELECT * FROM tasks {where} ORDER BY created_at DESC, id LIMIT ?", [*args, limit]
+        )
+        return [Task.from_row(r) for r in rows]
+
+    def events(self, task_id: str | None = None, after: int = 0) -> list[Event]:
+        where, args = ("AND task_id = ?", [task_id]) if task_id else ("", [])
+        rows = self.db.query(
+            f"SELECT * FROM task_events WHERE id > ? {where} ORDER BY id", [after, *args]
+        )
+        return [Event(**{**r, "data": json.loads(r["data"] or "{}")}) for r in rows]
+
+    def last_event_id(self) -> int:
+        row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM task_events").fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------ leases
+    def claim(
+        self, owner: str, lease_seconds: float, ids: Collection[str] | None = None
+    ) -> Task | None:
+        """Atomically take the oldest task that is unfinished and not leased (or whose
+        lease expired because its runner died); ``ids`` limits the choice."""
+        now = time.time()
+        active = ",".join("?" * len(states.ACTIVE))
+        only, only_args = "", []
+        if ids is not None:
+            if not ids:
+                return None
+            only, only_args = f" AND id IN ({','.join('?' * len(ids))})", list(ids)
+        with self._tx():
+            row = self.db.execute(
+                "UPDATE tasks SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"
+                f" WHERE id = (SELECT id FROM tasks WHERE status IN ({active}) AND lease_until < ?"
+                f"{only} ORDER BY created_at, id LIMIT 1) AND lease_until < ? RETURNING id, attempts",
+                [owner, now + lease_seconds, *states.ACTIVE, now, *only_args, now],
+            ).fetchone()
+            if row is None:
+                return None
+            task_id, attempts = row
+            if attempts > 1:
+                self._event(task_id, "resumed", f"Resumed by runner {owner} (attempt {attempts})",
+                            {"owner": owner, "attempt": attempts})
+        return self.get(task_id)
+
+    def renew(self, task_id: str, owner: str, lease_seconds: float) -> Task:
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE tasks SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+                [time.time() + lease_seconds, task_id, owner],
+            )
+            if cur.rowcount == 0:
+                raise LeaseLost(task_id)
+        return self.get(task_id)
+
+    def release(self, task_id: str, owner: str) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE tasks SET lease_owner = NULL, lease_until = 0"
+                " WHERE id = ? AND lease_owner = ?",
+                [task_id, owner],
+            )
+
+    # ------------------------------------------------------------ changes
+    def update(
+        self,
+        task_id: str,
+        owner: str | None,
+        *,
+        event: tuple[str, str] | None = None,
+        data: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Task:
+        """Change task columns and append an event in one transaction.
+
+        With an ``owner``, the change only happens while that runner holds the lease.
+        """
+        if fields.get("status") in states.TERMINAL:
+            fields.setdefault("finished_at", time.time())
+        for key in ("resources", "published"):
+            if key in fields and fields[key] is not None:
+                fields[key] = json.dumps(fields[key], sort_keys=True)
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        args: list[Any] = [*fields.values(), task_id]
+        guard = ""
+        if owner is not None:
+            guard = " AND lease_owner = ?"
+            args.append(owner)
+        with self._tx():
+            if "status" in fields:
+                row = self.db.execute("SELECT status FROM tasks WHERE id = ?", [task_id]).fetchone()
+                if row is None:
+                    raise TaskNotFound(task_id)
+                states.check_transition(row[0], fields["status"])
+            cur = self.db.execute(f"UPDATE tasks SET {cols} WHERE id = ?{guard}", args)
+            if cur.rowcount == 0:
+                if owner is not None:
+                    raise LeaseLost(task_id)
+                raise TaskNotFound(task_id)
+            if event is not None:
+                self._event(task_id, event[0], event[1], data)
+        return self.get(task_id)
+
+    def add_event(
+        self, task_id: str, kind: str, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        with self._tx():
+            self._event(task_id, kind, message, data)
+
+    def request_cancel(self, task_id: str, by: str, message: str) -> Task:
+        """Ask for a cancel. A queued task nobody holds is cancelled at once; a running
+        one is cancelled by its runner, which cleans up."""
+        task = self.get(task_id)
+        if task.finished:
+            return task
+        with self._tx():
+            self.db.execute(
+                "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                [time.time(), task_id],
+            )
+            self._event(task_id, "cancel_requested", message, {"by": by})
+        now = time.time()
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?"
+                " WHERE id = ? AND status = ? AND lease_until < ?",
+                [states.CANCELLED, now, now, task_id, states.QUEUED, now],
+            )
+            if cur.rowcount:
+                self._event(task_id, "cancelled", "Cancelled before it started", {"by": by})
+        return self.get(task_id)
+
+    def retry(self, task_id: str, idempotency_key: str, requested_by: str, message: str) -> Task:
+        """Queue a new task for the same template/connector as a failed one."""
+        old = self.get(task_id)
+        task, _ = self.create_task(
+            template=old.template, connector=old.connector, platform=old.platform,
+            image_name=old.image_name, requested_by=requested_by, message=message,
+            channel=old.channel, idempotency_key=idempotency_key,
+        )
+        return task
+
+    # ------------------------------------------------------------ audit
+    def audit(self, user: str, action: str, target: str, allowed: bool, reason: str) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO audit (at, user, action, target, allowed, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [time.time(), user, action, target, int(allowed), reason],
+            )
+
+    def close(self) -> None:
+        self.db.conn.close()

@@ -1,0 +1,78 @@
+"""What a publish will do, per template: the "Confirm and Complete" summary shown by
+the CLI and the Slack confirm card alike."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import adapters
+import compositor
+from bot import messages
+from bot.catalog import Catalog
+from bot.publish import image_spec
+from bot.store import Task, TaskStore
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    template: str
+    icon: str
+    description: str
+    os_layer: str
+    app_layers: list[str]
+    platform_layer: str | None
+    connector: str
+    platform: str
+    size_gib: int
+    filesystem: str
+    disk_format: str
+    scripts: list[str]
+    cache_hit: bool
+
+
+def plan(catalog: Catalog, name: str, *, check_cache: bool = True) -> PublishPlan:
+    """Raises KeyError (with a did-you-mean message) for an unknown template."""
+    template = catalog.template(name)
+    connector = catalog.connectors[template.connector]
+    adapter = adapters.create(connector)
+    spec = image_spec(catalog, template, adapter)
+    hit = check_cache and compositor.cache_lookup(spec, cache_dir=catalog.runner.cache_dir)
+    return PublishPlan(
+        template=name,
+        icon=template.icon,
+        description=template.description,
+        os_layer=template.os_layer,
+        app_layers=list(template.app_layers),
+        platform_layer=template.platform_layer,
+        connector=template.connector,
+        platform=adapter.platform,
+        size_gib=template.disk.size_gib,
+        filesystem=template.disk.filesystem,
+        disk_format=adapter.disk_format(),
+        scripts=[p.name for p in connector.scripts],
+        cache_hit=bool(hit),
+    )
+
+
+def enqueue(
+    store: TaskStore,
+    p: PublishPlan,
+    *,
+    requested_by: str,
+    channel: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Task, bool]:
+    """Queue one "Publishing Layered Image" task for a plan."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return store.create_task(
+        template=p.template,
+        connector=p.connector,
+        platform=p.platform,
+        image_name=messages.image_name(p.template, stamp),
+        requested_by=requested_by,
+        message=messages.task_created(p.template, requested_by),
+        channel=channel,
+        idempotency_key=idempotency_key or uuid.uuid4().hex,
+    )

@@ -35,6 +35,11 @@ class UnknownConnectorType(ValueError):
     pass
 
 
+def register(type_name: str, module: str, sdk_package: str | None = None) -> None:
+    """Add a connector type served by an adapter module outside this package."""
+    _MODULES[type_name] = (module, sdk_package)
+
+
 def known_types() -> list[str]:
     """Connector types whose adapter module exists in this installation."""
     return [t for t, (mod, _) in _MODULES.items() if importlib.util.find_spec(mod) is not None]

@@ -79,6 +79,16 @@ def _relative_to_catalog(value: Path, info: ValidationInfo) -> Path:
 CatalogPath = Annotated[Path, AfterValidator(_relative_to_catalog)]
 
 
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"file {str(value)!r} does not exist")
+    return value
+
+
+#: A file named in layerbot.yml that must exist.
+CatalogFile = Annotated[CatalogPath, AfterValidator(_existing_file)]
+
+
 class AccessConfig(BaseModel):
     """Who may publish to a connector or template (enforced by the Slack app)."""
 
@@ -96,7 +106,7 @@ class ConnectorConfig(BaseModel):
     type: str
     #: Script files (paths relative to the catalog file) copied into the image
     #: and run by the guest on first boot, in this order.
-    scripts: list[CatalogPath] = Field(default_factory=list)
+    scripts: list[CatalogFile] = Field(default_factory=list)
     #: ``auto``: the first-boot runner powers the guest off after the scripts;
     #: ``manual``: an admin shuts it down.
     shutdown: Literal["auto", "manual"] = "auto"
@@ -105,14 +115,11 @@ class ConnectorConfig(BaseModel):
 
     @field_validator("scripts")
     @classmethod
-    def _scripts_exist(cls, value: list[Path]) -> list[Path]:
+    def _script_names_unique(cls, value: list[Path]) -> list[Path]:
         names = [p.name for p in value]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"two scripts share the file name {dupes[0]!r}")
-        for path in value:
-            if not path.is_file():
-                raise ValueError(f"script file {str(path)!r} does not exist")
         return value
 
 

@@ -190,7 +190,7 @@ def _check_references(
         if t.connector not in declared_connectors:
             problems.append(
                 f"{fname}: templates.{tname}.connector: "
-                f"{unknown_name('connector', t.connector, cat.connectors)}"
+                f"{unknown_name('connector', t.connector, declared_connectors)}"
             )
 
 

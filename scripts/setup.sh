@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything layerbot and its tests need: Debian packages (apt-get, as root
+# or through sudo) and a virtualenv in .venv with layerbot and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  qemu-utils          # qemu-img: disk formats
+  e2fsprogs           # mke2fs -d, debugfs, e2fsck
+  fakeroot            # ownership of layer files without root
+  gdisk               # sgdisk: GPT
+  zstd pigz           # .tar.zst layers; parallel gzip for gce-tar
+  wimtools ntfs-3g libhivex-bin   # Windows guests: NTFS, WIM apply, registry hives
+  qemu-system-x86     # the local QEMU target
+  debootstrap         # tests: a real minimal Debian OS layer
+  golang-go golang-github-vmware-govmomi-dev   # tests: vcsim, VMware's vCenter simulator
+  python3-venv
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

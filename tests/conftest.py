@@ -1,0 +1,101 @@
+"""Shared fixtures: small catalogs with real layer content in a temp dir."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bot.catalog import Catalog, load_catalog
+from bot.store import TaskStore
+
+
+def write_tar(path: Path, members: dict[str, bytes | None], *, compression: str = "") -> Path:
+    """A tar layer: name -> content (None makes a directory), owned by root."""
+    mode = f"w:{compression}" if compression else "w"
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.uid = info.gid = 0
+            info.mtime = 1_700_000_000
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+BASIC_CATALOG = """\
+layers:
+  base-os: {kind: os, source: layers/os.tar}
+  office: {kind: app, source: layers/office}
+  vda: {kind: platform, source: layers/vda.tar.gz}
+connectors:
+  folder:
+    type: local
+    path: ./published
+    format: qcow2
+    scripts: [scripts/setup.sh]
+templates:
+  win10-office:
+    description: Windows 10 with Office
+    icon: ":computer:"
+    os_layer: base-os
+    app_layers: [office]
+    platform_layer: vda
+    connector: folder
+    disk: {size_gib: 1}
+runner:
+  max_parallel: 2
+  lease_seconds: 3
+"""
+
+
+@pytest.fixture
+def catalog_dir(tmp_path: Path) -> Path:
+    """A directory with layers (tar, directory, tar.gz) and a connector script."""
+    root = tmp_path / "catalog"
+    (root / "layers" / "office" / "opt" / "office").mkdir(parents=True)
+    (root / "layers" / "office" / "opt" / "office" / "README").write_text("office\n")
+    (root / "layers" / "office" / "etc").mkdir()
+    (root / "layers" / "office" / "etc" / "motd").write_text("office motd\n")
+    write_tar(root / "layers" / "os.tar", {
+        "etc/": None, "etc/os-release": b"ID=base\n", "etc/motd": b"base motd\n",
+        "opt/": None, "opt/legacy/": None, "opt/legacy/tool": b"legacy\n",
+    })
+    write_tar(root / "layers" / "vda.tar.gz", {"opt/": None, "opt/vda/": None,
+                                               "opt/vda/VDA.txt": b"vda\n"}, compression="gz")
+    (root / "scripts").mkdir()
+    (root / "scripts" / "setup.sh").write_text("#!/bin/sh\necho configured > /var/log/setup.log\n")
+    (root / "layerbot.yml").write_text(BASIC_CATALOG)
+    return root
+
+
+@pytest.fixture
+def write_catalog(catalog_dir: Path) -> Callable[[str], Path]:
+    """Replace layerbot.yml with the given text; returns its path."""
+
+    def write(text: str) -> Path:
+        path = catalog_dir / "layerbot.yml"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def catalog(catalog_dir: Path) -> Catalog:
+    return load_catalog(catalog_dir / "layerbot.yml")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TaskStore:
+    s = TaskStore(tmp_path / "layerbot.db")
+    yield s
+    s.close()

@@ -1,0 +1,76 @@
+"""A test adapter whose behaviour the catalog sets: it creates a real "VM" file so
+cleanup can be checked, and can fail, block or wait for a "power off" file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from adapters.base import (
+    Capability,
+    CatalogPath,
+    ConnectorConfig,
+    DiskFormat,
+    PlatformError,
+    PlatformTimeoutError,
+    PublishContext,
+    Published,
+)
+
+
+class Config(ConnectorConfig):
+    type: Literal["fake"]
+    path: CatalogPath
+    fail_upload: bool = False
+    block_upload: bool = False
+    upload_seconds: float = 0.2
+
+
+class Adapter:
+    type_name: ClassVar[str] = "fake"
+    platform: ClassVar[str] = "Fake hypervisor"
+    capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.CREATES_VM
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def disk_format(self) -> DiskFormat:
+        return "raw"
+
+    async def publish(self, ctx: PublishContext) -> Published:
+        vm = self.config.path / f"{ctx.image_name}.vm"
+        await ctx.record({"vm": str(vm)})
+        self.config.path.mkdir(parents=True, exist_ok=True)
+        vm.write_bytes(ctx.artifact.read_bytes()[:4096])
+        for step in range(4):
+            await ctx.progress(step / 4, "uploading")
+            await asyncio.sleep(self.config.upload_seconds / 4)
+        if self.config.block_upload:
+            await asyncio.Event().wait()
+        if self.config.fail_upload:
+            raise PlatformError("the datastore went away (simulated)")
+        return Published(link=vm.as_uri(), summary=f"VM {ctx.image_name} (powered off)",
+                         resource={"vm": str(vm)})
+
+    def next_steps(self, published: Published) -> str:
+        return f"{published.summary} is created, but off. Power it on and let the scripts run."
+
+    async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
+        off = Path(published.resource["vm"] + ".off")
+        deadline = asyncio.get_running_loop().time() + ctx.watch_timeout
+        while not off.exists():
+            if asyncio.get_running_loop().time() > deadline:
+                raise PlatformTimeoutError("the guest did not shut down in time")
+            await asyncio.sleep(0.05)
+        await ctx.progress(1.0, "guest powered off")
+
+    async def cleanup(self, resources: dict[str, Any]) -> list[str]:
+        vm = resources.get("vm")
+        if vm and Path(vm).exists():
+            Path(vm).unlink()
+            return [f"VM {Path(vm).name}"]
+        return []
+
+    async def close(self) -> None:
+        pass

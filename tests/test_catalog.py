@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bot.catalog import CatalogError, load_catalog
+from tests.conftest import BASIC_CATALOG
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    return info.value.problems
+
+
+def test_valid_catalog_resolves_paths_relative_to_the_file(catalog_dir: Path) -> None:
+    cat = load_catalog(catalog_dir / "layerbot.yml")
+    assert cat.layers["office"].source == catalog_dir / "layers" / "office"
+    conn = cat.connectors["folder"]
+    assert conn.path == catalog_dir / "published"  # type: ignore[attr-defined]
+    assert conn.scripts == [catalog_dir / "scripts" / "setup.sh"]
+    assert [n for n, _ in cat.layers_of(cat.templates["win10-office"])] == ["base-os", "office", "vda"]
+    assert cat.runner.max_parallel == 2
+
+
+def test_duplicate_key_is_an_error(write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("  office: {kind: app, source: layers/office}\n",
+                                 "  office: {kind: app, source: layers/office}\n"
+                                 "  office: {kind: app, source: layers/office}\n")
+    found = problems(write_catalog(text))
+    assert found == ["layerbot.yml:4: duplicate key 'office' (first defined on line 3)"]
+
+
+def test_unknown_app_layer_suggests_the_close_name(write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("app_layers: [office]", "app_layers: [office, ofice]")
+    assert problems(write_catalog(text)) == [
+        "layerbot.yml: templates.win10-office.app_layers[1]: "
+        "no layer named 'ofice' (did you mean 'office'?)"
+    ]
+
+
+def test_layer_in_the_wrong_slot(write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("os_layer: base-os", "os_layer: office")
+    assert problems(write_catalog(text)) == [
+        "layerbot.yml: templates.win10-office.os_layer: layer 'office' is a app layer, "
+        "not a os layer"
+    ]
+
+
+def test_unknown_connector_and_missing_script(write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("connector: folder", "connector: fodler").replace(
+        "scripts/setup.sh", "scripts/missing.cmd")
+    found = problems(write_catalog(text))
+    assert any(p.startswith("layerbot.yml: connectors.folder.scripts[0]: file ")
+               and p.endswith("missing.cmd' does not exist (got 'scripts/missing.cmd')")
+               for p in found), found
+    assert "layerbot.yml: templates.win10-office.connector: no connector named 'fodler' " \
+           "(did you mean 'folder'?)" in found
+
+
+def test_missing_source_and_bad_archive(write_catalog: Callable[[str], Path],
+                                        catalog_dir: Path) -> None:
+    (catalog_dir / "layers" / "notes.txt").write_text("not a layer")
+    text = BASIC_CATALOG.replace("layers/os.tar", "layers/nope.tar").replace(
+        "layers/vda.tar.gz", "layers/notes.txt")
+    found = problems(write_catalog(text))
+    assert found[0].startswith("layerbot.yml: layers.base-os.source: layer source ")
+    assert "does not exist" in found[0]
+    assert "layers.vda.source" in found[1] and "neither a directory nor a tar" in found[1]
+
+
+def test_every_problem_is_reported_at_once(write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("size_gib: 1", "size_gib: lots").replace(
+        "kind: platform", "kind: plattform").replace("format: qcow2", "format: vdi")
+    found = problems(write_catalog(text))
+    assert len(found) == 3, found
+    assert any("connectors.folder.format" in p and "'vdi'" in p for p in found)
+    assert any("layers.vda.kind" in p and "'plattform'" in p for p in found)
+    assert any("templates.win10-office.disk.size_gib" in p and "'lots'" in p for p in found)
+
+
+def test_unknown_keys_and_connector_type(write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("type: local", "type: floppy").replace(
+        "    icon:", "    colour: blue\n    icon:")
+    found = problems(write_catalog(text))
+    assert any(p.startswith("layerbot.yml: connectors.folder.type: unknown connector type 'floppy'")
+               for p in found), found
+    assert "layerbot.yml: templates.win10-office.colour: unknown key" in found
+    # the template's connector is declared (if broken), so it is not reported again
+    assert not any("templates.win10-office.connector" in p for p in found)
+
+
+def test_yaml_syntax_error_names_the_line(write_catalog: Callable[[str], Path]) -> None:
+    found = problems(write_catalog("layers:\n  a: {kind: os\n"))
+    assert len(found) == 1 and found[0].startswith("layerbot.yml:3:")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    found = problems(tmp_path / "absent.yml")
+    assert found[0].startswith(f"{tmp_path / 'absent.yml'}: cannot read")

@@ -1,0 +1,171 @@
+"""The job runner end to end: real compositor, local and fake targets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import adapters
+from bot import states
+from bot.catalog import Catalog, load_catalog
+from bot.runner import JobRunner
+from bot.store import TaskStore
+from bot.summary import enqueue, plan
+from tests.conftest import BASIC_CATALOG
+
+adapters.register("fake", "tests.fake_adapter")
+
+FAKE_CONNECTOR = """\
+  fake-hv:
+    type: fake
+    path: ./vms
+    scripts: [scripts/setup.sh]
+"""
+
+
+def with_fake(options: str = "") -> str:
+    connector = FAKE_CONNECTOR + "".join(f"    {line}\n" for line in options.splitlines())
+    text = BASIC_CATALOG.replace("connectors:\n", "connectors:\n" + connector, 1)
+    return text.replace("connector: folder", "connector: fake-hv")
+
+
+def queue(store: TaskStore, catalog: Catalog, name: str = "win10-office") -> str:
+    return enqueue(store, plan(catalog, name), requested_by="alice")[0].id
+
+
+async def run_until_finished(store: TaskStore, catalog: Catalog, ids: list[str],
+                             timeout: float = 120) -> None:
+    runner = JobRunner(store, catalog, poll_interval=0.05)
+    await asyncio.wait_for(runner.run(only=ids, until_done=True), timeout)
+
+
+def kinds(store: TaskStore, task_id: str) -> list[str]:
+    return [e.kind for e in store.events(task_id) if e.kind != "progress"]
+
+
+async def test_publish_to_local_folder_reaches_done(catalog: Catalog, store: TaskStore,
+                                                    catalog_dir: Path) -> None:
+    task_id = queue(store, catalog)
+    await run_until_finished(store, catalog, [task_id])
+    task = store.get(task_id)
+    assert task.status == states.DONE, task.error
+    assert kinds(store, task_id) == ["created", "stage", "composited", "stage", "disk_created",
+                                     "next_steps", "hint", "done"]
+    out = catalog_dir / "published" / "win10-office" / f"{task_id}.qcow2"
+    assert task.link == out.resolve().as_uri()
+    info = json.loads(subprocess.check_output(
+        ["qemu-img", "info", "--output=json", "-f", "qcow2", str(out)]))
+    assert info["virtual-size"] == 1 << 30
+    assert not list(out.parent.glob("*.partial"))
+    # publishing the unchanged template again reuses the composited disk
+    again = queue(store, catalog)
+    await run_until_finished(store, catalog, [again])
+    assert "cache_hit" in kinds(store, again)
+    assert store.get(again).status == states.DONE
+
+
+async def test_failed_upload_is_cleaned_up_and_explained(write_catalog: Callable[[str], Path],
+                                                        store: TaskStore, catalog_dir: Path) -> None:
+    cat = load_catalog(write_catalog(with_fake("fail_upload: true")))
+    task_id = queue(store, cat)
+    await run_until_finished(store, cat, [task_id])
+    task = store.get(task_id)
+    assert task.status == states.FAILED
+    assert task.error == "the datastore went away (simulated)"
+    assert not list((catalog_dir / "vms").glob("*.vm"))
+    last = store.events(task_id)[-1]
+    assert last.kind == "failed"
+    assert last.message == ("Failed: the datastore went away (simulated); cleaned up: "
+                            f"VM {task.image_name}.vm")
+
+
+async def test_cancel_during_upload_removes_the_partial_vm(write_catalog: Callable[[str], Path],
+                                                          store: TaskStore, catalog_dir: Path) -> None:
+    cat = load_catalog(write_catalog(with_fake("block_upload: true")))
+    task_id = queue(store, cat)
+    runner = JobRunner(store, cat, poll_interval=0.05)
+    work = asyncio.create_task(runner.run(only=[task_id], until_done=True))
+    for _ in range(600):
+        if list((catalog_dir / "vms").glob("*.vm")):
+            break
+        await asyncio.sleep(0.05)
+    store.request_cancel(task_id, "bob", "Cancel requested by bob")
+    await asyncio.wait_for(work, 30)
+    assert store.get(task_id).status == states.CANCELLED
+    assert not list((catalog_dir / "vms").glob("*.vm"))
+    assert store.events(task_id)[-1].message.startswith("Cancelled; cleaned up: VM ")
+
+
+async def test_watch_until_the_guest_powers_off(write_catalog: Callable[[str], Path],
+                                               store: TaskStore, catalog_dir: Path) -> None:
+    cat = load_catalog(write_catalog(with_fake()))
+    task_id = queue(store, cat)
+    runner = JobRunner(store, cat, poll_interval=0.05)
+    work = asyncio.create_task(runner.run(only=[task_id], until_done=True))
+    for _ in range(600):
+        if store.get(task_id).status == states.ACTION_REQUIRED:
+            break
+        await asyncio.sleep(0.05)
+    assert store.get(task_id).status == states.ACTION_REQUIRED
+    vm = next((catalog_dir / "vms").glob("*.vm"))
+    Path(f"{vm}.off").touch()
+    await asyncio.wait_for(work, 30)
+    assert store.get(task_id).status == states.DONE
+    assert kinds(store, task_id)[-3:] == ["waiting", "guest", "done"]
+    assert vm.exists()  # a finished VM is kept
+
+
+def _worker(config: Path, db: Path) -> subprocess.Popen[bytes]:
+    code = ("import adapters, sys; adapters.register('fake', 'tests.fake_adapter');"
+            "from bot.cli import main; sys.argv[0] = 'layerbot'; main()")
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "--config", str(config), "--db", str(db), "worker"],
+        cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def test_a_killed_runner_is_resumed_by_another_and_the_task_completes_once(
+        write_catalog: Callable[[str], Path], tmp_path: Path, catalog_dir: Path) -> None:
+    config = write_catalog(with_fake("upload_seconds: 30"))
+    cat = load_catalog(config)
+    db = tmp_path / "shared.db"
+    store = TaskStore(db)
+    task_id = queue(store, cat)
+    first = _worker(config, db)
+    try:
+        deadline = time.monotonic() + 120
+        while store.get(task_id).status != states.UPLOADING or not store.get(task_id).resources:
+            assert time.monotonic() < deadline, "the first runner never started uploading"
+            assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+            time.sleep(0.05)
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    write_catalog(with_fake("upload_seconds: 0.2"))  # the second attempt is quick
+    second = _worker(config, db)
+    try:
+        deadline = time.monotonic() + 120
+        while store.get(task_id).status != states.ACTION_REQUIRED:
+            assert time.monotonic() < deadline, store.get(task_id)
+            time.sleep(0.05)
+        vms = list((catalog_dir / "vms").glob("*.vm"))
+        assert len(vms) == 1
+        Path(f"{vms[0]}.off").touch()
+        while store.get(task_id).status != states.DONE:
+            assert time.monotonic() < deadline, store.get(task_id)
+            time.sleep(0.05)
+    finally:
+        second.send_signal(signal.SIGINT)
+        second.wait(timeout=30)
+    events = kinds(store, task_id)
+    assert events.count("done") == 1
+    assert events.count("disk_created") == 1
+    assert "resumed" in events and "cleanup" in events
+    assert store.get(task_id).attempts == 2

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.steps import DETACH, Outcome, StepRunner
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.cleaned: list[tuple[str, Outcome]] = []
+
+
+class Named:
+    def __init__(self, name: str, *, fail: bool = False, block: bool = False,
+                 cleanup_fails: bool = False) -> None:
+        self.name, self.fail, self.block, self.cleanup_fails = name, fail, block, cleanup_fails
+
+    async def run(self, ctx: Recorder) -> None:
+        ctx.ran.append(self.name)
+        if self.block:
+            await asyncio.Event().wait()
+        if self.fail:
+            raise RuntimeError(f"{self.name} broke")
+
+    async def cleanup(self, ctx: Recorder, outcome: Outcome) -> None:
+        ctx.cleaned.append((self.name, outcome))
+        if self.cleanup_fails:
+            raise OSError("cleanup broke")
+
+
+async def test_cleanup_runs_in_reverse_for_started_steps_only() -> None:
+    rec = Recorder()
+    with pytest.raises(RuntimeError, match="b broke"):
+        await StepRunner([Named("a"), Named("b", fail=True), Named("c")]).run(rec)
+    assert rec.ran == ["a", "b"]
+    assert rec.cleaned == [("b", Outcome.FAILED), ("a", Outcome.FAILED)]
+
+
+async def test_a_failing_cleanup_does_not_stop_the_others() -> None:
+    rec = Recorder()
+    outcome = await StepRunner([Named("a"), Named("b", cleanup_fails=True)]).run(rec)
+    assert outcome is Outcome.SUCCEEDED
+    assert [n for n, _ in rec.cleaned] == ["b", "a"]
+
+
+@pytest.mark.parametrize(("message", "expected"), [("user", Outcome.CANCELLED),
+                                                   (DETACH, Outcome.DETACHED)])
+async def test_cancel_and_detach(message: str, expected: Outcome) -> None:
+    rec = Recorder()
+    job = asyncio.create_task(StepRunner([Named("a"), Named("b", block=True), Named("c")]).run(rec))
+    await asyncio.sleep(0.05)
+    job.cancel(message)
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert rec.ran == ["a", "b"]  # nothing runs after a cancel
+    assert rec.cleaned == [("b", expected), ("a", expected)]

@@ -115,7 +115,7 @@ class TaskStore:
 
     # ------------------------------------------------------------ schema
     def _migrate(self) -> None:
-        with self._tx():
+        with self.transaction():
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version >= SCHEMA_VERSION:
                 return
@@ -155,7 +155,7 @@ class TaskStore:
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.db.conn
         with self._lock:
             conn.execute("BEGIN IMMEDIATE")
@@ -189,7 +189,7 @@ class TaskStore:
         the existing task with created=False, so retries never start work twice."""
         now = time.time()
         task_id = new_task_id()
-        with self._tx():
+        with self.transaction():
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO tasks (id, template, connector, platform, status, stage,"
                 " progress, requested_by, channel, idempotency_key, created_at, updated_at,"
@@ -242,7 +242,7 @@ class TaskStore:
             if not ids:
                 return None
             only, only_args = f" AND id IN ({','.join('?' * len(ids))})", list(ids)
-        with self._tx():
+        with self.transaction():
             row = self.db.execute(
                 "UPDATE tasks SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"
                 f" WHERE id = (SELECT id FROM tasks WHERE status IN ({active}) AND lease_until < ?"
@@ -258,7 +258,7 @@ class TaskStore:
         return self.get(task_id)
 
     def renew(self, task_id: str, owner: str, lease_seconds: float) -> Task:
-        with self._tx():
+        with self.transaction():
             cur = self.db.execute(
                 "UPDATE tasks SET lease_until = ? WHERE id = ? AND lease_owner = ?",
                 [time.time() + lease_seconds, task_id, owner],
@@ -268,7 +268,7 @@ class TaskStore:
         return self.get(task_id)
 
     def release(self, task_id: str, owner: str) -> None:
-        with self._tx():
+        with self.transaction():
             self.db.execute(
                 "UPDATE tasks SET lease_owner = NULL, lease_until = 0"
                 " WHERE id = ? AND lease_owner = ?",
@@ -301,7 +301,7 @@ class TaskStore:
         if owner is not None:
             guard = " AND lease_owner = ?"
             args.append(owner)
-        with self._tx():
+        with self.transaction():
             if "status" in fields:
                 row = self.db.execute("SELECT status FROM tasks WHERE id = ?", [task_id]).fetchone()
                 if row is None:
@@ -319,7 +319,7 @@ class TaskStore:
     def add_event(
         self, task_id: str, kind: str, message: str, data: dict[str, Any] | None = None
     ) -> None:
-        with self._tx():
+        with self.transaction():
             self._event(task_id, kind, message, data)
 
     def request_cancel(self, task_id: str, by: str, message: str) -> Task:
@@ -328,14 +328,14 @@ class TaskStore:
         task = self.get(task_id)
         if task.finished:
             return task
-        with self._tx():
+        with self.transaction():
             self.db.execute(
                 "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
                 [time.time(), task_id],
             )
             self._event(task_id, "cancel_requested", message, {"by": by})
         now = time.time()
-        with self._tx():
+        with self.transaction():
             cur = self.db.execute(
                 "UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?"
                 " WHERE id = ? AND status = ? AND lease_until < ?",
@@ -357,7 +357,7 @@ class TaskStore:
 
     # ------------------------------------------------------------ audit
     def audit(self, user: str, action: str, target: str, allowed: bool, reason: str) -> None:
-        with self._tx():
+        with self.transaction():
             self.db.execute(
                 "INSERT INTO audit (at, user, action, target, allowed, reason)"
                 " VALUES (?, ?, ?, ?, ?, ?)",

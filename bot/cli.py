@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
-import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -268,18 +267,20 @@ def check(ctx: Context) -> None:
     catalog = ctx.catalog()
     console.print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
                   f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")
-    formats = {plan(catalog, n, check_cache=False).disk_format for n in catalog.templates}
+    plans = [plan(catalog, n, check_cache=False) for n in catalog.templates]
+    formats = sorted({p.disk_format for p in plans})
+    filesystems = sorted({p.filesystem for p in plans} | {"ext4"})
     missing = []
-    for tool in compositor.required_tools(sorted(formats)):
-        found = shutil.which(tool.name)
-        console.print(f"  {tool.name:<14} {found or '[red]missing[/red]'}")
-        if not found:
+    for tool in compositor.required_tools(formats, filesystems):
+        state = tool.path or ("[yellow]missing (optional)[/yellow]" if tool.optional
+                              else "[red]missing[/red]")
+        console.print(f"  {tool.name:<14} {state}")
+        if not tool.path and not tool.optional:
             missing.append(tool.package)
     if missing:
         pkgs = " ".join(sorted(set(missing)))
         console.print(f"[red]missing tools[/red]: install with: sudo apt-get install -y {pkgs}")
         sys.exit(EXIT_USAGE)
-
 
 if __name__ == "__main__":
     main()

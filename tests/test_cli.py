@@ -1,0 +1,92 @@
+"""The CLI edge: same messages as Slack, exit codes, listings."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bot import messages
+from bot.cli import main
+from bot.store import TaskStore
+from tests.conftest import BASIC_CATALOG
+
+
+@pytest.fixture
+def cli(catalog_dir: Path, tmp_path: Path) -> Callable[..., tuple[int, str]]:
+    def run(*args: str, input: str | None = None) -> tuple[int, str]:
+        result = CliRunner().invoke(
+            main, ["--config", str(catalog_dir / "layerbot.yml"), "--db", str(tmp_path / "t.db"),
+                   *args], input=input, catch_exceptions=False, terminal_width=200)
+        return result.exit_code, result.output
+
+    return run
+
+
+def test_publish_shows_the_plan_runs_to_done_and_lists(cli: Callable[..., tuple[int, str]],
+                                                       tmp_path: Path) -> None:
+    code, out = cli("publish", "win10-office", "--yes")
+    assert code == 0, out
+    for text in ("Confirm and Complete", "base-os", "office", "vda", "folder (Local folder)",
+                 "1 GiB ext4, qcow2", "setup.sh", "no, will composite", "Disk created",
+                 messages.LOCAL_USER_HINT[:40], "Done in"):
+        assert text in out, text
+    task = TaskStore(tmp_path / "t.db").list_tasks()[0]
+    code, out = cli("tasks")
+    assert code == 0 and task.id in out and "Done" in out
+    code, out = cli("task", task.id)
+    assert code == 0 and "disk_created" in out and "done" in out
+    code, out = cli("publish", "win10-office", "--yes")
+    assert code == 0 and "yes, reused" in out and "cache hit" in out
+
+
+def test_declining_the_confirmation_queues_nothing(cli: Callable[..., tuple[int, str]],
+                                                   tmp_path: Path) -> None:
+    code, out = cli("publish", "win10-office", input="n\n")
+    assert code == 0 and "nothing was queued" in out
+    assert TaskStore(tmp_path / "t.db").list_tasks() == []
+
+
+def test_unknown_template_is_a_usage_error(cli: Callable[..., tuple[int, str]]) -> None:
+    code, out = cli("publish", "win10-ofice", "--yes")
+    assert code == 2
+    assert "no template named 'win10-ofice' (did you mean 'win10-office'?)" in out
+
+
+def test_bad_config_exits_2_with_every_problem(cli: Callable[..., tuple[int, str]],
+                                               write_catalog: Callable[[str], Path]) -> None:
+    write_catalog(BASIC_CATALOG.replace("app_layers: [office]", "app_layers: [ofice]"))
+    code, out = cli("templates")
+    assert code == 2
+    assert "layerbot.yml: templates.win10-office.app_layers[0]: no layer named 'ofice'" in out
+
+
+def test_failed_task_exits_1(cli: Callable[..., tuple[int, str]], catalog_dir: Path) -> None:
+    # a layer archive that tries to escape the work directory fails the publish
+    with tarfile.open(catalog_dir / "layers" / "vda.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("../../escape.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    code, out = cli("publish", "win10-office", "--yes")
+    assert code == 1, out
+    assert "Failed: " in out and "escape.txt" in out
+
+
+def test_cancel_a_queued_task(cli: Callable[..., tuple[int, str]], tmp_path: Path) -> None:
+    code, out = cli("publish", "win10-office", "--yes", "--no-run")
+    assert code == 0
+    task = TaskStore(tmp_path / "t.db").list_tasks()[0]
+    code, out = cli("cancel", task.id)
+    assert code == 0 and "Cancelled" in out
+    code, out = cli("tasks", "--status", "cancelled")
+    assert task.id in out
+
+
+def test_check_finds_the_tools(cli: Callable[..., tuple[int, str]]) -> None:
+    code, out = cli("check")
+    assert code == 0, out
+    assert "qemu-img" in out and "mke2fs" in out

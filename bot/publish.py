@@ -22,7 +22,7 @@ from adapters.base import Adapter, Capability, PublishContext, Published
 from bot import messages, states
 from bot.catalog import Catalog, Template
 from bot.steps import Outcome, Step
-from bot.store import Task, TaskStore
+from bot.store import LeaseLost, Task, TaskStore
 from compositor.firstboot import linux_publish_layer
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
 
@@ -62,7 +62,10 @@ class Job:
             self._last_progress = (now, percent)
         else:
             self._last_progress = (now, last_pct)
-        self.update(progress=round(percent, 1), event=event, data={"percent": percent})
+        try:
+            self.update(progress=round(percent, 1), event=event, data={"percent": percent})
+        except LeaseLost:
+            pass  # a late report after this runner let go of the task: not ours to write
 
 
 def image_spec(catalog: Catalog, template: Template, adapter: Adapter) -> ImageSpec:

@@ -90,3 +90,8 @@ def test_check_finds_the_tools(cli: Callable[..., tuple[int, str]]) -> None:
     code, out = cli("check")
     assert code == 0, out
     assert "qemu-img" in out and "mke2fs" in out
+
+
+def test_every_command_documents_an_example() -> None:
+    for name, command in main.commands.items():
+        assert "Example:" in (command.help or ""), f"layerbot {name} --help has no example"

@@ -11,6 +11,7 @@ partial upload recorded by the dead runner, then composites (a cache hit) again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,10 +63,9 @@ class Job:
             self._last_progress = (now, percent)
         else:
             self._last_progress = (now, last_pct)
-        try:
+        # a late report after this runner let go of the task is not ours to write
+        with contextlib.suppress(LeaseLost):
             self.update(progress=round(percent, 1), event=event, data={"percent": percent})
-        except LeaseLost:
-            pass  # a late report after this runner let go of the task: not ours to write
 
 
 def image_spec(catalog: Catalog, template: Template, adapter: Adapter) -> ImageSpec:

@@ -1,0 +1,283 @@
+"""VMware vSphere / VMware Cloud adapter: OVF import of a streamOptimized disk, then watch.
+
+Publish resolves the connector's placement, generates an OVF descriptor, creates the
+import spec, imports it (``ResourcePool.ImportVApp``) and streams the compositor's raw
+disk into the HttpNfcLease as a streamOptimized VMDK converted on the fly on all cores
+(:mod:`compositor.stream_vmdk`). ``mode: vm`` leaves the VM powered off in the folder;
+``mode: template`` marks it as a VMware VM template. The watch waits, with the
+PropertyCollector, until the VM (or, for a template, the first VM deployed from it) has
+been powered on and then off. Helpers live in ``adapters/vsphere_*.py``; pyvmomi is
+imported only inside functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from adapters.base import (
+    Capability,
+    CatalogPath,
+    ConnectorConfig,
+    DiskFormat,
+    InsufficientSpaceError,
+    PlatformError,
+    PublishContext,
+    Published,
+)
+from adapters.vsphere_inventory import Placement, prop, props, resolve
+from adapters.vsphere_ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
+from adapters.vsphere_session import VSphereSession, ssl_context
+from adapters.vsphere_upload import LeaseLost, complete, upload_disk, wait_ready
+from adapters.vsphere_vm import destroy_vm, mark_as_template, remove_partial
+from adapters.vsphere_watch import wait_for_deploy, wait_power_cycle
+from compositor.stream_vmdk import data_extents
+
+log = logging.getLogger(__name__)
+
+NEXT_STEPS = {
+    "vm": (
+        "The virtual machine {name} is created, but off. Power it on, log in, and let it run "
+        "the scripts specified in the connector configuration; shut it down when it is in the "
+        "desired state and the task changes to Done."
+    ),
+    "template": (
+        "Create a VM from the VMware Virtual Machine template {name} and power it on; it runs "
+        "the connector's scripts and shuts down, and the task changes to Done."
+    ),
+}
+
+
+class Config(ConnectorConfig):
+    """``type: vsphere`` connector settings (vSphere and VMware Cloud on AWS)."""
+
+    type: Literal["vsphere"]
+    host: str = Field(min_length=1)
+    port: int = Field(443, ge=1, le=65535)
+    user_env: str
+    password_env: str
+    insecure: bool = False
+    ca_file: CatalogPath | None = None
+    datacenter: str = Field(min_length=1)
+    cluster: str | None = None
+    host_system: str | None = None
+    resource_pool: str | None = None
+    datastore: str = Field(min_length=1)
+    #: VM folder path below the datacenter's VM folder ("" or None: the root VM folder).
+    folder: str | None = None
+    network: str | None = None
+    vm_template: str | None = None
+    mode: Literal["vm", "template"] = "vm"
+    #: zlib level of the streamOptimized grains (1 is fastest; 6 matches qemu-img).
+    compression_level: int = Field(1, ge=1, le=9)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        problems: list[str] = []
+        if bool(self.cluster) == bool(self.host_system):
+            problems.append("set exactly one of cluster or host_system")
+        if self.insecure and self.ca_file is not None:
+            problems.append("set either insecure or ca_file, not both")
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            problems.append(f"ca_file {str(self.ca_file)!r} does not exist")
+        for field in ("user_env", "password_env"):
+            var = getattr(self, field)
+            if not os.environ.get(var):
+                problems.append(f"environment variable {var} ({field}) is not set")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class Adapter:
+    type_name: ClassVar[str] = "vsphere"
+    platform: ClassVar[str] = "VMware vSphere"
+    capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.CREATES_VM
+    #: Longest single WaitForUpdatesEx (seconds); the watch loops until its deadline.
+    wait_seconds: int = 30
+    #: Threads compressing grains (None: all cores).
+    workers: int | None = None
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.ssl = ssl_context(config.insecure, config.ca_file)
+        self.session = VSphereSession(config.host, config.port, config.user_env,
+                                      config.password_env, self.ssl)
+
+    def disk_format(self) -> DiskFormat:
+        return "raw"
+
+    # ------------------------------------------------------------ publish
+    async def publish(self, ctx: PublishContext) -> Published:
+        if ctx.artifact_format != "raw":
+            raise PlatformError(f"vSphere: expected a raw disk, got {ctx.artifact_format}")
+        try:
+            for attempt in (1, 2):
+                try:
+                    return await self._import(ctx)
+                except LeaseLost as exc:
+                    if attempt == 2:
+                        raise
+                    log.warning("%s: %s; importing again", ctx.task_id, exc)
+                    await self._forget(ctx, await remove_partial(self.session, ctx.resources))
+            raise PlatformError("vSphere: import failed")  # loop always returns or raises
+        except BaseException:
+            await self._forget(ctx, await remove_partial(self.session, ctx.resources))
+            raise
+
+    async def _forget(self, ctx: PublishContext, removed: list[str]) -> None:
+        """Record what was removed (reported by cleanup) and that nothing is left."""
+        if removed or ctx.resources.get("vm") or ctx.resources.get("lease"):
+            await ctx.record({"vm": None, "lease": None,
+                              "removed": [*ctx.resources.get("removed", []), *removed]})
+
+    async def _import(self, ctx: PublishContext) -> Published:
+        cfg, session, name = self.config, self.session, ctx.image_name
+        place: Placement = await session.call(lambda si: resolve(si, cfg), "finding the placement")
+        hw = Hardware()
+        if place.template_vm is not None:
+            from pyVmomi import vim
+
+            config = await session.call(
+                lambda si: prop(si, place.template_vm, vim.VirtualMachine, "config"),
+                f"reading the VM template {cfg.vm_template}")
+            hw = hardware_from_config(config)
+        await self._check_space(ctx.artifact, place)
+        network = cfg.network or (hw.template_network if place.template_vm else None)
+        if network and place.network is None:
+            from pyVmomi import vim
+
+            place.network = await session.call(
+                lambda si: _find_network(si, place.datacenter, network), "finding the network")
+        descriptor = ovf_descriptor(name, ctx.virtual_size, hw, network)
+        spec_result = await session.call(
+            lambda si: _create_import_spec(si, descriptor, name, place, network),
+            "creating the import spec")
+        patch_import_spec(spec_result.importSpec, hw)
+        lease = await session.call(
+            lambda si: place.pool.ImportVApp(spec_result.importSpec, place.folder, place.host),
+            "starting the import")
+        await ctx.record({"lease": lease._moId, "vm_name": name})
+        info = await wait_ready(session, lease)
+        await ctx.record({"vm": info.vm._moId})
+        item = spec_result.fileItem[0]
+        device = next((d for d in info.device_urls if d.importKey == item.deviceId),
+                      info.device_urls[0])
+        await upload_disk(session, lease, device, ctx.artifact, ctx.progress, self.ssl,
+                          create=bool(item.create), level=cfg.compression_level,
+                          workers=self.workers)
+        await complete(session, lease)
+        await ctx.record({"lease": None})
+        if cfg.mode == "template":
+            await session.call(lambda si: mark_as_template(si, info.vm), "marking as template")
+        about, now = await session.call(lambda si: (si.content.about, si.CurrentTime()),
+                                        "reading the server time")
+        moid = info.vm._moId
+        link = (f"https://{session.netloc}/ui/app/vm;nav=v/urn:vmomi:VirtualMachine:"
+                f"{moid}:{about.instanceUuid}")
+        kind = "VM template" if cfg.mode == "template" else "VM"
+        state = "" if cfg.mode == "template" else " (powered off)"
+        return Published(link=link, summary=f"{kind} {name}{state}", resource={
+            "vm": moid, "vm_name": name, "mode": cfg.mode, "since": now.isoformat(),
+            "published_at": time.time(), "vcenter": about.instanceUuid,
+        })
+
+    async def _check_space(self, raw: Path, place: Placement) -> None:
+        from pyVmomi import vim
+
+        fd = os.open(raw, os.O_RDONLY)
+        try:
+            needed = sum(end - start for start, end in data_extents(fd, os.fstat(fd).st_size))
+        finally:
+            os.close(fd)
+        values = await self.session.call(
+            lambda si: props(si, [place.datastore], vim.Datastore,
+                             ["summary.freeSpace", "name"])[0], "reading the datastore")
+        free = values.get("summary.freeSpace")
+        if free is not None and free < needed:
+            raise InsufficientSpaceError(
+                f"vSphere: datastore {values.get('name')!r} has {free / 2**30:.1f} GiB free; "
+                f"the disk holds {needed / 2**30:.1f} GiB of data")
+
+    def next_steps(self, published: Published) -> str:
+        mode = published.resource.get("mode", self.config.mode)
+        return NEXT_STEPS[mode].format(name=published.resource.get("vm_name", published.summary))
+
+    # ------------------------------------------------------------ watch
+    async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
+        from pyVmomi import vim
+
+        res, session = published.resource, self.session
+        deadline = float(res.get("published_at", time.time())) + ctx.watch_timeout
+        stub = await session.call(lambda si: si._stub, "connecting")
+        vm_id = res["vm"]
+        if res.get("mode") == "template":
+            vm_id = ctx.resources.get("deployed_vm")
+            if not vm_id:
+                await ctx.progress(0.0, "waiting for a VM to be deployed from the template")
+                deployed = await wait_for_deploy(
+                    session, vim.VirtualMachine(res["vm"], stub),
+                    since=datetime.fromisoformat(res["since"]), deadline=deadline,
+                    timeout=ctx.watch_timeout, wait_seconds=self.wait_seconds)
+                vm_id = deployed._moId
+                await ctx.record({"deployed_vm": vm_id})
+        await ctx.progress(0.0, f"waiting for {vm_id} to be powered on and shut down")
+
+        async def powered_on() -> None:
+            await ctx.record({"powered_on": vm_id})
+            await ctx.progress(0.5, "the guest is running; waiting for it to shut down")
+
+        await wait_power_cycle(
+            session, vim.VirtualMachine(vm_id, stub),
+            seen_on=ctx.resources.get("powered_on") == vm_id, deadline=deadline,
+            timeout=ctx.watch_timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on)
+        await ctx.progress(1.0, "the guest has shut down")
+
+    # ------------------------------------------------------------ cleanup
+    async def cleanup(self, resources: dict[str, Any]) -> list[str]:
+        removed = list(resources.get("removed", []))
+        return removed + await remove_partial(self.session, resources)
+
+    async def remove(self, published: Published) -> list[str]:
+        """Destroy a published VM or template (for tests and for a user's "unpublish")."""
+        return await destroy_vm(self.session, published.resource["vm"],
+                                published.resource.get("vm_name", ""))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def _find_network(si: Any, datacenter: Any, name: str) -> Any:
+    from pyVmomi import vim
+
+    from adapters.base import NotFoundError
+    from adapters.vsphere_inventory import find_by_name
+
+    found = find_by_name(si, datacenter, vim.Network, name)
+    if found is None:
+        raise NotFoundError(f"vSphere: network {name!r} (of the VM template) not found")
+    return found
+
+
+def _create_import_spec(si: Any, descriptor: str, name: str, place: Placement,
+                        network: str | None) -> Any:
+    from pyVmomi import vim
+
+    params = vim.OvfManager.CreateImportSpecParams(entityName=name, diskProvisioning="thin")
+    if network and place.network is not None:
+        params.networkMapping = [vim.OvfManager.NetworkMapping(name=network,
+                                                               network=place.network)]
+    result = si.content.ovfManager.CreateImportSpec(descriptor, place.pool, place.datastore,
+                                                    params)
+    if result.error:
+        messages = "; ".join(e.localizedMessage or type(e.fault).__name__ for e in result.error)
+        raise PlatformError(f"vSphere: the OVF descriptor was rejected: {messages}")
+    for warning in result.warning or []:
+        log.warning("vSphere OVF import: %s", warning.localizedMessage)
+    return result

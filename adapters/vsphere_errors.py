@@ -1,0 +1,61 @@
+"""Translate pyvmomi faults and transport errors into layerbot's adapter errors.
+
+The vCenter message is kept in the text; secrets never are (faults carry none).
+pyvmomi is imported inside the function, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from adapters.base import (
+    AdapterError,
+    AuthError,
+    InsufficientSpaceError,
+    NotFoundError,
+    PlatformError,
+    PlatformTimeoutError,
+)
+
+_AUTH = ("InvalidLogin", "NotAuthenticated", "NoPermission", "NotAuthorized", "InvalidPrivilege")
+_SPACE = ("InsufficientDiskSpace", "NoDiskSpace", "OutOfSpace", "InsufficientStorageSpace",
+          "FileTooLarge", "DatastoreNoSpace")
+_NOT_FOUND = ("ManagedObjectNotFound", "NotFound", "FileNotFound", "InvalidDatastore")
+_TIMEOUT = ("Timedout", "RequestCanceled")
+
+
+def fault_message(exc: BaseException) -> str:
+    """The human text of a vSphere fault (msg, else its localized messages, else its type)."""
+    msg = getattr(exc, "msg", None) or ""
+    if not msg:
+        messages = [m.message for m in getattr(exc, "faultMessage", None) or [] if m.message]
+        msg = "; ".join(messages)
+    return msg or type(exc).__name__
+
+
+def fault_name(exc: BaseException) -> str:
+    return type(exc).__name__.rsplit(".", 1)[-1]
+
+
+def translate(exc: BaseException, doing: str) -> AdapterError:
+    """Map ``exc`` (raised while ``doing`` something) to an AdapterError subclass."""
+    if isinstance(exc, AdapterError):
+        return exc
+    name = fault_name(exc)
+    text = f"vSphere: {doing} failed: {fault_message(exc)}"
+    if name in _AUTH:
+        return AuthError(text)
+    if name in _SPACE:
+        return InsufficientSpaceError(text)
+    if name in _NOT_FOUND:
+        return NotFoundError(text)
+    if name in _TIMEOUT or isinstance(exc, socket.timeout | TimeoutError):
+        return PlatformTimeoutError(text)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return PlatformError(
+            f"vSphere: {doing} failed: the server's TLS certificate is not trusted "
+            f"({exc.verify_message}); set ca_file, or insecure: true for a lab")
+    if isinstance(exc, ConnectionError | OSError):
+        return PlatformTimeoutError(f"vSphere: {doing} failed: cannot reach the server: {exc}")
+    return PlatformError(text)

@@ -1,0 +1,143 @@
+"""One vCenter session per connector; every blocking pyvmomi call runs on a worker thread.
+
+:meth:`VSphereSession.call` logs in lazily, and when vCenter answers NotAuthenticated
+(the session expired or was terminated) logs in again on the same SOAP stub, so managed
+objects obtained earlier stay usable, and retries the call once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import threading
+from collections.abc import Callable
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from adapters.base import AdapterError, secret_from_env
+from adapters.vsphere_errors import fault_name, translate
+
+T = TypeVar("T")
+
+
+def ssl_context(insecure: bool, ca_file: Path | None) -> ssl.SSLContext:
+    if insecure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+class VSphereSession:
+    """A logged-in pyvmomi ServiceInstance shared by one connector's tasks."""
+
+    def __init__(self, host: str, port: int, user_env: str, password_env: str,
+                 ssl_ctx: ssl.SSLContext, timeout: float = 120.0) -> None:
+        self.host = host
+        self.port = port
+        self.user_env = user_env
+        self.password_env = password_env
+        self.ssl = ssl_ctx
+        self.timeout = timeout
+        self._si: Any = None
+        self._lock = threading.Lock()
+        self._generation = 0
+        self.logins = 0
+
+    @property
+    def netloc(self) -> str:
+        return self.host if self.port == 443 else f"{self.host}:{self.port}"
+
+    # ------------------------------------------------------------ login
+    def _credentials(self) -> tuple[str, str]:
+        return secret_from_env(self.user_env), secret_from_env(self.password_env)
+
+    def _connect(self) -> Any:
+        from pyVim.connect import SmartConnect
+
+        user, password = self._credentials()
+        try:
+            si = SmartConnect(host=self.host, port=self.port, user=user, pwd=password,
+                              sslContext=self.ssl, httpConnectionTimeout=self.timeout)
+        except Exception as exc:
+            raise self._login_error(exc, user) from None
+        self.logins += 1
+        return si
+
+    def _login_error(self, exc: BaseException, user: str) -> AdapterError:
+        if fault_name(exc) == "InvalidLogin":
+            return translate(exc, f"logging in to {self.netloc} as {user} "
+                                  f"(password from ${self.password_env})")
+        return translate(exc, f"connecting to {self.netloc}")
+
+    def _relogin(self, generation: int) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return  # another thread already logged in again
+            user, password = self._credentials()
+            try:
+                self._si.content.sessionManager.Login(user, password)
+            except Exception as exc:
+                raise self._login_error(exc, user) from None
+            self._generation += 1
+            self.logins += 1
+
+    def service_instance(self) -> Any:
+        with self._lock:
+            if self._si is None:
+                self._si = self._connect()
+            return self._si
+
+    # ------------------------------------------------------------ calls
+    def call_sync(self, fn: Callable[[Any], T], doing: str) -> T:
+        """Run ``fn(si)`` here (a worker thread); re-login once on NotAuthenticated."""
+        si = self.service_instance()
+        generation = self._generation
+        try:
+            try:
+                return fn(si)
+            except Exception as exc:
+                if fault_name(exc) != "NotAuthenticated":
+                    raise
+            self._relogin(generation)
+            return fn(si)
+        except AdapterError:
+            raise
+        except Exception as exc:
+            raise translate(exc, doing) from exc
+
+    async def call(self, fn: Callable[[Any], T], doing: str) -> T:
+        return await asyncio.to_thread(self.call_sync, fn, doing)
+
+    @property
+    def cookie(self) -> str:
+        """``vmware_soap_session=...`` for HTTP requests outside SOAP (NFC uploads)."""
+        raw = self._si._stub.cookie if self._si is not None else ""
+        morsel = SimpleCookie(raw).get("vmware_soap_session")
+        return f"vmware_soap_session={morsel.value}" if morsel else ""
+
+    @property
+    def session_key(self) -> str:
+        morsel = SimpleCookie(self._si._stub.cookie).get("vmware_soap_session")
+        return morsel.value.strip('"') if morsel else ""
+
+    def device_url(self, url: str) -> str:
+        """An NFC device URL with the ``*`` host replaced by the vCenter we talk to."""
+        parts = urlsplit(url)
+        if parts.hostname in ("*", None) or parts.netloc.startswith("*"):
+            parts = parts._replace(netloc=self.netloc)
+        return urlunsplit(parts)
+
+    async def close(self) -> None:
+        si, self._si = self._si, None
+        if si is not None:
+            def logout() -> None:
+                with contextlib.suppress(Exception):  # expired: nothing to release
+                    si.content.sessionManager.Logout()
+                si._stub.DropConnections()
+
+            await asyncio.to_thread(logout)

@@ -1,0 +1,136 @@
+"""Publish to vcsim in both modes, and watch the guest power on and off."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from adapters import config_model, create
+from adapters.base import Capability, Published
+
+from .conftest import Recorder, VcSim, connector, find_vms, run_task
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def make_adapter(sim: VcSim, **overrides: object):  # type: ignore[no-untyped-def]
+    cfg = config_model("vsphere").model_validate(connector(sim, **overrides))
+    adapter = create(cfg)
+    adapter.wait_seconds = 2  # type: ignore[attr-defined]
+    return adapter
+
+
+async def test_publish_vm_then_power_cycle(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    adapter = make_adapter(vcsim)
+    assert adapter.disk_format() == "raw"
+    assert Capability.WATCH_POWER in adapter.capabilities
+    rec = Recorder()
+    published = await adapter.publish(rec.context(raw_disk, "win10-office-20261126T0101"))
+
+    [vm] = find_vms(vcsim, "win10-office-20261126T0101")
+    assert vm.runtime.powerState == "poweredOff"
+    assert not vm.config.template
+    disks = [d for d in vm.config.hardware.device if d.__class__.__name__.endswith("VirtualDisk")]
+    assert [d.capacityInKB for d in disks] == [64 * 1024]
+    about = vcsim.si().content.about
+    assert published.link == (
+        f"https://{vcsim.host}:{vcsim.port}/ui/app/vm;nav=v/urn:vmomi:VirtualMachine:"
+        f"{vm._moId}:{about.instanceUuid}")
+    assert published.resource["vm"] == vm._moId
+    assert "password" not in repr(published.to_json()).lower()
+    assert rec.resources["vm"] == vm._moId and rec.resources["lease"] is None
+    assert rec.progress and rec.progress[-1][0] == pytest.approx(1.0)
+    text = adapter.next_steps(published)
+    assert text.startswith("The virtual machine win10-office-20261126T0101 is created, but off.")
+    assert "the task changes to Done" in text
+
+    watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
+    await asyncio.sleep(0.5)
+    assert not watch.done()
+    run_task(vcsim, vm.PowerOnVM_Task())
+    await asyncio.sleep(0.5)
+    assert not watch.done()
+    run_task(vcsim, vm.PowerOffVM_Task())
+    await asyncio.wait_for(watch, 15)
+    assert rec.resources["powered_on"] == vm._moId
+    await adapter.close()
+
+
+async def test_publish_template_then_deploy(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    from pyVmomi import vim
+
+    adapter = make_adapter(vcsim, mode="template", vm_template="DC0_C0_RP0_VM0")
+    rec = Recorder()
+    published = await adapter.publish(rec.context(raw_disk, "win10-tpl"))
+    [tpl] = find_vms(vcsim, "win10-tpl")
+    assert tpl.config.template
+    src = find_vms(vcsim, "DC0_C0_RP0_VM0")[0]
+    assert tpl.config.hardware.numCPU == src.config.hardware.numCPU
+    assert tpl.config.hardware.memoryMB == src.config.hardware.memoryMB
+    assert published.summary == "VM template win10-tpl"
+    assert adapter.next_steps(published).startswith(
+        "Create a VM from the VMware Virtual Machine template win10-tpl and power it on")
+
+    watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
+    await asyncio.sleep(0.5)
+    pool = find_vms(vcsim, "DC0_C0_RP0_VM0")[0].resourcePool
+    spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=pool), powerOn=False)
+    clone = run_task(vcsim, tpl.CloneVM_Task(folder=tpl.parent, name="desk-1", spec=spec))
+    clone = vim.VirtualMachine(clone._moId, vcsim.si()._stub)
+    await asyncio.sleep(0.5)
+    assert not watch.done()
+    run_task(vcsim, clone.PowerOnVM_Task())
+    run_task(vcsim, clone.PowerOffVM_Task())
+    await asyncio.wait_for(watch, 15)
+    assert rec.resources["deployed_vm"] == clone._moId
+    await adapter.close()
+
+
+async def test_restart_during_watch(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    first = make_adapter(vcsim)
+    rec = Recorder()
+    published = await first.publish(rec.context(raw_disk, "restart-me"))
+    watch = asyncio.create_task(first.wait_for_shutdown(published, rec.context(raw_disk, "x")))
+    await asyncio.sleep(0.3)
+    [vm] = find_vms(vcsim, "restart-me")
+    run_task(vcsim, vm.PowerOnVM_Task())
+    await asyncio.sleep(0.3)
+    watch.cancel()  # the bot goes down while the guest runs its scripts
+    with pytest.raises(asyncio.CancelledError):
+        await watch
+    await first.close()
+    run_task(vcsim, vm.PowerOffVM_Task())  # ...and the guest shuts down meanwhile
+
+    again = make_adapter(vcsim)
+    restored = Published.from_json(published.to_json())
+    await asyncio.wait_for(again.wait_for_shutdown(restored, Recorder().context(raw_disk, "x")), 15)
+    await again.close()
+
+
+async def test_restart_template_watch_after_deploy(vcsim: VcSim, vc_env: None,
+                                                    raw_disk: Path) -> None:
+    from pyVmomi import vim
+
+    first = make_adapter(vcsim, mode="template")
+    published = await first.publish(Recorder().context(raw_disk, "tpl-restart"))
+    await first.close()  # bot down before watching; the admin deploys meanwhile
+    [tpl] = find_vms(vcsim, "tpl-restart")
+    pool = find_vms(vcsim, "DC0_C0_RP0_VM0")[0].resourcePool
+    spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=pool), powerOn=False)
+    clone = run_task(vcsim, tpl.CloneVM_Task(folder=tpl.parent, name="desk-2", spec=spec))
+    clone = vim.VirtualMachine(clone._moId, vcsim.si()._stub)
+    run_task(vcsim, clone.PowerOnVM_Task())
+
+    again = make_adapter(vcsim)
+    rec = Recorder()
+    watch = asyncio.create_task(
+        again.wait_for_shutdown(Published.from_json(published.to_json()),
+                                rec.context(raw_disk, "x")))
+    await asyncio.sleep(1.0)
+    assert not watch.done()
+    assert rec.resources["deployed_vm"] == clone._moId
+    run_task(vcsim, clone.PowerOffVM_Task())
+    await asyncio.wait_for(watch, 15)
+    await again.close()

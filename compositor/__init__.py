@@ -1,1 +1,47 @@
-"""Layers → merged tree → partitioned disk → platform format. Knows nothing of Slack or platforms."""
+"""Layers → merged tree → partitioned disk → platform format. Knows nothing of Slack or platforms.
+
+Public API:
+    build_image(spec, work_dir=, cache_dir=, progress=) -> BuiltImage   (async)
+    cache_lookup(spec, cache_dir=) -> BuiltImage | None
+    layer_digest(source, cache_dir=) -> str
+    required_tools(formats, filesystems=("ext4",)) -> list[ToolStatus]
+    CompositorError, LayerError, DiskTooSmallError, ToolMissingError, ToolFailedError
+"""
+
+from .build import build_image, cache_lookup
+from .digest import layer_digest
+from .errors import (
+    CompositorError,
+    DiskTooSmallError,
+    LayerError,
+    ToolFailedError,
+    ToolMissingError,
+)
+from .spec import (
+    FORMAT_EXTENSIONS,
+    BuiltImage,
+    ExtraFile,
+    ImageSpec,
+    LayerSource,
+    ProgressCallback,
+)
+from .tools import ToolStatus, required_tools
+
+__all__ = [
+    "FORMAT_EXTENSIONS",
+    "BuiltImage",
+    "CompositorError",
+    "DiskTooSmallError",
+    "ExtraFile",
+    "ImageSpec",
+    "LayerError",
+    "LayerSource",
+    "ProgressCallback",
+    "ToolFailedError",
+    "ToolMissingError",
+    "ToolStatus",
+    "build_image",
+    "cache_lookup",
+    "layer_digest",
+    "required_tools",
+]

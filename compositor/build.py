@@ -1,0 +1,178 @@
+"""build_image and cache_lookup: digests -> cache -> layers -> merged tree -> disk -> format."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from . import convert as converter
+from .cache import Cache, image_key, raw_key
+from .digest import cached_digest, layer_digest
+from .dirlayer import scan_dir_layer
+from .errors import CompositorError, LayerError, ToolMissingError
+from .ext4 import build_ext4_disk
+from .layertree import LayerTree
+from .merge import Merger
+from .progress import Reporter
+from .publish import write_publish_layer
+from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec, LayerSource, ProgressCallback
+from .tarlayer import extract_tar_layer
+from .threads import in_thread
+from .tools import find_tool, required_tools
+
+DiskBuilder = Callable[..., Awaitable[None]]
+#: filesystem -> builder(staging, meta, raw, work, size_gib, cancel, report)
+FILESYSTEM_BUILDERS: dict[str, DiskBuilder] = {"ext4": build_ext4_disk}
+
+
+async def build_image(
+    spec: ImageSpec, *, work_dir: Path, cache_dir: Path,
+    progress: ProgressCallback | None = None,
+) -> BuiltImage:
+    """Composite the spec's layers into a disk image of spec.format (or reuse the cached one).
+
+    Temporary files live in a fresh directory under work_dir and are removed afterwards, also
+    on failure and cancellation; child processes are killed when the task is cancelled.
+    """
+    validate(spec)
+    report = Reporter(progress)
+    cache = Cache(Path(cache_dir))
+    report.stage("computing layer digests", 0.0)
+    digests = await _digests(spec, Path(cache_dir))
+    key = image_key(spec, digests)
+    if (hit := cache.lookup(key, spec.format, digests)) is not None:
+        report.stage("reusing the cached image", 1.0)
+        return hit
+    _check_tools(spec)
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="layerbot-build-", dir=work_dir))
+    cancel = threading.Event()
+    temps: list[Path] = []
+    try:
+        raw = cache.raw(raw_key(spec, digests))
+        if not raw.exists():
+            raw_tmp = cache.new_temp(".img")
+            temps.append(raw_tmp)
+            await _build_raw(spec, work, raw_tmp, cancel, report)
+            cache.publish(raw_tmp, raw)
+        report.stage(f"converting to {spec.format}", 0.8)
+        out_tmp = cache.new_temp("." + FORMAT_EXTENSIONS[spec.format])
+        temps.append(out_tmp)
+        span = report.span(f"converting to {spec.format}", 0.8, 0.99)
+        virtual = await converter.convert(raw, spec.format, out_tmp, span)
+        final = await asyncio.to_thread(cache.store_artifact, out_tmp, key, spec.format, virtual)
+        report.stage("done", 1.0)
+        return BuiltImage(
+            path=final, format=spec.format, virtual_size=virtual,
+            file_size=final.stat().st_size, cache_key=key, cache_hit=False,
+            layer_digests=digests,
+        )
+    finally:
+        cancel.set()
+        await _cleanup(work, temps)
+
+
+def cache_lookup(spec: ImageSpec, *, cache_dir: Path) -> BuiltImage | None:
+    """The cached artifact for spec, or None. Never reads layer data: a layer whose digest is
+    not remembered (new or changed since its last build) means None."""
+    digests: dict[str, str] = {}
+    for layer in spec.layers:
+        digest = cached_digest(layer.source, cache_dir=Path(cache_dir))
+        if digest is None:
+            return None
+        digests[layer.name] = digest
+    return Cache(Path(cache_dir)).lookup(image_key(spec, digests), spec.format, digests)
+
+
+def validate(spec: ImageSpec) -> None:
+    if spec.format not in FORMAT_EXTENSIONS:
+        raise CompositorError(f"unknown image format {spec.format!r}")
+    if spec.filesystem not in FILESYSTEM_BUILDERS:
+        raise CompositorError(f"{spec.filesystem}: not yet supported")
+    if spec.size_gib < 1:
+        raise CompositorError(f"disk size must be at least 1 GiB, not {spec.size_gib}")
+    if not spec.layers:
+        raise CompositorError("the image has no layers")
+    names = [layer.name for layer in spec.layers]
+    if len(set(names)) != len(names):
+        raise CompositorError(f"layer names must be unique: {names}")
+    for layer in spec.layers:
+        if not Path(layer.source).exists():
+            raise LayerError(layer.name, str(layer.source), "the layer source does not exist")
+
+
+def _check_tools(spec: ImageSpec) -> None:
+    for tool in required_tools([spec.format], [spec.filesystem]):
+        if tool.path is None and not tool.optional:
+            if tool.name == "gzip" and find_tool("pigz"):
+                continue
+            raise ToolMissingError(tool.name, tool.package)
+
+
+async def _digests(spec: ImageSpec, cache_dir: Path) -> dict[str, str]:
+    results = await asyncio.gather(*(
+        asyncio.to_thread(layer_digest, Path(layer.source), cache_dir=cache_dir)
+        for layer in spec.layers
+    ))
+    return {layer.name: digest for layer, digest in zip(spec.layers, results, strict=True)}
+
+
+async def _build_raw(
+    spec: ImageSpec, work: Path, raw: Path, cancel: threading.Event, report: Reporter
+) -> None:
+    count = len(spec.layers)
+    slots = asyncio.Semaphore(max(1, min(2, os.cpu_count() or 1)))
+    done = 0
+
+    async def prepare(index: int, layer: LayerSource) -> LayerTree:
+        nonlocal done
+        async with slots:
+            report.stage(f"extracting layer {index + 1}/{count} ({layer.name})",
+                         0.05 + 0.4 * done / count)
+            if Path(layer.source).is_dir():
+                tree = await in_thread(cancel, scan_dir_layer, layer, cancel)
+            else:
+                dest = work / "layers" / str(index)
+                dest.mkdir(parents=True)
+                tree = await in_thread(cancel, extract_tar_layer, layer, dest, cancel)
+            done += 1
+            return tree
+
+    tasks = [asyncio.ensure_future(prepare(i, layer)) for i, layer in enumerate(spec.layers)]
+    try:
+        trees = await asyncio.gather(*tasks)
+    except BaseException:
+        cancel.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    publish_dir = work / "publish"
+    publish_dir.mkdir()
+    trees.append(await in_thread(cancel, write_publish_layer, spec, publish_dir))
+    report.stage("merging layers", 0.45)
+    staging = work / "root"
+    staging.mkdir()
+    merger = Merger(staging, cancel)
+    for tree in trees:
+        await in_thread(cancel, merger.apply, tree)
+    report.stage("checking the merged tree", 0.5)
+    builder = FILESYSTEM_BUILDERS[spec.filesystem]
+    await builder(staging, merger.meta, raw, work, spec.size_gib, cancel, report)
+
+
+async def _cleanup(work: Path, temps: list[Path]) -> None:
+    def remove() -> None:
+        for tmp in temps:
+            Cache.discard(tmp)
+        shutil.rmtree(work, ignore_errors=True)
+
+    task = asyncio.ensure_future(asyncio.to_thread(remove))
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue

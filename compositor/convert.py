@@ -1,0 +1,106 @@
+"""Turn the raw disk into the platform's format with qemu-img (or tar for GCE), then verify it."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import re
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+from . import runner
+from .errors import CompositorError
+from .tools import gzip_command, tool_path
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+#: format -> (qemu-img -O name, -o options)
+_QEMU: dict[str, tuple[str, str | None]] = {
+    "qcow2": ("qcow2", None),
+    "vmdk": ("vmdk", "subformat=streamOptimized,adapter_type=lsilogic"),
+    "vhd": ("vpc", "subformat=fixed,force_size"),
+    "vhdx": ("vhdx", "subformat=dynamic"),
+}
+_PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
+_OLDGNU_MAGIC = b"ustar  \0"
+
+Fraction = Callable[[float], None]
+
+
+async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction) -> int:
+    """Write raw as fmt to out; return the virtual size the guest sees."""
+    size = raw.stat().st_size
+    if fmt == "raw":
+        await asyncio.to_thread(os.link, raw, out)
+        return size
+    if fmt == "gce-tar":
+        return await _gce_tar(raw, out, size)
+    if fmt == "vhd" and size % MIB:
+        raise CompositorError(f"vhd: the raw disk is {size} bytes, not a whole number of MiB")
+    qemu_fmt, options = _QEMU[fmt]
+
+    def on_line(line: str) -> None:
+        if match := _PROGRESS.search(line):
+            on_fraction(float(match.group(1)) / 100)
+
+    argv: list[str | Path] = [tool_path("qemu-img"), "convert", "-p", "-f", "raw", "-O", qemu_fmt]
+    if options:
+        argv += ["-o", options]
+    await runner.run([*argv, raw, out], on_output=on_line)
+    return await _verify_qemu(out, qemu_fmt, size, fmt)
+
+
+async def _verify_qemu(out: Path, qemu_fmt: str, size: int, fmt: str) -> int:
+    done = await runner.run(
+        [tool_path("qemu-img"), "info", "--output=json", "-f", qemu_fmt, out]
+    )
+    info = json.loads(done.stdout)
+    virtual = int(info["virtual-size"])
+    if virtual != size:
+        raise CompositorError(f"{fmt}: qemu-img wrote a {virtual} byte disk, expected {size}")
+    if fmt == "vmdk":
+        data = info.get("format-specific", {}).get("data", {})
+        if data.get("create-type") != "streamOptimized":
+            raise CompositorError(f"vmdk: create-type is {data.get('create-type')!r}")
+    return virtual
+
+
+async def _gce_tar(raw: Path, out: Path, size: int) -> int:
+    """disk.raw, sparse, in an oldgnu tar, gzip-compressed; its size a whole number of GiB."""
+    if size % GIB:
+        raise CompositorError(f"gce-tar: disk.raw must be a whole number of GiB, not {size} B")
+    folder = out.parent / (out.name + ".d")
+    folder.mkdir()
+    try:
+        await asyncio.to_thread(os.link, raw, folder / "disk.raw")
+        tar = [
+            tool_path("tar"), "--format=oldgnu", "--sparse", "--numeric-owner",
+            "--owner=0", "--group=0", "-C", folder, "-cf", "-", "disk.raw",
+        ]
+        with open(out, "wb") as fh:
+            await runner.pipeline(tar, gzip_command(os.cpu_count() or 1), stdout_file=fh)
+    finally:
+        await asyncio.to_thread(_remove_tree, folder)
+    await asyncio.to_thread(_verify_gce_tar, out, size)
+    return size
+
+
+def _verify_gce_tar(out: Path, size: int) -> None:
+    with tarfile.open(out, "r|gz") as tar:
+        member = tar.next()
+        if member is None or member.name != "disk.raw" or member.size != size:
+            raise CompositorError("gce-tar: the archive's first member is not disk.raw")
+    with gzip.open(out, "rb") as fh:
+        header = fh.read(512)
+    if header[257:265] != _OLDGNU_MAGIC:
+        raise CompositorError("gce-tar: disk.raw is not stored in oldgnu format")
+
+
+def _remove_tree(folder: Path) -> None:
+    for child in folder.iterdir():
+        child.unlink()
+    folder.rmdir()

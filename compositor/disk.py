@@ -1,0 +1,126 @@
+"""A sparse GPT disk with one ext4 partition built from the staging tree, rootless.
+
+No mount, no loop device: mke2fs writes the filesystem straight into the partition
+(`-E offset=`), running under fakeroot with a database that carries the true owners, modes and
+device numbers of the staging tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import runner
+from .errors import DiskTooSmallError, ToolFailedError
+from .tools import tool_path
+
+SECTOR = 512
+PARTITION_START_SECTOR = 2048  # 1 MiB
+_GPT_BACKUP_SECTORS = 33  # backup header + 32 sectors of partition entries
+FS_BLOCK = 4096
+_INODE_RATIO = 16384
+_INODE_SIZE = 256
+LINUX_FS_TYPE = "8300"
+
+
+@dataclass(frozen=True)
+class Layout:
+    disk_bytes: int
+    first_sector: int
+    last_sector: int
+
+    @property
+    def offset(self) -> int:
+        return self.first_sector * SECTOR
+
+    @property
+    def fs_blocks(self) -> int:
+        return (self.last_sector - self.first_sector + 1) * SECTOR // FS_BLOCK
+
+    def image_arg(self, raw: Path) -> str:
+        """A path the e2fsprogs unix I/O manager opens at the partition's offset."""
+        return f"{raw}?offset={self.offset}"
+
+
+def layout_for(size_gib: int) -> Layout:
+    disk_bytes = size_gib << 30
+    last = disk_bytes // SECTOR - _GPT_BACKUP_SECTORS - 1
+    last -= (last - PARTITION_START_SECTOR + 1) % (FS_BLOCK // SECTOR)  # whole fs blocks
+    return Layout(disk_bytes, PARTITION_START_SECTOR, last)
+
+
+def _journal_blocks(blocks: int) -> int:
+    """mke2fs's default journal size (ext2fs_default_journal_size)."""
+    for limit, size in ((32768, 1024), (256 * 1024, 4096), (512 * 1024, 8192),
+                        (4096 * 1024, 16384), (8192 * 1024, 32768), (16384 * 1024, 65536),
+                        (32768 * 1024, 131072)):
+        if blocks < limit:
+            return size
+    return 262144
+
+
+def fs_capacity(layout: Layout) -> int:
+    """Bytes left for files after ext4's own metadata (inode tables, journal, group overhead)."""
+    blocks = layout.fs_blocks
+    overhead = blocks * FS_BLOCK // _INODE_RATIO * _INODE_SIZE
+    overhead += _journal_blocks(blocks) * FS_BLOCK
+    overhead += blocks * FS_BLOCK // 100  # bitmaps, descriptors, reserved GDT, extent blocks
+    return blocks * FS_BLOCK - overhead
+
+
+def check_fits(layout: Layout, content_bytes: int, size_gib: int) -> None:
+    capacity = fs_capacity(layout)
+    if content_bytes > capacity:
+        raise DiskTooSmallError(content_bytes, capacity, size_gib)
+
+
+async def create_partitioned(raw: Path, layout: Layout) -> None:
+    def make_sparse() -> None:
+        with open(raw, "wb") as fh:
+            fh.truncate(layout.disk_bytes)
+
+    await asyncio.to_thread(make_sparse)
+    await runner.run([
+        tool_path("sgdisk"), "--clear",
+        f"--new=1:{layout.first_sector}:{layout.last_sector}",
+        f"--typecode=1:{LINUX_FS_TYPE}", "--change-name=1:root", raw,
+    ])
+
+
+async def make_ext4(
+    raw: Path, layout: Layout, staging: Path, fakeroot_db: Path, entries: int,
+    content_bytes: int, size_gib: int,
+) -> None:
+    inodes = max(layout.fs_blocks * FS_BLOCK // _INODE_RATIO, entries + entries // 10 + 1024)
+    argv = [
+        tool_path("fakeroot"), "-i", fakeroot_db, "--",
+        tool_path("mke2fs"), "-q", "-F", "-t", "ext4", "-b", str(FS_BLOCK), "-N", str(inodes),
+        "-L", "root", "-E", f"offset={layout.offset},root_owner=0:0",
+        "-d", staging, raw, str(layout.fs_blocks),
+    ]
+    try:
+        await runner.run(argv)
+    except ToolFailedError as exc:
+        if "space" in exc.stderr or "allocate" in exc.stderr:
+            raise DiskTooSmallError(content_bytes, fs_capacity(layout), size_gib) from exc
+        raise
+
+
+async def relink_big_dirs(raw: Path, layout: Layout, script: list[str], work: Path) -> None:
+    """Index the filesystem's directories, then run the bigdirs relink script."""
+    image = layout.image_arg(raw)
+    await runner.run([tool_path("e2fsck"), "-f", "-y", "-D", image], ok_codes=(0, 1))
+    script_path = work / "relink.debugfs"
+    await asyncio.to_thread(script_path.write_text, "\n".join(script) + "\n")
+    done = await runner.run([tool_path("debugfs"), "-w", "-f", script_path, image])
+    problems = [
+        line for line in done.stderr.splitlines()
+        if line.strip() and not line.startswith("debugfs ")
+    ]
+    if problems:
+        raise ToolFailedError("debugfs", 0, "\n".join(problems[:10]))
+
+
+async def check_fs(raw: Path, layout: Layout) -> None:
+    await runner.run([tool_path("e2fsck"), "-f", "-n", layout.image_arg(raw)])

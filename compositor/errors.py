@@ -1,0 +1,61 @@
+"""The compositor's errors. Every message is user-facing: it says what went wrong and where.
+
+    CompositorError
+     ├── LayerError          bad or unsafe layer content (names the layer and the member)
+     ├── DiskTooSmallError   the merged content does not fit the requested disk
+     ├── ToolMissingError    an external tool is not installed (gives the apt-get command)
+     └── ToolFailedError     an external tool exited with an error (gives its stderr)
+"""
+
+from __future__ import annotations
+
+
+class CompositorError(Exception):
+    """Base class; str(error) is shown to the user as is."""
+
+
+class LayerError(CompositorError):
+    def __init__(self, layer: str, member: str, problem: str) -> None:
+        super().__init__(f"layer {layer!r}, member {member!r}: {problem}")
+        self.layer = layer
+        self.member = member
+        self.problem = problem
+
+
+class DiskTooSmallError(CompositorError):
+    def __init__(self, needed_bytes: int, capacity_bytes: int, size_gib: int) -> None:
+        super().__init__(
+            f"the layers need about {_mib(needed_bytes)} MiB but a {size_gib} GiB disk holds "
+            f"at most {_mib(capacity_bytes)} MiB of files; choose a disk of at least "
+            f"{_suggest_gib(needed_bytes, capacity_bytes, size_gib)} GiB"
+        )
+        self.needed_bytes = needed_bytes
+        self.capacity_bytes = capacity_bytes
+        self.size_gib = size_gib
+
+
+class ToolMissingError(CompositorError):
+    def __init__(self, tool: str, package: str) -> None:
+        super().__init__(
+            f"{tool} is not installed; install it with: sudo apt-get install {package}"
+        )
+        self.tool = tool
+        self.package = package
+
+
+class ToolFailedError(CompositorError):
+    def __init__(self, tool: str, returncode: int, stderr: str) -> None:
+        detail = stderr.strip()[-800:] or "(no error output)"
+        super().__init__(f"{tool} failed with exit code {returncode}: {detail}")
+        self.tool = tool
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+def _mib(n: int) -> int:
+    return -(-n // (1 << 20))
+
+
+def _suggest_gib(needed: int, capacity: int, size_gib: int) -> int:
+    ratio = capacity / (size_gib << 30) if size_gib else 0.9
+    return max(size_gib + 1, -(-int(needed / max(ratio, 0.5)) // (1 << 30)))

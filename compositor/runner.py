@@ -1,0 +1,141 @@
+"""The one way the compositor runs external tools: asyncio subprocesses that die with the task.
+
+Each command gets its own process group. When the awaiting task is cancelled the group gets
+SIGINT (fakeroot's shell wrapper then stops its faked daemon), then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .errors import ToolFailedError
+
+_GRACE_SECONDS = 3.0
+_ENV = {"LC_ALL": "C", "LANG": "C"}
+
+OutputCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    ok_codes: tuple[int, ...] = (0,),
+    stdout_file: IO[bytes] | None = None,
+    on_output: OutputCallback | None = None,
+    env: dict[str, str] | None = None,
+) -> Finished:
+    """Run argv; raise ToolFailedError unless its exit code is in ok_codes.
+
+    stdout goes to stdout_file when given, else it is captured. on_output receives each
+    stdout line (split on \\r or \\n), e.g. qemu-img's -p progress.
+    """
+    args = [os.fspath(a) for a in argv]
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=stdout_file if stdout_file is not None else asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, **_ENV, **(env or {})},
+    )
+    try:
+        out, err = await asyncio.gather(
+            _read(proc.stdout, on_output), _read(proc.stderr, None)
+        )
+        code = await proc.wait()
+    except BaseException:
+        await _kill(proc)
+        raise
+    if code not in ok_codes:
+        raise ToolFailedError(Path(args[0]).name, code, err or out)
+    return Finished(code, out, err)
+
+
+async def pipeline(
+    first: Sequence[str | os.PathLike[str]],
+    second: Sequence[str | os.PathLike[str]],
+    *,
+    stdout_file: IO[bytes],
+) -> None:
+    """first | second > stdout_file; both are killed on cancellation."""
+    read_end, write_end = os.pipe()
+    try:
+        producer = asyncio.ensure_future(_run_fd(first, stdin=None, stdout=write_end))
+        consumer = asyncio.ensure_future(_run_fd(second, stdin=read_end, stdout=stdout_file))
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+    try:
+        await asyncio.gather(producer, consumer)
+    except BaseException:
+        for task in (producer, consumer):
+            task.cancel()
+        await asyncio.gather(producer, consumer, return_exceptions=True)
+        raise
+
+
+async def _run_fd(
+    argv: Sequence[str | os.PathLike[str]], *, stdin: int | None, stdout: int | IO[bytes]
+) -> None:
+    args = [os.fspath(a) for a in argv]
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, **_ENV},
+    )
+    try:
+        err = await _read(proc.stderr, None)
+        code = await proc.wait()
+    except BaseException:
+        await _kill(proc)
+        raise
+    if code != 0:
+        raise ToolFailedError(Path(args[0]).name, code, err)
+
+
+async def _read(stream: asyncio.StreamReader | None, on_line: OutputCallback | None) -> str:
+    if stream is None:
+        return ""
+    chunks: list[str] = []
+    pending = ""
+    while block := await stream.read(65536):
+        text = block.decode(errors="replace")
+        if len(chunks) < 256:
+            chunks.append(text)
+        if on_line is not None:
+            pending += text.replace("\r", "\n")
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                if line.strip():
+                    on_line(line)
+    return "".join(chunks)
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.shield(asyncio.wait_for(proc.wait(), _GRACE_SECONDS))
+            return
+        except (TimeoutError, asyncio.CancelledError):
+            continue

@@ -1,0 +1,79 @@
+"""External tools: where they are, which Debian package brings them, what each format needs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .errors import ToolMissingError
+
+#: tool -> Debian package that provides it
+PACKAGES: dict[str, str] = {
+    "mke2fs": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "fakeroot": "fakeroot",
+    "sgdisk": "gdisk",
+    "qemu-img": "qemu-utils",
+    "tar": "tar",
+    "pigz": "pigz",
+    "gzip": "gzip",
+    "mkntfs": "ntfs-3g",
+    "wimlib-imagex": "wimtools",
+}
+
+#: Ordinary users often lack the sbin directories in PATH, where e2fsprogs and gdisk live.
+_EXTRA_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+_BASE_TOOLS = ("mke2fs", "e2fsck", "debugfs", "fakeroot", "sgdisk", "qemu-img")
+_FORMAT_TOOLS: dict[str, tuple[str, ...]] = {"gce-tar": ("tar",)}
+_FILESYSTEM_TOOLS: dict[str, tuple[str, ...]] = {"ntfs": ("mkntfs", "wimlib-imagex")}
+
+
+@dataclass(frozen=True)
+class ToolStatus:
+    name: str
+    path: str | None  # None when not found
+    package: str  # Debian package to install
+    optional: bool = False  # a faster alternative exists (pigz -> gzip)
+
+
+def find_tool(name: str) -> str | None:
+    search = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    search += [d for d in _EXTRA_DIRS if d not in search]
+    return shutil.which(name, path=os.pathsep.join(search))
+
+
+def tool_path(name: str) -> str:
+    """Absolute path of a tool, or ToolMissingError with the install command."""
+    path = find_tool(name)
+    if path is None:
+        raise ToolMissingError(name, PACKAGES.get(name, name))
+    return path
+
+
+def gzip_command(threads: int) -> list[str]:
+    """pigz when available (parallel), gzip otherwise."""
+    pigz = find_tool("pigz")
+    if pigz:
+        return [pigz, "-p", str(max(1, threads)), "-c"]
+    return [tool_path("gzip"), "-c"]
+
+
+def required_tools(
+    formats: Iterable[str], filesystems: Iterable[str] = ("ext4",)
+) -> list[ToolStatus]:
+    """Tools that building the given formats needs, for `layerbot check`."""
+    names: list[str] = list(_BASE_TOOLS)
+    optional: set[str] = set()
+    for fmt in formats:
+        names += _FORMAT_TOOLS.get(fmt, ())
+        if fmt == "gce-tar":
+            names += ["pigz", "gzip"]
+            optional.add("pigz")
+    for fs in filesystems:
+        names += _FILESYSTEM_TOOLS.get(fs, ())
+    unique = list(dict.fromkeys(names))
+    return [ToolStatus(n, find_tool(n), PACKAGES[n], n in optional) for n in unique]

@@ -71,43 +71,44 @@ async def pipeline(
     *,
     stdout_file: IO[bytes],
 ) -> None:
-    """first | second > stdout_file; both are killed on cancellation."""
+    """first | second > stdout_file; both are killed on cancellation or failure."""
     read_end, write_end = os.pipe()
+    procs: list[asyncio.subprocess.Process] = []
     try:
-        producer = asyncio.ensure_future(_run_fd(first, stdin=None, stdout=write_end))
-        consumer = asyncio.ensure_future(_run_fd(second, stdin=read_end, stdout=stdout_file))
+        procs.append(await _spawn(first, stdin=None, stdout=write_end))
+        procs.append(await _spawn(second, stdin=read_end, stdout=stdout_file))
+    except BaseException:
+        await asyncio.gather(*(_kill(p) for p in procs))
+        raise
     finally:
         os.close(write_end)
         os.close(read_end)
     try:
-        await asyncio.gather(producer, consumer)
+        results = await asyncio.gather(*(_finish(p) for p in procs))
     except BaseException:
-        for task in (producer, consumer):
-            task.cancel()
-        await asyncio.gather(producer, consumer, return_exceptions=True)
+        await asyncio.gather(*(_kill(p) for p in procs))
         raise
+    for argv, (code, err) in zip((first, second), results, strict=True):
+        if code != 0:
+            raise ToolFailedError(Path(os.fspath(argv[0])).name, code, err)
 
 
-async def _run_fd(
+async def _spawn(
     argv: Sequence[str | os.PathLike[str]], *, stdin: int | None, stdout: int | IO[bytes]
-) -> None:
-    args = [os.fspath(a) for a in argv]
-    proc = await asyncio.create_subprocess_exec(
-        *args,
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *[os.fspath(a) for a in argv],
         stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
         env={**os.environ, **_ENV},
     )
-    try:
-        err = await _read(proc.stderr, None)
-        code = await proc.wait()
-    except BaseException:
-        await _kill(proc)
-        raise
-    if code != 0:
-        raise ToolFailedError(Path(args[0]).name, code, err)
+
+
+async def _finish(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    err = await _read(proc.stderr, None)
+    return await proc.wait(), err
 
 
 async def _read(stream: asyncio.StreamReader | None, on_line: OutputCallback | None) -> str:

@@ -1,0 +1,132 @@
+"""Test helpers: write tar layers with exact headers (owners, devices, links) and read images back."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from compositor.disk import PARTITION_START_SECTOR, SECTOR
+
+OFFSET = PARTITION_START_SECTOR * SECTOR
+MTIME = 1_700_000_000
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    type: bytes = tarfile.REGTYPE
+    data: bytes = b""
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    linkname: str = ""
+    major: int = 0
+    minor: int = 0
+    mtime: int = MTIME
+
+
+def file(name: str, data: bytes = b"", **kw: int) -> Entry:
+    return Entry(name, tarfile.REGTYPE, data, **kw)
+
+
+def directory(name: str, mode: int = 0o755, **kw: int) -> Entry:
+    return Entry(name, tarfile.DIRTYPE, mode=mode, **kw)
+
+
+def symlink(name: str, target: str) -> Entry:
+    return Entry(name, tarfile.SYMTYPE, mode=0o777, linkname=target)
+
+
+def hardlink(name: str, target: str) -> Entry:
+    return Entry(name, tarfile.LNKTYPE, linkname=target)
+
+
+def chardev(name: str, major: int, minor: int, mode: int = 0o666) -> Entry:
+    return Entry(name, tarfile.CHRTYPE, mode=mode, major=major, minor=minor)
+
+
+def write_tar(path: Path, entries: list[Entry]) -> Path:
+    """A layer archive; compression follows the suffix (.tar, .tar.gz/.tgz, .tar.zst)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for e in entries:
+            info = tarfile.TarInfo(e.name)
+            info.type = e.type
+            info.mode = e.mode
+            info.uid, info.gid = e.uid, e.gid
+            info.mtime = e.mtime
+            info.linkname = e.linkname
+            info.devmajor, info.devminor = e.major, e.minor
+            info.size = len(e.data) if e.type == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(e.data) if info.size else None)
+    data = buf.getvalue()
+    name = path.name
+    if name.endswith((".tar.gz", ".tgz")):
+        import gzip
+
+        data = gzip.compress(data)
+    elif name.endswith(".tar.zst"):
+        data = zstandard.ZstdCompressor().compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def debugfs(image: Path, request: str) -> str:
+    done = subprocess.run(
+        ["debugfs", "-R", request, f"{image}?offset={OFFSET}"],
+        capture_output=True, text=True, check=True,
+    )
+    return done.stdout
+
+
+def cat(image: Path, path: str) -> bytes:
+    done = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", f"{image}?offset={OFFSET}"],
+        capture_output=True, check=True,
+    )
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class Stat:
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    links: int
+    inode: int
+    mtime: int
+    text: str
+
+
+def stat(image: Path, path: str) -> Stat | None:
+    out = debugfs(image, f"stat {path}")
+    m = re.search(r"Inode: (\d+)\s+Type: ([\w ]+?)\s+Mode:\s+(\d+)", out)
+    if not m:
+        return None
+    owner = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+).*Size: (\d+)", out)
+    links = re.search(r"Links: (\d+)", out)
+    mtime = re.search(r"mtime: (0x[0-9a-f]+)", out)
+    assert owner and links and mtime, out
+    return Stat(
+        m.group(2), int(m.group(3), 8), int(owner.group(1)), int(owner.group(2)),
+        int(owner.group(3)), int(links.group(1)), int(m.group(1)),
+        int(mtime.group(1), 16), out,
+    )
+
+
+def ls(image: Path, path: str) -> list[str]:
+    out = debugfs(image, f"ls -p {path}")
+    names = []
+    for line in out.splitlines():
+        parts = line.split("/")
+        if len(parts) >= 7 and parts[5] not in (".", ".."):
+            names.append(parts[5])
+    return names

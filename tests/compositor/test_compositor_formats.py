@@ -1,0 +1,95 @@
+"""Each output format's header, checked byte by byte, and the GPT layout of the disk."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from compositor import ImageSpec, LayerSource, build_image
+
+from .layer_builder import cat, directory, file, write_tar
+
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("formats")
+    return write_tar(folder / "os.tar", [directory("etc"), file("etc/os-release", b"ID=test\n")])
+
+
+async def _build(layer: Path, fmt: str, tmp_path: Path) -> Path:
+    spec = ImageSpec(layers=(LayerSource("os", "os", layer),), size_gib=1, format=fmt)  # type: ignore[arg-type]
+    built = await build_image(spec, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache")
+    assert built.virtual_size == GIB
+    assert built.file_size == built.path.stat().st_size
+    return built.path
+
+
+async def test_raw_has_gpt_partition_at_1mib(layer: Path, tmp_path: Path) -> None:
+    path = await _build(layer, "raw", tmp_path)
+    assert path.stat().st_size == GIB
+    assert path.stat().st_blocks * 512 < 64 << 20  # sparse
+    out = subprocess.run(["sgdisk", "-i", "1", str(path)], capture_output=True, text=True)
+    assert "First sector: 2048 " in out.stdout
+    verify = subprocess.run(["sgdisk", "-v", str(path)], capture_output=True, text=True)
+    assert "No problems found" in verify.stdout
+    with open(path, "rb") as fh:
+        fh.seek(512)
+        assert fh.read(8) == b"EFI PART"
+    assert cat(path, "/etc/os-release") == b"ID=test\n"
+
+
+async def test_qcow2(layer: Path, tmp_path: Path) -> None:
+    path = await _build(layer, "qcow2", tmp_path)
+    header = path.read_bytes()[:32]
+    assert header[:4] == b"QFI\xfb"
+    assert struct.unpack(">I", header[4:8])[0] == 3
+    assert struct.unpack(">Q", header[24:32])[0] == GIB
+
+
+async def test_vmdk_stream_optimized_v3(layer: Path, tmp_path: Path) -> None:
+    path = await _build(layer, "vmdk", tmp_path)
+    data = path.read_bytes()
+    assert data[:4] == b"KDMV"
+    version, flags = struct.unpack("<II", data[4:12])
+    assert version == 3 and flags & 0x30000 == 0x30000  # compressed grains, markers
+    assert data[77] == 1  # deflate
+    assert b'createType="streamOptimized"' in data[:4096]
+    assert b'ddb.adapterType = "lsilogic"' in data[:4096]
+
+
+async def test_vhd_fixed_with_whole_mib(layer: Path, tmp_path: Path) -> None:
+    path = await _build(layer, "vhd", tmp_path)
+    size = path.stat().st_size
+    assert (size - 512) % (1 << 20) == 0
+    with open(path, "rb") as fh:
+        fh.seek(size - 512)
+        footer = fh.read(512)
+    assert footer[:8] == b"conectix"
+    assert footer[28:32] == b"qem2"  # force_size: no CHS rounding
+    assert struct.unpack(">Q", footer[48:56])[0] == GIB
+    assert struct.unpack(">I", footer[60:64])[0] == 2  # fixed
+    checksum = struct.unpack(">I", footer[64:68])[0]
+    assert checksum == ~sum(footer[:64] + b"\0\0\0\0" + footer[68:]) & 0xFFFFFFFF
+
+
+async def test_vhdx_signature(layer: Path, tmp_path: Path) -> None:
+    path = await _build(layer, "vhdx", tmp_path)
+    assert path.read_bytes()[:8] == b"vhdxfile"
+
+
+async def test_gce_tar(layer: Path, tmp_path: Path) -> None:
+    path = await _build(layer, "gce-tar", tmp_path)
+    assert path.name.endswith(".tar.gz")
+    with gzip.open(path, "rb") as fh:
+        header = fh.read(512)
+    assert header[:9] == b"disk.raw\0"
+    assert header[257:265] == b"ustar  \0"  # oldgnu
+    assert header[156:157] == b"S"  # GNU sparse member
+    real_size = int(header[483:495].rstrip(b"\0 ") or b"0", 8)
+    assert real_size % GIB == 0 and real_size == GIB

@@ -77,3 +77,244 @@ def human_duration(elapsed: float) -> str:
         return f"{minutes} min {secs} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min"
+
+
+# ------------------------------------------------------------------ Slack
+# Everything the Slack app says. Slack mrkdwn: *bold*, <@U123> mentions a user,
+# <#C123> a channel, <url|text> a link.
+
+CONFIRM_TITLE = "Confirm and Complete"
+BUTTON_PUBLISH = "Publish Layered Images"
+BUTTON_CANCEL = "Cancel"
+BUTTON_RETRY = "Retry"
+BUTTON_PUBLISH_ONE = "Publish"
+BUTTON_OPEN = "Open"
+CONFIRM_DIALOG_TITLE = "Publish layered images?"
+CONFIRM_DIALOG_YES = "Publish"
+CONFIRM_DIALOG_NO = "Not yet"
+MODAL_TITLE = "Publish Layered Image"
+MODAL_SUBMIT = "Next"
+MODAL_CLOSE = "Close"
+MODAL_LABEL = "Image templates"
+MODAL_PLACEHOLDER = "Choose templates"
+HOME_TEMPLATES = "Image templates you may publish"
+HOME_TASKS = "Latest tasks"
+HOME_NO_TEMPLATES = "There is no template you may publish. Ask an admin to add you to a template's `access:`."
+HOME_NO_TASKS = "No tasks yet. Publish a template to start one."
+NO_TEMPLATES = "There is no template you may publish here."
+CACHE_REUSED = "yes, a cached disk is reused"
+CACHE_MISS = "no, the layers are composited"
+NONE = "none"
+
+SLACK_HELP = (
+    "*`/publish`* publishes layered images from image templates.\n"
+    "\u2022 `/publish NAME [NAME...]` \u2014 show the *Confirm and Complete* card for these "
+    "templates, then click *Publish Layered Images*\n"
+    "\u2022 `/publish` \u2014 choose templates in a dialog\n"
+    "\u2022 `/publish list` \u2014 the templates you may publish\n"
+    "\u2022 `/publish status [TASK]` \u2014 the latest tasks, or one task and its events\n"
+    "\u2022 `/publish help` \u2014 this text\n"
+    "Each template starts one *Publishing Layered Image* task; its progress, the link to the "
+    "disk and the next steps appear in a thread."
+)
+
+STATUS_EMOJI = {
+    "Queued": ":hourglass_flowing_sand:",
+    "Running": ":arrows_counterclockwise:",
+    "Action required": ":point_right:",
+    "Done": ":white_check_mark:",
+    "Failed": ":x:",
+    "Cancelled": ":no_entry_sign:",
+}
+
+
+def confirm_intro(count: int, requester: str) -> str:
+    return f"<@{requester}> is about to publish {_images(count)}. Check the details and confirm."
+
+
+def confirm_needs_approval(requester: str) -> str:
+    return (f":lock: Protected target: a *second person* (not <@{requester}>) who may publish "
+            "these templates must click *Publish Layered Images*.")
+
+
+def confirm_expires(minutes: int) -> str:
+    return f"This confirmation expires in {minutes} minutes."
+
+
+def confirm_fallback(names: list[str]) -> str:
+    return f"{CONFIRM_TITLE}: publish {', '.join(names)}?"
+
+
+def plan_layers(os_layer: str, app_layers: list[str], platform_layer: str | None) -> str:
+    apps = ", ".join(app_layers) or NONE
+    return f"*OS layer:* {os_layer}\n*App layers:* {apps}\n*Platform layer:* {platform_layer or NONE}"
+
+
+def plan_target(connector: str, platform: str, size_gib: int, filesystem: str, fmt: str) -> str:
+    return f"*Connector:* {connector} ({platform})\n*Disk:* {size_gib} GiB {filesystem}, {fmt}"
+
+
+def plan_scripts(scripts: list[str], cache_hit: bool) -> str:
+    cached = CACHE_REUSED if cache_hit else CACHE_MISS
+    return f"*Scripts:* {', '.join(scripts) or NONE}\n*Cached disk:* {cached}"
+
+
+def approval_requested(requester: str, names: list[str]) -> str:
+    return (f"Approval needed: <@{requester}> wants to publish {', '.join(names)}. "
+            "The confirmation card is in this channel.")
+
+
+def publishing(count: int, requester: str, approver: str | None = None) -> str:
+    text = f"Publishing {_images(count)} \u2014 requested by <@{requester}>"
+    if approver and approver != requester:
+        text += f", approved by <@{approver}>"
+    return text
+
+
+def publish_cancelled(user: str) -> str:
+    return f"Not published: <@{user}> cancelled the confirmation. Nothing was queued."
+
+
+def intent_expired(minutes: int) -> str:
+    return (f"This confirmation expired (they are valid for {minutes} minutes). "
+            "Run `/publish` again.")
+
+
+def intent_used(by: str) -> str:
+    return f"This confirmation was already used by <@{by}>."
+
+
+def intent_unknown() -> str:
+    return "This confirmation is no longer known. Run `/publish` again."
+
+
+def unknown_templates(problems: list[str]) -> str:
+    return "Nothing was published: " + "; ".join(problems) + ". `/publish list` shows the templates."
+
+
+def denied(action: str, target: str, reason: str) -> str:
+    return f":no_entry: You may not {action} {target}: {reason}."
+
+
+def slack_error(what: str) -> str:
+    return f":warning: {what}. Nothing was published; try again, or ask an admin to check the bot's log."
+
+
+def task_header(template: str) -> str:
+    return f"{TASK_TITLE} \u00b7 {template}"
+
+
+def task_status_line(label: str, stage: str, requester: str, platform: str) -> str:
+    emoji = STATUS_EMOJI.get(label, "")
+    stage_text = f" \u00b7 {stage}" if stage and label not in ("Done", "Cancelled") else ""
+    return f"{emoji} *{label}*{stage_text}\nRequested by <@{requester}> \u00b7 {platform}"
+
+
+def task_fallback(template: str, label: str, percent: float) -> str:
+    return f"{task_header(template)}: {label} ({percent:.0f}%)"
+
+
+def progress_bar(percent: float, width: int = 20) -> str:
+    filled = max(0, min(width, round(percent / 100 * width)))
+    return "`" + "\u2588" * filled + "\u2591" * (width - filled) + f"` {percent:.0f}%"
+
+
+def task_ref(task_id: str, error: str | None = None) -> str:
+    return f"Task `{task_id}`" + (f" \u00b7 {error}" if error else "")
+
+
+def thread_disk_created(message: str, link: str | None) -> str:
+    return f":cd: *Disk created.* {message}" + (f"\n<{link}|Open the VM/image>" if link else "")
+
+
+def thread_next_steps(text: str) -> str:
+    return f":point_right: *Next:* {text}"
+
+
+def thread_hint() -> str:
+    return (":information_source: If you see *This system was not shut down properly\u2026*, "
+            "log in with a local user, not a domain user.")
+
+
+def thread_done(template: str, message: str) -> str:
+    return f":white_check_mark: *Done* \u00b7 {template}: {message}"
+
+
+def thread_failed(template: str, message: str) -> str:
+    return f":x: *Failed* \u00b7 {template}: {message}"
+
+
+def thread_cancelled(template: str, message: str) -> str:
+    return f":no_entry_sign: *Cancelled* \u00b7 {template}: {message}"
+
+
+def thread_waiting(message: str) -> str:
+    return f":hourglass: {message}"
+
+
+def cancel_requested_by(user: str) -> str:
+    return f"Cancel requested by <@{user}>"
+
+
+def cancel_ack(task_id: str) -> str:
+    return f"Cancel requested for task `{task_id}`; its runner removes any partial upload."
+
+
+def already_finished(task_id: str, label: str) -> str:
+    return f"Task `{task_id}` is already {label.lower()}."
+
+
+def retried(old: str, user: str) -> str:
+    return f"Retry of task {old} requested by <@{user}>"
+
+
+def too_many(limit: int) -> str:
+    return f"At most {limit} templates can be published at once."
+
+
+def retry_ack(old: str, new: str) -> str:
+    return f"Retrying task `{old}` as task `{new}`."
+
+
+def no_task(task_id: str) -> str:
+    return f"There is no task `{task_id}`. `/publish status` lists the latest tasks."
+
+
+def status_line(task_id: str, template: str, label: str, stage: str, percent: float,
+                link: str | None) -> str:
+    where = f" \u00b7 <{link}|link>" if link else ""
+    return f"`{task_id}` *{template}* \u2014 {label} \u00b7 {stage} {percent:.0f}%{where}"
+
+
+def list_line(icon: str, name: str, description: str, allowed: bool) -> str:
+    lock = "" if allowed else " :lock:"
+    return f"{icon} *{name}*{lock} \u2014 {description or NONE}"
+
+
+def no_status() -> str:
+    return "No tasks yet."
+
+
+def _images(count: int) -> str:
+    return f"{count} layered image" + ("" if count == 1 else "s")
+
+
+def reason_user(kind: str, name: str) -> str:
+    return f"the {kind} {name} is restricted to certain users and user groups, and you are not one of them"
+
+
+def reason_channel(kind: str, name: str, channels: list[str]) -> str:
+    where = ", ".join(f"<#{c}>" for c in channels)
+    return f"the {kind} {name} may only be published from {where}"
+
+
+def reason_not_requester(requester: str) -> str:
+    return f"only <@{requester}>, who asked for it, may confirm this publish"
+
+
+def reason_second_person(requester: str) -> str:
+    return f"a protected target needs a second person: someone other than <@{requester}> must confirm"
+
+
+def reason_unknown_template(name: str) -> str:
+    return f"the template {name} is no longer in the catalog"

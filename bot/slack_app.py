@@ -1,0 +1,67 @@
+"""The slack-bolt AsyncApp: listeners only acknowledge and hand the work to
+:class:`bot.slack_handlers.Handlers` in an owned background task, so every command,
+click and submission is answered well inside Slack's 3 seconds."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import slack_blocks as sb
+from bot.slack_handlers import Background, Handlers
+
+log = logging.getLogger("bot.slack")
+
+
+def build_app(handlers: Handlers, background: Background, *, client: AsyncWebClient,
+              signing_secret: str, command: str = "/publish") -> AsyncApp:
+    app = AsyncApp(client=client, signing_secret=signing_secret, name="layerbot", logger=log)
+
+    @app.command(command)
+    async def publish_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        background.spawn(handlers.command(body, respond), "command")
+
+    @app.view(sb.VIEW_PUBLISH)
+    async def publish_modal(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        background.spawn(handlers.modal_submitted(body), "modal")
+
+    @app.action(sb.ACTION_CONFIRM)
+    async def confirm(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        background.spawn(handlers.confirm(body, respond), "confirm")
+
+    @app.action(sb.ACTION_DISMISS)
+    async def dismiss(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        background.spawn(handlers.dismiss(body, respond), "dismiss")
+
+    @app.action(sb.ACTION_TASK_CANCEL)
+    async def task_cancel(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        background.spawn(handlers.task_cancel(body, respond), "task-cancel")
+
+    @app.action(sb.ACTION_TASK_RETRY)
+    async def task_retry(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        background.spawn(handlers.task_retry(body, respond), "task-retry")
+
+    @app.action(sb.ACTION_HOME_PUBLISH)
+    async def home_publish(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        background.spawn(handlers.home_publish(body), "home-publish")
+
+    @app.action(sb.ACTION_OPEN_LINK)
+    async def open_link(ack: AsyncAck) -> None:
+        await ack()  # a link button: Slack opens the URL, nothing to do
+
+    @app.event("app_home_opened")
+    async def home_opened(ack: AsyncAck, event: dict[str, Any]) -> None:
+        await ack()
+        background.spawn(handlers.home_opened(event), "home")
+
+    return app

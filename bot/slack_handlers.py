@@ -1,0 +1,349 @@
+"""What the Slack app does for each command and click. Every handler runs after the
+request was acknowledged (see :mod:`bot.slack_app`), so it may call the Web API,
+resolve user groups and plan templates (layer hashing runs in a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import messages, slack_access, slack_blocks, states
+from bot.catalog import Catalog, unknown_name
+from bot.slack_access import Decision, GroupDirectory
+from bot.slack_blocks import Message
+from bot.slack_intents import Claim, Intent, IntentStore
+from bot.store import Task, TaskNotFound, TaskStore
+from bot.summary import PublishPlan, enqueue, plan
+
+log = logging.getLogger(__name__)
+
+#: Sends a message to the user who acted (ephemeral where possible).
+Reply = Callable[[Message], Awaitable[None]]
+#: bolt's ``respond`` (response_url).
+Respond = Callable[..., Awaitable[Any]]
+
+
+class Background:
+    """Owns the work started after an ack, so it is not garbage collected mid-way and
+    can be awaited on shutdown (and by tests)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
+    @staticmethod
+    async def _guard(coro: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("slack: %s failed", name)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            for task in list(self._tasks):
+                task.cancel()
+
+
+def ephemeral(respond: Respond) -> Reply:
+    async def reply(message: Message) -> None:
+        await respond(response_type="ephemeral", replace_original=False, **message.payload())
+    return reply
+
+
+class Handlers:
+    def __init__(self, *, store: TaskStore, catalog: Catalog, client: AsyncWebClient,
+                 intents: IntentStore, groups: GroupDirectory,
+                 wake_runner: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.client = client
+        self.intents = intents
+        self.groups = groups
+        self.wake_runner = wake_runner
+
+    # ------------------------------------------------------------ helpers
+    async def _groups(self, user: str) -> set[str]:
+        return await self.groups.groups_of(user, slack_access.groups_in_use(self.catalog))
+
+    def _decide(self, user: str, action: str, target: str, decision: Decision) -> Decision:
+        slack_access.record(self.store, user, action, target, decision)
+        return decision
+
+    async def _allowed_templates(self, user: str, channel: str | None) -> list[str]:
+        groups = await self._groups(user)
+        return [n for n in self.catalog.templates
+                if slack_access.may_publish(self.catalog, n, user=user, groups=groups,
+                                            channel=channel).allowed]
+
+    def _dm(self, user: str, channel: str | None) -> Reply:
+        """Ephemeral in ``channel`` if possible, else a direct message."""
+        async def reply(message: Message) -> None:
+            if channel:
+                try:
+                    await self.client.chat_postEphemeral(channel=channel, user=user,
+                                                         **message.payload())
+                    return
+                except SlackApiError as exc:
+                    log.info("postEphemeral in %s failed (%s); sending a DM", channel,
+                             exc.response.get("error"))
+            await self.client.chat_postMessage(channel=user, **message.payload())
+        return reply
+
+    async def _plans(self, names: list[str], *, check_cache: bool) -> list[PublishPlan]:
+        return await asyncio.to_thread(
+            lambda: [plan(self.catalog, n, check_cache=check_cache) for n in names])
+
+    # ------------------------------------------------------------ /publish
+    async def command(self, body: dict[str, Any], respond: Respond) -> None:
+        user, channel = body["user_id"], body.get("channel_id")
+        words = (body.get("text") or "").split()
+        reply = ephemeral(respond)
+        verb = words[0].lower() if words else ""
+        if not words:
+            await self.open_modal(user, channel, body["trigger_id"])
+        elif verb == "help":
+            await reply(slack_blocks.text_message(messages.SLACK_HELP))
+        elif verb == "list":
+            await self.list_templates(user, channel, reply)
+        elif verb == "status":
+            await self.status(words[1] if len(words) > 1 else None, reply)
+        else:
+            await self.request(user, channel, list(dict.fromkeys(words)), reply)
+
+    async def list_templates(self, user: str, channel: str | None, reply: Reply) -> None:
+        allowed = set(await self._allowed_templates(user, channel))
+        rows = [(n, t.icon, t.description, n in allowed) for n, t in self.catalog.templates.items()]
+        await reply(slack_blocks.list_message(rows))
+
+    async def status(self, task_id: str | None, reply: Reply) -> None:
+        if task_id is None:
+            await reply(slack_blocks.status_message(self.store.list_tasks(limit=10)))
+            return
+        try:
+            task = self.store.get(task_id)
+        except TaskNotFound:
+            await reply(slack_blocks.text_message(messages.no_task(slack_blocks.escape(task_id))))
+            return
+        await reply(slack_blocks.task_detail(task, self.store.events(task.id)))
+
+    async def open_modal(self, user: str, channel: str | None, trigger_id: str) -> None:
+        names = await self._allowed_templates(user, channel)
+        view = slack_blocks.publish_modal(
+            [(n, self.catalog.templates[n].description) for n in names], channel)
+        if not names:
+            await self._dm(user, channel)(slack_blocks.text_message(messages.NO_TEMPLATES))
+            return
+        await self.client.views_open(trigger_id=trigger_id, view=view)
+
+    async def modal_submitted(self, body: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        view = body["view"]
+        channel = view.get("private_metadata") or None
+        state = view["state"]["values"][slack_blocks.BLOCK_TEMPLATES][slack_blocks.ACTION_TEMPLATES]
+        names = [o["value"] for o in state.get("selected_options") or []]
+        await self.request(user, channel, names, self._dm(user, channel))
+
+    async def request(self, user: str, channel: str | None, names: list[str],
+                      reply: Reply) -> None:
+        """Check names and access, then offer the confirm card."""
+        unknown = [n for n in names if n not in self.catalog.templates]
+        if unknown:
+            problems = [slack_blocks.escape(unknown_name("template", n, self.catalog.templates))
+                        for n in unknown]
+            await reply(slack_blocks.text_message(messages.unknown_templates(problems)))
+            return
+        if len(names) > slack_blocks.MAX_CARD_TEMPLATES:
+            await reply(slack_blocks.text_message(messages.too_many(slack_blocks.MAX_CARD_TEMPLATES)))
+            return
+        groups = await self._groups(user)
+        for name in names:
+            decision = self._decide(user, "publish", name, slack_access.may_publish(
+                self.catalog, name, user=user, groups=groups, channel=channel))
+            if not decision.allowed:
+                await reply(slack_blocks.text_message(
+                    messages.denied("publish", name, decision.reason)))
+                return
+        try:
+            plans = await self._plans(names, check_cache=True)
+        except Exception as exc:
+            log.exception("planning %s failed", names)
+            await reply(slack_blocks.text_message(messages.slack_error(
+                f"Cannot prepare {', '.join(names)} ({type(exc).__name__})")))
+            return
+        rule = slack_access.approval_rule(self.catalog, names)
+        intent = self.intents.create(user, channel, names, rule)
+        card = slack_blocks.confirm_card(plans, intent.id, user,
+                                         second_person=rule == "second_person",
+                                         ttl_minutes=int(self.intents.ttl // 60))
+        if rule == "second_person" and channel:
+            # an approver must see the card: post it in the channel, not ephemerally
+            try:
+                await self.client.chat_postMessage(channel=channel, **card.payload())
+                await reply(slack_blocks.text_message(messages.approval_requested(user, names)))
+                return
+            except SlackApiError as exc:
+                log.warning("cannot post the approval card in %s: %s", channel,
+                            exc.response.get("error"))
+        await reply(card)
+
+    # ------------------------------------------------------------ the card's buttons
+    async def confirm(self, body: dict[str, Any], respond: Respond) -> None:
+        clicker = body["user"]["id"]
+        intent_id = body["actions"][0]["value"]
+        reply = ephemeral(respond)
+        intent = self.intents.get(intent_id)
+        if intent is None or intent.cancelled:
+            await reply(slack_blocks.text_message(messages.intent_unknown()))
+            return
+        target = ",".join(intent.templates)
+        if intent.claimed_by is not None:
+            await reply(slack_blocks.text_message(messages.intent_used(intent.claimed_by)))
+            return
+        if intent.expires_at <= time.time():
+            self._decide(clicker, "confirm", target, Decision(False, "expired"))
+            await respond(replace_original=True,
+                          **slack_blocks.text_message(messages.intent_expired(
+                              int(self.intents.ttl // 60))).payload())
+            return
+        decision = await self._may_confirm(intent, clicker)
+        self._decide(clicker, "confirm", target, decision)
+        if not decision.allowed:
+            await reply(slack_blocks.text_message(
+                messages.denied("confirm", ", ".join(intent.templates), decision.reason)))
+            return
+        claim = self.intents.claim(intent.id, clicker)
+        if claim is not Claim.CLAIMED:
+            again = self.intents.get(intent.id)
+            text = (messages.intent_used(again.claimed_by) if claim is Claim.USED and again
+                    and again.claimed_by else messages.intent_expired(int(self.intents.ttl // 60)))
+            await reply(slack_blocks.text_message(text))
+            return
+        channel = intent.channel or (body.get("channel") or {}).get("id") or intent.user
+        tasks = await self._start(intent, channel)
+        await respond(replace_original=True, **slack_blocks.text_message(
+            messages.publishing(len(tasks), intent.user, clicker)).payload())
+
+    async def _may_confirm(self, intent: Intent, clicker: str) -> Decision:
+        decision = slack_access.may_confirm(intent.rule, requester=intent.user, clicker=clicker)
+        if not decision.allowed:
+            return decision
+        for who in dict.fromkeys([intent.user, clicker]):
+            groups = await self._groups(who)
+            for name in intent.templates:
+                decision = slack_access.may_publish(self.catalog, name, user=who, groups=groups,
+                                                    channel=intent.channel)
+                if not decision.allowed:
+                    return decision
+        return slack_access.ALLOW
+
+    async def _start(self, intent: Intent, channel: str) -> list[Task]:
+        plans = await self._plans(intent.templates, check_cache=False)
+        tasks = []
+        for p in plans:
+            notify = self.catalog.connectors[p.connector].notify_channel
+            task, _ = enqueue(self.store, p, requested_by=intent.user, channel=notify or channel,
+                              idempotency_key=f"{intent.id}:{p.template}")
+            tasks.append(task)
+        self.wake_runner()
+        return tasks
+
+    async def dismiss(self, body: dict[str, Any], respond: Respond) -> None:
+        clicker = body["user"]["id"]
+        intent = self.intents.get(body["actions"][0]["value"])
+        if intent is None:
+            return
+        if clicker != intent.user:
+            self._decide(clicker, "dismiss", ",".join(intent.templates),
+                         Decision(False, messages.reason_not_requester(intent.user)))
+            await ephemeral(respond)(slack_blocks.text_message(messages.denied(
+                "cancel", ", ".join(intent.templates), messages.reason_not_requester(intent.user))))
+            return
+        if self.intents.cancel(intent.id, clicker) is Claim.CLAIMED:
+            await respond(replace_original=True, **slack_blocks.text_message(
+                messages.publish_cancelled(clicker)).payload())
+
+    # ------------------------------------------------------------ task message buttons
+    async def _task_decision(self, task: Task, user: str, action: str) -> Decision:
+        if user == task.requested_by:
+            decision = slack_access.ALLOW
+        else:
+            decision = slack_access.may_publish(self.catalog, task.template, user=user,
+                                                groups=await self._groups(user), channel=None,
+                                                check_channel=False)
+        return self._decide(user, action, task.id, decision)
+
+    async def task_cancel(self, body: dict[str, Any], respond: Respond) -> None:
+        user = body["user"]["id"]
+        reply = ephemeral(respond)
+        try:
+            task = self.store.get(body["actions"][0]["value"])
+        except TaskNotFound:
+            return
+        decision = await self._task_decision(task, user, "cancel")
+        if not decision.allowed:
+            await reply(slack_blocks.text_message(messages.denied("cancel", task.id,
+                                                                  decision.reason)))
+            return
+        if task.finished:
+            await reply(slack_blocks.text_message(
+                messages.already_finished(task.id, states.LABELS[task.status])))
+            return
+        self.store.request_cancel(task.id, user, messages.cancel_requested_by(user))
+        await reply(slack_blocks.text_message(messages.cancel_ack(task.id)))
+
+    async def task_retry(self, body: dict[str, Any], respond: Respond) -> None:
+        user = body["user"]["id"]
+        reply = ephemeral(respond)
+        try:
+            task = self.store.get(body["actions"][0]["value"])
+        except TaskNotFound:
+            return
+        decision = await self._task_decision(task, user, "retry")
+        if not decision.allowed:
+            await reply(slack_blocks.text_message(messages.denied("retry", task.id,
+                                                                  decision.reason)))
+            return
+        if task.status not in (states.FAILED, states.CANCELLED):
+            await reply(slack_blocks.text_message(
+                messages.already_finished(task.id, states.LABELS[task.status])))
+            return
+        new = self.store.retry(task.id, f"retry:{task.id}", user, messages.retried(task.id, user))
+        self.wake_runner()
+        await reply(slack_blocks.text_message(messages.retry_ack(task.id, new.id)))
+
+    # ------------------------------------------------------------ App Home
+    async def home_opened(self, event: dict[str, Any]) -> None:
+        if event.get("tab", "home") != "home":
+            return
+        user = event["user"]
+        names = await self._allowed_templates(user, None)
+        rows = [(n, self.catalog.templates[n].icon, self.catalog.templates[n].description)
+                for n in names]
+        view = slack_blocks.home_view(rows, self.store.list_tasks(limit=slack_blocks.HOME_TASKS))
+        await self.client.views_publish(user_id=user, view=view)
+
+    async def home_publish(self, body: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        await self.request(user, None, [body["actions"][0]["value"]], self._dm(user, None))

@@ -1,0 +1,226 @@
+"""Tells Slack what the tasks do: follows the store's events (the same ones the CLI
+prints) and keeps one task message per task current, with thread replies.
+
+- ``created``: post the task message (in the task's channel; if the bot cannot post
+  there, in a DM to the requester) and save its ``ts`` on the task, so a restarted
+  ``serve`` edits the same message and continues the same thread.
+- disk created, next steps, the local-user hint, waiting, and the final Done/Failed
+  (broadcast to the channel) / Cancelled: thread replies.
+- Any event marks the task message dirty; it is edited with ``chat.update`` at most
+  once per ``update_interval`` seconds per task, later if Slack answers 429.
+- The id of the last event handled is kept in the database (``slack_cursor``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import slack_blocks
+from bot.events import follow
+from bot.store import Event, Task, TaskNotFound, TaskStore
+
+log = logging.getLogger(__name__)
+
+CURSOR = "notifier"
+BROADCAST = frozenset({"done", "failed"})
+#: Errors after which posting to the task's channel is hopeless: DM the requester.
+CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived",
+                            "restricted_action", "cannot_dm_bot"})
+#: Errors after which a message can no longer be edited.
+GONE_ERRORS = frozenset({"message_not_found", "channel_not_found", "cant_update_message",
+                         "is_archived", "msg_too_long", "invalid_blocks"})
+
+
+def retry_after(exc: SlackApiError, default: float = 1.0) -> float:
+    value = exc.response.headers.get("Retry-After") or exc.response.headers.get("retry-after")
+    try:
+        return max(float(value), 0.0) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+class SlackNotifier:
+    def __init__(self, store: TaskStore, client: AsyncWebClient, *, update_interval: float = 3.0,
+                 poll_interval: float = 0.2, max_attempts: int = 5) -> None:
+        self.store = store
+        self.client = client
+        self.update_interval = update_interval
+        self.poll_interval = poll_interval
+        self.max_attempts = max_attempts
+        self._dirty: set[str] = set()
+        self._next_update: dict[str, float] = {}
+        self._last_sent: dict[str, dict[str, Any]] = {}
+        self._wake = asyncio.Event()
+        with store.transaction():
+            store.db["slack_cursor"].create({"name": str, "event_id": int}, pk="name",
+                                            if_not_exists=True)
+
+    # ------------------------------------------------------------ cursor
+    def cursor(self) -> int:
+        row = self.store.db.execute("SELECT event_id FROM slack_cursor WHERE name = ?",
+                                    [CURSOR]).fetchone()
+        if row is not None:
+            return int(row[0])
+        start = self.store.last_event_id()  # a fresh bot does not replay history
+        self._save_cursor(start)
+        return start
+
+    def _save_cursor(self, event_id: int) -> None:
+        with self.store.transaction():
+            self.store.db.execute(
+                "INSERT INTO slack_cursor (name, event_id) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET event_id = excluded.event_id",
+                [CURSOR, event_id],
+            )
+
+    # ------------------------------------------------------------ main loop
+    async def run(self, stop: asyncio.Event) -> None:
+        after = self.cursor()
+        for task in self.store.list_tasks(limit=200):
+            if task.message_ts and not task.finished:
+                self._dirty.add(task.id)  # refresh what a previous process left
+        updater = asyncio.create_task(self._updates(stop), name="slack-updates")
+        try:
+            async for event in follow(self.store, after=after, stop=stop,
+                                      poll_interval=self.poll_interval):
+                try:
+                    await self.handle(event)
+                except Exception:
+                    log.exception("slack notifier: event %s (%s) not delivered", event.id,
+                                  event.kind)
+                self._save_cursor(event.id)
+        finally:
+            updater.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await updater
+            await self._flush()
+
+    async def _flush(self, timeout: float = 5.0) -> None:
+        """On the way out: one last edit of every dirty task message, throttle or not."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                for task_id in list(self._dirty):
+                    self._dirty.discard(task_id)
+                    await self._update(task_id)
+
+    async def handle(self, event: Event) -> None:
+        try:
+            task = self.store.get(event.task_id)
+        except TaskNotFound:
+            return
+        if task.channel is None:  # not a Slack task (CLI); the CLI prints these events
+            return
+        if task.message_ts is None:
+            task = await self._post_task_message(task)
+            if event.kind == "created" or task.message_ts is None:
+                return
+        reply = slack_blocks.thread_reply(task, event)
+        if reply is not None:
+            await self._call("chat_postMessage", channel=task.channel, thread_ts=task.thread_ts,
+                             reply_broadcast=event.kind in BROADCAST, unfurl_links=False,
+                             **reply.payload())
+        self.mark_dirty(task.id)
+
+    def mark_dirty(self, task_id: str) -> None:
+        self._dirty.add(task_id)
+        self._wake.set()
+
+    async def _post_task_message(self, task: Task) -> Task:
+        message = slack_blocks.task_message(task)
+        assert task.channel is not None
+        try:
+            resp = await self._call("chat_postMessage", channel=task.channel, **message.payload(),
+                                    raise_on=CHANNEL_ERRORS)
+        except SlackApiError as exc:
+            log.warning("cannot post in %s (%s); messaging %s directly", task.channel,
+                        exc.response.get("error"), task.requested_by)
+            resp = await self._call("chat_postMessage", channel=task.requested_by,
+                                    **message.payload())
+        if resp is None:
+            return task
+        self._next_update[task.id] = time.monotonic() + self.update_interval
+        self._last_sent[task.id] = message.payload()
+        return self.store.update(task.id, None, channel=resp["channel"], message_ts=resp["ts"],
+                                 thread_ts=resp["ts"])
+
+    # ------------------------------------------------------------ throttled edits
+    async def _updates(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = time.monotonic()
+            due = [t for t in self._dirty if self._next_update.get(t, 0.0) <= now]
+            for task_id in due:
+                self._dirty.discard(task_id)
+                await self._update(task_id)
+            waits = [self._next_update.get(t, 0.0) - time.monotonic() for t in self._dirty]
+            timeout = max(0.01, min(waits)) if waits else 1.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _update(self, task_id: str) -> None:
+        try:
+            task = self.store.get(task_id)
+        except TaskNotFound:
+            return
+        if not (task.channel and task.message_ts):
+            return
+        payload = slack_blocks.task_message(task).payload()
+        if self._last_sent.get(task_id) == payload:
+            return
+        self._next_update[task_id] = time.monotonic() + self.update_interval
+        try:
+            await self.client.chat_update(channel=task.channel, ts=task.message_ts, **payload)
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if exc.response.status_code == 429:
+                wait = retry_after(exc)
+                log.info("chat.update rate limited; retrying task %s in %.1f s", task_id, wait)
+                self._next_update[task_id] = time.monotonic() + max(wait, self.update_interval)
+                self._dirty.add(task_id)
+            elif error in GONE_ERRORS:
+                log.warning("task %s: its message can no longer be edited (%s)", task_id, error)
+                self._last_sent[task_id] = payload
+            else:
+                log.warning("task %s: chat.update failed (%s); will try again", task_id, error)
+                self._dirty.add(task_id)
+            return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("task %s: chat.update failed (%s); will try again", task_id,
+                        type(exc).__name__)
+            self._dirty.add(task_id)
+            return
+        self._last_sent[task_id] = payload
+
+    # ------------------------------------------------------------ calls with retries
+    async def _call(self, method: str, *, raise_on: frozenset[str] = frozenset(),
+                    **kwargs: Any) -> Any:
+        """Call a Web API method, waiting out 429s (Retry-After) and transient failures;
+        returns None (logged) when it cannot be delivered."""
+        delay = 1.0
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return await getattr(self.client, method)(**kwargs)
+            except SlackApiError as exc:
+                error = exc.response.get("error")
+                if error in raise_on:
+                    raise
+                if exc.response.status_code == 429:
+                    await asyncio.sleep(retry_after(exc))
+                    continue
+                if exc.response.status_code < 500:
+                    log.warning("%s failed: %s", method, error)
+                    return None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("%s failed (%s), attempt %d", method, type(exc).__name__, attempt)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        log.error("%s: giving up after %d attempts", method, self.max_attempts)
+        return None

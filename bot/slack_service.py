@@ -1,0 +1,192 @@
+"""What ``layerbot serve`` runs: the Slack app, the job runner and the Slack notifier in one
+event loop. HTTP mode (``POST /slack/events``, ``GET /healthz``) or, when
+``SLACK_APP_TOKEN`` is set, Socket Mode (plus the health endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.catalog import Catalog
+from bot.runner import JobRunner
+from bot.slack_access import GroupDirectory
+from bot.slack_app import build_app
+from bot.slack_handlers import Background, Handlers
+from bot.slack_intents import IntentStore
+from bot.slack_notifier import SlackNotifier
+from bot.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://slack.com/api/"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    """The Slack credentials; ``repr`` never shows a secret."""
+
+    bot_token: str = field(repr=False)
+    signing_secret: str = field(repr=False)
+    app_token: str | None = field(default=None, repr=False)
+    api_url: str = DEFAULT_API_URL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SlackSettings:
+        env = os.environ if env is None else env
+        app_token = env.get("SLACK_APP_TOKEN") or None
+        required = ["SLACK_BOT_TOKEN"] + ([] if app_token else ["SLACK_SIGNING_SECRET"])
+        missing = [var for var in required if not env.get(var)]
+        if missing:
+            raise SettingsError("environment variable(s) not set: " + ", ".join(missing))
+        api_url = env.get("SLACK_API_URL") or DEFAULT_API_URL
+        return cls(bot_token=env["SLACK_BOT_TOKEN"],
+                   signing_secret=env.get("SLACK_SIGNING_SECRET", ""),
+                   app_token=app_token, api_url=api_url.rstrip("/") + "/")
+
+    @property
+    def socket_mode(self) -> bool:
+        return self.app_token is not None
+
+
+class LoopLagMonitor:
+    """How late the event loop wakes up: sleeps ``interval`` and records the excess."""
+
+    def __init__(self, interval: float = 0.02, keep: float = 600.0) -> None:
+        self.interval = interval
+        self.keep = keep
+        self.samples: deque[tuple[float, float]] = deque()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(self.interval)
+            now = loop.time()
+            self.samples.append((now, max(0.0, now - before - self.interval)))
+            while self.samples and self.samples[0][0] < now - self.keep:
+                self.samples.popleft()
+
+    def worst(self, window: float | None = None) -> float:
+        """The worst lag in seconds over the last ``window`` seconds (default: all kept)."""
+        since = asyncio.get_running_loop().time() - window if window else float("-inf")
+        return max((lag for at, lag in self.samples if at >= since), default=0.0)
+
+
+class SlackService:
+    """Everything ``serve`` runs, wired together; tests run it in-process."""
+
+    def __init__(self, settings: SlackSettings, catalog: Catalog, store: TaskStore, *,
+                 update_interval: float = 3.0, runner_poll: float = 0.5,
+                 command: str = "/publish") -> None:
+        self.settings = settings
+        self.store = store
+        self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
+        self.runner = JobRunner(store, catalog, poll_interval=runner_poll)
+        self.background = Background()
+        self.handlers = Handlers(store=store, catalog=catalog, client=self.client,
+                                 intents=IntentStore(store), groups=GroupDirectory(self.client),
+                                 wake_runner=self.runner.wake)
+        self.app = build_app(self.handlers, self.background, client=self.client,
+                             signing_secret=settings.signing_secret, command=command)
+        notifier_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
+        self.notifier = SlackNotifier(store, notifier_client, update_interval=update_interval)
+        self.monitor = LoopLagMonitor()
+        self.stop = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._site_runner: web.AppRunner | None = None
+        self._socket: Any = None
+        self.port: int | None = None
+
+    # ------------------------------------------------------------ HTTP
+    def web_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/slack/events", self._slack_events)
+        app.router.add_get("/healthz", self._healthz)
+        return app
+
+    async def _slack_events(self, request: web.Request) -> web.Response:
+        bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(bolt_response)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        try:
+            window = float(request.query.get("window", "0")) or None
+        except ValueError:
+            window = None
+        return web.json_response({
+            "ok": True,
+            "mode": "socket" if self.settings.socket_mode else "http",
+            "runner": {"busy": self.runner.busy, "max_parallel": self.runner.max_parallel},
+            "loop_lag_ms": round(self.monitor.worst(window) * 1000, 1),
+            "window_s": window,
+        })
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self, host: str = "0.0.0.0", port: int = 3000) -> int:
+        """Start the runner, the notifier and the server; returns the HTTP port."""
+        self._loops = [
+            asyncio.create_task(self.runner.run(stop=self.stop), name="runner"),
+            asyncio.create_task(self.notifier.run(self.stop), name="notifier"),
+            asyncio.create_task(self.monitor.run(self.stop), name="loop-lag"),
+        ]
+        self._site_runner = web.AppRunner(self.web_app(), access_log=None)
+        await self._site_runner.setup()
+        site = web.TCPSite(self._site_runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        if self.settings.socket_mode:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            self._socket = AsyncSocketModeHandler(self.app, self.settings.app_token)
+            await self._socket.connect_async()
+        return self.port
+
+    async def close(self) -> None:
+        """Graceful stop: no new requests, finish answering, let the runner detach its
+        jobs (their tasks stay for the next runner) and flush the task messages."""
+        if self._socket is not None:
+            await self._socket.close_async()
+        if self._site_runner is not None:
+            await self._site_runner.cleanup()
+        await self.background.drain(timeout=10)
+        self.stop.set()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+
+
+async def serve_forever(service: SlackService, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    bound = await service.start(host, port)
+    mode = "Socket Mode" if service.settings.socket_mode else f"HTTP on {host}:{bound}"
+    click.echo(f"layerbot serve: {mode} (POST /slack/events, GET /healthz on port {bound}); "
+               f"runner {service.runner.owner}, max {service.runner.max_parallel} tasks at once",
+               err=True)
+    started = time.monotonic()
+    try:
+        await done.wait()
+    finally:
+        click.echo(f"layerbot serve: stopping after {time.monotonic() - started:.0f} s", err=True)
+        with contextlib.suppress(Exception):
+            await service.close()

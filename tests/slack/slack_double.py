@@ -1,0 +1,144 @@
+"""A local stand-in for the Slack Web API and for response_url, on 127.0.0.1 and a
+random port. It records every call (method + parameters) and answers like Slack:
+auth.test, chat.postMessage (increasing ts), chat.postEphemeral, chat.update (or 429
+with Retry-After on demand), views.open, views.publish, usergroups.users.list."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+BOT_USER = "UBOT"
+TEAM = "T0001"
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
+    status: int = 200
+
+
+class SlackDouble:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.groups: dict[str, list[str]] = {}
+        #: chat.update answers 429 (Retry-After: ``retry_after``) this many times.
+        self.rate_limit_updates = 0
+        self.retry_after = 1
+        #: channels where chat.postMessage answers channel_not_found.
+        self.missing_channels: set[str] = set()
+        self._ts = itertools.count(1)
+        self._responses = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+        self.changed = asyncio.Event()
+
+    # ------------------------------------------------------------ server
+    async def start(self) -> SlackDouble:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_post("/response/{id}", self._response)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/api/"
+
+    def new_response_url(self) -> str:
+        return f"{self.url}/response/{next(self._responses)}"
+
+    # ------------------------------------------------------------ recording
+    def record(self, method: str, params: dict[str, Any], status: int = 200) -> None:
+        self.calls.append(Call(method, params, status=status))
+        self.changed.set()
+
+    def of(self, method: str, **match: Any) -> list[Call]:
+        return [c for c in self.calls if c.method == method
+                and all(c.params.get(k) == v for k, v in match.items())]
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Wait until ``predicate()`` is truthy (re-checked on every call and every 50 ms)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; calls: {[c.method for c in self.calls]}")
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), 0.05)
+
+    # ------------------------------------------------------------ handlers
+    @staticmethod
+    async def _params(request: web.Request) -> dict[str, Any]:
+        params: dict[str, Any] = dict(request.query)
+        if request.content_type == "application/json":
+            params.update(await request.json())
+        elif request.can_read_body:
+            params.update(dict(await request.post()))
+        for key in ("blocks", "view"):
+            if isinstance(params.get(key), str):
+                params[key] = json.loads(params[key])
+        auth = request.headers.get("Authorization", "")
+        params["_token"] = auth.removeprefix("Bearer ")
+        return params
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params = await self._params(request)
+        if method == "chat.update" and self.rate_limit_updates > 0:
+            self.rate_limit_updates -= 1
+            self.record(method, params, status=429)
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                     headers={"Retry-After": str(self.retry_after)})
+        body = self._answer(method, params)
+        self.record(method, params)
+        return web.json_response(body)
+
+    def _answer(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {"ok": True, "url": "https://example.slack.com/", "team": "Example",
+                    "user": "layerbot", "team_id": TEAM, "user_id": BOT_USER, "bot_id": "B0001"}
+        if method == "chat.postMessage":
+            channel = str(params.get("channel"))
+            if channel in self.missing_channels:
+                return {"ok": False, "error": "channel_not_found"}
+            if channel.startswith(("U", "W")):
+                channel = "D" + channel[1:]
+            ts = f"1700000000.{next(self._ts):06d}"
+            return {"ok": True, "channel": channel, "ts": ts, "message": {"ts": ts}}
+        if method == "chat.postEphemeral":
+            return {"ok": True, "message_ts": f"1700000000.{next(self._ts):06d}"}
+        if method == "chat.update":
+            return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts")}
+        if method in ("views.open", "views.publish"):
+            return {"ok": True, "view": {"id": "V0001", **(params.get("view") or {})}}
+        if method == "usergroups.users.list":
+            return {"ok": True, "users": self.groups.get(str(params.get("usergroup")), [])}
+        return {"ok": False, "error": "unknown_method"}
+
+    async def _response(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.record("response_url", {"id": request.match_info["id"], **body})
+        return web.Response(text="ok")

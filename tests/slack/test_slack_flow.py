@@ -1,0 +1,80 @@
+"""/publish → confirm card → Publish Layered Images → task message and thread → Done,
+through the real app, the job runner and the local-folder target."""
+
+from __future__ import annotations
+
+from bot import messages, states
+from tests.conftest import BASIC_CATALOG
+from tests.slack.conftest import ALICE, CHANNEL, MakeSlack, button_value, texts
+
+
+async def test_publish_confirm_and_follow_to_done(make_slack: MakeSlack) -> None:
+    slack = await make_slack()
+    card = await slack.answer(await slack.command("win10-office"))
+    assert card["response_type"] == "ephemeral"
+    shown = texts(card)
+    for expected in ("Confirm and Complete", ":computer:", "Windows 10 with Office", "base-os",
+                     "office", "vda", "folder (Local folder)", "1 GiB ext4, qcow2", "setup.sh",
+                     "no, the layers are composited"):
+        assert expected in shown, expected
+    intent = button_value(card["blocks"], "intent_confirm")
+    assert intent.startswith("i") and len(intent) < 40  # an id, not the payload
+    assert slack.store.list_tasks() == []  # nothing starts before the click
+
+    replaced = await slack.answer(await slack.click("intent_confirm", intent))
+    assert replaced["replace_original"] is True
+    assert replaced["text"] == f"Publishing 1 layered image \u2014 requested by <@{ALICE}>"
+
+    [task] = slack.store.list_tasks()
+    assert task.idempotency_key == f"{intent}:win10-office"
+    task = await slack.task_done(task.id)
+    assert task.status == states.DONE, task.error
+
+    double = slack.double
+    parent = await double.wait_for(lambda: double.of("chat.postMessage", channel=CHANNEL,
+                                                     thread_ts=None))
+    assert messages.task_header("win10-office") in texts(parent[0].params)
+    assert parent[0].params["_token"].startswith("xoxb-")
+    ts = slack.store.get(task.id).message_ts
+    assert ts and slack.store.get(task.id).thread_ts == ts
+
+    def replies() -> list[str]:
+        return [texts(c.params) for c in double.of("chat.postMessage", thread_ts=ts)]
+
+    await double.wait_for(lambda: any("*Done*" in r for r in replies()))
+    thread = replies()
+    assert "Disk created" in thread[0] and task.link and task.link in thread[0]
+    assert "Next:" in thread[1] and "Copy it to your platform" in thread[1]
+    assert "log in with a local user, not a domain user" in thread[2]
+    assert "*Done*" in thread[3] and "Done in" in thread[3]
+    done = double.of("chat.postMessage", thread_ts=ts)[-1]
+    assert done.params["reply_broadcast"] is True
+    assert all(not c.params.get("reply_broadcast") for c in double.of(
+        "chat.postMessage", thread_ts=ts)[:-1])
+
+    # the task message ends as Done, without a Cancel button
+    final = await double.wait_for(lambda: [c for c in double.of("chat.update", ts=ts)
+                                           if "Done" in texts(c.params)])
+    assert "Cancel" not in texts(final[-1].params)
+    assert "100%" in texts(final[-1].params)
+
+
+PLAIN_OS = """\
+  plain-os:
+    description: Only the OS
+    os_layer: base-os
+    connector: folder
+    disk: {size_gib: 1}
+"""
+
+
+async def test_two_templates_start_two_tasks(make_slack: MakeSlack) -> None:
+    slack = await make_slack(BASIC_CATALOG.replace("runner:\n", PLAIN_OS + "runner:\n"))
+    intent = await slack.card("win10-office plain-os")
+    await slack.answer(await slack.click("intent_confirm", intent))
+    tasks = slack.store.list_tasks()
+    assert sorted(t.template for t in tasks) == ["plain-os", "win10-office"]
+    for t in tasks:
+        assert (await slack.task_done(t.id)).status == states.DONE
+    await slack.double.wait_for(lambda: len(slack.double.of("chat.postMessage",
+                                                            reply_broadcast=True)) == 2)

@@ -282,5 +282,8 @@ def check(ctx: Context) -> None:
         console.print(f"[red]missing tools[/red]: install with: sudo apt-get install -y {pkgs}")
         sys.exit(EXIT_USAGE)
 
+
+main.add_command(__import__("bot.slack_serve", fromlist=["serve"]).serve)  # layerbot serve (Slack)
+
 if __name__ == "__main__":
     main()

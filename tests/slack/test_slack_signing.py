@@ -1,0 +1,59 @@
+"""Every request's signature is checked (5-minute window): a bad or stale one gets 401
+and changes nothing."""
+
+from __future__ import annotations
+
+import time
+
+from tests.slack.conftest import BOT_TOKEN, SECRET, MakeSlack, sign
+
+
+async def test_bad_and_stale_signatures_get_401_and_change_nothing(make_slack: MakeSlack) -> None:
+    slack = await make_slack()
+    body = slack.command_body("win10-office")
+    form = "application/x-www-form-urlencoded"
+    attempts = {
+        "wrong secret": sign(body, secret="not-the-secret"),
+        "stale (6 minutes old)": sign(body, timestamp=int(time.time()) - 360),
+        "from the future": sign(body, timestamp=int(time.time()) + 360),
+        "no signature": {},
+        "tampered body": sign(body.replace("win10-office", "other")),
+    }
+    for why, headers in attempts.items():
+        resp = await slack.post(body, form, headers=headers)
+        assert resp.status == 401, why
+    click = slack.payload_body(slack.click_payload("intent_confirm", "ianything"))
+    assert (await slack.post(click, form, headers=sign(click, secret="x"))).status == 401
+    await slack.idle()
+    assert [c.method for c in slack.double.calls if c.method != "auth.test"] == []
+    assert slack.store.list_tasks() == []
+    assert slack.store.db.execute("SELECT COUNT(*) FROM slack_intents").fetchone()[0] == 0
+
+    ok = await slack.post(body, form, headers=sign(body, SECRET, int(time.time()) - 200))
+    assert ok.status == 200  # inside the window
+
+
+async def test_healthz_reports_runner_and_loop_lag(make_slack: MakeSlack) -> None:
+    slack = await make_slack()
+    url = slack.url.replace("/slack/events", "/healthz")
+    async with slack.session.get(url, params={"window": "5"}) as resp:
+        assert resp.status == 200
+        data = await resp.json()
+    assert data["ok"] is True and data["mode"] == "http"
+    assert data["runner"]["max_parallel"] == 2
+    assert data["loop_lag_ms"] >= 0
+
+
+async def test_secrets_never_reach_messages_or_the_database(make_slack: MakeSlack) -> None:
+    slack = await make_slack()
+    intent = await slack.card("win10-office")
+    await slack.answer(await slack.click("intent_confirm", intent))
+    [task] = slack.store.list_tasks()
+    await slack.task_done(task.id)
+    await slack.idle()
+    dump = "\n".join(slack.store.db.conn.iterdump())
+    sent = repr([{k: v for k, v in c.params.items() if k != "_token"} for c in slack.double.calls])
+    for secret in (SECRET, BOT_TOKEN):
+        assert secret not in dump
+        assert secret not in sent
+        assert secret not in repr(slack.service.settings)

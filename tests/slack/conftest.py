@@ -166,14 +166,16 @@ MakeSlack = Callable[..., Awaitable[Slack]]
 
 @pytest.fixture
 async def make_slack(catalog_dir: Path, tmp_path: Path) -> AsyncIterator[MakeSlack]:
-    """make_slack(catalog_text=None, update_interval=0.2) → a running app and its double."""
+    """make_slack(catalog_text=None, update_interval=0.2, double=None) → a running app and
+    its Web API double (a second app on the same database may share the first's double)."""
     started: list[tuple[SlackService, SlackDouble, aiohttp.ClientSession, TaskStore]] = []
 
-    async def make(catalog_text: str | None = None, *, update_interval: float = 0.2) -> Slack:
+    async def make(catalog_text: str | None = None, *, update_interval: float = 0.2,
+                   double: SlackDouble | None = None) -> Slack:
         if catalog_text is not None:
             (catalog_dir / "layerbot.yml").write_text(catalog_text)
         catalog = load_catalog(catalog_dir / "layerbot.yml")
-        double = await SlackDouble().start()
+        double = double or await SlackDouble().start()
         store = TaskStore(tmp_path / "slack.db")
         settings = SlackSettings(bot_token=BOT_TOKEN, signing_secret=SECRET,
                                  api_url=double.api_url)
@@ -186,7 +188,7 @@ async def make_slack(catalog_dir: Path, tmp_path: Path) -> AsyncIterator[MakeSla
         return Slack(service, double, session, store)
 
     yield make
-    for service, double, session, store in started:
+    for service, double, session, store in reversed(started):
         await session.close()
         await service.close()
         await double.close()

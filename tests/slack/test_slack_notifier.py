@@ -1,0 +1,75 @@
+"""The notifier edits each task message at most once per interval, honours 429
+Retry-After, and a restarted app continues the same message and thread."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from bot import states
+from tests.slack.conftest import MakeSlack, Slack, texts, with_fake
+from tests.slack.test_slack_tasks import start, thread_of
+
+
+def edit_times(slack: Slack, ts: str) -> list[float]:
+    return [c.at for c in slack.double.calls if c.method == "chat.update"
+            and c.params.get("ts") == ts]
+
+
+async def test_edits_are_throttled_to_one_per_three_seconds(make_slack: MakeSlack) -> None:
+    slack = await make_slack(update_interval=3.0)
+    task = await start(slack)
+    assert (await slack.task_done(task.id)).status == states.DONE
+    ts = slack.store.get(task.id).message_ts
+    assert ts
+    await slack.double.wait_for(lambda: [c for c in slack.double.of("chat.update", ts=ts)
+                                         if "Done" in texts(c.params)], timeout=15)
+    posted = [c.at for c in slack.double.calls if c.method == "chat.postMessage"
+              and c.params.get("thread_ts") is None]
+    times = posted[:1] + edit_times(slack, ts)
+    progress_events = [e for e in slack.store.events(task.id) if e.kind == "progress"]
+    assert len(progress_events) > len(times) - 1  # coalesced
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps and min(gaps) >= 2.9, gaps
+
+
+async def test_429_from_chat_update_is_retried_after_retry_after(make_slack: MakeSlack) -> None:
+    slack = await make_slack(update_interval=0.2)
+    slack.double.rate_limit_updates = 1
+    slack.double.retry_after = 1
+    task = await start(slack)
+    await slack.task_done(task.id)
+    ts = slack.store.get(task.id).message_ts
+    final = await slack.double.wait_for(lambda: [c for c in slack.double.of("chat.update", ts=ts)
+                                                 if c.status == 200 and "Done" in texts(c.params)])
+    limited = [c for c in slack.double.calls if c.method == "chat.update" and c.status == 429]
+    assert len(limited) == 1
+    after = [c.at for c in slack.double.calls if c.method == "chat.update"
+             and c.at > limited[0].at]
+    assert after and after[0] - limited[0].at >= 0.95
+    assert "100%" in texts(final[-1].params)
+
+
+async def test_a_restarted_app_continues_the_same_message_and_thread(
+        make_slack: MakeSlack, catalog_dir: Path) -> None:
+    first = await make_slack(with_fake())
+    task = await start(first)
+    await first.double.wait_for(lambda: first.store.get(task.id).status == states.ACTION_REQUIRED
+                                and len(thread_of(first, task.id)) >= 4)
+    ts = first.store.get(task.id).message_ts
+    await first.service.close()  # the runner lets go of the task; the VM keeps running
+
+    second = await make_slack(double=first.double)
+    vm = next((catalog_dir / "vms").glob("*.vm"))
+    Path(f"{vm}.off").touch()
+    assert (await second.task_done(task.id)).status == states.DONE
+    await second.double.wait_for(lambda: any("*Done*" in t for t in thread_of(second, task.id)))
+    assert second.store.get(task.id).message_ts == ts
+    parents = [c for c in second.double.of("chat.postMessage", thread_ts=None)
+               if task.id in texts(c.params)]
+    assert len(parents) == 1  # not reposted
+    thread = thread_of(second, task.id)
+    assert sum("Disk created" in t for t in thread) == 1
+    assert sum("*Done*" in t for t in thread) == 1
+    await second.double.wait_for(lambda: any("Done" in texts(c.params)
+                                             for c in second.double.of("chat.update", ts=ts)))

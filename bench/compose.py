@@ -55,10 +55,10 @@ def _data(spec: FileSpec) -> bytes:
 
 
 def _sizes(total: int, rng: random.Random) -> Iterator[int]:
-    """File sizes from 512 B to 4 MiB, log-uniform (many small files, most bytes in big ones)."""
+    """File sizes from 256 B to 1 MiB, log-uniform: about 14,000 files per GiB."""
     left = total
     while left > 0:
-        size = min(left, int(2 ** rng.uniform(9, 22)))
+        size = min(left, int(2 ** rng.uniform(8, 20)))
         left -= size
         yield size
 
@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--compare-mke2fs", action="store_true",
                         help="also time plain mke2fs -d on the big directory (slow)")
     parser.add_argument("--tmp", type=Path, default=None, help="where to generate the data")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="layerbot-bench-", dir=args.tmp))
     try:
@@ -236,7 +237,8 @@ def main() -> None:
             asyncio.run(bigdir_case(args, tmp))
         peak_rss()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from .threads import in_thread
 from .tools import find_tool, required_tools
 
 DiskBuilder = Callable[..., Awaitable[None]]
-#: filesystem -> builder(staging, meta, raw, work, size_gib, cancel, report)
+#: filesystem -> builder(staging, meta, raw, work, size_gib, seed, cancel, report)
 FILESYSTEM_BUILDERS: dict[str, DiskBuilder] = {"ext4": build_ext4_disk}
 
 
@@ -58,7 +58,7 @@ async def build_image(
         if not raw.exists():
             raw_tmp = cache.new_temp(".img")
             temps.append(raw_tmp)
-            await _build_raw(spec, work, raw_tmp, cancel, report)
+            await _build_raw(spec, work, raw_tmp, raw.stem, cancel, report)
             cache.publish(raw_tmp, raw)
         report.stage(f"converting to {spec.format}", 0.8)
         out_tmp = cache.new_temp("." + FORMAT_EXTENSIONS[spec.format])
@@ -123,7 +123,8 @@ async def _digests(spec: ImageSpec, cache_dir: Path) -> dict[str, str]:
 
 
 async def _build_raw(
-    spec: ImageSpec, work: Path, raw: Path, cancel: threading.Event, report: Reporter
+    spec: ImageSpec, work: Path, raw: Path, seed: str, cancel: threading.Event,
+    report: Reporter,
 ) -> None:
     count = len(spec.layers)
     slots = asyncio.Semaphore(max(1, min(2, os.cpu_count() or 1)))
@@ -161,7 +162,7 @@ async def _build_raw(
         await in_thread(cancel, merger.apply, tree)
     report.stage("checking the merged tree", 0.5)
     builder = FILESYSTEM_BUILDERS[spec.filesystem]
-    await builder(staging, merger.meta, raw, work, spec.size_gib, cancel, report)
+    await builder(staging, merger.meta, raw, work, spec.size_gib, seed, cancel, report)
 
 
 async def _cleanup(work: Path, temps: list[Path]) -> None:

@@ -1,22 +1,24 @@
 """A sparse GPT disk with one ext4 partition built from the staging tree, rootless.
 
-No mount, no loop device: mke2fs writes the filesystem straight into the partition
-(`-E offset=`), running under fakeroot with a database that carries the true owners, modes and
-device numbers of the staging tree.
+No mount, no loop device, no root: mke2fs writes the filesystem straight into the partition
+(`-E offset=`), then debugfs gives the inodes their true owners, modes and device numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import runner
 from .errors import DiskTooSmallError, ToolFailedError
+from .gpt import write_gpt
 from .tools import tool_path
 
 SECTOR = 512
 PARTITION_START_SECTOR = 2048  # 1 MiB
+_ALIGN_SECTORS = 2048  # the partition also ends on a MiB boundary
 _GPT_BACKUP_SECTORS = 33  # backup header + 32 sectors of partition entries
 FS_BLOCK = 4096
 _INODE_RATIO = 16384
@@ -45,8 +47,8 @@ class Layout:
 
 def layout_for(size_gib: int) -> Layout:
     disk_bytes = size_gib << 30
-    last = disk_bytes // SECTOR - _GPT_BACKUP_SECTORS - 1
-    last -= (last - PARTITION_START_SECTOR + 1) % (FS_BLOCK // SECTOR)  # whole fs blocks
+    last_usable = disk_bytes // SECTOR - _GPT_BACKUP_SECTORS - 1
+    last = (last_usable + 1) // _ALIGN_SECTORS * _ALIGN_SECTORS - 1
     return Layout(disk_bytes, PARTITION_START_SECTOR, last)
 
 
@@ -75,26 +77,23 @@ def check_fits(layout: Layout, content_bytes: int, size_gib: int) -> None:
         raise DiskTooSmallError(content_bytes, capacity, size_gib)
 
 
-async def create_partitioned(raw: Path, layout: Layout) -> None:
-    def make_sparse() -> None:
+async def create_partitioned(raw: Path, layout: Layout, seed: str) -> None:
+    def make() -> None:
         with open(raw, "wb") as fh:
             fh.truncate(layout.disk_bytes)
+        write_gpt(
+            raw, total_sectors=layout.disk_bytes // SECTOR, first=layout.first_sector,
+            last=layout.last_sector, name="root", seed=seed,
+        )
 
-    await asyncio.to_thread(make_sparse)
-    await runner.run([
-        tool_path("sgdisk"), "--clear",
-        f"--new=1:{layout.first_sector}:{layout.last_sector}",
-        f"--typecode=1:{LINUX_FS_TYPE}", "--change-name=1:root", raw,
-    ])
+    await asyncio.to_thread(make)
 
 
 async def make_ext4(
-    raw: Path, layout: Layout, staging: Path, fakeroot_db: Path, entries: int,
-    content_bytes: int, size_gib: int,
+    raw: Path, layout: Layout, staging: Path, entries: int, content_bytes: int, size_gib: int
 ) -> None:
     inodes = max(layout.fs_blocks * FS_BLOCK // _INODE_RATIO, entries + entries // 10 + 1024)
     argv = [
-        tool_path("fakeroot"), "-i", fakeroot_db, "--",
         tool_path("mke2fs"), "-q", "-F", "-t", "ext4", "-b", str(FS_BLOCK), "-N", str(inodes),
         "-L", "root", "-E", f"offset={layout.offset},root_owner=0:0",
         "-d", staging, raw, str(layout.fs_blocks),
@@ -107,19 +106,29 @@ async def make_ext4(
         raise
 
 
-async def relink_big_dirs(raw: Path, layout: Layout, script: list[str], work: Path) -> None:
-    """Index the filesystem's directories, then run the bigdirs relink script."""
-    image = layout.image_arg(raw)
-    await runner.run([tool_path("e2fsck"), "-f", "-y", "-D", image], ok_codes=(0, 1))
-    script_path = work / "relink.debugfs"
-    await asyncio.to_thread(script_path.write_text, "\n".join(script) + "\n")
-    done = await runner.run([tool_path("debugfs"), "-w", "-f", script_path, image])
+async def run_debugfs(raw: Path, layout: Layout, script: list[str], script_path: Path) -> None:
+    """Run a debugfs -w script; any error line fails the build (debugfs itself exits 0)."""
+    def write() -> None:
+        with open(script_path, "wb") as fh:
+            for line in script:
+                fh.write(os.fsencode(line) + b"\n")
+
+    await asyncio.to_thread(write)
+    done = await runner.run(
+        [tool_path("debugfs"), "-w", "-f", script_path, layout.image_arg(raw)]
+    )
     problems = [
         line for line in done.stderr.splitlines()
         if line.strip() and not line.startswith("debugfs ")
     ]
     if problems:
         raise ToolFailedError("debugfs", 0, "\n".join(problems[:10]))
+
+
+async def index_directories(raw: Path, layout: Layout) -> None:
+    """e2fsck -fD: rebuild directories as hashed (htree) ones."""
+    await runner.run([tool_path("e2fsck"), "-f", "-y", "-D", layout.image_arg(raw)],
+                     ok_codes=(0, 1))
 
 
 async def check_fs(raw: Path, layout: Layout) -> None:

@@ -121,7 +121,7 @@ class Merger:
             os.symlink(os.readlink(src), dst)
             os.utime(dst, ns=(meta.mtime_ns, meta.mtime_ns), follow_symlinks=False)
             return
-        if not stat.S_ISREG(meta.mode):  # device node or fifo: fakeroot supplies the type
+        if not stat.S_ISREG(meta.mode):  # device node or fifo: the debugfs fixup makes it
             os.close(os.open(dst, _PLACEHOLDER_FLAGS, 0o600))
             return
         try:

@@ -1,8 +1,7 @@
-"""What the image keeps of each entry (owner, mode, times, device number), and fakeroot's view of it.
+"""What the image keeps of each entry: owner, mode, mtime, device number.
 
 The staging tree is written by an ordinary user, so its real owners and modes are wrong. The
-true metadata lives in a table; it reaches mke2fs through a fakeroot database (one line per
-inode: dev, ino, mode, uid, gid, nlink, rdev) that `fakeroot -i` loads before running mke2fs.
+true metadata lives in this table and reaches the image through fixup.py's debugfs script.
 """
 
 from __future__ import annotations
@@ -41,10 +40,3 @@ def implicit_dir(mtime_ns: int) -> Meta:
 
 def from_stat(st: os.stat_result) -> Meta:
     return Meta(st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_rdev)
-
-
-def fakeroot_line(st: os.stat_result, meta: Meta) -> str:
-    return (
-        f"dev={st.st_dev:x},ino={st.st_ino},mode={meta.mode:o},uid={meta.uid},"
-        f"gid={meta.gid},nlink={st.st_nlink},rdev={meta.rdev}\n"
-    )

@@ -1,7 +1,7 @@
 """The one way the compositor runs external tools: asyncio subprocesses that die with the task.
 
 Each command gets its own process group. When the awaiting task is cancelled the group gets
-SIGINT (fakeroot's shell wrapper then stops its faked daemon), then SIGKILL after a grace period.
+SIGINT (tools clean up), then SIGKILL after a grace period.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Walk the merged staging tree once: fakeroot database, size estimate, directories to fix."""
+"""Walk the merged staging tree once: metadata fixes, size estimate, directories to treat."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fixup import Fix
 from .layertree import check_cancel
-from .meta import Meta, fakeroot_line
+from .meta import Meta
 
 BLOCK = 4096
 #: directories with at least this many non-directory entries are populated specially
@@ -24,42 +25,42 @@ class StageSummary:
     content_bytes: int = 0
     dir_mtimes: list[tuple[str, int]] = field(default_factory=list)
     big_dirs: list[str] = field(default_factory=list)
+    #: entries whose staged owner or mode differs from the layer's
+    fixes: list[Fix] = field(default_factory=list)
 
 
-def summarize(
-    root: Path, meta: dict[str, Meta], db_path: Path, cancel: threading.Event
-) -> StageSummary:
+def summarize(root: Path, meta: dict[str, Meta], cancel: threading.Event) -> StageSummary:
     summary = StageSummary()
     seen_inodes: set[int] = set()
-    with open(db_path, "w", encoding="ascii") as db:
-        stack = [""]
-        while stack:
-            check_cancel(cancel)
-            rel_dir = stack.pop()
-            files = 0
-            dirent_bytes = 24
-            for entry in os.scandir(os.path.join(root, rel_dir)):
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                st = entry.stat(follow_symlinks=False)
-                m = meta[rel]
-                db.write(fakeroot_line(st, m))
-                summary.entries += 1
-                dirent_bytes += 8 + (len(os.fsencode(entry.name)) + 3) // 4 * 4
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(rel)
-                    summary.dir_mtimes.append((rel, m.mtime_ns))
-                    continue
-                files += 1
-                if stat.S_ISREG(st.st_mode) and stat.S_ISREG(m.mode):
-                    if st.st_nlink == 1 or st.st_ino not in seen_inodes:
-                        summary.content_bytes += -(-st.st_size // BLOCK) * BLOCK
-                        if st.st_nlink > 1:
-                            seen_inodes.add(st.st_ino)
-                elif stat.S_ISLNK(st.st_mode) and st.st_size > _FAST_SYMLINK_MAX:
-                    summary.content_bytes += BLOCK
-            summary.content_bytes += -(-dirent_bytes // BLOCK) * BLOCK
-            if files >= BIG_DIR_ENTRIES and rel_dir:
-                summary.big_dirs.append(rel_dir)
+    stack = [""]
+    while stack:
+        check_cancel(cancel)
+        rel_dir = stack.pop()
+        files = 0
+        dirent_bytes = 24
+        for entry in os.scandir(os.path.join(root, rel_dir)):
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            st = entry.stat(follow_symlinks=False)
+            m = meta[rel]
+            if (m.mode, m.uid, m.gid) != (st.st_mode, st.st_uid, st.st_gid):
+                summary.fixes.append(Fix(rel, m, st.st_uid, st.st_gid, st.st_mode))
+            summary.entries += 1
+            dirent_bytes += 8 + (len(os.fsencode(entry.name)) + 3) // 4 * 4
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(rel)
+                summary.dir_mtimes.append((rel, m.mtime_ns))
+                continue
+            files += 1
+            if stat.S_ISREG(st.st_mode) and stat.S_ISREG(m.mode):
+                if st.st_nlink == 1 or st.st_ino not in seen_inodes:
+                    summary.content_bytes += -(-st.st_size // BLOCK) * BLOCK
+                    if st.st_nlink > 1:
+                        seen_inodes.add(st.st_ino)
+            elif stat.S_ISLNK(st.st_mode) and st.st_size > _FAST_SYMLINK_MAX:
+                summary.content_bytes += BLOCK
+        summary.content_bytes += -(-dirent_bytes // BLOCK) * BLOCK
+        if files >= BIG_DIR_ENTRIES and rel_dir:
+            summary.big_dirs.append(rel_dir)
     return summary
 
 

@@ -14,8 +14,6 @@ PACKAGES: dict[str, str] = {
     "mke2fs": "e2fsprogs",
     "e2fsck": "e2fsprogs",
     "debugfs": "e2fsprogs",
-    "fakeroot": "fakeroot",
-    "sgdisk": "gdisk",
     "qemu-img": "qemu-utils",
     "tar": "tar",
     "pigz": "pigz",
@@ -27,7 +25,7 @@ PACKAGES: dict[str, str] = {
 #: Ordinary users often lack the sbin directories in PATH, where e2fsprogs and gdisk live.
 _EXTRA_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
-_BASE_TOOLS = ("mke2fs", "e2fsck", "debugfs", "fakeroot", "sgdisk", "qemu-img")
+_BASE_TOOLS = ("mke2fs", "e2fsck", "debugfs", "qemu-img")
 _FORMAT_TOOLS: dict[str, tuple[str, ...]] = {"gce-tar": ("tar",)}
 _FILESYSTEM_TOOLS: dict[str, tuple[str, ...]] = {"ntfs": ("mkntfs", "wimlib-imagex")}
 

@@ -57,13 +57,19 @@ class VSphereSession:
         return secret_from_env(self.user_env), secret_from_env(self.password_env)
 
     def _connect(self) -> Any:
-        from pyVim.connect import SmartConnect
+        from pyVim.connect import SmartStubAdapter
+        from pyVmomi import vim
 
         user, password = self._credentials()
+        stub = None
         try:
-            si = SmartConnect(host=self.host, port=self.port, user=user, pwd=password,
-                              sslContext=self.ssl, httpConnectionTimeout=self.timeout)
+            stub = SmartStubAdapter(host=self.host, port=self.port, sslContext=self.ssl,
+                                    httpConnectionTimeout=self.timeout)
+            si = vim.ServiceInstance("ServiceInstance", stub)
+            si.content.sessionManager.Login(user, password)
         except Exception as exc:
+            if stub is not None:
+                stub.DropConnections()
             raise self._login_error(exc, user) from None
         self.logins += 1
         return si

@@ -72,6 +72,9 @@ async def _updates(session: VSphereSession, make_spec: Callable[[Any], Any], dea
                     except vmodl.fault.ManagedObjectNotFound as exc:
                         if _moid(exc.obj) == _moid(pc):
                             raise _Stale("collector lost") from None
+                        if _moid(exc.obj) in watched():
+                            raise NotFoundError(f"vSphere: {exc.obj._moId} was deleted "
+                                                f"before {what}") from None
                         raise
 
                 result = await session.call(wait_once, "watching the VM")

@@ -1,0 +1,134 @@
+"""Failures against vcsim: credentials, missing objects, session loss, cancel, timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from adapters import config_model, create
+from adapters.base import AuthError, NotFoundError, PlatformTimeoutError
+
+from .conftest import PASSWORD, PASSWORD_ENV, USER_ENV, Recorder, VcSim, connector, find_vms
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def make_adapter(sim: VcSim, **overrides: object):  # type: ignore[no-untyped-def]
+    adapter = create(config_model("vsphere").model_validate(connector(sim, **overrides)))
+    adapter.wait_seconds = 1  # type: ignore[attr-defined]
+    return adapter
+
+
+def test_config_names_missing_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(USER_ENV, raising=False)
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    data = {"type": "vsphere", "host": "vc", "user_env": USER_ENV, "password_env": PASSWORD_ENV,
+            "datacenter": "DC0", "datastore": "ds", "cluster": "c", "host_system": "h",
+            "insecure": True, "ca_file": "/nonexistent.pem"}
+    with pytest.raises(ValidationError) as info:
+        config_model("vsphere").model_validate(data)
+    text = str(info.value)
+    assert f"environment variable {USER_ENV} (user_env) is not set" in text
+    assert f"environment variable {PASSWORD_ENV} (password_env) is not set" in text
+    assert "exactly one of cluster or host_system" in text
+    assert "either insecure or ca_file" in text
+
+
+def test_config_rejects_unknown_keys_and_modes(vc_env: None) -> None:
+    base = {"type": "vsphere", "host": "vc", "user_env": USER_ENV, "password_env": PASSWORD_ENV,
+            "datacenter": "DC0", "datastore": "ds", "cluster": "c"}
+    config_model("vsphere").model_validate(base)
+    for bad in ({"mode": "ovf"}, {"port": 0}, {"colour": "red"}):
+        with pytest.raises(ValidationError):
+            config_model("vsphere").model_validate({**base, **bad})
+
+
+async def test_wrong_password(vcsim: VcSim, vc_env: None, raw_disk: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, "wrong-password")
+    adapter = make_adapter(vcsim)
+    with pytest.raises(AuthError) as info:
+        await adapter.publish(Recorder().context(raw_disk, "nope"))
+    assert PASSWORD_ENV in str(info.value)
+    assert "wrong-password" not in str(info.value) and PASSWORD not in str(info.value)
+    assert "Login failure" in str(info.value) or "login" in str(info.value).lower()
+    await adapter.close()
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ({"datastore": "NoSuchDS"}, "datastore 'NoSuchDS'"),
+    ({"folder": "Layered/Images"}, "VM folder 'Layered/Images'"),
+    ({"datacenter": "DC9"}, "datacenter 'DC9'"),
+    ({"cluster": None, "host_system": "esx-missing"}, "host 'esx-missing'"),
+])
+async def test_missing_objects_are_named(vcsim: VcSim, vc_env: None, raw_disk: Path,
+                                         override: dict[str, object], named: str) -> None:
+    adapter = make_adapter(vcsim, **override)
+    rec = Recorder()
+    with pytest.raises(NotFoundError, match=named):
+        await adapter.publish(rec.context(raw_disk, "missing"))
+    assert find_vms(vcsim, "missing") == []
+    await adapter.close()
+
+
+async def test_session_expiry_mid_publish(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    adapter = make_adapter(vcsim)
+    rec = Recorder()
+    killed: list[str] = []
+
+    async def expire(fraction: float, note: str) -> None:
+        if not killed:
+            key = adapter.session.session_key
+            killed.append(key)
+            vcsim.si().content.sessionManager.TerminateSession([key])
+
+    rec.hooks.append(expire)
+    published = await adapter.publish(rec.context(raw_disk, "survivor"))
+    assert killed and adapter.session.logins == 2
+    assert [vm._moId for vm in find_vms(vcsim, "survivor")] == [published.resource["vm"]]
+    await adapter.close()
+
+
+async def test_cancel_during_upload_leaves_nothing(vcsim: VcSim, vc_env: None,
+                                                   raw_disk: Path) -> None:
+    adapter = make_adapter(vcsim)
+    rec = Recorder()
+    task = asyncio.create_task(adapter.publish(rec.context(raw_disk, "cancel-me")))
+
+    async def cancel(fraction: float, note: str) -> None:
+        assert find_vms(vcsim, "cancel-me"), "the VM exists while uploading"
+        task.cancel()
+
+    rec.hooks.append(cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert find_vms(vcsim, "cancel-me") == []
+    removed = await adapter.cleanup(rec.resources)  # what the runner then reports
+    assert any(line.startswith("removed VM cancel-me (vm-") for line in removed)
+    assert any("aborted the disk upload" in line for line in removed)
+    assert await adapter.cleanup({"vm": "vm-999999", "lease": "lease-x"}) == []
+    await adapter.close()
+
+
+async def test_watch_timeout(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    adapter = make_adapter(vcsim)
+    rec = Recorder()
+    published = await adapter.publish(rec.context(raw_disk, "never-started"))
+    with pytest.raises(PlatformTimeoutError, match="powered on and shut down within 2 s"):
+        await adapter.wait_for_shutdown(published, rec.context(raw_disk, "x", watch_timeout=2))
+    await adapter.close()
+
+
+async def test_vm_deleted_during_watch(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    adapter = make_adapter(vcsim)
+    rec = Recorder()
+    published = await adapter.publish(rec.context(raw_disk, "deleted"))
+    watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
+    await asyncio.sleep(0.3)
+    assert await adapter.remove(published) == [f"removed VM deleted ({published.resource['vm']})"]
+    with pytest.raises(NotFoundError, match="deleted"):
+        await asyncio.wait_for(watch, 15)
+    await adapter.close()

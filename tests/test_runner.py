@@ -122,13 +122,14 @@ async def test_watch_until_the_guest_powers_off(write_catalog: Callable[[str], P
     assert vm.exists()  # a finished VM is kept
 
 
-def _worker(config: Path, db: Path) -> subprocess.Popen[bytes]:
+def _worker(config: Path, db: Path, log: Path) -> subprocess.Popen[bytes]:
     code = ("import adapters, sys; adapters.register('fake', 'tests.fake_adapter');"
             "from bot.cli import main; sys.argv[0] = 'layerbot'; main()")
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "--config", str(config), "--db", str(db), "worker"],
-        cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    with log.open("ab") as stderr:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-c", code, "--config", str(config), "--db", str(db), "worker"],
+            cwd=Path(__file__).parent.parent, stdout=subprocess.DEVNULL, stderr=stderr,
+        )
 
 
 def test_a_killed_runner_is_resumed_by_another_and_the_task_completes_once(
@@ -138,22 +139,23 @@ def test_a_killed_runner_is_resumed_by_another_and_the_task_completes_once(
     db = tmp_path / "shared.db"
     store = TaskStore(db)
     task_id = queue(store, cat)
-    first = _worker(config, db)
+    log = tmp_path / "workers.log"
+    first = _worker(config, db, log)
     try:
         deadline = time.monotonic() + 120
         while store.get(task_id).status != states.UPLOADING or not store.get(task_id).resources:
             assert time.monotonic() < deadline, "the first runner never started uploading"
-            assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+            assert first.poll() is None, log.read_text()
             time.sleep(0.05)
     finally:
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
     write_catalog(with_fake("upload_seconds: 0.2"))  # the second attempt is quick
-    second = _worker(config, db)
+    second = _worker(config, db, log)
     try:
         deadline = time.monotonic() + 120
         while store.get(task_id).status != states.ACTION_REQUIRED:
-            assert time.monotonic() < deadline, store.get(task_id)
+            assert time.monotonic() < deadline, (store.get(task_id), log.read_text())
             time.sleep(0.05)
         vms = list((catalog_dir / "vms").glob("*.vm"))
         assert len(vms) == 1

@@ -9,6 +9,7 @@ to the device URL, so no file is written and memory stays flat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -137,8 +138,6 @@ async def upload_disk(session: VSphereSession, lease: Any, device_url: Any, raw:
                       progress: Progress, ssl_ctx: ssl.SSLContext, *, create: bool = False,
                       level: int = 1, workers: int | None = None) -> int:
     """Stream ``raw`` as a streamOptimized VMDK into the lease's device URL; bytes sent."""
-    import aiohttp
-
     stream = StreamVmdk(raw, level=level, workers=workers)
     throttle = _Throttle(session, lease, progress, stream)
     chunks = iter(stream)
@@ -146,13 +145,28 @@ async def upload_disk(session: VSphereSession, lease: Any, device_url: Any, raw:
     failure: list[BaseException] = []
 
     async def body() -> Any:
-        async for chunk in aiter_chunks(chunks):
-            yield chunk
-            try:
-                await throttle.tick()
-            except Exception as exc:  # surfaced below, whatever aiohttp makes of it
-                failure.append(exc)
-                raise
+        async with contextlib.aclosing(aiter_chunks(chunks)) as source:
+            async for chunk in source:
+                yield chunk
+                try:
+                    await throttle.tick()
+                except Exception as exc:  # surfaced below, whatever aiohttp makes of it
+                    failure.append(exc)
+                    raise
+
+    gen = body()
+    try:
+        return await _post(session, device_url, gen, throttle, ssl_ctx, create, failure, stream,
+                           raw)
+    finally:
+        with contextlib.suppress(RuntimeError):  # still owned by aiohttp's writer
+            await gen.aclose()
+
+
+async def _post(session: VSphereSession, device_url: Any, body: Any, throttle: _Throttle,
+                ssl_ctx: ssl.SSLContext, create: bool, failure: list[BaseException],
+                stream: StreamVmdk, raw: Path) -> int:
+    import aiohttp
 
     url = session.device_url(device_url.url)
     headers = {"Content-Type": MEDIA_TYPE, "Cookie": session.cookie}
@@ -160,7 +174,7 @@ async def upload_disk(session: VSphereSession, lease: Any, device_url: Any, raw:
     async with aiohttp.ClientSession(timeout=timeout) as http:
         method = "PUT" if create else "POST"
         try:
-            async with http.request(method, url, data=body(), headers=headers,
+            async with http.request(method, url, data=body, headers=headers,
                                     ssl=ssl_ctx) as resp:
                 text = await resp.text()
                 if resp.status >= 300:

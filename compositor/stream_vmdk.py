@@ -17,6 +17,7 @@ Layout written (VMware "Virtual Disk Format 5.0", stream-optimized sparse extent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import zlib
@@ -137,6 +138,8 @@ class StreamVmdk:
         self.adapter_type = adapter_type
         self.name = name
         self.capacity = self.source.stat().st_size
+        if self.capacity == 0:
+            raise ValueError(f"{self.source} is empty; a VMDK needs a disk of at least 1 sector")
         self.sectors = -(-self.capacity // SECTOR)
         self.total = 0
         self.consumed = 0
@@ -246,18 +249,33 @@ class StreamVmdk:
 
 
 async def aiter_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Drive a blocking chunk iterator from a worker thread; closes it when abandoned."""
+    """Drive a blocking chunk iterator from worker threads; close it when abandoned.
+
+    Closing waits for a ``next()`` still running in a thread, so the iterator (and its
+    thread pool) is never closed while executing.
+    """
     done = object()
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[object] | None = None
+    close = getattr(chunks, "close", None)
     try:
         while True:
-            chunk = await asyncio.to_thread(next, chunks, done)
+            pending = loop.run_in_executor(None, next, chunks, done)
+            # shielded: a cancel must not abandon a next() that is still running
+            chunk = await asyncio.shield(pending)
+            pending = None
             if chunk is done:
                 return
             yield chunk  # type: ignore[misc]
     finally:
-        close = getattr(chunks, "close", None)
+        if pending is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending)
         if close is not None:
-            await asyncio.to_thread(close)
+            if pending is None or pending.done():
+                await asyncio.shield(asyncio.to_thread(close))
+            else:  # cancelled again while waiting: close once next() returns
+                pending.add_done_callback(lambda _: loop.run_in_executor(None, close))
 
 
 def write_stream_vmdk(source: Path, target: Path, **options: int) -> int:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from . import convert as converter
 from .cache import Cache, image_key, raw_key
@@ -42,24 +44,42 @@ async def build_image(
     validate(spec)
     report = Reporter(progress)
     cache = Cache(Path(cache_dir))
-    report.stage("computing layer digests", 0.0)
-    digests = await _digests(spec, Path(cache_dir))
-    key = image_key(spec, digests)
-    if (hit := cache.lookup(key, spec.format, digests)) is not None:
-        report.stage("reusing the cached image", 1.0)
-        return hit
+    remembered = await asyncio.to_thread(_remembered_digests, spec, Path(cache_dir))
+    if remembered is not None:
+        hit = cache.lookup(image_key(spec, remembered), spec.format, remembered)
+        if hit is not None:
+            report.stage("reusing the cached image", 1.0)
+            return hit
     _check_tools(spec)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="layerbot-build-", dir=work_dir))
     cancel = threading.Event()
     temps: list[Path] = []
+    preparing: asyncio.Future[list[LayerTree]] | None = None
+    sweeping: asyncio.Future[None] | None = None
     try:
+        if remembered is not None:
+            digests = remembered
+        else:
+            # Unknown layers: hash them while extracting, so a miss costs no extra pass.
+            report.stage("computing layer digests", 0.0)
+            preparing = asyncio.ensure_future(_prepare_layers(spec, work, cancel, report))
+            digests = await _digests(spec, Path(cache_dir), cancel)
+        key = image_key(spec, digests)
+        if (hit := cache.lookup(key, spec.format, digests)) is not None:
+            report.stage("reusing the cached image", 1.0)
+            return hit
         raw = cache.raw(raw_key(spec, digests))
         if not raw.exists():
             raw_tmp = cache.new_temp(".img")
             temps.append(raw_tmp)
-            await _build_raw(spec, work, raw_tmp, raw.stem, cancel, report)
+            if preparing is None:
+                preparing = asyncio.ensure_future(_prepare_layers(spec, work, cancel, report))
+            trees = await preparing
+            await _build_raw(spec, trees, work, raw_tmp, raw.stem, cancel, report)
             cache.publish(raw_tmp, raw)
+            # The staging files are not needed any more: delete them while converting.
+            sweeping = asyncio.ensure_future(asyncio.to_thread(_empty_dir, work))
         report.stage(f"converting to {spec.format}", 0.8)
         out_tmp = cache.new_temp("." + FORMAT_EXTENSIONS[spec.format])
         temps.append(out_tmp)
@@ -74,18 +94,18 @@ async def build_image(
         )
     finally:
         cancel.set()
+        for pending in (preparing, sweeping):
+            if pending is not None:
+                await _settle(pending)
         await _cleanup(work, temps)
 
 
 def cache_lookup(spec: ImageSpec, *, cache_dir: Path) -> BuiltImage | None:
     """The cached artifact for spec, or None. Never reads layer data: a layer whose digest is
     not remembered (new or changed since its last build) means None."""
-    digests: dict[str, str] = {}
-    for layer in spec.layers:
-        digest = cached_digest(layer.source, cache_dir=Path(cache_dir))
-        if digest is None:
-            return None
-        digests[layer.name] = digest
+    digests = _remembered_digests(spec, Path(cache_dir))
+    if digests is None:
+        return None
     return Cache(Path(cache_dir)).lookup(image_key(spec, digests), spec.format, digests)
 
 
@@ -114,18 +134,44 @@ def _check_tools(spec: ImageSpec) -> None:
             raise ToolMissingError(tool.name, tool.package)
 
 
-async def _digests(spec: ImageSpec, cache_dir: Path) -> dict[str, str]:
+async def _digests(
+    spec: ImageSpec, cache_dir: Path, cancel: threading.Event
+) -> dict[str, str]:
     results = await asyncio.gather(*(
-        asyncio.to_thread(layer_digest, Path(layer.source), cache_dir=cache_dir)
+        in_thread(cancel, functools.partial(layer_digest, cache_dir=cache_dir),
+                  Path(layer.source))
         for layer in spec.layers
     ))
     return {layer.name: digest for layer, digest in zip(spec.layers, results, strict=True)}
 
 
-async def _build_raw(
-    spec: ImageSpec, work: Path, raw: Path, seed: str, cancel: threading.Event,
-    report: Reporter,
-) -> None:
+def _remembered_digests(spec: ImageSpec, cache_dir: Path) -> dict[str, str] | None:
+    digests: dict[str, str] = {}
+    for layer in spec.layers:
+        digest = cached_digest(layer.source, cache_dir=cache_dir)
+        if digest is None:
+            return None
+        digests[layer.name] = digest
+    return digests
+
+
+async def _settle(future: asyncio.Future[Any]) -> None:
+    """Wait until background work has stopped (its threads poll the cancel event)."""
+    if not future.done():
+        future.cancel()
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            continue
+    if not future.cancelled():
+        future.exception()
+
+
+async def _prepare_layers(
+    spec: ImageSpec, work: Path, cancel: threading.Event, report: Reporter
+) -> list[LayerTree]:
+    """Extract tar layers (two at a time) and scan directory layers."""
     count = len(spec.layers)
     slots = asyncio.Semaphore(max(1, min(2, os.cpu_count() or 1)))
     done = 0
@@ -146,11 +192,17 @@ async def _build_raw(
 
     tasks = [asyncio.ensure_future(prepare(i, layer)) for i, layer in enumerate(spec.layers)]
     try:
-        trees = await asyncio.gather(*tasks)
+        return list(await asyncio.gather(*tasks))
     except BaseException:
         cancel.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def _build_raw(
+    spec: ImageSpec, trees: list[LayerTree], work: Path, raw: Path, seed: str,
+    cancel: threading.Event, report: Reporter,
+) -> None:
     publish_dir = work / "publish"
     publish_dir.mkdir()
     trees.append(await in_thread(cancel, write_publish_layer, spec, publish_dir))
@@ -163,6 +215,14 @@ async def _build_raw(
     report.stage("checking the merged tree", 0.5)
     builder = FILESYSTEM_BUILDERS[spec.filesystem]
     await builder(staging, merger.meta, raw, work, spec.size_gib, seed, cancel, report)
+
+
+def _empty_dir(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 async def _cleanup(work: Path, temps: list[Path]) -> None:

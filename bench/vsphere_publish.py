@@ -1,0 +1,184 @@
+"""Benchmark: publish a raw disk to vcsim, naive "convert then upload" vs streaming writer.
+
+    .venv/bin/python bench/vsphere_publish.py                 # 4 GiB disk, ~1 GiB of data
+    .venv/bin/python bench/vsphere_publish.py --data-mib 64   # quick smoke run
+
+(a) naive: ``qemu-img convert -O vmdk -o subformat=streamOptimized`` to a file, then the
+    same OVF import uploading that file; (b) ours: the adapter's publish, converting on all
+    cores while streaming into the NFC lease. Each run is a child process, so peak RSS
+    (``ru_maxrss`` of the child and of its own children, i.e. qemu-img) is per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MIB = 2**20
+
+
+def make_disk(path: Path, size_gib: int, data_mib: int) -> int:
+    """Sparse GPT disk: 8 MiB data chunks (2 MiB random, 6 MiB text) spread over the disk."""
+    with open(path, "wb") as f:
+        f.truncate(size_gib * 2**30)
+    subprocess.run(["sgdisk", "-n1:2048:+256M", "-t1:ef00", "-n2:0:0", "-t2:8304", str(path)],
+                   check=True, capture_output=True)
+    lines = [f"{i:07d} /usr/lib/x86_64-linux-gnu/liblayer{i % 997}.so.{i % 13} "
+             f"owner=root mode=0644 sha256={(i * 2654435761) % 2**32:08x}\n"
+             for i in range(6 * MIB // 60)]
+    text = "".join(lines).encode()[: 6 * MIB]
+    chunks = max(1, data_mib // 8)
+    stride = ((size_gib * 2**30 - 300 * MIB) // chunks) // MIB * MIB
+    with open(path, "r+b") as f:
+        for n in range(chunks):
+            f.seek(258 * MIB + n * stride)
+            rot = (n * 7919) % len(text)
+            f.write(os.urandom(2 * MIB) + text[rot:] + text[:rot])
+    return chunks * 8 * MIB
+
+
+class FileVmdk:
+    """Stands in for StreamVmdk in the naive run: streams an already converted file."""
+
+    def __init__(self, raw: Path, **_: Any) -> None:
+        self.path = Path(os.environ["BENCH_VMDK"])
+        self.size = self.path.stat().st_size
+        self.written = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.written / self.size if self.size else 1.0
+
+    def __iter__(self) -> Any:
+        with open(self.path, "rb") as f:
+            while chunk := f.read(4 * MIB):
+                self.written += len(chunk)
+                yield chunk
+
+
+def child(mode: str, disk: Path, url: str, level: int, work: Path) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    import adapters.vsphere_upload as upload
+    from adapters.base import PublishContext
+    from adapters.vsphere import Adapter, Config
+    from tests.vsphere.simulator import PASSWORD, PASSWORD_ENV, USER, USER_ENV
+
+    os.environ[USER_ENV], os.environ[PASSWORD_ENV] = USER, PASSWORD
+    parts = urlsplit(url)
+    cfg = Config(type="vsphere", host=parts.hostname or "", port=parts.port or 443,
+                 user_env=USER_ENV, password_env=PASSWORD_ENV, insecure=True, datacenter="DC0",
+                 cluster="DC0_C0", datastore="LocalDS_0", network="VM Network",
+                 compression_level=level)
+    result: dict[str, Any] = {"mode": mode, "level": level}
+    start = time.perf_counter()
+    if mode == "naive":
+        vmdk = work / "naive.vmdk"
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o",
+                        "subformat=streamOptimized,adapter_type=lsilogic", str(disk), str(vmdk)],
+                       check=True)
+        result["convert_s"] = time.perf_counter() - start
+        os.environ["BENCH_VMDK"] = str(vmdk)
+        upload.StreamVmdk = FileVmdk  # type: ignore[assignment,misc]
+    else:
+        streams: list[Any] = []
+        real = upload.StreamVmdk
+
+        def counting(*a: Any, **kw: Any) -> Any:
+            streams.append(real(*a, **kw))
+            return streams[-1]
+
+        upload.StreamVmdk = counting  # type: ignore[assignment,misc]
+
+    async def publish() -> None:
+        adapter = Adapter(cfg)
+
+        async def progress(fraction: float, note: str) -> None:
+            return None
+
+        resources: dict[str, Any] = {}
+
+        async def record(values: dict[str, Any]) -> None:
+            resources.update(values)
+
+        ctx = PublishContext(task_id="bench", template="bench", image_name=f"bench-{mode}-{level}",
+                             artifact=disk, artifact_format="raw",
+                             virtual_size=disk.stat().st_size, progress=progress, record=record,
+                             resources=resources)
+        await adapter.publish(ctx)
+        await adapter.close()
+
+    asyncio.run(publish())
+    result["total_s"] = time.perf_counter() - start
+    result["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["children_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if mode == "naive":
+        result["vmdk_mib"] = (work / "naive.vmdk").stat().st_size / MIB
+        (work / "naive.vmdk").unlink()
+    else:
+        result["vmdk_mib"] = streams[-1].written / MIB
+    return result
+
+
+def run_child(mode: str, disk: Path, url: str, level: int, work: Path) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, "--disk", str(disk),
+                          "--url", url, "--level", str(level), "--workdir", str(work)],
+                         check=True, capture_output=True, text=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gib", type=int, default=4)
+    parser.add_argument("--data-mib", type=int, default=1024)
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--child", choices=["naive", "ours"])
+    parser.add_argument("--disk", type=Path)
+    parser.add_argument("--url")
+    parser.add_argument("--level", type=int, default=1)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.disk, args.url, args.level, args.workdir)))
+        return
+
+    from tests.vsphere.simulator import build_vcsim, start_vcsim
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        disk = work / "disk.img"
+        data = make_disk(disk, args.size_gib, args.data_mib)
+        print(f"disk: {args.size_gib} GiB, {data / MIB:.0f} MiB of data; cores: {os.cpu_count()}")
+        sim = start_vcsim(build_vcsim())
+        try:
+            runs = [run_child("naive", disk, sim.url, 6, work),
+                    run_child("ours", disk, sim.url, 6, work),
+                    run_child("ours", disk, sim.url, 1, work)]
+        finally:
+            sim.stop()
+    naive = runs[0]["total_s"]
+    print(f"{'run':<26}{'total s':>9}{'ratio':>8}{'peak RSS MiB':>14}  notes")
+    for r in runs:
+        name = ("naive: qemu-img + upload" if r["mode"] == "naive"
+                else f"ours: stream, zlib {r['level']}")
+        rss = max(r["rss_mib"], r["children_rss_mib"])
+        notes = (f"convert {r['convert_s']:.1f} s, VMDK {r['vmdk_mib']:.0f} MiB, "
+                 f"qemu-img RSS {r['children_rss_mib']:.0f} MiB" if r["mode"] == "naive"
+                 else f"VMDK {r['vmdk_mib']:.0f} MiB streamed")
+        print(f"{name:<26}{r['total_s']:>9.1f}{naive / r['total_s']:>7.1f}x{rss:>14.0f}  {notes}")
+
+
+if __name__ == "__main__":
+    main()

@@ -92,6 +92,9 @@ async def build_image(
             file_size=final.stat().st_size, cache_key=key, cache_hit=False,
             layer_digests=digests,
         )
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise CompositorError(f"building the image failed: {exc.strerror or exc}{where}") from exc
     finally:
         cancel.set()
         for pending in (preparing, sweeping):

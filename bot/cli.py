@@ -63,6 +63,8 @@ def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: bool
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not console.is_terminal:  # piped or captured: do not cut task ids and links at 80 columns
+        console.width = 200
     ctx.obj = Context(config, db)
 
 
@@ -282,6 +284,7 @@ def check(ctx: Context) -> None:
         console.print(f"[red]missing tools[/red]: install with: sudo apt-get install -y {pkgs}")
         sys.exit(EXIT_USAGE)
 
+import bot.vm_cli  # noqa: E402, F401  (registers `layerbot vm`)
 
 main.add_command(__import__("bot.slack_serve", fromlist=["serve"]).serve)  # layerbot serve (Slack)
 

@@ -68,6 +68,9 @@ def _store(cache_dir: Path, source: Path, signature: str, digest: str) -> None:
 
 
 def _signature(source: Path) -> str:
+    """A cheap change detector. Not ctime: building an image hard-links the files of a
+    directory layer into the staging tree, which changes their ctime (and link count)
+    without changing their content."""
     st = os.stat(source)
     if not stat.S_ISDIR(st.st_mode):
         return f"file:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}"
@@ -75,7 +78,7 @@ def _signature(source: Path) -> str:
     for rel, est in _walk(source):
         h.update(
             f"{rel}\0{est.st_mode}\0{est.st_uid}\0{est.st_gid}\0{est.st_size}\0"
-            f"{est.st_mtime_ns}\0{est.st_ctime_ns}\0{est.st_ino}\n".encode(errors="surrogateescape")
+            f"{est.st_mtime_ns}\0{est.st_ino}\n".encode(errors="surrogateescape")
         )
     return "dir:" + h.hexdigest()
 

@@ -42,7 +42,8 @@ class Adapter:
         vm = self.config.path / f"{ctx.image_name}.vm"
         await ctx.record({"vm": str(vm)})
         self.config.path.mkdir(parents=True, exist_ok=True)
-        vm.write_bytes(ctx.artifact.read_bytes()[:4096])
+        with ctx.artifact.open("rb") as disk:
+            vm.write_bytes(disk.read(4096))
         for step in range(4):
             await ctx.progress(step / 4, "uploading")
             await asyncio.sleep(self.config.upload_seconds / 4)

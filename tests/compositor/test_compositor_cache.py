@@ -86,3 +86,14 @@ def test_directory_digest_covers_metadata(tmp_path: Path) -> None:
     before = digest_module._dir_digest(layer)
     os.chmod(layer / "a", 0o600)
     assert digest_module._dir_digest(layer) != before
+
+
+async def test_directory_layer_is_a_cache_hit_right_after_its_first_build(tmp_path: Path) -> None:
+    layer = tmp_path / "os"
+    (layer / "etc").mkdir(parents=True)
+    (layer / "etc" / "a").write_bytes(b"a")
+    dirs = {"work_dir": tmp_path / "work", "cache_dir": tmp_path / "cache"}
+    first = await build_image(_spec(layer), **dirs)
+    # building hard-links the layer's files into the staging tree and back out
+    looked_up = cache_lookup(_spec(layer), cache_dir=tmp_path / "cache")
+    assert looked_up is not None and looked_up.path == first.path

@@ -12,6 +12,7 @@ imported only inside functions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ from adapters.base import (
 )
 from adapters.vsphere_inventory import Placement, prop, props, resolve
 from adapters.vsphere_ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
-from adapters.vsphere_session import VSphereSession, ssl_context
+from adapters.vsphere_session import VSphereSession, acquire, release, ssl_context
 from adapters.vsphere_upload import LeaseLost, complete, upload_disk, wait_ready
 from adapters.vsphere_vm import destroy_vm, mark_as_template, remove_partial
 from adapters.vsphere_watch import wait_for_deploy, wait_power_cycle
@@ -74,6 +75,8 @@ class Config(ConnectorConfig):
     network: str | None = None
     vm_template: str | None = None
     mode: Literal["vm", "template"] = "vm"
+    #: Seconds to wait for the guest to power on and off (default: the runner's, 24 h).
+    watch_timeout: float | None = Field(None, gt=0)
     #: zlib level of the streamOptimized grains (1 is fastest; 6 matches qemu-img).
     compression_level: int = Field(1, ge=1, le=9)
 
@@ -107,8 +110,11 @@ class Adapter:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.ssl = ssl_context(config.insecure, config.ca_file)
-        self.session = VSphereSession(config.host, config.port, config.user_env,
-                                      config.password_env, self.ssl)
+        self._key = (config.host, config.port, config.user_env, config.password_env,
+                     config.insecure, str(config.ca_file))
+        self.session = acquire(self._key, lambda: VSphereSession(
+            config.host, config.port, config.user_env, config.password_env, self.ssl))
+        self._closed = False
 
     def disk_format(self) -> DiskFormat:
         return "raw"
@@ -125,11 +131,18 @@ class Adapter:
                     if attempt == 2:
                         raise
                     log.warning("%s: %s; importing again", ctx.task_id, exc)
-                    await self._forget(ctx, await remove_partial(self.session, ctx.resources))
+                    await self._undo(ctx)
             raise PlatformError("vSphere: import failed")  # loop always returns or raises
         except BaseException:
-            await self._forget(ctx, await remove_partial(self.session, ctx.resources))
+            await asyncio.shield(self._undo(ctx))
             raise
+
+    async def _undo(self, ctx: PublishContext) -> None:
+        """Abort the lease and destroy the partial VM, keeping the original error."""
+        try:
+            await self._forget(ctx, await remove_partial(self.session, ctx.resources))
+        except Exception:
+            log.exception("%s: could not remove the partial VM; cleanup will retry", ctx.task_id)
 
     async def _forget(self, ctx: PublishContext, removed: list[str]) -> None:
         """Record what was removed (reported by cleanup) and that nothing is left."""
@@ -151,8 +164,6 @@ class Adapter:
         await self._check_space(ctx.artifact, place)
         network = cfg.network or (hw.template_network if place.template_vm else None)
         if network and place.network is None:
-            from pyVmomi import vim
-
             place.network = await session.call(
                 lambda si: _find_network(si, place.datacenter, network), "finding the network")
         descriptor = ovf_descriptor(name, ctx.virtual_size, hw, network)
@@ -191,11 +202,7 @@ class Adapter:
     async def _check_space(self, raw: Path, place: Placement) -> None:
         from pyVmomi import vim
 
-        fd = os.open(raw, os.O_RDONLY)
-        try:
-            needed = sum(end - start for start, end in data_extents(fd, os.fstat(fd).st_size))
-        finally:
-            os.close(fd)
+        needed = await asyncio.to_thread(_data_bytes, raw)
         values = await self.session.call(
             lambda si: props(si, [place.datastore], vim.Datastore,
                              ["summary.freeSpace", "name"])[0], "reading the datastore")
@@ -214,7 +221,8 @@ class Adapter:
         from pyVmomi import vim
 
         res, session = published.resource, self.session
-        deadline = float(res.get("published_at", time.time())) + ctx.watch_timeout
+        timeout = self.config.watch_timeout or ctx.watch_timeout
+        deadline = float(res.get("published_at", time.time())) + timeout
         stub = await session.call(lambda si: si._stub, "connecting")
         vm_id = res["vm"]
         if res.get("mode") == "template":
@@ -224,7 +232,7 @@ class Adapter:
                 deployed = await wait_for_deploy(
                     session, vim.VirtualMachine(res["vm"], stub),
                     since=datetime.fromisoformat(res["since"]), deadline=deadline,
-                    timeout=ctx.watch_timeout, wait_seconds=self.wait_seconds)
+                    timeout=timeout, wait_seconds=self.wait_seconds)
                 vm_id = deployed._moId
                 await ctx.record({"deployed_vm": vm_id})
         await ctx.progress(0.0, f"waiting for {vm_id} to be powered on and shut down")
@@ -236,7 +244,7 @@ class Adapter:
         await wait_power_cycle(
             session, vim.VirtualMachine(vm_id, stub),
             seen_on=ctx.resources.get("powered_on") == vm_id, deadline=deadline,
-            timeout=ctx.watch_timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on)
+            timeout=timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on)
         await ctx.progress(1.0, "the guest has shut down")
 
     # ------------------------------------------------------------ cleanup
@@ -250,7 +258,17 @@ class Adapter:
                                 published.resource.get("vm_name", ""))
 
     async def close(self) -> None:
-        await self.session.close()
+        if not self._closed:
+            self._closed = True
+            await release(self._key, self.session)
+
+
+def _data_bytes(raw: Path) -> int:
+    fd = os.open(raw, os.O_RDONLY)
+    try:
+        return sum(end - start for start, end in data_extents(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
 
 
 def _find_network(si: Any, datacenter: Any, name: str) -> Any:

@@ -147,3 +147,32 @@ class VSphereSession:
                 si._stub.DropConnections()
 
             await asyncio.to_thread(logout)
+
+
+_SHARED: dict[tuple[Any, ...], list[Any]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def acquire(key: tuple[Any, ...], make: Callable[[], VSphereSession]) -> VSphereSession:
+    """The connector's shared session (one login per connector), counting its users."""
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is None:
+            entry = _SHARED[key] = [make(), 0]
+        entry[1] += 1
+        return entry[0]  # type: ignore[no-any-return]
+
+
+async def release(key: tuple[Any, ...], session: VSphereSession) -> None:
+    """Drop one user; the last one logs out."""
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is None or entry[0] is not session:
+            last = True
+        else:
+            entry[1] -= 1
+            last = entry[1] <= 0
+            if last:
+                del _SHARED[key]
+    if last:
+        await session.close()

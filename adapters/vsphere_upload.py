@@ -169,7 +169,9 @@ async def _post(session: VSphereSession, device_url: Any, body: Any, throttle: _
     import aiohttp
 
     url = session.device_url(device_url.url)
-    headers = {"Content-Type": MEDIA_TYPE, "Cookie": session.cookie}
+    headers = {"Content-Type": MEDIA_TYPE}
+    if session.cookie:
+        headers["Cookie"] = session.cookie
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=900)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         method = "PUT" if create else "POST"

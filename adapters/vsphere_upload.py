@@ -3,7 +3,8 @@
 The lease's properties are read through the PropertyCollector only (reading them with
 pyvmomi's attribute accessors also crashes vcsim 0.24). The VMDK is produced on the fly
 by :class:`compositor.stream_vmdk.StreamVmdk` and POSTed with chunked transfer encoding
-to the device URL, so no file is written and memory stays flat.
+to the device URL, so no file is written and memory stays flat (``upload: sized`` spools
+it to a temporary file first and sends a Content-Length instead).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,60 +119,109 @@ class _Throttle:
     """Report progress at most once a second or per 1 % step, and keep the lease alive."""
 
     def __init__(self, session: VSphereSession, lease: Any, progress: Progress,
-                 stream: StreamVmdk, keepalive: float = 5.0) -> None:
-        self.session, self.lease, self.progress, self.stream = session, lease, progress, stream
+                 keepalive: float = 5.0) -> None:
+        self.session, self.lease, self.progress = session, lease, progress
         self.keepalive = keepalive
         self.last_report = (0.0, -1.0)
         self.last_lease = 0.0
 
-    async def tick(self, final: bool = False) -> None:
-        now, fraction = time.monotonic(), self.stream.fraction
+    async def tick(self, fraction: float, note: str, lease_percent: int,
+                   final: bool = False) -> None:
+        now = time.monotonic()
         when, shown = self.last_report
-        if final or now - when >= 1.0 or fraction - shown >= 0.01:
+        if final or now - when >= 1.0 or abs(fraction - shown) >= 0.01:
             self.last_report = (now, fraction)
-            mib = self.stream.written / 2**20
-            await self.progress(fraction, f"uploading to vSphere: {mib:.0f} MiB sent")
+            await self.progress(fraction, note)
         if final or now - self.last_lease >= self.keepalive:
             self.last_lease = now
-            await set_progress(self.session, self.lease, min(99, int(fraction * 100)))
+            await set_progress(self.session, self.lease, lease_percent)
+
+
+def _read_file(path: Path, size: int = 4 * 2**20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+async def _spool(stream: StreamVmdk, target: Path, throttle: _Throttle) -> int:
+    """Write the whole VMDK to ``target`` first (for ``upload: sized``); keeps the lease alive."""
+    chunks = iter(stream)
+    with open(target, "wb") as out:
+        async with contextlib.aclosing(aiter_chunks(chunks)) as source:
+            async for chunk in source:
+                await asyncio.to_thread(out.write, chunk)
+                await throttle.tick(stream.fraction, "converting the disk to VMDK for vSphere", 0)
+    return stream.written
 
 
 async def upload_disk(session: VSphereSession, lease: Any, device_url: Any, raw: Path,
                       progress: Progress, ssl_ctx: ssl.SSLContext, *, create: bool = False,
-                      level: int = 1, workers: int | None = None) -> int:
-    """Stream ``raw`` as a streamOptimized VMDK into the lease's device URL; bytes sent."""
+                      level: int = 1, workers: int | None = None, sized: bool = False) -> int:
+    """Send ``raw`` as a streamOptimized VMDK to the lease's device URL; returns bytes sent.
+
+    By default the VMDK is produced while it is sent (chunked transfer encoding). With
+    ``sized`` it is first written to a temporary file (``$TMPDIR``) and sent with a Content-Length, for
+    servers that refuse chunked uploads.
+    """
     stream = StreamVmdk(raw, level=level, workers=workers)
-    throttle = _Throttle(session, lease, progress, stream)
-    chunks = iter(stream)
-
-    failure: list[BaseException] = []
-
-    async def body() -> Any:
-        async with contextlib.aclosing(aiter_chunks(chunks)) as source:
-            async for chunk in source:
-                yield chunk
-                try:
-                    await throttle.tick()
-                except Exception as exc:  # surfaced below, whatever aiohttp makes of it
-                    failure.append(exc)
-                    raise
-
-    gen = body()
+    throttle = _Throttle(session, lease, progress)
+    spool: Path | None = None
+    length: int | None = None
+    sent = 0
     try:
-        return await _post(session, device_url, gen, throttle, ssl_ctx, create, failure, stream,
-                           raw)
+        if sized:
+            fd, name = tempfile.mkstemp(prefix="layerbot-", suffix=".vmdk")
+            os.close(fd)
+            spool = Path(name)
+            length = await _spool(stream, spool, throttle)
+            chunks: Iterator[bytes] = _read_file(spool)
+        else:
+            chunks = iter(stream)
+
+        def status() -> tuple[float, str]:
+            mib = sent / 2**20
+            if length is None:
+                return stream.fraction, f"uploading to vSphere: {mib:.0f} MiB sent"
+            return sent / length, f"uploading to vSphere: {mib:.0f} of {length / 2**20:.0f} MiB"
+
+        failure: list[BaseException] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal sent
+            async with contextlib.aclosing(aiter_chunks(chunks)) as source:
+                async for chunk in source:
+                    yield chunk
+                    sent += len(chunk)
+                    fraction, note = status()
+                    try:
+                        await throttle.tick(fraction, note, min(99, int(fraction * 100)))
+                    except Exception as exc:  # surfaced below, whatever aiohttp makes of it
+                        failure.append(exc)
+                        raise
+
+        gen = body()
+        try:
+            await _post(session, device_url, gen, ssl_ctx, create, failure, length)
+        finally:
+            with contextlib.suppress(RuntimeError):  # still owned by aiohttp's writer
+                await gen.aclose()
+        await throttle.tick(1.0, status()[1], 99, final=True)
     finally:
-        with contextlib.suppress(RuntimeError):  # still owned by aiohttp's writer
-            await gen.aclose()
+        if spool is not None:
+            spool.unlink(missing_ok=True)
+    log.info("uploaded %s: %d bytes of VMDK", raw.name, sent)
+    return sent
 
 
-async def _post(session: VSphereSession, device_url: Any, body: Any, throttle: _Throttle,
+async def _post(session: VSphereSession, device_url: Any, body: AsyncIterator[bytes],
                 ssl_ctx: ssl.SSLContext, create: bool, failure: list[BaseException],
-                stream: StreamVmdk, raw: Path) -> int:
+                length: int | None) -> None:
     import aiohttp
 
     url = session.device_url(device_url.url)
     headers = {"Content-Type": MEDIA_TYPE}
+    if length is not None:
+        headers["Content-Length"] = str(length)
     if session.cookie:
         headers["Cookie"] = session.cookie
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=900)
@@ -188,6 +240,3 @@ async def _post(session: VSphereSession, device_url: Any, body: Any, throttle: _
             if isinstance(exc, aiohttp.ClientError):
                 raise PlatformError(f"vSphere: uploading the disk failed: {exc}") from exc
             raise
-    await throttle.tick(final=True)
-    log.info("uploaded %s: %d bytes of VMDK", raw.name, stream.written)
-    return stream.written

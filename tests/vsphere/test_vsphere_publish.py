@@ -69,6 +69,8 @@ async def test_publish_template_then_deploy(vcsim: VcSim, vc_env: None, raw_disk
     src = find_vms(vcsim, "DC0_C0_RP0_VM0")[0]
     assert tpl.config.hardware.numCPU == src.config.hardware.numCPU
     assert tpl.config.hardware.memoryMB == src.config.hardware.memoryMB
+    assert tpl.config.guestId == src.config.guestId
+    assert tpl.config.firmware == (src.config.firmware or "efi")
     assert published.summary == "VM template win10-tpl"
     assert adapter.next_steps(published).startswith(
         "Create a VM from the VMware Virtual Machine template win10-tpl and power it on")
@@ -134,3 +136,21 @@ async def test_restart_template_watch_after_deploy(vcsim: VcSim, vc_env: None,
     run_task(vcsim, clone.PowerOffVM_Task())
     await asyncio.wait_for(watch, 15)
     await again.close()
+
+
+async def test_publish_sized_upload(vcsim: VcSim, vc_env: None, raw_disk: Path,
+                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spool))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    adapter = make_adapter(vcsim, upload="sized", folder="")
+    rec = Recorder()
+    await adapter.publish(rec.context(raw_disk, "sized"))
+    assert len(find_vms(vcsim, "sized")) == 1
+    assert list(spool.iterdir()) == []  # the temporary VMDK is gone
+    assert any("converting" in note for _, note in rec.progress)
+    assert any(" of " in note for _, note in rec.progress)
+    await adapter.close()

@@ -24,7 +24,7 @@ from bot import messages, states
 from bot.catalog import Catalog, Template
 from bot.steps import Outcome, Step
 from bot.store import LeaseLost, Task, TaskStore
-from compositor.firstboot import linux_publish_layer
+from compositor.firstboot import publish_layer
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
 
 
@@ -69,13 +69,16 @@ class Job:
 
 
 def image_spec(catalog: Catalog, template: Template, adapter: Adapter) -> ImageSpec:
+    """The compositor's input. Looks into the layers (how the guest boots, where the first-boot
+    runner hooks in): may take a while for big tar layers, and raises GuestOSError."""
     connector = catalog.connectors[template.connector]
-    files, links = linux_publish_layer(list(connector.scripts), connector.shutdown)
+    layers = tuple(
+        LayerSource(name, layer.kind, layer.source) for name, layer in catalog.layers_of(template)
+    )
+    files, links = publish_layer(layers, template.disk.filesystem, list(connector.scripts),
+                                 connector.shutdown)
     return ImageSpec(
-        layers=tuple(
-            LayerSource(name, layer.kind, layer.source)
-            for name, layer in catalog.layers_of(template)
-        ),
+        layers=layers,
         size_gib=template.disk.size_gib,
         filesystem=template.disk.filesystem,
         format=adapter.disk_format(),
@@ -88,7 +91,7 @@ class ComposeStep:
     name = "compose"
 
     async def run(self, job: Job) -> None:
-        spec = image_spec(job.catalog, job.template, job.adapter)
+        spec = await asyncio.to_thread(image_spec, job.catalog, job.template, job.adapter)
         job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
                    event=("stage", messages.stage_compositing(len(spec.layers))))
         loop = asyncio.get_running_loop()

@@ -37,8 +37,14 @@ def plan(catalog: Catalog, name: str, *, check_cache: bool = True) -> PublishPla
     template = catalog.template(name)
     connector = catalog.connectors[template.connector]
     adapter = adapters.create(connector)
-    spec = image_spec(catalog, template, adapter)
-    hit = check_cache and compositor.cache_lookup(spec, cache_dir=catalog.runner.cache_dir)
+    hit = None
+    if check_cache:
+        try:
+            spec = image_spec(catalog, template, adapter)
+        except compositor.CompositorError:
+            pass  # the task fails at compositing, with this error as its message
+        else:
+            hit = compositor.cache_lookup(spec, cache_dir=catalog.runner.cache_dir)
     return PublishPlan(
         template=name,
         icon=template.icon,

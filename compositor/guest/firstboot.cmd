@@ -1,0 +1,37 @@
+@echo off
+rem layerbot first-boot runner: runs the connector's scripts once, in order, then shuts
+rem Windows down so the publishing task can reach Done.
+setlocal EnableExtensions
+set "LB=%SystemRoot%\Setup\Scripts\layerbot"
+set "LOG=%SystemRoot%\Temp\layerbot-firstboot.log"
+set "DONE=%LB%\firstboot.done"
+set "SHUTDOWN_MODE=@SHUTDOWN@"
+if exist "%DONE%" exit /b 0
+>> "%LOG%" echo %DATE% %TIME% layerbot firstboot: start
+set "STATUS=0"
+for %%S in ("%LB%\??-*") do call :run "%%~fS"
+>> "%LOG%" echo %DATE% %TIME% layerbot firstboot: finished (status %STATUS%)
+> "%DONE%" echo %DATE% %TIME% status %STATUS%
+if /i not "%SHUTDOWN_MODE%"=="auto" exit /b 0
+>> "%LOG%" echo %DATE% %TIME% shutting down
+shutdown /s /t 0
+exit /b 0
+
+:run
+>> "%LOG%" echo %DATE% %TIME% run %~nx1
+set "STARTED=%TIME%"
+if /i "%~x1"==".ps1" (
+    powershell.exe -NoProfile -ExecutionPolicy Bypass -File "%~1" >> "%LOG%" 2>&1
+) else if /i "%~x1"==".cmd" (
+    call "%~1" >> "%LOG%" 2>&1
+) else if /i "%~x1"==".bat" (
+    call "%~1" >> "%LOG%" 2>&1
+) else if /i "%~x1"==".vbs" (
+    cscript.exe //nologo "%~1" >> "%LOG%" 2>&1
+) else (
+    "%~1" >> "%LOG%" 2>&1
+)
+set "RC=%ERRORLEVEL%"
+if not "%RC%"=="0" set "STATUS=%RC%"
+>> "%LOG%" echo %DATE% %TIME% exit %RC% (started %STARTED%): %~nx1
+exit /b 0

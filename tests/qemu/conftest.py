@@ -1,0 +1,36 @@
+"""Fixtures of the QEMU tests: a real minimal Debian OS layer, built once per machine."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent.parent
+BUILDER = REPO / "scripts" / "debian_os_layer.py"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LAYERBOT_TEST_CACHE", "~/.cache/layerbot-test")).expanduser()
+
+
+@pytest.fixture(scope="session")
+def debian_os_layer() -> Path:
+    """A .tar.zst Debian OS layer (minbase, systemd, cloud kernel), cached between runs under
+    ~/.cache/layerbot-test (or $LAYERBOT_TEST_CACHE); rebuilt when the builder changes."""
+    stamp = hashlib.sha256(BUILDER.read_bytes()).hexdigest()[:10]
+    layer = cache_root() / f"debian-os-{stamp}.tar.zst"
+    if layer.exists():
+        return layer
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        pytest.skip(f"{layer} is not built yet and building it needs root and debootstrap: "
+                    f"run `sudo python3 {BUILDER.relative_to(REPO)} {layer}` once")
+    for old in layer.parent.glob("debian-os-*.tar.zst"):
+        old.unlink()
+    subprocess.run([sys.executable, str(BUILDER), str(layer)], check=True, timeout=900)
+    return layer

@@ -1,0 +1,136 @@
+"""The proof: a real Debian OS layer published to the qemu target boots, runs the
+connector's script once, powers itself off, and the task reaches Done by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from adapters import qemu_vm as vmfiles
+from bot import states
+from bot.catalog import load_catalog
+from bot.runner import JobRunner
+from bot.store import TaskStore
+from bot.summary import enqueue, plan
+from tests.qemu.conftest import REPO
+
+CATALOG = """\
+layers:
+  debian: {{kind: os, source: {os_layer}}}
+  hello: {{kind: app, source: layers/hello}}
+connectors:
+  vm:
+    type: qemu
+    path: ./vms
+    memory_mb: 512
+    cpus: 2
+    accel: {accel}
+    scripts: [scripts/marker.sh]
+templates:
+  debian-hello:
+    os_layer: debian
+    app_layers: [hello]
+    connector: vm
+    disk: {{size_gib: 2}}
+runner:
+  cache_dir: ./cache
+  work_dir: ./work
+  watch_timeout: 480
+"""
+
+MARKER_SCRIPT = """\
+#!/bin/sh
+# the connector's script: proves it ran inside the guest, with the app layer's file
+cp /opt/hello/hello.txt /var/lib/layerbot-marker
+echo "marker written by $(id -un) on $(uname -r)"
+"""
+
+
+def _debugfs(raw: Path, path: str) -> str:
+    out = subprocess.run(["debugfs", "-R", f"cat {path}", f"{raw}?offset=1048576"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def _cli(catalog: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from bot.cli import main; sys.argv[0] = 'layerbot'; main()"
+    return subprocess.run([sys.executable, "-c", code, "--config", str(catalog), "--db", str(db),
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_published_vm_runs_the_scripts_powers_off_and_the_task_is_done(
+        debian_os_layer: Path, tmp_path: Path) -> None:
+    root = tmp_path / "catalog"
+    (root / "layers" / "hello" / "opt" / "hello").mkdir(parents=True)
+    (root / "layers" / "hello" / "opt" / "hello" / "hello.txt").write_text("hello from the app layer\n")
+    (root / "scripts").mkdir()
+    (root / "scripts" / "marker.sh").write_text(MARKER_SCRIPT)
+    # TCG: the figure CI must meet; LAYERBOT_TEST_ACCEL=auto tries KVM first
+    accel = os.environ.get("LAYERBOT_TEST_ACCEL", "tcg")
+    (root / "layerbot.yml").write_text(CATALOG.format(os_layer=debian_os_layer, accel=accel))
+    catalog = load_catalog(root / "layerbot.yml")
+    db = tmp_path / "layerbot.db"
+    store = TaskStore(db)
+    task_id = enqueue(store, plan(catalog, "debian-hello"), requested_by="ci")[0].id
+    runner = JobRunner(store, catalog, poll_interval=0.1)
+    started = time.monotonic()
+    work = asyncio.create_task(runner.run(only=[task_id], until_done=True))
+    vm_dir = root / "vms"
+    try:
+        while store.get(task_id).status != states.ACTION_REQUIRED:
+            assert not work.done(), store.get(task_id).error
+            assert store.get(task_id).status not in (states.FAILED, states.CANCELLED), \
+                store.get(task_id).error
+            await asyncio.sleep(0.2)
+        published_at = time.monotonic()
+        task = store.get(task_id)
+        next_steps = [e.message for e in store.events(task_id) if e.kind == "next_steps"]
+        assert next_steps[0].startswith(f"The virtual machine {task.image_name} is created, but off.")
+        assert f"layerbot vm start {task_id}" in next_steps[0]
+        vm_dir = root / "vms" / task.image_name
+        assert task.link == (vm_dir / "start.sh").resolve().as_uri()
+        assert not (vm_dir / "state.json").exists()  # created, off
+
+        # another process starts it, as an admin would
+        result = await asyncio.to_thread(_cli, root / "layerbot.yml", db, "vm", "start", task_id)
+        assert result.returncode == 0, result.stdout + result.stderr
+        booted_at = time.monotonic()
+        await asyncio.wait_for(work, 480)
+    finally:
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+        if (vm_dir / "vm.json").exists():
+            vmfiles.kill_qemu(vm_dir)
+    done_at = time.monotonic()
+    task = store.get(task_id)
+    serial = (vm_dir / "serial.log").read_text(errors="replace")
+    assert task.status == states.DONE, f"{task.error}\n{serial[-3000:]}"
+    guest = [e.message for e in store.events(task_id) if e.kind == "guest"]
+    assert any("powered off" in m for m in guest), guest
+
+    # the disk afterwards: the marker, the runner's log, the done marker
+    raw = tmp_path / "after.img"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(vm_dir / "disk.qcow2"), str(raw)],
+                   check=True)
+    assert _debugfs(raw, "/var/lib/layerbot-marker") == "hello from the app layer\n"
+    log = _debugfs(raw, "/var/log/layerbot-firstboot.log")
+    assert "run /usr/lib/layerbot/scripts/01-marker.sh" in log
+    assert "exit 0 after" in log and "marker written by root" in log
+    assert "powering off" in log
+    assert _debugfs(raw, "/var/lib/layerbot/firstboot.done") is not None
+    state = (vm_dir / "state.json").read_text()
+    timing = textwrap.dedent(f"""\
+        publish (composite + qcow2): {published_at - started:.1f} s
+        vm start -> Done: {done_at - booted_at:.1f} s ({state.strip()})""")
+    print(timing)
+    (tmp_path / "timing.txt").write_text(timing)

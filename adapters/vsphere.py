@@ -175,6 +175,9 @@ class Adapter:
             lambda si: _create_import_spec(si, descriptor, name, place, network),
             "creating the import spec")
         patch_import_spec(spec_result.importSpec, hw)
+        # Server time before the VM exists: the deploy watch reads events from here on.
+        about, since = await session.call(lambda si: (si.content.about, si.CurrentTime()),
+                                          "reading the server time")
         lease = await session.call(
             lambda si: place.pool.ImportVApp(spec_result.importSpec, place.folder, place.host),
             "starting the import")
@@ -191,15 +194,13 @@ class Adapter:
         await ctx.record({"lease": None})
         if cfg.mode == "template":
             await session.call(lambda si: mark_as_template(si, info.vm), "marking as template")
-        about, now = await session.call(lambda si: (si.content.about, si.CurrentTime()),
-                                        "reading the server time")
         moid = info.vm._moId
         link = (f"https://{session.netloc}/ui/app/vm;nav=v/urn:vmomi:VirtualMachine:"
                 f"{moid}:{about.instanceUuid}")
         kind = "VM template" if cfg.mode == "template" else "VM"
         state = "" if cfg.mode == "template" else " (powered off)"
         return Published(link=link, summary=f"{kind} {name}{state}", resource={
-            "vm": moid, "vm_name": name, "mode": cfg.mode, "since": now.isoformat(),
+            "vm": moid, "vm_name": name, "mode": cfg.mode, "since": since.isoformat(),
             "published_at": time.time(), "vcenter": about.instanceUuid,
         })
 

@@ -18,10 +18,10 @@ from adapters.base import (
     PlatformTimeoutError,
 )
 
-_AUTH = ("InvalidLogin", "NotAuthenticated", "NoPermission", "NotAuthorized", "InvalidPrivilege")
-_SPACE = ("InsufficientDiskSpace", "NoDiskSpace", "OutOfSpace", "InsufficientStorageSpace",
-          "FileTooLarge", "DatastoreNoSpace")
-_NOT_FOUND = ("ManagedObjectNotFound", "NotFound", "FileNotFound", "InvalidDatastore")
+_AUTH = ("InvalidLogin", "NotAuthenticated", "NoPermission", "InvalidPrivilege")
+_SPACE = ("NoDiskSpace", "InsufficientStorageSpace", "FileTooLarge")
+_NOT_FOUND = ("ManagedObjectNotFound", "NotFound", "FileNotFound", "InvalidDatastore",
+              "InvalidDatastorePath")
 _TIMEOUT = ("Timedout", "RequestCanceled")
 
 

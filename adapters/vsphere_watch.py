@@ -33,7 +33,8 @@ def _moid(obj: Any) -> str:
 def _deadline_error(what: str, timeout: float) -> PlatformTimeoutError:
     hours = timeout / 3600
     span = f"{hours:g} h" if hours >= 1 else f"{timeout:g} s"
-    return PlatformTimeoutError(f"vSphere: {what} within {span}; the watch timed out")
+    return PlatformTimeoutError(f"vSphere: waited {span} for {what}; the watch timed out "
+                                f"(watch_timeout)")
 
 
 async def _updates(session: VSphereSession, make_spec: Callable[[Any], Any], deadline: float,
@@ -50,8 +51,8 @@ async def _updates(session: VSphereSession, make_spec: Callable[[Any], Any], dea
             except vmodl.fault.ManagedObjectNotFound as exc:
                 pc.DestroyPropertyCollector()
                 if _moid(exc.obj) in watched():
-                    raise NotFoundError(f"vSphere: {exc.obj._moId} was deleted before "
-                                        f"{what}") from None
+                    raise NotFoundError(f"vSphere: {exc.obj._moId} was deleted while "
+                                        f"waiting for {what}") from None
                 raise
             return pc
 
@@ -74,7 +75,7 @@ async def _updates(session: VSphereSession, make_spec: Callable[[Any], Any], dea
                             raise _Stale("collector lost") from None
                         if _moid(exc.obj) in watched():
                             raise NotFoundError(f"vSphere: {exc.obj._moId} was deleted "
-                                                f"before {what}") from None
+                                                f"while waiting for {what}") from None
                         raise
 
                 result = await session.call(wait_once, "watching the VM")
@@ -85,7 +86,8 @@ async def _updates(session: VSphereSession, make_spec: Callable[[Any], Any], dea
                     for update in filter_update.objectSet or []:
                         if update.kind == "leave" and _moid(update.obj) in watched():
                             raise NotFoundError(
-                                f"vSphere: {update.obj._moId} was deleted before {what}")
+                                f"vSphere: {update.obj._moId} was deleted while waiting "
+                                f"for {what}")
                         for change in update.changeSet or []:
                             yield update.obj, change
         except _Stale:
@@ -137,7 +139,7 @@ async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, d
         seen_on = await session.call(lambda si: was_powered_on(si, vm), "reading VM events")
     ids = {_moid(vm)}
     updates = _updates(session, _vm_spec(vm), deadline, wait_seconds,
-                       "the VM was powered on and shut down", timeout, lambda: ids)
+                       "the VM to be powered on and shut down", timeout, lambda: ids)
     async with aclosing(updates):
         async for _obj, change in updates:
             if change.name != "runtime.powerState":
@@ -199,7 +201,7 @@ async def wait_for_deploy(session: VSphereSession, template: Any, *, since: date
         )
 
     updates = _updates(session, make_spec, deadline, wait_seconds,
-                       "a VM was deployed from the template", timeout, lambda: {template_id})
+                       "a VM to be deployed from the template", timeout, lambda: {template_id})
     try:
         async with aclosing(updates):
             async for _obj, change in updates:

@@ -9,7 +9,13 @@ import pytest
 from pydantic import ValidationError
 
 from adapters import config_model, create
-from adapters.base import AuthError, NotFoundError, PlatformTimeoutError
+from adapters.base import (
+    AuthError,
+    InsufficientSpaceError,
+    NotFoundError,
+    PlatformError,
+    PlatformTimeoutError,
+)
 
 from .conftest import PASSWORD, PASSWORD_ENV, USER_ENV, Recorder, VcSim, connector, find_vms
 
@@ -117,7 +123,8 @@ async def test_watch_timeout(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None
     adapter = make_adapter(vcsim)
     rec = Recorder()
     published = await adapter.publish(rec.context(raw_disk, "never-started"))
-    with pytest.raises(PlatformTimeoutError, match="powered on and shut down within 2 s"):
+    expected = "waited 2 s for the VM to be powered on and shut down; the watch timed out"
+    with pytest.raises(PlatformTimeoutError, match=expected):
         await adapter.wait_for_shutdown(published, rec.context(raw_disk, "x", watch_timeout=2))
     await adapter.close()
 
@@ -132,3 +139,45 @@ async def test_vm_deleted_during_watch(vcsim: VcSim, vc_env: None, raw_disk: Pat
     with pytest.raises(NotFoundError, match="deleted"):
         await asyncio.wait_for(watch, 15)
     await adapter.close()
+
+
+async def test_insufficient_space(vcsim: VcSim, vc_env: None, raw_disk: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapters.vsphere
+
+    monkeypatch.setattr(adapters.vsphere, "_data_bytes", lambda raw: 2**60)
+    adapter = make_adapter(vcsim, datastore="LocalDS_1")
+    with pytest.raises(InsufficientSpaceError, match=r"datastore 'LocalDS_1' has .* GiB free"):
+        await adapter.publish(Recorder().context(raw_disk, "too-big"))
+    assert find_vms(vcsim, "too-big") == []
+    await adapter.close()
+
+
+@pytest.mark.parametrize(("fault", "kind"), [
+    ("vim.fault.InvalidLogin", AuthError),
+    ("vim.fault.NoPermission", AuthError),
+    ("vmodl.fault.ManagedObjectNotFound", NotFoundError),
+    ("vim.fault.FileNotFound", NotFoundError),
+    ("vim.fault.InsufficientStorageSpace", InsufficientSpaceError),
+    ("vim.fault.NoDiskSpace", InsufficientSpaceError),
+    ("vim.fault.Timedout", PlatformTimeoutError),
+    ("vim.fault.DuplicateName", PlatformError),
+])
+def test_faults_map_to_adapter_errors(fault: str, kind: type[Exception]) -> None:
+    from pyVmomi import vim, vmodl
+
+    from adapters.vsphere_errors import translate
+
+    ns, _, name = fault.rpartition(".")
+    cls = getattr((vim.fault if ns == "vim.fault" else vmodl.fault), name)
+    error = translate(cls(msg="vCenter says no"), "importing win10")
+    assert type(error) is kind
+    assert str(error) == "vSphere: importing win10 failed: vCenter says no"
+
+
+def test_transport_errors_map_to_adapter_errors() -> None:
+    from adapters.vsphere_errors import translate
+
+    assert isinstance(translate(ConnectionRefusedError(111, "refused"), "x"),
+                      PlatformTimeoutError)
+    assert isinstance(translate(TimeoutError(), "x"), PlatformTimeoutError)

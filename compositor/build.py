@@ -20,6 +20,7 @@ from .errors import CompositorError, LayerError, ToolMissingError
 from .ext4 import build_ext4_disk
 from .layertree import LayerTree
 from .merge import Merger
+from .ntfs import build_ntfs_disk
 from .progress import Reporter
 from .publish import write_publish_layer
 from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec, LayerSource, ProgressCallback
@@ -29,7 +30,7 @@ from .tools import find_tool, required_tools
 
 DiskBuilder = Callable[..., Awaitable[None]]
 #: filesystem -> builder(staging, meta, raw, work, size_gib, seed, cancel, report)
-FILESYSTEM_BUILDERS: dict[str, DiskBuilder] = {"ext4": build_ext4_disk}
+FILESYSTEM_BUILDERS: dict[str, DiskBuilder] = {"ext4": build_ext4_disk, "ntfs": build_ntfs_disk}
 
 
 async def build_image(

@@ -21,7 +21,8 @@ _NAMESPACE = uuid.UUID("5d5c1c4e-6c0b-4f57-9d39-3f0f7d2a9b10")
 
 
 def write_gpt(
-    disk: Path, *, total_sectors: int, first: int, last: int, name: str, seed: str
+    disk: Path, *, total_sectors: int, first: int, last: int, name: str, seed: str,
+    type_guid: uuid.UUID = LINUX_FILESYSTEM,
 ) -> None:
     """Partition table for a disk of total_sectors with one partition first..last (inclusive).
 
@@ -29,7 +30,7 @@ def write_gpt(
     disk_guid = uuid.uuid5(_NAMESPACE, f"disk:{seed}")
     part_guid = uuid.uuid5(_NAMESPACE, f"part:{seed}")
     entry = struct.pack(
-        "<16s16sQQQ72s", LINUX_FILESYSTEM.bytes_le, part_guid.bytes_le, first, last, 0,
+        "<16s16sQQQ72s", type_guid.bytes_le, part_guid.bytes_le, first, last, 0,
         name.encode("utf-16-le")[:72],
     )
     entries = entry + bytes(_ENTRY_SIZE * (_ENTRIES - 1))

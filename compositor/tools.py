@@ -20,6 +20,8 @@ PACKAGES: dict[str, str] = {
     "gzip": "gzip",
     "mkntfs": "ntfs-3g",
     "wimlib-imagex": "wimtools",
+    "hivexsh": "libhivex-bin",
+    "hivexget": "libhivex-bin",
 }
 
 #: Ordinary users often lack the sbin directories in PATH, where e2fsprogs and gdisk live.

@@ -1,0 +1,115 @@
+"""Staging tree -> partitioned raw disk with an NTFS filesystem (the "ntfs" filesystem builder).
+
+Rootless and FUSE-free: wimlib captures the merged tree into an uncompressed WIM, mkntfs
+formats a volume in its own file, ``wimlib-imagex apply`` writes the tree into that
+unmounted volume through libntfs-3g, and the volume's data ranges are copied into the GPT
+disk at 1 MiB (Microsoft basic data partition).
+
+Layers carry no Windows ACLs, so files get no security descriptor of their own and NTFS
+falls back to its defaults (libntfs-3g's: full control for Everyone); ownership and UNIX
+modes in the layers' metadata do not apply to NTFS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import threading
+import uuid
+from pathlib import Path
+
+from . import disk, runner, stage
+from .errors import DiskTooSmallError, ToolFailedError
+from .gpt import write_gpt
+from .meta import Meta
+from .progress import Reporter
+from .threads import in_thread
+from .tools import tool_path
+
+MICROSOFT_BASIC_DATA = uuid.UUID("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7")
+_MFT_RECORD = 1024
+_LOGFILE_MAX = 64 << 20
+_PERCENT = re.compile(r"\((\d+)%\)")
+_COPY_CHUNK = 64 << 20
+
+
+def ntfs_capacity(layout: disk.Layout, entries: int) -> int:
+    """Bytes left for file data after NTFS's own metadata (MFT records, $LogFile, bitmaps)."""
+    size = (layout.last_sector - layout.first_sector + 1) * disk.SECTOR
+    return size - _LOGFILE_MAX - entries * _MFT_RECORD - size // 100
+
+
+async def build_ntfs_disk(
+    staging: Path, meta: dict[str, Meta], raw: Path, work: Path, size_gib: int, seed: str,
+    cancel: threading.Event, report: Reporter,
+) -> None:
+    summary = await in_thread(cancel, stage.summarize, staging, meta, cancel)
+    layout = disk.layout_for(size_gib)
+    capacity = ntfs_capacity(layout, summary.entries)
+    if summary.content_bytes > capacity:
+        raise DiskTooSmallError(summary.content_bytes, capacity, size_gib)
+    wim = work / "tree.wim"
+    report.stage(f"capturing {summary.entries} entries for NTFS (wimlib)", 0.55)
+    await runner.run([tool_path("wimlib-imagex"), "capture", staging, wim, "layerbot",
+                      "--compress=none", f"--threads={max(1, os.cpu_count() or 1)}"])
+    volume = work / "ntfs.img"
+    sectors = layout.last_sector - layout.first_sector + 1
+
+    def make_volume_file() -> None:
+        with open(volume, "wb") as fh:
+            fh.truncate(sectors * disk.SECTOR)
+
+    await asyncio.to_thread(make_volume_file)
+    report.stage("creating NTFS (mkntfs)", 0.62)
+    await runner.run([tool_path("mkntfs"), "-F", "-Q", "-q", "-s", str(disk.SECTOR),
+                      "-p", str(layout.first_sector), "-H", "255", "-S", "63", "-L", "Windows",
+                      volume, str(sectors)])
+    span = report.span("writing files into NTFS (wimlib apply)", 0.64, 0.74)
+
+    def on_output(line: str) -> None:
+        if match := _PERCENT.search(line):
+            span(int(match.group(1)) / 100)
+
+    try:
+        await runner.run([tool_path("wimlib-imagex"), "apply", wim, "1", volume],
+                         on_output=on_output)
+    except ToolFailedError as exc:
+        if "space" in exc.stderr.lower():
+            raise DiskTooSmallError(summary.content_bytes, capacity, size_gib) from exc
+        raise
+    await asyncio.to_thread(wim.unlink)
+    report.stage("partitioning the disk", 0.75)
+    await asyncio.to_thread(_assemble, raw, layout, seed, volume, cancel)
+
+
+def _assemble(raw: Path, layout: disk.Layout, seed: str, volume: Path,
+              cancel: threading.Event) -> None:
+    with open(raw, "wb") as fh:
+        fh.truncate(layout.disk_bytes)
+    write_gpt(raw, total_sectors=layout.disk_bytes // disk.SECTOR, first=layout.first_sector,
+              last=layout.last_sector, name="Windows", seed=seed, type_guid=MICROSOFT_BASIC_DATA)
+    copy_sparse(volume, raw, layout.offset, cancel)
+
+
+def copy_sparse(src: Path, dest: Path, offset: int, cancel: threading.Event) -> None:
+    """Copy src's data ranges (holes skipped) into dest starting at byte offset."""
+    from .layertree import check_cancel
+
+    with open(src, "rb") as fin, open(dest, "r+b") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            while start < end:
+                check_cancel(cancel)
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(_COPY_CHUNK, end - start),
+                                       start, offset + start)
+                if n == 0:
+                    raise OSError(5, f"unexpected end of {src}")
+                start += n
+            pos = end

@@ -1,0 +1,150 @@
+"""Windows guests: NTFS built with mkntfs + wimlib (no root, no FUSE), the first-boot runner
+hooked into kmssetup.cmd or the SOFTWARE hive's RunOnce; read back with ntfsls, ntfscat and
+hivexget. Windows itself cannot be booted here."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import compositor
+from compositor.firstboot import KMS_HOOK, RUN_ONCE_COMMAND, hook_kmssetup, publish_layer
+from compositor.guestos import GuestOSError
+from compositor.spec import BuiltImage, ImageSpec, LayerSource
+from compositor.winreg import RUN_ONCE, get_value, set_value
+from tests.conftest import write_tar
+from tests.windows.hive import empty_hive
+
+PARTITION_OFFSET = 1 << 20
+KMSSETUP = b"@echo off\r\ncscript //nologo %windir%\\system32\\slmgr.vbs /ato\r\nexit /b 0\r\n"
+
+
+def windows_os(root: Path, *, kmssetup: bytes | None = None, hive: bytes | None = None) -> Path:
+    os_dir = root / "win-os"
+    (os_dir / "Windows" / "System32" / "config").mkdir(parents=True)
+    (os_dir / "Windows" / "System32" / "cmd.exe").write_bytes(b"MZ not really cmd.exe")
+    (os_dir / "Windows" / "System32" / "config" / "SOFTWARE").write_bytes(hive or empty_hive())
+    if kmssetup is not None:
+        kms = os_dir / "Windows" / "Setup" / "Scripts" / "kmsdir"
+        kms.mkdir(parents=True)
+        (kms / "kmssetup.cmd").write_bytes(kmssetup)
+    return os_dir
+
+
+def app_layer(root: Path) -> Path:
+    return write_tar(root / "app.tar", {
+        "Program Files/": None, "Program Files/Notepad++/": None,
+        "Program Files/Notepad++/notepad++.txt": b"an app layer file\n",
+    })
+
+
+def script(root: Path, name: str = "activate.cmd") -> Path:
+    path = root / name
+    path.write_bytes(b"@echo off\r\necho activated\r\n")
+    return path
+
+
+async def build(root: Path, layers: tuple[LayerSource, ...], scripts: list[Path],
+                shutdown: str = "auto") -> tuple[BuiltImage, Path]:
+    files, links = publish_layer(layers, "ntfs", scripts, shutdown)  # type: ignore[arg-type]
+    spec = ImageSpec(layers=layers, size_gib=1, format="raw", filesystem="ntfs",
+                     extra_files=files, extra_symlinks=links)
+    built = await compositor.build_image(spec, work_dir=root / "work", cache_dir=root / "cache")
+    volume = root / "volume.img"
+    subprocess.run(["dd", f"if={built.path}", f"of={volume}", "bs=1M", "skip=1", "conv=sparse",
+                    "status=none"], check=True)
+    return built, volume
+
+
+def ntfscat(volume: Path, path: str) -> bytes:
+    return subprocess.run(["ntfscat", str(volume), path], capture_output=True, check=True).stdout
+
+
+def ntfsls(volume: Path, path: str) -> list[str]:
+    out = subprocess.run(["ntfsls", "-p", path, str(volume)], capture_output=True, text=True,
+                         check=True).stdout
+    return sorted(line for line in out.splitlines() if line not in (".", ".."))
+
+
+async def test_ntfs_image_without_kmssetup_gets_a_run_once_value(tmp_path: Path) -> None:
+    layers = (LayerSource("win10", "os", windows_os(tmp_path)),
+              LayerSource("notepad", "app", app_layer(tmp_path)))
+    built, volume = await build(tmp_path, layers, [script(tmp_path), script(tmp_path, "b.ps1")])
+
+    parts = subprocess.run(["sgdisk", "-p", str(built.path)], capture_output=True, text=True,
+                           check=True).stdout
+    assert "0700  Windows" in parts  # Microsoft basic data
+    info = subprocess.run(["ntfsinfo", "-m", str(volume)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "Windows" in info  # the volume label
+    assert ntfsls(volume, "/") == ["Program Files", "Windows"]
+    assert ntfscat(volume, "/Program Files/Notepad++/notepad++.txt") == b"an app layer file\n"
+    assert ntfsls(volume, "/Windows/Setup/Scripts/layerbot") == [
+        "01-activate.cmd", "02-b.ps1", "firstboot.cmd"]
+    runner = ntfscat(volume, "/Windows/Setup/Scripts/layerbot/firstboot.cmd")
+    assert b'set "SHUTDOWN_MODE=auto"\r\n' in runner
+    assert b"shutdown /s /t 0\r\n" in runner
+    assert b"%SystemRoot%\\Temp\\layerbot-firstboot.log" in runner
+    assert b"\n" not in runner.replace(b"\r\n", b"")  # CRLF throughout
+
+    hive = ntfscat(volume, "/Windows/System32/config/SOFTWARE")
+    assert get_value(hive, RUN_ONCE, "layerbot-firstboot") == RUN_ONCE_COMMAND
+    assert RUN_ONCE_COMMAND == (r'C:\Windows\System32\cmd.exe /c '
+                                r'"C:\Windows\Setup\Scripts\layerbot\firstboot.cmd"')
+    hive_file = tmp_path / "SOFTWARE"
+    hive_file.write_bytes(hive)
+    listing = subprocess.run(["hivexget", str(hive_file), "\\" + RUN_ONCE], capture_output=True,
+                             text=True, check=True).stdout
+    assert listing.startswith('"layerbot-firstboot"=')
+
+
+async def test_kmssetup_is_hooked_after_activation_and_the_hive_is_left_alone(
+        tmp_path: Path) -> None:
+    hive = empty_hive()
+    layers = (LayerSource("win10", "os", windows_os(tmp_path, kmssetup=KMSSETUP, hive=hive)),)
+    _, volume = await build(tmp_path, layers, [script(tmp_path)], shutdown="manual")
+
+    kms = ntfscat(volume, "/Windows/Setup/Scripts/kmsdir/kmssetup.cmd")
+    activation = kms.index(b"slmgr.vbs /ato")
+    hook = kms.index(b'call "%SystemRoot%\\Setup\\Scripts\\layerbot\\firstboot.cmd"')
+    assert activation < hook < kms.index(b"exit /b 0")
+    assert ntfscat(volume, "/Windows/System32/config/SOFTWARE") == hive
+    runner = ntfscat(volume, "/Windows/Setup/Scripts/layerbot/firstboot.cmd")
+    assert b'set "SHUTDOWN_MODE=manual"' in runner
+
+
+def test_kms_hook_goes_before_a_final_exit_and_is_added_once() -> None:
+    plain = b"cscript slmgr.vbs /ato\n"
+    assert hook_kmssetup(plain) == plain + KMS_HOOK.replace("\r\n", "\n").encode()
+    hooked = hook_kmssetup(b"slmgr /ato\r\n\r\nEXIT\r\n")
+    assert hooked.endswith(KMS_HOOK.encode() + b"EXIT\r\n")
+    assert hook_kmssetup(hooked) == hooked
+
+
+def test_run_once_keeps_the_values_already_there() -> None:
+    hive = set_value(empty_hive(), RUN_ONCE, "Office", r"C:\Program Files\Office\setup.exe /q")
+    hive = set_value(hive, RUN_ONCE, "layerbot-firstboot", "old")
+    hive = set_value(hive, RUN_ONCE, "layerbot-firstboot", RUN_ONCE_COMMAND)
+    assert get_value(hive, RUN_ONCE, "Office") == r"C:\Program Files\Office\setup.exe /q"
+    assert get_value(hive, RUN_ONCE, "layerbot-firstboot") == RUN_ONCE_COMMAND
+    assert get_value(hive, r"Microsoft\Windows\CurrentVersion\Run", "x") is None
+
+
+def test_ntfs_template_without_windows_is_a_clear_error(tmp_path: Path) -> None:
+    layer = write_tar(tmp_path / "linux.tar", {"etc/": None, "etc/os-release": b"ID=debian\n"})
+    with pytest.raises(GuestOSError, match=r"no Windows\\System32"):
+        publish_layer((LayerSource("debian", "os", layer),), "ntfs", [], "auto")
+
+
+def test_windows_without_kmssetup_or_hive_is_a_clear_error(tmp_path: Path) -> None:
+    os_dir = windows_os(tmp_path)
+    (os_dir / "Windows" / "System32" / "config" / "SOFTWARE").unlink()
+    with pytest.raises(GuestOSError, match=r"neither .*kmssetup\.cmd nor a SOFTWARE registry hive"):
+        publish_layer((LayerSource("win", "os", os_dir),), "ntfs", [], "auto")
+
+
+def test_windows_os_layer_on_ext4_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(GuestOSError, match=r"set disk\.filesystem: ntfs"):
+        publish_layer((LayerSource("win", "os", windows_os(tmp_path)),), "ext4", [], "auto")

@@ -181,3 +181,13 @@ def test_transport_errors_map_to_adapter_errors() -> None:
     assert isinstance(translate(ConnectionRefusedError(111, "refused"), "x"),
                       PlatformTimeoutError)
     assert isinstance(translate(TimeoutError(), "x"), PlatformTimeoutError)
+
+
+def test_module_imports_no_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, adapters.vsphere; "
+            "bad = [m for m in sys.modules if m.startswith(('pyVmomi', 'pyVim', 'aiohttp'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

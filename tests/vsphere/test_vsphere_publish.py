@@ -154,3 +154,33 @@ async def test_publish_sized_upload(vcsim: VcSim, vc_env: None, raw_disk: Path,
     assert any("converting" in note for _, note in rec.progress)
     assert any(" of " in note for _, note in rec.progress)
     await adapter.close()
+
+
+async def test_watch_survives_session_expiry(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    adapter = make_adapter(vcsim)
+    rec = Recorder()
+    published = await adapter.publish(rec.context(raw_disk, "expiring-watch"))
+    watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
+    await asyncio.sleep(0.5)
+    vcsim.si().content.sessionManager.TerminateSession([adapter.session.session_key])
+    await asyncio.sleep(2.5)  # the pending WaitForUpdatesEx (2 s) ends; the next one fails
+    [vm] = find_vms(vcsim, "expiring-watch")
+    run_task(vcsim, vm.PowerOnVM_Task())
+    run_task(vcsim, vm.PowerOffVM_Task())
+    await asyncio.wait_for(watch, 15)
+    assert adapter.session.logins == 2
+    await adapter.close()
+
+
+async def test_disk_file_on_datastore(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    adapter = make_adapter(vcsim, datastore="LocalDS_1")
+    await adapter.publish(Recorder().context(raw_disk, "on-disk"))
+    [vm] = find_vms(vcsim, "on-disk")
+    [disk] = [d for d in vm.config.hardware.device if hasattr(d, "capacityInKB")]
+    assert disk.backing.fileName.startswith("[LocalDS_1] on-disk/")
+    assert disk.backing.thinProvisioned
+    [ds] = vm.datastore
+    assert ds.name == "LocalDS_1"
+    folder = Path(ds.info.url) / "on-disk"
+    assert any(p.suffix == ".vmdk" for p in folder.iterdir())
+    await adapter.close()

@@ -16,6 +16,17 @@ from bot.slack_handlers import Background, Handlers
 log = logging.getLogger("bot.slack")
 
 
+class _SkipTokenWarning(logging.Filter):
+    """bolt warns that SLACK_BOT_TOKEN from the environment is unused when a client is
+    given; the client carries that very token (and its SLACK_API_URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
+log.addFilter(_SkipTokenWarning())
+
+
 def build_app(handlers: Handlers, background: Background, *, client: AsyncWebClient,
               signing_secret: str, command: str = "/publish") -> AsyncApp:
     app = AsyncApp(client=client, signing_secret=signing_secret, name="layerbot", logger=log)

@@ -18,8 +18,9 @@ from bot import messages, slack_access, slack_blocks, states
 from bot.catalog import Catalog, unknown_name
 from bot.slack_access import Decision, GroupDirectory
 from bot.slack_blocks import Message
-from bot.slack_intents import Claim, Intent, IntentStore
-from bot.store import Task, TaskNotFound, TaskStore
+from bot.slack_db import SlackDB
+from bot.slack_intents import Claim, Intent
+from bot.store import Task, TaskNotFound
 from bot.summary import PublishPlan, enqueue, plan
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,13 @@ def ephemeral(respond: Respond) -> Reply:
 
 
 class Handlers:
-    def __init__(self, *, store: TaskStore, catalog: Catalog, client: AsyncWebClient,
-                 intents: IntentStore, groups: GroupDirectory,
-                 wake_runner: Callable[[], None] = lambda: None) -> None:
-        self.store = store
+    def __init__(self, *, db: SlackDB, catalog: Catalog, client: AsyncWebClient,
+                 groups: GroupDirectory, wake_runner: Callable[[], None] = lambda: None) -> None:
+        self.db = db
+        self.store = db.store  # touched only through db.run (its own thread)
+        self.intents = db.intents
         self.catalog = catalog
         self.client = client
-        self.intents = intents
         self.groups = groups
         self.wake_runner = wake_runner
 
@@ -87,8 +88,8 @@ class Handlers:
     async def _groups(self, user: str) -> set[str]:
         return await self.groups.groups_of(user, slack_access.groups_in_use(self.catalog))
 
-    def _decide(self, user: str, action: str, target: str, decision: Decision) -> Decision:
-        slack_access.record(self.store, user, action, target, decision)
+    async def _decide(self, user: str, action: str, target: str, decision: Decision) -> Decision:
+        await self.db.run(slack_access.record, self.store, user, action, target, decision)
         return decision
 
     async def _allowed_templates(self, user: str, channel: str | None) -> list[str]:
@@ -139,14 +140,14 @@ class Handlers:
 
     async def status(self, task_id: str | None, reply: Reply) -> None:
         if task_id is None:
-            await reply(slack_blocks.status_message(self.store.list_tasks(limit=10)))
+            await reply(slack_blocks.status_message(await self.db.run(self.store.list_tasks, limit=10)))
             return
         try:
-            task = self.store.get(task_id)
+            task = await self.db.run(self.store.get, task_id)
         except TaskNotFound:
             await reply(slack_blocks.text_message(messages.no_task(slack_blocks.escape(task_id))))
             return
-        await reply(slack_blocks.task_detail(task, self.store.events(task.id)))
+        await reply(slack_blocks.task_detail(task, await self.db.run(self.store.events, task.id)))
 
     async def open_modal(self, user: str, channel: str | None, trigger_id: str) -> None:
         names = await self._allowed_templates(user, channel)
@@ -179,7 +180,7 @@ class Handlers:
             return
         groups = await self._groups(user)
         for name in names:
-            decision = self._decide(user, "publish", name, slack_access.may_publish(
+            decision = await self._decide(user, "publish", name, slack_access.may_publish(
                 self.catalog, name, user=user, groups=groups, channel=channel))
             if not decision.allowed:
                 await reply(slack_blocks.text_message(
@@ -193,7 +194,7 @@ class Handlers:
                 f"Cannot prepare {', '.join(names)} ({type(exc).__name__})")))
             return
         rule = slack_access.approval_rule(self.catalog, names)
-        intent = self.intents.create(user, channel, names, rule)
+        intent = await self.db.run(self.intents.create, user, channel, names, rule)
         card = slack_blocks.confirm_card(plans, intent.id, user,
                                          second_person=rule == "second_person",
                                          ttl_minutes=int(self.intents.ttl // 60))
@@ -213,7 +214,7 @@ class Handlers:
         clicker = body["user"]["id"]
         intent_id = body["actions"][0]["value"]
         reply = ephemeral(respond)
-        intent = self.intents.get(intent_id)
+        intent = await self.db.run(self.intents.get, intent_id)
         if intent is None or intent.cancelled:
             await reply(slack_blocks.text_message(messages.intent_unknown()))
             return
@@ -222,20 +223,20 @@ class Handlers:
             await reply(slack_blocks.text_message(messages.intent_used(intent.claimed_by)))
             return
         if intent.expires_at <= time.time():
-            self._decide(clicker, "confirm", target, Decision(False, "expired"))
+            await self._decide(clicker, "confirm", target, Decision(False, "expired"))
             await respond(replace_original=True,
                           **slack_blocks.text_message(messages.intent_expired(
                               int(self.intents.ttl // 60))).payload())
             return
         decision = await self._may_confirm(intent, clicker)
-        self._decide(clicker, "confirm", target, decision)
+        await self._decide(clicker, "confirm", target, decision)
         if not decision.allowed:
             await reply(slack_blocks.text_message(
                 messages.denied("confirm", ", ".join(intent.templates), decision.reason)))
             return
-        claim = self.intents.claim(intent.id, clicker)
+        claim = await self.db.run(self.intents.claim, intent.id, clicker)
         if claim is not Claim.CLAIMED:
-            again = self.intents.get(intent.id)
+            again = await self.db.run(self.intents.get, intent.id)
             text = (messages.intent_used(again.claimed_by) if claim is Claim.USED and again
                     and again.claimed_by else messages.intent_expired(int(self.intents.ttl // 60)))
             await reply(slack_blocks.text_message(text))
@@ -263,24 +264,25 @@ class Handlers:
         tasks = []
         for p in plans:
             notify = self.catalog.connectors[p.connector].notify_channel
-            task, _ = enqueue(self.store, p, requested_by=intent.user, channel=notify or channel,
-                              idempotency_key=f"{intent.id}:{p.template}")
+            task, _ = await self.db.run(enqueue, self.store, p, requested_by=intent.user,
+                               channel=notify or channel,
+                               idempotency_key=f"{intent.id}:{p.template}")
             tasks.append(task)
         self.wake_runner()
         return tasks
 
     async def dismiss(self, body: dict[str, Any], respond: Respond) -> None:
         clicker = body["user"]["id"]
-        intent = self.intents.get(body["actions"][0]["value"])
+        intent = await self.db.run(self.intents.get, body["actions"][0]["value"])
         if intent is None:
             return
         if clicker != intent.user:
-            self._decide(clicker, "dismiss", ",".join(intent.templates),
+            await self._decide(clicker, "dismiss", ",".join(intent.templates),
                          Decision(False, messages.reason_not_requester(intent.user)))
             await ephemeral(respond)(slack_blocks.text_message(messages.denied(
                 "cancel", ", ".join(intent.templates), messages.reason_not_requester(intent.user))))
             return
-        if self.intents.cancel(intent.id, clicker) is Claim.CLAIMED:
+        if await self.db.run(self.intents.cancel, intent.id, clicker) is Claim.CLAIMED:
             await respond(replace_original=True, **slack_blocks.text_message(
                 messages.publish_cancelled(clicker)).payload())
 
@@ -292,13 +294,13 @@ class Handlers:
             decision = slack_access.may_publish(self.catalog, task.template, user=user,
                                                 groups=await self._groups(user), channel=None,
                                                 check_channel=False)
-        return self._decide(user, action, task.id, decision)
+        return await self._decide(user, action, task.id, decision)
 
     async def task_cancel(self, body: dict[str, Any], respond: Respond) -> None:
         user = body["user"]["id"]
         reply = ephemeral(respond)
         try:
-            task = self.store.get(body["actions"][0]["value"])
+            task = await self.db.run(self.store.get, body["actions"][0]["value"])
         except TaskNotFound:
             return
         decision = await self._task_decision(task, user, "cancel")
@@ -310,14 +312,14 @@ class Handlers:
             await reply(slack_blocks.text_message(
                 messages.already_finished(task.id, states.LABELS[task.status])))
             return
-        self.store.request_cancel(task.id, user, messages.cancel_requested_by(user))
+        await self.db.run(self.store.request_cancel, task.id, user, messages.cancel_requested_by(user))
         await reply(slack_blocks.text_message(messages.cancel_ack(task.id)))
 
     async def task_retry(self, body: dict[str, Any], respond: Respond) -> None:
         user = body["user"]["id"]
         reply = ephemeral(respond)
         try:
-            task = self.store.get(body["actions"][0]["value"])
+            task = await self.db.run(self.store.get, body["actions"][0]["value"])
         except TaskNotFound:
             return
         decision = await self._task_decision(task, user, "retry")
@@ -329,7 +331,8 @@ class Handlers:
             await reply(slack_blocks.text_message(
                 messages.already_finished(task.id, states.LABELS[task.status])))
             return
-        new = self.store.retry(task.id, f"retry:{task.id}", user, messages.retried(task.id, user))
+        new = await self.db.run(self.store.retry, task.id, f"retry:{task.id}", user,
+                       messages.retried(task.id, user))
         self.wake_runner()
         await reply(slack_blocks.text_message(messages.retry_ack(task.id, new.id)))
 
@@ -341,7 +344,8 @@ class Handlers:
         names = await self._allowed_templates(user, None)
         rows = [(n, self.catalog.templates[n].icon, self.catalog.templates[n].description)
                 for n in names]
-        view = slack_blocks.home_view(rows, self.store.list_tasks(limit=slack_blocks.HOME_TASKS))
+        tasks = await self.db.run(self.store.list_tasks, limit=slack_blocks.HOME_TASKS)
+        view = slack_blocks.home_view(rows, tasks)
         await self.client.views_publish(user_id=user, view=view)
 
     async def home_publish(self, body: dict[str, Any]) -> None:

@@ -9,6 +9,9 @@ prints) and keeps one task message per task current, with thread replies.
 - Any event marks the task message dirty; it is edited with ``chat.update`` at most
   once per ``update_interval`` seconds per task, later if Slack answers 429.
 - The id of the last event handled is kept in the database (``slack_cursor``).
+
+Writes go through :class:`bot.slack_db.SlackDB` (its own thread), so a commit waiting
+for the disk never stalls the loop.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import slack_blocks
 from bot.events import follow
+from bot.slack_db import SlackDB
 from bot.store import Event, Task, TaskNotFound, TaskStore
 
 log = logging.getLogger(__name__)
@@ -48,9 +52,13 @@ def retry_after(exc: SlackApiError, default: float = 1.0) -> float:
 
 
 class SlackNotifier:
-    def __init__(self, store: TaskStore, client: AsyncWebClient, *, update_interval: float = 3.0,
-                 poll_interval: float = 0.2, max_attempts: int = 5) -> None:
+    def __init__(self, store: TaskStore, db: SlackDB, client: AsyncWebClient, *,
+                 update_interval: float = 3.0, poll_interval: float = 0.2,
+                 max_attempts: int = 5) -> None:
+        """``store`` is the loop's connection (reads, following events); writes go
+        through ``db`` (its own thread)."""
         self.store = store
+        self.db = db
         self.client = client
         self.update_interval = update_interval
         self.poll_interval = poll_interval
@@ -59,23 +67,27 @@ class SlackNotifier:
         self._next_update: dict[str, float] = {}
         self._last_sent: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
-        with store.transaction():
-            store.db["slack_cursor"].create({"name": str, "event_id": int}, pk="name",
-                                            if_not_exists=True)
+        self._stop = asyncio.Event()
 
     # ------------------------------------------------------------ cursor
     def cursor(self) -> int:
-        row = self.store.db.execute("SELECT event_id FROM slack_cursor WHERE name = ?",
-                                    [CURSOR]).fetchone()
+        """The last event id handled (runs on the database thread)."""
+        store = self.db.store
+        with store.transaction():
+            store.db["slack_cursor"].create({"name": str, "event_id": int}, pk="name",
+                                            if_not_exists=True)
+        row = store.db.execute("SELECT event_id FROM slack_cursor WHERE name = ?",
+                               [CURSOR]).fetchone()
         if row is not None:
             return int(row[0])
-        start = self.store.last_event_id()  # a fresh bot does not replay history
+        start = store.last_event_id()  # a fresh bot does not replay history
         self._save_cursor(start)
         return start
 
     def _save_cursor(self, event_id: int) -> None:
-        with self.store.transaction():
-            self.store.db.execute(
+        store = self.db.store
+        with store.transaction():
+            store.db.execute(
                 "INSERT INTO slack_cursor (name, event_id) VALUES (?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET event_id = excluded.event_id",
                 [CURSOR, event_id],
@@ -83,7 +95,8 @@ class SlackNotifier:
 
     # ------------------------------------------------------------ main loop
     async def run(self, stop: asyncio.Event) -> None:
-        after = self.cursor()
+        self._stop = stop
+        after = await self.db.run(self.cursor)
         for task in self.store.list_tasks(limit=200):
             if task.message_ts and not task.finished:
                 self._dirty.add(task.id)  # refresh what a previous process left
@@ -96,7 +109,7 @@ class SlackNotifier:
                 except Exception:
                     log.exception("slack notifier: event %s (%s) not delivered", event.id,
                                   event.kind)
-                self._save_cursor(event.id)
+                await self.db.run(self._save_cursor, event.id)
         finally:
             updater.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,7 +126,7 @@ class SlackNotifier:
 
     async def handle(self, event: Event) -> None:
         try:
-            task = self.store.get(event.task_id)
+            task = await self.db.run(self.db.store.get, event.task_id)
         except TaskNotFound:
             return
         if task.channel is None:  # not a Slack task (CLI); the CLI prints these events
@@ -148,8 +161,8 @@ class SlackNotifier:
             return task
         self._next_update[task.id] = time.monotonic() + self.update_interval
         self._last_sent[task.id] = message.payload()
-        return self.store.update(task.id, None, channel=resp["channel"], message_ts=resp["ts"],
-                                 thread_ts=resp["ts"])
+        return await self.db.run(self.db.store.update, task.id, None, channel=resp["channel"],
+                                 message_ts=resp["ts"], thread_ts=resp["ts"])
 
     # ------------------------------------------------------------ throttled edits
     async def _updates(self, stop: asyncio.Event) -> None:
@@ -167,7 +180,7 @@ class SlackNotifier:
 
     async def _update(self, task_id: str) -> None:
         try:
-            task = self.store.get(task_id)
+            task = await self.db.run(self.db.store.get, task_id)
         except TaskNotFound:
             return
         if not (task.channel and task.message_ts):
@@ -213,14 +226,22 @@ class SlackNotifier:
                 if error in raise_on:
                     raise
                 if exc.response.status_code == 429:
-                    await asyncio.sleep(retry_after(exc))
+                    if await self._stopping(retry_after(exc)):
+                        break
                     continue
                 if exc.response.status_code < 500:
                     log.warning("%s failed: %s", method, error)
                     return None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("%s failed (%s), attempt %d", method, type(exc).__name__, attempt)
-            await asyncio.sleep(delay)
+            if await self._stopping(delay):
+                break
             delay = min(delay * 2, 30.0)
-        log.error("%s: giving up after %d attempts", method, self.max_attempts)
+        log.error("%s: giving up (%d attempts)", method, attempt)
         return None
+
+    async def _stopping(self, delay: float) -> bool:
+        """Wait ``delay`` seconds before a retry; True if the app is shutting down."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        return self._stop.is_set()

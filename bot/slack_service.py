@@ -25,8 +25,8 @@ from bot.catalog import Catalog
 from bot.runner import JobRunner
 from bot.slack_access import GroupDirectory
 from bot.slack_app import build_app
+from bot.slack_db import SlackDB
 from bot.slack_handlers import Background, Handlers
-from bot.slack_intents import IntentStore
 from bot.slack_notifier import SlackNotifier
 from bot.store import TaskStore
 
@@ -101,13 +101,14 @@ class SlackService:
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
         self.runner = JobRunner(store, catalog, poll_interval=runner_poll)
         self.background = Background()
-        self.handlers = Handlers(store=store, catalog=catalog, client=self.client,
-                                 intents=IntentStore(store), groups=GroupDirectory(self.client),
-                                 wake_runner=self.runner.wake)
+        self.db = SlackDB(store)
+        self.handlers = Handlers(db=self.db, catalog=catalog, client=self.client,
+                                 groups=GroupDirectory(self.client), wake_runner=self.runner.wake)
         self.app = build_app(self.handlers, self.background, client=self.client,
                              signing_secret=settings.signing_secret, command=command)
         notifier_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
-        self.notifier = SlackNotifier(store, notifier_client, update_interval=update_interval)
+        self.notifier = SlackNotifier(store, self.db, notifier_client,
+                                      update_interval=update_interval)
         self.monitor = LoopLagMonitor()
         self.stop = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -170,7 +171,12 @@ class SlackService:
             await self._site_runner.cleanup()
         await self.background.drain(timeout=10)
         self.stop.set()
+        _, pending = await asyncio.wait(self._loops, timeout=30) if self._loops else ((), ())
+        for loop_task in pending:
+            log.warning("%s did not stop in time; cancelling it", loop_task.get_name())
+            loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        self.db.close()
 
 
 async def serve_forever(service: SlackService, host: str, port: int) -> None:

@@ -175,6 +175,9 @@ async def make_slack(catalog_dir: Path, tmp_path: Path) -> AsyncIterator[MakeSla
         if catalog_text is not None:
             (catalog_dir / "layerbot.yml").write_text(catalog_text)
         catalog = load_catalog(catalog_dir / "layerbot.yml")
+        # keep composites in the test's directory (the defaults are relative to the cwd)
+        catalog.runner.cache_dir = catalog_dir / ".layerbot" / "cache"
+        catalog.runner.work_dir = catalog_dir / ".layerbot" / "work"
         double = double or await SlackDouble().start()
         store = TaskStore(tmp_path / "slack.db")
         settings = SlackSettings(bot_token=BOT_TOKEN, signing_secret=SECRET,

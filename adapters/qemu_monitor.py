@@ -1,4 +1,5 @@
-"""The process that runs one QEMU VM and records its life: ``python -m adapters.qemu_monitor VM_DIR``.
+"""The process that runs one QEMU VM and records its life:
+``python -m adapters.qemu_monitor [--background] VM_DIR``.
 
 Started (detached) by ``layerbot vm start``. It launches QEMU daemonized and paused (``-S``),
 connects to its QMP socket, resumes the guest, then writes each QMP event to events.jsonl
@@ -206,7 +207,13 @@ def _status(qmp: QmpClient) -> str:
 
 
 def main() -> None:
-    vm_dir = Path(sys.argv[1]).resolve()
+    args = sys.argv[1:]
+    if args[:1] == ["--background"]:
+        args = args[1:]
+        if os.fork() != 0:
+            os._exit(0)  # the caller waits for this one; the child carries on detached
+        os.setsid()
+    vm_dir = Path(args[0]).resolve()
     os.chdir(vm_dir)
     try:
         sys.exit(run(vm_dir))

@@ -212,10 +212,11 @@ def start(vm_dir: Path, *, timeout: float = 60.0) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(vm_dir / MONITOR_LOG, "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "adapters.qemu_monitor", str(vm_dir)],
+        # the monitor forks itself into the background and its first process exits at once
+        subprocess.run(
+            [sys.executable, "-m", "adapters.qemu_monitor", "--background", str(vm_dir)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=vm_dir,
-            start_new_session=True,
+            start_new_session=True, check=True, timeout=30,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

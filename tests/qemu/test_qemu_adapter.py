@@ -1,0 +1,228 @@
+"""The qemu target without booting a guest: publish (kernel from /boot, qcow2, definition),
+watching through the VM's state files, a real QEMU started and killed, cleanup, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import compositor
+from adapters import qemu_vm as vmfiles
+from adapters.base import PlatformError, PlatformTimeoutError, PublishContext, Published
+from adapters.qemu import Adapter, Config
+from compositor.spec import BuiltImage, ImageSpec, LayerSource
+from tests.conftest import write_tar
+from tests.qemu.conftest import REPO
+
+LINUX = {"usr/lib/systemd/systemd": b"\x7fELF", "boot/": None,
+         "boot/vmlinuz-6.1.0-9-amd64": b"old kernel", "boot/vmlinuz-6.1.0-10-amd64": b"kernel",
+         "boot/initrd.img-6.1.0-10-amd64": b"initrd", "etc/hostname": b"guest\n"}
+
+
+async def raw_disk(tmp_path: Path, members: dict[str, bytes | None]) -> BuiltImage:
+    layer = write_tar(tmp_path / "os.tar", members)
+    spec = ImageSpec(layers=(LayerSource("os", "os", layer),), size_gib=1, format="raw")
+    return await compositor.build_image(spec, work_dir=tmp_path / "work",
+                                        cache_dir=tmp_path / "cache")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.resources: dict[str, Any] = {}
+
+    async def progress(self, fraction: float, note: str) -> None:
+        self.notes.append(note)
+
+    async def record(self, resource: dict[str, Any]) -> None:
+        self.resources.update(resource)
+
+    def context(self, built: BuiltImage | None, *, watch_timeout: float = 30.0,
+                task_id: str = "t0000001") -> PublishContext:
+        return PublishContext(
+            task_id=task_id, template="debian", image_name="debian-20261126T010101Z",
+            artifact=built.path if built else Path("/nonexistent"),
+            artifact_format=built.format if built else "raw",
+            virtual_size=built.virtual_size if built else 0, progress=self.progress,
+            record=self.record, resources=self.resources, watch_timeout=watch_timeout)
+
+
+def adapter(tmp_path: Path, **settings: Any) -> Adapter:
+    return Adapter(Config.model_validate({"type": "qemu", "path": tmp_path / "vms", **settings}))
+
+
+async def test_publish_writes_a_qcow2_and_a_definition_off_with_direct_kernel_boot(
+        tmp_path: Path) -> None:
+    built = await raw_disk(tmp_path, LINUX)
+    rec = Recorder()
+    target = adapter(tmp_path, memory_mb=768, cpus=1, accel="tcg")
+    published = await target.publish(rec.context(built))
+
+    vm_dir = tmp_path / "vms" / "debian-20261126T010101Z"
+    assert rec.resources == {"vm_dir": str(vm_dir)}  # recorded before anything was made
+    assert published.link == (vm_dir / "start.sh").resolve().as_uri()
+    assert "created, powered off; direct kernel boot" in published.summary
+    info = json.loads(subprocess.check_output(
+        ["qemu-img", "info", "--output=json", str(vm_dir / "disk.qcow2")]))
+    assert info["format"] == "qcow2" and info["virtual-size"] == 1 << 30
+    assert (vm_dir / "vmlinuz").read_bytes() == b"kernel"  # the newest kernel
+    assert (vm_dir / "initrd.img").read_bytes() == b"initrd"
+    vm = vmfiles.VmDefinition.load(vm_dir)
+    assert (vm.memory_mb, vm.cpus, vm.accel, vm.task_id) == (768, 1, "tcg", "t0000001")
+    assert vm.cmdline is not None and vm.cmdline.startswith("root=PARTUUID=")
+    assert vm.cmdline.endswith(" rw console=ttyS0")
+    assert vmfiles.read_state(vm_dir) is None  # never started: off
+    launcher = (vm_dir / "start.sh").read_text()
+    assert os.access(vm_dir / "start.sh", os.X_OK)
+    assert "-accel kvm" in launcher.replace(" \\\n  ", " ") and "-no-reboot" in launcher
+    assert target.next_steps(published) == (
+        "The virtual machine debian-20261126T010101Z is created, but off. Start it with "
+        "`layerbot vm start t0000001`, let it run the connector's scripts; it powers off when "
+        "done and the task changes to Done. Follow its console with "
+        "`layerbot vm console t0000001`.")
+    assert any("writing disk.qcow2" in n for n in rec.notes)
+
+
+async def test_a_disk_without_a_kernel_boots_through_the_firmware(tmp_path: Path) -> None:
+    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    published = await adapter(tmp_path).publish(Recorder().context(built))
+    vm = vmfiles.VmDefinition.load(Path(published.resource["vm_dir"]))
+    assert vm.kernel is None and vm.initrd is None
+    assert "firmware boot" in published.summary
+
+
+async def test_a_failed_conversion_leaves_nothing_after_cleanup(tmp_path: Path) -> None:
+    rec = Recorder()
+    target = adapter(tmp_path, boot="firmware")
+    bogus = tmp_path / "broken.img"
+    bogus.write_bytes(b"")
+    ctx = rec.context(None)
+    ctx.artifact, ctx.artifact_format = bogus, "qcow2"
+    with pytest.raises(PlatformError, match="qemu-img convert failed"):
+        await target.publish(ctx)
+    removed = await target.cleanup(rec.resources)
+    assert removed == [f"VM directory {tmp_path / 'vms' / 'debian-20261126T010101Z'}"]
+    assert not list((tmp_path / "vms").iterdir())
+    assert await target.cleanup(rec.resources) == []  # idempotent
+
+
+async def test_watch_follows_the_state_files_and_survives_a_new_adapter(tmp_path: Path) -> None:
+    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    published = await adapter(tmp_path).publish(Recorder().context(built))
+    vm_dir = Path(published.resource["vm_dir"])
+    rec = Recorder()
+    # a restarted runner has only the stored JSON
+    resumed = Published.from_json(json.loads(json.dumps(published.to_json())))
+    watch = asyncio.create_task(adapter(tmp_path).wait_for_shutdown(resumed, rec.context(built)))
+    await asyncio.sleep(0.7)
+    assert not watch.done()
+    vmfiles.write_state(vm_dir, vmfiles.RUNNING, accel="tcg", started_at=time.time())
+    await asyncio.sleep(0.7)
+    assert not watch.done()
+    vmfiles.write_state(vm_dir, vmfiles.STOPPED, reason="guest-reset")
+    await asyncio.sleep(0.7)
+    assert not watch.done()  # a restart is not the end: start it again
+    now = time.time()
+    vmfiles.write_state(vm_dir, vmfiles.OFF, reason="guest-shutdown", started_at=now - 42,
+                        stopped_at=now)
+    await asyncio.wait_for(watch, 5)
+    assert rec.notes == [
+        "the VM is running (tcg); waiting for the guest to power off",
+        "the VM stopped without a guest power-off (guest-reset); start it again with "
+        "`layerbot vm start t0000001`",
+        "the guest ran its scripts and powered off (42 s after start)",
+    ]
+
+
+async def test_watch_times_out(tmp_path: Path) -> None:
+    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    rec = Recorder()
+    target = adapter(tmp_path)
+    published = await target.publish(rec.context(built))
+    with pytest.raises(PlatformTimeoutError, match="did not power off within 1 s"):
+        await target.wait_for_shutdown(published, rec.context(built, watch_timeout=1))
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from bot.cli import main; sys.argv[0] = 'layerbot'; main()"
+    return subprocess.run([sys.executable, "-c", code, "--db", str(tmp_path / "t.db"), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+async def test_a_real_qemu_started_then_killed_is_stopped_not_done(tmp_path: Path) -> None:
+    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    rec = Recorder()
+    target = adapter(tmp_path, accel="tcg", memory_mb=128, cpus=1)
+    published = await target.publish(rec.context(built))
+    vm_dir = Path(published.resource["vm_dir"])
+    try:
+        state = await asyncio.to_thread(vmfiles.start, vm_dir)
+        assert state["state"] == vmfiles.RUNNING and state["accel"] == "tcg"
+        pid = vmfiles.qemu_pid(vm_dir)
+        assert pid is not None
+        with pytest.raises(PlatformError, match="already running"):
+            vmfiles.start(vm_dir)
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            if (vmfiles.read_state(vm_dir) or {}).get("state") == vmfiles.STOPPED:
+                break
+            await asyncio.sleep(0.1)
+        assert vmfiles.read_state(vm_dir)["reason"].startswith("QEMU exited without a shutdown")
+        events = [json.loads(line)["event"]
+                  for line in (vm_dir / "events.jsonl").read_text().splitlines()]
+        assert events[0] == "RESUME"
+    finally:
+        vmfiles.kill_qemu(vm_dir)
+
+
+async def test_cleanup_of_a_half_made_vm_stops_its_qemu(tmp_path: Path) -> None:
+    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    rec = Recorder()
+    target = adapter(tmp_path, accel="tcg", memory_mb=128, cpus=1)
+    published = await target.publish(rec.context(built))
+    vm_dir = Path(published.resource["vm_dir"])
+    try:
+        await asyncio.to_thread(vmfiles.start, vm_dir)
+        pid = vmfiles.qemu_pid(vm_dir)
+        assert pid is not None
+        assert await target.cleanup(rec.resources) == [f"VM directory {vm_dir}"]
+        assert not vm_dir.exists()
+        assert not Path(f"/proc/{pid}").exists() or b"qemu" not in Path(
+            f"/proc/{pid}/cmdline").read_bytes()
+    finally:
+        if vm_dir.exists():
+            vmfiles.kill_qemu(vm_dir)
+
+
+def test_a_qemu_that_cannot_start_is_reported(tmp_path: Path) -> None:
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    vm = vmfiles.VmDefinition(name="broken", task_id="t1", memory_mb=128, cpus=1, accel="tcg",
+                              qemu=sys.executable)  # not a QEMU: exits with an error
+    vmfiles.write_definition(vm, vm_dir)
+    with pytest.raises(PlatformError, match="VM broken did not start: "):
+        vmfiles.start(vm_dir, timeout=30)
+    assert vmfiles.read_state(vm_dir)["state"] == vmfiles.FAILED
+
+
+def test_vm_commands_need_a_task_published_to_qemu(tmp_path: Path) -> None:
+    from bot.store import TaskStore
+
+    store = TaskStore(tmp_path / "t.db")
+    task, _ = store.create_task(template="demo", connector="folder", platform="Local folder",
+                                image_name="demo-1", requested_by="ci", message="queued",
+                                idempotency_key="k1")
+    store.close()
+    result = _cli(tmp_path, "vm", "start", "t-nope")
+    assert result.returncode == 2 and "t-nope" in result.stderr
+    result = _cli(tmp_path, "vm", "status", task.id)
+    assert result.returncode == 2 and "has no QEMU VM" in result.stderr

@@ -97,6 +97,30 @@ def _find_folder(si: Any, vm_folder: Any, path: str) -> Any | None:
     return folder
 
 
+def _host_without_drs(si: Any, cluster: Any, datastore: Any) -> Any | None:
+    """A host for ImportVApp when the cluster has no DRS (vCenter then requires one).
+
+    The first connected host, not in maintenance mode, that mounts ``datastore``; None
+    when DRS is on (it places the VM itself).
+    """
+    from pyVmomi import vim
+
+    values = props(si, [cluster], vim.ClusterComputeResource, ["configurationEx", "host"])[0]
+    config = values.get("configurationEx")
+    drs = getattr(config, "drsConfig", None)
+    if drs is not None and drs.enabled:
+        return None
+    hosts = props(si, list(values.get("host") or []), vim.HostSystem,
+                  ["runtime.connectionState", "runtime.inMaintenanceMode", "datastore"])
+    for host in hosts:
+        mounted = {d._moId for d in host.get("datastore") or []}
+        if (host.get("runtime.connectionState") == "connected"
+                and not host.get("runtime.inMaintenanceMode")
+                and datastore._moId in mounted):
+            return host["obj"]
+    return None
+
+
 def resolve(si: Any, cfg: Any) -> Placement:
     """Look up every object the connector config names; raise NotFoundError listing the misses."""
     from pyVmomi import vim
@@ -119,6 +143,8 @@ def resolve(si: Any, cfg: Any) -> Placement:
         cluster = need(find_by_name(si, dc_props["hostFolder"], vim.ClusterComputeResource,
                                     cfg.cluster), "cluster", cfg.cluster)
         root_pool = prop(si, cluster, vim.ComputeResource, "resourcePool") if cluster else None
+        if cluster is not None and datastore is not None:
+            host = _host_without_drs(si, cluster, datastore)
     else:
         host = need(find_by_name(si, dc_props["hostFolder"], vim.HostSystem, cfg.host_system),
                     "host", cfg.host_system)

@@ -184,3 +184,29 @@ async def test_disk_file_on_datastore(vcsim: VcSim, vc_env: None, raw_disk: Path
     folder = Path(ds.info.url) / "on-disk"
     assert any(p.suffix == ".vmdk" for p in folder.iterdir())
     await adapter.close()
+
+
+async def test_cluster_without_drs_gets_a_host(vcsim: VcSim, vc_env: None, raw_disk: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """vCenter needs a host for ImportVApp without DRS; vcsim 0.24 cannot turn DRS off."""
+    from pyVmomi import vim
+
+    import adapters.vsphere_inventory as inventory
+
+    real_props = inventory.props
+
+    def no_drs(si, objects, kind, paths):  # type: ignore[no-untyped-def]
+        found = real_props(si, objects, kind, paths)
+        if kind is vim.ClusterComputeResource and "configurationEx" in paths:
+            for values in found:
+                values["configurationEx"] = vim.cluster.ConfigInfoEx(
+                    drsConfig=vim.cluster.DrsConfigInfo(enabled=False))
+        return found
+
+    monkeypatch.setattr(inventory, "props", no_drs)
+    adapter = make_adapter(vcsim)
+    await adapter.publish(Recorder().context(raw_disk, "no-drs"))
+    [vm] = find_vms(vcsim, "no-drs")
+    cluster = vcsim.si().content.searchIndex.FindByInventoryPath("DC0/host/DC0_C0")
+    assert vm.runtime.host == cluster.host[0]
+    await adapter.close()

@@ -138,13 +138,16 @@ def _start(vm: vmfiles.VmDefinition, vm_dir: Path, accel: str) -> tuple[QmpClien
     return qmp, accel
 
 
-def _console_speaks(vm_dir: Path, seconds: float) -> bool:
-    """True once the serial log has output (a kernel booted with console=ttyS0 prints at once)."""
+def _kernel_started(vm_dir: Path, seconds: float) -> bool:
+    """True once the kernel's banner is on the serial console (console=ttyS0 prints it within
+    a second or two). Output of the real-mode setup code alone ("Probing EDD") is not enough:
+    a stalled KVM guest gets that far."""
     deadline = time.monotonic() + seconds
     log = vm_dir / vmfiles.SERIAL_LOG
     while time.monotonic() < deadline:
-        if log.exists() and log.stat().st_size > 0:
-            return True
+        with contextlib.suppress(FileNotFoundError), open(log, "rb") as fh:
+            if b"Linux version" in fh.read(1 << 20):
+                return True
         time.sleep(0.2)
     return False
 
@@ -163,7 +166,7 @@ def run(vm_dir: Path) -> int:
         return 1
     qmp, accel = started
     if accel == "kvm" and vm.accel == "auto" and vm.kernel \
-            and not _console_speaks(vm_dir, _KVM_PROBE_SECONDS):
+            and not _kernel_started(vm_dir, _KVM_PROBE_SECONDS):
         # KVM started but the guest makes no progress (seen with nested virtualisation)
         _note(vm_dir, "KVM_STALLED", seconds=_KVM_PROBE_SECONDS)
         _stop(qmp, vm_dir)

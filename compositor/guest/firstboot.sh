@@ -11,7 +11,8 @@ SHUTDOWN_MODE=$(cat "$ROOT/usr/lib/layerbot/shutdown" 2>/dev/null || echo auto)
 
 [ -e "$DONE" ] && exit 0
 mkdir -p "$(dirname "$DONE")" "$(dirname "$LOG")"
-log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" >> "$LOG"; }
+# each line goes to the log and to stdout (the unit sends stdout to the journal and console)
+log() { line="$(date -u +%Y-%m-%dT%H:%M:%SZ) $*"; echo "$line" >> "$LOG"; echo "layerbot: $line"; }
 
 log "layerbot firstboot: start"
 status=0

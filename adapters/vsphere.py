@@ -8,6 +8,25 @@ disk into the HttpNfcLease as a streamOptimized VMDK converted on the fly on all
 PropertyCollector, until the VM (or, for a template, the first VM deployed from it) has
 been powered on and then off. Helpers live in ``adapters/vsphere_*.py``; pyvmomi is
 imported only inside functions.
+
+Example connector (layerbot.yml)::
+
+    connectors:
+      vcenter-lab:
+        type: vsphere
+        host: vcenter.lab.example
+        user_env: VSPHERE_USER          # names of environment variables, not values
+        password_env: VSPHERE_PASSWORD
+        ca_file: certs/vcenter-ca.pem   # or insecure: true (labs only)
+        datacenter: DC1
+        cluster: Compute                # or host_system: esx01.lab.example
+        resource_pool: Layering         # optional, below the cluster's root pool
+        datastore: vsanDatastore
+        folder: Layering/Published      # below the datacenter's VM folder
+        network: VM Network
+        vm_template: win10-base         # optional: copy CPU/memory/firmware/NIC
+        mode: vm                        # vm (vSphere) | template (VMware Cloud)
+        scripts: [scripts/activate-office.cmd]
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ async def _updates(session: VSphereSession, make_spec: Callable[[Any], Any], dea
                     raise _deadline_error(what, timeout)
                 wait = max(1, min(wait_seconds, int(remaining) + 1))
 
-                def wait_once(si: Any, pc: Any = pc, version: str = version, wait: int = wait) -> Any:
+                def wait_once(si: Any, pc: Any = pc, version: str = version,
+                              wait: int = wait) -> Any:
                     try:
                         return pc.WaitForUpdatesEx(
                             version, vmodl.query.PropertyCollector.WaitOptions(

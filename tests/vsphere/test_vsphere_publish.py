@@ -210,3 +210,18 @@ async def test_cluster_without_drs_gets_a_host(vcsim: VcSim, vc_env: None, raw_d
     cluster = vcsim.si().content.searchIndex.FindByInventoryPath("DC0/host/DC0_C0")
     assert vm.runtime.host == cluster.host[0]
     await adapter.close()
+
+
+async def test_one_session_per_connector(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    first, second = make_adapter(vcsim), make_adapter(vcsim)
+    assert first.session is second.session
+    await asyncio.gather(first.publish(Recorder().context(raw_disk, "twin-a")),
+                         second.publish(Recorder().context(raw_disk, "twin-b")))
+    assert first.session.logins == 1
+    assert len(find_vms(vcsim, "twin-a")) == len(find_vms(vcsim, "twin-b")) == 1
+    await first.close()
+    third = make_adapter(vcsim)
+    assert third.session is second.session
+    await second.close()
+    await third.close()
+    assert make_adapter(vcsim).session is not first.session  # the last close logged out

@@ -93,6 +93,7 @@ class Adapter:
             kernel=kernel.kernel.name if kernel else None,
             initrd=kernel.initrd.name if kernel and kernel.initrd else None,
             cmdline=kernel.cmdline if kernel else None,
+            disk_bus="virtio" if kernel else "sata",
         )
         vmfiles.write_definition(vm, vm_dir)
         boot = "direct kernel boot" if kernel else "firmware boot"
@@ -168,7 +169,7 @@ class Adapter:
                 await ctx.progress(0.5 if state["state"] == vmfiles.RUNNING else 0.0,
                                    _describe(state, task))
             if state is not None and state["state"] == vmfiles.RUNNING \
-                    and vmfiles.qemu_pid(vm_dir) is None:
+                    and vmfiles.on_this_host(state) and vmfiles.qemu_pid(vm_dir) is None:
                 stale_since = stale_since or loop.time()
                 if loop.time() - stale_since > _STALE_SECONDS:
                     vmfiles.write_state(vm_dir, vmfiles.STOPPED,

@@ -177,7 +177,8 @@ def run(vm_dir: Path) -> int:
         qmp, accel = started
     pid = vmfiles.qemu_pid(vm_dir)
     started_at = time.time()
-    vmfiles.write_state(vm_dir, vmfiles.RUNNING, pid=pid, accel=accel, started_at=started_at)
+    vmfiles.write_state(vm_dir, vmfiles.RUNNING, pid=pid, accel=accel, started_at=started_at,
+                        host=socket.gethostname())
     shutdown: dict[str, Any] | None = None
     broken: str | None = None
     with open(vm_dir / vmfiles.EVENTS, "a") as log:
@@ -198,7 +199,7 @@ def run(vm_dir: Path) -> int:
     else:
         state, details = _final_state(shutdown)
     vmfiles.write_state(vm_dir, state, pid=pid, accel=accel, started_at=started_at,
-                        stopped_at=time.time(), **details)
+                        stopped_at=time.time(), host=socket.gethostname(), **details)
     return 0
 
 

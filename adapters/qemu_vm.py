@@ -26,6 +26,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,6 +64,9 @@ class VmDefinition:
     accel: Accel
     qemu: str
     disk: str = DISK
+    #: virtio for Linux (direct kernel boot); sata (q35's AHCI) for firmware boot, which
+    #: Windows can start from without extra drivers.
+    disk_bus: Literal["virtio", "sata"] = "virtio"
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
@@ -102,8 +106,12 @@ def qemu_argv(vm: VmDefinition, vm_dir: Path, *, accel: Literal["kvm", "tcg"] | 
         argv += ["-accel", "kvm", "-accel", "tcg"]
     else:
         argv += ["-accel", accel, "-cpu", KVM_CPU if accel == "kvm" else "max"]
-    argv += ["-drive", f"file={vm_dir / vm.disk},format=qcow2,if=virtio,cache=writeback",
-             "-nic", "none", "-display", "none", "-no-reboot"]
+    drive = f"file={vm_dir / vm.disk},format=qcow2,cache=writeback"
+    if vm.disk_bus == "sata":
+        argv += ["-drive", f"{drive},if=none,id=disk0", "-device", "ide-hd,drive=disk0,bus=ide.0"]
+    else:
+        argv += ["-drive", f"{drive},if=virtio"]
+    argv += ["-nic", "none", "-display", "none", "-no-reboot"]
     if vm.kernel:
         argv += ["-kernel", str(vm_dir / vm.kernel)]
         if vm.initrd:
@@ -154,6 +162,11 @@ def read_state(vm_dir: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return data
+
+
+def on_this_host(state: dict[str, Any]) -> bool:
+    """Whether the VM of this state runs on this machine (VM directories may be shared)."""
+    return state.get("host", socket.gethostname()) == socket.gethostname()
 
 
 def qemu_pid(vm_dir: Path) -> int | None:

@@ -32,5 +32,11 @@ def debian_os_layer() -> Path:
                     f"run `sudo python3 {BUILDER.relative_to(REPO)} {layer}` once")
     for old in layer.parent.glob("debian-os-*.tar.zst"):
         old.unlink()
-    subprocess.run([sys.executable, str(BUILDER), str(layer)], check=True, timeout=900)
+    for attempt in (1, 2):  # one retry: a mirror hiccup should not fail CI
+        try:
+            subprocess.run([sys.executable, str(BUILDER), str(layer)], check=True, timeout=600)
+            break
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            if attempt == 2:
+                raise
     return layer

@@ -97,6 +97,7 @@ async def test_a_disk_without_a_kernel_boots_through_the_firmware(tmp_path: Path
     published = await adapter(tmp_path).publish(Recorder().context(built))
     vm = vmfiles.VmDefinition.load(Path(published.resource["vm_dir"]))
     assert vm.kernel is None and vm.initrd is None
+    assert vm.disk_bus == "sata"  # AHCI: Windows boots from it without virtio drivers
     assert "firmware boot" in published.summary
 
 

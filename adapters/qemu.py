@@ -70,7 +70,10 @@ class Adapter:
         return self.config.path / image_name
 
     async def publish(self, ctx: PublishContext) -> Published:
-        vm_dir = self.vm_dir(ctx.image_name)
+        name = ctx.image_name
+        if self.vm_dir(name).exists():  # the same template published twice in one second
+            name = f"{ctx.image_name}-{ctx.task_id}"
+        vm_dir = self.vm_dir(name)
         await ctx.record({"vm_dir": str(vm_dir)})
         try:
             self.config.path.mkdir(parents=True, exist_ok=True)
@@ -88,7 +91,7 @@ class Adapter:
             kernel = await extract_kernel(ctx.artifact, vm_dir)
         await self._convert(ctx, vm_dir / vmfiles.DISK)
         vm = vmfiles.VmDefinition(
-            name=ctx.image_name, task_id=ctx.task_id, memory_mb=self.config.memory_mb,
+            name=name, task_id=ctx.task_id, memory_mb=self.config.memory_mb,
             cpus=self.config.cpus, accel=self.config.accel, qemu=self.config.qemu,
             kernel=kernel.kernel.name if kernel else None,
             initrd=kernel.initrd.name if kernel and kernel.initrd else None,
@@ -100,8 +103,8 @@ class Adapter:
         launcher = vm_dir / vmfiles.LAUNCHER
         return Published(
             link=launcher.resolve().as_uri(),
-            summary=f"VM {ctx.image_name} (created, powered off; {boot}) in {vm_dir}",
-            resource={"vm_dir": str(vm_dir), "name": ctx.image_name, "task_id": ctx.task_id,
+            summary=f"VM {name} (created, powered off; {boot}) in {vm_dir}",
+            resource={"vm_dir": str(vm_dir), "name": name, "task_id": ctx.task_id,
                       "launcher": str(launcher)},
         )
 

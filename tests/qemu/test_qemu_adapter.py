@@ -101,6 +101,15 @@ async def test_a_disk_without_a_kernel_boots_through_the_firmware(tmp_path: Path
     assert "firmware boot" in published.summary
 
 
+async def test_a_second_publish_in_the_same_second_gets_its_own_vm(tmp_path: Path) -> None:
+    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    first = await adapter(tmp_path).publish(Recorder().context(built))
+    second = await adapter(tmp_path).publish(Recorder().context(built, task_id="t0000002"))
+    assert first.resource["name"] == "debian-20261126T010101Z"
+    assert second.resource["name"] == "debian-20261126T010101Z-t0000002"
+    assert vmfiles.VmDefinition.load(Path(second.resource["vm_dir"])).task_id == "t0000002"
+
+
 async def test_a_failed_conversion_leaves_nothing_after_cleanup(tmp_path: Path) -> None:
     rec = Recorder()
     target = adapter(tmp_path, boot="firmware")

@@ -128,6 +128,11 @@ async def test_published_vm_runs_the_scripts_powers_off_and_the_task_is_done(
     assert "exit 0 after" in log and "marker written by root" in log
     assert "powering off" in log
     assert _debugfs(raw, "/var/lib/layerbot/firstboot.done") is not None
+    console = await asyncio.to_thread(_cli, root / "layerbot.yml", db, "vm", "console",
+                                      task_id, "--no-follow")
+    assert "layerbot: " in console.stdout and "reboot: Power down" in console.stdout
+    status = await asyncio.to_thread(_cli, root / "layerbot.yml", db, "vm", "status", task_id)
+    assert "off since" in status.stdout and "(guest-shutdown)" in status.stdout
     state = (vm_dir / "state.json").read_text()
     timing = textwrap.dedent(f"""\
         publish (composite + qcow2): {published_at - started:.1f} s

@@ -102,7 +102,8 @@ def _run_firstboot(root: Path, bin_dir: Path) -> None:
     files, _ = publish_layer((debian_like(root.parent),), "ext4", [], "auto")
     runner = next(f for f in files if f.path == RUNNER)
     env = {**os.environ, "LAYERBOT_ROOT": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    subprocess.run(["sh", "-c", runner.content.decode()], env=env, check=True, timeout=30)
+    subprocess.run(["sh", "-c", runner.content.decode()], env=env, check=True, timeout=30,
+                   capture_output=True)
 
 
 @pytest.mark.parametrize("mode", ["auto", "manual"])

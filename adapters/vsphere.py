@@ -47,6 +47,7 @@ from adapters.base import (
     ConnectorConfig,
     DiskFormat,
     InsufficientSpaceError,
+    NotFoundError,
     PlatformError,
     PublishContext,
     Published,
@@ -259,17 +260,21 @@ class Adapter:
                     timeout=timeout, wait_seconds=self.wait_seconds)
                 vm_id = deployed._moId
                 await ctx.record({"deployed_vm": vm_id})
-        await ctx.progress(0.0, f"waiting for {vm_id} to be powered on and shut down")
+        vm = vim.VirtualMachine(vm_id, stub)
+        name = await session.call(lambda si: _vm_name(si, vm), "reading the VM name")
+        if name is None:
+            raise NotFoundError(f"vSphere: VM {vm_id} no longer exists; nothing to watch")
+        await ctx.progress(0.0, f"waiting for VM {name} to be powered on and shut down")
 
         async def powered_on() -> None:
             await ctx.record({"powered_on": vm_id})
-            await ctx.progress(0.5, "the guest is running; waiting for it to shut down")
+            await ctx.progress(0.5, f"VM {name} is running; waiting for it to shut down")
 
         await wait_power_cycle(
-            session, vim.VirtualMachine(vm_id, stub),
+            session, vm,
             seen_on=ctx.resources.get("powered_on") == vm_id, deadline=deadline,
             timeout=timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on)
-        await ctx.progress(1.0, "the guest has shut down")
+        await ctx.progress(1.0, f"VM {name} has shut down")
 
     # ------------------------------------------------------------ cleanup
     async def cleanup(self, resources: dict[str, Any]) -> list[str]:
@@ -287,6 +292,15 @@ class Adapter:
             await release(self._key, self.session)
 
 
+def _vm_name(si: Any, vm: Any) -> str | None:
+    from pyVmomi import vim, vmodl
+
+    try:
+        return prop(si, vm, vim.VirtualMachine, "name")  # type: ignore[no-any-return]
+    except vmodl.fault.ManagedObjectNotFound:
+        return None
+
+
 def _data_bytes(raw: Path) -> int:
     fd = os.open(raw, os.O_RDONLY)
     try:
@@ -298,7 +312,6 @@ def _data_bytes(raw: Path) -> int:
 def _find_network(si: Any, datacenter: Any, name: str) -> Any:
     from pyVmomi import vim
 
-    from adapters.base import NotFoundError
     from adapters.vsphere_inventory import find_by_name
 
     found = find_by_name(si, datacenter, vim.Network, name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import struct
 import zlib
@@ -63,7 +64,7 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
             try:
                 start = os.lseek(fd, pos, os.SEEK_DATA)
             except OSError as exc:  # ENXIO: no data after pos
-                if exc.errno == 6:
+                if exc.errno == errno.ENXIO:
                     break
                 raise
             end = min(os.lseek(fd, start, os.SEEK_HOLE), size)

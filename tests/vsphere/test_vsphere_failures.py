@@ -191,3 +191,12 @@ def test_module_imports_no_sdk() -> None:
             "bad = [m for m in sys.modules if m.startswith(('pyVmomi', 'pyVim', 'aiohttp'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_watch_of_a_removed_vm(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    adapter = make_adapter(vcsim)
+    published = await adapter.publish(Recorder().context(raw_disk, "gone"))
+    await adapter.remove(published)
+    with pytest.raises(NotFoundError, match="no longer exists"):
+        await adapter.wait_for_shutdown(published, Recorder().context(raw_disk, "x"))
+    await adapter.close()

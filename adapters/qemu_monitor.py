@@ -105,8 +105,11 @@ def _final_state(shutdown: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
 def _launch(vm: vmfiles.VmDefinition, vm_dir: Path, accel: str) -> str | None:
     """Start QEMU daemonized and paused; None on success, else its error output."""
     argv = vmfiles.qemu_argv(vm, vm_dir, accel=accel, daemon=True)  # type: ignore[arg-type]
-    proc = subprocess.run(argv, cwd=vm_dir, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, check=False)
+    try:
+        proc = subprocess.run(argv, cwd=vm_dir, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, check=False)
+    except FileNotFoundError:
+        return f"{vm.qemu} is not installed; install it with: sudo apt-get install qemu-system-x86"
     if proc.returncode == 0:
         return None
     return (proc.stderr or proc.stdout).strip()[-800:] or f"exit code {proc.returncode}"

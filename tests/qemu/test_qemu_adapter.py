@@ -222,6 +222,11 @@ def test_a_qemu_that_cannot_start_is_reported(tmp_path: Path) -> None:
     with pytest.raises(PlatformError, match="VM broken did not start: "):
         vmfiles.start(vm_dir, timeout=30)
     assert vmfiles.read_state(vm_dir)["state"] == vmfiles.FAILED
+    vm.qemu = "qemu-system-nonexistent"
+    vmfiles.write_definition(vm, vm_dir)
+    with pytest.raises(PlatformError, match="qemu-system-nonexistent is not installed; install "
+                                            "it with: sudo apt-get install qemu-system-x86"):
+        vmfiles.start(vm_dir, timeout=30)
 
 
 def test_vm_commands_need_a_task_published_to_qemu(tmp_path: Path) -> None:

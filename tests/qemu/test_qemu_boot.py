@@ -19,6 +19,7 @@ from bot.catalog import load_catalog
 from bot.runner import JobRunner
 from bot.store import TaskStore
 from bot.summary import enqueue, plan
+from compositor.tools import find_tool
 from tests.qemu.conftest import REPO
 
 CATALOG = """\
@@ -54,7 +55,7 @@ echo "marker written by $(id -un) on $(uname -r)"
 
 
 def _debugfs(raw: Path, path: str) -> str:
-    out = subprocess.run(["debugfs", "-R", f"cat {path}", f"{raw}?offset=1048576"],
+    out = subprocess.run([find_tool("debugfs") or "debugfs", "-R", f"cat {path}", f"{raw}?offset=1048576"],
                          capture_output=True, text=True, check=True)
     return out.stdout
 

@@ -13,6 +13,7 @@ import compositor
 from compositor.firstboot import KMS_HOOK, RUN_ONCE_COMMAND, hook_kmssetup, publish_layer
 from compositor.guestos import GuestOSError
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
+from compositor.tools import find_tool
 from compositor.winreg import RUN_ONCE, get_value, set_value
 from tests.conftest import write_tar
 from tests.windows.hive import empty_hive
@@ -73,8 +74,8 @@ async def test_ntfs_image_without_kmssetup_gets_a_run_once_value(tmp_path: Path)
               LayerSource("notepad", "app", app_layer(tmp_path)))
     built, volume = await build(tmp_path, layers, [script(tmp_path), script(tmp_path, "b.ps1")])
 
-    parts = subprocess.run(["sgdisk", "-p", str(built.path)], capture_output=True, text=True,
-                           check=True).stdout
+    parts = subprocess.run([find_tool("sgdisk") or "sgdisk", "-p", str(built.path)],
+                           capture_output=True, text=True, check=True).stdout
     assert "0700  Windows" in parts  # Microsoft basic data
     info = subprocess.run(["ntfsinfo", "-m", str(volume)], capture_output=True, text=True,
                           check=True).stdout

@@ -3,12 +3,20 @@ when the layers do not show how the guest boots."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
+from bot import states
+from bot.catalog import load_catalog
+from bot.runner import JobRunner
+from bot.store import TaskStore
+from bot.summary import enqueue, plan
 from compositor.firstboot import RUNNER, SHUTDOWN_FILE, UNIT, UNIT_LINK, publish_layer
 from compositor.guestos import GuestOSError
 from compositor.spec import ExtraFile, LayerSource
@@ -16,9 +24,6 @@ from tests.conftest import write_tar
 
 
 def tar_layer(path: Path, members: dict[str, bytes | None], links: dict[str, str]) -> Path:
-    import io
-    import tarfile
-
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
@@ -138,3 +143,23 @@ def test_the_runner_logs_each_script_runs_once_and_powers_off_unless_manual(
     else:
         assert not calls.exists()
         assert "shutdown: manual" in log
+
+
+async def test_a_task_whose_os_layer_does_not_boot_with_systemd_fails_with_the_reason(
+        tmp_path: Path) -> None:
+    tar_layer(tmp_path / "alpine.tar", {"boot/vmlinuz-lts": b"k"}, {"sbin/init": "/bin/busybox"})
+    (tmp_path / "layerbot.yml").write_text(
+        "layers:\n  alpine: {kind: os, source: alpine.tar}\n"
+        "connectors:\n  vm: {type: qemu, path: ./vms}\n"
+        "templates:\n  alpine: {os_layer: alpine, connector: vm, disk: {size_gib: 1}}\n")
+    catalog = load_catalog(tmp_path / "layerbot.yml")
+    store = TaskStore(tmp_path / "t.db")
+    task_id = enqueue(store, plan(catalog, "alpine"), requested_by="ci")[0].id
+    runner = JobRunner(store, catalog, poll_interval=0.05)
+    await asyncio.wait_for(runner.run(only=[task_id], until_done=True), 60)
+    task = store.get(task_id)
+    store.close()
+    assert task.status == states.FAILED
+    assert task.error == ("the OS layer boots with BusyBox init (/sbin/init -> /bin/busybox); "
+                          "layerbot's first-boot runner needs systemd")
+    assert not (tmp_path / "vms").exists()

@@ -102,12 +102,12 @@ def _plan_blocks(p: PublishPlan, detailed: bool) -> list[Block]:
     layers = messages.plan_layers(p.os_layer, p.app_layers, p.platform_layer)
     target = messages.plan_target(p.connector, p.platform, p.size_gib, p.filesystem, p.disk_format)
     scripts = messages.plan_scripts(p.scripts, p.cache_hit)
+    details = [escape(t) for t in (layers, target, scripts)]
     if not detailed:
-        return [section("\n".join([title, layers, target, scripts]))]
+        return [section("\n".join([title, *details]))]
     return [
         section(title),
-        SectionBlock(fields=[MarkdownTextObject(text=clip(escape(t), 2000))
-                             for t in (layers, target, scripts)]),
+        SectionBlock(fields=[MarkdownTextObject(text=clip(t, 2000)) for t in details]),
         DividerBlock(),
     ]
 

@@ -171,7 +171,12 @@ class SlackNotifier:
             due = [t for t in self._dirty if self._next_update.get(t, 0.0) <= now]
             for task_id in due:
                 self._dirty.discard(task_id)
-                await self._update(task_id)
+                try:
+                    await self._update(task_id)
+                except Exception:
+                    log.exception("task %s: its message was not updated; trying again", task_id)
+                    self._next_update[task_id] = time.monotonic() + self.update_interval
+                    self._dirty.add(task_id)
             waits = [self._next_update.get(t, 0.0) - time.monotonic() for t in self._dirty]
             timeout = max(0.01, min(waits)) if waits else 1.0
             self._wake.clear()

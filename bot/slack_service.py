@@ -119,7 +119,8 @@ class SlackService:
     # ------------------------------------------------------------ HTTP
     def web_app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/slack/events", self._slack_events)
+        if not self.settings.socket_mode:  # Socket Mode has no signing secret to check
+            app.router.add_post("/slack/events", self._slack_events)
         app.router.add_get("/healthz", self._healthz)
         return app
 
@@ -143,6 +144,9 @@ class SlackService:
     # ------------------------------------------------------------ lifecycle
     async def start(self, host: str = "0.0.0.0", port: int = 3000) -> int:
         """Start the runner, the notifier and the server; returns the HTTP port."""
+        purged = await self.db.run(self.db.intents.purge)
+        if purged:
+            log.info("removed %d old confirmation intents", purged)
         self._loops = [
             asyncio.create_task(self.runner.run(stop=self.stop), name="runner"),
             asyncio.create_task(self.notifier.run(self.stop), name="notifier"),

@@ -60,6 +60,15 @@ class Slack:
         self.session = session
         self.store = store
         self.url = f"http://127.0.0.1:{service.port}/slack/events"
+        double.diagnose = self.diagnose
+
+    def diagnose(self) -> str:
+        notifier = self.service.notifier
+        lines = [f"notifier dirty={sorted(notifier._dirty)} runner busy={self.service.runner.busy}"]
+        for t in self.store.list_tasks():
+            events = [e.kind for e in self.store.events(t.id)]
+            lines.append(f"{t.id} {t.status} {t.stage} {t.progress:.0f}% ts={t.message_ts} {events}")
+        return "\n".join(lines)
 
     async def post(self, body: str, content_type: str, *, headers: dict[str, str] | None = None,
                    ) -> aiohttp.ClientResponse:

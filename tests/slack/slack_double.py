@@ -42,6 +42,8 @@ class SlackDouble:
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.changed = asyncio.Event()
+        #: Called when a wait times out, to explain the app's state in the failure.
+        self.diagnose: Callable[[], str] | None = None
 
     # ------------------------------------------------------------ server
     async def start(self) -> SlackDouble:
@@ -84,7 +86,8 @@ class SlackDouble:
             if result:
                 return result
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out; calls: {[c.method for c in self.calls]}")
+                raise AssertionError(f"timed out; calls: {[c.method for c in self.calls]}"
+                                     + (f"\n{self.diagnose()}" if self.diagnose else ""))
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), 0.05)

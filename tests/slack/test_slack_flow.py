@@ -6,6 +6,7 @@ from __future__ import annotations
 from bot import messages, states
 from tests.conftest import BASIC_CATALOG
 from tests.slack.conftest import ALICE, CHANNEL, MakeSlack, button_value, texts
+from tests.slack.test_slack_tasks import task_message_now
 
 
 async def test_publish_confirm_and_follow_to_done(make_slack: MakeSlack) -> None:
@@ -53,10 +54,9 @@ async def test_publish_confirm_and_follow_to_done(make_slack: MakeSlack) -> None
         "chat.postMessage", thread_ts=ts)[:-1])
 
     # the task message ends as Done, without a Cancel button
-    final = await double.wait_for(lambda: [c for c in double.of("chat.update", ts=ts)
-                                           if "Done" in texts(c.params)])
-    assert "Cancel" not in texts(final[-1].params)
-    assert "100%" in texts(final[-1].params)
+    await double.wait_for(lambda: "Done" in task_message_now(slack, task.id))
+    final = task_message_now(slack, task.id)
+    assert "Cancel" not in final and "100%" in final
 
 
 PLAIN_OS = """\

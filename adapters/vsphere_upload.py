@@ -25,7 +25,7 @@ from adapters.base import PlatformError, PlatformTimeoutError
 from adapters.vsphere_errors import fault_message, fault_name
 from adapters.vsphere_inventory import props
 from adapters.vsphere_session import VSphereSession
-from compositor.stream_vmdk import MEDIA_TYPE, StreamVmdk, aiter_chunks
+from compositor.stream_vmdk import MEDIA_TYPE, Engine, StreamVmdk, aiter_chunks
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +156,15 @@ async def _spool(stream: StreamVmdk, target: Path, throttle: _Throttle) -> int:
 
 async def upload_disk(session: VSphereSession, lease: Any, device_url: Any, raw: Path,
                       progress: Progress, ssl_ctx: ssl.SSLContext, *, create: bool = False,
-                      level: int = 1, workers: int | None = None, sized: bool = False) -> int:
+                      level: int = 1, engine: Engine = "auto", workers: int | None = None,
+                      sized: bool = False) -> int:
     """Send ``raw`` as a streamOptimized VMDK to the lease's device URL; returns bytes sent.
 
     By default the VMDK is produced while it is sent (chunked transfer encoding). With
     ``sized`` it is first written to a temporary file (``$TMPDIR``) and sent with a Content-Length, for
     servers that refuse chunked uploads.
     """
-    stream = StreamVmdk(raw, level=level, workers=workers)
+    stream = StreamVmdk(raw, level=level, engine=engine, workers=workers)
     throttle = _Throttle(session, lease, progress)
     spool: Path | None = None
     length: int | None = None

@@ -3,7 +3,8 @@
 ``qemu-img convert -O vmdk -o subformat=streamOptimized`` deflates grain after grain on one
 core (about 24 MB/s). :class:`StreamVmdk` reads a sparse raw disk, skips holes with
 SEEK_DATA/SEEK_HOLE and all-zero grains, deflates batches of grains on a thread pool (zlib
-releases the GIL) and yields the file in order, so it can be piped straight into an upload
+and ISA-L release the GIL; ISA-L is used when the ``isal`` package is installed) and
+yields the file in order, so it can be piped straight into an upload
 while memory stays bounded by ``workers * inflight`` batches.
 
 Layout written (VMware "Virtual Disk Format 5.0", stream-optimized sparse extent)::
@@ -19,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 SECTOR = 512
 GRAIN_SECTORS = 128
@@ -41,6 +44,8 @@ OVERHEAD_SECTORS = 128  # first grain starts 64 KiB in
 MARKER_EOS, MARKER_GT, MARKER_GD, MARKER_FOOTER = 0, 1, 2, 3
 COMPRESS_DEFLATE = 1
 MEDIA_TYPE = "application/x-vnd.vmware-streamVmdk"
+
+Engine = Literal["auto", "zlib", "isal"]
 
 _HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
 _ZERO_GRAIN = bytes(GRAIN)
@@ -73,6 +78,24 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     except (OSError, AttributeError):
         return [(0, size)] if size else []
     return extents
+
+
+def compressor(engine: Engine, level: int) -> tuple[str, Callable[[bytes], bytes]]:
+    """The grain compressor: ISA-L (``isal`` package, ~5x faster) or zlib, both RFC 1950.
+
+    ``level`` is on zlib's 1-9 scale; for ISA-L, 1-2 map to its level 1, 3-5 to 2, 6-9 to 3.
+    ``auto`` picks ISA-L when it is installed.
+    """
+    if engine in ("auto", "isal"):
+        try:
+            from isal import isal_zlib
+        except ImportError:
+            if engine == "isal":
+                raise
+        else:
+            isal_level = 1 if level <= 2 else 2 if level <= 5 else 3
+            return "isal", functools.partial(isal_zlib.compress, level=isal_level)
+    return "zlib", functools.partial(zlib.compress, level=level)
 
 
 def _grains(extents: Iterable[tuple[int, int]]) -> Iterator[int]:
@@ -129,11 +152,12 @@ class StreamVmdk:
     """
 
     def __init__(self, source: Path, *, workers: int | None = None, level: int = 1,
-                 batch_grains: int = 32, inflight_per_worker: int = 3,
+                 engine: Engine = "auto", batch_grains: int = 32, inflight_per_worker: int = 3,
                  adapter_type: str = "lsilogic", name: str = "disk.vmdk") -> None:
         self.source = Path(source)
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.level = level
+        self.engine, self._compress_grain = compressor(engine, level)
         self.batch_grains = batch_grains
         self.inflight = self.workers * inflight_per_worker
         self.adapter_type = adapter_type
@@ -155,7 +179,7 @@ class StreamVmdk:
                 data = data.ljust(GRAIN, b"\0")
             if data == _ZERO_GRAIN:
                 continue
-            packed = zlib.compress(data, self.level)
+            packed = self._compress_grain(data)
             out.append((index, _pad(struct.pack("<QI", index * GRAIN_SECTORS, len(packed)) + packed)))
         return out
 
@@ -279,9 +303,10 @@ async def aiter_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
                 pending.add_done_callback(lambda _: loop.run_in_executor(None, close))
 
 
-def write_stream_vmdk(source: Path, target: Path, **options: int) -> int:
+def write_stream_vmdk(source: Path, target: Path, *, workers: int | None = None,
+                      level: int = 1, engine: Engine = "auto") -> int:
     """Write ``source`` (raw) as a streamOptimized VMDK file; returns its size."""
-    stream = StreamVmdk(source, **options)  # type: ignore[arg-type]
+    stream = StreamVmdk(source, workers=workers, level=level, engine=engine)
     with open(target, "wb") as out:
         for chunk in stream:
             out.write(chunk)

@@ -30,11 +30,22 @@ def qemu(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
 
 
+def _engines() -> list[str]:
+    try:
+        import isal  # noqa: F401
+    except ImportError:
+        return ["zlib"]
+    return ["zlib", "isal"]
+
+
 @pytest.mark.parametrize(("workers", "level"), [(1, 1), (4, 6)])
-def test_qemu_accepts_and_matches(tmp_path: Path, workers: int, level: int) -> None:
+@pytest.mark.parametrize("engine", _engines())
+def test_qemu_accepts_and_matches(tmp_path: Path, workers: int, level: int, engine: str) -> None:
     raw = make_raw_disk(tmp_path / "disk.img")
     vmdk = tmp_path / "disk.vmdk"
-    size = write_stream_vmdk(raw, vmdk, workers=workers, level=level)
+    stream = StreamVmdk(raw, workers=workers, level=level, engine=engine)  # type: ignore[arg-type]
+    assert stream.engine == engine
+    size = write_stream_vmdk(raw, vmdk, workers=workers, level=level, engine=engine)
     assert size == vmdk.stat().st_size and size % SECTOR == 0
     assert size < 8 * 2**20  # random 3 MiB + compressible text, holes skipped
     check = qemu("check", "-f", "vmdk", str(vmdk))

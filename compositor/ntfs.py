@@ -5,9 +5,9 @@ formats a volume in its own file, ``wimlib-imagex apply`` writes the tree into t
 unmounted volume through libntfs-3g, and the volume's data ranges are copied into the GPT
 disk at 1 MiB (Microsoft basic data partition).
 
-Layers carry no Windows ACLs, so files get no security descriptor of their own and NTFS
-falls back to its defaults (libntfs-3g's: full control for Everyone); ownership and UNIX
-modes in the layers' metadata do not apply to NTFS.
+Layers carry no Windows ACLs, so files get libntfs-3g's default security descriptor: owner
+and group BUILTIN\\Administrators, an inheritable DACL giving Everyone full control. Ownership
+and UNIX modes in the layers' metadata do not apply to NTFS.
 """
 
 from __future__ import annotations

@@ -89,6 +89,11 @@ async def test_ntfs_image_without_kmssetup_gets_a_run_once_value(tmp_path: Path)
     assert b"shutdown /s /t 0\r\n" in runner
     assert b"%SystemRoot%\\Temp\\layerbot-firstboot.log" in runner
     assert b"\n" not in runner.replace(b"\r\n", b"")  # CRLF throughout
+    # no ACLs in the layers: NTFS defaults, owner Administrators, Everyone full control
+    security = subprocess.run(["ntfsinfo", "-F", "/Windows/Setup/Scripts/layerbot/firstboot.cmd",
+                               str(volume)], capture_output=True, text=True, check=True).stdout
+    assert "Owner SID:\t\t S-1-5-32-544" in security
+    assert "access:0x1f01ff" in security and "SID: S-1-1-0" in security
 
     hive = ntfscat(volume, "/Windows/System32/config/SOFTWARE")
     assert get_value(hive, RUN_ONCE, "layerbot-firstboot") == RUN_ONCE_COMMAND

@@ -164,6 +164,11 @@ def approval_requested(requester: str, names: list[str]) -> str:
             "The confirmation card is in this channel.")
 
 
+def approval_needs_channel() -> str:
+    return ("These templates need a second person to confirm: use `/publish` in a channel, "
+            "where someone else can see the confirmation.")
+
+
 def publishing(count: int, requester: str, approver: str | None = None) -> str:
     text = f"Publishing {_images(count)} \u2014 requested by <@{requester}>"
     if approver and approver != requester:

@@ -186,6 +186,10 @@ class Handlers:
                 await reply(slack_blocks.text_message(
                     messages.denied("publish", name, decision.reason)))
                 return
+        rule = slack_access.approval_rule(self.catalog, names)
+        if rule == "second_person" and not channel:
+            await reply(slack_blocks.text_message(messages.approval_needs_channel()))
+            return
         try:
             plans = await self._plans(names, check_cache=True)
         except Exception as exc:
@@ -193,21 +197,23 @@ class Handlers:
             await reply(slack_blocks.text_message(messages.slack_error(
                 f"Cannot prepare {', '.join(names)} ({type(exc).__name__})")))
             return
-        rule = slack_access.approval_rule(self.catalog, names)
         intent = await self.db.run(self.intents.create, user, channel, names, rule)
         card = slack_blocks.confirm_card(plans, intent.id, user,
                                          second_person=rule == "second_person",
                                          ttl_minutes=int(self.intents.ttl // 60))
-        if rule == "second_person" and channel:
-            # an approver must see the card: post it in the channel, not ephemerally
-            try:
-                await self.client.chat_postMessage(channel=channel, **card.payload())
-                await reply(slack_blocks.text_message(messages.approval_requested(user, names)))
-                return
-            except SlackApiError as exc:
-                log.warning("cannot post the approval card in %s: %s", channel,
-                            exc.response.get("error"))
-        await reply(card)
+        if rule == "requester":
+            await reply(card)
+            return
+        # an approver must see the card: post it in the channel, not ephemerally
+        try:
+            await self.client.chat_postMessage(channel=channel, **card.payload())
+        except SlackApiError as exc:
+            log.warning("cannot post the approval card in %s: %s", channel,
+                        exc.response.get("error"))
+            await reply(slack_blocks.text_message(messages.slack_error(
+                "Cannot post the confirmation in this channel")))
+            return
+        await reply(slack_blocks.text_message(messages.approval_requested(user, names)))
 
     # ------------------------------------------------------------ the card's buttons
     async def confirm(self, body: dict[str, Any], respond: Respond) -> None:
@@ -242,7 +248,13 @@ class Handlers:
             await reply(slack_blocks.text_message(text))
             return
         channel = intent.channel or (body.get("channel") or {}).get("id") or intent.user
-        tasks = await self._start(intent, channel)
+        try:
+            tasks = await self._start(intent, channel)
+        except Exception as exc:
+            log.exception("starting %s failed", intent.templates)
+            await reply(slack_blocks.text_message(messages.slack_error(
+                f"Cannot start {', '.join(intent.templates)} ({type(exc).__name__})")))
+            return
         await respond(replace_original=True, **slack_blocks.text_message(
             messages.publishing(len(tasks), intent.user, clicker)).payload())
 

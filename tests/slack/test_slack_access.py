@@ -117,3 +117,11 @@ async def test_second_person_approval(make_slack: MakeSlack) -> None:
     actions = [(r["user"], r["action"], r["allowed"]) for r in audit(slack)]
     assert (ALICE, "confirm", 0) in actions and (CAROL, "confirm", 0) in actions
     assert (BOB, "confirm", 1) in actions
+
+
+async def test_second_person_targets_need_a_channel(make_slack: MakeSlack) -> None:
+    slack = await make_slack(with_access(connector="{approval: second_person}"))
+    await slack.click("home_publish", "win10-office", user=ALICE, channel=None)
+    [dm] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel=ALICE))
+    assert "use `/publish` in a channel" in dm.params["text"]
+    assert slack.store.db.execute("SELECT COUNT(*) FROM slack_intents").fetchone()[0] == 0

@@ -126,6 +126,20 @@ class LayerView:
             return self._dir_find(rel)
         return self._index.entries.get(rel.lower())
 
+    def has_file_starting(self, prefix: str) -> bool:
+        """True when the layer has a file whose path starts with prefix (any case)."""
+        key = prefix.lower()
+        if self._index is not None:
+            return any(k.startswith(key) for k in self._index.entries)
+        parent_rel, base = paths.parent_of(key), paths.base_of(key)
+        folder = self.source
+        if parent_rel:
+            parent = self._dir_find(parent_rel)
+            if parent is None or parent.kind != "dir":
+                return False
+            folder = self.source / parent.rel
+        return any(n.lower().startswith(base) for n in os.listdir(folder))
+
     def hides(self, rel: str) -> bool:
         """True when this layer deletes rel (or an ancestor) from the layers below it."""
         key = rel.lower()
@@ -229,11 +243,4 @@ def check_linux_boot(tree: GuestTree) -> None:
 
 
 def _has_kernel(tree: GuestTree) -> bool:
-    for view in tree.views:
-        if view._index is not None:
-            if any(k.startswith("boot/vmlinuz") for k in view._index.entries):
-                return True
-        elif (view.source / "boot").is_dir() and any(
-                n.startswith("vmlinuz") for n in os.listdir(view.source / "boot")):
-            return True
-    return False
+    return any(view.has_file_starting("boot/vmlinuz") for view in tree.views)

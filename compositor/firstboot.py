@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import winreg
-from .guestos import GuestOSError, GuestTree, check_linux_boot
+from .guestos import LINUX_WANTED, GuestOSError, GuestTree, Wanted, check_linux_boot
 from .spec import ExtraFile, Filesystem, LayerSource
 
 ShutdownMode = Literal["auto", "manual"]
@@ -123,7 +123,7 @@ def publish_layer(layers: Sequence[LayerSource], filesystem: Filesystem,
 
     Raises GuestOSError when the layers do not show how the guest boots.
     """
-    tree = GuestTree(layers)
+    tree = GuestTree(layers, LINUX_WANTED + Wanted.of(KMSSETUP, SOFTWARE_HIVE))
     if filesystem == "ntfs":
         if not tree.exists("Windows/System32"):
             raise GuestOSError("disk.filesystem is ntfs but the layers have no Windows\\System32; "

@@ -39,6 +39,30 @@ class _TarIndex:
     opaque: frozenset[str]  # lower-cased dirs whose lower children are hidden
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """The paths (and path prefixes) the checks look up. A tar layer's index keeps only these
+    and their ancestors, so a Windows layer with a million files costs a few entries."""
+
+    paths: frozenset[str]  # lower-cased, with every ancestor
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, *paths_: str, prefixes: tuple[str, ...] = ()) -> Wanted:
+        keep: set[str] = set()
+        for p in paths_:
+            key = p.strip("/").lower()
+            keep.add(key)
+            keep.update(paths.ancestors(key))
+        return cls(frozenset(keep), tuple(x.lower() for x in prefixes))
+
+    def __add__(self, other: Wanted) -> Wanted:
+        return Wanted(self.paths | other.paths, self.prefixes + other.prefixes)
+
+    def keeps(self, key: str) -> bool:
+        return key in self.paths or key.startswith(self.prefixes)
+
+
 def _kind(member: tarfile.TarInfo) -> str:
     if member.isdir():
         return "dir"
@@ -50,7 +74,7 @@ def _kind(member: tarfile.TarInfo) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _tar_index(path: str, size: int, mtime_ns: int) -> _TarIndex:
+def _tar_index(path: str, size: int, mtime_ns: int, wanted: Wanted) -> _TarIndex:
     entries: dict[str, Entry] = {}
     whiteouts: set[str] = set()
     opaque: set[str] = set()
@@ -67,7 +91,7 @@ def _tar_index(path: str, size: int, mtime_ns: int) -> _TarIndex:
                 elif base.startswith(paths.WHITEOUT_PREFIX):
                     whiteouts.add(paths.join(paths.parent_of(rel),
                                              base[len(paths.WHITEOUT_PREFIX):]).lower())
-                elif rel:
+                elif rel and wanted.keeps(rel.lower()):
                     entries[rel.lower()] = Entry(rel, _kind(member), member.linkname)
     except (OSError, tarfile.TarError) as exc:
         raise GuestOSError(f"cannot read the layer {path}: {exc}") from exc
@@ -92,13 +116,18 @@ def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
 class LayerView:
     """One layer's names (directory or tar), and its files' bytes on request."""
 
-    def __init__(self, layer: LayerSource) -> None:
+    def __init__(self, layer: LayerSource, wanted: Wanted) -> None:
         self.layer = layer
         self.source = layer.source
+        self.wanted = wanted
         self._index: _TarIndex | None = None
         if not self.source.is_dir():
             st = self.source.stat()
-            self._index = _tar_index(str(self.source), st.st_size, st.st_mtime_ns)
+            self._index = _tar_index(str(self.source), st.st_size, st.st_mtime_ns, wanted)
+
+    def _check_wanted(self, key: str, prefix: bool = False) -> None:
+        if (key not in self.wanted.prefixes) if prefix else not self.wanted.keeps(key):
+            raise ValueError(f"{key!r} is not among the paths this view was built for")
 
     def _dir_find(self, rel: str) -> Entry | None:
         current = self.source
@@ -124,12 +153,14 @@ class LayerView:
     def find(self, rel: str) -> Entry | None:
         if self._index is None:
             return self._dir_find(rel)
+        self._check_wanted(rel.lower())
         return self._index.entries.get(rel.lower())
 
     def has_file_starting(self, prefix: str) -> bool:
         """True when the layer has a file whose path starts with prefix (any case)."""
         key = prefix.lower()
         if self._index is not None:
+            self._check_wanted(key, prefix=True)
             return any(k.startswith(key) for k in self._index.entries)
         parent_rel, base = paths.parent_of(key), paths.base_of(key)
         folder = self.source
@@ -169,8 +200,9 @@ class LayerView:
 class GuestTree:
     """The merged view of the layers, without merging them."""
 
-    def __init__(self, layers: Sequence[LayerSource]) -> None:
-        self.views = [LayerView(layer) for layer in reversed(layers)]  # highest first
+    def __init__(self, layers: Sequence[LayerSource], wanted: Wanted | None = None) -> None:
+        wanted = LINUX_WANTED if wanted is None else wanted
+        self.views = [LayerView(layer, wanted) for layer in reversed(layers)]  # highest first
 
     def find(self, rel: str) -> tuple[LayerView, Entry] | None:
         for view in self.views:
@@ -200,6 +232,10 @@ class GuestTree:
 # ------------------------------------------------------------------ Linux
 _SYSTEMD = ("usr/lib/systemd/systemd", "lib/systemd/systemd")
 _INITS = ("sbin/init", "usr/sbin/init")
+_KERNELS = "boot/vmlinuz"
+#: what check_linux_boot looks at
+LINUX_WANTED = Wanted.of(*_SYSTEMD, *_INITS, "etc/inittab", "windows/system32",
+                         prefixes=(_KERNELS,))
 _OTHER_INITS = {"busybox": "BusyBox init", "openrc-init": "OpenRC", "upstart": "Upstart",
                 "runit-init": "runit", "s6-svscan": "s6"}
 
@@ -243,4 +279,4 @@ def check_linux_boot(tree: GuestTree) -> None:
 
 
 def _has_kernel(tree: GuestTree) -> bool:
-    return any(view.has_file_starting("boot/vmlinuz") for view in tree.views)
+    return any(view.has_file_starting(_KERNELS) for view in tree.views)

@@ -154,3 +154,18 @@ def test_windows_without_kmssetup_or_hive_is_a_clear_error(tmp_path: Path) -> No
 def test_windows_os_layer_on_ext4_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(GuestOSError, match=r"set disk\.filesystem: ntfs"):
         publish_layer((LayerSource("win", "os", windows_os(tmp_path)),), "ext4", [], "auto")
+
+
+def test_a_tar_os_layer_is_matched_case_insensitively_and_keeps_its_spelling(
+        tmp_path: Path) -> None:
+    layer = write_tar(tmp_path / "win.tar.gz", {
+        "WINDOWS/": None, "WINDOWS/system32/": None, "WINDOWS/system32/CONFIG/": None,
+        "WINDOWS/system32/CONFIG/software": empty_hive(),
+        "WINDOWS/setup/scripts/KMSDIR/KmsSetup.cmd": KMSSETUP,
+        **{f"WINDOWS/WinSxS/pkg{i}/file.dll": b"x" for i in range(200)},
+    }, compression="gz")
+    files, _ = publish_layer((LayerSource("win", "os", layer),), "ntfs", [], "auto")
+    hooked = next(f for f in files if f.path.lower().endswith("kmssetup.cmd"))
+    assert hooked.path == "/WINDOWS/setup/scripts/KMSDIR/KmsSetup.cmd"
+    assert hooked.content == hook_kmssetup(KMSSETUP)
+    assert not any(f.path.lower().endswith("software") for f in files)  # kmssetup wins

@@ -218,6 +218,9 @@ def start(vm_dir: Path, *, timeout: float = 60.0) -> dict[str, Any]:
     vm = VmDefinition.load(vm_dir)
     if qemu_pid(vm_dir) is not None:
         raise PlatformError(f"VM {vm.name} is already running")
+    state = read_state(vm_dir) or {}
+    if state.get("state") in (STARTING, RUNNING) and not on_this_host(state):
+        raise PlatformError(f"VM {vm.name} is running on {state.get('host')}; start it there")
     for name in (PIDFILE, QMP_SOCKET, STATE):
         (vm_dir / name).unlink(missing_ok=True)
     write_state(vm_dir, STARTING)

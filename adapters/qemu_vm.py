@@ -223,7 +223,7 @@ def start(vm_dir: Path, *, timeout: float = 60.0) -> dict[str, Any]:
         raise PlatformError(f"VM {vm.name} is running on {state.get('host')}; start it there")
     for name in (PIDFILE, QMP_SOCKET, STATE):
         (vm_dir / name).unlink(missing_ok=True)
-    write_state(vm_dir, STARTING)
+    write_state(vm_dir, STARTING, host=socket.gethostname())
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)

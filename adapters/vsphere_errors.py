@@ -25,8 +25,10 @@ _NOT_FOUND = ("ManagedObjectNotFound", "NotFound", "FileNotFound", "InvalidDatas
 _TIMEOUT = ("Timedout", "RequestCanceled")
 
 
-def fault_message(exc: BaseException) -> str:
+def fault_message(exc: BaseException | None) -> str:
     """The human text of a vSphere fault (msg, else its localized messages, else its type)."""
+    if exc is None:
+        return "unknown error"
     msg = getattr(exc, "msg", None) or ""
     if not msg:
         messages = [m.message for m in getattr(exc, "faultMessage", None) or [] if m.message]

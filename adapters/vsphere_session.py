@@ -65,8 +65,8 @@ class VSphereSession:
         try:
             stub = SmartStubAdapter(host=self.host, port=self.port, sslContext=self.ssl,
                                     httpConnectionTimeout=self.timeout)
-            si = vim.ServiceInstance("ServiceInstance", stub)
-            si.content.sessionManager.Login(user, password)
+            si: Any = vim.ServiceInstance("ServiceInstance", stub)
+            si.content.sessionManager.Login(user, password, None)
         except Exception as exc:
             if stub is not None:
                 stub.DropConnections()
@@ -86,7 +86,7 @@ class VSphereSession:
                 return  # another thread already logged in again
             user, password = self._credentials()
             try:
-                self._si.content.sessionManager.Login(user, password)
+                self._si.content.sessionManager.Login(user, password, None)
             except Exception as exc:
                 raise self._login_error(exc, user) from None
             self._generation += 1

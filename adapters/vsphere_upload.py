@@ -16,7 +16,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,7 @@ async def upload_disk(session: VSphereSession, lease: Any, device_url: Any, raw:
 
         failure: list[BaseException] = []
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncGenerator[bytes, None]:
             nonlocal sent
             async with contextlib.aclosing(aiter_chunks(chunks)) as source:
                 async for chunk in source:

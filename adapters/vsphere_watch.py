@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import datetime
 from typing import Any
@@ -39,7 +39,7 @@ def _deadline_error(what: str, timeout: float) -> PlatformTimeoutError:
 
 async def _updates(session: VSphereSession, make_spec: Callable[[Any], Any], deadline: float,
                    wait_seconds: int, what: str, timeout: float,
-                   watched: Callable[[], set[str]]) -> AsyncIterator[tuple[Any, Any]]:
+                   watched: Callable[[], set[str]]) -> AsyncGenerator[tuple[Any, Any], None]:
     """Yield (object, property change) pairs until the caller stops or the deadline passes."""
     from pyVmomi import vmodl
 
@@ -210,15 +210,17 @@ async def wait_for_deploy(session: VSphereSession, template: Any, *, since: date
                     found = _deployed_from(event, template_id)
                     if found is not None:
                         return found
-                collector = state["collector"]
-                found = await session.call(lambda si, c=collector: drain(si, c), "reading events")
+                found = await session.call(lambda si: drain(si, state["collector"]),
+                                           "reading events")
                 if found is not None:
                     return found
     finally:
         collector = state.get("collector")
         if collector is not None:
-            await asyncio.shield(asyncio.to_thread(
-                session.call_sync, lambda si: _destroy(collector), "closing events"))
+            def destroy(si: Any) -> None:
+                _destroy(collector)
+
+            await asyncio.shield(asyncio.to_thread(session.call_sync, destroy, "closing events"))
     raise PlatformTimeoutError("vSphere: the event watch ended unexpectedly")
 
 

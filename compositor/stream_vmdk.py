@@ -25,7 +25,7 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -273,7 +273,7 @@ class StreamVmdk:
         return self.consumed / self.total if self.total else 1.0
 
 
-async def aiter_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+async def aiter_chunks(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
     """Drive a blocking chunk iterator from worker threads; close it when abandoned.
 
     Closing waits for a ``next()`` still running in a thread, so the iterator (and its

@@ -200,3 +200,28 @@ async def test_watch_of_a_removed_vm(vcsim: VcSim, vc_env: None, raw_disk: Path)
     with pytest.raises(NotFoundError, match="no longer exists"):
         await adapter.wait_for_shutdown(published, Recorder().context(raw_disk, "x"))
     await adapter.close()
+
+
+async def test_idle_session_expiry_mid_publish(vcsim_binary: Path, vc_env: None,
+                                               raw_disk: Path) -> None:
+    """vcsim expiring idle sessions itself (-session-idle), as vCenter does after 30 min."""
+    from .simulator import start_vcsim
+
+    sim = start_vcsim(vcsim_binary, "-session-idle", "1s")
+    try:
+        adapter = make_adapter(sim)
+        rec = Recorder()
+        stalled: list[bool] = []
+
+        async def stall(fraction: float, note: str) -> None:
+            if not stalled:
+                stalled.append(True)
+                await asyncio.sleep(2.5)  # the upload stalls; the session expires meanwhile
+
+        rec.hooks.append(stall)
+        published = await adapter.publish(rec.context(raw_disk, "idle"))
+        assert adapter.session.logins >= 2
+        assert [vm._moId for vm in find_vms(sim, "idle")] == [published.resource["vm"]]
+        await adapter.close()
+    finally:
+        sim.stop()

@@ -1,5 +1,6 @@
 """The proof: a real Debian OS layer published to the qemu target boots, runs the
-connector's script once, powers itself off, and the task reaches Done by itself."""
+connector's script once, powers itself off, and the task reaches Done by itself, even though
+the runner that published it went away while the guest ran."""
 
 from __future__ import annotations
 
@@ -105,6 +106,12 @@ async def test_published_vm_runs_the_scripts_powers_off_and_the_task_is_done(
         result = await asyncio.to_thread(_cli, root / "layerbot.yml", db, "vm", "start", task_id)
         assert result.returncode == 0, result.stdout + result.stderr
         booted_at = time.monotonic()
+        # the runner watching it goes away; another one takes the task over from the files
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        assert store.get(task_id).status == states.ACTION_REQUIRED
+        second = JobRunner(store, catalog, poll_interval=0.1)
+        work = asyncio.create_task(second.run(only=[task_id], until_done=True))
         await asyncio.wait_for(work, 480)
     finally:
         if not work.done():
@@ -118,6 +125,7 @@ async def test_published_vm_runs_the_scripts_powers_off_and_the_task_is_done(
     assert task.status == states.DONE, f"{task.error}\n{serial[-3000:]}"
     guest = [e.message for e in store.events(task_id) if e.kind == "guest"]
     assert any("powered off" in m for m in guest), guest
+    assert [e.kind for e in store.events(task_id)].count("done") == 1
 
     # the disk afterwards: the marker, the runner's log, the done marker
     raw = tmp_path / "after.img"

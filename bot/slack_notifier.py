@@ -8,7 +8,8 @@ prints) and keeps one task message per task current, with thread replies.
   (broadcast to the channel) / Cancelled: thread replies.
 - Any event marks the task message dirty; it is edited with ``chat.update`` at most
   once per ``update_interval`` seconds per task, later if Slack answers 429.
-- The id of the last event handled is kept in the database (``slack_cursor``).
+- The id of the last event handled is kept in the database (``slack_cursor``), saved
+  after every post and every few seconds otherwise.
 
 Writes go through :class:`bot.slack_db.SlackDB` (its own thread), so a commit waiting
 for the disk never stalls the loop.
@@ -34,6 +35,8 @@ from bot.store import Event, Task, TaskNotFound, TaskStore
 log = logging.getLogger(__name__)
 
 CURSOR = "notifier"
+#: Seconds between cursor saves when only the task messages changed.
+CURSOR_EVERY = 5.0
 BROADCAST = frozenset({"done", "failed"})
 #: Errors after which posting to the task's channel is hopeless: DM the requester.
 CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived",
@@ -101,19 +104,28 @@ class SlackNotifier:
             if task.message_ts and not task.finished:
                 self._dirty.add(task.id)  # refresh what a previous process left
         updater = asyncio.create_task(self._updates(stop), name="slack-updates")
+        saved, saved_at = after, time.monotonic()
         try:
             async for event in follow(self.store, after=after, stop=stop,
                                       poll_interval=self.poll_interval):
+                after = event.id
                 try:
-                    await self.handle(event)
+                    posted = await self.handle(event)
                 except Exception:
                     log.exception("slack notifier: event %s (%s) not delivered", event.id,
                                   event.kind)
-                await self.db.run(self._save_cursor, event.id)
+                    posted = True
+                # A message must not be posted twice, so the cursor is saved after every
+                # post; events that only change the task message are cheap to replay.
+                if posted or time.monotonic() - saved_at > CURSOR_EVERY:
+                    await self.db.run(self._save_cursor, after)
+                    saved, saved_at = after, time.monotonic()
         finally:
             updater.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await updater
+            if after != saved:
+                await self.db.run(self._save_cursor, after)
             await self._flush()
 
     async def _flush(self, timeout: float = 5.0) -> None:
@@ -124,23 +136,28 @@ class SlackNotifier:
                     self._dirty.discard(task_id)
                     await self._update(task_id)
 
-    async def handle(self, event: Event) -> None:
+    async def handle(self, event: Event) -> bool:
+        """Tell Slack about one event; True if a message was posted."""
         try:
             task = await self.db.run(self.db.store.get, event.task_id)
         except TaskNotFound:
-            return
+            return False
         if task.channel is None:  # not a Slack task (CLI); the CLI prints these events
-            return
+            return False
+        posted = False
         if task.message_ts is None:
             task = await self._post_task_message(task)
+            posted = True
             if event.kind == "created" or task.message_ts is None:
-                return
+                return posted
         reply = slack_blocks.thread_reply(task, event)
         if reply is not None:
             await self._call("chat_postMessage", channel=task.channel, thread_ts=task.thread_ts,
                              reply_broadcast=event.kind in BROADCAST, unfurl_links=False,
                              **reply.payload())
+            posted = True
         self.mark_dirty(task.id)
+        return posted
 
     def mark_dirty(self, task_id: str) -> None:
         self._dirty.add(task_id)

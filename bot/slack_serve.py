@@ -12,8 +12,13 @@ import click
 @click.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
 @click.option("--port", default=3000, show_default=True, help="HTTP port (also /healthz)")
+@click.option("--synchronous", type=click.Choice(["normal", "full"]), default="normal",
+              show_default=True,
+              help="SQLite commit mode of the task database in this process: normal (WAL, no "
+                   "fsync per commit, so a commit never stalls the event loop; a power loss may "
+                   "drop the last commits) or full (fsync every commit)")
 @click.pass_obj
-def serve(ctx: Any, host: str, port: int) -> None:
+def serve(ctx: Any, host: str, port: int, synchronous: str) -> None:
     """Run the Slack app, the job runner and the Slack notifier.
 
     Needs SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET; with SLACK_APP_TOKEN it uses
@@ -29,6 +34,8 @@ def serve(ctx: Any, host: str, port: int) -> None:
         raise click.UsageError(str(exc)) from None
     catalog = ctx.catalog()
     store = ctx.store()
+    # the runner commits on the event loop that must answer Slack within 3 s
+    store.db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
 
     async def main() -> None:
         service = SlackService(settings, catalog, store)

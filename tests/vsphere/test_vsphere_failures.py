@@ -225,3 +225,18 @@ async def test_idle_session_expiry_mid_publish(vcsim_binary: Path, vc_env: None,
         await adapter.close()
     finally:
         sim.stop()
+
+
+async def test_upload_failure_removes_the_vm(vcsim: VcSim, vc_env: None, raw_disk: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = make_adapter(vcsim)
+    real = adapter.session.device_url
+    monkeypatch.setattr(adapter.session, "device_url",
+                        lambda url: real(url).replace("/nfc/", "/nfc/no-such-lease-"))
+    rec = Recorder()
+    with pytest.raises(PlatformError, match="uploading the disk failed: HTTP 404"):
+        await adapter.publish(rec.context(raw_disk, "broken-upload"))
+    assert find_vms(vcsim, "broken-upload") == []
+    removed = await adapter.cleanup(rec.resources)
+    assert any(line.startswith("removed VM broken-upload (vm-") for line in removed)
+    await adapter.close()

@@ -12,7 +12,7 @@ the double, then:
 
 Targets: p99 ack < 100 ms, loop lag < 50 ms. Exit status 1 if a target is missed.
 
-Example: .venv/bin/python bench/ack.py --requests 100 --layer-mib 256
+Example: .venv/bin/python bench/ack.py --requests 100 --layer-mib 512
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def signed(body: str) -> dict[str, str]:
     ts = str(int(time.time()))
     return {"Content-Type": "application/x-www-form-urlencoded",
             "X-Slack-Request-Timestamp": ts,
-            "X-Slack-Signature": SignatureVerifier(SECRET).generate_signature(timestamp=ts,
-                                                                              body=body)}
+            "X-Slack-Signature": str(SignatureVerifier(SECRET).generate_signature(timestamp=ts,
+                                                                                  body=body))}
 
 
 def command(double: SlackDouble, text: str, user: str) -> str:
@@ -244,6 +244,6 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--layer-mib", type=int, default=256, help="size of each of 3 layers")
+    parser.add_argument("--layer-mib", type=int, default=512, help="size of each of 3 layers")
     parser.add_argument("--disk-gib", type=int, default=4)
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -205,6 +205,7 @@ class Handlers:
             await reply(card)
             return
         # an approver must see the card: post it in the channel, not ephemerally
+        assert channel is not None
         try:
             await self.client.chat_postMessage(channel=channel, **card.payload())
         except SlackApiError as exc:

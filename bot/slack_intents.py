@@ -49,12 +49,10 @@ class IntentStore:
         self.store = store
         self.ttl = ttl
         with store.transaction():
-            store.db["slack_intents"].create(
-                {"id": str, "user": str, "channel": str, "templates": str, "rule": str,
-                 "created_at": float, "expires_at": float, "claimed_by": str,
-                 "claimed_at": float},
-                pk="id", not_null={"user", "templates", "rule", "expires_at"},
-                if_not_exists=True,
+            store.db.execute(
+                "CREATE TABLE IF NOT EXISTS slack_intents (id TEXT PRIMARY KEY, user TEXT NOT NULL,"
+                " channel TEXT, templates TEXT NOT NULL, rule TEXT NOT NULL, created_at FLOAT,"
+                " expires_at FLOAT NOT NULL, claimed_by TEXT, claimed_at FLOAT)"
             )
 
     def create(self, user: str, channel: str | None, templates: list[str],

@@ -77,8 +77,8 @@ class SlackNotifier:
         """The last event id handled (runs on the database thread)."""
         store = self.db.store
         with store.transaction():
-            store.db["slack_cursor"].create({"name": str, "event_id": int}, pk="name",
-                                            if_not_exists=True)
+            store.db.execute("CREATE TABLE IF NOT EXISTS slack_cursor"
+                             " (name TEXT PRIMARY KEY, event_id INTEGER)")
         row = store.db.execute("SELECT event_id FROM slack_cursor WHERE name = ?",
                                [CURSOR]).fetchone()
         if row is not None:

@@ -46,8 +46,8 @@ def with_fake(options: str = "") -> str:
 def sign(body: str, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)
     return {"X-Slack-Request-Timestamp": ts,
-            "X-Slack-Signature": SignatureVerifier(secret).generate_signature(timestamp=ts,
-                                                                              body=body)}
+            "X-Slack-Signature": str(SignatureVerifier(secret).generate_signature(timestamp=ts,
+                                                                                  body=body))}
 
 
 class Slack:

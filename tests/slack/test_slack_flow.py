@@ -36,8 +36,8 @@ async def test_publish_confirm_and_follow_to_done(make_slack: MakeSlack) -> None
                                                      thread_ts=None))
     assert messages.task_header("win10-office") in texts(parent[0].params)
     assert parent[0].params["_token"].startswith("xoxb-")
-    ts = slack.store.get(task.id).message_ts
-    assert ts and slack.store.get(task.id).thread_ts == ts
+    ts = await double.wait_for(lambda: slack.store.get(task.id).message_ts)
+    assert slack.store.get(task.id).thread_ts == ts
 
     def replies() -> list[str]:
         return [texts(c.params) for c in double.of("chat.postMessage", thread_ts=ts)]

@@ -19,6 +19,8 @@ async def start(slack: Slack, user: str = ALICE) -> Task:
 
 def updates_of(slack: Slack, task_id: str) -> list[str]:
     ts = slack.store.get(task_id).message_ts
+    if ts is None:
+        return []
     return [texts(c.params) for c in slack.double.of("chat.update", ts=ts) if c.status == 200]
 
 
@@ -32,6 +34,8 @@ def task_message_now(slack: Slack, task_id: str) -> str:
 
 def thread_of(slack: Slack, task_id: str) -> list[str]:
     ts = slack.store.get(task_id).message_ts
+    if ts is None:
+        return []
     return [texts(c.params) for c in slack.double.of("chat.postMessage", thread_ts=ts)]
 
 

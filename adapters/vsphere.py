@@ -251,7 +251,11 @@ class Adapter:
         res, session = published.resource, self.session
         timeout = self.config.watch_timeout or ctx.watch_timeout
         deadline = float(res.get("published_at", time.time())) + timeout
-        stub = await session.call(lambda si: si._stub, "connecting")
+        stub, vcenter = await session.call(lambda si: (si._stub, si.content.about.instanceUuid),
+                                           "connecting")
+        if res.get("vcenter") not in (None, vcenter):
+            raise NotFoundError(f"vSphere: {self.config.host} is not the vCenter the image was "
+                                f"published to ({res['vcenter']}); cannot watch {res['vm']}")
         vm_id = res["vm"]
         if res.get("mode") == "template":
             vm_id = ctx.resources.get("deployed_vm")

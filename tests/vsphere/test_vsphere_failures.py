@@ -240,3 +240,15 @@ async def test_upload_failure_removes_the_vm(vcsim: VcSim, vc_env: None, raw_dis
     removed = await adapter.cleanup(rec.resources)
     assert any(line.startswith("removed VM broken-upload (vm-") for line in removed)
     await adapter.close()
+
+
+async def test_watch_refuses_another_vcenter(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    from adapters.base import Published
+
+    adapter = make_adapter(vcsim)
+    published = await adapter.publish(Recorder().context(raw_disk, "elsewhere"))
+    moved = Published.from_json(published.to_json())
+    moved.resource["vcenter"] = "00000000-0000-0000-0000-000000000000"
+    with pytest.raises(NotFoundError, match="is not the vCenter the image was published to"):
+        await adapter.wait_for_shutdown(moved, Recorder().context(raw_disk, "x"))
+    await adapter.close()

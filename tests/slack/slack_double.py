@@ -1,7 +1,9 @@
 """A local stand-in for the Slack Web API and for response_url, on 127.0.0.1 and a
 random port. It records every call (method + parameters) and answers like Slack:
 auth.test, chat.postMessage (increasing ts), chat.postEphemeral, chat.update (or 429
-with Retry-After on demand), views.open, views.publish, usergroups.users.list."""
+with Retry-After on demand), views.open, views.publish, usergroups.users.list; and
+apps.connections.open with a Socket Mode WebSocket that sends envelopes and records
+their acknowledgements."""
 
 from __future__ import annotations
 
@@ -44,12 +46,14 @@ class SlackDouble:
         self.changed = asyncio.Event()
         #: Called when a wait times out, to explain the app's state in the failure.
         self.diagnose: Callable[[], str] | None = None
+        self.sockets: list[web.WebSocketResponse] = []
 
     # ------------------------------------------------------------ server
     async def start(self) -> SlackDouble:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/response/{id}", self._response)
+        app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -59,6 +63,8 @@ class SlackDouble:
         return self
 
     async def close(self) -> None:
+        for ws in list(self.sockets):
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -137,9 +143,34 @@ class SlackDouble:
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts")}
         if method in ("views.open", "views.publish"):
             return {"ok": True, "view": {"id": "V0001", **(params.get("view") or {})}}
+        if method == "apps.connections.open":
+            return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}
         if method == "usergroups.users.list":
             return {"ok": True, "users": self.groups.get(str(params.get("usergroup")), [])}
         return {"ok": False, "error": "unknown_method"}
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
+        """Send a Socket Mode envelope to the connected app; returns its envelope id."""
+        envelope_id = f"env-{next(self._ts)}"
+        await self.sockets[-1].send_json({"envelope_id": envelope_id, "type": kind,
+                                          "payload": payload,
+                                          "accepts_response_payload": kind != "events_api"})
+        return envelope_id
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": 1,
+                            "connection_info": {"app_id": "A0001"}})
+        self.record("socket_connect", {})
+        try:
+            async for msg in ws:
+                if msg.type == web.WSMsgType.TEXT:
+                    self.record("socket_ack", json.loads(msg.data))
+        finally:
+            self.sockets.remove(ws)
+        return ws
 
     async def _response(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -41,4 +41,7 @@ def serve(ctx: Any, host: str, port: int, synchronous: str) -> None:
         service = SlackService(settings, catalog, store)
         await serve_forever(service, host, port)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None

@@ -16,9 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import click
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.middleware.authorization.async_single_team_authorization import (
+    AsyncSingleTeamAuthorization,
+)
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.catalog import Catalog
@@ -143,7 +148,9 @@ class SlackService:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self, host: str = "0.0.0.0", port: int = 3000) -> int:
-        """Start the runner, the notifier and the server; returns the HTTP port."""
+        """Start the runner, the notifier and the server; returns the HTTP port.
+        Raises SettingsError if Slack rejects the bot token."""
+        await self._check_token()
         purged = await self.db.run(self.db.intents.purge)
         if purged:
             log.info("removed %d old confirmation intents", purged)
@@ -165,6 +172,26 @@ class SlackService:
             self._socket = AsyncSocketModeHandler(self.app, self.settings.app_token)
             await self._socket.connect_async()
         return self.port
+
+    async def _check_token(self) -> None:
+        """auth.test once at start: a rejected token fails now, not at the first command,
+        and bolt's authorization reuses the answer instead of calling auth.test inside the
+        first requests' 3 seconds (once per request, when a burst comes first)."""
+        try:
+            auth = await self.client.auth_test()
+        except SlackApiError as exc:
+            if exc.response.status_code == 429 or exc.response.status_code >= 500:
+                log.warning("auth.test failed (%s); bolt will retry", exc.response.status_code)
+                return
+            raise SettingsError(
+                f"Slack rejected SLACK_BOT_TOKEN: {exc.response.get('error')}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot reach Slack at %s (%s); bolt will retry",
+                        self.settings.api_url, type(exc).__name__)
+            return
+        for middleware in getattr(self.app, "_async_middleware_list", []):
+            if isinstance(middleware, AsyncSingleTeamAuthorization):
+                middleware.auth_test_result = auth
 
     async def close(self) -> None:
         """Graceful stop: no new requests, finish answering, let the runner detach its
@@ -188,7 +215,11 @@ async def serve_forever(service: SlackService, host: str, port: int) -> None:
     done = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
-    bound = await service.start(host, port)
+    try:
+        bound = await service.start(host, port)
+    except SettingsError:
+        await service.close()
+        raise
     mode = "Socket Mode" if service.settings.socket_mode else f"HTTP on {host}:{bound}"
     click.echo(f"layerbot serve: {mode} (POST /slack/events, GET /healthz on port {bound}); "
                f"runner {service.runner.owner}, max {service.runner.max_parallel} tasks at once",

@@ -47,6 +47,8 @@ class SlackDouble:
         #: Called when a wait times out, to explain the app's state in the failure.
         self.diagnose: Callable[[], str] | None = None
         self.sockets: list[web.WebSocketResponse] = []
+        #: tokens answered with invalid_auth
+        self.reject_tokens: set[str] = set()
 
     # ------------------------------------------------------------ server
     async def start(self) -> SlackDouble:
@@ -121,6 +123,9 @@ class SlackDouble:
             self.record(method, params, status=429)
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                      headers={"Retry-After": str(self.retry_after)})
+        if params["_token"] in self.reject_tokens:
+            self.record(method, params)
+            return web.json_response({"ok": False, "error": "invalid_auth"})
         body = self._answer(method, params)
         self.record(method, params)
         return web.json_response(body)

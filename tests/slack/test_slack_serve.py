@@ -13,7 +13,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.slack_service import SettingsError, SlackSettings
+from bot.catalog import load_catalog
+from bot.slack_service import SettingsError, SlackService, SlackSettings
+from bot.store import TaskStore
 from tests.slack.conftest import BOT_TOKEN, SECRET, sign
 from tests.slack.slack_double import SlackDouble
 
@@ -91,3 +93,20 @@ async def test_serve_answers_slack_and_stops_on_sigterm(catalog_dir: Path, tmp_p
             proc.kill()
             await proc.wait()
         await double.close()
+
+
+async def test_a_rejected_token_stops_the_start(catalog_dir: Path, tmp_path: Path) -> None:
+    double = await SlackDouble().start()
+    double.reject_tokens.add(BOT_TOKEN)
+    store = TaskStore(tmp_path / "db")
+    settings = SlackSettings(bot_token=BOT_TOKEN, signing_secret=SECRET, api_url=double.api_url)
+    service = SlackService(settings, load_catalog(catalog_dir / "layerbot.yml"), store)
+    try:
+        with pytest.raises(SettingsError, match="Slack rejected SLACK_BOT_TOKEN: invalid_auth"
+                           ) as err:
+            await service.start("127.0.0.1", 0)
+        assert BOT_TOKEN not in str(err.value)
+    finally:
+        await service.close()
+        await double.close()
+        store.close()

@@ -31,6 +31,7 @@ async def test_bad_and_stale_signatures_get_401_and_change_nothing(make_slack: M
 
     ok = await slack.post(body, form, headers=sign(body, SECRET, int(time.time()) - 200))
     assert ok.status == 200  # inside the window
+    assert len(slack.double.of("auth.test")) == 1  # once, at start
 
 
 async def test_healthz_reports_runner_and_loop_lag(make_slack: MakeSlack) -> None:

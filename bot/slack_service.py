@@ -89,10 +89,17 @@ class LoopLagMonitor:
             while self.samples and self.samples[0][0] < now - self.keep:
                 self.samples.popleft()
 
-    def worst(self, window: float | None = None) -> float:
-        """The worst lag in seconds over the last ``window`` seconds (default: all kept)."""
+    def recent(self, window: float | None = None) -> list[float]:
+        """Lags (seconds) sampled over the last ``window`` seconds (default: all kept)."""
         since = asyncio.get_running_loop().time() - window if window else float("-inf")
-        return max((lag for at, lag in self.samples if at >= since), default=0.0)
+        return [lag for at, lag in self.samples if at >= since]
+
+    def worst(self, window: float | None = None) -> float:
+        return max(self.recent(window), default=0.0)
+
+    def p99(self, window: float | None = None) -> float:
+        lags = sorted(self.recent(window))
+        return lags[int(len(lags) * 0.99)] if lags else 0.0
 
 
 class SlackService:
@@ -143,6 +150,7 @@ class SlackService:
             "mode": "socket" if self.settings.socket_mode else "http",
             "runner": {"busy": self.runner.busy, "max_parallel": self.runner.max_parallel},
             "loop_lag_ms": round(self.monitor.worst(window) * 1000, 1),
+            "loop_lag_p99_ms": round(self.monitor.p99(window) * 1000, 1),
             "window_s": window,
         })
 

@@ -228,8 +228,15 @@ def task_ref(task_id: str, error: str | None = None) -> str:
     return f"Task `{task_id}`" + (f" \u00b7 {error}" if error else "")
 
 
+def _line(emoji: str, head: str, *parts: str) -> str:
+    """``emoji *head* · part · ...``, where the event text repeats no leading ``head``."""
+    rest = [p.removeprefix(head).lstrip(":;, ") if p.startswith(head) else p for p in parts]
+    return " \u00b7 ".join([f"{emoji} *{head}*", *(r for r in rest if r)])
+
+
 def thread_disk_created(message: str, link: str | None) -> str:
-    return f":cd: *Disk created.* {message}" + (f"\n<{link}|Open the VM/image>" if link else "")
+    text = _line(":cd:", "Disk created", message)
+    return text + (f"\n<{link}|Open the VM/image>" if link else "")
 
 
 def thread_next_steps(text: str) -> str:
@@ -242,15 +249,15 @@ def thread_hint() -> str:
 
 
 def thread_done(template: str, message: str) -> str:
-    return f":white_check_mark: *Done* \u00b7 {template}: {message}"
+    return _line(":white_check_mark:", "Done", template, message)
 
 
 def thread_failed(template: str, message: str) -> str:
-    return f":x: *Failed* \u00b7 {template}: {message}"
+    return _line(":x:", "Failed", template, message)
 
 
 def thread_cancelled(template: str, message: str) -> str:
-    return f":no_entry_sign: *Cancelled* \u00b7 {template}: {message}"
+    return _line(":no_entry_sign:", "Cancelled", template, message)
 
 
 def thread_waiting(message: str) -> str:

@@ -3,6 +3,8 @@ through the real app, the job runner and the local-folder target."""
 
 from __future__ import annotations
 
+import re
+
 from bot import messages, states
 from tests.conftest import BASIC_CATALOG
 from tests.slack.conftest import ALICE, CHANNEL, MakeSlack, button_value, texts
@@ -47,7 +49,7 @@ async def test_publish_confirm_and_follow_to_done(make_slack: MakeSlack) -> None
     assert "Disk created" in thread[0] and task.link and task.link in thread[0]
     assert "Next:" in thread[1] and "Copy it to your platform" in thread[1]
     assert "log in with a local user, not a domain user" in thread[2]
-    assert "*Done*" in thread[3] and "Done in" in thread[3]
+    assert re.search(r"\*Done\* \u00b7 win10-office \u00b7 in \d+ s", thread[3]), thread[3]
     done = double.of("chat.postMessage", thread_ts=ts)[-1]
     assert done.params["reply_broadcast"] is True
     assert all(not c.params.get("reply_broadcast") for c in double.of(

@@ -7,7 +7,8 @@ prints) and keeps one task message per task current, with thread replies.
 - disk created, next steps, the local-user hint, waiting, and the final Done/Failed
   (broadcast to the channel) / Cancelled: thread replies.
 - Any event marks the task message dirty; it is edited with ``chat.update`` at most
-  once per ``update_interval`` seconds per task, later if Slack answers 429.
+  once per ``update_interval`` seconds per task, later if Slack answers 429, and at most
+  one edit per ``update_spacing`` seconds over all tasks (chat.update is Tier 3, ~50/min).
 - The id of the last event handled is kept in the database (``slack_cursor``), saved
   after every post and every few seconds otherwise.
 
@@ -56,14 +57,17 @@ def retry_after(exc: SlackApiError, default: float = 1.0) -> float:
 
 class SlackNotifier:
     def __init__(self, store: TaskStore, db: SlackDB, client: AsyncWebClient, *,
-                 update_interval: float = 3.0, poll_interval: float = 0.2,
-                 max_attempts: int = 5) -> None:
+                 update_interval: float = 3.0, update_spacing: float = 1.2,
+                 poll_interval: float = 0.2, max_attempts: int = 5) -> None:
         """``store`` is the loop's connection (reads, following events); writes go
         through ``db`` (its own thread)."""
         self.store = store
         self.db = db
         self.client = client
         self.update_interval = update_interval
+        self.update_spacing = update_spacing
+        self._last_edit = 0.0
+        self._blocked_until = 0.0
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
         self._dirty: set[str] = set()
@@ -185,11 +189,17 @@ class SlackNotifier:
     async def _updates(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             now = time.monotonic()
-            due = [t for t in self._dirty if self._next_update.get(t, 0.0) <= now]
+            due = sorted((t for t in self._dirty if self._next_update.get(t, 0.0) <= now),
+                         key=lambda t: self._next_update.get(t, 0.0))
             for task_id in due:
+                gap = max(self._last_edit + self.update_spacing,
+                          self._blocked_until) - time.monotonic()
+                if gap > 0 and await self._stopping(gap):
+                    return
                 self._dirty.discard(task_id)
                 try:
-                    await self._update(task_id)
+                    if await self._update(task_id):
+                        self._last_edit = time.monotonic()
                 except Exception:
                     log.exception("task %s: its message was not updated; trying again", task_id)
                     self._next_update[task_id] = time.monotonic() + self.update_interval
@@ -200,16 +210,17 @@ class SlackNotifier:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _update(self, task_id: str) -> None:
+    async def _update(self, task_id: str) -> bool:
+        """Edit the task message if it changed; True if chat.update was called."""
         try:
             task = await self.db.run(self.db.store.get, task_id)
         except TaskNotFound:
-            return
+            return False
         if not (task.channel and task.message_ts):
-            return
+            return False
         payload = slack_blocks.task_message(task).payload()
         if self._last_sent.get(task_id) == payload:
-            return
+            return False
         self._next_update[task_id] = time.monotonic() + self.update_interval
         try:
             await self.client.chat_update(channel=task.channel, ts=task.message_ts, **payload)
@@ -219,6 +230,7 @@ class SlackNotifier:
                 wait = retry_after(exc)
                 log.info("chat.update rate limited; retrying task %s in %.1f s", task_id, wait)
                 self._next_update[task_id] = time.monotonic() + max(wait, self.update_interval)
+                self._blocked_until = time.monotonic() + wait  # the limit is per method
                 self._dirty.add(task_id)
             elif error in GONE_ERRORS:
                 log.warning("task %s: its message can no longer be edited (%s)", task_id, error)
@@ -226,13 +238,14 @@ class SlackNotifier:
             else:
                 log.warning("task %s: chat.update failed (%s); will try again", task_id, error)
                 self._dirty.add(task_id)
-            return
+            return True
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("task %s: chat.update failed (%s); will try again", task_id,
                         type(exc).__name__)
             self._dirty.add(task_id)
-            return
+            return True
         self._last_sent[task_id] = payload
+        return True
 
     # ------------------------------------------------------------ calls with retries
     async def _call(self, method: str, *, raise_on: frozenset[str] = frozenset(),

@@ -106,7 +106,8 @@ class SlackService:
     """Everything ``serve`` runs, wired together; tests run it in-process."""
 
     def __init__(self, settings: SlackSettings, catalog: Catalog, store: TaskStore, *,
-                 update_interval: float = 3.0, runner_poll: float = 0.5,
+                 update_interval: float = 3.0, update_spacing: float = 1.2,
+                 runner_poll: float = 0.5,
                  command: str = "/publish") -> None:
         self.settings = settings
         self.store = store
@@ -120,7 +121,8 @@ class SlackService:
                              signing_secret=settings.signing_secret, command=command)
         notifier_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
         self.notifier = SlackNotifier(store, self.db, notifier_client,
-                                      update_interval=update_interval)
+                                      update_interval=update_interval,
+                                      update_spacing=update_spacing)
         self.monitor = LoopLagMonitor()
         self.stop = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []

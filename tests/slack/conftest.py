@@ -175,12 +175,12 @@ MakeSlack = Callable[..., Awaitable[Slack]]
 
 @pytest.fixture
 async def make_slack(catalog_dir: Path, tmp_path: Path) -> AsyncIterator[MakeSlack]:
-    """make_slack(catalog_text=None, update_interval=0.2, double=None) → a running app and
+    """make_slack(catalog_text=None, update_interval=0.2, update_spacing=0, double=None) → a running app and
     its Web API double (a second app on the same database may share the first's double)."""
     started: list[tuple[SlackService, SlackDouble, aiohttp.ClientSession, TaskStore]] = []
 
     async def make(catalog_text: str | None = None, *, update_interval: float = 0.2,
-                   double: SlackDouble | None = None) -> Slack:
+                   update_spacing: float = 0.0, double: SlackDouble | None = None) -> Slack:
         if catalog_text is not None:
             (catalog_dir / "layerbot.yml").write_text(catalog_text)
         catalog = load_catalog(catalog_dir / "layerbot.yml")
@@ -192,7 +192,7 @@ async def make_slack(catalog_dir: Path, tmp_path: Path) -> AsyncIterator[MakeSla
         settings = SlackSettings(bot_token=BOT_TOKEN, signing_secret=SECRET,
                                  api_url=double.api_url)
         service = SlackService(settings, catalog, store, update_interval=update_interval,
-                               runner_poll=0.05)
+                               update_spacing=update_spacing, runner_poll=0.05)
         service.notifier.poll_interval = 0.05
         await service.start("127.0.0.1", 0)
         session = aiohttp.ClientSession()

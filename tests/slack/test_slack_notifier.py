@@ -79,3 +79,26 @@ async def test_a_restarted_app_continues_the_same_message_and_thread(
     assert sum("*Done*" in t for t in thread) == 1
     await second.double.wait_for(lambda: any("Done" in texts(c.params)
                                              for c in second.double.of("chat.update", ts=ts)))
+
+
+async def test_edits_of_all_tasks_are_spaced(make_slack: MakeSlack, catalog_dir: Path) -> None:
+    second = """\
+  plain-os:
+    os_layer: base-os
+    connector: fake-hv
+    disk: {size_gib: 1}
+"""
+    text = with_fake().replace("runner:\n", second + "runner:\n")
+    slack = await make_slack(text, update_interval=0.2, update_spacing=1.0)
+    intent = await slack.card("win10-office plain-os")
+    await slack.answer(await slack.click("intent_confirm", intent))
+    tasks = slack.store.list_tasks()
+    for t in tasks:
+        await slack.double.wait_for(lambda t=t: "Action required" in task_message_now(slack, t.id))
+    edits = [c.at for c in slack.double.calls if c.method == "chat.update"]
+    assert len(edits) >= 2
+    assert min(b - a for a, b in itertools.pairwise(edits)) >= 0.95
+    for vm in (catalog_dir / "vms").glob("*.vm"):
+        Path(f"{vm}.off").touch()
+    for t in tasks:
+        await slack.task_done(t.id)

@@ -28,7 +28,8 @@ async def socket_app(catalog_dir: Path, tmp_path: Path
     settings = SlackSettings.from_env({"SLACK_BOT_TOKEN": BOT_TOKEN,
                                        "SLACK_APP_TOKEN": "xapp-test-token",
                                        "SLACK_API_URL": double.api_url})
-    service = SlackService(settings, catalog, store, update_interval=0.2, runner_poll=0.05)
+    service = SlackService(settings, catalog, store, update_interval=0.2,
+                           update_spacing=0.0, runner_poll=0.05)
     await service.start("127.0.0.1", 0)
     yield service, double, store
     await service.close()

@@ -7,6 +7,7 @@ Web API (usergroups.users.list) and is cached by :class:`GroupDirectory`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -115,11 +116,9 @@ class GroupDirectory:
         self._members: dict[str, tuple[float, frozenset[str]]] = {}
 
     async def groups_of(self, user: str, candidates: Iterable[str]) -> set[str]:
-        out = set()
-        for group in candidates:
-            if user in await self._group(group):
-                out.add(group)
-        return out
+        groups = sorted(candidates)
+        members = await asyncio.gather(*(self._group(g) for g in groups))
+        return {g for g, m in zip(groups, members, strict=True) if user in m}
 
     async def _group(self, group: str) -> frozenset[str]:
         cached = self._members.get(group)

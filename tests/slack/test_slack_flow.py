@@ -80,3 +80,27 @@ async def test_two_templates_start_two_tasks(make_slack: MakeSlack) -> None:
         assert (await slack.task_done(t.id)).status == states.DONE
     await slack.double.wait_for(lambda: len(slack.double.of("chat.postMessage",
                                                             reply_broadcast=True)) == 2)
+
+
+async def test_task_messages_go_to_the_connectors_notify_channel(make_slack: MakeSlack) -> None:
+    text = BASIC_CATALOG.replace("    format: qcow2\n", "    format: qcow2\n    notify_channel: CNOTIFY\n")
+    slack = await make_slack(text)
+    intent = await slack.card("win10-office")
+    await slack.answer(await slack.click("intent_confirm", intent))
+    [task] = slack.store.list_tasks()
+    assert task.channel == "CNOTIFY"
+    await slack.task_done(task.id)
+    await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel="CNOTIFY",
+                                                        reply_broadcast=True))
+
+
+async def test_a_channel_the_bot_cannot_post_in_falls_back_to_a_dm(make_slack: MakeSlack) -> None:
+    slack = await make_slack()
+    slack.double.missing_channels.add(CHANNEL)
+    intent = await slack.card("win10-office")
+    await slack.answer(await slack.click("intent_confirm", intent))
+    [task] = slack.store.list_tasks()
+    await slack.task_done(task.id)
+    await slack.double.wait_for(lambda: slack.store.get(task.id).channel == "DALICE")
+    await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel="DALICE",
+                                                        reply_broadcast=True))

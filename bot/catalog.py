@@ -72,8 +72,8 @@ class RunnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_parallel: int = Field(default=2, ge=1, le=64)
     #: Where composited artifacts are cached (relative to the catalog file).
-    cache_dir: CatalogPath = Path(".layerbot/cache")
-    work_dir: CatalogPath = Path(".layerbot/work")
+    cache_dir: CatalogPath = Field(default=Path(".layerbot/cache"), validate_default=True)
+    work_dir: CatalogPath = Field(default=Path(".layerbot/work"), validate_default=True)
     lease_seconds: float = Field(default=30.0, gt=1)
     #: Seconds to wait for the guest to run its scripts and power off.
     watch_timeout: float = Field(default=24 * 3600.0, gt=0)
@@ -85,7 +85,7 @@ class Catalog(BaseModel):
     layers: dict[str, Layer] = Field(default_factory=dict)
     connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
     templates: dict[str, Template] = Field(default_factory=dict)
-    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    runner: RunnerSettings = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
 
     def template(self, name: str) -> Template:
         try:

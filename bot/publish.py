@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,26 +47,34 @@ class Job:
     resources: dict[str, Any] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     _last_progress: tuple[float, float] = (0.0, -100.0)  # (time, percent) last written
+    _progress_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def update(self, *, event: tuple[str, str] | None = None, data: dict[str, Any] | None = None,
-               **fields: Any) -> None:
-        self.task = self.store.update(self.task.id, self.owner, event=event, data=data, **fields)
+    # Store calls run in worker threads: a commit waits for fsync, the event loop must not.
+    async def update(self, *, event: tuple[str, str] | None = None,
+                     data: dict[str, Any] | None = None, **fields: Any) -> None:
+        self.task = await asyncio.to_thread(
+            self.store.update, self.task.id, self.owner, event=event, data=data, **fields)
 
-    def progress(self, percent: float, note: str, *, force: bool = False) -> None:
-        """Store progress at most once a second; an event every 10 %."""
+    async def add_event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        await asyncio.to_thread(self.store.add_event, self.task.id, kind, message, data)
+
+    def progress(self, percent: float, note: str) -> None:
+        """Store progress at most once a second, an event every 10 %. Blocking; thread-safe."""
         now = time.monotonic()
-        last_at, last_pct = self._last_progress
-        if not force and now - last_at < 1.0 and percent < 100:
-            return
-        event = None
-        if percent - last_pct >= 10 or percent >= 100:
-            event = ("progress", f"{self.task.stage}: {percent:.0f}% {note}".rstrip())
-            self._last_progress = (now, percent)
-        else:
-            self._last_progress = (now, last_pct)
+        with self._progress_lock:
+            last_at, last_pct = self._last_progress
+            if now - last_at < 1.0 and percent < 100:
+                return
+            event = None
+            if percent - last_pct >= 10 or percent >= 100:
+                event = ("progress", f"{self.task.stage}: {percent:.0f}% {note}".rstrip())
+                self._last_progress = (now, percent)
+            else:
+                self._last_progress = (now, last_pct)
         # a late report after this runner let go of the task is not ours to write
         with contextlib.suppress(LeaseLost):
-            self.update(progress=round(percent, 1), event=event, data={"percent": percent})
+            self.store.update(self.task.id, self.owner, progress=round(percent, 1), event=event,
+                              data={"percent": percent})
 
 
 def image_spec(catalog: Catalog, template: Template, adapter: Adapter) -> ImageSpec:
@@ -92,12 +101,11 @@ class ComposeStep:
 
     async def run(self, job: Job) -> None:
         spec = await asyncio.to_thread(image_spec, job.catalog, job.template, job.adapter)
-        job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
+        await job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
                    event=("stage", messages.stage_compositing(len(spec.layers))))
-        loop = asyncio.get_running_loop()
 
-        def on_progress(note: str, fraction: float) -> None:
-            loop.call_soon_threadsafe(job.progress, fraction * 100, note)
+        def on_progress(note: str, fraction: float) -> None:  # called in compositor threads
+            job.progress(fraction * 100, note)
 
         started = time.monotonic()
         built = await compositor.build_image(
@@ -108,11 +116,10 @@ class ComposeStep:
         )
         job.built = built
         if built.cache_hit:
-            job.store.add_event(job.task.id, "cache_hit", messages.cache_hit(built.cache_key),
+            await job.add_event("cache_hit", messages.cache_hit(built.cache_key),
                                 {"cache_key": built.cache_key})
         else:
-            job.store.add_event(
-                job.task.id, "composited",
+            await job.add_event("composited",
                 messages.composited(built.file_size, built.format, time.monotonic() - started),
                 {"cache_key": built.cache_key, "bytes": built.file_size},
             )
@@ -129,24 +136,24 @@ class UploadStep:
 
     async def run(self, job: Job) -> None:
         assert job.built is not None
-        job.update(status=states.UPLOADING, stage="uploading", progress=0.0,
+        await job.update(status=states.UPLOADING, stage="uploading", progress=0.0,
                    event=("stage", messages.stage_uploading(job.adapter.platform)))
 
         async def report(fraction: float, note: str) -> None:
-            job.progress(fraction * 100, note)
+            await asyncio.to_thread(job.progress, fraction * 100, note)
 
         async def record(resource: dict[str, Any]) -> None:
             job.resources.update(resource)
-            job.update(resources=job.resources)
+            await job.update(resources=job.resources)
 
         self.context = publish_context(job, report, record)
         published = await job.adapter.publish(self.context)
         job.published = published
-        job.update(link=published.link, published=published.to_json(), progress=100.0,
+        await job.update(link=published.link, published=published.to_json(), progress=100.0,
                    event=("disk_created", messages.disk_created(published.summary, published.link)),
                    data={"link": published.link})
-        job.store.add_event(job.task.id, "next_steps", job.adapter.next_steps(published))
-        job.store.add_event(job.task.id, "hint", messages.LOCAL_USER_HINT)
+        await job.add_event("next_steps", job.adapter.next_steps(published))
+        await job.add_event("hint", messages.LOCAL_USER_HINT)
 
     async def cleanup(self, job: Job, outcome: Outcome) -> None:
         """Remove a half-made upload; a finished VM/image is the user's to keep."""
@@ -160,15 +167,15 @@ class WatchStep:
 
     async def run(self, job: Job) -> None:
         assert job.published is not None
-        job.update(status=states.ACTION_REQUIRED, stage="waiting for shutdown",
+        await job.update(status=states.ACTION_REQUIRED, stage="waiting for shutdown",
                    event=("waiting", messages.waiting_for_shutdown()))
 
         async def report(fraction: float, note: str) -> None:
-            job.store.add_event(job.task.id, "guest", note, {"fraction": fraction})
+            await job.add_event("guest", note, {"fraction": fraction})
 
         async def record(resource: dict[str, Any]) -> None:
             job.resources.update(resource)
-            job.update(resources=job.resources)
+            await job.update(resources=job.resources)
 
         await job.adapter.wait_for_shutdown(job.published, publish_context(job, report, record))
 
@@ -198,7 +205,7 @@ async def remove_partial(job: Job) -> None:
     removed = await job.adapter.cleanup(dict(job.resources))
     job.removed += removed
     job.resources = {}
-    job.update(resources={}, event=("cleanup", "Removed: " + ", ".join(removed) if removed
+    await job.update(resources={}, event=("cleanup", "Removed: " + ", ".join(removed) if removed
                                     else "Nothing to remove"), data={"removed": removed})
 
 

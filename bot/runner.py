@@ -75,8 +75,8 @@ class JobRunner:
         task in ``only`` is finished."""
         try:
             while not (stop and stop.is_set()):
-                self._fill(only)
-                if until_done and only is not None and self._all_finished(only):
+                await self._fill(only)
+                if until_done and only is not None and await self._all_finished(only):
                     break
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -84,12 +84,15 @@ class JobRunner:
         finally:
             await self.shutdown()
 
-    def _all_finished(self, ids: Collection[str]) -> bool:
-        return not self._jobs and all(self.store.get(i).finished for i in ids)
+    async def _all_finished(self, ids: Collection[str]) -> bool:
+        if self._jobs:
+            return False
+        tasks = await asyncio.to_thread(lambda: [self.store.get(i) for i in ids])
+        return all(t.finished for t in tasks)
 
-    def _fill(self, only: Collection[str] | None) -> None:
+    async def _fill(self, only: Collection[str] | None) -> None:
         while len(self._jobs) < self.max_parallel and not self._stopping:
-            task = self.store.claim(self.owner, self.lease_seconds, ids=only)
+            task = await asyncio.to_thread(self.store.claim, self.owner, self.lease_seconds, only)
             if task is None:
                 return
             job = asyncio.create_task(self._work(task), name=f"task-{task.id}")
@@ -124,14 +127,15 @@ class JobRunner:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            self.store.release(task.id, self.owner)
+            await asyncio.to_thread(self.store.release, task.id, self.owner)
 
     async def _keep_lease(self, task_id: str, work: asyncio.Task[None]) -> None:
         cancel_sent = False
         while True:
             await asyncio.sleep(min(self.lease_seconds / 3, 1.0))
             try:
-                task = self.store.renew(task_id, self.owner, self.lease_seconds)
+                task = await asyncio.to_thread(
+                    self.store.renew, task_id, self.owner, self.lease_seconds)
             except LeaseLost:
                 work.cancel(DETACH)
                 return
@@ -143,8 +147,9 @@ class JobRunner:
         try:
             job = build_job(task, self.store, self.owner, self.catalog)
         except TaskConfigError as exc:
-            self.store.update(task.id, self.owner, status=states.FAILED, error=str(exc),
-                              event=("failed", messages.failed(str(exc), [])))
+            await asyncio.to_thread(
+                self.store.update, task.id, self.owner, status=states.FAILED, error=str(exc),
+                event=("failed", messages.failed(str(exc), [])))
             return
         try:
             await self._run_steps(job)
@@ -155,18 +160,18 @@ class JobRunner:
         task = job.task
         if task.cancel_requested:
             await remove_partial(job)
-            job.update(status=states.CANCELLED, event=("cancelled", messages.cancelled(job.removed)))
+            await job.update(status=states.CANCELLED, event=("cancelled", messages.cancelled(job.removed)))
             return
         if task.status == states.UPLOADING and job.resources and job.published is None:
             await remove_partial(job)
-            self.store.add_event(task.id, "resumed", messages.resumed_cleanup(job.removed))
+            await job.add_event("resumed", messages.resumed_cleanup(job.removed))
             job.removed = []
         try:
             await StepRunner(steps_for(job)).run(job)
         except asyncio.CancelledError as exc:
             if DETACH in exc.args:
                 raise
-            job.update(status=states.CANCELLED, error="cancelled",
+            await job.update(status=states.CANCELLED, error="cancelled",
                        event=("cancelled", messages.cancelled(job.removed)),
                        data={"removed": job.removed})
             return
@@ -175,10 +180,10 @@ class JobRunner:
         except Exception as exc:
             log.info("task %s failed", task.id, exc_info=not isinstance(exc, _USER_ERRORS))
             reason = failure_reason(exc)
-            job.update(status=states.FAILED, error=reason,
+            await job.update(status=states.FAILED, error=reason,
                        event=("failed", messages.failed(reason, job.removed)),
                        data={"removed": job.removed})
             return
         elapsed = time.time() - task.created_at
-        job.update(status=states.DONE, progress=100.0, stage="done",
+        await job.update(status=states.DONE, progress=100.0, stage="done",
                    event=("done", messages.done(elapsed)), data={"elapsed": elapsed})

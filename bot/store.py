@@ -99,7 +99,11 @@ def new_task_id() -> str:
 
 
 class TaskStore:
-    """Library-first access to the task database. Safe to share between threads."""
+    """Library-first access to the task database.
+
+    One connection, shared by threads under a lock: the runner keeps its commits (which
+    wait for fsync) off the event loop by calling the store from worker threads.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path) if str(path) != ":memory:" else path
@@ -161,10 +165,11 @@ class TaskStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def _event(self, task_id: str, kind: str, message: str, data: dict[str, Any] | None) -> None:
         self.db.execute(
@@ -206,27 +211,31 @@ class TaskStore:
         return self.get(task_id), True
 
     def get(self, task_id: str) -> Task:
-        rows = list(self.db.query("SELECT * FROM tasks WHERE id = ?", [task_id]))
+        with self._lock:
+            rows = list(self.db.query("SELECT * FROM tasks WHERE id = ?", [task_id]))
         if not rows:
             raise TaskNotFound(task_id)
         return Task.from_row(rows[0])
 
     def list_tasks(self, status: str | None = None, limit: int = 50) -> list[Task]:
         where, args = ("WHERE status = ?", [status]) if status else ("", [])
-        rows = self.db.query(
-            f"SELECT * FROM tasks {where} ORDER BY created_at DESC, id LIMIT ?", [*args, limit]
-        )
+        with self._lock:
+            rows = list(self.db.query(
+                f"SELECT * FROM tasks {where} ORDER BY created_at DESC, id LIMIT ?", [*args, limit]
+            ))
         return [Task.from_row(r) for r in rows]
 
     def events(self, task_id: str | None = None, after: int = 0) -> list[Event]:
         where, args = ("AND task_id = ?", [task_id]) if task_id else ("", [])
-        rows = self.db.query(
-            f"SELECT * FROM task_events WHERE id > ? {where} ORDER BY id", [after, *args]
-        )
+        with self._lock:
+            rows = list(self.db.query(
+                f"SELECT * FROM task_events WHERE id > ? {where} ORDER BY id", [after, *args]
+            ))
         return [Event(**{**r, "data": json.loads(r["data"] or "{}")}) for r in rows]
 
     def last_event_id(self) -> int:
-        row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM task_events").fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM task_events").fetchone()
         return int(row[0])
 
     # ------------------------------------------------------------ leases

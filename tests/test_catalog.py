@@ -100,3 +100,10 @@ def test_yaml_syntax_error_names_the_line(write_catalog: Callable[[str], Path]) 
 def test_missing_file(tmp_path: Path) -> None:
     found = problems(tmp_path / "absent.yml")
     assert found[0].startswith(f"{tmp_path / 'absent.yml'}: cannot read")
+
+
+def test_default_cache_and_work_dirs_are_next_to_the_catalog(
+        write_catalog: Callable[[str], Path], catalog_dir: Path) -> None:
+    cat = load_catalog(write_catalog(BASIC_CATALOG.split("runner:")[0]))
+    assert cat.runner.cache_dir == catalog_dir / ".layerbot" / "cache"
+    assert cat.runner.work_dir == catalog_dir / ".layerbot" / "work"

@@ -12,11 +12,11 @@ import click
 @click.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
 @click.option("--port", default=3000, show_default=True, help="HTTP port (also /healthz)")
-@click.option("--synchronous", type=click.Choice(["normal", "full"]), default="normal",
+@click.option("--synchronous", type=click.Choice(["normal", "full"]), default="full",
               show_default=True,
-              help="SQLite commit mode of the task database in this process: normal (WAL, no "
-                   "fsync per commit, so a commit never stalls the event loop; a power loss may "
-                   "drop the last commits) or full (fsync every commit)")
+              help="SQLite commit mode of the task database in this process: full (fsync every "
+                   "commit; the runner commits from worker threads, never on the event loop) or "
+                   "normal (WAL without fsync per commit; a power loss may drop the last commits)")
 @click.pass_obj
 def serve(ctx: Any, host: str, port: int, synchronous: str) -> None:
     """Run the Slack app, the job runner and the Slack notifier.
@@ -34,7 +34,6 @@ def serve(ctx: Any, host: str, port: int, synchronous: str) -> None:
         raise click.UsageError(str(exc)) from None
     catalog = ctx.catalog()
     store = ctx.store()
-    # the runner commits on the event loop that must answer Slack within 3 s
     store.db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
 
     async def main() -> None:

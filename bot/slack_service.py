@@ -36,6 +36,7 @@ from bot.slack_db import SlackDB
 from bot.slack_handlers import Background, Handlers
 from bot.slack_notifier import SlackNotifier
 from bot.store import TaskStore
+from compositor import set_tool_niceness
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,7 @@ def tune_process(loop: asyncio.AbstractEventLoop) -> None:
     """For a long-running ``serve``: worker threads (asyncio.to_thread: compositor, uploads)
     below the loop's priority, and the objects made at start-up out of the garbage
     collector's way (a full collection would walk them all, on the loop)."""
+    set_tool_niceness(WORKER_NICENESS)
     loop.set_default_executor(ThreadPoolExecutor(
         max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="layerbot-work",
         initializer=_nicer_thread))

@@ -5,6 +5,7 @@ Public API:
     cache_lookup(spec, cache_dir=) -> BuiltImage | None
     layer_digest(source, cache_dir=) -> str
     required_tools(formats, filesystems=("ext4",)) -> list[ToolStatus]
+    set_tool_niceness(n)   # run external tools at lower priority (a service's event loop first)
     CompositorError, LayerError, DiskTooSmallError, ToolMissingError, ToolFailedError
 """
 
@@ -17,6 +18,7 @@ from .errors import (
     ToolFailedError,
     ToolMissingError,
 )
+from .runner import set_tool_niceness
 from .spec import (
     FORMAT_EXTENSIONS,
     BuiltImage,
@@ -44,4 +46,5 @@ __all__ = [
     "cache_lookup",
     "layer_digest",
     "required_tools",
+    "set_tool_niceness",
 ]

@@ -22,6 +22,20 @@ _ENV = {"LC_ALL": "C", "LANG": "C"}
 
 OutputCallback = Callable[[str], None]
 
+#: Niceness added to every tool (mke2fs, qemu-img, ...). A long-running service sets it so
+#: the tools yield the CPU to its event loop; ``nice`` only lowers priority, so no root.
+_niceness = 0
+
+
+def set_tool_niceness(value: int) -> None:
+    global _niceness
+    _niceness = max(0, value)
+
+
+def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+    args = [os.fspath(a) for a in argv]
+    return ["nice", "-n", str(_niceness), *args] if _niceness else args
+
 
 @dataclass(frozen=True)
 class Finished:
@@ -45,7 +59,7 @@ async def run(
     """
     args = [os.fspath(a) for a in argv]
     proc = await asyncio.create_subprocess_exec(
-        *args,
+        *_argv(args),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=stdout_file if stdout_file is not None else asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -97,7 +111,7 @@ async def _spawn(
     argv: Sequence[str | os.PathLike[str]], *, stdin: int | None, stdout: int | IO[bytes]
 ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        *[os.fspath(a) for a in argv],
+        *_argv(argv),
         stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=stdout,
         stderr=asyncio.subprocess.PIPE,

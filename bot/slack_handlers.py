@@ -309,18 +309,27 @@ class Handlers:
                                                 check_channel=False)
         return await self._decide(user, action, task.id, decision)
 
-    async def task_cancel(self, body: dict[str, Any], respond: Respond) -> None:
+    async def _task_action(self, body: dict[str, Any], respond: Respond,
+                           action: str) -> tuple[Task, str, Reply] | None:
+        """The task a Cancel/Retry button names, if this user may act on it (else a denial)."""
         user = body["user"]["id"]
         reply = ephemeral(respond)
         try:
             task = await self.db.run(self.store.get, body["actions"][0]["value"])
         except TaskNotFound:
-            return
-        decision = await self._task_decision(task, user, "cancel")
+            return None
+        decision = await self._task_decision(task, user, action)
         if not decision.allowed:
-            await reply(slack_blocks.text_message(messages.denied("cancel", task.id,
+            await reply(slack_blocks.text_message(messages.denied(action, task.id,
                                                                   decision.reason)))
+            return None
+        return task, user, reply
+
+    async def task_cancel(self, body: dict[str, Any], respond: Respond) -> None:
+        found = await self._task_action(body, respond, "cancel")
+        if found is None:
             return
+        task, user, reply = found
         if task.finished:
             await reply(slack_blocks.text_message(
                 messages.already_finished(task.id, states.LABELS[task.status])))
@@ -329,23 +338,16 @@ class Handlers:
         await reply(slack_blocks.text_message(messages.cancel_ack(task.id)))
 
     async def task_retry(self, body: dict[str, Any], respond: Respond) -> None:
-        user = body["user"]["id"]
-        reply = ephemeral(respond)
-        try:
-            task = await self.db.run(self.store.get, body["actions"][0]["value"])
-        except TaskNotFound:
+        found = await self._task_action(body, respond, "retry")
+        if found is None:
             return
-        decision = await self._task_decision(task, user, "retry")
-        if not decision.allowed:
-            await reply(slack_blocks.text_message(messages.denied("retry", task.id,
-                                                                  decision.reason)))
-            return
+        task, user, reply = found
         if task.status not in (states.FAILED, states.CANCELLED):
             await reply(slack_blocks.text_message(
                 messages.already_finished(task.id, states.LABELS[task.status])))
             return
         new = await self.db.run(self.store.retry, task.id, f"retry:{task.id}", user,
-                       messages.retried(task.id, user))
+                                messages.retried(task.id, user))
         self.wake_runner()
         await reply(slack_blocks.text_message(messages.retry_ack(task.id, new.id)))
 

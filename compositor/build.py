@@ -10,7 +10,6 @@ import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from . import convert as converter
 from .cache import Cache, image_key, raw_key
@@ -25,7 +24,7 @@ from .progress import Reporter
 from .publish import write_publish_layer
 from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec, LayerSource, ProgressCallback
 from .tarlayer import extract_tar_layer
-from .threads import in_thread
+from .threads import in_thread, settle
 from .tools import find_tool, required_tools
 
 DiskBuilder = Callable[..., Awaitable[None]]
@@ -100,7 +99,7 @@ async def build_image(
         cancel.set()
         for pending in (preparing, sweeping):
             if pending is not None:
-                await _settle(pending)
+                await settle(pending, cancel=True)
         await _cleanup(work, temps)
 
 
@@ -157,19 +156,6 @@ def _remembered_digests(spec: ImageSpec, cache_dir: Path) -> dict[str, str] | No
             return None
         digests[layer.name] = digest
     return digests
-
-
-async def _settle(future: asyncio.Future[Any]) -> None:
-    """Wait until background work has stopped (its threads poll the cancel event)."""
-    if not future.done():
-        future.cancel()
-    while not future.done():
-        try:
-            await asyncio.wait([future])
-        except asyncio.CancelledError:
-            continue
-    if not future.cancelled():
-        future.exception()
 
 
 async def _prepare_layers(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -18,11 +18,20 @@ async def in_thread(cancel: threading.Event, fn: Callable[..., T], *args: object
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         cancel.set()
-        while not future.done():
-            try:
-                await asyncio.wait([future])
-            except asyncio.CancelledError:
-                continue
-        if not future.cancelled():
-            future.exception()  # retrieved: the thread's BuildCancelled is expected
+        await settle(future)
         raise
+
+
+async def settle(future: asyncio.Future[Any], *, cancel: bool = False) -> None:
+    """Wait until ``future`` is done, even through repeated cancellation of the caller, and
+    retrieve its exception (a thread's BuildCancelled is expected). ``cancel`` first asks
+    a pending future to stop."""
+    if cancel and not future.done():
+        future.cancel()
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            continue
+    if not future.cancelled():
+        future.exception()

@@ -18,6 +18,24 @@ from adapters.base import (
     Published,
 )
 
+#: A connector of this type, to splice into tests.conftest.BASIC_CATALOG with with_fake().
+FAKE_CONNECTOR = """\
+  fake-hv:
+    type: fake
+    path: ./vms
+    scripts: [scripts/setup.sh]
+"""
+
+
+def with_fake(options: str = "") -> str:
+    """BASIC_CATALOG with win10-office on the fake hypervisor (WATCH_POWER); ``options`` are
+    extra connector settings, one per line."""
+    from tests.conftest import BASIC_CATALOG
+
+    connector = FAKE_CONNECTOR + "".join(f"    {line}\n" for line in options.splitlines())
+    text = BASIC_CATALOG.replace("connectors:\n", "connectors:\n" + connector, 1)
+    return text.replace("connector: folder", "connector: fake-hv")
+
 
 class Config(ConnectorConfig):
     type: Literal["fake"]

@@ -18,23 +18,9 @@ from bot.catalog import Catalog, load_catalog
 from bot.runner import JobRunner
 from bot.store import TaskStore
 from bot.summary import enqueue, plan
-from tests.conftest import BASIC_CATALOG
+from tests.fake_adapter import with_fake
 
 adapters.register("fake", "tests.fake_adapter")
-
-FAKE_CONNECTOR = """\
-  fake-hv:
-    type: fake
-    path: ./vms
-    scripts: [scripts/setup.sh]
-"""
-
-
-def with_fake(options: str = "") -> str:
-    connector = FAKE_CONNECTOR + "".join(f"    {line}\n" for line in options.splitlines())
-    text = BASIC_CATALOG.replace("connectors:\n", "connectors:\n" + connector, 1)
-    return text.replace("connector: folder", "connector: fake-hv")
-
 
 def queue(store: TaskStore, catalog: Catalog, name: str = "win10-office") -> str:
     return enqueue(store, plan(catalog, name), requested_by="alice")[0].id

@@ -18,7 +18,6 @@ import adapters
 from bot.catalog import load_catalog
 from bot.slack_service import SlackService, SlackSettings
 from bot.store import Task, TaskStore
-from tests.conftest import BASIC_CATALOG
 from tests.slack.slack_double import TEAM, SlackDouble
 
 adapters.register("fake", "tests.fake_adapter")
@@ -27,21 +26,6 @@ SECRET = "test-signing-secret-0123456789"
 BOT_TOKEN = "xoxb-test-token-0123456789"
 ALICE, BOB, CAROL = "UALICE", "UBOB", "UCAROL"
 CHANNEL = "COPS"
-
-FAKE_CONNECTOR = """\
-  fake-hv:
-    type: fake
-    path: ./vms
-    scripts: [scripts/setup.sh]
-"""
-
-
-def with_fake(options: str = "") -> str:
-    """BASIC_CATALOG with win10-office on the fake hypervisor (WATCH_POWER)."""
-    connector = FAKE_CONNECTOR + "".join(f"    {line}\n" for line in options.splitlines())
-    text = BASIC_CATALOG.replace("connectors:\n", "connectors:\n" + connector, 1)
-    return text.replace("connector: folder", "connector: fake-hv")
-
 
 def sign(body: str, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)

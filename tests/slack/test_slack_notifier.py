@@ -7,7 +7,8 @@ import itertools
 from pathlib import Path
 
 from bot import states
-from tests.slack.conftest import MakeSlack, Slack, texts, with_fake
+from tests.fake_adapter import with_fake
+from tests.slack.conftest import MakeSlack, Slack, texts
 from tests.slack.test_slack_tasks import start, task_message_now, thread_of
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from bot import states
 from bot.store import Task
-from tests.slack.conftest import ALICE, BOB, CAROL, MakeSlack, Slack, button_value, texts, with_fake
+from tests.fake_adapter import with_fake
+from tests.slack.conftest import ALICE, BOB, CAROL, MakeSlack, Slack, button_value, texts
 
 
 async def start(slack: Slack, user: str = ALICE) -> Task:

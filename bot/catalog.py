@@ -75,6 +75,8 @@ class RunnerSettings(BaseModel):
     cache_dir: CatalogPath = Field(default=Path(".layerbot/cache"), validate_default=True)
     work_dir: CatalogPath = Field(default=Path(".layerbot/work"), validate_default=True)
     lease_seconds: float = Field(default=30.0, gt=1)
+    #: A task whose runner died this many times (crash loop) fails instead of being resumed.
+    max_attempts: int = Field(default=8, ge=1)
     #: Seconds to wait for the guest to run its scripts and power off.
     watch_timeout: float = Field(default=24 * 3600.0, gt=0)
 
@@ -112,6 +114,10 @@ def default_path(explicit: Path | None) -> Path:
         return explicit
     env = os.environ.get("LAYERBOT_CONFIG")
     return Path(env) if env else Path("layerbot.yml")
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
 def _loc(parts: tuple[Any, ...]) -> str:
@@ -182,7 +188,7 @@ def _check_references(
                 problems.append(f"{fname}: {loc}: {unknown_name('layer', lname, cat.layers)}")
             elif layer.kind != kind:
                 problems.append(
-                    f"{fname}: {loc}: layer {lname!r} is a {layer.kind} layer, not a {kind} layer"
+                    f"{fname}: {loc}: layer {lname!r} is {_a(layer.kind)} layer, not {_a(kind)} layer"
                 )
         if len(set(t.app_layers)) != len(t.app_layers):
             dup = next(n for n in t.app_layers if t.app_layers.count(n) > 1)

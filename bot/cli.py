@@ -22,7 +22,7 @@ from bot.catalog import Catalog, CatalogError, default_path, load_catalog
 from bot.events import follow
 from bot.runner import JobRunner
 from bot.store import Event, TaskNotFound, TaskStore, default_db_path
-from bot.summary import PublishPlan, enqueue, plan
+from bot.summary import PlanError, PublishPlan, enqueue, plan
 
 console = Console(highlight=False)
 EXIT_FAILED = 1
@@ -59,7 +59,7 @@ pass_ctx = click.make_pass_decorator(Context)
 def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: bool) -> None:
     """layerbot: publish layered images from templates.
 
-    Example: layerbot --config examples/demo/layerbot.yml publish demo-folder --yes
+    Example: layerbot --config examples/demo/layerbot.yml publish demo-office --yes
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,11 +101,11 @@ async def _watch(store: TaskStore, runner: JobRunner | None, ids: list[str]) -> 
 
     async def refresh() -> None:
         while not stop.is_set():
-            for i in ids:
-                t = store.get(i)
-                progress.update(bars[i], completed=t.progress,
+            tasks = await asyncio.to_thread(lambda: [store.get(i) for i in ids])
+            for t in tasks:
+                progress.update(bars[t.id], completed=t.progress,
                                 status=f"{states.LABELS[t.status]} · {t.stage}")
-            if all(store.get(i).finished for i in ids):
+            if all(t.finished for t in tasks):
                 await asyncio.sleep(0.3)  # let the follower print the last events
                 stop.set()
             await asyncio.sleep(0.2)
@@ -138,6 +138,8 @@ def publish(ctx: Context, names: tuple[str, ...], yes: bool, no_run: bool) -> No
         plans = [plan(catalog, n) for n in dict.fromkeys(names)]
     except KeyError as exc:
         raise click.UsageError(str(exc.args[0])) from None
+    except PlanError as exc:
+        raise click.UsageError(str(exc)) from None
     console.print(f"[bold]Confirm and Complete[/bold]: publish {len(plans)} layered image(s)")
     for p in plans:
         _print_plan(p)
@@ -269,7 +271,14 @@ def check(ctx: Context) -> None:
     catalog = ctx.catalog()
     console.print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
                   f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")
-    plans = [plan(catalog, n, check_cache=False) for n in catalog.templates]
+    plans = []
+    for name in catalog.templates:
+        try:
+            plans.append(plan(catalog, name, check_cache=False))
+        except PlanError as exc:
+            console.print(f"[red]error:[/red] templates.{name}: {exc}", soft_wrap=True)
+    if len(plans) < len(catalog.templates):
+        sys.exit(EXIT_USAGE)
     formats = sorted({p.disk_format for p in plans})
     filesystems = sorted({p.filesystem for p in plans} | {"ext4"})
     missing = []

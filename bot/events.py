@@ -26,7 +26,8 @@ async def follow(
     until ``stop`` is set."""
     wanted = set(task_ids) if task_ids is not None else None
     while not (stop and stop.is_set()):
-        for event in store.events(after=after):
+        # a worker thread: the store's lock may be held by a commit waiting for fsync
+        for event in await asyncio.to_thread(store.events, after=after):
             after = event.id
             if wanted is None or event.task_id in wanted:
                 yield event

@@ -56,6 +56,15 @@ def resumed_cleanup(removed: list[str]) -> str:
     return "Removed partial upload of the previous attempt: " + ", ".join(removed)
 
 
+def connector_unusable(connector: str, exc: BaseException) -> str:
+    return f"connector {connector!r} cannot be used: {exc}"
+
+
+def too_many_attempts(count: int) -> str:
+    return (f"gave up: the runners working this task stopped {count} times without finishing "
+            "it (see `layerbot task` for the attempts)")
+
+
 def image_name(template: str, stamp: str) -> str:
     return f"{template}-{stamp}"
 

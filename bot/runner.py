@@ -56,6 +56,7 @@ class JobRunner:
         self.owner = owner or runner_id()
         self.max_parallel = max_parallel or catalog.runner.max_parallel
         self.lease_seconds = catalog.runner.lease_seconds
+        self.max_attempts = catalog.runner.max_attempts
         self.poll_interval = poll_interval
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -117,12 +118,21 @@ class JobRunner:
         assert work is not None
         keeper = asyncio.create_task(self._keep_lease(task.id, work))
         try:
-            await self._run_job(task)
+            if task.attempts > self.max_attempts:
+                await self._fail(task, messages.too_many_attempts(task.attempts - 1))
+            else:
+                await self._run_job(task)
         except asyncio.CancelledError as exc:
             if DETACH not in exc.args:
                 raise
         except LeaseLost:
             log.warning("task %s: lease lost, another runner has it", task.id)
+        except Exception as exc:
+            # Never release a task that broke this way without a verdict: it would be
+            # claimed again at once, forever.
+            log.exception("task %s: unexpected error", task.id)
+            with contextlib.suppress(LeaseLost):
+                await self._fail(task, failure_reason(exc))
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,13 +153,16 @@ class JobRunner:
                 cancel_sent = True
                 work.cancel("layerbot:cancel")
 
+    async def _fail(self, task: Task, reason: str) -> None:
+        await asyncio.to_thread(
+            self.store.update, task.id, self.owner, status=states.FAILED, error=reason,
+            event=("failed", messages.failed(reason, [])))
+
     async def _run_job(self, task: Task) -> None:
         try:
             job = build_job(task, self.store, self.owner, self.catalog)
-        except TaskConfigError as exc:
-            await asyncio.to_thread(
-                self.store.update, task.id, self.owner, status=states.FAILED, error=str(exc),
-                event=("failed", messages.failed(str(exc), [])))
+        except Exception as exc:  # the catalog changed, or the adapter cannot be set up
+            await self._fail(task, failure_reason(exc))
             return
         try:
             await self._run_steps(job)

@@ -104,7 +104,7 @@ class SlackNotifier:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         after = await self.db.run(self.cursor)
-        for task in self.store.list_tasks(limit=200):
+        for task in await self.db.run(self.db.store.list_tasks, limit=200):
             if task.message_ts and not task.finished:
                 self._dirty.add(task.id)  # refresh what a previous process left
         updater = asyncio.create_task(self._updates(stop), name="slack-updates")

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
+from adapters.base import DETACH_MESSAGE
+
 log = logging.getLogger(__name__)
 
 C = TypeVar("C")
@@ -29,7 +31,11 @@ class Outcome(enum.Enum):
 
 
 #: Cancellation message that means "detach" rather than "cancel the task".
-DETACH = "layerbot:detach"
+DETACH = DETACH_MESSAGE
+
+
+class Detach(Exception):
+    """Raised inside a step: stop, leave everything for the next runner (no cleanup)."""
 
 
 class Step(Protocol[C_contra]):
@@ -58,6 +64,9 @@ class StepRunner(Generic[C]):
             return outcome
         except asyncio.CancelledError as exc:
             outcome = Outcome.DETACHED if DETACH in exc.args else Outcome.CANCELLED
+            raise
+        except Detach:
+            outcome = Outcome.DETACHED
             raise
         finally:
             for step in reversed(stack):

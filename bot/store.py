@@ -25,6 +25,7 @@ from typing import Any
 import sqlite_utils
 
 from bot import states
+from bot.steps import Detach
 
 SCHEMA_VERSION = 1
 
@@ -34,7 +35,7 @@ class TaskNotFound(KeyError):
         return f"no task with id {self.args[0]!r}"
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(Detach):
     """Another runner owns the task now; this runner must stop touching it."""
 
 

@@ -32,11 +32,19 @@ class PublishPlan:
     cache_hit: bool
 
 
+class PlanError(ValueError):
+    """The template cannot be published as configured; the message says why."""
+
+
 def plan(catalog: Catalog, name: str, *, check_cache: bool = True) -> PublishPlan:
-    """Raises KeyError (with a did-you-mean message) for an unknown template."""
+    """Raises KeyError (with a did-you-mean message) for an unknown template, PlanError
+    when its connector cannot be set up."""
     template = catalog.template(name)
     connector = catalog.connectors[template.connector]
-    adapter = adapters.create(connector)
+    try:
+        adapter = adapters.create(connector)
+    except Exception as exc:
+        raise PlanError(messages.connector_unusable(template.connector, exc)) from exc
     hit = None
     if check_cache:
         try:

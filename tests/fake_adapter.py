@@ -43,6 +43,8 @@ class Config(ConnectorConfig):
     fail_upload: bool = False
     block_upload: bool = False
     upload_seconds: float = 0.2
+    #: Setting the adapter up fails with an unexpected error (a bad certificate, say).
+    broken: bool = False
 
 
 class Adapter:
@@ -51,6 +53,8 @@ class Adapter:
     capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.CREATES_VM
 
     def __init__(self, config: Config) -> None:
+        if config.broken:
+            raise ValueError("cannot load the CA certificate (simulated)")
         self.config = config
 
     def disk_format(self) -> DiskFormat:

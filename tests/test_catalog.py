@@ -44,8 +44,8 @@ def test_unknown_app_layer_suggests_the_close_name(write_catalog: Callable[[str]
 def test_layer_in_the_wrong_slot(write_catalog: Callable[[str], Path]) -> None:
     text = BASIC_CATALOG.replace("os_layer: base-os", "os_layer: office")
     assert problems(write_catalog(text)) == [
-        "layerbot.yml: templates.win10-office.os_layer: layer 'office' is a app layer, "
-        "not a os layer"
+        "layerbot.yml: templates.win10-office.os_layer: layer 'office' is an app layer, "
+        "not an os layer"
     ]
 
 

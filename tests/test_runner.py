@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import adapters
 from bot import states
 from bot.catalog import Catalog, load_catalog
 from bot.runner import JobRunner
 from bot.store import TaskStore
-from bot.summary import enqueue, plan
+from bot.summary import PlanError, enqueue, plan
 from tests.fake_adapter import with_fake
 
 adapters.register("fake", "tests.fake_adapter")
@@ -157,3 +159,28 @@ def test_a_killed_runner_is_resumed_by_another_and_the_task_completes_once(
     assert events.count("disk_created") == 1
     assert "resumed" in events and "cleanup" in events
     assert store.get(task_id).attempts == 2
+
+
+async def test_an_adapter_that_cannot_be_set_up_fails_the_task_once(
+        write_catalog: Callable[[str], Path], store: TaskStore) -> None:
+    cat = load_catalog(write_catalog(with_fake("broken: true")))
+    with pytest.raises(PlanError, match="connector 'fake-hv' cannot be used: cannot load"):
+        plan(cat, "win10-office")
+    task_id, _ = store.create_task(template="win10-office", connector="fake-hv", platform="Fake",
+                                   image_name="x", requested_by="alice", message="queued")
+    task_id = task_id.id
+    await run_until_finished(store, cat, [task_id], timeout=30)
+    task = store.get(task_id)
+    assert task.status == states.FAILED and task.attempts == 1
+    assert task.error == "internal error (ValueError: cannot load the CA certificate (simulated))"
+
+
+async def test_a_task_whose_runners_keep_dying_gives_up(catalog: Catalog, store: TaskStore) -> None:
+    task_id = queue(store, catalog)
+    for _ in range(catalog.runner.max_attempts):  # runners that claimed it and died
+        store.claim("dead", 0.0)
+    await run_until_finished(store, catalog, [task_id], timeout=30)
+    task = store.get(task_id)
+    assert task.status == states.FAILED
+    assert task.error is not None and task.error.startswith(
+        f"gave up: the runners working this task stopped {catalog.runner.max_attempts} times")

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from bot.steps import DETACH, Outcome, StepRunner
+from bot.steps import DETACH, Detach, Outcome, StepRunner
 
 
 class Recorder:
@@ -57,3 +57,15 @@ async def test_cancel_and_detach(message: str, expected: Outcome) -> None:
         await job
     assert rec.ran == ["a", "b"]  # nothing runs after a cancel
     assert rec.cleaned == [("b", expected), ("a", expected)]
+
+
+async def test_a_step_that_detaches_skips_real_cleanup() -> None:
+    class Leaving(Named):
+        async def run(self, ctx: Recorder) -> None:
+            ctx.ran.append(self.name)
+            raise Detach("another runner has the task")
+
+    rec = Recorder()
+    with pytest.raises(Detach):
+        await StepRunner([Named("a"), Leaving("b"), Named("c")]).run(rec)
+    assert rec.cleaned == [("b", Outcome.DETACHED), ("a", Outcome.DETACHED)]

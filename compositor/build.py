@@ -141,7 +141,7 @@ async def _digests(
     spec: ImageSpec, cache_dir: Path, cancel: threading.Event
 ) -> dict[str, str]:
     results = await asyncio.gather(*(
-        in_thread(cancel, functools.partial(layer_digest, cache_dir=cache_dir),
+        in_thread(cancel, functools.partial(layer_digest, cache_dir=cache_dir, layer=layer.name),
                   Path(layer.source))
         for layer in spec.layers
     ))

@@ -1,6 +1,8 @@
 """Layer digests: sha256 of the content, computed once and remembered by a cheap signature.
 
 An archive's digest is the sha256 of its bytes; its signature is (size, mtime, inode).
+The archive is not decoded here, so a corrupt one gets a digest (extraction then fails with
+a LayerError); a layer that cannot be read at all fails with a LayerError naming it.
 A directory's digest hashes, in sorted order, every entry's path, type, mode, owner, mtime,
 device number, symlink target or content hash, and hard-link structure; its signature hashes
 the lstat of every entry (a walk without reading any file).
@@ -16,17 +18,25 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .errors import LayerError
+
 _VERSION = 1
 
 
-def layer_digest(source: Path, *, cache_dir: Path) -> str:
-    """sha256 (hex) of a layer's content; reused while the layer's signature is unchanged."""
+def layer_digest(source: Path, *, cache_dir: Path, layer: str | None = None) -> str:
+    """sha256 (hex) of a layer's content; reused while the layer's signature is unchanged.
+    Raises LayerError (naming `layer`, else the source's file name) when it cannot be read."""
     source = Path(source).absolute()
-    signature = _signature(source)
-    cached = cached_digest(source, cache_dir=cache_dir, signature=signature)
-    if cached is not None:
-        return cached
-    digest = _dir_digest(source) if source.is_dir() else _file_digest(source)
+    try:
+        signature = _signature(source)
+        cached = cached_digest(source, cache_dir=cache_dir, signature=signature)
+        if cached is not None:
+            return cached
+        digest = _dir_digest(source) if source.is_dir() else _file_digest(source)
+    except OSError as exc:
+        where = exc.filename or source
+        raise LayerError(layer or source.name, str(where),
+                         f"cannot read the layer: {exc.strerror or exc}") from exc
     _store(cache_dir, source, signature, digest)
     return digest
 

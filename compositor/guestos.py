@@ -19,6 +19,7 @@ from pathlib import Path
 from . import paths
 from .errors import CompositorError
 from .spec import LayerSource
+from .tarlayer import ARCHIVE_ERRORS, unreadable
 
 
 class GuestOSError(CompositorError):
@@ -78,23 +79,20 @@ def _tar_index(path: str, size: int, mtime_ns: int, wanted: Wanted) -> _TarIndex
     entries: dict[str, Entry] = {}
     whiteouts: set[str] = set()
     opaque: set[str] = set()
-    try:
-        with _open_tar(Path(path)) as tar:
-            for member in tar:
-                try:
-                    rel = paths.clean_member_name(member.name)
-                except paths.UnsafePath:
-                    continue  # the compositor reports it with the layer's name
-                base = paths.base_of(rel)
-                if base == paths.OPAQUE_MARKER:
-                    opaque.add(paths.parent_of(rel).lower())
-                elif base.startswith(paths.WHITEOUT_PREFIX):
-                    whiteouts.add(paths.join(paths.parent_of(rel),
-                                             base[len(paths.WHITEOUT_PREFIX):]).lower())
-                elif rel and wanted.keeps(rel.lower()):
-                    entries[rel.lower()] = Entry(rel, _kind(member), member.linkname)
-    except (OSError, tarfile.TarError) as exc:
-        raise GuestOSError(f"cannot read the layer {path}: {exc}") from exc
+    with _open_tar(Path(path)) as tar:  # read errors: the caller names the layer
+        for member in tar:
+            try:
+                rel = paths.clean_member_name(member.name)
+            except paths.UnsafePath:
+                continue  # the compositor reports it with the layer's name
+            base = paths.base_of(rel)
+            if base == paths.OPAQUE_MARKER:
+                opaque.add(paths.parent_of(rel).lower())
+            elif base.startswith(paths.WHITEOUT_PREFIX):
+                whiteouts.add(paths.join(paths.parent_of(rel),
+                                         base[len(paths.WHITEOUT_PREFIX):]).lower())
+            elif rel and wanted.keeps(rel.lower()):
+                entries[rel.lower()] = Entry(rel, _kind(member), member.linkname)
     return _TarIndex(entries, frozenset(whiteouts), frozenset(opaque))
 
 
@@ -122,8 +120,17 @@ class LayerView:
         self.wanted = wanted
         self._index: _TarIndex | None = None
         if not self.source.is_dir():
-            st = self.source.stat()
-            self._index = _tar_index(str(self.source), st.st_size, st.st_mtime_ns, wanted)
+            with self._reading():
+                st = self.source.stat()
+                self._index = _tar_index(str(self.source), st.st_size, st.st_mtime_ns, wanted)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A corrupt, truncated or unreadable archive -> LayerError naming the layer."""
+        try:
+            yield
+        except (OSError, *ARCHIVE_ERRORS) as exc:
+            raise unreadable(self.layer.name, exc) from exc
 
     def _check_wanted(self, key: str, prefix: bool = False) -> None:
         if (key not in self.wanted.prefixes) if prefix else not self.wanted.keeps(key):
@@ -188,7 +195,7 @@ class LayerView:
     def read(self, entry: Entry) -> bytes:
         if self._index is None:
             return (self.source / entry.rel).read_bytes()
-        with _open_tar(self.source) as tar:
+        with self._reading(), _open_tar(self.source) as tar:
             for member in tar:
                 if member.isreg() and paths.clean_member_name(member.name) == entry.rel:
                     data = tar.extractfile(member)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +37,19 @@ _NO_COPY_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 ByteProgress = Callable[[int], None]
+
+#: What reading a corrupt, truncated or non-archive layer raises (besides OSError, which also
+#: means a failed write or a vanished file and is told apart by the caller).
+ARCHIVE_ERRORS: tuple[type[Exception], ...] = (
+    tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
+    zstandard.ZstdError,
+)
+
+
+def unreadable(layer: str, exc: BaseException) -> LayerError:
+    """The LayerError for an archive that cannot be read, naming the layer and why."""
+    why = str(exc) or type(exc).__name__
+    return LayerError(layer, "(archive)", f"cannot read the archive: {why}")
 
 
 @contextlib.contextmanager
@@ -68,8 +84,8 @@ def extract_tar_layer(
                 tar.members.clear()  # keep memory flat: the member list is not needed
                 check_cancel(cancel)
                 writer.add(tar, raw_fd, member)
-    except (tarfile.TarError, EOFError, zstandard.ZstdError) as exc:
-        raise LayerError(layer.name, "(archive)", f"cannot read the archive: {exc}") from exc
+    except ARCHIVE_ERRORS as exc:
+        raise unreadable(layer.name, exc) from exc
     return tree
 
 

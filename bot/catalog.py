@@ -87,7 +87,7 @@ class Catalog(BaseModel):
     layers: dict[str, Layer] = Field(default_factory=dict)
     connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
     templates: dict[str, Template] = Field(default_factory=dict)
-    runner: RunnerSettings = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
+    runner: RunnerSettings
 
     def template(self, name: str) -> Template:
         try:
@@ -145,16 +145,35 @@ def _pydantic_problems(fname: str, prefix: tuple[Any, ...], exc: ValidationError
     return problems
 
 
+def _section(fname: str, raw: dict[str, Any], key: str, problems: list[str]) -> dict[str, Any]:
+    section = raw.get(key)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        problems.append(f"{fname}: {key}: must be a mapping of name to settings")
+        return {}
+    return section
+
+
+def _entries(
+    fname: str, key: str, section: dict[str, Any], model: type[BaseModel],
+    context: dict[str, Any], problems: list[str],
+) -> dict[str, Any]:
+    """Validate each named entry on its own, so one bad entry hides no other problem."""
+    out: dict[str, Any] = {}
+    for name, settings in section.items():
+        try:
+            out[name] = model.model_validate(settings, context=context)
+        except ValidationError as exc:
+            problems += _pydantic_problems(fname, (key, name), exc)
+    return out
+
+
 def _connectors(
-    fname: str, raw: Any, context: dict[str, Any], problems: list[str]
+    fname: str, section: dict[str, Any], context: dict[str, Any], problems: list[str]
 ) -> dict[str, ConnectorConfig]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        problems.append(f"{fname}: connectors: must be a mapping of name to settings")
-        return {}
     out: dict[str, ConnectorConfig] = {}
-    for name, settings in raw.items():
+    for name, settings in section.items():
         loc = f"connectors.{name}"
         if not isinstance(settings, dict) or "type" not in settings:
             problems.append(f"{fname}: {loc}.type: missing (one of {adapters.known_types()})")
@@ -164,18 +183,15 @@ def _connectors(
         except adapters.UnknownConnectorType as exc:
             problems.append(f"{fname}: {loc}.type: {exc}")
             continue
-        try:
-            out[name] = model.model_validate(settings, context=context)
-        except ValidationError as exc:
-            problems += _pydantic_problems(fname, ("connectors", name), exc)
+        out |= _entries(fname, "connectors", {name: settings}, model, context, problems)
     return out
 
 
 def _check_references(
-    fname: str, cat: Catalog, declared_connectors: set[str], problems: list[str]
+    fname: str, cat: Catalog, declared: dict[str, set[str]], problems: list[str]
 ) -> None:
-    """Check names across sections; a connector that failed its own checks still counts
-    as declared, so its templates are not reported twice."""
+    """Check names across sections. An entry that failed its own checks still counts as
+    declared (``declared``: section -> names), so it is not reported twice."""
     slots: list[tuple[str, str, LayerKind]]
     for tname, t in cat.templates.items():
         slots = [(f"templates.{tname}.os_layer", t.os_layer, "os")]
@@ -184,24 +200,28 @@ def _check_references(
             slots.append((f"templates.{tname}.platform_layer", t.platform_layer, "platform"))
         for loc, lname, kind in slots:
             layer = cat.layers.get(lname)
-            if layer is None:
-                problems.append(f"{fname}: {loc}: {unknown_name('layer', lname, cat.layers)}")
-            elif layer.kind != kind:
+            if lname not in declared["layers"]:
+                problems.append(
+                    f"{fname}: {loc}: {unknown_name('layer', lname, declared['layers'])}")
+            elif layer is not None and layer.kind != kind:
                 problems.append(
                     f"{fname}: {loc}: layer {lname!r} is {_a(layer.kind)} layer, not {_a(kind)} layer"
                 )
         if len(set(t.app_layers)) != len(t.app_layers):
             dup = next(n for n in t.app_layers if t.app_layers.count(n) > 1)
             problems.append(f"{fname}: templates.{tname}.app_layers: {dup!r} is listed twice")
-        if t.connector not in declared_connectors:
+        if t.connector not in declared["connectors"]:
             problems.append(
                 f"{fname}: templates.{tname}.connector: "
-                f"{unknown_name('connector', t.connector, declared_connectors)}"
+                f"{unknown_name('connector', t.connector, declared['connectors'])}"
             )
 
 
+_SECTIONS = ("layers", "connectors", "templates", "runner")
+
+
 def load_catalog(path: Path) -> Catalog:
-    """Load and validate layerbot.yml; raise CatalogError listing every problem."""
+    """Load and validate layerbot.yml; raise CatalogError listing every problem at once."""
     fname = path.name
     try:
         raw = load_yaml(path)
@@ -212,17 +232,20 @@ def load_catalog(path: Path) -> Catalog:
     if not isinstance(raw, dict):
         raise CatalogError([f"{fname}: the top level must be a mapping (layers, connectors, ...)"])
     context = {"base_dir": path.resolve().parent}
-    problems: list[str] = []
-    connectors = _connectors(fname, raw.get("connectors"), context, problems)
-    rest = {k: v for k, v in raw.items() if k != "connectors"}
+    problems = [f"{fname}: {key}: unknown key (expected one of {', '.join(_SECTIONS)})"
+                for key in raw if key not in _SECTIONS]
+    sections = {key: _section(fname, raw, key, problems) for key in _SECTIONS[:3]}
+    layers = _entries(fname, "layers", sections["layers"], Layer, context, problems)
+    connectors = _connectors(fname, sections["connectors"], context, problems)
+    templates = _entries(fname, "templates", sections["templates"], Template, context, problems)
     try:
-        cat = Catalog.model_validate({**rest, "path": path.resolve()}, context=context)
+        runner = RunnerSettings.model_validate(raw.get("runner") or {}, context=context)
     except ValidationError as exc:
-        problems += _pydantic_problems(fname, (), exc)
-        raise CatalogError(problems) from None
-    cat.connectors = connectors
-    declared = raw.get("connectors")
-    _check_references(fname, cat, set(declared) if isinstance(declared, dict) else set(), problems)
+        problems += _pydantic_problems(fname, ("runner",), exc)
+        runner = RunnerSettings.model_validate({}, context=context)
+    cat = Catalog.model_construct(path=path.resolve(), layers=layers, connectors=connectors,
+                                  templates=templates, runner=runner)
+    _check_references(fname, cat, {k: set(v) for k, v in sections.items()}, problems)
     if problems:
         raise CatalogError(problems)
     return cat

@@ -107,3 +107,15 @@ def test_default_cache_and_work_dirs_are_next_to_the_catalog(
     cat = load_catalog(write_catalog(BASIC_CATALOG.split("runner:")[0]))
     assert cat.runner.cache_dir == catalog_dir / ".layerbot" / "cache"
     assert cat.runner.work_dir == catalog_dir / ".layerbot" / "work"
+
+
+def test_schema_and_reference_problems_are_reported_together(
+        write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("format: qcow2", "format: qcow3").replace(
+        "app_layers: [office]", "app_layers: [ofice]").replace("connector: folder", "connector: g")
+    found = problems(write_catalog(text + "extras: {}\n"))
+    assert any("connectors.folder.format" in p and "'qcow3'" in p for p in found), found
+    assert any("app_layers[0]: no layer named 'ofice' (did you mean 'office'?)" in p for p in found)
+    assert any("templates.win10-office.connector: no connector named 'g'" in p for p in found)
+    assert "layerbot.yml: extras: unknown key (expected one of layers, connectors, templates, " \
+           "runner)" in found

@@ -7,7 +7,10 @@ The copy skips holes (SEEK_DATA/SEEK_HOLE), so a sparse raw disk stays sparse.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import secrets
+import threading
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -22,8 +25,13 @@ from adapters.base import (
     Published,
 )
 from compositor.spec import FORMAT_EXTENSIONS
+from compositor.threads import in_thread
 
 _CHUNK = 8 << 20
+
+
+class _Stopped(Exception):
+    """The copy thread saw the task's cancellation."""
 
 
 class Config(ConnectorConfig):
@@ -64,21 +72,27 @@ class Adapter:
 
     async def publish(self, ctx: PublishContext) -> Published:
         dest = self.destination(ctx)
-        partial = dest.with_name(dest.name + ".partial")
+        # Each attempt writes its own partial file: a runner that lost the task may still
+        # be copying while the next one starts.
+        partial = dest.with_name(f"{dest.name}.{os.getpid()}-{secrets.token_hex(3)}.partial")
         await ctx.record({"partial": str(partial), "file": str(dest)})
         loop = asyncio.get_running_loop()
 
         def report(fraction: float) -> None:
             asyncio.run_coroutine_threadsafe(ctx.progress(fraction, "copying"), loop)
 
+        stop = threading.Event()
         try:
-            await asyncio.to_thread(self._copy, ctx.artifact, partial, report)
+            await in_thread(stop, self._copy, ctx.artifact, partial, report, stop)
             os.replace(partial, dest)
         except OSError as exc:
             partial.unlink(missing_ok=True)
-            if exc.errno == 28:
+            if exc.errno == errno.ENOSPC:
                 raise InsufficientSpaceError(f"no space left in {self.config.path}") from exc
             raise PlatformError(f"cannot write {dest}: {exc.strerror}") from exc
+        except asyncio.CancelledError:
+            partial.unlink(missing_ok=True)  # the copy thread has stopped (in_thread waits)
+            raise
         size = dest.stat().st_size
         return Published(
             link=dest.resolve().as_uri(),
@@ -87,7 +101,7 @@ class Adapter:
         )
 
     @staticmethod
-    def _copy(src: Path, dest: Path, report: Any) -> None:
+    def _copy(src: Path, dest: Path, report: Any, stop: threading.Event) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         size = src.stat().st_size
         with open(src, "rb") as fin, open(dest, "wb") as fout:
@@ -97,10 +111,12 @@ class Adapter:
             for start, end in extents:
                 pos = start
                 while pos < end:
+                    if stop.is_set():
+                        raise _Stopped
                     n = os.copy_file_range(fin.fileno(), fout.fileno(), min(_CHUNK, end - pos),
                                            pos, pos)
                     if n == 0:
-                        raise OSError(5, f"unexpected end of {src}")
+                        raise OSError(errno.EIO, f"unexpected end of {src}")
                     pos += n
                     done += n
                     report(done / total)

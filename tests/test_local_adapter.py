@@ -1,0 +1,66 @@
+"""The local folder target: sparse copies, cancellation, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.base import PublishContext
+from adapters.local import Adapter, Config
+
+
+def context(tmp_path: Path, artifact: Path, progress: Any = None) -> PublishContext:
+    async def report(fraction: float, note: str) -> None:
+        if progress is not None:
+            await progress(fraction)
+
+    async def record(resource: dict[str, Any]) -> None:
+        ctx.resources.update(resource)
+
+    ctx = PublishContext(task_id="t1", template="tpl", image_name="tpl-1", artifact=artifact,
+                         artifact_format="raw", virtual_size=artifact.stat().st_size,
+                         progress=report, record=record)
+    return ctx
+
+
+def sparse_file(path: Path, size: int, data_at: list[int]) -> Path:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        for offset in data_at:
+            fh.seek(offset)
+            fh.write(os.urandom(1 << 20))
+    return path
+
+
+async def test_copy_keeps_the_file_sparse_and_identical(tmp_path: Path) -> None:
+    src = sparse_file(tmp_path / "disk.img", 256 << 20, [0, 100 << 20])
+    adapter = Adapter(Config(type="local", path=tmp_path / "out", format="raw"))
+    published = await adapter.publish(context(tmp_path, src))
+    dest = tmp_path / "out" / "tpl" / "t1.img"
+    assert published.link == dest.resolve().as_uri()
+    assert dest.read_bytes() == src.read_bytes()
+    assert dest.stat().st_blocks * 512 < 8 << 20  # 2 MiB of data, not 256 MiB
+    assert not list(dest.parent.glob("*.partial"))
+
+
+async def test_cancel_stops_the_copy_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    src = sparse_file(tmp_path / "disk.img", 512 << 20, list(range(0, 512 << 20, 2 << 20)))
+    adapter = Adapter(Config(type="local", path=tmp_path / "out", format="raw"))
+    started = asyncio.Event()
+
+    async def progress(fraction: float) -> None:
+        started.set()
+
+    ctx = context(tmp_path, src, progress)
+    job = asyncio.create_task(adapter.publish(ctx))
+    await asyncio.wait_for(started.wait(), 30)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    out = tmp_path / "out" / "tpl"
+    assert list(out.iterdir()) == []
+    assert await adapter.cleanup(ctx.resources) == []  # nothing left to remove

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from bot import states
 from bot.catalog import Catalog, CatalogError, default_path, load_catalog
 from bot.events import follow
 from bot.runner import JobRunner
-from bot.store import Event, TaskNotFound, TaskStore, default_db_path
+from bot.store import Event, Task, TaskNotFound, TaskStore, default_db_path
 from bot.summary import PlanError, PublishPlan, enqueue, plan
 
 console = Console(highlight=False)
@@ -43,7 +44,16 @@ class Context:
             sys.exit(EXIT_USAGE)
 
     def store(self) -> TaskStore:
-        return TaskStore(self.db_path)
+        try:
+            return TaskStore(self.db_path)
+        except sqlite3.Error as exc:
+            raise click.UsageError(f"cannot open the task database {self.db_path}: {exc}") from None
+
+    def task(self, store: TaskStore, task_id: str) -> Task:
+        try:
+            return store.get(task_id)
+        except TaskNotFound as exc:
+            raise click.UsageError(str(exc)) from None
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -209,10 +219,7 @@ def task(ctx: Context, task_id: str) -> None:
     Example: layerbot task t1a2b3c4d
     """
     store = ctx.store()
-    try:
-        t = store.get(task_id)
-    except TaskNotFound as exc:
-        raise click.UsageError(str(exc)) from None
+    t = ctx.task(store, task_id)
     console.print(f"[bold]{t.id}[/bold] {t.template} → {t.connector} ({t.platform}): "
                   f"{states.LABELS[t.status]}, {t.stage} {t.progress:.0f}%")
     if t.link:
@@ -233,10 +240,7 @@ def cancel(ctx: Context, task_id: str) -> None:
     """
     store = ctx.store()
     user = getpass.getuser()
-    try:
-        t = store.request_cancel(task_id, user, f"Cancel requested by {user}")
-    except TaskNotFound as exc:
-        raise click.UsageError(str(exc)) from None
+    t = store.request_cancel(ctx.task(store, task_id).id, user, f"Cancel requested by {user}")
     console.print(f"{t.id}: {states.LABELS[t.status]}"
                   + ("" if t.finished else " (cancel requested; its runner cleans up)"))
 

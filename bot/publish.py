@@ -55,6 +55,11 @@ class Job:
         self.task = await asyncio.to_thread(
             self.store.update, self.task.id, self.owner, event=event, data=data, **fields)
 
+    async def record(self, resource: dict[str, Any]) -> None:
+        """Persist an adapter's handles of what it created, before it relies on them."""
+        self.resources.update(resource)
+        await self.update(resources=self.resources)
+
     async def add_event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         await asyncio.to_thread(self.store.add_event, self.task.id, kind, message, data)
 
@@ -142,11 +147,7 @@ class UploadStep:
         async def report(fraction: float, note: str) -> None:
             await asyncio.to_thread(job.progress, fraction * 100, note)
 
-        async def record(resource: dict[str, Any]) -> None:
-            job.resources.update(resource)
-            await job.update(resources=job.resources)
-
-        self.context = publish_context(job, report, record)
+        self.context = publish_context(job, report)
         published = await job.adapter.publish(self.context)
         job.published = published
         await job.update(link=published.link, published=published.to_json(), progress=100.0,
@@ -173,17 +174,13 @@ class WatchStep:
         async def report(fraction: float, note: str) -> None:
             await job.add_event("guest", note, {"fraction": fraction})
 
-        async def record(resource: dict[str, Any]) -> None:
-            job.resources.update(resource)
-            await job.update(resources=job.resources)
-
-        await job.adapter.wait_for_shutdown(job.published, publish_context(job, report, record))
+        await job.adapter.wait_for_shutdown(job.published, publish_context(job, report))
 
     async def cleanup(self, job: Job, outcome: Outcome) -> None:
         """Nothing to undo: the published VM stays, whatever happened while watching."""
 
 
-def publish_context(job: Job, report: Any, record: Any) -> PublishContext:
+def publish_context(job: Job, report: Any) -> PublishContext:
     built = job.built
     return PublishContext(
         task_id=job.task.id,
@@ -193,7 +190,7 @@ def publish_context(job: Job, report: Any, record: Any) -> PublishContext:
         artifact_format=built.format if built else job.adapter.disk_format(),
         virtual_size=built.virtual_size if built else 0,
         progress=report,
-        record=record,
+        record=job.record,
         resources=job.resources,
         watch_timeout=job.catalog.runner.watch_timeout,
     )

@@ -95,3 +95,11 @@ def test_check_finds_the_tools(cli: Callable[..., tuple[int, str]]) -> None:
 def test_every_command_documents_an_example() -> None:
     for name, command in main.commands.items():
         assert "Example:" in (command.help or ""), f"layerbot {name} --help has no example"
+
+
+def test_unusable_database_and_unknown_task_are_usage_errors(catalog_dir: Path) -> None:
+    result = CliRunner().invoke(main, ["--db", "/nonexistent/dir/x.db", "tasks"])
+    assert result.exit_code == 2
+    assert "cannot open the task database /nonexistent/dir/x.db" in result.output
+    result = CliRunner().invoke(main, ["--db", str(catalog_dir / "t.db"), "task", "tnope"])
+    assert result.exit_code == 2 and "no task with id 'tnope'" in result.output

@@ -6,6 +6,7 @@ Public API:
     layer_digest(source, cache_dir=) -> str
     required_tools(formats, filesystems=("ext4",)) -> list[ToolStatus]
     set_tool_niceness(n)   # run external tools at lower priority (a service's event loop first)
+    sweep_stale(work_dir, cache_dir) -> list[Path]   # leftovers of killed builds, removed
     CompositorError, LayerError, DiskTooSmallError, ToolMissingError, ToolFailedError
 """
 
@@ -27,6 +28,7 @@ from .spec import (
     LayerSource,
     ProgressCallback,
 )
+from .sweep import sweep_stale
 from .tools import ToolStatus, required_tools
 
 __all__ = [
@@ -47,4 +49,5 @@ __all__ = [
     "layer_digest",
     "required_tools",
     "set_tool_niceness",
+    "sweep_stale",
 ]

@@ -23,6 +23,7 @@ from .ntfs import build_ntfs_disk
 from .progress import Reporter
 from .publish import write_publish_layer
 from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec, LayerSource, ProgressCallback
+from .sweep import BUILD_PREFIX, owner_prefix
 from .tarlayer import extract_tar_layer
 from .threads import in_thread, settle
 from .tools import find_tool, required_tools
@@ -52,7 +53,7 @@ async def build_image(
             return hit
     _check_tools(spec)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="layerbot-build-", dir=work_dir))
+    work = Path(tempfile.mkdtemp(prefix=owner_prefix(BUILD_PREFIX), dir=work_dir))
     cancel = threading.Event()
     temps: list[Path] = []
     preparing: asyncio.Future[list[LayerTree]] | None = None

@@ -3,7 +3,8 @@
 Layout under cache_dir:
   images/<key>.<ext> + images/<key>.json   finished artifacts and their facts
   raw/<raw-key>.img                        the partitioned raw disk, shared by all formats
-  tmp/                                     in-flight files (same filesystem, so rename is atomic)
+  tmp/                                     in-flight files (same filesystem, so rename is atomic),
+                                           named after their process (see sweep.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec
+from .sweep import CACHE_TEMP_PREFIX, owner_prefix
 
 _KEY_VERSION = 1
 
@@ -62,7 +64,8 @@ class Cache:
         return path
 
     def new_temp(self, suffix: str) -> Path:
-        fd, name = tempfile.mkstemp(dir=self.temp_dir(), suffix=suffix)
+        fd, name = tempfile.mkstemp(dir=self.temp_dir(), suffix=suffix,
+                                    prefix=owner_prefix(CACHE_TEMP_PREFIX))
         os.close(fd)
         os.unlink(name)
         return Path(name)

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import LayerError
+from .sweep import DIGEST_TEMP_PREFIX, owner_prefix
 
 _VERSION = 1
 
@@ -66,7 +67,7 @@ def _store(cache_dir: Path, source: Path, signature: str, digest: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps({"v": _VERSION, "source": str(source), "signature": signature,
                        "digest": digest})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=owner_prefix(DIGEST_TEMP_PREFIX))
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(data)

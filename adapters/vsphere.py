@@ -58,7 +58,7 @@ from adapters.vsphere_session import VSphereSession, acquire, release, ssl_conte
 from adapters.vsphere_upload import LeaseLost, complete, upload_disk, wait_ready
 from adapters.vsphere_vm import destroy_vm, mark_as_template, remove_partial
 from adapters.vsphere_watch import wait_for_deploy, wait_power_cycle
-from compositor.stream_vmdk import data_extents
+from compositor.sparse import data_extents
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from .errors import DiskTooSmallError, ToolFailedError
 from .gpt import write_gpt
 from .meta import Meta
 from .progress import Reporter
+from .sparse import data_extents
 from .threads import in_thread
 from .tools import tool_path
 
@@ -97,19 +98,12 @@ def copy_sparse(src: Path, dest: Path, offset: int, cancel: threading.Event) -> 
     from .layertree import check_cancel
 
     with open(src, "rb") as fin, open(dest, "r+b") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                break
-            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            while start < end:
+        for start, end in data_extents(fin.fileno(), os.fstat(fin.fileno()).st_size):
+            pos = start
+            while pos < end:
                 check_cancel(cancel)
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(_COPY_CHUNK, end - start),
-                                       start, offset + start)
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(_COPY_CHUNK, end - pos),
+                                       pos, offset + pos)
                 if n == 0:
                     raise OSError(5, f"unexpected end of {src}")
-                start += n
-            pos = end
+                pos += n

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import os
 import struct
@@ -29,6 +28,8 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
+
+from .sparse import data_extents
 
 SECTOR = 512
 GRAIN_SECTORS = 128
@@ -58,26 +59,6 @@ def _pad(data: bytes) -> bytes:
 
 def _marker(num_sectors: int, kind: int) -> bytes:
     return struct.pack("<QII", num_sectors, 0, kind).ljust(SECTOR, b"\0")
-
-
-def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """(start, end) byte ranges holding data; the whole file if holes cannot be probed."""
-    extents: list[tuple[int, int]] = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:  # ENXIO: no data after pos
-                if exc.errno == errno.ENXIO:
-                    break
-                raise
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            extents.append((start, end))
-            pos = end
-    except (OSError, AttributeError):
-        return [(0, size)] if size else []
-    return extents
 
 
 def compressor(engine: Engine, level: int) -> tuple[str, Callable[[bytes], bytes]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from compositor.sparse import data_extents
 from compositor.stream_vmdk import (
     GRAIN,
     MARKER_EOS,
@@ -19,7 +20,6 @@ from compositor.stream_vmdk import (
     SECTOR,
     StreamVmdk,
     aiter_chunks,
-    data_extents,
     write_stream_vmdk,
 )
 

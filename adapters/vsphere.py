@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from datetime import datetime
 from pathlib import Path
@@ -54,7 +55,13 @@ from adapters.base import (
 )
 from adapters.vsphere_inventory import Placement, prop, props, resolve
 from adapters.vsphere_ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
-from adapters.vsphere_session import VSphereSession, acquire, release, ssl_context
+from adapters.vsphere_session import (
+    CAFileError,
+    VSphereSession,
+    acquire,
+    release,
+    ssl_context,
+)
 from adapters.vsphere_upload import LeaseLost, complete, upload_disk, wait_ready
 from adapters.vsphere_vm import destroy_vm, mark_as_template, remove_partial
 from adapters.vsphere_watch import wait_for_deploy, wait_power_cycle
@@ -115,6 +122,11 @@ class Config(ConnectorConfig):
             problems.append("set either insecure or ca_file, not both")
         if self.ca_file is not None and not Path(self.ca_file).is_file():
             problems.append(f"ca_file {str(self.ca_file)!r} does not exist")
+        elif self.ca_file is not None and not self.insecure:
+            try:  # a file that is not PEM certificates fails here, not when publishing
+                ssl_context(False, self.ca_file)
+            except CAFileError as exc:
+                problems.append(str(exc))
         for field in ("user_env", "password_env"):
             var = getattr(self, field)
             if not os.environ.get(var):
@@ -135,7 +147,10 @@ class Adapter:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.ssl = ssl_context(config.insecure, config.ca_file)
+        try:
+            self.ssl = ssl_context(config.insecure, config.ca_file)
+        except (CAFileError, ssl.SSLError, OSError) as exc:  # the file changed since the check
+            raise PlatformError(f"vSphere {config.host}: {exc}") from exc
         self._key = (config.host, config.port, config.user_env, config.password_env,
                      config.insecure, str(config.ca_file))
         self.session = acquire(self._key, lambda: VSphereSession(

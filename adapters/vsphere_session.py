@@ -23,13 +23,35 @@ from adapters.vsphere_errors import fault_name, translate
 T = TypeVar("T")
 
 
+class CAFileError(ValueError):
+    """ca_file cannot be used as a set of trusted certificates (the message says why)."""
+
+
 def ssl_context(insecure: bool, ca_file: Path | None) -> ssl.SSLContext:
+    """The TLS context for the connector. Raises CAFileError when ca_file is not a readable
+    PEM file of certificates."""
     if insecure:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        if ca_file is None:
+            raise
+        raise CAFileError(f"ca_file {str(ca_file)!r} cannot be used: {_ssl_problem(exc)}") from exc
+
+
+def _ssl_problem(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if "NO_CERTIFICATE_OR_CRL_FOUND" in reason or "PEM" in reason or "NO_START_LINE" in reason:
+            return f"it holds no PEM certificate ({exc.library or 'SSL'}: {reason})"
+        return f"{exc.library or 'SSL'}: {reason or exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
 
 
 class VSphereSession:

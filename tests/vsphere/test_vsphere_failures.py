@@ -52,6 +52,39 @@ def test_config_rejects_unknown_keys_and_modes(vc_env: None) -> None:
             config_model("vsphere").model_validate({**base, **bad})
 
 
+BASE = {"type": "vsphere", "host": "vc", "user_env": USER_ENV, "password_env": PASSWORD_ENV,
+        "datacenter": "DC0", "datastore": "ds", "cluster": "c"}
+SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"this is not a certificate\n", "no PEM certificate"),
+    (b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n", "PEM"),
+    (b"", "no PEM certificate"),
+])
+def test_config_rejects_a_ca_file_that_is_not_pem(
+    vc_env: None, tmp_path: Path, content: bytes, problem: str
+) -> None:
+    bad = tmp_path / "vcenter-ca.pem"
+    bad.write_bytes(content)
+    with pytest.raises(ValidationError) as info:
+        config_model("vsphere").model_validate({**BASE, "ca_file": str(bad)})
+    text = str(info.value)
+    assert f"ca_file {str(bad)!r} cannot be used" in text and problem in text
+    assert "SSLError" not in text
+
+
+def test_adapter_maps_a_ca_file_broken_after_loading(vc_env: None, tmp_path: Path) -> None:
+    if not SYSTEM_CA.is_file():
+        pytest.skip("no system CA bundle to copy")
+    ca = tmp_path / "vcenter-ca.pem"
+    ca.write_bytes(SYSTEM_CA.read_bytes())
+    config = config_model("vsphere").model_validate({**BASE, "ca_file": str(ca)})
+    ca.write_bytes(b"garbage\n")  # edited between `layerbot check` and the publish
+    with pytest.raises(PlatformError, match=r"ca_file .* cannot be used: it holds no PEM"):
+        create(config)
+
+
 async def test_wrong_password(vcsim: VcSim, vc_env: None, raw_disk: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSWORD_ENV, "wrong-password")

@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from adapters.base import (
+    DETACH_MESSAGE,
     Capability,
     CatalogPath,
     ConnectorConfig,
@@ -174,9 +175,25 @@ class Adapter:
                     log.warning("%s: %s; importing again", ctx.task_id, exc)
                     await self._undo(ctx)
             raise PlatformError("vSphere: import failed")  # loop always returns or raises
-        except BaseException:
-            await asyncio.shield(self._undo(ctx))
+        except BaseException as exc:
+            if is_detach(exc):
+                # The runner stops but keeps the task: the recorded VM stays for the next
+                # runner's cleanup (which removes it and imports again); aborting the lease
+                # makes the partial VM inert meanwhile. Nothing is recorded: the store is
+                # no longer this runner's to write.
+                await asyncio.shield(self._abort_lease(ctx))
+            else:
+                await asyncio.shield(self._undo(ctx))
             raise
+
+    async def _abort_lease(self, ctx: PublishContext) -> None:
+        lease = ctx.resources.get("lease")
+        if not lease:
+            return
+        try:
+            await remove_partial(self.session, {"lease": lease})
+        except Exception:
+            log.exception("%s: could not abort the import lease; cleanup will retry", ctx.task_id)
 
     async def _undo(self, ctx: PublishContext) -> None:
         """Abort the lease and destroy the partial VM, keeping the original error."""
@@ -312,6 +329,11 @@ class Adapter:
         if not self._closed:
             self._closed = True
             await release(self._key, self.session)
+
+
+def is_detach(exc: BaseException) -> bool:
+    """True for the cancellation of a runner that detaches (it leaves resources recorded)."""
+    return isinstance(exc, asyncio.CancelledError) and DETACH_MESSAGE in exc.args
 
 
 def _vm_name(si: Any, vm: Any) -> str | None:

@@ -70,30 +70,27 @@ async def wait_ready(session: VSphereSession, lease: Any, timeout: float = 600.0
         await asyncio.sleep(0.5)
 
 
-async def set_progress(session: VSphereSession, lease: Any, percent: int) -> None:
-    def progress(si: Any) -> None:
+async def _lease_call(session: VSphereSession, call: Callable[[], object], doing: str) -> None:
+    """One HttpNfcLease method call; a lease that no longer exists raises LeaseLost."""
+    def run(si: Any) -> None:
         try:
-            lease.HttpNfcLeaseProgress(percent)
+            call()
         except Exception as exc:
             if fault_name(exc) == "ManagedObjectNotFound":
                 raise LeaseLost("vSphere: the import lease was lost "
                                 f"({fault_message(exc)})") from exc
             raise
 
-    await session.call(progress, "updating the import lease")
+    await session.call(run, doing)
+
+
+async def set_progress(session: VSphereSession, lease: Any, percent: int) -> None:
+    await _lease_call(session, lambda: lease.HttpNfcLeaseProgress(percent),
+                      "updating the import lease")
 
 
 async def complete(session: VSphereSession, lease: Any) -> None:
-    def done(si: Any) -> None:
-        try:
-            lease.HttpNfcLeaseComplete()
-        except Exception as exc:
-            if fault_name(exc) == "ManagedObjectNotFound":
-                raise LeaseLost("vSphere: the import lease was lost "
-                                f"({fault_message(exc)})") from exc
-            raise
-
-    await session.call(done, "completing the import")
+    await _lease_call(session, lease.HttpNfcLeaseComplete, "completing the import")
 
 
 async def abort(session: VSphereSession, lease: Any) -> bool:

@@ -285,3 +285,86 @@ async def test_watch_refuses_another_vcenter(vcsim: VcSim, vc_env: None, raw_dis
     with pytest.raises(NotFoundError, match="is not the vCenter the image was published to"):
         await adapter.wait_for_shutdown(moved, Recorder().context(raw_disk, "x"))
     await adapter.close()
+
+
+async def test_detach_during_upload_keeps_the_vm_for_cleanup(vcsim: VcSim, vc_env: None,
+                                                             raw_disk: Path) -> None:
+    """A runner that detaches (shutdown, lost lease) leaves the recorded VM; the lease is
+    aborted. The next runner's cleanup of the recorded resources removes the VM."""
+    from pyVmomi import vim
+
+    from adapters.base import DETACH_MESSAGE
+    from adapters.vsphere_upload import lease_props
+
+    adapter = make_adapter(vcsim)
+    rec = Recorder()
+    task = asyncio.create_task(adapter.publish(rec.context(raw_disk, "detach-me")))
+
+    async def detach(fraction: float, note: str) -> None:
+        task.cancel(DETACH_MESSAGE)
+
+    rec.hooks.append(detach)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    vms = find_vms(vcsim, "detach-me")
+    assert [vm._moId for vm in vms] == [rec.resources["vm"]]  # kept, and still recorded
+    assert rec.resources.get("lease") and "removed" not in rec.resources
+    lease_id = rec.resources["lease"]
+    try:  # through the adapter's session: vcsim's leases belong to the session
+        state = await adapter.session.call(
+            lambda si: lease_props(si, vim.HttpNfcLease(lease_id, si._stub)).get("state"),
+            "reading the lease")
+    except (PlatformError, NotFoundError):  # an aborted lease is removed
+        state = "gone"
+    assert state in ("error", "gone")  # aborted: the partial VM gets no more data
+    removed = await adapter.cleanup(rec.resources)  # the next runner
+    assert any(line.startswith("removed VM detach-me (vm-") for line in removed)
+    assert find_vms(vcsim, "detach-me") == []
+    await adapter.close()
+
+
+class _Session:
+    """VSphereSession.call without a server."""
+
+    def __init__(self) -> None:
+        self.doing: list[str] = []
+
+    async def call(self, fn, doing: str):  # type: ignore[no-untyped-def]
+        self.doing.append(doing)
+        return fn(object())
+
+
+class _Lease:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def _call(self, name: str, *args: object) -> None:
+        self.calls.append((name, args))
+        if self.error is not None:
+            raise self.error
+
+    def HttpNfcLeaseProgress(self, percent: int) -> None:
+        self._call("progress", percent)
+
+    def HttpNfcLeaseComplete(self) -> None:
+        self._call("complete")
+
+
+async def test_lease_calls_share_one_helper() -> None:
+    from pyVmomi import vmodl
+
+    from adapters.vsphere_upload import LeaseLost, _lease_call, complete, set_progress
+
+    session, lease = _Session(), _Lease()
+    await set_progress(session, lease, 42)  # type: ignore[arg-type]
+    await complete(session, lease)  # type: ignore[arg-type]
+    assert lease.calls == [("progress", (42,)), ("complete", ())]
+    assert session.doing == ["updating the import lease", "completing the import"]
+    gone = _Lease(vmodl.fault.ManagedObjectNotFound(msg="lease-7 is gone"))
+    for call in (lambda: set_progress(session, gone, 1), lambda: complete(session, gone)):  # type: ignore[arg-type]
+        with pytest.raises(LeaseLost, match=r"import lease was lost \(lease-7 is gone\)"):
+            await call()
+    other = _Lease(RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        await _lease_call(session, other.HttpNfcLeaseComplete, "x")  # type: ignore[arg-type]

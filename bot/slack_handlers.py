@@ -253,8 +253,9 @@ class Handlers:
             tasks = await self._start(intent, channel)
         except Exception as exc:
             log.exception("starting %s failed", intent.templates)
-            await reply(slack_blocks.text_message(messages.slack_error(
-                f"Cannot start {', '.join(intent.templates)} ({type(exc).__name__})")))
+            # nothing (or not everything) was queued: let a second click try again
+            released = await self.db.run(self.intents.unclaim, intent.id, clicker)
+            await reply(slack_blocks.text_message(_start_failed(intent.templates, exc, released)))
             return
         await respond(replace_original=True, **slack_blocks.text_message(
             messages.publishing(len(tasks), intent.user, clicker)).payload())
@@ -366,3 +367,14 @@ class Handlers:
     async def home_publish(self, body: dict[str, Any]) -> None:
         user = body["user"]["id"]
         await self.request(user, None, [body["actions"][0]["value"]], self._dm(user, None))
+
+
+def _start_failed(templates: list[str], exc: Exception, released: bool) -> str:
+    """What the clicker reads when starting the confirmed templates failed."""
+    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if len(why) > 300:
+        why = why[:299] + "\u2026"
+    then = (f"Click *{messages.BUTTON_PUBLISH}* again to retry" if released
+            else "Run `/publish` again")
+    return (f":warning: Cannot start {', '.join(templates)}: {why}. {then}, or ask an admin "
+            "to check the bot's log.")

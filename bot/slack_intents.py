@@ -2,7 +2,8 @@
 
 The card's button carries only the intent id. Clicking it claims the intent with one
 atomic UPDATE (unclaimed and not expired), so a double click, two people clicking or
-a retried request start the templates exactly once.
+a retried request start the templates exactly once. When starting fails, the claim is
+given back (``unclaim``) so the button can be clicked again.
 """
 
 from __future__ import annotations
@@ -96,6 +97,18 @@ class IntentStore:
         if intent.claimed_by is not None:
             return Claim.USED
         return Claim.EXPIRED
+
+    def unclaim(self, intent_id: str, by: str) -> bool:
+        """Give back ``by``'s claim when starting failed, so the card's button works again
+        (tasks already queued for it are not queued twice: they have idempotency keys).
+        False when the intent is not claimed by ``by`` (e.g. it was cancelled)."""
+        with self.store.transaction():
+            cur = self.store.db.execute(
+                "UPDATE slack_intents SET claimed_by = NULL, claimed_at = NULL"
+                " WHERE id = ? AND claimed_by = ?",
+                [intent_id, by],
+            )
+        return cur.rowcount == 1
 
     def cancel(self, intent_id: str, by: str) -> Claim:
         """Withdraw an unclaimed intent so its card can no longer start anything."""

@@ -35,7 +35,7 @@ _OWNER = re.compile(r"(?P<host>[A-Za-z0-9.-]+)-(?P<pid>[0-9]+)-[a-z0-9_]{8}(?:\.
 
 def host_name() -> str:
     """This host's name as it appears in temporary names (letters, digits, dots, hyphens)."""
-    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()).strip("_") or "localhost"
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()).strip("-.") or "localhost"
 
 
 def owner_prefix(prefix: str) -> str:

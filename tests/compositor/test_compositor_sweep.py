@@ -10,6 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from compositor import sweep_stale
 from compositor.sweep import STALE_AFTER, host_name
 
@@ -114,3 +116,18 @@ def test_sweep_keeps_live_owners_and_fresh_foreign_entries(tmp_path: Path) -> No
         sleeper.kill()
         sleeper.wait()
     assert sweep_stale(tmp_path / "missing", tmp_path / "missing") == []
+
+
+def test_host_names_outside_the_name_alphabet_still_identify_the_owner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from compositor import sweep
+
+    monkeypatch.setattr(sweep.socket, "gethostname", lambda: "build_01 (lab)")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    work = tmp_path / "work"
+    stale = work / f"layerbot-build-{host_name()}-{dead.pid}-abcd1234"
+    stale.mkdir(parents=True)
+    assert host_name() == "build-01--lab"
+    assert sweep_stale(work, tmp_path / "cache") == [stale]

@@ -24,6 +24,7 @@ from adapters.base import (
     PublishContext,
     Published,
 )
+from compositor.sparse import data_extents
 from compositor.spec import FORMAT_EXTENSIONS
 from compositor.threads import in_thread
 
@@ -38,21 +39,6 @@ class Config(ConnectorConfig):
     type: Literal["local"]
     path: CatalogPath
     format: DiskFormat = "qcow2"
-
-
-def _extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """Data ranges of a (possibly sparse) file."""
-    out: list[tuple[int, int]] = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:  # ENXIO: no data after pos
-            break
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        out.append((start, end))
-        pos = end
-    return out
 
 
 class Adapter:
@@ -105,7 +91,7 @@ class Adapter:
         dest.parent.mkdir(parents=True, exist_ok=True)
         size = src.stat().st_size
         with open(src, "rb") as fin, open(dest, "wb") as fout:
-            extents = _extents(fin.fileno(), size)
+            extents = data_extents(fin.fileno(), size)
             total = sum(e - s for s, e in extents) or 1
             done = 0
             for start, end in extents:

@@ -23,7 +23,7 @@ from bot.catalog import Catalog
 from bot.publish import Job, TaskConfigError, build_job, remove_partial, steps_for
 from bot.steps import DETACH, StepRunner
 from bot.store import LeaseLost, Task, TaskStore
-from compositor import CompositorError
+from compositor import CompositorError, sweep_stale
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,10 @@ class JobRunner:
                   until_done: bool = False) -> None:
         """Claim and work tasks until ``stop`` is set, or (``until_done``) until every
         task in ``only`` is finished."""
+        swept = await asyncio.to_thread(
+            sweep_stale, self.catalog.runner.work_dir, self.catalog.runner.cache_dir)
+        if swept:
+            log.info("removed %d files left by runners that died: %s", len(swept), swept)
         try:
             while not (stop and stop.is_set()):
                 await self._fill(only)

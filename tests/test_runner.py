@@ -184,3 +184,17 @@ async def test_a_task_whose_runners_keep_dying_gives_up(catalog: Catalog, store:
     assert task.status == states.FAILED
     assert task.error is not None and task.error.startswith(
         f"gave up: the runners working this task stopped {catalog.runner.max_attempts} times")
+
+
+async def test_a_runner_sweeps_what_dead_runners_left(catalog: Catalog, store: TaskStore) -> None:
+    from compositor.sweep import BUILD_PREFIX, host_name
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = catalog.runner.work_dir / f"{BUILD_PREFIX}{host_name()}-{dead.pid}-abcdefgh"
+    (leftover / "root" / "etc").mkdir(parents=True)
+    (leftover / "root" / "etc" / "big").write_bytes(b"x" * 4096)
+    task_id = queue(store, catalog)
+    await run_until_finished(store, catalog, [task_id])
+    assert not leftover.exists()
+    assert store.get(task_id).status == states.DONE

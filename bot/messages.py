@@ -339,3 +339,21 @@ def reason_second_person(requester: str) -> str:
 
 def reason_unknown_template(name: str) -> str:
     return f"the template {name} is no longer in the catalog"
+
+
+def _why(exc: BaseException) -> str:
+    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return why if len(why) <= 300 else why[:299] + "\u2026"
+
+
+def cannot_prepare(templates: list[str], exc: BaseException, *, explained: bool) -> str:
+    """Planning a publish failed; an ``explained`` error's message says why in words."""
+    why = str(exc) if explained else _why(exc)
+    return f"Cannot prepare {', '.join(templates)}: {why}"
+
+
+def start_failed(templates: list[str], exc: BaseException, released: bool) -> str:
+    """What the clicker reads when starting the confirmed templates failed."""
+    then = f"Click *{BUTTON_PUBLISH}* again to retry" if released else "Run `/publish` again"
+    return (f":warning: Cannot start {', '.join(templates)}: {_why(exc)}. {then}, or ask an "
+            "admin to check the bot's log.")

@@ -21,7 +21,7 @@ from bot.slack_blocks import Message
 from bot.slack_db import SlackDB
 from bot.slack_intents import Claim, Intent
 from bot.store import Task, TaskNotFound
-from bot.summary import PublishPlan, enqueue, plan
+from bot.summary import PlanError, PublishPlan, enqueue, plan
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +193,10 @@ class Handlers:
         try:
             plans = await self._plans(names, check_cache=True)
         except Exception as exc:
-            log.exception("planning %s failed", names)
+            log.log(logging.INFO if isinstance(exc, PlanError) else logging.ERROR,
+                    "planning %s failed", names, exc_info=not isinstance(exc, PlanError))
             await reply(slack_blocks.text_message(messages.slack_error(
-                f"Cannot prepare {', '.join(names)} ({type(exc).__name__})")))
+                messages.cannot_prepare(names, exc, explained=isinstance(exc, PlanError)))))
             return
         intent = await self.db.run(self.intents.create, user, channel, names, rule)
         card = slack_blocks.confirm_card(plans, intent.id, user,
@@ -255,7 +256,7 @@ class Handlers:
             log.exception("starting %s failed", intent.templates)
             # nothing (or not everything) was queued: let a second click try again
             released = await self.db.run(self.intents.unclaim, intent.id, clicker)
-            await reply(slack_blocks.text_message(_start_failed(intent.templates, exc, released)))
+            await reply(slack_blocks.text_message(messages.start_failed(intent.templates, exc, released)))
             return
         await respond(replace_original=True, **slack_blocks.text_message(
             messages.publishing(len(tasks), intent.user, clicker)).payload())
@@ -367,14 +368,3 @@ class Handlers:
     async def home_publish(self, body: dict[str, Any]) -> None:
         user = body["user"]["id"]
         await self.request(user, None, [body["actions"][0]["value"]], self._dm(user, None))
-
-
-def _start_failed(templates: list[str], exc: Exception, released: bool) -> str:
-    """What the clicker reads when starting the confirmed templates failed."""
-    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if len(why) > 300:
-        why = why[:299] + "\u2026"
-    then = (f"Click *{messages.BUTTON_PUBLISH}* again to retry" if released
-            else "Run `/publish` again")
-    return (f":warning: Cannot start {', '.join(templates)}: {why}. {then}, or ask an admin "
-            "to check the bot's log.")

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,18 +108,25 @@ class ComposeStep:
     async def run(self, job: Job) -> None:
         spec = await asyncio.to_thread(image_spec, job.catalog, job.template, job.adapter)
         await job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
-                   event=("stage", messages.stage_compositing(len(spec.layers))))
+                         event=("stage", messages.stage_compositing(len(spec.layers))))
 
-        def on_progress(note: str, fraction: float) -> None:  # called in compositor threads
-            job.progress(fraction * 100, note)
+        # The compositor reports from its threads and from the event loop; a store write
+        # waits for fsync, so every report is handed to one writer thread (in order).
+        writer = ThreadPoolExecutor(1, thread_name_prefix=f"progress-{job.task.id}")
+
+        def on_progress(note: str, fraction: float) -> None:
+            writer.submit(job.progress, fraction * 100, note)
 
         started = time.monotonic()
-        built = await compositor.build_image(
-            spec,
-            work_dir=job.catalog.runner.work_dir,
-            cache_dir=job.catalog.runner.cache_dir,
-            progress=on_progress,
-        )
+        try:
+            built = await compositor.build_image(
+                spec,
+                work_dir=job.catalog.runner.work_dir,
+                cache_dir=job.catalog.runner.cache_dir,
+                progress=on_progress,
+            )
+        finally:
+            await asyncio.to_thread(writer.shutdown)
         job.built = built
         if built.cache_hit:
             await job.add_event("cache_hit", messages.cache_hit(built.cache_key),

@@ -5,6 +5,7 @@ click and submission is answered well inside Slack's 3 seconds."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
@@ -41,25 +42,14 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
         await ack()
         background.spawn(handlers.modal_submitted(body), "modal")
 
-    @app.action(sb.ACTION_CONFIRM)
-    async def confirm(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        background.spawn(handlers.confirm(body, respond), "confirm")
-
-    @app.action(sb.ACTION_DISMISS)
-    async def dismiss(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        background.spawn(handlers.dismiss(body, respond), "dismiss")
-
-    @app.action(sb.ACTION_TASK_CANCEL)
-    async def task_cancel(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        background.spawn(handlers.task_cancel(body, respond), "task-cancel")
-
-    @app.action(sb.ACTION_TASK_RETRY)
-    async def task_retry(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        background.spawn(handlers.task_retry(body, respond), "task-retry")
+    buttons = {
+        sb.ACTION_CONFIRM: (handlers.confirm, "confirm"),
+        sb.ACTION_DISMISS: (handlers.dismiss, "dismiss"),
+        sb.ACTION_TASK_CANCEL: (handlers.task_cancel, "task-cancel"),
+        sb.ACTION_TASK_RETRY: (handlers.task_retry, "task-retry"),
+    }
+    for action_id, (handler, name) in buttons.items():
+        app.action(action_id)(_acked_button(background, handler, name))
 
     @app.action(sb.ACTION_HOME_PUBLISH)
     async def home_publish(ack: AsyncAck, body: dict[str, Any]) -> None:
@@ -76,3 +66,16 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
         background.spawn(handlers.home_opened(event), "home")
 
     return app
+
+
+ButtonHandler = Callable[[dict[str, Any], AsyncRespond], Coroutine[Any, Any, None]]
+
+
+def _acked_button(background: Background, handler: ButtonHandler, name: str) -> Any:
+    """A listener that acks, then leaves the work to ``handler`` in the background."""
+
+    async def listener(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        background.spawn(handler(body, respond), name)
+
+    return listener

@@ -142,7 +142,7 @@ class _Writer:
             if not m.isfifo() and self.tree.kind != "os":
                 raise self.fail(m.name, f"device node in an {self.tree.kind} layer")
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK if m.isblk() else stat.S_IFIFO
-            os.close(os.open(path, _FILE_FLAGS, 0o600))  # placeholder; the debugfs fixup makes the node
+            os.close(os.open(path, _FILE_FLAGS, 0o600))  # stand-in; the debugfs fixup makes the node
             rdev = os.makedev(m.devmajor, m.devminor) if kind != stat.S_IFIFO else 0
             self.meta[rel] = Meta(kind | meta.mode, m.uid, m.gid, mtime_ns, rdev)
         else:

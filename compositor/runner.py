@@ -2,6 +2,13 @@
 
 Each command gets its own process group. When the awaiting task is cancelled the group gets
 SIGINT (tools clean up), then SIGKILL after a grace period.
+
+A process group, not a session (``start_new_session``): with the Linux scheduler's
+autogroups (``kernel.sched_autogroup_enabled``, the default on most distributions) every new
+session becomes a CPU group of its own, which competes with the caller's whole process as an
+equal, whatever its ``nice`` value. Two composites' tools then kept ``layerbot serve``'s event
+loop off the CPU for up to 100 ms (its thread runnable but waiting: /proc schedstat). In the
+caller's session the tools' niceness counts against the caller's threads, as intended.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ async def run(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=stdout_file if stdout_file is not None else asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
+        process_group=0,  # not a new session: see the module docstring
         env={**os.environ, **_ENV, **(env or {})},
     )
     try:
@@ -115,7 +122,7 @@ async def _spawn(
         stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
+        process_group=0,
         env={**os.environ, **_ENV},
     )
 

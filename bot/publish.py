@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import adapters
-import compositor
 from adapters.base import Adapter, Capability, PublishContext, Published
 from bot import messages, states
 from bot.catalog import Catalog, Template
 from bot.steps import Outcome, Step
 from bot.store import LeaseLost, Task, TaskStore
 from compositor.firstboot import publish_layer
+from compositor.isolated import build_image_isolated
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
 
 
@@ -110,8 +110,8 @@ class ComposeStep:
         await job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
                          event=("stage", messages.stage_compositing(len(spec.layers))))
 
-        # The compositor reports from its threads and from the event loop; a store write
-        # waits for fsync, so every report is handed to one writer thread (in order).
+        # Progress arrives on the event loop; a store write waits for fsync, so every
+        # report is handed to one writer thread (in order).
         writer = ThreadPoolExecutor(1, thread_name_prefix=f"progress-{job.task.id}")
 
         def on_progress(note: str, fraction: float) -> None:
@@ -119,7 +119,9 @@ class ComposeStep:
 
         started = time.monotonic()
         try:
-            built = await compositor.build_image(
+            # In a child process: its Python threads would otherwise hold this process's
+            # GIL for tens of ms at a time, and serve's event loop would wait for it.
+            built = await build_image_isolated(
                 spec,
                 work_dir=job.catalog.runner.work_dir,
                 cache_dir=job.catalog.runner.cache_dir,

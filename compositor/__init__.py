@@ -2,6 +2,7 @@
 
 Public API:
     build_image(spec, work_dir=, cache_dir=, progress=) -> BuiltImage   (async)
+    isolated.build_image_isolated(...)   # the same, in a child process (keeps the GIL free)
     cache_lookup(spec, cache_dir=) -> BuiltImage | None
     layer_digest(source, cache_dir=) -> str
     required_tools(formats, filesystems=("ext4",)) -> list[ToolStatus]

@@ -39,6 +39,10 @@ def set_tool_niceness(value: int) -> None:
     _niceness = max(0, value)
 
 
+def tool_niceness() -> int:
+    return _niceness
+
+
 def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
     args = [os.fspath(a) for a in argv]
     return ["nice", "-n", str(_niceness), *args] if _niceness else args

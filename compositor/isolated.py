@@ -1,0 +1,196 @@
+"""build_image in a separate Python process, so its Python work (scanning, hashing, merging
+thousands of files) never holds the caller's GIL: ``layerbot serve``'s event loop keeps
+answering Slack while composites run.
+
+The child is ``python -m compositor.worker``. It reads one JSON request line on stdin (the
+spec, the directories, the niceness) and writes JSON lines on stdout: ``{"progress": [note,
+fraction]}``, then ``{"result": {...}}`` or ``{"error": {...}}``. A compositor error is
+raised here again as the same class with the same message and attributes. Its stderr
+(logging) goes to this process's log.
+
+Cancelling the awaiting task sends the child SIGTERM: it cancels its build, which kills its
+tools and removes its temporary files, and exits; after a grace period it gets SIGKILL.
+When this process dies, the child sees stdin close and cancels its build the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import CompositorError
+from .runner import tool_niceness
+from .spec import BuiltImage, ExtraFile, ImageSpec, LayerSource, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+#: How long a cancelled child may take to clean up before it is killed.
+GRACE_SECONDS = 30.0
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+class WorkerCrashed(Exception):
+    """The compositor process ended without a result (killed, or a bug outside build_image)."""
+
+
+# ------------------------------------------------------------------ (de)serialization
+def spec_to_json(spec: ImageSpec) -> dict[str, Any]:
+    return {
+        "layers": [[layer.name, layer.kind, os.fspath(layer.source)] for layer in spec.layers],
+        "size_gib": spec.size_gib,
+        "format": spec.format,
+        "filesystem": spec.filesystem,
+        "extra_files": [[f.path, base64.b64encode(f.content).decode("ascii"), f.mode, f.uid, f.gid]
+                        for f in spec.extra_files],
+        "extra_symlinks": [list(link) for link in spec.extra_symlinks],
+    }
+
+
+def spec_from_json(data: dict[str, Any]) -> ImageSpec:
+    return ImageSpec(
+        layers=tuple(LayerSource(name, kind, Path(source))
+                     for name, kind, source in data["layers"]),
+        size_gib=data["size_gib"],
+        format=data["format"],
+        filesystem=data["filesystem"],
+        extra_files=tuple(ExtraFile(path, base64.b64decode(content), mode, uid, gid)
+                          for path, content, mode, uid, gid in data["extra_files"]),
+        extra_symlinks=tuple((path, target) for path, target in data["extra_symlinks"]),
+    )
+
+
+def built_to_json(built: BuiltImage) -> dict[str, Any]:
+    return {"path": os.fspath(built.path), "format": built.format,
+            "virtual_size": built.virtual_size, "file_size": built.file_size,
+            "cache_key": built.cache_key, "cache_hit": built.cache_hit,
+            "layer_digests": built.layer_digests}
+
+
+def built_from_json(data: dict[str, Any]) -> BuiltImage:
+    return BuiltImage(path=Path(data["path"]), format=data["format"],
+                      virtual_size=data["virtual_size"], file_size=data["file_size"],
+                      cache_key=data["cache_key"], cache_hit=data["cache_hit"],
+                      layer_digests=dict(data["layer_digests"]))
+
+
+def error_to_json(exc: CompositorError) -> dict[str, Any]:
+    attrs = {k: v for k, v in vars(exc).items() if _plain(v)}
+    return {"class": f"{type(exc).__module__}:{type(exc).__qualname__}", "message": str(exc),
+            "attrs": attrs}
+
+
+def error_from_json(data: dict[str, Any]) -> CompositorError:
+    """The same class (CompositorError if it is not known here), message and attributes."""
+    cls = _error_classes().get(data["class"], CompositorError)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, data["message"])
+    vars(exc).update(data.get("attrs") or {})
+    return exc
+
+
+def _error_classes() -> dict[str, type[CompositorError]]:
+    found: dict[str, type[CompositorError]] = {}
+    pending: list[type[CompositorError]] = [CompositorError]
+    while pending:
+        cls = pending.pop()
+        found[f"{cls.__module__}:{cls.__qualname__}"] = cls
+        pending += cls.__subclasses__()
+    return found
+
+
+def _plain(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ the parent's side
+async def build_image_isolated(
+    spec: ImageSpec, *, work_dir: Path, cache_dir: Path,
+    progress: ProgressCallback | None = None,
+) -> BuiltImage:
+    """compositor.build_image(spec, ...) run by a child process; same result and errors.
+
+    ``progress`` is called from the event loop (build_image also calls it from threads).
+    """
+    request = {"spec": spec_to_json(spec), "work_dir": os.fspath(work_dir),
+               "cache_dir": os.fspath(cache_dir), "niceness": tool_niceness()}
+    path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "compositor.worker",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": path},
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    outcome: dict[str, Any] = {}
+    readers = asyncio.ensure_future(asyncio.gather(
+        _read_messages(proc.stdout, progress, outcome), _log_stderr(proc.stderr, proc.pid)))
+    try:
+        proc.stdin.write(json.dumps(request).encode() + b"\n")
+        with contextlib.suppress(ConnectionError):
+            await proc.stdin.drain()
+        # stdin stays open: the child cancels its build when it closes (this process died)
+        await asyncio.shield(readers)
+        code = await proc.wait()
+    except BaseException:
+        await _stop(proc, readers)
+        raise
+    finally:
+        proc.stdin.close()
+    if "result" in outcome:
+        return built_from_json(outcome["result"])
+    if "error" in outcome:
+        raise error_from_json(outcome["error"])
+    if "crash" in outcome:
+        raise WorkerCrashed(outcome["crash"])
+    raise WorkerCrashed(f"the compositor process exited with code {code} and no result")
+
+
+async def _read_messages(stream: asyncio.StreamReader, progress: ProgressCallback | None,
+                         outcome: dict[str, Any]) -> None:
+    while line := await stream.readline():
+        message = json.loads(line)
+        if "progress" in message:
+            if progress is not None:
+                note, fraction = message["progress"]
+                progress(note, fraction)
+        else:
+            outcome.update(message)
+
+
+async def _log_stderr(stream: asyncio.StreamReader, pid: int) -> None:
+    while line := await stream.readline():
+        text = line.decode(errors="replace").rstrip()
+        if text:
+            log.warning("compositor process %d: %s", pid, text)
+
+
+async def _stop(proc: asyncio.subprocess.Process, readers: asyncio.Future[Any]) -> None:
+    """SIGTERM (the child cancels its build and cleans up), SIGKILL after the grace period;
+    waits for the child even if the caller is cancelled again."""
+    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, None)):
+        if proc.returncode is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        waiting = asyncio.ensure_future(asyncio.wait_for(proc.wait(), wait))
+        while not waiting.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([waiting])
+        if not waiting.cancelled() and waiting.exception() is None:
+            break
+    while not readers.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([readers])
+    if not readers.cancelled():
+        readers.exception()

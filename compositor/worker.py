@@ -1,0 +1,89 @@
+"""The compositor process of compositor.isolated: ``python -m compositor.worker``.
+
+stdin: one JSON request line, then nothing until the parent goes (EOF cancels the build).
+stdout: JSON lines, progress then a result or an error. stderr: log messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import IO, Any
+
+from .build import build_image
+from .errors import CompositorError
+from .isolated import built_to_json, error_to_json, spec_from_json
+from .runner import set_tool_niceness
+
+#: exit status of a cancelled build
+CANCELLED = 130
+
+
+class Channel:
+    """JSON lines to the parent; thread-safe (build_image reports from its threads)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message) + "\n"
+        with self.lock:
+            self.stream.write(line)
+            self.stream.flush()
+
+
+async def serve(request: dict[str, Any], channel: Channel) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+
+    def parent_gone() -> None:
+        sys.stdin.read()  # returns at EOF: the parent closed stdin or died
+        loop.call_soon_threadsafe(task.cancel)
+
+    threading.Thread(target=parent_gone, daemon=True, name="stdin-watch").start()
+    try:
+        built = await build_image(
+            spec_from_json(request["spec"]), work_dir=request["work_dir"],
+            cache_dir=request["cache_dir"],
+            progress=lambda note, fraction: channel.send({"progress": [note, fraction]}))
+    except CompositorError as exc:
+        channel.send({"error": error_to_json(exc)})
+        return
+    except Exception as exc:  # a bug: the parent reports it as an internal error
+        logging.getLogger(__name__).exception("build_image failed")
+        channel.send({"crash": f"{type(exc).__name__}: {exc}"})
+        return
+    channel.send({"result": built_to_json(built)})
+
+
+def main() -> int:
+    # The protocol owns the real stdout; anything else printed goes to stderr.
+    channel = Channel(os.fdopen(os.dup(1), "w"))
+    os.dup2(2, 1)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    request = json.loads(sys.stdin.readline())
+    niceness = int(request.get("niceness") or 0)
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)  # this whole process, so its tools inherit it
+    set_tool_niceness(0)
+    try:
+        asyncio.run(serve(request, channel))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        return CANCELLED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

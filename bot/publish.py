@@ -26,7 +26,7 @@ from bot.catalog import Catalog, Template
 from bot.steps import Outcome, Step
 from bot.store import LeaseLost, Task, TaskStore
 from compositor.firstboot import publish_layer
-from compositor.isolated import build_image_isolated
+from compositor.isolated import build_image_isolated, publish_layer_isolated
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
 
 
@@ -106,7 +106,17 @@ class ComposeStep:
     name = "compose"
 
     async def run(self, job: Job) -> None:
-        spec = await asyncio.to_thread(image_spec, job.catalog, job.template, job.adapter)
+        # image_spec's guest inspection, in a child process: reading a big tar layer's index
+        # is seconds of Python, which would hold this process's GIL.
+        connector = job.catalog.connectors[job.template.connector]
+        layers = tuple(LayerSource(name, layer.kind, layer.source)
+                       for name, layer in job.catalog.layers_of(job.template))
+        files, links = await publish_layer_isolated(
+            layers, job.template.disk.filesystem, list(connector.scripts), connector.shutdown)
+        spec = ImageSpec(layers=layers, size_gib=job.template.disk.size_gib,
+                         filesystem=job.template.disk.filesystem,
+                         format=job.adapter.disk_format(), extra_files=files,
+                         extra_symlinks=links)
         await job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
                          event=("stage", messages.stage_compositing(len(spec.layers))))
 

@@ -1,16 +1,17 @@
-"""build_image in a separate Python process, so its Python work (scanning, hashing, merging
-thousands of files) never holds the caller's GIL: ``layerbot serve``'s event loop keeps
-answering Slack while composites run.
+"""build_image and publish_layer (the guest inspection) in a separate Python process, so their
+Python work (scanning, hashing, merging thousands of files, reading a tar layer's index)
+never holds the caller's GIL: ``layerbot serve``'s event loop keeps answering Slack while
+composites run.
 
-The child is ``python -m compositor.worker``. It reads one JSON request line on stdin (the
-spec, the directories, the niceness) and writes JSON lines on stdout: ``{"progress": [note,
-fraction]}``, then ``{"result": {...}}`` or ``{"error": {...}}``. A compositor error is
+The child is ``python -m compositor.worker``, one per call. It reads one JSON request line on
+stdin (the operation and its arguments, the niceness) and writes JSON lines on stdout:
+``{"progress": [note, fraction]}``, then ``{"result": ...}`` or ``{"error": {...}}``. A compositor error is
 raised here again as the same class with the same message and attributes. Its stderr
 (logging) goes to this process's log.
 
-Cancelling the awaiting task sends the child SIGTERM: it cancels its build, which kills its
-tools and removes its temporary files, and exits; after a grace period it gets SIGKILL.
-When this process dies, the child sees stdin close and cancels its build the same way.
+Cancelling the awaiting task sends the child SIGTERM: it cancels its work (build_image kills
+its tools and removes its temporary files) and exits; after a grace period it gets SIGKILL.
+When this process dies, the child sees stdin close and cancels its work the same way.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import CompositorError
+from .firstboot import PublishLayer, ShutdownMode
 from .runner import tool_niceness
-from .spec import BuiltImage, ExtraFile, ImageSpec, LayerSource, ProgressCallback
+from .spec import BuiltImage, ExtraFile, Filesystem, ImageSpec, LayerSource, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +126,29 @@ async def build_image_isolated(
 
     ``progress`` is called from the event loop (build_image also calls it from threads).
     """
-    request = {"spec": spec_to_json(spec), "work_dir": os.fspath(work_dir),
-               "cache_dir": os.fspath(cache_dir), "niceness": tool_niceness()}
+    result = await _in_child({"op": "build_image", "spec": spec_to_json(spec),
+                              "work_dir": os.fspath(work_dir), "cache_dir": os.fspath(cache_dir)},
+                             progress)
+    return built_from_json(result)
+
+
+async def publish_layer_isolated(
+    layers: Sequence[LayerSource], filesystem: Filesystem, scripts: Sequence[Path],
+    shutdown: ShutdownMode,
+) -> PublishLayer:
+    """compositor.firstboot.publish_layer(...) run by a child process (reading a big tar
+    layer's index is seconds of Python); same result and errors (GuestOSError)."""
+    probe = ImageSpec(layers=tuple(layers), size_gib=1, format="raw", filesystem=filesystem)
+    result = await _in_child({"op": "publish_layer", "spec": spec_to_json(probe),
+                              "scripts": [os.fspath(s) for s in scripts], "shutdown": shutdown},
+                             None)
+    files = spec_from_json({**spec_to_json(probe), "extra_files": result["files"],
+                            "extra_symlinks": result["links"]})
+    return files.extra_files, files.extra_symlinks
+
+
+async def _in_child(request: dict[str, Any], progress: ProgressCallback | None) -> Any:
+    request["niceness"] = tool_niceness()
     path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "compositor.worker",
@@ -139,7 +163,7 @@ async def build_image_isolated(
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         with contextlib.suppress(ConnectionError):
             await proc.stdin.drain()
-        # stdin stays open: the child cancels its build when it closes (this process died)
+        # stdin stays open: the child cancels its work when it closes (this process died)
         await asyncio.shield(readers)
         code = await proc.wait()
     except BaseException:
@@ -148,7 +172,7 @@ async def build_image_isolated(
     finally:
         proc.stdin.close()
     if "result" in outcome:
-        return built_from_json(outcome["result"])
+        return outcome["result"]
     if "error" in outcome:
         raise error_from_json(outcome["error"])
     if "crash" in outcome:

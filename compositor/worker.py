@@ -1,6 +1,7 @@
-"""The compositor process of compositor.isolated: ``python -m compositor.worker``.
+"""The compositor process of compositor.isolated: ``python -m compositor.worker``; runs one
+operation (build_image or publish_layer) and exits.
 
-stdin: one JSON request line, then nothing until the parent goes (EOF cancels the build).
+stdin: one JSON request line, then nothing until the parent goes (EOF cancels the work).
 stdout: JSON lines, progress then a result or an error. stderr: log messages.
 """
 
@@ -8,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import IO, Any
 
 from .build import build_image
 from .errors import CompositorError
-from .isolated import built_to_json, error_to_json, spec_from_json
+from .firstboot import publish_layer
+from .isolated import built_to_json, error_to_json, spec_from_json, spec_to_json
 from .runner import set_tool_niceness
 
 #: exit status of a cancelled build
@@ -52,18 +57,38 @@ async def serve(request: dict[str, Any], channel: Channel) -> None:
 
     threading.Thread(target=parent_gone, daemon=True, name="stdin-watch").start()
     try:
-        built = await build_image(
-            spec_from_json(request["spec"]), work_dir=request["work_dir"],
-            cache_dir=request["cache_dir"],
-            progress=lambda note, fraction: channel.send({"progress": [note, fraction]}))
+        result = await OPERATIONS[request["op"]](request, channel)
     except CompositorError as exc:
         channel.send({"error": error_to_json(exc)})
         return
     except Exception as exc:  # a bug: the parent reports it as an internal error
-        logging.getLogger(__name__).exception("build_image failed")
+        logging.getLogger(__name__).exception("%s failed", request["op"])
         channel.send({"crash": f"{type(exc).__name__}: {exc}"})
         return
-    channel.send({"result": built_to_json(built)})
+    channel.send({"result": result})
+
+
+async def _build_image(request: dict[str, Any], channel: Channel) -> Any:
+    built = await build_image(
+        spec_from_json(request["spec"]), work_dir=request["work_dir"],
+        cache_dir=request["cache_dir"],
+        progress=lambda note, fraction: channel.send({"progress": [note, fraction]}))
+    return built_to_json(built)
+
+
+async def _publish_layer(request: dict[str, Any], channel: Channel) -> Any:
+    spec = spec_from_json(request["spec"])
+    files, links = await asyncio.to_thread(
+        publish_layer, spec.layers, spec.filesystem, [Path(s) for s in request["scripts"]],
+        request["shutdown"])
+    encoded = spec_to_json(dataclasses.replace(spec, extra_files=files, extra_symlinks=links))
+    return {"files": encoded["extra_files"], "links": encoded["extra_symlinks"]}
+
+
+OPERATIONS: dict[str, Callable[[dict[str, Any], Channel], Awaitable[Any]]] = {
+    "build_image": _build_image,
+    "publish_layer": _publish_layer,
+}
 
 
 def main() -> int:

@@ -18,10 +18,13 @@ from compositor import (
     ToolFailedError,
     build_image,
 )
+from compositor.firstboot import publish_layer
+from compositor.guestos import GuestOSError
 from compositor.isolated import (
     build_image_isolated,
     error_from_json,
     error_to_json,
+    publish_layer_isolated,
     spec_from_json,
     spec_to_json,
 )
@@ -118,3 +121,27 @@ async def test_cancel_stops_the_child_and_cleans_up(tmp_path: Path, stage: str) 
     assert list((tmp_path / "work").iterdir()) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
     assert not (tmp_path / "cache" / "images").exists()
+
+
+async def test_publish_layer_isolated_matches_publish_layer(tmp_path: Path) -> None:
+    root = tmp_path / "debian"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("ID=debian\n")
+    (root / "lib" / "systemd").mkdir(parents=True)
+    (root / "lib" / "systemd" / "systemd").write_bytes(b"\x7fELF")
+    (root / "sbin").mkdir()
+    (root / "sbin" / "init").symlink_to("/lib/systemd/systemd")
+    script = tmp_path / "hello.sh"
+    script.write_bytes(b"#!/bin/sh\necho \xff\n")
+    layers = (LayerSource("debian", "os", root),)
+    expected = publish_layer(layers, "ext4", [script], "manual")
+    assert await publish_layer_isolated(layers, "ext4", [script], "manual") == expected
+
+
+async def test_publish_layer_isolated_raises_guest_os_error(tmp_path: Path) -> None:
+    layers = (LayerSource("empty", "os", tmp_path),)
+    with pytest.raises(GuestOSError) as direct:
+        publish_layer(layers, "ntfs", [], "auto")
+    with pytest.raises(GuestOSError) as isolated:
+        await publish_layer_isolated(layers, "ntfs", [], "auto")
+    assert str(isolated.value) == str(direct.value)

@@ -83,15 +83,22 @@ class Job:
                               data={"percent": percent})
 
 
-def image_spec(catalog: Catalog, template: Template, adapter: Adapter) -> ImageSpec:
-    """The compositor's input. Looks into the layers (how the guest boots, where the first-boot
-    runner hooks in): may take a while for big tar layers, and raises GuestOSError."""
-    connector = catalog.connectors[template.connector]
-    layers = tuple(
+def layer_sources(catalog: Catalog, template: Template) -> tuple[LayerSource, ...]:
+    return tuple(
         LayerSource(name, layer.kind, layer.source) for name, layer in catalog.layers_of(template)
     )
-    files, links = publish_layer(layers, template.disk.filesystem, list(connector.scripts),
-                                 connector.shutdown)
+
+
+def publish_layer_args(catalog: Catalog, template: Template,
+                       layers: tuple[LayerSource, ...]) -> tuple[Any, ...]:
+    """Arguments of compositor.firstboot.publish_layer (and its isolated twin)."""
+    connector = catalog.connectors[template.connector]
+    return layers, template.disk.filesystem, list(connector.scripts), connector.shutdown
+
+
+def assemble_spec(template: Template, adapter: Adapter, layers: tuple[LayerSource, ...],
+                  publish: tuple[Any, Any]) -> ImageSpec:
+    files, links = publish
     return ImageSpec(
         layers=layers,
         size_gib=template.disk.size_gib,
@@ -102,21 +109,24 @@ def image_spec(catalog: Catalog, template: Template, adapter: Adapter) -> ImageS
     )
 
 
+def image_spec(catalog: Catalog, template: Template, adapter: Adapter) -> ImageSpec:
+    """The compositor's input. Looks into the layers (how the guest boots, where the first-boot
+    runner hooks in): may take a while for big tar layers, and raises GuestOSError."""
+    layers = layer_sources(catalog, template)
+    publish = publish_layer(*publish_layer_args(catalog, template, layers))
+    return assemble_spec(template, adapter, layers, publish)
+
+
 class ComposeStep:
     name = "compose"
 
     async def run(self, job: Job) -> None:
         # image_spec's guest inspection, in a child process: reading a big tar layer's index
         # is seconds of Python, which would hold this process's GIL.
-        connector = job.catalog.connectors[job.template.connector]
-        layers = tuple(LayerSource(name, layer.kind, layer.source)
-                       for name, layer in job.catalog.layers_of(job.template))
-        files, links = await publish_layer_isolated(
-            layers, job.template.disk.filesystem, list(connector.scripts), connector.shutdown)
-        spec = ImageSpec(layers=layers, size_gib=job.template.disk.size_gib,
-                         filesystem=job.template.disk.filesystem,
-                         format=job.adapter.disk_format(), extra_files=files,
-                         extra_symlinks=links)
+        layers = layer_sources(job.catalog, job.template)
+        publish = await publish_layer_isolated(
+            *publish_layer_args(job.catalog, job.template, layers))
+        spec = assemble_spec(job.template, job.adapter, layers, publish)
         await job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
                          event=("stage", messages.stage_compositing(len(spec.layers))))
 

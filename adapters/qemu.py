@@ -114,7 +114,7 @@ class Adapter:
             _qemu_img(), "convert", "-p", "-f", ctx.artifact_format, "-O", "qcow2",
             str(ctx.artifact), str(partial),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            stderr=asyncio.subprocess.PIPE, process_group=0,  # stays in serve's CPU group (autogroup)
         )
         assert proc.stdout is not None and proc.stderr is not None
         last = -1.0

@@ -168,12 +168,17 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
-async def test_a_real_qemu_started_then_killed_is_stopped_not_done(tmp_path: Path) -> None:
+async def small_published_vm(tmp_path: Path) -> tuple[Recorder, Any, Path]:
+    """A tiny disk published to a TCG qemu target: (recorder, adapter, VM directory)."""
     built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
     rec = Recorder()
     target = adapter(tmp_path, accel="tcg", memory_mb=128, cpus=1)
     published = await target.publish(rec.context(built))
-    vm_dir = Path(published.resource["vm_dir"])
+    return rec, target, Path(published.resource["vm_dir"])
+
+
+async def test_a_real_qemu_started_then_killed_is_stopped_not_done(tmp_path: Path) -> None:
+    _, _, vm_dir = await small_published_vm(tmp_path)
     try:
         state = await asyncio.to_thread(vmfiles.start, vm_dir)
         assert state["state"] == vmfiles.RUNNING and state["accel"] == "tcg"
@@ -195,11 +200,7 @@ async def test_a_real_qemu_started_then_killed_is_stopped_not_done(tmp_path: Pat
 
 
 async def test_cleanup_of_a_half_made_vm_stops_its_qemu(tmp_path: Path) -> None:
-    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
-    rec = Recorder()
-    target = adapter(tmp_path, accel="tcg", memory_mb=128, cpus=1)
-    published = await target.publish(rec.context(built))
-    vm_dir = Path(published.resource["vm_dir"])
+    rec, target, vm_dir = await small_published_vm(tmp_path)
     try:
         await asyncio.to_thread(vmfiles.start, vm_dir)
         pid = vmfiles.qemu_pid(vm_dir)

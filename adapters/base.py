@@ -160,6 +160,10 @@ class PublishContext:
     resources: dict[str, Any] = field(default_factory=dict)
     #: Seconds to wait for the guest to power off (adapters with WATCH_POWER).
     watch_timeout: float = 24 * 3600.0
+    #: Where an adapter may put temporary files (None: the system's temp dir). Name them with
+    #: ``compositor.sweep.owner_prefix(BUILD_PREFIX)`` so that a runner starting after this
+    #: one was killed removes them (``sweep_stale``).
+    scratch_dir: Path | None = None
 
 
 @dataclass

@@ -105,9 +105,9 @@ class Config(ConnectorConfig):
     mode: Literal["vm", "template"] = "vm"
     #: Seconds to wait for the guest to power on and off (default: the runner's, 24 h).
     watch_timeout: float | None = Field(None, gt=0)
-    #: ``chunked``: convert while uploading; ``sized``: convert to a temporary file next to
-    #: the artifact first and upload it with a Content-Length (for NFC servers that refuse
-    #: chunked transfer encoding).
+    #: ``chunked``: convert while uploading; ``sized``: convert to a temporary file in the
+    #: runner's work_dir first and upload it with a Content-Length (for NFC servers that
+    #: refuse chunked transfer encoding).
     upload: Literal["chunked", "sized"] = "chunked"
     #: zlib level of the streamOptimized grains (1 is fastest; 6 matches qemu-img).
     compression_level: int = Field(1, ge=1, le=9)
@@ -244,7 +244,7 @@ class Adapter:
         await upload_disk(session, lease, device, ctx.artifact, ctx.progress, self.ssl,
                           create=bool(item.create), level=cfg.compression_level,
                           engine=cfg.compressor, workers=self.workers,
-                          sized=cfg.upload == "sized")
+                          sized=cfg.upload == "sized", spool_dir=ctx.scratch_dir)
         await complete(session, lease)
         await ctx.record({"lease": None})
         if cfg.mode == "template":

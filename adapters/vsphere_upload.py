@@ -26,6 +26,7 @@ from adapters.vsphere_errors import fault_message, fault_name
 from adapters.vsphere_inventory import props
 from adapters.vsphere_session import VSphereSession
 from compositor.stream_vmdk import MEDIA_TYPE, Engine, StreamVmdk, aiter_chunks
+from compositor.sweep import BUILD_PREFIX, owner_prefix
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +155,13 @@ async def _spool(stream: StreamVmdk, target: Path, throttle: _Throttle) -> int:
 async def upload_disk(session: VSphereSession, lease: Any, device_url: Any, raw: Path,
                       progress: Progress, ssl_ctx: ssl.SSLContext, *, create: bool = False,
                       level: int = 1, engine: Engine = "auto", workers: int | None = None,
-                      sized: bool = False) -> int:
+                      sized: bool = False, spool_dir: Path | None = None) -> int:
     """Send ``raw`` as a streamOptimized VMDK to the lease's device URL; returns bytes sent.
 
     By default the VMDK is produced while it is sent (chunked transfer encoding). With
-    ``sized`` it is first written to a temporary file (``$TMPDIR``) and sent with a Content-Length, for
-    servers that refuse chunked uploads.
+    ``sized`` it is first written to a temporary file in ``spool_dir`` (else ``$TMPDIR``), named
+    so that ``sweep_stale`` removes it if this process is killed, and sent with a
+    Content-Length, for servers that refuse chunked uploads.
     """
     stream = StreamVmdk(raw, level=level, engine=engine, workers=workers)
     throttle = _Throttle(session, lease, progress)
@@ -168,7 +170,10 @@ async def upload_disk(session: VSphereSession, lease: Any, device_url: Any, raw:
     sent = 0
     try:
         if sized:
-            fd, name = tempfile.mkstemp(prefix="layerbot-", suffix=".vmdk")
+            if spool_dir is not None:
+                spool_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=owner_prefix(BUILD_PREFIX), suffix=".vmdk",
+                                        dir=spool_dir)
             os.close(fd)
             spool = Path(name)
             length = await _spool(stream, spool, throttle)

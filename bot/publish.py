@@ -223,6 +223,7 @@ def publish_context(job: Job, report: Any) -> PublishContext:
         record=job.record,
         resources=job.resources,
         watch_timeout=job.catalog.runner.watch_timeout,
+        scratch_dir=job.catalog.runner.work_dir,
     )
 
 

@@ -94,6 +94,7 @@ def test_sweep_keeps_live_owners_and_fresh_foreign_entries(tmp_path: Path) -> No
         dead_dir = work / f"layerbot-build-{host}-{dead.pid}-abcd1234"
         dead_tmp = cache / "tmp" / f"tmp-{host}-{dead.pid}-x_cd1234.tar.gz"
         dead_digest = cache / "digests" / f".tmp-{host}-{dead.pid}-abcd1234"
+        dead_spool = work / f"layerbot-build-{host}-{dead.pid}-qw_rty12.vmdk"  # an adapter's file
         other_old = work / "layerbot-build-otherhost-1-abcd1234"
         other_new = work / "layerbot-build-otherhost-2-abcd1234"
         legacy_old = cache / "tmp" / "tmpq1w2e3r4.img"
@@ -102,14 +103,14 @@ def test_sweep_keeps_live_owners_and_fresh_foreign_entries(tmp_path: Path) -> No
         for d in (live_dir, own_dir, reused_dir, dead_dir, other_old, other_new, unrelated):
             (d / "layers").mkdir(parents=True)
             (d / "layers" / "f").write_bytes(b"x")
-        for f in (live_tmp, dead_tmp, dead_digest, legacy_old, legacy_new):
+        for f in (live_tmp, dead_tmp, dead_digest, dead_spool, legacy_old, legacy_new):
             f.write_bytes(b"x")
         old = time.time() - STALE_AFTER - 60
         for p in (own_dir, reused_dir, other_old, legacy_old, unrelated):
             os.utime(p, (old, old))
         removed = sweep_stale(work, cache)
         assert sorted(removed) == sorted(
-            [reused_dir, dead_dir, dead_tmp, dead_digest, other_old, legacy_old])
+            [reused_dir, dead_dir, dead_tmp, dead_digest, dead_spool, other_old, legacy_old])
         for kept in (live_dir, own_dir, live_tmp, other_new, legacy_new, unrelated):
             assert kept.exists()
     finally:

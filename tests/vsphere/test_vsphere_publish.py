@@ -9,6 +9,7 @@ import pytest
 
 from adapters import config_model, create
 from adapters.base import Capability, Published
+from compositor.sweep import BUILD_PREFIX, owner_prefix
 
 from .conftest import Recorder, VcSim, connector, find_vms, run_task
 
@@ -139,20 +140,26 @@ async def test_restart_template_watch_after_deploy(vcsim: VcSim, vc_env: None,
 
 
 async def test_publish_sized_upload(vcsim: VcSim, vc_env: None, raw_disk: Path,
-                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    monkeypatch.setenv("TMPDIR", str(spool))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)
+                                    tmp_path: Path) -> None:
+    scratch = tmp_path / "work"
     adapter = make_adapter(vcsim, upload="sized", folder="")
     rec = Recorder()
-    await adapter.publish(rec.context(raw_disk, "sized"))
+    seen: list[str] = []
+
+    async def look(fraction: float, note: str) -> None:
+        if " of " in note:
+            seen.extend(p.name for p in scratch.iterdir())
+
+    rec.hooks.append(look)
+    ctx = rec.context(raw_disk, "sized")
+    ctx.scratch_dir = scratch
+    await adapter.publish(ctx)
     assert len(find_vms(vcsim, "sized")) == 1
-    assert list(spool.iterdir()) == []  # the temporary VMDK is gone
+    # spooled in the runner's work dir under a name sweep_stale can attribute to this process
+    assert seen and all(n.startswith(owner_prefix(BUILD_PREFIX)) and n.endswith(".vmdk")
+                        for n in seen)
+    assert list(scratch.iterdir()) == []  # the temporary VMDK is gone
     assert any("converting" in note for _, note in rec.progress)
-    assert any(" of " in note for _, note in rec.progress)
     await adapter.close()
 
 

@@ -74,6 +74,9 @@ class RunnerSettings(BaseModel):
     #: Where composited artifacts are cached (relative to the catalog file).
     cache_dir: CatalogPath = Field(default=Path(".layerbot/cache"), validate_default=True)
     work_dir: CatalogPath = Field(default=Path(".layerbot/work"), validate_default=True)
+    #: After each composite, least recently used cache entries are removed until the cache
+    #: occupies at most this much (GiB of disk blocks); null keeps everything.
+    cache_max_gib: float | None = Field(default=50.0, gt=0)
     lease_seconds: float = Field(default=30.0, gt=1)
     #: A task whose runner died this many times (crash loop) fails instead of being resumed.
     max_attempts: int = Field(default=8, ge=1)

@@ -21,6 +21,7 @@ from rich.table import Table
 from bot import states
 from bot.catalog import Catalog, CatalogError, default_path, load_catalog
 from bot.events import follow
+from bot.messages import human_bytes
 from bot.runner import JobRunner
 from bot.store import Event, Task, TaskNotFound, TaskStore, default_db_path
 from bot.summary import PlanError, PublishPlan, enqueue, plan
@@ -296,6 +297,44 @@ def check(ctx: Context) -> None:
         pkgs = " ".join(sorted(set(missing)))
         console.print(f"[red]missing tools[/red]: install with: sudo apt-get install -y {pkgs}")
         sys.exit(EXIT_USAGE)
+
+@main.command()
+@click.option("--prune", is_flag=True,
+              help="remove least recently used entries down to runner.cache_max_gib now")
+@click.option("--max-gib", type=click.FloatRange(min=0), default=None,
+              help="with --prune: this limit instead of the configured one (0 empties the "
+                   "cache of everything not in use)")
+@pass_ctx
+def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
+    """Show the composited-disk cache (least recently used first), or prune it.
+
+    Example: layerbot cache --prune --max-gib 20
+    """
+    from compositor import cache_usage, evict_cache
+
+    settings = ctx.catalog().runner
+    limit = max_gib if max_gib is not None else settings.cache_max_gib
+    if max_gib is not None and not prune:
+        raise click.UsageError("--max-gib goes with --prune")
+    if prune:
+        if limit is None:
+            raise click.UsageError("runner.cache_max_gib is null (no limit): give --max-gib")
+        result = evict_cache(settings.cache_dir, int(limit * (1 << 30)))
+        count = len(result.removed)
+        console.print(f"removed {count} {'entry' if count == 1 else 'entries'} "
+                      f"({human_bytes(result.freed)}); "
+                      f"{human_bytes(result.left)} left"
+                      + (f", {result.busy} in use or used in the last 5 minutes kept"
+                         if result.busy else ""))
+        return
+    usage = cache_usage(settings.cache_dir)
+    table = Table("entry", "kind", "size", "last used")
+    for entry in usage.entries:
+        table.add_row(entry.key[:12], entry.kind, human_bytes(entry.size), _when(entry.used))
+    console.print(table)
+    bound = f"limit {limit:g} GiB" if limit is not None else "no limit"
+    console.print(f"{settings.cache_dir}: {human_bytes(usage.total)} on disk ({bound})")
+
 
 import bot.vm_cli  # noqa: E402, F401  (registers `layerbot vm`)
 

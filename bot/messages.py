@@ -22,6 +22,12 @@ def cache_hit(key: str) -> str:
     return f"cache hit: reusing composited disk {key[:12]}"
 
 
+def cache_evicted(count: int, freed: int, limit_gib: float) -> str:
+    entries = "entry" if count == 1 else "entries"
+    return (f"cache: removed {count} least recently used {entries} ({human_bytes(freed)}) "
+            f"to stay under {limit_gib:g} GiB")
+
+
 def composited(size_bytes: int, fmt: str, seconds: float) -> str:
     return f"Composited disk: {human_bytes(size_bytes)} {fmt} in {seconds:.1f} s"
 

@@ -25,6 +25,7 @@ from bot import messages, states
 from bot.catalog import Catalog, Template
 from bot.steps import Outcome, Step
 from bot.store import LeaseLost, Task, TaskStore
+from compositor.evict import ArtifactHold, evict, hold_artifact
 from compositor.firstboot import publish_layer
 from compositor.isolated import build_image_isolated, publish_layer_isolated
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
@@ -47,6 +48,8 @@ class Job:
     published: Published | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
+    #: keeps cache eviction (of any runner) away from the artifact until it is uploaded
+    artifact_hold: ArtifactHold | None = None
     _last_progress: tuple[float, float] = (0.0, -100.0)  # (time, percent) last written
     _progress_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -150,6 +153,7 @@ class ComposeStep:
         finally:
             await asyncio.to_thread(writer.shutdown)
         job.built = built
+        job.artifact_hold = await asyncio.to_thread(hold_artifact, built.path)
         if built.cache_hit:
             await job.add_event("cache_hit", messages.cache_hit(built.cache_key),
                                 {"cache_key": built.cache_key})
@@ -158,9 +162,26 @@ class ComposeStep:
                 messages.composited(built.file_size, built.format, time.monotonic() - started),
                 {"cache_key": built.cache_key, "bytes": built.file_size},
             )
+        await self._evict(job, built)
+
+    @staticmethod
+    async def _evict(job: Job, built: BuiltImage) -> None:
+        limit = job.catalog.runner.cache_max_gib
+        if limit is None:
+            return
+        result = await asyncio.to_thread(
+            evict, job.catalog.runner.cache_dir, int(limit * (1 << 30)), keep=[built.path])
+        if result.removed:
+            await job.add_event(
+                "cache_evicted",
+                messages.cache_evicted(len(result.removed), result.freed, limit),
+                {"keys": [e.key for e in result.removed], "bytes": result.freed,
+                 "left": result.left},
+            )
 
     async def cleanup(self, job: Job, outcome: Outcome) -> None:
         """The artifact stays in the cache; the compositor removes its own work files."""
+        release_artifact(job)
 
 
 class UploadStep:
@@ -178,7 +199,10 @@ class UploadStep:
             await asyncio.to_thread(job.progress, fraction * 100, note)
 
         self.context = publish_context(job, report)
-        published = await job.adapter.publish(self.context)
+        try:
+            published = await job.adapter.publish(self.context)
+        finally:
+            release_artifact(job)
         job.published = published
         await job.update(link=published.link, published=published.to_json(), progress=100.0,
                    event=("disk_created", messages.disk_created(published.summary, published.link)),
@@ -208,6 +232,12 @@ class WatchStep:
 
     async def cleanup(self, job: Job, outcome: Outcome) -> None:
         """Nothing to undo: the published VM stays, whatever happened while watching."""
+
+
+def release_artifact(job: Job) -> None:
+    if job.artifact_hold is not None:
+        job.artifact_hold.release()
+        job.artifact_hold = None
 
 
 def publish_context(job: Job, report: Any) -> PublishContext:

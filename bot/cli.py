@@ -298,6 +298,7 @@ def check(ctx: Context) -> None:
         console.print(f"[red]missing tools[/red]: install with: sudo apt-get install -y {pkgs}")
         sys.exit(EXIT_USAGE)
 
+
 @main.command()
 @click.option("--prune", is_flag=True,
               help="remove least recently used entries down to runner.cache_max_gib now")

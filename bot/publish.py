@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ from compositor.evict import ArtifactHold, evict, hold_artifact
 from compositor.firstboot import publish_layer
 from compositor.isolated import build_image_isolated, publish_layer_isolated
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
+
+log = logging.getLogger(__name__)
 
 
 class TaskConfigError(Exception):
@@ -142,18 +145,28 @@ class ComposeStep:
 
         started = time.monotonic()
         try:
-            # In a child process: its Python threads would otherwise hold this process's
-            # GIL for tens of ms at a time, and serve's event loop would wait for it.
-            built = await build_image_isolated(
-                spec,
-                work_dir=job.catalog.runner.work_dir,
-                cache_dir=job.catalog.runner.cache_dir,
-                progress=on_progress,
-            )
+            for attempt in (1, 2):
+                # In a child process: its Python threads would otherwise hold this process's
+                # GIL for tens of ms at a time, and serve's event loop would wait for it.
+                built = await build_image_isolated(
+                    spec,
+                    work_dir=job.catalog.runner.work_dir,
+                    cache_dir=job.catalog.runner.cache_dir,
+                    progress=on_progress,
+                )
+                try:
+                    # Inline (open + flock): a hold taken in a thread would leak if the
+                    # task were cancelled meanwhile.
+                    job.artifact_hold = hold_artifact(built.path)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+                    log.info("%s: %s was evicted before it could be held; building again",
+                             job.task.id, built.path.name)
         finally:
             await asyncio.to_thread(writer.shutdown)
         job.built = built
-        job.artifact_hold = await asyncio.to_thread(hold_artifact, built.path)
         if built.cache_hit:
             await job.add_event("cache_hit", messages.cache_hit(built.cache_key),
                                 {"cache_key": built.cache_key})
@@ -169,8 +182,12 @@ class ComposeStep:
         limit = job.catalog.runner.cache_max_gib
         if limit is None:
             return
-        result = await asyncio.to_thread(
-            evict, job.catalog.runner.cache_dir, int(limit * (1 << 30)), keep=[built.path])
+        try:
+            result = await asyncio.to_thread(
+                evict, job.catalog.runner.cache_dir, int(limit * (1 << 30)), keep=[built.path])
+        except OSError as exc:  # a full cache is no reason to fail a disk that was built
+            log.warning("%s: cache eviction failed: %s", job.task.id, exc)
+            return
         if result.removed:
             await job.add_event(
                 "cache_evicted",

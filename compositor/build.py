@@ -16,6 +16,7 @@ from .cache import Cache, image_key, raw_key
 from .digest import cached_digest, layer_digest
 from .dirlayer import scan_dir_layer
 from .errors import CompositorError, LayerError, ToolMissingError
+from .evict import ArtifactHold, hold_artifact
 from .ext4 import build_ext4_disk
 from .layertree import LayerTree
 from .merge import Merger
@@ -56,6 +57,7 @@ async def build_image(
     work = Path(tempfile.mkdtemp(prefix=owner_prefix(BUILD_PREFIX), dir=work_dir))
     cancel = threading.Event()
     temps: list[Path] = []
+    holds: list[ArtifactHold] = []
     preparing: asyncio.Future[list[LayerTree]] | None = None
     sweeping: asyncio.Future[None] | None = None
     try:
@@ -71,7 +73,10 @@ async def build_image(
             report.stage("reusing the cached image", 1.0)
             return hit
         raw = cache.raw(raw_key(spec, digests))
-        if raw.exists():
+        # Held until converted, so no runner's cache eviction removes it meanwhile.
+        raw_hold = _hold_cached(raw)
+        if raw_hold is not None:
+            holds.append(raw_hold)
             await asyncio.to_thread(cache.touch, raw)
         else:
             raw_tmp = cache.new_temp(".img")
@@ -80,6 +85,7 @@ async def build_image(
                 preparing = asyncio.ensure_future(_prepare_layers(spec, work, cancel, report))
             trees = await preparing
             await _build_raw(spec, trees, work, raw_tmp, raw.stem, cancel, report)
+            holds.append(hold_artifact(raw_tmp))
             cache.publish(raw_tmp, raw)
             # The staging files are not needed any more: delete them while converting.
             sweeping = asyncio.ensure_future(asyncio.to_thread(_empty_dir, work))
@@ -99,6 +105,8 @@ async def build_image(
         where = f" ({exc.filename})" if exc.filename else ""
         raise CompositorError(f"building the image failed: {exc.strerror or exc}{where}") from exc
     finally:
+        for hold in holds:
+            hold.release()
         cancel.set()
         for pending in (preparing, sweeping):
             if pending is not None:
@@ -209,6 +217,13 @@ async def _build_raw(
     report.stage("checking the merged tree", 0.5)
     builder = FILESYSTEM_BUILDERS[spec.filesystem]
     await builder(staging, merger.meta, raw, work, spec.size_gib, seed, cancel, report)
+
+
+def _hold_cached(path: Path) -> ArtifactHold | None:
+    try:
+        return hold_artifact(path)
+    except FileNotFoundError:
+        return None
 
 
 def _empty_dir(folder: Path) -> None:

@@ -78,10 +78,10 @@ class Cache:
         try:
             facts = json.loads(self.facts(key).read_text())
             size = path.stat().st_size
-            if touch:
-                os.utime(path)
         except (OSError, ValueError):
             return None
+        if touch:
+            self.touch(path)
         return BuiltImage(
             path=path, format=fmt,  # type: ignore[arg-type]
             virtual_size=int(facts["virtual_size"]), file_size=size, cache_key=key,
@@ -104,7 +104,7 @@ class Cache:
     @staticmethod
     def touch(path: Path) -> None:
         """Mark a cached file as just used, so eviction takes it last."""
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # a read-only or foreign cache still serves hits
             os.utime(path)
 
     @staticmethod

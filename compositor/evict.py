@@ -14,8 +14,10 @@ lock yet, and the files a running build is about to publish.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,7 +61,7 @@ class Eviction:
 
 def cache_usage(cache_dir: Path) -> CacheUsage:
     """Every entry of the cache, least recently used first."""
-    entries, _ = _scan(Path(cache_dir))
+    entries = _scan(Path(cache_dir))
     return CacheUsage(entries, _total(entries))
 
 
@@ -72,7 +74,7 @@ def evict(
     Never removes a path in ``keep``, an entry used in the last ``min_age`` seconds, or a file
     another task holds (see :func:`hold_artifact`)."""
     now = time.time() if now is None else now
-    entries, inodes = _scan(Path(cache_dir))
+    entries = _scan(Path(cache_dir))
     kept = {os.path.abspath(p) for p in keep}
     result = Eviction(left=_total(entries))
     for entry in entries:
@@ -81,7 +83,7 @@ def evict(
         if any(os.path.abspath(p) in kept for p in entry.paths) or now - entry.used < min_age:
             result.busy += 1
             continue
-        freed = _remove_entry(entry, inodes)
+        freed = _remove_entry(entry, min_age, now)
         if freed is None:
             result.busy += 1
             continue
@@ -92,28 +94,49 @@ def evict(
 
 
 class ArtifactHold:
-    """A shared lock on a cached file: eviction leaves it alone until released."""
+    """A shared lock on a cached file: eviction leaves it alone until released.
+
+    Raises FileNotFoundError when the file is gone, also when an evictor removed it while
+    this hold waited for the lock (the caller builds it again)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if not _names(path, os.fstat(fd)):
+                raise FileNotFoundError(errno.ENOENT, "removed from the cache", str(path))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the last descriptor drops the lock
             self._fd = None
 
+    def __enter__(self) -> ArtifactHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
 
 def hold_artifact(path: Path) -> ArtifactHold:
     return ArtifactHold(Path(path))
 
 
-# (st_dev, st_ino) -> [bytes, names of this inode still in the cache]
-_Inodes = dict[tuple[int, int], list[int]]
+def _names(path: Path, st: os.stat_result) -> bool:
+    """Whether path (still) names the open file st."""
+    try:
+        now = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) and st.st_nlink > 0
 
 
-def _scan(root: Path) -> tuple[list[CacheEntry], _Inodes]:
+def _scan(root: Path) -> list[CacheEntry]:
     groups: dict[tuple[str, str], list[tuple[Path, os.stat_result]]] = {}
     for folder in ("images", "raw"):
         try:
@@ -126,14 +149,8 @@ def _scan(root: Path) -> tuple[list[CacheEntry], _Inodes]:
                 st = path.lstat()
             except FileNotFoundError:
                 continue
-            if not os.path.isfile(path) or os.path.islink(path):
-                continue
-            key = name.split(".", 1)[0]
-            groups.setdefault((folder, key), []).append((path, st))
-    inodes: _Inodes = {}
-    for files in groups.values():
-        for _, st in files:
-            inodes.setdefault((st.st_dev, st.st_ino), [st.st_blocks * 512, 0])[1] += 1
+            if stat.S_ISREG(st.st_mode):
+                groups.setdefault((folder, name.split(".", 1)[0]), []).append((path, st))
     entries = []
     for (_, key), files in groups.items():
         files.sort(key=lambda item: item[0].suffix == ".json")  # the data file first
@@ -141,7 +158,7 @@ def _scan(root: Path) -> tuple[list[CacheEntry], _Inodes]:
         size = sum(st.st_blocks * 512 for _, st in files)
         entries.append(CacheEntry(key, tuple(p for p, _ in files), used, size))
     entries.sort(key=lambda e: e.used)
-    return entries, inodes
+    return entries
 
 
 def _total(entries: list[CacheEntry]) -> int:
@@ -154,8 +171,9 @@ def _total(entries: list[CacheEntry]) -> int:
     return sum(seen.values())
 
 
-def _remove_entry(entry: CacheEntry, inodes: _Inodes) -> int | None:
-    """Unlink the entry's files unless one is held; bytes freed, or None when it is in use."""
+def _remove_entry(entry: CacheEntry, min_age: float, now: float) -> int | None:
+    """Unlink the entry's files unless it is held or was used since the scan; bytes freed,
+    or None when it is in use."""
     data = entry.paths[0]
     try:
         fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
@@ -168,6 +186,10 @@ def _remove_entry(entry: CacheEntry, inodes: _Inodes) -> int | None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None
+            # a cache hit may have renewed it after the scan: look again under the lock
+            st = os.fstat(fd)
+            if now - st.st_mtime < min_age or not _names(data, st):
+                return None
         # a lookup needs both the artifact and its facts: it misses once the first is gone
         for path in entry.paths:
             try:
@@ -175,12 +197,8 @@ def _remove_entry(entry: CacheEntry, inodes: _Inodes) -> int | None:
                 path.unlink()
             except FileNotFoundError:
                 continue
-            inode = inodes.get((st.st_dev, st.st_ino))
-            if inode is None:
-                continue
-            inode[1] -= 1
-            if inode[1] == 0:
-                freed += inode[0]
+            if st.st_nlink == 1:  # its last name: the blocks are free now
+                freed += st.st_blocks * 512
     finally:
         if fd is not None:
             os.close(fd)

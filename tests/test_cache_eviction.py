@@ -23,6 +23,7 @@ from tests.test_runner import kinds, queue, run_until_finished
 
 adapters.register("fake", "tests.fake_adapter")
 
+
 def _age_cache(cache: Path, seconds: float) -> None:
     past = time.time() - seconds
     for path in cache.rglob("*"):

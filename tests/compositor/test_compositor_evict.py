@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 import time
 from pathlib import Path
 
 from compositor import cache_usage, evict_cache, hold_artifact
+from compositor.evict import MIN_AGE, _remove_entry
 
 MIB = 1 << 20
 NOW = time.time()
@@ -79,13 +82,49 @@ def test_a_hard_linked_raw_artifact_counts_once_and_frees_with_its_last_name(
     (cache / "images").mkdir()
     os.link(raw, cache / "images" / "k1.img")  # the ``raw`` format's artifact is the raw disk
     (cache / "images" / "k1.json").write_text("{}")
-    os.utime(cache / "images" / "k1.json", (NOW - 5000, NOW - 5000))
-    os.utime(cache / "images" / "k1.img", (NOW - 5000, NOW - 5000), follow_symlinks=False)
+    os.utime(cache / "images" / "k1.json", (NOW - 6000, NOW - 6000))
     usage = cache_usage(cache)
     assert 3 * MIB <= usage.total < 5 * MIB
-    result = evict_cache(cache, 0, now=NOW)
-    assert sorted(_keys(result.removed)) == ["k1", "r1"]
-    assert 3 * MIB <= result.freed < 5 * MIB and result.left == 0
+    # the artifact's name goes, but the raw disk still has the blocks: only the facts file's
+    # (a block or so) are freed
+    first = evict_cache(cache, 0, keep=[raw], now=NOW)
+    assert _keys(first.removed) == ["k1"] and first.freed <= 64 * 1024
+    assert first.left == usage.total - first.freed >= 3 * MIB
+    rest = evict_cache(cache, 0, now=NOW)
+    assert _keys(rest.removed) == ["r1"]
+    assert rest.freed == first.left and rest.left == 0
+
+
+def test_an_entry_used_after_the_scan_is_kept(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    path = _artifact(cache, "k", 1, age_s=9000)
+    entry = cache_usage(cache).entries[0]
+    os.utime(path)  # a cache hit renews it between the evictor's scan and its lock
+    assert _remove_entry(entry, MIN_AGE, time.time()) is None
+    assert path.exists() and (cache / "images" / "k.json").exists()
+
+
+def test_a_hold_waiting_on_an_evictor_fails_when_the_file_went(tmp_path: Path) -> None:
+    path = _artifact(tmp_path / "cache", "k", 1, age_s=9000)
+    evictor = os.open(path, os.O_RDONLY)
+    fcntl.flock(evictor, fcntl.LOCK_EX)
+    outcome: list[BaseException | None] = []
+
+    def take() -> None:
+        try:
+            hold_artifact(path).release()
+            outcome.append(None)
+        except FileNotFoundError as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=take)
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive()  # waits for the evictor's lock
+    path.unlink()
+    os.close(evictor)
+    waiter.join(5)
+    assert len(outcome) == 1 and isinstance(outcome[0], FileNotFoundError)
 
 
 def test_a_missing_or_empty_cache_is_fine(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ class Published:
 
     #: URL of the VM or image (console deep link, file URL, ...).
     link: str
-    #: One-line description, e.g. "VM win10-office-20261126T0101 (powered off)".
+    #: One-line description, e.g. "VM win10-office-20261126-010101-3f9a (powered off)".
     summary: str
     #: JSON-serialisable handle for wait_for_shutdown / cleanup / resume.
     resource: dict[str, Any] = field(default_factory=dict)

@@ -21,7 +21,7 @@ from bot.slack_blocks import Message
 from bot.slack_db import SlackDB
 from bot.slack_intents import Claim, Intent
 from bot.store import Task, TaskNotFound
-from bot.summary import PlanError, PublishPlan, enqueue, plan
+from bot.summary import PlanError, PublishPlan, enqueue, new_image_name, plan
 
 log = logging.getLogger(__name__)
 
@@ -340,16 +340,32 @@ class Handlers:
         await reply(slack_blocks.text_message(messages.cancel_ack(task.id)))
 
     async def task_retry(self, body: dict[str, Any], respond: Respond) -> None:
-        found = await self._task_action(body, respond, "retry")
-        if found is None:
+        """A retry is a new publish: the clicker must be allowed to publish the template from
+        this channel now, and a target that needs a second person's approval gets a new
+        approval card instead of a task."""
+        user = body["user"]["id"]
+        reply = ephemeral(respond)
+        try:
+            task = await self.db.run(self.store.get, body["actions"][0]["value"])
+        except TaskNotFound:
             return
-        task, user, reply = found
         if task.status not in (states.FAILED, states.CANCELLED):
             await reply(slack_blocks.text_message(
                 messages.already_finished(task.id, states.LABELS[task.status])))
             return
+        channel = (body.get("channel") or {}).get("id") or task.channel
+        decision = await self._decide(user, "retry", task.id, slack_access.may_publish(
+            self.catalog, task.template, user=user, groups=await self._groups(user),
+            channel=channel))
+        if not decision.allowed:
+            await reply(slack_blocks.text_message(messages.denied("retry", task.id,
+                                                                  decision.reason)))
+            return
+        if slack_access.approval_rule(self.catalog, [task.template]) == "second_person":
+            await self.request(user, channel, [task.template], reply)
+            return
         new = await self.db.run(self.store.retry, task.id, f"retry:{task.id}", user,
-                                messages.retried(task.id, user))
+                                messages.retried(task.id, user), new_image_name(task.template))
         self.wake_runner()
         await reply(slack_blocks.text_message(messages.retry_ack(task.id, new.id)))
 

@@ -355,12 +355,14 @@ class TaskStore:
                 self._event(task_id, "cancelled", "Cancelled before it started", {"by": by})
         return self.get(task_id)
 
-    def retry(self, task_id: str, idempotency_key: str, requested_by: str, message: str) -> Task:
-        """Queue a new task for the same template/connector as a failed one."""
+    def retry(self, task_id: str, idempotency_key: str, requested_by: str, message: str,
+              image_name: str) -> Task:
+        """Queue a new task for the same template/connector as a failed one. It gets a name of
+        its own: the failed task's VM may still exist (a watch that timed out keeps it)."""
         old = self.get(task_id)
         task, _ = self.create_task(
             template=old.template, connector=old.connector, platform=old.platform,
-            image_name=old.image_name, requested_by=requested_by, message=message,
+            image_name=image_name, requested_by=requested_by, message=message,
             channel=old.channel, idempotency_key=idempotency_key,
         )
         return task

@@ -3,6 +3,7 @@ the CLI and the Slack confirm card alike."""
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -79,14 +80,21 @@ def enqueue(
     idempotency_key: str | None = None,
 ) -> tuple[Task, bool]:
     """Queue one "Publishing Layered Image" task for a plan."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return store.create_task(
         template=p.template,
         connector=p.connector,
         platform=p.platform,
-        image_name=messages.image_name(p.template, stamp),
+        image_name=new_image_name(p.template),
         requested_by=requested_by,
         message=messages.task_created(p.template, requested_by),
         channel=channel,
         idempotency_key=idempotency_key or uuid.uuid4().hex,
     )
+
+
+def new_image_name(template: str) -> str:
+    """The name of a task's VM/image at the target: the template, the UTC time and a random
+    part, so two tasks started in the same second (a retry, a double publish) never collide.
+    Digits, lowercase hex and hyphens only: names most platforms accept as they are."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return messages.image_name(template, f"{stamp}-{secrets.token_hex(2)}")

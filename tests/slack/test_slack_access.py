@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conftest import BASIC_CATALOG
+from tests.fake_adapter import with_fake
 from tests.slack.conftest import ALICE, BOB, CAROL, CHANNEL, MakeSlack, Slack, button_value, texts
 
 
@@ -125,3 +126,34 @@ async def test_second_person_targets_need_a_channel(make_slack: MakeSlack) -> No
     [dm] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel=ALICE))
     assert "use `/publish` in a channel" in dm.params["text"]
     assert slack.store.db.execute("SELECT COUNT(*) FROM slack_intents").fetchone()[0] == 0
+
+
+async def test_retry_is_a_new_publish_checked_like_one(make_slack: MakeSlack) -> None:
+    """Retry re-checks the clicker's access now, and a second-person target gets a new
+    approval card instead of a task."""
+    slack = await make_slack(with_fake(
+        "fail_upload: true\naccess: {users: [UALICE, UBOB], approval: second_person}"))
+    await slack.answer(await slack.command("win10-office", user=ALICE))
+    [card] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage",
+                                                                 channel=CHANNEL))
+    intent = button_value(card.params["blocks"], "intent_confirm")
+    await slack.answer(await slack.click("intent_confirm", intent, user=BOB))
+    [task] = slack.store.list_tasks()
+    assert (await slack.task_done(task.id)).status == "failed"
+
+    outsider = await slack.answer(await slack.click("task_retry", task.id, user=CAROL))
+    assert "You may not retry" in outsider["text"]
+    again = await slack.answer(await slack.click("task_retry", task.id, user=ALICE))
+    assert "Approval needed" in again["text"]
+    await slack.idle()
+    assert len(slack.store.list_tasks()) == 1  # no task until someone else approves
+    cards = slack.double.of("chat.postMessage", channel=CHANNEL)
+    second = button_value(cards[-1].params["blocks"], "intent_confirm")
+    assert second != intent and "second person" in texts(cards[-1].params)
+    own = await slack.answer(await slack.click("intent_confirm", second, user=ALICE))
+    assert "someone other than" in own["text"]
+    await slack.answer(await slack.click("intent_confirm", second, user=BOB))
+    tasks = slack.store.list_tasks()
+    assert len(tasks) == 2 and len({t.image_name for t in tasks}) == 2
+    actions = [(r["user"], r["action"], r["allowed"]) for r in audit(slack)]
+    assert (CAROL, "retry", 0) in actions and (ALICE, "retry", 1) in actions

@@ -95,6 +95,9 @@ async def test_failure_is_explained_and_retry_starts_one_new_task(make_slack: Ma
     assert first["text"] == second["text"]  # the same new task
     retries = [t for t in slack.store.list_tasks() if t.idempotency_key == f"retry:{task.id}"]
     assert len(retries) == 1 and retries[0].template == "win10-office"
+    # a name of its own: the failed task's VM may still exist at the target
+    assert retries[0].image_name != task.image_name
+    assert retries[0].image_name.startswith("win10-office-")
     await slack.double.wait_for(lambda: slack.store.get(retries[0].id).message_ts)
 
 

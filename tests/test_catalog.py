@@ -30,7 +30,30 @@ def test_duplicate_key_is_an_error(write_catalog: Callable[[str], Path]) -> None
                                  "  office: {kind: app, source: layers/office}\n"
                                  "  office: {kind: app, source: layers/office}\n")
     found = problems(write_catalog(text))
-    assert found == ["layerbot.yml:4: duplicate key 'office' (first defined on line 3)"]
+    assert found == [
+        "layerbot.yml:4: layers.office: duplicate key 'office' (first defined on line 3)"]
+
+
+def test_duplicate_key_on_one_line_names_the_key_path(
+        write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("disk: {size_gib: 1}", "disk: {size_gib: 1, size_gib: 2}")
+    assert problems(write_catalog(text)) == [
+        "layerbot.yml:19: templates.win10-office.disk.size_gib: duplicate key 'size_gib' "
+        "(first defined on line 19)"
+    ]
+
+
+def test_duplicate_key_in_a_list_item_and_at_the_top(
+        write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("scripts: [scripts/setup.sh]",
+                                 "scripts: [{a: 1, a: 2}]")
+    assert problems(write_catalog(text)) == [
+        "layerbot.yml:10: connectors.folder.scripts[0].a: duplicate key 'a' "
+        "(first defined on line 10)"
+    ]
+    assert problems(write_catalog(BASIC_CATALOG + "runner: {}\n")) == [
+        "layerbot.yml:23: runner: duplicate key 'runner' (first defined on line 20)"
+    ]
 
 
 def test_unknown_app_layer_suggests_the_close_name(write_catalog: Callable[[str], Path]) -> None:

@@ -1,9 +1,12 @@
 """Local QEMU target: the embedded hypervisor.
 
 Publish turns the composited raw disk into ``<path>/<image-name>/disk.qcow2`` plus a VM
-definition (vm.json and a start.sh launcher), created and **off**. Linux disks whose root
-partition has a ``/boot/vmlinuz-*`` boot it directly (``-kernel/-initrd``, root by PARTUUID);
-other disks boot through the firmware. ``layerbot vm start TASK`` runs the VM headless
+definition (vm.json and a start.sh launcher), created and **off**. The VM boots the newest
+``/boot/vmlinuz-*`` of the disk's Linux partition directly (``-kernel/-initrd``, root by
+PARTUUID). A disk without one (no kernel in the OS layer, or a Windows/NTFS disk) is refused
+before anything is created: layerbot's disk (GPT, one partition, no EFI system partition, no
+boot code) has no boot loader, so the firmware would find nothing to boot and the task would
+wait for a power-off that never comes. ``layerbot vm start TASK`` runs the VM headless
 (see :mod:`adapters.qemu_vm`); the watcher reads the VM's state files and returns once the
 guest powered itself off.
 """
@@ -32,7 +35,7 @@ from adapters.base import (
     PublishContext,
     Published,
 )
-from adapters.qemu_boot import extract_kernel, find_tool
+from adapters.qemu_boot import extract_kernel, find_boot_files, find_tool
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _POLL_SECONDS = 0.5
@@ -49,8 +52,6 @@ class Config(ConnectorConfig):
     cpus: int = Field(default=2, ge=1, le=256)
     #: ``auto``: KVM when /dev/kvm is usable on the host that starts the VM, else TCG.
     accel: vmfiles.Accel = "auto"
-    #: ``auto``: direct kernel boot from the disk's /boot when it has a kernel, else firmware.
-    boot: Literal["auto", "firmware"] = "auto"
     qemu: str = "qemu-system-x86_64"
 
 
@@ -70,6 +71,11 @@ class Adapter:
         return self.config.path / image_name
 
     async def publish(self, ctx: PublishContext) -> Published:
+        if ctx.artifact_format != "raw":
+            raise PlatformError(f"the qemu target reads the kernel from a raw disk, "
+                                f"not {ctx.artifact_format}")
+        await ctx.progress(0.0, "reading the kernel from /boot")
+        boot = await find_boot_files(ctx.artifact)  # refuses a disk that cannot boot
         name = ctx.image_name
         if self.vm_dir(name).exists():  # the same template published twice in one second
             name = f"{ctx.image_name}-{ctx.task_id}"
@@ -85,25 +91,20 @@ class Adapter:
         needed = ctx.artifact.stat().st_blocks * 512
         if shutil.disk_usage(vm_dir).free < needed:
             raise InsufficientSpaceError(f"{self.config.path} has less than {needed >> 20} MiB free")
-        kernel = None
-        if self.config.boot == "auto" and ctx.artifact_format == "raw":
-            await ctx.progress(0.0, "reading the kernel from /boot")
-            kernel = await extract_kernel(ctx.artifact, vm_dir)
+        kernel = await extract_kernel(ctx.artifact, boot, vm_dir)
         await self._convert(ctx, vm_dir / vmfiles.DISK)
         vm = vmfiles.VmDefinition(
             name=name, task_id=ctx.task_id, memory_mb=self.config.memory_mb,
             cpus=self.config.cpus, accel=self.config.accel, qemu=self.config.qemu,
-            kernel=kernel.kernel.name if kernel else None,
-            initrd=kernel.initrd.name if kernel and kernel.initrd else None,
-            cmdline=kernel.cmdline if kernel else None,
-            disk_bus="virtio" if kernel else "sata",
+            kernel=kernel.kernel.name, initrd=kernel.initrd.name if kernel.initrd else None,
+            cmdline=kernel.cmdline,
         )
         vmfiles.write_definition(vm, vm_dir)
-        boot = "direct kernel boot" if kernel else "firmware boot"
         launcher = vm_dir / vmfiles.LAUNCHER
         return Published(
             link=launcher.resolve().as_uri(),
-            summary=f"VM {name} (created, powered off; {boot}) in {vm_dir}",
+            summary=f"VM {name} (created, powered off; direct kernel boot of {boot.kernel}) "
+                    f"in {vm_dir}",
             resource={"vm_dir": str(vm_dir), "name": name, "task_id": ctx.task_id,
                       "launcher": str(launcher)},
         )

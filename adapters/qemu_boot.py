@@ -1,5 +1,5 @@
-"""How a published disk boots under QEMU: its GPT root partition and, for Linux, the
-kernel and initrd of its ``/boot`` (direct kernel boot).
+"""How a published disk boots under QEMU: the kernel and initrd of the ``/boot`` of its GPT
+Linux partition (direct kernel boot, the only way: layerbot's disk has no boot loader).
 
 Everything is read from the raw disk file, without root or a loop device: the GPT with
 :mod:`struct`, the ext4 partition with ``debugfs 'disk?offset=N'``.
@@ -24,8 +24,10 @@ LINUX_TYPES = {
     uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4"),  # Linux filesystem data
     uuid.UUID("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),  # Linux root (x86-64)
 }
-#: Microsoft basic data (NTFS): firmware boot only.
-WINDOWS_DATA = uuid.UUID("ebd0a0a2-b9e5-4433-87c0-68b6b72699c7")
+#: Why a disk without a kernel is refused: layerbot's disk (GPT, one partition, no EFI system
+#: partition, no boot code) has no boot loader, so QEMU's firmware would find nothing to boot.
+CANNOT_BOOT = ("the qemu target boots Linux OS layers directly with the kernel in their /boot "
+               "(layerbot's disk has no boot loader, so firmware boot cannot work)")
 _SBIN = ("/usr/sbin", "/sbin")
 
 
@@ -44,6 +46,19 @@ class Partition:
     @property
     def size(self) -> int:
         return (self.last_lba - self.first_lba + 1) * SECTOR
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """The kernel (and initrd) in /boot of a disk's Linux partition, found at publish."""
+
+    partition: Partition
+    kernel: str
+    initrd: str | None
+
+    @property
+    def cmdline(self) -> str:
+        return f"root=PARTUUID={self.partition.part_guid} rw console=ttyS0"
 
 
 @dataclass(frozen=True)
@@ -109,16 +124,28 @@ def _version_key(name: str) -> list[object]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-async def boot_files(disk: Path, part: Partition) -> tuple[str, str | None] | None:
-    """Names of the newest /boot/vmlinuz-* and its initrd.img-*, or None without a kernel."""
+async def find_boot_files(disk: Path) -> BootFiles:
+    """The newest /boot/vmlinuz-* of a raw Linux disk and its initrd.img-*, if any.
+
+    Raises PlatformError saying why the disk cannot boot under QEMU: no Linux partition
+    (a Windows/NTFS disk), an unreadable partition, or no kernel in /boot.
+    """
+    part = root_partition(read_gpt(disk))
+    if part is None:
+        raise PlatformError(
+            f"{CANNOT_BOOT}; this disk has no Linux partition (a Windows OS layer on NTFS does "
+            "not boot under QEMU): publish it to another target")
     listing = await _debugfs_cmd(disk, part, "ls -p /boot")
     names = {line.split("/")[5] for line in listing.splitlines() if line.count("/") >= 6}
     kernels = sorted((n for n in names if n.startswith("vmlinuz-")), key=_version_key)
     if not kernels:
-        return None
+        raise PlatformError(
+            f"{CANNOT_BOOT}; the OS layer has no /boot/vmlinuz-*: install a kernel in the OS "
+            "layer (on Debian: linux-image-cloud-amd64 and initramfs-tools) or publish it to "
+            "another target")
     kernel = kernels[-1]
     initrd = "initrd.img-" + kernel.removeprefix("vmlinuz-")
-    return kernel, initrd if initrd in names else None
+    return BootFiles(part, kernel, initrd if initrd in names else None)
 
 
 async def _dump(disk: Path, part: Partition, name: str, dest: Path) -> None:
@@ -127,27 +154,12 @@ async def _dump(disk: Path, part: Partition, name: str, dest: Path) -> None:
         raise PlatformError(f"cannot extract /boot/{name} from {disk.name}")
 
 
-async def extract_kernel(disk: Path, dest_dir: Path) -> KernelBoot | None:
-    """Copy the kernel and initrd of a raw Linux disk to dest_dir, for direct kernel boot.
-
-    None when the disk has no Linux partition or its /boot holds no kernel: the VM then
-    boots through its firmware.
-    """
-    part = root_partition(read_gpt(disk))
-    if part is None:
-        return None
-    try:
-        found = await boot_files(disk, part)
-    except PlatformError:
-        return None  # not ext4 (debugfs cannot open it), or no /boot: firmware boot
-    if found is None:
-        return None
-    kernel_name, initrd_name = found
+async def extract_kernel(disk: Path, found: BootFiles, dest_dir: Path) -> KernelBoot:
+    """Copy the kernel and initrd :func:`find_boot_files` found to dest_dir."""
     kernel = dest_dir / "vmlinuz"
-    await _dump(disk, part, kernel_name, kernel)
+    await _dump(disk, found.partition, found.kernel, kernel)
     initrd = None
-    if initrd_name is not None:
+    if found.initrd is not None:
         initrd = dest_dir / "initrd.img"
-        await _dump(disk, part, initrd_name, initrd)
-    cmdline = f"root=PARTUUID={part.part_guid} rw console=ttyS0"
-    return KernelBoot(kernel, initrd, cmdline)
+        await _dump(disk, found.partition, found.initrd, initrd)
+    return KernelBoot(kernel, initrd, found.cmdline)

@@ -6,7 +6,7 @@
         vm.json       the definition: name, task, disk, memory, cpus, accel, kernel boot
         start.sh      a launcher for running it by hand (foreground, serial on the terminal)
         disk.qcow2    the published disk
-        vmlinuz, initrd.img   direct kernel boot (Linux disks with a /boot)
+        vmlinuz, initrd.img   direct kernel boot (from the disk's /boot)
         qemu.pid      written by QEMU once started (-daemonize -pidfile)
         qmp.sock      QMP socket (relative: unix socket paths are limited to 108 bytes)
         serial.log    the guest's serial console
@@ -64,9 +64,6 @@ class VmDefinition:
     accel: Accel
     qemu: str
     disk: str = DISK
-    #: virtio for Linux (direct kernel boot); sata (q35's AHCI) for firmware boot, which
-    #: Windows can start from without extra drivers.
-    disk_bus: Literal["virtio", "sata"] = "virtio"
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
@@ -81,6 +78,7 @@ class VmDefinition:
             data = json.loads((vm_dir / DEFINITION).read_text())
         except FileNotFoundError:
             raise PlatformError(f"{vm_dir} holds no VM definition ({DEFINITION})") from None
+        data.pop("disk_bus", None)  # written by older versions: always virtio now
         return cls(**data)
 
 
@@ -106,12 +104,8 @@ def qemu_argv(vm: VmDefinition, vm_dir: Path, *, accel: Literal["kvm", "tcg"] | 
         argv += ["-accel", "kvm", "-accel", "tcg"]
     else:
         argv += ["-accel", accel, "-cpu", KVM_CPU if accel == "kvm" else "max"]
-    drive = f"file={vm_dir / vm.disk},format=qcow2,cache=writeback"
-    if vm.disk_bus == "sata":
-        argv += ["-drive", f"{drive},if=none,id=disk0", "-device", "ide-hd,drive=disk0,bus=ide.0"]
-    else:
-        argv += ["-drive", f"{drive},if=virtio"]
-    argv += ["-nic", "none", "-display", "none", "-no-reboot"]
+    argv += ["-drive", f"file={vm_dir / vm.disk},format=qcow2,cache=writeback,if=virtio",
+             "-nic", "none", "-display", "none", "-no-reboot"]
     if vm.kernel:
         argv += ["-kernel", str(vm_dir / vm.kernel)]
         if vm.initrd:

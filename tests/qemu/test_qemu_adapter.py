@@ -16,21 +16,27 @@ from typing import Any
 import pytest
 
 import compositor
+from adapters import qemu as qemu_adapter
 from adapters import qemu_vm as vmfiles
 from adapters.base import PlatformError, PlatformTimeoutError, PublishContext, Published
 from adapters.qemu import Adapter, Config
-from compositor.spec import BuiltImage, ImageSpec, LayerSource
+from compositor.spec import BuiltImage, Filesystem, ImageSpec, LayerSource
 from tests.conftest import write_tar
 from tests.qemu.conftest import REPO
 
 LINUX = {"usr/lib/systemd/systemd": b"\x7fELF", "boot/": None,
          "boot/vmlinuz-6.1.0-9-amd64": b"old kernel", "boot/vmlinuz-6.1.0-10-amd64": b"kernel",
          "boot/initrd.img-6.1.0-10-amd64": b"initrd", "etc/hostname": b"guest\n"}
+#: The smallest disk the qemu target accepts: a kernel QEMU loads (zeros: it runs, printing
+#: nothing, until killed), no initrd.
+TINY = {"boot/": None, "boot/vmlinuz-1": bytes(8192), "etc/hostname": b"x\n"}
 
 
-async def raw_disk(tmp_path: Path, members: dict[str, bytes | None]) -> BuiltImage:
+async def raw_disk(tmp_path: Path, members: dict[str, bytes | None],
+                   filesystem: Filesystem = "ext4") -> BuiltImage:
     layer = write_tar(tmp_path / "os.tar", members)
-    spec = ImageSpec(layers=(LayerSource("os", "os", layer),), size_gib=1, format="raw")
+    spec = ImageSpec(layers=(LayerSource("os", "os", layer),), size_gib=1, format="raw",
+                     filesystem=filesystem)
     return await compositor.build_image(spec, work_dir=tmp_path / "work",
                                         cache_dir=tmp_path / "cache")
 
@@ -92,17 +98,29 @@ async def test_publish_writes_a_qcow2_and_a_definition_off_with_direct_kernel_bo
     assert any("writing disk.qcow2" in n for n in rec.notes)
 
 
-async def test_a_disk_without_a_kernel_boots_through_the_firmware(tmp_path: Path) -> None:
-    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
-    published = await adapter(tmp_path).publish(Recorder().context(built))
-    vm = vmfiles.VmDefinition.load(Path(published.resource["vm_dir"]))
-    assert vm.kernel is None and vm.initrd is None
-    assert vm.disk_bus == "sata"  # AHCI: Windows boots from it without virtio drivers
-    assert "firmware boot" in published.summary
+@pytest.mark.parametrize(("members", "filesystem", "why"), [
+    ({"etc/hostname": b"x\n"}, "ext4", "the OS layer has no /boot/vmlinuz-*: install a kernel"),
+    ({"boot/": None, "boot/config-6.1": b"x"}, "ext4", "the OS layer has no /boot/vmlinuz-*"),
+    ({"Windows/System32/": None}, "ntfs", "this disk has no Linux partition"),
+])
+async def test_a_disk_without_a_kernel_is_refused_before_anything_is_made(
+        tmp_path: Path, members: dict[str, bytes | None], filesystem: Filesystem, why: str) -> None:
+    # no boot loader on layerbot's disk: firmware boot would leave the task waiting 24 h
+    built = await raw_disk(tmp_path, members, filesystem)
+    rec = Recorder()
+    target = adapter(tmp_path)
+    with pytest.raises(PlatformError) as failed:
+        await target.publish(rec.context(built))
+    assert str(failed.value).startswith(
+        "the qemu target boots Linux OS layers directly with the kernel in their /boot "
+        "(layerbot's disk has no boot loader, so firmware boot cannot work); ")
+    assert why in str(failed.value)
+    assert rec.resources == {}  # nothing recorded, nothing to clean up
+    assert not (tmp_path / "vms").exists()
 
 
 async def test_a_second_publish_in_the_same_second_gets_its_own_vm(tmp_path: Path) -> None:
-    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    built = await raw_disk(tmp_path, TINY)
     first = await adapter(tmp_path).publish(Recorder().context(built))
     second = await adapter(tmp_path).publish(Recorder().context(built, task_id="t0000002"))
     assert first.resource["name"] == "debian-20261126T010101Z"
@@ -110,14 +128,17 @@ async def test_a_second_publish_in_the_same_second_gets_its_own_vm(tmp_path: Pat
     assert vmfiles.VmDefinition.load(Path(second.resource["vm_dir"])).task_id == "t0000002"
 
 
-async def test_a_failed_conversion_leaves_nothing_after_cleanup(tmp_path: Path) -> None:
+async def test_a_failed_conversion_leaves_nothing_after_cleanup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = await raw_disk(tmp_path, TINY)
+    failing = tmp_path / "qemu-img"
+    failing.write_text("#!/bin/sh\necho 'qemu-img: Could not open the disk' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setattr(qemu_adapter, "_qemu_img", lambda: str(failing))
     rec = Recorder()
-    target = adapter(tmp_path, boot="firmware")
-    bogus = tmp_path / "broken.img"
-    bogus.write_bytes(b"")
-    ctx = rec.context(None)
-    ctx.artifact, ctx.artifact_format = bogus, "qcow2"
-    with pytest.raises(PlatformError, match="qemu-img convert failed"):
+    target = adapter(tmp_path)
+    ctx = rec.context(built)
+    with pytest.raises(PlatformError, match="qemu-img convert failed: qemu-img: Could not open"):
         await target.publish(ctx)
     removed = await target.cleanup(rec.resources)
     assert removed == [f"VM directory {tmp_path / 'vms' / 'debian-20261126T010101Z'}"]
@@ -126,7 +147,7 @@ async def test_a_failed_conversion_leaves_nothing_after_cleanup(tmp_path: Path) 
 
 
 async def test_watch_follows_the_state_files_and_survives_a_new_adapter(tmp_path: Path) -> None:
-    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    built = await raw_disk(tmp_path, TINY)
     published = await adapter(tmp_path).publish(Recorder().context(built))
     vm_dir = Path(published.resource["vm_dir"])
     rec = Recorder()
@@ -154,7 +175,7 @@ async def test_watch_follows_the_state_files_and_survives_a_new_adapter(tmp_path
 
 
 async def test_watch_times_out(tmp_path: Path) -> None:
-    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    built = await raw_disk(tmp_path, TINY)
     rec = Recorder()
     target = adapter(tmp_path)
     published = await target.publish(rec.context(built))
@@ -170,7 +191,7 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def small_published_vm(tmp_path: Path) -> tuple[Recorder, Any, Path]:
     """A tiny disk published to a TCG qemu target: (recorder, adapter, VM directory)."""
-    built = await raw_disk(tmp_path, {"etc/hostname": b"x\n"})
+    built = await raw_disk(tmp_path, TINY)
     rec = Recorder()
     target = adapter(tmp_path, accel="tcg", memory_mb=128, cpus=1)
     published = await target.publish(rec.context(built))

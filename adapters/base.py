@@ -85,8 +85,12 @@ CatalogPath = Annotated[Path, AfterValidator(_relative_to_catalog)]
 
 
 def _existing_file(value: Path) -> Path:
-    if not value.is_file():
+    if value.is_dir():
+        raise ValueError(f"{str(value)!r} is a directory, not a file")
+    if not value.exists():
         raise ValueError(f"file {str(value)!r} does not exist")
+    if not value.is_file():
+        raise ValueError(f"{str(value)!r} is not a regular file")
     return value
 
 

@@ -135,6 +135,32 @@ def _value_repr(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _found(value: Any) -> str:
+    """What YAML gave instead of a mapping, for messages: "a list: ['a']"."""
+    if value is None:
+        return "an empty value"
+    kind = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list"}.get(type(value), _a(type(value).__name__))
+    return f"{kind}: {_value_repr(value)}"
+
+
+#: An example of each settings mapping, for "must be a mapping" messages.
+_EXAMPLES = {
+    "Layer": "{kind: app, source: layers/NAME}",
+    "Template": "{os_layer: NAME, connector: NAME, disk: {size_gib: 20}}",
+    "DiskSettings": "{size_gib: 20, filesystem: ext4}",
+    "AccessConfig": "{users: [U123], approval: none}",
+    "RunnerSettings": "{max_parallel: 2}",
+}
+_CONNECTOR_EXAMPLE = "{type: local, path: ./published}"
+
+
+def _not_a_mapping(example: str | None, value: Any) -> str:
+    like = f" like {example}" if example else ""
+    got = "an empty value" if value is None else _value_repr(value)
+    return f"must be a mapping of settings{like}, got {got}"
+
+
 def _pydantic_problems(fname: str, prefix: tuple[Any, ...], exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
@@ -142,6 +168,9 @@ def _pydantic_problems(fname: str, prefix: tuple[Any, ...], exc: ValidationError
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            cls = (err.get("ctx") or {}).get("class_name")
+            msg = _not_a_mapping(_EXAMPLES.get(cls) if cls else None, err.get("input"))
         elif err["type"] != "missing" and "input" in err and not isinstance(err["input"], dict):
             msg = f"{msg} (got {_value_repr(err['input'])})"
         problems.append(f"{fname}: {loc}: {msg}")
@@ -153,7 +182,8 @@ def _section(fname: str, raw: dict[str, Any], key: str, problems: list[str]) -> 
     if section is None:
         return {}
     if not isinstance(section, dict):
-        problems.append(f"{fname}: {key}: must be a mapping of name to settings")
+        problems.append(f"{fname}: {key}: must be a mapping of name to settings, "
+                        f"got {_found(section)}")
         return {}
     return section
 
@@ -178,7 +208,10 @@ def _connectors(
     out: dict[str, ConnectorConfig] = {}
     for name, settings in section.items():
         loc = f"connectors.{name}"
-        if not isinstance(settings, dict) or "type" not in settings:
+        if not isinstance(settings, dict):
+            problems.append(f"{fname}: {loc}: {_not_a_mapping(_CONNECTOR_EXAMPLE, settings)}")
+            continue
+        if "type" not in settings:
             problems.append(f"{fname}: {loc}.type: missing (one of {adapters.known_types()})")
             continue
         try:

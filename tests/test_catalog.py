@@ -142,3 +142,44 @@ def test_schema_and_reference_problems_are_reported_together(
     assert any("templates.win10-office.connector: no connector named 'g'" in p for p in found)
     assert "layerbot.yml: extras: unknown key (expected one of layers, connectors, templates, " \
            "runner)" in found
+
+
+def test_script_naming_a_directory(write_catalog: Callable[[str], Path],
+                                   catalog_dir: Path) -> None:
+    text = BASIC_CATALOG.replace("scripts: [scripts/setup.sh]", "scripts: [scripts]")
+    assert problems(write_catalog(text)) == [
+        f"layerbot.yml: connectors.folder.scripts[0]: '{catalog_dir / 'scripts'}' is a "
+        "directory, not a file (got 'scripts')"
+    ]
+
+
+def test_section_that_is_not_a_mapping_shows_what_was_found(
+        write_catalog: Callable[[str], Path]) -> None:
+    assert problems(write_catalog("layers: [a]\nconnectors: abc\n")) == [
+        "layerbot.yml: layers: must be a mapping of name to settings, got a list: ['a']",
+        "layerbot.yml: connectors: must be a mapping of name to settings, got a string: 'abc'",
+    ]
+    long = "templates: [" + ", ".join(f"t{i}" for i in range(40)) + "]\n"
+    (found,) = problems(write_catalog(long))
+    assert found.startswith("layerbot.yml: templates: must be a mapping of name to settings, "
+                            "got a list: ['t0', 't1',")
+    assert found.endswith("...") and len(found) < 140
+
+
+def test_entry_of_the_wrong_type_says_what_a_mapping_looks_like(
+        write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("  office: {kind: app, source: layers/office}\n",
+                                 "  office: {kind: app, source: layers/office}\n"
+                                 "  notepad: layers/notepad\n  empty:\n")
+    text = text.replace("disk: {size_gib: 1}", "disk: big").replace(
+        "  folder:\n", "  broken: abc\n  folder:\n")
+    assert problems(write_catalog(text)) == [
+        "layerbot.yml: layers.notepad: must be a mapping of settings like "
+        "{kind: app, source: layers/NAME}, got 'layers/notepad'",
+        "layerbot.yml: layers.empty: must be a mapping of settings like "
+        "{kind: app, source: layers/NAME}, got an empty value",
+        "layerbot.yml: connectors.broken: must be a mapping of settings like "
+        "{type: local, path: ./published}, got 'abc'",
+        "layerbot.yml: templates.win10-office.disk: must be a mapping of settings like "
+        "{size_gib: 20, filesystem: ext4}, got 'big'",
+    ]

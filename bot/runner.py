@@ -121,6 +121,7 @@ class JobRunner:
         work = asyncio.current_task()
         assert work is not None
         keeper = asyncio.create_task(self._keep_lease(task.id, work))
+        stopped_cleanly = False
         try:
             if task.attempts > self.max_attempts:
                 await self._fail(task, messages.too_many_attempts(task.attempts - 1))
@@ -129,6 +130,7 @@ class JobRunner:
         except asyncio.CancelledError as exc:
             if DETACH not in exc.args:
                 raise
+            stopped_cleanly = self._stopping
         except LeaseLost:
             log.warning("task %s: lease lost, another runner has it", task.id)
         except Exception as exc:
@@ -141,7 +143,8 @@ class JobRunner:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            await asyncio.to_thread(self.store.release, task.id, self.owner)
+            await asyncio.to_thread(self.store.release, task.id, self.owner,
+                                    count_attempt=not stopped_cleanly)
 
     async def _keep_lease(self, task_id: str, work: asyncio.Task[None]) -> None:
         cancel_sent = False

@@ -256,13 +256,15 @@ class TaskStore:
             row = self.db.execute(
                 "UPDATE tasks SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"
                 f" WHERE id = (SELECT id FROM tasks WHERE status IN ({active}) AND lease_until < ?"
-                f"{only} ORDER BY created_at, id LIMIT 1) AND lease_until < ? RETURNING id, attempts",
+                f"{only} ORDER BY created_at, id LIMIT 1) AND lease_until < ?"
+                " RETURNING id, attempts, status",
                 [owner, now + lease_seconds, *states.ACTIVE, now, *only_args, now],
             ).fetchone()
             if row is None:
                 return None
-            task_id, attempts = row
-            if attempts > 1:
+            task_id, attempts, status = row
+            # (a runner that stopped cleanly gave its attempt back: the status tells)
+            if attempts > 1 or status != states.QUEUED:
                 self._event(task_id, "resumed", f"Resumed by runner {owner} (attempt {attempts})",
                             {"owner": owner, "attempt": attempts})
         return self.get(task_id)
@@ -277,10 +279,13 @@ class TaskStore:
                 raise LeaseLost(task_id)
         return self.get(task_id)
 
-    def release(self, task_id: str, owner: str) -> None:
+    def release(self, task_id: str, owner: str, *, count_attempt: bool = True) -> None:
+        """Give the task up. ``count_attempt=False``: the runner stopped cleanly (Ctrl-C, a
+        service stop), which is no crash, so the claim does not count toward max_attempts."""
+        undo = "" if count_attempt else ", attempts = MAX(attempts - 1, 0)"
         with self.transaction():
             self.db.execute(
-                "UPDATE tasks SET lease_owner = NULL, lease_until = 0"
+                f"UPDATE tasks SET lease_owner = NULL, lease_until = 0{undo}"
                 " WHERE id = ? AND lease_owner = ?",
                 [task_id, owner],
             )

@@ -1,7 +1,8 @@
 """The compositor's errors. Every message is user-facing: it says what went wrong and where.
 
     CompositorError
-     ├── LayerError          bad or unsafe layer content (names the layer and the member)
+     ├── LayerError          bad or unsafe layer content (names the layer and the member, or
+     │                       the archive file when the archive itself cannot be read)
      ├── DiskTooSmallError   the merged content does not fit the requested disk
      ├── ToolMissingError    an external tool is not installed (gives the apt-get command)
      └── ToolFailedError     an external tool exited with an error (gives its stderr)
@@ -15,11 +16,22 @@ class CompositorError(Exception):
 
 
 class LayerError(CompositorError):
-    def __init__(self, layer: str, member: str, problem: str) -> None:
-        super().__init__(f"layer {layer!r}, member {member!r}: {problem}")
+    """``layer 'vda', member 'etc/x': problem``; for the archive as a whole (member None):
+    ``layer 'vda' (/path/vda.tar.gz): problem``."""
+
+    def __init__(
+        self, layer: str, member: str | None, problem: str, *, archive: str | None = None
+    ) -> None:
+        where = f"layer {layer!r}"
+        if archive:
+            where += f" ({archive})"
+        if member is not None:
+            where += f", member {member!r}"
+        super().__init__(f"{where}: {problem}")
         self.layer = layer
         self.member = member
         self.problem = problem
+        self.archive = archive
 
 
 class DiskTooSmallError(CompositorError):

@@ -46,10 +46,22 @@ ARCHIVE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def unreadable(layer: str, exc: BaseException) -> LayerError:
-    """The LayerError for an archive that cannot be read, naming the layer and why."""
+def unreadable(layer: str, exc: BaseException, source: Path | str | None = None) -> LayerError:
+    """The LayerError for an archive that cannot be read, naming the layer, the archive file
+    (when given) and why."""
     why = str(exc) or type(exc).__name__
-    return LayerError(layer, "(archive)", f"cannot read the archive: {why}")
+    archive = str(source) if source is not None else None
+    return LayerError(layer, None, f"cannot read the archive: {why}", archive=archive)
+
+
+def check_readable(layer: str, source: Path) -> None:
+    """Read the archive's first member header only (one block, never the whole archive), so a
+    corrupt or non-tar file is found early; raises the LayerError of :func:`unreadable`."""
+    try:
+        with open_tar(source) as (tar, _):
+            tar.next()
+    except (OSError, *ARCHIVE_ERRORS) as exc:
+        raise unreadable(layer, exc, source) from exc
 
 
 @contextlib.contextmanager
@@ -85,7 +97,7 @@ def extract_tar_layer(
                 check_cancel(cancel)
                 writer.add(tar, raw_fd, member)
     except ARCHIVE_ERRORS as exc:
-        raise unreadable(layer.name, exc) from exc
+        raise unreadable(layer.name, exc, layer.source) from exc
     return tree
 
 

@@ -272,8 +272,21 @@ def check(ctx: Context) -> None:
     Example: layerbot --config layerbot.yml check
     """
     import compositor
+    from compositor.tarlayer import check_readable
 
     catalog = ctx.catalog()
+    unreadable = 0
+    for name, layer in catalog.layers.items():
+        if layer.source.is_dir():
+            continue
+        try:  # the first member's header only: cheap, and catches a corrupt or non-tar file
+            check_readable(name, layer.source)
+        except compositor.LayerError as exc:
+            console.print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: {exc}",
+                          soft_wrap=True)
+            unreadable += 1
+    if unreadable:
+        sys.exit(EXIT_USAGE)
     console.print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
                   f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")
     plans = []

@@ -103,3 +103,14 @@ def test_unusable_database_and_unknown_task_are_usage_errors(catalog_dir: Path) 
     assert "cannot open the task database /nonexistent/dir/x.db" in result.output
     result = CliRunner().invoke(main, ["--db", str(catalog_dir / "t.db"), "task", "tnope"])
     assert result.exit_code == 2 and "no task with id 'tnope'" in result.output
+
+
+def test_check_reads_the_first_header_of_each_tar_layer(cli: Callable[..., tuple[int, str]],
+                                                        catalog_dir: Path) -> None:
+    bad = catalog_dir / "layers" / "vda.tar.gz"
+    bad.write_bytes(b"this is not an archive\n" * 40)
+    code, out = cli("check")
+    assert code == 2, out
+    assert (f"error: layerbot.yml: layers.vda.source: layer 'vda' ({bad}): "
+            "cannot read the archive: ") in out
+    assert ": ok" not in out

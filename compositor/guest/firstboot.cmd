@@ -1,23 +1,39 @@
 @echo off
 rem layerbot first-boot runner: runs the connector's scripts once, in order, then shuts
 rem Windows down so the publishing task can reach Done.
+rem Once, even when a script shuts Windows down itself: RUNNING names the script that runs; a
+rem later start that finds RUNNING without DONE logs that the previous run was interrupted,
+rem writes DONE and neither runs the scripts again nor shuts down.
 setlocal EnableExtensions
 set "LB=%SystemRoot%\Setup\Scripts\layerbot"
 set "LOG=%SystemRoot%\Temp\layerbot-firstboot.log"
 set "DONE=%LB%\firstboot.done"
+set "RUNNING=%LB%\firstboot.running"
 set "SHUTDOWN_MODE=@SHUTDOWN@"
 if exist "%DONE%" exit /b 0
+if exist "%RUNNING%" goto :interrupted
 >> "%LOG%" echo %DATE% %TIME% layerbot firstboot: start
+> "%RUNNING%" echo no script yet
 set "STATUS=0"
 for %%S in ("%LB%\??-*") do call :run "%%~fS"
 >> "%LOG%" echo %DATE% %TIME% layerbot firstboot: finished (status %STATUS%)
 > "%DONE%" echo %DATE% %TIME% status %STATUS%
+del "%RUNNING%"
 if /i not "%SHUTDOWN_MODE%"=="auto" exit /b 0
 >> "%LOG%" echo %DATE% %TIME% shutting down
 shutdown /s /t 0
 exit /b 0
 
+:interrupted
+set "WAS="
+set /p WAS=<"%RUNNING%"
+>> "%LOG%" echo %DATE% %TIME% layerbot firstboot: the previous run was interrupted while running %WAS% (a script shut Windows down, or it lost power); not running the scripts again, not shutting down
+> "%DONE%" echo %DATE% %TIME% status interrupted
+del "%RUNNING%"
+exit /b 0
+
 :run
+> "%RUNNING%" echo %~nx1
 >> "%LOG%" echo %DATE% %TIME% run %~nx1
 set "STARTED=%TIME%"
 if /i "%~x1"==".ps1" (

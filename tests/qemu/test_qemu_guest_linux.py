@@ -103,28 +103,43 @@ def test_content_only_layers_pass(tmp_path: Path) -> None:
     assert ExtraFile(SHUTDOWN_FILE, b"manual\n", 0o644) in files
 
 
-def _run_firstboot(root: Path, bin_dir: Path) -> None:
+def _run_firstboot(root: Path, bin_dir: Path, *, check: bool = True) -> int:
+    """Run the runner as systemd would: in its own process group (a script that "shuts the
+    guest down" kills that group, as systemd stopping the unit does, and not pytest)."""
     files, _ = publish_layer((debian_like(root.parent),), "ext4", [], "auto")
     runner = next(f for f in files if f.path == RUNNER)
     env = {**os.environ, "LAYERBOT_ROOT": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    subprocess.run(["sh", "-c", runner.content.decode()], env=env, check=True, timeout=30,
-                   capture_output=True)
+    done = subprocess.run(["sh", "-c", runner.content.decode()], env=env, check=check,
+                          timeout=30, capture_output=True, start_new_session=True)
+    return done.returncode
 
 
-@pytest.mark.parametrize("mode", ["auto", "manual"])
-def test_the_runner_logs_each_script_runs_once_and_powers_off_unless_manual(
-        tmp_path: Path, mode: str) -> None:
+def _guest(tmp_path: Path, scripts: dict[str, str], mode: str = "auto") -> tuple[Path, Path]:
+    """A guest root with these scripts (all executable) and a bin dir with a stub systemctl
+    that records its calls: (root, bin_dir)."""
     root = tmp_path / "guest"
-    scripts = root / "usr" / "lib" / "layerbot" / "scripts"
-    scripts.mkdir(parents=True)
-    (scripts / "01-ok.sh").write_text(f"#!/bin/sh\necho ok >> {root}/ran\n")
-    (scripts / "01-ok.sh").chmod(0o755)
-    (scripts / "02-fails.sh").write_text(f"echo failing >> {root}/ran\nexit 3\n")  # not executable
+    script_dir = root / "usr" / "lib" / "layerbot" / "scripts"
+    script_dir.mkdir(parents=True)
+    for name, text in scripts.items():
+        (script_dir / name).write_text(text)
+        (script_dir / name).chmod(0o755)
     (root / "usr" / "lib" / "layerbot" / "shutdown").write_text(f"{mode}\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/systemctl.calls\n")
     (bin_dir / "systemctl").chmod(0o755)
+    return root, bin_dir
+
+
+@pytest.mark.parametrize("mode", ["auto", "manual"])
+def test_the_runner_logs_each_script_runs_once_and_powers_off_unless_manual(
+        tmp_path: Path, mode: str) -> None:
+    root, bin_dir = _guest(tmp_path, {
+        "01-ok.sh": f"#!/bin/sh\necho ok >> {tmp_path}/guest/ran\n",
+        "02-fails.sh": f"echo failing >> {tmp_path}/guest/ran\nexit 3\n",
+    }, mode)
+    scripts = root / "usr" / "lib" / "layerbot" / "scripts"
+    (scripts / "02-fails.sh").chmod(0o644)  # not executable: run with sh
 
     _run_firstboot(root, bin_dir)
     _run_firstboot(root, bin_dir)  # the done marker makes the second boot a no-op
@@ -135,7 +150,9 @@ def test_the_runner_logs_each_script_runs_once_and_powers_off_unless_manual(
     assert f"exit 3 after 0 s: {scripts / '02-fails.sh'}" in log
     assert "finished (status 3)" in log
     assert log.count("layerbot firstboot: start") == 1
-    assert (root / "var" / "lib" / "layerbot" / "firstboot.done").exists()
+    assert (root / "var" / "lib" / "layerbot" / "firstboot.done").read_text().endswith(
+        " status 3\n")
+    assert not (root / "var" / "lib" / "layerbot" / "firstboot.running").exists()
     calls = tmp_path / "systemctl.calls"
     if mode == "auto":
         assert calls.read_text() == "--no-block poweroff\n"
@@ -163,3 +180,58 @@ async def test_a_task_whose_os_layer_does_not_boot_with_systemd_fails_with_the_r
     assert task.error == ("the OS layer boots with BusyBox init (/sbin/init -> /bin/busybox); "
                           "layerbot's first-boot runner needs systemd")
     assert not (tmp_path / "vms").exists()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_a_script_that_shuts_the_guest_down_is_never_run_again(tmp_path: Path, how: str) -> None:
+    # sigterm: systemd stops the unit (SIGTERM to its control group) and the runner's trap
+    # logs it; sigkill: the runner dies without a word (power lost, or systemd's SIGKILL)
+    kill = "kill -TERM 0\nsleep 10" if how == "sigterm" else "kill -KILL $PPID"
+    root, bin_dir = _guest(tmp_path, {
+        "01-first.sh": f"#!/bin/sh\necho first >> {tmp_path}/ran\n",
+        "02-poweroff.sh": f"#!/bin/sh\necho poweroff >> {tmp_path}/ran\n{kill}\n",
+        "03-never.sh": f"#!/bin/sh\necho never >> {tmp_path}/ran\n",
+    })
+    scripts = root / "usr" / "lib" / "layerbot" / "scripts"
+    done = root / "var" / "lib" / "layerbot" / "firstboot.done"
+    log_file = root / "var" / "log" / "layerbot-firstboot.log"
+
+    first = _run_firstboot(root, bin_dir, check=False)
+    assert first == (143 if how == "sigterm" else -9)
+    log = log_file.read_text()
+    if how == "sigterm":
+        assert (f"stopped by SIGTERM while running {scripts / '02-poweroff.sh'} (the guest is "
+                "shutting down); the remaining scripts are not run") in log
+        assert "status interrupted (SIGTERM)" in done.read_text()
+    else:
+        assert not done.exists()
+    assert (tmp_path / "ran").read_text() == "first\npoweroff\n"
+
+    # the next boot: nothing runs again, no power-off, the done marker is there
+    assert _run_firstboot(root, bin_dir) == 0
+    assert _run_firstboot(root, bin_dir) == 0
+    assert (tmp_path / "ran").read_text() == "first\npoweroff\n"
+    assert not (tmp_path / "systemctl.calls").exists()
+    assert done.exists()
+    assert not (root / "var" / "lib" / "layerbot" / "firstboot.running").exists()
+    log = log_file.read_text()
+    assert log.count("layerbot firstboot: start") == 1
+    assert "03-never.sh" not in log
+    assert "powering off" not in [line.partition(" ")[2] for line in log.splitlines()]
+    if how == "sigkill":
+        assert (f"the previous run was interrupted while running {scripts / '02-poweroff.sh'} "
+                "(a script shut the guest down, or it lost power); not running the scripts "
+                "again, not powering off") in log
+        assert "status interrupted" in done.read_text()
+        assert log.count("interrupted") == 1
+
+
+def test_a_run_interrupted_before_its_first_script_says_so(tmp_path: Path) -> None:
+    root, bin_dir = _guest(tmp_path, {"01-a.sh": f"#!/bin/sh\necho a >> {tmp_path}/ran\n"})
+    state = root / "var" / "lib" / "layerbot"
+    state.mkdir(parents=True)
+    (state / "firstboot.running").write_text("no script yet\n")
+    assert _run_firstboot(root, bin_dir) == 0
+    assert not (tmp_path / "ran").exists() and (state / "firstboot.done").exists()
+    assert "interrupted while running no script yet" in (
+        root / "var" / "log" / "layerbot-firstboot.log").read_text()

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 import compositor
-from compositor.firstboot import KMS_HOOK, RUN_ONCE_COMMAND, hook_kmssetup, publish_layer
+from compositor.firstboot import (
+    KMS_HOOK,
+    RUN_ONCE_COMMAND,
+    hook_kmssetup,
+    publish_layer,
+    windows_runner,
+)
 from compositor.guestos import GuestOSError
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
 from compositor.tools import find_tool
@@ -169,3 +175,35 @@ def test_a_tar_os_layer_is_matched_case_insensitively_and_keeps_its_spelling(
     assert hooked.path == "/WINDOWS/setup/scripts/KMSDIR/KmsSetup.cmd"
     assert hooked.content == hook_kmssetup(KMSSETUP)
     assert not any(f.path.lower().endswith("software") for f in files)  # kmssetup wins
+
+
+def test_the_runner_never_runs_the_scripts_twice_even_when_one_shuts_windows_down() -> None:
+    # Windows cannot be booted here: the order of the runner's steps is what is checked
+    text = windows_runner("auto").decode()
+    lines = text.split("\r\n")
+
+    def at(line: str) -> int:
+        return lines.index(line)
+
+    done_check, running_check = at('if exist "%DONE%" exit /b 0'), \
+        at('if exist "%RUNNING%" goto :interrupted')
+    start, first = at(">> \"%LOG%\" echo %DATE% %TIME% layerbot firstboot: start"), \
+        at('for %%S in ("%LB%\\??-*") do call :run "%%~fS"')
+    assert done_check < running_check < start < at('> "%RUNNING%" echo no script yet') < first
+    # the started marker names the script before it runs
+    run = at(":run")
+    assert lines[run + 1] == '> "%RUNNING%" echo %~nx1'
+    assert run + 1 < next(i for i, line in enumerate(lines) if "powershell.exe" in line)
+    # a normal end: done, then the started marker goes, then the shutdown
+    assert at('> "%DONE%" echo %DATE% %TIME% status %STATUS%') < at('del "%RUNNING%"') \
+        < at("shutdown /s /t 0")
+    # a later start after an interrupted run: logs it, writes done; no script, no shutdown
+    interrupted = lines[at(":interrupted"):run]
+    assert interrupted[1:3] == ['set "WAS="', 'set /p WAS=<"%RUNNING%"']
+    assert any("the previous run was interrupted while running %WAS%" in line
+               and "not running the scripts again, not shutting down" in line
+               for line in interrupted)
+    assert '> "%DONE%" echo %DATE% %TIME% status interrupted' in interrupted
+    assert interrupted[-2:] == ["exit /b 0", ""]
+    assert not [line for line in interrupted if "shutdown" in line.split(" echo ")[0]
+                or "call" in line or "goto" in line]

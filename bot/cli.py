@@ -134,6 +134,33 @@ async def _watch(store: TaskStore, runner: JobRunner | None, ids: list[str]) -> 
         await asyncio.gather(*work)
 
 
+#: What happens next to a task this process stopped working on, by its state.
+_AFTER_DETACH = {
+    states.QUEUED: "not started yet",
+    states.COMPOSITING: "stopped while compositing; the next runner composites it again",
+    states.UPLOADING: "stopped while uploading; the next runner removes any partial upload "
+                      "and carries on",
+    states.ACTION_REQUIRED: "published, waiting for the guest to run its scripts and power "
+                            "off; the next runner goes on watching",
+}
+
+
+def detach_lines(tasks: list[Task]) -> list[str]:
+    """What to print after Ctrl-C detached ``layerbot publish``: each task with its state
+    and what becomes of it, true whatever state each one had reached."""
+    lines = ["Detached: this command stopped following the tasks."]
+    for t in tasks:
+        after = _AFTER_DETACH.get(t.status, "finished")
+        lines.append(f"  {t.id} {t.template}: {states.LABELS[t.status]} ({after})")
+    active = [t for t in tasks if not t.finished]
+    if active:
+        them = "it" if len(active) == 1 else "them"
+        lines.append(f"Another runner (layerbot worker, or layerbot serve) carries {them} on; "
+                     f"until one runs, nothing happens. Follow with: layerbot task "
+                     f"{active[0].id}; stop with: layerbot cancel {active[0].id}")
+    return lines
+
+
 @main.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
@@ -167,7 +194,8 @@ def publish(ctx: Context, names: tuple[str, ...], yes: bool, no_run: bool) -> No
     try:
         asyncio.run(_watch(store, runner, ids))
     except KeyboardInterrupt:
-        console.print("Detached: the tasks stay queued for any runner (layerbot worker).")
+        for line in detach_lines([store.get(i) for i in ids]):
+            console.print(line, soft_wrap=True)
         sys.exit(EXIT_FAILED)
     finished = [store.get(i) for i in ids]
     sys.exit(0 if all(t.status == states.DONE for t in finished) else EXIT_FAILED)

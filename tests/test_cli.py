@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tarfile
 from collections.abc import Callable
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bot import messages
-from bot.cli import main
+from bot import messages, states
+from bot.cli import detach_lines, main
 from bot.store import TaskStore
 from tests.conftest import BASIC_CATALOG
 
@@ -114,3 +115,49 @@ def test_check_reads_the_first_header_of_each_tar_layer(cli: Callable[..., tuple
     assert (f"error: layerbot.yml: layers.vda.source: layer 'vda' ({bad}): "
             "cannot read the archive: ") in out
     assert ": ok" not in out
+
+
+def test_detach_message_tells_each_task_state(cli: Callable[..., tuple[int, str]],
+                                              tmp_path: Path) -> None:
+    cli("publish", "win10-office", "--yes", "--no-run")
+    task = TaskStore(tmp_path / "t.db").list_tasks()[0]
+    lines = detach_lines([dataclasses.replace(task, id=f"t{s}", status=s) for s in states.ALL])
+    assert lines[0] == "Detached: this command stopped following the tasks."
+    assert lines[1:8] == [
+        "  tqueued win10-office: Queued (not started yet)",
+        "  tcompositing win10-office: Running (stopped while compositing; the next runner "
+        "composites it again)",
+        "  tuploading win10-office: Running (stopped while uploading; the next runner removes "
+        "any partial upload and carries on)",
+        "  taction_required win10-office: Action required (published, waiting for the guest to "
+        "run its scripts and power off; the next runner goes on watching)",
+        "  tdone win10-office: Done (finished)",
+        "  tfailed win10-office: Failed (finished)",
+        "  tcancelled win10-office: Cancelled (finished)",
+    ]
+    assert lines[8].startswith("Another runner (layerbot worker, or layerbot serve) carries "
+                               "them on;")
+    assert "layerbot cancel tqueued" in lines[8]
+    done = detach_lines([dataclasses.replace(task, status=states.DONE)])
+    assert len(done) == 2 and "Another runner" not in "".join(done)
+
+
+def test_ctrl_c_while_waiting_for_the_guest(cli: Callable[..., tuple[int, str]],
+                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during `publish` (simulated: the follower raises KeyboardInterrupt once the task
+    reached Action required) says so, not that the task is still queued."""
+
+    async def interrupted(store: TaskStore, runner: object, ids: list[str]) -> None:
+        (task_id,) = ids
+        assert store.claim("me", 30, ids) is not None
+        for status in (states.COMPOSITING, states.UPLOADING, states.ACTION_REQUIRED):
+            store.update(task_id, "me", status=status)
+        store.release(task_id, "me")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bot.cli._watch", interrupted)
+    code, out = cli("publish", "win10-office", "--yes")
+    assert code == 1, out
+    task = TaskStore(tmp_path / "t.db").list_tasks()[0]
+    assert f"{task.id} win10-office: Action required (published, waiting for the guest" in out
+    assert "carries it on" in out and "stay queued" not in out

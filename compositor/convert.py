@@ -36,7 +36,7 @@ async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction) -> int:
     size = raw.stat().st_size
     if fmt == "raw":
         await asyncio.to_thread(os.link, raw, out)
-        return size
+        return await _verify_qemu(out, "raw", size, fmt)
     if fmt == "gce-tar":
         return await _gce_tar(raw, out, size)
     if fmt == "vhd" and size % MIB:
@@ -55,6 +55,7 @@ async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction) -> int:
 
 
 async def _verify_qemu(out: Path, qemu_fmt: str, size: int, fmt: str) -> int:
+    """qemu-img reads the written file back as ``qemu_fmt`` and reports the expected size."""
     done = await runner.run(
         [tool_path("qemu-img"), "info", "--output=json", "-f", qemu_fmt, out]
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from compositor import ImageSpec, LayerSource, build_image
+from compositor import convert as convert_module
 
 from .layer_builder import cat, directory, file, write_tar
 
@@ -93,3 +94,24 @@ async def test_gce_tar(layer: Path, tmp_path: Path) -> None:
     assert header[156:157] == b"S"  # GNU sparse member
     real_size = int(header[483:495].rstrip(b"\0 ") or b"0", 8)
     assert real_size % GIB == 0 and real_size == GIB
+
+
+@pytest.mark.parametrize("fmt,qemu_fmt", [("raw", "raw"), ("qcow2", "qcow2"), ("vmdk", "vmdk"),
+                                          ("vhd", "vpc"), ("vhdx", "vhdx")])
+async def test_every_format_is_read_back_with_qemu_img_info(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, qemu_fmt: str) -> None:
+    raw = tmp_path / "composited.img"
+    with open(raw, "wb") as fh:
+        fh.truncate(4 << 20)
+    calls: list[list[str]] = []
+    real_run = convert_module.runner.run
+
+    async def spy(argv, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append([str(a) for a in argv])
+        return await real_run(argv, **kwargs)
+
+    monkeypatch.setattr(convert_module.runner, "run", spy)
+    out = tmp_path / f"disk.{fmt}"
+    assert await convert_module.convert(raw, fmt, out, lambda _: None) == 4 << 20
+    info = [c for c in calls if c[1:2] == ["info"]]
+    assert len(info) == 1 and info[0][2:] == ["--output=json", "-f", qemu_fmt, str(out)]

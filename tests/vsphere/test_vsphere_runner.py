@@ -1,0 +1,241 @@
+"""A template on a ``type: vsphere`` connector, end to end through the JobRunner and vcsim.
+
+The runner composites the small BASIC layers (1 GiB disk), imports the VM (or VM template)
+into vcsim, waits in ``action_required`` and reaches ``done`` once the guest (or the VM
+deployed from the template) has been powered on and off, also across a runner restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.vsphere import Adapter as VSphereAdapter
+from bot import states
+from bot.catalog import Catalog, load_catalog
+from bot.runner import JobRunner
+from bot.store import TaskStore
+from bot.summary import enqueue, plan
+from tests.conftest import BASIC_CATALOG
+
+from .conftest import VcSim, connector, find_vms, run_task
+
+pytestmark = pytest.mark.timeout(180)
+
+DISK_KB = (1 << 30) // 1024  # disk: {size_gib: 1}
+
+
+def with_vsphere(sim: VcSim, **overrides: Any) -> str:
+    """BASIC_CATALOG with win10-office on a vsphere connector pointing at ``sim``."""
+    settings = {**connector(sim, **overrides), "scripts": ["scripts/setup.sh"]}
+    line = f"  vcsim-lab: {json.dumps(settings)}\n"  # JSON is YAML (flow mapping)
+    text = BASIC_CATALOG.replace("connectors:\n", "connectors:\n" + line, 1)
+    return text.replace("connector: folder", "connector: vcsim-lab")
+
+
+@pytest.fixture
+def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short WaitForUpdatesEx calls, so a detaching runner lets go within seconds."""
+    monkeypatch.setattr(VSphereAdapter, "wait_seconds", 2)
+
+
+def queue(store: TaskStore, catalog: Catalog) -> str:
+    return enqueue(store, plan(catalog, "win10-office"), requested_by="alice")[0].id
+
+
+def kinds(store: TaskStore, task_id: str) -> list[str]:
+    return [e.kind for e in store.events(task_id) if e.kind != "progress"]
+
+
+async def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def guest_notes(store: TaskStore, task_id: str) -> list[str]:
+    return [e.message for e in store.events(task_id) if e.kind == "guest"]
+
+
+def the_disk(vm: Any) -> Any:
+    from pyVmomi import vim
+
+    [disk] = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+    return disk
+
+
+def disk_files(vm: Any) -> list[Path]:
+    """The VM's .vmdk files in vcsim's (local directory) datastore."""
+    [ds] = vm.datastore
+    disk = the_disk(vm)
+    folder = disk.backing.fileName.removeprefix(f"[{ds.name}] ").rsplit("/", 1)[0]
+    return sorted((Path(ds.info.url) / folder).glob("*.vmdk"))
+
+
+def start_runner(store: TaskStore, cat: Catalog, task_id: str,
+                 stop: asyncio.Event | None = None) -> tuple[JobRunner, asyncio.Task[None]]:
+    runner = JobRunner(store, cat, poll_interval=0.05)
+    until_done = stop is None
+    work = asyncio.create_task(runner.run(only=[task_id], stop=stop, until_done=until_done))
+    return runner, work
+
+
+async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
+        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        store: TaskStore) -> None:
+    cat = load_catalog(write_catalog(with_vsphere(vcsim)))
+    task_id = queue(store, cat)
+    _, work = start_runner(store, cat, task_id)
+    try:
+        await wait_until(lambda: store.get(task_id).status in states.TERMINAL
+                         or any("waiting for VM" in n for n in guest_notes(store, task_id)),
+                         "the watch to start")
+        task = store.get(task_id)
+        assert task.status == states.ACTION_REQUIRED, task.error
+        assert kinds(store, task_id) == ["created", "stage", "composited", "stage",
+                                         "disk_created", "next_steps", "hint", "waiting", "guest"]
+
+        [vm] = find_vms(vcsim, task.image_name)
+        assert vm.runtime.powerState == "poweredOff" and not vm.config.template
+        uuid = vcsim.si().content.about.instanceUuid
+        link = (f"https://{vcsim.host}:{vcsim.port}/ui/app/vm;nav=v/urn:vmomi:VirtualMachine:"
+                f"{vm._moId}:{uuid}")
+        assert task.link == link
+        events = {e.kind: e for e in store.events(task_id)}
+        assert events["disk_created"].message == (
+            f"Disk created: VM {task.image_name} (powered off) \u2014 {link}")
+        assert events["next_steps"].message.startswith(
+            f"The virtual machine {task.image_name} is created, but off.")
+        assert "log in with a local user" in events["hint"].message
+        assert task.resources["vm"] == vm._moId and task.resources["lease"] is None
+        assert task.published is not None and task.published["resource"]["vm"] == vm._moId
+        disk = the_disk(vm)
+        assert disk.capacityInKB == DISK_KB
+        assert disk.backing.fileName.startswith(f"[LocalDS_0] {task.image_name}/")
+        assert disk_files(vm)
+
+        run_task(vcsim, vm.PowerOnVM_Task())
+        await wait_until(lambda: any("is running" in n for n in guest_notes(store, task_id)),
+                         "the runner to see the VM running", 30)
+        assert store.get(task_id).status == states.ACTION_REQUIRED
+        run_task(vcsim, vm.PowerOffVM_Task())
+        await asyncio.wait_for(asyncio.shield(work), 30)
+    finally:
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+    task = store.get(task_id)
+    assert task.status == states.DONE, task.error
+    assert kinds(store, task_id)[-4:] == ["guest", "guest", "guest", "done"]
+    assert guest_notes(store, task_id)[-1] == f"VM {task.image_name} has shut down"
+    assert len(find_vms(vcsim, task.image_name)) == 1  # a finished VM is kept
+
+
+@pytest.mark.parametrize("power_on", ["before_restart", "after_restart"])
+async def test_restart_during_watch_reaches_done_once(
+        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        store: TaskStore, power_on: str) -> None:
+    cat = load_catalog(write_catalog(with_vsphere(vcsim)))
+    task_id = queue(store, cat)
+    stop = asyncio.Event()
+    _, first = start_runner(store, cat, task_id, stop)
+    try:
+        await wait_until(lambda: store.get(task_id).status in states.TERMINAL
+                         or any("waiting for VM" in n for n in guest_notes(store, task_id)),
+                         "the first runner's watch to start")
+        task = store.get(task_id)
+        assert task.status == states.ACTION_REQUIRED, task.error
+        [vm] = find_vms(vcsim, task.image_name)
+        if power_on == "before_restart":
+            run_task(vcsim, vm.PowerOnVM_Task())  # the guest runs its scripts...
+            await wait_until(lambda: store.get(task_id).resources.get("powered_on") == vm._moId,
+                             "the first runner to record the power on", 30)
+        stop.set()  # ...while the bot goes down
+        await asyncio.wait_for(asyncio.shield(first), 30)
+    finally:
+        if not first.done():
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+    task = store.get(task_id)
+    assert task.status == states.ACTION_REQUIRED and task.lease_owner is None
+    if power_on == "before_restart":
+        run_task(vcsim, vm.PowerOffVM_Task())  # the guest shuts down while no runner watches
+
+    _, second = start_runner(store, cat, task_id)
+    try:
+        if power_on == "after_restart":
+            await wait_until(lambda: guest_notes(store, task_id).count(
+                f"waiting for VM {task.image_name} to be powered on and shut down") == 2,
+                "the second runner's watch to start")
+            await asyncio.sleep(0.3)
+            assert store.get(task_id).status == states.ACTION_REQUIRED
+            run_task(vcsim, vm.PowerOnVM_Task())
+            run_task(vcsim, vm.PowerOffVM_Task())
+        await asyncio.wait_for(asyncio.shield(second), 30)
+    finally:
+        if not second.done():
+            second.cancel()
+            await asyncio.gather(second, return_exceptions=True)
+    task = store.get(task_id)
+    assert task.status == states.DONE, task.error
+    events = kinds(store, task_id)
+    assert events.count("done") == 1
+    assert events.count("disk_created") == 1
+    assert events.count("waiting") == 2  # each runner announced its watch
+    assert "resumed" in events and "cleanup" not in events and "failed" not in events
+    assert task.attempts == 1  # a runner that stops cleanly gives its attempt back
+    [again] = find_vms(vcsim, task.image_name)  # not imported twice, not removed
+    assert again._moId == vm._moId
+
+
+async def test_template_mode_reaches_done_when_a_deployed_vm_shuts_down(
+        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        store: TaskStore) -> None:
+    from pyVmomi import vim
+
+    cat = load_catalog(write_catalog(with_vsphere(vcsim, mode="template")))
+    task_id = queue(store, cat)
+    _, work = start_runner(store, cat, task_id)
+    try:
+        await wait_until(lambda: store.get(task_id).status in states.TERMINAL
+                         or any("deployed from the template" in n
+                                for n in guest_notes(store, task_id)),
+                         "the deploy watch to start")
+        task = store.get(task_id)
+        assert task.status == states.ACTION_REQUIRED, task.error
+        [tpl] = find_vms(vcsim, task.image_name)
+        assert tpl.config.template
+        events = {e.kind: e for e in store.events(task_id)}
+        assert events["disk_created"].message.startswith(
+            f"Disk created: VM template {task.image_name} \u2014 https://")
+        assert events["next_steps"].message.startswith(
+            f"Create a VM from the VMware Virtual Machine template {task.image_name}")
+        disk = the_disk(tpl)
+        assert disk.capacityInKB == DISK_KB
+        assert disk.backing.fileName.startswith(f"[LocalDS_0] {task.image_name}/")
+        assert disk_files(tpl)
+
+        pool = find_vms(vcsim, "DC0_C0_RP0_VM0")[0].resourcePool
+        spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=pool), powerOn=False)
+        clone = run_task(vcsim, tpl.CloneVM_Task(folder=tpl.parent, name="desk-r", spec=spec))
+        clone = vim.VirtualMachine(clone._moId, vcsim.si()._stub)
+        await wait_until(lambda: store.get(task_id).resources.get("deployed_vm") == clone._moId,
+                         "the runner to find the deployed VM", 30)
+        run_task(vcsim, clone.PowerOnVM_Task())
+        run_task(vcsim, clone.PowerOffVM_Task())
+        await asyncio.wait_for(asyncio.shield(work), 30)
+    finally:
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+    task = store.get(task_id)
+    assert task.status == states.DONE, task.error
+    assert kinds(store, task_id).count("done") == 1
+    assert guest_notes(store, task_id)[-1] == "VM desk-r has shut down"

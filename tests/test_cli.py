@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -161,3 +162,40 @@ def test_ctrl_c_while_waiting_for_the_guest(cli: Callable[..., tuple[int, str]],
     task = TaskStore(tmp_path / "t.db").list_tasks()[0]
     assert f"{task.id} win10-office: Action required (published, waiting for the guest" in out
     assert "carries it on" in out and "stay queued" not in out
+
+
+def test_config_and_db_default_to_the_environment(catalog_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no layerbot.yml here
+    db = tmp_path / "from-env.db"
+    env = {"LAYERBOT_CONFIG": str(catalog_dir / "layerbot.yml"), "LAYERBOT_DB": str(db)}
+    runner = CliRunner()
+    result = runner.invoke(main, ["templates"], env=env, terminal_width=200)
+    assert result.exit_code == 0 and "win10-office" in result.output, result.output
+    result = runner.invoke(main, ["publish", "win10-office", "--yes", "--no-run"], env=env)
+    assert result.exit_code == 0, result.output
+    (task,) = TaskStore(db).list_tasks()
+    result = runner.invoke(main, ["tasks"], env=env, terminal_width=200)
+    assert result.exit_code == 0 and task.id in result.output
+    assert list(elsewhere.iterdir()) == []  # nothing fell back to ./layerbot.db
+    # the options win over the environment
+    result = runner.invoke(main, ["--config", str(elsewhere / "none.yml"), "templates"], env=env)
+    assert result.exit_code == 2 and "none.yml: cannot read" in result.output
+    result = runner.invoke(main, ["--db", str(tmp_path / "other.db"), "tasks"], env=env,
+                           terminal_width=200)
+    assert result.exit_code == 0 and task.id not in result.output
+
+
+def test_check_with_a_required_tool_missing_gives_the_install_command(
+        cli: Callable[..., tuple[int, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    import compositor.tools
+
+    real_find = compositor.tools.find_tool
+    monkeypatch.setattr(compositor.tools, "find_tool",
+                        lambda name: None if name == "qemu-img" else real_find(name))
+    code, out = cli("check")
+    assert code == 2, out
+    assert re.search(r"^  qemu-img +missing$", out, re.M), out
+    assert "missing tools: install with: sudo apt-get install -y qemu-utils" in out

@@ -198,3 +198,33 @@ async def test_a_runner_sweeps_what_dead_runners_left(catalog: Catalog, store: T
     await run_until_finished(store, catalog, [task_id])
     assert not leftover.exists()
     assert store.get(task_id).status == states.DONE
+
+
+@pytest.mark.parametrize("max_parallel", [1, 2])
+async def test_max_parallel_bounds_the_tasks_worked_at_once(
+        write_catalog: Callable[[str], Path], store: TaskStore, monkeypatch: pytest.MonkeyPatch,
+        max_parallel: int) -> None:
+    text = with_fake("fail_upload: true\nupload_seconds: 0.4").replace(
+        "max_parallel: 2", f"max_parallel: {max_parallel}")
+    cat = load_catalog(write_catalog(text))
+    ids = [queue(store, cat), queue(store, cat)]
+    running = peak = 0
+    real_run_job = JobRunner._run_job
+
+    async def counting(self: JobRunner, task: object) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await real_run_job(self, task)  # type: ignore[arg-type]
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(JobRunner, "_run_job", counting)
+    await run_until_finished(store, cat, ids)
+    assert [store.get(i).status for i in ids] == [states.FAILED, states.FAILED]
+    assert peak == max_parallel  # 2 shows the count sees overlapping tasks
+    if max_parallel == 1:
+        # one after the other: every event of the older task (after "created") comes first
+        worked = {i: [e.id for e in store.events(i) if e.kind != "created"] for i in ids}
+        assert max(worked[ids[0]]) < min(worked[ids[1]])

@@ -221,6 +221,10 @@ class Adapter:
             hw = hardware_from_config(config)
         await self._check_space(ctx.artifact, place)
         network = cfg.network or (hw.template_network if place.template_vm else None)
+        if not cfg.network and place.template_vm is not None and hw.template_portgroup_key:
+            place.network, network = await session.call(
+                lambda si: _find_portgroup(si, place.datacenter, hw.template_portgroup_key),
+                "finding the VM template's distributed port group")
         if network and place.network is None:
             place.network = await session.call(
                 lambda si: _find_network(si, place.datacenter, network), "finding the network")
@@ -362,6 +366,19 @@ def _find_network(si: Any, datacenter: Any, name: str) -> Any:
     if found is None:
         raise NotFoundError(f"vSphere: network {name!r} (of the VM template) not found")
     return found
+
+
+def _find_portgroup(si: Any, datacenter: Any, key: str | None) -> tuple[Any, str]:
+    """The distributed port group with ``key`` and its name."""
+    from pyVmomi import vim
+
+    from adapters.vsphere_inventory import find_by_property, prop
+
+    found = find_by_property(si, datacenter, vim.dvs.DistributedVirtualPortgroup, "key", key)
+    if found is None:
+        raise NotFoundError(
+            f"vSphere: distributed port group {key!r} (of the VM template's NIC) not found")
+    return found, prop(si, found, vim.dvs.DistributedVirtualPortgroup, "name")
 
 
 def _create_import_spec(si: Any, descriptor: str, name: str, place: Placement,

@@ -56,6 +56,11 @@ def prop(si: Any, obj: Any, kind: Any, path: str) -> Any:
 
 def find_by_name(si: Any, root: Any, kind: Any, name: str) -> Any | None:
     """The first object of ``kind`` named ``name`` below ``root``."""
+    return find_by_property(si, root, kind, "name", name)
+
+
+def find_by_property(si: Any, root: Any, kind: Any, path: str, value: Any) -> Any | None:
+    """The first object of ``kind`` below ``root`` whose property ``path`` is ``value``."""
     from pyVmomi import vmodl
 
     view = si.content.viewManager.CreateContainerView(root, [kind], True)
@@ -64,12 +69,12 @@ def find_by_name(si: Any, root: Any, kind: Any, name: str) -> Any | None:
         traversal = pc.TraversalSpec(name="view", path="view", skip=False, type=type(view))
         spec = pc.FilterSpec(
             objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[traversal])],
-            propSet=[pc.PropertySpec(type=kind, pathSet=["name"], all=False)],
+            propSet=[pc.PropertySpec(type=kind, pathSet=[path], all=False)],
         )
         result = si.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
         while result is not None:
             for item in result.objects:
-                if item.propSet and item.propSet[0].val == name:
+                if item.propSet and item.propSet[0].val == value:
                     return item.obj
             if not result.token:
                 break

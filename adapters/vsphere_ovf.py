@@ -40,6 +40,8 @@ class Hardware:
     scsi_type: str = "lsilogic"
     #: Network name of the template's first NIC (used when the connector names none).
     template_network: str | None = None
+    #: Key of the distributed port group of that NIC, whose backing carries no name.
+    template_portgroup_key: str | None = None
 
 
 def _short(obj: Any) -> str:
@@ -49,14 +51,17 @@ def _short(obj: Any) -> str:
 def hardware_from_config(config: Any, base: Hardware = Hardware()) -> Hardware:
     """Hardware copied from a VM's ``config`` (vim.vm.ConfigInfo) of the vm_template."""
     hw = config.hardware
-    nic_type, scsi_type, network = base.nic_type, base.scsi_type, None
+    nic_type, scsi_type, network, portgroup = base.nic_type, base.scsi_type, None, None
     for device in hw.device or []:
         kind = _short(device)
-        if kind in _NICS and network is None:
+        if kind in _NICS and network is None and portgroup is None:
             nic_type = _NICS[kind]
-            network = getattr(device.deviceInfo, "summary", None)
             backing = device.backing
-            network = getattr(backing, "deviceName", None) or network
+            port = getattr(backing, "port", None)  # a distributed port group: no name here
+            portgroup = getattr(port, "portgroupKey", None) if port is not None else None
+            if portgroup is None:
+                network = getattr(backing, "deviceName", None) or getattr(
+                    device.deviceInfo, "summary", None)
         elif kind in _SCSI and scsi_type == base.scsi_type:
             scsi_type = _SCSI[kind]
     return replace(
@@ -70,6 +75,7 @@ def hardware_from_config(config: Any, base: Hardware = Hardware()) -> Hardware:
         nic_type=nic_type,
         scsi_type=scsi_type,
         template_network=network,
+        template_portgroup_key=portgroup,
     )
 
 

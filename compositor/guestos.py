@@ -130,7 +130,7 @@ class LayerView:
         try:
             yield
         except (OSError, *ARCHIVE_ERRORS) as exc:
-            raise unreadable(self.layer.name, exc) from exc
+            raise unreadable(self.layer.name, exc, self.source) from exc
 
     def _check_wanted(self, key: str, prefix: bool = False) -> None:
         if (key not in self.wanted.prefixes) if prefix else not self.wanted.keeps(key):

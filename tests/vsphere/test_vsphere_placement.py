@@ -119,10 +119,6 @@ async def test_missing_folder_and_pool_are_named(vcsim: VcSim, vc_env: None,
     assert find_vms(vcsim, "misplaced") == []
 
 
-@pytest.mark.xfail(strict=True, raises=NotFoundError,
-                   reason="product bug: a vm_template NIC on a distributed port group yields "
-                          "network 'DVSwitch: <uuid>' (adapters/vsphere_ovf.py "
-                          "hardware_from_config)")
 async def test_template_nic_on_a_distributed_port_group(vcsim: VcSim, vc_env: None,
                                                          raw_disk: Path) -> None:
     [src] = find_vms(vcsim, "DC0_C0_RP0_VM0")  # its NIC is on DC0_DVPG0

@@ -4,6 +4,8 @@ rem Windows down so the publishing task can reach Done.
 rem Once, even when a script shuts Windows down itself: RUNNING names the script that runs; a
 rem later start that finds RUNNING without DONE logs that the previous run was interrupted,
 rem writes DONE and neither runs the scripts again nor shuts down.
+rem Batch scripts run in a cmd.exe of their own: a plain `exit N` in one (common) would end
+rem this runner too if it were `call`ed.
 setlocal EnableExtensions
 set "LB=%SystemRoot%\Setup\Scripts\layerbot"
 set "LOG=%SystemRoot%\Temp\layerbot-firstboot.log"
@@ -39,9 +41,9 @@ set "STARTED=%TIME%"
 if /i "%~x1"==".ps1" (
     powershell.exe -NoProfile -ExecutionPolicy Bypass -File "%~1" >> "%LOG%" 2>&1
 ) else if /i "%~x1"==".cmd" (
-    call "%~1" >> "%LOG%" 2>&1
+    cmd.exe /d /c ""%~1"" >> "%LOG%" 2>&1
 ) else if /i "%~x1"==".bat" (
-    call "%~1" >> "%LOG%" 2>&1
+    cmd.exe /d /c ""%~1"" >> "%LOG%" 2>&1
 ) else if /i "%~x1"==".vbs" (
     cscript.exe //nologo "%~1" >> "%LOG%" 2>&1
 ) else (

@@ -20,7 +20,7 @@ SHUTDOWN_MODE=$(cat "$ROOT/usr/lib/layerbot/shutdown" 2>/dev/null || echo auto)
 [ -e "$DONE" ] && exit 0
 mkdir -p "$(dirname "$DONE")" "$(dirname "$LOG")"
 # each line goes to the log and to stdout (the unit sends stdout to the journal and console)
-log() { line="$(date -u +%Y-%m-%dT%H:%M:%SZ) $*"; echo "$line" >> "$LOG"; echo "layerbot: $line"; }
+log() { line="$(date -u +%Y-%m-%dT%H:%M:%SZ) $*"; printf '%s\n' "$line" >> "$LOG"; printf 'layerbot: %s\n' "$line"; }
 done_marker() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) status $1" > "$DONE"; rm -f "$RUNNING"; sync; }
 
 if [ -e "$RUNNING" ]; then
@@ -48,7 +48,7 @@ status=0
 for script in "$SCRIPTS"/*; do
     [ -f "$script" ] || continue
     current=$script
-    echo "$script" > "$RUNNING"
+    printf '%s\n' "$script" > "$RUNNING"
     sync
     start=$(date +%s)
     log "run $script"

@@ -26,7 +26,7 @@ from bot import messages, states
 from bot.catalog import Catalog, Template
 from bot.steps import Outcome, Step
 from bot.store import LeaseLost, Task, TaskStore
-from compositor.evict import ArtifactHold, evict, hold_artifact
+from compositor.evict import ArtifactHold, evict, hold_artifact_async
 from compositor.firstboot import publish_layer
 from compositor.isolated import build_image_isolated, publish_layer_isolated
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
@@ -155,9 +155,7 @@ class ComposeStep:
                     progress=on_progress,
                 )
                 try:
-                    # Inline (open + flock): a hold taken in a thread would leak if the
-                    # task were cancelled meanwhile.
-                    job.artifact_hold = hold_artifact(built.path)
+                    job.artifact_hold = await hold_artifact_async(built.path)
                     break
                 except FileNotFoundError:
                     if attempt == 2:

@@ -13,6 +13,7 @@ lock yet, and the files a running build is about to publish.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -99,11 +100,12 @@ class ArtifactHold:
     Raises FileNotFoundError when the file is gone, also when an evictor removed it while
     this hold waited for the lock (the caller builds it again)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, wait: bool = True) -> None:
         self.path = path
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            # without wait: BlockingIOError while an evictor holds the file
+            fcntl.flock(fd, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))
             if not _names(path, os.fstat(fd)):
                 raise FileNotFoundError(errno.ENOENT, "removed from the cache", str(path))
         except BaseException:
@@ -123,8 +125,18 @@ class ArtifactHold:
         self.release()
 
 
-def hold_artifact(path: Path) -> ArtifactHold:
-    return ArtifactHold(Path(path))
+def hold_artifact(path: Path, *, wait: bool = True) -> ArtifactHold:
+    return ArtifactHold(Path(path), wait=wait)
+
+
+async def hold_artifact_async(path: Path) -> ArtifactHold:
+    """hold_artifact for an event loop: never blocks it while an evictor holds the file (a
+    hold taken in a worker thread could leak if the caller were cancelled meanwhile)."""
+    while True:
+        try:
+            return hold_artifact(path, wait=False)
+        except BlockingIOError:
+            await asyncio.sleep(0.05)
 
 
 def _names(path: Path, st: os.stat_result) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import threading
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 from compositor import cache_usage, evict_cache, hold_artifact
-from compositor.evict import MIN_AGE, _remove_entry
+from compositor.evict import MIN_AGE, _remove_entry, hold_artifact_async
 
 MIB = 1 << 20
 NOW = time.time()
@@ -130,3 +131,16 @@ def test_a_hold_waiting_on_an_evictor_fails_when_the_file_went(tmp_path: Path) -
 def test_a_missing_or_empty_cache_is_fine(tmp_path: Path) -> None:
     assert cache_usage(tmp_path / "nothing").total == 0
     assert evict_cache(tmp_path / "nothing", 0).removed == []
+
+
+async def test_the_async_hold_waits_without_blocking_the_loop(tmp_path: Path) -> None:
+    path = _artifact(tmp_path / "cache", "k", 1, age_s=9000)
+    evictor = os.open(path, os.O_RDONLY)
+    fcntl.flock(evictor, fcntl.LOCK_EX)
+    holding = asyncio.ensure_future(hold_artifact_async(path))
+    # a blocking flock would stop this loop for good: the lock below is never released
+    await asyncio.sleep(0.2)
+    assert not holding.done()
+    os.close(evictor)
+    hold = await asyncio.wait_for(holding, 5)
+    hold.release()

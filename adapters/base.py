@@ -112,6 +112,8 @@ class ConnectorConfig(BaseModel):
     """Settings shared by every connector type; each adapter module subclasses it."""
 
     model_config = ConfigDict(extra="forbid")
+    #: The template filesystems (``disk.filesystem``) this target can use; None: any.
+    filesystems: ClassVar[tuple[str, ...] | None] = None
     type: str
     #: Script files (paths relative to the catalog file) copied into the image
     #: and run by the guest on first boot, in this order.

@@ -45,6 +45,8 @@ _STALE_SECONDS = 10.0
 
 
 class Config(ConnectorConfig):
+    #: Linux OS layers booted with the kernel in their /boot: an NTFS disk cannot boot here.
+    filesystems: ClassVar[tuple[str, ...] | None] = ("ext4",)
     type: Literal["qemu"]
     #: Where VM directories are created.
     path: CatalogPath

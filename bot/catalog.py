@@ -251,6 +251,14 @@ def _check_references(
                 f"{fname}: templates.{tname}.connector: "
                 f"{unknown_name('connector', t.connector, declared['connectors'])}"
             )
+        connector = cat.connectors.get(t.connector)
+        if (connector is not None and connector.filesystems is not None
+                and t.disk.filesystem not in connector.filesystems):
+            problems.append(
+                f"{fname}: templates.{tname}.disk.filesystem: {t.disk.filesystem!r} cannot be "
+                f"used with connector {t.connector!r} (type {connector.type}: "
+                f"{', '.join(connector.filesystems)} only)"
+            )
 
 
 _SECTIONS = ("layers", "connectors", "templates", "runner")

@@ -72,6 +72,16 @@ def test_layer_in_the_wrong_slot(write_catalog: Callable[[str], Path]) -> None:
     ]
 
 
+def test_a_filesystem_the_connector_cannot_boot(write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace("  folder:\n    type: local\n    path: ./published\n    format: qcow2\n",
+                                 "  folder:\n    type: qemu\n    path: ./vms\n")
+    text = text.replace("disk: {size_gib: 1}", "disk: {size_gib: 1, filesystem: ntfs}")
+    assert problems(write_catalog(text)) == [
+        "layerbot.yml: templates.win10-office.disk.filesystem: 'ntfs' cannot be used with "
+        "connector 'folder' (type qemu: ext4 only)"
+    ]
+
+
 def test_unknown_connector_and_missing_script(write_catalog: Callable[[str], Path]) -> None:
     text = BASIC_CATALOG.replace("connector: folder", "connector: fodler").replace(
         "scripts/setup.sh", "scripts/missing.cmd")

@@ -67,7 +67,7 @@ def connector_unusable(connector: str, exc: BaseException) -> str:
 
 
 def too_many_attempts(count: int) -> str:
-    return (f"gave up: the runners working this task stopped {count} times without finishing "
+    return (f"gave up: the runners working this task died {count} times without finishing "
             "it (see `layerbot task` for the attempts)")
 
 
@@ -198,6 +198,11 @@ def publish_cancelled(user: str) -> str:
 def intent_expired(minutes: int) -> str:
     return (f"This confirmation expired (they are valid for {minutes} minutes). "
             "Run `/publish` again.")
+
+
+def approval_pending(requester: str, names: list[str]) -> str:
+    return (f"An approval card for {', '.join(names)} (asked by <@{requester}>) is already in "
+            "this channel, waiting for a second person.")
 
 
 def intent_used(by: str) -> str:

@@ -167,8 +167,9 @@ class Handlers:
         await self.request(user, channel, names, self._dm(user, channel))
 
     async def request(self, user: str, channel: str | None, names: list[str],
-                      reply: Reply) -> None:
-        """Check names and access, then offer the confirm card."""
+                      reply: Reply, *, intent_id: str | None = None) -> None:
+        """Check names and access, then offer the confirm card. ``intent_id``: a fixed id (a
+        retry), so a second request while its card is live posts no second card."""
         unknown = [n for n in names if n not in self.catalog.templates]
         if unknown:
             problems = [slack_blocks.escape(unknown_name("template", n, self.catalog.templates))
@@ -198,7 +199,13 @@ class Handlers:
             await reply(slack_blocks.text_message(messages.slack_error(
                 messages.cannot_prepare(names, exc, explained=isinstance(exc, PlanError)))))
             return
-        intent = await self.db.run(self.intents.create, user, channel, names, rule)
+        intent, new = await self.db.run(self.intents.create, user, channel, names, rule,
+                                        intent_id=intent_id)
+        if not new:
+            await reply(slack_blocks.text_message(
+                messages.intent_used(intent.claimed_by) if intent.claimed_by
+                else messages.approval_pending(intent.user, intent.templates)))
+            return
         card = slack_blocks.confirm_card(plans, intent.id, user,
                                          second_person=rule == "second_person",
                                          ttl_minutes=int(self.intents.ttl // 60))
@@ -362,7 +369,8 @@ class Handlers:
                                                                   decision.reason)))
             return
         if slack_access.approval_rule(self.catalog, [task.template]) == "second_person":
-            await self.request(user, channel, [task.template], reply)
+            await self.request(user, channel, [task.template], reply,
+                               intent_id=f"retry-{task.id}")
             return
         new = await self.db.run(self.store.retry, task.id, f"retry:{task.id}", user,
                                 messages.retried(task.id, user), new_image_name(task.template))

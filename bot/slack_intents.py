@@ -57,10 +57,20 @@ class IntentStore:
             )
 
     def create(self, user: str, channel: str | None, templates: list[str],
-               rule: ApprovalRule) -> Intent:
-        intent_id = "i" + secrets.token_urlsafe(12)
+               rule: ApprovalRule, *, intent_id: str | None = None) -> tuple[Intent, bool]:
+        """A new intent, and True. With a fixed ``intent_id`` (a retry of one task) a live
+        intent of that id — unexpired and not cancelled, used or not — is returned instead,
+        with False, so repeated clicks never lead to two approvals; an expired or cancelled
+        one is replaced."""
         now = time.time()
         with self.store.transaction():
+            if intent_id is not None:
+                live = self.get(intent_id)
+                if live is not None and not live.cancelled and (
+                        live.claimed_by is not None or live.expires_at > now):
+                    return live, False
+                self.store.db.execute("DELETE FROM slack_intents WHERE id = ?", [intent_id])
+            intent_id = intent_id or "i" + secrets.token_urlsafe(12)
             self.store.db.execute(
                 "INSERT INTO slack_intents (id, user, channel, templates, rule, created_at,"
                 " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -68,7 +78,7 @@ class IntentStore:
             )
         intent = self.get(intent_id)
         assert intent is not None
-        return intent
+        return intent, True
 
     def get(self, intent_id: str) -> Intent | None:
         rows = list(self.store.db.query("SELECT * FROM slack_intents WHERE id = ?", [intent_id]))

@@ -183,7 +183,7 @@ async def test_a_task_whose_runners_keep_dying_gives_up(catalog: Catalog, store:
     task = store.get(task_id)
     assert task.status == states.FAILED
     assert task.error is not None and task.error.startswith(
-        f"gave up: the runners working this task stopped {catalog.runner.max_attempts} times")
+        f"gave up: the runners working this task died {catalog.runner.max_attempts} times")
 
 
 async def test_a_runner_sweeps_what_dead_runners_left(catalog: Catalog, store: TaskStore) -> None:

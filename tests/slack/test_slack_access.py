@@ -150,10 +150,17 @@ async def test_retry_is_a_new_publish_checked_like_one(make_slack: MakeSlack) ->
     cards = slack.double.of("chat.postMessage", channel=CHANNEL)
     second = button_value(cards[-1].params["blocks"], "intent_confirm")
     assert second != intent and "second person" in texts(cards[-1].params)
+    # clicking Retry again while that card waits posts no second card
+    pending = await slack.answer(await slack.click("task_retry", task.id, user=BOB))
+    assert "already in this channel, waiting for a second person" in pending["text"]
+    assert len(slack.double.of("chat.postMessage", channel=CHANNEL)) == len(cards)
     own = await slack.answer(await slack.click("intent_confirm", second, user=ALICE))
     assert "someone other than" in own["text"]
     await slack.answer(await slack.click("intent_confirm", second, user=BOB))
     tasks = slack.store.list_tasks()
     assert len(tasks) == 2 and len({t.image_name for t in tasks}) == 2
+    used = await slack.answer(await slack.click("task_retry", task.id, user=ALICE))
+    assert f"already used by <@{BOB}>" in used["text"]
+    assert len(slack.store.list_tasks()) == 2
     actions = [(r["user"], r["action"], r["allowed"]) for r in audit(slack)]
     assert (CAROL, "retry", 0) in actions and (ALICE, "retry", 1) in actions

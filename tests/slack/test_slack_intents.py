@@ -8,7 +8,7 @@ import time
 
 from bot.slack_intents import Claim, IntentStore
 from bot.store import TaskStore
-from tests.slack.conftest import ALICE, CHANNEL, MakeSlack, button_value, sign
+from tests.slack.conftest import ALICE, BOB, CAROL, CHANNEL, MakeSlack, button_value, sign
 from tests.slack.test_slack_access import with_access
 
 
@@ -77,9 +77,27 @@ async def test_cancel_on_the_card_withdraws_the_intent(make_slack: MakeSlack) ->
 
 def test_claim_is_exclusive_and_respects_expiry(store: TaskStore) -> None:
     intents = IntentStore(store, ttl=60)
-    i = intents.create(ALICE, CHANNEL, ["win10-office"], "requester")
+    i, _ = intents.create(ALICE, CHANNEL, ["win10-office"], "requester")
     assert intents.claim(i.id, ALICE, now=time.time() + 61) is Claim.EXPIRED
     assert intents.claim(i.id, ALICE) is Claim.CLAIMED
     assert intents.claim(i.id, ALICE) is Claim.USED
     assert intents.claim("inope", ALICE) is Claim.UNKNOWN
     assert intents.get(i.id).claimed_by == ALICE  # type: ignore[union-attr]
+
+
+def test_a_fixed_id_is_reused_while_live_and_replaced_once_expired(store: TaskStore) -> None:
+    intents = IntentStore(store, ttl=0.2)
+    first, new = intents.create(ALICE, CHANNEL, ["win10-office"], "second_person",
+                                intent_id="retry-t1")
+    assert new and first.id == "retry-t1"
+    again, new = intents.create(BOB, CHANNEL, ["win10-office"], "second_person",
+                                intent_id="retry-t1")
+    assert not new and again.user == ALICE
+    time.sleep(0.3)  # expired, never used: a fresh one takes its place
+    fresh, new = intents.create(BOB, CHANNEL, ["win10-office"], "second_person",
+                                intent_id="retry-t1")
+    assert new and fresh.user == BOB and fresh.expires_at > time.time()
+    assert intents.claim("retry-t1", CAROL) is Claim.CLAIMED
+    used, new = intents.create(ALICE, CHANNEL, ["win10-office"], "second_person",
+                               intent_id="retry-t1")
+    assert not new and used.claimed_by == CAROL  # used: never a second start

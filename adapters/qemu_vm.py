@@ -63,10 +63,11 @@ class VmDefinition:
     cpus: int
     accel: Accel
     qemu: str
-    disk: str = DISK
-    kernel: str | None = None
+    #: file names in the VM directory (direct kernel boot: layerbot's disk has no boot loader)
+    kernel: str
+    cmdline: str
     initrd: str | None = None
-    cmdline: str | None = None
+    disk: str = DISK
     created_at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
@@ -78,6 +79,10 @@ class VmDefinition:
             data = json.loads((vm_dir / DEFINITION).read_text())
         except FileNotFoundError:
             raise PlatformError(f"{vm_dir} holds no VM definition ({DEFINITION})") from None
+        if not data.get("kernel"):
+            raise PlatformError(
+                f"{vm_dir}: this VM was published by an older layerbot for firmware boot, which "
+                "cannot boot layerbot's disks (no boot loader); publish the template again")
         data.pop("disk_bus", None)  # written by older versions: always virtio now
         return cls(**data)
 
@@ -106,11 +111,10 @@ def qemu_argv(vm: VmDefinition, vm_dir: Path, *, accel: Literal["kvm", "tcg"] | 
         argv += ["-accel", accel, "-cpu", KVM_CPU if accel == "kvm" else "max"]
     argv += ["-drive", f"file={vm_dir / vm.disk},format=qcow2,cache=writeback,if=virtio",
              "-nic", "none", "-display", "none", "-no-reboot"]
-    if vm.kernel:
-        argv += ["-kernel", str(vm_dir / vm.kernel)]
-        if vm.initrd:
-            argv += ["-initrd", str(vm_dir / vm.initrd)]
-        argv += ["-append", vm.cmdline or "console=ttyS0"]
+    argv += ["-kernel", str(vm_dir / vm.kernel)]
+    if vm.initrd:
+        argv += ["-initrd", str(vm_dir / vm.initrd)]
+    argv += ["-append", vm.cmdline]
     if daemon:
         argv += ["-daemonize", "-pidfile", str(vm_dir / PIDFILE), "-S",
                  "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",

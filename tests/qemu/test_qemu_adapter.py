@@ -239,7 +239,8 @@ def test_a_qemu_that_cannot_start_is_reported(tmp_path: Path) -> None:
     vm_dir = tmp_path / "vm"
     vm_dir.mkdir()
     vm = vmfiles.VmDefinition(name="broken", task_id="t1", memory_mb=128, cpus=1, accel="tcg",
-                              qemu=sys.executable)  # not a QEMU: exits with an error
+                              qemu=sys.executable,  # not a QEMU: exits with an error
+                              kernel="vmlinuz", cmdline="console=ttyS0")
     vmfiles.write_definition(vm, vm_dir)
     with pytest.raises(PlatformError, match="VM broken did not start: "):
         vmfiles.start(vm_dir, timeout=30)
@@ -263,3 +264,15 @@ def test_vm_commands_need_a_task_published_to_qemu(tmp_path: Path) -> None:
     assert result.returncode == 2 and "t-nope" in result.stderr
     result = _cli(tmp_path, "vm", "status", task.id)
     assert result.returncode == 2 and "has no QEMU VM" in result.stderr
+
+
+def test_a_vm_published_for_firmware_boot_by_an_older_version_says_publish_again(
+        tmp_path: Path) -> None:
+    (tmp_path / vmfiles.DEFINITION).write_text(json.dumps({
+        "name": "old", "task_id": "t1", "memory_mb": 128, "cpus": 1, "accel": "tcg",
+        "qemu": "qemu-system-x86_64", "disk": "disk.qcow2", "disk_bus": "sata",
+        "kernel": None, "initrd": None, "cmdline": None}))
+    with pytest.raises(PlatformError) as failed:
+        vmfiles.VmDefinition.load(tmp_path)
+    assert "older layerbot for firmware boot" in str(failed.value)
+    assert str(failed.value).endswith("publish the template again")

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
 
 class YamlError(ValueError):
     pass
@@ -50,6 +52,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue  # `<<: *anchor`: its keys may be overridden here (construct_mapping merges)
         key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
         if key in seen:
             first = seen[key].start_mark.line + 1

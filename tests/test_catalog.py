@@ -34,6 +34,18 @@ def test_duplicate_key_is_an_error(write_catalog: Callable[[str], Path]) -> None
         "layerbot.yml:4: layers.office: duplicate key 'office' (first defined on line 3)"]
 
 
+def test_anchors_and_merge_keys_work_and_may_override(write_catalog: Callable[[str], Path]) -> None:
+    text = BASIC_CATALOG.replace(
+        "connectors:\n  folder:\n",
+        "connectors:\n  folder: &folder\n").replace(
+        "templates:\n",
+        "  folder-vmdk:\n    <<: *folder\n    format: vmdk\n"
+        "templates:\n")
+    catalog = load_catalog(write_catalog(text))
+    assert catalog.connectors["folder-vmdk"].format == "vmdk"  # type: ignore[attr-defined]
+    assert catalog.connectors["folder-vmdk"].scripts == catalog.connectors["folder"].scripts
+
+
 def test_duplicate_key_on_one_line_names_the_key_path(
         write_catalog: Callable[[str], Path]) -> None:
     text = BASIC_CATALOG.replace("disk: {size_gib: 1}", "disk: {size_gib: 1, size_gib: 2}")

@@ -40,9 +40,16 @@ def _alive(pid: int) -> bool:
 
 
 def _children(pid: int) -> list[int]:
+    """Child pids, from every process's stat (/proc/PID/task/*/children needs a kernel
+    option that not every kernel has)."""
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
     return found
 
 

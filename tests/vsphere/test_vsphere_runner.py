@@ -8,9 +8,10 @@ deployed from the template) has been powered on and off, also across a runner re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from bot import states
 from bot.catalog import Catalog, load_catalog
 from bot.runner import JobRunner
 from bot.store import TaskStore
-from bot.summary import enqueue, plan
 from tests.conftest import BASIC_CATALOG
+from tests.test_runner import kinds, queue
 
 from .conftest import VcSim, connector, find_vms, run_task
 
@@ -43,14 +44,6 @@ def with_vsphere(sim: VcSim, **overrides: Any) -> str:
 def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Short WaitForUpdatesEx calls, so a detaching runner lets go within seconds."""
     monkeypatch.setattr(VSphereAdapter, "wait_seconds", 2)
-
-
-def queue(store: TaskStore, catalog: Catalog) -> str:
-    return enqueue(store, plan(catalog, "win10-office"), requested_by="alice")[0].id
-
-
-def kinds(store: TaskStore, task_id: str) -> list[str]:
-    return [e.kind for e in store.events(task_id) if e.kind != "progress"]
 
 
 async def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
@@ -79,12 +72,25 @@ def disk_files(vm: Any) -> list[Path]:
     return sorted((Path(ds.info.url) / folder).glob("*.vmdk"))
 
 
-def start_runner(store: TaskStore, cat: Catalog, task_id: str,
-                 stop: asyncio.Event | None = None) -> tuple[JobRunner, asyncio.Task[None]]:
+@contextlib.asynccontextmanager
+async def running(store: TaskStore, cat: Catalog, task_id: str,
+                  stop: asyncio.Event | None = None) -> AsyncIterator[asyncio.Task[None]]:
+    """A JobRunner working task_id (until it is finished, or until ``stop``); cancelled on
+    the way out if it is still running."""
     runner = JobRunner(store, cat, poll_interval=0.05)
-    until_done = stop is None
-    work = asyncio.create_task(runner.run(only=[task_id], stop=stop, until_done=until_done))
-    return runner, work
+    work = asyncio.create_task(runner.run(only=[task_id], stop=stop, until_done=stop is None))
+    try:
+        yield work
+    finally:
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+
+
+async def watching(store: TaskStore, task_id: str, note: str, what: str) -> None:
+    """Wait until the runner's watch says ``note`` (or the task ended)."""
+    await wait_until(lambda: store.get(task_id).status in states.TERMINAL
+                     or any(note in n for n in guest_notes(store, task_id)), what)
 
 
 async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
@@ -92,11 +98,8 @@ async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
         store: TaskStore) -> None:
     cat = load_catalog(write_catalog(with_vsphere(vcsim)))
     task_id = queue(store, cat)
-    _, work = start_runner(store, cat, task_id)
-    try:
-        await wait_until(lambda: store.get(task_id).status in states.TERMINAL
-                         or any("waiting for VM" in n for n in guest_notes(store, task_id)),
-                         "the watch to start")
+    async with running(store, cat, task_id) as work:
+        await watching(store, task_id, "waiting for VM", "the watch to start")
         task = store.get(task_id)
         assert task.status == states.ACTION_REQUIRED, task.error
         assert kinds(store, task_id) == ["created", "stage", "composited", "stage",
@@ -127,10 +130,6 @@ async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
         assert store.get(task_id).status == states.ACTION_REQUIRED
         run_task(vcsim, vm.PowerOffVM_Task())
         await asyncio.wait_for(asyncio.shield(work), 30)
-    finally:
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
     task = store.get(task_id)
     assert task.status == states.DONE, task.error
     assert kinds(store, task_id)[-4:] == ["guest", "guest", "guest", "done"]
@@ -145,11 +144,8 @@ async def test_restart_during_watch_reaches_done_once(
     cat = load_catalog(write_catalog(with_vsphere(vcsim)))
     task_id = queue(store, cat)
     stop = asyncio.Event()
-    _, first = start_runner(store, cat, task_id, stop)
-    try:
-        await wait_until(lambda: store.get(task_id).status in states.TERMINAL
-                         or any("waiting for VM" in n for n in guest_notes(store, task_id)),
-                         "the first runner's watch to start")
+    async with running(store, cat, task_id, stop) as first:
+        await watching(store, task_id, "waiting for VM", "the first runner's watch to start")
         task = store.get(task_id)
         assert task.status == states.ACTION_REQUIRED, task.error
         [vm] = find_vms(vcsim, task.image_name)
@@ -159,17 +155,12 @@ async def test_restart_during_watch_reaches_done_once(
                              "the first runner to record the power on", 30)
         stop.set()  # ...while the bot goes down
         await asyncio.wait_for(asyncio.shield(first), 30)
-    finally:
-        if not first.done():
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
     task = store.get(task_id)
     assert task.status == states.ACTION_REQUIRED and task.lease_owner is None
     if power_on == "before_restart":
         run_task(vcsim, vm.PowerOffVM_Task())  # the guest shuts down while no runner watches
 
-    _, second = start_runner(store, cat, task_id)
-    try:
+    async with running(store, cat, task_id) as second:
         if power_on == "after_restart":
             await wait_until(lambda: guest_notes(store, task_id).count(
                 f"waiting for VM {task.image_name} to be powered on and shut down") == 2,
@@ -179,10 +170,6 @@ async def test_restart_during_watch_reaches_done_once(
             run_task(vcsim, vm.PowerOnVM_Task())
             run_task(vcsim, vm.PowerOffVM_Task())
         await asyncio.wait_for(asyncio.shield(second), 30)
-    finally:
-        if not second.done():
-            second.cancel()
-            await asyncio.gather(second, return_exceptions=True)
     task = store.get(task_id)
     assert task.status == states.DONE, task.error
     events = kinds(store, task_id)
@@ -202,12 +189,8 @@ async def test_template_mode_reaches_done_when_a_deployed_vm_shuts_down(
 
     cat = load_catalog(write_catalog(with_vsphere(vcsim, mode="template")))
     task_id = queue(store, cat)
-    _, work = start_runner(store, cat, task_id)
-    try:
-        await wait_until(lambda: store.get(task_id).status in states.TERMINAL
-                         or any("deployed from the template" in n
-                                for n in guest_notes(store, task_id)),
-                         "the deploy watch to start")
+    async with running(store, cat, task_id) as work:
+        await watching(store, task_id, "deployed from the template", "the deploy watch to start")
         task = store.get(task_id)
         assert task.status == states.ACTION_REQUIRED, task.error
         [tpl] = find_vms(vcsim, task.image_name)
@@ -231,10 +214,6 @@ async def test_template_mode_reaches_done_when_a_deployed_vm_shuts_down(
         run_task(vcsim, clone.PowerOnVM_Task())
         run_task(vcsim, clone.PowerOffVM_Task())
         await asyncio.wait_for(asyncio.shield(work), 30)
-    finally:
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
     task = store.get(task_id)
     assert task.status == states.DONE, task.error
     assert kinds(store, task_id).count("done") == 1

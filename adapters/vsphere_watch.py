@@ -141,13 +141,18 @@ async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, d
     ids = {_moid(vm)}
     updates = _updates(session, _vm_spec(vm), deadline, wait_seconds,
                        "the VM to be powered on and shut down", timeout, lambda: ids)
+    announced = False
     async with aclosing(updates):
         async for _obj, change in updates:
             if change.name != "runtime.powerState":
                 continue
-            if change.val == "poweredOn" and not seen_on:
+            if change.val == "poweredOn":
                 seen_on = True
-                await on_powered_on()
+                # also when the events already told (it was powered on before this watch
+                # began): the task says the VM is running, and records it
+                if not announced:
+                    announced = True
+                    await on_powered_on()
             elif change.val == "poweredOff" and seen_on:
                 return
 

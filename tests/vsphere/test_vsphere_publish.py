@@ -59,6 +59,27 @@ async def test_publish_vm_then_power_cycle(vcsim: VcSim, vc_env: None, raw_disk:
     await adapter.close()
 
 
+async def test_a_vm_powered_on_before_the_watch_begins_is_announced(
+        vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    # the power-on is only in vCenter's events when the watch starts (a quick admin, a
+    # restarted bot): the task still says the VM is running and records it
+    adapter = make_adapter(vcsim)
+    rec = Recorder()
+    published = await adapter.publish(rec.context(raw_disk, "early-on"))
+    [vm] = find_vms(vcsim, "early-on")
+    run_task(vcsim, vm.PowerOnVM_Task())
+    watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
+    async with asyncio.timeout(15):
+        while rec.resources.get("powered_on") != vm._moId:
+            await asyncio.sleep(0.05)
+    assert any(note == "VM early-on is running; waiting for it to shut down"
+               for _, note in rec.progress)
+    assert not watch.done()
+    run_task(vcsim, vm.PowerOffVM_Task())
+    await asyncio.wait_for(watch, 15)
+    await adapter.close()
+
+
 async def test_publish_template_then_deploy(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     from pyVmomi import vim
 

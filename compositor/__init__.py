@@ -11,7 +11,8 @@ Public API:
     evict_cache(cache_dir, max_bytes, keep=) -> Eviction   # least recently used entries go
     cache_usage(cache_dir) -> CacheUsage
     hold_artifact(path) -> ArtifactHold   # eviction leaves a held artifact alone
-    CompositorError, LayerError, DiskTooSmallError, ToolMissingError, ToolFailedError
+    CompositorError, LayerError, DiskTooSmallError, HostSpaceError, ToolMissingError,
+    ToolFailedError
 """
 
 from .build import build_image, cache_lookup
@@ -19,6 +20,7 @@ from .digest import layer_digest
 from .errors import (
     CompositorError,
     DiskTooSmallError,
+    HostSpaceError,
     LayerError,
     ToolFailedError,
     ToolMissingError,
@@ -46,6 +48,7 @@ __all__ = [
     "DiskTooSmallError",
     "Eviction",
     "ExtraFile",
+    "HostSpaceError",
     "ImageSpec",
     "LayerError",
     "LayerSource",

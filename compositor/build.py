@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import shutil
@@ -15,7 +16,7 @@ from . import convert as converter
 from .cache import Cache, image_key, raw_key
 from .digest import cached_digest, layer_digest
 from .dirlayer import scan_dir_layer
-from .errors import CompositorError, LayerError, ToolMissingError
+from .errors import CompositorError, HostSpaceError, LayerError, ToolMissingError
 from .evict import ArtifactHold, hold_artifact
 from .ext4 import build_ext4_disk
 from .layertree import LayerTree
@@ -102,6 +103,9 @@ async def build_image(
             layer_digests=digests,
         )
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise HostSpaceError(Path(exc.filename).parent if exc.filename else Path(work_dir),
+                                 "compositing") from exc
         where = f" ({exc.filename})" if exc.filename else ""
         raise CompositorError(f"building the image failed: {exc.strerror or exc}{where}") from exc
     finally:

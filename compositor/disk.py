@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runner
-from .errors import DiskTooSmallError, ToolFailedError
+from .errors import DiskTooSmallError, HostSpaceError, ToolFailedError, host_full
 from .gpt import write_gpt
 from .tools import tool_path
 
@@ -101,7 +101,10 @@ async def make_ext4(
     try:
         await runner.run(argv)
     except ToolFailedError as exc:
-        if "space" in exc.stderr or "allocate" in exc.stderr:
+        if "No space left on device" in exc.stderr and host_full(raw.parent):
+            raise HostSpaceError(raw.parent, "writing the ext4 disk image") from exc
+        # the image is full: "Could not allocate block/inode in ext2 filesystem"
+        if "allocate" in exc.stderr or "space" in exc.stderr:
             raise DiskTooSmallError(content_bytes, fs_capacity(layout), size_gib) from exc
         raise
 

@@ -4,11 +4,15 @@
      ├── LayerError          bad or unsafe layer content (names the layer and the member, or
      │                       the archive file when the archive itself cannot be read)
      ├── DiskTooSmallError   the merged content does not fit the requested disk
+     ├── HostSpaceError      the machine running layerbot ran out of disk space
      ├── ToolMissingError    an external tool is not installed (gives the apt-get command)
      └── ToolFailedError     an external tool exited with an error (gives its stderr)
 """
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 
 class CompositorError(Exception):
@@ -62,6 +66,30 @@ class ToolFailedError(CompositorError):
         self.tool = tool
         self.returncode = returncode
         self.stderr = stderr
+
+
+#: Less free space than this where a tool failed for lack of space: the host is full, not
+#: the image (both report ENOSPC, e.g. ntfs-3g for a full NTFS volume).
+HOST_FULL_BYTES = 64 << 20
+
+
+class HostSpaceError(CompositorError):
+    def __init__(self, folder: Path, doing: str) -> None:
+        super().__init__(
+            f"no space left on this machine's disk while {doing}: {folder} has "
+            f"{free_bytes(folder) >> 20} MiB free; free some space there and publish again")
+        self.folder = folder
+
+
+def free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def host_full(folder: Path) -> bool:
+    return free_bytes(folder) < HOST_FULL_BYTES
 
 
 def _mib(n: int) -> int:

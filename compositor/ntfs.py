@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from . import disk, runner, stage
-from .errors import DiskTooSmallError, ToolFailedError
+from .errors import DiskTooSmallError, HostSpaceError, ToolFailedError, host_full
 from .gpt import write_gpt
 from .meta import Meta
 from .progress import Reporter
@@ -77,6 +77,8 @@ async def build_ntfs_disk(
                          on_output=on_output)
     except ToolFailedError as exc:
         if "space" in exc.stderr.lower():
+            if host_full(wim.parent):
+                raise HostSpaceError(wim.parent, "writing the NTFS volume") from exc
             raise DiskTooSmallError(summary.content_bytes, capacity, size_gib) from exc
         raise
     await asyncio.to_thread(wim.unlink)

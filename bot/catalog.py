@@ -77,6 +77,8 @@ class RunnerSettings(BaseModel):
     #: After each composite, least recently used cache entries are removed until the cache
     #: occupies at most this much (GiB of disk blocks); null keeps everything.
     cache_max_gib: float | None = Field(default=50.0, gt=0)
+    #: ... and until the cache's file system has this much free (0: no such rule).
+    cache_min_free_gib: float = Field(default=5.0, ge=0)
     lease_seconds: float = Field(default=30.0, gt=1)
     #: A task whose runner died this many times (crash loop) fails instead of being resumed.
     max_attempts: int = Field(default=8, ge=1)

@@ -359,9 +359,11 @@ def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
     if max_gib is not None and not prune:
         raise click.UsageError("--max-gib goes with --prune")
     if prune:
-        if limit is None:
+        min_free = settings.cache_min_free_gib
+        if limit is None and not min_free:
             raise click.UsageError("runner.cache_max_gib is null (no limit): give --max-gib")
-        result = evict_cache(settings.cache_dir, int(limit * (1 << 30)))
+        result = evict_cache(settings.cache_dir, None if limit is None else int(limit * (1 << 30)),
+                             min_free_bytes=int(min_free * (1 << 30)))
         count = len(result.removed)
         console.print(f"removed {count} {'entry' if count == 1 else 'entries'} "
                       f"({human_bytes(result.freed)}); "
@@ -374,7 +376,9 @@ def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
     for entry in usage.entries:
         table.add_row(entry.key[:12], entry.kind, human_bytes(entry.size), _when(entry.used))
     console.print(table)
-    bound = f"limit {limit:g} GiB" if limit is not None else "no limit"
+    bound = (f"limit {limit:g} GiB" if limit is not None else "no limit") + (
+        f", keeping {settings.cache_min_free_gib:g} GiB free" if settings.cache_min_free_gib
+        else "")
     console.print(f"{settings.cache_dir}: {human_bytes(usage.total)} on disk ({bound})")
 
 

@@ -22,10 +22,12 @@ def cache_hit(key: str) -> str:
     return f"cache hit: reusing composited disk {key[:12]}"
 
 
-def cache_evicted(count: int, freed: int, limit_gib: float) -> str:
+def cache_evicted(count: int, freed: int, limit_gib: float | None, min_free_gib: float) -> str:
     entries = "entry" if count == 1 else "entries"
+    rules = ([f"stay under {limit_gib:g} GiB"] if limit_gib is not None else []) + (
+        [f"keep {min_free_gib:g} GiB free on its disk"] if min_free_gib else [])
     return (f"cache: removed {count} least recently used {entries} ({human_bytes(freed)}) "
-            f"to stay under {limit_gib:g} GiB")
+            f"to {' and '.join(rules)}")
 
 
 def composited(size_bytes: int, fmt: str, seconds: float) -> str:

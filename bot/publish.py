@@ -32,6 +32,7 @@ from compositor.isolated import build_image_isolated, publish_layer_isolated
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
 
 log = logging.getLogger(__name__)
+GIB = 1 << 30
 
 
 class TaskConfigError(Exception):
@@ -177,19 +178,21 @@ class ComposeStep:
 
     @staticmethod
     async def _evict(job: Job, built: BuiltImage) -> None:
-        limit = job.catalog.runner.cache_max_gib
-        if limit is None:
+        settings = job.catalog.runner
+        limit, min_free = settings.cache_max_gib, settings.cache_min_free_gib
+        if limit is None and not min_free:
             return
         try:
             result = await asyncio.to_thread(
-                evict, job.catalog.runner.cache_dir, int(limit * (1 << 30)), keep=[built.path])
+                evict, settings.cache_dir, None if limit is None else int(limit * GIB),
+                min_free_bytes=int(min_free * GIB), keep=[built.path])
         except OSError as exc:  # a full cache is no reason to fail a disk that was built
             log.warning("%s: cache eviction failed: %s", job.task.id, exc)
             return
         if result.removed:
             await job.add_event(
                 "cache_evicted",
-                messages.cache_evicted(len(result.removed), result.freed, limit),
+                messages.cache_evicted(len(result.removed), result.freed, limit, min_free),
                 {"keys": [e.key for e in result.removed], "bytes": result.freed,
                  "left": result.left},
             )

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import free_bytes
+
 #: entries used more recently than this are never evicted (seconds)
 MIN_AGE = 300.0
 
@@ -67,10 +69,11 @@ def cache_usage(cache_dir: Path) -> CacheUsage:
 
 
 def evict(
-    cache_dir: Path, max_bytes: int, *, keep: Iterable[Path] = (), min_age: float = MIN_AGE,
-    now: float | None = None,
+    cache_dir: Path, max_bytes: int | None, *, min_free_bytes: int = 0,
+    keep: Iterable[Path] = (), min_age: float = MIN_AGE, now: float | None = None,
 ) -> Eviction:
-    """Remove least recently used entries until the cache occupies at most max_bytes.
+    """Remove least recently used entries until the cache occupies at most max_bytes (None:
+    no limit) and its file system has at least min_free_bytes free.
 
     Never removes a path in ``keep``, an entry used in the last ``min_age`` seconds, or a file
     another task holds (see :func:`hold_artifact`)."""
@@ -78,8 +81,13 @@ def evict(
     entries = _scan(Path(cache_dir))
     kept = {os.path.abspath(p) for p in keep}
     result = Eviction(left=_total(entries))
+
+    def enough() -> bool:
+        return ((max_bytes is None or result.left <= max_bytes)
+                and (min_free_bytes <= 0 or free_bytes(Path(cache_dir)) >= min_free_bytes))
+
     for entry in entries:
-        if result.left <= max_bytes:
+        if enough():
             break
         if any(os.path.abspath(p) in kept for p in entry.paths) or now - entry.used < min_age:
             result.busy += 1

@@ -54,7 +54,8 @@ async def test_old_entries_are_evicted_after_a_composite(
     assert len(evicted) == 1
     assert set(evicted[0].data["keys"]) == old_keys
     assert evicted[0].message.startswith("cache: removed 2 least recently used entries (")
-    assert evicted[0].message.endswith("to stay under 0.0001 GiB")
+    assert evicted[0].message.endswith(
+        "to stay under 0.0001 GiB and keep 5 GiB free on its disk")
     assert {e.key for e in cache_usage(cache).entries}.isdisjoint(old_keys)
 
     # the first template composites again: its disk is no longer cached
@@ -100,7 +101,7 @@ def test_cache_command_lists_and_prunes(catalog_dir: Path) -> None:
     shown = cli.invoke(main, [*config, "cache"])
     assert shown.exit_code == 0, shown.output
     assert "0123456789ab" in shown.output and "qcow2" in shown.output
-    assert "(limit 50 GiB)" in shown.output
+    assert "(limit 50 GiB, keeping 5 GiB free)" in shown.output
     assert cli.invoke(main, [*config, "cache", "--max-gib", "1"]).exit_code == 2
     pruned = cli.invoke(main, [*config, "cache", "--prune", "--max-gib", "0"])
     assert pruned.exit_code == 0, pruned.output

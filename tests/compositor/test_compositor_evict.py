@@ -7,9 +7,12 @@ import fcntl
 import os
 import threading
 import time
+from collections import namedtuple
 from pathlib import Path
 
-from compositor import cache_usage, evict_cache, hold_artifact
+import pytest
+
+from compositor import cache_usage, errors, evict_cache, hold_artifact
 from compositor.evict import MIN_AGE, _remove_entry, hold_artifact_async
 
 MIB = 1 << 20
@@ -144,3 +147,22 @@ async def test_the_async_hold_waits_without_blocking_the_loop(tmp_path: Path) ->
     os.close(evictor)
     hold = await asyncio.wait_for(holding, 5)
     hold.release()
+
+
+def test_entries_also_go_until_the_disk_has_enough_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    _artifact(cache, "a-old", 2, age_s=3000)
+    _artifact(cache, "b-mid", 2, age_s=2000)
+    _artifact(cache, "c-new", 2, age_s=1000)
+    start = cache_usage(cache).total
+
+    usage = namedtuple("usage", "total used free")
+
+    def disk_usage(_: object) -> tuple[int, int, int]:  # 1 MiB free + what was removed
+        return usage(1 << 40, 0, MIB + start - cache_usage(cache).total)
+
+    monkeypatch.setattr(errors.shutil, "disk_usage", disk_usage)
+    result = evict_cache(cache, None, min_free_bytes=4 * MIB, now=NOW)
+    assert _keys(result.removed) == ["a-old", "b-mid"]  # 1 + 2 + 2 MiB >= 4 MiB free
+    assert evict_cache(cache, None, now=NOW).removed == []  # no rule: nothing goes

@@ -6,9 +6,10 @@ a file really occupies (raw disks are sparse), and a hard-linked file (the ``raw
 artifact is the raw disk itself) is counted once, and freed only with its last name.
 
 An entry is never evicted while a task uses it: the task holds a shared ``flock`` on the file
-(:func:`hold_artifact`), and eviction skips any file it cannot lock exclusively. Entries used in
-the last ``min_age`` seconds are kept too, which covers a cache hit that has not taken its
-lock yet, and the files a running build is about to publish.
+(:func:`hold_artifact`), and eviction skips any file it cannot lock exclusively, or that this
+process holds (on NFS, flock is emulated with POSIX locks, which one process never conflicts
+with). Entries used in the last ``min_age`` seconds are kept too, which covers a cache hit
+that has not taken its lock yet, and the files a running build is about to publish.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -102,6 +104,12 @@ def evict(
     return result
 
 
+# Files this process holds, counted: where flock is emulated with POSIX locks (NFS), locks of
+# one process never conflict with each other, so eviction also asks this table.
+_HELD: dict[tuple[int, int], int] = {}
+_HELD_LOCK = threading.Lock()
+
+
 class ArtifactHold:
     """A shared lock on a cached file: eviction leaves it alone until released.
 
@@ -120,9 +128,17 @@ class ArtifactHold:
             os.close(fd)
             raise
         self._fd: int | None = fd
+        st = os.fstat(fd)
+        self._inode = (st.st_dev, st.st_ino)
+        with _HELD_LOCK:
+            _HELD[self._inode] = _HELD.get(self._inode, 0) + 1
 
     def release(self) -> None:
         if self._fd is not None:
+            with _HELD_LOCK:
+                _HELD[self._inode] -= 1
+                if not _HELD[self._inode]:
+                    del _HELD[self._inode]
             os.close(self._fd)  # closing the last descriptor drops the lock
             self._fd = None
 
@@ -145,6 +161,11 @@ async def hold_artifact_async(path: Path) -> ArtifactHold:
             return hold_artifact(path, wait=False)
         except BlockingIOError:
             await asyncio.sleep(0.05)
+
+
+def _held_here(st: os.stat_result) -> bool:
+    with _HELD_LOCK:
+        return (st.st_dev, st.st_ino) in _HELD
 
 
 def _names(path: Path, st: os.stat_result) -> bool:
@@ -208,7 +229,7 @@ def _remove_entry(entry: CacheEntry, min_age: float, now: float) -> int | None:
                 return None
             # a cache hit may have renewed it after the scan: look again under the lock
             st = os.fstat(fd)
-            if now - st.st_mtime < min_age or not _names(data, st):
+            if now - st.st_mtime < min_age or not _names(data, st) or _held_here(st):
                 return None
         # a lookup needs both the artifact and its facts: it misses once the first is gone
         for path in entry.paths:

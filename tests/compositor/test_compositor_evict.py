@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import compositor.evict as evict_module
 from compositor import cache_usage, errors, evict_cache, hold_artifact
 from compositor.evict import MIN_AGE, _remove_entry, hold_artifact_async
 
@@ -166,3 +167,17 @@ def test_entries_also_go_until_the_disk_has_enough_free(
     result = evict_cache(cache, None, min_free_bytes=4 * MIB, now=NOW)
     assert _keys(result.removed) == ["a-old", "b-mid"]  # 1 + 2 + 2 MiB >= 4 MiB free
     assert evict_cache(cache, None, now=NOW).removed == []  # no rule: nothing goes
+
+
+def test_a_hold_of_this_process_counts_where_flock_would_not_conflict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    held = _artifact(cache, "held", 1, age_s=9000)
+    hold = hold_artifact(held)
+    # NFS: flock is emulated with POSIX locks, which never conflict within one process
+    monkeypatch.setattr(evict_module.fcntl, "flock", lambda fd, op: None)
+    try:
+        assert evict_cache(cache, 0, now=NOW).removed == []
+    finally:
+        hold.release()
+    assert _keys(evict_cache(cache, 0, now=NOW).removed) == ["held"]

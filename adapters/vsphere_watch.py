@@ -136,8 +136,6 @@ async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, d
                            timeout: float, wait_seconds: int,
                            on_powered_on: Callable[[], Awaitable[None]]) -> None:
     """Return once ``vm`` has been powered on and is now powered off."""
-    if not seen_on:
-        seen_on = await session.call(lambda si: was_powered_on(si, vm), "reading VM events")
     ids = {_moid(vm)}
     updates = _updates(session, _vm_spec(vm), deadline, wait_seconds,
                        "the VM to be powered on and shut down", timeout, lambda: ids)
@@ -153,8 +151,15 @@ async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, d
                 if not announced:
                     announced = True
                     await on_powered_on()
-            elif change.val == "poweredOff" and seen_on:
-                return
+            elif change.val == "poweredOff":
+                # Off, never seen on: was it powered on (and off) before this watch began, a
+                # restarted bot or a quick guest? vCenter's events tell. Asked only now, after
+                # the collector reported the state, so no power cycle falls between the two.
+                if not seen_on:
+                    seen_on = await session.call(lambda si: was_powered_on(si, vm),
+                                                 "reading VM events")
+                if seen_on:
+                    return
 
 
 def _deployed_from(event: Any, template_id: str) -> Any | None:

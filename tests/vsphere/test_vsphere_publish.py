@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +78,32 @@ async def test_a_vm_powered_on_before_the_watch_begins_is_announced(
     assert not watch.done()
     run_task(vcsim, vm.PowerOffVM_Task())
     await asyncio.wait_for(watch, 15)
+    await adapter.close()
+
+
+async def test_a_power_cycle_right_after_the_events_were_read_is_not_missed(
+        vcsim: VcSim, vc_env: None, raw_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the whole on/off cycle falls just after the watch asked vCenter's events "was it on?"
+    import adapters.vsphere_watch as watch_module
+
+    adapter = make_adapter(vcsim)
+    rec = Recorder()
+    published = await adapter.publish(rec.context(raw_disk, "quick-guest"))
+    [vm] = find_vms(vcsim, "quick-guest")
+    real = watch_module.was_powered_on
+    cycled: list[bool] = []
+
+    def then_cycle(si: Any, target: Any) -> bool:
+        answer = real(si, target)
+        if not cycled:
+            cycled.append(True)
+            run_task(vcsim, vm.PowerOnVM_Task())
+            run_task(vcsim, vm.PowerOffVM_Task())
+        return answer
+
+    monkeypatch.setattr(watch_module, "was_powered_on", then_cycle)
+    await asyncio.wait_for(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")), 20)
+    assert cycled and rec.resources["powered_on"] == vm._moId
     await adapter.close()
 
 

@@ -120,6 +120,27 @@ def _worker(config: Path, db: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def resume_to_done(config: Path, db: Path, log: Path, store: TaskStore, task_id: str,
+                   catalog_dir: Path) -> None:
+    """A second worker process takes the task over: the fake VM is created (once), the test
+    powers it off, and the task reaches Done."""
+    second = _worker(config, db, log)
+    try:
+        deadline = time.monotonic() + 120
+        while store.get(task_id).status != states.ACTION_REQUIRED:
+            assert time.monotonic() < deadline, (store.get(task_id), log.read_text())
+            assert second.poll() is None, log.read_text()
+            time.sleep(0.05)
+        [vm] = (catalog_dir / "vms").glob("*.vm")
+        Path(f"{vm}.off").touch()
+        while store.get(task_id).status != states.DONE:
+            assert time.monotonic() < deadline, store.get(task_id)
+            time.sleep(0.05)
+    finally:
+        second.send_signal(signal.SIGINT)
+        second.wait(timeout=30)
+
+
 def test_a_killed_runner_is_resumed_by_another_and_the_task_completes_once(
         write_catalog: Callable[[str], Path], tmp_path: Path, catalog_dir: Path) -> None:
     config = write_catalog(with_fake("upload_seconds: 30"))
@@ -139,21 +160,7 @@ def test_a_killed_runner_is_resumed_by_another_and_the_task_completes_once(
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
     write_catalog(with_fake("upload_seconds: 0.2"))  # the second attempt is quick
-    second = _worker(config, db, log)
-    try:
-        deadline = time.monotonic() + 120
-        while store.get(task_id).status != states.ACTION_REQUIRED:
-            assert time.monotonic() < deadline, (store.get(task_id), log.read_text())
-            time.sleep(0.05)
-        vms = list((catalog_dir / "vms").glob("*.vm"))
-        assert len(vms) == 1
-        Path(f"{vms[0]}.off").touch()
-        while store.get(task_id).status != states.DONE:
-            assert time.monotonic() < deadline, store.get(task_id)
-            time.sleep(0.05)
-    finally:
-        second.send_signal(signal.SIGINT)
-        second.wait(timeout=30)
+    resume_to_done(config, db, log, store, task_id, catalog_dir)
     events = kinds(store, task_id)
     assert events.count("done") == 1
     assert events.count("disk_created") == 1

@@ -15,7 +15,7 @@ from bot import states
 from bot.catalog import load_catalog
 from bot.store import TaskStore
 from tests.fake_adapter import with_fake
-from tests.test_runner import _worker, kinds, queue
+from tests.test_runner import _worker, kinds, queue, resume_to_done
 
 BIG = 160 << 20
 
@@ -83,21 +83,7 @@ def test_killed_while_compositing(write_catalog: Callable[[str], Path], tmp_path
     work, cache = cat.runner.work_dir, cat.runner.cache_dir
     assert not (cache / "images").exists() or not any((cache / "images").iterdir())
 
-    second = _worker(config, db, log)
-    try:
-        deadline = time.monotonic() + 120
-        while store.get(task_id).status != states.ACTION_REQUIRED:
-            assert time.monotonic() < deadline, (store.get(task_id), log.read_text())
-            assert second.poll() is None, log.read_text()
-            time.sleep(0.05)
-        [vm] = (catalog_dir / "vms").glob("*.vm")
-        Path(f"{vm}.off").touch()
-        while store.get(task_id).status != states.DONE:
-            assert time.monotonic() < deadline, store.get(task_id)
-            time.sleep(0.05)
-    finally:
-        second.send_signal(signal.SIGINT)
-        second.wait(timeout=30)
+    resume_to_done(config, db, log, store, task_id, catalog_dir)
     events = kinds(store, task_id)
     assert events.count("done") == 1 and events.count("composited") == 1
     assert "resumed" in events

@@ -12,7 +12,6 @@ Subdirectories stay in place (their '..' would have to change).
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +32,19 @@ class Spread:
     relink: list[str] = field(default_factory=list)
 
 
-def spread_big_dirs(root: Path, big_dirs: list[str]) -> Spread:
-    """Move most entries of each big directory into buckets."""
+def spread_big_dirs(root: Path, big_dirs: list[str], token: str, epoch: int) -> Spread:
+    """Move most entries of each big directory into buckets below a new top-level directory.
+
+    Its name comes from ``token`` and its times are set to ``epoch`` before it is removed (not
+    a random source, not the clock): the freed inodes and blocks keep both, and a rebuild
+    must write the same bytes.
+    """
     names = {e.name for e in os.scandir(root)}
-    spread_root = "layerbot-spread-" + secrets.token_hex(4)
+    spread_root = "layerbot-spread-" + token
+    suffix = 0
     while spread_root in names:
-        spread_root = "layerbot-spread-" + secrets.token_hex(4)
+        suffix += 1
+        spread_root = f"layerbot-spread-{token}-{suffix}"
     out = Spread()
     unlinks: list[str] = []
     buckets: list[str] = []
@@ -66,6 +72,9 @@ def spread_big_dirs(root: Path, big_dirs: list[str]) -> Spread:
             out.relink.append(f"ln {quote('/' + staged)} {quote('/' + rel_dir)}")
             unlinks.append(f"unlink {quote('/' + staged)}")
     if buckets:
+        for folder in [spread_root, *buckets]:
+            out.relink += [f"sif {quote('/' + folder)} {field} @{epoch}"
+                           for field in ("atime", "ctime", "mtime")]
         out.relink += unlinks
         out.relink += [f"rmdir {quote('/' + b)}" for b in buckets]
         out.relink.append(f"rmdir {quote('/' + spread_root)}")

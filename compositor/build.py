@@ -19,6 +19,7 @@ from .dirlayer import scan_dir_layer
 from .errors import CompositorError, HostSpaceError, LayerError, ToolMissingError
 from .evict import ArtifactHold, hold_artifact
 from .ext4 import build_ext4_disk
+from .identity import DiskIdentity, build_epoch
 from .layertree import LayerTree
 from .merge import Merger
 from .ntfs import build_ntfs_disk
@@ -31,7 +32,7 @@ from .threads import in_thread, settle
 from .tools import find_tool, required_tools
 
 DiskBuilder = Callable[..., Awaitable[None]]
-#: filesystem -> builder(staging, meta, raw, work, size_gib, seed, cancel, report)
+#: filesystem -> builder(staging, meta, raw, work, size_gib, identity, cancel, report)
 FILESYSTEM_BUILDERS: dict[str, DiskBuilder] = {"ext4": build_ext4_disk, "ntfs": build_ntfs_disk}
 
 
@@ -209,9 +210,10 @@ async def _build_raw(
     spec: ImageSpec, trees: list[LayerTree], work: Path, raw: Path, seed: str,
     cancel: threading.Event, report: Reporter,
 ) -> None:
+    identity = DiskIdentity(seed, await in_thread(cancel, build_epoch, trees))
     publish_dir = work / "publish"
     publish_dir.mkdir()
-    trees.append(await in_thread(cancel, write_publish_layer, spec, publish_dir))
+    trees.append(await in_thread(cancel, write_publish_layer, spec, publish_dir, identity.epoch))
     report.stage("merging layers", 0.45)
     staging = work / "root"
     staging.mkdir()
@@ -220,7 +222,7 @@ async def _build_raw(
         await in_thread(cancel, merger.apply, tree)
     report.stage("checking the merged tree", 0.5)
     builder = FILESYSTEM_BUILDERS[spec.filesystem]
-    await builder(staging, merger.meta, raw, work, spec.size_gib, seed, cancel, report)
+    await builder(staging, merger.meta, raw, work, spec.size_gib, identity, cancel, report)
 
 
 def _hold_cached(path: Path) -> ArtifactHold | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import runner
 from .errors import DiskTooSmallError, HostSpaceError, ToolFailedError, host_full
 from .gpt import write_gpt
+from .identity import DiskIdentity
 from .tools import tool_path
 
 SECTOR = 512
@@ -90,16 +91,19 @@ async def create_partitioned(raw: Path, layout: Layout, seed: str) -> None:
 
 
 async def make_ext4(
-    raw: Path, layout: Layout, staging: Path, entries: int, content_bytes: int, size_gib: int
+    raw: Path, layout: Layout, staging: Path, entries: int, content_bytes: int, size_gib: int,
+    identity: DiskIdentity,
 ) -> None:
     inodes = max(layout.fs_blocks * FS_BLOCK // _INODE_RATIO, entries + entries // 10 + 1024)
+    extended = (f"offset={layout.offset},root_owner=0:0,"
+                f"hash_seed={identity.uuid('ext4 hash seed')}")
     argv = [
         tool_path("mke2fs"), "-q", "-F", "-t", "ext4", "-b", str(FS_BLOCK), "-N", str(inodes),
-        "-L", "root", "-E", f"offset={layout.offset},root_owner=0:0",
+        "-L", "root", "-U", str(identity.uuid("ext4 uuid")), "-E", extended,
         "-d", staging, raw, str(layout.fs_blocks),
     ]
     try:
-        await runner.run(argv)
+        await runner.run(argv, env=identity.e2fsprogs_env())
     except ToolFailedError as exc:
         if "No space left on device" in exc.stderr and host_full(raw.parent):
             raise HostSpaceError(raw.parent, "writing the ext4 disk image") from exc
@@ -109,7 +113,8 @@ async def make_ext4(
         raise
 
 
-async def run_debugfs(raw: Path, layout: Layout, script: list[str], script_path: Path) -> None:
+async def run_debugfs(raw: Path, layout: Layout, script: list[str], script_path: Path,
+                      identity: DiskIdentity) -> None:
     """Run a debugfs -w script; any error line fails the build (debugfs itself exits 0)."""
     def write() -> None:
         with open(script_path, "wb") as fh:
@@ -118,7 +123,8 @@ async def run_debugfs(raw: Path, layout: Layout, script: list[str], script_path:
 
     await asyncio.to_thread(write)
     done = await runner.run(
-        [tool_path("debugfs"), "-w", "-f", script_path, layout.image_arg(raw)]
+        [tool_path("debugfs"), "-w", "-f", script_path, layout.image_arg(raw)],
+        env=identity.e2fsprogs_env(),
     )
     problems = [
         line for line in done.stderr.splitlines()
@@ -128,10 +134,10 @@ async def run_debugfs(raw: Path, layout: Layout, script: list[str], script_path:
         raise ToolFailedError("debugfs", 0, "\n".join(problems[:10]))
 
 
-async def index_directories(raw: Path, layout: Layout) -> None:
+async def index_directories(raw: Path, layout: Layout, identity: DiskIdentity) -> None:
     """e2fsck -fD: rebuild directories as hashed (htree) ones."""
     await runner.run([tool_path("e2fsck"), "-f", "-y", "-D", layout.image_arg(raw)],
-                     ok_codes=(0, 1))
+                     ok_codes=(0, 1), env=identity.e2fsprogs_env())
 
 
 async def check_fs(raw: Path, layout: Layout) -> None:

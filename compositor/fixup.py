@@ -5,6 +5,9 @@ is owned by that user with private modes, and device nodes are empty stand-in fi
 script corrects each inode afterwards (`sif` for uid, gid and mode; `rm` + `mknod` for device
 nodes and fifos) in one debugfs run. Measured on 9,342 entries: 0.5 s, against 2 s more for
 running mke2fs under fakeroot.
+
+mke2fs -d also copies each staged file's atime and ctime, which say when this build extracted
+or read it; times_script() replaces them so a rebuild writes the same inodes.
 """
 
 from __future__ import annotations
@@ -69,3 +72,16 @@ def _special(meta: Meta) -> str | None:
     if stat.S_ISFIFO(meta.mode):
         return "p"
     return None
+
+
+def times_script(meta: Mapping[str, Meta], moved: Mapping[str, str], epoch: int) -> list[str]:
+    """atime := the entry's mtime, ctime := the build epoch, for every entry.
+
+    Sorted by path: hard links share an inode, and the last line for it must always be the same.
+    """
+    lines: list[str] = []
+    for rel in sorted(meta):
+        target = quote("/" + moved.get(rel, rel))
+        lines.append(f"sif {target} atime @{meta[rel].mtime_ns // 1_000_000_000}")
+        lines.append(f"sif {target} ctime @{epoch}")
+    return lines

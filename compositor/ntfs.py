@@ -22,6 +22,7 @@ from pathlib import Path
 from . import disk, runner, stage
 from .errors import DiskTooSmallError, HostSpaceError, ToolFailedError, host_full
 from .gpt import write_gpt
+from .identity import DiskIdentity
 from .meta import Meta
 from .progress import Reporter
 from .sparse import data_extents
@@ -42,8 +43,8 @@ def ntfs_capacity(layout: disk.Layout, entries: int) -> int:
 
 
 async def build_ntfs_disk(
-    staging: Path, meta: dict[str, Meta], raw: Path, work: Path, size_gib: int, seed: str,
-    cancel: threading.Event, report: Reporter,
+    staging: Path, meta: dict[str, Meta], raw: Path, work: Path, size_gib: int,
+    identity: DiskIdentity, cancel: threading.Event, report: Reporter,
 ) -> None:
     summary = await in_thread(cancel, stage.summarize, staging, meta, cancel)
     layout = disk.layout_for(size_gib)
@@ -83,7 +84,7 @@ async def build_ntfs_disk(
         raise
     await asyncio.to_thread(wim.unlink)
     report.stage("partitioning the disk", 0.75)
-    await asyncio.to_thread(_assemble, raw, layout, seed, volume, cancel)
+    await asyncio.to_thread(_assemble, raw, layout, identity.seed, volume, cancel)
 
 
 def _assemble(raw: Path, layout: disk.Layout, seed: str, volume: Path,

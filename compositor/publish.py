@@ -1,10 +1,12 @@
-"""layerbot's own publish layer (ExtraFiles and symlinks), written as the highest layer."""
+"""layerbot's own publish layer (ExtraFiles and symlinks), written as the highest layer.
+
+Its entries are stamped with the build epoch (identity.py), not the clock, so a rebuild gives
+the same disk."""
 
 from __future__ import annotations
 
 import os
 import stat
-import time
 from pathlib import Path
 
 from . import paths
@@ -17,10 +19,10 @@ PUBLISH_LAYER = "layerbot publish layer"
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def write_publish_layer(spec: ImageSpec, dest: Path) -> LayerTree:
+def write_publish_layer(spec: ImageSpec, dest: Path, epoch: int) -> LayerTree:
     tree = LayerTree(PUBLISH_LAYER, "platform", dest, owned=True)
     meta: dict[str, Meta] = tree.meta  # type: ignore[assignment]
-    now = time.time_ns()
+    now = epoch * 1_000_000_000
     for extra in spec.extra_files:
         rel = _place(tree, meta, extra.path, now)
         fd = os.open(dest / rel, _FLAGS, 0o600)

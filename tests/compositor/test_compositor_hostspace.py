@@ -22,6 +22,7 @@ from compositor import (
     runner,
 )
 from compositor.errors import ToolFailedError
+from compositor.identity import DiskIdentity
 
 from .layer_builder import directory, file, write_tar
 
@@ -48,7 +49,8 @@ async def test_mke2fs_out_of_space_says_which_disk(
     monkeypatch.setattr(errors.shutil, "disk_usage", lambda _: Usage(1 << 40, 0, free))
     raw = tmp_path / "raw.img"
     with pytest.raises(expected) as failed:
-        await disk.make_ext4(raw, disk.layout_for(1), tmp_path, 10, 1 << 20, 1)
+        await disk.make_ext4(raw, disk.layout_for(1), tmp_path, 10, 1 << 20, 1,
+                             DiskIdentity("seed", 1))
     if expected is HostSpaceError:
         assert str(failed.value) == (
             f"no space left on this machine's disk while writing the ext4 disk image: "

@@ -5,6 +5,12 @@ formats a volume in its own file, ``wimlib-imagex apply`` writes the tree into t
 unmounted volume through libntfs-3g, and the volume's data ranges are copied into the GPT
 disk at 1 MiB (Microsoft basic data partition).
 
+The same cache key gives the same volume: libntfs-3g stamps what it writes with the clock
+(MFT change times, mkntfs's system files) and has no setting for it, so mkntfs, wimlib and
+ntfslabel run under faketime, frozen at the build epoch; the serial number derives from the
+key (ntfslabel --new-serial); the staging tree's access times, which wimlib captures, are set
+to the entries' mtimes first.
+
 Layers carry no Windows ACLs, so files get libntfs-3g's default security descriptor: owner
 and group BUILTIN\\Administrators, an inheritable DACL giving Everyone full control. Ownership
 and UNIX modes in the layers' metadata do not apply to NTFS.
@@ -16,6 +22,7 @@ import asyncio
 import os
 import re
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -34,6 +41,30 @@ _MFT_RECORD = 1024
 _LOGFILE_MAX = 64 << 20
 _PERCENT = re.compile(r"\((\d+)%\)")
 _COPY_CHUNK = 64 << 20
+_UTC = {"TZ": "UTC"}
+
+
+def _frozen_clock(epoch: int) -> list[str]:
+    """A command prefix: the program sees the clock stopped at epoch (threads, monotonic clock
+    left alone)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch))
+    return [tool_path("faketime"), "-m", "--exclude-monotonic", "-f", stamp]
+
+
+def _pin_access_times(staging: Path, meta: dict[str, Meta], epoch: int,
+                      cancel: threading.Event) -> None:
+    """atime := mtime on every staged entry (the root: epoch), as wimlib records both.
+
+    Entries of directory layers are hard links to the user's files, whose atime this sets too;
+    their content, mtime and digest signature are unchanged.
+    """
+    from .layertree import check_cancel
+
+    for count, (rel, entry) in enumerate(meta.items()):
+        if count % 4096 == 0:
+            check_cancel(cancel)
+        os.utime(staging / rel, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+    os.utime(staging, (epoch, epoch))
 
 
 def ntfs_capacity(layout: disk.Layout, entries: int) -> int:
@@ -52,6 +83,7 @@ async def build_ntfs_disk(
     if summary.content_bytes > capacity:
         raise DiskTooSmallError(summary.content_bytes, capacity, size_gib)
     wim = work / "tree.wim"
+    await in_thread(cancel, _pin_access_times, staging, meta, identity.epoch, cancel)
     report.stage(f"capturing {summary.entries} entries for NTFS (wimlib)", 0.55)
     await runner.run([tool_path("wimlib-imagex"), "capture", staging, wim, "layerbot",
                       "--compress=none", f"--threads={max(1, os.cpu_count() or 1)}"])
@@ -64,9 +96,10 @@ async def build_ntfs_disk(
 
     await asyncio.to_thread(make_volume_file)
     report.stage("creating NTFS (mkntfs)", 0.62)
-    await runner.run([tool_path("mkntfs"), "-F", "-Q", "-q", "-s", str(disk.SECTOR),
+    frozen = _frozen_clock(identity.epoch)
+    await runner.run([*frozen, tool_path("mkntfs"), "-F", "-Q", "-q", "-s", str(disk.SECTOR),
                       "-p", str(layout.first_sector), "-H", "255", "-S", "63", "-L", "Windows",
-                      volume, str(sectors)])
+                      volume, str(sectors)], env=_UTC)
     span = report.span("writing files into NTFS (wimlib apply)", 0.64, 0.74)
 
     def on_output(line: str) -> None:
@@ -74,8 +107,8 @@ async def build_ntfs_disk(
             span(int(match.group(1)) / 100)
 
     try:
-        await runner.run([tool_path("wimlib-imagex"), "apply", wim, "1", volume],
-                         on_output=on_output)
+        await runner.run([*frozen, tool_path("wimlib-imagex"), "apply", wim, "1", volume],
+                         on_output=on_output, env=_UTC)
     except ToolFailedError as exc:
         if "space" in exc.stderr.lower():
             if host_full(wim.parent):
@@ -83,6 +116,9 @@ async def build_ntfs_disk(
             raise DiskTooSmallError(summary.content_bytes, capacity, size_gib) from exc
         raise
     await asyncio.to_thread(wim.unlink)
+    serial = identity.token("ntfs serial", 16)
+    await runner.run([*frozen, tool_path("ntfslabel"), "-q", f"--new-serial={serial}", volume],
+                     env=_UTC)
     report.stage("partitioning the disk", 0.75)
     await asyncio.to_thread(_assemble, raw, layout, identity.seed, volume, cancel)
 

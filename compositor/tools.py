@@ -20,6 +20,8 @@ PACKAGES: dict[str, str] = {
     "gzip": "gzip",
     "mkntfs": "ntfs-3g",
     "wimlib-imagex": "wimtools",
+    "ntfslabel": "ntfs-3g",
+    "faketime": "faketime",
     "hivexsh": "libhivex-bin",
     "hivexget": "libhivex-bin",
 }
@@ -29,7 +31,9 @@ _EXTRA_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 _BASE_TOOLS = ("mke2fs", "e2fsck", "debugfs", "qemu-img")
 _FORMAT_TOOLS: dict[str, tuple[str, ...]] = {"gce-tar": ("tar",)}
-_FILESYSTEM_TOOLS: dict[str, tuple[str, ...]] = {"ntfs": ("mkntfs", "wimlib-imagex")}
+_FILESYSTEM_TOOLS: dict[str, tuple[str, ...]] = {
+    "ntfs": ("mkntfs", "wimlib-imagex", "ntfslabel", "faketime"),
+}
 
 
 @dataclass(frozen=True)

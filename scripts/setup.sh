@@ -10,7 +10,7 @@ APT_PACKAGES=(
   fakeroot            # ownership of layer files without root
   gdisk               # sgdisk: GPT
   zstd pigz           # .tar.zst layers; parallel gzip for gce-tar
-  wimtools ntfs-3g libhivex-bin   # Windows guests: NTFS, WIM apply, registry hives
+  wimtools ntfs-3g libhivex-bin faketime  # Windows guests: NTFS, WIM apply, registry hives
   qemu-system-x86     # the local QEMU target
   debootstrap         # tests: a real minimal Debian OS layer
   golang-go golang-github-vmware-govmomi-dev   # tests: vcsim, VMware's vCenter simulator

@@ -4,7 +4,10 @@ hivexget. Windows itself cannot be booted here."""
 
 from __future__ import annotations
 
+import filecmp
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from compositor.firstboot import (
     windows_runner,
 )
 from compositor.guestos import GuestOSError
+from compositor.identity import DiskIdentity
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
 from compositor.tools import find_tool
 from compositor.winreg import RUN_ONCE, get_value, set_value
@@ -207,3 +211,25 @@ def test_the_runner_never_runs_the_scripts_twice_even_when_one_shuts_windows_dow
     assert interrupted[-2:] == ["exit /b 0", ""]
     assert not [line for line in interrupted if "shutdown" in line.split(" echo ")[0]
                 or "call" in line or "goto" in line]
+
+
+async def test_two_builds_of_one_ntfs_template_are_byte_identical(tmp_path: Path) -> None:
+    os_dir = windows_os(tmp_path, kmssetup=KMSSETUP)
+    cmd = os_dir / "Windows" / "System32" / "cmd.exe"
+    os.utime(cmd, (1_600_000_000, 1_700_000_100))  # atime before mtime: a read moves it
+    layers = (LayerSource("win10", "os", os_dir), LayerSource("notepad", "app", app_layer(tmp_path)))
+    files, links = publish_layer(layers, "ntfs", [script(tmp_path)], "auto")
+    spec = ImageSpec(layers=layers, size_gib=1, format="raw", filesystem="ntfs",
+                     extra_files=files, extra_symlinks=links)
+    first = await compositor.build_image(spec, work_dir=tmp_path / "w1", cache_dir=tmp_path / "c1")
+    time.sleep(1.1)  # every clock-derived second differs between the builds
+    second = await compositor.build_image(spec, work_dir=tmp_path / "w2", cache_dir=tmp_path / "c2")
+    assert first.cache_key == second.cache_key and not second.cache_hit
+    assert filecmp.cmp(first.path, second.path, shallow=False), subprocess.run(
+        ["cmp", "-l", str(first.path), str(second.path)], capture_output=True, text=True,
+    ).stdout.splitlines()[:10]
+    with open(first.path, "rb") as fh:  # the serial derives from the key: not mkntfs's fixed one
+        fh.seek(PARTITION_OFFSET + 72)
+        serial = fh.read(8)
+    raw_key = next((tmp_path / "c1" / "raw").glob("*.img")).stem
+    assert serial == bytes.fromhex(DiskIdentity(raw_key, 1).token("ntfs serial", 16))[::-1]

@@ -349,11 +349,22 @@ def check(ctx: Context) -> None:
 
     Example: layerbot --config layerbot.yml check
     """
+    from rich.markup import escape
+
+    import adapters
     import compositor
     from bot.summary import PlanError, plan
     from compositor.tarlayer import check_readable
 
     catalog = ctx.catalog()
+    unusable = 0
+    for name, connector in catalog.connectors.items():
+        if (problem := adapters.missing_sdk(connector.type)) is not None:
+            out().print(f"[red]error:[/red] {ctx.config_path.name}: connectors.{name}.type: "
+                        f"{escape(problem)}", soft_wrap=True)
+            unusable += 1
+    if unusable:
+        sys.exit(EXIT_USAGE)
     unreadable = 0
     for name, layer in catalog.layers.items():
         if layer.source.is_dir():

@@ -12,22 +12,41 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
 from types import ModuleType
 
 from adapters.base import Adapter, ConnectorConfig
 
-#: connector type -> (module, pip package that provides the SDK, for the hint)
-_MODULES: dict[str, tuple[str, str | None]] = {
-    "local": ("adapters.local", None),
-    "qemu": ("adapters.qemu", None),
-    "vsphere": ("adapters.vsphere", "pyvmomi"),
-    "azure": ("adapters.azure", "azure-mgmt-compute"),
-    "azure-mcs": ("adapters.azure_mcs", "azure-mgmt-compute"),
-    "gcp": ("adapters.gcp", "google-cloud-compute"),
-    "nutanix": ("adapters.nutanix", None),
-    "hyperv": ("adapters.hyperv", "pywinrm"),
-    "xenserver": ("adapters.xenserver", "XenAPI"),
-    "pvs": ("adapters.pvs", None),
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    module: str
+    #: modules the platform SDK provides (checked without importing them)
+    sdk_modules: tuple[str, ...] = ()
+    #: what installs them, for the error when one is missing
+    install: str | None = None
+
+
+def _extra(name: str) -> str:
+    return f"pip install 'layerbot[{name}]'"
+
+
+_AZURE = ("azure.mgmt.compute", "azure.storage.blob", "azure.identity")
+
+#: connector type -> its adapter module and SDK; the extras are in pyproject.toml
+_MODULES: dict[str, AdapterEntry] = {
+    "local": AdapterEntry("adapters.local"),
+    "qemu": AdapterEntry("adapters.qemu"),
+    "vsphere": AdapterEntry("adapters.vsphere", ("pyVmomi",), _extra("vsphere")),
+    "azure": AdapterEntry("adapters.azure", _AZURE, _extra("azure")),
+    "azure-mcs": AdapterEntry("adapters.azure_mcs", _AZURE, _extra("azure")),
+    "gcp": AdapterEntry("adapters.gcp", ("google.cloud.compute_v1", "google.cloud.storage"),
+                        _extra("gcp")),
+    "nutanix": AdapterEntry("adapters.nutanix", ("ntnx_vmm_py_client", "ntnx_clustermgmt_py_client",
+                                                 "ntnx_prism_py_client"), _extra("nutanix")),
+    "hyperv": AdapterEntry("adapters.hyperv", ("pypsrp", "smbprotocol"), _extra("hyperv")),
+    "xenserver": AdapterEntry("adapters.xenserver", ("XenAPI",), _extra("xen")),
+    "pvs": AdapterEntry("adapters.pvs"),
 }
 
 
@@ -35,23 +54,48 @@ class UnknownConnectorType(ValueError):
     pass
 
 
-def register(type_name: str, module: str, sdk_package: str | None = None) -> None:
+class SDKMissing(RuntimeError):
+    """The connector type's platform SDK is not installed; the message says how to install it."""
+
+
+def register(type_name: str, module: str, sdk_modules: tuple[str, ...] = (),
+             install: str | None = None) -> None:
     """Add a connector type served by an adapter module outside this package."""
-    _MODULES[type_name] = (module, sdk_package)
+    _MODULES[type_name] = AdapterEntry(module, sdk_modules, install)
 
 
 def known_types() -> list[str]:
     """Connector types whose adapter module exists in this installation."""
-    return [t for t, (mod, _) in _MODULES.items() if importlib.util.find_spec(mod) is not None]
+    return [t for t, e in _MODULES.items() if importlib.util.find_spec(e.module) is not None]
+
+
+def _installed(module: str) -> bool:
+    try:  # imports the parent packages of a dotted name, never the module itself
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_sdk(type_name: str) -> str | None:
+    """Why a connector of this type cannot work here (its SDK is not installed), or None."""
+    entry = _MODULES.get(type_name)
+    if entry is None:
+        return None
+    absent = [m for m in entry.sdk_modules if not _installed(m)]
+    if not absent:
+        return None
+    install = f": install it with: {entry.install}" if entry.install else ""
+    return (f"the {type_name} connector needs its platform SDK, which is not installed "
+            f"(no module {', '.join(absent)}){install}")
 
 
 def _module(type_name: str) -> ModuleType:
     entry = _MODULES.get(type_name)
-    if entry is None or importlib.util.find_spec(entry[0]) is None:
+    if entry is None or importlib.util.find_spec(entry.module) is None:
         raise UnknownConnectorType(
             f"unknown connector type {type_name!r} (known: {', '.join(known_types())})"
         )
-    return importlib.import_module(entry[0])
+    return importlib.import_module(entry.module)
 
 
 def config_model(type_name: str) -> type[ConnectorConfig]:
@@ -59,5 +103,9 @@ def config_model(type_name: str) -> type[ConnectorConfig]:
 
 
 def create(config: ConnectorConfig) -> Adapter:
+    """The connector's adapter; SDKMissing when its platform SDK is not installed."""
+    problem = missing_sdk(config.type)
+    if problem is not None:
+        raise SDKMissing(problem)
     adapter: Adapter = _module(config.type).Adapter(config)
     return adapter

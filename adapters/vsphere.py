@@ -20,9 +20,11 @@ Example connector (layerbot.yml)::
         ca_file: certs/vcenter-ca.pem   # or insecure: true (labs only)
         datacenter: DC1
         cluster: Compute                # or host_system: esx01.lab.example
-        resource_pool: Layering         # optional, below the cluster's root pool
+        resource_pool: Layering         # optional: a pool below the cluster's root pool, or
+                                        # host/Compute/Resources/Layering (govc's path)
         datastore: vsanDatastore
-        folder: Layering/Published      # below the datacenter's VM folder
+        folder: Layering/Published      # below the datacenter's VM folder; also written
+                                        # vm/Layering/Published or /DC1/vm/Layering/Published
         network: VM Network
         vm_template: win10-base         # optional: copy CPU/memory/firmware/NIC
         mode: vm                        # vm (vSphere) | template (VMware Cloud)
@@ -98,7 +100,8 @@ class Config(ConnectorConfig):
     host_system: str | None = None
     resource_pool: str | None = None
     datastore: str = Field(min_length=1)
-    #: VM folder path below the datacenter's VM folder ("" or None: the root VM folder).
+    #: VM folder path below the datacenter's VM folder ("" or None: the root VM folder), or
+    #: as govc writes it: vm/A/B, /DATACENTER/vm/A/B (see vsphere_inventory.below_datacenter).
     folder: str | None = None
     network: str | None = None
     vm_template: str | None = None

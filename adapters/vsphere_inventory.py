@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import NotFoundError
+from adapters.base import AdapterError, NotFoundError
+
+
+class PlacementPathError(AdapterError):
+    """A folder or resource_pool path that cannot name a place in the connector's datacenter."""
 
 
 @dataclass
@@ -93,13 +97,76 @@ def _find_datacenter(si: Any, name: str) -> Any | None:
     return find_by_name(si, si.content.rootFolder, vim.Datacenter, name)
 
 
-def _find_folder(si: Any, vm_folder: Any, path: str) -> Any | None:
+def _inventory_path(si: Any, entity: Any) -> str:
+    """``entity``'s path from the root folder ("DC0", or "Lab/DC0" in a folder)."""
+    from pyVmomi import vim
+
+    names: list[str] = []
+    root = si.content.rootFolder
+    while entity is not None and entity != root:
+        values = props(si, [entity], vim.ManagedEntity, ["name", "parent"])[0]
+        names.append(values["name"])
+        entity = values.get("parent")
+    return "/".join(reversed(names))
+
+
+def _datacenter_names(si: Any) -> list[str]:
+    from pyVmomi import vim
+
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.Datacenter], True)
+    try:
+        return sorted(str(d["name"]) for d in props(si, list(view.view), vim.Datacenter, ["name"]))
+    finally:
+        view.DestroyView()
+
+
+def below_datacenter(si: Any, setting: str, value: str, root: str, dc_path: str) -> list[str]:
+    """The parts of a folder or resource_pool path below the datacenter, as vSphere users
+    write it: ``Layering/Published``, ``vm/Layering/Published`` (relative to the datacenter,
+    as govc takes it) or ``/DC0/vm/Layering/Published`` (absolute, as govc, Ansible and
+    PowerCLI write it). ``root`` is the datacenter's folder the path starts in: ``vm`` for
+    folders, ``host`` for resource pools. Relative paths that do not start with ``root``
+    keep it implicit (the returned list then does not start with it), and so does a path
+    with a leading slash but no ``root`` after its first name (``/Templates/Desktops``)."""
+    parts = [p for p in value.strip().split("/") if p]
+    if not value.strip().startswith("/") or root not in parts[1:]:
+        return parts
+    at = parts.index(root, 1)
+    named = "/".join(parts[:at])
+    if named != dc_path:
+        raise PlacementPathError(
+            f"vSphere: {setting} {value!r} is in datacenter {named!r}, but the connector's "
+            f"datacenter is {dc_path!r} (datacenters on this vCenter: "
+            f"{', '.join(_datacenter_names(si))}); write it as "
+            f"/{dc_path}/{'/'.join(parts[at:])} or below the connector's datacenter")
+    return parts[at:]
+
+
+def _find_folder(si: Any, vm_folder: Any, parts: list[str]) -> Any | None:
     folder = vm_folder
-    for part in [p for p in path.strip("/").split("/") if p]:
+    for part in parts[1:] if parts[:1] == ["vm"] else parts:
         folder = si.content.searchIndex.FindChild(folder, part)
         if folder is None:
             return None
     return folder
+
+
+def _find_pool(si: Any, root_pool: Any, dc_path: str, parts: list[str]) -> Any | None:
+    """``parts`` from :func:`below_datacenter`: host/CLUSTER/Resources/POOL/... (govc's
+    inventory path), or a pool name anywhere below the root pool, or a path of names below it."""
+    from pyVmomi import vim
+
+    if parts[:1] == ["host"]:
+        found = si.content.searchIndex.FindByInventoryPath("/".join([dc_path, *parts]))
+        return found if isinstance(found, vim.ResourcePool) else None
+    if len(parts) == 1:
+        return find_by_name(si, root_pool, vim.ResourcePool, parts[0])
+    pool = root_pool
+    for part in parts:
+        pool = si.content.searchIndex.FindChild(pool, part)
+        if pool is None:
+            return None
+    return pool if isinstance(pool, vim.ResourcePool) else None
 
 
 def _host_without_drs(si: Any, cluster: Any, datastore: Any) -> Any | None:
@@ -134,6 +201,9 @@ def resolve(si: Any, cfg: Any) -> Placement:
     if dc is None:
         raise NotFoundError(f"vSphere: datacenter {cfg.datacenter!r} not found on {cfg.host}")
     dc_props = props(si, [dc], vim.Datacenter, ["vmFolder", "hostFolder"])[0]
+    dc_path = _inventory_path(si, dc)
+    folder_parts = below_datacenter(si, "folder", cfg.folder or "", "vm", dc_path)
+    pool_parts = below_datacenter(si, "resource_pool", cfg.resource_pool or "", "host", dc_path)
     missing: list[str] = []
 
     def need(obj: Any | None, what: str, name: str) -> Any:
@@ -155,14 +225,20 @@ def resolve(si: Any, cfg: Any) -> Placement:
                     "host", cfg.host_system)
         parent = prop(si, host, vim.HostSystem, "parent") if host else None
         root_pool = prop(si, parent, vim.ComputeResource, "resourcePool") if parent else None
-    if cfg.resource_pool and root_pool is not None:
-        pool = need(find_by_name(si, root_pool, vim.ResourcePool, cfg.resource_pool),
-                    "resource pool", cfg.resource_pool)
+    if pool_parts and root_pool is not None:
+        pool = need(_find_pool(si, root_pool, dc_path, pool_parts), "resource pool",
+                    cfg.resource_pool)
+        owner = prop(si, pool, vim.ResourcePool, "owner") if pool is not None else None
+        if owner is not None and owner != prop(si, root_pool, vim.ResourcePool, "owner"):
+            raise PlacementPathError(
+                f"vSphere: resource_pool {cfg.resource_pool!r} belongs to "
+                f"{_inventory_path(si, owner)!r}, not to the connector's "
+                f"{'cluster ' + repr(cfg.cluster) if cfg.cluster else 'host ' + repr(cfg.host_system)}")
     else:
         pool = root_pool
     folder = dc_props["vmFolder"]
-    if cfg.folder:
-        folder = need(_find_folder(si, folder, cfg.folder), "VM folder", cfg.folder)
+    if folder_parts:
+        folder = need(_find_folder(si, folder, folder_parts), "VM folder", cfg.folder)
     network = None
     if cfg.network:
         network = need(find_by_name(si, dc, vim.Network, cfg.network), "network", cfg.network)

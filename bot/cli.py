@@ -5,52 +5,80 @@ Exit codes: 0 every task done, 1 a task failed or was cancelled, 2 bad usage or 
 
 from __future__ import annotations
 
-import asyncio
-import getpass
+import functools
 import logging
-import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from bot import states
-from bot.catalog import Catalog, CatalogError, default_path, load_catalog
-from bot.events import follow
-from bot.messages import human_bytes
-from bot.runner import JobRunner
-from bot.store import Event, Task, TaskNotFound, TaskStore, default_db_path
-from bot.summary import PlanError, PublishPlan, enqueue, plan
 
-console = Console(highlight=False)
+if TYPE_CHECKING:  # the commands import these when they run: `--help` stays fast
+    from rich.console import Console
+
+    from bot.catalog import Catalog
+    from bot.runner import JobRunner
+    from bot.store import Event, Task, TaskStore
+    from bot.summary import PublishPlan
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+@functools.cache
+def out() -> Console:
+    """The console every command prints to (rich is imported on first use)."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:  # piped or captured: do not cut task ids and links at 80 columns
+        console.width = 200
+    return console
+
+
 class Context:
     def __init__(self, config: Path | None, db: Path | None) -> None:
-        self.config_path = default_path(config)
-        self.db_path = default_db_path(db)
+        self._config = config
+        self._db = db
+
+    @property
+    def config_path(self) -> Path:
+        from bot.catalog import default_path
+
+        return default_path(self._config)
+
+    @property
+    def db_path(self) -> Path:
+        from bot.store import default_db_path
+
+        return default_db_path(self._db)
 
     def catalog(self) -> Catalog:
+        from bot.catalog import CatalogError, load_catalog
+
         try:
             return load_catalog(self.config_path)
         except CatalogError as exc:
             for problem in exc.problems:
-                console.print(f"[red]error:[/red] {problem}", soft_wrap=True)
+                out().print(f"[red]error:[/red] {problem}", soft_wrap=True)
             sys.exit(EXIT_USAGE)
 
     def store(self) -> TaskStore:
+        import sqlite3
+
+        from bot.store import TaskStore
+
         try:
             return TaskStore(self.db_path)
         except sqlite3.Error as exc:
             raise click.UsageError(f"cannot open the task database {self.db_path}: {exc}") from None
 
     def task(self, store: TaskStore, task_id: str) -> Task:
+        from bot.store import TaskNotFound
+
         try:
             return store.get(task_id)
         except TaskNotFound as exc:
@@ -74,13 +102,13 @@ def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: bool
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not console.is_terminal:  # piped or captured: do not cut task ids and links at 80 columns
-        console.width = 200
     ctx.obj = Context(config, db)
 
 
 # ------------------------------------------------------------------ publish
 def _print_plan(p: PublishPlan) -> None:
+    from rich.table import Table
+
     table = Table.grid(padding=(0, 2))
     table.add_row("OS layer", p.os_layer)
     table.add_row("App layers", ", ".join(p.app_layers) or "none")
@@ -89,8 +117,8 @@ def _print_plan(p: PublishPlan) -> None:
     table.add_row("Disk", f"{p.size_gib} GiB {p.filesystem}, {p.disk_format}")
     table.add_row("Scripts", ", ".join(p.scripts) or "none")
     table.add_row("Cached disk", "yes, reused" if p.cache_hit else "no, will composite")
-    console.print(f"[bold]{p.template}[/bold] {p.description}")
-    console.print(table)
+    out().print(f"[bold]{p.template}[/bold] {p.description}")
+    out().print(table)
 
 
 def _event_line(event: Event, template: str) -> str:
@@ -101,13 +129,19 @@ def _event_line(event: Event, template: str) -> str:
 
 
 async def _watch(store: TaskStore, runner: JobRunner | None, ids: list[str]) -> None:
+    import asyncio
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bot.events import follow
+
     templates = {i: store.get(i).template for i in ids}
     firsts = [events[0].id for i in ids if (events := store.events(i))]
     after = min(firsts) - 1 if firsts else 0  # this run's events, from creation on
     stop = asyncio.Event()
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[status]}"),
-                        TimeElapsedColumn(), console=console, transient=False)
+                        TimeElapsedColumn(), console=out(), transient=False)
     bars = {i: progress.add_task(templates[i], total=100, status="queued") for i in ids}
 
     async def refresh() -> None:
@@ -171,6 +205,12 @@ def publish(ctx: Context, names: tuple[str, ...], yes: bool, no_run: bool) -> No
 
     Example: layerbot publish win10-office --yes
     """
+    import asyncio
+    import getpass
+
+    from bot.runner import JobRunner
+    from bot.summary import PlanError, enqueue, plan
+
     catalog = ctx.catalog()
     try:
         plans = [plan(catalog, n) for n in dict.fromkeys(names)]
@@ -178,16 +218,16 @@ def publish(ctx: Context, names: tuple[str, ...], yes: bool, no_run: bool) -> No
         raise click.UsageError(str(exc.args[0])) from None
     except PlanError as exc:
         raise click.UsageError(str(exc)) from None
-    console.print(f"[bold]Confirm and Complete[/bold]: publish {len(plans)} layered image(s)")
+    out().print(f"[bold]Confirm and Complete[/bold]: publish {len(plans)} layered image(s)")
     for p in plans:
         _print_plan(p)
     if not yes and not click.confirm("Publish Layered Images?", default=True):
-        console.print("Cancelled; nothing was queued.")
+        out().print("Cancelled; nothing was queued.")
         return
     store = ctx.store()
     user = getpass.getuser()
     ids = [enqueue(store, p, requested_by=user)[0].id for p in plans]
-    console.print("Queued: " + ", ".join(ids))
+    out().print("Queued: " + ", ".join(ids))
     if no_run:
         return
     runner = JobRunner(store, catalog)
@@ -195,7 +235,7 @@ def publish(ctx: Context, names: tuple[str, ...], yes: bool, no_run: bool) -> No
         asyncio.run(_watch(store, runner, ids))
     except KeyboardInterrupt:
         for line in detach_lines([store.get(i) for i in ids]):
-            console.print(line, soft_wrap=True)
+            out().print(line, soft_wrap=True)
         sys.exit(EXIT_FAILED)
     finished = [store.get(i) for i in ids]
     sys.exit(0 if all(t.status == states.DONE for t in finished) else EXIT_FAILED)
@@ -209,13 +249,15 @@ def templates(ctx: Context) -> None:
 
     Example: layerbot templates
     """
+    from rich.table import Table
+
     catalog = ctx.catalog()
     table = Table("template", "description", "layers", "connector", "disk")
     for name, t in catalog.templates.items():
         layers = ", ".join(n for n, _ in catalog.layers_of(t))
         table.add_row(name, t.description, layers, t.connector,
                       f"{t.disk.size_gib} GiB {t.disk.filesystem}")
-    console.print(table)
+    out().print(table)
 
 
 def _when(ts: float | None) -> str:
@@ -231,12 +273,14 @@ def tasks(ctx: Context, status: str | None, limit: int) -> None:
 
     Example: layerbot tasks --status failed
     """
+    from rich.table import Table
+
     table = Table("id", "template", "platform", "status", "stage", "progress", "created (UTC)",
                   "link / error")
     for t in ctx.store().list_tasks(status=status, limit=limit):
         table.add_row(t.id, t.template, t.platform, states.LABELS[t.status], t.stage,
                       f"{t.progress:.0f}%", _when(t.created_at), t.error or t.link or "")
-    console.print(table)
+    out().print(table)
 
 
 @main.command()
@@ -249,14 +293,14 @@ def task(ctx: Context, task_id: str) -> None:
     """
     store = ctx.store()
     t = ctx.task(store, task_id)
-    console.print(f"[bold]{t.id}[/bold] {t.template} → {t.connector} ({t.platform}): "
+    out().print(f"[bold]{t.id}[/bold] {t.template} → {t.connector} ({t.platform}): "
                   f"{states.LABELS[t.status]}, {t.stage} {t.progress:.0f}%")
     if t.link:
-        console.print(f"link: {t.link}")
+        out().print(f"link: {t.link}")
     if t.error:
-        console.print(f"[red]error:[/red] {t.error}")
+        out().print(f"[red]error:[/red] {t.error}")
     for e in store.events(task_id):
-        console.print(f"{_when(e.at)}  {e.kind:<16} {e.message}", soft_wrap=True)
+        out().print(f"{_when(e.at)}  {e.kind:<16} {e.message}", soft_wrap=True)
 
 
 @main.command()
@@ -267,10 +311,12 @@ def cancel(ctx: Context, task_id: str) -> None:
 
     Example: layerbot cancel t1a2b3c4d
     """
+    import getpass
+
     store = ctx.store()
     user = getpass.getuser()
     t = store.request_cancel(ctx.task(store, task_id).id, user, f"Cancel requested by {user}")
-    console.print(f"{t.id}: {states.LABELS[t.status]}"
+    out().print(f"{t.id}: {states.LABELS[t.status]}"
                   + ("" if t.finished else " (cancel requested; its runner cleans up)"))
 
 
@@ -281,14 +327,18 @@ def worker(ctx: Context) -> None:
 
     Example: layerbot worker
     """
+    import asyncio
+
+    from bot.runner import JobRunner
+
     catalog = ctx.catalog()
     runner = JobRunner(ctx.store(), catalog)
-    console.print(f"runner {runner.owner}: working tasks from {ctx.db_path} "
+    out().print(f"runner {runner.owner}: working tasks from {ctx.db_path} "
                   f"(max {runner.max_parallel} at once); Ctrl-C to stop")
     try:
         asyncio.run(runner.run())
     except KeyboardInterrupt:
-        console.print("stopped; unfinished tasks are left for another runner")
+        out().print("stopped; unfinished tasks are left for another runner")
 
 
 # ------------------------------------------------------------------ check
@@ -299,10 +349,22 @@ def check(ctx: Context) -> None:
 
     Example: layerbot --config layerbot.yml check
     """
+    from rich.markup import escape
+
+    import adapters
     import compositor
+    from bot.summary import PlanError, plan
     from compositor.tarlayer import check_readable
 
     catalog = ctx.catalog()
+    unusable = 0
+    for name, connector in catalog.connectors.items():
+        if (problem := adapters.missing_sdk(connector.type)) is not None:
+            out().print(f"[red]error:[/red] {ctx.config_path.name}: connectors.{name}.type: "
+                        f"{escape(problem)}", soft_wrap=True)
+            unusable += 1
+    if unusable:
+        sys.exit(EXIT_USAGE)
     unreadable = 0
     for name, layer in catalog.layers.items():
         if layer.source.is_dir():
@@ -310,19 +372,19 @@ def check(ctx: Context) -> None:
         try:  # the first member's header only: cheap, and catches a corrupt or non-tar file
             check_readable(name, layer.source)
         except compositor.LayerError as exc:
-            console.print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: {exc}",
+            out().print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: {exc}",
                           soft_wrap=True)
             unreadable += 1
     if unreadable:
         sys.exit(EXIT_USAGE)
-    console.print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
+    out().print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
                   f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")
     plans = []
     for name in catalog.templates:
         try:
             plans.append(plan(catalog, name, check_cache=False))
         except PlanError as exc:
-            console.print(f"[red]error:[/red] templates.{name}: {exc}", soft_wrap=True)
+            out().print(f"[red]error:[/red] templates.{name}: {exc}", soft_wrap=True)
     if len(plans) < len(catalog.templates):
         sys.exit(EXIT_USAGE)
     formats = sorted({p.disk_format for p in plans})
@@ -331,12 +393,12 @@ def check(ctx: Context) -> None:
     for tool in compositor.required_tools(formats, filesystems):
         state = tool.path or ("[yellow]missing (optional)[/yellow]" if tool.optional
                               else "[red]missing[/red]")
-        console.print(f"  {tool.name:<14} {state}")
+        out().print(f"  {tool.name:<14} {state}")
         if not tool.path and not tool.optional:
             missing.append(tool.package)
     if missing:
         pkgs = " ".join(sorted(set(missing)))
-        console.print(f"[red]missing tools[/red]: install with: sudo apt-get install -y {pkgs}")
+        out().print(f"[red]missing tools[/red]: install with: sudo apt-get install -y {pkgs}")
         sys.exit(EXIT_USAGE)
 
 
@@ -352,6 +414,9 @@ def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
 
     Example: layerbot cache --prune --max-gib 20
     """
+    from rich.table import Table
+
+    from bot.messages import human_bytes
     from compositor import cache_usage, evict_cache
 
     settings = ctx.catalog().runner
@@ -365,7 +430,7 @@ def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
         result = evict_cache(settings.cache_dir, None if limit is None else int(limit * (1 << 30)),
                              min_free_bytes=int(min_free * (1 << 30)))
         count = len(result.removed)
-        console.print(f"removed {count} {'entry' if count == 1 else 'entries'} "
+        out().print(f"removed {count} {'entry' if count == 1 else 'entries'} "
                       f"({human_bytes(result.freed)}); "
                       f"{human_bytes(result.left)} left"
                       + (f", {result.busy} in use or used in the last 5 minutes kept"
@@ -375,11 +440,11 @@ def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
     table = Table("entry", "kind", "size", "last used")
     for entry in usage.entries:
         table.add_row(entry.key[:12], entry.kind, human_bytes(entry.size), _when(entry.used))
-    console.print(table)
+    out().print(table)
     bound = (f"limit {limit:g} GiB" if limit is not None else "no limit") + (
         f", keeping {settings.cache_min_free_gib:g} GiB free" if settings.cache_min_free_gib
         else "")
-    console.print(f"{settings.cache_dir}: {human_bytes(usage.total)} on disk ({bound})")
+    out().print(f"{settings.cache_dir}: {human_bytes(usage.total)} on disk ({bound})")
 
 
 import bot.vm_cli  # noqa: E402, F401  (registers `layerbot vm`)

@@ -3,7 +3,6 @@ imported only when the command runs, so the other commands start fast."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import click
@@ -26,6 +25,8 @@ def serve(ctx: Any, host: str, port: int, synchronous: str) -> None:
 
     Example: SLACK_BOT_TOKEN=xoxb-... SLACK_SIGNING_SECRET=... layerbot serve --port 3000
     """
+    import asyncio
+
     from bot.slack_service import SettingsError, SlackService, SlackSettings, serve_forever
 
     try:

@@ -12,15 +12,12 @@ from pathlib import Path
 
 import click
 
-from adapters import qemu_vm as vmfiles
-from adapters.base import PlatformError
-from bot.cli import EXIT_FAILED, console, main
-from bot.store import TaskNotFound
-
-_FINISHED = (vmfiles.OFF, vmfiles.STOPPED, vmfiles.FAILED)
+from bot.cli import EXIT_FAILED, main, out
 
 
 def _vm_dir(task_id: str) -> Path:
+    from bot.store import TaskNotFound
+
     ctx = click.get_current_context().find_root().obj
     store = ctx.store()
     try:
@@ -37,6 +34,8 @@ def _vm_dir(task_id: str) -> Path:
 
 
 def _state_line(vm_dir: Path) -> str:
+    from adapters import qemu_vm as vmfiles
+
     state = vmfiles.read_state(vm_dir)
     if state is None:
         return "created, off (never started)"
@@ -60,13 +59,16 @@ def start(task_id: str) -> None:
 
     Example: layerbot vm start t1a2b3c4d
     """
+    from adapters import qemu_vm as vmfiles
+    from adapters.base import PlatformError
+
     vm_dir = _vm_dir(task_id)
     try:
         vmfiles.start(vm_dir)
     except PlatformError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        out().print(f"[red]error:[/red] {exc}", soft_wrap=True)
         sys.exit(EXIT_FAILED)
-    console.print(f"{vm_dir.name}: {_state_line(vm_dir)}. It runs the connector's scripts and "
+    out().print(f"{vm_dir.name}: {_state_line(vm_dir)}. It runs the connector's scripts and "
                   f"powers off; follow it with: layerbot vm console {task_id}", soft_wrap=True)
 
 
@@ -78,6 +80,8 @@ def console_(task_id: str, no_follow: bool) -> None:
 
     Example: layerbot vm console t1a2b3c4d
     """
+    from adapters import qemu_vm as vmfiles
+
     vm_dir = _vm_dir(task_id)
     log = vm_dir / vmfiles.SERIAL_LOG
     out = sys.stdout.buffer
@@ -92,7 +96,7 @@ def console_(task_id: str, no_follow: bool) -> None:
             out.write(data)
             out.flush()
         state = vmfiles.read_state(vm_dir)
-        finished = state is None or state["state"] in _FINISHED
+        finished = state is None or state["state"] in (vmfiles.OFF, vmfiles.STOPPED, vmfiles.FAILED)
         if no_follow or (finished and not data):
             break
         time.sleep(0.3)
@@ -106,8 +110,10 @@ def status(task_id: str) -> None:
 
     Example: layerbot vm status t1a2b3c4d
     """
+    from adapters import qemu_vm as vmfiles
+
     vm_dir = _vm_dir(task_id)
-    console.print(f"{vm_dir.name}: {_state_line(vm_dir)}")
-    console.print(f"  directory {vm_dir}")
-    console.print(f"  launcher  {vm_dir / vmfiles.LAUNCHER}")
-    console.print(f"  console   {vm_dir / vmfiles.SERIAL_LOG}")
+    out().print(f"{vm_dir.name}: {_state_line(vm_dir)}")
+    out().print(f"  directory {vm_dir}")
+    out().print(f"  launcher  {vm_dir / vmfiles.LAUNCHER}")
+    out().print(f"  console   {vm_dir / vmfiles.SERIAL_LOG}")

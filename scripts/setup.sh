@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything layerbot and its tests need: Debian packages (apt-get, as root
-# or through sudo) and a virtualenv in .venv with layerbot and its test tools.
+# or through sudo) and a virtualenv in .venv with layerbot, every platform SDK
+# (the [all] extra) and its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +34,4 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,test]'

@@ -1,12 +1,59 @@
-"""Platform SDKs are imported only when a connector of that type is used."""
+"""Platform SDKs are imported only when a connector of that type is used, and ``--help``
+imports none of the libraries the commands need only when they run."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-DEMO = Path(__file__).parent.parent / "examples" / "demo" / "layerbot.yml"
+import aiohttp
+
+from tests.slack.conftest import BOT_TOKEN, SECRET
+from tests.slack.slack_double import SlackDouble
+from tests.slack.test_slack_serve import free_port
+
+ROOT = Path(__file__).parent.parent
+DEMO = ROOT / "examples" / "demo" / "layerbot.yml"
+PLATFORM_SDKS = ("pyVmomi", "pyVim", "azure", "google.cloud", "XenAPI", "pypsrp", "smbprotocol",
+                 "ntnx")
+#: what the commands import when they run; `--help` needs none of it
+COMMAND_LIBRARIES = ("rich", "pydantic", "yaml", "sqlite_utils", "asyncio", "aiohttp",
+                     "slack_sdk", "slack_bolt", "compositor", "adapters")
+
+#: runs `layerbot ARGS...` and, at exit, writes the names of the modules it imported
+_CLI_REPORTING_MODULES = (
+    "import atexit, json, os, sys\n"
+    "def report():\n"
+    "    with open(os.environ['MODULES_OUT'], 'w') as f:\n"
+    "        json.dump(sorted(sys.modules), f)\n"
+    "atexit.register(report)\n"
+    "sys.argv[0] = 'layerbot'\n"
+    "from bot.cli import main\n"
+    "main()\n"
+)
+
+
+def _among(modules: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if m.startswith(prefixes)]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "MODULES_OUT": str(tmp_path / "modules.json"),
+            "LAYERBOT_DB": str(tmp_path / "t.db")}
+
+
+def cli_modules(tmp_path: Path, *args: str) -> list[str]:
+    """The modules `layerbot ARGS...` imported (it must succeed)."""
+    proc = subprocess.run([sys.executable, "-c", _CLI_REPORTING_MODULES, *args], cwd=ROOT,
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    modules: list[str] = json.loads((tmp_path / "modules.json").read_text())
+    return modules
 
 
 def test_loading_a_local_catalog_imports_no_platform_sdk() -> None:
@@ -17,8 +64,53 @@ def test_loading_a_local_catalog_imports_no_platform_sdk() -> None:
         "from bot.summary import plan\n"
         f"cat = load_catalog(pathlib.Path({str(DEMO)!r}))\n"
         "plan(cat, 'demo-office', check_cache=False)\n"
-        "heavy = ('pyVmomi', 'google.cloud', 'azure', 'slack_bolt')\n"
+        f"heavy = {(*PLATFORM_SDKS, 'slack_bolt')!r}\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_help_imports_only_the_command_line_parser(tmp_path: Path) -> None:
+    for args in (["--help"], ["publish", "--help"], ["vm", "--help"]):
+        modules = cli_modules(tmp_path, *args)
+        assert _among(modules, PLATFORM_SDKS + COMMAND_LIBRARIES) == [], args
+
+
+def test_templates_and_tasks_import_no_platform_sdk_nor_slack(tmp_path: Path) -> None:
+    for args in (["--config", str(DEMO), "templates"], ["tasks"]):
+        modules = cli_modules(tmp_path, *args)
+        assert "bot.cli" in modules  # the hook saw the command run
+        assert _among(modules, (*PLATFORM_SDKS, "slack_bolt")) == [], args
+
+
+async def test_serve_with_a_local_connector_imports_no_platform_sdk(tmp_path: Path) -> None:
+    double = await SlackDouble().start()
+    port = free_port()
+    env = {**_env(tmp_path), "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SECRET,
+           "SLACK_API_URL": double.api_url}
+    env.pop("SLACK_APP_TOKEN", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CLI_REPORTING_MODULES, "--config", str(DEMO), "serve",
+        "--host", "127.0.0.1", "--port", str(port), cwd=ROOT, env=env,
+        stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        assert resp.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert proc.returncode is None
+                    await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await double.close()
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    assert "slack_bolt" in modules  # the hook saw the Slack app start
+    assert _among(modules, PLATFORM_SDKS) == []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -82,3 +83,45 @@ def test_cancel_of_a_running_task_is_left_to_its_runner(store: TaskStore) -> Non
     store.claim("r", 10)
     after = store.request_cancel(task.id, "bob", "Cancel requested by bob")
     assert after.status == states.QUEUED and after.cancel_requested == 1
+
+
+def _fail_event_inserts(store: TaskStore, kind: str) -> None:
+    """Make SQLite refuse every task_events row of ``kind`` (a disk error, a constraint)."""
+    store.db.execute(
+        "CREATE TRIGGER refuse_event BEFORE INSERT ON task_events"
+        f" WHEN NEW.kind = '{kind}' BEGIN SELECT RAISE(ABORT, 'event refused'); END"
+    )
+
+
+def test_a_failed_event_insert_leaves_the_task_unchanged(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    task, _ = new_task(store)
+    store.claim("r", 10)
+    _fail_event_inserts(store, "stage")
+    with pytest.raises(sqlite3.IntegrityError, match="event refused"):
+        store.update(task.id, "r", status=states.COMPOSITING, stage="compositing",
+                     event=("stage", "Compositing 3 layers"))
+    store.close()
+    reopened = TaskStore(tmp_path / "tasks.db")  # what another process sees
+    assert reopened.get(task.id).status == states.QUEUED
+    assert [e.kind for e in reopened.events(task.id)] == ["created"]
+    # the connection is usable afterwards: the failed transaction was rolled back
+    assert reopened.update(task.id, "r", stage="x").stage == "x"
+
+
+def test_a_failed_created_event_creates_no_task(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    _fail_event_inserts(store, "created")
+    with pytest.raises(sqlite3.IntegrityError, match="event refused"):
+        new_task(store, key="k1")
+    assert store.list_tasks() == []
+    store.db.execute("DROP TRIGGER refuse_event")
+    assert new_task(store, key="k1")[1] is True  # the key was not taken by a half-made task
+
+
+def test_a_failed_cancel_event_leaves_the_task_queued(store: TaskStore) -> None:
+    task, _ = new_task(store)
+    _fail_event_inserts(store, "cancelled")
+    with pytest.raises(sqlite3.IntegrityError, match="event refused"):
+        store.request_cancel(task.id, "bob", "Cancel requested by bob")
+    assert store.get(task.id).status == states.QUEUED

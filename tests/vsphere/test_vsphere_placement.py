@@ -9,6 +9,7 @@ import pytest
 
 from adapters import config_model, create
 from adapters.base import NotFoundError
+from adapters.vsphere_inventory import PlacementPathError
 
 from .conftest import Recorder, VcSim, connector, find_vms
 
@@ -129,3 +130,48 @@ async def test_template_nic_on_a_distributed_port_group(vcsim: VcSim, vc_env: No
         await adapter.close()
     [vm] = find_vms(vcsim, "dvpg-copy")
     assert [n.name for n in vm.network] == [n.name for n in src.network]
+
+
+@pytest.mark.parametrize(("folder", "pool"), [
+    ("vm/Layering/Published", "host/DC0_C0/Resources/Layering"),  # govc, relative to DC0
+    ("/DC0/vm/Layering/Published", "/DC0/host/DC0_C0/Resources/Layering/Child"),  # absolute
+])
+async def test_paths_as_govc_ansible_and_powercli_write_them(
+        vcsim: VcSim, vc_env: None, raw_disk: Path, folder: str, pool: str) -> None:
+    target = make_folders(vcsim, "Layering", "Published")
+    layering = make_pool(vcsim, "Layering")
+    child = make_pool(vcsim, "Child", parent=layering)
+    adapter = make_adapter(vcsim, folder=folder, resource_pool=pool)
+    await adapter.publish(Recorder().context(raw_disk, "govc-placed"))
+    await adapter.close()
+    [vm] = find_vms(vcsim, "govc-placed")
+    assert vm.parent == target
+    assert vm.resourcePool == (child if pool.endswith("/Child") else layering)
+
+
+async def test_a_path_in_another_datacenter_is_refused(vcsim: VcSim, vc_env: None,
+                                                       raw_disk: Path) -> None:
+    vcsim.si().content.rootFolder.CreateDatacenter("DC1")
+    make_folders(vcsim, "Layering")
+    for settings, text in [
+        ({"folder": "/DC1/vm/Layering"},
+         "vSphere: folder '/DC1/vm/Layering' is in datacenter 'DC1', but the connector's "
+         "datacenter is 'DC0' (datacenters on this vCenter: DC0, DC1)"),
+        ({"resource_pool": "/DC1/host/C1/Resources/Layering"},
+         "vSphere: resource_pool '/DC1/host/C1/Resources/Layering' is in datacenter 'DC1'"),
+    ]:
+        adapter = make_adapter(vcsim, **settings)
+        with pytest.raises(PlacementPathError) as info:
+            await adapter.publish(Recorder().context(raw_disk, "elsewhere"))
+        await adapter.close()
+        assert str(info.value).startswith(text)
+    assert find_vms(vcsim, "elsewhere") == []
+
+
+async def test_a_pool_of_another_compute_resource_is_refused(vcsim: VcSim, vc_env: None,
+                                                             raw_disk: Path) -> None:
+    adapter = make_adapter(vcsim, resource_pool="host/DC0_H0/Resources")  # a standalone host's
+    with pytest.raises(PlacementPathError, match="resource_pool 'host/DC0_H0/Resources' belongs to "
+                       "'DC0/host/DC0_H0', not to the connector's cluster 'DC0_C0'"):
+        await adapter.publish(Recorder().context(raw_disk, "other-cluster"))
+    await adapter.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -41,7 +42,7 @@ class Context:
             return load_catalog(self.config_path)
         except CatalogError as exc:
             for problem in exc.problems:
-                console.print(f"[red]error:[/red] {problem}", soft_wrap=True)
+                console.print(f"[red]error:[/red] {escape(problem)}", soft_wrap=True)
             sys.exit(EXIT_USAGE)
 
     def store(self) -> TaskStore:
@@ -310,8 +311,8 @@ def check(ctx: Context) -> None:
         try:  # the first member's header only: cheap, and catches a corrupt or non-tar file
             check_readable(name, layer.source)
         except compositor.LayerError as exc:
-            console.print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: {exc}",
-                          soft_wrap=True)
+            console.print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: "
+                          f"{escape(str(exc))}", soft_wrap=True)
             unreadable += 1
     if unreadable:
         sys.exit(EXIT_USAGE)
@@ -322,7 +323,7 @@ def check(ctx: Context) -> None:
         try:
             plans.append(plan(catalog, name, check_cache=False))
         except PlanError as exc:
-            console.print(f"[red]error:[/red] templates.{name}: {exc}", soft_wrap=True)
+            console.print(f"[red]error:[/red] templates.{name}: {escape(str(exc))}", soft_wrap=True)
     if len(plans) < len(catalog.templates):
         sys.exit(EXIT_USAGE)
     formats = sorted({p.disk_format for p in plans})

@@ -24,6 +24,7 @@ from adapters.base import (
     PublishContext,
     Published,
 )
+from compositor.paths import UnsafePath, join_inside
 from compositor.sparse import data_extents
 from compositor.spec import FORMAT_EXTENSIONS
 from compositor.threads import in_thread
@@ -54,7 +55,10 @@ class Adapter:
 
     def destination(self, ctx: PublishContext) -> Path:
         ext = FORMAT_EXTENSIONS[self.config.format]
-        return self.config.path / ctx.template / f"{ctx.task_id}.{ext}"
+        try:
+            return join_inside(self.config.path, ctx.template, f"{ctx.task_id}.{ext}")
+        except UnsafePath as exc:
+            raise PlatformError(f"refusing to publish template {ctx.template!r}: {exc}") from None
 
     async def publish(self, ctx: PublishContext) -> Published:
         dest = self.destination(ctx)

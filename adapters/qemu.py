@@ -36,6 +36,7 @@ from adapters.base import (
     Published,
 )
 from adapters.qemu_boot import extract_kernel, find_boot_files, find_tool
+from compositor.paths import UnsafePath, join_inside
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _POLL_SECONDS = 0.5
@@ -70,7 +71,10 @@ class Adapter:
         return "raw"
 
     def vm_dir(self, image_name: str) -> Path:
-        return self.config.path / image_name
+        try:
+            return join_inside(self.config.path, image_name)
+        except UnsafePath as exc:
+            raise PlatformError(f"refusing to create VM {image_name!r}: {exc}") from None
 
     async def publish(self, ctx: PublishContext) -> Published:
         if ctx.artifact_format != "raw":

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import reprlib
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +22,15 @@ from bot.yamlfile import YamlError, load_yaml
 
 LayerKind = Literal["os", "app", "platform"]
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd")
+
+#: Every layer, connector and template name: a file and folder name on every platform (a
+#: template name becomes a folder at local and qemu targets) and a word in Slack commands.
+NAME_PATTERN = "[a-z0-9][a-z0-9._-]{0,62}"
+_NAME = re.compile(NAME_PATTERN)
+_NAMED_SECTIONS = ("layers", "connectors", "templates")
+#: Problems reported at once: enough for any honest edit, and it bounds the work (each
+#: unknown name is compared with every declared one) and the output for a generated file.
+MAX_PROBLEMS = 100
 
 
 class CatalogError(ValueError):
@@ -132,8 +144,18 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return out
 
 
+def _excerpt_repr() -> reprlib.Repr:
+    excerpt = reprlib.Repr()  # Python 3.11: limits are attributes, not arguments
+    excerpt.maxlevel, excerpt.maxdict, excerpt.maxlist = 3, 16, 16  # at most 16**3 items
+    excerpt.maxstring = excerpt.maxother = excerpt.maxlong = 60
+    return excerpt
+
+
+_EXCERPT = _excerpt_repr()
+
+
 def _value_repr(value: Any) -> str:
-    text = repr(value)
+    text = _EXCERPT.repr(value)  # bounded work and length, whatever the value's size
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -200,7 +222,7 @@ def _entries(
         try:
             out[name] = model.model_validate(settings, context=context)
         except ValidationError as exc:
-            problems += _pydantic_problems(fname, (key, name), exc)
+            problems += _pydantic_problems(fname, (key, str(name)), exc)
     return out
 
 
@@ -225,6 +247,32 @@ def _connectors(
     return out
 
 
+def _name_problems(fname: str, sections: dict[str, dict[Any, Any]],
+                   key_lines: dict[tuple[Any, ...], int]) -> list[str]:
+    problems = []
+    for section, entries in sections.items():
+        for name in entries:
+            if isinstance(name, str) and _NAME.fullmatch(name):
+                continue
+            line = key_lines.get((section, name))
+            where = f"{fname}:{line}" if line else fname
+            got = (f"got {_value_repr(name)}" if isinstance(name, str)
+                   else f"YAML read this one as {_found(name)} (write 'on', 'no', '12' in quotes)")
+            problems.append(f"{where}: {section}.{name}: names must be strings matching "
+                            f"{NAME_PATTERN}; {got}")
+    return problems
+
+
+#: Shown when the catalog has no templates.
+_MINIMAL_CATALOG = """\
+layers:
+  base-os: {kind: os, source: layers/os/}
+connectors:
+  folder: {type: local, path: ./published}
+templates:
+  base: {os_layer: base-os, connector: folder, disk: {size_gib: 4}}"""
+
+
 def _check_references(
     fname: str, cat: Catalog, declared: dict[str, set[str]], problems: list[str]
 ) -> None:
@@ -232,11 +280,15 @@ def _check_references(
     declared (``declared``: section -> names), so it is not reported twice."""
     slots: list[tuple[str, str, LayerKind]]
     for tname, t in cat.templates.items():
+        if len(problems) > MAX_PROBLEMS:
+            return
         slots = [(f"templates.{tname}.os_layer", t.os_layer, "os")]
         slots += [(f"templates.{tname}.app_layers[{i}]", n, "app") for i, n in enumerate(t.app_layers)]
         if t.platform_layer is not None:
             slots.append((f"templates.{tname}.platform_layer", t.platform_layer, "platform"))
         for loc, lname, kind in slots:
+            if len(problems) > MAX_PROBLEMS:
+                return
             layer = cat.layers.get(lname)
             if lname not in declared["layers"]:
                 problems.append(
@@ -245,9 +297,9 @@ def _check_references(
                 problems.append(
                     f"{fname}: {loc}: layer {lname!r} is {_a(layer.kind)} layer, not {_a(kind)} layer"
                 )
-        if len(set(t.app_layers)) != len(t.app_layers):
-            dup = next(n for n in t.app_layers if t.app_layers.count(n) > 1)
-            problems.append(f"{fname}: templates.{tname}.app_layers: {dup!r} is listed twice")
+        dups = [n for n, count in Counter(t.app_layers).items() if count > 1]
+        if dups:
+            problems.append(f"{fname}: templates.{tname}.app_layers: {dups[0]!r} is listed twice")
         if t.connector not in declared["connectors"]:
             problems.append(
                 f"{fname}: templates.{tname}.connector: "
@@ -270,17 +322,17 @@ def load_catalog(path: Path) -> Catalog:
     """Load and validate layerbot.yml; raise CatalogError listing every problem at once."""
     fname = path.name
     try:
-        raw = load_yaml(path)
+        document = load_yaml(path)
     except YamlError as exc:
         raise CatalogError([str(exc)]) from None
-    if raw is None:
-        raw = {}
+    raw = {} if document.data is None else document.data
     if not isinstance(raw, dict):
         raise CatalogError([f"{fname}: the top level must be a mapping (layers, connectors, ...)"])
     context = {"base_dir": path.resolve().parent}
     problems = [f"{fname}: {key}: unknown key (expected one of {', '.join(_SECTIONS)})"
                 for key in raw if key not in _SECTIONS]
-    sections = {key: _section(fname, raw, key, problems) for key in _SECTIONS[:3]}
+    sections = {key: _section(fname, raw, key, problems) for key in _NAMED_SECTIONS}
+    problems += _name_problems(fname, sections, document.key_lines)
     layers = _entries(fname, "layers", sections["layers"], Layer, context, problems)
     connectors = _connectors(fname, sections["connectors"], context, problems)
     templates = _entries(fname, "templates", sections["templates"], Template, context, problems)
@@ -291,7 +343,14 @@ def load_catalog(path: Path) -> Catalog:
         runner = RunnerSettings.model_validate({}, context=context)
     cat = Catalog.model_construct(path=path.resolve(), layers=layers, connectors=connectors,
                                   templates=templates, runner=runner)
-    _check_references(fname, cat, {k: set(v) for k, v in sections.items()}, problems)
+    _check_references(fname, cat, {k: set(map(str, v)) for k, v in sections.items()}, problems)
+    if not problems and not templates:  # when there are other problems, the file is not empty
+        problems.append(f"{fname}: templates: none, so there is nothing to publish; a catalog "
+                        f"needs at least one layer, connector and template, like this:\n"
+                        + _MINIMAL_CATALOG)
+    if len(problems) > MAX_PROBLEMS:
+        problems[MAX_PROBLEMS:] = [f"{fname}: more problems not shown (only the first "
+                                   f"{MAX_PROBLEMS} are); fix these and check again"]
     if problems:
         raise CatalogError(problems)
     return cat

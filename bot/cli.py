@@ -29,6 +29,13 @@ EXIT_USAGE = 2
 
 
 @functools.cache
+def _escape(text: str) -> str:
+    """Catalog messages contain brackets (``[a-z0-9]``, ``layerbot[vsphere]``) rich would eat."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def out() -> Console:
     """The console every command prints to (rich is imported on first use)."""
     from rich.console import Console
@@ -63,7 +70,7 @@ class Context:
             return load_catalog(self.config_path)
         except CatalogError as exc:
             for problem in exc.problems:
-                out().print(f"[red]error:[/red] {problem}", soft_wrap=True)
+                out().print(f"[red]error:[/red] {_escape(problem)}", soft_wrap=True)
             sys.exit(EXIT_USAGE)
 
     def store(self) -> TaskStore:
@@ -349,8 +356,6 @@ def check(ctx: Context) -> None:
 
     Example: layerbot --config layerbot.yml check
     """
-    from rich.markup import escape
-
     import adapters
     import compositor
     from bot.summary import PlanError, plan
@@ -361,7 +366,7 @@ def check(ctx: Context) -> None:
     for name, connector in catalog.connectors.items():
         if (problem := adapters.missing_sdk(connector.type)) is not None:
             out().print(f"[red]error:[/red] {ctx.config_path.name}: connectors.{name}.type: "
-                        f"{escape(problem)}", soft_wrap=True)
+                        f"{_escape(problem)}", soft_wrap=True)
             unusable += 1
     if unusable:
         sys.exit(EXIT_USAGE)
@@ -372,7 +377,8 @@ def check(ctx: Context) -> None:
         try:  # the first member's header only: cheap, and catches a corrupt or non-tar file
             check_readable(name, layer.source)
         except compositor.LayerError as exc:
-            out().print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: {exc}",
+            out().print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: "
+                          f"{_escape(str(exc))}",
                           soft_wrap=True)
             unreadable += 1
     if unreadable:
@@ -384,7 +390,7 @@ def check(ctx: Context) -> None:
         try:
             plans.append(plan(catalog, name, check_cache=False))
         except PlanError as exc:
-            out().print(f"[red]error:[/red] templates.{name}: {exc}", soft_wrap=True)
+            out().print(f"[red]error:[/red] templates.{name}: {_escape(str(exc))}", soft_wrap=True)
     if len(plans) < len(catalog.templates):
         sys.exit(EXIT_USAGE)
     formats = sorted({p.disk_format for p in plans})

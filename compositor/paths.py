@@ -1,9 +1,11 @@
-"""Layer member names: normalised, relative, and never escaping the tree."""
+"""Paths from names: layer members (normalised, relative) and catalog names joined to a
+target folder, never escaping the tree or the folder."""
 
 from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -51,3 +53,19 @@ def real_dir_chain(root: str, rel: str) -> bool:
         if not stat.S_ISDIR(st.st_mode):
             return False
     return True
+
+
+def join_inside(base: Path, *names: str) -> Path:
+    """``base/name/...`` for names taken from the catalog (a template, a task, a VM name).
+
+    Each name must be one ordinary path component, and the result, symlinks resolved, must
+    stay inside ``base`` (itself resolved): a name like '../x', or a symlink planted under
+    ``base``, cannot make a publish write elsewhere. Raises UnsafePath."""
+    for name in names:
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            raise UnsafePath(f"{name!r} is not a plain file or folder name")
+    path = base.joinpath(*names)
+    real_base = base.resolve()
+    if not path.resolve().is_relative_to(real_base):
+        raise UnsafePath(f"{str(path)!r} leads outside {str(real_base)!r}")
+    return path

@@ -199,3 +199,52 @@ def test_check_with_a_required_tool_missing_gives_the_install_command(
     assert code == 2, out
     assert re.search(r"^  qemu-img +missing$", out, re.M), out
     assert "missing tools: install with: sudo apt-get install -y qemu-utils" in out
+
+
+def test_unreadable_catalogs_exit_2_naming_the_file_and_line(
+        cli: Callable[..., tuple[int, str]], catalog_dir: Path) -> None:
+    from tests.test_catalog_input import ALIAS_BOMB
+
+    path = catalog_dir / "layerbot.yml"
+    cases = [
+        (BASIC_CATALOG.encode("utf-16"), "error: layerbot.yml:1: the file is UTF-16 text"),
+        (BASIC_CATALOG.replace("templates:\n", "templates:\n  ? [a, b]\n  : {}\n").encode(),
+         "error: layerbot.yml:12: templates: a key must be a name, not a list"),
+        (BASIC_CATALOG.encode() + b"extras: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+         "error: layerbot.yml:23: "),
+        (ALIAS_BOMB.encode(), "takes the document past 100000 values (aliases expanded"),
+    ]
+    for data, message in cases:
+        path.write_bytes(data)
+        for command in (["check"], ["templates"], ["publish", "win10-office", "--yes"]):
+            code, out = cli(*command)
+            assert code == 2 and message in out, (command, out)
+    with path.open("ab") as file:
+        file.truncate(40 << 20)
+    code, out = cli("check")
+    assert code == 2 and "this file is 40.0 MiB" in out, out
+
+
+def test_names_yaml_reads_as_other_types_or_paths_exit_2(
+        cli: Callable[..., tuple[int, str]], write_catalog: Callable[[str], Path],
+        catalog_dir: Path) -> None:
+    write_catalog(BASIC_CATALOG.replace("  win10-office:", "  on:"))
+    for command in (["check"], ["templates"], ["publish", "on", "--yes"]):
+        code, out = cli(*command)
+        assert code == 2, (command, out)
+        assert "error: layerbot.yml:12: templates.True: names must be strings matching " \
+               "[a-z0-9][a-z0-9._-]{0,62}; YAML read this one as a boolean" in out, out
+    write_catalog(BASIC_CATALOG.replace("  win10-office:", "  ../../escape-tpl:"))
+    for command in (["check"], ["publish", "../../escape-tpl", "--yes"]):
+        code, out = cli(*command)
+        assert code == 2 and "templates.../../escape-tpl: names must be strings matching" in out
+    assert not (catalog_dir / "escape-tpl").exists() and not (catalog_dir.parent / "escape-tpl").exists()
+
+
+def test_an_empty_catalog_exits_2_with_an_example(cli: Callable[..., tuple[int, str]],
+                                                  write_catalog: Callable[[str], Path]) -> None:
+    write_catalog("")
+    code, out = cli("check")
+    assert code == 2
+    assert "error: layerbot.yml: templates: none, so there is nothing to publish" in out
+    assert "  base: {os_layer: base-os, connector: folder, disk: {size_gib: 4}}" in out

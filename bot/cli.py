@@ -286,7 +286,7 @@ def tasks(ctx: Context, status: str | None, limit: int) -> None:
                   "link / error")
     for t in ctx.store().list_tasks(status=status, limit=limit):
         table.add_row(t.id, t.template, t.platform, states.LABELS[t.status], t.stage,
-                      f"{t.progress:.0f}%", _when(t.created_at), t.error or t.link or "")
+                      f"{t.progress:.0f}%", _when(t.created_at), _escape(t.error or t.link or ""))
     out().print(table)
 
 
@@ -303,11 +303,11 @@ def task(ctx: Context, task_id: str) -> None:
     out().print(f"[bold]{t.id}[/bold] {t.template} → {t.connector} ({t.platform}): "
                   f"{states.LABELS[t.status]}, {t.stage} {t.progress:.0f}%")
     if t.link:
-        out().print(f"link: {t.link}")
+        out().print(f"link: {_escape(t.link)}")
     if t.error:
-        out().print(f"[red]error:[/red] {t.error}")
+        out().print(f"[red]error:[/red] {_escape(t.error)}")
     for e in store.events(task_id):
-        out().print(f"{_when(e.at)}  {e.kind:<16} {e.message}", soft_wrap=True)
+        out().print(f"{_when(e.at)}  {e.kind:<16} {_escape(e.message)}", soft_wrap=True)
 
 
 @main.command()

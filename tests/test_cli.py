@@ -248,3 +248,17 @@ def test_an_empty_catalog_exits_2_with_an_example(cli: Callable[..., tuple[int, 
     assert code == 2
     assert "error: layerbot.yml: templates: none, so there is nothing to publish" in out
     assert "  base: {os_layer: base-os, connector: folder, disk: {size_gib: 4}}" in out
+
+
+def test_errors_and_events_with_brackets_are_shown_whole(cli: Callable[..., tuple[int, str]],
+                                                        tmp_path: Path) -> None:
+    # rich reads "[vsphere]" as a style tag and would drop it from the install hint
+    cli("publish", "win10-office", "--yes", "--no-run")
+    store = TaskStore(tmp_path / "t.db")
+    task = store.list_tasks()[0]
+    hint = "install it: pip install 'layerbot[vsphere]'"
+    store.update(task.id, None, status=states.FAILED, error=hint, event=("failed", hint))
+    code, out = cli("task", task.id)
+    assert code == 0 and out.count("layerbot[vsphere]") == 2, out
+    code, out = cli("tasks")
+    assert "layerbot[vsphere]" in out.replace("\n", ""), out

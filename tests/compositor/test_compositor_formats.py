@@ -11,6 +11,7 @@ import pytest
 
 from compositor import ImageSpec, LayerSource, build_image
 from compositor import convert as convert_module
+from compositor.identity import KeyIdentity
 
 from .layer_builder import cat, directory, file, write_tar
 
@@ -112,6 +113,6 @@ async def test_every_format_is_read_back_with_qemu_img_info(
 
     monkeypatch.setattr(convert_module.runner, "run", spy)
     out = tmp_path / f"disk.{fmt}"
-    assert await convert_module.convert(raw, fmt, out, lambda _: None) == 4 << 20
+    assert await convert_module.convert(raw, fmt, out, lambda _: None, KeyIdentity("k")) == 4 << 20
     info = [c for c in calls if c[1:2] == ["info"]]
     assert len(info) == 1 and info[0][2:] == ["--output=json", "-f", qemu_fmt, str(out)]

@@ -4,7 +4,8 @@ The same layers and settings (one raw cache key) give a byte-identical disk, so 
 a cache miss and a rebuild, publish the same bytes. Identifiers (filesystem UUID, directory hash
 seed, GPT GUIDs, NTFS serial) derive from the raw key; times are the build epoch: the newest
 mtime in the layers (the reproducible-builds SOURCE_DATE_EPOCH convention), which the key
-covers because layer digests include every mtime.
+covers because layer digests include every mtime. Formats converted from the raw disk take their
+ids from the same key (format_identity.py) and a fixed time (CONVERTED_TIME).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from .dirlayer import scan_dir_layer
 from .errors import CompositorError, HostSpaceError, LayerError, ToolMissingError
 from .evict import ArtifactHold, hold_artifact
 from .ext4 import build_ext4_disk
-from .identity import DiskIdentity, build_epoch
+from .identity import DiskIdentity, KeyIdentity, build_epoch
 from .layertree import LayerTree
 from .merge import Merger
 from .ntfs import build_ntfs_disk
@@ -95,7 +95,7 @@ async def build_image(
         out_tmp = cache.new_temp("." + FORMAT_EXTENSIONS[spec.format])
         temps.append(out_tmp)
         span = report.span(f"converting to {spec.format}", 0.8, 0.99)
-        virtual = await converter.convert(raw, spec.format, out_tmp, span)
+        virtual = await converter.convert(raw, spec.format, out_tmp, span, KeyIdentity(raw.stem))
         final = await asyncio.to_thread(cache.store_artifact, out_tmp, key, spec.format, virtual)
         report.stage("done", 1.0)
         return BuiltImage(

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import runner
-from .errors import CompositorError
+from .errors import CompositorError, ToolFailedError
+from .format_identity import pin_identity
+from .identity import CONVERTED_TIME, KeyIdentity
 from .tools import gzip_command, tool_path
 
 GIB = 1 << 30
@@ -25,14 +27,20 @@ _QEMU: dict[str, tuple[str, str | None]] = {
     "vhd": ("vpc", "subformat=fixed,force_size"),
     "vhdx": ("vhdx", "subformat=dynamic"),
 }
+#: formats qemu-img check supports (vpc does not)
+_CHECKABLE = frozenset({"vmdk", "vhdx"})
 _PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
 _OLDGNU_MAGIC = b"ustar  \0"
 
 Fraction = Callable[[float], None]
 
 
-async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction) -> int:
-    """Write raw as fmt to out; return the virtual size the guest sees."""
+async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction, ids: KeyIdentity) -> int:
+    """Write raw as fmt to out; return the virtual size the guest sees.
+
+    The values qemu-img or tar would take from a random source or the clock derive from ``ids``
+    (the raw disk's key) instead, so one raw disk always gives the same bytes.
+    """
     size = raw.stat().st_size
     if fmt == "raw":
         await asyncio.to_thread(os.link, raw, out)
@@ -51,7 +59,18 @@ async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction) -> int:
     if options:
         argv += ["-o", options]
     await runner.run([*argv, raw, out], on_output=on_line)
+    await asyncio.to_thread(pin_identity, fmt, out, ids)
+    if fmt in _CHECKABLE:
+        await _check_qemu(out, qemu_fmt, fmt)
     return await _verify_qemu(out, qemu_fmt, size, fmt)
+
+
+async def _check_qemu(out: Path, qemu_fmt: str, fmt: str) -> None:
+    """qemu-img check of the rewritten metadata (reads tables only, not the data)."""
+    try:
+        await runner.run([tool_path("qemu-img"), "check", "-f", qemu_fmt, out])
+    except ToolFailedError as exc:
+        raise CompositorError(f"{fmt}: qemu-img check found errors in {out.name}: {exc}") from exc
 
 
 async def _verify_qemu(out: Path, qemu_fmt: str, size: int, fmt: str) -> int:
@@ -80,7 +99,8 @@ async def _gce_tar(raw: Path, out: Path, size: int) -> int:
         await asyncio.to_thread(os.link, raw, folder / "disk.raw")
         tar = [
             tool_path("tar"), "--format=oldgnu", "--sparse", "--numeric-owner",
-            "--owner=0", "--group=0", "-C", folder, "-cf", "-", "disk.raw",
+            "--owner=0", "--group=0", "--mode=0644", f"--mtime=@{CONVERTED_TIME}",
+            "-C", folder, "-cf", "-", "disk.raw",
         ]
         with open(out, "wb") as fh:
             await runner.pipeline(tar, gzip_command(os.cpu_count() or 1), stdout_file=fh)

@@ -59,11 +59,12 @@ def tool_path(name: str) -> str:
 
 
 def gzip_command(threads: int) -> list[str]:
-    """pigz when available (parallel), gzip otherwise."""
+    """pigz when available (parallel), gzip otherwise. ``-n``: no time stamp in the header
+    (both would store the clock's for standard input)."""
     pigz = find_tool("pigz")
     if pigz:
-        return [pigz, "-p", str(max(1, threads)), "-c"]
-    return [tool_path("gzip"), "-c"]
+        return [pigz, "-n", "-p", str(max(1, threads)), "-c"]
+    return [tool_path("gzip"), "-n", "-c"]
 
 
 def required_tools(

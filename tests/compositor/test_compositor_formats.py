@@ -11,6 +11,9 @@ import pytest
 
 from compositor import ImageSpec, LayerSource, build_image
 from compositor import convert as convert_module
+from compositor.errors import CompositorError
+from compositor.format_identity import pin_identity
+from compositor.identity import KeyIdentity
 
 from .layer_builder import cat, directory, file, write_tar
 
@@ -112,6 +115,28 @@ async def test_every_format_is_read_back_with_qemu_img_info(
 
     monkeypatch.setattr(convert_module.runner, "run", spy)
     out = tmp_path / f"disk.{fmt}"
-    assert await convert_module.convert(raw, fmt, out, lambda _: None) == 4 << 20
+    assert await convert_module.convert(raw, fmt, out, lambda _: None, KeyIdentity("k")) == 4 << 20
     info = [c for c in calls if c[1:2] == ["info"]]
     assert len(info) == 1 and info[0][2:] == ["--output=json", "-f", qemu_fmt, str(out)]
+
+
+@pytest.mark.parametrize("fmt,qemu_args,offset,message", [
+    ("vmdk", ["vmdk", "-o", "subformat=streamOptimized"], 0,
+     r"vmdk: disk\.vmdk: magic b'\\xb4DMV', not b'KDMV' at byte 0;"),
+    ("vhd", ["vpc", "-o", "subformat=fixed"], -512 + 70, r"vhd: disk\.vhd: wrong footer checksum at byte "),
+    ("vhdx", ["vhdx"], (128 << 10) + 100, r"vhdx: disk\.vhdx: wrong CRC-32C checksum at byte 131076;"),
+])
+def test_a_converted_file_not_as_qemu_img_writes_it_is_refused_with_where(
+        tmp_path: Path, fmt: str, qemu_args: list[str], offset: int, message: str) -> None:
+    raw = tmp_path / "composited.img"
+    with open(raw, "wb") as fh:
+        fh.truncate(4 << 20)
+    out = tmp_path / f"disk.{fmt}"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", *qemu_args, str(raw), str(out)], check=True)
+    with open(out, "r+b") as fh:
+        fh.seek(offset, 0 if offset >= 0 else 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(CompositorError, match=message):
+        pin_identity(fmt, out, KeyIdentity("k"))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import os
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
 from compositor import ImageSpec, LayerSource, build_image, stage
+from compositor.identity import CONVERTED_TIME
 from compositor.spec import BuiltImage, ExtraFile
+from compositor.stream_vmdk import write_stream_vmdk
 
 from .layer_builder import MTIME, chardev, debugfs, directory, file, hardlink, ls, stat, symlink, write_tar
 
@@ -76,3 +80,57 @@ async def test_two_builds_of_one_ext4_template_are_byte_identical(
     assert release is not None and release.mtime == MTIME and epoch in release.text
     published = stat(raws[0], "/usr/lib/layerbot/firstboot")
     assert published is not None and published.mtime == MTIME + 100
+
+
+#: format -> qemu-img's name for it
+CONVERTED = {"vmdk": "vmdk", "vhd": "vpc", "vhdx": "vhdx", "gce-tar": None}
+
+
+def _qemu_img(*args: str | Path) -> str:
+    done = subprocess.run(["qemu-img", *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+async def test_every_format_of_one_raw_disk_is_byte_identical_across_builds(tmp_path: Path) -> None:
+    """Two caches, each composites the raw disk once (a second apart) and converts it to every
+    format: vmdk (qemu-img's streamOptimized), vhd, vhdx, gce-tar, and vSphere's streamOptimized
+    VMDK (StreamVmdk) of the raw disk. Each pair is compared byte for byte, and each file against
+    the raw disk by qemu-img."""
+    spec = _spec(_layers(tmp_path))
+    built: dict[str, list[Path]] = {fmt: [] for fmt in CONVERTED}
+    for run in ("1", "2"):
+        for fmt in CONVERTED:
+            image = await build_image(dataclasses.replace(spec, format=fmt),  # type: ignore[arg-type]
+                                      work_dir=tmp_path / f"work{run}", cache_dir=tmp_path / f"cache{run}")
+            assert not image.cache_hit
+            built[fmt].append(image.path)
+        time.sleep(1.1)  # every clock-derived second differs between the builds
+    raws = [next((tmp_path / f"cache{run}" / "raw").glob("*.img")) for run in ("1", "2")]
+    assert filecmp.cmp(*raws, shallow=False), _differing_bytes(*raws)
+    streams = [tmp_path / f"stream{run}.vmdk" for run in ("1", "2")]
+    for raw, stream in zip(raws, streams, strict=True):
+        write_stream_vmdk(raw, stream, workers=2)
+    built["stream-vmdk"] = streams
+
+    differing = {fmt: _differing_bytes(*paths) for fmt, paths in built.items()
+                 if not filecmp.cmp(*paths, shallow=False)}
+    assert not differing, differing
+
+    for fmt, qemu_fmt in [*CONVERTED.items(), ("stream-vmdk", "vmdk")]:
+        if qemu_fmt is None:
+            continue
+        path = built[fmt][0]
+        if qemu_fmt != "vpc":  # qemu-img has no check for VHD
+            _qemu_img("check", "-f", qemu_fmt, path)
+        assert "Images are identical" in _qemu_img("compare", "-f", "raw", "-F", qemu_fmt, raws[0], path)
+    vmdk_descriptor = built["vmdk"][0].read_bytes()[512:1536]
+    assert b'RW 2097152 SPARSE "disk.vmdk"' in vmdk_descriptor
+
+    with tarfile.open(built["gce-tar"][0], "r|gz") as tar:
+        member = tar.next()
+        assert member is not None and member.name == "disk.raw"
+        assert (member.mtime, member.mode, member.uid, member.gid, member.uname, member.gname) == \
+            (CONVERTED_TIME, 0o644, 0, 0, "", "")
+    with open(built["gce-tar"][0], "rb") as fh:
+        assert fh.read(8)[4:] == bytes(4)  # gzip's MTIME: none

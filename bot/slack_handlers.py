@@ -14,7 +14,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import messages, slack_access, slack_blocks, states
+from bot import messages, slack_access, slack_blocks, slack_payloads, states
 from bot.catalog import Catalog, unknown_name
 from bot.slack_access import Decision, GroupDirectory
 from bot.slack_blocks import Message
@@ -99,6 +99,11 @@ class Handlers:
         await self._decide(user, action, target[:200], Decision(False, reason))
         if reply is not None:
             await reply(slack_blocks.text_message(text))
+
+    async def refuse_request(self, body: dict[str, Any], reason: str) -> None:
+        """A signed request the app cannot answer (as :class:`bot.slack_edge.SlackGate`)."""
+        log.warning("slack: refused a signed request: %s", reason)
+        await self._decide(slack_payloads.actor(body), "request", "slack", Decision(False, reason))
 
     def _may_see(self, task: Task, user: str, groups: set[str]) -> bool:
         """A task is shown to its requester and to whoever may publish its template."""
@@ -255,7 +260,7 @@ class Handlers:
     # ------------------------------------------------------------ the card's buttons
     async def confirm(self, body: dict[str, Any], respond: Respond) -> None:
         clicker = body["user"]["id"]
-        intent_id = body["actions"][0]["value"]
+        intent_id = body["actions"][0].get("value") or ""
         reply = ephemeral(respond)
         intent = await self.db.run(self.intents.get, intent_id) if intent_id else None
         if intent is None or intent.cancelled:
@@ -438,4 +443,4 @@ class Handlers:
 
     async def home_publish(self, body: dict[str, Any]) -> None:
         user = body["user"]["id"]
-        await self.request(user, None, [body["actions"][0]["value"]], self._dm(user, None))
+        await self.request(user, None, [body["actions"][0].get("value") or ""], self._dm(user, None))

@@ -11,9 +11,9 @@ fields are allowed: Slack adds fields over time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints, ValidationError
 
 
 class _Open(BaseModel):
@@ -21,6 +21,8 @@ class _Open(BaseModel):
 
 
 Text = StrictStr | None
+#: Where the answer to an interaction goes (hooks.slack.com).
+Url = Annotated[str, StringConstraints(strict=True, pattern=r"^https?://[^\s/]+/\S*$")]
 
 
 class Ref(_Open):
@@ -91,7 +93,7 @@ class Envelope(_Open):
     command: Text = None
     text: Text = None
     trigger_id: Text = None
-    response_url: Text = None
+    response_url: Url | None = None
     callback_id: Text = None
     action_id: Text = None
     is_enterprise_install: StrictBool | StrictStr | None = None
@@ -121,6 +123,7 @@ class SlashCommand(Envelope):
     user_id: StrictStr
     text: StrictStr = ""
     trigger_id: StrictStr
+    response_url: Url
 
 
 class BlockActions(Envelope):
@@ -128,9 +131,14 @@ class BlockActions(Envelope):
     actions: list[Action] = Field(min_length=1)
 
 
+class SubmittedView(View):
+    callback_id: StrictStr
+    type: StrictStr
+
+
 class ViewSubmission(Envelope):
     user: Actor
-    view: View
+    view: SubmittedView
 
 
 class AppHomeOpened(Event):

@@ -49,7 +49,7 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
         sb.ACTION_TASK_RETRY: (handlers.task_retry, "task-retry"),
     }
     for action_id, (handler, name) in buttons.items():
-        app.action(action_id)(_acked_button(background, handler, name))
+        app.action(action_id)(_acked_button(background, handlers, handler, name))
 
     @app.action(sb.ACTION_HOME_PUBLISH)
     async def home_publish(ack: AsyncAck, body: dict[str, Any]) -> None:
@@ -71,11 +71,16 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
 ButtonHandler = Callable[[dict[str, Any], AsyncRespond], Coroutine[Any, Any, None]]
 
 
-def _acked_button(background: Background, handler: ButtonHandler, name: str) -> Any:
-    """A listener that acks, then leaves the work to ``handler`` in the background."""
+def _acked_button(background: Background, handlers: Handlers, handler: ButtonHandler,
+                  name: str) -> Any:
+    """A listener that acks, then leaves the work to ``handler`` in the background. These
+    buttons sit in messages, whose clicks always carry a response_url to answer on."""
 
     async def listener(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
+        if not isinstance(body.get("response_url"), str):
+            background.spawn(handlers.refuse_request(body, f"{name} without a response_url"), name)
+            return
         background.spawn(handler(body, respond), name)
 
     return listener

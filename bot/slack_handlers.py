@@ -14,7 +14,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import messages, slack_access, slack_blocks, states
+from bot import messages, slack_access, slack_blocks, slack_payloads, states
 from bot.catalog import Catalog, unknown_name
 from bot.slack_access import Decision, GroupDirectory
 from bot.slack_blocks import Message
@@ -92,6 +92,31 @@ class Handlers:
         await self.db.run(slack_access.record, self.store, user, action, target, decision)
         return decision
 
+    async def _refuse(self, user: str, action: str, target: str, reason: str,
+                      reply: Reply | None, text: str) -> None:
+        """Audit a refusal that is not an access decision (an unknown, used or expired id),
+        then tell the user."""
+        await self._decide(user, action, target[:200], Decision(False, reason))
+        if reply is not None:
+            await reply(slack_blocks.text_message(text))
+
+    async def refuse_request(self, body: dict[str, Any], reason: str) -> None:
+        """A signed request the app cannot answer (as :class:`bot.slack_edge.SlackGate`)."""
+        log.warning("slack: refused a signed request: %s", reason)
+        await self._decide(slack_payloads.actor(body), "request", "slack", Decision(False, reason))
+
+    def _may_see(self, task: Task, user: str, groups: set[str]) -> bool:
+        """A task is shown to its requester and to whoever may publish its template."""
+        return user == task.requested_by or slack_access.may_publish(
+            self.catalog, task.template, user=user, groups=groups, channel=None,
+            check_channel=False).allowed
+
+    async def _visible_tasks(self, user: str, limit: int) -> list[Task]:
+        groups = await self._groups(user)
+        templates = [n for n in self.catalog.templates if slack_access.may_publish(
+            self.catalog, n, user=user, groups=groups, channel=None, check_channel=False).allowed]
+        return await self.db.run(self.store.tasks_visible_to, user, templates, limit)
+
     async def _allowed_templates(self, user: str, channel: str | None) -> list[str]:
         groups = await self._groups(user)
         return [n for n in self.catalog.templates
@@ -129,7 +154,7 @@ class Handlers:
         elif verb == "list":
             await self.list_templates(user, channel, reply)
         elif verb == "status":
-            await self.status(words[1] if len(words) > 1 else None, reply)
+            await self.status(user, words[1] if len(words) > 1 else None, reply)
         else:
             await self.request(user, channel, list(dict.fromkeys(words)), reply)
 
@@ -138,14 +163,20 @@ class Handlers:
         rows = [(n, t.icon, t.description, n in allowed) for n, t in self.catalog.templates.items()]
         await reply(slack_blocks.list_message(rows))
 
-    async def status(self, task_id: str | None, reply: Reply) -> None:
+    async def status(self, user: str, task_id: str | None, reply: Reply) -> None:
         if task_id is None:
-            await reply(slack_blocks.status_message(await self.db.run(self.store.list_tasks, limit=10)))
+            await reply(slack_blocks.status_message(await self._visible_tasks(user, 10)))
             return
+        no_task = messages.no_task(slack_blocks.escape(task_id))
         try:
             task = await self.db.run(self.store.get, task_id)
         except TaskNotFound:
-            await reply(slack_blocks.text_message(messages.no_task(slack_blocks.escape(task_id))))
+            await self._refuse(user, "status", task_id, "no such task", reply, no_task)
+            return
+        if not self._may_see(task, user, await self._groups(user)):
+            # the same answer as for an unknown id: the task's existence is not told either
+            await self._refuse(user, "status", task_id, messages.reason_user("template", task.template),
+                               reply, no_task)
             return
         await reply(slack_blocks.task_detail(task, await self.db.run(self.store.events, task.id)))
 
@@ -162,8 +193,10 @@ class Handlers:
         user = body["user"]["id"]
         view = body["view"]
         channel = view.get("private_metadata") or None
-        state = view["state"]["values"][slack_blocks.BLOCK_TEMPLATES][slack_blocks.ACTION_TEMPLATES]
-        names = [o["value"] for o in state.get("selected_options") or []]
+        values = (view.get("state") or {}).get("values") or {}
+        state = (values.get(slack_blocks.BLOCK_TEMPLATES) or {}).get(slack_blocks.ACTION_TEMPLATES) or {}
+        options = state.get("selected_options") or []
+        names = [o["value"] for o in options if isinstance(o, dict) and isinstance(o.get("value"), str)]
         await self.request(user, channel, names, self._dm(user, channel))
 
     async def request(self, user: str, channel: str | None, names: list[str],
@@ -227,15 +260,17 @@ class Handlers:
     # ------------------------------------------------------------ the card's buttons
     async def confirm(self, body: dict[str, Any], respond: Respond) -> None:
         clicker = body["user"]["id"]
-        intent_id = body["actions"][0]["value"]
+        intent_id = body["actions"][0].get("value") or ""
         reply = ephemeral(respond)
-        intent = await self.db.run(self.intents.get, intent_id)
+        intent = await self.db.run(self.intents.get, intent_id) if intent_id else None
         if intent is None or intent.cancelled:
-            await reply(slack_blocks.text_message(messages.intent_unknown()))
+            await self._refuse(clicker, "confirm", intent_id or "", "unknown or withdrawn confirmation",
+                               reply, messages.intent_unknown())
             return
         target = ",".join(intent.templates)
         if intent.claimed_by is not None:
-            await reply(slack_blocks.text_message(messages.intent_used(intent.claimed_by)))
+            await self._refuse(clicker, "confirm", target, f"already used by {intent.claimed_by}",
+                               reply, messages.intent_used(intent.claimed_by))
             return
         if intent.expires_at <= time.time():
             await self._decide(clicker, "confirm", target, Decision(False, "expired"))
@@ -252,9 +287,11 @@ class Handlers:
         claim = await self.db.run(self.intents.claim, intent.id, clicker)
         if claim is not Claim.CLAIMED:
             again = await self.db.run(self.intents.get, intent.id)
-            text = (messages.intent_used(again.claimed_by) if claim is Claim.USED and again
-                    and again.claimed_by else messages.intent_expired(int(self.intents.ttl // 60)))
-            await reply(slack_blocks.text_message(text))
+            used_by = again.claimed_by if claim is Claim.USED and again else None
+            text = (messages.intent_used(used_by) if used_by
+                    else messages.intent_expired(int(self.intents.ttl // 60)))
+            await self._refuse(clicker, "confirm", target,
+                               f"already used by {used_by}" if used_by else "expired", reply, text)
             return
         channel = intent.channel or (body.get("channel") or {}).get("id") or intent.user
         try:
@@ -295,8 +332,11 @@ class Handlers:
 
     async def dismiss(self, body: dict[str, Any], respond: Respond) -> None:
         clicker = body["user"]["id"]
-        intent = await self.db.run(self.intents.get, body["actions"][0]["value"])
+        intent_id = body["actions"][0].get("value") or ""
+        intent = await self.db.run(self.intents.get, intent_id) if intent_id else None
         if intent is None:
+            await self._refuse(clicker, "dismiss", intent_id, "unknown confirmation",
+                               ephemeral(respond), messages.intent_unknown())
             return
         if clicker != intent.user:
             await self._decide(clicker, "dismiss", ",".join(intent.templates),
@@ -307,6 +347,10 @@ class Handlers:
         if await self.db.run(self.intents.cancel, intent.id, clicker) is Claim.CLAIMED:
             await respond(replace_original=True, **slack_blocks.text_message(
                 messages.publish_cancelled(clicker)).payload())
+            return
+        await self._refuse(clicker, "dismiss", ",".join(intent.templates),
+                           "already used, withdrawn or expired", ephemeral(respond),
+                           messages.intent_unknown())
 
     # ------------------------------------------------------------ task message buttons
     async def _task_decision(self, task: Task, user: str, action: str) -> Decision:
@@ -323,9 +367,8 @@ class Handlers:
         """The task a Cancel/Retry button names, if this user may act on it (else a denial)."""
         user = body["user"]["id"]
         reply = ephemeral(respond)
-        try:
-            task = await self.db.run(self.store.get, body["actions"][0]["value"])
-        except TaskNotFound:
+        task = await self._clicked_task(body, action, reply)
+        if task is None:
             return None
         decision = await self._task_decision(task, user, action)
         if not decision.allowed:
@@ -334,14 +377,24 @@ class Handlers:
             return None
         return task, user, reply
 
+    async def _clicked_task(self, body: dict[str, Any], action: str, reply: Reply) -> Task | None:
+        """The task a button names; an unknown id is refused (audited)."""
+        task_id = body["actions"][0].get("value") or ""
+        try:
+            return await self.db.run(self.store.get, task_id)
+        except TaskNotFound:
+            await self._refuse(body["user"]["id"], action, task_id, "no such task", reply,
+                               messages.no_task(slack_blocks.escape(task_id)))
+            return None
+
     async def task_cancel(self, body: dict[str, Any], respond: Respond) -> None:
         found = await self._task_action(body, respond, "cancel")
         if found is None:
             return
         task, user, reply = found
         if task.finished:
-            await reply(slack_blocks.text_message(
-                messages.already_finished(task.id, states.LABELS[task.status])))
+            await self._refuse(user, "cancel", task.id, f"the task is {states.LABELS[task.status].lower()}",
+                               reply, messages.already_finished(task.id, states.LABELS[task.status]))
             return
         await self.db.run(self.store.request_cancel, task.id, user, messages.cancel_requested_by(user))
         await reply(slack_blocks.text_message(messages.cancel_ack(task.id)))
@@ -352,13 +405,12 @@ class Handlers:
         approval card instead of a task."""
         user = body["user"]["id"]
         reply = ephemeral(respond)
-        try:
-            task = await self.db.run(self.store.get, body["actions"][0]["value"])
-        except TaskNotFound:
+        task = await self._clicked_task(body, "retry", reply)
+        if task is None:
             return
         if task.status not in (states.FAILED, states.CANCELLED):
-            await reply(slack_blocks.text_message(
-                messages.already_finished(task.id, states.LABELS[task.status])))
+            await self._refuse(user, "retry", task.id, f"the task is {states.LABELS[task.status].lower()}",
+                               reply, messages.already_finished(task.id, states.LABELS[task.status]))
             return
         channel = (body.get("channel") or {}).get("id") or task.channel
         decision = await self._decide(user, "retry", task.id, slack_access.may_publish(
@@ -385,10 +437,10 @@ class Handlers:
         names = await self._allowed_templates(user, None)
         rows = [(n, self.catalog.templates[n].icon, self.catalog.templates[n].description)
                 for n in names]
-        tasks = await self.db.run(self.store.list_tasks, limit=slack_blocks.HOME_TASKS)
+        tasks = await self._visible_tasks(user, slack_blocks.HOME_TASKS)
         view = slack_blocks.home_view(rows, tasks)
         await self.client.views_publish(user_id=user, view=view)
 
     async def home_publish(self, body: dict[str, Any]) -> None:
         user = body["user"]["id"]
-        await self.request(user, None, [body["actions"][0]["value"]], self._dm(user, None))
+        await self.request(user, None, [body["actions"][0].get("value") or ""], self._dm(user, None))

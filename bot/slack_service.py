@@ -21,7 +21,6 @@ from typing import Any
 import aiohttp
 import click
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.middleware.authorization.async_single_team_authorization import (
     AsyncSingleTeamAuthorization,
 )
@@ -33,8 +32,10 @@ from bot.runner import JobRunner
 from bot.slack_access import GroupDirectory
 from bot.slack_app import build_app
 from bot.slack_db import SlackDB
+from bot.slack_edge import MAX_BODY, RUNNER_OPTIONS, GatedSocketModeHandler, HttpEdge, SlackGate
 from bot.slack_handlers import Background, Handlers
 from bot.slack_notifier import SlackNotifier
+from bot.slack_payloads import Workspace
 from bot.store import TaskStore
 from compositor import set_tool_niceness
 
@@ -122,6 +123,8 @@ class SlackService:
                                  groups=GroupDirectory(self.client), wake_runner=self.runner.wake)
         self.app = build_app(self.handlers, self.background, client=self.client,
                              signing_secret=settings.signing_secret, command=command)
+        self.gate = SlackGate(self.db, self.client)
+        self.edge = HttpEdge(self.app, self.gate, settings.signing_secret)
         notifier_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
         self.notifier = SlackNotifier(store, self.db, notifier_client,
                                       update_interval=update_interval,
@@ -135,15 +138,11 @@ class SlackService:
 
     # ------------------------------------------------------------ HTTP
     def web_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)
         if not self.settings.socket_mode:  # Socket Mode has no signing secret to check
-            app.router.add_post("/slack/events", self._slack_events)
+            app.router.add_post("/slack/events", self.edge.handle)
         app.router.add_get("/healthz", self._healthz)
         return app
-
-    async def _slack_events(self, request: web.Request) -> web.Response:
-        bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
-        return await to_aiohttp_response(bolt_response)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         try:
@@ -157,6 +156,7 @@ class SlackService:
             "loop_lag_ms": round(self.monitor.worst(window) * 1000, 1),
             "loop_lag_p99_ms": round(self.monitor.p99(window) * 1000, 1),
             "window_s": window,
+            "refused": {str(status): n for status, n in sorted(self.edge.refused.items())},
         })
 
     # ------------------------------------------------------------ lifecycle
@@ -172,7 +172,7 @@ class SlackService:
             asyncio.create_task(self.notifier.run(self.stop), name="notifier"),
             asyncio.create_task(self.monitor.run(self.stop), name="loop-lag"),
         ]
-        self._site_runner = web.AppRunner(self.web_app(), access_log=None)
+        self._site_runner = web.AppRunner(self.web_app(), access_log=None, **RUNNER_OPTIONS)
         await self._site_runner.setup()
         site = web.TCPSite(self._site_runner, host, port)
         await site.start()
@@ -180,9 +180,8 @@ class SlackService:
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
         if self.settings.socket_mode:
-            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
-            self._socket = AsyncSocketModeHandler(self.app, self.settings.app_token)
+            assert self.settings.app_token is not None
+            self._socket = GatedSocketModeHandler(self.app, self.settings.app_token, self.gate)
             await self._socket.connect_async()
         return self.port
 
@@ -202,6 +201,7 @@ class SlackService:
             log.warning("cannot reach Slack at %s (%s); bolt will retry",
                         self.settings.api_url, type(exc).__name__)
             return
+        self.gate.workspace = Workspace.from_auth_test(auth.data)
         for middleware in getattr(self.app, "_async_middleware_list", []):
             if isinstance(middleware, AsyncSingleTeamAuthorization):
                 middleware.auth_test_result = auth

@@ -226,6 +226,16 @@ class TaskStore:
             ))
         return [Task.from_row(r) for r in rows]
 
+    def tasks_visible_to(self, user: str, templates: list[str], limit: int = 50) -> list[Task]:
+        """The latest tasks ``user`` requested or of one of ``templates``."""
+        marks = ", ".join("?" * len(templates))
+        with self._lock:
+            rows = list(self.db.query(
+                f"SELECT * FROM tasks WHERE requested_by = ? OR template IN ({marks})"
+                " ORDER BY created_at DESC, id LIMIT ?", [user, *templates, limit]
+            ))
+        return [Task.from_row(r) for r in rows]
+
     def events(self, task_id: str | None = None, after: int = 0) -> list[Event]:
         where, args = ("AND task_id = ?", [task_id]) if task_id else ("", [])
         with self._lock:

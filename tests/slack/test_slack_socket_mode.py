@@ -68,3 +68,30 @@ async def test_publish_over_socket_mode(
             assert (await resp.json())["mode"] == "socket"
         async with session.post(base + "/slack/events", data="x") as resp:
             assert resp.status in (404, 405)  # no unsigned HTTP entry in Socket Mode
+
+
+async def test_socket_mode_refuses_other_workspaces_and_malformed_payloads(
+        socket_app: tuple[SlackService, SlackDouble, TaskStore],
+        caplog: pytest.LogCaptureFixture) -> None:
+    service, double, store = socket_app
+    await double.wait_for(lambda: double.sockets)
+    command = {"team_id": "T0THEIRS", "channel_id": CHANNEL, "user_id": ALICE,
+               "command": "/publish", "text": "list", "response_url": double.new_response_url(),
+               "trigger_id": "trigger-socket", "api_app_id": "A0001"}
+    envelopes = [
+        await double.send_envelope("slash_commands", command),
+        await double.send_envelope("slash_commands", {**command, "team_id": TEAM, "user_id": 5}),
+        await double.send_envelope("interactive", {
+            "type": "block_actions", "team": {"id": TEAM}, "user": {"id": ALICE},
+            "actions": [{"action_id": "task_retry", "value": {"id": "t1"}}]}),
+    ]
+    for envelope in envelopes:  # acknowledged, so Slack does not resend them
+        await double.wait_for(lambda e=envelope: double.of("socket_ack", envelope_id=e))
+    await service.background.drain()
+    assert double.of("response_url") == []
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    reasons = [r["reason"] for r in store.db.query("SELECT reason FROM audit WHERE allowed = 0")]
+    assert len(reasons) == 3
+    assert "workspace T0THEIRS is not the installed one (T0001)" in reasons[0]
+    assert "user_id: input should be a valid string, got a number" in reasons[1]
+    assert "actions[0].value" in reasons[2]

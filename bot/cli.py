@@ -28,7 +28,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-@functools.cache
 def _escape(text: str) -> str:
     """Catalog messages contain brackets (``[a-z0-9]``, ``layerbot[vsphere]``) rich would eat."""
     from rich.markup import escape
@@ -36,6 +35,7 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+@functools.cache
 def out() -> Console:
     """The console every command prints to (rich is imported on first use)."""
     from rich.console import Console

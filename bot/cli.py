@@ -300,7 +300,7 @@ def check(ctx: Context) -> None:
     Example: layerbot --config layerbot.yml check
     """
     import compositor
-    from compositor.tarlayer import check_readable
+    from compositor.tarlayer import check_archive
 
     catalog = ctx.catalog()
     unreadable = 0
@@ -308,7 +308,7 @@ def check(ctx: Context) -> None:
         if layer.source.is_dir():
             continue
         try:  # the first member's header only: cheap, and catches a corrupt or non-tar file
-            check_readable(name, layer.source)
+            check_archive(name, layer.source)
         except compositor.LayerError as exc:
             console.print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: {exc}",
                           soft_wrap=True)

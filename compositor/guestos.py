@@ -3,7 +3,8 @@ enough to tell how the guest boots and where the first-boot runner must hook in.
 
 Layers are looked at top-down (platform, apps, OS); a higher layer's whiteout hides the
 path below it. Names are compared case-insensitively, as Windows does. A tar layer's
-member list is read once per file version (cached by path, size and mtime).
+member list is read once per file version (cached by path, size and mtime), the way the
+compositor reads it (compositor.tarlayer: a truncated archive fails at once).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from . import paths
 from .errors import CompositorError
 from .spec import LayerSource
-from .tarlayer import ARCHIVE_ERRORS, unreadable
+from .tarlayer import ARCHIVE_ERRORS, members, open_tar, unreadable
 
 
 class GuestOSError(CompositorError):
@@ -75,12 +76,12 @@ def _kind(member: tarfile.TarInfo) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _tar_index(path: str, size: int, mtime_ns: int, wanted: Wanted) -> _TarIndex:
+def _tar_index(layer: str, path: str, size: int, mtime_ns: int, wanted: Wanted) -> _TarIndex:
     entries: dict[str, Entry] = {}
     whiteouts: set[str] = set()
     opaque: set[str] = set()
-    with _open_tar(Path(path)) as tar:  # read errors: the caller names the layer
-        for member in tar:
+    with open_tar(Path(path)) as (tar, raw_fd):  # read errors: the caller names the layer
+        for member in members(tar, raw_fd, layer, path):
             try:
                 rel = paths.clean_member_name(member.name)
             except paths.UnsafePath:
@@ -96,21 +97,6 @@ def _tar_index(path: str, size: int, mtime_ns: int, wanted: Wanted) -> _TarIndex
     return _TarIndex(entries, frozenset(whiteouts), frozenset(opaque))
 
 
-@contextlib.contextmanager
-def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
-    """A streaming reader of a plain, gzip, bzip2, xz or zstd tar."""
-    with open(path, "rb") as raw:
-        if path.name.endswith((".zst", ".zstd")):
-            import zstandard
-
-            with zstandard.ZstdDecompressor().stream_reader(raw) as stream, \
-                    tarfile.open(fileobj=stream, mode="r|") as tar:
-                yield tar
-        else:
-            with tarfile.open(fileobj=raw, mode="r|*") as tar:
-                yield tar
-
-
 class LayerView:
     """One layer's names (directory or tar), and its files' bytes on request."""
 
@@ -122,7 +108,8 @@ class LayerView:
         if not self.source.is_dir():
             with self._reading():
                 st = self.source.stat()
-                self._index = _tar_index(str(self.source), st.st_size, st.st_mtime_ns, wanted)
+                self._index = _tar_index(layer.name, str(self.source), st.st_size,
+                                         st.st_mtime_ns, wanted)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -195,8 +182,8 @@ class LayerView:
     def read(self, entry: Entry) -> bytes:
         if self._index is None:
             return (self.source / entry.rel).read_bytes()
-        with self._reading(), _open_tar(self.source) as tar:
-            for member in tar:
+        with self._reading(), open_tar(self.source) as (tar, raw_fd):
+            for member in members(tar, raw_fd, self.layer.name, self.source):
                 if member.isreg() and paths.clean_member_name(member.name) == entry.rel:
                     data = tar.extractfile(member)
                     assert data is not None

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bot import states
-from bot.catalog import Catalog, CatalogError, default_path, load_catalog
+from bot.catalog import Catalog, CatalogError, Template, default_path, load_catalog
 from bot.events import follow
 from bot.messages import human_bytes
 from bot.runner import JobRunner
@@ -291,6 +291,40 @@ def worker(ctx: Context) -> None:
         console.print("stopped; unfinished tasks are left for another runner")
 
 
+def _check_tar_layers(catalog: Catalog) -> list[str]:
+    """Every member header of every tar layer (a plain tar: seeks; a compressed one is read
+    through, but only as far as the largest disk of a template using it holds), then each
+    template's tar layers together against its disk. Problems as "key path: message"."""
+    from compositor import CompositorError, DiskTooSmallError
+    from compositor.budget import SpaceBudget
+    from compositor.tarlayer import check_archive
+
+    def disk_budget(template: Template) -> SpaceBudget:
+        return SpaceBudget.for_disk(template.disk.filesystem, template.disk.size_gib)
+
+    problems: list[str] = []
+    unpacked: dict[str, int] = {}
+    for name, layer in catalog.layers.items():
+        if layer.source.is_dir():
+            continue
+        users = [disk_budget(t) for t in catalog.templates.values()
+                 if name in dict(catalog.layers_of(t))]
+        budget = max(users, key=lambda b: b.limit) if users else None
+        try:
+            unpacked[name] = check_archive(name, layer.source, budget)
+        except CompositorError as exc:
+            problems.append(f"layers.{name}.source: {exc}")
+    for tname, template in catalog.templates.items():
+        names = [n for n, _ in catalog.layers_of(template) if n in unpacked]
+        budget = disk_budget(template)
+        total = sum(unpacked[n] for n in names)
+        if len(names) > 1 and total > budget.limit:
+            too_big = DiskTooSmallError(total, budget.capacity, budget.size_gib)
+            problems.append(f"templates.{tname}.disk.size_gib: layers {', '.join(names)}: "
+                            f"{too_big}")
+    return problems
+
+
 # ------------------------------------------------------------------ check
 @main.command()
 @pass_ctx
@@ -300,20 +334,11 @@ def check(ctx: Context) -> None:
     Example: layerbot --config layerbot.yml check
     """
     import compositor
-    from compositor.tarlayer import check_archive
 
     catalog = ctx.catalog()
-    unreadable = 0
-    for name, layer in catalog.layers.items():
-        if layer.source.is_dir():
-            continue
-        try:  # the first member's header only: cheap, and catches a corrupt or non-tar file
-            check_archive(name, layer.source)
-        except compositor.LayerError as exc:
-            console.print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: {exc}",
-                          soft_wrap=True)
-            unreadable += 1
-    if unreadable:
+    if problems := _check_tar_layers(catalog):
+        for problem in problems:
+            console.print(f"[red]error:[/red] {ctx.config_path.name}: {problem}", soft_wrap=True)
         sys.exit(EXIT_USAGE)
     console.print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
                   f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")

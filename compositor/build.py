@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from . import convert as converter
@@ -127,6 +127,13 @@ def cache_lookup(spec: ImageSpec, *, cache_dir: Path) -> BuiltImage | None:
         return None
     return Cache(Path(cache_dir)).lookup(image_key(spec, digests), spec.format, digests,
                                          touch=False)
+
+
+def digests_known(layers: Sequence[LayerSource], *, cache_dir: Path) -> bool:
+    """Every layer's digest is remembered (built before, unchanged since): without that,
+    cache_lookup cannot find anything, so a caller need not look into the layers at all."""
+    return all(cached_digest(layer.source, cache_dir=Path(cache_dir)) is not None
+               for layer in layers)
 
 
 def validate(spec: ImageSpec) -> None:

@@ -62,21 +62,22 @@ def unreadable(layer: str, exc: BaseException, source: Path | str | None = None)
 
 def check_archive(layer: str, source: Path, budget: SpaceBudget | None = None) -> int:
     """Read every member header (a plain tar: seeks only; a compressed one: decompressed, data
-    skipped), so a corrupt, truncated or non-tar file is found before a publish; with a budget,
-    stop with DiskTooSmallError once the members need more than the disk holds. Returns the
-    number of members; raises the LayerError of :func:`unreadable` or :func:`truncated`."""
-    count = 0
+    skipped), so a corrupt, truncated or non-tar file is found before a publish. Each member is
+    charged to the budget (stopping with DiskTooSmallError once they need more than the disk
+    holds). Returns the bytes charged; raises the LayerError of :func:`unreadable` or
+    :func:`truncated`."""
+    budget = budget or SpaceBudget.unlimited()
+    charged = 0
     try:
         with open_tar(source) as (tar, raw_fd):
             for member in members(tar, raw_fd, layer, source):
-                count += 1
-                if budget is not None:
-                    size = member.size if member.isreg() else 0
-                    budget.check(layer, member.name, size)
-                    budget.charge(layer, member.name, entry_cost(size))
+                size = member.size if member.isreg() else 0
+                budget.check(layer, member.name, size)
+                budget.charge(layer, member.name, entry_cost(size))
+                charged += entry_cost(size)
     except (OSError, *ARCHIVE_ERRORS) as exc:
         raise unreadable(layer, exc, source) from exc
-    return count
+    return charged
 
 
 def truncated(layer: str, member: tarfile.TarInfo, source: Path | str) -> LayerError:

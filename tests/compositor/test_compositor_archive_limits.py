@@ -22,9 +22,9 @@ from compositor.budget import SpaceBudget
 from compositor.firstboot import publish_layer
 from compositor.tarlayer import check_archive, extract_tar_layer
 
-from .layer_builder import directory, file, write_tar
+from .layer_builder import TIB, claims_a_tebibyte, directory, file, write_tar
 
-MIB, GIB, TIB = 1 << 20, 1 << 30, 1 << 40
+MIB, GIB = 1 << 20, 1 << 30
 ZEROS = bytes(MIB)
 #: the most a 1 GiB disk's layers may unpack to (the disk's size), and the figure shown
 LIMIT = SpaceBudget.for_disk("ext4", 1).limit
@@ -157,29 +157,12 @@ def test_one_member_stops_chunk_by_chunk(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ a header claiming 1 TiB
-def _claims_a_tebibyte(path: Path) -> Path:
-    """A few KB: two small members, then one whose header says 1 TiB and whose data stops
-    after 4 KiB (no end of archive)."""
-    write_tar(path.with_suffix(".head"), [directory("etc"), file("etc/os-release", b"ID=x\n")])
-    head = path.with_suffix(".head").read_bytes()
-    info = tarfile.TarInfo("var/huge.img")
-    info.size, info.mtime = TIB, 1_700_000_000
-    raw = head.rstrip(b"\0")
-    raw += bytes(-len(raw) % tarfile.BLOCKSIZE) + info.tobuf(format=tarfile.GNU_FORMAT)
-    raw += b"x" * 4096
-    if path.name.endswith(".gz"):
-        compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
-        raw = compressor.compress(raw) + compressor.flush()
-    path.write_bytes(raw)
-    return path
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
 def test_a_tebibyte_header_fails_guest_inspection_and_check_at_once(
     tmp_path: Path, suffix: str
 ) -> None:
-    huge = _claims_a_tebibyte(tmp_path / f"huge{suffix}")
+    huge = claims_a_tebibyte(tmp_path / f"huge{suffix}")
     layer = LayerSource("huge", "os", huge)
     expected = (f"layer 'huge' ({huge}), member 'var/huge.img': the archive ends inside this "
                 f"member (its header says {TIB} bytes)")
@@ -202,7 +185,7 @@ def test_a_tebibyte_header_fails_guest_inspection_and_check_at_once(
 async def test_a_tebibyte_header_fails_the_build_at_once(tmp_path: Path, suffix: str) -> None:
     """A plain tar is seen to end inside the member (its size is known); a stream's header
     alone is more than the disk holds."""
-    huge = _claims_a_tebibyte(tmp_path / f"huge{suffix}")
+    huge = claims_a_tebibyte(tmp_path / f"huge{suffix}")
     plain = suffix == ".tar"
     err, took, peak = await _build_fails(tmp_path, LayerSource("huge", "app", huge),
                                          error=LayerError if plain else DiskTooSmallError)
@@ -216,7 +199,7 @@ async def test_a_tebibyte_header_fails_the_build_at_once(tmp_path: Path, suffix:
 
 @pytest.mark.timeout(60)
 def test_extraction_names_the_member_a_stream_ends_in(tmp_path: Path) -> None:
-    huge = _claims_a_tebibyte(tmp_path / "huge.tar.gz")
+    huge = claims_a_tebibyte(tmp_path / "huge.tar.gz")
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(LayerError) as info:  # no budget: only the archive's end stops it

@@ -61,7 +61,7 @@ class SpaceBudget:
         """Raise now if an entry with `size` bytes of data cannot fit (charges nothing)."""
         needed = self.used + entry_cost(size)
         if needed > self.limit:
-            raise self._too_big(layer, member, needed)
+            raise self.too_big(layer, member, needed)
 
     def charge(self, layer: str, member: str | None, n: int) -> None:
         """Count n more bytes, before they are written; raise if that passes the limit."""
@@ -69,12 +69,12 @@ class SpaceBudget:
             self.used += n
             used = self.used
         if used > self.limit:
-            raise self._too_big(layer, member, used)
+            raise self.too_big(layer, member, used)
 
     def refund(self, n: int) -> None:
         """Bytes charged but not written (a short read at the end of the data)."""
         with self._lock:
             self.used -= n
 
-    def _too_big(self, layer: str, member: str | None, needed: int) -> DiskTooSmallError:
+    def too_big(self, layer: str, member: str | None, needed: int) -> DiskTooSmallError:
         return DiskTooSmallError(needed, self.capacity, self.size_gib, layer=layer, member=member)

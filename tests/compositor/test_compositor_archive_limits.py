@@ -20,6 +20,7 @@ from isal import isal_zlib
 from compositor import DiskTooSmallError, ImageSpec, LayerError, LayerSource, build_image
 from compositor.budget import SpaceBudget
 from compositor.firstboot import publish_layer
+from compositor.isolated import publish_layer_isolated
 from compositor.tarlayer import check_archive, extract_tar_layer
 
 from .layer_builder import TIB, claims_a_tebibyte, directory, file, write_tar
@@ -206,3 +207,21 @@ def test_extraction_names_the_member_a_stream_ends_in(tmp_path: Path) -> None:
         extract_tar_layer(LayerSource("huge", "app", huge), dest, threading.Event())
     assert (info.value.layer, info.value.member) == ("huge", "var/huge.img")
     assert "the archive ends inside this member" in str(info.value)
+
+
+@pytest.mark.timeout(60)
+async def test_guest_inspection_stops_where_the_disk_is_full(tmp_path: Path) -> None:
+    """What a publish does before compositing (in a child process) reads a layer's headers
+    only as far as the template's disk holds, not the whole bomb."""
+    bomb = _bomb(tmp_path / "bomb.tar.zst", [(f"data/part{i}.bin", 96 * MIB) for i in range(16)])
+    layers = [_os_layer(tmp_path), LayerSource("bomb", "app", bomb)]
+    publish_layer(layers, "ext4", [], "auto")  # no disk size: read through, nothing to object
+    with pytest.raises(DiskTooSmallError) as direct:
+        publish_layer(layers, "ext4", [], "auto", 1)
+    with pytest.raises(DiskTooSmallError) as isolated:
+        await publish_layer_isolated(layers, "ext4", [], "auto", 1)
+    for err in (direct.value, isolated.value):
+        # 11 x 96 MiB > 1 GiB: the 11th member's header is where it stops
+        assert (err.layer, err.member) == ("bomb", "data/part10.bin")
+        assert str(err).startswith("layer 'bomb', member 'data/part10.bin': the layers need "
+                                   "more than 1057 MiB but a 1 GiB disk holds")

@@ -71,10 +71,9 @@ def check_archive(layer: str, source: Path, budget: SpaceBudget | None = None) -
     try:
         with open_tar(source) as (tar, raw_fd):
             for member in members(tar, raw_fd, layer, source):
-                size = member.size if member.isreg() else 0
-                budget.check(layer, member.name, size)
-                budget.charge(layer, member.name, entry_cost(size))
-                charged += entry_cost(size)
+                cost = entry_cost(member.size if member.isreg() else 0)
+                budget.charge(layer, member.name, cost)
+                charged += cost
     except (OSError, *ARCHIVE_ERRORS) as exc:
         raise unreadable(layer, exc, source) from exc
     return charged
@@ -179,7 +178,8 @@ class _Writer:
         size = m.size if m.isreg() else 0
         self.member = m.name
         self.budget.check(self.tree.name, m.name, size)
-        self.budget.charge(self.tree.name, m.name, entry_cost(size) - size)  # data: as written
+        # the rounding and the inode now; the data itself chunk by chunk, before each write
+        self.budget.charge(self.tree.name, m.name, entry_cost(size) - size)
         if not rel:
             return  # the layer's root entry: the image root keeps its own metadata
         mtime_ns = int(m.mtime * 1_000_000_000)

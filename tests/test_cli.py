@@ -111,7 +111,7 @@ def test_unusable_database_and_unknown_task_are_usage_errors(catalog_dir: Path) 
     assert result.exit_code == 2 and "no task with id 'tnope'" in result.output
 
 
-def test_check_reads_the_first_header_of_each_tar_layer(cli: Callable[..., tuple[int, str]],
+def test_check_reports_a_tar_layer_that_is_no_archive(cli: Callable[..., tuple[int, str]],
                                                         catalog_dir: Path) -> None:
     bad = catalog_dir / "layers" / "vda.tar.gz"
     bad.write_bytes(b"this is not an archive\n" * 40)

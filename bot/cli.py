@@ -19,7 +19,7 @@ from bot import states
 if TYPE_CHECKING:  # the commands import these when they run: `--help` stays fast
     from rich.console import Console
 
-    from bot.catalog import Catalog
+    from bot.catalog import Catalog, Template
     from bot.runner import JobRunner
     from bot.store import Event, Task, TaskStore
     from bot.summary import PublishPlan
@@ -348,6 +348,40 @@ def worker(ctx: Context) -> None:
         out().print("stopped; unfinished tasks are left for another runner")
 
 
+def _check_tar_layers(catalog: Catalog) -> list[str]:
+    """Every member header of every tar layer (a plain tar: seeks; a compressed one is read
+    through, but only as far as the largest disk of a template using it holds), then each
+    template's tar layers together against its disk. Problems as "key path: message"."""
+    from compositor import CompositorError, DiskTooSmallError
+    from compositor.budget import SpaceBudget
+    from compositor.tarlayer import check_archive
+
+    def disk_budget(template: Template) -> SpaceBudget:
+        return SpaceBudget.for_disk(template.disk.filesystem, template.disk.size_gib)
+
+    problems: list[str] = []
+    unpacked: dict[str, int] = {}
+    for name, layer in catalog.layers.items():
+        if layer.source.is_dir():
+            continue
+        users = [disk_budget(t) for t in catalog.templates.values()
+                 if name in dict(catalog.layers_of(t))]
+        budget = max(users, key=lambda b: b.limit) if users else None
+        try:
+            unpacked[name] = check_archive(name, layer.source, budget)
+        except CompositorError as exc:
+            problems.append(f"layers.{name}.source: {exc}")
+    for tname, template in catalog.templates.items():
+        names = [n for n, _ in catalog.layers_of(template) if n in unpacked]
+        budget = disk_budget(template)
+        total = sum(unpacked[n] for n in names)
+        if len(names) > 1 and total > budget.limit:
+            too_big = DiskTooSmallError(total, budget.capacity, budget.size_gib)
+            problems.append(f"templates.{tname}.disk.size_gib: layers {', '.join(names)}: "
+                            f"{too_big}")
+    return problems
+
+
 # ------------------------------------------------------------------ check
 @main.command()
 @pass_ctx
@@ -359,7 +393,6 @@ def check(ctx: Context) -> None:
     import adapters
     import compositor
     from bot.summary import PlanError, plan
-    from compositor.tarlayer import check_readable
 
     catalog = ctx.catalog()
     unusable = 0
@@ -370,18 +403,9 @@ def check(ctx: Context) -> None:
             unusable += 1
     if unusable:
         sys.exit(EXIT_USAGE)
-    unreadable = 0
-    for name, layer in catalog.layers.items():
-        if layer.source.is_dir():
-            continue
-        try:  # the first member's header only: cheap, and catches a corrupt or non-tar file
-            check_readable(name, layer.source)
-        except compositor.LayerError as exc:
-            out().print(f"[red]error:[/red] {ctx.config_path.name}: layers.{name}.source: "
-                          f"{_escape(str(exc))}",
-                          soft_wrap=True)
-            unreadable += 1
-    if unreadable:
+    if problems := _check_tar_layers(catalog):
+        for problem in problems:
+            out().print(f"[red]error:[/red] {ctx.config_path.name}: {_escape(problem)}", soft_wrap=True)
         sys.exit(EXIT_USAGE)
     out().print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
                   f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")

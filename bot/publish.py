@@ -100,7 +100,8 @@ def publish_layer_args(catalog: Catalog, template: Template,
                        layers: tuple[LayerSource, ...]) -> tuple[Any, ...]:
     """Arguments of compositor.firstboot.publish_layer (and its isolated twin)."""
     connector = catalog.connectors[template.connector]
-    return layers, template.disk.filesystem, list(connector.scripts), connector.shutdown
+    return (layers, template.disk.filesystem, list(connector.scripts), connector.shutdown,
+            template.disk.size_gib)
 
 
 def assemble_spec(template: Template, adapter: Adapter, layers: tuple[LayerSource, ...],

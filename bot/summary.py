@@ -12,7 +12,7 @@ import adapters
 import compositor
 from bot import messages
 from bot.catalog import Catalog
-from bot.publish import image_spec
+from bot.publish import image_spec, layer_sources
 from bot.store import Task, TaskStore
 
 
@@ -47,13 +47,17 @@ def plan(catalog: Catalog, name: str, *, check_cache: bool = True) -> PublishPla
     except Exception as exc:
         raise PlanError(messages.connector_unusable(template.connector, exc)) from exc
     hit = None
-    if check_cache:
+    # Looking into the layers (image_spec) is only worth it when a cached image can exist:
+    # a layer never built (or changed since) is not read at all while planning.
+    cache_dir = catalog.runner.cache_dir
+    if check_cache and compositor.digests_known(layer_sources(catalog, template),
+                                                cache_dir=cache_dir):
         try:
             spec = image_spec(catalog, template, adapter)
         except compositor.CompositorError:
             pass  # the task fails at compositing, with this error as its message
         else:
-            hit = compositor.cache_lookup(spec, cache_dir=catalog.runner.cache_dir)
+            hit = compositor.cache_lookup(spec, cache_dir=cache_dir)
     return PublishPlan(
         template=name,
         icon=template.icon,

@@ -4,6 +4,7 @@ Public API:
     build_image(spec, work_dir=, cache_dir=, progress=) -> BuiltImage   (async)
     isolated.build_image_isolated(...)   # the same, in a child process (keeps the GIL free)
     cache_lookup(spec, cache_dir=) -> BuiltImage | None
+    digests_known(layers, cache_dir=) -> bool   # else cache_lookup finds nothing
     layer_digest(source, cache_dir=) -> str
     required_tools(formats, filesystems=("ext4",)) -> list[ToolStatus]
     set_tool_niceness(n)   # run external tools at lower priority (a service's event loop first)
@@ -15,7 +16,7 @@ Public API:
     ToolFailedError
 """
 
-from .build import build_image, cache_lookup
+from .build import build_image, cache_lookup, digests_known
 from .digest import layer_digest
 from .errors import (
     CompositorError,
@@ -59,6 +60,7 @@ __all__ = [
     "build_image",
     "cache_lookup",
     "cache_usage",
+    "digests_known",
     "evict_cache",
     "hold_artifact",
     "layer_digest",

@@ -9,10 +9,11 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from . import convert as converter
+from .budget import SpaceBudget
 from .cache import Cache, image_key, raw_key
 from .digest import cached_digest, layer_digest
 from .dirlayer import scan_dir_layer
@@ -129,6 +130,13 @@ def cache_lookup(spec: ImageSpec, *, cache_dir: Path) -> BuiltImage | None:
                                          touch=False)
 
 
+def digests_known(layers: Sequence[LayerSource], *, cache_dir: Path) -> bool:
+    """Every layer's digest is remembered (built before, unchanged since): without that,
+    cache_lookup cannot find anything, so a caller need not look into the layers at all."""
+    return all(cached_digest(layer.source, cache_dir=Path(cache_dir)) is not None
+               for layer in layers)
+
+
 def validate(spec: ImageSpec) -> None:
     if spec.format not in FORMAT_EXTENSIONS:
         raise CompositorError(f"unknown image format {spec.format!r}")
@@ -178,8 +186,10 @@ def _remembered_digests(spec: ImageSpec, cache_dir: Path) -> dict[str, str] | No
 async def _prepare_layers(
     spec: ImageSpec, work: Path, cancel: threading.Event, report: Reporter
 ) -> list[LayerTree]:
-    """Extract tar layers (two at a time) and scan directory layers."""
+    """Extract tar layers (two at a time) and scan directory layers, all charged to one
+    budget: the disk's size (compositor.budget)."""
     count = len(spec.layers)
+    budget = SpaceBudget.for_disk(spec.filesystem, spec.size_gib)
     slots = asyncio.Semaphore(max(1, min(2, os.cpu_count() or 1)))
     done = 0
 
@@ -189,11 +199,12 @@ async def _prepare_layers(
             report.stage(f"extracting layer {index + 1}/{count} ({layer.name})",
                          0.05 + 0.4 * done / count)
             if Path(layer.source).is_dir():
-                tree = await in_thread(cancel, scan_dir_layer, layer, cancel)
+                tree = await in_thread(cancel, scan_dir_layer, layer, cancel, budget)
             else:
                 dest = work / "layers" / str(index)
                 dest.mkdir(parents=True)
-                tree = await in_thread(cancel, extract_tar_layer, layer, dest, cancel)
+                tree = await in_thread(cancel, extract_tar_layer, layer, dest, cancel, None,
+                                       budget)
             done += 1
             return tree
 

@@ -1,4 +1,5 @@
-"""A layer given as a directory: read its entries' metadata and whiteouts, never change it."""
+"""A layer given as a directory: read its entries' metadata and whiteouts, never change it.
+Its files count toward the image's SpaceBudget like a tar layer's (hard links once)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import threading
 from pathlib import Path
 
 from . import paths
+from .budget import SpaceBudget, entry_cost
 from .errors import LayerError
 from .layertree import LayerTree, check_cancel
 from .meta import Meta, from_stat
 from .spec import LayerSource
 
 
-def scan_dir_layer(layer: LayerSource, cancel: threading.Event) -> LayerTree:
+def scan_dir_layer(
+    layer: LayerSource, cancel: threading.Event, budget: SpaceBudget | None = None
+) -> LayerTree:
+    budget = budget or SpaceBudget.unlimited()
+    linked: set[tuple[int, int]] = set()
     root = Path(layer.source)
     tree = LayerTree(layer.name, layer.kind, root, owned=False)
     meta: dict[str, Meta] = tree.meta  # type: ignore[assignment]
@@ -41,6 +47,12 @@ def scan_dir_layer(layer: LayerSource, cancel: threading.Event) -> LayerTree:
             if stat.S_ISSOCK(st.st_mode):
                 continue  # sockets are runtime objects; images do not carry them
             meta[rel] = from_stat(st)
+            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            if st.st_nlink > 1 and size:
+                if (st.st_dev, st.st_ino) in linked:
+                    size = 0
+                linked.add((st.st_dev, st.st_ino))
+            budget.charge(layer.name, rel, entry_cost(size))
             if stat.S_ISDIR(st.st_mode):
                 stack.append(rel)
     return tree

@@ -39,15 +39,27 @@ class LayerError(CompositorError):
 
 
 class DiskTooSmallError(CompositorError):
-    def __init__(self, needed_bytes: int, capacity_bytes: int, size_gib: int) -> None:
+    """The merged content does not fit. With ``layer`` (and ``member``), found while unpacking
+    the layers, which stopped there: they need *more than* needed_bytes."""
+
+    def __init__(
+        self, needed_bytes: int, capacity_bytes: int, size_gib: int, *,
+        layer: str | None = None, member: str | None = None,
+    ) -> None:
+        where, amount = "", "about"
+        if layer is not None:
+            where = f"layer {layer!r}" + (f", member {member!r}" if member else "") + ": "
+            amount = "more than"
         super().__init__(
-            f"the layers need about {_mib(needed_bytes)} MiB but a {size_gib} GiB disk holds "
-            f"at most {_mib(capacity_bytes)} MiB of files; choose a disk of at least "
+            f"{where}the layers need {amount} {_mib(needed_bytes)} MiB but a {size_gib} GiB disk "
+            f"holds at most {_mib(capacity_bytes)} MiB of files; choose a disk of at least "
             f"{_suggest_gib(needed_bytes, capacity_bytes, size_gib)} GiB"
         )
         self.needed_bytes = needed_bytes
         self.capacity_bytes = capacity_bytes
         self.size_gib = size_gib
+        self.layer = layer
+        self.member = member
 
 
 class ToolMissingError(CompositorError):

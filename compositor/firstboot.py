@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import winreg
+from .budget import SpaceBudget
 from .guestos import LINUX_WANTED, GuestOSError, GuestTree, Wanted, check_linux_boot
 from .spec import ExtraFile, Filesystem, LayerSource
 
@@ -118,12 +119,15 @@ def windows_publish_layer(tree: GuestTree, scripts: Sequence[Path],
 
 
 def publish_layer(layers: Sequence[LayerSource], filesystem: Filesystem,
-                  scripts: Sequence[Path], shutdown: ShutdownMode) -> PublishLayer:
+                  scripts: Sequence[Path], shutdown: ShutdownMode,
+                  size_gib: int | None = None) -> PublishLayer:
     """The publish layer for these layers: Linux/systemd on ext4, Windows on NTFS.
 
-    Raises GuestOSError when the layers do not show how the guest boots.
+    Raises GuestOSError when the layers do not show how the guest boots; with the disk's
+    size, DiskTooSmallError as soon as the tar layers' members need more than it holds.
     """
-    tree = GuestTree(layers, LINUX_WANTED + Wanted.of(KMSSETUP, SOFTWARE_HIVE))
+    budget = SpaceBudget.for_disk(filesystem, size_gib) if size_gib else None
+    tree = GuestTree(layers, LINUX_WANTED + Wanted.of(KMSSETUP, SOFTWARE_HIVE), budget)
     if filesystem == "ntfs":
         if not tree.exists("Windows/System32"):
             raise GuestOSError("disk.filesystem is ntfs but the layers have no Windows\\System32; "

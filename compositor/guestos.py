@@ -3,7 +3,9 @@ enough to tell how the guest boots and where the first-boot runner must hook in.
 
 Layers are looked at top-down (platform, apps, OS); a higher layer's whiteout hides the
 path below it. Names are compared case-insensitively, as Windows does. A tar layer's
-member list is read once per file version (cached by path, size and mtime).
+member list is read once per file version (cached by path, size and mtime), the way the
+compositor reads it (compositor.tarlayer: a truncated archive fails at once), and with a
+SpaceBudget the reading stops once the layers' members need more than the disk holds.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
+from .budget import SpaceBudget, entry_cost
 from .errors import CompositorError
 from .spec import LayerSource
-from .tarlayer import ARCHIVE_ERRORS, unreadable
+from .tarlayer import ARCHIVE_ERRORS, members, open_tar, unreadable
 
 
 class GuestOSError(CompositorError):
@@ -38,6 +41,14 @@ class _TarIndex:
     entries: dict[str, Entry]  # lower-cased rel path -> entry
     whiteouts: frozenset[str]  # lower-cased rel paths hidden by this layer
     opaque: frozenset[str]  # lower-cased dirs whose lower children are hidden
+    unpacked: int  # bytes the layer unpacks to (compositor.budget.entry_cost of each member)
+
+
+class _TooBig(Exception):
+    def __init__(self, member: str, needed: int) -> None:
+        super().__init__(member, needed)
+        self.member = member
+        self.needed = needed
 
 
 @dataclass(frozen=True)
@@ -75,12 +86,19 @@ def _kind(member: tarfile.TarInfo) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _tar_index(path: str, size: int, mtime_ns: int, wanted: Wanted) -> _TarIndex:
+def _tar_index(
+    layer: str, path: str, size: int, mtime_ns: int, wanted: Wanted, limit: int
+) -> _TarIndex:
+    """Raises _TooBig once the members need more than limit bytes (read no further)."""
     entries: dict[str, Entry] = {}
     whiteouts: set[str] = set()
     opaque: set[str] = set()
-    with _open_tar(Path(path)) as tar:  # read errors: the caller names the layer
-        for member in tar:
+    unpacked = 0
+    with open_tar(Path(path)) as (tar, raw_fd):  # read errors: the caller names the layer
+        for member in members(tar, raw_fd, layer, path):
+            unpacked += entry_cost(member.size if member.isreg() else 0)
+            if unpacked > limit:
+                raise _TooBig(member.name, unpacked)
             try:
                 rel = paths.clean_member_name(member.name)
             except paths.UnsafePath:
@@ -93,36 +111,29 @@ def _tar_index(path: str, size: int, mtime_ns: int, wanted: Wanted) -> _TarIndex
                                          base[len(paths.WHITEOUT_PREFIX):]).lower())
             elif rel and wanted.keeps(rel.lower()):
                 entries[rel.lower()] = Entry(rel, _kind(member), member.linkname)
-    return _TarIndex(entries, frozenset(whiteouts), frozenset(opaque))
-
-
-@contextlib.contextmanager
-def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
-    """A streaming reader of a plain, gzip, bzip2, xz or zstd tar."""
-    with open(path, "rb") as raw:
-        if path.name.endswith((".zst", ".zstd")):
-            import zstandard
-
-            with zstandard.ZstdDecompressor().stream_reader(raw) as stream, \
-                    tarfile.open(fileobj=stream, mode="r|") as tar:
-                yield tar
-        else:
-            with tarfile.open(fileobj=raw, mode="r|*") as tar:
-                yield tar
+    return _TarIndex(entries, frozenset(whiteouts), frozenset(opaque), unpacked)
 
 
 class LayerView:
     """One layer's names (directory or tar), and its files' bytes on request."""
 
-    def __init__(self, layer: LayerSource, wanted: Wanted) -> None:
+    def __init__(
+        self, layer: LayerSource, wanted: Wanted, budget: SpaceBudget | None = None
+    ) -> None:
         self.layer = layer
         self.source = layer.source
         self.wanted = wanted
         self._index: _TarIndex | None = None
         if not self.source.is_dir():
+            budget = budget or SpaceBudget.unlimited()
             with self._reading():
                 st = self.source.stat()
-                self._index = _tar_index(str(self.source), st.st_size, st.st_mtime_ns, wanted)
+                try:
+                    self._index = _tar_index(layer.name, str(self.source), st.st_size,
+                                             st.st_mtime_ns, wanted, budget.limit)
+                except _TooBig as exc:
+                    raise budget.too_big(layer.name, exc.member, exc.needed) from None
+            budget.charge(layer.name, None, self._index.unpacked)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -195,8 +206,8 @@ class LayerView:
     def read(self, entry: Entry) -> bytes:
         if self._index is None:
             return (self.source / entry.rel).read_bytes()
-        with self._reading(), _open_tar(self.source) as tar:
-            for member in tar:
+        with self._reading(), open_tar(self.source) as (tar, raw_fd):
+            for member in members(tar, raw_fd, self.layer.name, self.source):
                 if member.isreg() and paths.clean_member_name(member.name) == entry.rel:
                     data = tar.extractfile(member)
                     assert data is not None
@@ -207,9 +218,12 @@ class LayerView:
 class GuestTree:
     """The merged view of the layers, without merging them."""
 
-    def __init__(self, layers: Sequence[LayerSource], wanted: Wanted | None = None) -> None:
+    def __init__(self, layers: Sequence[LayerSource], wanted: Wanted | None = None,
+                 budget: SpaceBudget | None = None) -> None:
+        """budget: the tar layers' members together must fit it (directories are not counted)."""
         wanted = LINUX_WANTED if wanted is None else wanted
-        self.views = [LayerView(layer, wanted) for layer in reversed(layers)]  # highest first
+        # highest first
+        self.views = [LayerView(layer, wanted, budget) for layer in reversed(layers)]
 
     def find(self, rel: str) -> tuple[LayerView, Entry] | None:
         for view in self.views:

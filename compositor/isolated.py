@@ -134,14 +134,14 @@ async def build_image_isolated(
 
 async def publish_layer_isolated(
     layers: Sequence[LayerSource], filesystem: Filesystem, scripts: Sequence[Path],
-    shutdown: ShutdownMode,
+    shutdown: ShutdownMode, size_gib: int | None = None,
 ) -> PublishLayer:
     """compositor.firstboot.publish_layer(...) run by a child process (reading a big tar
     layer's index is seconds of Python); same result and errors (GuestOSError)."""
     probe = ImageSpec(layers=tuple(layers), size_gib=1, format="raw", filesystem=filesystem)
     result = await _in_child({"op": "publish_layer", "spec": spec_to_json(probe),
-                              "scripts": [os.fspath(s) for s in scripts], "shutdown": shutdown},
-                             None)
+                              "scripts": [os.fspath(s) for s in scripts], "shutdown": shutdown,
+                              "size_gib": size_gib}, None)
     files = spec_from_json({**spec_to_json(probe), "extra_files": result["files"],
                             "extra_symlinks": result["links"]})
     return files.extra_files, files.extra_symlinks

@@ -1,7 +1,11 @@
 """Extract one tar layer (plain, gzip, zstd) into its own directory, safely and streaming.
 
 File data is copied once: with copy_file_range from a plain tar, in 1 MiB chunks from a
-compressed stream. Nothing is written outside dest: names are checked, parents are tracked so
+compressed stream (decompressed at most 1 MiB at a time, so memory stays flat whatever the
+ratio). Every entry is charged to the image's SpaceBudget before it is written, so an archive
+that unpacks to more than the disk holds stops there. An archive that ends inside a member
+fails at that member: at its header for a plain tar, at the short read for a stream.
+Nothing is written outside dest: names are checked, parents are tracked so
 no member is written through a symlink, and hard links must point at an earlier member.
 Owners, modes and device numbers go to the metadata table, not to the files.
 """
@@ -23,8 +27,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
+from isal import igzip, isal_zlib
 
 from . import paths
+from .budget import SpaceBudget, entry_cost
 from .errors import LayerError
 from .layertree import LayerTree, check_cancel
 from .meta import Meta, implicit_dir
@@ -42,7 +48,7 @@ ByteProgress = Callable[[int], None]
 #: means a failed write or a vanished file and is told apart by the caller).
 ARCHIVE_ERRORS: tuple[type[Exception], ...] = (
     tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
-    zstandard.ZstdError,
+    zstandard.ZstdError, isal_zlib.error,
 )
 
 
@@ -54,24 +60,69 @@ def unreadable(layer: str, exc: BaseException, source: Path | str | None = None)
     return LayerError(layer, None, f"cannot read the archive: {why}", archive=archive)
 
 
-def check_readable(layer: str, source: Path) -> None:
-    """Read the archive's first member header only (one block, never the whole archive), so a
-    corrupt or non-tar file is found early; raises the LayerError of :func:`unreadable`."""
+def check_archive(layer: str, source: Path, budget: SpaceBudget | None = None) -> int:
+    """Read every member header (a plain tar: seeks only; a compressed one: decompressed, data
+    skipped), so a corrupt, truncated or non-tar file is found before a publish. Each member is
+    charged to the budget (stopping with DiskTooSmallError once they need more than the disk
+    holds). Returns the bytes charged; raises the LayerError of :func:`unreadable` or
+    :func:`truncated`."""
+    budget = budget or SpaceBudget.unlimited()
+    charged = 0
     try:
-        with open_tar(source) as (tar, _):
-            tar.next()
+        with open_tar(source) as (tar, raw_fd):
+            for member in members(tar, raw_fd, layer, source):
+                cost = entry_cost(member.size if member.isreg() else 0)
+                budget.charge(layer, member.name, cost)
+                charged += cost
     except (OSError, *ARCHIVE_ERRORS) as exc:
         raise unreadable(layer, exc, source) from exc
+    return charged
+
+
+def truncated(layer: str, member: tarfile.TarInfo, source: Path | str) -> LayerError:
+    return LayerError(layer, member.name, f"the archive ends inside this member (its header "
+                      f"says {member.size} bytes)", archive=str(source))
+
+
+def members(
+    tar: tarfile.TarFile, raw_fd: int | None, layer: str, source: Path | str
+) -> Iterator[tarfile.TarInfo]:
+    """The archive's members, in order. Unlike iterating the TarFile, an archive that ends
+    inside a member raises :func:`truncated` at once: tarfile would skip a stream's missing
+    data block by block (hours for a header claiming 1 TiB) and keep every header in memory."""
+    archive_size = os.fstat(raw_fd).st_size if raw_fd is not None else None
+    while (member := tar.next()) is not None:
+        tar.members.clear()
+        data_end = tar.offset  # the next header: this member's data, padded to a block
+        if archive_size is not None and data_end > archive_size:
+            raise truncated(layer, member, source)
+        yield member
+        if archive_size is None:
+            _skip_to(tar, data_end, layer, member, source)
+
+
+def _skip_to(
+    tar: tarfile.TarFile, end: int, layer: str, member: tarfile.TarInfo, source: Path | str
+) -> None:
+    stream = tar.fileobj
+    assert stream is not None
+    while (pos := stream.tell()) < end:
+        if not stream.read(min(_CHUNK, end - pos)):
+            raise truncated(layer, member, source)
 
 
 @contextlib.contextmanager
 def open_tar(source: Path) -> Iterator[tuple[tarfile.TarFile, int | None]]:
-    """The archive as a TarFile, and the raw fd when members can be copied in-kernel."""
+    """The archive as a TarFile, and the raw fd when members can be copied in-kernel (a plain
+    tar). Compressed archives are read as streams ("r|"), decompressed by readers that return
+    at most the bytes asked for (tarfile's own gzip stream inflates a whole input buffer at
+    once: 1 GiB of memory for 1 MiB of a gzip bomb)."""
     with open(source, "rb") as fh:
         magic = fh.read(4)
         fh.seek(0)
         if magic.startswith(_GZIP_MAGIC):
-            with tarfile.open(fileobj=fh, mode="r|gz", bufsize=_CHUNK) as tar:
+            reader = igzip.IGzipFile(fileobj=fh, mode="rb")
+            with reader, tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK) as tar:
                 yield tar, None
         elif magic == _ZSTD_MAGIC:
             reader = zstandard.ZstdDecompressor().stream_reader(fh, read_size=_CHUNK)
@@ -87,13 +138,13 @@ def extract_tar_layer(
     dest: Path,
     cancel: threading.Event,
     on_bytes: ByteProgress | None = None,
+    budget: SpaceBudget | None = None,
 ) -> LayerTree:
     tree = LayerTree(layer.name, layer.kind, dest, owned=True)
-    writer = _Writer(tree, cancel, on_bytes)
+    writer = _Writer(tree, layer.source, cancel, on_bytes, budget)
     try:
         with open_tar(layer.source) as (tar, raw_fd):
-            while (member := tar.next()) is not None:
-                tar.members.clear()  # keep memory flat: the member list is not needed
+            for member in members(tar, raw_fd, layer.name, layer.source):
                 check_cancel(cancel)
                 writer.add(tar, raw_fd, member)
     except ARCHIVE_ERRORS as exc:
@@ -103,9 +154,13 @@ def extract_tar_layer(
 
 class _Writer:
     def __init__(
-        self, tree: LayerTree, cancel: threading.Event, on_bytes: ByteProgress | None
+        self, tree: LayerTree, source: Path, cancel: threading.Event,
+        on_bytes: ByteProgress | None, budget: SpaceBudget | None,
     ) -> None:
         self.tree = tree
+        self.source = source
+        self.budget = budget or SpaceBudget.unlimited()
+        self.member = ""  # the member being written, for the budget's message
         self.meta: dict[str, Meta] = tree.meta  # type: ignore[assignment]
         self.root = str(tree.root)
         self.cancel = cancel
@@ -120,6 +175,11 @@ class _Writer:
             rel = paths.clean_member_name(m.name)
         except paths.UnsafePath as exc:
             raise self.fail(m.name, f"unsafe path ({exc})") from None
+        size = m.size if m.isreg() else 0
+        self.member = m.name
+        self.budget.check(self.tree.name, m.name, size)
+        # the rounding and the inode now; the data itself chunk by chunk, before each write
+        self.budget.charge(self.tree.name, m.name, entry_cost(size) - size)
         if not rel:
             return  # the layer's root entry: the image root keeps its own metadata
         mtime_ns = int(m.mtime * 1_000_000_000)
@@ -217,7 +277,10 @@ class _Writer:
                 src = tar.extractfile(m)
                 if src is None:
                     raise self.fail(m.name, "no data for a regular file")
-                self.copy_stream(src, fd)
+                try:
+                    self.copy_stream(src, fd)
+                except tarfile.ReadError as exc:  # tarfile's "unexpected end of data"
+                    raise truncated(self.tree.name, m, self.source) from exc
         finally:
             os.close(fd)
 
@@ -226,16 +289,19 @@ class _Writer:
         while done < size:
             check_cancel(self.cancel)
             count = min(size - done, 64 * _CHUNK)
+            self.budget.charge(self.tree.name, self.member, count)
             if self.in_kernel:
                 try:
                     n = os.copy_file_range(src, dst, count, offset + done)
                 except OSError as exc:
+                    self.budget.refund(count)
                     if exc.errno not in _NO_COPY_RANGE:
                         raise
                     self.in_kernel = False
                     continue
             else:
                 n = os.sendfile(dst, src, offset + done, count)
+            self.budget.refund(count - max(n, 0))
             if n <= 0:
                 raise EOFError("archive ends inside a member")
             done += n
@@ -245,6 +311,7 @@ class _Writer:
     def copy_stream(self, src: BinaryIO, dst: int) -> None:
         while chunk := src.read(_CHUNK):
             check_cancel(self.cancel)
+            self.budget.charge(self.tree.name, self.member, len(chunk))
             view = memoryview(chunk)
             while view:
                 view = view[os.write(dst, view) :]

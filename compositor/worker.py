@@ -80,7 +80,7 @@ async def _publish_layer(request: dict[str, Any], channel: Channel) -> Any:
     spec = spec_from_json(request["spec"])
     files, links = await asyncio.to_thread(
         publish_layer, spec.layers, spec.filesystem, [Path(s) for s in request["scripts"]],
-        request["shutdown"])
+        request["shutdown"], request.get("size_gib"))
     encoded = spec_to_json(dataclasses.replace(spec, extra_files=files, extra_symlinks=links))
     return {"files": encoded["extra_files"], "links": encoded["extra_symlinks"]}
 

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import re
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from bot import messages, states
+from bot.catalog import Catalog
 from bot.cli import detach_lines, main
 from bot.store import TaskStore
+from bot.summary import plan
+from tests.compositor.layer_builder import claims_a_tebibyte
 from tests.conftest import BASIC_CATALOG
 
 
@@ -107,7 +111,7 @@ def test_unusable_database_and_unknown_task_are_usage_errors(catalog_dir: Path) 
     assert result.exit_code == 2 and "no task with id 'tnope'" in result.output
 
 
-def test_check_reads_the_first_header_of_each_tar_layer(cli: Callable[..., tuple[int, str]],
+def test_check_reports_a_tar_layer_that_is_no_archive(cli: Callable[..., tuple[int, str]],
                                                         catalog_dir: Path) -> None:
     bad = catalog_dir / "layers" / "vda.tar.gz"
     bad.write_bytes(b"this is not an archive\n" * 40)
@@ -262,3 +266,66 @@ def test_errors_and_events_with_brackets_are_shown_whole(cli: Callable[..., tupl
     assert code == 0 and out.count("layerbot[vsphere]") == 2, out
     code, out = cli("tasks")
     assert "layerbot[vsphere]" in out.replace("\n", ""), out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("layer", "file_name", "problem"), [
+    ("base-os", "os.tar", "the archive ends inside this member (its header says 1099511627776 bytes)"),
+    ("vda", "vda.tar.gz", "the layers need more than 1048577 MiB but a 1 GiB disk holds at most"),
+])
+def test_check_reads_every_header_of_a_tar_layer(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path, layer: str, file_name: str,
+    problem: str,
+) -> None:
+    """A few KB whose third header claims 1 TiB: a plain tar is seen to end inside it; a
+    gzip one is read until its header alone is more than the template's 1 GiB disk holds."""
+    claims_a_tebibyte(catalog_dir / "layers" / file_name)
+    code, out = cli("check")
+    assert code == 2, out
+    assert f"error: layerbot.yml: layers.{layer}.source: layer '{layer}'" in out
+    assert f"member 'var/huge.img': {problem}" in out
+    assert ": ok" not in out
+
+
+def test_check_adds_up_each_templates_tar_layers(cli: Callable[..., tuple[int, str]],
+                                                 catalog_dir: Path) -> None:
+    """Each layer fits the 1 GiB disk alone (plain tars: headers only, their data a hole);
+    together they do not."""
+    for name in ("os.tar", "vda.tar.gz"):
+        path = catalog_dir / "layers" / name
+        with open(path, "wb") as fh:
+            info = tarfile.TarInfo("var/big.bin")
+            info.size = 600 << 20
+            fh.write(info.tobuf(format=tarfile.GNU_FORMAT))
+            fh.truncate(512 + info.size + 1024)
+        if name == "vda.tar.gz":
+            path.rename(catalog_dir / "layers" / "vda.tar")
+    text = (catalog_dir / "layerbot.yml").read_text().replace("vda.tar.gz", "vda.tar")
+    (catalog_dir / "layerbot.yml").write_text(text)
+    code, out = cli("check")
+    assert code == 2, out
+    assert ("error: layerbot.yml: templates.win10-office.disk.size_gib: layers base-os, vda: "
+            "the layers need about 1201 MiB but a 1 GiB disk holds at most 980 MiB") in out
+
+
+@pytest.mark.timeout(120)
+def test_publish_of_a_layer_claiming_a_tebibyte_fails_fast(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path
+) -> None:
+    claims_a_tebibyte(catalog_dir / "layers" / "vda.tar.gz")
+    started = time.monotonic()
+    code, out = cli("publish", "win10-office", "--yes")
+    assert code == 1, out
+    assert "layer 'vda'" in out and "member 'var/huge.img'" in out, out
+    assert time.monotonic() - started < 60
+
+
+def test_planning_reads_no_layer_that_was_never_built(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No cached image can exist for layers never composited: the plan does not look into
+    them (a big tar layer's index is a whole read)."""
+    looked: list[object] = []
+    monkeypatch.setattr("bot.summary.image_spec", lambda *args: looked.append(args))
+    assert plan(catalog, "win10-office").cache_hit is False
+    assert looked == []

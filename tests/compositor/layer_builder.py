@@ -15,6 +15,7 @@ from compositor.disk import PARTITION_START_SECTOR, SECTOR
 
 OFFSET = PARTITION_START_SECTOR * SECTOR
 MTIME = 1_700_000_000
+TIB = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,26 @@ def write_tar(path: Path, entries: list[Entry]) -> Path:
     elif name.endswith(".tar.zst"):
         data = zstandard.ZstdCompressor().compress(data)
     path.write_bytes(data)
+    return path
+
+
+def claims_a_tebibyte(path: Path) -> Path:
+    """A few KB: two small members, then one whose header says 1 TiB and whose data stops
+    after 4 KiB (no end of archive)."""
+    scratch = write_tar(path.with_name(path.name + ".head"),
+                        [directory("etc"), file("etc/os-release", b"ID=x\n")])
+    head = scratch.read_bytes()
+    scratch.unlink()
+    info = tarfile.TarInfo("var/huge.img")
+    info.size, info.mtime = TIB, MTIME
+    raw = head.rstrip(b"\0")
+    raw += bytes(-len(raw) % tarfile.BLOCKSIZE) + info.tobuf(format=tarfile.GNU_FORMAT)
+    raw += b"x" * 4096
+    if path.name.endswith(".gz"):
+        import gzip
+
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
     return path
 
 

@@ -86,13 +86,17 @@ async def test_implicit_dir_over_lower_symlink_rejected(tmp_path: Path) -> None:
         await build_image(spec, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.parametrize(("mib", "early"), [(1000, False), (1200, True)])
 async def test_disk_too_small_fails_early_with_numbers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mib: int, early: bool
 ) -> None:
+    """1000 MiB fit the 1 GiB the layers may unpack to but not the 980 MiB ext4 holds: the
+    merged tree's check says so before mke2fs runs. 1200 MiB do not even fit the disk: the
+    member's header is enough, nothing is unpacked (compositor.budget)."""
     big = tmp_path / "big.tar"
-    with open(big, "wb") as fh:  # a 1.2 GiB member whose data is a hole
+    with open(big, "wb") as fh:  # one member whose data is a hole
         info = tarfile.TarInfo("var/big.bin")
-        info.size = 1200 << 20
+        info.size = mib << 20
         fh.write(info.tobuf(format=tarfile.GNU_FORMAT))
         fh.truncate(512 + info.size + 1024)
     calls: list[str] = []
@@ -108,11 +112,16 @@ async def test_disk_too_small_fails_early_with_numbers(
     monkeypatch.setattr(disk, "make_ext4", lambda *a, **k: mkfs_calls.append(a))
     with pytest.raises(DiskTooSmallError) as info:
         await build_image(spec, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache")
-    assert calls and not mkfs_calls
+    assert not mkfs_calls
+    assert bool(calls) is not early
     message = str(info.value)
-    assert re.search(r"need about 120\d MiB but a 1 GiB disk holds at most \d+ MiB", message)
+    if early:
+        assert message.startswith("layer 'os', member 'var/big.bin': the layers need more than ")
+        assert re.search(r"need more than 120\d MiB but a 1 GiB disk holds at most 980 MiB", message)
+    else:
+        assert re.search(r"need about 100\d MiB but a 1 GiB disk holds at most 980 MiB", message)
     assert "at least 2 GiB" in message
-    assert info.value.needed_bytes >= 1200 << 20
+    assert info.value.needed_bytes >= mib << 20
     assert not list((tmp_path / "work").iterdir())
     assert not list((tmp_path / "cache" / "tmp").iterdir())
 

@@ -1,0 +1,80 @@
+"""The running count of bytes a template's layers unpack to, against the size of its disk.
+
+Tar layers are unpacked into the work folder before they are merged, so without a bound a
+small archive (a gzip bomb, a header claiming 1 TiB) would fill this machine's disk long before
+the merged tree's "does it fit" check. Every entry is checked when its header is read (one
+claiming more than is left fails before a byte is written) and its data is charged chunk by
+chunk before it is written; layers unpacked at the same time share one count.
+
+The limit is the disk's size: what its filesystem can hold plus the filesystem's own overhead
+as a margin, because upper layers may still replace or delete files of lower ones.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from .errors import DiskTooSmallError
+
+BLOCK = 4096
+#: what an entry costs besides its data blocks (an ext4 inode; NTFS's MFT record is 1 KiB,
+#: but its small files live inside the record)
+ENTRY_BYTES = 256
+
+
+def entry_cost(size: int) -> int:
+    """Bytes an entry with `size` bytes of data takes on a filesystem: whole blocks + inode."""
+    return -(-size // BLOCK) * BLOCK + ENTRY_BYTES
+
+
+def disk_capacity(filesystem: str, size_gib: int) -> int:
+    """At most this many bytes of files fit on the template's disk (the figure the
+    filesystem builders check the merged tree against; NTFS's without its per-file records)."""
+    from . import disk
+    from .ntfs import ntfs_capacity
+
+    layout = disk.layout_for(size_gib)
+    return ntfs_capacity(layout, 0) if filesystem == "ntfs" else disk.fs_capacity(layout)
+
+
+class SpaceBudget:
+    """Thread-safe: layers are unpacked two at a time."""
+
+    def __init__(self, size_gib: int, capacity: int, *, limit: int | None = None) -> None:
+        self.size_gib = size_gib
+        self.capacity = capacity
+        self.limit = max(capacity, size_gib << 30) if limit is None else limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_disk(cls, filesystem: str, size_gib: int) -> SpaceBudget:
+        return cls(size_gib, disk_capacity(filesystem, size_gib))
+
+    @classmethod
+    def unlimited(cls) -> SpaceBudget:
+        """Counts, never stops (a layer unpacked on its own, outside any image)."""
+        return cls(0, 0, limit=sys.maxsize)
+
+    def check(self, layer: str, member: str | None, size: int) -> None:
+        """Raise now if an entry with `size` bytes of data cannot fit (charges nothing)."""
+        needed = self.used + entry_cost(size)
+        if needed > self.limit:
+            raise self.too_big(layer, member, needed)
+
+    def charge(self, layer: str, member: str | None, n: int) -> None:
+        """Count n more bytes, before they are written; raise if that passes the limit."""
+        with self._lock:
+            self.used += n
+            used = self.used
+        if used > self.limit:
+            raise self.too_big(layer, member, used)
+
+    def refund(self, n: int) -> None:
+        """Bytes charged but not written (a short read at the end of the data)."""
+        with self._lock:
+            self.used -= n
+
+    def too_big(self, layer: str, member: str | None, needed: int) -> DiskTooSmallError:
+        return DiskTooSmallError(needed, self.capacity, self.size_gib, layer=layer, member=member)

@@ -22,11 +22,9 @@ from tests.slack.test_slack_edge import sign_bytes
 
 FUZZ = settings(deadline=None, database=None, derandomize=True, print_blob=False,
                 suppress_health_check=list(HealthCheck))
-#: The issue's bound, for the 99th percentile; a single late wake-up may be the machine
-#: (tests share two busy cores) or worker threads planning publishes (the GIL), so the
-#: worst sample gets a generous bound.
+#: The issue's bound, throughout (a quiet 2-core machine measures p99 2-3 ms, worst about 5 ms).
 MAX_LAG_P99_MS = 100.0
-MAX_LAG_MS = 250.0
+MAX_LAG_MS = 100.0
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from adapters.base import AdapterError, NotFoundError, PlatformTimeoutError
+from adapters.vsphere_power import power_watcher
 from adapters.vsphere_session import VSphereSession
 
 DEPLOY_EVENTS = ["VmDeployedEvent", "VmClonedEvent"]
@@ -108,19 +109,6 @@ async def _close_collector(session: VSphereSession, pc: Any) -> None:
     await asyncio.shield(asyncio.to_thread(session.call_sync, close, "stopping the watch"))
 
 
-def _vm_spec(vm: Any) -> Callable[[Any], Any]:
-    def make(si: Any) -> Any:
-        from pyVmomi import vim, vmodl
-
-        pc = vmodl.query.PropertyCollector
-        return pc.FilterSpec(
-            objectSet=[pc.ObjectSpec(obj=vm, skip=False)],
-            propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=["runtime.powerState"])],
-        )
-
-    return make
-
-
 def was_powered_on(si: Any, vm: Any) -> bool:
     """True if vCenter's events show ``vm`` was powered on (for a resumed watch)."""
     from pyVmomi import vim
@@ -135,30 +123,47 @@ def was_powered_on(si: Any, vm: Any) -> bool:
 async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, deadline: float,
                            timeout: float, wait_seconds: int,
                            on_powered_on: Callable[[], Awaitable[None]]) -> None:
-    """Return once ``vm`` has been powered on and is now powered off."""
-    ids = {_moid(vm)}
-    updates = _updates(session, _vm_spec(vm), deadline, wait_seconds,
-                       "the VM to be powered on and shut down", timeout, lambda: ids)
+    """Return once ``vm`` has been powered on and is now powered off.
+
+    The VM is watched through the session's shared collector (:mod:`adapters.vsphere_power`),
+    no thread of its own."""
+    what = "the VM to be powered on and shut down"
+    watcher = power_watcher(session, wait_seconds)
     announced = False
-    async with aclosing(updates):
-        async for _obj, change in updates:
-            if change.name != "runtime.powerState":
+    last = None
+    async with watcher.watch(vm, what) as reports:
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise _deadline_error(what, timeout)
+            try:
+                # (not wait_for: on 3.11 it loses a cancel that coincides with a report)
+                async with asyncio.timeout(remaining):
+                    report = await reports.get()
+            except TimeoutError:
+                raise _deadline_error(what, timeout) from None
+            if isinstance(report, BaseException):
+                raise report
+            if report == last:  # the same state again (the read, then the collector's enter)
                 continue
-            if change.val == "poweredOn":
+            last = report
+            if report == "poweredOn":
                 seen_on = True
                 # also when the events already told (it was powered on before this watch
                 # began): the task says the VM is running, and records it
                 if not announced:
                     announced = True
                     await on_powered_on()
-            elif change.val == "poweredOff":
+            elif report == "poweredOff":
                 # Off, never seen on: was it powered on (and off) before this watch began, a
                 # restarted bot or a quick guest? vCenter's events tell. Asked only now, after
                 # the collector reported the state, so no power cycle falls between the two.
                 if not seen_on:
                     seen_on = await session.call(lambda si: was_powered_on(si, vm),
                                                  "reading VM events")
-                if seen_on:
+                # the first report (a read) and the collector's are not ordered: an "off"
+                # may be older than the "on" before it; only the state now is sure
+                if seen_on and await watcher.current(vm) == "poweredOff":
                     return
 
 

@@ -63,6 +63,8 @@ class PowerWatcher:
         self._vms: dict[str, Any] = {}
         self._filters: dict[str, Any] = {}
         self._pc: Any = None
+        #: the collector's version the loop waits from
+        self._version = ""
         self._thread: ThreadPoolExecutor | None = None
         self._runner: asyncio.Task[None] | None = None
         #: collector and filter changes, one at a time
@@ -158,16 +160,14 @@ class PowerWatcher:
 
     # ------------------------------------------------------------ the loop
     async def _run(self) -> None:
-        version = ""
         while self._queues:
             pc = self._pc
             try:
-                result = await self._wait(pc, version)
+                result = await self._wait(pc, self._version)
             except _Stale:
                 async with self._changing:
                     if self._pc is pc and self._queues:
                         await self._rebuild()
-                version = ""
                 continue
             except _Gone as gone:
                 async with self._changing:
@@ -181,9 +181,9 @@ class PowerWatcher:
                 for moid in list(self._queues):
                     self._send(moid, exc)
                 return
-            if result is None:
+            if result is None or self._pc is not pc:
                 continue
-            version = result.version
+            self._version = result.version
             for filter_update in result.filterSet or []:
                 for update in filter_update.objectSet or []:
                     moid = _moid(update.obj)
@@ -237,8 +237,16 @@ class PowerWatcher:
         return await asyncio.shield(self.session.call(fn, doing))
 
     def _new_collector(self, si: Any) -> Any:
+        """A collector whose first (empty) update is taken: it tracks changes from now on,
+        before any watch reads a state or asks vCenter's events (vcsim starts tracking only
+        then; vCenter with its filters)."""
+        from pyVmomi import vmodl
+
+        pc = si.content.propertyCollector.CreatePropertyCollector()
         self.collectors += 1
-        return si.content.propertyCollector.CreatePropertyCollector()
+        first = pc.WaitForUpdatesEx("", vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=0))
+        self._version = first.version if first is not None else ""
+        return pc
 
     @staticmethod
     def _new_filter(pc: Any, vm: Any, what: str) -> Any:

@@ -18,6 +18,7 @@ Flow for one task::
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 from collections.abc import Awaitable, Callable
@@ -143,6 +144,24 @@ def secret_from_env(var: str) -> str:
 
 
 # ---------------------------------------------------------------- runtime
+class Backoff:
+    """Sleeps for a polling watch that grow while nothing changes: hundreds of tasks may wait
+    for their guests at once, for hours. ``reset()`` when something changed."""
+
+    def __init__(self, first: float, longest: float, factor: float = 1.5) -> None:
+        self.first = first
+        self.longest = longest
+        self.factor = factor
+        self.current = first
+
+    def reset(self) -> None:
+        self.current = self.first
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.current)
+        self.current = min(self.current * self.factor, self.longest)
+
+
 ProgressFn = Callable[[float, str], Awaitable[None]]
 RecordFn = Callable[[dict[str, Any]], Awaitable[None]]
 

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from adapters import qemu_vm as vmfiles
 from adapters.base import (
+    Backoff,
     Capability,
     CatalogPath,
     ConnectorConfig,
@@ -40,6 +41,8 @@ from compositor.paths import UnsafePath, join_inside
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _POLL_SECONDS = 0.5
+#: an idle VM (off, nobody started it) is looked at less and less often, up to this
+_POLL_MAX_SECONDS = 5.0
 #: A VM whose QEMU is gone while state.json still says running for this long has crashed
 #: with its monitor (both killed, host reboot).
 _STALE_SECONDS = 10.0
@@ -163,6 +166,7 @@ class Adapter:
         deadline = loop.time() + ctx.watch_timeout
         seen: tuple[str, float] | None = None
         stale_since: float | None = None
+        backoff = Backoff(_POLL_SECONDS, _POLL_MAX_SECONDS)
         while True:
             if not (vm_dir / vmfiles.DEFINITION).exists():
                 raise PlatformError(f"the VM directory {vm_dir} was removed")
@@ -170,6 +174,7 @@ class Adapter:
             current = (state["state"], float(state.get("at", 0))) if state else None
             if current != seen and state is not None:
                 seen = current
+                backoff.reset()
                 if state["state"] == vmfiles.OFF:
                     took = float(state.get("stopped_at", time.time())) - float(
                         state.get("started_at", time.time()))
@@ -190,7 +195,7 @@ class Adapter:
                 raise PlatformTimeoutError(
                     f"the guest did not power off within {ctx.watch_timeout:.0f} s; "
                     f"see {vm_dir / vmfiles.SERIAL_LOG}")
-            await asyncio.sleep(_POLL_SECONDS)
+            await backoff.sleep()
 
     async def cleanup(self, resources: dict[str, Any]) -> list[str]:
         """Remove a half-made VM (its QEMU too, if someone started it)."""

@@ -34,6 +34,7 @@ Example connector (layerbot.yml)::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import ssl
@@ -55,6 +56,7 @@ from adapters.base import (
     PlatformError,
     PublishContext,
     Published,
+    secret_from_env,
 )
 from adapters.vsphere_inventory import Placement, prop, props, resolve
 from adapters.vsphere_ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
@@ -155,8 +157,7 @@ class Adapter:
             self.ssl = ssl_context(config.insecure, config.ca_file)
         except (CAFileError, ssl.SSLError, OSError) as exc:  # the file changed since the check
             raise PlatformError(f"vSphere {config.host}: {exc}") from exc
-        self._key = (config.host, config.port, config.user_env, config.password_env,
-                     config.insecure, str(config.ca_file))
+        self._key = session_key(config)
         self.session = acquire(self._key, lambda: VSphereSession(
             config.host, config.port, config.user_env, config.password_env, self.ssl))
         self._closed = False
@@ -336,6 +337,16 @@ class Adapter:
         if not self._closed:
             self._closed = True
             await release(self._key, self.session)
+
+
+def session_key(config: Config) -> tuple[Any, ...]:
+    """Connectors to the same vCenter as the same user share one session, whatever the names
+    of their environment variables. The password is in the key only as a digest: a changed
+    password is another login, and the key holds no secret."""
+    user = secret_from_env(config.user_env)
+    password = hashlib.sha256(secret_from_env(config.password_env).encode()).hexdigest()
+    return (config.host.lower(), config.port, user, password, config.insecure,
+            str(config.ca_file))
 
 
 def is_detach(exc: BaseException) -> bool:

@@ -1,29 +1,25 @@
 """Watch a VM until it has been powered on and then off; find the VM deployed from a template.
 
-Both use a private PropertyCollector and ``WaitForUpdatesEx`` (no polling of
-properties). The collector is recreated when the session was lost (vCenter drops a
-session's collectors with it), so a watch survives session expiry; everything it
-needs is in ``Published.resource`` so a restarted bot can resume it.
+Neither holds a thread while it waits: the power watch goes through the session's shared
+PropertyCollector (:mod:`adapters.vsphere_power`), the deploy watch reads new events in
+short calls with back-off. Both survive session expiry, and everything they need is in
+``Published.resource`` so a restarted bot can resume them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from adapters.base import AdapterError, NotFoundError, PlatformTimeoutError
+from adapters.base import Backoff, PlatformTimeoutError
+from adapters.vsphere_power import power_watcher
 from adapters.vsphere_session import VSphereSession
 
 DEPLOY_EVENTS = ["VmDeployedEvent", "VmClonedEvent"]
 POWER_ON_EVENTS = ["VmPoweredOnEvent", "DrsVmPoweredOnEvent", "VmStartingEvent"]
-
-
-class _Stale(AdapterError):
-    """Our PropertyCollector vanished with its session; build a new one."""
 
 
 def _moid(obj: Any) -> str:
@@ -35,90 +31,6 @@ def _deadline_error(what: str, timeout: float) -> PlatformTimeoutError:
     span = f"{hours:g} h" if hours >= 1 else f"{timeout:g} s"
     return PlatformTimeoutError(f"vSphere: waited {span} for {what}; the watch timed out "
                                 f"(watch_timeout)")
-
-
-async def _updates(session: VSphereSession, make_spec: Callable[[Any], Any], deadline: float,
-                   wait_seconds: int, what: str, timeout: float,
-                   watched: Callable[[], set[str]]) -> AsyncGenerator[tuple[Any, Any], None]:
-    """Yield (object, property change) pairs until the caller stops or the deadline passes."""
-    from pyVmomi import vmodl
-
-    while True:
-        def open_collector(si: Any) -> Any:
-            pc = si.content.propertyCollector.CreatePropertyCollector()
-            try:
-                pc.CreateFilter(make_spec(si), partialUpdates=False)
-            except vmodl.fault.ManagedObjectNotFound as exc:
-                pc.DestroyPropertyCollector()
-                if _moid(exc.obj) in watched():
-                    raise NotFoundError(f"vSphere: {exc.obj._moId} was deleted while "
-                                        f"waiting for {what}") from None
-                raise
-            return pc
-
-        pc = await session.call(open_collector, "starting the watch")
-        version = ""
-        try:
-            while True:
-                remaining = deadline - time.time()
-                if remaining <= 0:
-                    raise _deadline_error(what, timeout)
-                wait = max(1, min(wait_seconds, int(remaining) + 1))
-
-                def wait_once(si: Any, pc: Any = pc, version: str = version,
-                              wait: int = wait) -> Any:
-                    try:
-                        return pc.WaitForUpdatesEx(
-                            version, vmodl.query.PropertyCollector.WaitOptions(
-                                maxWaitSeconds=wait))
-                    except vmodl.fault.ManagedObjectNotFound as exc:
-                        if _moid(exc.obj) == _moid(pc):
-                            raise _Stale("collector lost") from None
-                        if _moid(exc.obj) in watched():
-                            raise NotFoundError(f"vSphere: {exc.obj._moId} was deleted "
-                                                f"while waiting for {what}") from None
-                        raise
-
-                result = await session.call(wait_once, "watching the VM")
-                if result is None:
-                    continue
-                version = result.version
-                for filter_update in result.filterSet or []:
-                    for update in filter_update.objectSet or []:
-                        if update.kind == "leave" and _moid(update.obj) in watched():
-                            raise NotFoundError(
-                                f"vSphere: {update.obj._moId} was deleted while waiting "
-                                f"for {what}")
-                        for change in update.changeSet or []:
-                            yield update.obj, change
-        except _Stale:
-            continue
-        finally:
-            await _close_collector(session, pc)
-
-
-async def _close_collector(session: VSphereSession, pc: Any) -> None:
-    def close(si: Any) -> None:
-        for method in (pc.CancelWaitForUpdates, pc.DestroyPropertyCollector):
-            try:
-                method()
-            except Exception:  # gone with an expired session: nothing to release
-                continue
-
-    await asyncio.shield(asyncio.to_thread(session.call_sync, close, "stopping the watch"))
-
-
-def _vm_spec(vm: Any) -> Callable[[Any], Any]:
-    def make(si: Any) -> Any:
-        from pyVmomi import vim, vmodl
-
-        pc = vmodl.query.PropertyCollector
-        return pc.FilterSpec(
-            objectSet=[pc.ObjectSpec(obj=vm, skip=False)],
-            propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=["runtime.powerState"])],
-        )
-
-    return make
 
 
 def was_powered_on(si: Any, vm: Any) -> bool:
@@ -135,30 +47,47 @@ def was_powered_on(si: Any, vm: Any) -> bool:
 async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, deadline: float,
                            timeout: float, wait_seconds: int,
                            on_powered_on: Callable[[], Awaitable[None]]) -> None:
-    """Return once ``vm`` has been powered on and is now powered off."""
-    ids = {_moid(vm)}
-    updates = _updates(session, _vm_spec(vm), deadline, wait_seconds,
-                       "the VM to be powered on and shut down", timeout, lambda: ids)
+    """Return once ``vm`` has been powered on and is now powered off.
+
+    The VM is watched through the session's shared collector (:mod:`adapters.vsphere_power`),
+    no thread of its own."""
+    what = "the VM to be powered on and shut down"
+    watcher = power_watcher(session, wait_seconds)
     announced = False
-    async with aclosing(updates):
-        async for _obj, change in updates:
-            if change.name != "runtime.powerState":
+    last = None
+    async with watcher.watch(vm, what) as reports:
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise _deadline_error(what, timeout)
+            try:
+                # (not wait_for: on 3.11 it loses a cancel that coincides with a report)
+                async with asyncio.timeout(remaining):
+                    report = await reports.get()
+            except TimeoutError:
+                raise _deadline_error(what, timeout) from None
+            if isinstance(report, BaseException):
+                raise report
+            if report == last:  # the same state again (the read, then the collector's enter)
                 continue
-            if change.val == "poweredOn":
+            last = report
+            if report == "poweredOn":
                 seen_on = True
                 # also when the events already told (it was powered on before this watch
                 # began): the task says the VM is running, and records it
                 if not announced:
                     announced = True
                     await on_powered_on()
-            elif change.val == "poweredOff":
+            elif report == "poweredOff":
                 # Off, never seen on: was it powered on (and off) before this watch began, a
                 # restarted bot or a quick guest? vCenter's events tell. Asked only now, after
                 # the collector reported the state, so no power cycle falls between the two.
                 if not seen_on:
                     seen_on = await session.call(lambda si: was_powered_on(si, vm),
                                                  "reading VM events")
-                if seen_on:
+                # the first report (a read) and the collector's are not ordered: an "off"
+                # may be older than the "on" before it; only the state now is sure
+                if seen_on and await watcher.current(vm) == "poweredOff":
                     return
 
 
@@ -176,10 +105,17 @@ def _deployed_from(event: Any, template_id: str) -> Any | None:
 
 async def wait_for_deploy(session: VSphereSession, template: Any, *, since: datetime,
                           deadline: float, timeout: float, wait_seconds: int) -> Any:
-    """The first VM deployed or cloned from ``template`` at or after ``since``."""
-    from pyVmomi import vim
+    """The first VM deployed or cloned from ``template`` at or after ``since``.
+
+    Reads an EventHistoryCollector's new events in short calls, less and less often (up to
+    every ``wait_seconds``) while none comes: hundreds of tasks may wait for a deploy, and a
+    blocking wait would hold a thread each. The collector is recreated when the session was
+    lost (vCenter drops it with the session); it reads again from ``since``."""
+    from pyVmomi import vim, vmodl
 
     template_id = _moid(template)
+    what = "a VM to be deployed from the template"
+    state: dict[str, Any] = {}
 
     def open_events(si: Any) -> Any:
         spec = vim.event.EventFilterSpec(
@@ -188,9 +124,15 @@ async def wait_for_deploy(session: VSphereSession, template: Any, *, since: date
         collector.SetCollectorPageSize(100)
         return collector
 
-    def drain(si: Any, collector: Any) -> Any | None:
+    def drain(si: Any) -> Any | None:
+        if state.get("collector") is None:
+            state["collector"] = open_events(si)
         while True:
-            events = collector.ReadNextEvents(100)
+            try:
+                events = state["collector"].ReadNextEvents(100)
+            except vmodl.fault.ManagedObjectNotFound:  # gone with a lost session
+                state["collector"] = open_events(si)
+                continue
             if not events:
                 return None
             for event in events:
@@ -198,32 +140,17 @@ async def wait_for_deploy(session: VSphereSession, template: Any, *, since: date
                 if found is not None:
                     return found
 
-    state: dict[str, Any] = {}
-
-    def make_spec(si: Any) -> Any:
-        from pyVmomi import vmodl
-
-        state["collector"] = open_events(si)
-        pc = vmodl.query.PropertyCollector
-        return pc.FilterSpec(
-            objectSet=[pc.ObjectSpec(obj=state["collector"], skip=False)],
-            propSet=[pc.PropertySpec(type=vim.event.EventHistoryCollector,
-                                     pathSet=["latestPage"])],
-        )
-
-    updates = _updates(session, make_spec, deadline, wait_seconds,
-                       "a VM to be deployed from the template", timeout, lambda: {template_id})
+    backoff = Backoff(min(1.0, wait_seconds), max(1.0, wait_seconds))
     try:
-        async with aclosing(updates):
-            async for _obj, change in updates:
-                for event in change.val or []:
-                    found = _deployed_from(event, template_id)
-                    if found is not None:
-                        return found
-                found = await session.call(lambda si: drain(si, state["collector"]),
-                                           "reading events")
-                if found is not None:
-                    return found
+        while True:
+            found = await session.call(drain, "reading events")
+            if found is not None:
+                return found
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise _deadline_error(what, timeout)
+            backoff.current = min(backoff.current, remaining)
+            await backoff.sleep()
     finally:
         collector = state.get("collector")
         if collector is not None:
@@ -231,7 +158,6 @@ async def wait_for_deploy(session: VSphereSession, template: Any, *, since: date
                 _destroy(collector)
 
             await asyncio.shield(asyncio.to_thread(session.call_sync, destroy, "closing events"))
-    raise PlatformTimeoutError("vSphere: the event watch ended unexpectedly")
 
 
 def _destroy(collector: Any) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,8 @@ class Job:
     removed: list[str] = field(default_factory=list)
     #: keeps cache eviction (of any runner) away from the artifact until it is uploaded
     artifact_hold: ArtifactHold | None = None
+    #: called once the task waits for its guest: the runner frees its compose/upload slot
+    on_waiting: Callable[[], None] = lambda: None
     _last_progress: tuple[float, float] = (0.0, -100.0)  # (time, percent) last written
     _progress_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -243,6 +246,7 @@ class WatchStep:
         assert job.published is not None
         await job.update(status=states.ACTION_REQUIRED, stage="waiting for shutdown",
                    event=("waiting", messages.waiting_for_shutdown()))
+        job.on_waiting()
 
         async def report(fraction: float, note: str) -> None:
             await job.add_event("guest", note, {"fraction": fraction})
@@ -286,7 +290,8 @@ async def remove_partial(job: Job) -> None:
                                     else "Nothing to remove"), data={"removed": removed})
 
 
-def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog) -> Job:
+def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog,
+              on_waiting: Callable[[], None] = lambda: None) -> Job:
     if task.template not in catalog.templates:
         raise TaskConfigError(
             f"template {task.template!r} is no longer in {catalog.path.name}"
@@ -296,7 +301,7 @@ def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog) -> Job
         raise TaskConfigError(f"connector {task.connector!r} is no longer in {catalog.path.name}")
     adapter = adapters.create(catalog.connectors[task.connector])
     job = Job(task=task, store=store, owner=owner, catalog=catalog, template=template,
-              adapter=adapter, resources=dict(task.resources))
+              adapter=adapter, resources=dict(task.resources), on_waiting=on_waiting)
     if task.published is not None:
         job.published = Published.from_json(task.published)
     return job

@@ -1,5 +1,10 @@
-"""The job runner: claims tasks from the shared store and works them, at most
-``max_parallel`` at once, renewing its lease while it works.
+"""The job runner: claims tasks from the shared store and works them, renewing their
+leases while it works.
+
+``max_parallel`` bounds the expensive stages (compose, upload): a task holds one of those
+slots from its claim until it starts waiting for its guest. Waiting costs no slot, so any
+number of tasks wait at once, each an asyncio task (no thread), and one statement renews
+the leases of all of them.
 
 Several runners (``layerbot serve``, ``layerbot publish``, ``layerbot worker``) may
 share one database: a task is claimed with one atomic UPDATE, so it is worked by
@@ -59,6 +64,11 @@ class JobRunner:
         self.max_attempts = catalog.runner.max_attempts
         self.poll_interval = poll_interval
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        #: tasks in compose/upload, each holding one of the max_parallel slots
+        self._working: set[str] = set()
+        #: tasks whose lease this runner holds and renews
+        self._leased: set[str] = set()
+        self._cancel_sent: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -68,7 +78,13 @@ class JobRunner:
 
     @property
     def busy(self) -> int:
-        return len(self._jobs)
+        """Tasks in compose/upload (at most max_parallel)."""
+        return len(self._working)
+
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for their guest."""
+        return len(self._jobs) - len(self._working)
 
     async def run(self, *, only: Collection[str] | None = None, stop: asyncio.Event | None = None,
                   until_done: bool = False) -> None:
@@ -78,6 +94,7 @@ class JobRunner:
             sweep_stale, self.catalog.runner.work_dir, self.catalog.runner.cache_dir)
         if swept:
             log.info("removed %d files left by runners that died: %s", len(swept), swept)
+        keeper = asyncio.create_task(self._keep_leases(), name="leases")
         try:
             while not (stop and stop.is_set()):
                 await self._fill(only)
@@ -87,7 +104,11 @@ class JobRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
         finally:
-            await self.shutdown()
+            try:
+                await self.shutdown()
+            finally:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
 
     async def _all_finished(self, ids: Collection[str]) -> bool:
         if self._jobs:
@@ -96,16 +117,29 @@ class JobRunner:
         return all(t.finished for t in tasks)
 
     async def _fill(self, only: Collection[str] | None) -> None:
-        while len(self._jobs) < self.max_parallel and not self._stopping:
-            task = await asyncio.to_thread(self.store.claim, self.owner, self.lease_seconds, only)
+        while not self._stopping:
+            slot_free = len(self._working) < self.max_parallel
+            task = await asyncio.to_thread(self.store.claim, self.owner, self.lease_seconds, only,
+                                           published_only=not slot_free)
             if task is None:
                 return
+            self._leased.add(task.id)
+            if task.published is None:
+                self._working.add(task.id)
             job = asyncio.create_task(self._work(task), name=f"task-{task.id}")
             self._jobs[task.id] = job
             job.add_done_callback(lambda _, tid=task.id: self._finished(tid))
 
+    def _waiting(self, task_id: str) -> None:
+        """The task waits for its guest now: its compose/upload slot is free."""
+        if task_id in self._working:
+            self._working.discard(task_id)
+            self._wake.set()
+
     def _finished(self, task_id: str) -> None:
         self._jobs.pop(task_id, None)
+        self._working.discard(task_id)
+        self._cancel_sent.discard(task_id)
         self._wake.set()
 
     async def shutdown(self) -> None:
@@ -118,9 +152,6 @@ class JobRunner:
 
     # ------------------------------------------------------------ one task
     async def _work(self, task: Task) -> None:
-        work = asyncio.current_task()
-        assert work is not None
-        keeper = asyncio.create_task(self._keep_lease(task.id, work))
         stopped_cleanly = False
         try:
             if task.attempts > self.max_attempts:
@@ -140,25 +171,33 @@ class JobRunner:
             with contextlib.suppress(LeaseLost):
                 await self._fail(task, failure_reason(exc))
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            self._leased.discard(task.id)  # renewals stop before the release
             await asyncio.to_thread(self.store.release, task.id, self.owner,
                                     count_attempt=not stopped_cleanly)
 
-    async def _keep_lease(self, task_id: str, work: asyncio.Task[None]) -> None:
-        cancel_sent = False
+    async def _keep_leases(self) -> None:
+        """Renew every held lease in one statement; detach a job whose lease another runner
+        took, cancel one whose cancel was requested."""
         while True:
             await asyncio.sleep(min(self.lease_seconds / 3, 1.0))
+            held = set(self._leased)
             try:
-                task = await asyncio.to_thread(
-                    self.store.renew, task_id, self.owner, self.lease_seconds)
-            except LeaseLost:
-                work.cancel(DETACH)
-                return
-            if task.cancel_requested and not cancel_sent:
-                cancel_sent = True
-                work.cancel("layerbot:cancel")
+                renewed = await asyncio.to_thread(
+                    self.store.renew_held, self.owner, held, self.lease_seconds)
+            except Exception:  # a locked or unreachable database: try again next round
+                log.exception("renewing the leases failed")
+                continue
+            for task_id in held & self._leased:  # (a job may have let go meanwhile)
+                job = self._jobs.get(task_id)
+                if job is None:
+                    continue
+                if task_id not in renewed:
+                    log.warning("task %s: lease lost, another runner has it", task_id)
+                    self._leased.discard(task_id)
+                    job.cancel(DETACH)
+                elif renewed[task_id] and task_id not in self._cancel_sent:
+                    self._cancel_sent.add(task_id)
+                    job.cancel("layerbot:cancel")
 
     async def _fail(self, task: Task, reason: str) -> None:
         await asyncio.to_thread(
@@ -167,7 +206,8 @@ class JobRunner:
 
     async def _run_job(self, task: Task) -> None:
         try:
-            job = build_job(task, self.store, self.owner, self.catalog)
+            job = build_job(task, self.store, self.owner, self.catalog,
+                            on_waiting=lambda: self._waiting(task.id))
         except Exception as exc:  # the catalog changed, or the adapter cannot be set up
             await self._fail(task, failure_reason(exc))
             return

@@ -152,7 +152,8 @@ class SlackService:
         return web.json_response({
             "ok": True,
             "mode": "socket" if self.settings.socket_mode else "http",
-            "runner": {"busy": self.runner.busy, "max_parallel": self.runner.max_parallel},
+            "runner": {"busy": self.runner.busy, "max_parallel": self.runner.max_parallel,
+                       "waiting": self.runner.waiting},
             "loop_lag_ms": round(self.monitor.worst(window) * 1000, 1),
             "loop_lag_p99_ms": round(self.monitor.p99(window) * 1000, 1),
             "window_s": window,
@@ -259,7 +260,8 @@ async def serve_forever(service: SlackService, host: str, port: int) -> None:
         raise
     mode = "Socket Mode" if service.settings.socket_mode else f"HTTP on {host}:{bound}"
     click.echo(f"layerbot serve: {mode} (POST /slack/events, GET /healthz on port {bound}); "
-               f"runner {service.runner.owner}, max {service.runner.max_parallel} tasks at once",
+               f"runner {service.runner.owner}, max {service.runner.max_parallel} tasks "
+               f"compositing/uploading at once",
                err=True)
     started = time.monotonic()
     try:

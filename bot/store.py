@@ -251,17 +251,22 @@ class TaskStore:
 
     # ------------------------------------------------------------ leases
     def claim(
-        self, owner: str, lease_seconds: float, ids: Collection[str] | None = None
+        self, owner: str, lease_seconds: float, ids: Collection[str] | None = None, *,
+        published_only: bool = False,
     ) -> Task | None:
         """Atomically take the oldest task that is unfinished and not leased (or whose
-        lease expired because its runner died); ``ids`` limits the choice."""
+        lease expired because its runner died); ``ids`` limits the choice.
+        ``published_only``: only a task whose image is published (it only waits for its
+        guest), for a runner whose compose/upload slots are all taken."""
         now = time.time()
         active = ",".join("?" * len(states.ACTIVE))
         only, only_args = "", []
         if ids is not None:
             if not ids:
                 return None
-            only, only_args = f" AND id IN ({','.join('?' * len(ids))})", list(ids)
+            only, only_args = " AND id IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))]
+        if published_only:
+            only += " AND published IS NOT NULL"
         with self.transaction():
             row = self.db.execute(
                 "UPDATE tasks SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"
@@ -288,6 +293,20 @@ class TaskStore:
             if cur.rowcount == 0:
                 raise LeaseLost(task_id)
         return self.get(task_id)
+
+    def renew_held(self, owner: str, ids: Collection[str], lease_seconds: float) -> dict[str, bool]:
+        """Renew the leases of all of ``ids`` that ``owner`` still holds, in one statement
+        (a runner may hold hundreds of waiting tasks). Returns {task id: cancel requested}
+        for those; an id missing from it was lost to another runner."""
+        if not ids:
+            return {}
+        with self.transaction():
+            rows = self.db.execute(
+                "UPDATE tasks SET lease_until = ? WHERE lease_owner = ?"
+                " AND id IN (SELECT value FROM json_each(?)) RETURNING id, cancel_requested",
+                [time.time() + lease_seconds, owner, json.dumps(list(ids))],
+            ).fetchall()
+        return {task_id: bool(cancel) for task_id, cancel in rows}
 
     def release(self, task_id: str, owner: str, *, count_attempt: bool = True) -> None:
         """Give the task up. ``count_attempt=False``: the runner stopped cleanly (Ctrl-C, a

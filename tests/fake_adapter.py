@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from adapters.base import (
+    Backoff,
     Capability,
     CatalogPath,
     ConnectorConfig,
@@ -43,6 +44,8 @@ class Config(ConnectorConfig):
     fail_upload: bool = False
     block_upload: bool = False
     upload_seconds: float = 0.2
+    #: The watch polls for the power-off file, backing off up to this interval.
+    poll_max_seconds: float = 0.5
     #: Setting the adapter up fails with an unexpected error (a bad certificate, say).
     broken: bool = False
 
@@ -82,10 +85,11 @@ class Adapter:
     async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
         off = Path(published.resource["vm"] + ".off")
         deadline = asyncio.get_running_loop().time() + ctx.watch_timeout
+        backoff = Backoff(0.05, self.config.poll_max_seconds)
         while not off.exists():
             if asyncio.get_running_loop().time() > deadline:
                 raise PlatformTimeoutError("the guest did not shut down in time")
-            await asyncio.sleep(0.05)
+            await backoff.sleep()
         await ctx.progress(1.0, "guest powered off")
 
     async def cleanup(self, resources: dict[str, Any]) -> list[str]:

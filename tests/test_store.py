@@ -125,3 +125,35 @@ def test_a_failed_cancel_event_leaves_the_task_queued(store: TaskStore) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="event refused"):
         store.request_cancel(task.id, "bob", "Cancel requested by bob")
     assert store.get(task.id).status == states.QUEUED
+
+
+def test_one_statement_renews_every_held_lease_and_reports_lost_and_cancelled(
+        store: TaskStore) -> None:
+    ids = [new_task(store)[0].id for _ in range(300)]
+    for _ in ids:
+        store.claim("a", 0.2)
+    time.sleep(0.3)
+    stolen = store.claim("b", 10)  # a's leases expired; b takes the oldest task
+    assert stolen is not None and stolen.id == ids[0]
+    store.request_cancel(ids[1], "bob", "Cancel requested by bob")
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    renewed = store.renew_held("a", ids, 30)
+    store.db.conn.set_trace_callback(None)
+    assert [s for s in statements if s.startswith("UPDATE")] == [statements[1]]
+    assert set(renewed) == set(ids[1:])  # lost: the one b holds
+    assert renewed[ids[1]] is True and not any(renewed[i] for i in ids[2:])
+    assert all(store.get(i).lease_until > time.time() + 20 for i in ids[1:])
+    assert store.claim("b", 10) is None  # the renewed leases hold
+
+
+def test_a_runner_without_free_slots_claims_only_published_tasks(store: TaskStore) -> None:
+    queued, _ = new_task(store)
+    waiting, _ = new_task(store)
+    store.claim("a", 0.2)
+    store.claim("a", 0.2)
+    store.update(waiting.id, "a", published={"link": "x", "summary": "VM", "resource": {}})
+    time.sleep(0.3)  # runner a died
+    assert store.claim("b", 10, published_only=True).id == waiting.id
+    assert store.claim("b", 10, published_only=True) is None
+    assert store.claim("b", 10).id == queued.id

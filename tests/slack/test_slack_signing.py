@@ -41,7 +41,7 @@ async def test_healthz_reports_runner_and_loop_lag(make_slack: MakeSlack) -> Non
         assert resp.status == 200
         data = await resp.json()
     assert data["ok"] is True and data["mode"] == "http"
-    assert data["runner"]["max_parallel"] == 2
+    assert data["runner"]["max_parallel"] == 2 and data["runner"]["waiting"] == 0
     assert data["loop_lag_ms"] >= 0
 
 

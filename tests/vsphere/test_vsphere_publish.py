@@ -280,3 +280,22 @@ async def test_one_session_per_connector(vcsim: VcSim, vc_env: None, raw_disk: P
     await second.close()
     await third.close()
     assert make_adapter(vcsim).session is not first.session  # the last close logged out
+
+
+async def test_one_session_per_vcenter_and_user(vcsim: VcSim, vc_env: None,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from .conftest import PASSWORD, USER
+
+    monkeypatch.setenv("OTHER_VC_USER", USER)
+    monkeypatch.setenv("OTHER_VC_PASSWORD", PASSWORD)
+    monkeypatch.setenv("CHANGED_VC_PASSWORD", PASSWORD + "-new")
+    first = make_adapter(vcsim)
+    # another connector (its own variable names, another folder) to the same vCenter and user
+    same_user = make_adapter(vcsim, user_env="OTHER_VC_USER", password_env="OTHER_VC_PASSWORD",
+                             folder="", host=vcsim.host.upper())
+    other_password = make_adapter(vcsim, password_env="CHANGED_VC_PASSWORD")
+    assert same_user.session is first.session
+    assert other_password.session is not first.session
+    assert PASSWORD not in repr(first._key)
+    for adapter in (first, same_user, other_password):
+        await adapter.close()

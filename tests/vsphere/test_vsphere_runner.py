@@ -218,3 +218,80 @@ async def test_template_mode_reaches_done_when_a_deployed_vm_shuts_down(
     assert task.status == states.DONE, task.error
     assert kinds(store, task_id).count("done") == 1
     assert guest_notes(store, task_id)[-1] == "VM desk-r has shut down"
+
+
+def with_templates(sim: VcSim, names: list[str]) -> str:
+    """with_vsphere's catalog with one template per name (the same layers) on the vcsim
+    connector, and the default max_parallel (2)."""
+    text = with_vsphere(sim)
+    start = text.index("  win10-office:\n")
+    end = text.index("runner:\n")
+    block = text[start:end]
+    return text[:start] + "".join(block.replace("win10-office:", f"{n}:", 1)
+                                  for n in names) + text[end:]
+
+
+async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
+        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        store: TaskStore) -> None:
+    import threading
+
+    from adapters import vsphere_power, vsphere_session
+
+    def watch_threads() -> int:
+        return sum(t.name.startswith("vsphere-watch") for t in threading.enumerate())
+
+    names = [f"t{i}" for i in range(5)]
+    cat = load_catalog(write_catalog(with_templates(vcsim, names)))
+    assert cat.runner.max_parallel == 2
+    ids = [queue(store, cat, name) for name in names]
+    # none of the VMs has been powered on, yet all five wait for their guests
+    stop = asyncio.Event()
+    first = asyncio.create_task(JobRunner(store, cat, poll_interval=0.05).run(only=ids, stop=stop))
+    try:
+        for task_id in ids:
+            await watching(store, task_id, "waiting for VM", "every watch to start")
+        assert [store.get(i).status for i in ids] == [states.ACTION_REQUIRED] * 5
+        vms = [find_vms(vcsim, store.get(i).image_name)[0] for i in ids]
+        assert all(vm.runtime.powerState == "poweredOff" for vm in vms)
+        # one session, one collector and one watch thread for the five VMs
+        [session] = [entry[0] for key, entry in vsphere_session._SHARED.items()
+                     if key[:2] == (vcsim.host, vcsim.port)]
+        watcher = vsphere_power._WATCHERS[session]
+        await wait_until(lambda: watcher.watched == 5, "the five watches", 30)
+        assert watcher.collectors == 1 and watch_threads() == 1
+        stop.set()  # the runner stops while every task waits; each is left for the next
+        await asyncio.wait_for(asyncio.shield(first), 30)
+    finally:
+        stop.set()
+        await asyncio.gather(first, return_exceptions=True)
+    assert all(store.get(i).lease_owner is None for i in ids)
+    assert watcher.watched == 0
+
+    runner = JobRunner(store, cat, poll_interval=0.05)
+    work = asyncio.create_task(runner.run(only=ids, until_done=True))
+    try:
+        await wait_until(lambda: watcher.watched == 5, "the second runner's five watches", 60)
+        assert watcher.collectors == 2 and watch_threads() == 1
+        for i in (3, 0, 4, 1, 2):
+            run_task(vcsim, vms[i].PowerOnVM_Task())
+        for i in (3, 0, 4, 1, 2):
+            await wait_until(lambda i=i: any("is running" in n for n in guest_notes(store, ids[i])),
+                             f"the runner to see {names[i]}'s VM running", 30)
+        done: set[int] = set()
+        for i in (1, 4, 0, 2, 3):
+            run_task(vcsim, vms[i].PowerOffVM_Task())
+            await wait_until(lambda i=i: store.get(ids[i]).finished, f"{names[i]} to finish", 30)
+            done.add(i)
+            assert [store.get(t).status for t in ids] == [
+                states.DONE if n in done else states.ACTION_REQUIRED for n in range(5)]
+        await asyncio.wait_for(asyncio.shield(work), 30)
+    finally:
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+    for task_id in ids:
+        events = kinds(store, task_id)
+        assert events.count("done") == 1 and events.count("disk_created") == 1
+        assert events.count("waiting") == 2 and "resumed" in events
+    assert watcher.watched == 0 and watcher.collectors == 2  # one per runner, none per VM
+    await wait_until(lambda: watch_threads() == 0, "the watch thread to end", 10)

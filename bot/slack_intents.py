@@ -49,12 +49,6 @@ class IntentStore:
     def __init__(self, store: TaskStore, ttl: float = TTL_SECONDS) -> None:
         self.store = store
         self.ttl = ttl
-        with store.transaction():
-            store.db.execute(
-                "CREATE TABLE IF NOT EXISTS slack_intents (id TEXT PRIMARY KEY, user TEXT NOT NULL,"
-                " channel TEXT, templates TEXT NOT NULL, rule TEXT NOT NULL, created_at FLOAT,"
-                " expires_at FLOAT NOT NULL, claimed_by TEXT, claimed_at FLOAT)"
-            )
 
     def create(self, user: str, channel: str | None, templates: list[str],
                rule: ApprovalRule, *, intent_id: str | None = None) -> tuple[Intent, bool]:

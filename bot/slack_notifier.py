@@ -80,9 +80,6 @@ class SlackNotifier:
     def cursor(self) -> int:
         """The last event id handled (runs on the database thread)."""
         store = self.db.store
-        with store.transaction():
-            store.db.execute("CREATE TABLE IF NOT EXISTS slack_cursor"
-                             " (name TEXT PRIMARY KEY, event_id INTEGER)")
         row = store.db.execute("SELECT event_id FROM slack_cursor WHERE name = ?",
                                [CURSOR]).fetchone()
         if row is not None:

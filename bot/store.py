@@ -6,6 +6,9 @@ Tables:
 - ``task_events``: the audit trail; every state change is written here (in the same
   transaction as the row change) before the side effect it announces.
 - ``audit``: access decisions (who, what, when) from the Slack app.
+- ``slack_intents``, ``slack_cursor``: confirmation cards and the notifier's position.
+
+Every table is created by the ordered migrations of :mod:`bot.migrations`.
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ from typing import Any
 import sqlite_utils
 
 from bot import states
+from bot.migrations import migrate
 from bot.steps import Detach
-
-SCHEMA_VERSION = 1
 
 
 class TaskNotFound(KeyError):
@@ -120,44 +122,7 @@ class TaskStore:
 
     # ------------------------------------------------------------ schema
     def _migrate(self) -> None:
-        with self.transaction():
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version >= SCHEMA_VERSION:
-                return
-            self.db["tasks"].create(
-                {
-                    "id": str, "template": str, "connector": str, "platform": str,
-                    "status": str, "stage": str, "progress": float, "requested_by": str,
-                    "channel": str, "message_ts": str, "thread_ts": str,
-                    "idempotency_key": str, "link": str, "error": str,
-                    "created_at": float, "updated_at": float, "finished_at": float,
-                    "image_name": str, "lease_owner": str, "lease_until": float,
-                    "cancel_requested": int, "attempts": int,
-                    "resources": str, "published": str,
-                },
-                pk="id",
-                not_null={"template", "connector", "status", "stage", "created_at"},
-                defaults={"progress": 0.0, "lease_until": 0.0, "cancel_requested": 0,
-                          "attempts": 0, "resources": "{}", "stage": ""},
-                if_not_exists=True,
-            )
-            self.db["tasks"].create_index(["idempotency_key"], unique=True, if_not_exists=True)
-            self.db["tasks"].create_index(["status"], if_not_exists=True)
-            self.db["task_events"].create(
-                {"id": int, "task_id": str, "at": float, "kind": str, "message": str,
-                 "data": str},
-                pk="id",
-                foreign_keys=[("task_id", "tasks", "id")],
-                if_not_exists=True,
-            )
-            self.db["task_events"].create_index(["task_id", "id"], if_not_exists=True)
-            self.db["audit"].create(
-                {"id": int, "at": float, "user": str, "action": str, "target": str,
-                 "allowed": int, "reason": str},
-                pk="id",
-                if_not_exists=True,
-            )
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        migrate(self)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

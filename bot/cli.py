@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bot import states
+from bot.states import EventKind
 
 if TYPE_CHECKING:  # the commands import these when they run: `--help` stays fast
     from rich.console import Console
@@ -129,9 +130,10 @@ def _print_plan(p: PublishPlan) -> None:
 
 
 def _event_line(event: Event, template: str) -> str:
-    colour = {"failed": "red", "done": "green", "cancelled": "yellow",
-              "disk_created": "cyan", "hint": "magenta"}.get(event.kind, "")
-    text = f"[{colour}]{event.message}[/{colour}]" if colour else event.message
+    colour = {EventKind.FAILED: "red", EventKind.DONE: "green", EventKind.CANCELLED: "yellow",
+              EventKind.DISK_CREATED: "cyan", EventKind.HINT: "magenta"}.get(event.kind, "")
+    message = _escape(event.message)
+    text = f"[{colour}]{message}[/{colour}]" if colour else message
     return f"[dim]{template}[/dim] {text}"
 
 
@@ -164,7 +166,7 @@ async def _watch(store: TaskStore, runner: JobRunner | None, ids: list[str]) -> 
 
     async def print_events() -> None:
         async for event in follow(store, task_ids=ids, after=after, stop=stop):
-            if event.kind != "progress":
+            if event.kind != EventKind.PROGRESS:
                 progress.console.print(_event_line(event, templates[event.task_id]),
                                        soft_wrap=True)
 

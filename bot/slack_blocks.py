@@ -29,6 +29,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from bot import messages, states
+from bot.states import EventKind
 from bot.store import Event, Task
 from bot.summary import PublishPlan
 
@@ -164,19 +165,19 @@ def task_message(task: Task) -> Message:
 def thread_reply(task: Task, event: Event) -> Message | None:
     """The thread reply for an event, or None if the event only changes the task message."""
     msg = escape(event.message)
-    if event.kind == "disk_created":
+    if event.kind == EventKind.DISK_CREATED:
         text = messages.thread_disk_created(msg, event.data.get("link") or task.link)
-    elif event.kind == "next_steps":
+    elif event.kind == EventKind.NEXT_STEPS:
         text = messages.thread_next_steps(msg)
-    elif event.kind == "hint":
+    elif event.kind == EventKind.HINT:
         text = messages.thread_hint()
-    elif event.kind == "waiting":
+    elif event.kind == EventKind.WAITING:
         text = messages.thread_waiting(msg)
-    elif event.kind == "done":
+    elif event.kind == EventKind.DONE:
         text = messages.thread_done(escape(task.template), msg)
-    elif event.kind == "failed":
+    elif event.kind == EventKind.FAILED:
         text = messages.thread_failed(escape(task.template), msg)
-    elif event.kind == "cancelled":
+    elif event.kind == EventKind.CANCELLED:
         text = messages.thread_cancelled(escape(task.template), msg)
     else:
         return None
@@ -235,7 +236,7 @@ def status_message(tasks: Sequence[Task]) -> Message:
 
 def task_detail(task: Task, events: Sequence[Event]) -> Message:
     base = task_message(task)
-    lines = [f"`{e.kind}` {escape(e.message)}" for e in events if e.kind != "progress"]
+    lines = [f"`{e.kind}` {escape(e.message)}" for e in events if e.kind != EventKind.PROGRESS]
     text = clip("\n".join(lines[-30:]), MAX_TEXT)
     blocks = [b for b in base.blocks if not isinstance(b, ActionsBlock)]
     if text:

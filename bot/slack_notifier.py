@@ -31,6 +31,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import slack_blocks
 from bot.events import follow
 from bot.slack_db import SlackDB
+from bot.states import EventKind
 from bot.store import Event, Task, TaskNotFound, TaskStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 CURSOR = "notifier"
 #: Seconds between cursor saves when only the task messages changed.
 CURSOR_EVERY = 5.0
-BROADCAST = frozenset({"done", "failed"})
+BROADCAST = frozenset({EventKind.DONE, EventKind.FAILED})
 #: Errors after which posting to the task's channel is hopeless: DM the requester.
 CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived",
                             "restricted_action", "cannot_dm_bot"})
@@ -149,7 +150,7 @@ class SlackNotifier:
         if task.message_ts is None:
             task = await self._post_task_message(task)
             posted = True
-            if event.kind == "created" or task.message_ts is None:
+            if event.kind == EventKind.CREATED or task.message_ts is None:
                 return posted
         reply = slack_blocks.thread_reply(task, event)
         if reply is not None:

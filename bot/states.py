@@ -7,6 +7,8 @@ in ``uploading`` by a dead runner is composited again, from the cache).
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 QUEUED = "queued"
 COMPOSITING = "compositing"
 UPLOADING = "uploading"
@@ -45,3 +47,25 @@ class InvalidTransition(ValueError):
 def check_transition(current: str, new: str) -> None:
     if new not in _ALLOWED.get(current, frozenset()):
         raise InvalidTransition(f"a {current} task cannot become {new}")
+
+
+class EventKind(StrEnum):
+    """What a task event records. Every writer uses these; the CLI, the Slack notifier and the
+    task message read them. The store refuses any other kind."""
+
+    CREATED = "created"
+    STAGE = "stage"
+    PROGRESS = "progress"
+    CACHE_HIT = "cache_hit"
+    COMPOSITED = "composited"
+    DISK_CREATED = "disk_created"
+    NEXT_STEPS = "next_steps"
+    HINT = "hint"
+    WAITING = "waiting"
+    GUEST = "guest"
+    CANCEL_REQUESTED = "cancel_requested"
+    RESUMED = "resumed"
+    CLEANUP = "cleanup"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"

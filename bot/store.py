@@ -85,7 +85,7 @@ class Event:
     id: int
     task_id: str
     at: float
-    kind: str
+    kind: states.EventKind
     message: str
     data: dict[str, Any]
 
@@ -138,6 +138,7 @@ class TaskStore:
                 raise
 
     def _event(self, task_id: str, kind: str, message: str, data: dict[str, Any] | None) -> None:
+        kind = states.EventKind(kind)  # a misspelt kind fails here, not silently in a reader
         self.db.execute(
             "INSERT INTO task_events (task_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)",
             [task_id, time.time(), kind, message, json.dumps(data or {}, sort_keys=True)],
@@ -173,7 +174,7 @@ class TaskStore:
                     "SELECT id FROM tasks WHERE idempotency_key = ?", [idempotency_key]
                 ).fetchone()
                 return self.get(row[0]), False
-            self._event(task_id, "created", message, {"requested_by": requested_by})
+            self._event(task_id, states.EventKind.CREATED, message, {"requested_by": requested_by})
         return self.get(task_id), True
 
     def get(self, task_id: str) -> Task:
@@ -207,7 +208,8 @@ class TaskStore:
             rows = list(self.db.query(
                 f"SELECT * FROM task_events WHERE id > ? {where} ORDER BY id", [after, *args]
             ))
-        return [Event(**{**r, "data": json.loads(r["data"] or "{}")}) for r in rows]
+        return [Event(**{**r, "kind": states.EventKind(r["kind"]), "data": json.loads(r["data"] or "{}")})
+                for r in rows]
 
     def last_event_id(self) -> int:
         with self._lock:
@@ -245,7 +247,8 @@ class TaskStore:
             task_id, attempts, status = row
             # (a runner that stopped cleanly gave its attempt back: the status tells)
             if attempts > 1 or status != states.QUEUED:
-                self._event(task_id, "resumed", f"Resumed by runner {owner} (attempt {attempts})",
+                self._event(task_id, states.EventKind.RESUMED,
+                            f"Resumed by runner {owner} (attempt {attempts})",
                             {"owner": owner, "attempt": attempts})
         return self.get(task_id)
 
@@ -342,7 +345,7 @@ class TaskStore:
                 "UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
                 [time.time(), task_id],
             )
-            self._event(task_id, "cancel_requested", message, {"by": by})
+            self._event(task_id, states.EventKind.CANCEL_REQUESTED, message, {"by": by})
         now = time.time()
         with self.transaction():
             cur = self.db.execute(
@@ -351,7 +354,7 @@ class TaskStore:
                 [states.CANCELLED, now, now, task_id, states.QUEUED, now],
             )
             if cur.rowcount:
-                self._event(task_id, "cancelled", "Cancelled before it started", {"by": by})
+                self._event(task_id, states.EventKind.CANCELLED, "Cancelled before it started", {"by": by})
         return self.get(task_id)
 
     def retry(self, task_id: str, idempotency_key: str, requested_by: str, message: str,

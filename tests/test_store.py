@@ -131,8 +131,9 @@ def test_one_statement_renews_every_held_lease_and_reports_lost_and_cancelled(
         store: TaskStore) -> None:
     ids = [new_task(store)[0].id for _ in range(300)]
     for _ in ids:
-        store.claim("a", 0.2)
-    time.sleep(0.3)
+        store.claim("a", 30)
+    assert {t.lease_owner for t in store.list_tasks(limit=1000)} == {"a"}
+    store.db.execute("UPDATE tasks SET lease_until = 0")  # every lease of a has expired
     stolen = store.claim("b", 10)  # a's leases expired; b takes the oldest task
     assert stolen is not None and stolen.id == ids[0]
     store.request_cancel(ids[1], "bob", "Cancel requested by bob")
@@ -157,3 +158,12 @@ def test_a_runner_without_free_slots_claims_only_published_tasks(store: TaskStor
     assert store.claim("b", 10, published_only=True).id == waiting.id
     assert store.claim("b", 10, published_only=True) is None
     assert store.claim("b", 10).id == queued.id
+
+
+def test_an_event_of_an_unknown_kind_is_refused_and_kinds_read_back_as_the_enum(
+        store: TaskStore) -> None:
+    task, _ = new_task(store)
+    with pytest.raises(ValueError, match="'finished' is not a valid EventKind"):
+        store.update(task.id, None, stage="x", event=("finished", "typo"))
+    assert store.get(task.id).stage != "x"  # the change went with its event
+    assert [e.kind for e in store.events(task.id)] == [states.EventKind.CREATED]

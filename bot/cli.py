@@ -5,47 +5,23 @@ Exit codes: 0 every task done, 1 a task failed or was cancelled, 2 bad usage or 
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import click
 
 from bot import states
+from bot.cli_output import EXIT_FAILED, EXIT_USAGE, escape_markup, out
 from bot.states import EventKind
 
 if TYPE_CHECKING:  # the commands import these when they run: `--help` stays fast
-    from rich.console import Console
-
     from bot.catalog import Catalog, Template
     from bot.runner import JobRunner
     from bot.store import Event, Task, TaskStore
     from bot.summary import PublishPlan
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def _escape(text: str) -> str:
-    """Catalog messages contain brackets (``[a-z0-9]``, ``layerbot[vsphere]``) rich would eat."""
-    from rich.markup import escape
-
-    return escape(text)
-
-
-@functools.cache
-def out() -> Console:
-    """The console every command prints to (rich is imported on first use)."""
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal:  # piped or captured: do not cut task ids and links at 80 columns
-        console.width = 200
-    return console
-
 
 class Context:
     def __init__(self, config: Path | None, db: Path | None) -> None:
@@ -71,7 +47,7 @@ class Context:
             return load_catalog(self.config_path)
         except CatalogError as exc:
             for problem in exc.problems:
-                out().print(f"[red]error:[/red] {_escape(problem)}", soft_wrap=True)
+                out().print(f"[red]error:[/red] {escape_markup(problem)}", soft_wrap=True)
             sys.exit(EXIT_USAGE)
 
     def store(self) -> TaskStore:
@@ -96,7 +72,27 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """Commands whose modules load only when they run (or when ``--help`` lists them): the Slack
+    stack for ``serve``, the qemu target's ``vm``. Nothing here imports them, so they import
+    nothing of this module but its output helpers, and no import circle can form."""
+
+    lazy: ClassVar[dict[str, str]] = {"serve": "bot.slack_serve:serve", "vm": "bot.vm_cli:vm"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            import importlib
+
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
 @click.option("--config", type=click.Path(path_type=Path), help="layerbot.yml "
               "(default: $LAYERBOT_CONFIG, else ./layerbot.yml)")
 @click.option("--db", type=click.Path(path_type=Path), help="task database "
@@ -132,7 +128,7 @@ def _print_plan(p: PublishPlan) -> None:
 def _event_line(event: Event, template: str) -> str:
     colour = {EventKind.FAILED: "red", EventKind.DONE: "green", EventKind.CANCELLED: "yellow",
               EventKind.DISK_CREATED: "cyan", EventKind.HINT: "magenta"}.get(event.kind, "")
-    message = _escape(event.message)
+    message = escape_markup(event.message)
     text = f"[{colour}]{message}[/{colour}]" if colour else message
     return f"[dim]{template}[/dim] {text}"
 
@@ -288,7 +284,7 @@ def tasks(ctx: Context, status: str | None, limit: int) -> None:
                   "link / error")
     for t in ctx.store().list_tasks(status=status, limit=limit):
         table.add_row(t.id, t.template, t.platform, states.LABELS[t.status], t.stage,
-                      f"{t.progress:.0f}%", _when(t.created_at), _escape(t.error or t.link or ""))
+                      f"{t.progress:.0f}%", _when(t.created_at), escape_markup(t.error or t.link or ""))
     out().print(table)
 
 
@@ -305,11 +301,11 @@ def task(ctx: Context, task_id: str) -> None:
     out().print(f"[bold]{t.id}[/bold] {t.template} → {t.connector} ({t.platform}): "
                   f"{states.LABELS[t.status]}, {t.stage} {t.progress:.0f}%")
     if t.link:
-        out().print(f"link: {_escape(t.link)}")
+        out().print(f"link: {escape_markup(t.link)}")
     if t.error:
-        out().print(f"[red]error:[/red] {_escape(t.error)}")
+        out().print(f"[red]error:[/red] {escape_markup(t.error)}")
     for e in store.events(task_id):
-        out().print(f"{_when(e.at)}  {e.kind:<16} {_escape(e.message)}", soft_wrap=True)
+        out().print(f"{_when(e.at)}  {e.kind:<16} {escape_markup(e.message)}", soft_wrap=True)
 
 
 @main.command()
@@ -401,13 +397,13 @@ def check(ctx: Context) -> None:
     for name, connector in catalog.connectors.items():
         if (problem := adapters.missing_sdk(connector.type)) is not None:
             out().print(f"[red]error:[/red] {ctx.config_path.name}: connectors.{name}.type: "
-                        f"{_escape(problem)}", soft_wrap=True)
+                        f"{escape_markup(problem)}", soft_wrap=True)
             unusable += 1
     if unusable:
         sys.exit(EXIT_USAGE)
     if problems := _check_tar_layers(catalog):
         for problem in problems:
-            out().print(f"[red]error:[/red] {ctx.config_path.name}: {_escape(problem)}", soft_wrap=True)
+            out().print(f"[red]error:[/red] {ctx.config_path.name}: {escape_markup(problem)}", soft_wrap=True)
         sys.exit(EXIT_USAGE)
     out().print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
                   f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")
@@ -416,7 +412,7 @@ def check(ctx: Context) -> None:
         try:
             plans.append(plan(catalog, name, check_cache=False))
         except PlanError as exc:
-            out().print(f"[red]error:[/red] templates.{name}: {_escape(str(exc))}", soft_wrap=True)
+            out().print(f"[red]error:[/red] templates.{name}: {escape_markup(str(exc))}", soft_wrap=True)
     if len(plans) < len(catalog.templates):
         sys.exit(EXIT_USAGE)
     formats = sorted({p.disk_format for p in plans})
@@ -479,9 +475,6 @@ def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
     out().print(f"{settings.cache_dir}: {human_bytes(usage.total)} on disk ({bound})")
 
 
-import bot.vm_cli  # noqa: E402, F401  (registers `layerbot vm`)
-
-main.add_command(__import__("bot.slack_serve", fromlist=["serve"]).serve)  # layerbot serve (Slack)
 
 if __name__ == "__main__":
     main()

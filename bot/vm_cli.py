@@ -1,6 +1,6 @@
 """``layerbot vm``: start a task's QEMU VM, follow its console, show its state.
 
-Registered on the ``layerbot`` group by the last import in :mod:`bot.cli`.
+Loaded by the ``layerbot`` group (:class:`bot.cli.LazyGroup`) only when it runs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from bot.cli import EXIT_FAILED, main, out
+from bot.cli_output import EXIT_FAILED, out
 
 
 def _vm_dir(task_id: str) -> Path:
@@ -44,7 +44,7 @@ def _state_line(vm_dir: Path) -> str:
     return f"{state['state']} since {when} UTC" + (f" ({detail})" if detail else "")
 
 
-@main.group()
+@click.group()
 def vm() -> None:
     """The VMs of tasks published to a QEMU target.
 

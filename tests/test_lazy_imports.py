@@ -114,3 +114,16 @@ async def test_serve_with_a_local_connector_imports_no_platform_sdk(tmp_path: Pa
     modules = json.loads((tmp_path / "modules.json").read_text())
     assert "slack_bolt" in modules  # the hook saw the Slack app start
     assert _among(modules, PLATFORM_SDKS) == []
+
+
+def test_the_cli_and_its_lazy_commands_form_no_import_circle() -> None:
+    """`vm` and `serve` are loaded by the group, never import the module that defines it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for module in ("bot/vm_cli.py", "bot/slack_serve.py"):
+        tree = ast.parse((root / module).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        assert "bot.cli" not in imported, module

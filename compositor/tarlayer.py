@@ -35,6 +35,7 @@ from .errors import LayerError
 from .layertree import LayerTree, check_cancel
 from .meta import Meta, implicit_dir
 from .spec import LayerSource
+from .tarheaders import BoundedTarInfo
 
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -45,10 +46,11 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 ByteProgress = Callable[[int], None]
 
 #: What reading a corrupt, truncated or non-archive layer raises (besides OSError, which also
-#: means a failed write or a vanished file and is told apart by the caller).
+#: means a failed write or a vanished file and is told apart by the caller). tarfile raises
+#: ValueError for a bad sparse map (`GNU.sparse.map=abc`) and UnicodeError for bad names.
 ARCHIVE_ERRORS: tuple[type[Exception], ...] = (
     tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
-    zstandard.ZstdError, isal_zlib.error,
+    zstandard.ZstdError, isal_zlib.error, ValueError, UnicodeError,
 )
 
 
@@ -116,21 +118,26 @@ def open_tar(source: Path) -> Iterator[tuple[tarfile.TarFile, int | None]]:
     """The archive as a TarFile, and the raw fd when members can be copied in-kernel (a plain
     tar). Compressed archives are read as streams ("r|"), decompressed by readers that return
     at most the bytes asked for (tarfile's own gzip stream inflates a whole input buffer at
-    once: 1 GiB of memory for 1 MiB of a gzip bomb)."""
+    once: 1 GiB of memory for 1 MiB of a gzip bomb). Extended headers are bounded
+    (compositor.tarheaders)."""
     with open(source, "rb") as fh:
         magic = fh.read(4)
         fh.seek(0)
         if magic.startswith(_GZIP_MAGIC):
             reader = igzip.IGzipFile(fileobj=fh, mode="rb")
-            with reader, tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK) as tar:
+            with reader, _stream_tar(reader) as tar:
                 yield tar, None
         elif magic == _ZSTD_MAGIC:
             reader = zstandard.ZstdDecompressor().stream_reader(fh, read_size=_CHUNK)
-            with reader, tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK) as tar:
+            with reader, _stream_tar(reader) as tar:
                 yield tar, None
         else:
-            with tarfile.open(fileobj=fh, mode="r:") as tar:
+            with tarfile.open(fileobj=fh, mode="r:", tarinfo=BoundedTarInfo) as tar:
                 yield tar, fh.fileno()
+
+
+def _stream_tar(reader: BinaryIO) -> tarfile.TarFile:
+    return tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK, tarinfo=BoundedTarInfo)
 
 
 def extract_tar_layer(

@@ -18,7 +18,11 @@ from bot.catalog import Catalog
 from bot.cli import detach_lines, main
 from bot.store import TaskStore
 from bot.summary import plan
-from tests.compositor.layer_builder import claims_a_tebibyte
+from tests.compositor.layer_builder import (
+    claims_a_tebibyte,
+    corrupt_sparse_map,
+    extended_header_bomb,
+)
 from tests.conftest import BASIC_CATALOG
 
 
@@ -318,6 +322,38 @@ def test_publish_of_a_layer_claiming_a_tebibyte_fails_fast(
     assert code == 1, out
     assert "layer 'vda'" in out and "member 'var/huge.img'" in out, out
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.timeout(60)
+def test_check_and_publish_refuse_a_long_name_bomb_at_once(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path
+) -> None:
+    """A 270 KB gzip whose GNU long-name header claims 256 MiB (tarfile would read it whole)."""
+    extended_header_bomb(catalog_dir / "layers" / "vda.tar.gz", b"L", 256 << 20)
+    problem = ("layer 'vda' ({}): cannot read the archive: an extended header of 268435456 bytes "
+               "(a GNU long name, at byte 0 of the tar)").format(catalog_dir / "layers" / "vda.tar.gz")
+    started = time.monotonic()
+    code, out = cli("check")
+    assert code == 2, out
+    assert f"error: layerbot.yml: layers.vda.source: {problem}" in out, out
+    code, out = cli("publish", "win10-office", "--yes")
+    assert code == 1, out
+    assert problem in out, out
+    assert time.monotonic() - started < 30
+
+
+def test_check_and_publish_report_a_corrupt_sparse_map(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path
+) -> None:
+    corrupt_sparse_map(catalog_dir / "layers" / "os.tar")
+    problem = "GNU.sparse.map='abc,def' is not a list of numbers"
+    code, out = cli("check")
+    assert code == 2, out
+    assert "error: layerbot.yml: layers.base-os.source: layer 'base-os' (" in out, out
+    assert problem in out and "Traceback" not in out
+    code, out = cli("publish", "win10-office", "--yes")
+    assert code == 1, out
+    assert "layer 'base-os'" in out and problem in out, out
 
 
 def test_planning_reads_no_layer_that_was_never_built(

@@ -151,3 +151,18 @@ def test_problems_stop_at_a_hundred(write_catalog: Callable[[str], Path]) -> Non
     assert len(found) == 101
     assert found[-1] == ("layerbot.yml: more problems not shown (only the first 100 are); "
                          "fix these and check again")
+
+
+def test_paths_the_system_cannot_look_at_name_their_key(write_catalog: Callable[[str], Path],
+                                                        catalog_dir: Path) -> None:
+    """A name too long for the system (and a folder without permission) makes Path.is_dir()
+    raise: each is a problem with its key path, the reason and an excerpt of the value."""
+    long_name = "a" * 5000 + ".tar"
+    text = BASIC_CATALOG.replace("layers/os.tar", long_name).replace("scripts/setup.sh", long_name)
+    found = problems(write_catalog(text))
+    excerpt = f"(got '{'a' * 27}...{'a' * 24}.tar')"
+    assert found == [
+        f"layerbot.yml: layers.base-os.source: cannot look at this path: File name too long {excerpt}",
+        f"layerbot.yml: connectors.folder.scripts[0]: cannot look at this path: File name too long "
+        f"{excerpt}",
+    ]

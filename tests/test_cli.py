@@ -356,6 +356,17 @@ def test_check_and_publish_report_a_corrupt_sparse_map(
     assert "layer 'base-os'" in out and problem in out, out
 
 
+def test_check_of_a_source_path_too_long_exits_2_with_its_key(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path
+) -> None:
+    text = (catalog_dir / "layerbot.yml").read_text()
+    (catalog_dir / "layerbot.yml").write_text(text.replace("layers/os.tar", "x" * 5000))
+    code, out = cli("check")
+    assert code == 2, out
+    assert ("error: layerbot.yml: layers.base-os.source: cannot look at this path: File name "
+            "too long") in out, out
+
+
 def test_planning_reads_no_layer_that_was_never_built(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -66,8 +66,8 @@ def check_archive(layer: str, source: Path, budget: SpaceBudget | None = None) -
     """Read every member header (a plain tar: seeks only; a compressed one: decompressed, data
     skipped), so a corrupt, truncated or non-tar file is found before a publish. Each member is
     charged to the budget (stopping with DiskTooSmallError once they need more than the disk
-    holds). Returns the bytes charged; raises the LayerError of :func:`unreadable` or
-    :func:`truncated`."""
+    holds, TooManyEntriesError once they are more entries than it has inodes for). Returns
+    the bytes charged; raises the LayerError of :func:`unreadable` or :func:`truncated`."""
     budget = budget or SpaceBudget.unlimited()
     charged = 0
     try:
@@ -75,6 +75,7 @@ def check_archive(layer: str, source: Path, budget: SpaceBudget | None = None) -
             for member in members(tar, raw_fd, layer, source):
                 cost = entry_cost(member.size if member.isreg() else 0)
                 budget.charge(layer, member.name, cost)
+                budget.add_entry(layer, member.name)
                 charged += cost
     except (OSError, *ARCHIVE_ERRORS) as exc:
         raise unreadable(layer, exc, source) from exc
@@ -187,6 +188,7 @@ class _Writer:
         self.budget.check(self.tree.name, m.name, size)
         # the rounding and the inode now; the data itself chunk by chunk, before each write
         self.budget.charge(self.tree.name, m.name, entry_cost(size) - size)
+        self.budget.add_entry(self.tree.name, m.name)
         if not rel:
             return  # the layer's root entry: the image root keeps its own metadata
         mtime_ns = int(m.mtime * 1_000_000_000)
@@ -232,6 +234,7 @@ class _Writer:
         for anc in paths.ancestors(rel):
             known = self.meta.get(anc)
             if known is None:
+                self.budget.add_entry(self.tree.name, name)
                 os.mkdir(os.path.join(self.root, anc), 0o700)
                 self.meta[anc] = implicit_dir(mtime_ns)
             elif known.is_symlink:

@@ -22,6 +22,7 @@ from tests.compositor.layer_builder import (
     claims_a_tebibyte,
     corrupt_sparse_map,
     extended_header_bomb,
+    many_empty_files,
 )
 from tests.conftest import BASIC_CATALOG
 
@@ -366,6 +367,20 @@ def test_check_of_a_source_path_too_long_exits_2_with_its_key(
     assert code == 2, out
     assert ("error: layerbot.yml: layers.base-os.source: cannot look at this path: File name "
             "too long") in out, out
+
+
+def test_check_counts_the_entries_a_disk_has_inodes_for(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty file costs 256 bytes of the byte count; the entry count stops it (here a disk
+    of 2,000 inodes, to keep the test small)."""
+    monkeypatch.setattr("compositor.budget.disk_entries", lambda size_gib: 2000)
+    many_empty_files(catalog_dir / "layers" / "vda.tar.gz", 5000)
+    code, out = cli("check")
+    assert code == 2, out
+    assert ("error: layerbot.yml: layers.vda.source: layer 'vda', member 'd2/f0002000': the layers "
+            "have more than 2000 entries (files, directories, links) but a 1 GiB disk holds at "
+            "most 2000 files; choose a bigger disk") in out, out
 
 
 def test_planning_reads_no_layer_that_was_never_built(

@@ -182,3 +182,16 @@ def corrupt_sparse_map(path: Path) -> Path:
         info.size, info.pax_headers = 1, {"GNU.sparse.map": "abc,def"}
         tar.addfile(info, io.BytesIO(b"x"))
     return path
+
+
+def many_empty_files(path: Path, count: int) -> Path:
+    """A gzip tar of `count` empty files, 1,000 to a folder (a few KB per 10,000)."""
+    import gzip
+
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        for i in range(count):
+            info = tarfile.TarInfo(f"d{i // 1000}/f{i:07d}")
+            info.mtime = MTIME
+            fh.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        fh.write(bytes(2 * tarfile.BLOCKSIZE))
+    return path

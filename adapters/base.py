@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,12 +86,29 @@ def _relative_to_catalog(value: Path, info: ValidationInfo) -> Path:
 CatalogPath = Annotated[Path, AfterValidator(_relative_to_catalog)]
 
 
+PathKind = Literal["dir", "file", "other"]
+
+
+def path_kind(value: Path) -> PathKind | None:
+    """What is at a catalog path (symlinks followed), None when nothing is. Path.is_dir()
+    raises for a name too long or a folder without permission: that is a ValueError with the
+    system's reason, for the catalog's messages."""
+    try:
+        mode = value.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise ValueError(f"cannot look at this path: {exc.strerror or exc}") from None
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+
+
 def _existing_file(value: Path) -> Path:
-    if value.is_dir():
+    kind = path_kind(value)
+    if kind == "dir":
         raise ValueError(f"{str(value)!r} is a directory, not a file")
-    if not value.exists():
+    if kind is None:
         raise ValueError(f"file {str(value)!r} does not exist")
-    if not value.is_file():
+    if kind != "file":
         raise ValueError(f"{str(value)!r} is not a regular file")
     return value
 

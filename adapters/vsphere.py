@@ -56,6 +56,7 @@ from adapters.base import (
     PlatformError,
     PublishContext,
     Published,
+    path_kind,
     secret_from_env,
 )
 from adapters.vsphere_inventory import Placement, prop, props, resolve
@@ -126,13 +127,8 @@ class Config(ConnectorConfig):
             problems.append("set exactly one of cluster or host_system")
         if self.insecure and self.ca_file is not None:
             problems.append("set either insecure or ca_file, not both")
-        if self.ca_file is not None and not Path(self.ca_file).is_file():
-            problems.append(f"ca_file {str(self.ca_file)!r} does not exist")
-        elif self.ca_file is not None and not self.insecure:
-            try:  # a file that is not PEM certificates fails here, not when publishing
-                ssl_context(False, self.ca_file)
-            except CAFileError as exc:
-                problems.append(str(exc))
+        if self.ca_file is not None:
+            problems += self._ca_file_problems(Path(self.ca_file))
         for field in ("user_env", "password_env"):
             var = getattr(self, field)
             if not os.environ.get(var):
@@ -140,6 +136,20 @@ class Config(ConnectorConfig):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _ca_file_problems(self, ca_file: Path) -> list[str]:
+        try:
+            kind = path_kind(ca_file)
+        except ValueError as exc:  # a name too long, a folder without permission
+            return [f"ca_file: {exc}"]
+        if kind != "file":
+            return [f"ca_file {str(ca_file)!r} does not exist"]
+        if not self.insecure:
+            try:  # a file that is not PEM certificates fails here, not when publishing
+                ssl_context(False, ca_file)
+            except CAFileError as exc:
+                return [str(exc)]
+        return []
 
 
 class Adapter:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import adapters
-from adapters.base import AccessConfig, CatalogPath, ConnectorConfig
+from adapters.base import AccessConfig, CatalogPath, ConnectorConfig, path_kind
 from bot.yamlfile import YamlError, load_yaml
 
 LayerKind = Literal["os", "app", "platform"]
@@ -50,9 +50,10 @@ class Layer(BaseModel):
     @field_validator("source")
     @classmethod
     def _source_exists(cls, value: Path) -> Path:
-        if value.is_dir():
+        kind = path_kind(value)
+        if kind == "dir":
             return value
-        if not value.exists():
+        if kind is None:
             raise ValueError(f"layer source {str(value)!r} does not exist")
         if not value.name.endswith(_TAR_SUFFIXES):
             raise ValueError(

@@ -3,8 +3,8 @@
 On top of PyYAML's safe loader it refuses what PyYAML lets through or turns into a
 traceback: duplicate keys (PyYAML keeps the last), a file too big or not UTF-8, keys that are
 lists or mappings (``? [a, b]``), nesting deeper than :data:`MAX_DEPTH` (PyYAML recurses once
-per level), documents of more than :data:`MAX_VALUES` values once aliases are expanded (a
-1 KB "billion laughs" stands for 10^9 values) and scalars Python cannot hold (a 5000-digit
+per level), aliases standing for more than :data:`MAX_ALIASED_VALUES` values (a 1 KB
+"billion laughs" stands for 10^9 values) and scalars Python cannot hold (a 5000-digit
 number, the date 2001-13-45). Every error names the file and the line.
 """
 
@@ -26,10 +26,13 @@ from bot.messages import human_bytes
 #: A real catalog is a few KB (a template is ~10 lines); 1 MiB holds thousands of templates,
 #: and PyYAML (pure Python) parses it in about a second.
 MAX_BYTES = 1 << 20
-#: Values (scalars, lists, mappings) in the document, each alias counted as the values it
-#: stands for. ~10 bytes a value is as dense as honest YAML gets, so any catalog under
-#: MAX_BYTES fits, while an alias bomb is refused before it is expanded.
-MAX_VALUES = 100_000
+#: Values (scalars, lists, mappings) that aliases stand for, each alias counted as the values
+#: it repeats: an alias bomb is refused at the alias that crosses it, before it is expanded.
+#: Values written out in the file are not charged here: the size cap bounds them.
+MAX_ALIASED_VALUES = 100_000
+#: All values, aliases expanded. A value takes at least 2 bytes (`a,`), so values written out
+#: in a file under MAX_BYTES always fit; only what aliases add can reach this.
+MAX_VALUES = MAX_BYTES // 2
 #: Levels of nested lists and mappings; a catalog needs 6 (templates.x.access.users[0]).
 MAX_DEPTH = 32
 
@@ -102,9 +105,10 @@ class _CatalogLoader(Composer, *_EVENTS, SafeConstructor, Resolver):  # type: ig
         SafeConstructor.__init__(self)
         Resolver.__init__(self)
         self.depth = 0
-        #: Values so far in the document, aliases expanded: checked as it grows, so a file of
-        #: too many values is refused after reading MAX_VALUES of them, not at its end.
+        #: Values so far in the document, aliases expanded, and those the aliases stood for:
+        #: checked as they grow, so a bomb is refused at its alias, not at the file's end.
         self.total = 0
+        self.aliased = 0
         #: node id -> values it stands for, aliases expanded; and levels of nesting it holds.
         self.values: dict[int, int] = {}
         self.height: dict[int, int] = {}
@@ -121,7 +125,8 @@ class _CatalogLoader(Composer, *_EVENTS, SafeConstructor, Resolver):  # type: ig
             if self.depth + self.height[id(node)] > MAX_DEPTH:
                 raise ComposerError(None, None, f"the alias *{event.anchor} nests values more "
                                     f"than {MAX_DEPTH} levels deep", event.start_mark)
-            self._count(self.values[id(node)], event.start_mark, f"the alias *{event.anchor}")
+            self._count(self.values[id(node)], event.start_mark, f"the alias *{event.anchor}",
+                        aliased=True)
             return node
         self.depth += 1
         start = self.peek_event().start_mark
@@ -136,11 +141,16 @@ class _CatalogLoader(Composer, *_EVENTS, SafeConstructor, Resolver):  # type: ig
         self.height[id(node)] = 1 + max((self.height[id(child)] for child in children), default=0)
         return node
 
-    def _count(self, values: int, mark: yaml.Mark, what: str) -> None:
+    def _count(self, values: int, mark: yaml.Mark, what: str, aliased: bool = False) -> None:
         self.total += values
+        if aliased:
+            self.aliased += values
+            if self.aliased > MAX_ALIASED_VALUES:
+                raise ComposerError(None, None, f"{what} takes the values repeated by aliases past "
+                                    f"{MAX_ALIASED_VALUES} (a YAML alias bomb?)", mark)
         if self.total > MAX_VALUES:
             raise ComposerError(None, None, f"{what} takes the document past {MAX_VALUES} values "
-                                "(aliases expanded: a YAML alias bomb?)", mark)
+                                f"({self.aliased} of them repeated by aliases)", mark)
 
     def construct_document(self, node: yaml.Node) -> Any:
         # Map nodes to key paths before constructing, so errors can name the key path.

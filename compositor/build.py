@@ -190,6 +190,7 @@ async def _prepare_layers(
     budget: the disk's size (compositor.budget)."""
     count = len(spec.layers)
     budget = SpaceBudget.for_disk(spec.filesystem, spec.size_gib)
+    budget.watch_host(work)
     slots = asyncio.Semaphore(max(1, min(2, os.cpu_count() or 1)))
     done = 0
 

@@ -53,6 +53,7 @@ def scan_dir_layer(
                     size = 0
                 linked.add((st.st_dev, st.st_ino))
             budget.charge(layer.name, rel, entry_cost(size))
+            budget.add_entry(layer.name, rel)
             if stat.S_ISDIR(st.st_mode):
                 stack.append(rel)
     return tree

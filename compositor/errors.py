@@ -4,7 +4,9 @@
      ├── LayerError          bad or unsafe layer content (names the layer and the member, or
      │                       the archive file when the archive itself cannot be read)
      ├── DiskTooSmallError   the merged content does not fit the requested disk
+     ├── TooManyEntriesError the layers have more entries than the disk has inodes for
      ├── HostSpaceError      the machine running layerbot ran out of disk space
+     ├── HostInodesError     ... or of inodes, for the layers' entries
      ├── ToolMissingError    an external tool is not installed (gives the apt-get command)
      └── ToolFailedError     an external tool exited with an error (gives its stderr)
 """
@@ -60,6 +62,34 @@ class DiskTooSmallError(CompositorError):
         self.size_gib = size_gib
         self.layer = layer
         self.member = member
+
+
+class TooManyEntriesError(CompositorError):
+    """The layers have more entries (files, directories, links) than the disk's filesystem
+    has inodes for; found while unpacking, which stopped there."""
+
+    def __init__(self, max_entries: int, size_gib: int, *, layer: str, member: str | None) -> None:
+        where = f"layer {layer!r}" + (f", member {member!r}" if member else "")
+        super().__init__(
+            f"{where}: the layers have more than {max_entries} entries (files, directories, "
+            f"links) but a {size_gib} GiB disk holds at most {max_entries} files; choose a "
+            f"bigger disk")
+        self.max_entries = max_entries
+        self.size_gib = size_gib
+        self.layer = layer
+        self.member = member
+
+
+class HostInodesError(CompositorError):
+    """The work folder's filesystem has too few free inodes (files) left for the layers."""
+
+    def __init__(self, folder: Path, free: int, layer: str) -> None:
+        super().__init__(
+            f"no free inodes left on this machine's disk while unpacking layer {layer!r}: {folder} "
+            f"had {free} free inodes (files) and the layers need more; free some there (or give "
+            f"the work folder a filesystem with more inodes) and publish again")
+        self.folder = folder
+        self.layer = layer
 
 
 class ToolMissingError(CompositorError):

@@ -35,6 +35,7 @@ from .errors import LayerError
 from .layertree import LayerTree, check_cancel
 from .meta import Meta, implicit_dir
 from .spec import LayerSource
+from .tarheaders import BoundedTarInfo
 
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -45,10 +46,11 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 ByteProgress = Callable[[int], None]
 
 #: What reading a corrupt, truncated or non-archive layer raises (besides OSError, which also
-#: means a failed write or a vanished file and is told apart by the caller).
+#: means a failed write or a vanished file and is told apart by the caller). tarfile raises
+#: ValueError for a bad sparse map (`GNU.sparse.map=abc`) and UnicodeError for bad names.
 ARCHIVE_ERRORS: tuple[type[Exception], ...] = (
     tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
-    zstandard.ZstdError, isal_zlib.error,
+    zstandard.ZstdError, isal_zlib.error, ValueError, UnicodeError,
 )
 
 
@@ -64,8 +66,8 @@ def check_archive(layer: str, source: Path, budget: SpaceBudget | None = None) -
     """Read every member header (a plain tar: seeks only; a compressed one: decompressed, data
     skipped), so a corrupt, truncated or non-tar file is found before a publish. Each member is
     charged to the budget (stopping with DiskTooSmallError once they need more than the disk
-    holds). Returns the bytes charged; raises the LayerError of :func:`unreadable` or
-    :func:`truncated`."""
+    holds, TooManyEntriesError once they are more entries than it has inodes for). Returns
+    the bytes charged; raises the LayerError of :func:`unreadable` or :func:`truncated`."""
     budget = budget or SpaceBudget.unlimited()
     charged = 0
     try:
@@ -73,6 +75,7 @@ def check_archive(layer: str, source: Path, budget: SpaceBudget | None = None) -
             for member in members(tar, raw_fd, layer, source):
                 cost = entry_cost(member.size if member.isreg() else 0)
                 budget.charge(layer, member.name, cost)
+                budget.add_entry(layer, member.name)
                 charged += cost
     except (OSError, *ARCHIVE_ERRORS) as exc:
         raise unreadable(layer, exc, source) from exc
@@ -116,21 +119,26 @@ def open_tar(source: Path) -> Iterator[tuple[tarfile.TarFile, int | None]]:
     """The archive as a TarFile, and the raw fd when members can be copied in-kernel (a plain
     tar). Compressed archives are read as streams ("r|"), decompressed by readers that return
     at most the bytes asked for (tarfile's own gzip stream inflates a whole input buffer at
-    once: 1 GiB of memory for 1 MiB of a gzip bomb)."""
+    once: 1 GiB of memory for 1 MiB of a gzip bomb). Extended headers are bounded
+    (compositor.tarheaders)."""
     with open(source, "rb") as fh:
         magic = fh.read(4)
         fh.seek(0)
         if magic.startswith(_GZIP_MAGIC):
             reader = igzip.IGzipFile(fileobj=fh, mode="rb")
-            with reader, tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK) as tar:
+            with reader, _stream_tar(reader) as tar:
                 yield tar, None
         elif magic == _ZSTD_MAGIC:
             reader = zstandard.ZstdDecompressor().stream_reader(fh, read_size=_CHUNK)
-            with reader, tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK) as tar:
+            with reader, _stream_tar(reader) as tar:
                 yield tar, None
         else:
-            with tarfile.open(fileobj=fh, mode="r:") as tar:
+            with tarfile.open(fileobj=fh, mode="r:", tarinfo=BoundedTarInfo) as tar:
                 yield tar, fh.fileno()
+
+
+def _stream_tar(reader: BinaryIO) -> tarfile.TarFile:
+    return tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK, tarinfo=BoundedTarInfo)
 
 
 def extract_tar_layer(
@@ -180,6 +188,7 @@ class _Writer:
         self.budget.check(self.tree.name, m.name, size)
         # the rounding and the inode now; the data itself chunk by chunk, before each write
         self.budget.charge(self.tree.name, m.name, entry_cost(size) - size)
+        self.budget.add_entry(self.tree.name, m.name)
         if not rel:
             return  # the layer's root entry: the image root keeps its own metadata
         mtime_ns = int(m.mtime * 1_000_000_000)
@@ -225,6 +234,7 @@ class _Writer:
         for anc in paths.ancestors(rel):
             known = self.meta.get(anc)
             if known is None:
+                self.budget.add_entry(self.tree.name, name)
                 os.mkdir(os.path.join(self.root, anc), 0o700)
                 self.meta[anc] = implicit_dir(mtime_ns)
             elif known.is_symlink:

@@ -18,7 +18,12 @@ from bot.catalog import Catalog
 from bot.cli import detach_lines, main
 from bot.store import TaskStore
 from bot.summary import plan
-from tests.compositor.layer_builder import claims_a_tebibyte
+from tests.compositor.layer_builder import (
+    claims_a_tebibyte,
+    corrupt_sparse_map,
+    extended_header_bomb,
+    many_empty_files,
+)
 from tests.conftest import BASIC_CATALOG
 
 
@@ -216,7 +221,8 @@ def test_unreadable_catalogs_exit_2_naming_the_file_and_line(
          "error: layerbot.yml:12: templates: a key must be a name, not a list"),
         (BASIC_CATALOG.encode() + b"extras: " + b"[" * 5000 + b"]" * 5000 + b"\n",
          "error: layerbot.yml:23: "),
-        (ALIAS_BOMB.encode(), "takes the document past 100000 values (aliases expanded"),
+        (ALIAS_BOMB.encode(), ("the alias *a4 takes the values repeated by aliases past 100000 "
+          "(a YAML alias bomb?)")),
     ]
     for data, message in cases:
         path.write_bytes(data)
@@ -318,6 +324,63 @@ def test_publish_of_a_layer_claiming_a_tebibyte_fails_fast(
     assert code == 1, out
     assert "layer 'vda'" in out and "member 'var/huge.img'" in out, out
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.timeout(60)
+def test_check_and_publish_refuse_a_long_name_bomb_at_once(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path
+) -> None:
+    """A 270 KB gzip whose GNU long-name header claims 256 MiB (tarfile would read it whole)."""
+    extended_header_bomb(catalog_dir / "layers" / "vda.tar.gz", b"L", 256 << 20)
+    problem = ("layer 'vda' ({}): cannot read the archive: an extended header of 268435456 bytes "
+               "(a GNU long name, at byte 0 of the tar)").format(catalog_dir / "layers" / "vda.tar.gz")
+    started = time.monotonic()
+    code, out = cli("check")
+    assert code == 2, out
+    assert f"error: layerbot.yml: layers.vda.source: {problem}" in out, out
+    code, out = cli("publish", "win10-office", "--yes")
+    assert code == 1, out
+    assert problem in out, out
+    assert time.monotonic() - started < 30
+
+
+def test_check_and_publish_report_a_corrupt_sparse_map(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path
+) -> None:
+    corrupt_sparse_map(catalog_dir / "layers" / "os.tar")
+    problem = "GNU.sparse.map='abc,def' is not a list of numbers"
+    code, out = cli("check")
+    assert code == 2, out
+    assert "error: layerbot.yml: layers.base-os.source: layer 'base-os' (" in out, out
+    assert problem in out and "Traceback" not in out
+    code, out = cli("publish", "win10-office", "--yes")
+    assert code == 1, out
+    assert "layer 'base-os'" in out and problem in out, out
+
+
+def test_check_of_a_source_path_too_long_exits_2_with_its_key(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path
+) -> None:
+    text = (catalog_dir / "layerbot.yml").read_text()
+    (catalog_dir / "layerbot.yml").write_text(text.replace("layers/os.tar", "x" * 5000))
+    code, out = cli("check")
+    assert code == 2, out
+    assert ("error: layerbot.yml: layers.base-os.source: cannot look at this path: File name "
+            "too long") in out, out
+
+
+def test_check_counts_the_entries_a_disk_has_inodes_for(
+    cli: Callable[..., tuple[int, str]], catalog_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty file costs 256 bytes of the byte count; the entry count stops it (here a disk
+    of 2,000 inodes, to keep the test small)."""
+    monkeypatch.setattr("compositor.budget.disk_entries", lambda size_gib: 2000)
+    many_empty_files(catalog_dir / "layers" / "vda.tar.gz", 5000)
+    code, out = cli("check")
+    assert code == 2, out
+    assert ("error: layerbot.yml: layers.vda.source: layer 'vda', member 'd2/f0002000': the layers "
+            "have more than 2000 entries (files, directories, links) but a 1 GiB disk holds at "
+            "most 2000 files; choose a bigger disk") in out, out
 
 
 def test_planning_reads_no_layer_that_was_never_built(

@@ -151,3 +151,47 @@ def ls(image: Path, path: str) -> list[str]:
         if len(parts) >= 7 and parts[5] not in (".", ".."):
             names.append(parts[5])
     return names
+
+
+def extended_header_bomb(path: Path, kind: bytes, size: int) -> Path:
+    """A gzip tar (ISA-L level 1: a few hundred KB) whose first header is a GNU long name
+    (kind b"L") or a pax header (b"x") claiming `size` bytes, all zeros, then a small file."""
+    from isal import isal_zlib
+
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size, header.mtime = kind, size, MTIME
+    raw = header._create_header(  # type: ignore[attr-defined]
+        header.get_info(), tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)  # 31: gzip framing
+    zeros = bytes(1 << 20)
+    with open(path, "wb") as fh:
+        fh.write(compressor.compress(raw))
+        for _ in range(size >> 20):
+            fh.write(compressor.compress(zeros))
+        fh.write(compressor.compress(bytes(-size % tarfile.BLOCKSIZE)))
+        after = tarfile.TarInfo("etc/after")
+        fh.write(compressor.compress(after.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024)))
+        fh.write(compressor.flush())
+    return path
+
+
+def corrupt_sparse_map(path: Path) -> Path:
+    """A pax tar whose only member says GNU.sparse.map=abc,def (tarfile's int() fails)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("opt/sparse.bin")
+        info.size, info.pax_headers = 1, {"GNU.sparse.map": "abc,def"}
+        tar.addfile(info, io.BytesIO(b"x"))
+    return path
+
+
+def many_empty_files(path: Path, count: int) -> Path:
+    """A gzip tar of `count` empty files, 1,000 to a folder (a few KB per 10,000)."""
+    import gzip
+
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        for i in range(count):
+            info = tarfile.TarInfo(f"d{i // 1000}/f{i:07d}")
+            info.mtime = MTIME
+            fh.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        fh.write(bytes(2 * tarfile.BLOCKSIZE))
+    return path

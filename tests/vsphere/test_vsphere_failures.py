@@ -57,6 +57,12 @@ BASE = {"type": "vsphere", "host": "vc", "user_env": USER_ENV, "password_env": P
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
+def test_config_names_a_ca_file_path_the_system_cannot_look_at(vc_env: None) -> None:
+    with pytest.raises(ValidationError) as info:  # Path.is_file() raised ENAMETOOLONG
+        config_model("vsphere").model_validate({**BASE, "ca_file": "c" * 5000 + ".pem"})
+    assert "ca_file: cannot look at this path: File name too long" in str(info.value)
+
+
 @pytest.mark.parametrize(("content", "problem"), [
     (b"this is not a certificate\n", "no PEM certificate"),
     (b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n", "PEM"),

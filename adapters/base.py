@@ -31,11 +31,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 DiskFormat = Literal["raw", "qcow2", "vmdk", "vhd", "vhdx", "gce-tar"]
 
 
-#: The message of the asyncio cancellation a runner sends when it *detaches* from a task
-#: (shutdown, lease lost): stop, but leave recorded resources for the next runner.
-DETACH_MESSAGE = "layerbot:detach"
-
-
 class Capability(enum.Flag):
     NONE = 0
     #: The adapter can tell when the guest has run its scripts and powered off.

@@ -46,7 +46,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from adapters.base import (
-    DETACH_MESSAGE,
     Capability,
     CatalogPath,
     ConnectorConfig,
@@ -58,6 +57,7 @@ from adapters.base import (
     Published,
     secret_from_env,
 )
+from adapters.steps import is_detach
 from adapters.vsphere_inventory import Placement, prop, props, resolve
 from adapters.vsphere_ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
 from adapters.vsphere_session import (
@@ -67,7 +67,7 @@ from adapters.vsphere_session import (
     release,
     ssl_context,
 )
-from adapters.vsphere_upload import LeaseLost, complete, upload_disk, wait_ready
+from adapters.vsphere_upload import ImportLeaseLost, complete, upload_disk, wait_ready
 from adapters.vsphere_vm import destroy_vm, mark_as_template, remove_partial
 from adapters.vsphere_watch import wait_for_deploy, wait_power_cycle
 from compositor.sparse import data_extents
@@ -173,7 +173,7 @@ class Adapter:
             for attempt in (1, 2):
                 try:
                     return await self._import(ctx)
-                except LeaseLost as exc:
+                except ImportLeaseLost as exc:
                     if attempt == 2:
                         raise
                     log.warning("%s: %s; importing again", ctx.task_id, exc)
@@ -347,11 +347,6 @@ def session_key(config: Config) -> tuple[Any, ...]:
     password = hashlib.sha256(secret_from_env(config.password_env).encode()).hexdigest()
     return (config.host.lower(), config.port, user, password, config.insecure,
             str(config.ca_file))
-
-
-def is_detach(exc: BaseException) -> bool:
-    """True for the cancellation of a runner that detaches (it leaves resources recorded)."""
-    return isinstance(exc, asyncio.CancelledError) and DETACH_MESSAGE in exc.args
 
 
 def _vm_name(si: Any, vm: Any) -> str | None:

@@ -23,9 +23,9 @@ from typing import Any
 
 import adapters
 from adapters.base import Adapter, Capability, PublishContext, Published
+from adapters.steps import Outcome, Step
 from bot import messages, states
 from bot.catalog import Catalog, Template
-from bot.steps import Outcome, Step
 from bot.store import LeaseLost, Task, TaskStore
 from compositor.evict import ArtifactHold, evict, hold_artifact_async
 from compositor.firstboot import publish_layer

@@ -24,8 +24,8 @@ from typing import Any
 
 import sqlite_utils
 
+from adapters.steps import Detach
 from bot import states
-from bot.steps import Detach
 
 SCHEMA_VERSION = 1
 

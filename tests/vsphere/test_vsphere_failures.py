@@ -293,17 +293,17 @@ async def test_detach_during_upload_keeps_the_vm_for_cleanup(vcsim: VcSim, vc_en
     aborted. The next runner's cleanup of the recorded resources removes the VM."""
     from pyVmomi import vim
 
-    from adapters.base import DETACH_MESSAGE
+    from adapters.steps import detach
     from adapters.vsphere_upload import lease_props
 
     adapter = make_adapter(vcsim)
     rec = Recorder()
     task = asyncio.create_task(adapter.publish(rec.context(raw_disk, "detach-me")))
 
-    async def detach(fraction: float, note: str) -> None:
-        task.cancel(DETACH_MESSAGE)
+    async def detach_now(fraction: float, note: str) -> None:
+        detach(task)
 
-    rec.hooks.append(detach)
+    rec.hooks.append(detach_now)
     with pytest.raises(asyncio.CancelledError):
         await task
     vms = find_vms(vcsim, "detach-me")
@@ -354,7 +354,7 @@ class _Lease:
 async def test_lease_calls_share_one_helper() -> None:
     from pyVmomi import vmodl
 
-    from adapters.vsphere_upload import LeaseLost, _lease_call, complete, set_progress
+    from adapters.vsphere_upload import ImportLeaseLost, _lease_call, complete, set_progress
 
     session, lease = _Session(), _Lease()
     await set_progress(session, lease, 42)  # type: ignore[arg-type]
@@ -363,7 +363,7 @@ async def test_lease_calls_share_one_helper() -> None:
     assert session.doing == ["updating the import lease", "completing the import"]
     gone = _Lease(vmodl.fault.ManagedObjectNotFound(msg="lease-7 is gone"))
     for call in (lambda: set_progress(session, gone, 1), lambda: complete(session, gone)):  # type: ignore[arg-type]
-        with pytest.raises(LeaseLost, match=r"import lease was lost \(lease-7 is gone\)"):
+        with pytest.raises(ImportLeaseLost, match=r"import lease was lost \(lease-7 is gone\)"):
             await call()
     other = _Lease(RuntimeError("boom"))
     with pytest.raises(RuntimeError, match="boom"):

@@ -102,6 +102,11 @@ def config_model(type_name: str) -> type[ConnectorConfig]:
     return _module(type_name).Config  # type: ignore[no-any-return]
 
 
+def adapter_class(type_name: str) -> type[Adapter]:
+    """The connector type's adapter class (imports its module, not its SDK)."""
+    return _module(type_name).Adapter  # type: ignore[no-any-return]
+
+
 def create(config: ConnectorConfig) -> Adapter:
     """The connector's adapter; SDKMissing when its platform SDK is not installed."""
     problem = missing_sdk(config.type)

@@ -26,7 +26,7 @@ from adapters.base import AdapterError
 from adapters.steps import StepRunner, cancel, detach, is_detach
 from bot import messages, states
 from bot.catalog import Catalog
-from bot.publish import Job, TaskConfigError, build_job, remove_partial, steps_for
+from bot.publish import Job, TaskConfigError, build_job, remove_partial, remove_staging, steps_for
 from bot.store import LeaseLost, Task, TaskStore
 from compositor import CompositorError, sweep_stale
 
@@ -223,9 +223,11 @@ class JobRunner:
             await job.update(status=states.CANCELLED, event=("cancelled", messages.cancelled(job.removed)))
             return
         if task.status == states.UPLOADING and job.resources and job.published is None:
-            await remove_partial(job)
+            await remove_partial(job, keep_resumable=True)
             await job.add_event("resumed", messages.resumed_cleanup(job.removed))
             job.removed = []
+        if job.published is not None:
+            await remove_staging(job)
         try:
             await StepRunner(steps_for(job)).run(job)
         except asyncio.CancelledError as exc:

@@ -63,7 +63,8 @@ class Task:
     lease_until: float
     cancel_requested: int
     attempts: int
-    resources: dict[str, Any]
+    #: JSON of adapters.resources (a list); a dict in rows written before resources were typed
+    resources: list[Any] | dict[str, Any]
     published: dict[str, Any] | None
 
     @property
@@ -73,7 +74,7 @@ class Task:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Task:
         data = dict(row)
-        data["resources"] = json.loads(data["resources"] or "{}")
+        data["resources"] = json.loads(data["resources"] or "[]")
         data["published"] = json.loads(data["published"]) if data["published"] else None
         return cls(**data)
 

@@ -117,7 +117,8 @@ async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
         assert events["next_steps"].message.startswith(
             f"The virtual machine {task.image_name} is created, but off.")
         assert "log in with a local user" in events["hint"].message
-        assert task.resources["vm"] == vm._moId and task.resources["lease"] is None
+        assert task.resources == [{"kind": "vsphere.vm", "moref": vm._moId,
+                                   "name": task.image_name, "datacenter": "DC0"}]
         assert task.published is not None and task.published["resource"]["vm"] == vm._moId
         disk = the_disk(vm)
         assert disk.capacityInKB == DISK_KB
@@ -151,7 +152,8 @@ async def test_restart_during_watch_reaches_done_once(
         [vm] = find_vms(vcsim, task.image_name)
         if power_on == "before_restart":
             run_task(vcsim, vm.PowerOnVM_Task())  # the guest runs its scripts...
-            await wait_until(lambda: store.get(task_id).resources.get("powered_on") == vm._moId,
+            await wait_until(lambda: {"kind": "vsphere.powered_on", "moref": vm._moId}
+                             in store.get(task_id).resources,
                              "the first runner to record the power on", 30)
         stop.set()  # ...while the bot goes down
         await asyncio.wait_for(asyncio.shield(first), 30)
@@ -209,7 +211,8 @@ async def test_template_mode_reaches_done_when_a_deployed_vm_shuts_down(
         spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=pool), powerOn=False)
         clone = run_task(vcsim, tpl.CloneVM_Task(folder=tpl.parent, name="desk-r", spec=spec))
         clone = vim.VirtualMachine(clone._moId, vcsim.si()._stub)
-        await wait_until(lambda: store.get(task_id).resources.get("deployed_vm") == clone._moId,
+        await wait_until(lambda: {"kind": "vsphere.deployed_vm", "moref": clone._moId}
+                         in store.get(task_id).resources,
                          "the runner to find the deployed VM", 30)
         run_task(vcsim, clone.PowerOnVM_Task())
         run_task(vcsim, clone.PowerOffVM_Task())

@@ -370,6 +370,8 @@ class PlatformStep:
 async def publish(adapter: Adapter, ctx: PublishContext) -> Published:
     """Run the adapter's steps (undone newest first on failure or cancel)."""
     await StepRunner(adapter.steps(ctx)).run(ctx)
+    # staging a step took over from an earlier attempt (a resumed upload) is not its own
+    await clean_up(adapter, ctx, Outcome.SUCCEEDED)
     if ctx.published is None:
         raise PlatformError(f"{adapter.platform}: the publish steps finished without a result")
     return ctx.published

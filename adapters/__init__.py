@@ -10,8 +10,10 @@ adapter's methods, never at module level.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -114,3 +116,27 @@ def create(config: ConnectorConfig) -> Adapter:
         raise SDKMissing(problem)
     adapter: Adapter = _module(config.type).Adapter(config)
     return adapter
+
+
+def close_blocking(adapter: Adapter) -> None:
+    """Run ``adapter.close()`` to the end from synchronous code (planning a /publish)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(adapter.close())
+        return
+    # on an event loop's own thread (a synchronous helper called from a coroutine): a loop
+    # cannot run inside it, so the close gets a thread and loop of its own
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(adapter.close())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="adapter-close")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]

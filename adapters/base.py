@@ -11,11 +11,14 @@ after success only the ``STAGING`` ones (an upload that only fed an image), on a
 
 Flow for one task::
 
-    async with adapters.opened(connector_config) as adapter:   # closed after use, always
+    adapter = adapters.create(connector_config)
+    try:
         published = await publish(adapter, ctx)        # StepRunner(adapter.steps(ctx))
         text = adapter.next_steps(published)
         if Capability.WATCH_POWER in adapter.capabilities:     # a Watcher
             await adapter.wait_for_shutdown(published, ctx)
+    finally:
+        await adapter.close()   # always (adapters.close_blocking from synchronous code)
     ...after a crash, from the recorded resources:
         await clean_up(adapter, ctx, Outcome.FAILED)            # idempotent, resumable
 

@@ -298,3 +298,19 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
         assert events.count("waiting") == 2 and "resumed" in events
     assert watcher.watched == 0 and watcher.collectors == 2  # one per runner, none per VM
     await wait_until(lambda: watch_threads() == 0, "the watch thread to end", 10)
+
+
+async def test_planning_a_publish_releases_the_vcenter_session(
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path]) -> None:
+    """/publish plans with an adapter and closes it: the shared session's users go back to
+    zero and it logs out (each /publish used to leak a share)."""
+    from adapters import vsphere_session
+    from bot.summary import plan
+
+    cat = load_catalog(write_catalog(with_vsphere(vcsim)))
+    for _ in range(3):
+        assert plan(cat, "win10-office", check_cache=False).platform == "VMware vSphere"
+        assert vsphere_session._SHARED == {}
+    # planning from a coroutine (a synchronous helper on the event loop's thread) too
+    assert plan(cat, "win10-office", check_cache=False).disk_format == "raw"
+    assert vsphere_session._SHARED == {}

@@ -255,24 +255,26 @@ class Adapter:
 
     async def _import(self, ctx: PublishContext) -> None:
         cfg, session, name = self.config, self.session, ctx.image_name
-        place: Placement = await session.call(lambda si: resolve(si, cfg), "finding the placement")
+        place: Placement = await session.call(lambda si: resolve(si, cfg), "finding the placement",
+                                              idempotent=True)
         hw = Hardware()
         if place.template_vm is not None:
             from pyVmomi import vim
 
             config = await session.call(
                 lambda si: prop(si, place.template_vm, vim.VirtualMachine, "config"),
-                f"reading the VM template {cfg.vm_template}")
+                f"reading the VM template {cfg.vm_template}", idempotent=True)
             hw = hardware_from_config(config)
         await self._check_space(ctx.artifact, place)
         network = cfg.network or (hw.template_network if place.template_vm else None)
         if not cfg.network and place.template_vm is not None and hw.template_portgroup_key:
             place.network, network = await session.call(
                 lambda si: _find_portgroup(si, place.datacenter, hw.template_portgroup_key),
-                "finding the VM template's distributed port group")
+                "finding the VM template's distributed port group", idempotent=True)
         if network and place.network is None:
             place.network = await session.call(
-                lambda si: _find_network(si, place.datacenter, network), "finding the network")
+                lambda si: _find_network(si, place.datacenter, network), "finding the network",
+                idempotent=True)
         descriptor = ovf_descriptor(name, ctx.virtual_size, hw, network)
         spec_result = await session.call(
             lambda si: _create_import_spec(si, descriptor, name, place, network),
@@ -280,7 +282,7 @@ class Adapter:
         patch_import_spec(spec_result.importSpec, hw)
         # Server time before the VM exists: the deploy watch reads events from here on.
         about, since = await session.call(lambda si: (si.content.about, si.CurrentTime()),
-                                          "reading the server time")
+                                          "reading the server time", idempotent=True)
         lease = await session.call(
             lambda si: place.pool.ImportVApp(spec_result.importSpec, place.folder, place.host),
             "starting the import")
@@ -317,7 +319,7 @@ class Adapter:
         needed = await asyncio.to_thread(_data_bytes, raw)
         values = await self.session.call(
             lambda si: props(si, [place.datastore], vim.Datastore,
-                             ["summary.freeSpace", "name"])[0], "reading the datastore")
+                             ["summary.freeSpace", "name"])[0], "reading the datastore", idempotent=True)
         free = values.get("summary.freeSpace")
         if free is not None and free < needed:
             raise InsufficientSpaceError(
@@ -353,7 +355,7 @@ class Adapter:
                 vm_id = deployed._moId
                 await ctx.record(VSphereDeployedVm(moref=vm_id))
         vm = vim.VirtualMachine(vm_id, stub)
-        name = await session.call(lambda si: _vm_name(si, vm), "reading the VM name")
+        name = await session.call(lambda si: _vm_name(si, vm), "reading the VM name", idempotent=True)
         if name is None:
             raise NotFoundError(f"vSphere: VM {vm_id} no longer exists; nothing to watch")
         await ctx.progress(0.0, f"waiting for VM {name} to be powered on and shut down")

@@ -25,8 +25,9 @@ Flow for one task::
 Capabilities are used: ``WATCH_POWER`` adapters implement :class:`Watcher` (the others define
 no such method); ``RESUMABLE_UPLOAD`` adapters implement :class:`ResumableUpload`, and a
 runner that takes a task over keeps their recorded upload and continues it. Platform calls
-go through :func:`adapters.retry.retrying` (``retryable`` errors, back-off, Retry-After);
-blocking SDKs through :mod:`adapters.blocking`.
+that are safe to repeat go through :func:`adapters.retry.retrying` (``retryable`` errors,
+back-off, Retry-After). Old task rows hold resources as a dict: an adapter that wrote them
+reads them with a static ``legacy_resources(dict) -> list[Resource]``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ adapter's methods, never at module level.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -102,6 +104,11 @@ def config_model(type_name: str) -> type[ConnectorConfig]:
     return _module(type_name).Config  # type: ignore[no-any-return]
 
 
+def adapter_class(type_name: str) -> type[Adapter]:
+    """The connector type's adapter class (imports its module, not its SDK)."""
+    return _module(type_name).Adapter  # type: ignore[no-any-return]
+
+
 def create(config: ConnectorConfig) -> Adapter:
     """The connector's adapter; SDKMissing when its platform SDK is not installed."""
     problem = missing_sdk(config.type)
@@ -109,3 +116,27 @@ def create(config: ConnectorConfig) -> Adapter:
         raise SDKMissing(problem)
     adapter: Adapter = _module(config.type).Adapter(config)
     return adapter
+
+
+def close_blocking(adapter: Adapter) -> None:
+    """Run ``adapter.close()`` to the end from synchronous code (planning a /publish)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(adapter.close())
+        return
+    # on an event loop's own thread (a synchronous helper called from a coroutine): a loop
+    # cannot run inside it, so the close gets a thread and loop of its own
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(adapter.close())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="adapter-close")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]

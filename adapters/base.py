@@ -1,55 +1,85 @@
-"""The one interface every platform adapter implements.
+"""The one interface every platform adapter implements (contract version 2).
 
-An adapter knows nothing of Slack or of the task store. The runner hands it a
-:class:`PublishContext` (the finished artifact, a progress callback and a way to
-persist handles of what it creates) and gets back a :class:`Published` handle,
-which is JSON-serialisable so a restarted runner can resume watching or clean up.
+An adapter knows nothing of Slack or of the task store. A platform's publish is a list of
+:class:`~adapters.steps.Step` objects (``adapter.steps(ctx)``), run by the same
+:class:`~adapters.steps.StepRunner` as the task's own steps. Each step records a typed
+:class:`~adapters.resources.Resource` (``await ctx.record(...)``) *before* relying on it, so
+after a failure, a cancel or a crash the runner knows what exists; the last step sets
+``ctx.published``. :class:`PlatformStep` gives every platform cleanup for free: on failure or
+cancel the resources a step recorded are removed newest first (``PARTIAL`` and ``STAGING``),
+after success only the ``STAGING`` ones (an upload that only fed an image), on a detach none.
 
 Flow for one task::
 
-    adapter = registry.create(connector_config)
-    published = await adapter.publish(ctx)          # upload + create the VM/image
-    text = adapter.next_steps(published)            # the platform's "what to do next"
-    if Capability.WATCH_POWER in adapter.capabilities:
-        await adapter.wait_for_shutdown(published, ctx)   # guest ran scripts, powered off
-    ...on failure or cancel at any point:
-    removed = await adapter.cleanup(ctx.resources)
+    adapter = adapters.create(connector_config)
+    try:
+        published = await publish(adapter, ctx)        # StepRunner(adapter.steps(ctx))
+        text = adapter.next_steps(published)
+        if Capability.WATCH_POWER in adapter.capabilities:     # a Watcher
+            await adapter.wait_for_shutdown(published, ctx)
+    finally:
+        await adapter.close()   # always (adapters.close_blocking from synchronous code)
+    ...after a crash, from the recorded resources:
+        await clean_up(adapter, ctx, Outcome.FAILED)            # idempotent, resumable
+
+Capabilities are used: ``WATCH_POWER`` adapters implement :class:`Watcher` (the others define
+no such method); ``RESUMABLE_UPLOAD`` adapters implement :class:`ResumableUpload`, and a
+runner that takes a task over keeps their recorded upload and continues it. Platform calls
+that are safe to repeat go through :func:`adapters.retry.retrying` (``retryable`` errors,
+back-off, Retry-After). Old task rows hold resources as a dict: an adapter that wrote them
+reads them with a static ``legacy_resources(dict) -> list[Resource]``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from adapters.resources import Lifetime, Resource
+from adapters.steps import Outcome, Step, StepRunner
+
+log = logging.getLogger(__name__)
+
 DiskFormat = Literal["raw", "qcow2", "vmdk", "vhd", "vhdx", "gce-tar"]
-
-
-#: The message of the asyncio cancellation a runner sends when it *detaches* from a task
-#: (shutdown, lease lost): stop, but leave recorded resources for the next runner.
-DETACH_MESSAGE = "layerbot:detach"
 
 
 class Capability(enum.Flag):
     NONE = 0
-    #: The adapter can tell when the guest has run its scripts and powered off.
+    #: The adapter can tell when the guest has run its scripts and powered off (a Watcher).
     WATCH_POWER = enum.auto()
     #: Publishing leaves a VM (rather than an image/file) at the target.
     CREATES_VM = enum.auto()
+    #: An interrupted upload continues from what the platform has (a ResumableUpload).
+    RESUMABLE_UPLOAD = enum.auto()
 
 
 # ---------------------------------------------------------------- errors
 class AdapterError(Exception):
-    """Base of every error an adapter raises; the message is shown to users as is."""
+    """Base of every error an adapter raises; the message is shown to users as is.
+
+    ``retryable`` errors are retried by :func:`adapters.retry.retrying`, after at least
+    ``retry_after`` seconds when the platform said so (HTTP Retry-After)."""
 
     retryable: ClassVar[bool] = False
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
+
+
+class RetryableError(AdapterError):
+    """A transient platform failure (HTTP 429/503, a dropped connection): worth retrying."""
+
+    retryable = True
 
 
 class AuthError(AdapterError):
@@ -181,7 +211,30 @@ class Backoff:
 
 
 ProgressFn = Callable[[float, str], Awaitable[None]]
-RecordFn = Callable[[dict[str, Any]], Awaitable[None]]
+PersistFn = Callable[[list[Resource]], Awaitable[None]]
+
+
+async def _keep_in_memory(resources: list[Resource]) -> None:
+    """Persist nowhere (tests, the CLI's one-off calls)."""
+
+
+@dataclass
+class Published:
+    """The result of a successful publish: where it is, and how to find it again."""
+
+    #: URL of the VM or image (console deep link, file URL, ...).
+    link: str
+    #: One-line description, e.g. "VM win10-office-20261126-010101-3f9a (powered off)".
+    summary: str
+    #: JSON-serialisable handle for wait_for_shutdown / resume.
+    resource: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"link": self.link, "summary": self.summary, "resource": self.resource}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Published:
+        return cls(link=data["link"], summary=data["summary"], resource=dict(data["resource"]))
 
 
 @dataclass
@@ -197,35 +250,36 @@ class PublishContext:
     virtual_size: int
     #: Report upload/watch progress: fraction 0..1 of the current stage and a note.
     progress: ProgressFn
-    #: Persist handles of created objects *before* relying on them, so cleanup
-    #: after a crash knows what exists. Merged into :attr:`resources`.
-    record: RecordFn
-    resources: dict[str, Any] = field(default_factory=dict)
+    #: Writes :attr:`resources` to the task store; called by record/forget before they return.
+    persist: PersistFn = _keep_in_memory
+    #: What exists at the platform, oldest first (restored from the store after a crash).
+    resources: list[Resource] = field(default_factory=list)
     #: Seconds to wait for the guest to power off (adapters with WATCH_POWER).
     watch_timeout: float = 24 * 3600.0
     #: Where an adapter may put temporary files (None: the system's temp dir). Name them with
     #: ``compositor.sweep.owner_prefix(BUILD_PREFIX)`` so that a runner starting after this
     #: one was killed removes them (``sweep_stale``).
     scratch_dir: Path | None = None
+    #: Set by the publish's last step.
+    published: Published | None = None
+    #: One line per object cleanup removed (or could not), for the task's message.
+    removed: list[str] = field(default_factory=list)
 
+    async def record(self, resource: Resource) -> None:
+        """Remember ``resource`` (persisted before this returns): call it before relying on it."""
+        self.resources.append(resource)
+        await self.persist(self.resources)
 
-@dataclass
-class Published:
-    """The result of a successful publish: where it is, and how to find it again."""
+    async def replace(self, old: Resource, new: Resource) -> None:
+        """``old`` became ``new`` (an import lease became a VM): one write, nothing lost."""
+        self.resources[:] = [new if r is old else r for r in self.resources]
+        if new not in self.resources:
+            self.resources.append(new)
+        await self.persist(self.resources)
 
-    #: URL of the VM or image (console deep link, file URL, ...).
-    link: str
-    #: One-line description, e.g. "VM win10-office-20261126-010101-3f9a (powered off)".
-    summary: str
-    #: JSON-serialisable handle for wait_for_shutdown / cleanup / resume.
-    resource: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"link": self.link, "summary": self.summary, "resource": self.resource}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Published:
-        return cls(link=data["link"], summary=data["summary"], resource=dict(data["resource"]))
+    async def forget(self, resource: Resource) -> None:
+        self.resources[:] = [r for r in self.resources if r is not resource]
+        await self.persist(self.resources)
 
 
 @runtime_checkable
@@ -242,30 +296,104 @@ class Adapter(Protocol):
         """The artifact format this target wants from the compositor."""
         ...
 
-    async def publish(self, ctx: PublishContext) -> Published:
-        """Upload the artifact and create the VM/image; report progress via ctx."""
+    def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
+        """The publish, as steps; the last one sets ``ctx.published``."""
         ...
 
     def next_steps(self, published: Published) -> str:
         """What the admin does next on this platform (the seed's wording)."""
         ...
 
-    async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
-        """Return once the guest has run its scripts and powered off.
-
-        Only called when ``Capability.WATCH_POWER`` is set. Raises
-        PlatformTimeoutError after ``ctx.watch_timeout`` seconds.
-        """
-        ...
-
-    async def cleanup(self, resources: dict[str, Any]) -> list[str]:
-        """Remove partial work described by recorded resources.
-
-        Idempotent (objects already gone are fine). Returns one line per object
-        removed, for the failure message.
-        """
+    async def remove(self, resource: Resource) -> list[str]:
+        """Remove one recorded object. Idempotent: [] when it was already gone, else a line
+        per object removed (an import: its lease and its VM), for the task's message."""
         ...
 
     async def close(self) -> None:
-        """Release sessions/connections."""
+        """Release sessions/connections. Idempotent."""
         ...
+
+
+@runtime_checkable
+class Watcher(Protocol):
+    """An adapter with ``Capability.WATCH_POWER``."""
+
+    async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
+        """Return once the guest has run its scripts and powered off; raise
+        PlatformTimeoutError after ``ctx.watch_timeout`` seconds."""
+        ...
+
+
+@runtime_checkable
+class ResumableUpload(Protocol):
+    """An adapter with ``Capability.RESUMABLE_UPLOAD``."""
+
+    async def uploaded_bytes(self, upload: Resource, artifact: Path) -> int:
+        """How much of ``artifact`` the platform already holds in the recorded ``upload``,
+        verified against the artifact (0: start over)."""
+        ...
+
+
+# ---------------------------------------------------------------- driving adapters
+#: What cleanup removes after each outcome.
+_REMOVED_AFTER: dict[Outcome, frozenset[Lifetime]] = {
+    Outcome.SUCCEEDED: frozenset({Lifetime.STAGING}),
+    Outcome.FAILED: frozenset({Lifetime.STAGING, Lifetime.PARTIAL}),
+    Outcome.CANCELLED: frozenset({Lifetime.STAGING, Lifetime.PARTIAL}),
+    Outcome.DETACHED: frozenset(),
+}
+
+
+async def clean_up(adapter: Adapter, ctx: PublishContext, outcome: Outcome,
+                   among: Iterable[Resource] | None = None) -> list[str]:
+    """Remove the recorded resources that ``outcome`` calls for (of ``among``, default all),
+    newest first, forgetting each once it is gone. One that cannot be removed stays recorded
+    (a later cleanup tries again) and is reported; the others are still removed."""
+    wanted = _REMOVED_AFTER[outcome]
+    candidates = list(ctx.resources if among is None else among)
+    lines: list[str] = []
+    for resource in reversed(candidates):
+        if resource.lifetime not in wanted or not any(r is resource for r in ctx.resources):
+            continue
+        try:
+            removed = await adapter.remove(resource)
+        except (AdapterError, OSError) as exc:
+            log.warning("%s: could not remove %s: %s", ctx.task_id, resource.describe(), exc)
+            lines.append(f"could not remove {resource.describe()}: {exc}")
+            continue
+        await ctx.forget(resource)
+        lines += removed
+    ctx.removed += lines
+    return lines
+
+
+class PlatformStep:
+    """One step of a platform's publish: runs ``action``; its cleanup removes what the action
+    recorded, as :func:`clean_up` does for the step's outcome."""
+
+    def __init__(self, name: str, adapter: Adapter,
+                 action: Callable[[PublishContext], Awaitable[None]]) -> None:
+        self.name = name
+        self.adapter = adapter
+        self.action = action
+        self._before: list[Resource] = []
+
+    def recorded(self, ctx: PublishContext) -> list[Resource]:
+        return [r for r in ctx.resources if not any(r is b for b in self._before)]
+
+    async def run(self, ctx: PublishContext) -> None:
+        self._before = list(ctx.resources)
+        await self.action(ctx)
+
+    async def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
+        await clean_up(self.adapter, ctx, outcome, self.recorded(ctx))
+
+
+async def publish(adapter: Adapter, ctx: PublishContext) -> Published:
+    """Run the adapter's steps (undone newest first on failure or cancel)."""
+    await StepRunner(adapter.steps(ctx)).run(ctx)
+    # staging a step took over from an earlier attempt (a resumed upload) is not its own
+    await clean_up(adapter, ctx, Outcome.SUCCEEDED)
+    if ctx.published is None:
+        raise PlatformError(f"{adapter.platform}: the publish steps finished without a result")
+    return ctx.published

@@ -2,17 +2,25 @@
 
 There is no VM here, so the task goes straight to Done once the file is in place.
 The copy skips holes (SEEK_DATA/SEEK_HOLE), so a sparse raw disk stays sparse.
+
+The copy goes to ``<task-id>.<ext>.partial`` (a STAGING resource) and is renamed into place
+at the end. It is resumable: a runner that takes the task over continues the partial file
+from its length once a hash of that prefix matches the artifact's (else from byte 0). The
+copying runner holds an exclusive ``flock`` on it, so a runner that lost the task but is
+still copying is waited for rather than written over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
+import hashlib
 import os
-import secrets
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, BinaryIO, ClassVar, Literal
 
 from adapters.base import (
     Capability,
@@ -21,19 +29,44 @@ from adapters.base import (
     DiskFormat,
     InsufficientSpaceError,
     PlatformError,
+    PlatformStep,
     PublishContext,
     Published,
 )
+from adapters.resources import Lifetime, Resource, latest
+from adapters.steps import Step
 from compositor.paths import UnsafePath, join_inside
 from compositor.sparse import data_extents
 from compositor.spec import FORMAT_EXTENSIONS
 from compositor.threads import in_thread
 
 _CHUNK = 8 << 20
+_LOCK_POLL = 0.1
 
 
 class _Stopped(Exception):
     """The copy thread saw the task's cancellation."""
+
+
+class LocalFile(Resource):
+    """The published file (kept once the publish succeeded)."""
+
+    kind: ClassVar[str] = "local.file"
+    path: Path
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+
+class LocalUpload(Resource):
+    """The partial copy, renamed into place at the end; resumable."""
+
+    kind: ClassVar[str] = "local.upload"
+    lifetime: ClassVar[Lifetime] = Lifetime.STAGING
+    path: Path
+
+    def describe(self) -> str:
+        return f"file {self.path}"
 
 
 class Config(ConnectorConfig):
@@ -45,7 +78,7 @@ class Config(ConnectorConfig):
 class Adapter:
     type_name: ClassVar[str] = "local"
     platform: ClassVar[str] = "Local folder"
-    capabilities: ClassVar[Capability] = Capability.NONE
+    capabilities: ClassVar[Capability] = Capability.RESUMABLE_UPLOAD
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -60,12 +93,22 @@ class Adapter:
         except UnsafePath as exc:
             raise PlatformError(f"refusing to publish template {ctx.template!r}: {exc}") from None
 
-    async def publish(self, ctx: PublishContext) -> Published:
+    def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
+        return [PlatformStep("copy", self, self._copy_step)]
+
+    async def _copy_step(self, ctx: PublishContext) -> None:
         dest = self.destination(ctx)
-        # Each attempt writes its own partial file: a runner that lost the task may still
-        # be copying while the next one starts.
-        partial = dest.with_name(f"{dest.name}.{os.getpid()}-{secrets.token_hex(3)}.partial")
-        await ctx.record({"partial": str(partial), "file": str(dest)})
+        partial = dest.with_name(f"{dest.name}.partial")
+        if latest(ctx.resources, LocalFile) is None:
+            await ctx.record(LocalFile(path=dest))
+        upload = latest(ctx.resources, LocalUpload)
+        if upload is None or upload.path != partial:
+            upload = LocalUpload(path=partial)
+            await ctx.record(upload)
+        offset = await self.uploaded_bytes(upload, ctx.artifact)
+        if offset:
+            await ctx.progress(offset / max(ctx.artifact.stat().st_size, 1),
+                               f"resuming the copy at byte {offset}")
         loop = asyncio.get_running_loop()
 
         def report(fraction: float) -> None:
@@ -73,44 +116,23 @@ class Adapter:
 
         stop = threading.Event()
         try:
-            await in_thread(stop, self._copy, ctx.artifact, partial, report, stop)
+            await in_thread(stop, _copy, ctx.artifact, partial, offset, report, stop)
             os.replace(partial, dest)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
             if exc.errno == errno.ENOSPC:
                 raise InsufficientSpaceError(f"no space left in {self.config.path}") from exc
             raise PlatformError(f"cannot write {dest}: {exc.strerror}") from exc
-        except asyncio.CancelledError:
-            partial.unlink(missing_ok=True)  # the copy thread has stopped (in_thread waits)
-            raise
         size = dest.stat().st_size
-        return Published(
+        ctx.published = Published(
             link=dest.resolve().as_uri(),
             summary=f"{dest.name} ({self.config.format}, {size} bytes) in {dest.parent}",
             resource={"file": str(dest)},
         )
 
-    @staticmethod
-    def _copy(src: Path, dest: Path, report: Any, stop: threading.Event) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        size = src.stat().st_size
-        with open(src, "rb") as fin, open(dest, "wb") as fout:
-            extents = data_extents(fin.fileno(), size)
-            total = sum(e - s for s, e in extents) or 1
-            done = 0
-            for start, end in extents:
-                pos = start
-                while pos < end:
-                    if stop.is_set():
-                        raise _Stopped
-                    n = os.copy_file_range(fin.fileno(), fout.fileno(), min(_CHUNK, end - pos),
-                                           pos, pos)
-                    if n == 0:
-                        raise OSError(errno.EIO, f"unexpected end of {src}")
-                    pos += n
-                    done += n
-                    report(done / total)
-            fout.truncate(size)
+    async def uploaded_bytes(self, upload: Resource, artifact: Path) -> int:
+        """The length of the partial copy if its content matches the artifact's prefix."""
+        assert isinstance(upload, LocalUpload)
+        return await asyncio.to_thread(_verified_prefix, upload.path, artifact)
 
     def next_steps(self, published: Published) -> str:
         path = published.resource.get("file", published.link)
@@ -119,18 +141,92 @@ class Adapter:
             "it; on first boot the guest runs the connector's scripts and shuts down."
         )
 
-    async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
-        """Never called: this target has no VM (no WATCH_POWER capability)."""
+    async def remove(self, resource: Resource) -> list[str]:
+        assert isinstance(resource, LocalFile | LocalUpload), resource
+        try:
+            resource.path.unlink()
+        except FileNotFoundError:
+            return []
+        return [resource.describe()]
 
-    async def cleanup(self, resources: dict[str, Any]) -> list[str]:
-        """Called only for a publish that did not finish: remove what it wrote."""
-        removed = []
-        for key in ("partial", "file"):
-            path = resources.get(key)
-            if path and Path(path).exists():
-                Path(path).unlink()
-                removed.append(f"file {path}")
-        return removed
+    @staticmethod
+    def legacy_resources(old: Mapping[str, Any]) -> list[Resource]:
+        """The dict a task recorded before resources were typed."""
+        out: list[Resource] = []
+        if old.get("file"):
+            out.append(LocalFile(path=old["file"]))
+        if old.get("partial"):
+            out.append(LocalUpload(path=old["partial"]))
+        return out
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _verified_prefix(partial: Path, artifact: Path) -> int:
+    try:
+        length = partial.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if length == 0 or length > artifact.stat().st_size:
+        return 0
+    with open(partial, "rb") as have, open(artifact, "rb") as want:
+        if _digest(have, length) != _digest(want, length):
+            return 0
+    return length
+
+
+def _digest(fh: BinaryIO, length: int) -> bytes:
+    h = hashlib.blake2b()
+    left = length
+    while left > 0:
+        block = fh.read(min(_CHUNK, left))
+        if not block:
+            break
+        h.update(block)
+        left -= len(block)
+    return h.digest()
+
+
+def _lock(fd: int, stop: threading.Event) -> bool:
+    """Wait for a runner that lost the task but still writes this file to stop; True if
+    it had to wait."""
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return waited
+        except BlockingIOError:
+            waited = True
+            if stop.wait(_LOCK_POLL):
+                raise _Stopped from None
+
+
+def _copy(src: Path, dest: Path, offset: int, report: Callable[[float], None],
+          stop: threading.Event) -> None:
+    """Copy src's data extents to dest from ``offset`` on (what dest already holds stays)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    size = src.stat().st_size
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        if _lock(fd, stop) and offset and _verified_prefix(dest, src) != offset:
+            offset = 0  # the other writer changed it meanwhile
+        os.truncate(fd, offset)
+        with open(src, "rb") as fin:
+            extents = data_extents(fin.fileno(), size)
+            total = sum(e - s for s, e in extents) or 1
+            done = sum(min(e, offset) - s for s, e in extents if s < offset)
+            for start, end in extents:
+                pos = max(start, offset)
+                while pos < end:
+                    if stop.is_set():
+                        raise _Stopped
+                    n = os.copy_file_range(fin.fileno(), fd, min(_CHUNK, end - pos), pos, pos)
+                    if n == 0:
+                        raise OSError(errno.EIO, f"unexpected end of {src}")
+                    pos += n
+                    done += n
+                    report(done / total)
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -32,11 +33,14 @@ from adapters.base import (
     DiskFormat,
     InsufficientSpaceError,
     PlatformError,
+    PlatformStep,
     PlatformTimeoutError,
     PublishContext,
     Published,
 )
 from adapters.qemu_boot import extract_kernel, find_boot_files, find_tool
+from adapters.resources import Resource
+from adapters.steps import Step
 from compositor.paths import UnsafePath, join_inside
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
@@ -61,7 +65,19 @@ class Config(ConnectorConfig):
     qemu: str = "qemu-system-x86_64"
 
 
+class QemuVm(Resource):
+    """A VM directory (disk, kernel, vm.json, start.sh); removing it stops its QEMU too."""
+
+    kind: ClassVar[str] = "qemu.vm"
+    vm_dir: Path
+
+    def describe(self) -> str:
+        return f"VM directory {self.vm_dir}"
+
+
 class Adapter:
+    """qemu-img convert cannot continue a half-written qcow2: an upload restarts."""
+
     type_name: ClassVar[str] = "qemu"
     platform: ClassVar[str] = "QEMU"
     capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.CREATES_VM
@@ -79,7 +95,10 @@ class Adapter:
         except UnsafePath as exc:
             raise PlatformError(f"refusing to create VM {image_name!r}: {exc}") from None
 
-    async def publish(self, ctx: PublishContext) -> Published:
+    def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
+        return [PlatformStep("create-vm", self, self._create_vm)]
+
+    async def _create_vm(self, ctx: PublishContext) -> None:
         if ctx.artifact_format != "raw":
             raise PlatformError(f"the qemu target reads the kernel from a raw disk, "
                                 f"not {ctx.artifact_format}")
@@ -89,7 +108,7 @@ class Adapter:
         if self.vm_dir(name).exists():  # the same template published twice in one second
             name = f"{ctx.image_name}-{ctx.task_id}"
         vm_dir = self.vm_dir(name)
-        await ctx.record({"vm_dir": str(vm_dir)})
+        await ctx.record(QemuVm(vm_dir=vm_dir))
         try:
             self.config.path.mkdir(parents=True, exist_ok=True)
             vm_dir.mkdir()
@@ -110,7 +129,7 @@ class Adapter:
         )
         vmfiles.write_definition(vm, vm_dir)
         launcher = vm_dir / vmfiles.LAUNCHER
-        return Published(
+        ctx.published = Published(
             link=launcher.resolve().as_uri(),
             summary=f"VM {name} (created, powered off; direct kernel boot of {boot.kernel}) "
                     f"in {vm_dir}",
@@ -197,12 +216,16 @@ class Adapter:
                     f"see {vm_dir / vmfiles.SERIAL_LOG}")
             await backoff.sleep()
 
-    async def cleanup(self, resources: dict[str, Any]) -> list[str]:
+    async def remove(self, resource: Resource) -> list[str]:
         """Remove a half-made VM (its QEMU too, if someone started it)."""
-        vm_dir = resources.get("vm_dir")
-        if vm_dir and await asyncio.to_thread(vmfiles.remove_vm, Path(vm_dir)):
-            return [f"VM directory {vm_dir}"]
+        assert isinstance(resource, QemuVm), resource
+        if await asyncio.to_thread(vmfiles.remove_vm, resource.vm_dir):
+            return [resource.describe()]
         return []
+
+    @staticmethod
+    def legacy_resources(old: Mapping[str, Any]) -> list[Resource]:
+        return [QemuVm(vm_dir=old["vm_dir"])] if old.get("vm_dir") else []
 
     async def close(self) -> None:
         """Nothing to release: VMs outlive the runner."""

@@ -39,6 +39,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -46,7 +47,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from adapters.base import (
-    DETACH_MESSAGE,
     Capability,
     CatalogPath,
     ConnectorConfig,
@@ -54,11 +54,15 @@ from adapters.base import (
     InsufficientSpaceError,
     NotFoundError,
     PlatformError,
+    PlatformStep,
     PublishContext,
     Published,
+    clean_up,
     path_kind,
     secret_from_env,
 )
+from adapters.resources import Lifetime, Resource, latest
+from adapters.steps import Outcome, Step
 from adapters.vsphere_inventory import Placement, prop, props, resolve
 from adapters.vsphere_ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
 from adapters.vsphere_session import (
@@ -68,7 +72,7 @@ from adapters.vsphere_session import (
     release,
     ssl_context,
 )
-from adapters.vsphere_upload import LeaseLost, complete, upload_disk, wait_ready
+from adapters.vsphere_upload import ImportLeaseLost, complete, upload_disk, wait_ready
 from adapters.vsphere_vm import destroy_vm, mark_as_template, remove_partial
 from adapters.vsphere_watch import wait_for_deploy, wait_power_cycle
 from compositor.sparse import data_extents
@@ -152,7 +156,61 @@ class Config(ConnectorConfig):
         return []
 
 
+class VSphereImport(Resource):
+    """An OVF import in progress: its HttpNfcLease and, once the lease is ready, its VM.
+    Removing it aborts the lease, then destroys the VM."""
+
+    kind: ClassVar[str] = "vsphere.import"
+    lease: str
+    vm: str | None = None
+    name: str
+
+    def describe(self) -> str:
+        return f"vSphere import of {self.name} (lease {self.lease})"
+
+
+class VSphereVm(Resource):
+    """The imported VM or VM template (kept once the publish succeeded)."""
+
+    kind: ClassVar[str] = "vsphere.vm"
+    moref: str
+    name: str
+    datacenter: str
+
+    def describe(self) -> str:
+        return f"VM {self.name} ({self.moref})"
+
+
+class VSphereDeployedVm(Resource):
+    """The VM a user deployed from the published template: the one the watch follows."""
+
+    kind: ClassVar[str] = "vsphere.deployed_vm"
+    lifetime: ClassVar[Lifetime] = Lifetime.MARK
+    moref: str
+
+
+class VSpherePoweredOn(Resource):
+    """The watch saw this VM powered on (a restarted watch then waits for the power-off)."""
+
+    kind: ClassVar[str] = "vsphere.powered_on"
+    lifetime: ClassVar[Lifetime] = Lifetime.MARK
+    moref: str
+
+
+class _ImportStep(PlatformStep):
+    def __init__(self, adapter: Adapter) -> None:
+        super().__init__("import", adapter, adapter._import_again_on_lost_lease)
+        self.vsphere = adapter
+
+    async def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
+        if outcome is Outcome.DETACHED:
+            await self.vsphere.abort_import(ctx, self.recorded(ctx))
+        await super().cleanup(ctx, outcome)
+
+
 class Adapter:
+    """vSphere's NFC lease cannot resume an upload: a resumed task imports again."""
+
     type_name: ClassVar[str] = "vsphere"
     platform: ClassVar[str] = "VMware vSphere"
     capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.CREATES_VM
@@ -176,72 +234,57 @@ class Adapter:
         return "raw"
 
     # ------------------------------------------------------------ publish
-    async def publish(self, ctx: PublishContext) -> Published:
+    def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
+        return [_ImportStep(self)]
+
+    async def _import_again_on_lost_lease(self, ctx: PublishContext) -> None:
         if ctx.artifact_format != "raw":
             raise PlatformError(f"vSphere: expected a raw disk, got {ctx.artifact_format}")
-        try:
-            for attempt in (1, 2):
+        before = list(ctx.resources)
+        for attempt in (1, 2):
+            try:
+                await self._import(ctx)
+                return
+            except ImportLeaseLost as exc:
+                if attempt == 2:
+                    raise
+                log.warning("%s: %s; importing again", ctx.task_id, exc)
+                await clean_up(self, ctx, Outcome.FAILED,
+                               [r for r in ctx.resources if not any(r is b for b in before)])
+
+    async def abort_import(self, ctx: PublishContext, among: list[Resource]) -> None:
+        """A detaching runner aborts the lease, so the partial VM is inert until the next
+        runner removes it; nothing is forgotten (the store is no longer this runner's)."""
+        for found in among:
+            if isinstance(found, VSphereImport):
                 try:
-                    return await self._import(ctx)
-                except LeaseLost as exc:
-                    if attempt == 2:
-                        raise
-                    log.warning("%s: %s; importing again", ctx.task_id, exc)
-                    await self._undo(ctx)
-            raise PlatformError("vSphere: import failed")  # loop always returns or raises
-        except BaseException as exc:
-            if is_detach(exc):
-                # The runner stops but keeps the task: the recorded VM stays for the next
-                # runner's cleanup (which removes it and imports again); aborting the lease
-                # makes the partial VM inert meanwhile. Nothing is recorded: the store is
-                # no longer this runner's to write.
-                await asyncio.shield(self._abort_lease(ctx))
-            else:
-                await asyncio.shield(self._undo(ctx))
-            raise
+                    await remove_partial(self.session, found.lease, None, found.name)
+                except Exception:
+                    log.exception("%s: could not abort the import lease; cleanup will retry",
+                                  ctx.task_id)
 
-    async def _abort_lease(self, ctx: PublishContext) -> None:
-        lease = ctx.resources.get("lease")
-        if not lease:
-            return
-        try:
-            await remove_partial(self.session, {"lease": lease})
-        except Exception:
-            log.exception("%s: could not abort the import lease; cleanup will retry", ctx.task_id)
-
-    async def _undo(self, ctx: PublishContext) -> None:
-        """Abort the lease and destroy the partial VM, keeping the original error."""
-        try:
-            await self._forget(ctx, await remove_partial(self.session, ctx.resources))
-        except Exception:
-            log.exception("%s: could not remove the partial VM; cleanup will retry", ctx.task_id)
-
-    async def _forget(self, ctx: PublishContext, removed: list[str]) -> None:
-        """Record what was removed (reported by cleanup) and that nothing is left."""
-        if removed or ctx.resources.get("vm") or ctx.resources.get("lease"):
-            await ctx.record({"vm": None, "lease": None,
-                              "removed": [*ctx.resources.get("removed", []), *removed]})
-
-    async def _import(self, ctx: PublishContext) -> Published:
+    async def _import(self, ctx: PublishContext) -> None:
         cfg, session, name = self.config, self.session, ctx.image_name
-        place: Placement = await session.call(lambda si: resolve(si, cfg), "finding the placement")
+        place: Placement = await session.call(lambda si: resolve(si, cfg), "finding the placement",
+                                              idempotent=True)
         hw = Hardware()
         if place.template_vm is not None:
             from pyVmomi import vim
 
             config = await session.call(
                 lambda si: prop(si, place.template_vm, vim.VirtualMachine, "config"),
-                f"reading the VM template {cfg.vm_template}")
+                f"reading the VM template {cfg.vm_template}", idempotent=True)
             hw = hardware_from_config(config)
         await self._check_space(ctx.artifact, place)
         network = cfg.network or (hw.template_network if place.template_vm else None)
         if not cfg.network and place.template_vm is not None and hw.template_portgroup_key:
             place.network, network = await session.call(
                 lambda si: _find_portgroup(si, place.datacenter, hw.template_portgroup_key),
-                "finding the VM template's distributed port group")
+                "finding the VM template's distributed port group", idempotent=True)
         if network and place.network is None:
             place.network = await session.call(
-                lambda si: _find_network(si, place.datacenter, network), "finding the network")
+                lambda si: _find_network(si, place.datacenter, network), "finding the network",
+                idempotent=True)
         descriptor = ovf_descriptor(name, ctx.virtual_size, hw, network)
         spec_result = await session.call(
             lambda si: _create_import_spec(si, descriptor, name, place, network),
@@ -249,13 +292,15 @@ class Adapter:
         patch_import_spec(spec_result.importSpec, hw)
         # Server time before the VM exists: the deploy watch reads events from here on.
         about, since = await session.call(lambda si: (si.content.about, si.CurrentTime()),
-                                          "reading the server time")
+                                          "reading the server time", idempotent=True)
         lease = await session.call(
             lambda si: place.pool.ImportVApp(spec_result.importSpec, place.folder, place.host),
             "starting the import")
-        await ctx.record({"lease": lease._moId, "vm_name": name})
+        importing = VSphereImport(lease=lease._moId, name=name)
+        await ctx.record(importing)
         info = await wait_ready(session, lease)
-        await ctx.record({"vm": info.vm._moId})
+        with_vm = VSphereImport(lease=lease._moId, vm=info.vm._moId, name=name)
+        await ctx.replace(importing, with_vm)
         item = spec_result.fileItem[0]
         device = next((d for d in info.device_urls if d.importKey == item.deviceId),
                       info.device_urls[0])
@@ -264,7 +309,8 @@ class Adapter:
                           engine=cfg.compressor, workers=self.workers,
                           sized=cfg.upload == "sized", spool_dir=ctx.scratch_dir)
         await complete(session, lease)
-        await ctx.record({"lease": None})
+        await ctx.replace(with_vm, VSphereVm(moref=info.vm._moId, name=name,
+                                             datacenter=cfg.datacenter))
         if cfg.mode == "template":
             await session.call(lambda si: mark_as_template(si, info.vm), "marking as template")
         moid = info.vm._moId
@@ -272,7 +318,7 @@ class Adapter:
                 f"{moid}:{about.instanceUuid}")
         kind = "VM template" if cfg.mode == "template" else "VM"
         state = "" if cfg.mode == "template" else " (powered off)"
-        return Published(link=link, summary=f"{kind} {name}{state}", resource={
+        ctx.published = Published(link=link, summary=f"{kind} {name}{state}", resource={
             "vm": moid, "vm_name": name, "mode": cfg.mode, "since": since.isoformat(),
             "published_at": time.time(), "vcenter": about.instanceUuid,
         })
@@ -283,7 +329,7 @@ class Adapter:
         needed = await asyncio.to_thread(_data_bytes, raw)
         values = await self.session.call(
             lambda si: props(si, [place.datastore], vim.Datastore,
-                             ["summary.freeSpace", "name"])[0], "reading the datastore")
+                             ["summary.freeSpace", "name"])[0], "reading the datastore", idempotent=True)
         free = values.get("summary.freeSpace")
         if free is not None and free < needed:
             raise InsufficientSpaceError(
@@ -308,7 +354,8 @@ class Adapter:
                                 f"published to ({res['vcenter']}); cannot watch {res['vm']}")
         vm_id = res["vm"]
         if res.get("mode") == "template":
-            vm_id = ctx.resources.get("deployed_vm")
+            deployed_mark = latest(ctx.resources, VSphereDeployedVm)
+            vm_id = deployed_mark.moref if deployed_mark else None
             if not vm_id:
                 await ctx.progress(0.0, "waiting for a VM to be deployed from the template")
                 deployed = await wait_for_deploy(
@@ -316,29 +363,48 @@ class Adapter:
                     since=datetime.fromisoformat(res["since"]), deadline=deadline,
                     timeout=timeout, wait_seconds=self.wait_seconds)
                 vm_id = deployed._moId
-                await ctx.record({"deployed_vm": vm_id})
+                await ctx.record(VSphereDeployedVm(moref=vm_id))
         vm = vim.VirtualMachine(vm_id, stub)
-        name = await session.call(lambda si: _vm_name(si, vm), "reading the VM name")
+        name = await session.call(lambda si: _vm_name(si, vm), "reading the VM name", idempotent=True)
         if name is None:
             raise NotFoundError(f"vSphere: VM {vm_id} no longer exists; nothing to watch")
         await ctx.progress(0.0, f"waiting for VM {name} to be powered on and shut down")
 
         async def powered_on() -> None:
-            await ctx.record({"powered_on": vm_id})
+            await ctx.record(VSpherePoweredOn(moref=vm_id))
             await ctx.progress(0.5, f"VM {name} is running; waiting for it to shut down")
 
         await wait_power_cycle(
             session, vm,
-            seen_on=ctx.resources.get("powered_on") == vm_id, deadline=deadline,
+            seen_on=any(isinstance(r, VSpherePoweredOn) and r.moref == vm_id
+                        for r in ctx.resources), deadline=deadline,
             timeout=timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on)
         await ctx.progress(1.0, f"VM {name} has shut down")
 
     # ------------------------------------------------------------ cleanup
-    async def cleanup(self, resources: dict[str, Any]) -> list[str]:
-        removed = list(resources.get("removed", []))
-        return removed + await remove_partial(self.session, resources)
+    async def remove(self, resource: Resource) -> list[str]:
+        if isinstance(resource, VSphereImport):
+            return await remove_partial(self.session, resource.lease, resource.vm, resource.name)
+        if isinstance(resource, VSphereVm):
+            return await destroy_vm(self.session, resource.moref, resource.name)
+        raise PlatformError(f"vSphere: cannot remove {resource.describe()}")
 
-    async def remove(self, published: Published) -> list[str]:
+    @staticmethod
+    def legacy_resources(old: Mapping[str, Any]) -> list[Resource]:
+        """The dict a task recorded before resources were typed."""
+        out: list[Resource] = []
+        name = old.get("vm_name") or old.get("vm") or ""
+        if old.get("lease"):
+            out.append(VSphereImport(lease=old["lease"], vm=old.get("vm"), name=name))
+        elif old.get("vm"):
+            out.append(VSphereVm(moref=old["vm"], name=name, datacenter=""))
+        if old.get("deployed_vm"):
+            out.append(VSphereDeployedVm(moref=old["deployed_vm"]))
+        if old.get("powered_on"):
+            out.append(VSpherePoweredOn(moref=old["powered_on"]))
+        return out
+
+    async def unpublish(self, published: Published) -> list[str]:
         """Destroy a published VM or template (for tests and for a user's "unpublish")."""
         return await destroy_vm(self.session, published.resource["vm"],
                                 published.resource.get("vm_name", ""))
@@ -357,11 +423,6 @@ def session_key(config: Config) -> tuple[Any, ...]:
     password = hashlib.sha256(secret_from_env(config.password_env).encode()).hexdigest()
     return (config.host.lower(), config.port, user, password, config.insecure,
             str(config.ca_file))
-
-
-def is_detach(exc: BaseException) -> bool:
-    """True for the cancellation of a runner that detaches (it leaves resources recorded)."""
-    return isinstance(exc, asyncio.CancelledError) and DETACH_MESSAGE in exc.args
 
 
 def _vm_name(si: Any, vm: Any) -> str | None:

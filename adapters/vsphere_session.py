@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from adapters.base import AdapterError, secret_from_env
+from adapters.retry import retrying
 from adapters.vsphere_errors import fault_name, translate
 
 T = TypeVar("T")
@@ -138,7 +139,12 @@ class VSphereSession:
         except Exception as exc:
             raise translate(exc, doing) from exc
 
-    async def call(self, fn: Callable[[Any], T], doing: str) -> T:
+    async def call(self, fn: Callable[[Any], T], doing: str, *, idempotent: bool = False) -> T:
+        """``fn(si)`` on a worker thread. ``idempotent`` calls (reads) are retried after a
+        timeout or a dropped connection; a call that creates something is not (a second
+        ImportVApp would import twice)."""
+        if idempotent:
+            return await retrying(lambda: asyncio.to_thread(self.call_sync, fn, doing), doing)
         return await asyncio.to_thread(self.call_sync, fn, doing)
 
     @property

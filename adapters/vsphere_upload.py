@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, str], Awaitable[None]]
 
 
-class LeaseLost(PlatformError):
-    """The lease disappeared (its session expired); the import must start over."""
+class ImportLeaseLost(PlatformError):
+    """vCenter's HttpNfcLease (the OVF import's) disappeared, e.g. its session expired: the
+    import must start over. Not the task store's runner lease (``bot.store.LeaseLost``)."""
 
 
 @dataclass
@@ -48,7 +49,7 @@ def lease_props(si: Any, lease: Any) -> dict[str, Any]:
 
     found = props(si, [lease], vim.HttpNfcLease, ["state", "error", "info"])
     if not found:
-        raise LeaseLost("vSphere: the import lease no longer exists")
+        raise ImportLeaseLost("vSphere: the import lease no longer exists")
     return found[0]
 
 
@@ -72,13 +73,13 @@ async def wait_ready(session: VSphereSession, lease: Any, timeout: float = 600.0
 
 
 async def _lease_call(session: VSphereSession, call: Callable[[], object], doing: str) -> None:
-    """One HttpNfcLease method call; a lease that no longer exists raises LeaseLost."""
+    """One HttpNfcLease method call; a lease that no longer exists raises ImportLeaseLost."""
     def run(si: Any) -> None:
         try:
             call()
         except Exception as exc:
             if fault_name(exc) == "ManagedObjectNotFound":
-                raise LeaseLost("vSphere: the import lease was lost "
+                raise ImportLeaseLost("vSphere: the import lease was lost "
                                 f"({fault_message(exc)})") from exc
             raise
 
@@ -103,7 +104,7 @@ async def abort(session: VSphereSession, lease: Any) -> bool:
                 return False
             lease.HttpNfcLeaseAbort()
             return True
-        except LeaseLost:
+        except ImportLeaseLost:
             return False
         except Exception as exc:
             if fault_name(exc) in ("ManagedObjectNotFound", "InvalidState"):

@@ -61,13 +61,13 @@ async def destroy_vm(session: VSphereSession, moid: str, name: str) -> list[str]
     return [f"removed VM {name} ({moid})"] if gone else []
 
 
-async def remove_partial(session: VSphereSession, resources: dict[str, Any]) -> list[str]:
+async def remove_partial(session: VSphereSession, lease_id: str | None, vm_id: str | None,
+                         name: str) -> list[str]:
     """Abort a recorded lease and destroy a recorded VM; returns what was removed."""
     from pyVmomi import vim
 
     lines: list[str] = []
-    lease_id, vm_id = resources.get("lease"), resources.get("vm")
-    name = resources.get("vm_name") or vm_id or ""
+    name = name or vm_id or ""
     if lease_id:
         stub = await session.call(lambda si: si._stub, "connecting")
         try:

@@ -103,6 +103,7 @@ def child(mode: str, disk: Path, url: str, level: int, engine: str,
 
     import adapters.vsphere_upload as upload
     from adapters.base import PublishContext
+    from adapters.base import publish as publish_steps
     from adapters.vsphere import Adapter, Config
     from tests.vsphere.simulator import PASSWORD, PASSWORD_ENV, USER, USER_ENV
 
@@ -143,18 +144,14 @@ def child(mode: str, disk: Path, url: str, level: int, engine: str,
         async def progress(fraction: float, note: str) -> None:
             return None
 
-        resources: dict[str, Any] = {}
-
-        async def record(values: dict[str, Any]) -> None:
-            resources.update(values)
-
         name = f"bench-{mode}-{level}-{time.time_ns()}"
         ctx = PublishContext(task_id="bench", template="bench", image_name=name,
                              artifact=disk, artifact_format="raw",
-                             virtual_size=disk.stat().st_size, progress=progress, record=record,
-                             resources=resources)
-        await adapter.publish(ctx)
-        await adapter.close()
+                             virtual_size=disk.stat().st_size, progress=progress)
+        try:
+            await publish_steps(adapter, ctx)
+        finally:
+            await adapter.close()
 
     asyncio.run(publish())
     result["total_s"] = time.perf_counter() - start

@@ -61,6 +61,8 @@ def cancelled(removed: list[str]) -> str:
 
 
 def resumed_cleanup(removed: list[str]) -> str:
+    if not removed:
+        return "Resumed; nothing of the previous attempt had to be removed"
     return "Removed partial upload of the previous attempt: " + ", ".join(removed)
 
 

@@ -1,11 +1,13 @@
 """One "Publishing Layered Image" task as a list of steps with cleanup.
 
-compose → upload (adapter.publish) → [watch for shutdown] → done
+compose → upload (the adapter's steps, nested) → [watch for shutdown] → done
 
 Every state change is written to the store (with its event) before the work it
 announces starts. A task resumed by another runner restarts from its stage:
-``action_required`` skips straight to watching; ``uploading`` first removes the
-partial upload recorded by the dead runner, then composites (a cache hit) again.
+``action_required`` skips straight to watching (first removing any staging upload left
+by a runner that died after publishing); ``uploading`` first removes the partial work
+recorded by the dead runner (but keeps a resumable upload, which the adapter continues),
+then composites (a cache hit) again.
 """
 
 from __future__ import annotations
@@ -22,10 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import adapters
-from adapters.base import Adapter, Capability, PublishContext, Published
+from adapters import resources
+from adapters.base import (
+    Adapter,
+    Capability,
+    ProgressFn,
+    PublishContext,
+    Published,
+    Watcher,
+    clean_up,
+)
+from adapters.base import publish as publish_steps
+from adapters.resources import Lifetime, Resource
+from adapters.steps import Outcome, Step
 from bot import messages, states
 from bot.catalog import Catalog, Template
-from bot.steps import Outcome, Step
 from bot.store import LeaseLost, Task, TaskStore
 from compositor.evict import ArtifactHold, evict, hold_artifact_async
 from compositor.firstboot import publish_layer
@@ -51,7 +64,7 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     built: BuiltImage | None = None
     published: Published | None = None
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: list[Resource] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     #: keeps cache eviction (of any runner) away from the artifact until it is uploaded
     artifact_hold: ArtifactHold | None = None
@@ -66,10 +79,9 @@ class Job:
         self.task = await asyncio.to_thread(
             self.store.update, self.task.id, self.owner, event=event, data=data, **fields)
 
-    async def record(self, resource: dict[str, Any]) -> None:
-        """Persist an adapter's handles of what it created, before it relies on them."""
-        self.resources.update(resource)
-        await self.update(resources=self.resources)
+    async def persist(self, recorded: list[Resource]) -> None:
+        """Write what exists at the platform (an adapter calls it before relying on it)."""
+        await self.update(resources=resources.dump(recorded))
 
     async def add_event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
         await asyncio.to_thread(self.store.add_event, self.task.id, kind, message, data)
@@ -222,7 +234,7 @@ class UploadStep:
 
         self.context = publish_context(job, report)
         try:
-            published = await job.adapter.publish(self.context)
+            published = await publish_steps(job.adapter, self.context)
         finally:
             release_artifact(job)
         job.published = published
@@ -233,7 +245,8 @@ class UploadStep:
         await job.add_event("hint", messages.LOCAL_USER_HINT)
 
     async def cleanup(self, job: Job, outcome: Outcome) -> None:
-        """Remove a half-made upload; a finished VM/image is the user's to keep."""
+        """The adapter's steps removed what they made; this catches what they could not
+        reach (a failure between them and the store). A finished VM/image is kept."""
         if outcome in (Outcome.SUCCEEDED, Outcome.DETACHED) or job.published is not None:
             return
         await remove_partial(job)
@@ -251,6 +264,7 @@ class WatchStep:
         async def report(fraction: float, note: str) -> None:
             await job.add_event("guest", note, {"fraction": fraction})
 
+        assert isinstance(job.adapter, Watcher), "steps_for adds this step only with WATCH_POWER"
         await job.adapter.wait_for_shutdown(job.published, publish_context(job, report))
 
     async def cleanup(self, job: Job, outcome: Outcome) -> None:
@@ -263,7 +277,11 @@ def release_artifact(job: Job) -> None:
         job.artifact_hold = None
 
 
-def publish_context(job: Job, report: Any) -> PublishContext:
+async def _no_report(fraction: float, note: str) -> None:
+    """Cleanup reports no progress."""
+
+
+def publish_context(job: Job, report: ProgressFn = _no_report) -> PublishContext:
     built = job.built
     return PublishContext(
         task_id=job.task.id,
@@ -273,21 +291,31 @@ def publish_context(job: Job, report: Any) -> PublishContext:
         artifact_format=built.format if built else job.adapter.disk_format(),
         virtual_size=built.virtual_size if built else 0,
         progress=report,
-        record=job.record,
+        persist=job.persist,
         resources=job.resources,
         watch_timeout=job.catalog.runner.watch_timeout,
         scratch_dir=job.catalog.runner.work_dir,
+        removed=job.removed,
     )
 
 
-async def remove_partial(job: Job) -> None:
-    if not job.resources:
+async def remove_partial(job: Job, *, keep_resumable: bool = False) -> None:
+    """Remove what a publish that did not finish left (newest first), e.g. after a crash.
+    ``keep_resumable``: keep the upload of an adapter that can continue it."""
+    keep = (keep_resumable and Capability.RESUMABLE_UPLOAD in job.adapter.capabilities)
+    among = [r for r in job.resources
+             if r.lifetime is not Lifetime.MARK and not (keep and r.lifetime is Lifetime.STAGING)]
+    if not among:
         return
-    removed = await job.adapter.cleanup(dict(job.resources))
-    job.removed += removed
-    job.resources = {}
-    await job.update(resources={}, event=("cleanup", "Removed: " + ", ".join(removed) if removed
-                                    else "Nothing to remove"), data={"removed": removed})
+    removed = await clean_up(job.adapter, publish_context(job), Outcome.FAILED, among)
+    await job.add_event("cleanup", "Removed: " + ", ".join(removed) if removed
+                        else "Nothing to remove", {"removed": removed})
+
+
+async def remove_staging(job: Job) -> None:
+    """After success: the uploads that only fed the image (left by a runner that died)."""
+    if any(r.lifetime is Lifetime.STAGING for r in job.resources):
+        await clean_up(job.adapter, publish_context(job), Outcome.SUCCEEDED)
 
 
 def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog,
@@ -299,9 +327,14 @@ def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog,
     template = catalog.templates[task.template]
     if task.connector not in catalog.connectors:
         raise TaskConfigError(f"connector {task.connector!r} is no longer in {catalog.path.name}")
-    adapter = adapters.create(catalog.connectors[task.connector])
+    config = catalog.connectors[task.connector]
+    # read before the adapter exists: an error here leaves no session open
+    recorded = resources.load(task.resources, where=f"task {task.id}",
+                              legacy=getattr(adapters.adapter_class(config.type),
+                                             "legacy_resources", None))
+    adapter = adapters.create(config)
     job = Job(task=task, store=store, owner=owner, catalog=catalog, template=template,
-              adapter=adapter, resources=dict(task.resources), on_waiting=on_waiting)
+              adapter=adapter, resources=recorded, on_waiting=on_waiting)
     if task.published is not None:
         job.published = Published.from_json(task.published)
     return job

@@ -23,10 +23,10 @@ import time
 from collections.abc import Collection
 
 from adapters.base import AdapterError
+from adapters.steps import StepRunner, cancel, detach, is_detach
 from bot import messages, states
 from bot.catalog import Catalog
-from bot.publish import Job, TaskConfigError, build_job, remove_partial, steps_for
-from bot.steps import DETACH, StepRunner
+from bot.publish import Job, TaskConfigError, build_job, remove_partial, remove_staging, steps_for
 from bot.store import LeaseLost, Task, TaskStore
 from compositor import CompositorError, sweep_stale
 
@@ -147,7 +147,7 @@ class JobRunner:
         self._stopping = True
         jobs = list(self._jobs.values())
         for job in jobs:
-            job.cancel(DETACH)
+            detach(job)
         await asyncio.gather(*jobs, return_exceptions=True)
 
     # ------------------------------------------------------------ one task
@@ -159,7 +159,7 @@ class JobRunner:
             else:
                 await self._run_job(task)
         except asyncio.CancelledError as exc:
-            if DETACH not in exc.args:
+            if not is_detach(exc):
                 raise
             stopped_cleanly = self._stopping
         except LeaseLost:
@@ -194,10 +194,10 @@ class JobRunner:
                 if task_id not in renewed:
                     log.warning("task %s: lease lost, another runner has it", task_id)
                     self._leased.discard(task_id)
-                    job.cancel(DETACH)
+                    detach(job)
                 elif renewed[task_id] and task_id not in self._cancel_sent:
                     self._cancel_sent.add(task_id)
-                    job.cancel("layerbot:cancel")
+                    cancel(job)
 
     async def _fail(self, task: Task, reason: str) -> None:
         await asyncio.to_thread(
@@ -223,13 +223,15 @@ class JobRunner:
             await job.update(status=states.CANCELLED, event=("cancelled", messages.cancelled(job.removed)))
             return
         if task.status == states.UPLOADING and job.resources and job.published is None:
-            await remove_partial(job)
+            await remove_partial(job, keep_resumable=True)
             await job.add_event("resumed", messages.resumed_cleanup(job.removed))
             job.removed = []
+        if job.published is not None:
+            await remove_staging(job)
         try:
             await StepRunner(steps_for(job)).run(job)
         except asyncio.CancelledError as exc:
-            if DETACH in exc.args:
+            if is_detach(exc):
                 raise
             await job.update(status=states.CANCELLED, error="cancelled",
                        event=("cancelled", messages.cancelled(job.removed)),

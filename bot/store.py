@@ -27,9 +27,9 @@ from typing import Any
 
 import sqlite_utils
 
+from adapters.steps import Detach
 from bot import states
 from bot.migrations import migrate
-from bot.steps import Detach
 
 
 class TaskNotFound(KeyError):
@@ -65,7 +65,8 @@ class Task:
     lease_until: float
     cancel_requested: int
     attempts: int
-    resources: dict[str, Any]
+    #: JSON of adapters.resources (a list); a dict in rows written before resources were typed
+    resources: list[Any] | dict[str, Any]
     published: dict[str, Any] | None
 
     @property
@@ -75,7 +76,7 @@ class Task:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Task:
         data = dict(row)
-        data["resources"] = json.loads(data["resources"] or "{}")
+        data["resources"] = json.loads(data["resources"] or "[]")
         data["published"] = json.loads(data["published"]) if data["published"] else None
         return cls(**data)
 

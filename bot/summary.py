@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import adapters
 import compositor
+from adapters.base import Adapter
 from bot import messages
-from bot.catalog import Catalog
+from bot.catalog import Catalog, Template
 from bot.publish import image_spec, layer_sources
 from bot.store import Task, TaskStore
 
@@ -46,6 +47,15 @@ def plan(catalog: Catalog, name: str, *, check_cache: bool = True) -> PublishPla
         adapter = adapters.create(connector)
     except Exception as exc:
         raise PlanError(messages.connector_unusable(template.connector, exc)) from exc
+    try:
+        return _plan(catalog, name, template, adapter, check_cache=check_cache)
+    finally:  # a vSphere adapter holds a share of its vCenter session
+        adapters.close_blocking(adapter)
+
+
+def _plan(catalog: Catalog, name: str, template: Template, adapter: Adapter, *,
+          check_cache: bool) -> PublishPlan:
+    connector = catalog.connectors[template.connector]
     hit = None
     # Looking into the layers (image_spec) is only worth it when a cached image can exist:
     # a layer never built (or changed since) is not read at all while planning.

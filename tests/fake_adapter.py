@@ -4,6 +4,7 @@ cleanup can be checked, and can fail, block or wait for a "power off" file."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -14,10 +15,13 @@ from adapters.base import (
     ConnectorConfig,
     DiskFormat,
     PlatformError,
+    PlatformStep,
     PlatformTimeoutError,
     PublishContext,
     Published,
 )
+from adapters.resources import Resource
+from adapters.steps import Step
 
 #: A connector of this type, to splice into tests.conftest.BASIC_CATALOG with with_fake().
 FAKE_CONNECTOR = """\
@@ -50,6 +54,14 @@ class Config(ConnectorConfig):
     broken: bool = False
 
 
+class FakeVm(Resource):
+    kind: ClassVar[str] = "fake.vm"
+    path: Path
+
+    def describe(self) -> str:
+        return f"VM {self.path.name}"
+
+
 class Adapter:
     type_name: ClassVar[str] = "fake"
     platform: ClassVar[str] = "Fake hypervisor"
@@ -63,9 +75,12 @@ class Adapter:
     def disk_format(self) -> DiskFormat:
         return "raw"
 
-    async def publish(self, ctx: PublishContext) -> Published:
+    def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
+        return [PlatformStep("create-vm", self, self._create_vm)]
+
+    async def _create_vm(self, ctx: PublishContext) -> None:
         vm = self.config.path / f"{ctx.image_name}.vm"
-        await ctx.record({"vm": str(vm)})
+        await ctx.record(FakeVm(path=vm))
         self.config.path.mkdir(parents=True, exist_ok=True)
         with ctx.artifact.open("rb") as disk:
             vm.write_bytes(disk.read(4096))
@@ -76,8 +91,8 @@ class Adapter:
             await asyncio.Event().wait()
         if self.config.fail_upload:
             raise PlatformError("the datastore went away (simulated)")
-        return Published(link=vm.as_uri(), summary=f"VM {ctx.image_name} (powered off)",
-                         resource={"vm": str(vm)})
+        ctx.published = Published(link=vm.as_uri(), summary=f"VM {ctx.image_name} (powered off)",
+                                  resource={"vm": str(vm)})
 
     def next_steps(self, published: Published) -> str:
         return f"{published.summary} is created, but off. Power it on and let the scripts run."
@@ -92,12 +107,17 @@ class Adapter:
             await backoff.sleep()
         await ctx.progress(1.0, "guest powered off")
 
-    async def cleanup(self, resources: dict[str, Any]) -> list[str]:
-        vm = resources.get("vm")
-        if vm and Path(vm).exists():
-            Path(vm).unlink()
-            return [f"VM {Path(vm).name}"]
-        return []
+    async def remove(self, resource: Resource) -> list[str]:
+        assert isinstance(resource, FakeVm)
+        try:
+            resource.path.unlink()
+        except FileNotFoundError:
+            return []
+        return [resource.describe()]
+
+    @staticmethod
+    def legacy_resources(old: Mapping[str, Any]) -> list[Resource]:
+        return [FakeVm(path=old["vm"])] if old.get("vm") else []
 
     async def close(self) -> None:
         pass

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from adapters.base import PublishContext
+from adapters.base import PublishContext, clean_up, publish
 from adapters.local import Adapter, Config
+from adapters.steps import Outcome
 
 
 def context(tmp_path: Path, artifact: Path, progress: Any = None) -> PublishContext:
@@ -18,13 +19,9 @@ def context(tmp_path: Path, artifact: Path, progress: Any = None) -> PublishCont
         if progress is not None:
             await progress(fraction)
 
-    async def record(resource: dict[str, Any]) -> None:
-        ctx.resources.update(resource)
-
-    ctx = PublishContext(task_id="t1", template="tpl", image_name="tpl-1", artifact=artifact,
-                         artifact_format="raw", virtual_size=artifact.stat().st_size,
-                         progress=report, record=record)
-    return ctx
+    return PublishContext(task_id="t1", template="tpl", image_name="tpl-1", artifact=artifact,
+                          artifact_format="raw", virtual_size=artifact.stat().st_size,
+                          progress=report)
 
 
 def sparse_file(path: Path, size: int, data_at: list[int]) -> Path:
@@ -39,7 +36,7 @@ def sparse_file(path: Path, size: int, data_at: list[int]) -> Path:
 async def test_copy_keeps_the_file_sparse_and_identical(tmp_path: Path) -> None:
     src = sparse_file(tmp_path / "disk.img", 256 << 20, [0, 100 << 20])
     adapter = Adapter(Config(type="local", path=tmp_path / "out", format="raw"))
-    published = await adapter.publish(context(tmp_path, src))
+    published = await publish(adapter, context(tmp_path, src))
     dest = tmp_path / "out" / "tpl" / "t1.img"
     assert published.link == dest.resolve().as_uri()
     assert dest.read_bytes() == src.read_bytes()
@@ -56,11 +53,12 @@ async def test_cancel_stops_the_copy_and_leaves_no_partial_file(tmp_path: Path) 
         started.set()
 
     ctx = context(tmp_path, src, progress)
-    job = asyncio.create_task(adapter.publish(ctx))
+    job = asyncio.create_task(publish(adapter, ctx))
     await asyncio.wait_for(started.wait(), 30)
     job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await job
     out = tmp_path / "out" / "tpl"
     assert list(out.iterdir()) == []
-    assert await adapter.cleanup(ctx.resources) == []  # nothing left to remove
+    assert ctx.resources == []  # nothing left to remove
+    assert await clean_up(adapter, ctx, Outcome.FAILED) == []

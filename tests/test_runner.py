@@ -235,3 +235,35 @@ async def test_max_parallel_bounds_the_tasks_worked_at_once(
         # one after the other: every event of the older task (after "created") comes first
         worked = {i: [e.id for e in store.events(i) if e.kind != "created"] for i in ids}
         assert max(worked[ids[0]]) < min(worked[ids[1]])
+
+
+async def test_a_task_recorded_in_the_old_dict_format_is_resumed_and_cleaned_up(
+        write_catalog: Callable[[str], Path], store: TaskStore, catalog_dir: Path) -> None:
+    """Rows written before resources were typed hold a dict: the adapter reads it, the
+    partial VM it names is removed, and the task is published again."""
+    cat = load_catalog(write_catalog(with_fake()))
+    task_id = queue(store, cat)
+    old_vm = catalog_dir / "vms" / "left-by-a-dead-runner.vm"
+    old_vm.parent.mkdir(parents=True)
+    old_vm.write_bytes(b"half")
+    assert store.claim("dead-runner", 0.01) is not None
+    for status in (states.COMPOSITING, states.UPLOADING):
+        store.update(task_id, "dead-runner", status=status)
+    store.db.execute("UPDATE tasks SET resources = ? WHERE id = ?",
+                     [json.dumps({"vm": str(old_vm)}), task_id])
+    stop = asyncio.Event()
+    runner = JobRunner(store, cat, poll_interval=0.05)
+    work = asyncio.create_task(runner.run(only=[task_id], stop=stop))
+    try:
+        async with asyncio.timeout(60):
+            while store.get(task_id).status != states.ACTION_REQUIRED:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(work, 30)
+    assert not old_vm.exists()
+    resumed = [e.message for e in store.events(task_id) if e.kind == "resumed"]
+    assert resumed[-1] == ("Removed partial upload of the previous attempt: "
+                           "VM left-by-a-dead-runner.vm")
+    [kind] = {r["kind"] for r in store.get(task_id).resources}  # the list format from now on
+    assert kind == "fake.vm"

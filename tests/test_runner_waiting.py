@@ -59,19 +59,19 @@ async def test_many_tasks_wait_for_their_guests_at_once_without_a_thread_each(
                                cache_key="k", cache_hit=True)
 
     working = peak = 0
-    real_publish = FakeAdapter.publish
+    real_create = FakeAdapter._create_vm
 
-    async def counting_publish(self: FakeAdapter, ctx):  # type: ignore[no-untyped-def]
+    async def counting_create(self: FakeAdapter, ctx):  # type: ignore[no-untyped-def]
         nonlocal working, peak
         working += 1
         peak = max(peak, working)
         try:
-            return await real_publish(self, ctx)
+            return await real_create(self, ctx)
         finally:
             working -= 1
 
     monkeypatch.setattr(ComposeStep, "run", cheap_compose)
-    monkeypatch.setattr(FakeAdapter, "publish", counting_publish)
+    monkeypatch.setattr(FakeAdapter, "_create_vm", counting_create)
     ids = [queue(store, cat) for _ in range(MANY)]
     threads_before = threading.active_count()
     most_threads = 0

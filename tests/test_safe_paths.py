@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import PlatformError
+from adapters.base import PlatformError, publish
 from adapters.local import Adapter as LocalAdapter
 from adapters.local import Config as LocalConfig
 from adapters.qemu import Adapter as QemuAdapter
@@ -45,7 +45,7 @@ async def test_local_publish_of_an_escaping_template_writes_nothing(tmp_path: Pa
     ctx = context(tmp_path, artifact)
     ctx.template = "../../escape-tpl"
     with pytest.raises(PlatformError, match=re.escape("refusing to publish template '../../escape-tpl'")):
-        await adapter.publish(ctx)
+        await publish(adapter, ctx)
     assert not (tmp_path / "escape-tpl").exists() and not (tmp_path / "out").exists()
 
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from bot.steps import DETACH, Detach, Outcome, StepRunner
+from adapters.steps import Detach, Outcome, StepRunner, StopReason
 
 
 class Recorder:
@@ -46,8 +46,9 @@ async def test_a_failing_cleanup_does_not_stop_the_others() -> None:
     assert [n for n, _ in rec.cleaned] == ["b", "a"]
 
 
-@pytest.mark.parametrize(("message", "expected"), [("user", Outcome.CANCELLED),
-                                                   (DETACH, Outcome.DETACHED)])
+@pytest.mark.parametrize(("message", "expected"), [(StopReason.CANCEL.value, Outcome.CANCELLED),
+                                                   ("user", Outcome.CANCELLED),
+                                                   (StopReason.DETACH.value, Outcome.DETACHED)])
 async def test_cancel_and_detach(message: str, expected: Outcome) -> None:
     rec = Recorder()
     job = asyncio.create_task(StepRunner([Named("a"), Named("b", block=True), Named("c")]).run(rec))

@@ -18,8 +18,17 @@ import pytest
 import compositor
 from adapters import qemu as qemu_adapter
 from adapters import qemu_vm as vmfiles
-from adapters.base import PlatformError, PlatformTimeoutError, PublishContext, Published
-from adapters.qemu import Adapter, Config
+from adapters.base import (
+    PlatformError,
+    PlatformTimeoutError,
+    PublishContext,
+    Published,
+    clean_up,
+    publish,
+)
+from adapters.qemu import Adapter, Config, QemuVm
+from adapters.resources import Resource
+from adapters.steps import Outcome
 from compositor.spec import BuiltImage, Filesystem, ImageSpec, LayerSource
 from tests.conftest import write_tar
 from tests.qemu.conftest import REPO
@@ -44,22 +53,26 @@ async def raw_disk(tmp_path: Path, members: dict[str, bytes | None],
 class Recorder:
     def __init__(self) -> None:
         self.notes: list[str] = []
-        self.resources: dict[str, Any] = {}
+        self.resources: list[Resource] = []
+        self.ctx: PublishContext | None = None
 
     async def progress(self, fraction: float, note: str) -> None:
         self.notes.append(note)
 
-    async def record(self, resource: dict[str, Any]) -> None:
-        self.resources.update(resource)
-
     def context(self, built: BuiltImage | None, *, watch_timeout: float = 30.0,
                 task_id: str = "t0000001") -> PublishContext:
-        return PublishContext(
+        self.ctx = PublishContext(
             task_id=task_id, template="debian", image_name="debian-20261126T010101Z",
             artifact=built.path if built else Path("/nonexistent"),
             artifact_format=built.format if built else "raw",
             virtual_size=built.virtual_size if built else 0, progress=self.progress,
-            record=self.record, resources=self.resources, watch_timeout=watch_timeout)
+            resources=self.resources, watch_timeout=watch_timeout)
+        return self.ctx
+
+    async def cleanup(self, target: Adapter) -> list[str]:
+        """What a runner does with the recorded resources after a failure or a crash."""
+        assert self.ctx is not None
+        return await clean_up(target, self.ctx, Outcome.FAILED)
 
 
 def adapter(tmp_path: Path, **settings: Any) -> Adapter:
@@ -71,10 +84,10 @@ async def test_publish_writes_a_qcow2_and_a_definition_off_with_direct_kernel_bo
     built = await raw_disk(tmp_path, LINUX)
     rec = Recorder()
     target = adapter(tmp_path, memory_mb=768, cpus=1, accel="tcg")
-    published = await target.publish(rec.context(built))
+    published = await publish(target, rec.context(built))
 
     vm_dir = tmp_path / "vms" / "debian-20261126T010101Z"
-    assert rec.resources == {"vm_dir": str(vm_dir)}  # recorded before anything was made
+    assert rec.resources == [QemuVm(vm_dir=vm_dir)]  # recorded before anything was made
     assert published.link == (vm_dir / "start.sh").resolve().as_uri()
     assert "created, powered off; direct kernel boot" in published.summary
     info = json.loads(subprocess.check_output(
@@ -110,19 +123,19 @@ async def test_a_disk_without_a_kernel_is_refused_before_anything_is_made(
     rec = Recorder()
     target = adapter(tmp_path)
     with pytest.raises(PlatformError) as failed:
-        await target.publish(rec.context(built))
+        await publish(target, rec.context(built))
     assert str(failed.value).startswith(
         "the qemu target boots Linux OS layers directly with the kernel in their /boot "
         "(layerbot's disk has no boot loader, so firmware boot cannot work); ")
     assert why in str(failed.value)
-    assert rec.resources == {}  # nothing recorded, nothing to clean up
+    assert rec.resources == []  # nothing recorded, nothing to clean up
     assert not (tmp_path / "vms").exists()
 
 
 async def test_a_second_publish_in_the_same_second_gets_its_own_vm(tmp_path: Path) -> None:
     built = await raw_disk(tmp_path, TINY)
-    first = await adapter(tmp_path).publish(Recorder().context(built))
-    second = await adapter(tmp_path).publish(Recorder().context(built, task_id="t0000002"))
+    first = await publish(adapter(tmp_path), Recorder().context(built))
+    second = await publish(adapter(tmp_path), Recorder().context(built, task_id="t0000002"))
     assert first.resource["name"] == "debian-20261126T010101Z"
     assert second.resource["name"] == "debian-20261126T010101Z-t0000002"
     assert vmfiles.VmDefinition.load(Path(second.resource["vm_dir"])).task_id == "t0000002"
@@ -139,16 +152,17 @@ async def test_a_failed_conversion_leaves_nothing_after_cleanup(
     target = adapter(tmp_path)
     ctx = rec.context(built)
     with pytest.raises(PlatformError, match="qemu-img convert failed: qemu-img: Could not open"):
-        await target.publish(ctx)
-    removed = await target.cleanup(rec.resources)
-    assert removed == [f"VM directory {tmp_path / 'vms' / 'debian-20261126T010101Z'}"]
+        await publish(target, ctx)
+    # the publish's own step undid it
+    assert ctx.removed == [f"VM directory {tmp_path / 'vms' / 'debian-20261126T010101Z'}"]
     assert not list((tmp_path / "vms").iterdir())
-    assert await target.cleanup(rec.resources) == []  # idempotent
+    assert rec.resources == [] and await rec.cleanup(target) == []
+    assert await target.remove(QemuVm(vm_dir=tmp_path / "vms" / "gone")) == []  # idempotent
 
 
 async def test_watch_follows_the_state_files_and_survives_a_new_adapter(tmp_path: Path) -> None:
     built = await raw_disk(tmp_path, TINY)
-    published = await adapter(tmp_path).publish(Recorder().context(built))
+    published = await publish(adapter(tmp_path), Recorder().context(built))
     vm_dir = Path(published.resource["vm_dir"])
     rec = Recorder()
     # a restarted runner has only the stored JSON
@@ -178,7 +192,7 @@ async def test_watch_times_out(tmp_path: Path) -> None:
     built = await raw_disk(tmp_path, TINY)
     rec = Recorder()
     target = adapter(tmp_path)
-    published = await target.publish(rec.context(built))
+    published = await publish(target, rec.context(built))
     with pytest.raises(PlatformTimeoutError, match="did not power off within 1 s"):
         await target.wait_for_shutdown(published, rec.context(built, watch_timeout=1))
 
@@ -194,7 +208,7 @@ async def small_published_vm(tmp_path: Path) -> tuple[Recorder, Any, Path]:
     built = await raw_disk(tmp_path, TINY)
     rec = Recorder()
     target = adapter(tmp_path, accel="tcg", memory_mb=128, cpus=1)
-    published = await target.publish(rec.context(built))
+    published = await publish(target, rec.context(built))
     return rec, target, Path(published.resource["vm_dir"])
 
 
@@ -226,7 +240,7 @@ async def test_cleanup_of_a_half_made_vm_stops_its_qemu(tmp_path: Path) -> None:
         await asyncio.to_thread(vmfiles.start, vm_dir)
         pid = vmfiles.qemu_pid(vm_dir)
         assert pid is not None
-        assert await target.cleanup(rec.resources) == [f"VM directory {vm_dir}"]
+        assert await rec.cleanup(target) == [f"VM directory {vm_dir}"]
         assert not vm_dir.exists()
         assert not Path(f"/proc/{pid}").exists() or b"qemu" not in Path(
             f"/proc/{pid}/cmdline").read_bytes()

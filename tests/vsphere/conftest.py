@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from adapters.base import PublishContext
+from adapters.base import PublishContext, clean_up
+from adapters.resources import R, Resource, latest
+from adapters.steps import Outcome
 
 from .simulator import (
     PASSWORD,
@@ -77,8 +79,10 @@ class Recorder:
     """What the runner would see: progress notes and recorded resources."""
 
     progress: list[tuple[float, str]] = field(default_factory=list)
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: list[Resource] = field(default_factory=list)
     hooks: list[Any] = field(default_factory=list)
+    #: the last context made (its ``removed`` lists what the publish's own cleanup removed)
+    ctx: PublishContext | None = None
 
     def context(self, artifact: Path, name: str, *, watch_timeout: float = 60.0
                 ) -> PublishContext:
@@ -87,14 +91,19 @@ class Recorder:
             for hook in list(self.hooks):
                 await hook(fraction, note)
 
-        async def record(values: dict[str, Any]) -> None:
-            self.resources.update(values)
-
-        ctx = PublishContext(
+        self.ctx = PublishContext(
             task_id="t1", template="win10-office", image_name=name, artifact=artifact,
             artifact_format="raw", virtual_size=artifact.stat().st_size, progress=progress,
-            record=record, resources=self.resources, watch_timeout=watch_timeout)
-        return ctx
+            resources=self.resources, watch_timeout=watch_timeout)
+        return self.ctx
+
+    def latest(self, cls: type[R]) -> R | None:
+        return latest(self.resources, cls)
+
+    async def cleanup(self, adapter: Any) -> list[str]:
+        """What a runner does with the recorded resources after a failure or a crash."""
+        assert self.ctx is not None
+        return await clean_up(adapter, self.ctx, Outcome.FAILED)
 
 
 def connector(sim: VcSim, **overrides: Any) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from adapters.base import (
     NotFoundError,
     PlatformError,
     PlatformTimeoutError,
+    publish,
 )
+from adapters.vsphere import VSphereImport
 
 from .conftest import PASSWORD, PASSWORD_ENV, USER_ENV, Recorder, VcSim, connector, find_vms
 
@@ -96,7 +98,7 @@ async def test_wrong_password(vcsim: VcSim, vc_env: None, raw_disk: Path,
     monkeypatch.setenv(PASSWORD_ENV, "wrong-password")
     adapter = make_adapter(vcsim)
     with pytest.raises(AuthError) as info:
-        await adapter.publish(Recorder().context(raw_disk, "nope"))
+        await publish(adapter, Recorder().context(raw_disk, "nope"))
     assert PASSWORD_ENV in str(info.value)
     assert "wrong-password" not in str(info.value) and PASSWORD not in str(info.value)
     assert "Login failure" in str(info.value) or "login" in str(info.value).lower()
@@ -114,7 +116,7 @@ async def test_missing_objects_are_named(vcsim: VcSim, vc_env: None, raw_disk: P
     adapter = make_adapter(vcsim, **override)
     rec = Recorder()
     with pytest.raises(NotFoundError, match=named):
-        await adapter.publish(rec.context(raw_disk, "missing"))
+        await publish(adapter, rec.context(raw_disk, "missing"))
     assert find_vms(vcsim, "missing") == []
     await adapter.close()
 
@@ -131,7 +133,7 @@ async def test_session_expiry_mid_publish(vcsim: VcSim, vc_env: None, raw_disk: 
             vcsim.si().content.sessionManager.TerminateSession([key])
 
     rec.hooks.append(expire)
-    published = await adapter.publish(rec.context(raw_disk, "survivor"))
+    published = await publish(adapter, rec.context(raw_disk, "survivor"))
     assert killed and adapter.session.logins == 2
     assert [vm._moId for vm in find_vms(vcsim, "survivor")] == [published.resource["vm"]]
     await adapter.close()
@@ -141,7 +143,7 @@ async def test_cancel_during_upload_leaves_nothing(vcsim: VcSim, vc_env: None,
                                                    raw_disk: Path) -> None:
     adapter = make_adapter(vcsim)
     rec = Recorder()
-    task = asyncio.create_task(adapter.publish(rec.context(raw_disk, "cancel-me")))
+    task = asyncio.create_task(publish(adapter, rec.context(raw_disk, "cancel-me")))
 
     async def cancel(fraction: float, note: str) -> None:
         assert find_vms(vcsim, "cancel-me"), "the VM exists while uploading"
@@ -151,17 +153,21 @@ async def test_cancel_during_upload_leaves_nothing(vcsim: VcSim, vc_env: None,
     with pytest.raises(asyncio.CancelledError):
         await task
     assert find_vms(vcsim, "cancel-me") == []
-    removed = await adapter.cleanup(rec.resources)  # what the runner then reports
+    assert rec.ctx is not None
+    removed = rec.ctx.removed  # what the runner then reports
     assert any(line.startswith("removed VM cancel-me (vm-") for line in removed)
     assert any("aborted the disk upload" in line for line in removed)
-    assert await adapter.cleanup({"vm": "vm-999999", "lease": "lease-x"}) == []
+    assert rec.resources == [] and await rec.cleanup(adapter) == []
+    gone = Recorder(resources=[VSphereImport(lease="lease-x", vm="vm-999999", name="x")])
+    gone.context(raw_disk, "x")
+    assert await gone.cleanup(adapter) == [] and gone.resources == []  # already gone: fine
     await adapter.close()
 
 
 async def test_watch_timeout(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     adapter = make_adapter(vcsim)
     rec = Recorder()
-    published = await adapter.publish(rec.context(raw_disk, "never-started"))
+    published = await publish(adapter, rec.context(raw_disk, "never-started"))
     expected = "waited 2 s for the VM to be powered on and shut down; the watch timed out"
     with pytest.raises(PlatformTimeoutError, match=expected):
         await adapter.wait_for_shutdown(published, rec.context(raw_disk, "x", watch_timeout=2))
@@ -171,10 +177,10 @@ async def test_watch_timeout(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None
 async def test_vm_deleted_during_watch(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     adapter = make_adapter(vcsim)
     rec = Recorder()
-    published = await adapter.publish(rec.context(raw_disk, "deleted"))
+    published = await publish(adapter, rec.context(raw_disk, "deleted"))
     watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
     await asyncio.sleep(0.3)
-    assert await adapter.remove(published) == [f"removed VM deleted ({published.resource['vm']})"]
+    assert await adapter.unpublish(published) == [f"removed VM deleted ({published.resource['vm']})"]
     with pytest.raises(NotFoundError, match="deleted"):
         await asyncio.wait_for(watch, 15)
     await adapter.close()
@@ -187,7 +193,7 @@ async def test_insufficient_space(vcsim: VcSim, vc_env: None, raw_disk: Path,
     monkeypatch.setattr(adapters.vsphere, "_data_bytes", lambda raw: 2**60)
     adapter = make_adapter(vcsim, datastore="LocalDS_1")
     with pytest.raises(InsufficientSpaceError, match=r"datastore 'LocalDS_1' has .* GiB free"):
-        await adapter.publish(Recorder().context(raw_disk, "too-big"))
+        await publish(adapter, Recorder().context(raw_disk, "too-big"))
     assert find_vms(vcsim, "too-big") == []
     await adapter.close()
 
@@ -234,8 +240,8 @@ def test_module_imports_no_sdk() -> None:
 
 async def test_watch_of_a_removed_vm(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     adapter = make_adapter(vcsim)
-    published = await adapter.publish(Recorder().context(raw_disk, "gone"))
-    await adapter.remove(published)
+    published = await publish(adapter, Recorder().context(raw_disk, "gone"))
+    await adapter.unpublish(published)
     with pytest.raises(NotFoundError, match="no longer exists"):
         await adapter.wait_for_shutdown(published, Recorder().context(raw_disk, "x"))
     await adapter.close()
@@ -258,7 +264,7 @@ async def test_idle_session_expiry_mid_publish(vcsim_binary: Path, vc_env: None,
                 await asyncio.sleep(2.5)  # the upload stalls; the session expires meanwhile
 
         rec.hooks.append(stall)
-        published = await adapter.publish(rec.context(raw_disk, "idle"))
+        published = await publish(adapter, rec.context(raw_disk, "idle"))
         assert adapter.session.logins >= 2
         assert [vm._moId for vm in find_vms(sim, "idle")] == [published.resource["vm"]]
         await adapter.close()
@@ -274,9 +280,10 @@ async def test_upload_failure_removes_the_vm(vcsim: VcSim, vc_env: None, raw_dis
                         lambda url: real(url).replace("/nfc/", "/nfc/no-such-lease-"))
     rec = Recorder()
     with pytest.raises(PlatformError, match="uploading the disk failed: HTTP 404"):
-        await adapter.publish(rec.context(raw_disk, "broken-upload"))
+        await publish(adapter, rec.context(raw_disk, "broken-upload"))
     assert find_vms(vcsim, "broken-upload") == []
-    removed = await adapter.cleanup(rec.resources)
+    assert rec.ctx is not None
+    removed = rec.ctx.removed
     assert any(line.startswith("removed VM broken-upload (vm-") for line in removed)
     await adapter.close()
 
@@ -285,7 +292,7 @@ async def test_watch_refuses_another_vcenter(vcsim: VcSim, vc_env: None, raw_dis
     from adapters.base import Published
 
     adapter = make_adapter(vcsim)
-    published = await adapter.publish(Recorder().context(raw_disk, "elsewhere"))
+    published = await publish(adapter, Recorder().context(raw_disk, "elsewhere"))
     moved = Published.from_json(published.to_json())
     moved.resource["vcenter"] = "00000000-0000-0000-0000-000000000000"
     with pytest.raises(NotFoundError, match="is not the vCenter the image was published to"):
@@ -299,23 +306,23 @@ async def test_detach_during_upload_keeps_the_vm_for_cleanup(vcsim: VcSim, vc_en
     aborted. The next runner's cleanup of the recorded resources removes the VM."""
     from pyVmomi import vim
 
-    from adapters.base import DETACH_MESSAGE
+    from adapters.steps import detach
     from adapters.vsphere_upload import lease_props
 
     adapter = make_adapter(vcsim)
     rec = Recorder()
-    task = asyncio.create_task(adapter.publish(rec.context(raw_disk, "detach-me")))
+    task = asyncio.create_task(publish(adapter, rec.context(raw_disk, "detach-me")))
 
-    async def detach(fraction: float, note: str) -> None:
-        task.cancel(DETACH_MESSAGE)
+    async def detach_now(fraction: float, note: str) -> None:
+        detach(task)
 
-    rec.hooks.append(detach)
+    rec.hooks.append(detach_now)
     with pytest.raises(asyncio.CancelledError):
         await task
     vms = find_vms(vcsim, "detach-me")
-    assert [vm._moId for vm in vms] == [rec.resources["vm"]]  # kept, and still recorded
-    assert rec.resources.get("lease") and "removed" not in rec.resources
-    lease_id = rec.resources["lease"]
+    importing = rec.latest(VSphereImport)
+    assert importing is not None and [vm._moId for vm in vms] == [importing.vm]  # kept, recorded
+    lease_id = importing.lease
     try:  # through the adapter's session: vcsim's leases belong to the session
         state = await adapter.session.call(
             lambda si: lease_props(si, vim.HttpNfcLease(lease_id, si._stub)).get("state"),
@@ -323,7 +330,7 @@ async def test_detach_during_upload_keeps_the_vm_for_cleanup(vcsim: VcSim, vc_en
     except (PlatformError, NotFoundError):  # an aborted lease is removed
         state = "gone"
     assert state in ("error", "gone")  # aborted: the partial VM gets no more data
-    removed = await adapter.cleanup(rec.resources)  # the next runner
+    removed = await rec.cleanup(adapter)  # the next runner
     assert any(line.startswith("removed VM detach-me (vm-") for line in removed)
     assert find_vms(vcsim, "detach-me") == []
     await adapter.close()
@@ -360,7 +367,7 @@ class _Lease:
 async def test_lease_calls_share_one_helper() -> None:
     from pyVmomi import vmodl
 
-    from adapters.vsphere_upload import LeaseLost, _lease_call, complete, set_progress
+    from adapters.vsphere_upload import ImportLeaseLost, _lease_call, complete, set_progress
 
     session, lease = _Session(), _Lease()
     await set_progress(session, lease, 42)  # type: ignore[arg-type]
@@ -369,7 +376,7 @@ async def test_lease_calls_share_one_helper() -> None:
     assert session.doing == ["updating the import lease", "completing the import"]
     gone = _Lease(vmodl.fault.ManagedObjectNotFound(msg="lease-7 is gone"))
     for call in (lambda: set_progress(session, gone, 1), lambda: complete(session, gone)):  # type: ignore[arg-type]
-        with pytest.raises(LeaseLost, match=r"import lease was lost \(lease-7 is gone\)"):
+        with pytest.raises(ImportLeaseLost, match=r"import lease was lost \(lease-7 is gone\)"):
             await call()
     other = _Lease(RuntimeError("boom"))
     with pytest.raises(RuntimeError, match="boom"):

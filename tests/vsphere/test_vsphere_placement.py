@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from adapters import config_model, create
-from adapters.base import NotFoundError
+from adapters.base import NotFoundError, publish
 from adapters.vsphere_inventory import PlacementPathError
 
 from .conftest import Recorder, VcSim, connector, find_vms
@@ -60,7 +60,7 @@ async def test_folder_pool_and_network_are_used(vcsim: VcSim, vc_env: None, raw_
     pool = make_pool(vcsim, "Layering")
     adapter = make_adapter(vcsim, folder="Layering/Published", resource_pool="Layering",
                            network=network)
-    await adapter.publish(Recorder().context(raw_disk, "placed"))
+    await publish(adapter, Recorder().context(raw_disk, "placed"))
     await adapter.close()
 
     [vm] = find_vms(vcsim, "placed")
@@ -89,7 +89,7 @@ async def test_template_in_a_nested_folder_has_its_disk(vcsim: VcSim, vc_env: No
     folder = make_folders(vcsim, "Templates", "Desktops")
     adapter = make_adapter(vcsim, mode="template", folder="/Templates/Desktops/",
                            datastore="LocalDS_1")
-    published = await adapter.publish(Recorder().context(raw_disk, "tpl-placed"))
+    published = await publish(adapter, Recorder().context(raw_disk, "tpl-placed"))
     await adapter.close()
     assert published.resource["mode"] == "template"
 
@@ -113,7 +113,7 @@ async def test_missing_folder_and_pool_are_named(vcsim: VcSim, vc_env: None,
     make_folders(vcsim, "Layering")
     adapter = make_adapter(vcsim, folder="Layering/Nope", resource_pool="NoPool")
     with pytest.raises(NotFoundError) as info:
-        await adapter.publish(Recorder().context(raw_disk, "misplaced"))
+        await publish(adapter, Recorder().context(raw_disk, "misplaced"))
     await adapter.close()
     assert str(info.value) == ("vSphere: not found in datacenter 'DC0': resource pool 'NoPool', "
                                "VM folder 'Layering/Nope'")
@@ -125,7 +125,7 @@ async def test_template_nic_on_a_distributed_port_group(vcsim: VcSim, vc_env: No
     [src] = find_vms(vcsim, "DC0_C0_RP0_VM0")  # its NIC is on DC0_DVPG0
     adapter = make_adapter(vcsim, network=None, vm_template="DC0_C0_RP0_VM0")
     try:
-        await adapter.publish(Recorder().context(raw_disk, "dvpg-copy"))
+        await publish(adapter, Recorder().context(raw_disk, "dvpg-copy"))
     finally:
         await adapter.close()
     [vm] = find_vms(vcsim, "dvpg-copy")
@@ -142,7 +142,7 @@ async def test_paths_as_govc_ansible_and_powercli_write_them(
     layering = make_pool(vcsim, "Layering")
     child = make_pool(vcsim, "Child", parent=layering)
     adapter = make_adapter(vcsim, folder=folder, resource_pool=pool)
-    await adapter.publish(Recorder().context(raw_disk, "govc-placed"))
+    await publish(adapter, Recorder().context(raw_disk, "govc-placed"))
     await adapter.close()
     [vm] = find_vms(vcsim, "govc-placed")
     assert vm.parent == target
@@ -162,7 +162,7 @@ async def test_a_path_in_another_datacenter_is_refused(vcsim: VcSim, vc_env: Non
     ]:
         adapter = make_adapter(vcsim, **settings)
         with pytest.raises(PlacementPathError) as info:
-            await adapter.publish(Recorder().context(raw_disk, "elsewhere"))
+            await publish(adapter, Recorder().context(raw_disk, "elsewhere"))
         await adapter.close()
         assert str(info.value).startswith(text)
     assert find_vms(vcsim, "elsewhere") == []
@@ -173,5 +173,5 @@ async def test_a_pool_of_another_compute_resource_is_refused(vcsim: VcSim, vc_en
     adapter = make_adapter(vcsim, resource_pool="host/DC0_H0/Resources")  # a standalone host's
     with pytest.raises(PlacementPathError, match="resource_pool 'host/DC0_H0/Resources' belongs to "
                        "'DC0/host/DC0_H0', not to the connector's cluster 'DC0_C0'"):
-        await adapter.publish(Recorder().context(raw_disk, "other-cluster"))
+        await publish(adapter, Recorder().context(raw_disk, "other-cluster"))
     await adapter.close()

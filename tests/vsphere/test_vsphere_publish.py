@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from adapters import config_model, create
-from adapters.base import Capability, Published
+from adapters.base import Capability, Published, publish
+from adapters.vsphere import VSphereDeployedVm, VSphereImport, VSpherePoweredOn, VSphereVm
 from compositor.sweep import BUILD_PREFIX, owner_prefix
 
 from .conftest import Recorder, VcSim, connector, find_vms, run_task
@@ -29,7 +30,7 @@ async def test_publish_vm_then_power_cycle(vcsim: VcSim, vc_env: None, raw_disk:
     assert adapter.disk_format() == "raw"
     assert Capability.WATCH_POWER in adapter.capabilities
     rec = Recorder()
-    published = await adapter.publish(rec.context(raw_disk, "win10-office-20261126T0101"))
+    published = await publish(adapter, rec.context(raw_disk, "win10-office-20261126T0101"))
 
     [vm] = find_vms(vcsim, "win10-office-20261126T0101")
     assert vm.runtime.powerState == "poweredOff"
@@ -42,7 +43,9 @@ async def test_publish_vm_then_power_cycle(vcsim: VcSim, vc_env: None, raw_disk:
         f"{vm._moId}:{about.instanceUuid}")
     assert published.resource["vm"] == vm._moId
     assert "password" not in repr(published.to_json()).lower()
-    assert rec.resources["vm"] == vm._moId and rec.resources["lease"] is None
+    recorded = rec.latest(VSphereVm)
+    assert recorded is not None and recorded.moref == vm._moId
+    assert rec.latest(VSphereImport) is None
     assert rec.progress and rec.progress[-1][0] == pytest.approx(1.0)
     text = adapter.next_steps(published)
     assert text.startswith("The virtual machine win10-office-20261126T0101 is created, but off.")
@@ -56,7 +59,7 @@ async def test_publish_vm_then_power_cycle(vcsim: VcSim, vc_env: None, raw_disk:
     assert not watch.done()
     run_task(vcsim, vm.PowerOffVM_Task())
     await asyncio.wait_for(watch, 15)
-    assert rec.resources["powered_on"] == vm._moId
+    assert rec.latest(VSpherePoweredOn) == VSpherePoweredOn(moref=vm._moId)
     await adapter.close()
 
 
@@ -66,12 +69,12 @@ async def test_a_vm_powered_on_before_the_watch_begins_is_announced(
     # restarted bot): the task still says the VM is running and records it
     adapter = make_adapter(vcsim)
     rec = Recorder()
-    published = await adapter.publish(rec.context(raw_disk, "early-on"))
+    published = await publish(adapter, rec.context(raw_disk, "early-on"))
     [vm] = find_vms(vcsim, "early-on")
     run_task(vcsim, vm.PowerOnVM_Task())
     watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
     async with asyncio.timeout(15):
-        while rec.resources.get("powered_on") != vm._moId:
+        while rec.latest(VSpherePoweredOn) != VSpherePoweredOn(moref=vm._moId):
             await asyncio.sleep(0.05)
     assert any(note == "VM early-on is running; waiting for it to shut down"
                for _, note in rec.progress)
@@ -88,7 +91,7 @@ async def test_a_power_cycle_right_after_the_events_were_read_is_not_missed(
 
     adapter = make_adapter(vcsim)
     rec = Recorder()
-    published = await adapter.publish(rec.context(raw_disk, "quick-guest"))
+    published = await publish(adapter, rec.context(raw_disk, "quick-guest"))
     [vm] = find_vms(vcsim, "quick-guest")
     real = watch_module.was_powered_on
     cycled: list[bool] = []
@@ -103,7 +106,7 @@ async def test_a_power_cycle_right_after_the_events_were_read_is_not_missed(
 
     monkeypatch.setattr(watch_module, "was_powered_on", then_cycle)
     await asyncio.wait_for(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")), 20)
-    assert cycled and rec.resources["powered_on"] == vm._moId
+    assert cycled and rec.latest(VSpherePoweredOn) == VSpherePoweredOn(moref=vm._moId)
     await adapter.close()
 
 
@@ -112,7 +115,7 @@ async def test_publish_template_then_deploy(vcsim: VcSim, vc_env: None, raw_disk
 
     adapter = make_adapter(vcsim, mode="template", vm_template="DC0_C0_RP0_VM0")
     rec = Recorder()
-    published = await adapter.publish(rec.context(raw_disk, "win10-tpl"))
+    published = await publish(adapter, rec.context(raw_disk, "win10-tpl"))
     [tpl] = find_vms(vcsim, "win10-tpl")
     assert tpl.config.template
     src = find_vms(vcsim, "DC0_C0_RP0_VM0")[0]
@@ -135,14 +138,14 @@ async def test_publish_template_then_deploy(vcsim: VcSim, vc_env: None, raw_disk
     run_task(vcsim, clone.PowerOnVM_Task())
     run_task(vcsim, clone.PowerOffVM_Task())
     await asyncio.wait_for(watch, 15)
-    assert rec.resources["deployed_vm"] == clone._moId
+    assert rec.latest(VSphereDeployedVm) == VSphereDeployedVm(moref=clone._moId)
     await adapter.close()
 
 
 async def test_restart_during_watch(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     first = make_adapter(vcsim)
     rec = Recorder()
-    published = await first.publish(rec.context(raw_disk, "restart-me"))
+    published = await publish(first, rec.context(raw_disk, "restart-me"))
     watch = asyncio.create_task(first.wait_for_shutdown(published, rec.context(raw_disk, "x")))
     await asyncio.sleep(0.3)
     [vm] = find_vms(vcsim, "restart-me")
@@ -165,7 +168,7 @@ async def test_restart_template_watch_after_deploy(vcsim: VcSim, vc_env: None,
     from pyVmomi import vim
 
     first = make_adapter(vcsim, mode="template")
-    published = await first.publish(Recorder().context(raw_disk, "tpl-restart"))
+    published = await publish(first, Recorder().context(raw_disk, "tpl-restart"))
     await first.close()  # bot down before watching; the admin deploys meanwhile
     [tpl] = find_vms(vcsim, "tpl-restart")
     pool = find_vms(vcsim, "DC0_C0_RP0_VM0")[0].resourcePool
@@ -181,7 +184,7 @@ async def test_restart_template_watch_after_deploy(vcsim: VcSim, vc_env: None,
                                 rec.context(raw_disk, "x")))
     await asyncio.sleep(1.0)
     assert not watch.done()
-    assert rec.resources["deployed_vm"] == clone._moId
+    assert rec.latest(VSphereDeployedVm) == VSphereDeployedVm(moref=clone._moId)
     run_task(vcsim, clone.PowerOffVM_Task())
     await asyncio.wait_for(watch, 15)
     await again.close()
@@ -201,7 +204,7 @@ async def test_publish_sized_upload(vcsim: VcSim, vc_env: None, raw_disk: Path,
     rec.hooks.append(look)
     ctx = rec.context(raw_disk, "sized")
     ctx.scratch_dir = scratch
-    await adapter.publish(ctx)
+    await publish(adapter, ctx)
     assert len(find_vms(vcsim, "sized")) == 1
     # spooled in the runner's work dir under a name sweep_stale can attribute to this process
     assert seen and all(n.startswith(owner_prefix(BUILD_PREFIX)) and n.endswith(".vmdk")
@@ -214,7 +217,7 @@ async def test_publish_sized_upload(vcsim: VcSim, vc_env: None, raw_disk: Path,
 async def test_watch_survives_session_expiry(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     adapter = make_adapter(vcsim)
     rec = Recorder()
-    published = await adapter.publish(rec.context(raw_disk, "expiring-watch"))
+    published = await publish(adapter, rec.context(raw_disk, "expiring-watch"))
     watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
     await asyncio.sleep(0.5)
     vcsim.si().content.sessionManager.TerminateSession([adapter.session.session_key])
@@ -229,7 +232,7 @@ async def test_watch_survives_session_expiry(vcsim: VcSim, vc_env: None, raw_dis
 
 async def test_disk_file_on_datastore(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     adapter = make_adapter(vcsim, datastore="LocalDS_1")
-    await adapter.publish(Recorder().context(raw_disk, "on-disk"))
+    await publish(adapter, Recorder().context(raw_disk, "on-disk"))
     [vm] = find_vms(vcsim, "on-disk")
     [disk] = [d for d in vm.config.hardware.device if hasattr(d, "capacityInKB")]
     assert disk.backing.fileName.startswith("[LocalDS_1] on-disk/")
@@ -260,7 +263,7 @@ async def test_cluster_without_drs_gets_a_host(vcsim: VcSim, vc_env: None, raw_d
 
     monkeypatch.setattr(inventory, "props", no_drs)
     adapter = make_adapter(vcsim)
-    await adapter.publish(Recorder().context(raw_disk, "no-drs"))
+    await publish(adapter, Recorder().context(raw_disk, "no-drs"))
     [vm] = find_vms(vcsim, "no-drs")
     cluster = vcsim.si().content.searchIndex.FindByInventoryPath("DC0/host/DC0_C0")
     assert vm.runtime.host == cluster.host[0]
@@ -270,8 +273,8 @@ async def test_cluster_without_drs_gets_a_host(vcsim: VcSim, vc_env: None, raw_d
 async def test_one_session_per_connector(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     first, second = make_adapter(vcsim), make_adapter(vcsim)
     assert first.session is second.session
-    await asyncio.gather(first.publish(Recorder().context(raw_disk, "twin-a")),
-                         second.publish(Recorder().context(raw_disk, "twin-b")))
+    await asyncio.gather(publish(first, Recorder().context(raw_disk, "twin-a")),
+                         publish(second, Recorder().context(raw_disk, "twin-b")))
     assert first.session.logins == 1
     assert len(find_vms(vcsim, "twin-a")) == len(find_vms(vcsim, "twin-b")) == 1
     await first.close()

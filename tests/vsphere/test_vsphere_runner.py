@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from adapters import create
 from adapters.vsphere import Adapter as VSphereAdapter
 from bot import states
 from bot.catalog import Catalog, load_catalog
@@ -117,7 +118,8 @@ async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
         assert events["next_steps"].message.startswith(
             f"The virtual machine {task.image_name} is created, but off.")
         assert "log in with a local user" in events["hint"].message
-        assert task.resources["vm"] == vm._moId and task.resources["lease"] is None
+        assert task.resources == [{"kind": "vsphere.vm", "moref": vm._moId,
+                                   "name": task.image_name, "datacenter": "DC0"}]
         assert task.published is not None and task.published["resource"]["vm"] == vm._moId
         disk = the_disk(vm)
         assert disk.capacityInKB == DISK_KB
@@ -151,7 +153,8 @@ async def test_restart_during_watch_reaches_done_once(
         [vm] = find_vms(vcsim, task.image_name)
         if power_on == "before_restart":
             run_task(vcsim, vm.PowerOnVM_Task())  # the guest runs its scripts...
-            await wait_until(lambda: store.get(task_id).resources.get("powered_on") == vm._moId,
+            await wait_until(lambda: {"kind": "vsphere.powered_on", "moref": vm._moId}
+                             in store.get(task_id).resources,
                              "the first runner to record the power on", 30)
         stop.set()  # ...while the bot goes down
         await asyncio.wait_for(asyncio.shield(first), 30)
@@ -209,7 +212,8 @@ async def test_template_mode_reaches_done_when_a_deployed_vm_shuts_down(
         spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=pool), powerOn=False)
         clone = run_task(vcsim, tpl.CloneVM_Task(folder=tpl.parent, name="desk-r", spec=spec))
         clone = vim.VirtualMachine(clone._moId, vcsim.si()._stub)
-        await wait_until(lambda: store.get(task_id).resources.get("deployed_vm") == clone._moId,
+        await wait_until(lambda: {"kind": "vsphere.deployed_vm", "moref": clone._moId}
+                         in store.get(task_id).resources,
                          "the runner to find the deployed VM", 30)
         run_task(vcsim, clone.PowerOnVM_Task())
         run_task(vcsim, clone.PowerOffVM_Task())
@@ -241,6 +245,11 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
     def watch_threads() -> int:
         return sum(t.name.startswith("vsphere-watch") for t in threading.enumerate())
 
+    def current_watcher() -> Any:
+        sessions = [entry[0] for key, entry in vsphere_session._SHARED.items()
+                    if key[:2] == (vcsim.host, vcsim.port)]
+        return vsphere_power._WATCHERS.get(sessions[0]) if sessions else None
+
     names = [f"t{i}" for i in range(5)]
     cat = load_catalog(write_catalog(with_templates(vcsim, names)))
     assert cat.runner.max_parallel == 2
@@ -255,9 +264,7 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
         vms = [find_vms(vcsim, store.get(i).image_name)[0] for i in ids]
         assert all(vm.runtime.powerState == "poweredOff" for vm in vms)
         # one session, one collector and one watch thread for the five VMs
-        [session] = [entry[0] for key, entry in vsphere_session._SHARED.items()
-                     if key[:2] == (vcsim.host, vcsim.port)]
-        watcher = vsphere_power._WATCHERS[session]
+        watcher = current_watcher()
         await wait_until(lambda: watcher.watched == 5, "the five watches", 30)
         assert watcher.collectors == 1 and watch_threads() == 1
         stop.set()  # the runner stops while every task waits; each is left for the next
@@ -267,12 +274,16 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
         await asyncio.gather(first, return_exceptions=True)
     assert all(store.get(i).lease_owner is None for i in ids)
     assert watcher.watched == 0
+    # the runner closed its adapters: the last one logged the session out (planning holds none)
+    assert not [key for key in vsphere_session._SHARED if key[:2] == (vcsim.host, vcsim.port)]
 
     runner = JobRunner(store, cat, poll_interval=0.05)
     work = asyncio.create_task(runner.run(only=ids, until_done=True))
     try:
-        await wait_until(lambda: watcher.watched == 5, "the second runner's five watches", 60)
-        assert watcher.collectors == 2 and watch_threads() == 1
+        await wait_until(lambda: getattr(current_watcher(), "watched", 0) == 5,
+                         "the second runner's five watches", 60)
+        watcher = current_watcher()
+        assert watcher.collectors == 1 and watch_threads() == 1
         for i in (3, 0, 4, 1, 2):
             run_task(vcsim, vms[i].PowerOnVM_Task())
         for i in (3, 0, 4, 1, 2):
@@ -293,5 +304,31 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
         events = kinds(store, task_id)
         assert events.count("done") == 1 and events.count("disk_created") == 1
         assert events.count("waiting") == 2 and "resumed" in events
-    assert watcher.watched == 0 and watcher.collectors == 2  # one per runner, none per VM
+    assert watcher.watched == 0 and watcher.collectors == 1  # one per runner, none per VM
     await wait_until(lambda: watch_threads() == 0, "the watch thread to end", 10)
+
+
+async def test_planning_a_publish_releases_the_vcenter_session(
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path]) -> None:
+    """/publish plans with an adapter and closes it: the shared session's users go back to
+    zero and it logs out (each /publish used to leak a share)."""
+    from adapters import vsphere_session
+    from bot.summary import plan
+
+    cat = load_catalog(write_catalog(with_vsphere(vcsim)))
+    def shares() -> list[int]:
+        return [entry[1] for key, entry in vsphere_session._SHARED.items()
+                if key[:2] == (vcsim.host, vcsim.port)]
+
+    # planned from a coroutine: the close runs on a thread of its own
+    for _ in range(3):
+        assert plan(cat, "win10-office", check_cache=False).platform == "VMware vSphere"
+        assert shares() == []
+    # and while a runner's adapter holds the session, planning leaves its share as it was
+    adapter = create(cat.connectors["vcsim-lab"])
+    try:
+        assert plan(cat, "win10-office", check_cache=False).disk_format == "raw"
+        assert shares() == [1]
+    finally:
+        await adapter.close()
+    assert shares() == []

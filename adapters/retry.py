@@ -1,0 +1,63 @@
+"""One way to retry a platform call: exponential back-off with full jitter, within a budget
+of attempts and of total time, honouring the platform's Retry-After. Only ``retryable``
+errors (:class:`adapters.base.AdapterError` with ``retryable = True``: HTTP 429/503,
+timeouts) are retried; the last one is raised as it is, keeping its cause."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from adapters.base import AdapterError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    #: seconds from the first attempt after which no new attempt starts
+    budget: float = 120.0
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    #: injected for tests: a fake clock and sleep, a seeded random
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    random: Callable[[], float] = field(default=random.random)
+
+    def delay(self, retry: int, error: AdapterError) -> float:
+        """Seconds before retry number ``retry`` (1, 2, ...)."""
+        ceiling = min(self.max_delay, self.first_delay * 2 ** (retry - 1))
+        wait = ceiling * self.random()  # "full jitter": many tasks do not retry in step
+        if error.retry_after is not None:
+            wait = max(wait, error.retry_after)
+        return wait
+
+
+DEFAULT = RetryPolicy()
+
+
+async def retrying(call: Callable[[], Awaitable[T]], doing: str,
+                   policy: RetryPolicy = DEFAULT) -> T:
+    """``await call()``, again after a retryable AdapterError while the budget allows."""
+    started = policy.clock()
+    attempt = 1
+    while True:
+        try:
+            return await call()
+        except AdapterError as exc:
+            if not exc.retryable or attempt >= policy.attempts:
+                raise
+            wait = policy.delay(attempt, exc)
+            if policy.clock() + wait - started > policy.budget:
+                raise
+            log.warning("%s failed (%s); attempt %d of %d in %.1f s", doing, exc, attempt + 1,
+                        policy.attempts, wait)
+            await policy.sleep(wait)
+            attempt += 1

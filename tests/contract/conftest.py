@@ -1,0 +1,74 @@
+"""The adapters the contract suite runs against. A new adapter adds itself here: one fixture
+that yields a :class:`Target`, and its name in ``TARGETS``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters import config_model, create
+from adapters.base import Adapter, DiskFormat
+from tests.qemu.test_qemu_adapter import TINY
+from tests.qemu.test_qemu_adapter import raw_disk as qemu_raw_disk
+from tests.vsphere.conftest import connector, find_vms, make_raw_disk, vc_env, vcsim, vcsim_binary
+
+__all__ = ["vc_env", "vcsim", "vcsim_binary"]
+
+TARGETS = ["local", "qemu", "vsphere"]
+
+
+@dataclass
+class Target:
+    #: a new adapter for the same connector (a runner that takes a task over makes its own)
+    make: Callable[[], Adapter]
+    artifact: Path
+    artifact_format: DiskFormat
+    #: what exists at the platform for the image ``name`` (empty: nothing left)
+    leftovers: Callable[[str], list[Any]]
+
+
+def _files(root: Path) -> Callable[[str], list[Any]]:
+    return lambda name: sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def _data_disk(path: Path, size_mib: int = 48) -> Path:
+    """Data all through (random, so a resumed copy is checked byte for byte)."""
+    with open(path, "wb") as f:
+        for _ in range(size_mib):
+            f.write(os.urandom(1 << 20))
+    return path
+
+
+@pytest.fixture
+async def local_target(tmp_path: Path) -> AsyncIterator[Target]:
+    cfg = config_model("local").model_validate({"type": "local", "path": tmp_path / "out",
+                                                 "format": "raw"})
+    yield Target(lambda: create(cfg), _data_disk(tmp_path / "disk.raw"), "raw",
+                 _files(tmp_path / "out"))
+
+
+@pytest.fixture
+async def qemu_target(tmp_path: Path) -> AsyncIterator[Target]:
+    built = await qemu_raw_disk(tmp_path, TINY)
+    root = tmp_path / "vms"
+    cfg = config_model("qemu").model_validate({"type": "qemu", "path": root, "accel": "tcg",
+                                                "memory_mb": 128, "cpus": 1})
+    yield Target(lambda: create(cfg), built.path, "raw",
+                 lambda name: sorted(root.iterdir()) if root.exists() else [])
+
+
+@pytest.fixture
+async def vsphere_target(tmp_path: Path, vcsim: Any, vc_env: None) -> AsyncIterator[Target]:
+    cfg = config_model("vsphere").model_validate(connector(vcsim))
+    yield Target(lambda: create(cfg), make_raw_disk(tmp_path / "disk.img"), "raw",
+                 lambda name: find_vms(vcsim, name))
+
+
+@pytest.fixture(params=TARGETS)
+def target(request: pytest.FixtureRequest) -> Target:
+    return request.getfixturevalue(f"{request.param}_target")  # type: ignore[no-any-return]

@@ -38,7 +38,7 @@ from slack_sdk.signature import SignatureVerifier
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.store import TaskStore  # noqa: E402
+from bot.store.task_store import TaskStore  # noqa: E402
 from tests.slack.slack_double import SlackDouble  # noqa: E402
 
 SECRET = "bench-signing-secret"
@@ -143,7 +143,7 @@ async def main(args: argparse.Namespace) -> int:
     env.pop("SLACK_APP_TOKEN", None)
     db = tmp / "layerbot.db"
     server = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "--config", str(tmp / "layerbot.yml"), "--db", str(db),
+        [sys.executable, "-m", "bot.cli.commands", "--config", str(tmp / "layerbot.yml"), "--db", str(db),
          "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
     url = base + "/slack/events"

@@ -101,7 +101,7 @@ def child(mode: str, disk: Path, url: str, level: int, engine: str,
           work: Path) -> dict[str, Any]:
     from urllib.parse import urlsplit
 
-    import adapters.vsphere_upload as upload
+    import adapters.vsphere.upload as upload
     from adapters.base import PublishContext
     from adapters.base import publish as publish_steps
     from adapters.vsphere import Adapter, Config

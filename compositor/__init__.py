@@ -28,7 +28,6 @@ from .errors import (
 )
 from .evict import ArtifactHold, CacheUsage, Eviction, cache_usage, hold_artifact
 from .evict import evict as evict_cache
-from .runner import set_tool_niceness
 from .spec import (
     FORMAT_EXTENSIONS,
     BuiltImage,
@@ -38,6 +37,7 @@ from .spec import (
     ProgressCallback,
 )
 from .sweep import sweep_stale
+from .tool_runner import set_tool_niceness
 from .tools import ToolStatus, required_tools
 
 __all__ = [

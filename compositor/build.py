@@ -25,7 +25,7 @@ from .layertree import LayerTree
 from .merge import Merger
 from .ntfs import build_ntfs_disk
 from .progress import Reporter
-from .publish import write_publish_layer
+from .publish_layer import write_publish_layer
 from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec, LayerSource, ProgressCallback
 from .sweep import BUILD_PREFIX, owner_prefix
 from .tarlayer import extract_tar_layer

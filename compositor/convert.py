@@ -11,7 +11,7 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-from . import runner
+from . import tool_runner
 from .errors import CompositorError, ToolFailedError
 from .format_identity import pin_identity
 from .identity import CONVERTED_TIME, KeyIdentity
@@ -58,7 +58,7 @@ async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction, ids: Ke
     argv: list[str | Path] = [tool_path("qemu-img"), "convert", "-p", "-f", "raw", "-O", qemu_fmt]
     if options:
         argv += ["-o", options]
-    await runner.run([*argv, raw, out], on_output=on_line)
+    await tool_runner.run([*argv, raw, out], on_output=on_line)
     await asyncio.to_thread(pin_identity, fmt, out, ids)
     if fmt in _CHECKABLE:
         await _check_qemu(out, qemu_fmt, fmt)
@@ -68,14 +68,14 @@ async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction, ids: Ke
 async def _check_qemu(out: Path, qemu_fmt: str, fmt: str) -> None:
     """qemu-img check of the rewritten metadata (reads tables only, not the data)."""
     try:
-        await runner.run([tool_path("qemu-img"), "check", "-f", qemu_fmt, out])
+        await tool_runner.run([tool_path("qemu-img"), "check", "-f", qemu_fmt, out])
     except ToolFailedError as exc:
         raise CompositorError(f"{fmt}: qemu-img check found errors in {out.name}: {exc}") from exc
 
 
 async def _verify_qemu(out: Path, qemu_fmt: str, size: int, fmt: str) -> int:
     """qemu-img reads the written file back as ``qemu_fmt`` and reports the expected size."""
-    done = await runner.run(
+    done = await tool_runner.run(
         [tool_path("qemu-img"), "info", "--output=json", "-f", qemu_fmt, out]
     )
     info = json.loads(done.stdout)
@@ -103,7 +103,7 @@ async def _gce_tar(raw: Path, out: Path, size: int) -> int:
             "-C", folder, "-cf", "-", "disk.raw",
         ]
         with open(out, "wb") as fh:
-            await runner.pipeline(tar, gzip_command(os.cpu_count() or 1), stdout_file=fh)
+            await tool_runner.pipeline(tar, gzip_command(os.cpu_count() or 1), stdout_file=fh)
     finally:
         await asyncio.to_thread(_remove_tree, folder)
     await asyncio.to_thread(_verify_gce_tar, out, size)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runner
+from . import tool_runner
 from .errors import DiskTooSmallError, HostSpaceError, ToolFailedError, host_full
 from .gpt import write_gpt
 from .identity import DiskIdentity
@@ -103,7 +103,7 @@ async def make_ext4(
         "-d", staging, raw, str(layout.fs_blocks),
     ]
     try:
-        await runner.run(argv, env=identity.e2fsprogs_env())
+        await tool_runner.run(argv, env=identity.e2fsprogs_env())
     except ToolFailedError as exc:
         if "No space left on device" in exc.stderr and host_full(raw.parent):
             raise HostSpaceError(raw.parent, "writing the ext4 disk image") from exc
@@ -122,7 +122,7 @@ async def run_debugfs(raw: Path, layout: Layout, script: list[str], script_path:
                 fh.write(os.fsencode(line) + b"\n")
 
     await asyncio.to_thread(write)
-    done = await runner.run(
+    done = await tool_runner.run(
         [tool_path("debugfs"), "-w", "-f", script_path, layout.image_arg(raw)],
         env=identity.e2fsprogs_env(),
     )
@@ -136,9 +136,9 @@ async def run_debugfs(raw: Path, layout: Layout, script: list[str], script_path:
 
 async def index_directories(raw: Path, layout: Layout, identity: DiskIdentity) -> None:
     """e2fsck -fD: rebuild directories as hashed (htree) ones."""
-    await runner.run([tool_path("e2fsck"), "-f", "-y", "-D", layout.image_arg(raw)],
+    await tool_runner.run([tool_path("e2fsck"), "-f", "-y", "-D", layout.image_arg(raw)],
                      ok_codes=(0, 1), env=identity.e2fsprogs_env())
 
 
 async def check_fs(raw: Path, layout: Layout) -> None:
-    await runner.run([tool_path("e2fsck"), "-f", "-n", layout.image_arg(raw)])
+    await tool_runner.run([tool_path("e2fsck"), "-f", "-n", layout.image_arg(raw)])

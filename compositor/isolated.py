@@ -30,8 +30,8 @@ from typing import Any
 
 from .errors import CompositorError
 from .firstboot import PublishLayer, ShutdownMode
-from .runner import tool_niceness
 from .spec import BuiltImage, ExtraFile, Filesystem, ImageSpec, LayerSource, ProgressCallback
+from .tool_runner import tool_niceness
 
 log = logging.getLogger(__name__)
 

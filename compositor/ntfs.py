@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import disk, runner, stage
+from . import disk, stage, tool_runner
 from .errors import DiskTooSmallError, HostSpaceError, ToolFailedError, host_full
 from .gpt import write_gpt
 from .identity import DiskIdentity
@@ -85,7 +85,7 @@ async def build_ntfs_disk(
     wim = work / "tree.wim"
     await in_thread(cancel, _pin_access_times, staging, meta, identity.epoch, cancel)
     report.stage(f"capturing {summary.entries} entries for NTFS (wimlib)", 0.55)
-    await runner.run([tool_path("wimlib-imagex"), "capture", staging, wim, "layerbot",
+    await tool_runner.run([tool_path("wimlib-imagex"), "capture", staging, wim, "layerbot",
                       "--compress=none", f"--threads={max(1, os.cpu_count() or 1)}"])
     volume = work / "ntfs.img"
     sectors = layout.last_sector - layout.first_sector + 1
@@ -97,7 +97,7 @@ async def build_ntfs_disk(
     await asyncio.to_thread(make_volume_file)
     report.stage("creating NTFS (mkntfs)", 0.62)
     frozen = _frozen_clock(identity.epoch)
-    await runner.run([*frozen, tool_path("mkntfs"), "-F", "-Q", "-q", "-s", str(disk.SECTOR),
+    await tool_runner.run([*frozen, tool_path("mkntfs"), "-F", "-Q", "-q", "-s", str(disk.SECTOR),
                       "-p", str(layout.first_sector), "-H", "255", "-S", "63", "-L", "Windows",
                       volume, str(sectors)], env=_UTC)
     span = report.span("writing files into NTFS (wimlib apply)", 0.64, 0.74)
@@ -107,7 +107,7 @@ async def build_ntfs_disk(
             span(int(match.group(1)) / 100)
 
     try:
-        await runner.run([*frozen, tool_path("wimlib-imagex"), "apply", wim, "1", volume],
+        await tool_runner.run([*frozen, tool_path("wimlib-imagex"), "apply", wim, "1", volume],
                          on_output=on_output, env=_UTC)
     except ToolFailedError as exc:
         if "space" in exc.stderr.lower():
@@ -117,7 +117,7 @@ async def build_ntfs_disk(
         raise
     await asyncio.to_thread(wim.unlink)
     serial = identity.token("ntfs serial", 16)
-    await runner.run([*frozen, tool_path("ntfslabel"), "-q", f"--new-serial={serial}", volume],
+    await tool_runner.run([*frozen, tool_path("ntfslabel"), "-q", f"--new-serial={serial}", volume],
                      env=_UTC)
     report.stage("partitioning the disk", 0.75)
     await asyncio.to_thread(_assemble, raw, layout, identity.seed, volume, cancel)

@@ -24,7 +24,7 @@ from .build import build_image
 from .errors import CompositorError
 from .firstboot import publish_layer
 from .isolated import built_to_json, error_to_json, spec_from_json, spec_to_json
-from .runner import set_tool_niceness
+from .tool_runner import set_tool_niceness
 
 #: exit status of a cancelled build
 CANCELLED = 130

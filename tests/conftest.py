@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.catalog import Catalog, load_catalog
-from bot.store import TaskStore
+from bot.store.task_store import TaskStore
 
 
 def write_tar(path: Path, members: dict[str, bytes | None], *, compression: str = "") -> Path:

@@ -12,10 +12,10 @@ from pathlib import Path
 from click.testing import CliRunner
 
 import adapters
-from bot import states
 from bot.catalog import load_catalog
-from bot.cli import main
-from bot.store import TaskStore
+from bot.cli.commands import main
+from bot.store import states
+from bot.store.task_store import TaskStore
 from compositor import cache_usage, evict_cache
 from tests.conftest import BASIC_CATALOG
 from tests.fake_adapter import with_fake

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bot import messages, states
+from bot import messages
 from bot.catalog import Catalog
-from bot.cli import detach_lines, main
-from bot.store import TaskStore
-from bot.summary import plan
+from bot.cli.commands import detach_lines, main
+from bot.runner.planning import plan
+from bot.store import states
+from bot.store.task_store import TaskStore
 from tests.compositor.layer_builder import (
     claims_a_tebibyte,
     corrupt_sparse_map,
@@ -165,7 +166,7 @@ def test_ctrl_c_while_waiting_for_the_guest(cli: Callable[..., tuple[int, str]],
         store.release(task_id, "me")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("bot.cli._watch", interrupted)
+    monkeypatch.setattr("bot.cli.commands._watch", interrupted)
     code, out = cli("publish", "win10-office", "--yes")
     assert code == 1, out
     task = TaskStore(tmp_path / "t.db").list_tasks()[0]
@@ -389,6 +390,6 @@ def test_planning_reads_no_layer_that_was_never_built(
     """No cached image can exist for layers never composited: the plan does not look into
     them (a big tar layer's index is a whole read)."""
     looked: list[object] = []
-    monkeypatch.setattr("bot.summary.image_spec", lambda *args: looked.append(args))
+    monkeypatch.setattr("bot.runner.planning.image_spec", lambda *args: looked.append(args))
     assert plan(catalog, "win10-office").cache_hit is False
     assert looked == []

@@ -33,7 +33,7 @@ _CLI_REPORTING_MODULES = (
     "        json.dump(sorted(sys.modules), f)\n"
     "atexit.register(report)\n"
     "sys.argv[0] = 'layerbot'\n"
-    "from bot.cli import main\n"
+    "from bot.cli.commands import main\n"
     "main()\n"
 )
 
@@ -59,9 +59,9 @@ def cli_modules(tmp_path: Path, *args: str) -> list[str]:
 def test_loading_a_local_catalog_imports_no_platform_sdk() -> None:
     code = (
         "import sys, pathlib\n"
-        "from bot.cli import main\n"
+        "from bot.cli.commands import main\n"
         "from bot.catalog import load_catalog\n"
-        "from bot.summary import plan\n"
+        "from bot.runner.planning import plan\n"
         f"cat = load_catalog(pathlib.Path({str(DEMO)!r}))\n"
         "plan(cat, 'demo-office', check_cache=False)\n"
         f"heavy = {(*PLATFORM_SDKS, 'slack_bolt')!r}\n"
@@ -72,15 +72,28 @@ def test_loading_a_local_catalog_imports_no_platform_sdk() -> None:
 
 
 def test_help_imports_only_the_command_line_parser(tmp_path: Path) -> None:
-    for args in (["--help"], ["publish", "--help"], ["vm", "--help"]):
+    for args in (["--help"], ["publish", "--help"]):
         modules = cli_modules(tmp_path, *args)
         assert _among(modules, PLATFORM_SDKS + COMMAND_LIBRARIES) == [], args
+    # `vm` lives with the qemu adapter (adapters/qemu/), which it imports: no SDK, no Slack
+    modules = cli_modules(tmp_path, "vm", "--help")
+    assert _among(modules, (*PLATFORM_SDKS, "slack_sdk", "slack_bolt", "aiohttp")) == []
+
+
+def test_the_help_summaries_of_lazy_commands_are_their_own() -> None:
+    from click import Context
+
+    from bot.cli.commands import LazyGroup, main
+
+    for name, (_, summary) in LazyGroup.lazy.items():
+        command = main.get_command(Context(main), name)
+        assert command is not None and command.get_short_help_str(200) == summary, name
 
 
 def test_templates_and_tasks_import_no_platform_sdk_nor_slack(tmp_path: Path) -> None:
     for args in (["--config", str(DEMO), "templates"], ["tasks"]):
         modules = cli_modules(tmp_path, *args)
-        assert "bot.cli" in modules  # the hook saw the command run
+        assert "bot.cli.commands" in modules  # the hook saw the command run
         assert _among(modules, (*PLATFORM_SDKS, "slack_bolt")) == [], args
 
 
@@ -122,8 +135,8 @@ def test_the_cli_and_its_lazy_commands_form_no_import_circle() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    for module in ("bot/vm_cli.py", "bot/slack_serve.py"):
+    for module in ("adapters/qemu/vm_cli.py", "bot/slack/serve.py"):
         tree = ast.parse((root / module).read_text())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-        assert "bot.cli" not in imported, module
+        assert "bot.cli.commands" not in imported, module

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import migrations
-from bot.migrations import LATEST, MIGRATIONS, Migration, SchemaTooNew, migrate, schema_version
-from bot.store import TaskStore
+from bot.store import migrations
+from bot.store.migrations import LATEST, MIGRATIONS, Migration, SchemaTooNew, migrate, schema_version
+from bot.store.task_store import TaskStore
 
 TABLES = {"tasks", "task_events", "audit", "slack_intents", "slack_cursor"}
 

@@ -37,7 +37,7 @@ _WITHOUT_PYVMOMI = (
     "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
     "sys.meta_path.insert(0, NoPyVmomi())\n"
     "sys.argv[0] = 'layerbot'\n"
-    "from bot.cli import main\n"
+    "from bot.cli.commands import main\n"
     "main()\n"
 )
 

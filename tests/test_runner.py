@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 import adapters
-from bot import states
 from bot.catalog import Catalog, load_catalog
-from bot.runner import JobRunner
-from bot.store import TaskStore
-from bot.summary import PlanError, enqueue, plan
+from bot.runner.job_runner import JobRunner
+from bot.runner.planning import PlanError, enqueue, plan
+from bot.store import states
+from bot.store.task_store import TaskStore
 from tests.fake_adapter import with_fake
 
 adapters.register("fake", "tests.fake_adapter")
@@ -112,7 +112,7 @@ async def test_watch_until_the_guest_powers_off(write_catalog: Callable[[str], P
 
 def _worker(config: Path, db: Path, log: Path) -> subprocess.Popen[bytes]:
     code = ("import adapters, sys; adapters.register('fake', 'tests.fake_adapter');"
-            "from bot.cli import main; sys.argv[0] = 'layerbot'; main()")
+            "from bot.cli.commands import main; sys.argv[0] = 'layerbot'; main()")
     with log.open("ab") as stderr:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-c", code, "--config", str(config), "--db", str(db), "worker"],

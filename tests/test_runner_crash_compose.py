@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bot import states
 from bot.catalog import load_catalog
-from bot.store import TaskStore
+from bot.store import states
+from bot.store.task_store import TaskStore
 from tests.fake_adapter import with_fake
 from tests.test_runner import _worker, kinds, queue, resume_to_done
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import adapters
-from bot import states
 from bot.catalog import load_catalog
-from bot.runner import JobRunner
-from bot.store import TaskStore
+from bot.runner.job_runner import JobRunner
+from bot.store import states
+from bot.store.task_store import TaskStore
 from tests.fake_adapter import with_fake
 from tests.test_runner import queue
 

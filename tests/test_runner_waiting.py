@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import adapters
-from bot import messages, states
+from bot import messages
 from bot.catalog import load_catalog
-from bot.publish import ComposeStep, Job
-from bot.runner import JobRunner
-from bot.store import TaskStore
+from bot.runner.job_runner import JobRunner
+from bot.runner.task_steps import ComposeStep, Job
+from bot.store import states
+from bot.store.task_store import TaskStore
 from compositor.spec import BuiltImage
 from tests.fake_adapter import Adapter as FakeAdapter
 from tests.fake_adapter import with_fake

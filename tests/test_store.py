@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import states
-from bot.store import LeaseLost, TaskStore
+from bot.store import states
+from bot.store.task_store import LeaseLost, TaskStore
 
 
 def new_task(store: TaskStore, key: str | None = None):

@@ -78,7 +78,7 @@ def test_guest_inspection_of_a_corrupt_layer_raises_layer_error(
     with pytest.raises(LayerError) as info:
         GuestTree(layers, LINUX_WANTED).exists("sbin/init")
     _assert_names_layer(info.value)
-    # what bot.publish.image_spec calls before compositing
+    # what bot.runner.task_steps.image_spec calls before compositing
     with pytest.raises(LayerError) as info:
         publish_layer(layers, "ext4", [], "poweroff")
     _assert_names_layer(info.value)

@@ -107,13 +107,13 @@ async def test_every_format_is_read_back_with_qemu_img_info(
     with open(raw, "wb") as fh:
         fh.truncate(4 << 20)
     calls: list[list[str]] = []
-    real_run = convert_module.runner.run
+    real_run = convert_module.tool_runner.run
 
     async def spy(argv, **kwargs):  # type: ignore[no-untyped-def]
         calls.append([str(a) for a in argv])
         return await real_run(argv, **kwargs)
 
-    monkeypatch.setattr(convert_module.runner, "run", spy)
+    monkeypatch.setattr(convert_module.tool_runner, "run", spy)
     out = tmp_path / f"disk.{fmt}"
     assert await convert_module.convert(raw, fmt, out, lambda _: None, KeyIdentity("k")) == 4 << 20
     info = [c for c in calls if c[1:2] == ["info"]]

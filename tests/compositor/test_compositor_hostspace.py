@@ -19,7 +19,7 @@ from compositor import (
     build_image,
     disk,
     errors,
-    runner,
+    tool_runner,
 )
 from compositor.errors import ToolFailedError
 from compositor.identity import DiskIdentity
@@ -45,7 +45,7 @@ async def test_mke2fs_out_of_space_says_which_disk(
     async def failing(*args: Any, **kwargs: Any) -> None:
         raise ToolFailedError("mke2fs", 1, stderr)
 
-    monkeypatch.setattr(runner, "run", failing)
+    monkeypatch.setattr(tool_runner, "run", failing)
     monkeypatch.setattr(errors.shutil, "disk_usage", lambda _: Usage(1 << 40, 0, free))
     raw = tmp_path / "raw.img"
     with pytest.raises(expected) as failed:

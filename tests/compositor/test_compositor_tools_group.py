@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from compositor import runner
+from compositor import tool_runner
 
 PROBE = """
 import json, os, pathlib
@@ -26,7 +26,7 @@ def _autogroup() -> str | None:
 
 
 async def test_tool_has_its_own_group_in_the_callers_session() -> None:
-    done = await runner.run([sys.executable, "-c", PROBE])
+    done = await tool_runner.run([sys.executable, "-c", PROBE])
     child = json.loads(done.stdout)
     assert child["pgid"] == child["pid"]  # cancellation signals the whole group
     assert child["sid"] == os.getsid(0)  # no new session: no autogroup of its own
@@ -34,9 +34,9 @@ async def test_tool_has_its_own_group_in_the_callers_session() -> None:
 
 
 async def test_tool_niceness_applies() -> None:
-    runner.set_tool_niceness(5)
+    tool_runner.set_tool_niceness(5)
     try:
-        done = await runner.run([sys.executable, "-c", PROBE])
+        done = await tool_runner.run([sys.executable, "-c", PROBE])
     finally:
-        runner.set_tool_niceness(0)
+        tool_runner.set_tool_niceness(0)
     assert json.loads(done.stdout)["nice"] == os.nice(0) + 5

@@ -17,7 +17,6 @@ import pytest
 
 import compositor
 from adapters import qemu as qemu_adapter
-from adapters import qemu_vm as vmfiles
 from adapters.base import (
     PlatformError,
     PlatformTimeoutError,
@@ -26,7 +25,7 @@ from adapters.base import (
     clean_up,
     publish,
 )
-from adapters.qemu import Adapter, Config, QemuVm
+from adapters.qemu import Adapter, Config, QemuVm, vmfiles
 from adapters.resources import Resource
 from adapters.steps import Outcome
 from compositor.spec import BuiltImage, Filesystem, ImageSpec, LayerSource
@@ -198,7 +197,7 @@ async def test_watch_times_out(tmp_path: Path) -> None:
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from bot.cli import main; sys.argv[0] = 'layerbot'; main()"
+    code = "import sys; from bot.cli.commands import main; sys.argv[0] = 'layerbot'; main()"
     return subprocess.run([sys.executable, "-c", code, "--db", str(tmp_path / "t.db"), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
@@ -267,7 +266,7 @@ def test_a_qemu_that_cannot_start_is_reported(tmp_path: Path) -> None:
 
 
 def test_vm_commands_need_a_task_published_to_qemu(tmp_path: Path) -> None:
-    from bot.store import TaskStore
+    from bot.store.task_store import TaskStore
 
     store = TaskStore(tmp_path / "t.db")
     task, _ = store.create_task(template="demo", connector="folder", platform="Local folder",

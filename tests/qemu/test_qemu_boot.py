@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters import qemu_vm as vmfiles
-from bot import states
+from adapters.qemu import vmfiles
 from bot.catalog import load_catalog
-from bot.runner import JobRunner
-from bot.store import TaskStore
-from bot.summary import enqueue, plan
+from bot.runner.job_runner import JobRunner
+from bot.runner.planning import enqueue, plan
+from bot.store import states
+from bot.store.task_store import TaskStore
 from compositor.tools import find_tool
 from tests.qemu.conftest import REPO
 
@@ -103,7 +103,7 @@ def _debugfs(raw: Path, path: str) -> str:
 
 
 def _cli(catalog: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from bot.cli import main; sys.argv[0] = 'layerbot'; main()"
+    code = "import sys; from bot.cli.commands import main; sys.argv[0] = 'layerbot'; main()"
     return subprocess.run([sys.executable, "-c", code, "--config", str(catalog), "--db", str(db),
                            *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bot import states
 from bot.catalog import load_catalog
-from bot.runner import JobRunner
-from bot.store import TaskStore
-from bot.summary import enqueue, plan
+from bot.runner.job_runner import JobRunner
+from bot.runner.planning import enqueue, plan
+from bot.store import states
+from bot.store.task_store import TaskStore
 from compositor.firstboot import RUNNER, SHUTDOWN_FILE, UNIT, UNIT_LINK, publish_layer
 from compositor.guestos import GuestOSError
 from compositor.spec import ExtraFile, LayerSource

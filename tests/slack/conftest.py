@@ -16,8 +16,8 @@ from slack_sdk.signature import SignatureVerifier
 
 import adapters
 from bot.catalog import load_catalog
-from bot.slack_service import SlackService, SlackSettings
-from bot.store import Task, TaskStore
+from bot.slack.service import SlackService, SlackSettings
+from bot.store.task_store import Task, TaskStore
 from tests.slack.slack_double import TEAM, SlackDouble
 
 adapters.register("fake", "tests.fake_adapter")

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from slack_sdk.models.blocks import SectionBlock
 
-from bot import slack_blocks as sb
-from bot.slack_blocks import Message, TooManyBlocks
-from bot.summary import PublishPlan
+from bot.runner.planning import PublishPlan
+from bot.slack import blocks as sb
+from bot.slack.blocks import Message, TooManyBlocks
 
 PLAN = PublishPlan(template="win10-office", icon=":computer:", description="Windows <!channel> & co",
                    os_layer="base-os", app_layers=["office"], platform_layer="vda",

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-import bot.slack_handlers
+import bot.slack.handlers
 from bot import messages
-from bot.slack_intents import Claim
+from bot.slack.intents import Claim
 from tests.slack.conftest import ALICE, MakeSlack, texts
 
 
@@ -18,7 +18,7 @@ async def test_a_failed_start_can_be_retried_with_a_second_click(
 ) -> None:
     slack = await make_slack()
     intent = await slack.card("win10-office")
-    real_enqueue = bot.slack_handlers.enqueue
+    real_enqueue = bot.slack.handlers.enqueue
     calls: list[str] = []
 
     def enqueue_failing_once(*args: Any, **kwargs: Any) -> Any:
@@ -27,7 +27,7 @@ async def test_a_failed_start_can_be_retried_with_a_second_click(
             raise OSError(28, "No space left on device")
         return real_enqueue(*args, **kwargs)
 
-    monkeypatch.setattr(bot.slack_handlers, "enqueue", enqueue_failing_once)
+    monkeypatch.setattr(bot.slack.handlers, "enqueue", enqueue_failing_once)
 
     failed = texts(await slack.answer(await slack.click("intent_confirm", intent)))
     assert "Cannot start win10-office" in failed

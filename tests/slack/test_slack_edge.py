@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 
-from bot.slack_edge import MAX_BODY
+from bot.slack.edge import MAX_BODY
 from tests.slack.conftest import ALICE, SECRET, MakeSlack, Slack
 
 FORM = "application/x-www-form-urlencoded"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 
-from bot import messages, states
+from bot import messages
+from bot.store import states
 from tests.conftest import BASIC_CATALOG
 from tests.slack.conftest import ALICE, CHANNEL, MakeSlack, button_value, texts
 from tests.slack.test_slack_tasks import task_message_now

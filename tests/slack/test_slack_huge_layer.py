@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import states
+from bot.store import states
 from tests.compositor.layer_builder import claims_a_tebibyte
 from tests.slack.conftest import MakeSlack, button_value, texts
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bot.slack_intents import Claim, IntentStore
-from bot.store import TaskStore
+from bot.slack.intents import Claim, IntentStore
+from bot.store.task_store import TaskStore
 from tests.slack.conftest import ALICE, BOB, CAROL, CHANNEL, MakeSlack, button_value, sign
 from tests.slack.test_slack_access import with_access
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bot import slack_blocks
+from bot.slack import blocks as slack_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT.parent / "shared" / "slack" / "manifest.schema.1.0.0.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from bot import states
+from bot.store import states
 from tests.fake_adapter import with_fake
 from tests.slack.conftest import MakeSlack, Slack, texts
 from tests.slack.test_slack_tasks import start, task_message_now, thread_of

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from bot.catalog import load_catalog
-from bot.slack_service import SettingsError, SlackService, SlackSettings
-from bot.store import TaskStore
+from bot.slack.service import SettingsError, SlackService, SlackSettings
+from bot.store.task_store import TaskStore
 from tests.slack.conftest import BOT_TOKEN, SECRET, sign
 from tests.slack.slack_double import SlackDouble
 
@@ -44,7 +44,7 @@ def test_settings_come_from_the_environment_and_hide_secrets() -> None:
 def test_serve_without_tokens_is_a_usage_error(catalog_dir: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "--config", str(catalog_dir / "layerbot.yml"),
+        [sys.executable, "-m", "bot.cli.commands", "--config", str(catalog_dir / "layerbot.yml"),
          "--db", str(tmp_path / "db"), "serve"], cwd=ROOT, env=env, capture_output=True,
         text=True, timeout=60)
     assert proc.returncode == 2
@@ -58,7 +58,7 @@ async def test_serve_answers_slack_and_stops_on_sigterm(catalog_dir: Path, tmp_p
            "SLACK_API_URL": double.api_url}
     env.pop("SLACK_APP_TOKEN", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "--config", str(catalog_dir / "layerbot.yml"),
+        sys.executable, "-m", "bot.cli.commands", "--config", str(catalog_dir / "layerbot.yml"),
         "--db", str(tmp_path / "serve.db"), "serve", "--host", "127.0.0.1", "--port", str(port),
         cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"

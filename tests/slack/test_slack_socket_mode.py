@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot import states
 from bot.catalog import load_catalog
-from bot.slack_service import SlackService, SlackSettings
-from bot.store import TaskStore
+from bot.slack.service import SlackService, SlackSettings
+from bot.store import states
+from bot.store.task_store import TaskStore
 from tests.slack.conftest import ALICE, BOT_TOKEN, CHANNEL, button_value
 from tests.slack.slack_double import TEAM, SlackDouble
 

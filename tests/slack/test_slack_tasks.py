@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot import states
-from bot.store import Task
+from bot.store import states
+from bot.store.task_store import Task
 from tests.fake_adapter import with_fake
 from tests.slack.conftest import ALICE, BOB, CAROL, MakeSlack, Slack, button_value, texts
 

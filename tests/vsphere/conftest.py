@@ -130,6 +130,6 @@ def find_vms(sim: VcSim, name: str) -> list[Any]:
 
 
 def run_task(sim: VcSim, task: Any) -> Any:
-    from adapters.vsphere_vm import wait_task
+    from adapters.vsphere.vm import wait_task
 
     return wait_task(sim.si(), task, "test task")

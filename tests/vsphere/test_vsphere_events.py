@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapters.vsphere_watch import _deployed_from
+from adapters.vsphere.watch import _deployed_from
 
 
 def _arg(moid: str):  # type: ignore[no-untyped-def]

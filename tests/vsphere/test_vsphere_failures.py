@@ -211,7 +211,7 @@ async def test_insufficient_space(vcsim: VcSim, vc_env: None, raw_disk: Path,
 def test_faults_map_to_adapter_errors(fault: str, kind: type[Exception]) -> None:
     from pyVmomi import vim, vmodl
 
-    from adapters.vsphere_errors import translate
+    from adapters.vsphere.faults import translate
 
     ns, _, name = fault.rpartition(".")
     cls = getattr((vim.fault if ns == "vim.fault" else vmodl.fault), name)
@@ -221,7 +221,7 @@ def test_faults_map_to_adapter_errors(fault: str, kind: type[Exception]) -> None
 
 
 def test_transport_errors_map_to_adapter_errors() -> None:
-    from adapters.vsphere_errors import translate
+    from adapters.vsphere.faults import translate
 
     assert isinstance(translate(ConnectionRefusedError(111, "refused"), "x"),
                       PlatformTimeoutError)
@@ -307,7 +307,7 @@ async def test_detach_during_upload_keeps_the_vm_for_cleanup(vcsim: VcSim, vc_en
     from pyVmomi import vim
 
     from adapters.steps import detach
-    from adapters.vsphere_upload import lease_props
+    from adapters.vsphere.upload import lease_props
 
     adapter = make_adapter(vcsim)
     rec = Recorder()
@@ -367,7 +367,7 @@ class _Lease:
 async def test_lease_calls_share_one_helper() -> None:
     from pyVmomi import vmodl
 
-    from adapters.vsphere_upload import ImportLeaseLost, _lease_call, complete, set_progress
+    from adapters.vsphere.upload import ImportLeaseLost, _lease_call, complete, set_progress
 
     session, lease = _Session(), _Lease()
     await set_progress(session, lease, 42)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from adapters.vsphere_ovf import STREAM_OPTIMIZED, Hardware, hardware_from_config, ovf_descriptor
+from adapters.vsphere.ovf import STREAM_OPTIMIZED, Hardware, hardware_from_config, ovf_descriptor
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"

@@ -9,7 +9,7 @@ import pytest
 
 from adapters import config_model, create
 from adapters.base import NotFoundError, publish
-from adapters.vsphere_inventory import PlacementPathError
+from adapters.vsphere.inventory import PlacementPathError
 
 from .conftest import Recorder, VcSim, connector, find_vms
 

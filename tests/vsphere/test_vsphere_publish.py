@@ -87,7 +87,7 @@ async def test_a_vm_powered_on_before_the_watch_begins_is_announced(
 async def test_a_power_cycle_right_after_the_events_were_read_is_not_missed(
         vcsim: VcSim, vc_env: None, raw_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the whole on/off cycle falls just after the watch asked vCenter's events "was it on?"
-    import adapters.vsphere_watch as watch_module
+    import adapters.vsphere.watch as watch_module
 
     adapter = make_adapter(vcsim)
     rec = Recorder()
@@ -249,7 +249,7 @@ async def test_cluster_without_drs_gets_a_host(vcsim: VcSim, vc_env: None, raw_d
     """vCenter needs a host for ImportVApp without DRS; vcsim 0.24 cannot turn DRS off."""
     from pyVmomi import vim
 
-    import adapters.vsphere_inventory as inventory
+    import adapters.vsphere.inventory as inventory
 
     real_props = inventory.props
 

@@ -19,10 +19,10 @@ import pytest
 
 from adapters import create
 from adapters.vsphere import Adapter as VSphereAdapter
-from bot import states
 from bot.catalog import Catalog, load_catalog
-from bot.runner import JobRunner
-from bot.store import TaskStore
+from bot.runner.job_runner import JobRunner
+from bot.store import states
+from bot.store.task_store import TaskStore
 from tests.conftest import BASIC_CATALOG
 from tests.test_runner import kinds, queue
 
@@ -240,7 +240,8 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
         store: TaskStore) -> None:
     import threading
 
-    from adapters import vsphere_power, vsphere_session
+    from adapters.vsphere import power as vsphere_power
+    from adapters.vsphere import session as vsphere_session
 
     def watch_threads() -> int:
         return sum(t.name.startswith("vsphere-watch") for t in threading.enumerate())
@@ -312,8 +313,8 @@ async def test_planning_a_publish_releases_the_vcenter_session(
         vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path]) -> None:
     """/publish plans with an adapter and closes it: the shared session's users go back to
     zero and it logs out (each /publish used to leak a share)."""
-    from adapters import vsphere_session
-    from bot.summary import plan
+    from adapters.vsphere import session as vsphere_session
+    from bot.runner.planning import plan
 
     cat = load_catalog(write_catalog(with_vsphere(vcsim)))
     def shares() -> list[int]:

@@ -1,0 +1,254 @@
+"""The job runner: claims tasks from the shared store and works them, renewing their
+leases while it works.
+
+``max_parallel`` bounds the expensive stages (compose, upload): a task holds one of those
+slots from its claim until it starts waiting for its guest. Waiting costs no slot, so any
+number of tasks wait at once, each an asyncio task (no thread), and one statement renews
+the leases of all of them.
+
+Several runners (``layerbot serve``, ``layerbot publish``, ``layerbot worker``) may
+share one database: a task is claimed with one atomic UPDATE, so it is worked by
+one runner at a time; a runner that dies stops renewing its lease and another one
+resumes the task from its last completed stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Collection
+
+from adapters.base import AdapterError
+from adapters.steps import StepRunner, cancel, detach, is_detach
+from bot import messages
+from bot.catalog import Catalog
+from bot.runner.task_steps import Job, TaskConfigError, build_job, remove_partial, remove_staging, steps_for
+from bot.store import states
+from bot.store.states import EventKind
+from bot.store.task_store import LeaseLost, Task, TaskStore
+from compositor import CompositorError, sweep_stale
+
+log = logging.getLogger(__name__)
+
+#: Errors whose message is shown as is; anything else is reported by its type too.
+_USER_ERRORS = (AdapterError, CompositorError, TaskConfigError)
+
+
+def runner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{int(time.time() * 1000) % 100000}"
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, _USER_ERRORS):
+        return str(exc)
+    return f"internal error ({type(exc).__name__}: {exc})"
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: TaskStore,
+        catalog: Catalog,
+        *,
+        owner: str | None = None,
+        max_parallel: int | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.owner = owner or runner_id()
+        self.max_parallel = max_parallel or catalog.runner.max_parallel
+        self.lease_seconds = catalog.runner.lease_seconds
+        self.max_attempts = catalog.runner.max_attempts
+        self.poll_interval = poll_interval
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        #: tasks in compose/upload, each holding one of the max_parallel slots
+        self._working: set[str] = set()
+        #: tasks whose lease this runner holds and renews
+        self._leased: set[str] = set()
+        self._cancel_sent: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """A task was queued in this process: look for work now."""
+        self._wake.set()
+
+    @property
+    def busy(self) -> int:
+        """Tasks in compose/upload (at most max_parallel)."""
+        return len(self._working)
+
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for their guest."""
+        return len(self._jobs) - len(self._working)
+
+    async def run(self, *, only: Collection[str] | None = None, stop: asyncio.Event | None = None,
+                  until_done: bool = False) -> None:
+        """Claim and work tasks until ``stop`` is set, or (``until_done``) until every
+        task in ``only`` is finished."""
+        swept = await asyncio.to_thread(
+            sweep_stale, self.catalog.runner.work_dir, self.catalog.runner.cache_dir)
+        if swept:
+            log.info("removed %d files left by runners that died: %s", len(swept), swept)
+        keeper = asyncio.create_task(self._keep_leases(), name="leases")
+        try:
+            while not (stop and stop.is_set()):
+                await self._fill(only)
+                if until_done and only is not None and await self._all_finished(only):
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        finally:
+            try:
+                await self.shutdown()
+            finally:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _all_finished(self, ids: Collection[str]) -> bool:
+        if self._jobs:
+            return False
+        tasks = await asyncio.to_thread(lambda: [self.store.get(i) for i in ids])
+        return all(t.finished for t in tasks)
+
+    async def _fill(self, only: Collection[str] | None) -> None:
+        while not self._stopping:
+            slot_free = len(self._working) < self.max_parallel
+            task = await asyncio.to_thread(self.store.claim, self.owner, self.lease_seconds, only,
+                                           published_only=not slot_free)
+            if task is None:
+                return
+            self._leased.add(task.id)
+            if task.published is None:
+                self._working.add(task.id)
+            job = asyncio.create_task(self._work(task), name=f"task-{task.id}")
+            self._jobs[task.id] = job
+            job.add_done_callback(lambda _, tid=task.id: self._finished(tid))
+
+    def _waiting(self, task_id: str) -> None:
+        """The task waits for its guest now: its compose/upload slot is free."""
+        if task_id in self._working:
+            self._working.discard(task_id)
+            self._wake.set()
+
+    def _finished(self, task_id: str) -> None:
+        self._jobs.pop(task_id, None)
+        self._working.discard(task_id)
+        self._cancel_sent.discard(task_id)
+        self._wake.set()
+
+    async def shutdown(self) -> None:
+        """Stop working: detach every job, leaving its task for another runner."""
+        self._stopping = True
+        jobs = list(self._jobs.values())
+        for job in jobs:
+            detach(job)
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+    # ------------------------------------------------------------ one task
+    async def _work(self, task: Task) -> None:
+        stopped_cleanly = False
+        try:
+            if task.attempts > self.max_attempts:
+                await self._fail(task, messages.too_many_attempts(task.attempts - 1))
+            else:
+                await self._run_job(task)
+        except asyncio.CancelledError as exc:
+            if not is_detach(exc):
+                raise
+            stopped_cleanly = self._stopping
+        except LeaseLost:
+            log.warning("task %s: lease lost, another runner has it", task.id)
+        except Exception as exc:
+            # Never release a task that broke this way without a verdict: it would be
+            # claimed again at once, forever.
+            log.exception("task %s: unexpected error", task.id)
+            with contextlib.suppress(LeaseLost):
+                await self._fail(task, failure_reason(exc))
+        finally:
+            self._leased.discard(task.id)  # renewals stop before the release
+            await asyncio.to_thread(self.store.release, task.id, self.owner,
+                                    count_attempt=not stopped_cleanly)
+
+    async def _keep_leases(self) -> None:
+        """Renew every held lease in one statement; detach a job whose lease another runner
+        took, cancel one whose cancel was requested."""
+        while True:
+            await asyncio.sleep(min(self.lease_seconds / 3, 1.0))
+            held = set(self._leased)
+            try:
+                renewed = await asyncio.to_thread(
+                    self.store.renew_held, self.owner, held, self.lease_seconds)
+            except Exception:  # a locked or unreachable database: try again next round
+                log.exception("renewing the leases failed")
+                continue
+            for task_id in held & self._leased:  # (a job may have let go meanwhile)
+                job = self._jobs.get(task_id)
+                if job is None:
+                    continue
+                if task_id not in renewed:
+                    log.warning("task %s: lease lost, another runner has it", task_id)
+                    self._leased.discard(task_id)
+                    detach(job)
+                elif renewed[task_id] and task_id not in self._cancel_sent:
+                    self._cancel_sent.add(task_id)
+                    cancel(job)
+
+    async def _fail(self, task: Task, reason: str) -> None:
+        await asyncio.to_thread(
+            self.store.update, task.id, self.owner, status=states.FAILED, error=reason,
+            event=(EventKind.FAILED, messages.failed(reason, [])))
+
+    async def _run_job(self, task: Task) -> None:
+        try:
+            job = build_job(task, self.store, self.owner, self.catalog,
+                            on_waiting=lambda: self._waiting(task.id))
+        except Exception as exc:  # the catalog changed, or the adapter cannot be set up
+            await self._fail(task, failure_reason(exc))
+            return
+        try:
+            await self._run_steps(job)
+        finally:
+            await job.adapter.close()
+
+    async def _run_steps(self, job: Job) -> None:
+        task = job.task
+        if task.cancel_requested:
+            await remove_partial(job)
+            await job.update(status=states.CANCELLED,
+                             event=(EventKind.CANCELLED, messages.cancelled(job.removed)))
+            return
+        if task.status == states.UPLOADING and job.resources and job.published is None:
+            await remove_partial(job, keep_resumable=True)
+            await job.add_event(EventKind.RESUMED, messages.resumed_cleanup(job.removed))
+            job.removed = []
+        if job.published is not None:
+            await remove_staging(job)
+        try:
+            await StepRunner(steps_for(job)).run(job)
+        except asyncio.CancelledError as exc:
+            if is_detach(exc):
+                raise
+            await job.update(status=states.CANCELLED, error="cancelled",
+                       event=(EventKind.CANCELLED, messages.cancelled(job.removed)),
+                       data={"removed": job.removed})
+            return
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.info("task %s failed", task.id, exc_info=not isinstance(exc, _USER_ERRORS))
+            reason = failure_reason(exc)
+            await job.update(status=states.FAILED, error=reason,
+                       event=(EventKind.FAILED, messages.failed(reason, job.removed)),
+                       data={"removed": job.removed})
+            return
+        elapsed = time.time() - task.created_at
+        await job.update(status=states.DONE, progress=100.0, stage="done",
+                   event=(EventKind.DONE, messages.done(elapsed)), data={"elapsed": elapsed})

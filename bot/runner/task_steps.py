@@ -1,0 +1,352 @@
+"""One "Publishing Layered Image" task as a list of steps with cleanup.
+
+compose → upload (the adapter's steps, nested) → [watch for shutdown] → done
+
+Every state change is written to the store (with its event) before the work it
+announces starts. A task resumed by another runner restarts from its stage:
+``action_required`` skips straight to watching (first removing any staging upload left
+by a runner that died after publishing); ``uploading`` first removes the partial work
+recorded by the dead runner (but keeps a resumable upload, which the adapter continues),
+then composites (a cache hit) again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import adapters
+from adapters import resources
+from adapters.base import (
+    Adapter,
+    Capability,
+    ProgressFn,
+    PublishContext,
+    Published,
+    Watcher,
+    clean_up,
+)
+from adapters.base import publish as publish_steps
+from adapters.resources import Lifetime, Resource
+from adapters.steps import Outcome, Step
+from bot import messages
+from bot.catalog import Catalog, Template
+from bot.store import states
+from bot.store.states import EventKind
+from bot.store.task_store import LeaseLost, Task, TaskStore
+from compositor.evict import ArtifactHold, evict, hold_artifact_async
+from compositor.firstboot import publish_layer
+from compositor.isolated import build_image_isolated, publish_layer_isolated
+from compositor.spec import BuiltImage, ImageSpec, LayerSource
+
+log = logging.getLogger(__name__)
+GIB = 1 << 30
+
+
+class TaskConfigError(Exception):
+    """The catalog no longer describes this task (template or connector removed)."""
+
+
+@dataclass
+class Job:
+    task: Task
+    store: TaskStore
+    owner: str
+    catalog: Catalog
+    template: Template
+    adapter: Adapter
+    started: float = field(default_factory=time.monotonic)
+    built: BuiltImage | None = None
+    published: Published | None = None
+    resources: list[Resource] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    #: keeps cache eviction (of any runner) away from the artifact until it is uploaded
+    artifact_hold: ArtifactHold | None = None
+    #: called once the task waits for its guest: the runner frees its compose/upload slot
+    on_waiting: Callable[[], None] = lambda: None
+    _last_progress: tuple[float, float] = (0.0, -100.0)  # (time, percent) last written
+    _progress_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # Store calls run in worker threads: a commit waits for fsync, the event loop must not.
+    async def update(self, *, event: tuple[EventKind, str] | None = None,
+                     data: dict[str, Any] | None = None, **fields: Any) -> None:
+        self.task = await asyncio.to_thread(
+            self.store.update, self.task.id, self.owner, event=event, data=data, **fields)
+
+    async def persist(self, recorded: list[Resource]) -> None:
+        """Write what exists at the platform (an adapter calls it before relying on it)."""
+        await self.update(resources=resources.dump(recorded))
+
+    async def add_event(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> None:
+        await asyncio.to_thread(self.store.add_event, self.task.id, kind, message, data)
+
+    def progress(self, percent: float, note: str) -> None:
+        """Store progress at most once a second, an event every 10 %. Blocking; thread-safe."""
+        now = time.monotonic()
+        with self._progress_lock:
+            last_at, last_pct = self._last_progress
+            if now - last_at < 1.0 and percent < 100:
+                return
+            event = None
+            if percent - last_pct >= 10 or percent >= 100:
+                event = (EventKind.PROGRESS, f"{self.task.stage}: {percent:.0f}% {note}".rstrip())
+                self._last_progress = (now, percent)
+            else:
+                self._last_progress = (now, last_pct)
+        # a late report after this runner let go of the task is not ours to write
+        with contextlib.suppress(LeaseLost):
+            self.store.update(self.task.id, self.owner, progress=round(percent, 1), event=event,
+                              data={"percent": percent})
+
+
+def layer_sources(catalog: Catalog, template: Template) -> tuple[LayerSource, ...]:
+    return tuple(
+        LayerSource(name, layer.kind, layer.source) for name, layer in catalog.layers_of(template)
+    )
+
+
+def publish_layer_args(catalog: Catalog, template: Template,
+                       layers: tuple[LayerSource, ...]) -> tuple[Any, ...]:
+    """Arguments of compositor.firstboot.publish_layer (and its isolated twin)."""
+    connector = catalog.connectors[template.connector]
+    return (layers, template.disk.filesystem, list(connector.scripts), connector.shutdown,
+            template.disk.size_gib)
+
+
+def assemble_spec(template: Template, adapter: Adapter, layers: tuple[LayerSource, ...],
+                  publish: tuple[Any, Any]) -> ImageSpec:
+    files, links = publish
+    return ImageSpec(
+        layers=layers,
+        size_gib=template.disk.size_gib,
+        filesystem=template.disk.filesystem,
+        format=adapter.disk_format(),
+        extra_files=files,
+        extra_symlinks=links,
+    )
+
+
+def image_spec(catalog: Catalog, template: Template, adapter: Adapter) -> ImageSpec:
+    """The compositor's input. Looks into the layers (how the guest boots, where the first-boot
+    runner hooks in): may take a while for big tar layers, and raises GuestOSError."""
+    layers = layer_sources(catalog, template)
+    publish = publish_layer(*publish_layer_args(catalog, template, layers))
+    return assemble_spec(template, adapter, layers, publish)
+
+
+class ComposeStep:
+    name = "compose"
+
+    async def run(self, job: Job) -> None:
+        # image_spec's guest inspection, in a child process: reading a big tar layer's index
+        # is seconds of Python, which would hold this process's GIL.
+        layers = layer_sources(job.catalog, job.template)
+        publish = await publish_layer_isolated(
+            *publish_layer_args(job.catalog, job.template, layers))
+        spec = assemble_spec(job.template, job.adapter, layers, publish)
+        await job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
+                         event=(EventKind.STAGE, messages.stage_compositing(len(spec.layers))))
+
+        # Progress arrives on the event loop; a store write waits for fsync, so every
+        # report is handed to one writer thread (in order).
+        writer = ThreadPoolExecutor(1, thread_name_prefix=f"progress-{job.task.id}")
+
+        def on_progress(note: str, fraction: float) -> None:
+            writer.submit(job.progress, fraction * 100, note)
+
+        started = time.monotonic()
+        try:
+            for attempt in (1, 2):
+                # In a child process: its Python threads would otherwise hold this process's
+                # GIL for tens of ms at a time, and serve's event loop would wait for it.
+                built = await build_image_isolated(
+                    spec,
+                    work_dir=job.catalog.runner.work_dir,
+                    cache_dir=job.catalog.runner.cache_dir,
+                    progress=on_progress,
+                )
+                try:
+                    job.artifact_hold = await hold_artifact_async(built.path)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+                    log.info("%s: %s was evicted before it could be held; building again",
+                             job.task.id, built.path.name)
+        finally:
+            await asyncio.to_thread(writer.shutdown)
+        job.built = built
+        if built.cache_hit:
+            await job.add_event(EventKind.CACHE_HIT, messages.cache_hit(built.cache_key),
+                                {"cache_key": built.cache_key})
+        else:
+            await job.add_event(EventKind.COMPOSITED,
+                messages.composited(built.file_size, built.format, time.monotonic() - started),
+                {"cache_key": built.cache_key, "bytes": built.file_size},
+            )
+        await self._evict(job, built)
+
+    @staticmethod
+    async def _evict(job: Job, built: BuiltImage) -> None:
+        settings = job.catalog.runner
+        limit, min_free = settings.cache_max_gib, settings.cache_min_free_gib
+        if limit is None and not min_free:
+            return
+        try:
+            result = await asyncio.to_thread(
+                evict, settings.cache_dir, None if limit is None else int(limit * GIB),
+                min_free_bytes=int(min_free * GIB), keep=[built.path])
+        except OSError as exc:  # a full cache is no reason to fail a disk that was built
+            log.warning("%s: cache eviction failed: %s", job.task.id, exc)
+            return
+        if result.removed:
+            await job.add_event(
+                EventKind.CACHE_EVICTED,
+                messages.cache_evicted(len(result.removed), result.freed, limit, min_free),
+                {"keys": [e.key for e in result.removed], "bytes": result.freed,
+                 "left": result.left},
+            )
+
+    async def cleanup(self, job: Job, outcome: Outcome) -> None:
+        """The artifact stays in the cache; the compositor removes its own work files."""
+        release_artifact(job)
+
+
+class UploadStep:
+    name = "upload"
+
+    def __init__(self) -> None:
+        self.context: PublishContext | None = None
+
+    async def run(self, job: Job) -> None:
+        assert job.built is not None
+        await job.update(status=states.UPLOADING, stage="uploading", progress=0.0,
+                   event=(EventKind.STAGE, messages.stage_uploading(job.adapter.platform)))
+
+        async def report(fraction: float, note: str) -> None:
+            await asyncio.to_thread(job.progress, fraction * 100, note)
+
+        self.context = publish_context(job, report)
+        try:
+            published = await publish_steps(job.adapter, self.context)
+        finally:
+            release_artifact(job)
+        job.published = published
+        await job.update(link=published.link, published=published.to_json(), progress=100.0,
+                   event=(EventKind.DISK_CREATED, messages.disk_created(published.summary, published.link)),
+                   data={"link": published.link})
+        await job.add_event(EventKind.NEXT_STEPS, job.adapter.next_steps(published))
+        await job.add_event(EventKind.HINT, messages.LOCAL_USER_HINT)
+
+    async def cleanup(self, job: Job, outcome: Outcome) -> None:
+        """The adapter's steps removed what they made; this catches what they could not
+        reach (a failure between them and the store). A finished VM/image is kept."""
+        if outcome in (Outcome.SUCCEEDED, Outcome.DETACHED) or job.published is not None:
+            return
+        await remove_partial(job)
+
+
+class WatchStep:
+    name = "watch"
+
+    async def run(self, job: Job) -> None:
+        assert job.published is not None
+        await job.update(status=states.ACTION_REQUIRED, stage="waiting for shutdown",
+                   event=(EventKind.WAITING, messages.waiting_for_shutdown()))
+        job.on_waiting()
+
+        async def report(fraction: float, note: str) -> None:
+            await job.add_event(EventKind.GUEST, note, {"fraction": fraction})
+
+        assert isinstance(job.adapter, Watcher), "steps_for adds this step only with WATCH_POWER"
+        await job.adapter.wait_for_shutdown(job.published, publish_context(job, report))
+
+    async def cleanup(self, job: Job, outcome: Outcome) -> None:
+        """Nothing to undo: the published VM stays, whatever happened while watching."""
+
+
+def release_artifact(job: Job) -> None:
+    if job.artifact_hold is not None:
+        job.artifact_hold.release()
+        job.artifact_hold = None
+
+
+async def _no_report(fraction: float, note: str) -> None:
+    """Cleanup reports no progress."""
+
+
+def publish_context(job: Job, report: ProgressFn = _no_report) -> PublishContext:
+    built = job.built
+    return PublishContext(
+        task_id=job.task.id,
+        template=job.task.template,
+        image_name=job.task.image_name,
+        artifact=built.path if built else Path(),
+        artifact_format=built.format if built else job.adapter.disk_format(),
+        virtual_size=built.virtual_size if built else 0,
+        progress=report,
+        persist=job.persist,
+        resources=job.resources,
+        watch_timeout=job.catalog.runner.watch_timeout,
+        scratch_dir=job.catalog.runner.work_dir,
+        removed=job.removed,
+    )
+
+
+async def remove_partial(job: Job, *, keep_resumable: bool = False) -> None:
+    """Remove what a publish that did not finish left (newest first), e.g. after a crash.
+    ``keep_resumable``: keep the upload of an adapter that can continue it."""
+    keep = (keep_resumable and Capability.RESUMABLE_UPLOAD in job.adapter.capabilities)
+    among = [r for r in job.resources
+             if r.lifetime is not Lifetime.MARK and not (keep and r.lifetime is Lifetime.STAGING)]
+    if not among:
+        return
+    removed = await clean_up(job.adapter, publish_context(job), Outcome.FAILED, among)
+    await job.add_event(EventKind.CLEANUP, "Removed: " + ", ".join(removed) if removed
+                        else "Nothing to remove", {"removed": removed})
+
+
+async def remove_staging(job: Job) -> None:
+    """After success: the uploads that only fed the image (left by a runner that died)."""
+    if any(r.lifetime is Lifetime.STAGING for r in job.resources):
+        await clean_up(job.adapter, publish_context(job), Outcome.SUCCEEDED)
+
+
+def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog,
+              on_waiting: Callable[[], None] = lambda: None) -> Job:
+    if task.template not in catalog.templates:
+        raise TaskConfigError(
+            f"template {task.template!r} is no longer in {catalog.path.name}"
+        )
+    template = catalog.templates[task.template]
+    if task.connector not in catalog.connectors:
+        raise TaskConfigError(f"connector {task.connector!r} is no longer in {catalog.path.name}")
+    config = catalog.connectors[task.connector]
+    # read before the adapter exists: an error here leaves no session open
+    recorded = resources.load(task.resources, where=f"task {task.id}",
+                              legacy=getattr(adapters.adapter_class(config.type),
+                                             "legacy_resources", None))
+    adapter = adapters.create(config)
+    job = Job(task=task, store=store, owner=owner, catalog=catalog, template=template,
+              adapter=adapter, resources=recorded, on_waiting=on_waiting)
+    if task.published is not None:
+        job.published = Published.from_json(task.published)
+    return job
+
+
+def steps_for(job: Job) -> list[Step[Job]]:
+    watch = Capability.WATCH_POWER in job.adapter.capabilities
+    if job.published is not None:
+        return [WatchStep()] if watch else []
+    steps: list[Step[Job]] = [ComposeStep(), UploadStep()]
+    if watch:
+        steps.append(WatchStep())
+    return steps

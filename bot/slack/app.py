@@ -1,0 +1,86 @@
+"""The slack-bolt AsyncApp: listeners only acknowledge and hand the work to
+:class:`bot.slack.handlers.Handlers` in an owned background task, so every command,
+click and submission is answered well inside Slack's 3 seconds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.slack import blocks as sb
+from bot.slack.handlers import Background, Handlers
+
+log = logging.getLogger("bot.slack")
+
+
+class _SkipTokenWarning(logging.Filter):
+    """bolt warns that SLACK_BOT_TOKEN from the environment is unused when a client is
+    given; the client carries that very token (and its SLACK_API_URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
+log.addFilter(_SkipTokenWarning())
+
+
+def build_app(handlers: Handlers, background: Background, *, client: AsyncWebClient,
+              signing_secret: str, command: str = "/publish") -> AsyncApp:
+    app = AsyncApp(client=client, signing_secret=signing_secret, name="layerbot", logger=log)
+
+    @app.command(command)
+    async def publish_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        background.spawn(handlers.command(body, respond), "command")
+
+    @app.view(sb.VIEW_PUBLISH)
+    async def publish_modal(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        background.spawn(handlers.modal_submitted(body), "modal")
+
+    buttons = {
+        sb.ACTION_CONFIRM: (handlers.confirm, "confirm"),
+        sb.ACTION_DISMISS: (handlers.dismiss, "dismiss"),
+        sb.ACTION_TASK_CANCEL: (handlers.task_cancel, "task-cancel"),
+        sb.ACTION_TASK_RETRY: (handlers.task_retry, "task-retry"),
+    }
+    for action_id, (handler, name) in buttons.items():
+        app.action(action_id)(_acked_button(background, handlers, handler, name))
+
+    @app.action(sb.ACTION_HOME_PUBLISH)
+    async def home_publish(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        background.spawn(handlers.home_publish(body), "home-publish")
+
+    @app.action(sb.ACTION_OPEN_LINK)
+    async def open_link(ack: AsyncAck) -> None:
+        await ack()  # a link button: Slack opens the URL, nothing to do
+
+    @app.event("app_home_opened")
+    async def home_opened(ack: AsyncAck, event: dict[str, Any]) -> None:
+        await ack()
+        background.spawn(handlers.home_opened(event), "home")
+
+    return app
+
+
+ButtonHandler = Callable[[dict[str, Any], AsyncRespond], Coroutine[Any, Any, None]]
+
+
+def _acked_button(background: Background, handlers: Handlers, handler: ButtonHandler,
+                  name: str) -> Any:
+    """A listener that acks, then leaves the work to ``handler`` in the background. These
+    buttons sit in messages, whose clicks always carry a response_url to answer on."""
+
+    async def listener(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        if not isinstance(body.get("response_url"), str):
+            background.spawn(handlers.refuse_request(body, f"{name} without a response_url"), name)
+            return
+        background.spawn(handler(body, respond), name)
+
+    return listener

@@ -1,0 +1,259 @@
+"""Block Kit messages and views, built with ``slack_sdk.models.blocks`` (whose
+``to_dict()`` validates field lengths); every message also gets a plain-text
+``text`` fallback and is checked against the 50-blocks-per-message limit.
+
+Wording comes from :mod:`bot.messages`; this module only arranges it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    InputBlock,
+    MarkdownTextObject,
+    Option,
+    PlainTextObject,
+    SectionBlock,
+    StaticMultiSelectElement,
+)
+from slack_sdk.models.views import View
+
+from bot import messages
+from bot.runner.planning import PublishPlan
+from bot.store import states
+from bot.store.states import EventKind
+from bot.store.task_store import Event, Task
+
+MAX_MESSAGE_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100
+MAX_TEXT = 3000
+#: Templates on one confirm card (one block each in the compact layout).
+MAX_CARD_TEMPLATES = 40
+#: With at most this many templates, each gets its own three-block section.
+DETAILED_CARD_TEMPLATES = 12
+HOME_TASKS = 10
+
+# action and view ids the app listens to
+ACTION_CONFIRM = "intent_confirm"
+ACTION_DISMISS = "intent_cancel"
+ACTION_TASK_CANCEL = "task_cancel"
+ACTION_TASK_RETRY = "task_retry"
+ACTION_HOME_PUBLISH = "home_publish"
+ACTION_OPEN_LINK = "open_link"
+VIEW_PUBLISH = "publish_modal"
+BLOCK_TEMPLATES = "templates"
+ACTION_TEMPLATES = "selected"
+
+
+class TooManyBlocks(ValueError):
+    pass
+
+
+@dataclass
+class Message:
+    text: str
+    blocks: list[Block] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        """``text`` and validated ``blocks`` for chat.* and response_url."""
+        if len(self.blocks) > MAX_MESSAGE_BLOCKS:
+            raise TooManyBlocks(f"{len(self.blocks)} blocks (Slack allows {MAX_MESSAGE_BLOCKS})")
+        return {"text": clip(self.text, 3900), "blocks": [b.to_dict() for b in self.blocks]}
+
+
+def escape(text: str) -> str:
+    """Make user or catalog text inert in mrkdwn (no mentions, links or markup)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def section(text: str, **kwargs: Any) -> SectionBlock:
+    return SectionBlock(text=MarkdownTextObject(text=clip(text, MAX_TEXT)), **kwargs)
+
+
+def context(text: str) -> ContextBlock:
+    return ContextBlock(elements=[MarkdownTextObject(text=clip(text, MAX_TEXT))])
+
+
+def button(text: str, action_id: str, value: str | None = None, *, style: str | None = None,
+           url: str | None = None, confirm: ConfirmObject | None = None) -> ButtonElement:
+    return ButtonElement(text=PlainTextObject(text=clip(text, 75)), action_id=action_id,
+                         value=value, style=style, url=url, confirm=confirm)
+
+
+def text_message(text: str) -> Message:
+    return Message(text=text, blocks=[section(text)])
+
+
+# ------------------------------------------------------------------ confirm card
+def _plan_blocks(p: PublishPlan, detailed: bool) -> list[Block]:
+    title = f"{p.icon} *{escape(p.template)}* \u2014 {escape(p.description) or messages.NONE}"
+    layers = messages.plan_layers(p.os_layer, p.app_layers, p.platform_layer)
+    target = messages.plan_target(p.connector, p.platform, p.size_gib, p.filesystem, p.disk_format)
+    scripts = messages.plan_scripts(p.scripts, p.cache_hit)
+    details = [escape(t) for t in (layers, target, scripts)]
+    if not detailed:
+        return [section("\n".join([title, *details]))]
+    return [
+        section(title),
+        SectionBlock(fields=[MarkdownTextObject(text=clip(t, 2000)) for t in details]),
+        DividerBlock(),
+    ]
+
+
+def confirm_card(plans: Sequence[PublishPlan], intent_id: str, requester: str, *,
+                 second_person: bool, ttl_minutes: int) -> Message:
+    if len(plans) > MAX_CARD_TEMPLATES:
+        raise TooManyBlocks(f"at most {MAX_CARD_TEMPLATES} templates on one card")
+    detailed = len(plans) <= DETAILED_CARD_TEMPLATES
+    blocks: list[Block] = [
+        HeaderBlock(text=messages.CONFIRM_TITLE),
+        section(messages.confirm_intro(len(plans), requester)),
+    ]
+    for p in plans:
+        blocks += _plan_blocks(p, detailed)
+    if second_person:
+        blocks.append(section(messages.confirm_needs_approval(requester)))
+    blocks.append(context(messages.confirm_expires(ttl_minutes)))
+    confirm = ConfirmObject(title=messages.CONFIRM_DIALOG_TITLE,
+                            text=clip(messages.confirm_fallback([p.template for p in plans]), 300),
+                            confirm=messages.CONFIRM_DIALOG_YES, deny=messages.CONFIRM_DIALOG_NO)
+    blocks.append(ActionsBlock(block_id="intent", elements=[
+        button(messages.BUTTON_PUBLISH, ACTION_CONFIRM, intent_id, style="primary",
+               confirm=confirm if second_person else None),
+        button(messages.BUTTON_CANCEL, ACTION_DISMISS, intent_id),
+    ]))
+    return Message(text=messages.confirm_fallback([p.template for p in plans]), blocks=blocks)
+
+
+# ------------------------------------------------------------------ task message
+def task_message(task: Task) -> Message:
+    label = states.LABELS[task.status]
+    blocks: list[Block] = [
+        HeaderBlock(text=clip(messages.task_header(task.template), 150)),
+        section(messages.task_status_line(label, escape(task.stage), task.requested_by,
+                                          task.platform)),
+    ]
+    if not task.finished or task.status == states.DONE:
+        blocks.append(section(messages.progress_bar(task.progress)))
+    blocks.append(context(messages.task_ref(task.id, escape(task.error) if task.error else None)))
+    elements: list[ButtonElement] = []
+    if task.link and task.link.startswith(("http://", "https://")):
+        elements.append(button(messages.BUTTON_OPEN, ACTION_OPEN_LINK, task.id, url=task.link))
+    if not task.finished:
+        elements.append(button(messages.BUTTON_CANCEL, ACTION_TASK_CANCEL, task.id, style="danger"))
+    elif task.status in (states.FAILED, states.CANCELLED):
+        elements.append(button(messages.BUTTON_RETRY, ACTION_TASK_RETRY, task.id,
+                               style="primary"))
+    if elements:
+        blocks.append(ActionsBlock(block_id="task", elements=elements))
+    return Message(text=messages.task_fallback(task.template, label, task.progress), blocks=blocks)
+
+
+def thread_reply(task: Task, event: Event) -> Message | None:
+    """The thread reply for an event, or None if the event only changes the task message."""
+    msg = escape(event.message)
+    if event.kind == EventKind.DISK_CREATED:
+        text = messages.thread_disk_created(msg, event.data.get("link") or task.link)
+    elif event.kind == EventKind.NEXT_STEPS:
+        text = messages.thread_next_steps(msg)
+    elif event.kind == EventKind.HINT:
+        text = messages.thread_hint()
+    elif event.kind == EventKind.WAITING:
+        text = messages.thread_waiting(msg)
+    elif event.kind == EventKind.DONE:
+        text = messages.thread_done(escape(task.template), msg)
+    elif event.kind == EventKind.FAILED:
+        text = messages.thread_failed(escape(task.template), msg)
+    elif event.kind == EventKind.CANCELLED:
+        text = messages.thread_cancelled(escape(task.template), msg)
+    else:
+        return None
+    return text_message(text)
+
+
+# ------------------------------------------------------------------ modal and App Home
+def publish_modal(templates: Sequence[tuple[str, str]], channel: str | None) -> View:
+    """``templates``: (name, description) pairs the user may publish."""
+    options = [Option(value=name, text=clip(name, 75),
+                      description=clip(desc, 75) if desc else None)
+               for name, desc in templates[:100]]
+    return View(
+        type="modal", callback_id=VIEW_PUBLISH, private_metadata=channel or "",
+        title=messages.MODAL_TITLE[:24], submit=messages.MODAL_SUBMIT,
+        close=messages.MODAL_CLOSE,
+        blocks=[InputBlock(
+            block_id=BLOCK_TEMPLATES, label=messages.MODAL_LABEL,
+            element=StaticMultiSelectElement(action_id=ACTION_TEMPLATES,
+                                             placeholder=messages.MODAL_PLACEHOLDER,
+                                             options=options),
+        )],
+    )
+
+
+def home_view(templates: Sequence[tuple[str, str, str]], tasks: Sequence[Task]) -> View:
+    """``templates``: (name, icon, description) the user may publish."""
+    tasks = list(tasks)[:HOME_TASKS]
+    room = MAX_VIEW_BLOCKS - 6 - len(tasks)
+    blocks: list[Block] = [HeaderBlock(text=messages.HOME_TEMPLATES)]
+    if not templates:
+        blocks.append(section(messages.HOME_NO_TEMPLATES))
+    for name, icon, desc in templates[:room]:
+        blocks.append(section(messages.list_line(icon, escape(name), escape(desc), True),
+                              accessory=button(messages.BUTTON_PUBLISH_ONE, ACTION_HOME_PUBLISH,
+                                               name, style="primary")))
+    blocks += [DividerBlock(), HeaderBlock(text=messages.HOME_TASKS)]
+    if not tasks:
+        blocks.append(section(messages.HOME_NO_TASKS))
+    blocks += [section(status_line(t)) for t in tasks]
+    return View(type="home", blocks=blocks)
+
+
+def status_line(t: Task) -> str:
+    link = t.link if t.link and t.link.startswith(("http://", "https://")) else None
+    return messages.status_line(t.id, escape(t.template), states.LABELS[t.status],
+                                escape(t.stage), t.progress, link)
+
+
+def status_message(tasks: Sequence[Task]) -> Message:
+    if not tasks:
+        return text_message(messages.no_status())
+    lines = [status_line(t) for t in tasks]
+    return Message(text="\n".join(lines), blocks=[section(line) for line in lines[:MAX_MESSAGE_BLOCKS]])
+
+
+def task_detail(task: Task, events: Sequence[Event]) -> Message:
+    base = task_message(task)
+    lines = [f"`{e.kind}` {escape(e.message)}" for e in events if e.kind != EventKind.PROGRESS]
+    text = clip("\n".join(lines[-30:]), MAX_TEXT)
+    blocks = [b for b in base.blocks if not isinstance(b, ActionsBlock)]
+    if text:
+        blocks.append(section(text))
+    return Message(text=base.text, blocks=blocks)
+
+
+def list_message(rows: Sequence[tuple[str, str, str, bool]]) -> Message:
+    """``rows``: (name, icon, description, allowed)."""
+    if not rows:
+        return text_message(messages.NO_TEMPLATES)
+    lines = [messages.list_line(icon, escape(name), escape(desc), ok) for name, icon, desc, ok in rows]
+    chunks: list[str] = []
+    for line in lines:
+        if chunks and len(chunks[-1]) + len(line) + 1 <= MAX_TEXT:
+            chunks[-1] += "\n" + line
+        else:
+            chunks.append(clip(line, MAX_TEXT))
+    return Message(text="\n".join(lines), blocks=[section(c) for c in chunks[:MAX_MESSAGE_BLOCKS]])

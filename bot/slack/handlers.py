@@ -1,0 +1,450 @@
+"""What the Slack app does for each command and click. Every handler runs after the
+request was acknowledged (see :mod:`bot.slack.app`), so it may call the Web API,
+resolve user groups and plan templates (layer hashing runs in a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import messages
+from bot.catalog import Catalog, unknown_name
+from bot.runner.planning import PlanError, PublishPlan, enqueue, new_image_name, plan
+from bot.slack import access as slack_access
+from bot.slack import blocks as slack_blocks
+from bot.slack import payloads as slack_payloads
+from bot.slack.access import Decision, GroupDirectory
+from bot.slack.blocks import Message
+from bot.slack.intents import Claim, Intent
+from bot.slack.records import SlackDB
+from bot.store import states
+from bot.store.task_store import Task, TaskNotFound
+
+log = logging.getLogger(__name__)
+
+#: Sends a message to the user who acted (ephemeral where possible).
+Reply = Callable[[Message], Awaitable[None]]
+#: bolt's ``respond`` (response_url).
+Respond = Callable[..., Awaitable[Any]]
+
+
+class Background:
+    """Owns the work started after an ack, so it is not garbage collected mid-way and
+    can be awaited on shutdown (and by tests)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
+    @staticmethod
+    async def _guard(coro: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("slack: %s failed", name)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            for task in list(self._tasks):
+                task.cancel()
+
+
+def ephemeral(respond: Respond) -> Reply:
+    async def reply(message: Message) -> None:
+        await respond(response_type="ephemeral", replace_original=False, **message.payload())
+    return reply
+
+
+class Handlers:
+    def __init__(self, *, db: SlackDB, catalog: Catalog, client: AsyncWebClient,
+                 groups: GroupDirectory, wake_runner: Callable[[], None] = lambda: None) -> None:
+        self.db = db
+        self.store = db.store  # touched only through db.run (its own thread)
+        self.intents = db.intents
+        self.catalog = catalog
+        self.client = client
+        self.groups = groups
+        self.wake_runner = wake_runner
+
+    # ------------------------------------------------------------ helpers
+    async def _groups(self, user: str) -> set[str]:
+        return await self.groups.groups_of(user, slack_access.groups_in_use(self.catalog))
+
+    async def _decide(self, user: str, action: str, target: str, decision: Decision) -> Decision:
+        await self.db.run(slack_access.record, self.store, user, action, target, decision)
+        return decision
+
+    async def _refuse(self, user: str, action: str, target: str, reason: str,
+                      reply: Reply | None, text: str) -> None:
+        """Audit a refusal that is not an access decision (an unknown, used or expired id),
+        then tell the user."""
+        await self._decide(user, action, target[:200], Decision(False, reason))
+        if reply is not None:
+            await reply(slack_blocks.text_message(text))
+
+    async def refuse_request(self, body: dict[str, Any], reason: str) -> None:
+        """A signed request the app cannot answer (as :class:`bot.slack.edge.SlackGate`)."""
+        log.warning("slack: refused a signed request: %s", reason)
+        await self._decide(slack_payloads.actor(body), "request", "slack", Decision(False, reason))
+
+    def _may_see(self, task: Task, user: str, groups: set[str]) -> bool:
+        """A task is shown to its requester and to whoever may publish its template."""
+        return user == task.requested_by or slack_access.may_publish(
+            self.catalog, task.template, user=user, groups=groups, channel=None,
+            check_channel=False).allowed
+
+    async def _visible_tasks(self, user: str, limit: int) -> list[Task]:
+        groups = await self._groups(user)
+        templates = [n for n in self.catalog.templates if slack_access.may_publish(
+            self.catalog, n, user=user, groups=groups, channel=None, check_channel=False).allowed]
+        return await self.db.run(self.store.tasks_visible_to, user, templates, limit)
+
+    async def _allowed_templates(self, user: str, channel: str | None) -> list[str]:
+        groups = await self._groups(user)
+        return [n for n in self.catalog.templates
+                if slack_access.may_publish(self.catalog, n, user=user, groups=groups,
+                                            channel=channel).allowed]
+
+    def _dm(self, user: str, channel: str | None) -> Reply:
+        """Ephemeral in ``channel`` if possible, else a direct message."""
+        async def reply(message: Message) -> None:
+            if channel:
+                try:
+                    await self.client.chat_postEphemeral(channel=channel, user=user,
+                                                         **message.payload())
+                    return
+                except SlackApiError as exc:
+                    log.info("postEphemeral in %s failed (%s); sending a DM", channel,
+                             exc.response.get("error"))
+            await self.client.chat_postMessage(channel=user, **message.payload())
+        return reply
+
+    async def _plans(self, names: list[str], *, check_cache: bool) -> list[PublishPlan]:
+        return await asyncio.to_thread(
+            lambda: [plan(self.catalog, n, check_cache=check_cache) for n in names])
+
+    # ------------------------------------------------------------ /publish
+    async def command(self, body: dict[str, Any], respond: Respond) -> None:
+        user, channel = body["user_id"], body.get("channel_id")
+        words = (body.get("text") or "").split()
+        reply = ephemeral(respond)
+        verb = words[0].lower() if words else ""
+        if not words:
+            await self.open_modal(user, channel, body["trigger_id"])
+        elif verb == "help":
+            await reply(slack_blocks.text_message(messages.SLACK_HELP))
+        elif verb == "list":
+            await self.list_templates(user, channel, reply)
+        elif verb == "status":
+            await self.status(user, words[1] if len(words) > 1 else None, reply)
+        else:
+            await self.request(user, channel, list(dict.fromkeys(words)), reply)
+
+    async def list_templates(self, user: str, channel: str | None, reply: Reply) -> None:
+        allowed = set(await self._allowed_templates(user, channel))
+        rows = [(n, t.icon, t.description, n in allowed) for n, t in self.catalog.templates.items()]
+        await reply(slack_blocks.list_message(rows))
+
+    async def status(self, user: str, task_id: str | None, reply: Reply) -> None:
+        if task_id is None:
+            await reply(slack_blocks.status_message(await self._visible_tasks(user, 10)))
+            return
+        no_task = messages.no_task(slack_blocks.escape(task_id))
+        try:
+            task = await self.db.run(self.store.get, task_id)
+        except TaskNotFound:
+            await self._refuse(user, "status", task_id, "no such task", reply, no_task)
+            return
+        if not self._may_see(task, user, await self._groups(user)):
+            # the same answer as for an unknown id: the task's existence is not told either
+            await self._refuse(user, "status", task_id, messages.reason_user("template", task.template),
+                               reply, no_task)
+            return
+        await reply(slack_blocks.task_detail(task, await self.db.run(self.store.events, task.id)))
+
+    async def open_modal(self, user: str, channel: str | None, trigger_id: str) -> None:
+        names = await self._allowed_templates(user, channel)
+        view = slack_blocks.publish_modal(
+            [(n, self.catalog.templates[n].description) for n in names], channel)
+        if not names:
+            await self._dm(user, channel)(slack_blocks.text_message(messages.NO_TEMPLATES))
+            return
+        await self.client.views_open(trigger_id=trigger_id, view=view)
+
+    async def modal_submitted(self, body: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        view = body["view"]
+        channel = view.get("private_metadata") or None
+        values = (view.get("state") or {}).get("values") or {}
+        state = (values.get(slack_blocks.BLOCK_TEMPLATES) or {}).get(slack_blocks.ACTION_TEMPLATES) or {}
+        options = state.get("selected_options") or []
+        names = [o["value"] for o in options if isinstance(o, dict) and isinstance(o.get("value"), str)]
+        await self.request(user, channel, names, self._dm(user, channel))
+
+    async def request(self, user: str, channel: str | None, names: list[str],
+                      reply: Reply, *, intent_id: str | None = None) -> None:
+        """Check names and access, then offer the confirm card. ``intent_id``: a fixed id (a
+        retry), so a second request while its card is live posts no second card."""
+        unknown = [n for n in names if n not in self.catalog.templates]
+        if unknown:
+            problems = [slack_blocks.escape(unknown_name("template", n, self.catalog.templates))
+                        for n in unknown]
+            await reply(slack_blocks.text_message(messages.unknown_templates(problems)))
+            return
+        if len(names) > slack_blocks.MAX_CARD_TEMPLATES:
+            await reply(slack_blocks.text_message(messages.too_many(slack_blocks.MAX_CARD_TEMPLATES)))
+            return
+        groups = await self._groups(user)
+        for name in names:
+            decision = await self._decide(user, "publish", name, slack_access.may_publish(
+                self.catalog, name, user=user, groups=groups, channel=channel))
+            if not decision.allowed:
+                await reply(slack_blocks.text_message(
+                    messages.denied("publish", name, decision.reason)))
+                return
+        rule = slack_access.approval_rule(self.catalog, names)
+        if rule == "second_person" and not channel:
+            await reply(slack_blocks.text_message(messages.approval_needs_channel()))
+            return
+        try:
+            plans = await self._plans(names, check_cache=True)
+        except Exception as exc:
+            log.log(logging.INFO if isinstance(exc, PlanError) else logging.ERROR,
+                    "planning %s failed", names, exc_info=not isinstance(exc, PlanError))
+            await reply(slack_blocks.text_message(messages.slack_error(
+                messages.cannot_prepare(names, exc, explained=isinstance(exc, PlanError)))))
+            return
+        intent, new = await self.db.run(self.intents.create, user, channel, names, rule,
+                                        intent_id=intent_id)
+        if not new:
+            await reply(slack_blocks.text_message(
+                messages.intent_used(intent.claimed_by) if intent.claimed_by
+                else messages.approval_pending(intent.user, intent.templates)))
+            return
+        card = slack_blocks.confirm_card(plans, intent.id, user,
+                                         second_person=rule == "second_person",
+                                         ttl_minutes=int(self.intents.ttl // 60))
+        if rule == "requester":
+            await reply(card)
+            return
+        # an approver must see the card: post it in the channel, not ephemerally
+        assert channel is not None
+        try:
+            await self.client.chat_postMessage(channel=channel, **card.payload())
+        except SlackApiError as exc:
+            log.warning("cannot post the approval card in %s: %s", channel,
+                        exc.response.get("error"))
+            await reply(slack_blocks.text_message(messages.slack_error(
+                "Cannot post the confirmation in this channel")))
+            return
+        await reply(slack_blocks.text_message(messages.approval_requested(user, names)))
+
+    # ------------------------------------------------------------ the card's buttons
+    async def confirm(self, body: dict[str, Any], respond: Respond) -> None:
+        clicker = body["user"]["id"]
+        intent_id = body["actions"][0].get("value") or ""
+        reply = ephemeral(respond)
+        intent = await self.db.run(self.intents.get, intent_id) if intent_id else None
+        if intent is None or intent.cancelled:
+            await self._refuse(clicker, "confirm", intent_id or "", "unknown or withdrawn confirmation",
+                               reply, messages.intent_unknown())
+            return
+        target = ",".join(intent.templates)
+        if intent.claimed_by is not None:
+            await self._refuse(clicker, "confirm", target, f"already used by {intent.claimed_by}",
+                               reply, messages.intent_used(intent.claimed_by))
+            return
+        if intent.expires_at <= time.time():
+            await self._decide(clicker, "confirm", target, Decision(False, "expired"))
+            await respond(replace_original=True,
+                          **slack_blocks.text_message(messages.intent_expired(
+                              int(self.intents.ttl // 60))).payload())
+            return
+        decision = await self._may_confirm(intent, clicker)
+        await self._decide(clicker, "confirm", target, decision)
+        if not decision.allowed:
+            await reply(slack_blocks.text_message(
+                messages.denied("confirm", ", ".join(intent.templates), decision.reason)))
+            return
+        claim = await self.db.run(self.intents.claim, intent.id, clicker)
+        if claim is not Claim.CLAIMED:
+            again = await self.db.run(self.intents.get, intent.id)
+            used_by = again.claimed_by if claim is Claim.USED and again else None
+            text = (messages.intent_used(used_by) if used_by
+                    else messages.intent_expired(int(self.intents.ttl // 60)))
+            await self._refuse(clicker, "confirm", target,
+                               f"already used by {used_by}" if used_by else "expired", reply, text)
+            return
+        channel = intent.channel or (body.get("channel") or {}).get("id") or intent.user
+        try:
+            tasks = await self._start(intent, channel)
+        except Exception as exc:
+            log.exception("starting %s failed", intent.templates)
+            # nothing (or not everything) was queued: let a second click try again
+            released = await self.db.run(self.intents.unclaim, intent.id, clicker)
+            await reply(slack_blocks.text_message(messages.start_failed(intent.templates, exc, released)))
+            return
+        await respond(replace_original=True, **slack_blocks.text_message(
+            messages.publishing(len(tasks), intent.user, clicker)).payload())
+
+    async def _may_confirm(self, intent: Intent, clicker: str) -> Decision:
+        decision = slack_access.may_confirm(intent.rule, requester=intent.user, clicker=clicker)
+        if not decision.allowed:
+            return decision
+        for who in dict.fromkeys([intent.user, clicker]):
+            groups = await self._groups(who)
+            for name in intent.templates:
+                decision = slack_access.may_publish(self.catalog, name, user=who, groups=groups,
+                                                    channel=intent.channel)
+                if not decision.allowed:
+                    return decision
+        return slack_access.ALLOW
+
+    async def _start(self, intent: Intent, channel: str) -> list[Task]:
+        plans = await self._plans(intent.templates, check_cache=False)
+        tasks = []
+        for p in plans:
+            notify = self.catalog.connectors[p.connector].notify_channel
+            task, _ = await self.db.run(enqueue, self.store, p, requested_by=intent.user,
+                               channel=notify or channel,
+                               idempotency_key=f"{intent.id}:{p.template}")
+            tasks.append(task)
+        self.wake_runner()
+        return tasks
+
+    async def dismiss(self, body: dict[str, Any], respond: Respond) -> None:
+        clicker = body["user"]["id"]
+        intent_id = body["actions"][0].get("value") or ""
+        intent = await self.db.run(self.intents.get, intent_id) if intent_id else None
+        if intent is None:
+            await self._refuse(clicker, "dismiss", intent_id, "unknown confirmation",
+                               ephemeral(respond), messages.intent_unknown())
+            return
+        if clicker != intent.user:
+            await self._decide(clicker, "dismiss", ",".join(intent.templates),
+                         Decision(False, messages.reason_not_requester(intent.user)))
+            await ephemeral(respond)(slack_blocks.text_message(messages.denied(
+                "cancel", ", ".join(intent.templates), messages.reason_not_requester(intent.user))))
+            return
+        if await self.db.run(self.intents.cancel, intent.id, clicker) is Claim.CLAIMED:
+            await respond(replace_original=True, **slack_blocks.text_message(
+                messages.publish_cancelled(clicker)).payload())
+            return
+        await self._refuse(clicker, "dismiss", ",".join(intent.templates),
+                           "already used, withdrawn or expired", ephemeral(respond),
+                           messages.intent_unknown())
+
+    # ------------------------------------------------------------ task message buttons
+    async def _task_decision(self, task: Task, user: str, action: str) -> Decision:
+        if user == task.requested_by:
+            decision = slack_access.ALLOW
+        else:
+            decision = slack_access.may_publish(self.catalog, task.template, user=user,
+                                                groups=await self._groups(user), channel=None,
+                                                check_channel=False)
+        return await self._decide(user, action, task.id, decision)
+
+    async def _task_action(self, body: dict[str, Any], respond: Respond,
+                           action: str) -> tuple[Task, str, Reply] | None:
+        """The task a Cancel/Retry button names, if this user may act on it (else a denial)."""
+        user = body["user"]["id"]
+        reply = ephemeral(respond)
+        task = await self._clicked_task(body, action, reply)
+        if task is None:
+            return None
+        decision = await self._task_decision(task, user, action)
+        if not decision.allowed:
+            await reply(slack_blocks.text_message(messages.denied(action, task.id,
+                                                                  decision.reason)))
+            return None
+        return task, user, reply
+
+    async def _clicked_task(self, body: dict[str, Any], action: str, reply: Reply) -> Task | None:
+        """The task a button names; an unknown id is refused (audited)."""
+        task_id = body["actions"][0].get("value") or ""
+        try:
+            return await self.db.run(self.store.get, task_id)
+        except TaskNotFound:
+            await self._refuse(body["user"]["id"], action, task_id, "no such task", reply,
+                               messages.no_task(slack_blocks.escape(task_id)))
+            return None
+
+    async def task_cancel(self, body: dict[str, Any], respond: Respond) -> None:
+        found = await self._task_action(body, respond, "cancel")
+        if found is None:
+            return
+        task, user, reply = found
+        if task.finished:
+            await self._refuse(user, "cancel", task.id, f"the task is {states.LABELS[task.status].lower()}",
+                               reply, messages.already_finished(task.id, states.LABELS[task.status]))
+            return
+        await self.db.run(self.store.request_cancel, task.id, user, messages.cancel_requested_by(user))
+        await reply(slack_blocks.text_message(messages.cancel_ack(task.id)))
+
+    async def task_retry(self, body: dict[str, Any], respond: Respond) -> None:
+        """A retry is a new publish: the clicker must be allowed to publish the template from
+        this channel now, and a target that needs a second person's approval gets a new
+        approval card instead of a task."""
+        user = body["user"]["id"]
+        reply = ephemeral(respond)
+        task = await self._clicked_task(body, "retry", reply)
+        if task is None:
+            return
+        if task.status not in (states.FAILED, states.CANCELLED):
+            await self._refuse(user, "retry", task.id, f"the task is {states.LABELS[task.status].lower()}",
+                               reply, messages.already_finished(task.id, states.LABELS[task.status]))
+            return
+        channel = (body.get("channel") or {}).get("id") or task.channel
+        decision = await self._decide(user, "retry", task.id, slack_access.may_publish(
+            self.catalog, task.template, user=user, groups=await self._groups(user),
+            channel=channel))
+        if not decision.allowed:
+            await reply(slack_blocks.text_message(messages.denied("retry", task.id,
+                                                                  decision.reason)))
+            return
+        if slack_access.approval_rule(self.catalog, [task.template]) == "second_person":
+            await self.request(user, channel, [task.template], reply,
+                               intent_id=f"retry-{task.id}")
+            return
+        new = await self.db.run(self.store.retry, task.id, f"retry:{task.id}", user,
+                                messages.retried(task.id, user), new_image_name(task.template))
+        self.wake_runner()
+        await reply(slack_blocks.text_message(messages.retry_ack(task.id, new.id)))
+
+    # ------------------------------------------------------------ App Home
+    async def home_opened(self, event: dict[str, Any]) -> None:
+        if event.get("tab", "home") != "home":
+            return
+        user = event["user"]
+        names = await self._allowed_templates(user, None)
+        rows = [(n, self.catalog.templates[n].icon, self.catalog.templates[n].description)
+                for n in names]
+        tasks = await self._visible_tasks(user, slack_blocks.HOME_TASKS)
+        view = slack_blocks.home_view(rows, tasks)
+        await self.client.views_publish(user_id=user, view=view)
+
+    async def home_publish(self, body: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        await self.request(user, None, [body["actions"][0].get("value") or ""], self._dm(user, None))

@@ -1,0 +1,272 @@
+"""What ``layerbot serve`` runs: the Slack app, the job runner and the Slack notifier in one
+event loop. HTTP mode (``POST /slack/events``, ``GET /healthz``) or, when
+``SLACK_APP_TOKEN`` is set, Socket Mode (plus the health endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import click
+from aiohttp import web
+from slack_bolt.middleware.authorization.async_single_team_authorization import (
+    AsyncSingleTeamAuthorization,
+)
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.catalog import Catalog
+from bot.runner.job_runner import JobRunner
+from bot.slack.access import GroupDirectory
+from bot.slack.app import build_app
+from bot.slack.edge import MAX_BODY, RUNNER_OPTIONS, GatedSocketModeHandler, HttpEdge, SlackGate
+from bot.slack.handlers import Background, Handlers
+from bot.slack.notifier import SlackNotifier
+from bot.slack.payloads import Workspace
+from bot.slack.records import SlackDB
+from bot.store.task_store import TaskStore
+from compositor import set_tool_niceness
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://slack.com/api/"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    """The Slack credentials; ``repr`` never shows a secret."""
+
+    bot_token: str = field(repr=False)
+    signing_secret: str = field(repr=False)
+    app_token: str | None = field(default=None, repr=False)
+    api_url: str = DEFAULT_API_URL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SlackSettings:
+        env = os.environ if env is None else env
+        app_token = env.get("SLACK_APP_TOKEN") or None
+        required = ["SLACK_BOT_TOKEN"] + ([] if app_token else ["SLACK_SIGNING_SECRET"])
+        missing = [var for var in required if not env.get(var)]
+        if missing:
+            raise SettingsError("environment variable(s) not set: " + ", ".join(missing))
+        api_url = env.get("SLACK_API_URL") or DEFAULT_API_URL
+        return cls(bot_token=env["SLACK_BOT_TOKEN"],
+                   signing_secret=env.get("SLACK_SIGNING_SECRET", ""),
+                   app_token=app_token, api_url=api_url.rstrip("/") + "/")
+
+    @property
+    def socket_mode(self) -> bool:
+        return self.app_token is not None
+
+
+class LoopLagMonitor:
+    """How late the event loop wakes up: sleeps ``interval`` and records the excess."""
+
+    def __init__(self, interval: float = 0.02, keep: float = 600.0) -> None:
+        self.interval = interval
+        self.keep = keep
+        self.samples: deque[tuple[float, float]] = deque()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            before = loop.time()
+            await asyncio.sleep(self.interval)
+            now = loop.time()
+            self.samples.append((now, max(0.0, now - before - self.interval)))
+            while self.samples and self.samples[0][0] < now - self.keep:
+                self.samples.popleft()
+
+    def recent(self, window: float | None = None) -> list[float]:
+        """Lags (seconds) sampled over the last ``window`` seconds (default: all kept)."""
+        since = asyncio.get_running_loop().time() - window if window else float("-inf")
+        return [lag for at, lag in self.samples if at >= since]
+
+    def worst(self, window: float | None = None) -> float:
+        return max(self.recent(window), default=0.0)
+
+    def p99(self, window: float | None = None) -> float:
+        lags = sorted(self.recent(window))
+        return lags[int(len(lags) * 0.99)] if lags else 0.0
+
+
+class SlackService:
+    """Everything ``serve`` runs, wired together; tests run it in-process."""
+
+    def __init__(self, settings: SlackSettings, catalog: Catalog, store: TaskStore, *,
+                 update_interval: float = 3.0, update_spacing: float = 1.2,
+                 runner_poll: float = 0.5,
+                 command: str = "/publish") -> None:
+        self.settings = settings
+        self.store = store
+        self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
+        self.runner = JobRunner(store, catalog, poll_interval=runner_poll)
+        self.background = Background()
+        self.db = SlackDB(store)
+        self.handlers = Handlers(db=self.db, catalog=catalog, client=self.client,
+                                 groups=GroupDirectory(self.client), wake_runner=self.runner.wake)
+        self.app = build_app(self.handlers, self.background, client=self.client,
+                             signing_secret=settings.signing_secret, command=command)
+        self.gate = SlackGate(self.db, self.client)
+        self.edge = HttpEdge(self.app, self.gate, settings.signing_secret)
+        notifier_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
+        self.notifier = SlackNotifier(store, self.db, notifier_client,
+                                      update_interval=update_interval,
+                                      update_spacing=update_spacing)
+        self.monitor = LoopLagMonitor()
+        self.stop = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._site_runner: web.AppRunner | None = None
+        self._socket: Any = None
+        self.port: int | None = None
+
+    # ------------------------------------------------------------ HTTP
+    def web_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        if not self.settings.socket_mode:  # Socket Mode has no signing secret to check
+            app.router.add_post("/slack/events", self.edge.handle)
+        app.router.add_get("/healthz", self._healthz)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        try:
+            window = float(request.query.get("window", "0")) or None
+        except ValueError:
+            window = None
+        return web.json_response({
+            "ok": True,
+            "mode": "socket" if self.settings.socket_mode else "http",
+            "runner": {"busy": self.runner.busy, "max_parallel": self.runner.max_parallel,
+                       "waiting": self.runner.waiting},
+            "loop_lag_ms": round(self.monitor.worst(window) * 1000, 1),
+            "loop_lag_p99_ms": round(self.monitor.p99(window) * 1000, 1),
+            "window_s": window,
+            "refused": {str(status): n for status, n in sorted(self.edge.refused.items())},
+        })
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self, host: str = "0.0.0.0", port: int = 3000) -> int:
+        """Start the runner, the notifier and the server; returns the HTTP port.
+        Raises SettingsError if Slack rejects the bot token."""
+        await self._check_token()
+        purged = await self.db.run(self.db.intents.purge)
+        if purged:
+            log.info("removed %d old confirmation intents", purged)
+        self._loops = [
+            asyncio.create_task(self.runner.run(stop=self.stop), name="runner"),
+            asyncio.create_task(self.notifier.run(self.stop), name="notifier"),
+            asyncio.create_task(self.monitor.run(self.stop), name="loop-lag"),
+        ]
+        self._site_runner = web.AppRunner(self.web_app(), access_log=None, **RUNNER_OPTIONS)
+        await self._site_runner.setup()
+        site = web.TCPSite(self._site_runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        if self.settings.socket_mode:
+            assert self.settings.app_token is not None
+            self._socket = GatedSocketModeHandler(self.app, self.settings.app_token, self.gate)
+            await self._socket.connect_async()
+        return self.port
+
+    async def _check_token(self) -> None:
+        """auth.test once at start: a rejected token fails now, not at the first command,
+        and bolt's authorization reuses the answer instead of calling auth.test inside the
+        first requests' 3 seconds (once per request, when a burst comes first)."""
+        try:
+            auth = await self.client.auth_test()
+        except SlackApiError as exc:
+            if exc.response.status_code == 429 or exc.response.status_code >= 500:
+                log.warning("auth.test failed (%s); bolt will retry", exc.response.status_code)
+                return
+            raise SettingsError(
+                f"Slack rejected SLACK_BOT_TOKEN: {exc.response.get('error')}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot reach Slack at %s (%s); bolt will retry",
+                        self.settings.api_url, type(exc).__name__)
+            return
+        self.gate.workspace = Workspace.from_auth_test(auth.data)
+        for middleware in getattr(self.app, "_async_middleware_list", []):
+            if isinstance(middleware, AsyncSingleTeamAuthorization):
+                middleware.auth_test_result = auth
+
+    async def close(self) -> None:
+        """Graceful stop: no new requests, finish answering, let the runner detach its
+        jobs (their tasks stay for the next runner) and flush the task messages."""
+        if self._socket is not None:
+            await self._socket.close_async()
+        if self._site_runner is not None:
+            await self._site_runner.cleanup()
+        await self.background.drain(timeout=10)
+        self.stop.set()
+        _, pending = await asyncio.wait(self._loops, timeout=30) if self._loops else ((), ())
+        for loop_task in pending:
+            log.warning("%s did not stop in time; cancelling it", loop_task.get_name())
+            loop_task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self.db.close()
+
+
+#: How much nicer than the event loop the worker threads run (compositing, copying).
+WORKER_NICENESS = 10
+
+
+def _nicer_thread() -> None:
+    """Linux: nice() in a thread lowers only that thread, so the event loop that must
+    answer Slack within 3 s gets the CPU first when composites keep every core busy."""
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
+
+
+def tune_process(loop: asyncio.AbstractEventLoop) -> None:
+    """For a long-running ``serve``: worker threads (asyncio.to_thread: compositor, uploads)
+    below the loop's priority, and the objects made at start-up out of the garbage
+    collector's way (a full collection would walk them all, on the loop)."""
+    set_tool_niceness(WORKER_NICENESS)
+    loop.set_default_executor(ThreadPoolExecutor(
+        max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="layerbot-work",
+        initializer=_nicer_thread))
+    gc.collect()
+    gc.freeze()
+
+
+async def serve_forever(service: SlackService, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    tune_process(loop)
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        bound = await service.start(host, port)
+    except SettingsError:
+        await service.close()
+        raise
+    mode = "Socket Mode" if service.settings.socket_mode else f"HTTP on {host}:{bound}"
+    click.echo(f"layerbot serve: {mode} (POST /slack/events, GET /healthz on port {bound}); "
+               f"runner {service.runner.owner}, max {service.runner.max_parallel} tasks "
+               f"compositing/uploading at once",
+               err=True)
+    started = time.monotonic()
+    try:
+        await done.wait()
+    finally:
+        click.echo(f"layerbot serve: stopping after {time.monotonic() - started:.0f} s", err=True)
+        with contextlib.suppress(Exception):
+            await service.close()

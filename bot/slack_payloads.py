@@ -73,12 +73,24 @@ class Option(_Open):
     value: StrictStr
 
 
+class InputState(_Open):
+    """One input's value in a view's state (a multi-select's ``selected_options``)."""
+
+    type: Text = None
+    selected_options: list[Option] | None = None
+
+
+class ViewState(_Open):
+    #: block id -> action id -> that input's state
+    values: dict[str, dict[str, InputState]] = Field(default_factory=dict)
+
+
 class View(_Open):
     callback_id: Text = None
     type: Text = None
     team_id: Text = None
     private_metadata: Text = None
-    state: dict[str, dict[str, dict[str, Any]]] | None = None
+    state: ViewState | None = None
 
 
 class Envelope(_Open):
@@ -128,6 +140,8 @@ class SlashCommand(Envelope):
 
 class BlockActions(Envelope):
     user: Actor
+    #: a click in a message names its channel as an object (commands send ``channel_id``)
+    channel: Ref | None = None
     actions: list[Action] = Field(min_length=1)
 
 

@@ -13,7 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 
 class _Open(BaseModel):
@@ -47,8 +56,17 @@ class Message(_Open):
     subtype: Text = None
 
 
+def _object_if_present(value: object) -> object:
+    """bolt reads these as ``body.get(key, {}).get(...)``: absent is fine, null is not."""
+    if value is None:
+        raise ValueError("must be an object when present")
+    return value
+
+
 class Event(Message):
     type: StrictStr
+    function: dict[str, Any] | None = None
+    tokens: dict[str, Any] | None = None
     channel: StrictStr | Ref | None = None
     channel_type: Text = None
     tab: Text = None
@@ -60,6 +78,8 @@ class Event(Message):
     item: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
     workflow_step: dict[str, Any] | None = None
+
+    _not_null = field_validator("function", "tokens", mode="before")(_object_if_present)
 
 
 class Action(_Open):
@@ -124,6 +144,8 @@ class Envelope(_Open):
     assistant_thread: dict[str, Any] | None = None
     function_data: dict[str, Any] | None = None
     workflow_step: dict[str, Any] | None = None
+
+    _not_null = field_validator("event", "view", mode="before")(_object_if_present)
 
 
 class Actor(Ref):

@@ -161,6 +161,10 @@ def malformed_bodies(slack: Slack) -> dict[str, tuple[str, str]]:
         "command without user_id": (urllib.parse.urlencode(no_user), FORM),
         "event not an object": (json.dumps({"type": "event_callback", "team_id": "T0001",
                                             "event": "app_home_opened"}), "application/json"),
+        # bolt reads body.get("event", {}).get(...) on every request, whatever its type
+        "event null": (json.dumps({"type": "block_suggestion", "team_id": "T0001", "event": None}),
+                       "application/json"),
+        "view null": click(view=None),
         "home opened by nobody": (json.dumps({"type": "event_callback", "team_id": "T0001",
                                               "event": {"type": "app_home_opened", "user": None}}),
                                   "application/json"),

@@ -5,6 +5,7 @@ the event loop stays responsive throughout (``/healthz`` loop lag under 100 ms).
 from __future__ import annotations
 
 import asyncio
+import gc
 import http.client
 import json
 import logging
@@ -222,12 +223,19 @@ async def test_fuzzed_requests_never_fail_or_stall(make_slack: MakeSlack,
     client = Client(slack.service.port)
     originals = await seeds(slack)
     requests = await asyncio.to_thread(generate, originals)
+    # hypothesis leaves many objects behind: a full collection of them, triggered in the client's
+    # thread mid-replay, held the GIL for 0.3-0.5 s. Collect now and keep them out of later ones.
+    gc.collect()
+    gc.freeze()
     await asyncio.sleep(0.1)  # the lag of drawing them (GIL) is sampled before the replay
     started = time.monotonic()
-    await asyncio.to_thread(replay, requests, client)
+    try:
+        await asyncio.to_thread(replay, requests, client)
+    finally:
+        gc.unfreeze()
     await slack.idle()
     elapsed = time.monotonic() - started
-    assert len(client.statuses) == len(requests) >= 2000
+    assert len(client.statuses) == len(requests) >= 3000
     assert [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
     monitor = slack.service.monitor
     worst, p99 = monitor.worst(elapsed) * 1000, monitor.p99(elapsed) * 1000

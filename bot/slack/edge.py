@@ -10,9 +10,11 @@ HTTP (``POST /slack/events``), before the body is read:
 then the body is decoded (UTF-8 only, else 400) and parsed the way bolt parses it (400 if
 it is not a JSON object). Both modes (Socket Mode too), in :class:`SlackGate`:
   4. the payload's shape (:mod:`bot.slack.payloads`) — 400;
-  5. the workspace (and enterprise) it comes from is the installed one — 403.
-Refusals 4 and 5 come from requests Slack signed and are audited; 1-3 are only counted
-(``/healthz``): auditing them would let anyone without the secret fill the database.
+  5. the workspace (and enterprise) it comes from is the installed one — 403 (except what
+     bolt answers itself before any listener: ``ssl_check=1``, ``url_verification``).
+Every refusal after the signature check (decoding, parsing, 4 and 5) comes from a request
+Slack signed and is audited; 1-3 are only counted (``/healthz``): auditing them would let
+anyone without the secret fill the database.
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ class SlackGate:
             envelope = check_shape(body)
         except Malformed as exc:
             return await self.refuse(body, 400, f"malformed payload: {exc}")
-        if envelope.type == "url_verification" or "ssl_check" in (envelope.model_extra or {}):
-            return None  # bolt answers these; they carry no workspace
+        if answered_by_bolt(body):
+            return None  # they carry no workspace, and no listener sees them
         workspace = await self.installed()
         if workspace is None:
             return Refusal(503, "the installed workspace is not known yet")
@@ -106,6 +108,12 @@ class SlackGate:
         log.warning("slack: refused a signed request (%d): %s", status, reason)
         await self.db.run(self.db.store.audit, actor(body), "request", "slack", False, reason)
         return Refusal(status, reason)
+
+
+def answered_by_bolt(body: object) -> bool:
+    """Requests bolt's own middleware answers before any listener runs: ``ssl_check=1``
+    (``SslCheck``: exactly the string "1") and ``type: url_verification``."""
+    return isinstance(body, dict) and (body.get("ssl_check") == "1" or body.get("type") == "url_verification")
 
 
 class HttpEdge:
@@ -145,11 +153,11 @@ class HttpEdge:
         if not hmac.compare_digest("v0=" + expected, signature):
             return Refusal(401, "invalid Slack signature")
         if (request.charset or "utf-8").lower() not in ("utf-8", "utf8"):
-            return Refusal(400, "the body must be UTF-8")
+            return await self.gate.refuse(None, 400, "the body must be UTF-8 (the charset is not)")
         try:
             text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return Refusal(400, "the body is not valid UTF-8")
+        except UnicodeDecodeError as exc:
+            return await self.gate.refuse(None, 400, f"the body is not valid UTF-8 (byte {exc.start})")
         headers = build_normalized_headers({k: request.headers.getall(k) for k in request.headers})
         try:  # as bolt will parse it
             body = parse_body(text, extract_content_type(headers))

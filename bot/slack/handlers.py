@@ -71,6 +71,28 @@ class Background:
                 task.cancel()
 
 
+def _field(value: object, key: str) -> object:
+    """``value[key]`` if ``value`` is an object, else None: the payload models admit these
+    fields, yet a handler reads them without trusting that it ran behind them."""
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def clicked_channel(body: dict[str, Any]) -> str | None:
+    """The channel a button was clicked in (``channel.id`` of a block_actions payload)."""
+    channel = _field(body.get("channel"), "id")
+    return channel if isinstance(channel, str) and channel else None
+
+
+def selected_templates(view: dict[str, Any]) -> list[str]:
+    """The template names chosen in the publish modal (its multi-select's options)."""
+    values = _field(view.get("state"), "values")
+    state = _field(_field(values, slack_blocks.BLOCK_TEMPLATES), slack_blocks.ACTION_TEMPLATES)
+    options = _field(state, "selected_options")
+    if not isinstance(options, list):
+        return []
+    return [name for o in options if isinstance(name := _field(o, "value"), str)]
+
+
 def ephemeral(respond: Respond) -> Reply:
     async def reply(message: Message) -> None:
         await respond(response_type="ephemeral", replace_original=False, **message.payload())
@@ -197,10 +219,7 @@ class Handlers:
         user = body["user"]["id"]
         view = body["view"]
         channel = view.get("private_metadata") or None
-        values = (view.get("state") or {}).get("values") or {}
-        state = (values.get(slack_blocks.BLOCK_TEMPLATES) or {}).get(slack_blocks.ACTION_TEMPLATES) or {}
-        options = state.get("selected_options") or []
-        names = [o["value"] for o in options if isinstance(o, dict) and isinstance(o.get("value"), str)]
+        names = selected_templates(view)
         await self.request(user, channel, names, self._dm(user, channel))
 
     async def request(self, user: str, channel: str | None, names: list[str],
@@ -297,7 +316,7 @@ class Handlers:
             await self._refuse(clicker, "confirm", target,
                                f"already used by {used_by}" if used_by else "expired", reply, text)
             return
-        channel = intent.channel or (body.get("channel") or {}).get("id") or intent.user
+        channel = intent.channel or clicked_channel(body) or intent.user
         try:
             tasks = await self._start(intent, channel)
         except Exception as exc:
@@ -416,7 +435,7 @@ class Handlers:
             await self._refuse(user, "retry", task.id, f"the task is {states.LABELS[task.status].lower()}",
                                reply, messages.already_finished(task.id, states.LABELS[task.status]))
             return
-        channel = (body.get("channel") or {}).get("id") or task.channel
+        channel = clicked_channel(body) or task.channel
         decision = await self._decide(user, "retry", task.id, slack_access.may_publish(
             self.catalog, task.template, user=user, groups=await self._groups(user),
             channel=channel))

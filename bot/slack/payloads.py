@@ -13,7 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 
 class _Open(BaseModel):
@@ -47,8 +56,17 @@ class Message(_Open):
     subtype: Text = None
 
 
+def _object_if_present(value: object) -> object:
+    """bolt reads these as ``body.get(key, {}).get(...)``: absent is fine, null is not."""
+    if value is None:
+        raise ValueError("must be an object when present")
+    return value
+
+
 class Event(Message):
     type: StrictStr
+    function: dict[str, Any] | None = None
+    tokens: dict[str, Any] | None = None
     channel: StrictStr | Ref | None = None
     channel_type: Text = None
     tab: Text = None
@@ -60,6 +78,8 @@ class Event(Message):
     item: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
     workflow_step: dict[str, Any] | None = None
+
+    _not_null = field_validator("function", "tokens", mode="before")(_object_if_present)
 
 
 class Action(_Open):
@@ -73,12 +93,24 @@ class Option(_Open):
     value: StrictStr
 
 
+class InputState(_Open):
+    """One input's value in a view's state (a multi-select's ``selected_options``)."""
+
+    type: Text = None
+    selected_options: list[Option] | None = None
+
+
+class ViewState(_Open):
+    #: block id -> action id -> that input's state
+    values: dict[str, dict[str, InputState]] = Field(default_factory=dict)
+
+
 class View(_Open):
     callback_id: Text = None
     type: Text = None
     team_id: Text = None
     private_metadata: Text = None
-    state: dict[str, dict[str, dict[str, Any]]] | None = None
+    state: ViewState | None = None
 
 
 class Envelope(_Open):
@@ -113,6 +145,8 @@ class Envelope(_Open):
     function_data: dict[str, Any] | None = None
     workflow_step: dict[str, Any] | None = None
 
+    _not_null = field_validator("event", "view", mode="before")(_object_if_present)
+
 
 class Actor(Ref):
     id: StrictStr
@@ -128,6 +162,8 @@ class SlashCommand(Envelope):
 
 class BlockActions(Envelope):
     user: Actor
+    #: a click in a message names its channel as an object (commands send ``channel_id``)
+    channel: Ref | None = None
     actions: list[Action] = Field(min_length=1)
 
 

@@ -14,8 +14,14 @@ import zlib
 
 import pytest
 
+from bot.slack import blocks as slack_blocks
 from bot.slack.edge import MAX_BODY
-from tests.slack.conftest import ALICE, SECRET, MakeSlack, Slack
+from bot.slack.handlers import clicked_channel, selected_templates
+from bot.store import states
+from tests.fake_adapter import with_fake
+from tests.slack.conftest import ALICE, CHANNEL, SECRET, MakeSlack, Slack, button_value
+from tests.slack.slack_double import TEAM
+from tests.slack.test_slack_tasks import start
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -75,6 +81,12 @@ async def test_signed_but_undecodable_bodies_get_400(make_slack: MakeSlack,
     await slack.idle()
     assert tracebacks(caplog) == []
     assert slack.double.of("response_url") == []
+    # signed, so audited (unsigned ones are only counted)
+    rows = list(slack.store.db.query("SELECT user, action, reason FROM audit WHERE allowed = 0"))
+    assert [(r["user"], r["action"]) for r in rows] == [("?", "request")] * len(attempts)
+    assert [r["reason"] for r in rows] == ["the body is not valid UTF-8 (byte 8)",
+                                          "the body must be UTF-8 (the charset is not)",
+                                          "the body must be UTF-8 (the charset is not)"]
 
 
 async def test_compressed_bodies_are_refused_unread(make_slack: MakeSlack,
@@ -150,6 +162,10 @@ def malformed_bodies(slack: Slack) -> dict[str, tuple[str, str]]:
         "command without user_id": (urllib.parse.urlencode(no_user), FORM),
         "event not an object": (json.dumps({"type": "event_callback", "team_id": "T0001",
                                             "event": "app_home_opened"}), "application/json"),
+        # bolt reads body.get("event", {}).get(...) on every request, whatever its type
+        "event null": (json.dumps({"type": "block_suggestion", "team_id": "T0001", "event": None}),
+                       "application/json"),
+        "view null": click(view=None),
         "home opened by nobody": (json.dumps({"type": "event_callback", "team_id": "T0001",
                                               "event": {"type": "app_home_opened", "user": None}}),
                                   "application/json"),
@@ -194,3 +210,83 @@ async def test_other_workspaces_are_refused_and_audited(make_slack: MakeSlack) -
     answer = await slack.answer(await slack.command("list"))
     assert "win10-office" in json.dumps(answer)
 
+
+
+async def test_only_what_bolt_answers_itself_skips_the_workspace_check(make_slack: MakeSlack) -> None:
+    slack = await make_slack()
+
+    def foreign_command(**extra: str) -> str:
+        fields = dict(urllib.parse.parse_qsl(slack.command_body("help")))
+        return urllib.parse.urlencode({**fields, "team_id": "T0THEIRS", **extra})
+
+    for ssl_check in ("0", "", "true", "1 "):
+        assert (await slack.post(foreign_command(ssl_check=ssl_check), FORM)).status == 403, ssl_check
+    # bolt answers these before any listener runs: an empty 200, and the challenge
+    assert (await slack.post(foreign_command(ssl_check="1"), FORM)).status == 200
+    verification = json.dumps({"type": "url_verification", "challenge": "c-42", "team_id": "T0THEIRS",
+                               "command": "/publish", "user_id": ALICE, "text": "help",
+                               "trigger_id": "t", "response_url": slack.double.new_response_url()})
+    async with slack.session.post(slack.url, data=verification.encode(), headers={
+            **sign_bytes(verification.encode()), "Content-Type": "application/json"}) as resp:
+        assert resp.status == 200 and "c-42" in await resp.text()
+    await slack.idle()
+    assert slack.double.of("response_url") == []  # no command ran
+    rows = list(slack.store.db.query("SELECT reason FROM audit WHERE allowed = 0"))
+    assert len(rows) == 4 and all("workspace T0THEIRS" in r["reason"] for r in rows)
+
+
+async def test_a_modal_state_of_another_shape_is_refused_not_crashed(
+        make_slack: MakeSlack, caplog: pytest.LogCaptureFixture) -> None:
+    slack = await make_slack()
+    view = slack_blocks.publish_modal([("win10-office", "")], CHANNEL).to_dict()
+
+    def submission(selected: object) -> str:
+        state = {"values": {slack_blocks.BLOCK_TEMPLATES: {slack_blocks.ACTION_TEMPLATES: selected}}}
+        return slack.payload_body({
+            "type": "view_submission", "team": {"id": TEAM}, "user": {"id": ALICE, "team_id": TEAM},
+            "view": {**view, "team_id": TEAM, "state": state}})
+
+    for selected in ("x", ["x"], 7, {"selected_options": "x"}, {"selected_options": [{"value": 1}]},
+                     {"selected_options": ["win10-office"]}):
+        assert (await slack.post(submission(selected), FORM)).status == 400, selected
+    await slack.idle()
+    assert tracebacks(caplog) == []
+    reasons = [r["reason"] for r in slack.store.db.query("SELECT reason FROM audit WHERE allowed = 0")]
+    assert reasons[0] == ("malformed payload: view.state.values.templates.selected: "
+                          "input should be a valid dictionary or instance of inputstate, got a string")
+    assert "view.state.values.templates.selected.selected_options[0].value" in reasons[4]
+    # the modal as Slack submits it still asks for a confirmation
+    good = {"type": "multi_static_select", "selected_options": [{"value": "win10-office"}]}
+    assert (await slack.post(submission(good), FORM)).status == 200
+    await slack.idle()
+    [card] = slack.double.of("chat.postEphemeral", channel=CHANNEL, user=ALICE)
+    assert button_value(card.params["blocks"], slack_blocks.ACTION_CONFIRM)
+
+
+async def test_a_click_whose_channel_is_not_an_object_is_refused_not_crashed(
+        make_slack: MakeSlack, caplog: pytest.LogCaptureFixture) -> None:
+    slack = await make_slack(with_fake("fail_upload: true"))
+    task = await start(slack)
+    assert (await slack.task_done(task.id)).status == states.FAILED
+    for action_id, value in ((slack_blocks.ACTION_TASK_RETRY, task.id),
+                             (slack_blocks.ACTION_CONFIRM, "i123")):
+        click = slack.click_payload(action_id, value)
+        click["channel"] = CHANNEL
+        assert (await slack.post(slack.payload_body(click), FORM)).status == 400, action_id
+    await slack.idle()
+    assert tracebacks(caplog) == []
+    reasons = [r["reason"] for r in slack.store.db.query("SELECT reason FROM audit WHERE allowed = 0")]
+    assert reasons[-2:] == ["malformed payload: channel: input should be a valid dictionary"
+                            " or instance of ref, got a string"] * 2
+
+
+def test_handlers_read_odd_fields_as_absent() -> None:
+    for channel in ("COPS", 7, ["COPS"], {"id": 7}, {"id": ""}, None):
+        assert clicked_channel({"channel": channel}) is None, channel
+    assert clicked_channel({"channel": {"id": "COPS"}}) == "COPS"
+    for state in ("x", {"values": "x"}, {"values": {"templates": {"selected": "x"}}},
+                  {"values": {"templates": {"selected": {"selected_options": "x"}}}}):
+        assert selected_templates({"state": state}) == [], state
+    options = [{"value": "a"}, "b", {"value": 3}, {"value": "c"}]
+    assert selected_templates({"state": {"values": {"templates": {"selected": {
+        "selected_options": options}}}}}) == ["a", "c"]

@@ -70,6 +70,9 @@ class QemuVm(Resource):
 
     kind: ClassVar[str] = "qemu.vm"
     vm_dir: Path
+    #: The task whose marker (vmfiles.OWNER) proves the directory is its own; None in rows
+    #: recorded before markers existed, which only an empty directory satisfies.
+    task_id: str | None = None
 
     def describe(self) -> str:
         return f"VM directory {self.vm_dir}"
@@ -108,12 +111,13 @@ class Adapter:
         if self.vm_dir(name).exists():  # the same template published twice in one second
             name = f"{ctx.image_name}-{ctx.task_id}"
         vm_dir = self.vm_dir(name)
-        await ctx.record(QemuVm(vm_dir=vm_dir))
+        await ctx.record(QemuVm(vm_dir=vm_dir, task_id=ctx.task_id))
         try:
             self.config.path.mkdir(parents=True, exist_ok=True)
-            vm_dir.mkdir()
+            vmfiles.create_owned_dir(vm_dir, ctx.task_id)
         except FileExistsError:
-            raise PlatformError(f"{vm_dir} already exists") from None
+            raise PlatformError(f"cannot create the VM directory {vm_dir}: it already exists "
+                                f"and is not this task's; it was left untouched") from None
         except OSError as exc:
             raise PlatformError(f"cannot create {vm_dir}: {exc.strerror}") from exc
         needed = ctx.artifact.stat().st_blocks * 512
@@ -219,7 +223,7 @@ class Adapter:
     async def remove(self, resource: Resource) -> list[str]:
         """Remove a half-made VM (its QEMU too, if someone started it)."""
         assert isinstance(resource, QemuVm), resource
-        if await asyncio.to_thread(vmfiles.remove_vm, resource.vm_dir):
+        if await asyncio.to_thread(vmfiles.remove_vm, resource.vm_dir, resource.task_id or ""):
             return [resource.describe()]
         return []
 

@@ -40,6 +40,7 @@ import os
 import ssl
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -67,9 +68,11 @@ from adapters.vsphere.inventory import Placement, prop, props, resolve
 from adapters.vsphere.ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
 from adapters.vsphere.session import (
     CAFileError,
+    StubFactory,
     VSphereSession,
     acquire,
     release,
+    soap_stub,
     ssl_context,
 )
 from adapters.vsphere.upload import ImportLeaseLost, complete, upload_disk, wait_ready
@@ -197,6 +200,17 @@ class VSpherePoweredOn(Resource):
     moref: str
 
 
+@dataclass(frozen=True)
+class Clients:
+    """How the adapter reaches vCenter; injected (``adapters.create(config, clients=...)``)
+    by tests that talk to vcsim through a wrapped stub."""
+
+    #: Makes the SOAP stub sessions log in on (pyVmomi's SmartStubAdapter by default).
+    connect: StubFactory = soap_stub
+    #: Longest single WaitForUpdatesEx (seconds); the watch loops until its deadline.
+    wait_seconds: int = 30
+
+
 class _ImportStep(PlatformStep):
     def __init__(self, adapter: Adapter) -> None:
         super().__init__("import", adapter, adapter._import_again_on_lost_lease)
@@ -214,20 +228,22 @@ class Adapter:
     type_name: ClassVar[str] = "vsphere"
     platform: ClassVar[str] = "VMware vSphere"
     capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.CREATES_VM
-    #: Longest single WaitForUpdatesEx (seconds); the watch loops until its deadline.
-    wait_seconds: int = 30
     #: Threads compressing grains (None: all cores).
     workers: int | None = None
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clients: Clients | None = None) -> None:
         self.config = config
+        self.clients = clients or Clients()
+        self.wait_seconds = self.clients.wait_seconds
         try:
             self.ssl = ssl_context(config.insecure, config.ca_file)
         except (CAFileError, ssl.SSLError, OSError) as exc:  # the file changed since the check
             raise PlatformError(f"vSphere {config.host}: {exc}") from exc
-        self._key = session_key(config)
+        # another stub factory is another client: it must not be handed this one's session
+        self._key = (*session_key(config), self.clients.connect)
         self.session = acquire(self._key, lambda: VSphereSession(
-            config.host, config.port, config.user_env, config.password_env, self.ssl))
+            config.host, config.port, config.user_env, config.password_env, self.ssl,
+            connect=self.clients.connect))
         self._closed = False
 
     def disk_format(self) -> DiskFormat:

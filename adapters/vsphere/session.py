@@ -23,6 +23,17 @@ from adapters.vsphere.faults import fault_name, translate
 
 T = TypeVar("T")
 
+#: Makes the SOAP stub a session logs in on: (host, port, TLS context, timeout) -> stub.
+StubFactory = Callable[[str, int, ssl.SSLContext, float], Any]
+
+
+def soap_stub(host: str, port: int, ssl_ctx: ssl.SSLContext, timeout: float) -> Any:
+    """pyVmomi's stub (the default :data:`StubFactory`)."""
+    from pyVim.connect import SmartStubAdapter
+
+    return SmartStubAdapter(host=host, port=port, sslContext=ssl_ctx,
+                            httpConnectionTimeout=timeout)
+
 
 class CAFileError(ValueError):
     """ca_file cannot be used as a set of trusted certificates (the message says why)."""
@@ -59,8 +70,10 @@ class VSphereSession:
     """A logged-in pyvmomi ServiceInstance shared by one connector's tasks."""
 
     def __init__(self, host: str, port: int, user_env: str, password_env: str,
-                 ssl_ctx: ssl.SSLContext, timeout: float = 120.0) -> None:
+                 ssl_ctx: ssl.SSLContext, timeout: float = 120.0,
+                 connect: StubFactory = soap_stub) -> None:
         self.host = host
+        self.make_stub = connect
         self.port = port
         self.user_env = user_env
         self.password_env = password_env
@@ -80,14 +93,12 @@ class VSphereSession:
         return secret_from_env(self.user_env), secret_from_env(self.password_env)
 
     def _connect(self) -> Any:
-        from pyVim.connect import SmartStubAdapter
         from pyVmomi import vim
 
         user, password = self._credentials()
         stub = None
         try:
-            stub = SmartStubAdapter(host=self.host, port=self.port, sslContext=self.ssl,
-                                    httpConnectionTimeout=self.timeout)
+            stub = self.make_stub(self.host, self.port, self.ssl, self.timeout)
             si: Any = vim.ServiceInstance("ServiceInstance", stub)
             si.content.sessionManager.Login(user, password, None)
         except Exception as exc:

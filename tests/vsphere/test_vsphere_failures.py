@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -17,17 +18,26 @@ from adapters.base import (
     PlatformTimeoutError,
     publish,
 )
-from adapters.vsphere import VSphereImport
+from adapters.vsphere import Clients, VSphereImport
 
-from .conftest import PASSWORD, PASSWORD_ENV, USER_ENV, Recorder, VcSim, connector, find_vms
+from .conftest import (
+    PASSWORD,
+    PASSWORD_ENV,
+    USER_ENV,
+    Recorder,
+    VcSim,
+    connector,
+    find_vms,
+    watching_stub,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def make_adapter(sim: VcSim, **overrides: object):  # type: ignore[no-untyped-def]
-    adapter = create(config_model("vsphere").model_validate(connector(sim, **overrides)))
-    adapter.wait_seconds = 1  # type: ignore[attr-defined]
-    return adapter
+def make_adapter(sim: VcSim, clients: Clients | None = None,
+                 **overrides: object):  # type: ignore[no-untyped-def]
+    cfg = config_model("vsphere").model_validate(connector(sim, **overrides))
+    return create(cfg, clients or Clients(wait_seconds=1))
 
 
 def test_config_names_missing_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,12 +196,16 @@ async def test_vm_deleted_during_watch(vcsim: VcSim, vc_env: None, raw_disk: Pat
     await adapter.close()
 
 
-async def test_insufficient_space(vcsim: VcSim, vc_env: None, raw_disk: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import adapters.vsphere
+async def test_insufficient_space(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    def one_byte_free(method: str, result: Any) -> Any:
+        for item in (result.objects if method == "RetrievePropertiesEx" and result else []):
+            for value in item.propSet:
+                if value.name == "summary.freeSpace":
+                    value.val = 1
+        return result
 
-    monkeypatch.setattr(adapters.vsphere, "_data_bytes", lambda raw: 2**60)
-    adapter = make_adapter(vcsim, datastore="LocalDS_1")
+    adapter = make_adapter(vcsim, Clients(connect=watching_stub(one_byte_free), wait_seconds=1),
+                           datastore="LocalDS_1")
     with pytest.raises(InsufficientSpaceError, match=r"datastore 'LocalDS_1' has .* GiB free"):
         await publish(adapter, Recorder().context(raw_disk, "too-big"))
     assert find_vms(vcsim, "too-big") == []

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from adapters import create
-from adapters.vsphere import Adapter as VSphereAdapter
+from adapters.vsphere import Clients
 from bot.catalog import Catalog, load_catalog
 from bot.runner.job_runner import JobRunner
 from bot.store import states
@@ -41,10 +41,8 @@ def with_vsphere(sim: VcSim, **overrides: Any) -> str:
     return text.replace("connector: folder", "connector: vcsim-lab")
 
 
-@pytest.fixture
-def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Short WaitForUpdatesEx calls, so a detaching runner lets go within seconds."""
-    monkeypatch.setattr(VSphereAdapter, "wait_seconds", 2)
+#: Short WaitForUpdatesEx calls, so a detaching runner lets go within seconds.
+FAST_WATCH = {"vsphere": Clients(wait_seconds=2)}
 
 
 async def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
@@ -78,7 +76,7 @@ async def running(store: TaskStore, cat: Catalog, task_id: str,
                   stop: asyncio.Event | None = None) -> AsyncIterator[asyncio.Task[None]]:
     """A JobRunner working task_id (until it is finished, or until ``stop``); cancelled on
     the way out if it is still running."""
-    runner = JobRunner(store, cat, poll_interval=0.05)
+    runner = JobRunner(store, cat, poll_interval=0.05, clients=FAST_WATCH)
     work = asyncio.create_task(runner.run(only=[task_id], stop=stop, until_done=stop is None))
     try:
         yield work
@@ -95,7 +93,7 @@ async def watching(store: TaskStore, task_id: str, note: str, what: str) -> None
 
 
 async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
-        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path],
         store: TaskStore) -> None:
     cat = load_catalog(write_catalog(with_vsphere(vcsim)))
     task_id = queue(store, cat)
@@ -141,7 +139,7 @@ async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
 
 @pytest.mark.parametrize("power_on", ["before_restart", "after_restart"])
 async def test_restart_during_watch_reaches_done_once(
-        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path],
         store: TaskStore, power_on: str) -> None:
     cat = load_catalog(write_catalog(with_vsphere(vcsim)))
     task_id = queue(store, cat)
@@ -186,7 +184,7 @@ async def test_restart_during_watch_reaches_done_once(
 
 
 async def test_template_mode_reaches_done_when_a_deployed_vm_shuts_down(
-        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path],
         store: TaskStore) -> None:
     from pyVmomi import vim
 
@@ -236,7 +234,7 @@ def with_templates(sim: VcSim, names: list[str]) -> str:
 
 
 async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
-        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path],
         store: TaskStore) -> None:
     import threading
 
@@ -257,7 +255,8 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
     ids = [queue(store, cat, name) for name in names]
     # none of the VMs has been powered on, yet all five wait for their guests
     stop = asyncio.Event()
-    first = asyncio.create_task(JobRunner(store, cat, poll_interval=0.05).run(only=ids, stop=stop))
+    first = asyncio.create_task(JobRunner(store, cat, poll_interval=0.05, clients=FAST_WATCH).run(
+        only=ids, stop=stop))
     try:
         for task_id in ids:
             await watching(store, task_id, "waiting for VM", "every watch to start")
@@ -278,7 +277,7 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
     # the runner closed its adapters: the last one logged the session out (planning holds none)
     assert not [key for key in vsphere_session._SHARED if key[:2] == (vcsim.host, vcsim.port)]
 
-    runner = JobRunner(store, cat, poll_interval=0.05)
+    runner = JobRunner(store, cat, poll_interval=0.05, clients=FAST_WATCH)
     work = asyncio.create_task(runner.run(only=ids, until_done=True))
     try:
         await wait_until(lambda: getattr(current_watcher(), "watched", 0) == 5,

@@ -34,7 +34,6 @@ Example connector (layerbot.yml)::
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import ssl
@@ -62,16 +61,16 @@ from adapters.base import (
     path_kind,
     secret_from_env,
 )
+from adapters.blocking import SessionKey, SessionPool
 from adapters.resources import Lifetime, Resource, latest
 from adapters.steps import Outcome, Step
 from adapters.vsphere.inventory import Placement, prop, props, resolve
 from adapters.vsphere.ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
 from adapters.vsphere.session import (
+    SESSIONS,
     CAFileError,
     StubFactory,
     VSphereSession,
-    acquire,
-    release,
     soap_stub,
     ssl_context,
 )
@@ -209,6 +208,8 @@ class Clients:
     connect: StubFactory = soap_stub
     #: Longest single WaitForUpdatesEx (seconds); the watch loops until its deadline.
     wait_seconds: int = 30
+    #: Where sessions are shared (one per vCenter, user and password).
+    sessions: SessionPool[VSphereSession] = SESSIONS
 
 
 class _ImportStep(PlatformStep):
@@ -240,8 +241,8 @@ class Adapter:
         except (CAFileError, ssl.SSLError, OSError) as exc:  # the file changed since the check
             raise PlatformError(f"vSphere {config.host}: {exc}") from exc
         # another stub factory is another client: it must not be handed this one's session
-        self._key = (*session_key(config), self.clients.connect)
-        self.session = acquire(self._key, lambda: VSphereSession(
+        self._key = session_key(config, self.clients.connect)
+        self.session = self.clients.sessions.acquire(self._key, lambda: VSphereSession(
             config.host, config.port, config.user_env, config.password_env, self.ssl,
             connect=self.clients.connect))
         self._closed = False
@@ -428,17 +429,15 @@ class Adapter:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            await release(self._key, self.session)
+            await self.clients.sessions.release(self._key, self.session)
 
 
-def session_key(config: Config) -> tuple[Any, ...]:
+def session_key(config: Config, connect: StubFactory = soap_stub) -> SessionKey:
     """Connectors to the same vCenter as the same user share one session, whatever the names
-    of their environment variables. The password is in the key only as a digest: a changed
-    password is another login, and the key holds no secret."""
-    user = secret_from_env(config.user_env)
-    password = hashlib.sha256(secret_from_env(config.password_env).encode()).hexdigest()
-    return (config.host.lower(), config.port, user, password, config.insecure,
-            str(config.ca_file))
+    of their environment variables; another stub factory is another client."""
+    return SessionKey.of(f"{config.host}:{config.port}", secret_from_env(config.user_env),
+                         secret_from_env(config.password_env), config.insecure,
+                         str(config.ca_file), connect)
 
 
 def _vm_name(si: Any, vm: Any) -> str | None:

@@ -238,15 +238,17 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
         store: TaskStore) -> None:
     import threading
 
+    from adapters.blocking import SessionPool
     from adapters.vsphere import power as vsphere_power
-    from adapters.vsphere import session as vsphere_session
+
+    pool: SessionPool[Any] = SessionPool()  # this test's sessions, whatever others hold
+    clients = {"vsphere": Clients(wait_seconds=2, sessions=pool)}
 
     def watch_threads() -> int:
         return sum(t.name.startswith("vsphere-watch") for t in threading.enumerate())
 
     def current_watcher() -> Any:
-        sessions = [entry[0] for key, entry in vsphere_session._SHARED.items()
-                    if key[:2] == (vcsim.host, vcsim.port)]
+        sessions = [session for _key, session, _users in pool.shared()]
         return vsphere_power._WATCHERS.get(sessions[0]) if sessions else None
 
     names = [f"t{i}" for i in range(5)]
@@ -255,7 +257,7 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
     ids = [queue(store, cat, name) for name in names]
     # none of the VMs has been powered on, yet all five wait for their guests
     stop = asyncio.Event()
-    first = asyncio.create_task(JobRunner(store, cat, poll_interval=0.05, clients=FAST_WATCH).run(
+    first = asyncio.create_task(JobRunner(store, cat, poll_interval=0.05, clients=clients).run(
         only=ids, stop=stop))
     try:
         for task_id in ids:
@@ -275,9 +277,9 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
     assert all(store.get(i).lease_owner is None for i in ids)
     assert watcher.watched == 0
     # the runner closed its adapters: the last one logged the session out (planning holds none)
-    assert not [key for key in vsphere_session._SHARED if key[:2] == (vcsim.host, vcsim.port)]
+    assert pool.shared() == []
 
-    runner = JobRunner(store, cat, poll_interval=0.05, clients=FAST_WATCH)
+    runner = JobRunner(store, cat, poll_interval=0.05, clients=clients)
     work = asyncio.create_task(runner.run(only=ids, until_done=True))
     try:
         await wait_until(lambda: getattr(current_watcher(), "watched", 0) == 5,
@@ -312,13 +314,13 @@ async def test_planning_a_publish_releases_the_vcenter_session(
         vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path]) -> None:
     """/publish plans with an adapter and closes it: the shared session's users go back to
     zero and it logs out (each /publish used to leak a share)."""
-    from adapters.vsphere import session as vsphere_session
+    from adapters.vsphere.session import SESSIONS
     from bot.runner.planning import plan
 
     cat = load_catalog(write_catalog(with_vsphere(vcsim)))
     def shares() -> list[int]:
-        return [entry[1] for key, entry in vsphere_session._SHARED.items()
-                if key[:2] == (vcsim.host, vcsim.port)]
+        return [users for key, _session, users in SESSIONS.shared()
+                if key.endpoint == f"{vcsim.host}:{vcsim.port}"]
 
     # planned from a coroutine: the close runs on a thread of its own
     for _ in range(3):

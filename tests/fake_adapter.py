@@ -92,13 +92,14 @@ class Adapter:
         if self.config.fail_upload:
             raise PlatformError("the datastore went away (simulated)")
         ctx.published = Published(link=vm.as_uri(), summary=f"VM {ctx.image_name} (powered off)",
-                                  resource={"vm": str(vm)})
+                                  resource=FakeVm(path=vm))
 
     def next_steps(self, published: Published) -> str:
         return f"{published.summary} is created, but off. Power it on and let the scripts run."
 
     async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
-        off = Path(published.resource["vm"] + ".off")
+        vm = published.expect(FakeVm).path
+        off = vm.with_name(vm.name + ".off")
         deadline = asyncio.get_running_loop().time() + ctx.watch_timeout
         backoff = Backoff(0.05, self.config.poll_max_seconds)
         while not off.exists():
@@ -118,6 +119,10 @@ class Adapter:
     @staticmethod
     def legacy_resources(old: Mapping[str, Any]) -> list[Resource]:
         return [FakeVm(path=old["vm"])] if old.get("vm") else []
+
+    @staticmethod
+    def legacy_published(old: Mapping[str, Any]) -> Resource | None:
+        return FakeVm(path=old["vm"]) if old.get("vm") else None
 
     async def close(self) -> None:
         pass

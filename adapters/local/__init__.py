@@ -141,7 +141,7 @@ class Adapter:
         ctx.published = Published(
             link=dest.resolve().as_uri(),
             summary=f"{dest.name} ({self.config.format}, {size} bytes) in {dest.parent}",
-            resource={"file": str(dest)},
+            resource=mine,
         )
 
     async def uploaded_bytes(self, upload: Resource, artifact: Path) -> int:
@@ -150,7 +150,8 @@ class Adapter:
         return await asyncio.to_thread(_verified_prefix, upload.path, artifact)
 
     def next_steps(self, published: Published) -> str:
-        path = published.resource.get("file", published.link)
+        path = published.resource.path if isinstance(published.resource, LocalFile) \
+            else published.link
         return (
             f"The layered image is in {path}. Copy it to your platform and create a VM from "
             "it; on first boot the guest runs the connector's scripts and shuts down."
@@ -176,6 +177,10 @@ class Adapter:
         if old.get("partial"):
             out.append(LocalUpload(path=old["partial"]))
         return out
+
+    @staticmethod
+    def legacy_published(old: Mapping[str, Any]) -> Resource | None:
+        return LocalFile(path=old["file"]) if old.get("file") else None
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -137,8 +137,7 @@ class Adapter:
             link=launcher.resolve().as_uri(),
             summary=f"VM {name} (created, powered off; direct kernel boot of {boot.kernel}) "
                     f"in {vm_dir}",
-            resource={"vm_dir": str(vm_dir), "name": name, "task_id": ctx.task_id,
-                      "launcher": str(launcher)},
+            resource=QemuVm(vm_dir=vm_dir, task_id=ctx.task_id),
         )
 
     async def _convert(self, ctx: PublishContext, dest: Path) -> None:
@@ -173,8 +172,8 @@ class Adapter:
         os.replace(partial, dest)
 
     def next_steps(self, published: Published) -> str:
-        name = published.resource.get("name", "")
-        task = published.resource.get("task_id", "TASK")
+        vm = published.expect(QemuVm)
+        name, task = vm.vm_dir.name, vm.task_id or "TASK"
         return (
             f"The virtual machine {name} is created, but off. Start it with "
             f"`layerbot vm start {task}`, let it run the connector's scripts; it powers off "
@@ -183,8 +182,8 @@ class Adapter:
         )
 
     async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
-        vm_dir = Path(published.resource["vm_dir"])
-        task = published.resource.get("task_id", ctx.task_id)
+        vm = published.expect(QemuVm)
+        vm_dir, task = vm.vm_dir, vm.task_id or ctx.task_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ctx.watch_timeout
         seen: tuple[str, float] | None = None
@@ -230,6 +229,11 @@ class Adapter:
     @staticmethod
     def legacy_resources(old: Mapping[str, Any]) -> list[Resource]:
         return [QemuVm(vm_dir=old["vm_dir"])] if old.get("vm_dir") else []
+
+    @staticmethod
+    def legacy_published(old: Mapping[str, Any]) -> Resource | None:
+        return QemuVm(vm_dir=old["vm_dir"], task_id=old.get("task_id")) if old.get("vm_dir") \
+            else None
 
     async def close(self) -> None:
         """Nothing to release: VMs outlive the runner."""

@@ -40,7 +40,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -181,6 +181,25 @@ class VSphereVm(Resource):
 
     def describe(self) -> str:
         return f"VM {self.name} ({self.moref})"
+
+
+class VSpherePublished(Resource):
+    """What a publish left (``Published.resource``): the VM or template and what its watch
+    needs. A fact, not something cleanup removes (that is the recorded VSphereVm)."""
+
+    kind: ClassVar[str] = "vsphere.published"
+    lifetime: ClassVar[Lifetime] = Lifetime.MARK
+    moref: str
+    name: str
+    mode: Literal["vm", "template"]
+    #: vCenter's time before the import: the deploy watch reads events from here on
+    since: datetime
+    published_at: float
+    #: vCenter's instance UUID (None in rows that did not record it)
+    vcenter: str | None = None
+
+    def describe(self) -> str:
+        return f"{'VM template' if self.mode == 'template' else 'VM'} {self.name} ({self.moref})"
 
 
 class VSphereDeployedVm(Resource):
@@ -335,10 +354,9 @@ class Adapter:
                 f"{moid}:{about.instanceUuid}")
         kind = "VM template" if cfg.mode == "template" else "VM"
         state = "" if cfg.mode == "template" else " (powered off)"
-        ctx.published = Published(link=link, summary=f"{kind} {name}{state}", resource={
-            "vm": moid, "vm_name": name, "mode": cfg.mode, "since": since.isoformat(),
-            "published_at": time.time(), "vcenter": about.instanceUuid,
-        })
+        ctx.published = Published(link=link, summary=f"{kind} {name}{state}", resource=VSpherePublished(
+            moref=moid, name=name, mode=cfg.mode, since=since, published_at=time.time(),
+            vcenter=about.instanceUuid))
 
     async def _check_space(self, raw: Path, place: Placement) -> None:
         from pyVmomi import vim
@@ -354,30 +372,30 @@ class Adapter:
                 f"the disk holds {needed / 2**30:.1f} GiB of data")
 
     def next_steps(self, published: Published) -> str:
-        mode = published.resource.get("mode", self.config.mode)
-        return NEXT_STEPS[mode].format(name=published.resource.get("vm_name", published.summary))
+        vm = published.expect(VSpherePublished)
+        return NEXT_STEPS[vm.mode].format(name=vm.name)
 
     # ------------------------------------------------------------ watch
     async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
         from pyVmomi import vim
 
-        res, session = published.resource, self.session
+        res, session = published.expect(VSpherePublished), self.session
         timeout = self.config.watch_timeout or ctx.watch_timeout
-        deadline = float(res.get("published_at", time.time())) + timeout
+        deadline = res.published_at + timeout
         stub, vcenter = await session.call(lambda si: (si._stub, si.content.about.instanceUuid),
                                            "connecting")
-        if res.get("vcenter") not in (None, vcenter):
+        if res.vcenter not in (None, vcenter):
             raise NotFoundError(f"vSphere: {self.config.host} is not the vCenter the image was "
-                                f"published to ({res['vcenter']}); cannot watch {res['vm']}")
-        vm_id = res["vm"]
-        if res.get("mode") == "template":
+                                f"published to ({res.vcenter}); cannot watch {res.moref}")
+        vm_id: str | None = res.moref
+        if res.mode == "template":
             deployed_mark = latest(ctx.resources, VSphereDeployedVm)
             vm_id = deployed_mark.moref if deployed_mark else None
             if not vm_id:
                 await ctx.progress(0.0, "waiting for a VM to be deployed from the template")
                 deployed = await wait_for_deploy(
-                    session, vim.VirtualMachine(res["vm"], stub),
-                    since=datetime.fromisoformat(res["since"]), deadline=deadline,
+                    session, vim.VirtualMachine(res.moref, stub),
+                    since=res.since, deadline=deadline,
                     timeout=timeout, wait_seconds=self.wait_seconds)
                 vm_id = deployed._moId
                 await ctx.record(VSphereDeployedVm(moref=vm_id))
@@ -421,10 +439,20 @@ class Adapter:
             out.append(VSpherePoweredOn(moref=old["powered_on"]))
         return out
 
+    @staticmethod
+    def legacy_published(old: Mapping[str, Any]) -> Resource | None:
+        """The dict ``Published.resource`` was before it was typed."""
+        if not old.get("vm"):
+            return None
+        return VSpherePublished(
+            moref=old["vm"], name=old.get("vm_name") or old["vm"], mode=old.get("mode", "vm"),
+            since=old.get("since") or datetime.fromtimestamp(0, UTC),
+            published_at=float(old.get("published_at") or time.time()), vcenter=old.get("vcenter"))
+
     async def unpublish(self, published: Published) -> list[str]:
         """Destroy a published VM or template (for tests and for a user's "unpublish")."""
-        return await destroy_vm(self.session, published.resource["vm"],
-                                published.resource.get("vm_name", ""))
+        vm = published.expect(VSpherePublished)
+        return await destroy_vm(self.session, vm.moref, vm.name)
 
     async def close(self) -> None:
         if not self._closed:

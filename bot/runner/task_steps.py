@@ -332,14 +332,16 @@ def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog,
         raise TaskConfigError(f"connector {task.connector!r} is no longer in {catalog.path.name}")
     config = catalog.connectors[task.connector]
     # read before the adapter exists: an error here leaves no session open
+    adapter_class = adapters.adapter_class(config.type)
     recorded = resources.load(task.resources, where=f"task {task.id}",
-                              legacy=getattr(adapters.adapter_class(config.type),
-                                             "legacy_resources", None))
+                              legacy=getattr(adapter_class, "legacy_resources", None))
+    published = None if task.published is None else Published.from_json(
+        task.published, where=f"task {task.id}",
+        legacy=getattr(adapter_class, "legacy_published", None))
     adapter = adapters.create(config, (clients or {}).get(config.type))
     job = Job(task=task, store=store, owner=owner, catalog=catalog, template=template,
               adapter=adapter, resources=recorded, on_waiting=on_waiting)
-    if task.published is not None:
-        job.published = Published.from_json(task.published)
+    job.published = published
     return job
 
 

@@ -135,9 +135,9 @@ async def test_a_second_publish_in_the_same_second_gets_its_own_vm(tmp_path: Pat
     built = await raw_disk(tmp_path, TINY)
     first = await publish(adapter(tmp_path), Recorder().context(built))
     second = await publish(adapter(tmp_path), Recorder().context(built, task_id="t0000002"))
-    assert first.resource["name"] == "debian-20261126T010101Z"
-    assert second.resource["name"] == "debian-20261126T010101Z-t0000002"
-    assert vmfiles.VmDefinition.load(Path(second.resource["vm_dir"])).task_id == "t0000002"
+    assert first.expect(QemuVm).vm_dir.name == "debian-20261126T010101Z"
+    assert second.expect(QemuVm).vm_dir.name == "debian-20261126T010101Z-t0000002"
+    assert vmfiles.VmDefinition.load(second.expect(QemuVm).vm_dir).task_id == "t0000002"
 
 
 async def test_a_failed_conversion_leaves_nothing_after_cleanup(
@@ -162,7 +162,7 @@ async def test_a_failed_conversion_leaves_nothing_after_cleanup(
 async def test_watch_follows_the_state_files_and_survives_a_new_adapter(tmp_path: Path) -> None:
     built = await raw_disk(tmp_path, TINY)
     published = await publish(adapter(tmp_path), Recorder().context(built))
-    vm_dir = Path(published.resource["vm_dir"])
+    vm_dir = published.expect(QemuVm).vm_dir
     rec = Recorder()
     # a restarted runner has only the stored JSON
     resumed = Published.from_json(json.loads(json.dumps(published.to_json())))
@@ -208,7 +208,7 @@ async def small_published_vm(tmp_path: Path) -> tuple[Recorder, Any, Path]:
     rec = Recorder()
     target = adapter(tmp_path, accel="tcg", memory_mb=128, cpus=1)
     published = await publish(target, rec.context(built))
-    return rec, target, Path(published.resource["vm_dir"])
+    return rec, target, published.expect(QemuVm).vm_dir
 
 
 async def test_a_real_qemu_started_then_killed_is_stopped_not_done(tmp_path: Path) -> None:

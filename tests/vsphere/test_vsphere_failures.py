@@ -18,7 +18,7 @@ from adapters.base import (
     PlatformTimeoutError,
     publish,
 )
-from adapters.vsphere import Clients, VSphereImport
+from adapters.vsphere import Clients, VSphereImport, VSpherePublished
 
 from .conftest import (
     PASSWORD,
@@ -145,7 +145,7 @@ async def test_session_expiry_mid_publish(vcsim: VcSim, vc_env: None, raw_disk: 
     rec.hooks.append(expire)
     published = await publish(adapter, rec.context(raw_disk, "survivor"))
     assert killed and adapter.session.logins == 2
-    assert [vm._moId for vm in find_vms(vcsim, "survivor")] == [published.resource["vm"]]
+    assert [vm._moId for vm in find_vms(vcsim, "survivor")] == [published.expect(VSpherePublished).moref]
     await adapter.close()
 
 
@@ -190,7 +190,8 @@ async def test_vm_deleted_during_watch(vcsim: VcSim, vc_env: None, raw_disk: Pat
     published = await publish(adapter, rec.context(raw_disk, "deleted"))
     watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
     await asyncio.sleep(0.3)
-    assert await adapter.unpublish(published) == [f"removed VM deleted ({published.resource['vm']})"]
+    moref = published.expect(VSpherePublished).moref
+    assert await adapter.unpublish(published) == [f"removed VM deleted ({moref})"]
     with pytest.raises(NotFoundError, match="deleted"):
         await asyncio.wait_for(watch, 15)
     await adapter.close()
@@ -280,7 +281,7 @@ async def test_idle_session_expiry_mid_publish(vcsim_binary: Path, vc_env: None,
         rec.hooks.append(stall)
         published = await publish(adapter, rec.context(raw_disk, "idle"))
         assert adapter.session.logins >= 2
-        assert [vm._moId for vm in find_vms(sim, "idle")] == [published.resource["vm"]]
+        assert [vm._moId for vm in find_vms(sim, "idle")] == [published.expect(VSpherePublished).moref]
         await adapter.close()
     finally:
         sim.stop()
@@ -308,7 +309,8 @@ async def test_watch_refuses_another_vcenter(vcsim: VcSim, vc_env: None, raw_dis
     adapter = make_adapter(vcsim)
     published = await publish(adapter, Recorder().context(raw_disk, "elsewhere"))
     moved = Published.from_json(published.to_json())
-    moved.resource["vcenter"] = "00000000-0000-0000-0000-000000000000"
+    moved.resource = published.expect(VSpherePublished).model_copy(
+        update={"vcenter": "00000000-0000-0000-0000-000000000000"})
     with pytest.raises(NotFoundError, match="is not the vCenter the image was published to"):
         await adapter.wait_for_shutdown(moved, Recorder().context(raw_disk, "x"))
     await adapter.close()

@@ -9,7 +9,7 @@ import pytest
 
 from adapters import config_model, create
 from adapters.base import NotFoundError, publish
-from adapters.vsphere import Clients
+from adapters.vsphere import Clients, VSpherePublished
 from adapters.vsphere.inventory import PlacementPathError
 
 from .conftest import Recorder, VcSim, connector, find_vms
@@ -92,7 +92,7 @@ async def test_template_in_a_nested_folder_has_its_disk(vcsim: VcSim, vc_env: No
                            datastore="LocalDS_1")
     published = await publish(adapter, Recorder().context(raw_disk, "tpl-placed"))
     await adapter.close()
-    assert published.resource["mode"] == "template"
+    assert published.expect(VSpherePublished).mode == "template"
 
     [tpl] = find_vms(vcsim, "tpl-placed")
     assert tpl.config.template and tpl.parent == folder

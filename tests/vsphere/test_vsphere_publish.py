@@ -10,7 +10,14 @@ import pytest
 
 from adapters import config_model, create
 from adapters.base import Capability, Published, publish
-from adapters.vsphere import Clients, VSphereDeployedVm, VSphereImport, VSpherePoweredOn, VSphereVm
+from adapters.vsphere import (
+    Clients,
+    VSphereDeployedVm,
+    VSphereImport,
+    VSpherePoweredOn,
+    VSpherePublished,
+    VSphereVm,
+)
 from compositor.sweep import BUILD_PREFIX, owner_prefix
 
 from .conftest import Recorder, VcSim, connector, find_vms, run_task, watching_stub
@@ -40,7 +47,7 @@ async def test_publish_vm_then_power_cycle(vcsim: VcSim, vc_env: None, raw_disk:
     assert published.link == (
         f"https://{vcsim.host}:{vcsim.port}/ui/app/vm;nav=v/urn:vmomi:VirtualMachine:"
         f"{vm._moId}:{about.instanceUuid}")
-    assert published.resource["vm"] == vm._moId
+    assert published.expect(VSpherePublished).moref == vm._moId
     assert "password" not in repr(published.to_json()).lower()
     recorded = rec.latest(VSphereVm)
     assert recorded is not None and recorded.moref == vm._moId

@@ -118,7 +118,7 @@ async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
         assert "log in with a local user" in events["hint"].message
         assert task.resources == [{"kind": "vsphere.vm", "moref": vm._moId,
                                    "name": task.image_name, "datacenter": "DC0"}]
-        assert task.published is not None and task.published["resource"]["vm"] == vm._moId
+        assert task.published is not None and task.published["resource"]["moref"] == vm._moId
         disk = the_disk(vm)
         assert disk.capacityInKB == DISK_KB
         assert disk.backing.fileName.startswith(f"[LocalDS_0] {task.image_name}/")

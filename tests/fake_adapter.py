@@ -20,7 +20,7 @@ from adapters.base import (
     PublishContext,
     Published,
 )
-from adapters.resources import Resource
+from adapters.resources import Lifetime, Resource
 from adapters.steps import Step
 
 #: A connector of this type, to splice into tests.conftest.BASIC_CATALOG with with_fake().
@@ -60,6 +60,17 @@ class FakeVm(Resource):
 
     def describe(self) -> str:
         return f"VM {self.path.name}"
+
+
+class FakeUpload(Resource):
+    """An uploaded blob that only fed the VM (as an Azure blob or a GCS object would)."""
+
+    kind: ClassVar[str] = "fake.upload"
+    lifetime: ClassVar[Lifetime] = Lifetime.STAGING
+    path: Path
+
+    def describe(self) -> str:
+        return f"upload {self.path.name}"
 
 
 class Adapter:
@@ -109,7 +120,7 @@ class Adapter:
         await ctx.progress(1.0, "guest powered off")
 
     async def remove(self, resource: Resource) -> list[str]:
-        assert isinstance(resource, FakeVm)
+        assert isinstance(resource, FakeVm | FakeUpload)
         try:
             resource.path.unlink()
         except FileNotFoundError:

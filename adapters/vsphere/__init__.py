@@ -6,7 +6,7 @@ disk into the HttpNfcLease as a streamOptimized VMDK converted on the fly on all
 (:mod:`compositor.stream_vmdk`). ``mode: vm`` leaves the VM powered off in the folder;
 ``mode: template`` marks it as a VMware VM template. The watch waits, with the
 PropertyCollector, until the VM (or, for a template, the first VM deployed from it) has
-been powered on and then off. Helpers live in ``adapters/vsphere_*.py``; pyvmomi is
+been powered on and then off. Helpers live in ``adapters/vsphere/``; pyvmomi is
 imported only inside functions.
 
 Example connector (layerbot.yml)::

@@ -109,12 +109,15 @@ def adapter_class(type_name: str) -> type[Adapter]:
     return _module(type_name).Adapter  # type: ignore[no-any-return]
 
 
-def create(config: ConnectorConfig) -> Adapter:
-    """The connector's adapter; SDKMissing when its platform SDK is not installed."""
+def create(config: ConnectorConfig, clients: object | None = None) -> Adapter:
+    """The connector's adapter; SDKMissing when its platform SDK is not installed.
+    ``clients`` is the platform's client/session factory (the adapter module's ``Clients``);
+    None: the platform's own SDK with its defaults."""
     problem = missing_sdk(config.type)
     if problem is not None:
         raise SDKMissing(problem)
-    adapter: Adapter = _module(config.type).Adapter(config)
+    cls = _module(config.type).Adapter
+    adapter: Adapter = cls(config) if clients is None else cls(config, clients=clients)
     return adapter
 
 

@@ -26,8 +26,9 @@ Capabilities are used: ``WATCH_POWER`` adapters implement :class:`Watcher` (the 
 no such method); ``RESUMABLE_UPLOAD`` adapters implement :class:`ResumableUpload`, and a
 runner that takes a task over keeps their recorded upload and continues it. Platform calls
 that are safe to repeat go through :func:`adapters.retry.retrying` (``retryable`` errors,
-back-off, Retry-After). Old task rows hold resources as a dict: an adapter that wrote them
-reads them with a static ``legacy_resources(dict) -> list[Resource]``.
+back-off, Retry-After). ``Published.resource`` is a typed resource too. Old task rows hold
+resources (and the published resource) as a dict: an adapter that wrote them reads them with
+static ``legacy_resources(dict) -> list[Resource]`` and ``legacy_published(dict) -> Resource``.
 """
 
 from __future__ import annotations
@@ -37,14 +38,14 @@ import enum
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from adapters.resources import Lifetime, Resource
+from adapters.resources import Lifetime, R, Resource, ResourceError, load
 from adapters.steps import Outcome, Step, StepRunner
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,10 @@ async def _keep_in_memory(resources: list[Resource]) -> None:
     """Persist nowhere (tests, the CLI's one-off calls)."""
 
 
+#: An adapter's reader of the dict ``Published.resource`` was before it was typed.
+LegacyPublished = Callable[[Mapping[str, Any]], Resource | None]
+
+
 @dataclass
 class Published:
     """The result of a successful publish: where it is, and how to find it again."""
@@ -226,15 +231,35 @@ class Published:
     link: str
     #: One-line description, e.g. "VM win10-office-20261126-010101-3f9a (powered off)".
     summary: str
-    #: JSON-serialisable handle for wait_for_shutdown / resume.
-    resource: dict[str, Any] = field(default_factory=dict)
+    #: What was published, typed by the adapter (its file, its VM and what the watch needs).
+    resource: Resource | None = None
+
+    def expect(self, cls: type[R]) -> R:
+        """The resource as the adapter's type; PlatformError when it is another."""
+        if not isinstance(self.resource, cls):
+            found = self.resource.describe() if self.resource is not None else "nothing"
+            raise PlatformError(f"the published result holds {found}, not a {cls.kind}")
+        return self.resource
 
     def to_json(self) -> dict[str, Any]:
-        return {"link": self.link, "summary": self.summary, "resource": self.resource}
+        return {"link": self.link, "summary": self.summary,
+                "resource": self.resource.to_json() if self.resource is not None else None}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Published:
-        return cls(link=data["link"], summary=data["summary"], resource=dict(data["resource"]))
+    def from_json(cls, data: Mapping[str, Any], *, where: str = "published",
+                  legacy: LegacyPublished | None = None) -> Published:
+        """From the store's JSON. A resource without a ``kind`` is a row written before
+        resources were typed: the adapter's ``legacy`` reader reads it."""
+        raw = data.get("resource")
+        resource: Resource | None = None
+        if isinstance(raw, Mapping) and "kind" in raw:
+            resource = load([raw], where=f"{where}: published.resource")[0]
+        elif raw:
+            if legacy is None or not isinstance(raw, Mapping):
+                raise ResourceError(f"{where}: published.resource: the adapter cannot read "
+                                    f"{raw!r}")
+            resource = legacy(raw)
+        return cls(link=data["link"], summary=data["summary"], resource=resource)
 
 
 @dataclass

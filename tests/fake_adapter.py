@@ -20,7 +20,7 @@ from adapters.base import (
     PublishContext,
     Published,
 )
-from adapters.resources import Resource
+from adapters.resources import Lifetime, Resource
 from adapters.steps import Step
 
 #: A connector of this type, to splice into tests.conftest.BASIC_CATALOG with with_fake().
@@ -62,6 +62,17 @@ class FakeVm(Resource):
         return f"VM {self.path.name}"
 
 
+class FakeUpload(Resource):
+    """An uploaded blob that only fed the VM (as an Azure blob or a GCS object would)."""
+
+    kind: ClassVar[str] = "fake.upload"
+    lifetime: ClassVar[Lifetime] = Lifetime.STAGING
+    path: Path
+
+    def describe(self) -> str:
+        return f"upload {self.path.name}"
+
+
 class Adapter:
     type_name: ClassVar[str] = "fake"
     platform: ClassVar[str] = "Fake hypervisor"
@@ -92,13 +103,14 @@ class Adapter:
         if self.config.fail_upload:
             raise PlatformError("the datastore went away (simulated)")
         ctx.published = Published(link=vm.as_uri(), summary=f"VM {ctx.image_name} (powered off)",
-                                  resource={"vm": str(vm)})
+                                  resource=FakeVm(path=vm))
 
     def next_steps(self, published: Published) -> str:
         return f"{published.summary} is created, but off. Power it on and let the scripts run."
 
     async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
-        off = Path(published.resource["vm"] + ".off")
+        vm = published.expect(FakeVm).path
+        off = vm.with_name(vm.name + ".off")
         deadline = asyncio.get_running_loop().time() + ctx.watch_timeout
         backoff = Backoff(0.05, self.config.poll_max_seconds)
         while not off.exists():
@@ -108,7 +120,7 @@ class Adapter:
         await ctx.progress(1.0, "guest powered off")
 
     async def remove(self, resource: Resource) -> list[str]:
-        assert isinstance(resource, FakeVm)
+        assert isinstance(resource, FakeVm | FakeUpload)
         try:
             resource.path.unlink()
         except FileNotFoundError:
@@ -118,6 +130,10 @@ class Adapter:
     @staticmethod
     def legacy_resources(old: Mapping[str, Any]) -> list[Resource]:
         return [FakeVm(path=old["vm"])] if old.get("vm") else []
+
+    @staticmethod
+    def legacy_published(old: Mapping[str, Any]) -> Resource | None:
+        return FakeVm(path=old["vm"]) if old.get("vm") else None
 
     async def close(self) -> None:
         pass

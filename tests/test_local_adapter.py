@@ -62,3 +62,29 @@ async def test_cancel_stops_the_copy_and_leaves_no_partial_file(tmp_path: Path) 
     assert list(out.iterdir()) == []
     assert ctx.resources == []  # nothing left to remove
     assert await clean_up(adapter, ctx, Outcome.FAILED) == []
+
+
+async def test_a_file_already_at_the_destination_fails_the_publish_and_is_kept(
+        tmp_path: Path) -> None:
+    src = sparse_file(tmp_path / "disk.img", 4 << 20, [0])
+    adapter = Adapter(Config(type="local", path=tmp_path / "out", format="raw"))
+    dest = tmp_path / "out" / "tpl" / "t1.img"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"someone else's image")
+    ctx = context(tmp_path, src)
+    with pytest.raises(Exception, match="already exists and was not written by task t1"):
+        await publish(adapter, ctx)
+    await clean_up(adapter, ctx, Outcome.FAILED)
+    assert dest.read_bytes() == b"someone else's image"
+
+
+async def test_cleanup_leaves_a_file_that_replaced_the_tasks_own(tmp_path: Path) -> None:
+    src = sparse_file(tmp_path / "disk.img", 4 << 20, [0])
+    adapter = Adapter(Config(type="local", path=tmp_path / "out", format="raw"))
+    ctx = context(tmp_path, src)
+    await publish(adapter, ctx)
+    dest = tmp_path / "out" / "tpl" / "t1.img"
+    dest.unlink()
+    dest.write_bytes(b"a new file by someone else")
+    assert await clean_up(adapter, ctx, Outcome.FAILED) == []
+    assert dest.read_bytes() == b"a new file by someone else"

@@ -267,3 +267,33 @@ async def test_a_task_recorded_in_the_old_dict_format_is_resumed_and_cleaned_up(
                            "VM left-by-a-dead-runner.vm")
     [kind] = {r["kind"] for r in store.get(task_id).resources}  # the list format from now on
     assert kind == "fake.vm"
+
+
+async def test_a_task_whose_runner_died_after_publishing_loses_its_staging_not_its_vm(
+        write_catalog: Callable[[str], Path], store: TaskStore, catalog_dir: Path) -> None:
+    """The previous runner published (the VM and the upload that fed it are recorded, the
+    result is stored) and died before removing the upload: the runner that takes the task
+    over removes the staging upload, keeps the VM and watches it to Done."""
+    from tests.fake_adapter import FakeUpload, FakeVm
+
+    cat = load_catalog(write_catalog(with_fake()))
+    task_id = queue(store, cat)
+    vms = catalog_dir / "vms"
+    vms.mkdir()
+    vm, upload = vms / "published.vm", vms / "published.upload"
+    vm.write_bytes(b"vm")
+    upload.write_bytes(b"blob")
+    Path(f"{vm}.off").touch()  # the guest already ran its scripts
+    assert store.claim("dead-runner", 0.01) is not None
+    store.update(task_id, "dead-runner", status=states.COMPOSITING)
+    store.update(task_id, "dead-runner", status=states.UPLOADING,
+                 resources=[FakeVm(path=vm).to_json(), FakeUpload(path=upload).to_json()],
+                 published={"link": vm.as_uri(), "summary": "VM published",
+                            "resource": FakeVm(path=vm).to_json()})
+    await run_until_finished(store, cat, [task_id], timeout=60)
+    task = store.get(task_id)
+    assert task.status == states.DONE
+    assert not upload.exists()  # staging: removed after the success
+    assert vm.exists()  # partial, and the publish succeeded: kept
+    assert task.resources == [FakeVm(path=vm).to_json()]
+    assert "disk_created" not in kinds(store, task_id)  # not published a second time

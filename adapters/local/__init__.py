@@ -49,10 +49,13 @@ class _Stopped(Exception):
 
 
 class LocalFile(Resource):
-    """The published file (kept once the publish succeeded)."""
+    """The published file (kept once the publish succeeded). ``identity`` (inode and
+    mtime, as inodes are reused) is the task's own copy, hard-linked into place: cleanup
+    never removes another file at that path (None in rows recorded before: removed by path)."""
 
     kind: ClassVar[str] = "local.file"
     path: Path
+    identity: tuple[int, int] | None = None
 
     def describe(self) -> str:
         return f"file {self.path}"
@@ -99,10 +102,15 @@ class Adapter:
     async def _copy_step(self, ctx: PublishContext) -> None:
         dest = self.destination(ctx)
         partial = dest.with_name(f"{dest.name}.partial")
-        if latest(ctx.resources, LocalFile) is None:
-            await ctx.record(LocalFile(path=dest))
+        mine = latest(ctx.resources, LocalFile)
+        if dest.exists() and (mine is None or not _is(dest, mine.identity)):
+            raise PlatformError(f"{dest} already exists and was not written by task "
+                                f"{ctx.task_id}; it was left untouched")
         upload = latest(ctx.resources, LocalUpload)
         if upload is None or upload.path != partial:
+            if partial.exists():
+                raise PlatformError(f"{partial} already exists and was not written by task "
+                                    f"{ctx.task_id}; it was left untouched")
             upload = LocalUpload(path=partial)
             await ctx.record(upload)
         offset = await self.uploaded_bytes(upload, ctx.artifact)
@@ -116,8 +124,15 @@ class Adapter:
 
         stop = threading.Event()
         try:
-            await in_thread(stop, _copy, ctx.artifact, partial, offset, report, stop)
-            os.replace(partial, dest)
+            if mine is None or not _is(dest, mine.identity):
+                await in_thread(stop, _copy, ctx.artifact, partial, offset, report, stop)
+                mine = LocalFile(path=dest, identity=_identity(partial))
+                await ctx.record(mine)
+                os.link(partial, dest)  # never over a file that appeared meanwhile
+            partial.unlink(missing_ok=True)
+        except FileExistsError:
+            raise PlatformError(f"{dest} appeared while copying and was not written by task "
+                                f"{ctx.task_id}; it was left untouched") from None
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise InsufficientSpaceError(f"no space left in {self.config.path}") from exc
@@ -126,7 +141,7 @@ class Adapter:
         ctx.published = Published(
             link=dest.resolve().as_uri(),
             summary=f"{dest.name} ({self.config.format}, {size} bytes) in {dest.parent}",
-            resource={"file": str(dest)},
+            resource=mine,
         )
 
     async def uploaded_bytes(self, upload: Resource, artifact: Path) -> int:
@@ -135,7 +150,8 @@ class Adapter:
         return await asyncio.to_thread(_verified_prefix, upload.path, artifact)
 
     def next_steps(self, published: Published) -> str:
-        path = published.resource.get("file", published.link)
+        path = published.resource.path if isinstance(published.resource, LocalFile) \
+            else published.link
         return (
             f"The layered image is in {path}. Copy it to your platform and create a VM from "
             "it; on first boot the guest runs the connector's scripts and shuts down."
@@ -143,6 +159,9 @@ class Adapter:
 
     async def remove(self, resource: Resource) -> list[str]:
         assert isinstance(resource, LocalFile | LocalUpload), resource
+        if isinstance(resource, LocalFile) and resource.identity is not None \
+                and not _is(resource.path, resource.identity):
+            return []  # gone, or another file now: not this task's to remove
         try:
             resource.path.unlink()
         except FileNotFoundError:
@@ -159,8 +178,24 @@ class Adapter:
             out.append(LocalUpload(path=old["partial"]))
         return out
 
+    @staticmethod
+    def legacy_published(old: Mapping[str, Any]) -> Resource | None:
+        return LocalFile(path=old["file"]) if old.get("file") else None
+
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def _is(path: Path, identity: tuple[int, int] | None) -> bool:
+    try:
+        return identity is not None and _identity(path) == identity
+    except FileNotFoundError:
+        return False
 
 
 def _verified_prefix(partial: Path, artifact: Path) -> int:

@@ -70,6 +70,9 @@ class QemuVm(Resource):
 
     kind: ClassVar[str] = "qemu.vm"
     vm_dir: Path
+    #: The task whose marker (vmfiles.OWNER) proves the directory is its own; None in rows
+    #: recorded before markers existed, which only an empty directory satisfies.
+    task_id: str | None = None
 
     def describe(self) -> str:
         return f"VM directory {self.vm_dir}"
@@ -108,12 +111,13 @@ class Adapter:
         if self.vm_dir(name).exists():  # the same template published twice in one second
             name = f"{ctx.image_name}-{ctx.task_id}"
         vm_dir = self.vm_dir(name)
-        await ctx.record(QemuVm(vm_dir=vm_dir))
+        await ctx.record(QemuVm(vm_dir=vm_dir, task_id=ctx.task_id))
         try:
             self.config.path.mkdir(parents=True, exist_ok=True)
-            vm_dir.mkdir()
+            vmfiles.create_owned_dir(vm_dir, ctx.task_id)
         except FileExistsError:
-            raise PlatformError(f"{vm_dir} already exists") from None
+            raise PlatformError(f"cannot create the VM directory {vm_dir}: it already exists "
+                                f"and is not this task's; it was left untouched") from None
         except OSError as exc:
             raise PlatformError(f"cannot create {vm_dir}: {exc.strerror}") from exc
         needed = ctx.artifact.stat().st_blocks * 512
@@ -133,8 +137,7 @@ class Adapter:
             link=launcher.resolve().as_uri(),
             summary=f"VM {name} (created, powered off; direct kernel boot of {boot.kernel}) "
                     f"in {vm_dir}",
-            resource={"vm_dir": str(vm_dir), "name": name, "task_id": ctx.task_id,
-                      "launcher": str(launcher)},
+            resource=QemuVm(vm_dir=vm_dir, task_id=ctx.task_id),
         )
 
     async def _convert(self, ctx: PublishContext, dest: Path) -> None:
@@ -169,8 +172,8 @@ class Adapter:
         os.replace(partial, dest)
 
     def next_steps(self, published: Published) -> str:
-        name = published.resource.get("name", "")
-        task = published.resource.get("task_id", "TASK")
+        vm = published.expect(QemuVm)
+        name, task = vm.vm_dir.name, vm.task_id or "TASK"
         return (
             f"The virtual machine {name} is created, but off. Start it with "
             f"`layerbot vm start {task}`, let it run the connector's scripts; it powers off "
@@ -179,8 +182,8 @@ class Adapter:
         )
 
     async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
-        vm_dir = Path(published.resource["vm_dir"])
-        task = published.resource.get("task_id", ctx.task_id)
+        vm = published.expect(QemuVm)
+        vm_dir, task = vm.vm_dir, vm.task_id or ctx.task_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ctx.watch_timeout
         seen: tuple[str, float] | None = None
@@ -219,13 +222,18 @@ class Adapter:
     async def remove(self, resource: Resource) -> list[str]:
         """Remove a half-made VM (its QEMU too, if someone started it)."""
         assert isinstance(resource, QemuVm), resource
-        if await asyncio.to_thread(vmfiles.remove_vm, resource.vm_dir):
+        if await asyncio.to_thread(vmfiles.remove_vm, resource.vm_dir, resource.task_id or ""):
             return [resource.describe()]
         return []
 
     @staticmethod
     def legacy_resources(old: Mapping[str, Any]) -> list[Resource]:
         return [QemuVm(vm_dir=old["vm_dir"])] if old.get("vm_dir") else []
+
+    @staticmethod
+    def legacy_published(old: Mapping[str, Any]) -> Resource | None:
+        return QemuVm(vm_dir=old["vm_dir"], task_id=old.get("task_id")) if old.get("vm_dir") \
+            else None
 
     async def close(self) -> None:
         """Nothing to release: VMs outlive the runner."""

@@ -26,11 +26,21 @@ def _vm_dir(task_id: str) -> Path:
         raise click.UsageError(str(exc)) from None
     finally:
         store.close()
-    resource = (task.published or {}).get("resource", {})
-    if "vm_dir" not in resource or "launcher" not in resource:
+    from adapters.base import Published
+    from adapters.qemu import Adapter, QemuVm
+    from adapters.resources import ResourceError
+
+    vm = None
+    if task.published:
+        try:
+            vm = Published.from_json(task.published, where=f"task {task_id}",
+                                     legacy=Adapter.legacy_published).resource
+        except ResourceError:
+            vm = None  # another platform's published resource
+    if not isinstance(vm, QemuVm):
         raise click.UsageError(f"task {task_id} has no QEMU VM (its target is {task.platform}, "
                                f"status {task.status})")
-    return Path(resource["vm_dir"])
+    return vm.vm_dir
 
 
 def _state_line(vm_dir: Path) -> str:

@@ -45,6 +45,8 @@ SERIAL_LOG = "serial.log"
 STATE = "state.json"
 EVENTS = "events.jsonl"
 MONITOR_LOG = "monitor.log"
+#: Written first into a VM directory: the id of the task that created it (cleanup's proof).
+OWNER = ".layerbot-task"
 
 Accel = Literal["auto", "kvm", "tcg"]
 #: The host CPU minus IA32_ARCH_CAPABILITIES: nested KVM hosts often refuse to set that MSR
@@ -197,9 +199,29 @@ def kill_qemu(vm_dir: Path, timeout: float = 10.0) -> bool:
     return True
 
 
-def remove_vm(vm_dir: Path) -> bool:
-    """Stop and delete a VM directory. True when something was removed."""
-    if not vm_dir.exists():
+def create_owned_dir(vm_dir: Path, task_id: str) -> None:
+    """Create ``vm_dir`` (never an existing one) and mark it as ``task_id``'s at once."""
+    vm_dir.mkdir()
+    fd = os.open(vm_dir / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, task_id.encode())
+    finally:
+        os.close(fd)
+
+
+def owned_by(vm_dir: Path, task_id: str) -> bool:
+    """True when ``task_id`` created ``vm_dir``: it holds that task's marker, or nothing yet
+    (created, then the runner died before writing the marker)."""
+    try:
+        return (vm_dir / OWNER).read_text() == task_id
+    except FileNotFoundError:
+        return not any(vm_dir.iterdir())
+
+
+def remove_vm(vm_dir: Path, task_id: str) -> bool:
+    """Stop and delete a VM directory that ``task_id`` created. True when something was
+    removed; a directory of someone else is left untouched."""
+    if not vm_dir.exists() or not owned_by(vm_dir, task_id):
         return False
     kill_qemu(vm_dir)
     shutil.rmtree(vm_dir, ignore_errors=True)

@@ -6,7 +6,7 @@ disk into the HttpNfcLease as a streamOptimized VMDK converted on the fly on all
 (:mod:`compositor.stream_vmdk`). ``mode: vm`` leaves the VM powered off in the folder;
 ``mode: template`` marks it as a VMware VM template. The watch waits, with the
 PropertyCollector, until the VM (or, for a template, the first VM deployed from it) has
-been powered on and then off. Helpers live in ``adapters/vsphere_*.py``; pyvmomi is
+been powered on and then off. Helpers live in ``adapters/vsphere/``; pyvmomi is
 imported only inside functions.
 
 Example connector (layerbot.yml)::
@@ -34,13 +34,13 @@ Example connector (layerbot.yml)::
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import ssl
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -61,15 +61,17 @@ from adapters.base import (
     path_kind,
     secret_from_env,
 )
+from adapters.blocking import SessionKey, SessionPool
 from adapters.resources import Lifetime, Resource, latest
 from adapters.steps import Outcome, Step
 from adapters.vsphere.inventory import Placement, prop, props, resolve
 from adapters.vsphere.ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
 from adapters.vsphere.session import (
+    SESSIONS,
     CAFileError,
+    StubFactory,
     VSphereSession,
-    acquire,
-    release,
+    soap_stub,
     ssl_context,
 )
 from adapters.vsphere.upload import ImportLeaseLost, complete, upload_disk, wait_ready
@@ -181,6 +183,25 @@ class VSphereVm(Resource):
         return f"VM {self.name} ({self.moref})"
 
 
+class VSpherePublished(Resource):
+    """What a publish left (``Published.resource``): the VM or template and what its watch
+    needs. A fact, not something cleanup removes (that is the recorded VSphereVm)."""
+
+    kind: ClassVar[str] = "vsphere.published"
+    lifetime: ClassVar[Lifetime] = Lifetime.MARK
+    moref: str
+    name: str
+    mode: Literal["vm", "template"]
+    #: vCenter's time before the import: the deploy watch reads events from here on
+    since: datetime
+    published_at: float
+    #: vCenter's instance UUID (None in rows that did not record it)
+    vcenter: str | None = None
+
+    def describe(self) -> str:
+        return f"{'VM template' if self.mode == 'template' else 'VM'} {self.name} ({self.moref})"
+
+
 class VSphereDeployedVm(Resource):
     """The VM a user deployed from the published template: the one the watch follows."""
 
@@ -195,6 +216,19 @@ class VSpherePoweredOn(Resource):
     kind: ClassVar[str] = "vsphere.powered_on"
     lifetime: ClassVar[Lifetime] = Lifetime.MARK
     moref: str
+
+
+@dataclass(frozen=True)
+class Clients:
+    """How the adapter reaches vCenter; injected (``adapters.create(config, clients=...)``)
+    by tests that talk to vcsim through a wrapped stub."""
+
+    #: Makes the SOAP stub sessions log in on (pyVmomi's SmartStubAdapter by default).
+    connect: StubFactory = soap_stub
+    #: Longest single WaitForUpdatesEx (seconds); the watch loops until its deadline.
+    wait_seconds: int = 30
+    #: Where sessions are shared (one per vCenter, user and password).
+    sessions: SessionPool[VSphereSession] = SESSIONS
 
 
 class _ImportStep(PlatformStep):
@@ -214,20 +248,22 @@ class Adapter:
     type_name: ClassVar[str] = "vsphere"
     platform: ClassVar[str] = "VMware vSphere"
     capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.CREATES_VM
-    #: Longest single WaitForUpdatesEx (seconds); the watch loops until its deadline.
-    wait_seconds: int = 30
     #: Threads compressing grains (None: all cores).
     workers: int | None = None
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clients: Clients | None = None) -> None:
         self.config = config
+        self.clients = clients or Clients()
+        self.wait_seconds = self.clients.wait_seconds
         try:
             self.ssl = ssl_context(config.insecure, config.ca_file)
         except (CAFileError, ssl.SSLError, OSError) as exc:  # the file changed since the check
             raise PlatformError(f"vSphere {config.host}: {exc}") from exc
-        self._key = session_key(config)
-        self.session = acquire(self._key, lambda: VSphereSession(
-            config.host, config.port, config.user_env, config.password_env, self.ssl))
+        # another stub factory is another client: it must not be handed this one's session
+        self._key = session_key(config, self.clients.connect)
+        self.session = self.clients.sessions.acquire(self._key, lambda: VSphereSession(
+            config.host, config.port, config.user_env, config.password_env, self.ssl,
+            connect=self.clients.connect))
         self._closed = False
 
     def disk_format(self) -> DiskFormat:
@@ -318,10 +354,9 @@ class Adapter:
                 f"{moid}:{about.instanceUuid}")
         kind = "VM template" if cfg.mode == "template" else "VM"
         state = "" if cfg.mode == "template" else " (powered off)"
-        ctx.published = Published(link=link, summary=f"{kind} {name}{state}", resource={
-            "vm": moid, "vm_name": name, "mode": cfg.mode, "since": since.isoformat(),
-            "published_at": time.time(), "vcenter": about.instanceUuid,
-        })
+        ctx.published = Published(link=link, summary=f"{kind} {name}{state}", resource=VSpherePublished(
+            moref=moid, name=name, mode=cfg.mode, since=since, published_at=time.time(),
+            vcenter=about.instanceUuid))
 
     async def _check_space(self, raw: Path, place: Placement) -> None:
         from pyVmomi import vim
@@ -337,30 +372,30 @@ class Adapter:
                 f"the disk holds {needed / 2**30:.1f} GiB of data")
 
     def next_steps(self, published: Published) -> str:
-        mode = published.resource.get("mode", self.config.mode)
-        return NEXT_STEPS[mode].format(name=published.resource.get("vm_name", published.summary))
+        vm = published.expect(VSpherePublished)
+        return NEXT_STEPS[vm.mode].format(name=vm.name)
 
     # ------------------------------------------------------------ watch
     async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
         from pyVmomi import vim
 
-        res, session = published.resource, self.session
+        res, session = published.expect(VSpherePublished), self.session
         timeout = self.config.watch_timeout or ctx.watch_timeout
-        deadline = float(res.get("published_at", time.time())) + timeout
+        deadline = res.published_at + timeout
         stub, vcenter = await session.call(lambda si: (si._stub, si.content.about.instanceUuid),
                                            "connecting")
-        if res.get("vcenter") not in (None, vcenter):
+        if res.vcenter not in (None, vcenter):
             raise NotFoundError(f"vSphere: {self.config.host} is not the vCenter the image was "
-                                f"published to ({res['vcenter']}); cannot watch {res['vm']}")
-        vm_id = res["vm"]
-        if res.get("mode") == "template":
+                                f"published to ({res.vcenter}); cannot watch {res.moref}")
+        vm_id: str | None = res.moref
+        if res.mode == "template":
             deployed_mark = latest(ctx.resources, VSphereDeployedVm)
             vm_id = deployed_mark.moref if deployed_mark else None
             if not vm_id:
                 await ctx.progress(0.0, "waiting for a VM to be deployed from the template")
                 deployed = await wait_for_deploy(
-                    session, vim.VirtualMachine(res["vm"], stub),
-                    since=datetime.fromisoformat(res["since"]), deadline=deadline,
+                    session, vim.VirtualMachine(res.moref, stub),
+                    since=res.since, deadline=deadline,
                     timeout=timeout, wait_seconds=self.wait_seconds)
                 vm_id = deployed._moId
                 await ctx.record(VSphereDeployedVm(moref=vm_id))
@@ -404,25 +439,33 @@ class Adapter:
             out.append(VSpherePoweredOn(moref=old["powered_on"]))
         return out
 
+    @staticmethod
+    def legacy_published(old: Mapping[str, Any]) -> Resource | None:
+        """The dict ``Published.resource`` was before it was typed."""
+        if not old.get("vm"):
+            return None
+        return VSpherePublished(
+            moref=old["vm"], name=old.get("vm_name") or old["vm"], mode=old.get("mode", "vm"),
+            since=old.get("since") or datetime.fromtimestamp(0, UTC),
+            published_at=float(old.get("published_at") or time.time()), vcenter=old.get("vcenter"))
+
     async def unpublish(self, published: Published) -> list[str]:
         """Destroy a published VM or template (for tests and for a user's "unpublish")."""
-        return await destroy_vm(self.session, published.resource["vm"],
-                                published.resource.get("vm_name", ""))
+        vm = published.expect(VSpherePublished)
+        return await destroy_vm(self.session, vm.moref, vm.name)
 
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
-            await release(self._key, self.session)
+            await self.clients.sessions.release(self._key, self.session)
 
 
-def session_key(config: Config) -> tuple[Any, ...]:
+def session_key(config: Config, connect: StubFactory = soap_stub) -> SessionKey:
     """Connectors to the same vCenter as the same user share one session, whatever the names
-    of their environment variables. The password is in the key only as a digest: a changed
-    password is another login, and the key holds no secret."""
-    user = secret_from_env(config.user_env)
-    password = hashlib.sha256(secret_from_env(config.password_env).encode()).hexdigest()
-    return (config.host.lower(), config.port, user, password, config.insecure,
-            str(config.ca_file))
+    of their environment variables; another stub factory is another client."""
+    return SessionKey.of(f"{config.host}:{config.port}", secret_from_env(config.user_env),
+                         secret_from_env(config.password_env), config.insecure,
+                         str(config.ca_file), connect)
 
 
 def _vm_name(si: Any, vm: Any) -> str | None:

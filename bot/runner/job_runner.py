@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from adapters.base import AdapterError
 from adapters.steps import StepRunner, cancel, detach, is_detach
@@ -57,8 +57,11 @@ class JobRunner:
         owner: str | None = None,
         max_parallel: int | None = None,
         poll_interval: float = 0.5,
+        clients: Mapping[str, object] | None = None,
     ) -> None:
         self.store = store
+        #: connector type -> the client factory its adapters get (None: the platform SDK's)
+        self.clients = dict(clients or {})
         self.catalog = catalog
         self.owner = owner or runner_id()
         self.max_parallel = max_parallel or catalog.runner.max_parallel
@@ -209,7 +212,7 @@ class JobRunner:
     async def _run_job(self, task: Task) -> None:
         try:
             job = build_job(task, self.store, self.owner, self.catalog,
-                            on_waiting=lambda: self._waiting(task.id))
+                            on_waiting=lambda: self._waiting(task.id), clients=self.clients)
         except Exception as exc:  # the catalog changed, or the adapter cannot be set up
             await self._fail(task, failure_reason(exc))
             return

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,7 +321,8 @@ async def remove_staging(job: Job) -> None:
 
 
 def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog,
-              on_waiting: Callable[[], None] = lambda: None) -> Job:
+              on_waiting: Callable[[], None] = lambda: None,
+              clients: Mapping[str, object] | None = None) -> Job:
     if task.template not in catalog.templates:
         raise TaskConfigError(
             f"template {task.template!r} is no longer in {catalog.path.name}"
@@ -331,14 +332,16 @@ def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog,
         raise TaskConfigError(f"connector {task.connector!r} is no longer in {catalog.path.name}")
     config = catalog.connectors[task.connector]
     # read before the adapter exists: an error here leaves no session open
+    adapter_class = adapters.adapter_class(config.type)
     recorded = resources.load(task.resources, where=f"task {task.id}",
-                              legacy=getattr(adapters.adapter_class(config.type),
-                                             "legacy_resources", None))
-    adapter = adapters.create(config)
+                              legacy=getattr(adapter_class, "legacy_resources", None))
+    published = None if task.published is None else Published.from_json(
+        task.published, where=f"task {task.id}",
+        legacy=getattr(adapter_class, "legacy_published", None))
+    adapter = adapters.create(config, (clients or {}).get(config.type))
     job = Job(task=task, store=store, owner=owner, catalog=catalog, template=template,
               adapter=adapter, resources=recorded, on_waiting=on_waiting)
-    if task.published is not None:
-        job.published = Published.from_json(task.published)
+    job.published = published
     return job
 
 

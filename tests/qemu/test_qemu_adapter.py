@@ -86,7 +86,7 @@ async def test_publish_writes_a_qcow2_and_a_definition_off_with_direct_kernel_bo
     published = await publish(target, rec.context(built))
 
     vm_dir = tmp_path / "vms" / "debian-20261126T010101Z"
-    assert rec.resources == [QemuVm(vm_dir=vm_dir)]  # recorded before anything was made
+    assert rec.resources == [QemuVm(vm_dir=vm_dir, task_id="t0000001")]  # recorded before anything was made
     assert published.link == (vm_dir / "start.sh").resolve().as_uri()
     assert "created, powered off; direct kernel boot" in published.summary
     info = json.loads(subprocess.check_output(
@@ -135,9 +135,9 @@ async def test_a_second_publish_in_the_same_second_gets_its_own_vm(tmp_path: Pat
     built = await raw_disk(tmp_path, TINY)
     first = await publish(adapter(tmp_path), Recorder().context(built))
     second = await publish(adapter(tmp_path), Recorder().context(built, task_id="t0000002"))
-    assert first.resource["name"] == "debian-20261126T010101Z"
-    assert second.resource["name"] == "debian-20261126T010101Z-t0000002"
-    assert vmfiles.VmDefinition.load(Path(second.resource["vm_dir"])).task_id == "t0000002"
+    assert first.expect(QemuVm).vm_dir.name == "debian-20261126T010101Z"
+    assert second.expect(QemuVm).vm_dir.name == "debian-20261126T010101Z-t0000002"
+    assert vmfiles.VmDefinition.load(second.expect(QemuVm).vm_dir).task_id == "t0000002"
 
 
 async def test_a_failed_conversion_leaves_nothing_after_cleanup(
@@ -162,7 +162,7 @@ async def test_a_failed_conversion_leaves_nothing_after_cleanup(
 async def test_watch_follows_the_state_files_and_survives_a_new_adapter(tmp_path: Path) -> None:
     built = await raw_disk(tmp_path, TINY)
     published = await publish(adapter(tmp_path), Recorder().context(built))
-    vm_dir = Path(published.resource["vm_dir"])
+    vm_dir = published.expect(QemuVm).vm_dir
     rec = Recorder()
     # a restarted runner has only the stored JSON
     resumed = Published.from_json(json.loads(json.dumps(published.to_json())))
@@ -208,7 +208,7 @@ async def small_published_vm(tmp_path: Path) -> tuple[Recorder, Any, Path]:
     rec = Recorder()
     target = adapter(tmp_path, accel="tcg", memory_mb=128, cpus=1)
     published = await publish(target, rec.context(built))
-    return rec, target, Path(published.resource["vm_dir"])
+    return rec, target, published.expect(QemuVm).vm_dir
 
 
 async def test_a_real_qemu_started_then_killed_is_stopped_not_done(tmp_path: Path) -> None:
@@ -289,3 +289,40 @@ def test_a_vm_published_for_firmware_boot_by_an_older_version_says_publish_again
         vmfiles.VmDefinition.load(tmp_path)
     assert "older layerbot for firmware boot" in str(failed.value)
     assert str(failed.value).endswith("publish the template again")
+
+
+async def test_an_existing_foreign_vm_directory_fails_the_publish_and_is_left_untouched(
+        tmp_path: Path) -> None:
+    built = await raw_disk(tmp_path, TINY)
+    vms = tmp_path / "vms"
+    # both names the publish may take are someone else's folders (created meanwhile)
+    foreign = [vms / "debian-20261126T010101Z", vms / "debian-20261126T010101Z-t0000001"]
+    for folder in foreign:
+        folder.mkdir(parents=True)
+        (folder / "theirs.txt").write_text("keep me")
+    rec = Recorder()
+    target = adapter(tmp_path)
+    with pytest.raises(PlatformError, match="already exists"):
+        await publish(target, rec.context(built))
+    await rec.cleanup(target)  # what a runner does after the failure, and after a crash
+    for folder in foreign:
+        assert (folder / "theirs.txt").read_text() == "keep me"
+
+
+async def test_cleanup_removes_only_a_vm_directory_with_the_tasks_marker_or_an_empty_one(
+        tmp_path: Path) -> None:
+    target = adapter(tmp_path)
+    other = tmp_path / "other"
+    vmfiles.create_owned_dir(other, "t0000002")
+    (other / vmfiles.DISK).write_bytes(b"disk")
+    assert await target.remove(QemuVm(vm_dir=other, task_id="t0000001")) == []
+    assert (other / vmfiles.DISK).exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()  # the runner died between mkdir and the marker
+    assert await target.remove(QemuVm(vm_dir=empty, task_id="t0000001")) == [
+        f"VM directory {empty}"]
+    ours = tmp_path / "ours"
+    vmfiles.create_owned_dir(ours, "t0000001")
+    (ours / vmfiles.DISK).write_bytes(b"disk")
+    assert await target.remove(QemuVm(vm_dir=ours, task_id="t0000001")) == [f"VM directory {ours}"]
+    assert not ours.exists()

@@ -133,3 +133,25 @@ def run_task(sim: VcSim, task: Any) -> Any:
     from adapters.vsphere.vm import wait_task
 
     return wait_task(sim.si(), task, "test task")
+
+
+#: (method name, its result) -> the result the adapter sees
+AfterCall = Any
+
+
+def watching_stub(after: AfterCall) -> Any:
+    """A stub factory (``Clients.connect``) whose SOAP method results pass ``after`` first:
+    a real vcsim peer whose answers a test can bend, injected instead of patching modules."""
+    from adapters.vsphere.session import soap_stub
+
+    def connect(host: str, port: int, ssl_ctx: Any, timeout: float) -> Any:
+        stub = soap_stub(host, port, ssl_ctx, timeout)
+        invoke = stub.InvokeMethod
+
+        def invoke_then(mo: Any, info: Any, args: Any) -> Any:
+            return after(info.name, invoke(mo, info, args))
+
+        stub.InvokeMethod = invoke_then
+        return stub
+
+    return connect

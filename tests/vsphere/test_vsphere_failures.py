@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -17,17 +18,26 @@ from adapters.base import (
     PlatformTimeoutError,
     publish,
 )
-from adapters.vsphere import VSphereImport
+from adapters.vsphere import Clients, VSphereImport, VSpherePublished
 
-from .conftest import PASSWORD, PASSWORD_ENV, USER_ENV, Recorder, VcSim, connector, find_vms
+from .conftest import (
+    PASSWORD,
+    PASSWORD_ENV,
+    USER_ENV,
+    Recorder,
+    VcSim,
+    connector,
+    find_vms,
+    watching_stub,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def make_adapter(sim: VcSim, **overrides: object):  # type: ignore[no-untyped-def]
-    adapter = create(config_model("vsphere").model_validate(connector(sim, **overrides)))
-    adapter.wait_seconds = 1  # type: ignore[attr-defined]
-    return adapter
+def make_adapter(sim: VcSim, clients: Clients | None = None,
+                 **overrides: object):  # type: ignore[no-untyped-def]
+    cfg = config_model("vsphere").model_validate(connector(sim, **overrides))
+    return create(cfg, clients or Clients(wait_seconds=1))
 
 
 def test_config_names_missing_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,7 +145,7 @@ async def test_session_expiry_mid_publish(vcsim: VcSim, vc_env: None, raw_disk: 
     rec.hooks.append(expire)
     published = await publish(adapter, rec.context(raw_disk, "survivor"))
     assert killed and adapter.session.logins == 2
-    assert [vm._moId for vm in find_vms(vcsim, "survivor")] == [published.resource["vm"]]
+    assert [vm._moId for vm in find_vms(vcsim, "survivor")] == [published.expect(VSpherePublished).moref]
     await adapter.close()
 
 
@@ -180,18 +190,23 @@ async def test_vm_deleted_during_watch(vcsim: VcSim, vc_env: None, raw_disk: Pat
     published = await publish(adapter, rec.context(raw_disk, "deleted"))
     watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
     await asyncio.sleep(0.3)
-    assert await adapter.unpublish(published) == [f"removed VM deleted ({published.resource['vm']})"]
+    moref = published.expect(VSpherePublished).moref
+    assert await adapter.unpublish(published) == [f"removed VM deleted ({moref})"]
     with pytest.raises(NotFoundError, match="deleted"):
         await asyncio.wait_for(watch, 15)
     await adapter.close()
 
 
-async def test_insufficient_space(vcsim: VcSim, vc_env: None, raw_disk: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import adapters.vsphere
+async def test_insufficient_space(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    def one_byte_free(method: str, result: Any) -> Any:
+        for item in (result.objects if method == "RetrievePropertiesEx" and result else []):
+            for value in item.propSet:
+                if value.name == "summary.freeSpace":
+                    value.val = 1
+        return result
 
-    monkeypatch.setattr(adapters.vsphere, "_data_bytes", lambda raw: 2**60)
-    adapter = make_adapter(vcsim, datastore="LocalDS_1")
+    adapter = make_adapter(vcsim, Clients(connect=watching_stub(one_byte_free), wait_seconds=1),
+                           datastore="LocalDS_1")
     with pytest.raises(InsufficientSpaceError, match=r"datastore 'LocalDS_1' has .* GiB free"):
         await publish(adapter, Recorder().context(raw_disk, "too-big"))
     assert find_vms(vcsim, "too-big") == []
@@ -266,7 +281,7 @@ async def test_idle_session_expiry_mid_publish(vcsim_binary: Path, vc_env: None,
         rec.hooks.append(stall)
         published = await publish(adapter, rec.context(raw_disk, "idle"))
         assert adapter.session.logins >= 2
-        assert [vm._moId for vm in find_vms(sim, "idle")] == [published.resource["vm"]]
+        assert [vm._moId for vm in find_vms(sim, "idle")] == [published.expect(VSpherePublished).moref]
         await adapter.close()
     finally:
         sim.stop()
@@ -294,7 +309,8 @@ async def test_watch_refuses_another_vcenter(vcsim: VcSim, vc_env: None, raw_dis
     adapter = make_adapter(vcsim)
     published = await publish(adapter, Recorder().context(raw_disk, "elsewhere"))
     moved = Published.from_json(published.to_json())
-    moved.resource["vcenter"] = "00000000-0000-0000-0000-000000000000"
+    moved.resource = published.expect(VSpherePublished).model_copy(
+        update={"vcenter": "00000000-0000-0000-0000-000000000000"})
     with pytest.raises(NotFoundError, match="is not the vCenter the image was published to"):
         await adapter.wait_for_shutdown(moved, Recorder().context(raw_disk, "x"))
     await adapter.close()

@@ -9,6 +9,7 @@ import pytest
 
 from adapters import config_model, create
 from adapters.base import NotFoundError, publish
+from adapters.vsphere import Clients, VSpherePublished
 from adapters.vsphere.inventory import PlacementPathError
 
 from .conftest import Recorder, VcSim, connector, find_vms
@@ -16,10 +17,10 @@ from .conftest import Recorder, VcSim, connector, find_vms
 pytestmark = pytest.mark.timeout(120)
 
 
-def make_adapter(sim: VcSim, **overrides: object):  # type: ignore[no-untyped-def]
-    adapter = create(config_model("vsphere").model_validate(connector(sim, **overrides)))
-    adapter.wait_seconds = 2  # type: ignore[attr-defined]
-    return adapter
+def make_adapter(sim: VcSim, clients: Clients | None = None,
+                 **overrides: object):  # type: ignore[no-untyped-def]
+    cfg = config_model("vsphere").model_validate(connector(sim, **overrides))
+    return create(cfg, clients or Clients(wait_seconds=2))
 
 
 def make_folders(sim: VcSim, *names: str) -> Any:
@@ -91,7 +92,7 @@ async def test_template_in_a_nested_folder_has_its_disk(vcsim: VcSim, vc_env: No
                            datastore="LocalDS_1")
     published = await publish(adapter, Recorder().context(raw_disk, "tpl-placed"))
     await adapter.close()
-    assert published.resource["mode"] == "template"
+    assert published.expect(VSpherePublished).mode == "template"
 
     [tpl] = find_vms(vcsim, "tpl-placed")
     assert tpl.config.template and tpl.parent == folder

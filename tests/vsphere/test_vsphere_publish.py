@@ -10,19 +10,25 @@ import pytest
 
 from adapters import config_model, create
 from adapters.base import Capability, Published, publish
-from adapters.vsphere import VSphereDeployedVm, VSphereImport, VSpherePoweredOn, VSphereVm
+from adapters.vsphere import (
+    Clients,
+    VSphereDeployedVm,
+    VSphereImport,
+    VSpherePoweredOn,
+    VSpherePublished,
+    VSphereVm,
+)
 from compositor.sweep import BUILD_PREFIX, owner_prefix
 
-from .conftest import Recorder, VcSim, connector, find_vms, run_task
+from .conftest import Recorder, VcSim, connector, find_vms, run_task, watching_stub
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def make_adapter(sim: VcSim, **overrides: object):  # type: ignore[no-untyped-def]
+def make_adapter(sim: VcSim, clients: Clients | None = None,
+                 **overrides: object):  # type: ignore[no-untyped-def]
     cfg = config_model("vsphere").model_validate(connector(sim, **overrides))
-    adapter = create(cfg)
-    adapter.wait_seconds = 2  # type: ignore[attr-defined]
-    return adapter
+    return create(cfg, clients or Clients(wait_seconds=2))
 
 
 async def test_publish_vm_then_power_cycle(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
@@ -41,7 +47,7 @@ async def test_publish_vm_then_power_cycle(vcsim: VcSim, vc_env: None, raw_disk:
     assert published.link == (
         f"https://{vcsim.host}:{vcsim.port}/ui/app/vm;nav=v/urn:vmomi:VirtualMachine:"
         f"{vm._moId}:{about.instanceUuid}")
-    assert published.resource["vm"] == vm._moId
+    assert published.expect(VSpherePublished).moref == vm._moId
     assert "password" not in repr(published.to_json()).lower()
     recorded = rec.latest(VSphereVm)
     assert recorded is not None and recorded.moref == vm._moId
@@ -85,26 +91,23 @@ async def test_a_vm_powered_on_before_the_watch_begins_is_announced(
 
 
 async def test_a_power_cycle_right_after_the_events_were_read_is_not_missed(
-        vcsim: VcSim, vc_env: None, raw_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     # the whole on/off cycle falls just after the watch asked vCenter's events "was it on?"
-    import adapters.vsphere.watch as watch_module
+    cycled: list[bool] = []
+    quick: list[Any] = []
 
-    adapter = make_adapter(vcsim)
+    def then_cycle(method: str, result: Any) -> Any:
+        if method == "QueryEvent" and quick and not cycled:  # pyVmomi names it so
+            cycled.append(True)
+            run_task(vcsim, quick[0].PowerOnVM_Task())
+            run_task(vcsim, quick[0].PowerOffVM_Task())
+        return result
+
+    adapter = make_adapter(vcsim, Clients(connect=watching_stub(then_cycle), wait_seconds=2))
     rec = Recorder()
     published = await publish(adapter, rec.context(raw_disk, "quick-guest"))
     [vm] = find_vms(vcsim, "quick-guest")
-    real = watch_module.was_powered_on
-    cycled: list[bool] = []
-
-    def then_cycle(si: Any, target: Any) -> bool:
-        answer = real(si, target)
-        if not cycled:
-            cycled.append(True)
-            run_task(vcsim, vm.PowerOnVM_Task())
-            run_task(vcsim, vm.PowerOffVM_Task())
-        return answer
-
-    monkeypatch.setattr(watch_module, "was_powered_on", then_cycle)
+    quick.append(vm)
     await asyncio.wait_for(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")), 20)
     assert cycled and rec.latest(VSpherePoweredOn) == VSpherePoweredOn(moref=vm._moId)
     await adapter.close()
@@ -244,25 +247,19 @@ async def test_disk_file_on_datastore(vcsim: VcSim, vc_env: None, raw_disk: Path
     await adapter.close()
 
 
-async def test_cluster_without_drs_gets_a_host(vcsim: VcSim, vc_env: None, raw_disk: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cluster_without_drs_gets_a_host(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
     """vCenter needs a host for ImportVApp without DRS; vcsim 0.24 cannot turn DRS off."""
     from pyVmomi import vim
 
-    import adapters.vsphere.inventory as inventory
+    def no_drs(method: str, result: Any) -> Any:
+        for item in (result.objects if method == "RetrievePropertiesEx" and result else []):
+            for value in item.propSet:
+                if value.name == "configurationEx":
+                    value.val = vim.cluster.ConfigInfoEx(
+                        drsConfig=vim.cluster.DrsConfigInfo(enabled=False))
+        return result
 
-    real_props = inventory.props
-
-    def no_drs(si, objects, kind, paths):  # type: ignore[no-untyped-def]
-        found = real_props(si, objects, kind, paths)
-        if kind is vim.ClusterComputeResource and "configurationEx" in paths:
-            for values in found:
-                values["configurationEx"] = vim.cluster.ConfigInfoEx(
-                    drsConfig=vim.cluster.DrsConfigInfo(enabled=False))
-        return found
-
-    monkeypatch.setattr(inventory, "props", no_drs)
-    adapter = make_adapter(vcsim)
+    adapter = make_adapter(vcsim, Clients(connect=watching_stub(no_drs), wait_seconds=2))
     await publish(adapter, Recorder().context(raw_disk, "no-drs"))
     [vm] = find_vms(vcsim, "no-drs")
     cluster = vcsim.si().content.searchIndex.FindByInventoryPath("DC0/host/DC0_C0")
@@ -302,3 +299,20 @@ async def test_one_session_per_vcenter_and_user(vcsim: VcSim, vc_env: None,
     assert PASSWORD not in repr(first._key)
     for adapter in (first, same_user, other_password):
         await adapter.close()
+
+
+async def test_the_injected_stub_factory_is_the_one_used_and_gets_its_own_session(
+        vcsim: VcSim, vc_env: None) -> None:
+    methods: list[str] = []
+
+    def record(method: str, result: Any) -> Any:
+        methods.append(method)
+        return result
+
+    injected = make_adapter(vcsim, Clients(connect=watching_stub(record), wait_seconds=2))
+    default = make_adapter(vcsim)
+    assert injected.session is not default.session  # another client, another session
+    await injected.session.call(lambda si: si.CurrentTime(), "reading the time")
+    assert "Login" in methods and "CurrentTime" in methods
+    await injected.close()
+    await default.close()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from adapters import create
-from adapters.vsphere import Adapter as VSphereAdapter
+from adapters.vsphere import Clients
 from bot.catalog import Catalog, load_catalog
 from bot.runner.job_runner import JobRunner
 from bot.store import states
@@ -41,10 +41,8 @@ def with_vsphere(sim: VcSim, **overrides: Any) -> str:
     return text.replace("connector: folder", "connector: vcsim-lab")
 
 
-@pytest.fixture
-def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Short WaitForUpdatesEx calls, so a detaching runner lets go within seconds."""
-    monkeypatch.setattr(VSphereAdapter, "wait_seconds", 2)
+#: Short WaitForUpdatesEx calls, so a detaching runner lets go within seconds.
+FAST_WATCH = {"vsphere": Clients(wait_seconds=2)}
 
 
 async def wait_until(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
@@ -78,7 +76,7 @@ async def running(store: TaskStore, cat: Catalog, task_id: str,
                   stop: asyncio.Event | None = None) -> AsyncIterator[asyncio.Task[None]]:
     """A JobRunner working task_id (until it is finished, or until ``stop``); cancelled on
     the way out if it is still running."""
-    runner = JobRunner(store, cat, poll_interval=0.05)
+    runner = JobRunner(store, cat, poll_interval=0.05, clients=FAST_WATCH)
     work = asyncio.create_task(runner.run(only=[task_id], stop=stop, until_done=stop is None))
     try:
         yield work
@@ -95,7 +93,7 @@ async def watching(store: TaskStore, task_id: str, note: str, what: str) -> None
 
 
 async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
-        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path],
         store: TaskStore) -> None:
     cat = load_catalog(write_catalog(with_vsphere(vcsim)))
     task_id = queue(store, cat)
@@ -120,7 +118,7 @@ async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
         assert "log in with a local user" in events["hint"].message
         assert task.resources == [{"kind": "vsphere.vm", "moref": vm._moId,
                                    "name": task.image_name, "datacenter": "DC0"}]
-        assert task.published is not None and task.published["resource"]["vm"] == vm._moId
+        assert task.published is not None and task.published["resource"]["moref"] == vm._moId
         disk = the_disk(vm)
         assert disk.capacityInKB == DISK_KB
         assert disk.backing.fileName.startswith(f"[LocalDS_0] {task.image_name}/")
@@ -141,7 +139,7 @@ async def test_vm_mode_reaches_done_when_the_guest_shuts_down(
 
 @pytest.mark.parametrize("power_on", ["before_restart", "after_restart"])
 async def test_restart_during_watch_reaches_done_once(
-        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path],
         store: TaskStore, power_on: str) -> None:
     cat = load_catalog(write_catalog(with_vsphere(vcsim)))
     task_id = queue(store, cat)
@@ -186,7 +184,7 @@ async def test_restart_during_watch_reaches_done_once(
 
 
 async def test_template_mode_reaches_done_when_a_deployed_vm_shuts_down(
-        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path],
         store: TaskStore) -> None:
     from pyVmomi import vim
 
@@ -236,19 +234,21 @@ def with_templates(sim: VcSim, names: list[str]) -> str:
 
 
 async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
-        vcsim: VcSim, vc_env: None, fast_watch: None, write_catalog: Callable[[str], Path],
+        vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path],
         store: TaskStore) -> None:
     import threading
 
+    from adapters.blocking import SessionPool
     from adapters.vsphere import power as vsphere_power
-    from adapters.vsphere import session as vsphere_session
+
+    pool: SessionPool[Any] = SessionPool()  # this test's sessions, whatever others hold
+    clients = {"vsphere": Clients(wait_seconds=2, sessions=pool)}
 
     def watch_threads() -> int:
         return sum(t.name.startswith("vsphere-watch") for t in threading.enumerate())
 
     def current_watcher() -> Any:
-        sessions = [entry[0] for key, entry in vsphere_session._SHARED.items()
-                    if key[:2] == (vcsim.host, vcsim.port)]
+        sessions = [session for _key, session, _users in pool.shared()]
         return vsphere_power._WATCHERS.get(sessions[0]) if sessions else None
 
     names = [f"t{i}" for i in range(5)]
@@ -257,7 +257,8 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
     ids = [queue(store, cat, name) for name in names]
     # none of the VMs has been powered on, yet all five wait for their guests
     stop = asyncio.Event()
-    first = asyncio.create_task(JobRunner(store, cat, poll_interval=0.05).run(only=ids, stop=stop))
+    first = asyncio.create_task(JobRunner(store, cat, poll_interval=0.05, clients=clients).run(
+        only=ids, stop=stop))
     try:
         for task_id in ids:
             await watching(store, task_id, "waiting for VM", "every watch to start")
@@ -276,9 +277,9 @@ async def test_five_templates_all_wait_at_once_and_each_reaches_done_on_its_own(
     assert all(store.get(i).lease_owner is None for i in ids)
     assert watcher.watched == 0
     # the runner closed its adapters: the last one logged the session out (planning holds none)
-    assert not [key for key in vsphere_session._SHARED if key[:2] == (vcsim.host, vcsim.port)]
+    assert pool.shared() == []
 
-    runner = JobRunner(store, cat, poll_interval=0.05)
+    runner = JobRunner(store, cat, poll_interval=0.05, clients=clients)
     work = asyncio.create_task(runner.run(only=ids, until_done=True))
     try:
         await wait_until(lambda: getattr(current_watcher(), "watched", 0) == 5,
@@ -313,13 +314,13 @@ async def test_planning_a_publish_releases_the_vcenter_session(
         vcsim: VcSim, vc_env: None, write_catalog: Callable[[str], Path]) -> None:
     """/publish plans with an adapter and closes it: the shared session's users go back to
     zero and it logs out (each /publish used to leak a share)."""
-    from adapters.vsphere import session as vsphere_session
+    from adapters.vsphere.session import SESSIONS
     from bot.runner.planning import plan
 
     cat = load_catalog(write_catalog(with_vsphere(vcsim)))
     def shares() -> list[int]:
-        return [entry[1] for key, entry in vsphere_session._SHARED.items()
-                if key[:2] == (vcsim.host, vcsim.port)]
+        return [users for key, _session, users in SESSIONS.shared()
+                if key.endpoint == f"{vcsim.host}:{vcsim.port}"]
 
     # planned from a coroutine: the close runs on a thread of its own
     for _ in range(3):

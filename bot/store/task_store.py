@@ -231,21 +231,26 @@ class TaskStore:
     # ------------------------------------------------------------ leases
     def claim(
         self, owner: str, lease_seconds: float, ids: Collection[str] | None = None, *,
-        published_only: bool = False,
+        published_only: bool = False, exclude: Collection[str] = (),
     ) -> Task | None:
         """Atomically take the oldest task that is unfinished and not leased (or whose
         lease expired because its runner died); ``ids`` limits the choice.
         ``published_only``: only a task whose image is published (it only waits for its
-        guest), for a runner whose compose/upload slots are all taken."""
+        guest), for a runner whose compose/upload slots are all taken.
+        ``exclude``: tasks the runner still works (their lease may have run out meanwhile)."""
         now = time.time()
         active = ",".join("?" * len(states.ACTIVE))
-        only, only_args = "", []
+        only = ""
+        only_args: list[str] = []
         if ids is not None:
             if not ids:
                 return None
             only, only_args = " AND id IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))]
         if published_only:
             only += " AND published IS NOT NULL"
+        if exclude:
+            only += " AND id NOT IN (SELECT value FROM json_each(?))"
+            only_args.append(json.dumps(list(exclude)))
         with self.transaction():
             row = self.db.execute(
                 "UPDATE tasks SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"

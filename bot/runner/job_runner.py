@@ -280,13 +280,24 @@ class JobRunner:
 
     async def _run_steps(self, job: Job) -> None:
         task = job.task
-        if task.cancel_requested:
-            await remove_partial(job)
+        if task.cancel_requested:  # seen at claim time (a restart, a takeover)
+            if job.published is not None:  # as when the holding runner sees it: kept
+                await remove_staging(job)
+            else:
+                await remove_partial(job)
             await job.update(status=states.CANCELLED,
-                             event=(EventKind.CANCELLED, messages.cancelled(job.removed)))
+                             event=(EventKind.CANCELLED, self._cancelled_message(job)),
+                             data={"removed": job.removed})
             return
         if task.status == states.UPLOADING and job.resources and job.published is None:
-            await remove_partial(job, keep_resumable=True)
+            if await remove_partial(job, keep_resumable=True):
+                # carrying on would orphan it: the platform's reason goes to the user
+                problems = [line for line in job.removed if line.startswith("could not remove ")]
+                reason = messages.resume_cleanup_failed(problems)
+                await job.update(status=states.FAILED, error=reason,
+                                 event=(EventKind.FAILED, messages.failed(reason, [])),
+                                 data={"removed": job.removed})
+                return
             await job.add_event(EventKind.RESUMED, messages.resumed_cleanup(job.removed))
             job.removed = []
         if job.published is not None:
@@ -297,7 +308,7 @@ class JobRunner:
             if is_detach(exc):
                 raise
             await job.update(status=states.CANCELLED, error="cancelled",
-                       event=(EventKind.CANCELLED, messages.cancelled(job.removed)),
+                       event=(EventKind.CANCELLED, self._cancelled_message(job)),
                        data={"removed": job.removed})
             return
         except LeaseLost:
@@ -312,3 +323,7 @@ class JobRunner:
         elapsed = time.time() - task.created_at
         await job.update(status=states.DONE, progress=100.0, stage="done",
                    event=(EventKind.DONE, messages.done(elapsed)), data={"elapsed": elapsed})
+
+    @staticmethod
+    def _cancelled_message(job: Job) -> str:
+        return messages.cancelled(job.removed, job.published.summary if job.published else None)

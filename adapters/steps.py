@@ -106,10 +106,21 @@ class StepRunner(Generic[C]):
             outcome = outcome_of(exc)
             raise
         finally:
+            stopped: asyncio.CancelledError | None = None
             for step in reversed(stack):
-                try:
-                    await asyncio.shield(step.cleanup(ctx, outcome))
-                except asyncio.CancelledError:
-                    log.warning("cleanup of %s was interrupted", step.name)
-                except Exception:
-                    log.exception("cleanup of step %s failed", step.name)
+                cleanup = asyncio.ensure_future(step.cleanup(ctx, outcome))
+                # A stop during a cleanup (a detach after a cancel) waits for every cleanup to
+                # end, newest first, and is raised after them: none overlaps the next one or the
+                # caller's own (closing the adapter).
+                while not cleanup.done():
+                    try:
+                        await asyncio.shield(cleanup)
+                    except asyncio.CancelledError as exc:
+                        if cleanup.cancelled():  # the cleanup's own, not a stop of this task
+                            break
+                        log.warning("stop during the cleanup of %s: finishing it first", step.name)
+                        stopped = exc
+                    except Exception:
+                        log.exception("cleanup of step %s failed", step.name)
+            if stopped is not None:
+                raise stopped

@@ -55,9 +55,17 @@ def failed(reason: str, removed: list[str]) -> str:
     return f"Failed: {reason}{cleaned}"
 
 
-def cancelled(removed: list[str]) -> str:
+def cancelled(removed: list[str], kept: str | None = None) -> str:
+    """``kept``: the summary of what was already published; a cancel does not destroy it."""
     cleaned = "; cleaned up: " + ", ".join(removed) if removed else ""
-    return f"Cancelled{cleaned}"
+    kept_note = (f"; kept {kept}: it was published before the cancel, remove it at the platform "
+                 "if it is not wanted" if kept else "")
+    return f"Cancelled{cleaned}{kept_note}"
+
+
+def resume_cleanup_failed(problems: list[str]) -> str:
+    return ("the previous attempt left what could not be removed (still recorded on this task; "
+            "remove it at the platform, then retry): " + "; ".join(problems))
 
 
 def resumed_cleanup(removed: list[str]) -> str:

@@ -393,3 +393,16 @@ def test_planning_reads_no_layer_that_was_never_built(
     monkeypatch.setattr("bot.runner.planning.image_spec", lambda *args: looked.append(args))
     assert plan(catalog, "win10-office").cache_hit is False
     assert looked == []
+
+
+def test_task_shows_an_event_kind_of_a_newer_layerbot_as_it_is(cli: Callable[..., tuple[int, str]],
+                                                              tmp_path: Path) -> None:
+    code, out = cli("publish", "win10-office", "--yes", "--no-run")
+    assert code == 0, out
+    store = TaskStore(tmp_path / "t.db")
+    task = store.list_tasks()[0]
+    store.db.execute("INSERT INTO task_events (task_id, at, kind, message, data)"
+                     " VALUES (?, 0, 'snapshot_taken', 'Snapshot s1 taken', '{}')", [task.id])
+    code, out = cli("task", task.id)
+    assert code == 0, out
+    assert "snapshot_taken" in out and "Snapshot s1 taken" in out

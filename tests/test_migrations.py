@@ -92,3 +92,18 @@ def test_two_stores_opening_one_new_database_apply_each_migration_once(
         t.join()
     assert len(stores) == 4
     assert sorted(calls) == [m.version for m in MIGRATIONS]
+
+
+def test_opening_an_up_to_date_database_takes_no_write_lock(tmp_path: Path) -> None:
+    """Another process writing (here: holding the write lock) does not delay an open."""
+    db = tmp_path / "t.db"
+    store = TaskStore(db)
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        store.db.execute("PRAGMA busy_timeout = 50")  # a lock attempt fails at once
+        assert migrate(store) == []
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        store.close()

@@ -70,3 +70,35 @@ async def test_a_step_that_detaches_skips_real_cleanup() -> None:
     with pytest.raises(Detach):
         await StepRunner([Named("a"), Leaving("b"), Named("c")]).run(rec)
     assert rec.cleaned == [("b", Outcome.DETACHED), ("a", Outcome.DETACHED)]
+
+
+class Slow(Named):
+    """A step whose cleanup takes a while and records when it ends."""
+
+    async def cleanup(self, ctx: Recorder, outcome: Outcome) -> None:
+        ctx.cleaned.append((self.name, outcome))
+        await asyncio.sleep(0.3)
+        ctx.cleaned.append((f"{self.name} done", outcome))
+
+
+async def test_a_detach_during_a_cancel_cleanup_waits_for_it_then_stops() -> None:
+    rec = Recorder()
+    ended: list[str] = []
+
+    async def job() -> None:
+        try:
+            await StepRunner([Named("compose"), Slow("upload", block=True)]).run(rec)
+        finally:
+            ended.append("runner returned")  # the caller closes the adapter here
+
+    task = asyncio.create_task(job())
+    await asyncio.sleep(0.05)
+    task.cancel(StopReason.CANCEL.value)  # a user cancel ...
+    await asyncio.sleep(0.1)
+    task.cancel(StopReason.DETACH.value)  # ... then the service stops, mid-cleanup
+    with pytest.raises(asyncio.CancelledError) as stopped:
+        await task
+    assert StopReason.DETACH.value in stopped.value.args
+    assert rec.cleaned == [("upload", Outcome.CANCELLED), ("upload done", Outcome.CANCELLED),
+                           ("compose", Outcome.CANCELLED)]
+    assert ended == ["runner returned"]

@@ -167,3 +167,27 @@ def test_an_event_of_an_unknown_kind_is_refused_and_kinds_read_back_as_the_enum(
         store.update(task.id, None, stage="x", event=("finished", "typo"))
     assert store.get(task.id).stage != "x"  # the change went with its event
     assert [e.kind for e in store.events(task.id)] == [states.EventKind.CREATED]
+
+
+def test_an_update_by_a_runner_whose_lease_was_taken_is_lease_lost_whatever_the_status(
+        store: TaskStore) -> None:
+    task, _ = new_task(store)
+    store.claim("b", 30)
+    for status in (states.COMPOSITING, states.UPLOADING, states.ACTION_REQUIRED, states.DONE):
+        store.update(task.id, "b", status=status)
+    # runner a (its lease taken over by b) fails its task: no transition from done is valid
+    for status in (states.FAILED, states.DONE):
+        with pytest.raises(LeaseLost):
+            store.update(task.id, "a", status=status, error="late")
+    assert store.get(task.id).status == states.DONE
+
+
+def test_an_event_kind_of_a_newer_layerbot_is_read_as_a_plain_string(store: TaskStore) -> None:
+    task, _ = new_task(store)
+    store.db.execute("INSERT INTO task_events (task_id, at, kind, message, data)"
+                     " VALUES (?, ?, 'snapshot_taken', 'Snapshot taken', '{}')", [task.id, time.time()])
+    events = store.events(task.id)
+    assert [e.kind for e in events] == [states.EventKind.CREATED, "snapshot_taken"]
+    assert isinstance(events[0].kind, states.EventKind)
+    with pytest.raises(ValueError, match="'snapshot_taken' is not a valid EventKind"):
+        store.add_event(task.id, "snapshot_taken", "writes stay strict")  # type: ignore[arg-type]

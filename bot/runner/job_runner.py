@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from adapters.base import AdapterError
 from adapters.steps import StepRunner, cancel, detach, is_detach
@@ -33,6 +36,8 @@ from bot.store.task_store import LeaseLost, Task, TaskStore
 from compositor import CompositorError, sweep_stale
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 #: Errors whose message is shown as is; anything else is reported by its type too.
 _USER_ERRORS = (AdapterError, CompositorError, TaskConfigError)
@@ -73,9 +78,20 @@ class JobRunner:
         self._working: set[str] = set()
         #: tasks whose lease this runner holds and renews
         self._leased: set[str] = set()
+        #: when each held lease was last extended (time.monotonic() before the call)
+        self._renewed_at: dict[str, float] = {}
         self._cancel_sent: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._store_threads: ThreadPoolExecutor | None = None
+
+    async def _store(self, call: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run a store call in the runner's own threads: renewals and claims must not queue
+        behind file copies and SDK calls in the default executor."""
+        if self._store_threads is None:
+            self._store_threads = ThreadPoolExecutor(2, thread_name_prefix="layerbot-store")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._store_threads, functools.partial(call, *args, **kwargs))
 
     def wake(self) -> None:
         """A task was queued in this process: look for work now."""
@@ -114,26 +130,33 @@ class JobRunner:
             finally:
                 keeper.cancel()
                 await asyncio.gather(keeper, return_exceptions=True)
+                if self._store_threads is not None:
+                    # a renewal stuck on a locked database is abandoned, not waited for
+                    self._store_threads.shutdown(wait=False)
+                    self._store_threads = None
 
     async def _all_finished(self, ids: Collection[str]) -> bool:
         if self._jobs:
             return False
-        tasks = await asyncio.to_thread(lambda: [self.store.get(i) for i in ids])
+        tasks = await self._store(lambda: [self.store.get(i) for i in ids])
         return all(t.finished for t in tasks)
 
     async def _fill(self, only: Collection[str] | None) -> None:
         while not self._stopping:
             slot_free = len(self._working) < self.max_parallel
-            task = await asyncio.to_thread(self.store.claim, self.owner, self.lease_seconds, only,
-                                           published_only=not slot_free)
+            asked_at = time.monotonic()
+            # never a task this runner still works, even if its lease ran out meanwhile
+            task = await self._store(self.store.claim, self.owner, self.lease_seconds, only,
+                                     published_only=not slot_free, exclude=list(self._jobs))
             if task is None:
                 return
             self._leased.add(task.id)
+            self._renewed_at[task.id] = asked_at
             if task.published is None:
                 self._working.add(task.id)
             job = asyncio.create_task(self._work(task), name=f"task-{task.id}")
             self._jobs[task.id] = job
-            job.add_done_callback(lambda _, tid=task.id: self._finished(tid))
+            job.add_done_callback(functools.partial(self._finished, task.id))
 
     def _waiting(self, task_id: str) -> None:
         """The task waits for its guest now: its compose/upload slot is free."""
@@ -141,10 +164,13 @@ class JobRunner:
             self._working.discard(task_id)
             self._wake.set()
 
-    def _finished(self, task_id: str) -> None:
-        self._jobs.pop(task_id, None)
+    def _finished(self, task_id: str, job: asyncio.Task[None]) -> None:
+        if self._jobs.get(task_id) is not job:
+            return  # (defensive) a newer job of the task is not this one's to forget
+        del self._jobs[task_id]
         self._working.discard(task_id)
         self._cancel_sent.discard(task_id)
+        self._renewed_at.pop(task_id, None)
         self._wake.set()
 
     async def shutdown(self) -> None:
@@ -177,35 +203,69 @@ class JobRunner:
                 await self._fail(task, failure_reason(exc))
         finally:
             self._leased.discard(task.id)  # renewals stop before the release
-            await asyncio.to_thread(self.store.release, task.id, self.owner,
-                                    count_attempt=not stopped_cleanly)
+            await self._store(self.store.release, task.id, self.owner,
+                              count_attempt=not stopped_cleanly)
 
     async def _keep_leases(self) -> None:
         """Renew every held lease in one statement; detach a job whose lease another runner
-        took, cancel one whose cancel was requested."""
-        while True:
-            await asyncio.sleep(min(self.lease_seconds / 3, 1.0))
-            held = set(self._leased)
-            try:
-                renewed = await asyncio.to_thread(
-                    self.store.renew_held, self.owner, held, self.lease_seconds)
-            except Exception:  # a locked or unreachable database: try again next round
-                log.exception("renewing the leases failed")
+        took, or could not be renewed for so long that it runs out; cancel one whose cancel
+        was requested."""
+        period = min(self.lease_seconds / 3, 1.0)
+        loop = asyncio.get_running_loop()
+        #: the renewal under way: its future, the jobs it renews, when it was asked
+        pending: tuple[asyncio.Future[dict[str, bool]], dict[str, asyncio.Task[None]], float] | None = None
+        try:
+            while True:
+                await asyncio.sleep(period)
+                if pending is None:
+                    held = {t: self._jobs[t] for t in self._leased if t in self._jobs}
+                    call = self._store(self.store.renew_held, self.owner, list(held), self.lease_seconds)
+                    pending = (loop.create_task(call), held, time.monotonic())
+                # a renewal stuck on a locked database stays pending; the deadlines still count
+                done, _ = await asyncio.wait([pending[0]], timeout=period)
+                if done:
+                    renewal, held, asked_at = pending
+                    pending = None
+                    try:
+                        self._renewed(renewal.result(), held, asked_at)
+                    except Exception:  # a locked or unreachable database: try again next round
+                        log.exception("renewing the leases failed")
+                self._let_go_of_expiring(margin=2 * period)
+        finally:
+            if pending is not None:
+                pending[0].cancel()
+
+    def _renewed(self, renewed: dict[str, bool], held: dict[str, asyncio.Task[None]],
+                 asked_at: float) -> None:
+        for task_id, job in held.items():
+            if task_id not in self._leased or self._jobs.get(task_id) is not job:
+                continue  # the job let go meanwhile
+            if task_id not in renewed:
+                log.warning("task %s: lease lost, another runner has it", task_id)
+                self._leased.discard(task_id)
+                detach(job)
                 continue
-            for task_id in held & self._leased:  # (a job may have let go meanwhile)
-                job = self._jobs.get(task_id)
-                if job is None:
-                    continue
-                if task_id not in renewed:
-                    log.warning("task %s: lease lost, another runner has it", task_id)
-                    self._leased.discard(task_id)
-                    detach(job)
-                elif renewed[task_id] and task_id not in self._cancel_sent:
-                    self._cancel_sent.add(task_id)
-                    cancel(job)
+            self._renewed_at[task_id] = max(self._renewed_at.get(task_id, asked_at), asked_at)
+            if renewed[task_id] and task_id not in self._cancel_sent:
+                self._cancel_sent.add(task_id)
+                cancel(job)
+
+    def _let_go_of_expiring(self, margin: float) -> None:
+        """Detach the jobs whose lease runs out within ``margin``: another runner may take the
+        task then, and two runners must not work it at once."""
+        now = time.monotonic()
+        for task_id in list(self._leased):
+            job = self._jobs.get(task_id)
+            renewed_at = self._renewed_at.get(task_id, now)
+            if job is None or now - renewed_at + margin < self.lease_seconds:
+                continue
+            log.warning("task %s: lease not renewed for %.0f s, letting go of it before it runs out",
+                        task_id, now - renewed_at)
+            self._leased.discard(task_id)
+            detach(job)
 
     async def _fail(self, task: Task, reason: str) -> None:
-        await asyncio.to_thread(
+        await self._store(
             self.store.update, task.id, self.owner, status=states.FAILED, error=reason,
             event=(EventKind.FAILED, messages.failed(reason, [])))
 
@@ -223,13 +283,24 @@ class JobRunner:
 
     async def _run_steps(self, job: Job) -> None:
         task = job.task
-        if task.cancel_requested:
-            await remove_partial(job)
+        if task.cancel_requested:  # seen at claim time (a restart, a takeover)
+            if job.published is not None:  # as when the holding runner sees it: kept
+                await remove_staging(job)
+            else:
+                await remove_partial(job)
             await job.update(status=states.CANCELLED,
-                             event=(EventKind.CANCELLED, messages.cancelled(job.removed)))
+                             event=(EventKind.CANCELLED, self._cancelled_message(job)),
+                             data={"removed": job.removed})
             return
         if task.status == states.UPLOADING and job.resources and job.published is None:
-            await remove_partial(job, keep_resumable=True)
+            if await remove_partial(job, keep_resumable=True):
+                # carrying on would orphan it: the platform's reason goes to the user
+                problems = [line for line in job.removed if line.startswith("could not remove ")]
+                reason = messages.resume_cleanup_failed(problems)
+                await job.update(status=states.FAILED, error=reason,
+                                 event=(EventKind.FAILED, messages.failed(reason, [])),
+                                 data={"removed": job.removed})
+                return
             await job.add_event(EventKind.RESUMED, messages.resumed_cleanup(job.removed))
             job.removed = []
         if job.published is not None:
@@ -240,7 +311,7 @@ class JobRunner:
             if is_detach(exc):
                 raise
             await job.update(status=states.CANCELLED, error="cancelled",
-                       event=(EventKind.CANCELLED, messages.cancelled(job.removed)),
+                       event=(EventKind.CANCELLED, self._cancelled_message(job)),
                        data={"removed": job.removed})
             return
         except LeaseLost:
@@ -255,3 +326,7 @@ class JobRunner:
         elapsed = time.time() - task.created_at
         await job.update(status=states.DONE, progress=100.0, stage="done",
                    event=(EventKind.DONE, messages.done(elapsed)), data={"elapsed": elapsed})
+
+    @staticmethod
+    def _cancelled_message(job: Job) -> str:
+        return messages.cancelled(job.removed, job.published.summary if job.published else None)

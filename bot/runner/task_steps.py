@@ -301,17 +301,19 @@ def publish_context(job: Job, report: ProgressFn = _no_report) -> PublishContext
     )
 
 
-async def remove_partial(job: Job, *, keep_resumable: bool = False) -> None:
+async def remove_partial(job: Job, *, keep_resumable: bool = False) -> list[Resource]:
     """Remove what a publish that did not finish left (newest first), e.g. after a crash.
-    ``keep_resumable``: keep the upload of an adapter that can continue it."""
+    ``keep_resumable``: keep the upload of an adapter that can continue it.
+    Returns what could not be removed (it stays recorded)."""
     keep = (keep_resumable and Capability.RESUMABLE_UPLOAD in job.adapter.capabilities)
     among = [r for r in job.resources
              if r.lifetime is not Lifetime.MARK and not (keep and r.lifetime is Lifetime.STAGING)]
     if not among:
-        return
+        return []
     removed = await clean_up(job.adapter, publish_context(job), Outcome.FAILED, among)
     await job.add_event(EventKind.CLEANUP, "Removed: " + ", ".join(removed) if removed
                         else "Nothing to remove", {"removed": removed})
+    return [r for r in among if any(r is left for left in job.resources)]
 
 
 async def remove_staging(job: Job) -> None:

@@ -92,17 +92,27 @@ def migrate(store: TaskStore, migrations: tuple[Migration, ...] | None = None) -
     """Apply the migrations newer than the database's version; returns the versions applied."""
     migrations = migrations or MIGRATIONS
     latest = migrations[-1].version
+    # read first, without a write lock: opening an up-to-date database (every CLI call, every
+    # runner) must not queue behind a writer of another process
+    version = schema_version(store)
+    _refuse_newer(store, version, latest)
+    if version == latest:
+        return []
     applied: list[int] = []
     for migration in migrations:
         with store.transaction():
-            version = schema_version(store)
-            if version > latest:
-                raise SchemaTooNew(
-                    f"{store.path}: the task database has schema version {version}, newer than "
-                    f"this layerbot knows ({latest}); upgrade layerbot on this machine")
+            version = schema_version(store)  # again under the lock: another process may have won
+            _refuse_newer(store, version, latest)
             if version >= migration.version:
                 continue
             migration.apply(store.db)
             store.db.execute(f"PRAGMA user_version = {migration.version}")
             applied.append(migration.version)
     return applied
+
+
+def _refuse_newer(store: TaskStore, version: int, latest: int) -> None:
+    if version > latest:
+        raise SchemaTooNew(
+            f"{store.path}: the task database has schema version {version}, newer than "
+            f"this layerbot knows ({latest}); upgrade layerbot on this machine")

@@ -87,9 +87,19 @@ class Event:
     id: int
     task_id: str
     at: float
-    kind: states.EventKind
+    #: a plain string for a kind this layerbot does not know (written by a newer one)
+    kind: states.EventKind | str
     message: str
     data: dict[str, Any]
+
+
+def _read_kind(kind: str) -> states.EventKind | str:
+    """Writes are strict, reads are not: a newer layerbot sharing the database may write a
+    kind this one does not know, and its readers (CLI, notifier) must keep going."""
+    try:
+        return states.EventKind(kind)
+    except ValueError:
+        return kind
 
 
 def default_db_path(explicit: Path | None) -> Path:
@@ -210,7 +220,7 @@ class TaskStore:
             rows = list(self.db.query(
                 f"SELECT * FROM task_events WHERE id > ? {where} ORDER BY id", [after, *args]
             ))
-        return [Event(**{**r, "kind": states.EventKind(r["kind"]), "data": json.loads(r["data"] or "{}")})
+        return [Event(**{**r, "kind": _read_kind(r["kind"]), "data": json.loads(r["data"] or "{}")})
                 for r in rows]
 
     def last_event_id(self) -> int:
@@ -221,21 +231,26 @@ class TaskStore:
     # ------------------------------------------------------------ leases
     def claim(
         self, owner: str, lease_seconds: float, ids: Collection[str] | None = None, *,
-        published_only: bool = False,
+        published_only: bool = False, exclude: Collection[str] = (),
     ) -> Task | None:
         """Atomically take the oldest task that is unfinished and not leased (or whose
         lease expired because its runner died); ``ids`` limits the choice.
         ``published_only``: only a task whose image is published (it only waits for its
-        guest), for a runner whose compose/upload slots are all taken."""
+        guest), for a runner whose compose/upload slots are all taken.
+        ``exclude``: tasks the runner still works (their lease may have run out meanwhile)."""
         now = time.time()
         active = ",".join("?" * len(states.ACTIVE))
-        only, only_args = "", []
+        only = ""
+        only_args: list[str] = []
         if ids is not None:
             if not ids:
                 return None
             only, only_args = " AND id IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))]
         if published_only:
             only += " AND published IS NOT NULL"
+        if exclude:
+            only += " AND id NOT IN (SELECT value FROM json_each(?))"
+            only_args.append(json.dumps(list(exclude)))
         with self.transaction():
             row = self.db.execute(
                 "UPDATE tasks SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"
@@ -316,16 +331,17 @@ class TaskStore:
             guard = " AND lease_owner = ?"
             args.append(owner)
         with self.transaction():
-            if "status" in fields:
-                row = self.db.execute("SELECT status FROM tasks WHERE id = ?", [task_id]).fetchone()
-                if row is None:
-                    raise TaskNotFound(task_id)
-                states.check_transition(row[0], fields["status"])
-            cur = self.db.execute(f"UPDATE tasks SET {cols} WHERE id = ?{guard}", args)
-            if cur.rowcount == 0:
-                if owner is not None:
-                    raise LeaseLost(task_id)
+            row = self.db.execute("SELECT status, lease_owner FROM tasks WHERE id = ?",
+                                  [task_id]).fetchone()
+            if row is None:
                 raise TaskNotFound(task_id)
+            # the lease first: a runner whose task was taken over learns that, not that the
+            # new owner already moved the task on
+            if owner is not None and row[1] != owner:
+                raise LeaseLost(task_id)
+            if "status" in fields:
+                states.check_transition(row[0], fields["status"])
+            self.db.execute(f"UPDATE tasks SET {cols} WHERE id = ?{guard}", args)
             if event is not None:
                 self._event(task_id, event[0], event[1], data)
         return self.get(task_id)

@@ -1,0 +1,113 @@
+"""A runner keeps one job per task: it never claims a task it still works, lets go of a task
+whose lease it could not renew before the lease runs out, and renews leases even while the
+default executor is busy with file copies and SDK calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+from adapters.steps import is_detach
+from bot.runner.job_runner import JobRunner
+from bot.store.task_store import Task, TaskStore
+
+LEASE = 1.5
+
+
+class Probe:
+    """Stands in for a task's steps: runs until stopped, and records how."""
+
+    def __init__(self) -> None:
+        self.claims = 0
+        self.running = 0
+        self.most_at_once = 0
+        self.stops: list[bool] = []  # is_detach of each stop
+
+    async def run_job(self, task: Task) -> None:
+        self.claims += 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError as exc:
+            self.stops.append(is_detach(exc))
+            raise
+        finally:
+            self.running -= 1
+
+
+def _runner(store: TaskStore, tmp_path: Path, probe: Probe) -> JobRunner:
+    catalog: Any = types.SimpleNamespace(runner=types.SimpleNamespace(
+        max_parallel=2, lease_seconds=LEASE, max_attempts=100, work_dir=tmp_path, cache_dir=tmp_path))
+    runner = JobRunner(store, catalog, poll_interval=0.05)
+    runner._run_job = probe.run_job  # type: ignore[method-assign]
+    return runner
+
+
+def _queue(store: TaskStore) -> str:
+    task, _ = store.create_task(template="t", connector="c", platform="p", image_name="t-1",
+                                requested_by="alice", message="queued")
+    return task.id
+
+
+async def _run_for(runner: JobRunner, task_id: str, seconds: float) -> None:
+    stop = asyncio.Event()
+    work = asyncio.create_task(runner.run(only=[task_id], stop=stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(work, 30)
+
+
+async def test_stalled_renewals_never_make_a_runner_claim_its_own_task_again(
+        store: TaskStore, tmp_path: Path) -> None:
+    task_id = _queue(store)
+    probe = Probe()
+    runner = _runner(store, tmp_path, probe)
+    renew = store.renew_held
+    stalled_until = time.monotonic() + 2.5 * LEASE
+
+    def locked_for_a_while(*args: Any, **kwargs: Any) -> dict[str, bool]:
+        if time.monotonic() < stalled_until:  # another process holds the database
+            raise sqlite3.OperationalError("database is locked")
+        return renew(*args, **kwargs)
+
+    store.renew_held = locked_for_a_while  # type: ignore[method-assign]
+    await _run_for(runner, task_id, 3.5 * LEASE)
+    assert probe.most_at_once == 1  # one job per task, whatever the leases did
+    assert probe.claims >= 2  # it let go before its lease ran out, and took the task again
+    assert probe.stops and all(probe.stops)  # each job was detached, never cancelled
+
+
+async def test_the_done_callback_of_an_old_job_leaves_a_newer_one_alone() -> None:
+    catalog: Any = types.SimpleNamespace(runner=types.SimpleNamespace(
+        max_parallel=1, lease_seconds=LEASE, max_attempts=1))
+    runner = JobRunner(TaskStore(":memory:"), catalog)
+    old = asyncio.create_task(asyncio.sleep(0))
+    new = asyncio.create_task(asyncio.sleep(60))
+    runner._jobs["t1"] = new
+    runner._working.add("t1")
+    await old
+    runner._finished("t1", old)
+    assert runner._jobs == {"t1": new} and runner._working == {"t1"}
+    new.cancel()
+
+
+async def test_leases_are_renewed_while_the_default_executor_is_busy(
+        store: TaskStore, tmp_path: Path) -> None:
+    task_id = _queue(store)
+    probe = Probe()
+    runner = _runner(store, tmp_path, probe)
+    run = asyncio.create_task(_run_for(runner, task_id, 3 * LEASE))
+    await asyncio.sleep(0.2)
+    # every default worker thread copies a file / waits for an SDK call, for two leases
+    workers = min(32, (os.cpu_count() or 1) + 4)
+    busy = asyncio.gather(*[asyncio.to_thread(time.sleep, 2 * LEASE) for _ in range(workers)])
+    await run
+    await busy
+    assert probe.claims == 1
+    assert probe.stops == [True]  # only the stop at the end

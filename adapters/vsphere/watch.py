@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from adapters.base import Backoff, PlatformTimeoutError
+from adapters.base import Backoff, GuestTimeoutError
 from adapters.vsphere.power import power_watcher
 from adapters.vsphere.session import VSphereSession
 
@@ -26,10 +26,10 @@ def _moid(obj: Any) -> str:
     return str(obj._moId)
 
 
-def _deadline_error(what: str, timeout: float) -> PlatformTimeoutError:
+def _deadline_error(what: str, timeout: float) -> GuestTimeoutError:
     hours = timeout / 3600
     span = f"{hours:g} h" if hours >= 1 else f"{timeout:g} s"
-    return PlatformTimeoutError(f"vSphere: waited {span} for {what}; the watch timed out "
+    return GuestTimeoutError(f"vSphere: waited {span} for {what}; the watch timed out "
                                 f"(watch_timeout)")
 
 

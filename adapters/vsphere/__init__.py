@@ -63,9 +63,11 @@ from adapters.base import (
 )
 from adapters.blocking import SessionKey, SessionPool
 from adapters.resources import Lifetime, Resource, latest
+from adapters.retry import RetryPolicy
 from adapters.steps import Outcome, Step
 from adapters.vsphere.inventory import Placement, prop, props, resolve
 from adapters.vsphere.ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
+from adapters.vsphere.power import WATCH_RETRY
 from adapters.vsphere.session import (
     SESSIONS,
     CAFileError,
@@ -227,6 +229,8 @@ class Clients:
     connect: StubFactory = soap_stub
     #: Longest single WaitForUpdatesEx (seconds); the watch loops until its deadline.
     wait_seconds: int = 30
+    #: How long and how often the power watch retries while vCenter fails (restarts).
+    watch_retry: RetryPolicy = WATCH_RETRY
     #: Where sessions are shared (one per vCenter, user and password).
     sessions: SessionPool[VSphereSession] = SESSIONS
 
@@ -413,7 +417,8 @@ class Adapter:
             session, vm,
             seen_on=any(isinstance(r, VSpherePoweredOn) and r.moref == vm_id
                         for r in ctx.resources), deadline=deadline,
-            timeout=timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on)
+            timeout=timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on,
+            retry=self.clients.watch_retry)
         await ctx.progress(1.0, f"VM {name} has shut down")
 
     # ------------------------------------------------------------ cleanup

@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from adapters.base import Backoff, GuestTimeoutError
-from adapters.vsphere.power import power_watcher
+from adapters.retry import RetryPolicy
+from adapters.vsphere.power import WATCH_RETRY, power_watcher
 from adapters.vsphere.session import VSphereSession
 
 DEPLOY_EVENTS = ["VmDeployedEvent", "VmClonedEvent"]
@@ -46,13 +47,14 @@ def was_powered_on(si: Any, vm: Any) -> bool:
 
 async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, deadline: float,
                            timeout: float, wait_seconds: int,
-                           on_powered_on: Callable[[], Awaitable[None]]) -> None:
+                           on_powered_on: Callable[[], Awaitable[None]],
+                           retry: RetryPolicy = WATCH_RETRY) -> None:
     """Return once ``vm`` has been powered on and is now powered off.
 
     The VM is watched through the session's shared collector (:mod:`adapters.vsphere.power`),
     no thread of its own."""
     what = "the VM to be powered on and shut down"
-    watcher = power_watcher(session, wait_seconds)
+    watcher = power_watcher(session, wait_seconds, retry)
     announced = False
     last = None
     async with watcher.watch(vm, what) as reports:

@@ -96,9 +96,14 @@ class InsufficientSpaceError(AdapterError):
 
 
 class PlatformTimeoutError(AdapterError):
-    """The platform did not answer, or the guest did not shut down, in time."""
+    """The platform's API did not answer in time (worth another call)."""
 
     retryable = True
+
+
+class GuestTimeoutError(AdapterError):
+    """The guest did not power off within ``watch_timeout``: the whole wait is spent, so it is
+    not retryable (a retry would wait that long again)."""
 
 
 class PlatformError(AdapterError):
@@ -345,7 +350,8 @@ class Watcher(Protocol):
 
     async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
         """Return once the guest has run its scripts and powered off; raise
-        PlatformTimeoutError after ``ctx.watch_timeout`` seconds."""
+        GuestTimeoutError ``ctx.watch_timeout`` seconds after the publish (a watch resumed
+        by another runner keeps the deadline)."""
         ...
 
 

@@ -45,6 +45,10 @@ class SessionKey:
         return cls(endpoint.lower(), user, digest, tuple(options))
 
 
+class SessionClosedError(AdapterError):
+    """A call on a session after its last user released it."""
+
+
 class Session(Generic[C]):
     """One logged-in client of a blocking SDK; see the module docstring."""
 
@@ -55,6 +59,8 @@ class Session(Generic[C]):
         self._lock = threading.Lock()
         #: bumped by each re-login, so threads that saw the same expiry log in only once
         self._generation = 0
+        #: set by close(): a late call must not make a login nobody logs out
+        self._closed = False
 
     # ------------------------------------------------------------ the SDK's hooks (blocking)
     def login(self) -> C:
@@ -81,6 +87,7 @@ class Session(Generic[C]):
     # ------------------------------------------------------------ calls
     def client(self) -> C:
         with self._lock:
+            self._refuse_if_closed()
             if self._client is None:
                 self._client = self.login()
                 self.logins += 1
@@ -88,6 +95,7 @@ class Session(Generic[C]):
 
     def _log_in_again(self, generation: int) -> C:
         with self._lock:
+            self._refuse_if_closed()
             assert self._client is not None
             if generation == self._generation:  # else another thread already did
                 self._client = self.login_again(self._client)
@@ -118,13 +126,22 @@ class Session(Generic[C]):
             return await retrying(lambda: asyncio.to_thread(self.call_sync, fn, doing), doing)
         return await asyncio.to_thread(self.call_sync, fn, doing)
 
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise SessionClosedError(f"{self.endpoint}: the session was closed (its last user released it)")
+
     @property
     def logged_in(self) -> bool:
         return self._client is not None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
-        """Log out (idempotent)."""
+        """Log out (idempotent); every later call is refused."""
         with self._lock:
+            self._closed = True
             client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(self.logout, client)

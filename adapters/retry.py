@@ -44,15 +44,17 @@ DEFAULT = RetryPolicy()
 
 
 async def retrying(call: Callable[[], Awaitable[T]], doing: str,
-                   policy: RetryPolicy = DEFAULT) -> T:
-    """``await call()``, again after a retryable AdapterError while the budget allows."""
+                   policy: RetryPolicy = DEFAULT,
+                   only: tuple[type[AdapterError], ...] = (AdapterError,)) -> T:
+    """``await call()``, again after a retryable AdapterError (of the ``only`` classes) while
+    the budget allows."""
     started = policy.clock()
     attempt = 1
     while True:
         try:
             return await call()
         except AdapterError as exc:
-            if not exc.retryable or attempt >= policy.attempts:
+            if not exc.retryable or not isinstance(exc, only) or attempt >= policy.attempts:
                 raise
             wait = policy.delay(attempt, exc)
             if policy.clock() + wait - started > policy.budget:

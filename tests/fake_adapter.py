@@ -14,9 +14,9 @@ from adapters.base import (
     CatalogPath,
     ConnectorConfig,
     DiskFormat,
+    GuestTimeoutError,
     PlatformError,
     PlatformStep,
-    PlatformTimeoutError,
     PublishContext,
     Published,
 )
@@ -115,7 +115,7 @@ class Adapter:
         backoff = Backoff(0.05, self.config.poll_max_seconds)
         while not off.exists():
             if asyncio.get_running_loop().time() > deadline:
-                raise PlatformTimeoutError("the guest did not shut down in time")
+                raise GuestTimeoutError("the guest did not shut down in time")
             await backoff.sleep()
         await ctx.progress(1.0, "guest powered off")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from adapters.base import AuthError, PlatformError
-from adapters.blocking import Session, SessionKey, SessionPool
+from adapters.blocking import Session, SessionClosedError, SessionKey, SessionPool
 
 SECRET = "s3cret-password"
 
@@ -158,3 +158,16 @@ async def test_adapters_with_one_key_share_one_session_until_the_last_releases_i
     await pool.release(key, third)
     await pool.release(SessionKey.of("fake.example:443", "admin", "changed"), other)
     assert pool.shared() == []
+
+
+async def test_a_closed_session_refuses_late_calls_instead_of_logging_in_again() -> None:
+    sdk = FakeSdk()
+    pool: SessionPool[FakeSession] = SessionPool()
+    key = SessionKey.of("fake.example:443", "admin", SECRET)
+    session = pool.acquire(key, lambda: FakeSession(sdk))
+    await session.call(lambda c: c.token, "one")
+    await pool.release(key, session)
+    assert sdk.logouts == [1]
+    with pytest.raises(SessionClosedError, match=r"fake\.example:443: the session was closed"):
+        await session.call(lambda c: c.token, "a late call")
+    assert sdk.logins == 1 and not session.logged_in and sdk.live == set() and session.closed

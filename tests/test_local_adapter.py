@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from adapters.base import PublishContext, clean_up, publish
-from adapters.local import Adapter, Config
+from adapters.local import Adapter, Config, LocalFile, LocalUpload
 from adapters.steps import Outcome
 
 
@@ -88,3 +89,35 @@ async def test_cleanup_leaves_a_file_that_replaced_the_tasks_own(tmp_path: Path)
     dest.write_bytes(b"a new file by someone else")
     assert await clean_up(adapter, ctx, Outcome.FAILED) == []
     assert dest.read_bytes() == b"a new file by someone else"
+
+
+async def test_a_takeover_waits_for_the_old_runner_and_never_writes_into_its_linked_copy(
+        tmp_path: Path) -> None:
+    """The runner that lost the task finishes (link included) under its lock: the new one,
+    waiting for that lock, takes the linked copy as its own instead of truncating and rewriting
+    the published file (or failing because the file appeared)."""
+    data = os.urandom(32 << 20)
+    src = tmp_path / "disk.img"
+    src.write_bytes(data)
+    adapter = Adapter(Config(type="local", path=tmp_path / "out", format="raw"))
+    dest = tmp_path / "out" / "tpl" / "t1.img"
+    partial = dest.with_name("t1.img.partial")
+    dest.parent.mkdir(parents=True)
+    partial.write_bytes(data[:16 << 20])
+    old = os.open(partial, os.O_WRONLY)
+    fcntl.flock(old, fcntl.LOCK_EX)
+    ctx = context(tmp_path, src)
+    ctx.resources.append(LocalUpload(path=partial))  # what the store holds for the task
+    job = asyncio.create_task(publish(adapter, ctx))
+    await asyncio.sleep(0.5)  # the new runner verified the 16 MiB and waits for the lock
+    assert not job.done()
+    os.pwrite(old, data[16 << 20:], 16 << 20)
+    os.link(partial, dest)
+    finished = os.stat(dest)
+    os.close(old)  # the old runner is done
+    published = await asyncio.wait_for(job, 30)
+    after = os.stat(dest)
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        finished.st_ino, finished.st_mtime_ns, len(data))  # not written again
+    assert dest.read_bytes() == data and not partial.exists()
+    assert published.resource == LocalFile(path=dest, identity=(after.st_ino, after.st_mtime_ns))

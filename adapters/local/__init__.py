@@ -3,11 +3,14 @@
 There is no VM here, so the task goes straight to Done once the file is in place.
 The copy skips holes (SEEK_DATA/SEEK_HOLE), so a sparse raw disk stays sparse.
 
-The copy goes to ``<task-id>.<ext>.partial`` (a STAGING resource) and is renamed into place
-at the end. It is resumable: a runner that takes the task over continues the partial file
-from its length once a hash of that prefix matches the artifact's (else from byte 0). The
-copying runner holds an exclusive ``flock`` on it, so a runner that lost the task but is
-still copying is waited for rather than written over.
+The copy goes to ``<task-id>.<ext>.partial`` (a STAGING resource, removed by the cleanup
+after success) and is hard-linked into place at the end. It is resumable: a runner that takes
+the task over continues the partial file from its length once a hash of that prefix matches
+the artifact's (else from byte 0). The copying runner holds an exclusive ``flock`` on it from
+before the copy until the link and both fsyncs (file, then folder) are done, so a runner that
+lost the task but is still copying is waited for rather than written over. Once locked, a
+runner checks that the path still names the file it locked (else it opens it again), and
+never writes into a copy already linked into place: that one is finished.
 """
 
 from __future__ import annotations
@@ -113,6 +116,10 @@ class Adapter:
                                     f"{ctx.task_id}; it was left untouched")
             upload = LocalUpload(path=partial)
             await ctx.record(upload)
+        else:  # taken over: this step's own from now on, so its cleanup after success removes it
+            adopted = LocalUpload(path=partial)
+            await ctx.replace(upload, adopted)
+            upload = adopted
         offset = await self.uploaded_bytes(upload, ctx.artifact)
         if offset:
             await ctx.progress(offset / max(ctx.artifact.stat().st_size, 1),
@@ -123,13 +130,14 @@ class Adapter:
             asyncio.run_coroutine_threadsafe(ctx.progress(fraction, "copying"), loop)
 
         stop = threading.Event()
+        locked = _LockedPartial(partial)
         try:
             if mine is None or not _is(dest, mine.identity):
-                await in_thread(stop, _copy, ctx.artifact, partial, offset, report, stop)
-                mine = LocalFile(path=dest, identity=_identity(partial))
+                await in_thread(stop, locked.lock, stop)
+                await in_thread(stop, _copy, ctx.artifact, locked, dest, offset, report, stop)
+                mine = LocalFile(path=dest, identity=_fd_identity(locked.fd))
                 await ctx.record(mine)
-                os.link(partial, dest)  # never over a file that appeared meanwhile
-            partial.unlink(missing_ok=True)
+                await asyncio.to_thread(_link_into_place, locked, dest)
         except FileExistsError:
             raise PlatformError(f"{dest} appeared while copying and was not written by task "
                                 f"{ctx.task_id}; it was left untouched") from None
@@ -137,6 +145,8 @@ class Adapter:
             if exc.errno == errno.ENOSPC:
                 raise InsufficientSpaceError(f"no space left in {self.config.path}") from exc
             raise PlatformError(f"cannot write {dest}: {exc.strerror}") from exc
+        finally:
+            locked.close()
         size = dest.stat().st_size
         ctx.published = Published(
             link=dest.resolve().as_uri(),
@@ -191,6 +201,65 @@ def _identity(path: Path) -> tuple[int, int]:
     return st.st_ino, st.st_mtime_ns
 
 
+def _fd_identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_ino, st.st_mtime_ns
+
+
+def _names(fd: int, path: Path) -> bool:
+    """True if ``path`` names the open file ``fd``."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+class _LockedPartial:
+    """The partial copy, open and flock'ed by this runner from ``lock()`` until ``close()``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+        #: another runner held the lock first: what the file holds must be checked again
+        self.waited = False
+
+    def lock(self, stop: threading.Event) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                self.waited = _lock(fd, stop) or self.waited
+                if _names(fd, self.path):
+                    self.fd = fd
+                    return
+            except BaseException:
+                os.close(fd)
+                raise
+            # the runner we waited for removed or replaced the file: lock the one there now
+            os.close(fd)
+            self.waited = True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _link_into_place(locked: _LockedPartial, dest: Path) -> None:
+    """Hard-link the finished copy (locked, fsynced) to ``dest``, never over another file
+    (FileExistsError), and make the new name durable."""
+    if _names(locked.fd, dest):
+        return  # a runner that lost the task linked this very copy
+    os.link(locked.path, dest)
+    folder = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def _is(path: Path, identity: tuple[int, int] | None) -> bool:
     try:
         return identity is not None and _identity(path) == identity
@@ -237,31 +306,35 @@ def _lock(fd: int, stop: threading.Event) -> bool:
                 raise _Stopped from None
 
 
-def _copy(src: Path, dest: Path, offset: int, report: Callable[[float], None],
-          stop: threading.Event) -> None:
-    """Copy src's data extents to dest from ``offset`` on (what dest already holds stays)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def _copy(src: Path, locked: _LockedPartial, dest: Path, offset: int,
+          report: Callable[[float], None], stop: threading.Event) -> None:
+    """Copy src's data extents to the locked partial file from ``offset`` on (what it already
+    holds stays), then fsync it."""
     size = src.stat().st_size
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        if _lock(fd, stop) and offset and _verified_prefix(dest, src) != offset:
-            offset = 0  # the other writer changed it meanwhile
-        os.truncate(fd, offset)
-        with open(src, "rb") as fin:
-            extents = data_extents(fin.fileno(), size)
-            total = sum(e - s for s, e in extents) or 1
-            done = sum(min(e, offset) - s for s, e in extents if s < offset)
-            for start, end in extents:
-                pos = max(start, offset)
-                while pos < end:
-                    if stop.is_set():
-                        raise _Stopped
-                    n = os.copy_file_range(fin.fileno(), fd, min(_CHUNK, end - pos), pos, pos)
-                    if n == 0:
-                        raise OSError(errno.EIO, f"unexpected end of {src}")
-                    pos += n
-                    done += n
-                    report(done / total)
-        os.ftruncate(fd, size)
-    finally:
-        os.close(fd)
+    fd = locked.fd
+    st = os.fstat(fd)
+    if st.st_nlink > 1:
+        if _names(fd, dest):
+            return  # finished and linked into place by a runner that lost the task
+        raise PlatformError(f"{locked.path} has other names than {dest.name}; it was left untouched")
+    if offset and (locked.waited or st.st_size < offset) \
+            and _verified_prefix(locked.path, src) != offset:
+        offset = 0  # the other writer changed it meanwhile
+    os.truncate(fd, offset)
+    with open(src, "rb") as fin:
+        extents = data_extents(fin.fileno(), size)
+        total = sum(e - s for s, e in extents) or 1
+        done = sum(min(e, offset) - s for s, e in extents if s < offset)
+        for start, end in extents:
+            pos = max(start, offset)
+            while pos < end:
+                if stop.is_set():
+                    raise _Stopped
+                n = os.copy_file_range(fin.fileno(), fd, min(_CHUNK, end - pos), pos, pos)
+                if n == 0:
+                    raise OSError(errno.EIO, f"unexpected end of {src}")
+                pos += n
+                done += n
+                report(done / total)
+    os.ftruncate(fd, size)
+    os.fsync(fd)  # the data is on disk before a name makes it the published image

@@ -30,10 +30,10 @@ from adapters.base import (
     CatalogPath,
     ConnectorConfig,
     DiskFormat,
+    GuestTimeoutError,
     InsufficientSpaceError,
     PlatformError,
     PlatformStep,
-    PlatformTimeoutError,
     PublishContext,
     Published,
 )
@@ -73,6 +73,9 @@ class QemuVm(Resource):
     #: The task whose marker (vmfiles.OWNER) proves the directory is its own; None in rows
     #: recorded before markers existed, which only an empty directory satisfies.
     task_id: str | None = None
+    #: When the publish finished (epoch seconds): the watch's deadline counts from it, also in
+    #: a runner that takes the task over; None in rows recorded before it was kept.
+    published_at: float | None = None
 
     def describe(self) -> str:
         return f"VM directory {self.vm_dir}"
@@ -137,7 +140,7 @@ class Adapter:
             link=launcher.resolve().as_uri(),
             summary=f"VM {name} (created, powered off; direct kernel boot of {boot.kernel}) "
                     f"in {vm_dir}",
-            resource=QemuVm(vm_dir=vm_dir, task_id=ctx.task_id),
+            resource=QemuVm(vm_dir=vm_dir, task_id=ctx.task_id, published_at=time.time()),
         )
 
     async def _convert(self, ctx: PublishContext, dest: Path) -> None:
@@ -185,7 +188,8 @@ class Adapter:
         vm = published.expect(QemuVm)
         vm_dir, task = vm.vm_dir, vm.task_id or ctx.task_id
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + ctx.watch_timeout
+        # wall-clock: the publish may have been in another process (a takeover)
+        deadline = (vm.published_at or time.time()) + ctx.watch_timeout
         seen: tuple[str, float] | None = None
         stale_since: float | None = None
         backoff = Backoff(_POLL_SECONDS, _POLL_MAX_SECONDS)
@@ -213,8 +217,8 @@ class Adapter:
                                         reason="QEMU and its monitor are gone (host restart?)")
             else:
                 stale_since = None
-            if loop.time() > deadline:
-                raise PlatformTimeoutError(
+            if time.time() > deadline:
+                raise GuestTimeoutError(
                     f"the guest did not power off within {ctx.watch_timeout:.0f} s; "
                     f"see {vm_dir / vmfiles.SERIAL_LOG}")
             await backoff.sleep()

@@ -63,9 +63,11 @@ from adapters.base import (
 )
 from adapters.blocking import SessionKey, SessionPool
 from adapters.resources import Lifetime, Resource, latest
+from adapters.retry import RetryPolicy, retrying
 from adapters.steps import Outcome, Step
 from adapters.vsphere.inventory import Placement, prop, props, resolve
 from adapters.vsphere.ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
+from adapters.vsphere.power import WATCH_RETRY
 from adapters.vsphere.session import (
     SESSIONS,
     CAFileError,
@@ -74,12 +76,14 @@ from adapters.vsphere.session import (
     soap_stub,
     ssl_context,
 )
-from adapters.vsphere.upload import ImportLeaseLost, complete, upload_disk, wait_ready
+from adapters.vsphere.upload import ImportLeaseLost, UploadRefused, complete, upload_disk, wait_ready
 from adapters.vsphere.vm import destroy_vm, mark_as_template, remove_partial
 from adapters.vsphere.watch import wait_for_deploy, wait_power_cycle
 from compositor.sparse import data_extents
 
 log = logging.getLogger(__name__)
+#: Imports of one publish: the first and two more, within 10 minutes.
+IMPORT_RETRY = RetryPolicy(attempts=3, budget=600.0, first_delay=2.0, max_delay=30.0)
 
 NEXT_STEPS = {
     "vm": (
@@ -227,6 +231,10 @@ class Clients:
     connect: StubFactory = soap_stub
     #: Longest single WaitForUpdatesEx (seconds); the watch loops until its deadline.
     wait_seconds: int = 30
+    #: How long and how often the power watch retries while vCenter fails (restarts).
+    watch_retry: RetryPolicy = WATCH_RETRY
+    #: How often an import starts over after a lost lease or a busy NFC endpoint (429/503).
+    import_retry: RetryPolicy = IMPORT_RETRY
     #: Where sessions are shared (one per vCenter, user and password).
     sessions: SessionPool[VSphereSession] = SESSIONS
 
@@ -276,17 +284,18 @@ class Adapter:
     async def _import_again_on_lost_lease(self, ctx: PublishContext) -> None:
         if ctx.artifact_format != "raw":
             raise PlatformError(f"vSphere: expected a raw disk, got {ctx.artifact_format}")
-        before = list(ctx.resources)
-        for attempt in (1, 2):
+        async def attempt() -> None:
+            before = list(ctx.resources)
             try:
                 await self._import(ctx)
-                return
-            except ImportLeaseLost as exc:
-                if attempt == 2:
-                    raise
-                log.warning("%s: %s; importing again", ctx.task_id, exc)
+            except (ImportLeaseLost, UploadRefused):
+                # this attempt's VM and lease go before the next one (or the step's cleanup)
                 await clean_up(self, ctx, Outcome.FAILED,
                                [r for r in ctx.resources if not any(r is b for b in before)])
+                raise
+
+        await retrying(attempt, f"{ctx.task_id}: importing {ctx.image_name}",
+                       self.clients.import_retry, only=(ImportLeaseLost, UploadRefused))
 
     async def abort_import(self, ctx: PublishContext, among: list[Resource]) -> None:
         """A detaching runner aborts the lease, so the partial VM is inert until the next
@@ -413,7 +422,8 @@ class Adapter:
             session, vm,
             seen_on=any(isinstance(r, VSpherePoweredOn) and r.moref == vm_id
                         for r in ctx.resources), deadline=deadline,
-            timeout=timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on)
+            timeout=timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on,
+            retry=self.clients.watch_retry)
         await ctx.progress(1.0, f"VM {name} has shut down")
 
     # ------------------------------------------------------------ cleanup

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import logging
 import os
 import ssl
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.base import PlatformError, PlatformTimeoutError
+from adapters.base import PlatformError, PlatformTimeoutError, RetryableError
 from adapters.vsphere.faults import fault_message, fault_name
 from adapters.vsphere.inventory import props
 from adapters.vsphere.session import VSphereSession
@@ -36,6 +38,34 @@ Progress = Callable[[float, str], Awaitable[None]]
 class ImportLeaseLost(PlatformError):
     """vCenter's HttpNfcLease (the OVF import's) disappeared, e.g. its session expired: the
     import must start over. Not the task store's runner lease (``bot.store.task_store.LeaseLost``)."""
+
+    retryable = True
+
+
+class UploadRefused(RetryableError):
+    """The NFC endpoint answered 429 or 503 (busy): the import may start over, after its
+    Retry-After."""
+
+
+#: HTTP statuses that say "later", not "never"
+_BUSY = (429, 503)
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from an HTTP Retry-After header: delay-seconds or an HTTP date (None when absent
+    or unreadable; never negative)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 @dataclass
@@ -235,6 +265,10 @@ async def _post(session: VSphereSession, device_url: Any, body: AsyncIterator[by
             async with http.request(method, url, data=body, headers=headers,
                                     ssl=ssl_ctx) as resp:
                 text = await resp.text()
+                if resp.status in _BUSY:
+                    raise UploadRefused(
+                        f"vSphere: uploading the disk failed: HTTP {resp.status} {text[:300]}",
+                        retry_after=retry_after(resp.headers.get("Retry-After")))
                 if resp.status >= 300:
                     raise PlatformError(
                         f"vSphere: uploading the disk failed: HTTP {resp.status} {text[:300]}")

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from adapters.base import Backoff, PlatformTimeoutError
-from adapters.vsphere.power import power_watcher
+from adapters.base import Backoff, GuestTimeoutError
+from adapters.retry import RetryPolicy
+from adapters.vsphere.power import WATCH_RETRY, power_watcher
 from adapters.vsphere.session import VSphereSession
 
 DEPLOY_EVENTS = ["VmDeployedEvent", "VmClonedEvent"]
@@ -26,10 +27,10 @@ def _moid(obj: Any) -> str:
     return str(obj._moId)
 
 
-def _deadline_error(what: str, timeout: float) -> PlatformTimeoutError:
+def _deadline_error(what: str, timeout: float) -> GuestTimeoutError:
     hours = timeout / 3600
     span = f"{hours:g} h" if hours >= 1 else f"{timeout:g} s"
-    return PlatformTimeoutError(f"vSphere: waited {span} for {what}; the watch timed out "
+    return GuestTimeoutError(f"vSphere: waited {span} for {what}; the watch timed out "
                                 f"(watch_timeout)")
 
 
@@ -46,13 +47,14 @@ def was_powered_on(si: Any, vm: Any) -> bool:
 
 async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, deadline: float,
                            timeout: float, wait_seconds: int,
-                           on_powered_on: Callable[[], Awaitable[None]]) -> None:
+                           on_powered_on: Callable[[], Awaitable[None]],
+                           retry: RetryPolicy = WATCH_RETRY) -> None:
     """Return once ``vm`` has been powered on and is now powered off.
 
     The VM is watched through the session's shared collector (:mod:`adapters.vsphere.power`),
     no thread of its own."""
     what = "the VM to be powered on and shut down"
-    watcher = power_watcher(session, wait_seconds)
+    watcher = power_watcher(session, wait_seconds, retry)
     announced = False
     last = None
     async with watcher.watch(vm, what) as reports:

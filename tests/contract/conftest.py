@@ -13,6 +13,10 @@ import pytest
 
 from adapters import config_model, create
 from adapters.base import Adapter, DiskFormat
+from adapters.blocking import SessionPool
+from adapters.local import LocalUpload
+from adapters.resources import Resource
+from adapters.vsphere import Clients
 from tests.qemu.test_qemu_adapter import TINY
 from tests.qemu.test_qemu_adapter import raw_disk as qemu_raw_disk
 from tests.vsphere.conftest import connector, find_vms, make_raw_disk, vc_env, vcsim, vcsim_binary
@@ -30,6 +34,11 @@ class Target:
     artifact_format: DiskFormat
     #: what exists at the platform for the image ``name`` (empty: nothing left)
     leftovers: Callable[[str], list[Any]]
+    #: whether a recorded STAGING resource still exists at the platform (None: the adapter
+    #: records no STAGING resource)
+    staging_exists: Callable[[Resource], bool] | None = None
+    #: where the adapters made by ``make`` share their sessions (None: no sessions)
+    sessions: SessionPool[Any] | None = None
 
 
 def _files(root: Path) -> Callable[[str], list[Any]]:
@@ -48,8 +57,12 @@ def _data_disk(path: Path, size_mib: int = 48) -> Path:
 async def local_target(tmp_path: Path) -> AsyncIterator[Target]:
     cfg = config_model("local").model_validate({"type": "local", "path": tmp_path / "out",
                                                  "format": "raw"})
+    def staging_exists(resource: Resource) -> bool:
+        assert isinstance(resource, LocalUpload), resource
+        return resource.path.exists()
+
     yield Target(lambda: create(cfg), _data_disk(tmp_path / "disk.raw"), "raw",
-                 _files(tmp_path / "out"))
+                 _files(tmp_path / "out"), staging_exists)
 
 
 @pytest.fixture
@@ -65,8 +78,9 @@ async def qemu_target(tmp_path: Path) -> AsyncIterator[Target]:
 @pytest.fixture
 async def vsphere_target(tmp_path: Path, vcsim: Any, vc_env: None) -> AsyncIterator[Target]:
     cfg = config_model("vsphere").model_validate(connector(vcsim))
-    yield Target(lambda: create(cfg), make_raw_disk(tmp_path / "disk.img"), "raw",
-                 lambda name: find_vms(vcsim, name))
+    clients = Clients(sessions=SessionPool())  # this test's own: its entries can be checked
+    yield Target(lambda: create(cfg, clients), make_raw_disk(tmp_path / "disk.img"), "raw",
+                 lambda name: find_vms(vcsim, name), sessions=clients.sessions)
 
 
 @pytest.fixture(params=TARGETS)

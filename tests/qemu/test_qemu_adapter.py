@@ -18,8 +18,8 @@ import pytest
 import compositor
 from adapters import qemu as qemu_adapter
 from adapters.base import (
+    GuestTimeoutError,
     PlatformError,
-    PlatformTimeoutError,
     PublishContext,
     Published,
     clean_up,
@@ -192,8 +192,24 @@ async def test_watch_times_out(tmp_path: Path) -> None:
     rec = Recorder()
     target = adapter(tmp_path)
     published = await publish(target, rec.context(built))
-    with pytest.raises(PlatformTimeoutError, match="did not power off within 1 s"):
+    with pytest.raises(GuestTimeoutError, match="did not power off within 1 s") as raised:
         await target.wait_for_shutdown(published, rec.context(built, watch_timeout=1))
+    assert not raised.value.retryable  # a retry would spend the whole wait again
+
+
+async def test_a_taken_over_watch_keeps_the_deadline_of_the_publish(tmp_path: Path) -> None:
+    built = await raw_disk(tmp_path, TINY)
+    rec = Recorder()
+    target = adapter(tmp_path)
+    published = await publish(target, rec.context(built))
+    vm = published.expect(QemuVm)
+    assert vm.published_at is not None and abs(vm.published_at - time.time()) < 60
+    # another runner resumes the watch an hour after the publish, with a 10 min watch_timeout
+    resumed = Published.from_json(published.to_json(), where="test")
+    resumed.resource = vm.model_copy(update={"published_at": time.time() - 3600})
+    with pytest.raises(GuestTimeoutError, match="within 600 s"):
+        await asyncio.wait_for(
+            target.wait_for_shutdown(resumed, rec.context(built, watch_timeout=600)), 5)
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

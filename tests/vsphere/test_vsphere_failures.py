@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from adapters import config_model, create
 from adapters.base import (
     AuthError,
+    GuestTimeoutError,
     InsufficientSpaceError,
     NotFoundError,
     PlatformError,
@@ -179,8 +180,9 @@ async def test_watch_timeout(vcsim: VcSim, vc_env: None, raw_disk: Path) -> None
     rec = Recorder()
     published = await publish(adapter, rec.context(raw_disk, "never-started"))
     expected = "waited 2 s for the VM to be powered on and shut down; the watch timed out"
-    with pytest.raises(PlatformTimeoutError, match=expected):
+    with pytest.raises(GuestTimeoutError, match=expected) as raised:
         await adapter.wait_for_shutdown(published, rec.context(raw_disk, "x", watch_timeout=2))
+    assert not raised.value.retryable
     await adapter.close()
 
 

@@ -191,3 +191,16 @@ def test_an_event_kind_of_a_newer_layerbot_is_read_as_a_plain_string(store: Task
     assert isinstance(events[0].kind, states.EventKind)
     with pytest.raises(ValueError, match="'snapshot_taken' is not a valid EventKind"):
         store.add_event(task.id, "snapshot_taken", "writes stay strict")  # type: ignore[arg-type]
+
+
+def test_two_tasks_never_share_an_image_name(store: TaskStore) -> None:
+    """Random parts may collide (many publishes of one template in one second): the store
+    keeps every task's VM/image name unique."""
+    names = []
+    for n in range(3):
+        task, _ = store.create_task(template="t", connector="c", platform="local",
+                                    image_name="t-20261202-000000-abcdef", requested_by="U1",
+                                    message="queued", idempotency_key=f"k{n}")
+        names.append(task.image_name)
+    assert names == ["t-20261202-000000-abcdef", "t-20261202-000000-abcdef-2",
+                     "t-20261202-000000-abcdef-3"]

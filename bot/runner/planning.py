@@ -108,7 +108,8 @@ def enqueue(
 
 def new_image_name(template: str) -> str:
     """The name of a task's VM/image at the target: the template, the UTC time and a random
-    part, so two tasks started in the same second (a retry, a double publish) never collide.
-    Digits, lowercase hex and hyphens only: names most platforms accept as they are."""
+    part, so tasks started in the same second (a retry, one template published many times)
+    rarely collide; the store makes the name unique if they do. Digits, lowercase hex and
+    hyphens only: names most platforms accept as they are."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return messages.image_name(template, f"{stamp}-{secrets.token_hex(2)}")
+    return messages.image_name(template, f"{stamp}-{secrets.token_hex(3)}")

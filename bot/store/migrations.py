@@ -75,10 +75,15 @@ def _slack_tables(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS slack_cursor (name TEXT PRIMARY KEY, event_id INTEGER)")
 
 
+def _image_name_index(db: sqlite_utils.Database) -> None:
+    db["tasks"].create_index(["image_name"], if_not_exists=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tasks, task events and the audit log", _tasks_events_audit),
     Migration(2, "Slack confirmation cards (slack_intents) and the notifier's cursor (slack_cursor)",
               _slack_tables),
+    Migration(3, "an index on tasks.image_name (each task's name is unique)", _image_name_index),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -174,6 +174,7 @@ class TaskStore:
         now = time.time()
         task_id = new_task_id()
         with self.transaction():
+            image_name = self._unused_image_name(image_name)
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO tasks (id, template, connector, platform, status, stage,"
                 " progress, requested_by, channel, idempotency_key, created_at, updated_at,"
@@ -188,6 +189,15 @@ class TaskStore:
                 return self.get(row[0]), False
             self._event(task_id, EventKind.CREATED, message, {"requested_by": requested_by})
         return self.get(task_id), True
+
+    def _unused_image_name(self, wanted: str) -> str:
+        """``wanted``, or ``wanted-2``, ``-3``...: two tasks never share a VM/image name, even
+        when their random parts collide (in the caller's transaction)."""
+        name, n = wanted, 1
+        while self.db.execute("SELECT 1 FROM tasks WHERE image_name = ?", [name]).fetchone():
+            n += 1
+            name = f"{wanted}-{n}"
+        return name
 
     def get(self, task_id: str) -> Task:
         with self._lock:

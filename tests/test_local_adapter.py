@@ -121,3 +121,45 @@ async def test_a_takeover_waits_for_the_old_runner_and_never_writes_into_its_lin
         finished.st_ino, finished.st_mtime_ns, len(data))  # not written again
     assert dest.read_bytes() == data and not partial.exists()
     assert published.resource == LocalFile(path=dest, identity=(after.st_ino, after.st_mtime_ns))
+
+
+async def test_a_cancel_while_the_copy_is_linked_into_place_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link runs in a thread: a cancel arriving meanwhile must wait for it. Otherwise the
+    cleanup runs alongside: it finds no finished file yet (and forgets it), the link lands,
+    and the file stays in the folder with nothing recording it."""
+    import threading
+
+    import adapters.local as local
+
+    src = sparse_file(tmp_path / "disk.img", 4 << 20, [0])
+    adapter = Adapter(Config(type="local", path=tmp_path / "out", format="raw"))
+    linking, go_on, linked = threading.Event(), threading.Event(), threading.Event()
+    real_link, real_remove = local._link_into_place, adapter.remove
+
+    def held_link(*args: Any) -> None:
+        linking.set()
+        go_on.wait(1.0)  # the cleanup lets it go on between its two removals (if it runs now)
+        try:
+            real_link(*args)
+        finally:
+            linked.set()
+
+    async def remove(resource: Any) -> list[str]:
+        if isinstance(resource, LocalUpload):
+            go_on.set()
+            await asyncio.to_thread(linked.wait, 5)
+        return await real_remove(resource)
+
+    monkeypatch.setattr(local, "_link_into_place", held_link)
+    monkeypatch.setattr(adapter, "remove", remove)
+    ctx = context(tmp_path, src)
+    job = asyncio.create_task(publish(adapter, ctx))
+    while not linking.is_set():
+        await asyncio.sleep(0.01)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    await clean_up(adapter, ctx, Outcome.CANCELLED)
+    assert list((tmp_path / "out" / "tpl").iterdir()) == []
+    assert ctx.resources == []

@@ -137,7 +137,9 @@ class Adapter:
                 await in_thread(stop, _copy, ctx.artifact, locked, dest, offset, report, stop)
                 mine = LocalFile(path=dest, identity=_fd_identity(locked.fd))
                 await ctx.record(mine)
-                await asyncio.to_thread(_link_into_place, locked, dest)
+                # waited for even when cancelled: the cleanup must see the link, and the
+                # lock (released by close() below) must cover it
+                await in_thread(stop, _link_into_place, locked, dest)
         except FileExistsError:
             raise PlatformError(f"{dest} appeared while copying and was not written by task "
                                 f"{ctx.task_id}; it was left untouched") from None

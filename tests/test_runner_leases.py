@@ -111,3 +111,47 @@ async def test_leases_are_renewed_while_the_default_executor_is_busy(
     await busy
     assert probe.claims == 1
     assert probe.stops == [True]  # only the stop at the end
+
+
+async def test_a_job_let_go_holds_its_lease_through_its_cleanup_and_keeps_its_attempt(
+        store: TaskStore, tmp_path: Path) -> None:
+    """A job told to let go (renewals stalled) may be in a cleanup that must finish (shielded):
+    its lease is still renewed meanwhile, so no other runner works the task alongside, and a
+    stall is no crash: the attempt is given back."""
+    task_id = _queue(store)
+    cleaning = asyncio.Event()
+
+    class CleansUpSlowly(Probe):
+        async def run_job(self, task: Task) -> None:
+            self.claims += 1
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                if self.claims == 1:
+                    cleaning.set()
+                    await asyncio.shield(asyncio.sleep(2 * LEASE))  # e.g. removing a VM
+                raise
+
+    probe = CleansUpSlowly()
+    runner = _runner(store, tmp_path, probe)
+    renew = store.renew_held
+    stalled_until = time.monotonic() + 0.8 * LEASE
+
+    def locked_for_a_while(*args: Any, **kwargs: Any) -> dict[str, bool]:
+        if time.monotonic() < stalled_until:
+            raise sqlite3.OperationalError("database is locked")
+        return renew(*args, **kwargs)
+
+    store.renew_held = locked_for_a_while  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    work = asyncio.create_task(runner.run(only=[task_id], stop=stop))
+    try:
+        await asyncio.wait_for(cleaning.wait(), 10)
+        await asyncio.sleep(1.5 * LEASE)  # past the lease, were it no longer renewed
+        assert store.get(task_id).lease_until > time.time()
+        assert store.claim("another-runner", 10) is None
+    finally:
+        await asyncio.sleep(LEASE)
+        stop.set()
+        await asyncio.wait_for(work, 30)
+    assert store.get(task_id).attempts == 0  # neither the let-go nor the stop was a crash

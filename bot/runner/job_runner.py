@@ -81,6 +81,9 @@ class JobRunner:
         #: when each held lease was last extended (time.monotonic() before the call)
         self._renewed_at: dict[str, float] = {}
         self._cancel_sent: set[str] = set()
+        #: jobs told to let go because their lease could not be renewed: no crash, so their
+        #: release gives the attempt back; renewals go on while they finish a cleanup
+        self._letting_go: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._store_threads: ThreadPoolExecutor | None = None
@@ -170,6 +173,7 @@ class JobRunner:
         del self._jobs[task_id]
         self._working.discard(task_id)
         self._cancel_sent.discard(task_id)
+        self._letting_go.discard(task_id)
         self._renewed_at.pop(task_id, None)
         self._wake.set()
 
@@ -192,7 +196,7 @@ class JobRunner:
         except asyncio.CancelledError as exc:
             if not is_detach(exc):
                 raise
-            stopped_cleanly = self._stopping
+            stopped_cleanly = self._stopping or task.id in self._letting_go
         except LeaseLost:
             log.warning("task %s: lease lost, another runner has it", task.id)
         except Exception as exc:
@@ -230,7 +234,7 @@ class JobRunner:
                         self._renewed(renewal.result(), held, asked_at)
                     except Exception:  # a locked or unreachable database: try again next round
                         log.exception("renewing the leases failed")
-                self._let_go_of_expiring(margin=2 * period)
+                self._let_go_of_expiring(margin=min(2 * period, self.lease_seconds / 3))
         finally:
             if pending is not None:
                 pending[0].cancel()
@@ -252,16 +256,18 @@ class JobRunner:
 
     def _let_go_of_expiring(self, margin: float) -> None:
         """Detach the jobs whose lease runs out within ``margin``: another runner may take the
-        task then, and two runners must not work it at once."""
+        task then, and two runners must not work it at once. The lease stays in the renewals
+        until the job has ended: a job finishing a shielded cleanup still holds its task."""
         now = time.monotonic()
         for task_id in list(self._leased):
             job = self._jobs.get(task_id)
             renewed_at = self._renewed_at.get(task_id, now)
-            if job is None or now - renewed_at + margin < self.lease_seconds:
+            if job is None or task_id in self._letting_go \
+                    or now - renewed_at + margin < self.lease_seconds:
                 continue
             log.warning("task %s: lease not renewed for %.0f s, letting go of it before it runs out",
                         task_id, now - renewed_at)
-            self._leased.discard(task_id)
+            self._letting_go.add(task_id)
             detach(job)
 
     async def _fail(self, task: Task, reason: str) -> None:

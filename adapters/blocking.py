@@ -61,6 +61,10 @@ class Session(Generic[C]):
         self._generation = 0
         #: set by close(): a late call must not make a login nobody logs out
         self._closed = False
+        #: calls under way on worker threads; close() logs out only once they have returned
+        #: (an SDK's logout drops its connections: one still in use would leak)
+        self._in_flight = 0
+        self._idle = threading.Condition()
 
     # ------------------------------------------------------------ the SDK's hooks (blocking)
     def login(self) -> C:
@@ -105,6 +109,16 @@ class Session(Generic[C]):
 
     def call_sync(self, fn: Callable[[C], T], doing: str) -> T:
         """``fn(client)`` here (a worker thread); logs in again once if the session expired."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return self._call_sync(fn, doing)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _call_sync(self, fn: Callable[[C], T], doing: str) -> T:
         client = self.client()
         generation = self._generation
         try:
@@ -138,13 +152,20 @@ class Session(Generic[C]):
     def closed(self) -> bool:
         return self._closed
 
-    async def close(self) -> None:
-        """Log out (idempotent); every later call is refused."""
+    async def close(self, drain_seconds: float = 60.0) -> None:
+        """Log out (idempotent) once the calls under way have returned (at most
+        ``drain_seconds``: a call the platform never answers is not waited for forever);
+        every later call is refused."""
         with self._lock:
             self._closed = True
             client, self._client = self._client, None
         if client is not None:
+            await asyncio.to_thread(self._wait_idle, drain_seconds)
             await asyncio.to_thread(self.logout, client)
+
+    def _wait_idle(self, seconds: float) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=seconds)
 
 
 class SessionPool(Generic[S]):

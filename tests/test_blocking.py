@@ -171,3 +171,29 @@ async def test_a_closed_session_refuses_late_calls_instead_of_logging_in_again()
     with pytest.raises(SessionClosedError, match=r"fake\.example:443: the session was closed"):
         await session.call(lambda c: c.token, "a late call")
     assert sdk.logins == 1 and not session.logged_in and sdk.live == set() and session.closed
+
+
+async def test_close_logs_out_only_after_the_calls_under_way_have_returned() -> None:
+    """An SDK's logout drops its connections: one still in use by a call on another thread
+    would be left open (a leaked socket). close() waits for the calls under way."""
+    sdk = FakeSdk()
+    session = FakeSession(sdk)
+    started, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow(client: Client) -> int:
+        started.set()
+        release.wait(5)
+        order.append("call returned")
+        return client.token
+
+    call = asyncio.create_task(session.call(slow, "a long wait for updates"))
+    await asyncio.to_thread(started.wait, 5)
+    closing = asyncio.create_task(session.close())
+    await asyncio.sleep(0.2)
+    assert sdk.logouts == [] and not closing.done()  # the call still holds a connection
+    release.set()
+    await closing
+    order.append("logged out")
+    assert await call == 1
+    assert order == ["call returned", "logged out"] and sdk.logouts == [1]

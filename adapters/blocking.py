@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -49,7 +50,7 @@ class SessionClosedError(AdapterError):
     """A call on a session after its last user released it."""
 
 
-class Session(Generic[C]):
+class Session(ABC, Generic[C]):
     """One logged-in client of a blocking SDK; see the module docstring."""
 
     def __init__(self, endpoint: str) -> None:
@@ -67,22 +68,22 @@ class Session(Generic[C]):
         self._idle = threading.Condition()
 
     # ------------------------------------------------------------ the SDK's hooks (blocking)
+    @abstractmethod
     def login(self) -> C:
         """A new client, logged in. Raise an AdapterError naming the endpoint and user."""
-        raise NotImplementedError
 
+    @abstractmethod
     def login_again(self, client: C) -> C:
         """Log ``client`` in again after its session expired; the client to use from now on
         (the same one where the SDK allows it: objects obtained through it stay usable)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def expired(self, exc: BaseException) -> bool:
         """True when ``exc`` says the platform no longer knows the session."""
-        raise NotImplementedError
 
+    @abstractmethod
     def logout(self, client: C) -> None:
         """End the session and drop the client's connections; must not raise."""
-        raise NotImplementedError
 
     def error(self, exc: Exception, doing: str) -> AdapterError:
         """The AdapterError a failed call raises (its cause is kept by the caller)."""

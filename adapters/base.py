@@ -398,6 +398,11 @@ async def clean_up(adapter: Adapter, ctx: PublishContext, outcome: Outcome,
     return lines
 
 
+def recorded_since(ctx: PublishContext, before: list[Resource]) -> list[Resource]:
+    """The resources recorded after ``before`` was taken (by identity: equal ones may repeat)."""
+    return [r for r in ctx.resources if not any(r is b for b in before)]
+
+
 class PlatformStep:
     """One step of a platform's publish: runs ``action``; its cleanup removes what the action
     recorded, as :func:`clean_up` does for the step's outcome."""
@@ -410,7 +415,7 @@ class PlatformStep:
         self._before: list[Resource] = []
 
     def recorded(self, ctx: PublishContext) -> list[Resource]:
-        return [r for r in ctx.resources if not any(r is b for b in self._before)]
+        return recorded_since(ctx, self._before)
 
     async def run(self, ctx: PublishContext) -> None:
         self._before = list(ctx.resources)

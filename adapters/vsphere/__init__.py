@@ -59,6 +59,7 @@ from adapters.base import (
     Published,
     clean_up,
     path_kind,
+    recorded_since,
     secret_from_env,
 )
 from adapters.blocking import SessionKey, SessionPool
@@ -290,8 +291,7 @@ class Adapter:
                 await self._import(ctx)
             except (ImportLeaseLost, UploadRefused):
                 # this attempt's VM and lease go before the next one (or the step's cleanup)
-                await clean_up(self, ctx, Outcome.FAILED,
-                               [r for r in ctx.resources if not any(r is b for b in before)])
+                await clean_up(self, ctx, Outcome.FAILED, recorded_since(ctx, before))
                 raise
 
         await retrying(attempt, f"{ctx.task_id}: importing {ctx.image_name}",

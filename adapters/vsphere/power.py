@@ -53,7 +53,7 @@ class _Gone(AdapterError):
         self.moid = moid
 
 
-def _moid(obj: Any) -> str:
+def moid_of(obj: Any) -> str:
     return str(obj._moId)
 
 
@@ -96,7 +96,7 @@ class PowerWatcher:
     @contextlib.asynccontextmanager
     async def watch(self, vm: Any, what: str) -> AsyncIterator[asyncio.Queue[Report]]:
         """A queue of ``vm``'s power states, from its state now on, while the block runs."""
-        moid = _moid(vm)
+        moid = moid_of(vm)
         queue: asyncio.Queue[Report] = asyncio.Queue()
         async with self._changing:
             _WATCHERS.setdefault(self.session, self)  # a watch after the registry dropped it
@@ -140,7 +140,7 @@ class PowerWatcher:
 
         state = await self.session.call(read, "reading the power state")
         if state is None:
-            raise deleted(_moid(vm), self._what.get(_moid(vm), "its power state"))
+            raise deleted(moid_of(vm), self._what.get(moid_of(vm), "its power state"))
         return str(state)
 
     async def _unwatch(self, moid: str, queue: asyncio.Queue[Report]) -> None:
@@ -164,7 +164,7 @@ class PowerWatcher:
         self._what.pop(moid, None)
         flt = self._filters.pop(moid, None)
         if flt is not None:
-            await self._call(lambda si: _quietly(flt.DestroyPropertyFilter), "stopping a watch")
+            await self._call(lambda si: quietly(flt.DestroyPropertyFilter), "stopping a watch")
 
     async def _stop(self) -> None:
         """No watch left (lock held): end the loop, the collector and the thread."""
@@ -204,7 +204,7 @@ class PowerWatcher:
                     self._send(gone.moid, deleted(gone.moid, self._what.get(gone.moid, "")))
                     flt = self._filters.pop(gone.moid, None)
                     if flt is not None:
-                        await self._call(lambda si, flt=flt: _quietly(flt.DestroyPropertyFilter),
+                        await self._call(lambda si, flt=flt: quietly(flt.DestroyPropertyFilter),
                                          "stopping a watch")
                 continue
             except AdapterError as exc:
@@ -234,7 +234,7 @@ class PowerWatcher:
             self._version = result.version
             for filter_update in result.filterSet or []:
                 for update in filter_update.objectSet or []:
-                    moid = _moid(update.obj)
+                    moid = moid_of(update.obj)
                     if update.kind == "leave":
                         self._send(moid, deleted(moid, self._what.get(moid, "")))
                     for change in update.changeSet or []:
@@ -253,10 +253,10 @@ class PowerWatcher:
             except vmodl.fault.RequestCanceled:  # a filter changed, or the watch stops
                 return None
             except vmodl.fault.ManagedObjectNotFound as exc:
-                if _moid(exc.obj) == _moid(pc):
+                if moid_of(exc.obj) == moid_of(pc):
                     raise _Stale("collector lost") from None
-                if _moid(exc.obj) in watched:
-                    raise _Gone(_moid(exc.obj)) from None
+                if moid_of(exc.obj) in watched:
+                    raise _Gone(moid_of(exc.obj)) from None
                 raise
 
         assert self._thread is not None
@@ -322,12 +322,12 @@ class PowerWatcher:
                 propSet=[spec.PropertySpec(type=vim.VirtualMachine, pathSet=[POWER_STATE])],
             ), partialUpdates=False)
         except vmodl.fault.ManagedObjectNotFound as exc:
-            if _moid(exc.obj) == _moid(pc):
+            if moid_of(exc.obj) == moid_of(pc):
                 raise _Stale("collector lost") from None
-            raise deleted(_moid(vm), what) from None
+            raise deleted(moid_of(vm), what) from None
 
 
-def _quietly(method: Callable[[], Any]) -> None:
+def quietly(method: Callable[[], Any]) -> None:
     try:
         method()
     except Exception:  # gone with an expired session: nothing to release
@@ -335,8 +335,8 @@ def _quietly(method: Callable[[], Any]) -> None:
 
 
 def _close_collector(pc: Any) -> None:
-    _quietly(pc.CancelWaitForUpdates)
-    _quietly(pc.DestroyPropertyCollector)
+    quietly(pc.CancelWaitForUpdates)
+    quietly(pc.DestroyPropertyCollector)
 
 
 #: The watcher of each session that has watches; a watcher removes itself when its last watch

@@ -16,15 +16,11 @@ from typing import Any
 
 from adapters.base import Backoff, GuestTimeoutError
 from adapters.retry import RetryPolicy
-from adapters.vsphere.power import WATCH_RETRY, power_watcher
+from adapters.vsphere.power import WATCH_RETRY, moid_of, power_watcher, quietly
 from adapters.vsphere.session import VSphereSession
 
 DEPLOY_EVENTS = ["VmDeployedEvent", "VmClonedEvent"]
 POWER_ON_EVENTS = ["VmPoweredOnEvent", "DrsVmPoweredOnEvent", "VmStartingEvent"]
-
-
-def _moid(obj: Any) -> str:
-    return str(obj._moId)
 
 
 def _deadline_error(what: str, timeout: float) -> GuestTimeoutError:
@@ -100,7 +96,7 @@ def _deployed_from(event: Any, template_id: str) -> Any | None:
         source = event.srcTemplate.vm
     elif kind == "VmClonedEvent" and event.sourceVm is not None:
         source = event.sourceVm.vm
-    if source is not None and _moid(source) == template_id and event.vm is not None:
+    if source is not None and moid_of(source) == template_id and event.vm is not None:
         return event.vm.vm
     return None
 
@@ -115,7 +111,7 @@ async def wait_for_deploy(session: VSphereSession, template: Any, *, since: date
     lost (vCenter drops it with the session); it reads again from ``since``."""
     from pyVmomi import vim, vmodl
 
-    template_id = _moid(template)
+    template_id = moid_of(template)
     what = "a VM to be deployed from the template"
     state: dict[str, Any] = {}
 
@@ -156,14 +152,5 @@ async def wait_for_deploy(session: VSphereSession, template: Any, *, since: date
     finally:
         collector = state.get("collector")
         if collector is not None:
-            def destroy(si: Any) -> None:
-                _destroy(collector)
-
-            await asyncio.shield(asyncio.to_thread(session.call_sync, destroy, "closing events"))
-
-
-def _destroy(collector: Any) -> None:
-    try:
-        collector.DestroyCollector()
-    except Exception:  # gone with an expired session
-        return
+            await asyncio.shield(session.call(lambda si: quietly(collector.DestroyCollector),
+                                              "closing events"))

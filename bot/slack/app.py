@@ -30,7 +30,10 @@ log.addFilter(_SkipTokenWarning())
 
 def build_app(handlers: Handlers, background: Background, *, client: AsyncWebClient,
               signing_secret: str, command: str = "/publish") -> AsyncApp:
-    app = AsyncApp(client=client, signing_secret=signing_secret, name="layerbot", logger=log)
+    # HttpEdge (bot/slack/edge.py) verified the signature on the raw bytes before bolt sees the
+    # request; bolt's own check would hash and parse every body a second time
+    app = AsyncApp(client=client, signing_secret=signing_secret, name="layerbot", logger=log,
+                   request_verification_enabled=False)
 
     @app.command(command)
     async def publish_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:

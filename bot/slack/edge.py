@@ -79,6 +79,8 @@ class SlackGate:
 
     async def installed(self) -> Workspace | None:
         """The installed workspace; learnt from auth.test at start, or now if that failed."""
+        if self.workspace is not None:  # every request after start-up: no lock, no call
+            return self.workspace
         async with self._learning:
             if self.workspace is None:
                 try:

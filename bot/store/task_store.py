@@ -336,10 +336,6 @@ class TaskStore:
         fields["updated_at"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in fields)
         args: list[Any] = [*fields.values(), task_id]
-        guard = ""
-        if owner is not None:
-            guard = " AND lease_owner = ?"
-            args.append(owner)
         with self.transaction():
             row = self.db.execute("SELECT status, lease_owner FROM tasks WHERE id = ?",
                                   [task_id]).fetchone()
@@ -351,7 +347,7 @@ class TaskStore:
                 raise LeaseLost(task_id)
             if "status" in fields:
                 states.check_transition(row[0], fields["status"])
-            self.db.execute(f"UPDATE tasks SET {cols} WHERE id = ?{guard}", args)
+            self.db.execute(f"UPDATE tasks SET {cols} WHERE id = ?", args)  # owner checked above
             if event is not None:
                 self._event(task_id, event[0], event[1], data)
         return self.get(task_id)

@@ -89,7 +89,6 @@ class Step(Protocol[C_contra]):
 class StepRunner(Generic[C]):
     def __init__(self, steps: Sequence[Step[C]]) -> None:
         self.steps = list(steps)
-        self.started: list[str] = []
 
     async def run(self, ctx: C) -> Outcome:
         """Run the steps in order; re-raises the failure after cleanup."""
@@ -98,7 +97,6 @@ class StepRunner(Generic[C]):
         try:
             for step in self.steps:
                 stack.append(step)
-                self.started.append(step.name)
                 await step.run(ctx)
             outcome = Outcome.SUCCEEDED
             return outcome

@@ -263,7 +263,6 @@ class Adapter:
     def __init__(self, config: Config, clients: Clients | None = None) -> None:
         self.config = config
         self.clients = clients or Clients()
-        self.wait_seconds = self.clients.wait_seconds
         try:
             self.ssl = ssl_context(config.insecure, config.ca_file)
         except (CAFileError, ssl.SSLError, OSError) as exc:  # the file changed since the check
@@ -359,7 +358,7 @@ class Adapter:
         if cfg.mode == "template":
             await session.call(lambda si: mark_as_template(si, info.vm), "marking as template")
         moid = info.vm._moId
-        link = (f"https://{session.netloc}/ui/app/vm;nav=v/urn:vmomi:VirtualMachine:"
+        link = (f"https://{session.endpoint}/ui/app/vm;nav=v/urn:vmomi:VirtualMachine:"
                 f"{moid}:{about.instanceUuid}")
         kind = "VM template" if cfg.mode == "template" else "VM"
         state = "" if cfg.mode == "template" else " (powered off)"
@@ -405,7 +404,7 @@ class Adapter:
                 deployed = await wait_for_deploy(
                     session, vim.VirtualMachine(res.moref, stub),
                     since=res.since, deadline=deadline,
-                    timeout=timeout, wait_seconds=self.wait_seconds)
+                    timeout=timeout, wait_seconds=self.clients.wait_seconds)
                 vm_id = deployed._moId
                 await ctx.record(VSphereDeployedVm(moref=vm_id))
         vm = vim.VirtualMachine(vm_id, stub)
@@ -422,7 +421,7 @@ class Adapter:
             session, vm,
             seen_on=any(isinstance(r, VSpherePoweredOn) and r.moref == vm_id
                         for r in ctx.resources), deadline=deadline,
-            timeout=timeout, wait_seconds=self.wait_seconds, on_powered_on=powered_on,
+            timeout=timeout, wait_seconds=self.clients.wait_seconds, on_powered_on=powered_on,
             retry=self.clients.watch_retry)
         await ctx.progress(1.0, f"VM {name} has shut down")
 

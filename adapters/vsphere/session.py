@@ -80,10 +80,6 @@ class VSphereSession(Session[Any]):
         self.ssl = ssl_ctx
         self.timeout = timeout
 
-    @property
-    def netloc(self) -> str:
-        return self.endpoint
-
     # ------------------------------------------------------------ the SDK's hooks
     def _credentials(self) -> tuple[str, str]:
         return secret_from_env(self.user_env), secret_from_env(self.password_env)
@@ -125,9 +121,9 @@ class VSphereSession(Session[Any]):
 
     def _login_error(self, exc: BaseException, user: str) -> AdapterError:
         if fault_name(exc) == "InvalidLogin":
-            return translate(exc, f"logging in to {self.netloc} as {user} "
+            return translate(exc, f"logging in to {self.endpoint} as {user} "
                                   f"(password from ${self.password_env})")
-        return translate(exc, f"connecting to {self.netloc}")
+        return translate(exc, f"connecting to {self.endpoint}")
 
     @property
     def cookie(self) -> str:
@@ -145,7 +141,7 @@ class VSphereSession(Session[Any]):
         """An NFC device URL with the ``*`` host replaced by the vCenter we talk to."""
         parts = urlsplit(url)
         if parts.hostname in ("*", None) or parts.netloc.startswith("*"):
-            parts = parts._replace(netloc=self.netloc)
+            parts = parts._replace(netloc=self.endpoint)
         return urlunsplit(parts)
 
 

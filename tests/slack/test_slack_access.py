@@ -140,6 +140,9 @@ async def test_retry_is_a_new_publish_checked_like_one(make_slack: MakeSlack) ->
     await slack.answer(await slack.click("intent_confirm", intent, user=BOB))
     [task] = slack.store.list_tasks()
     assert (await slack.task_done(task.id)).status == "failed"
+    # the notifier's broadcast of the failure, before the channel's posts are counted below
+    await slack.double.wait_for(lambda: any(
+        c.params.get("reply_broadcast") for c in slack.double.of("chat.postMessage", channel=CHANNEL)))
 
     outsider = await slack.answer(await slack.click("task_retry", task.id, user=CAROL))
     assert "You may not retry" in outsider["text"]

@@ -204,3 +204,32 @@ def test_two_tasks_never_share_an_image_name(store: TaskStore) -> None:
         names.append(task.image_name)
     assert names == ["t-20261202-000000-abcdef", "t-20261202-000000-abcdef-2",
                      "t-20261202-000000-abcdef-3"]
+
+
+def test_plain_reads_and_writes_from_threads_sharing_the_connection_do_not_interleave(
+        tmp_path: Path) -> None:
+    """sqlite-utils wraps a query in a savepoint; a commit of another thread landing inside
+    it failed CI once ("no such savepoint"). Store.rows/execute take the store's lock."""
+    store = TaskStore(tmp_path / "shared.db")
+    errors: list[BaseException] = []
+
+    def repeat(action) -> None:
+        try:
+            for _ in range(1500):
+                action()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=repeat, args=(lambda: store.rows("SELECT * FROM audit LIMIT 1"),)),
+        threading.Thread(target=repeat, args=(lambda: store.execute(
+            "UPDATE audit SET reason = reason WHERE id = 0"),)),
+        threading.Thread(target=repeat, args=(lambda: store.audit("u", "a", "t", True, "r"),)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.rows("SELECT COUNT(*) AS n FROM audit") == [{"n": 1500}]
+    store.close()

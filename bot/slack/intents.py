@@ -75,7 +75,7 @@ class IntentStore:
         return intent, True
 
     def get(self, intent_id: str) -> Intent | None:
-        rows = list(self.store.db.query("SELECT * FROM slack_intents WHERE id = ?", [intent_id]))
+        rows = list(self.store.rows("SELECT * FROM slack_intents WHERE id = ?", [intent_id]))
         if not rows:
             return None
         row = rows[0]

@@ -81,10 +81,9 @@ class SlackNotifier:
     def cursor(self) -> int:
         """The last event id handled (runs on the database thread)."""
         store = self.db.store
-        row = store.db.execute("SELECT event_id FROM slack_cursor WHERE name = ?",
-                               [CURSOR]).fetchone()
-        if row is not None:
-            return int(row[0])
+        rows = store.rows("SELECT event_id FROM slack_cursor WHERE name = ?", [CURSOR])
+        if rows:
+            return int(rows[0]["event_id"])
         start = store.last_event_id()  # a fresh bot does not replay history
         self._save_cursor(start)
         return start

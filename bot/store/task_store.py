@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,6 +401,19 @@ class TaskStore:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [time.time(), user, action, target, int(allowed), reason],
             )
+
+    # ------------------------------------------------------------ plain SQL
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """The rows of a read, under the store's lock. Every read of the shared connection
+        must take it: sqlite-utils 4.2 wraps each query in a named savepoint, and two threads'
+        savepoints interleaving on one connection fail with "no such savepoint"."""
+        with self._lock:
+            return list(self.db.query(sql, list(params)))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement under the store's lock; the number of rows it changed."""
+        with self._lock:
+            return self.db.execute(sql, list(params)).rowcount
 
     def close(self) -> None:
         self.db.conn.close()

@@ -22,7 +22,7 @@ def with_access(template: str | None = None, connector: str | None = None) -> st
 
 
 def audit(slack: Slack) -> list[dict[str, Any]]:
-    return list(slack.store.db.query("SELECT user, action, target, allowed, reason FROM audit"))
+    return list(slack.store.rows("SELECT user, action, target, allowed, reason FROM audit"))
 
 
 async def test_unknown_template_gets_did_you_mean_and_no_task(make_slack: MakeSlack) -> None:
@@ -32,7 +32,7 @@ async def test_unknown_template_gets_did_you_mean_and_no_task(make_slack: MakeSl
     assert "no template named 'win10-ofice' (did you mean 'win10-office'?)" in texts(answer)
     await slack.idle()
     assert slack.store.list_tasks() == []
-    assert slack.store.db.execute("SELECT COUNT(*) FROM slack_intents").fetchone()[0] == 0
+    assert slack.store.rows("SELECT COUNT(*) AS n FROM slack_intents") == [{"n": 0}]
 
 
 async def test_user_not_listed_is_denied_with_reason_and_audited(make_slack: MakeSlack) -> None:
@@ -125,7 +125,7 @@ async def test_second_person_targets_need_a_channel(make_slack: MakeSlack) -> No
     await slack.click("home_publish", "win10-office", user=ALICE, channel=None)
     [dm] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel=ALICE))
     assert "use `/publish` in a channel" in dm.params["text"]
-    assert slack.store.db.execute("SELECT COUNT(*) FROM slack_intents").fetchone()[0] == 0
+    assert slack.store.rows("SELECT COUNT(*) AS n FROM slack_intents") == [{"n": 0}]
 
 
 async def test_retry_is_a_new_publish_checked_like_one(make_slack: MakeSlack) -> None:

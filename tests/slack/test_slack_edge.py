@@ -82,7 +82,7 @@ async def test_signed_but_undecodable_bodies_get_400(make_slack: MakeSlack,
     assert tracebacks(caplog) == []
     assert slack.double.of("response_url") == []
     # signed, so audited (unsigned ones are only counted)
-    rows = list(slack.store.db.query("SELECT user, action, reason FROM audit WHERE allowed = 0"))
+    rows = list(slack.store.rows("SELECT user, action, reason FROM audit WHERE allowed = 0"))
     assert [(r["user"], r["action"]) for r in rows] == [("?", "request")] * len(attempts)
     assert [r["reason"] for r in rows] == ["the body is not valid UTF-8 (byte 8)",
                                           "the body must be UTF-8 (the charset is not)",
@@ -182,7 +182,7 @@ async def test_signed_malformed_payloads_get_400_and_are_audited(
     await slack.idle()
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     assert slack.double.of("response_url") == []
-    rows = list(slack.store.db.query("SELECT * FROM audit WHERE allowed = 0"))
+    rows = list(slack.store.rows("SELECT * FROM audit WHERE allowed = 0"))
     assert len(rows) == len(bodies)
     reasons = "\n".join(r["reason"] for r in rows)
     assert "actions[0].value: input should be a valid string, got a list" in reasons
@@ -202,7 +202,7 @@ async def test_other_workspaces_are_refused_and_audited(make_slack: MakeSlack) -
     assert (await slack.post(slack.payload_body(click), FORM)).status == 403
     await slack.idle()
     assert slack.double.of("response_url") == []
-    rows = list(slack.store.db.query("SELECT user, action, reason FROM audit WHERE allowed = 0"))
+    rows = list(slack.store.rows("SELECT user, action, reason FROM audit WHERE allowed = 0"))
     assert [r["user"] for r in rows] == [ALICE] * 3
     assert "workspace T0THEIRS is not the installed one (T0001)" in rows[0]["reason"]
     assert "enterprise E0THEIRS" in rows[2]["reason"]
@@ -231,7 +231,7 @@ async def test_only_what_bolt_answers_itself_skips_the_workspace_check(make_slac
         assert resp.status == 200 and "c-42" in await resp.text()
     await slack.idle()
     assert slack.double.of("response_url") == []  # no command ran
-    rows = list(slack.store.db.query("SELECT reason FROM audit WHERE allowed = 0"))
+    rows = list(slack.store.rows("SELECT reason FROM audit WHERE allowed = 0"))
     assert len(rows) == 4 and all("workspace T0THEIRS" in r["reason"] for r in rows)
 
 
@@ -251,7 +251,7 @@ async def test_a_modal_state_of_another_shape_is_refused_not_crashed(
         assert (await slack.post(submission(selected), FORM)).status == 400, selected
     await slack.idle()
     assert tracebacks(caplog) == []
-    reasons = [r["reason"] for r in slack.store.db.query("SELECT reason FROM audit WHERE allowed = 0")]
+    reasons = [r["reason"] for r in slack.store.rows("SELECT reason FROM audit WHERE allowed = 0")]
     assert reasons[0] == ("malformed payload: view.state.values.templates.selected: "
                           "input should be a valid dictionary or instance of inputstate, got a string")
     assert "view.state.values.templates.selected.selected_options[0].value" in reasons[4]
@@ -275,7 +275,7 @@ async def test_a_click_whose_channel_is_not_an_object_is_refused_not_crashed(
         assert (await slack.post(slack.payload_body(click), FORM)).status == 400, action_id
     await slack.idle()
     assert tracebacks(caplog) == []
-    reasons = [r["reason"] for r in slack.store.db.query("SELECT reason FROM audit WHERE allowed = 0")]
+    reasons = [r["reason"] for r in slack.store.rows("SELECT reason FROM audit WHERE allowed = 0")]
     assert reasons[-2:] == ["malformed payload: channel: input should be a valid dictionary"
                             " or instance of ref, got a string"] * 2
 

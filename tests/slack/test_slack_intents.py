@@ -53,15 +53,15 @@ async def test_two_approvers_clicking_at_once_start_one_task(make_slack: MakeSla
 async def test_expired_intent_starts_nothing(make_slack: MakeSlack) -> None:
     slack = await make_slack()
     intent = await slack.card("win10-office")
-    slack.store.db.execute("UPDATE slack_intents SET expires_at = ? WHERE id = ?",
-                           [time.time() - 1, intent])
+    slack.store.execute("UPDATE slack_intents SET expires_at = ? WHERE id = ?",
+                        [time.time() - 1, intent])
     answer = await slack.answer(await slack.click("intent_confirm", intent))
     assert answer["replace_original"] is True
     assert "expired" in answer["text"] and "15 minutes" in answer["text"]
     await slack.idle()
     assert slack.store.list_tasks() == []
-    row = slack.store.db.execute("SELECT allowed, reason FROM audit ORDER BY id DESC").fetchone()
-    assert row == (0, "expired")
+    rows = slack.store.rows("SELECT allowed, reason FROM audit ORDER BY id DESC LIMIT 1")
+    assert rows == [{"allowed": 0, "reason": "expired"}]
 
 
 async def test_cancel_on_the_card_withdraws_the_intent(make_slack: MakeSlack) -> None:

@@ -11,7 +11,7 @@ from tests.slack.test_slack_access import with_access
 
 
 def refusals(slack: Slack) -> list[tuple[str, str, str, str]]:
-    return [(r["user"], r["action"], r["target"], r["reason"]) for r in slack.store.db.query(
+    return [(r["user"], r["action"], r["target"], r["reason"]) for r in slack.store.rows(
         "SELECT user, action, target, reason FROM audit WHERE allowed = 0 ORDER BY id")]
 
 

@@ -27,7 +27,7 @@ async def test_bad_and_stale_signatures_get_401_and_change_nothing(make_slack: M
     await slack.idle()
     assert [c.method for c in slack.double.calls if c.method != "auth.test"] == []
     assert slack.store.list_tasks() == []
-    assert slack.store.db.execute("SELECT COUNT(*) FROM slack_intents").fetchone()[0] == 0
+    assert slack.store.rows("SELECT COUNT(*) AS n FROM slack_intents") == [{"n": 0}]
 
     ok = await slack.post(body, form, headers=sign(body, SECRET, int(time.time()) - 200))
     assert ok.status == 200  # inside the window
@@ -52,7 +52,8 @@ async def test_secrets_never_reach_messages_or_the_database(make_slack: MakeSlac
     [task] = slack.store.list_tasks()
     await slack.task_done(task.id)
     await slack.idle()
-    dump = "\n".join(slack.store.db.conn.iterdump())
+    with slack.store.transaction() as conn:
+        dump = "\n".join(conn.iterdump())
     sent = repr([{k: v for k, v in c.params.items() if k != "_token"} for c in slack.double.calls])
     for secret in (SECRET, BOT_TOKEN):
         assert secret not in dump

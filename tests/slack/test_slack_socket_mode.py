@@ -90,7 +90,7 @@ async def test_socket_mode_refuses_other_workspaces_and_malformed_payloads(
     await service.background.drain()
     assert double.of("response_url") == []
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
-    reasons = [r["reason"] for r in store.db.query("SELECT reason FROM audit WHERE allowed = 0")]
+    reasons = [r["reason"] for r in store.rows("SELECT reason FROM audit WHERE allowed = 0")]
     assert len(reasons) == 3
     assert "workspace T0THEIRS is not the installed one (T0001)" in reasons[0]
     assert "user_id: input should be a valid string, got a number" in reasons[1]

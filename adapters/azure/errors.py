@@ -1,0 +1,106 @@
+"""Azure's errors as layerbot adapter errors, keeping Azure's code and message (never a SAS
+signature or a token)."""
+
+from __future__ import annotations
+
+import re
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from adapters.base import AdapterError, AuthError, NotFoundError, PlatformError, RetryableError
+
+_AUTH_CODES = frozenset({"AuthorizationFailed", "AuthenticationFailed", "InvalidAuthenticationToken",
+                         "InvalidAuthenticationTokenTenant", "ExpiredAuthenticationToken",
+                         "LinkedAuthorizationFailed"})
+_NOT_FOUND_CODES = frozenset({"ResourceNotFound", "NotFound", "ResourceGroupNotFound",
+                              "GalleryImageNotFound", "SubscriptionNotFound"})
+_RETRYABLE_CODES = frozenset({"TooManyRequests", "RetryableError", "InternalServerError",
+                              "ServiceUnavailable", "OperationPreempted"})
+#: a SAS signature, a bearer token or a client secret parameter in a URL or a message
+_SECRETS = re.compile(r"((?:sig|client_secret|access_token|code)=)[^&\s\"']+|(Bearer )\S+", re.I)
+
+
+def scrub(text: str) -> str:
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+
+
+class AzureAdapterError:
+    """Mixed into the error classes below: Azure's error ``code`` (None: none given)."""
+
+    code: str | None = None
+
+
+class AzureAuthError(AuthError, AzureAdapterError):
+    pass
+
+
+class AzureNotFoundError(NotFoundError, AzureAdapterError):
+    pass
+
+
+class AzureRetryableError(RetryableError, AzureAdapterError):
+    pass
+
+
+class AzurePlatformError(PlatformError, AzureAdapterError):
+    pass
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date)."""
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def _code_and_message(exc: Any) -> tuple[str | None, str]:
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    message = getattr(error, "message", None)
+    if not message:
+        message = getattr(exc, "message", None) or str(exc)
+    # azure-core prefixes "(Code) " and appends "Code: ...\nMessage: ..." lines
+    message = str(message).split("\nCode:")[0].strip()
+    if code and message.startswith(f"({code})"):
+        message = message[len(code) + 2:].strip()
+    return code, message
+
+
+def adapter_error(exc: Exception, doing: str) -> AdapterError:
+    """The adapter error for an azure-core/azure-identity exception raised while ``doing``."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return AzureRetryableError(f"Azure: {doing}: cannot reach Azure: {scrub(str(exc))}")
+    code, message = _code_and_message(exc)
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    label = f"{code}: " if code else (f"HTTP {status}: " if status else "")
+    text = f"Azure: {doing}: {label}{scrub(message)}"
+    cls: type[AdapterError]
+    if isinstance(exc, ClientAuthenticationError) or code in _AUTH_CODES or status in (401, 403):
+        cls = AzureAuthError
+    elif code in _NOT_FOUND_CODES or status == 404:
+        cls = AzureNotFoundError
+    elif status == 429 or code in _RETRYABLE_CODES or (status or 0) >= 500:
+        cls = AzureRetryableError
+    else:  # QuotaExceeded, Conflict, OperationNotAllowed, a Failed long-running operation...
+        cls = AzurePlatformError
+    out: AdapterError = cls(text, retry_after=retry_after(headers))
+    out.code = code  # type: ignore[attr-defined]
+    return out

@@ -1,0 +1,77 @@
+"""Machine Creation for Azure (``type: azure-mcs``): an Azure Compute Gallery image version,
+made from the uploaded managed disk, that MCS machine catalogs use as their master image.
+The task is Done once the version's provisioning state is Succeeded (no guest to watch).
+
+Example connector (layerbot.yml)::
+
+    connectors:
+      azure-mcs:
+        type: azure-mcs
+        subscription_id: 00000000-0000-0000-0000-000000000000
+        tenant_id: 11111111-1111-1111-1111-111111111111
+        resource_group: layering
+        location: westeurope
+        credential: managed_identity     # the runner's VM identity
+        gallery: layering_gallery
+        image_definition: win10-vda      # created if missing, with the generation and OS type
+        version: "{yyyy}.{mm}{dd}.{hhmm}{ss}"   # major.minor.patch, each a 32-bit integer
+        replication_regions: [northeurope]
+        hyper_v_generation: V2
+        os_type: Windows
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from adapters.azure import gallery
+from adapters.azure.arm import Clients
+from adapters.azure.config import McsConfig, render_version
+from adapters.azure.links import next_steps, portal_link
+from adapters.azure.publish import AzureAdapterBase
+from adapters.azure.resources import AzureDefinitionCreated, AzureImageVersion, AzurePublished
+from adapters.base import Capability, PlatformError, PlatformStep, PublishContext, Published
+from adapters.resources import latest
+from adapters.steps import Step
+
+Config = McsConfig
+__all__ = ["Adapter", "Clients", "Config"]
+
+
+class Adapter(AzureAdapterBase):
+    type_name: ClassVar[str] = "azure-mcs"
+    platform: ClassVar[str] = "Machine Creation for Azure"
+    capabilities: ClassVar[Capability] = Capability.RESUMABLE_UPLOAD
+    config: McsConfig
+
+    def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
+        return [self.upload_step(), PlatformStep("image version", self, self._version)]
+
+    async def _version(self, ctx: PublishContext) -> None:
+        cfg, upload = self.config, self.upload_disk(ctx)
+        definition_id, created = await gallery.ensure_definition(self.arm)
+        if created:
+            await ctx.record(AzureDefinitionCreated(id=definition_id))
+        mine = latest(ctx.resources, AzureImageVersion)
+        if mine is None:  # a resumed task keeps the name it recorded
+            version = render_version(cfg.version, datetime.now(UTC))
+            if await gallery.version_exists(self.arm, version):
+                raise PlatformError(
+                    f"Azure: the image version {cfg.gallery}/{cfg.image_definition}/{version} "
+                    "already exists (another publish in the same period of the connector's "
+                    f"version pattern {cfg.version!r}); publish again later or add {{ss}}")
+            mine = AzureImageVersion(id=f"{definition_id}/versions/{version}", gallery=cfg.gallery,
+                                     definition=cfg.image_definition, version=version)
+            await ctx.record(mine)
+        version_id = await gallery.create_version(self.arm, mine.version, upload.id)
+        name = f"{cfg.gallery}/{cfg.image_definition}/{mine.version}"
+        mark = AzurePublished(id=version_id, name=name, what="image_version",
+                              subscription_id=cfg.subscription_id,
+                              resource_group=cfg.resource_group, published_at=time.time())
+        ctx.published = Published(link=portal_link(cfg.portal, cfg.tenant_id, version_id),
+                                  summary=f"Azure gallery image version {name}", resource=mark)
+
+    def next_steps(self, published: Published) -> str:
+        return next_steps(published.expect(AzurePublished), None)

@@ -15,11 +15,18 @@ APT_PACKAGES=(
   qemu-system-x86     # the local QEMU target
   debootstrap         # tests: a real minimal Debian OS layer
   golang-go golang-github-vmware-govmomi-dev   # tests: vcsim, VMware's vCenter simulator
+  nodejs npm          # tests: Azurite, Microsoft's Azure Storage emulator (from npm, below)
   python3-venv
 )
+# commands another source may provide (NodeSource's nodejs bundles npm, and conflicts with
+# Debian's npm package): the package is installed only when the command is missing
+declare -A COMMAND_OF=([nodejs]=node [npm]=npm)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
+  if [ -n "${COMMAND_OF[$pkg]:-}" ] && command -v "${COMMAND_OF[$pkg]}" >/dev/null; then
+    continue
+  fi
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -35,3 +42,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,test]'
+
+# Azurite (tests/azure): project-local, git-ignored; reinstalled only when its version changes
+AZURITE_VERSION=3.35.0
+if [ "$(cat .tools/azurite/.version 2>/dev/null)" != "$AZURITE_VERSION" ]; then
+  mkdir -p .tools/azurite
+  npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error \
+    "azurite@$AZURITE_VERSION" >/dev/null
+  echo "$AZURITE_VERSION" > .tools/azurite/.version
+fi

@@ -14,9 +14,8 @@ from aiohttp import web
 
 from adapters import config_model, create
 from adapters.base import publish
-from adapters.retry import RetryPolicy
+from adapters.retry import RetryPolicy, retry_after
 from adapters.vsphere import Clients, VSphereImport, VSpherePublished
-from adapters.vsphere.upload import retry_after
 
 from .conftest import Recorder, VcSim, connector, find_vms, watching_stub
 

@@ -4,7 +4,7 @@ for Azure, an Azure Compute Gallery image version) is :mod:`adapters.azure.mcs`.
 
 Publish (no storage account needed): the compositor's fixed VHD (a whole number of MiB plus
 the 512-byte footer) goes into an empty managed disk made with ``createOption: Upload``
-through a write SAS (``beginGetAccess``; :mod:`adapters.azure.pages` sends only the
+through a write SAS (``beginGetAccess``; :mod:`adapters.azure_blob.pages` sends only the
 non-zero ranges and resumes from the page ranges the blob has), access is revoked, and
 ``images.begin_create_or_update`` makes the image. The disk is staging: deleted once the
 image exists, unless ``keep_disk: true``. Credentials: docs/azure.md.
@@ -84,11 +84,6 @@ class Adapter(AzureAdapterBase):
 
     def next_steps(self, published: Published) -> str:
         return next_steps(published.expect(AzurePublished), self.config.vm_size)
-
-    async def uploaded_bytes(self, upload: object, artifact: object) -> int:
-        """Azure keeps what was written into the disk; the upload asks the blob for its page
-        ranges and sends only the rest (adapters.azure.pages), so no prefix is verified here."""
-        return 0
 
     async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
         res = published.expect(AzurePublished)

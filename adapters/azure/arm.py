@@ -9,12 +9,12 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapters.azure.config import AzureConfig
 from adapters.azure.errors import adapter_error
-from adapters.base import AuthError, ProgressFn, secret_from_env
+from adapters.azure_blob.pages import BlobOptions
+from adapters.base import AuthError, secret_from_env
 from adapters.retry import RetryPolicy, retrying
 
 if TYPE_CHECKING:
@@ -29,8 +29,6 @@ ARM_RETRY = RetryPolicy(attempts=5, budget=300.0, first_delay=2.0, max_delay=60.
 WATCH_RETRY = RetryPolicy(attempts=20, budget=3600.0, first_delay=5.0, max_delay=300.0)
 
 CredentialFactory = Callable[[AzureConfig, "bool | str"], "AsyncTokenCredential"]
-#: uploads the VHD to a write SAS URL: (sas_url, vhd, progress, resuming) -> None
-UploadFn = Callable[[str, Path, ProgressFn, bool], Awaitable[None]]
 
 
 def identity_credential(cfg: AzureConfig, verify: bool | str) -> AsyncTokenCredential:
@@ -51,12 +49,6 @@ def identity_credential(cfg: AzureConfig, verify: bool | str) -> AsyncTokenCrede
     return DefaultAzureCredential(authority=cfg.authority, connection_verify=verify)
 
 
-def _default_upload() -> UploadFn:
-    from adapters.azure.pages import upload_vhd
-
-    return upload_vhd
-
-
 @dataclass(frozen=True)
 class Clients:
     """How the adapters reach Azure; injected (``adapters.create(config, clients=...)``) by
@@ -72,11 +64,8 @@ class Clients:
     watch_first: float = 15.0
     watch_longest: float = 300.0
     watch_retry: RetryPolicy = WATCH_RETRY
-    #: the page-blob upload (adapters.azure.pages by default)
-    upload: UploadFn | None = field(default=None, hash=False, compare=False)
-
-    def uploader(self) -> UploadFn:
-        return self.upload or _default_upload()
+    #: how the page-blob upload reaches the disk's SAS (adapters.azure_blob.pages)
+    blob: BlobOptions = field(default_factory=BlobOptions)
 
 
 def credential_identity(cfg: AzureConfig) -> tuple[Hashable, ...]:

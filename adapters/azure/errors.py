@@ -4,10 +4,10 @@ signature or a token)."""
 from __future__ import annotations
 
 import re
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from adapters.base import AdapterError, AuthError, NotFoundError, PlatformError, RetryableError
+from adapters.retry import retry_after
 
 _AUTH_CODES = frozenset({"AuthorizationFailed", "AuthenticationFailed", "InvalidAuthenticationToken",
                          "InvalidAuthenticationTokenTenant", "ExpiredAuthenticationToken",
@@ -44,23 +44,6 @@ class AzureRetryableError(RetryableError, AzureAdapterError):
 
 class AzurePlatformError(PlatformError, AzureAdapterError):
     pass
-
-
-def retry_after(headers: Any) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date)."""
-    value = headers.get("Retry-After") if headers is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        from datetime import UTC, datetime
-
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 def _code_and_message(exc: Any) -> tuple[str | None, str]:
@@ -101,6 +84,7 @@ def adapter_error(exc: Exception, doing: str) -> AdapterError:
         cls = AzureRetryableError
     else:  # QuotaExceeded, Conflict, OperationNotAllowed, a Failed long-running operation...
         cls = AzurePlatformError
-    out: AdapterError = cls(text, retry_after=retry_after(headers))
+    after = retry_after(headers.get("Retry-After")) if headers is not None else None
+    out: AdapterError = cls(text, retry_after=after)
     out.code = code  # type: ignore[attr-defined]
     return out

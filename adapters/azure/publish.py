@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import ClassVar
 
 from adapters.azure import disk, gallery, image
 from adapters.azure.arm import Arm, Clients
 from adapters.azure.config import AzureConfig
+from adapters.azure.disk import MIB
 from adapters.azure.errors import AzureNotFoundError
 from adapters.azure.resources import AzureImage, AzureImageVersion, AzureKeptDisk, AzureUploadDisk
+from adapters.azure_blob import pages
+from adapters.azure_blob.nonzero import total
 from adapters.base import (
     Capability,
     DiskFormat,
@@ -33,6 +37,8 @@ class AzureAdapterBase:
         self.config = config
         self.clients = clients or Clients()
         self.arm = Arm(config, self.clients)
+        #: what each upload of this adapter sent
+        self.uploads: list[pages.UploadStats] = []
 
     def disk_format(self) -> DiskFormat:
         return "vhd"
@@ -66,8 +72,24 @@ class AzureAdapterBase:
             resuming = False
             await disk.create(self.arm, name, size)
             sas = await disk.grant_write(self.arm, name)
-        await self.clients.uploader()(sas, ctx.artifact, ctx.progress, resuming)
+        present = None
+        if resuming:
+            present = await pages.present_ranges(sas, self.clients.blob)
+            held = total(present)
+            await ctx.progress(max(held / size, 1e-6),
+                               f"resuming the upload: the disk holds {held / MIB:.0f} MiB already")
+        stats = await pages.upload_pages(sas, ctx.artifact, progress=ctx.progress,
+                                         present=present, options=self.clients.blob)
+        log.info("%s: %s: sent %d bytes in %d requests (data %d, already there %d)", ctx.task_id,
+                 name, stats.sent_bytes, stats.requests, stats.data_bytes, stats.present_bytes)
+        self.uploads.append(stats)
         await disk.revoke(self.arm, name)
+
+    async def uploaded_bytes(self, upload: Resource, artifact: Path) -> int:
+        """The bytes of ``artifact`` the recorded upload disk's page blob already holds."""
+        assert isinstance(upload, AzureUploadDisk), upload
+        sas = await disk.grant_write(self.arm, upload.name)
+        return await pages.uploaded_bytes(sas, artifact, self.clients.blob)
 
     @staticmethod
     def upload_disk(ctx: PublishContext) -> AzureUploadDisk:

@@ -3,6 +3,7 @@ clients pointed at it. Test modules import the fixtures they use."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from adapters.azure.arm import Clients
 from adapters.azure.config import AzureConfig
 from adapters.retry import RetryPolicy
 from tests.azure.arm_double import ArmDouble, Blobs, server_ssl
+from tests.azure.azurite import ACCOUNT, KEY, Azurite, start_azurite
 
 SUBSCRIPTION = "3f2c8a6e-5b1d-4c7e-9a0f-1e2d3c4b5a69"
 TENANT = "8d7c6b5a-4e3f-4a1b-8c9d-0e1f2a3b4c5d"
@@ -58,10 +60,20 @@ def make_double(blobs: Blobs | None = None) -> ArmDouble:
     return double
 
 
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    peer = start_azurite(tmp_path_factory.mktemp("azurite"))
+    yield peer
+    peer.stop()
+
+
 @pytest.fixture
-async def arm_double(arm_tls: Tls, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ArmDouble]:
+async def arm_double(arm_tls: Tls, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+                     ) -> AsyncIterator[ArmDouble]:
     monkeypatch.setenv(SECRET_ENV, SECRET)
-    double = make_double()
+    # a container per test: blobs of one test never meet another's
+    double = make_double(Blobs(azurite.account_url, ACCOUNT, KEY,
+                               container=f"disks{secrets.token_hex(4)}"))
     runner = await serve(double, arm_tls)
     yield double
     await runner.cleanup()

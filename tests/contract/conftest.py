@@ -97,9 +97,9 @@ def _fixed_vhd(path: Path, size_mib: int = 32) -> Path:
 def _azure_target(kind: str, double: ArmDouble, tls: Tls, tmp_path: Path) -> Target:
     cfg = azure_config(double, kind)
 
-    def leftovers(name: str) -> list[Any]:
+    def leftovers(name: str) -> list[Any]:  # the double is this test's own: all of it
         made = [*double.disks.values(), *double.images.values(), *double.versions.values()]
-        return [r["id"] for r in made if name in r["id"]]
+        return [r["id"] for r in made]
 
     def staging_exists(resource: Resource) -> bool:
         return f"layering/{getattr(resource, 'name', '')}".lower() in double.disks

@@ -51,6 +51,7 @@ def start_azurite(location: Path, timeout: float = 60.0) -> Azurite:
     if not AZURITE_BLOB.exists():
         raise AzuriteUnavailable(f"{AZURITE_BLOB} is missing: run scripts/setup.sh "
                                  "(it installs Azurite from npm)")
+    location.mkdir(parents=True, exist_ok=True)
     log = location / "azurite.log"  # a file, not a pipe: nothing has to keep reading it
     with open(log, "wb") as out:
         process = subprocess.Popen(

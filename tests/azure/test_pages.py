@@ -141,7 +141,8 @@ async def test_a_wrong_or_expired_sas_is_an_auth_error_that_hides_the_signature(
         sample_vhd: Path, page_blob: Callable[..., str], sas: dict[str, object],
         caplog: pytest.LogCaptureFixture) -> None:
     url = page_blob(sample_vhd.stat().st_size, **sas)
-    signature = parse_qs(urlsplit(url).query)["sig"][0]
+    query = urlsplit(url).query
+    signatures = {parse_qs(query)["sig"][0], re.search(r"sig=([^&]+)", query).group(1)}  # type: ignore[union-attr]
     caplog.set_level(logging.DEBUG)
 
     with pytest.raises(AuthError) as failure:
@@ -154,7 +155,7 @@ async def test_a_wrong_or_expired_sas_is_an_auth_error_that_hides_the_signature(
     assert re.search(r"HTTP 403 (AuthenticationFailed|AuthorizationFailure)", message), message
     assert "/disks/disk" in message
     for text in (message, caplog.text):
-        assert signature not in text and signature.replace("/", "%2F") not in text
+        assert not [sig for sig in signatures if sig in text]  # as it is, and URL-encoded
 
 
 async def test_a_blob_whose_size_is_not_the_vhds_is_refused_before_any_page_is_sent(

@@ -24,7 +24,15 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,7 +115,7 @@ async def upload_pages(sas_url: str, vhd: Path, *, progress: ProgressFn | None =
         plan = split(subtract(_nonzero(vhd, extents, found), held), max_request)
         await sender.run(_batches(plan, concurrency * _AHEAD), concurrency, sender.put)
         clears = list(subtract(held, merged(found)))
-        await sender.run(_batches(iter(clears), concurrency), concurrency, sender.clear)
+        await sender.run(_batches((c for c in clears), concurrency), concurrency, sender.clear)
         await sender.report(final=True)
     data = total(found)
     return UploadStats(size=size, data_bytes=data, sent_bytes=sender.sent,
@@ -157,7 +165,7 @@ class _Sender:
         self.requests = 0
         self._reported = -1.0
 
-    async def run(self, batches: AsyncIterator[list[Range]], concurrency: int,
+    async def run(self, batches: AsyncGenerator[list[Range], None], concurrency: int,
                   send: Callable[[Range], Awaitable[None]]) -> None:
         slots = asyncio.Semaphore(concurrency)
 
@@ -167,11 +175,14 @@ class _Sender:
             finally:
                 slots.release()
 
-        async with asyncio.TaskGroup() as group:
-            async for batch in batches:
-                for item in batch:
-                    await slots.acquire()
-                    group.create_task(one(item))
+        try:
+            async with contextlib.aclosing(batches), asyncio.TaskGroup() as group:
+                async for batch in batches:
+                    for item in batch:
+                        await slots.acquire()
+                        group.create_task(one(item))
+        except BaseExceptionGroup as failed:  # the first request that failed, as it is
+            raise _first(failed) from None
 
     async def put(self, item: Range) -> None:
         start, end = item
@@ -246,8 +257,30 @@ def _read(vhd: Path, offset: int, length: int) -> bytes:
         return os.pread(file.fileno(), length, offset)
 
 
-async def _batches(items: Iterator[Range], size: int) -> AsyncIterator[list[Range]]:
+async def _batches(items: Generator[Range, None, None], size: int
+                   ) -> AsyncGenerator[list[Range], None]:
     """``items`` (a generator that reads the file) advanced on a worker thread, ``size`` at a
-    time, so reading and scanning never block the event loop."""
-    while batch := await asyncio.to_thread(lambda: list(itertools.islice(items, size))):
-        yield batch
+    time, so reading and scanning never block the event loop; closed at the end (which
+    closes the file), once no thread runs it."""
+    try:
+        while True:
+            step = asyncio.ensure_future(asyncio.to_thread(_take, items, size))
+            try:
+                batch = await asyncio.shield(step)
+            except asyncio.CancelledError:
+                await asyncio.wait([step])
+                raise
+            if not batch:
+                return
+            yield batch
+    finally:
+        items.close()
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf = group.exceptions[0]
+    return _first(leaf) if isinstance(leaf, BaseExceptionGroup) else leaf
+
+
+def _take(items: Iterator[Range], size: int) -> list[Range]:
+    return list(itertools.islice(items, size))

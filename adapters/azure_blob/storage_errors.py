@@ -53,7 +53,9 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
         status = exc.status_code
         headers = exc.response.headers if exc.response is not None else {}
-        code = exc.error_code or headers.get("x-ms-error-code") or exc.reason or "no error code"
+        # the header is Azure's own code; the SDK guesses one for a body-less answer (HEAD)
+        code = headers.get("x-ms-error-code") or exc.error_code or exc.reason or "no error code"
+        code = getattr(code, "value", code)
         text = f"{prefix}: HTTP {status} {code}: {_azure_message(exc.message or str(exc))}"
         if status in (401, 403):
             return AuthError(f"{text} (the disk's SAS is wrong, expired or revoked)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import selectors
 import subprocess
 import time
 from dataclasses import dataclass
@@ -52,26 +51,22 @@ def start_azurite(location: Path, timeout: float = 60.0) -> Azurite:
     if not AZURITE_BLOB.exists():
         raise AzuriteUnavailable(f"{AZURITE_BLOB} is missing: run scripts/setup.sh "
                                  "(it installs Azurite from npm)")
-    process = subprocess.Popen(
-        [str(AZURITE_BLOB), "--blobHost", "127.0.0.1", "--blobPort", "0", "--location",
-         str(location), "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert process.stdout is not None
-    output = b""
+    location.mkdir(parents=True, exist_ok=True)
+    log = location / "azurite.log"  # a file, not a pipe: nothing has to keep reading it
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(AZURITE_BLOB), "--blobHost", "127.0.0.1", "--blobPort", "0", "--location",
+             str(location), "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
+            stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline and process.poll() is None:
-            if not selector.select(timeout=0.5):
-                continue
-            chunk = process.stdout.read1(4096)  # type: ignore[attr-defined]
-            output += chunk
-            if found := _LISTENING.search(output.decode(errors="replace")):
-                return Azurite(process, found.group(1))
+    while time.monotonic() < deadline and process.poll() is None:
+        if found := _LISTENING.search(log.read_text(errors="replace")):
+            return Azurite(process, found.group(1))
+        time.sleep(0.1)
     process.kill()
     process.wait()
     raise AzuriteUnavailable(f"azurite-blob did not start within {timeout:.0f} s: "
-                             f"{output.decode(errors='replace')[-2000:]}")
+                             f"{log.read_text(errors='replace')[-2000:]}")
 
 
 def page_blob_sas(azurite: Azurite, container: str, blob: str, size: int, *,

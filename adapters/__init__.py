@@ -41,7 +41,7 @@ _MODULES: dict[str, AdapterEntry] = {
     "qemu": AdapterEntry("adapters.qemu"),
     "vsphere": AdapterEntry("adapters.vsphere", ("pyVmomi",), _extra("vsphere")),
     "azure": AdapterEntry("adapters.azure", _AZURE, _extra("azure")),
-    "azure-mcs": AdapterEntry("adapters.azure.mcs", _AZURE, _extra("azure")),
+    "azure-mcs": AdapterEntry("adapters.azure_mcs", _AZURE, _extra("azure")),
     "gcp": AdapterEntry("adapters.gcp", ("google.cloud.compute_v1", "google.cloud.storage"),
                         _extra("gcp")),
     "nutanix": AdapterEntry("adapters.nutanix", ("ntnx_vmm_py_client", "ntnx_clustermgmt_py_client",

@@ -1,6 +1,6 @@
 """Azure adapter (``type: azure``): a managed image from an uploaded managed disk, then a
 watch until a VM made from it has run and shut down. ``type: azure-mcs`` (Machine Creation
-for Azure, an Azure Compute Gallery image version) is :mod:`adapters.azure.mcs`.
+for Azure, an Azure Compute Gallery image version) is :mod:`adapters.azure_mcs`.
 
 Publish (no storage account needed): the compositor's fixed VHD (a whole number of MiB plus
 the 512-byte footer) goes into an empty managed disk made with ``createOption: Upload``
@@ -36,13 +36,14 @@ import asyncio
 import time
 from typing import ClassVar
 
-from adapters.azure import disk, image
+from adapters.azure import image
+from adapters.azure import managed_disk as disk
 from adapters.azure.arm import Clients
+from adapters.azure.azure_resources import AzureImage, AzurePoweredOn, AzurePublished
 from adapters.azure.config import Config
 from adapters.azure.links import next_steps, portal_link
 from adapters.azure.publish import AzureAdapterBase
-from adapters.azure.resources import AzureImage, AzurePoweredOn, AzurePublished
-from adapters.azure.watch import WATCHES
+from adapters.azure.vm_watch import WATCHES
 from adapters.base import (
     Capability,
     GuestTimeoutError,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.azure.arm import Arm
+from adapters.azure.arm_errors import AzureNotFoundError
 from adapters.azure.config import McsConfig
-from adapters.azure.errors import AzureNotFoundError
 from adapters.base import PlatformError
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.azure.arm import Arm
+from adapters.azure.arm_errors import AzureNotFoundError
 from adapters.azure.config import AzureConfig
-from adapters.azure.errors import AzureNotFoundError
 
 
 def image_body(cfg: AzureConfig, disk_id: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from adapters.azure.resources import AzurePublished
+from adapters.azure.azure_resources import AzurePublished
 
 #: The portal opens a resource's blade at ``#@{tenant}/resource{resource id}`` (the form of
 #: its own "Copy link"). There is no documented query parameter that preselects an image on

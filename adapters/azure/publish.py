@@ -6,12 +6,13 @@ import logging
 from pathlib import Path
 from typing import ClassVar
 
-from adapters.azure import disk, gallery, image
+from adapters.azure import gallery, image
+from adapters.azure import managed_disk as disk
 from adapters.azure.arm import Arm, Clients
+from adapters.azure.arm_errors import AzureNotFoundError
+from adapters.azure.azure_resources import AzureImage, AzureImageVersion, AzureKeptDisk, AzureUploadDisk
 from adapters.azure.config import AzureConfig
-from adapters.azure.disk import MIB
-from adapters.azure.errors import AzureNotFoundError
-from adapters.azure.resources import AzureImage, AzureImageVersion, AzureKeptDisk, AzureUploadDisk
+from adapters.azure.managed_disk import MIB
 from adapters.azure_blob import pages
 from adapters.azure_blob.nonzero import total
 from adapters.base import (

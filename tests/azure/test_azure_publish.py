@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from adapters import create
-from adapters.azure.errors import AzureAdapterError
+from adapters.azure.arm_errors import AzureAdapterError
+from adapters.azure.azure_resources import AzurePoweredOn
 from adapters.azure.publish import AzureAdapterBase
-from adapters.azure.resources import AzurePoweredOn
-from adapters.azure.watch import WATCHES
+from adapters.azure.vm_watch import WATCHES
 from adapters.base import (
     AuthError,
     Capability,

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from adapters.base import (
     Capability,
@@ -56,10 +57,14 @@ from adapters.gcp.watch import RAN, STOPPED, watching
 from adapters.resources import Lifetime, Resource
 from adapters.steps import Step
 
+if TYPE_CHECKING:
+    from adapters.gcp.storage import Storage
+
 __all__ = ["Adapter", "Clients", "Config", "GcpImage", "GcpInstanceRan", "GcpPublished"]
 
 
 def object_name(ctx: PublishContext) -> str:
+    """gs://BUCKET/layerbot/<template>/<task>.tar.gz"""
     return f"layerbot/{ctx.template}/{ctx.task_id}.tar.gz"
 
 
@@ -71,7 +76,7 @@ def image_labels(config: Config, ctx: PublishContext) -> dict[str, str]:
 class Adapter:
     type_name: ClassVar[str] = "gcp"
     platform: ClassVar[str] = "Google Cloud"
-    capabilities: ClassVar[Capability] = Capability.WATCH_POWER
+    capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.RESUMABLE_UPLOAD
 
     def __init__(self, config: Config, clients: Clients | None = None) -> None:
         self.config = config
@@ -79,7 +84,21 @@ class Adapter:
         self._key = session_key(config, self.clients)
         self.session = self.clients.sessions.acquire(self._key, lambda: ComputeSession(
             config.compute_endpoint, config, self.clients.credentials_for))
+        self._storage: Storage | None = None
         self._closed = False
+
+    async def storage(self) -> Storage:
+        """Cloud Storage with the same credentials (made on first use: application default
+        credentials may ask the metadata server)."""
+        if self._storage is None:
+            from adapters.gcp.storage import Storage, StorageAccess
+
+            cfg = self.config
+            credentials = await asyncio.to_thread(self.clients.credentials_for, cfg)
+            self._storage = Storage(StorageAccess(
+                project=cfg.project, credentials=credentials, endpoint=cfg.storage_endpoint,
+                **self.clients.storage_options))
+        return self._storage
 
     def disk_format(self) -> DiskFormat:
         return "gce-tar"
@@ -92,7 +111,15 @@ class Adapter:
     async def _upload(self, ctx: PublishContext) -> None:
         if ctx.artifact_format != "gce-tar":
             raise PlatformError(f"{self.platform}: expected a gce-tar tarball, got {ctx.artifact_format}")
-        raise NotImplementedError  # adapters.gcp.storage (branch h-gcp-storage)
+        storage = await self.storage()
+        await storage.upload(ctx, self.config.bucket, object_name(ctx))
+
+    async def uploaded_bytes(self, upload: Resource, artifact: Path) -> int:
+        from adapters.gcp.storage import GcsUpload
+
+        if not isinstance(upload, GcsUpload):
+            return 0
+        return await (await self.storage()).uploaded_bytes(upload, artifact)
 
     async def _create_image(self, ctx: PublishContext) -> None:
         cfg, session = self.config, self.session
@@ -159,6 +186,10 @@ class Adapter:
         if isinstance(resource, GcpImage):
             return await images.delete(self.session, resource.project, resource.name,
                                        resource.task, self.clients.operation_poll)
+        from adapters.gcp.storage import GcsUpload
+
+        if isinstance(resource, GcsUpload):
+            return await (await self.storage()).remove(resource)
         raise PlatformError(f"{self.platform}: cannot remove {resource.describe()}")
 
     async def unpublish(self, published: Published, task_id: str) -> list[str]:
@@ -174,3 +205,5 @@ class Adapter:
         if not self._closed:
             self._closed = True
             await self.clients.sessions.release(self._key, self.session)
+            if self._storage is not None:
+                await self._storage.close()

@@ -74,8 +74,9 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
     if isinstance(exc, auth_exc.DefaultCredentialsError):
         return AuthError(f"{PLATFORM}: {doing} failed: no credentials: set credentials_file_env "
                          "or provide application default credentials")
-    if isinstance(exc, auth_exc.GoogleAuthError):
-        return AuthError(f"{PLATFORM}: {doing} failed: {type(exc).__name__}")
+    if isinstance(exc, auth_exc.GoogleAuthError):  # its text may quote the token endpoint's answer
+        return AuthError(f"{PLATFORM}: {doing} failed: the credentials were refused and could "
+                         f"not be renewed ({type(exc).__name__})")
     if isinstance(exc, OSError):  # requests' errors too
         return PlatformTimeoutError(f"{PLATFORM}: {doing} failed: cannot reach the API: {exc}")
     return PlatformError(f"{PLATFORM}: {doing} failed: {exc}")

@@ -41,9 +41,12 @@ def image_body(config: Config, name: str, source: str, labels: dict[str, str]) -
 
 async def insert(session: ComputeSession, project: str, body: Any, task_id: str) -> str:
     """Start ``images.insert``; the name of its global operation (safe to repeat)."""
+    from google.cloud import compute_v1
+
+    request = compute_v1.InsertImageRequest(project=project, image_resource=body,
+                                            request_id=request_id(task_id, body.name))
     operation = await session.call(
-        lambda c: c.images.insert_unary(project=project, image_resource=body,
-                                        request_id=request_id(task_id, body.name)),
+        lambda c: c.images.insert_unary(request=request),
         f"creating image {body.name}", idempotent=True)
     return str(operation.name)
 

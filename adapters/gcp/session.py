@@ -117,6 +117,8 @@ class Clients:
     #: first and longest pause between listings of a zone's instances while tasks wait
     watch_poll: tuple[float, float] = (5.0, 60.0)
     sessions: SessionPool[ComputeSession] = field(default=SESSIONS)
+    #: more settings of adapters.gcp.storage.StorageAccess (chunk_size, timeout, retry)
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     def credentials_for(self, config: Config) -> Any:
         return (self.credentials or default_credentials)(config)

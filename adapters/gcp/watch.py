@@ -89,8 +89,10 @@ class ZoneWatch:
         users: set[str] = set()
 
         def disks(c: object) -> dict[str, str]:
-            found = c.disks.list(project=project, zone=zone,  # type: ignore[attr-defined]
-                                 filter=f'sourceImage eq "{pattern}"')
+            from google.cloud import compute_v1
+
+            found = c.disks.list(request=compute_v1.ListDisksRequest(  # type: ignore[attr-defined]
+                project=project, zone=zone, filter=f'sourceImage eq "{pattern}"'))
             in_use = [d for d in found if d.users]
             users.update(_last(u) for d in in_use for u in d.users)
             return {d.self_link: _last(d.source_image) for d in in_use}
@@ -101,9 +103,11 @@ class ZoneWatch:
             return result
 
         def instances(c: object) -> list[tuple[str, InstanceState]]:
+            from google.cloud import compute_v1
+
             out = []
-            for inst in c.instances.list(  # type: ignore[attr-defined]
-                    project=project, zone=zone, filter=f'name eq "({_alternatives(users)})"'):
+            for inst in c.instances.list(request=compute_v1.ListInstancesRequest(  # type: ignore[attr-defined]
+                    project=project, zone=zone, filter=f'name eq "({_alternatives(users)})"')):
                 boot = next((d.source for d in inst.disks if d.boot), None)
                 if boot in by_disk:
                     out.append((by_disk[boot], InstanceState(

@@ -6,6 +6,8 @@ timeouts) are retried; the last one is raised as it is, keeping its cause."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import logging
 import random
 import time
@@ -63,3 +65,20 @@ async def retrying(call: Callable[[], Awaitable[T]], doing: str,
                         policy.attempts, wait)
             await policy.sleep(wait)
             attempt += 1
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from an HTTP Retry-After header: delay-seconds or an HTTP date (None when absent
+    or unreadable; never negative)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

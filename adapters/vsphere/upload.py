@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import email.utils
 import logging
 import os
 import ssl
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import PlatformError, PlatformTimeoutError, RetryableError
+from adapters.retry import retry_after
 from adapters.vsphere.faults import fault_message, fault_name
 from adapters.vsphere.inventory import props
 from adapters.vsphere.session import VSphereSession
@@ -49,23 +48,6 @@ class UploadRefused(RetryableError):
 
 #: HTTP statuses that say "later", not "never"
 _BUSY = (429, 503)
-
-
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from an HTTP Retry-After header: delay-seconds or an HTTP date (None when absent
-    or unreadable; never negative)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # an HTTP date is GMT
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 @dataclass

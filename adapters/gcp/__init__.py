@@ -54,7 +54,7 @@ from adapters.gcp.config import Config
 from adapters.gcp.records import GcpImage, GcpInstanceRan, GcpPublished
 from adapters.gcp.session import Clients, ComputeSession, session_key
 from adapters.gcp.watch import RAN, STOPPED, watching
-from adapters.resources import Lifetime, Resource
+from adapters.resources import Lifetime, Resource, latest
 from adapters.steps import Step
 
 if TYPE_CHECKING:
@@ -65,7 +65,9 @@ __all__ = ["Adapter", "Clients", "Config", "GcpImage", "GcpInstanceRan", "GcpPub
 
 def object_name(ctx: PublishContext) -> str:
     """gs://BUCKET/layerbot/<template>/<task>.tar.gz"""
-    return f"layerbot/{ctx.template}/{ctx.task_id}.tar.gz"
+    from adapters.gcp.storage import object_name as in_bucket
+
+    return in_bucket(ctx.template, ctx.task_id)
 
 
 def image_labels(config: Config, ctx: PublishContext) -> dict[str, str]:
@@ -111,7 +113,15 @@ class Adapter:
     async def _upload(self, ctx: PublishContext) -> None:
         if ctx.artifact_format != "gce-tar":
             raise PlatformError(f"{self.platform}: expected a gce-tar tarball, got {ctx.artifact_format}")
+        from adapters.gcp.storage import GcsUpload
+
         storage = await self.storage()
+        recorded = latest(ctx.resources, GcsUpload)
+        if recorded is not None:  # a runner that took the task over says where it goes on
+            held = await storage.uploaded_bytes(recorded, ctx.artifact)
+            if held:
+                await ctx.progress(held / recorded.size, f"resuming the upload of "
+                                                         f"{recorded.uri} at byte {held}")
         await storage.upload(ctx, self.config.bucket, object_name(ctx))
 
     async def uploaded_bytes(self, upload: Resource, artifact: Path) -> int:

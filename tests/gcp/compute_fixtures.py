@@ -56,3 +56,17 @@ def context(name: str, artifact: Any, task_id: str = "t0c0ffee", template: str =
                           artifact=artifact, artifact_format="gce-tar",
                           virtual_size=1 << 30, progress=progress,
                           resources=list(resources or []))
+
+
+def object_check(storage_url: str) -> Any:
+    """The double's check that rawDisk.source names an object the storage peer holds."""
+    from urllib.parse import quote
+
+    import aiohttp
+
+    async def exists(bucket: str, name: str) -> bool:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{storage_url}/storage/v1/b/{bucket}/o/{quote(name, safe='')}") as resp:
+            return resp.status == 200
+
+    return exists

@@ -199,7 +199,9 @@ class Adapter:
         from adapters.gcp.storage import GcsUpload
 
         if isinstance(resource, GcsUpload):
-            return await (await self.storage()).remove(resource)
+            # the contract's line per removed object is its description
+            removed = await (await self.storage()).remove(resource)
+            return [resource.describe()] if removed else []
         raise PlatformError(f"{self.platform}: cannot remove {resource.describe()}")
 
     async def unpublish(self, published: Published, task_id: str) -> list[str]:

@@ -63,6 +63,8 @@ class Proxy:
     #: forwarding them
     inject: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
     injected: int = 0
+    #: upload_ids whose session was cancelled (DELETE)
+    cancelled: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def sent(self) -> int:
@@ -97,6 +99,11 @@ async def gcs(emulator: Emulator) -> AsyncIterator[Proxy]:
                                    "errors": [{"reason": reason,
                                                "message": "injected"}]}}
                 return web.json_response(error, status=status, headers=headers)
+        if upload_id and request.method == "DELETE":
+            # the emulator does not implement cancelling a session (501); GCS answers 499
+            # (https://cloud.google.com/storage/docs/performing-resumable-uploads#cancel-upload)
+            proxy.cancelled.append(upload_id)
+            return web.Response(status=499)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("content-length", "transfer-encoding")}
         async with session.request(request.method, emulator.url + request.path_qs, data=body,

@@ -101,7 +101,11 @@ async def gcs(emulator: Emulator) -> AsyncIterator[Proxy]:
                 return web.json_response(error, status=status, headers=headers)
         if upload_id and request.method == "DELETE":
             # the emulator does not implement cancelling a session (501); GCS answers 499
-            # (https://cloud.google.com/storage/docs/performing-resumable-uploads#cancel-upload)
+            # (https://cloud.google.com/storage/docs/performing-resumable-uploads#cancel-upload),
+            # then 404: the session is gone
+            if upload_id in proxy.cancelled:
+                return web.json_response({"error": {"code": 404, "message": "No such upload"}},
+                                         status=404)
             proxy.cancelled.append(upload_id)
             return web.Response(status=499)
         headers = {k: v for k, v in request.headers.items()

@@ -97,17 +97,31 @@ async def _gce_tar(raw: Path, out: Path, size: int) -> int:
     folder.mkdir()
     try:
         await asyncio.to_thread(os.link, raw, folder / "disk.raw")
-        tar = [
-            tool_path("tar"), "--format=oldgnu", "--sparse", "--numeric-owner",
-            "--owner=0", "--group=0", "--mode=0644", f"--mtime=@{CONVERTED_TIME}",
-            "-C", folder, "-cf", "-", "disk.raw",
-        ]
+        tar, gzip_argv = gce_tar_commands(folder)
         with open(out, "wb") as fh:
-            await tool_runner.pipeline(tar, gzip_command(os.cpu_count() or 1), stdout_file=fh)
+            await tool_runner.pipeline(tar, gzip_argv, stdout_file=fh)
     finally:
         await asyncio.to_thread(_remove_tree, folder)
     await asyncio.to_thread(_verify_gce_tar, out, size)
     return size
+
+
+def gce_tar_commands(folder: Path, threads: int | None = None) -> tuple[list[str | Path], list[str]]:
+    """``tar`` of ``folder/disk.raw`` to stdout, and the parallel gzip it is piped to.
+
+    Only the disk's data is read: ``--hole-detection=seek`` finds it with SEEK_DATA/SEEK_HOLE
+    (where the filesystem cannot, tar falls back to reading). The holes are then neither read
+    nor compressed: the sparse member holds only the data and its map. The map is the
+    filesystem's, so the same raw file gives the same bytes where it is stored the same way
+    (the cache's copy); a copy whose zero blocks were written out would give a larger tar of
+    the same disk. pigz uses ``threads``, by default every core this process may run on (its
+    CPU affinity: a container or taskset may allow fewer than the machine has)."""
+    tar: list[str | Path] = [
+        tool_path("tar"), "--format=oldgnu", "--sparse", "--hole-detection=seek",
+        "--numeric-owner", "--owner=0", "--group=0", "--mode=0644", f"--mtime=@{CONVERTED_TIME}",
+        "-C", folder, "-cf", "-", "disk.raw",
+    ]
+    return tar, gzip_command(threads or len(os.sched_getaffinity(0)))
 
 
 def _verify_gce_tar(out: Path, size: int) -> None:

@@ -140,3 +140,30 @@ def test_the_cli_and_its_lazy_commands_form_no_import_circle() -> None:
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
         assert "bot.cli.commands" not in imported, module
+
+
+def test_a_catalog_with_a_gcp_connector_loads_without_google_cloud_compute(tmp_path: Path) -> None:
+    """Validating a gcp connector (templates, check, planning) never pays compute_v1's ~3 s."""
+    for entry in DEMO.parent.iterdir():  # the demo's layers and scripts, by relative paths
+        if entry.name != DEMO.name:
+            (tmp_path / entry.name).symlink_to(entry)
+    catalog = tmp_path / "layerbot.yml"
+    catalog.write_text(DEMO.read_text())
+    code = (
+        "import sys, pathlib, yaml\n"
+        "from bot.catalog import load_catalog\n"
+        f"p = pathlib.Path({str(catalog)!r})\n"
+        "raw = yaml.safe_load(p.read_text())\n"
+        "name = next(iter(raw['connectors']))\n"
+        "raw['connectors']['gce'] = {'type': 'gcp', 'project': 'my-project-1', "
+        "'zone': 'us-central1-a', 'bucket': 'my-bucket'}\n"
+        "raw['templates'][next(iter(raw['templates']))]['connector'] = 'gce'\n"
+        "p.write_text(yaml.safe_dump(raw))\n"
+        "cat = load_catalog(p)\n"
+        "import adapters.gcp\n"
+        "print(sorted(m for m in sys.modules if m.startswith('google.cloud.compute')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=DEMO.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -20,13 +20,17 @@ from adapters.vsphere import Clients
 from tests.azure.arm_double import ArmDouble
 from tests.azure.arm_fixtures import Tls, arm_double, arm_tls, azurite, clients
 from tests.azure.arm_fixtures import config as azure_config
+from tests.gcp.compute_double import ComputeDouble
+from tests.gcp.compute_fixtures import PROJECT, TOKEN, object_check
+from tests.gcp.conftest import BUCKET, emulator, gcs
+from tests.gcp.test_gcp_publish import adapter_for
 from tests.qemu.test_qemu_adapter import TINY
 from tests.qemu.test_qemu_adapter import raw_disk as qemu_raw_disk
 from tests.vsphere.conftest import connector, find_vms, make_raw_disk, vc_env, vcsim, vcsim_binary
 
-__all__ = ["arm_double", "arm_tls", "azurite", "vc_env", "vcsim", "vcsim_binary"]
+__all__ = ["arm_double", "arm_tls", "azurite", "emulator", "gcs", "vc_env", "vcsim", "vcsim_binary"]
 
-TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs"]
+TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp"]
 
 
 @dataclass
@@ -123,3 +127,32 @@ async def azure_mcs_target(tmp_path: Path, arm_double: ArmDouble, arm_tls: Tls
 def target(request: pytest.FixtureRequest) -> Target:
     name = request.param.replace("-", "_")
     return request.getfixturevalue(f"{name}_target")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def gcp_target(tmp_path: Path, gcs: Any, emulator: Any) -> AsyncIterator[Target]:
+    from adapters.gcp.storage import GcsUpload
+
+    double = await ComputeDouble(PROJECT, token=TOKEN).start()
+    double.object_exists = object_check(gcs.url)
+    first = adapter_for(double, gcs)
+    clients = first.clients
+    await first.close()
+
+    def objects() -> list[str]:
+        # the emulator's own state, not its HTTP API: it serves one connection at a time
+        # and the proxy on this event loop may hold one open (a call from here would wait
+        # for the loop it blocks)
+        found, _ = emulator.storage.get_file_list(BUCKET)
+        return sorted(o["name"] for o in found)
+
+    def staging_exists(resource: Resource) -> bool:
+        assert isinstance(resource, GcsUpload), resource
+        return resource.name in objects()
+
+    try:
+        yield Target(lambda: create(first.config, clients), _data_disk(tmp_path / "disk.tar.gz", 3),
+                     "gce-tar", lambda name: [*(n for n in double.images if n == name), *objects()],
+                     staging_exists, sessions=clients.sessions)
+    finally:
+        await double.close()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from adapters.base import AdapterError, PlatformError, ProgressFn, PublishContext
-from adapters.gcp.errors import from_status, translate
+from adapters.gcp.gcs_errors import from_status, translate
 from adapters.resources import Lifetime, Resource, latest
 from adapters.retry import DEFAULT, RetryPolicy, retrying
 

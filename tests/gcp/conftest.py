@@ -32,6 +32,8 @@ _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 @dataclass
 class Emulator:
     url: str
+    #: the emulator's gcp_storage_emulator.storage.Storage (e.g. ``get_file_list(BUCKET)``)
+    storage: Any
 
     def client(self) -> Any:
         from google.auth.credentials import AnonymousCredentials
@@ -59,7 +61,7 @@ def emulator() -> Iterator[Emulator]:
     thread.start()
     host, port = httpd.server_address[:2]
     try:
-        yield Emulator(f"http://{host}:{port}")
+        yield Emulator(f"http://{host}:{port}", store)
     finally:
         httpd.shutdown()
         httpd.server_close()

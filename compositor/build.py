@@ -30,7 +30,7 @@ from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec, LayerSource, Progres
 from .sweep import BUILD_PREFIX, owner_prefix
 from .tarlayer import extract_tar_layer
 from .threads import in_thread, settle
-from .tools import find_tool, required_tools
+from .tools import required_tools
 
 DiskBuilder = Callable[..., Awaitable[None]]
 #: filesystem -> builder(staging, meta, raw, work, size_gib, identity, cancel, report)
@@ -156,9 +156,7 @@ def validate(spec: ImageSpec) -> None:
 
 def _check_tools(spec: ImageSpec) -> None:
     for tool in required_tools([spec.format], [spec.filesystem]):
-        if tool.path is None and not tool.optional:
-            if tool.name == "gzip" and find_tool("pigz"):
-                continue
+        if tool.path is None:
             raise ToolMissingError(tool.name, tool.package)
 
 

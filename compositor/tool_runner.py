@@ -20,9 +20,10 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from .errors import ToolFailedError
+from .threads import settle
 
 _GRACE_SECONDS = 3.0
 _ENV = {"LC_ALL": "C", "LANG": "C"}
@@ -90,32 +91,37 @@ async def run(
     return Finished(code, out, err)
 
 
-async def pipeline(
-    first: Sequence[str | os.PathLike[str]],
-    second: Sequence[str | os.PathLike[str]],
-    *,
-    stdout_file: IO[bytes],
+async def read_output(
+    argv: Sequence[str | os.PathLike[str]], consume: Callable[[BinaryIO], None]
 ) -> None:
-    """first | second > stdout_file; both are killed on cancellation or failure."""
+    """Run argv; ``consume`` (blocking, in a thread) reads its stdout as it is written.
+
+    argv is killed when the awaiting task is cancelled or ``consume`` fails (it then gets
+    end of file, so a consumer still reading returns); ToolFailedError when argv fails."""
     read_end, write_end = os.pipe()
-    procs: list[asyncio.subprocess.Process] = []
     try:
-        procs.append(await _spawn(first, stdin=None, stdout=write_end))
-        procs.append(await _spawn(second, stdin=read_end, stdout=stdout_file))
+        proc = await _spawn(argv, stdin=None, stdout=write_end)
     except BaseException:
-        await asyncio.gather(*(_kill(p) for p in procs))
+        os.close(read_end)
         raise
     finally:
         os.close(write_end)
-        os.close(read_end)
-    try:
-        results = await asyncio.gather(*(_finish(p) for p in procs))
-    except BaseException:
-        await asyncio.gather(*(_kill(p) for p in procs))
-        raise
-    for argv, (code, err) in zip((first, second), results, strict=True):
-        if code != 0:
-            raise ToolFailedError(Path(os.fspath(argv[0])).name, code, err)
+    with open(read_end, "rb") as source:
+        finished = asyncio.ensure_future(_finish(proc))
+        consumer = asyncio.ensure_future(asyncio.to_thread(consume, source))
+        try:
+            await asyncio.wait([finished, consumer], return_when=asyncio.FIRST_EXCEPTION)
+            if consumer.done():
+                consumer.result()  # its failure, before waiting for a tool it may have blocked
+            code, err = await finished
+            await consumer
+        except BaseException:
+            await _kill(proc)
+            await settle(finished)
+            await settle(consumer)
+            raise
+    if code != 0:
+        raise ToolFailedError(Path(os.fspath(argv[0])).name, code, err)
 
 
 async def _spawn(

@@ -16,8 +16,6 @@ PACKAGES: dict[str, str] = {
     "debugfs": "e2fsprogs",
     "qemu-img": "qemu-utils",
     "tar": "tar",
-    "pigz": "pigz",
-    "gzip": "gzip",
     "mkntfs": "ntfs-3g",
     "wimlib-imagex": "wimtools",
     "ntfslabel": "ntfs-3g",
@@ -41,7 +39,6 @@ class ToolStatus:
     name: str
     path: str | None  # None when not found
     package: str  # Debian package to install
-    optional: bool = False  # a faster alternative exists (pigz -> gzip)
 
 
 def find_tool(name: str) -> str | None:
@@ -58,27 +55,14 @@ def tool_path(name: str) -> str:
     return path
 
 
-def gzip_command(threads: int) -> list[str]:
-    """pigz when available (parallel), gzip otherwise. ``-n``: no time stamp in the header
-    (both would store the clock's for standard input)."""
-    pigz = find_tool("pigz")
-    if pigz:
-        return [pigz, "-n", "-p", str(max(1, threads)), "-c"]
-    return [tool_path("gzip"), "-n", "-c"]
-
-
 def required_tools(
     formats: Iterable[str], filesystems: Iterable[str] = ("ext4",)
 ) -> list[ToolStatus]:
     """Tools that building the given formats needs, for `layerbot check`."""
     names: list[str] = list(_BASE_TOOLS)
-    optional: set[str] = set()
     for fmt in formats:
         names += _FORMAT_TOOLS.get(fmt, ())
-        if fmt == "gce-tar":
-            names += ["pigz", "gzip"]
-            optional.add("pigz")
     for fs in filesystems:
         names += _FILESYSTEM_TOOLS.get(fs, ())
     unique = list(dict.fromkeys(names))
-    return [ToolStatus(n, find_tool(n), PACKAGES[n], n in optional) for n in unique]
+    return [ToolStatus(n, find_tool(n), PACKAGES[n]) for n in unique]

@@ -10,7 +10,7 @@ APT_PACKAGES=(
   e2fsprogs           # mke2fs -d, debugfs, e2fsck
   fakeroot            # ownership of layer files without root
   gdisk               # sgdisk: GPT
-  zstd pigz           # .tar.zst layers; parallel gzip for gce-tar
+  zstd                # .tar.zst layers
   wimtools ntfs-3g libhivex-bin faketime  # Windows guests: NTFS, WIM apply, registry hives
   qemu-system-x86     # the local QEMU target
   debootstrap         # tests: a real minimal Debian OS layer

@@ -24,15 +24,15 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import Field
 
 from adapters.base import AdapterError, PlatformError, ProgressFn, PublishContext
-from adapters.gcp.errors import from_status, translate
+from adapters.gcp.gcs_errors import from_status, translate
 from adapters.resources import Lifetime, Resource, latest
 from adapters.retry import DEFAULT, RetryPolicy, retrying
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from google.cloud import storage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIB = 1 << 20
 #: GCS accepts chunks (all but the last) only in multiples of 256 KiB
@@ -161,7 +162,7 @@ class Storage:
             self._http = AuthorizedSession(self._credentials())
         return self._http
 
-    async def _call(self, doing: str, call: Any, secret: str | None = None) -> Any:
+    async def _call(self, doing: str, call: Callable[[], T], secret: str | None = None) -> T:
         """``call()`` in a thread, its exceptions as adapter errors."""
         try:
             return await asyncio.to_thread(call)
@@ -245,39 +246,39 @@ class Storage:
         A retryable failure (429, 5xx, a dropped connection) is retried after its Retry-After;
         the retry first asks GCS what it persisted, which may be less than was sent."""
         sent = [0]
-        done: Mapping[str, Any] | None = None
-        state = {"offset": offset, "unsure": False}
+        held = offset
+        unsure = False  # a chunk failed: GCS may hold less (or more) than ``held``
         reporter = _Progress(progress, upload.size)
 
-        async def attempt() -> tuple[int, Mapping[str, Any] | None]:
-            if state["unsure"]:
-                held = await self.persisted(upload)
-                if held is None:
+        async def next_chunk() -> tuple[int, Mapping[str, Any] | None]:
+            nonlocal held, unsure
+            if unsure:
+                found = await self.persisted(upload)
+                if found is None:
                     raise PlatformError(f"Google Cloud: the upload session of {upload.uri} "
                                         "expired or was cancelled")
-                state["offset"] = held
-            state["unsure"] = True
-            result = await self._send_chunk(upload, artifact, int(state["offset"]), sent)
-            state["unsure"] = False
+                held = found
+            unsure = True
+            result = await self._send_chunk(upload, artifact, held, sent)
+            unsure = False
             return result
 
-        while done is None:
-            if int(state["offset"]) >= upload.size:  # GCS holds it all: read the object
-                held, done = await self._finish(upload)
-                break
-            held, done = await retrying(attempt, f"uploading {upload.uri}", self.access.retry)
-            state["offset"] = held
+        done: Mapping[str, Any] | None = None
+        while done is None and held < upload.size:
+            held, done = await retrying(next_chunk, f"uploading {upload.uri}", self.access.retry)
             await reporter.report(held)
+        if done is None:  # GCS held every byte already (a resumed, finished upload)
+            done = await self._finished_object(upload)
         await reporter.report(upload.size, final=True)
         await self._verify(upload, done)
         return sent[0], done
 
-    async def _finish(self, upload: GcsUpload) -> tuple[int, Mapping[str, Any]]:
+    async def _finished_object(self, upload: GcsUpload) -> Mapping[str, Any]:
         blob = await self._call(f"reading {upload.uri}",
                                 lambda: self._storage().bucket(upload.bucket).get_blob(upload.name))
         if blob is None:
             raise PlatformError(f"Google Cloud: GCS holds every byte of {upload.uri} but no object")
-        return upload.size, {"size": blob.size, "crc32c": blob.crc32c}
+        return {"size": blob.size, "crc32c": blob.crc32c}
 
     async def _verify(self, upload: GcsUpload, done: Mapping[str, Any]) -> None:
         """The object GCS made is the artifact (size and CRC-32C); else it is deleted."""

@@ -434,10 +434,8 @@ def check(ctx: Context) -> None:
     filesystems = sorted({p.filesystem for p in plans} | {"ext4"})
     missing = []
     for tool in compositor.required_tools(formats, filesystems):
-        state = tool.path or ("[yellow]missing (optional)[/yellow]" if tool.optional
-                              else "[red]missing[/red]")
-        out().print(f"  {tool.name:<14} {state}")
-        if not tool.path and not tool.optional:
+        out().print(f"  {tool.name:<14} {tool.path or '[red]missing[/red]'}")
+        if not tool.path:
             missing.append(tool.package)
     if missing:
         pkgs = " ".join(sorted(set(missing)))

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import io
 import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
-from compositor.convert import convert, gce_tar_commands
+from compositor import tool_runner
+from compositor.convert import GZIP_BLOCK, convert, gce_tar_command, gzip_blocks
 from compositor.errors import CompositorError
 from compositor.identity import KeyIdentity
 
@@ -49,24 +54,38 @@ def test_tar_reads_the_data_and_not_the_holes(tmp_path: Path) -> None:
     folder.mkdir()
     data = sparse_disk(folder / "disk.raw", 2 * GIB,
                        [(MIB, MIB), (700 * MIB, MIB), (2 * GIB - MIB, MIB)])
-    tar, _ = gce_tar_commands(folder)
-    read = bytes_read_by(tar, tmp_path / "out.tar")
+    read = bytes_read_by(gce_tar_command(folder), tmp_path / "out.tar")
     assert read <= 1.1 * data + 64 * 1024, f"tar read {read} bytes for {data} bytes of data"
     assert (tmp_path / "out.tar").stat().st_size < data + MIB
 
 
-def test_pigz_gets_every_core_this_process_may_use(tmp_path: Path) -> None:
-    """Every core of the CPU affinity (a container's or taskset's cores), not of the machine."""
-    cores = os.sched_getaffinity(0)
-    try:
-        os.sched_setaffinity(0, {min(cores)})
-        _, gzip_argv = gce_tar_commands(tmp_path)
-    finally:
-        os.sched_setaffinity(0, cores)
-    assert Path(gzip_argv[0]).name == "pigz"
-    assert gzip_argv[gzip_argv.index("-p") + 1] == "1"
-    _, gzip_argv = gce_tar_commands(tmp_path)
-    assert gzip_argv[gzip_argv.index("-p") + 1] == str(len(cores))
+class Trickle(io.RawIOBase):
+    """A pipe that hands out at most ``piece`` bytes per read."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.data, self.piece, self.pos = data, piece, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(self.piece, len(buffer), len(self.data) - self.pos)
+        buffer[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+def test_the_gzip_depends_only_on_the_bytes(tmp_path: Path) -> None:
+    """Not on the thread count (a runner's cores) nor on how the pipe delivers the stream."""
+    data = os.urandom(3 * GZIP_BLOCK) + b"disk.raw " * GZIP_BLOCK
+    outputs = set()
+    for threads, piece in ((1, 65536), (2, 777_777), (4, 3 * GZIP_BLOCK + 5)):
+        out = tmp_path / f"{threads}.gz"
+        gzip_blocks(io.BufferedReader(Trickle(data, piece)), out, threads)
+        outputs.add(out.read_bytes())
+    [only] = outputs
+    assert gzip.decompress(only) == data
+    assert only[4:8] == bytes(4) and only[3] & 0x08 == 0  # no time stamp, no file name
 
 
 async def test_the_tarball_lists_disk_raw_of_the_disk_size(tmp_path: Path) -> None:
@@ -92,3 +111,35 @@ async def test_a_disk_that_is_not_whole_gib_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CompositorError, match=r"gce-tar: disk.raw must be a whole number of GiB, "
                                               r"not 1074790400 B"):
         await convert(raw, "gce-tar", tmp_path / "disk.tar.gz", lambda _: None, KeyIdentity("k"))
+
+
+class ConsumerFailed(Exception):
+    pass
+
+
+async def test_a_failing_consumer_stops_the_tool() -> None:
+    """`yes` writes forever: a consumer that fails must not leave it blocked on a full pipe."""
+    def consume(source: BinaryIO) -> None:
+        source.read(65536)
+        raise ConsumerFailed("disk full")
+
+    with pytest.raises(ConsumerFailed):
+        await asyncio.wait_for(tool_runner.read_output(["yes"], consume), 20)
+
+
+async def test_cancelling_stops_the_tool_and_the_consumer() -> None:
+    read: list[int] = []
+
+    def consume(source: BinaryIO) -> None:
+        while block := source.read(65536):
+            read.append(len(block))
+
+    task = asyncio.create_task(tool_runner.read_output(["yes"], consume))
+    while not read:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 20)
+    count = len(read)
+    await asyncio.sleep(0.1)
+    assert len(read) == count, "the consumer stopped: it reached the end of the killed tool's output"

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -29,7 +32,8 @@ _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 @dataclass
 class Emulator:
     url: str
-    server: Any
+    #: the emulator's gcp_storage_emulator.storage.Storage (e.g. ``get_file_list(BUCKET)``)
+    storage: Any
 
     def client(self) -> Any:
         from google.auth.credentials import AnonymousCredentials
@@ -41,17 +45,27 @@ class Emulator:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    from gcp_storage_emulator.server import create_server
+    """The emulator's request handler and storage in a *threading* HTTP server: its own
+    server answers one connection at a time, and google-cloud-storage's background bucket
+    checks (``_bucket_metadata_cache``) then stalled the test's requests for minutes."""
+    from gcp_storage_emulator.handlers import buckets
+    from gcp_storage_emulator.server import RequestHandler
+    from gcp_storage_emulator.storage import Storage
 
-    logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
-    server = create_server("127.0.0.1", 0, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    # port 0: the emulator's HTTPServer picked a free port; it keeps no public accessor for it
-    host, port = server._api._httpd.server_address[:2]
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
+    store = Storage(use_memory_fs=True)
+    buckets.create_bucket(BUCKET, store)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(RequestHandler, store))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, name="gcs-emulator", daemon=True)
+    thread.start()
+    host, port = httpd.server_address[:2]
     try:
-        yield Emulator(f"http://{host}:{port}", server)
+        yield Emulator(f"http://{host}:{port}", store)
     finally:
-        server.stop()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from adapters.base import (
     RetryableError,
     clean_up,
 )
-from adapters.gcp.errors import from_status
+from adapters.gcp.gcs_errors import from_status
 from adapters.gcp.storage import CHUNK_QUANTUM, GcsUpload, Storage, object_name
 from adapters.resources import Resource, dump, latest, load
 from adapters.steps import Outcome

@@ -39,8 +39,8 @@ from typing import ClassVar
 from adapters.azure import image
 from adapters.azure import managed_disk as disk
 from adapters.azure.arm import Clients
+from adapters.azure.azure_config import Config
 from adapters.azure.azure_resources import AzureImage, AzurePoweredOn, AzurePublished
-from adapters.azure.config import Config
 from adapters.azure.links import next_steps, portal_link
 from adapters.azure.publish import AzureAdapterBase
 from adapters.azure.vm_watch import WATCHES

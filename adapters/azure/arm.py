@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapters.azure.arm_errors import adapter_error
-from adapters.azure.config import AzureConfig
+from adapters.azure.azure_config import AzureConfig
 from adapters.azure_blob.pages import BlobOptions
 from adapters.base import AuthError, secret_from_env
 from adapters.retry import RetryPolicy, retrying

@@ -7,7 +7,7 @@ from typing import Any
 
 from adapters.azure.arm import Arm
 from adapters.azure.arm_errors import AzureNotFoundError
-from adapters.azure.config import McsConfig
+from adapters.azure.azure_config import McsConfig
 from adapters.base import PlatformError
 
 

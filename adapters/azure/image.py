@@ -6,7 +6,7 @@ from typing import Any
 
 from adapters.azure.arm import Arm
 from adapters.azure.arm_errors import AzureNotFoundError
-from adapters.azure.config import AzureConfig
+from adapters.azure.azure_config import AzureConfig
 
 
 def image_body(cfg: AzureConfig, disk_id: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from adapters.azure.arm import Arm
 from adapters.azure.arm_errors import AzureNotFoundError
-from adapters.azure.config import AzureConfig
+from adapters.azure.azure_config import AzureConfig
 from adapters.base import PlatformError
 
 MIB = 1 << 20

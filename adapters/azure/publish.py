@@ -10,8 +10,8 @@ from adapters.azure import gallery, image
 from adapters.azure import managed_disk as disk
 from adapters.azure.arm import Arm, Clients
 from adapters.azure.arm_errors import AzureNotFoundError
+from adapters.azure.azure_config import AzureConfig
 from adapters.azure.azure_resources import AzureImage, AzureImageVersion, AzureKeptDisk, AzureUploadDisk
-from adapters.azure.config import AzureConfig
 from adapters.azure.managed_disk import MIB
 from adapters.azure_blob import pages
 from adapters.azure_blob.nonzero import total

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.azure.arm import Arm, Clients, credential_identity
-from adapters.azure.config import AzureConfig
+from adapters.azure.azure_config import AzureConfig
 from adapters.base import AdapterError, Backoff
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from typing import ClassVar
 
 from adapters.azure import gallery
 from adapters.azure.arm import Clients
+from adapters.azure.azure_config import McsConfig, render_version
 from adapters.azure.azure_resources import AzureDefinitionCreated, AzureImageVersion, AzurePublished
-from adapters.azure.config import McsConfig, render_version
 from adapters.azure.links import next_steps, portal_link
 from adapters.azure.publish import AzureAdapterBase
 from adapters.base import Capability, PlatformError, PlatformStep, PublishContext, Published

@@ -50,10 +50,10 @@ from adapters.base import (
     Published,
 )
 from adapters.gcp import console, images, names
-from adapters.gcp.config import Config
-from adapters.gcp.records import GcpImage, GcpInstanceRan, GcpPublished
-from adapters.gcp.session import Clients, ComputeSession, session_key
-from adapters.gcp.watch import RAN, STOPPED, watching
+from adapters.gcp.compute_session import Clients, ComputeSession, session_key
+from adapters.gcp.gcp_config import Config
+from adapters.gcp.gcp_resources import GcpImage, GcpInstanceRan, GcpPublished
+from adapters.gcp.instance_watch import RAN, STOPPED, watching
 from adapters.resources import Lifetime, Resource, latest
 from adapters.steps import Step
 

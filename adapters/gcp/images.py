@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from adapters.base import Backoff, NotFoundError, PlatformError
-from adapters.gcp.config import Config
-from adapters.gcp.faults import PLATFORM, operation_error
-from adapters.gcp.session import ComputeSession
+from adapters.gcp.compute_faults import PLATFORM, operation_error
+from adapters.gcp.compute_session import ComputeSession
+from adapters.gcp.gcp_config import Config
 
 Progress = Callable[[float, str], Awaitable[None]]
 

@@ -15,7 +15,7 @@ import trustme
 from aiohttp import web
 
 from adapters.azure.arm import Clients
-from adapters.azure.config import AzureConfig
+from adapters.azure.azure_config import AzureConfig
 from adapters.retry import RetryPolicy
 from tests.azure.arm_double import ArmDouble, Blobs, server_ssl
 from tests.azure.azurite import ACCOUNT, KEY, Azurite, start_azurite

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from adapters import config_model
-from adapters.azure.config import check_version_pattern, render_version
+from adapters.azure.azure_config import check_version_pattern, render_version
 from adapters.azure.managed_disk import azure_name
 
 SUB = "3f2c8a6e-5b1d-4c7e-9a0f-1e2d3c4b5a69"

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from adapters.base import AuthError, PlatformError, PlatformStep, Published, RetryableError
 from adapters.gcp import Adapter, GcpImage, GcpPublished, names
-from adapters.gcp.faults import AlreadyExistsError
-from adapters.gcp.watch import zone_watch
+from adapters.gcp.compute_faults import AlreadyExistsError
+from adapters.gcp.instance_watch import zone_watch
 from adapters.steps import StepRunner, cancel
 
 from .compute_double import ComputeDouble
@@ -116,7 +116,7 @@ async def test_http_errors_become_adapter_errors_with_reason_and_message(
         assert compute.images["win10-c"]["status"] == "READY"
     finally:
         await adapter.close()
-    from adapters.gcp.faults import by_status
+    from adapters.gcp.compute_faults import by_status
 
     assert isinstance(by_status(403, "rateLimitExceeded", "x"), RetryableError)
 

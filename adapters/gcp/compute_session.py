@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.base import AdapterError, AuthError, secret_from_env
 from adapters.blocking import Session, SessionKey, SessionPool
-from adapters.gcp.faults import translate
+from adapters.gcp.compute_faults import translate
 
 if TYPE_CHECKING:
-    from adapters.gcp.config import Config
+    from adapters.gcp.gcp_config import Config
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 

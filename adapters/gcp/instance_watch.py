@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from adapters.base import AdapterError, Backoff
-from adapters.gcp.session import ComputeSession
+from adapters.gcp.compute_session import ComputeSession
 from adapters.retry import RetryPolicy, retrying
 
 log = logging.getLogger(__name__)

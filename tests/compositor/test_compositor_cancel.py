@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from compositor import ImageSpec, LayerSource, build_image
 
+from .child_processes import children
 from .layer_builder import directory, file, write_tar
-
-
-def _children() -> list[str]:
-    out = subprocess.run(
-        ["ps", "-o", "pid=,comm=", "--ppid", str(os.getpid())], capture_output=True, text=True
-    )
-    return [line for line in out.stdout.splitlines() if "ps" not in line.split()[-1:]]
 
 
 @pytest.mark.parametrize("stage", ["extracting", "converting"])
 async def test_cancel_cleans_up(tmp_path: Path, stage: str) -> None:
+    before = children()
     noise = os.urandom(1 << 20)
     entries = [directory("data")]
     entries += [file(f"data/blob{i}", noise[i:] + noise[:i]) for i in range(96)]
@@ -47,4 +41,4 @@ async def test_cancel_cleans_up(tmp_path: Path, stage: str) -> None:
     assert list((tmp_path / "work").iterdir()) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
     assert not (tmp_path / "cache" / "images").exists()
-    assert _children() == []
+    assert children() - before == set()

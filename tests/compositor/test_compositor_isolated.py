@@ -29,14 +29,8 @@ from compositor.isolated import (
     spec_to_json,
 )
 
+from .child_processes import children
 from .layer_builder import directory, file, write_tar
-
-
-def _children() -> list[str]:
-    out = subprocess.run(
-        ["ps", "-o", "pid=,comm=", "--ppid", str(os.getpid())], capture_output=True, text=True
-    )
-    return [line for line in out.stdout.splitlines() if "ps" not in line.split()[-1:]]
 
 
 def _using(path: Path) -> list[str]:
@@ -97,6 +91,7 @@ async def test_error_is_raised_with_the_same_class_and_message(tmp_path: Path) -
 
 @pytest.mark.parametrize("stage", ["extracting", "converting"])
 async def test_cancel_stops_the_child_and_cleans_up(tmp_path: Path, stage: str) -> None:
+    before = children()
     noise = os.urandom(1 << 20)
     entries = [directory("data")]
     entries += [file(f"data/blob{i}", noise[i:] + noise[:i]) for i in range(96)]
@@ -113,11 +108,11 @@ async def test_cancel_stops_the_child_and_cleans_up(tmp_path: Path, stage: str) 
     await asyncio.wait_for(reached.wait(), 60)
     await asyncio.sleep(0.3)
     assert not task.done()
-    assert _children()  # the compositor process
+    assert children() - before  # the compositor process
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert _children() == [] and _using(tmp_path) == []
+    assert children() - before == set() and _using(tmp_path) == []
     assert list((tmp_path / "work").iterdir()) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
     assert not (tmp_path / "cache" / "images").exists()

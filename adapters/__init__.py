@@ -44,8 +44,8 @@ _MODULES: dict[str, AdapterEntry] = {
     "azure-mcs": AdapterEntry("adapters.azure_mcs", _AZURE, _extra("azure")),
     "gcp": AdapterEntry("adapters.gcp", ("google.cloud.compute_v1", "google.cloud.storage"),
                         _extra("gcp")),
-    "nutanix": AdapterEntry("adapters.nutanix", ("ntnx_vmm_py_client", "ntnx_clustermgmt_py_client",
-                                                 "ntnx_prism_py_client"), _extra("nutanix")),
+    # Prism Central v3 REST through aiohttp, a core dependency (adapters/nutanix says why)
+    "nutanix": AdapterEntry("adapters.nutanix"),
     "hyperv": AdapterEntry("adapters.hyperv", ("pypsrp", "smbprotocol"), _extra("hyperv")),
     "xenserver": AdapterEntry("adapters.xenserver", ("XenAPI",), _extra("xen")),
     "pvs": AdapterEntry("adapters.pvs"),

@@ -24,13 +24,17 @@ from tests.gcp.compute_double import ComputeDouble
 from tests.gcp.compute_fixtures import PROJECT, TOKEN, object_check
 from tests.gcp.conftest import BUCKET, emulator, gcs
 from tests.gcp.test_gcp_publish import adapter_for
+from tests.nutanix.conftest import FAST, prism, prism_ca, qcow2_disk
+from tests.nutanix.conftest import connector as nutanix_connector
+from tests.nutanix.prism_double import PrismDouble
 from tests.qemu.test_qemu_adapter import TINY
 from tests.qemu.test_qemu_adapter import raw_disk as qemu_raw_disk
 from tests.vsphere.conftest import connector, find_vms, make_raw_disk, vc_env, vcsim, vcsim_binary
 
-__all__ = ["arm_double", "arm_tls", "azurite", "emulator", "gcs", "vc_env", "vcsim", "vcsim_binary"]
+__all__ = ["arm_double", "arm_tls", "azurite", "emulator", "gcs", "prism", "prism_ca", "vc_env",
+           "vcsim", "vcsim_binary"]
 
-TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp"]
+TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix"]
 
 
 @dataclass
@@ -156,3 +160,17 @@ async def gcp_target(tmp_path: Path, gcs: Any, emulator: Any) -> AsyncIterator[T
                      staging_exists, sessions=clients.sessions)
     finally:
         await double.close()
+
+
+@pytest.fixture
+async def nutanix_target(tmp_path: Path, prism: PrismDouble, prism_ca: Any) -> AsyncIterator[Target]:
+    cfg = nutanix_connector(prism, prism_ca[1])
+
+    def leftovers(name: str) -> list[Any]:  # the double is this test's own: all of it
+        return [*prism.images, *prism.vms]
+
+    def staging_exists(resource: Resource) -> bool:
+        return getattr(resource, "uuid", None) in prism.images
+
+    yield Target(lambda: create(cfg, FAST), qcow2_disk(tmp_path / "disk.qcow2", 3), "qcow2",
+                 leftovers, staging_exists)

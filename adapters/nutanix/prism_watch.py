@@ -1,0 +1,129 @@
+"""The VMs' power states, one poll per Prism endpoint (URL, user, TLS) for every waiting task.
+
+Each round is one ``POST /vms/list`` filtered to the watched VM names (FIQL ``,`` is OR);
+the VMs are matched by UUID. Rounds back off while nothing changes and start again at once
+when a task starts waiting. The watch has its own client, so it outlives the adapter that
+started it, and ends with the last waiting task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from adapters.base import AdapterError, Backoff
+from adapters.nutanix.nutanix_config import Config
+from adapters.nutanix.prism_client import Clients, PrismClient, endpoint_key
+from adapters.retry import RetryPolicy, retrying
+
+#: how long a round is retried while Prism fails before the watches fail
+WATCH_RETRY = RetryPolicy(attempts=8, budget=600.0, first_delay=2.0, max_delay=60.0)
+
+Report = dict[str, str] | BaseException  # VM uuid -> power state (absent: the VM is gone)
+Key = tuple[str, str, str, bool, str]
+
+
+class EndpointWatch:
+    def __init__(self, prism: PrismClient, poll: tuple[float, float], retry: RetryPolicy) -> None:
+        self.prism, self.poll, self.retry = prism, poll, retry
+        #: VM uuid -> (its name, the queues of the tasks waiting for it)
+        self.waiting: dict[str, tuple[str, list[asyncio.Queue[Report]]]] = {}
+        self.rounds = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def add(self, uuid: str, name: str) -> asyncio.Queue[Report]:
+        queue: asyncio.Queue[Report] = asyncio.Queue()
+        self.waiting.setdefault(uuid, (name, []))[1].append(queue)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="nutanix-watch")
+        return queue
+
+    def remove(self, uuid: str, queue: asyncio.Queue[Report]) -> None:
+        _, queues = self.waiting.get(uuid, ("", []))
+        if queue in queues:
+            queues.remove(queue)
+        if not queues:
+            self.waiting.pop(uuid, None)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.prism.close()
+
+    async def one_round(self) -> dict[str, str]:
+        names = sorted({name for name, _ in self.waiting.values()})
+        answer = await self.prism.call(
+            "POST", "/vms/list", {"kind": "vm", "length": 500,
+                                  "filter": ",".join(f"vm_name=={n}" for n in names)},
+            doing="listing the watched VMs", idempotent=True)
+        states: dict[str, str] = {}
+        for vm in answer.get("entities") or []:
+            uuid = (vm.get("metadata") or {}).get("uuid")
+            state = _power_state(vm)
+            if uuid in self.waiting and state:
+                states[uuid] = state
+        return states
+
+    async def _run(self) -> None:
+        backoff = Backoff(*self.poll)
+        last: dict[str, str] = {}
+        while self.waiting:
+            self._wake.clear()
+            try:
+                found = await retrying(self.one_round, "watching the VMs", self.retry)
+            except AdapterError as exc:
+                for _, queues in self.waiting.values():
+                    for queue in queues:
+                        queue.put_nowait(exc)
+                return
+            self.rounds += 1
+            if found != last:
+                backoff.reset()
+            last = found
+            for _, queues in self.waiting.values():
+                for queue in queues:
+                    queue.put_nowait(found)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff.current):
+                    await self._wake.wait()
+            backoff.current = min(backoff.current * backoff.factor, backoff.longest)
+
+
+def _power_state(vm: dict[str, Any]) -> str | None:
+    for part in ("status", "spec"):
+        state = ((vm.get(part) or {}).get("resources") or {}).get("power_state")
+        if isinstance(state, str):
+            return state
+    return None
+
+
+_WATCHES: dict[Key, EndpointWatch] = {}
+
+
+@contextlib.asynccontextmanager
+async def watching(config: Config, clients: Clients, uuid: str, name: str,
+                   retry: RetryPolicy = WATCH_RETRY) -> AsyncIterator[asyncio.Queue[Report]]:
+    """The reports of the endpoint's shared watch for the VM ``uuid`` named ``name``."""
+    key = endpoint_key(config)
+    watch = _WATCHES.get(key)
+    if watch is None:
+        watch = _WATCHES[key] = EndpointWatch(PrismClient(config, clients), clients.watch_poll, retry)
+    queue = watch.add(uuid, name)
+    try:
+        yield queue
+    finally:
+        watch.remove(uuid, queue)
+        if not watch.waiting and _WATCHES.get(key) is watch:
+            del _WATCHES[key]
+            await watch.stop()
+
+
+def endpoint_watch(config: Config) -> EndpointWatch | None:
+    """The endpoint's shared watch while a task waits (tests count its rounds)."""
+    return _WATCHES.get(endpoint_key(config))

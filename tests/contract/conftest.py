@@ -27,10 +27,12 @@ from tests.gcp.test_gcp_publish import adapter_for
 from tests.qemu.test_qemu_adapter import TINY
 from tests.qemu.test_qemu_adapter import raw_disk as qemu_raw_disk
 from tests.vsphere.conftest import connector, find_vms, make_raw_disk, vc_env, vcsim, vcsim_binary
+from tests.xenserver.conftest import dynamic_vhd, short_clients, xapi, xen_config, xen_env
 
-__all__ = ["arm_double", "arm_tls", "azurite", "emulator", "gcs", "vc_env", "vcsim", "vcsim_binary"]
+__all__ = ["arm_double", "arm_tls", "azurite", "emulator", "gcs", "vc_env", "vcsim", "vcsim_binary",
+           "xapi", "xen_env"]
 
-TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp"]
+TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "xenserver"]
 
 
 @dataclass
@@ -156,3 +158,12 @@ async def gcp_target(tmp_path: Path, gcs: Any, emulator: Any) -> AsyncIterator[T
                      staging_exists, sessions=clients.sessions)
     finally:
         await double.close()
+
+
+@pytest.fixture
+async def xenserver_target(tmp_path: Path, xapi: Any, xen_env: None) -> AsyncIterator[Target]:
+    cfg = xen_config(xapi)
+    clients = short_clients()
+    vhd, _ = dynamic_vhd(tmp_path / "disk.vhd", 32)  # random data: the file is its virtual size and more
+    yield Target(lambda: create(cfg, clients), vhd, "vhd-dynamic", xapi.leftovers,
+                 sessions=clients.pool)

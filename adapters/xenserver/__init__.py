@@ -131,9 +131,10 @@ class Adapter:
         if state != "Halted":
             raise PlatformError(f"{self.platform}: VM {name} is {state}, expected Halted")
         await ctx.progress(1.0, f"VM {name} is created, Halted")
-        link = cfg.console_url.format(uuid=uuid) if cfg.console_url else f"{cfg.url}/#vm={uuid}"
+        # without a console (Xen Orchestra...), the host: XenCenter finds the VM by name/UUID
+        link = cfg.console_url.format(uuid=uuid) if cfg.console_url else cfg.url
         ctx.published = Published(
-            link=link, summary=f"XenServer VM {name} (uuid {uuid}, Halted)",
+            link=link, summary=f"XenServer VM {name} (UUID {uuid}) on {cfg.url}, Halted",
             resource=XenPublished(uuid=uuid, ref=vm, name=name, published_at=time.time()))
 
     def next_steps(self, published: Published) -> str:

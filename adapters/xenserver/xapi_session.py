@@ -50,7 +50,8 @@ def failure_code(exc: BaseException) -> str | None:
 def translate_details(details: list[object], doing: str) -> AdapterError:
     """The adapter error for xapi's ErrorDescription ``[code, param...]``, keeping both."""
     code = str(details[0]) if details else "UNKNOWN_ERROR"
-    params = [str(p) for p in details[1:]]
+    # SESSION_INVALID's parameter is the session reference: a secret
+    params = [] if code == "SESSION_INVALID" else [str(p) for p in details[1:]]
     text = f"{doing} failed: {code}" + (f" ({', '.join(params)})" if params else "")
     if code in _AUTH:
         return AuthError(text)

@@ -218,6 +218,9 @@ async def test_the_published_vm_survives_a_json_round_trip_and_cleanup_removes_i
     ctx = context(dynamic_vhd(tmp_path / "disk.vhd"))
     try:
         published = await publish(adapter, ctx)
+        uuid = published.expect(XenPublished).uuid
+        assert published.link == xapi.url  # no console_url: the host, and the VM's name and UUID
+        assert published.summary == f"XenServer VM win10-office-1 (UUID {uuid}) on {xapi.url}, Halted"
         again = Published.from_json(published.to_json())
         assert again.expect(XenPublished) == published.resource
         later = context(dynamic_vhd(tmp_path / "disk2.vhd"),

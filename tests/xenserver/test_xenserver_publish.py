@@ -104,8 +104,8 @@ async def test_one_event_session_serves_every_waiting_vm(xapi: XapiDouble, xen_e
         published = [await publish(adapter, ctx) for ctx in contexts]
         watches = [asyncio.create_task(adapter.wait_for_shutdown(p, c))
                    for p, c in zip(published, contexts, strict=True)]
-        await until(lambda: (h := host_events(adapter._key)) is not None and len(h.waiting) == 3,
-                    "three waiting VMs")
+        await until(lambda: (h := host_events(adapter._key)) is not None and len(h.waiting) == 3
+                    and xapi.state.event_calls > 0, "three waiting VMs and the event session")
         before = xapi.state.logins
         for i in range(3):
             xapi.set_power(f"vm-{i}", "Running")

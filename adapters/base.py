@@ -50,7 +50,7 @@ from adapters.steps import Outcome, Step, StepRunner
 
 log = logging.getLogger(__name__)
 
-DiskFormat = Literal["raw", "qcow2", "vmdk", "vhd", "vhdx", "gce-tar"]
+DiskFormat = Literal["raw", "qcow2", "vmdk", "vhd", "vhd-dynamic", "vhdx", "gce-tar"]
 
 
 class Capability(enum.Flag):

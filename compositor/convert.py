@@ -26,6 +26,8 @@ _QEMU: dict[str, tuple[str, str | None]] = {
     "qcow2": ("qcow2", None),
     "vmdk": ("vmdk", "subformat=streamOptimized,adapter_type=lsilogic"),
     "vhd": ("vpc", "subformat=fixed,force_size"),
+    #: XenServer's import_raw_vdi takes a dynamic VHD and writes only its allocated blocks
+    "vhd-dynamic": ("vpc", "subformat=dynamic,force_size"),
     "vhdx": ("vhdx", "subformat=dynamic"),
 }
 #: formats qemu-img check supports (vpc does not)
@@ -51,8 +53,8 @@ async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction, ids: Ke
         return await _verify_qemu(out, "raw", size, fmt)
     if fmt == "gce-tar":
         return await _gce_tar(raw, out, size)
-    if fmt == "vhd" and size % MIB:
-        raise CompositorError(f"vhd: the raw disk is {size} bytes, not a whole number of MiB")
+    if fmt in ("vhd", "vhd-dynamic") and size % MIB:
+        raise CompositorError(f"{fmt}: the raw disk is {size} bytes, not a whole number of MiB")
     qemu_fmt, options = _QEMU[fmt]
 
     def on_line(line: str) -> None:

@@ -38,7 +38,7 @@ _VHDX_REGION_TABLE_SIZE = 64 << 10
 
 def pin_identity(fmt: str, path: Path, ids: KeyIdentity) -> None:
     """Rewrite the values qemu-img chose at random (or from the clock) in ``path``."""
-    pin = {"vmdk": pin_vmdk, "vhd": pin_vhd, "vhdx": pin_vhdx}.get(fmt)
+    pin = {"vmdk": pin_vmdk, "vhd": pin_vhd, "vhd-dynamic": pin_vhd_dynamic, "vhdx": pin_vhdx}.get(fmt)
     if pin is not None:
         pin(path, ids)
 
@@ -83,17 +83,36 @@ def pin_vhd(path: Path, ids: KeyIdentity) -> None:
         end = fh.seek(0, os.SEEK_END) - SECTOR
         if end < 0:
             raise _fail("vhd", path, 0, "no footer: the file is shorter than 512 bytes")
-        fh.seek(end)
-        footer = bytearray(fh.read(SECTOR))
-        if footer[:8] != b"conectix":
-            raise _fail("vhd", path, end, f"footer cookie {bytes(footer[:8])!r}, not b'conectix'")
-        if _vhd_checksum(footer) != struct.unpack_from(">I", footer, 64)[0]:
-            raise _fail("vhd", path, end + 64, "wrong footer checksum")
-        struct.pack_into(">I", footer, 24, CONVERTED_TIME - _VHD_EPOCH)
-        footer[68:84] = ids.uuid("vhd unique id").bytes
-        struct.pack_into(">I", footer, 64, _vhd_checksum(footer))
-        fh.seek(end)
-        fh.write(footer)
+        _pin_vhd_footer(fh, path, "vhd", end, ids)
+
+
+def pin_vhd_dynamic(path: Path, ids: KeyIdentity) -> None:
+    """A dynamic VHD (same specification) starts with a copy of the footer and has its dynamic
+    disk header ("cxsparse") at byte 512; the header holds no random or clock value (no parent),
+    so both footers are pinned as :func:`pin_vhd` pins the fixed disk's one."""
+    with open(path, "r+b") as fh:
+        end = fh.seek(0, os.SEEK_END) - SECTOR
+        if end < 2 * SECTOR:
+            raise _fail("vhd-dynamic", path, 0, "the file is too short for a footer copy, a "
+                                                "dynamic header and a footer")
+        if (cookie := _read(fh, SECTOR, 8)) != b"cxsparse":
+            raise _fail("vhd-dynamic", path, SECTOR, f"dynamic header cookie {cookie!r}, not b'cxsparse'")
+        for at in (0, end):
+            _pin_vhd_footer(fh, path, "vhd-dynamic", at, ids)
+
+
+def _pin_vhd_footer(fh: BinaryIO, path: Path, fmt: str, at: int, ids: KeyIdentity) -> None:
+    fh.seek(at)
+    footer = bytearray(fh.read(SECTOR))
+    if footer[:8] != b"conectix":
+        raise _fail(fmt, path, at, f"footer cookie {bytes(footer[:8])!r}, not b'conectix'")
+    if _vhd_checksum(footer) != struct.unpack_from(">I", footer, 64)[0]:
+        raise _fail(fmt, path, at + 64, "wrong footer checksum")
+    struct.pack_into(">I", footer, 24, CONVERTED_TIME - _VHD_EPOCH)
+    footer[68:84] = ids.uuid("vhd unique id").bytes
+    struct.pack_into(">I", footer, 64, _vhd_checksum(footer))
+    fh.seek(at)
+    fh.write(footer)
 
 
 def _vhd_checksum(footer: bytes | bytearray) -> int:

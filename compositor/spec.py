@@ -9,13 +9,14 @@ from typing import Literal
 
 LayerKind = Literal["os", "app", "platform"]
 Filesystem = Literal["ext4", "ntfs"]
-DiskFormat = Literal["raw", "qcow2", "vmdk", "vhd", "vhdx", "gce-tar"]
+DiskFormat = Literal["raw", "qcow2", "vmdk", "vhd", "vhd-dynamic", "vhdx", "gce-tar"]
 
 FORMAT_EXTENSIONS: dict[str, str] = {
     "raw": "img",
     "qcow2": "qcow2",
     "vmdk": "vmdk",
     "vhd": "vhd",
+    "vhd-dynamic": "vhd",
     "vhdx": "vhdx",
     "gce-tar": "tar.gz",
 }

@@ -82,6 +82,20 @@ async def test_vhd_fixed_with_whole_mib(layer: Path, tmp_path: Path) -> None:
     assert checksum == ~sum(footer[:64] + b"\0\0\0\0" + footer[68:]) & 0xFFFFFFFF
 
 
+async def test_vhd_dynamic_has_header_and_both_footers(layer: Path, tmp_path: Path) -> None:
+    path = await _build(layer, "vhd-dynamic", tmp_path)
+    data = path.read_bytes()
+    assert len(data) < GIB // 2  # only allocated blocks are stored
+    footer = data[-512:]
+    assert data[:512] == footer and footer[:8] == b"conectix"
+    assert data[512:520] == b"cxsparse"
+    assert footer[28:32] == b"qem2"  # force_size: no CHS rounding
+    assert struct.unpack(">Q", footer[48:56])[0] == GIB
+    assert struct.unpack(">I", footer[60:64])[0] == 3  # dynamic
+    checksum = struct.unpack(">I", footer[64:68])[0]
+    assert checksum == ~sum(footer[:64] + b"\0\0\0\0" + footer[68:]) & 0xFFFFFFFF
+
+
 async def test_vhdx_signature(layer: Path, tmp_path: Path) -> None:
     path = await _build(layer, "vhdx", tmp_path)
     assert path.read_bytes()[:8] == b"vhdxfile"
@@ -100,7 +114,7 @@ async def test_gce_tar(layer: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt,qemu_fmt", [("raw", "raw"), ("qcow2", "qcow2"), ("vmdk", "vmdk"),
-                                          ("vhd", "vpc"), ("vhdx", "vhdx")])
+                                          ("vhd", "vpc"), ("vhd-dynamic", "vpc"), ("vhdx", "vhdx")])
 async def test_every_format_is_read_back_with_qemu_img_info(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, qemu_fmt: str) -> None:
     raw = tmp_path / "composited.img"
@@ -124,6 +138,8 @@ async def test_every_format_is_read_back_with_qemu_img_info(
     ("vmdk", ["vmdk", "-o", "subformat=streamOptimized"], 0,
      r"vmdk: disk\.vmdk: magic b'\\xb4DMV', not b'KDMV' at byte 0;"),
     ("vhd", ["vpc", "-o", "subformat=fixed"], -512 + 70, r"vhd: disk\.vhd: wrong footer checksum at byte "),
+    ("vhd-dynamic", ["vpc", "-o", "subformat=dynamic"], 70,
+     r"vhd-dynamic: disk\.vhd-dynamic: wrong footer checksum at byte 64;"),
     ("vhdx", ["vhdx"], (128 << 10) + 100, r"vhdx: disk\.vhdx: wrong CRC-32C checksum at byte 131076;"),
 ])
 def test_a_converted_file_not_as_qemu_img_writes_it_is_refused_with_where(

@@ -83,7 +83,7 @@ async def test_two_builds_of_one_ext4_template_are_byte_identical(
 
 
 #: format -> qemu-img's name for it
-CONVERTED = {"vmdk": "vmdk", "vhd": "vpc", "vhdx": "vhdx", "gce-tar": None}
+CONVERTED = {"vmdk": "vmdk", "vhd": "vpc", "vhd-dynamic": "vpc", "vhdx": "vhdx", "gce-tar": None}
 
 
 def _qemu_img(*args: str | Path) -> str:

@@ -30,11 +30,12 @@ from tests.nutanix.prism_double import PrismDouble
 from tests.qemu.test_qemu_adapter import TINY
 from tests.qemu.test_qemu_adapter import raw_disk as qemu_raw_disk
 from tests.vsphere.conftest import connector, find_vms, make_raw_disk, vc_env, vcsim, vcsim_binary
+from tests.xenserver.conftest import dynamic_vhd, short_clients, xapi, xen_config, xen_env
 
 __all__ = ["arm_double", "arm_tls", "azurite", "emulator", "gcs", "prism", "prism_ca", "vc_env",
-           "vcsim", "vcsim_binary"]
+           "vcsim", "vcsim_binary", "xapi", "xen_env"]
 
-TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix"]
+TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver"]
 
 
 @dataclass
@@ -174,3 +175,12 @@ async def nutanix_target(tmp_path: Path, prism: PrismDouble, prism_ca: Any) -> A
 
     yield Target(lambda: create(cfg, FAST), qcow2_disk(tmp_path / "disk.qcow2", 3), "qcow2",
                  leftovers, staging_exists)
+
+
+@pytest.fixture
+async def xenserver_target(tmp_path: Path, xapi: Any, xen_env: None) -> AsyncIterator[Target]:
+    cfg = xen_config(xapi)
+    clients = short_clients()
+    vhd, _ = dynamic_vhd(tmp_path / "disk.vhd", 32)  # random data: the file is its virtual size and more
+    yield Target(lambda: create(cfg, clients), vhd, "vhd-dynamic", xapi.leftovers,
+                 sessions=clients.pool)

@@ -1,0 +1,259 @@
+"""Citrix Hypervisor / XenServer adapter (XenAPI over XML-RPC, the disk over HTTP).
+
+Publish: log in (``session.login_with_password``), find the SR, network and ``vm_template``
+by name (a missing one is named in the error before anything is made) -> ``VDI.create`` with
+the disk's virtual size -> ``PUT /import_raw_vdi?...&format=vhd`` streams the compositor's
+dynamic VHD (:mod:`adapters.xenserver.vdi_import`) and its task is checked -> ``VM.clone`` of
+``vm_template`` (a template clone is provisioned and made a VM) -> a bootable VBD (userdevice
+0) for the disk and a VIF on ``network``; the VM is left Halted. The watch follows the VM
+with ``event.from`` (:mod:`adapters.xenserver.xen_watch`): Running, then Halted -> Done.
+Cleanup destroys the VM, its VBDs and disks, and the uploaded VDI. XenAPI is imported only
+inside functions.
+
+Example connector (layerbot.yml)::
+
+    connectors:
+      xen-lab:
+        type: xenserver
+        host: xenpool.lab.example          # the pool coordinator (or https://host:port)
+        user_env: XEN_USER                 # names of environment variables, not values
+        password_env: XEN_PASSWORD
+        ca_file: certs/xen-ca.pem          # or insecure: true (labs only)
+        sr: Local storage                  # storage repository (name_label)
+        network: Pool-wide network associated with eth0
+        vm_template: Windows 10 (64-bit)   # a template or VM (name_label) to clone
+        console_url: https://xo.lab.example/#/vms/{uuid}/general   # optional
+        scripts: [scripts/activate-office.cmd]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, ClassVar
+
+from adapters.base import (
+    Capability,
+    DiskFormat,
+    GuestTimeoutError,
+    NotFoundError,
+    PlatformError,
+    PlatformStep,
+    PublishContext,
+    Published,
+)
+from adapters.resources import Resource, latest
+from adapters.steps import Step
+from adapters.xenserver.vdi_import import import_vhd
+from adapters.xenserver.xapi_session import Clients, XapiSession, session_key, tls_context
+from adapters.xenserver.xen_config import Config
+from adapters.xenserver.xen_resources import XenPublished, XenVdi, XenVm, XenVmRan
+from adapters.xenserver.xen_watch import watching
+
+__all__ = ["Adapter", "Clients", "Config", "XenPublished", "XenVdi", "XenVm", "XenVmRan"]
+
+NEXT_STEPS = (
+    "The virtual machine {name} is created, but off. Power it on in XenCenter or Xen "
+    "Orchestra ({where}), log in as a local user, and let the machine run the scripts "
+    "specified in the connector configuration; shut it down when it is in the desired state "
+    "and the task changes to Done."
+)
+
+
+class Adapter:
+    type_name: ClassVar[str] = "xenserver"
+    platform: ClassVar[str] = "Citrix Hypervisor"
+    capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.CREATES_VM
+
+    def __init__(self, config: Config, clients: Clients | None = None) -> None:
+        self.config = config
+        self.clients = clients or Clients()
+        self.context = tls_context(config.insecure, config.ca_file)
+        self._key = session_key(config.url, config.user_env, config.password_env, config.insecure,
+                                config.ca_file, self.clients)
+        self.session = self.clients.pool.acquire(self._key, self._new_session)
+        self._closed = False
+
+    def _new_session(self) -> XapiSession:
+        cfg = self.config
+        return XapiSession(cfg.url, cfg.user_env, cfg.password_env, self.context,
+                           self.clients.timeout)
+
+    def disk_format(self) -> DiskFormat:
+        return "vhd-dynamic"
+
+    # ------------------------------------------------------------ publish
+    def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
+        return [PlatformStep("disk", self, self._disk), PlatformStep("vm", self, self._vm)]
+
+    async def _one(self, cls: str, label: str, key: str) -> str:
+        """The ref of the object of class ``cls`` named ``label``; NotFoundError naming the key."""
+        refs: list[str] = await self.session.xapi(
+            f"looking up {cls} {label!r}",
+            lambda x: getattr(x, cls).get_by_name_label(label), idempotent=True)
+        if not refs:
+            raise NotFoundError(f"XenServer {self.config.url}: {key}: no {cls} named {label!r}")
+        return refs[0]
+
+    async def _disk(self, ctx: PublishContext) -> None:
+        if ctx.artifact_format != "vhd-dynamic":
+            raise PlatformError(f"{self.platform}: expected a dynamic VHD, got {ctx.artifact_format}")
+        cfg = self.config
+        sr = await self._one("SR", cfg.sr, "sr")
+        await self._one("network", cfg.network, "network")
+        await self._one("VM", cfg.vm_template, "vm_template")
+        record = {"name_label": ctx.image_name, "name_description": f"layerbot task {ctx.task_id}",
+                  "SR": sr, "virtual_size": str(ctx.virtual_size), "type": "user",
+                  "sharable": False, "read_only": False,
+                  "other_config": {"layerbot-task": ctx.task_id}}
+        await ctx.progress(0.0, f"creating disk {ctx.image_name} on SR {cfg.sr}")
+        vdi = await self.session.xapi("creating the disk", lambda x: x.VDI.create(record))
+        uuid = await self.session.xapi("reading the disk", lambda x: x.VDI.get_uuid(vdi),
+                                       idempotent=True)
+        await ctx.record(XenVdi(uuid=uuid, name=ctx.image_name))
+        await import_vhd(self.session, vdi, ctx.image_name, ctx.artifact, self.context,
+                         ctx.progress, self.clients.task_poll)
+
+    async def _vm(self, ctx: PublishContext) -> None:
+        cfg, name = self.config, ctx.image_name
+        vdi_uuid = _need(latest(ctx.resources, XenVdi), "the uploaded disk").uuid
+        template = await self._one("VM", cfg.vm_template, "vm_template")
+        network = await self._one("network", cfg.network, "network")
+        await ctx.progress(0.0, f"cloning {cfg.vm_template!r} as VM {name}")
+        vm = await self.session.xapi("cloning vm_template", lambda x: x.VM.clone(template, name))
+        uuid = await self.session.xapi("reading the VM", lambda x: x.VM.get_uuid(vm), idempotent=True)
+        await ctx.record(XenVm(uuid=uuid, name=name))
+        await self.session.xapi("preparing the VM", lambda x: _make_vm(x, vm, ctx.task_id))
+        await self.session.xapi("attaching the disk and network",
+                                lambda x: _attach(x, vm, x.VDI.get_by_uuid(vdi_uuid), network))
+        state = await self.session.xapi("reading the VM", lambda x: x.VM.get_power_state(vm),
+                                        idempotent=True)
+        if state != "Halted":
+            raise PlatformError(f"{self.platform}: VM {name} is {state}, expected Halted")
+        await ctx.progress(1.0, f"VM {name} is created, Halted")
+        # without a console (Xen Orchestra...), the host: XenCenter finds the VM by name/UUID
+        link = cfg.console_url.format(uuid=uuid) if cfg.console_url else cfg.url
+        ctx.published = Published(
+            link=link, summary=f"XenServer VM {name} (UUID {uuid}) on {cfg.url}, Halted",
+            resource=XenPublished(uuid=uuid, ref=vm, name=name, published_at=time.time()))
+
+    def next_steps(self, published: Published) -> str:
+        vm = published.expect(XenPublished)
+        return NEXT_STEPS.format(name=vm.name, where=f"{vm.name}, UUID {vm.uuid}, on "
+                                                     f"{self.config.url}")
+
+    # ------------------------------------------------------------ watch
+    async def wait_for_shutdown(self, published: Published, ctx: PublishContext) -> None:
+        vm = published.expect(XenPublished)
+        timeout = self.config.watch_timeout or ctx.watch_timeout
+        deadline = vm.published_at + timeout
+        ran = any(isinstance(r, XenVmRan) and r.uuid == vm.uuid for r in ctx.resources)
+        await ctx.progress(0.0, f"waiting for VM {vm.name} to be powered on and shut down")
+        async with watching(self._key, self._new_session, vm.ref, self.clients.event_wait) as reports:
+            now = await self.session.xapi("reading the VM", lambda x: x.VM.get_power_state(vm.ref),
+                                          idempotent=True)
+            reports.put_nowait(now)
+            while True:
+                remaining = deadline - time.time()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining):
+                        report = await reports.get()
+                except TimeoutError:
+                    raise GuestTimeoutError(
+                        f"{self.platform}: waited {timeout:g} s for VM {vm.name} to be powered on "
+                        "and shut down (watch_timeout)") from None
+                if isinstance(report, BaseException):
+                    raise report
+                if report == "deleted":
+                    raise PlatformError(f"{self.platform}: VM {vm.name} ({vm.uuid}) was deleted "
+                                        "before it ran and shut down")
+                if report == "Running" and not ran:
+                    ran = True
+                    await ctx.record(XenVmRan(uuid=vm.uuid))
+                    await ctx.progress(0.5, f"VM {vm.name} is running; waiting for it to shut down")
+                elif report == "Halted" and ran:
+                    await ctx.progress(1.0, f"VM {vm.name} has shut down")
+                    return
+
+    # ------------------------------------------------------------ cleanup
+    async def remove(self, resource: Resource) -> list[str]:
+        if isinstance(resource, XenVm):
+            return await self.session.xapi(f"removing {resource.describe()}",
+                                           lambda x: _destroy_vm(x, resource))
+        if isinstance(resource, XenVdi):
+            return await self.session.xapi(f"removing {resource.describe()}",
+                                           lambda x: _destroy_vdi(x, resource))
+        raise PlatformError(f"{self.platform}: cannot remove {resource.describe()}")
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.clients.pool.release(self._key, self.session)
+
+
+def _need(resource: Resource | None, what: str) -> Any:
+    if resource is None:
+        raise PlatformError(f"Citrix Hypervisor: {what} was not recorded")
+    return resource
+
+
+def _make_vm(x: Any, vm: str, task_id: str) -> None:
+    """A clone of a template is a template: provisioned (without the template's own disk
+    list: the uploaded disk is the VM's) and made a VM."""
+    if x.VM.get_is_a_template(vm):
+        x.VM.remove_from_other_config(vm, "disks")
+        x.VM.provision(vm)
+        x.VM.set_is_a_template(vm, False)
+    x.VM.add_to_other_config(vm, "layerbot-task", task_id)
+
+
+def _attach(x: Any, vm: str, vdi: str, network: str) -> None:
+    x.VBD.create({"VM": vm, "VDI": vdi, "userdevice": "0", "bootable": True, "mode": "RW",
+                  "type": "Disk", "unpluggable": False, "empty": False, "other_config": {},
+                  "qos_algorithm_type": "", "qos_algorithm_params": {}})
+    devices = {int(x.VIF.get_device(vif)) for vif in x.VM.get_VIFs(vm)}
+    device = next(n for n in range(len(devices) + 1) if n not in devices)
+    x.VIF.create({"device": str(device), "network": network, "VM": vm, "MAC": "", "MTU": "1500",
+                  "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
+
+
+def _ref_of(getter: Any, uuid: str) -> str | None:
+    from adapters.xenserver.xen_watch import is_gone
+
+    try:
+        return str(getter(uuid))
+    except Exception as exc:
+        if is_gone(exc):
+            return None
+        raise
+
+
+def _destroy_vm(x: Any, vm: XenVm) -> list[str]:
+    ref = _ref_of(x.VM.get_by_uuid, vm.uuid)
+    if ref is None:
+        return []
+    if x.VM.get_power_state(ref) != "Halted":
+        x.VM.hard_shutdown(ref)
+    removed = []
+    for vbd in x.VM.get_VBDs(ref):
+        vdi = x.VBD.get_VDI(vbd)
+        kind = x.VBD.get_type(vbd)
+        x.VBD.destroy(vbd)
+        if kind == "Disk" and vdi != "OpaqueRef:NULL":
+            label = x.VDI.get_name_label(vdi)
+            x.VDI.destroy(vdi)
+            removed.append(f"XenServer disk {label}")
+    for vif in x.VM.get_VIFs(vm_ref := ref):
+        x.VIF.destroy(vif)
+    x.VM.destroy(vm_ref)
+    return [vm.describe(), *removed]
+
+
+def _destroy_vdi(x: Any, vdi: XenVdi) -> list[str]:
+    ref = _ref_of(x.VDI.get_by_uuid, vdi.uuid)
+    if ref is None:
+        return []
+    x.VDI.destroy(ref)
+    return [vdi.describe()]

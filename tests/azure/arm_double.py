@@ -102,13 +102,13 @@ class Blobs:
                 await container.create_container()
             await container.get_blob_client(name).create_page_blob(size)
 
-    async def create_sas(self, name: str) -> str:
-        """A read/write SAS URL of the blob."""
+    async def create_sas(self, name: str, write: bool = True) -> str:
+        """A SAS URL of the blob: read/write, or read only."""
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
         sas = generate_blob_sas(self.account_name, self.container, name,
                                 account_key=self.account_key,
-                                permission=BlobSasPermissions(read=True, write=True),
+                                permission=BlobSasPermissions(read=True, write=write),
                                 expiry=datetime.now(UTC) + timedelta(hours=1))
         return f"{self.account_url}/{self.container}/{name}?{sas}"
 
@@ -389,22 +389,24 @@ class ArmDouble:
         props = disk["properties"]
         if action == "beginGetAccess":
             _require(body, "access", "durationInSeconds")
-            if body["access"] != "Write" or props["diskState"] not in ("ReadyToUpload",
-                                                                       "ActiveUpload"):
+            # an upload disk takes writes until revoked; a closed one can be read (export)
+            allowed = {"Write": ("ReadyToUpload", "ActiveUpload"), "Read": ("Unattached",)}
+            if props["diskState"] not in allowed.get(body["access"], ()):
                 raise ArmFault(409, "OperationNotAllowed",
                                f"Disk {disk['name']} in state {props['diskState']} cannot be "
                                f"opened for {body['access']}")
+            write = body["access"] == "Write"
 
             async def granted() -> dict[str, Any]:
-                props["diskState"] = "ActiveUpload"
+                props["diskState"] = "ActiveUpload" if write else "ActiveSAS"
                 if self.blobs is None:
                     return {"accessSAS": f"https://127.0.0.1:1/no-blob/{disk['name']}?sig=x"}
                 # a new SAS for the same blob (the page blob was made with the disk)
-                return {"accessSAS": await self.blobs.create_sas(_blob_name(disk))}
+                return {"accessSAS": await self.blobs.create_sas(_blob_name(disk), write)}
             return self._accepted(request, "disks", granted)
         if action == "endGetAccess":
             async def revoked() -> None:
-                if props["diskState"] == "ActiveUpload":
+                if props["diskState"] in ("ActiveUpload", "ActiveSAS"):
                     props["diskState"] = "Unattached"
                 return None
             return self._accepted(request, "disks", revoked)

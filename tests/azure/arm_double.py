@@ -219,7 +219,9 @@ class ArmDouble:
         self._authorize(request)
         path = request.path
         op = _OPERATION.match(path)
-        if op:
+        if op:  # a long-running operation's status: throttled as any read
+            self.requests.append((request.method, "operations"))
+            self._throttled(request.method, "operations")
             return await self._operation(request, op["op"])
         match = _ARM.match(path)
         if not match:
@@ -240,14 +242,7 @@ class ArmDouble:
                                                   5: "definitions", 6: "versions",
                                                   7: "versions"}.get(len(parts), "galleries")
         self.requests.append((request.method, label))
-        for throttle in self.throttles:
-            if throttle.times > 0 and throttle.method == request.method and throttle.kind == label:
-                throttle.times -= 1
-                raise ArmFault(429, "TooManyRequests",
-                               "The request is being throttled as the limit has been reached for "
-                               "operation type - Write. For more information, see "
-                               "https://aka.ms/throttling",
-                               {"Retry-After": str(throttle.retry_after)})
+        self._throttled(request.method, label)
         body: dict[str, Any] = {}
         if request.method in ("PUT", "POST") and request.can_read_body:
             body = await request.json()
@@ -255,6 +250,17 @@ class ArmDouble:
         handler = {"disks": self._disks, "images": self._images,
                    "virtualMachines": self._vms, "galleries": self._galleries}[kind]
         return await handler(request, rg, parts[1:], body)
+
+    def _throttled(self, method: str, kind: str) -> None:
+        for throttle in self.throttles:
+            if throttle.times > 0 and throttle.method == method and throttle.kind == kind:
+                throttle.times -= 1
+                operation = "Read" if method == "GET" else "Write"
+                raise ArmFault(429, "TooManyRequests",
+                               "The request is being throttled as the limit has been reached for "
+                               f"operation type - {operation}. For more information, see "
+                               "https://aka.ms/throttling",
+                               {"Retry-After": str(throttle.retry_after)})
 
     # ------------------------------------------------------------ LRO
     def _id(self, rg: str, *parts: str) -> str:

@@ -185,17 +185,6 @@ async def test_publish_mcs_gallery_version(arm_double: ArmDouble, arm_tls: Tls,
         await v1.close()
 
 
-async def test_throttled_then_succeeds(arm_double: ArmDouble, arm_tls: Tls, tmp_path: Path) -> None:
-    double = arm_double
-    double.throttle("PUT", "images", times=1, retry_after=1)
-    adapter = create(config(double), clients(double, arm_tls))
-    try:
-        await publish(adapter, context(vhd(tmp_path / "t.vhd"), "throttled"))
-        assert double.count("PUT", "images") == 2 and len(double.images) == 1
-    finally:
-        await adapter.close()
-
-
 async def test_lro_failed_keeps_azure_code_and_removes_what_it_made(
         arm_double: ArmDouble, arm_tls: Tls, tmp_path: Path) -> None:
     double = arm_double

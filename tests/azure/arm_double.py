@@ -35,6 +35,8 @@ API_VERSIONS = {
 _ARM = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/"
     r"(?P<rest>.+)$", re.I)
+_LIST_ALL = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Compute/virtualMachines$",
+                       re.I)
 _OPERATION = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Compute/locations/"
                         r"(?P<loc>[^/]+)/operations/(?P<op>[^/]+)$", re.I)
 
@@ -223,6 +225,15 @@ class ArmDouble:
             self.requests.append((request.method, "operations"))
             self._throttled(request.method, "operations")
             return await self._operation(request, op["op"])
+        every = _LIST_ALL.match(path)
+        if every and request.method == "GET" and every["sub"] == self.subscription_id:
+            if request.query.get("api-version") not in API_VERSIONS["virtualMachines"]:
+                raise ArmFault(400, "InvalidApiVersionParameter", "bad api-version")
+            self.requests.append(("GET", "virtualMachines"))
+            self._throttled("GET", "virtualMachines")
+            status = request.query.get("statusOnly") == "true"
+            return web.json_response({"value": [self._vm_view(vm, status)
+                                                for vm in self.vms.values()]})
         match = _ARM.match(path)
         if not match:
             raise ArmFault(404, "InvalidResourceType", f"no resource type at {path}")
@@ -543,7 +554,9 @@ class ArmDouble:
             raise ArmFault(404, "NotFound", f"The image {image_id} was not found")
         resource = {"id": self._id(rg, "virtualMachines", name), "name": name,
                     "type": "Microsoft.Compute/virtualMachines", "location": body["location"],
-                    "properties": body["properties"], "_power": "running"}
+                    "properties": {**body["properties"],
+                                   "timeCreated": datetime.now(UTC).isoformat()},
+                    "_power": "running"}
         return self._creating(request, "virtualMachines", self.vms, key, resource)
 
     @staticmethod

@@ -4,12 +4,13 @@ the operation again."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from adapters import create
-from adapters.base import publish
+from adapters.base import PlatformError, publish
 from adapters.retry import RetryPolicy
 from tests.azure.arm_double import ArmDouble
 from tests.azure.arm_fixtures import Tls, arm_double, arm_tls, clients, config
@@ -58,3 +59,22 @@ async def test_throttled_polls_are_retried_in_place_without_a_second_put(
         assert len(arm_double.images) + len(arm_double.versions) == 2
     finally:
         await adapter.close()
+
+
+async def test_two_mcs_tasks_in_the_same_second_get_two_versions(
+        arm_double: ArmDouble, arm_tls: Tls, tmp_path: Path) -> None:
+    from adapters.azure_mcs import bump_patch
+
+    # a pattern that gives the same name all day: the second task bumps the patch number
+    adapter = create(config(arm_double, "azure-mcs", version="{yyyy}.{mm}{dd}.1"),
+                     clients(arm_double, arm_tls))
+    try:
+        await asyncio.gather(publish(adapter, context(vhd(tmp_path / "a.vhd"), "twin-a")),
+                             publish(adapter, context(vhd(tmp_path / "b.vhd"), "twin-b")))
+        names = sorted(v["name"] for v in arm_double.versions.values())
+        assert len(names) == 2 and names[1] == bump_patch(names[0]) and names[0].endswith(".1")
+    finally:
+        await adapter.close()
+    assert bump_patch("1.2.3") == "1.2.4"
+    with pytest.raises(PlatformError, match="32-bit limit 2147483647"):
+        bump_patch("1.2.2147483647")

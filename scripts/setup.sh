@@ -43,11 +43,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,test]'
 
-# Azurite (tests/azure): project-local, git-ignored; reinstalled only when its version changes
-AZURITE_VERSION=3.35.0
-if [ "$(cat .tools/azurite/.version 2>/dev/null)" != "$AZURITE_VERSION" ]; then
-  mkdir -p .tools/azurite
-  npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error \
-    "azurite@$AZURITE_VERSION" >/dev/null
-  echo "$AZURITE_VERSION" > .tools/azurite/.version
+# Azurite (tests/azure): the exact version and dependency tree of tools/azurite's lockfile,
+# installed with `npm ci` into the git-ignored .tools/azurite (no global install, no install
+# scripts); reinstalled only when the lockfile changes
+AZURITE_SRC=tools/azurite
+AZURITE_DIR=.tools/azurite
+if ! cmp -s "$AZURITE_SRC/package-lock.json" "$AZURITE_DIR/package-lock.json" \
+    || [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+  rm -rf "$AZURITE_DIR"
+  mkdir -p "$AZURITE_DIR"
+  cp "$AZURITE_SRC/package.json" "$AZURITE_SRC/package-lock.json" "$AZURITE_DIR/"
+  npm ci --prefix "$AZURITE_DIR" --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
 fi

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import tarfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from bot.catalog import Catalog, load_catalog
 from bot.store.task_store import TaskStore
+from tests.azure.azurite import Azurite, AzuriteUnavailable, start_azurite
 
 
 def write_tar(path: Path, members: dict[str, bytes | None], *, compression: str = "") -> Path:
@@ -99,3 +100,14 @@ def store(tmp_path: Path) -> TaskStore:
     s = TaskStore(tmp_path / "layerbot.db")
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite once per test session, for tests/azure and the contract suite alike."""
+    try:
+        peer = start_azurite(tmp_path_factory.mktemp("azurite"))
+    except AzuriteUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield peer
+    peer.stop()

@@ -58,6 +58,8 @@ __all__ = ["Adapter", "Clients", "Config"]
 
 #: instance-view power states after which a VM that ran has shut down
 STOPPED = frozenset({"stopped", "deallocated"})
+#: seconds of clock difference allowed between this runner and Azure's ``timeCreated``
+CLOCK_SKEW = 300.0
 
 
 class Adapter(AzureAdapterBase):
@@ -109,6 +111,10 @@ class Adapter(AzureAdapterBase):
                         await ctx.record(AzurePoweredOn(vm_id=vm.id))
                         await ctx.progress(0.5, f"VM {vm.name} is running; waiting for it to "
                                                 "shut down")
-                    elif vm.power in STOPPED and vm.id.lower() in seen:
+                    # Azure starts a VM it creates: one made from this new image that is
+                    # stopped has run, even if no listing saw it running
+                    elif vm.power in STOPPED and (
+                            vm.id.lower() in seen or (vm.created is not None and
+                                                      vm.created >= res.published_at - CLOCK_SKEW)):
                         await ctx.progress(1.0, f"VM {vm.name} has shut down ({vm.power})")
                         return

@@ -1,18 +1,21 @@
 """How the Azure adapters reach Azure Resource Manager: the injected :class:`Clients`, the
 credential per connector, the async compute client and one way to call it (errors mapped,
-retried with :func:`adapters.retry.retrying`). azure-identity and azure-mgmt-compute are
+retried with :func:`adapters.retry.retrying`; a long-running operation's polls retried in
+place). azure-identity and azure-mgmt-compute are
 imported inside the functions."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapters.azure.arm_errors import adapter_error
 from adapters.azure.azure_config import AzureConfig
+from adapters.azure.poll_retry import GetRetryPolicy
 from adapters.azure_blob.pages import BlobOptions
 from adapters.base import AuthError, secret_from_env
 from adapters.retry import RetryPolicy, retrying
@@ -22,6 +25,9 @@ if TYPE_CHECKING:
     from azure.mgmt.compute.aio import ComputeManagementClient
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+#: times a long-running operation whose polls kept failing is started again
+RESTARTS = 2
 
 #: ARM calls: five attempts within five minutes (throttling says how long to wait)
 ARM_RETRY = RetryPolicy(attempts=5, budget=300.0, first_delay=2.0, max_delay=60.0)
@@ -105,8 +111,8 @@ class Arm:
                 credential_scopes=[f"{cfg.arm_endpoint}/.default"],
                 connection_verify=clients.connection_verify,
                 polling_interval=clients.polling_interval,
-                # one retry policy for every platform call: adapters.retry, with Retry-After
-                retry_total=0)
+                # GETs (an operation's polls) are retried in place; the rest by self.call
+                retry_policy=GetRetryPolicy(clients.arm_retry))
             self._loop = loop
         return self._client
 
@@ -125,11 +131,24 @@ class Arm:
 
     async def wait(self, begin: Callable[[ComputeManagementClient], Awaitable[Any]],
                    doing: str) -> Any:
-        """Start a long-running operation and wait for its end (Succeeded, else an error)."""
-        async def run(client: ComputeManagementClient) -> Any:
-            poller = await begin(client)
-            return await poller.result()
-        return await self.call(run, doing)
+        """Start a long-running operation and wait for its end (Succeeded, else an error).
+        The start is retried (:meth:`call`); its polls are retried in place by the client's
+        :class:`GetRetryPolicy`. Only when they fail past that budget is the operation
+        started again (safe: ARM's PUTs and deletes are idempotent), with a budget of its own."""
+        from azure.core.exceptions import AzureError
+
+        restarts = 0
+        while True:
+            poller = await self.call(begin, doing)
+            try:
+                return await poller.result()
+            except AzureError as exc:
+                error = adapter_error(exc, doing)
+                if not error.retryable or restarts >= RESTARTS:
+                    raise error from exc
+            restarts += 1
+            log.warning("Azure: %s: its status could not be read (%s); starting it again",
+                        doing, error)
 
     async def close(self) -> None:
         client, credential, self._client, self._credential = (self._client, self._credential,

@@ -16,6 +16,9 @@ class AzureUploadDisk(Resource):
     id: str
     name: str
     upload_size: int
+    #: which VHD it holds (:func:`adapters.azure.artifact.identity`); "" in rows written
+    #: before it was recorded: such an upload is started over
+    artifact: str = ""
 
     def describe(self) -> str:
         return f"Azure managed disk {self.name}"
@@ -26,6 +29,16 @@ class AzureKeptDisk(AzureUploadDisk):
 
     kind: ClassVar[str] = "azure.kept_disk"
     lifetime: ClassVar[Lifetime] = Lifetime.PARTIAL
+
+
+class AzureUploadFinished(Resource):
+    """Every page of the VHD ``artifact`` is in the upload disk ``disk_id`` (recorded before
+    its access is revoked): a runner taking the task over skips the upload."""
+
+    kind: ClassVar[str] = "azure.upload_finished"
+    lifetime: ClassVar[Lifetime] = Lifetime.MARK
+    disk_id: str
+    artifact: str
 
 
 class AzureImage(Resource):

@@ -67,15 +67,41 @@ async def create(arm: Arm, name: str, size: int) -> None:
 
 async def grant_write(arm: Arm, name: str) -> str:
     """A SAS URL to write the disk's page blob (never logged nor shown)."""
+    return await _grant(arm, name, "Write", "writing")
+
+
+async def grant_read(arm: Arm, name: str) -> str:
+    """A SAS URL to read the page blob of a closed (``Unattached``) disk."""
+    return await _grant(arm, name, "Read", "reading")
+
+
+async def _grant(arm: Arm, name: str, access: str, doing: str) -> str:
     rg = arm.cfg.resource_group
-    access = await arm.wait(
-        lambda c: c.disks.begin_grant_access(rg, name, {"access": "Write",
+    granted = await arm.wait(
+        lambda c: c.disks.begin_grant_access(rg, name, {"access": access,
                                                         "durationInSeconds": SAS_SECONDS}),
-        f"opening the upload disk {name} for writing")
-    sas = access.get("accessSAS") if access is not None else None
+        f"opening the upload disk {name} for {doing}")
+    sas = granted.get("accessSAS") if granted is not None else None
     if not sas:
-        raise PlatformError(f"Azure: opening the upload disk {name} for writing gave no SAS URL")
+        raise PlatformError(f"Azure: opening the upload disk {name} for {doing} gave no SAS URL")
     return str(sas)
+
+
+#: disk states in which its page blob is open through a SAS (revoke closes it)
+OPEN_STATES = frozenset({"ActiveUpload", "ActiveSAS", "ActiveSASFrozen"})
+#: states in which an upload disk takes (more) pages through a write SAS
+UPLOADABLE_STATES = frozenset({"ReadyToUpload", "ActiveUpload"})
+
+
+async def state(arm: Arm, name: str) -> str | None:
+    """The disk's ``diskState`` (ReadyToUpload, ActiveUpload, Unattached...), None when the
+    disk does not exist."""
+    rg = arm.cfg.resource_group
+    try:
+        found = await arm.call(lambda c: c.disks.get(rg, name), f"reading the upload disk {name}")
+    except AzureNotFoundError:
+        return None
+    return str((found.get("properties") or {}).get("diskState") or "")
 
 
 async def revoke(arm: Arm, name: str) -> None:

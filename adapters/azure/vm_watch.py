@@ -1,7 +1,8 @@
 """The watch of ``type: azure``: the VMs made from a published image, until one has run and
-then stopped. One poller per subscription and resource group (and credential) lists the
-group's VMs with their instance view, in one call, for every task waiting there; it backs
-off while nothing changes and ends with its last waiter."""
+then stopped. The admin may create the VM in any resource group: one poller per subscription
+(and credential) lists the subscription's VMs with their power state (``list_all`` with
+``statusOnly``), for every task waiting there; it backs off while nothing changes and ends
+with its last waiter."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from adapters.azure.arm import Arm, Clients, credential_identity
 from adapters.azure.azure_config import AzureConfig
-from adapters.base import AdapterError, Backoff
+from adapters.base import AdapterError, Backoff, PlatformError
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +27,23 @@ class VmPower:
     name: str
     #: the instance view's PowerState (running, stopped, deallocated, starting, ...), or None
     power: str | None
+    #: its ``timeCreated`` (epoch seconds), None when not given
+    created: float | None = None
 
 
 def image_of(vm: Any) -> str | None:
     ref = ((vm.get("properties") or {}).get("storageProfile") or {}).get("imageReference") or {}
     return str(ref["id"]).lower() if ref.get("id") else None
+
+
+def created_of(vm: Any) -> float | None:
+    text = (vm.get("properties") or {}).get("timeCreated")
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def power_of(vm: Any) -> str | None:
@@ -61,7 +75,7 @@ class Waiter:
         return list(self.latest or [])
 
 
-class GroupPoller:
+class SubscriptionPoller:
     def __init__(self, arm: Arm, clients: Clients) -> None:
         self.arm = arm
         self.clients = clients
@@ -70,13 +84,12 @@ class GroupPoller:
         self.task: asyncio.Task[None] | None = None
 
     async def _list(self) -> list[Any]:
-        rg = self.arm.cfg.resource_group
-
         async def listing(client: Any) -> list[Any]:
-            return [vm async for vm in client.virtual_machines.list(rg, expand="instanceView")]
+            return [vm async for vm in client.virtual_machines.list_all(status_only="true")]
 
-        return await self.arm.call(listing, f"listing the VMs of resource group {rg}",
-                                   self.clients.watch_retry)
+        return await self.arm.call(
+            listing, f"listing the VMs of subscription {self.arm.cfg.subscription_id}",
+            self.clients.watch_retry)
 
     async def run(self) -> None:
         backoff = Backoff(self.clients.watch_first, self.clients.watch_longest)
@@ -85,8 +98,12 @@ class GroupPoller:
             try:
                 vms = await self._list()
             except AdapterError as exc:  # past the retry budget (or not retryable): all fail
-                for waiter in self.waiters:
-                    waiter.deliver(exc)
+                self._fail(exc)
+                return
+            except Exception as exc:  # a bug or an SDK surprise: the waiters hear of it
+                log.exception("Azure: the VM watch failed")
+                self._fail(PlatformError(f"Azure: the VM watch failed: {type(exc).__name__}: "
+                                         f"{exc}"))
                 return
             self.listings += 1
             by_image: dict[str, list[VmPower]] = {}
@@ -94,7 +111,7 @@ class GroupPoller:
                 image = image_of(vm)
                 if image is not None:
                     by_image.setdefault(image, []).append(
-                        VmPower(str(vm["id"]), str(vm.get("name")), power_of(vm)))
+                        VmPower(str(vm["id"]), str(vm.get("name")), power_of(vm), created_of(vm)))
             if by_image != last:
                 backoff.reset()
             last = by_image
@@ -102,18 +119,22 @@ class GroupPoller:
                 waiter.deliver(by_image.get(waiter.image_id, []))
             await backoff.sleep()
 
+    def _fail(self, error: AdapterError) -> None:
+        for waiter in self.waiters:
+            waiter.deliver(error)
+
 
 class Watches:
-    """The pollers of this process, one per (endpoint, subscription, resource group,
-    credential, clients, event loop)."""
+    """The pollers of this process, one per (endpoint, subscription, credential, clients,
+    event loop)."""
 
     def __init__(self) -> None:
-        self.pollers: dict[tuple[Hashable, ...], GroupPoller] = {}
+        self.pollers: dict[tuple[Hashable, ...], SubscriptionPoller] = {}
 
     @staticmethod
     def key(cfg: AzureConfig, clients: Clients) -> tuple[Hashable, ...]:
-        return (cfg.arm_endpoint.lower(), cfg.subscription_id.lower(), cfg.resource_group.lower(),
-                credential_identity(cfg), clients, asyncio.get_running_loop())
+        return (cfg.arm_endpoint.lower(), cfg.subscription_id.lower(), credential_identity(cfg),
+                clients, asyncio.get_running_loop())
 
     @contextlib.asynccontextmanager
     async def watch(self, cfg: AzureConfig, clients: Clients, image_id: str
@@ -121,11 +142,11 @@ class Watches:
         key = self.key(cfg, clients)
         poller = self.pollers.get(key)
         if poller is None:
-            poller = self.pollers[key] = GroupPoller(Arm(cfg, clients), clients)
+            poller = self.pollers[key] = SubscriptionPoller(Arm(cfg, clients), clients)
         waiter = Waiter(image_id.lower())
         poller.waiters.append(waiter)
         if poller.task is None or poller.task.done():
-            poller.task = asyncio.create_task(poller.run(), name=f"azure-watch {cfg.resource_group}")
+            poller.task = asyncio.create_task(poller.run(), name=f"azure-watch {cfg.subscription_id}")
         try:
             yield waiter
         finally:

@@ -22,13 +22,16 @@ Example connector (layerbot.yml)::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Hashable
 from datetime import UTC, datetime
 from typing import ClassVar
 
 from adapters.azure import gallery
 from adapters.azure.arm import Clients
-from adapters.azure.azure_config import McsConfig, render_version
+from adapters.azure.azure_config import INT32_MAX, McsConfig, render_version
 from adapters.azure.azure_resources import AzureDefinitionCreated, AzureImageVersion, AzurePublished
 from adapters.azure.links import next_steps, portal_link
 from adapters.azure.publish import AzureAdapterBase
@@ -38,6 +41,28 @@ from adapters.steps import Step
 
 Config = McsConfig
 __all__ = ["Adapter", "Clients", "Config"]
+
+
+#: per (endpoint, subscription, group, gallery, definition, event loop): a lock, and the
+#: version names tasks of this process took (recorded before their PUT makes them exist)
+_CLAIMS: dict[tuple[Hashable, ...], tuple[asyncio.Lock, set[str]]] = {}
+
+
+@contextlib.asynccontextmanager
+async def _names(key: tuple[Hashable, ...]) -> AsyncIterator[set[str]]:
+    """The names already taken, while this task alone chooses one for the definition."""
+    lock, claimed = _CLAIMS.setdefault((*key, asyncio.get_running_loop()), (asyncio.Lock(), set()))
+    async with lock:
+        yield claimed
+
+
+def bump_patch(version: str) -> str:
+    """The next version: the patch number plus one (still a 32-bit value)."""
+    major, minor, patch = version.split(".")
+    if int(patch) + 1 > INT32_MAX:
+        raise PlatformError(f"Azure: no free image version after {version}: the patch number "
+                            f"would pass Azure's 32-bit limit {INT32_MAX}")
+    return f"{major}.{minor}.{int(patch) + 1}"
 
 
 class Adapter(AzureAdapterBase):
@@ -56,15 +81,17 @@ class Adapter(AzureAdapterBase):
             await ctx.record(AzureDefinitionCreated(id=definition_id))
         mine = latest(ctx.resources, AzureImageVersion)
         if mine is None:  # a resumed task keeps the name it recorded
-            version = render_version(cfg.version, datetime.now(UTC))
-            if await gallery.version_exists(self.arm, version):
-                raise PlatformError(
-                    f"Azure: the image version {cfg.gallery}/{cfg.image_definition}/{version} "
-                    "already exists (another publish in the same period of the connector's "
-                    f"version pattern {cfg.version!r}); publish again later or add {{ss}}")
-            mine = AzureImageVersion(id=f"{definition_id}/versions/{version}", gallery=cfg.gallery,
-                                     definition=cfg.image_definition, version=version)
-            await ctx.record(mine)
+            key = (cfg.arm_endpoint.lower(), cfg.subscription_id.lower(),
+                   cfg.resource_group.lower(), cfg.gallery.lower(), cfg.image_definition.lower())
+            async with _names(key) as claimed:
+                version = render_version(cfg.version, datetime.now(UTC))
+                while version in claimed or await gallery.version_exists(self.arm, version):
+                    version = bump_patch(version)
+                claimed.add(version)
+                mine = AzureImageVersion(id=f"{definition_id}/versions/{version}",
+                                         gallery=cfg.gallery, definition=cfg.image_definition,
+                                         version=version)
+                await ctx.record(mine)
         version_id = await gallery.create_version(self.arm, mine.version, upload.id)
         name = f"{cfg.gallery}/{cfg.image_definition}/{mine.version}"
         mark = AzurePublished(id=version_id, name=name, what="image_version",

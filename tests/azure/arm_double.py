@@ -35,6 +35,8 @@ API_VERSIONS = {
 _ARM = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Compute/"
     r"(?P<rest>.+)$", re.I)
+_LIST_ALL = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Compute/virtualMachines$",
+                       re.I)
 _OPERATION = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Compute/locations/"
                         r"(?P<loc>[^/]+)/operations/(?P<op>[^/]+)$", re.I)
 
@@ -102,13 +104,13 @@ class Blobs:
                 await container.create_container()
             await container.get_blob_client(name).create_page_blob(size)
 
-    async def create_sas(self, name: str) -> str:
-        """A read/write SAS URL of the blob."""
+    async def create_sas(self, name: str, write: bool = True) -> str:
+        """A SAS URL of the blob: read/write, or read only."""
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
         sas = generate_blob_sas(self.account_name, self.container, name,
                                 account_key=self.account_key,
-                                permission=BlobSasPermissions(read=True, write=True),
+                                permission=BlobSasPermissions(read=True, write=write),
                                 expiry=datetime.now(UTC) + timedelta(hours=1))
         return f"{self.account_url}/{self.container}/{name}?{sas}"
 
@@ -219,8 +221,19 @@ class ArmDouble:
         self._authorize(request)
         path = request.path
         op = _OPERATION.match(path)
-        if op:
+        if op:  # a long-running operation's status: throttled as any read
+            self.requests.append((request.method, "operations"))
+            self._throttled(request.method, "operations")
             return await self._operation(request, op["op"])
+        every = _LIST_ALL.match(path)
+        if every and request.method == "GET" and every["sub"] == self.subscription_id:
+            if request.query.get("api-version") not in API_VERSIONS["virtualMachines"]:
+                raise ArmFault(400, "InvalidApiVersionParameter", "bad api-version")
+            self.requests.append(("GET", "virtualMachines"))
+            self._throttled("GET", "virtualMachines")
+            status = request.query.get("statusOnly") == "true"
+            return web.json_response({"value": [self._vm_view(vm, status)
+                                                for vm in self.vms.values()]})
         match = _ARM.match(path)
         if not match:
             raise ArmFault(404, "InvalidResourceType", f"no resource type at {path}")
@@ -240,14 +253,7 @@ class ArmDouble:
                                                   5: "definitions", 6: "versions",
                                                   7: "versions"}.get(len(parts), "galleries")
         self.requests.append((request.method, label))
-        for throttle in self.throttles:
-            if throttle.times > 0 and throttle.method == request.method and throttle.kind == label:
-                throttle.times -= 1
-                raise ArmFault(429, "TooManyRequests",
-                               "The request is being throttled as the limit has been reached for "
-                               "operation type - Write. For more information, see "
-                               "https://aka.ms/throttling",
-                               {"Retry-After": str(throttle.retry_after)})
+        self._throttled(request.method, label)
         body: dict[str, Any] = {}
         if request.method in ("PUT", "POST") and request.can_read_body:
             body = await request.json()
@@ -255,6 +261,17 @@ class ArmDouble:
         handler = {"disks": self._disks, "images": self._images,
                    "virtualMachines": self._vms, "galleries": self._galleries}[kind]
         return await handler(request, rg, parts[1:], body)
+
+    def _throttled(self, method: str, kind: str) -> None:
+        for throttle in self.throttles:
+            if throttle.times > 0 and throttle.method == method and throttle.kind == kind:
+                throttle.times -= 1
+                operation = "Read" if method == "GET" else "Write"
+                raise ArmFault(429, "TooManyRequests",
+                               "The request is being throttled as the limit has been reached for "
+                               f"operation type - {operation}. For more information, see "
+                               "https://aka.ms/throttling",
+                               {"Retry-After": str(throttle.retry_after)})
 
     # ------------------------------------------------------------ LRO
     def _id(self, rg: str, *parts: str) -> str:
@@ -389,22 +406,24 @@ class ArmDouble:
         props = disk["properties"]
         if action == "beginGetAccess":
             _require(body, "access", "durationInSeconds")
-            if body["access"] != "Write" or props["diskState"] not in ("ReadyToUpload",
-                                                                       "ActiveUpload"):
+            # an upload disk takes writes until revoked; a closed one can be read (export)
+            allowed = {"Write": ("ReadyToUpload", "ActiveUpload"), "Read": ("Unattached",)}
+            if props["diskState"] not in allowed.get(body["access"], ()):
                 raise ArmFault(409, "OperationNotAllowed",
                                f"Disk {disk['name']} in state {props['diskState']} cannot be "
                                f"opened for {body['access']}")
+            write = body["access"] == "Write"
 
             async def granted() -> dict[str, Any]:
-                props["diskState"] = "ActiveUpload"
+                props["diskState"] = "ActiveUpload" if write else "ActiveSAS"
                 if self.blobs is None:
                     return {"accessSAS": f"https://127.0.0.1:1/no-blob/{disk['name']}?sig=x"}
                 # a new SAS for the same blob (the page blob was made with the disk)
-                return {"accessSAS": await self.blobs.create_sas(_blob_name(disk))}
+                return {"accessSAS": await self.blobs.create_sas(_blob_name(disk), write)}
             return self._accepted(request, "disks", granted)
         if action == "endGetAccess":
             async def revoked() -> None:
-                if props["diskState"] == "ActiveUpload":
+                if props["diskState"] in ("ActiveUpload", "ActiveSAS"):
                     props["diskState"] = "Unattached"
                 return None
             return self._accepted(request, "disks", revoked)
@@ -535,7 +554,9 @@ class ArmDouble:
             raise ArmFault(404, "NotFound", f"The image {image_id} was not found")
         resource = {"id": self._id(rg, "virtualMachines", name), "name": name,
                     "type": "Microsoft.Compute/virtualMachines", "location": body["location"],
-                    "properties": body["properties"], "_power": "running"}
+                    "properties": {**body["properties"],
+                                   "timeCreated": datetime.now(UTC).isoformat()},
+                    "_power": "running"}
         return self._creating(request, "virtualMachines", self.vms, key, resource)
 
     @staticmethod

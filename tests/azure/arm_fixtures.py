@@ -1,5 +1,6 @@
 """The ARM double on a random loopback port over TLS (a trustme CA), and connectors and
-clients pointed at it. Test modules import the fixtures they use."""
+clients pointed at it. Test modules import the fixtures they use; ``azurite`` (one per
+session) is tests/conftest.py's."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from adapters.azure.arm import Clients
 from adapters.azure.azure_config import AzureConfig
 from adapters.retry import RetryPolicy
 from tests.azure.arm_double import ArmDouble, Blobs, server_ssl
-from tests.azure.azurite import ACCOUNT, KEY, Azurite, start_azurite
+from tests.azure.azurite import ACCOUNT, KEY, Azurite
 
 SUBSCRIPTION = "3f2c8a6e-5b1d-4c7e-9a0f-1e2d3c4b5a69"
 TENANT = "8d7c6b5a-4e3f-4a1b-8c9d-0e1f2a3b4c5d"
@@ -58,13 +59,6 @@ def make_double(blobs: Blobs | None = None) -> ArmDouble:
     double = ArmDouble(SUBSCRIPTION, TENANT, CLIENT, SECRET, "westeurope", blobs=blobs)
     double.galleries.add("layering/layering_gallery")
     return double
-
-
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    peer = start_azurite(tmp_path_factory.mktemp("azurite"))
-    yield peer
-    peer.stop()
 
 
 @pytest.fixture

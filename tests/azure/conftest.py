@@ -1,4 +1,4 @@
-"""Azurite once per test session, a counting proxy per test, and fixed VHDs made by the
+"""A counting proxy per test, and fixed VHDs made by the
 compositor's own conversion."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -14,21 +14,11 @@ import pytest
 from compositor.convert import convert
 from compositor.identity import KeyIdentity
 
-from .azurite import Azurite, AzuriteUnavailable, page_blob_sas, start_azurite
+from .azurite import Azurite, page_blob_sas
 from .storage_proxy import StorageProxy
 
 MIB = 1 << 20
 _names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    try:
-        peer = start_azurite(tmp_path_factory.mktemp("azurite"))
-    except AzuriteUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield peer
-    peer.stop()
 
 
 @pytest.fixture

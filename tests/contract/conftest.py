@@ -18,7 +18,7 @@ from adapters.local import LocalUpload
 from adapters.resources import Resource
 from adapters.vsphere import Clients
 from tests.azure.arm_double import ArmDouble
-from tests.azure.arm_fixtures import Tls, arm_double, arm_tls, azurite, clients
+from tests.azure.arm_fixtures import Tls, arm_double, arm_tls, clients
 from tests.azure.arm_fixtures import config as azure_config
 from tests.gcp.compute_double import ComputeDouble
 from tests.gcp.compute_fixtures import PROJECT, TOKEN, object_check
@@ -32,7 +32,7 @@ from tests.qemu.test_qemu_adapter import raw_disk as qemu_raw_disk
 from tests.vsphere.conftest import connector, find_vms, make_raw_disk, vc_env, vcsim, vcsim_binary
 from tests.xenserver.conftest import dynamic_vhd, short_clients, xapi, xen_config, xen_env
 
-__all__ = ["arm_double", "arm_tls", "azurite", "emulator", "gcs", "prism", "prism_ca", "vc_env",
+__all__ = ["arm_double", "arm_tls", "emulator", "gcs", "prism", "prism_ca", "vc_env",
            "vcsim", "vcsim_binary", "xapi", "xen_env"]
 
 TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver"]

@@ -39,6 +39,7 @@ async def test_cancel_cleans_up(tmp_path: Path, stage: str) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert list((tmp_path / "work").iterdir()) == []
-    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+    temps = tmp_path / "cache" / "tmp"  # made on the first cache temp: a cancel may come first
+    assert not temps.exists() or list(temps.iterdir()) == []
     assert not (tmp_path / "cache" / "images").exists()
     assert children() - before == set()

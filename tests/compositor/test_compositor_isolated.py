@@ -114,7 +114,8 @@ async def test_cancel_stops_the_child_and_cleans_up(tmp_path: Path, stage: str) 
         await task
     assert children() - before == set() and _using(tmp_path) == []
     assert list((tmp_path / "work").iterdir()) == []
-    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+    temps = tmp_path / "cache" / "tmp"  # made on the first cache temp: a cancel may come first
+    assert not temps.exists() or list(temps.iterdir()) == []
     assert not (tmp_path / "cache" / "images").exists()
 
 

@@ -50,6 +50,7 @@ from adapters.base import (
     Published,
 )
 from adapters.gcp import console, images, names
+from adapters.gcp.compute_faults import AlreadyExistsError
 from adapters.gcp.compute_session import Clients, ComputeSession, session_key
 from adapters.gcp.gcp_config import Config
 from adapters.gcp.gcp_resources import GcpImage, GcpInstanceRan, GcpPublished
@@ -132,18 +133,23 @@ class Adapter:
         return await (await self.storage()).uploaded_bytes(upload, artifact)
 
     async def _create_image(self, ctx: PublishContext) -> None:
-        cfg, session = self.config, self.session
+        cfg, session, poll = self.config, self.session, self.clients.operation_poll
         name = names.image_name(ctx.image_name, ctx.task_id)
-        body = images.image_body(cfg, name, images.source_url(cfg.bucket, object_name(ctx)),
-                                 image_labels(cfg, ctx))
-        await ctx.record(GcpImage(project=cfg.project, name=name, task=ctx.task_id))
+        image = await self._image_record(ctx, name)
         doing = f"creating image {name}"
         await ctx.progress(0.0, doing)
-        operation = await images.insert(session, cfg.project, body, ctx.task_id)
-        await images.wait(session, cfg.project, operation, doing, self.clients.operation_poll,
-                          ctx.progress)
-        found, _ = await images.status(session, cfg.project, name)
-        images.check_ready(name, found)
+        try:
+            operation = await images.insert(session, cfg, name,
+                                            images.source_url(cfg.bucket, object_name(ctx)),
+                                            image_labels(cfg, ctx), image.request_id)
+        except AlreadyExistsError:
+            if not await images.take_over(session, cfg.project, name, ctx.task_id, poll,
+                                          self.clients.pending_image_bound):
+                raise
+        else:
+            await images.wait(session, cfg.project, operation, doing, poll, ctx.progress)
+            found, _ = await images.status(session, cfg.project, name)
+            images.check_ready(name, found)
         if cfg.keep_object:  # the tarball stays: cleanup must not delete it
             for staging in [r for r in ctx.resources if r.lifetime is Lifetime.STAGING]:
                 await ctx.forget(staging)
@@ -152,6 +158,21 @@ class Adapter:
             link=console.image_page(cfg.project, name), summary=f"Google Cloud image {name}",
             resource=GcpPublished(project=cfg.project, zone=cfg.zone, name=name,
                                   published_at=time.time()))
+
+    async def _image_record(self, ctx: PublishContext, name: str) -> GcpImage:
+        """The image's record, with its request ID: the recorded one while it survives (a retry
+        or a takeover repeats the same insert), else a new one recorded before the insert."""
+        for recorded in reversed(ctx.resources):
+            if isinstance(recorded, GcpImage) and recorded.name == name:
+                if recorded.request_id:
+                    return recorded
+                fresh = recorded.model_copy(update={"request_id": images.new_request_id()})
+                await ctx.replace(recorded, fresh)
+                return fresh
+        image = GcpImage(project=self.config.project, name=name, task=ctx.task_id,
+                         request_id=images.new_request_id())
+        await ctx.record(image)
+        return image
 
     def next_steps(self, published: Published) -> str:
         image = published.expect(GcpPublished)
@@ -195,7 +216,8 @@ class Adapter:
     async def remove(self, resource: Resource) -> list[str]:
         if isinstance(resource, GcpImage):
             return await images.delete(self.session, resource.project, resource.name,
-                                       resource.task, self.clients.operation_poll)
+                                       resource.task, self.clients.operation_poll,
+                                       self.clients.pending_image_bound)
         from adapters.gcp.storage import GcsUpload
 
         if isinstance(resource, GcsUpload):
@@ -209,7 +231,8 @@ class Adapter:
         image = published.expect(GcpPublished)
         try:
             return await images.delete(self.session, image.project, image.name, task_id,
-                                       self.clients.operation_poll)
+                                       self.clients.operation_poll,
+                                       self.clients.pending_image_bound)
         except NotFoundError:
             return []
 

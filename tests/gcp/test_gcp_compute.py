@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from adapters.base import AuthError, PlatformError, PlatformStep, Published, RetryableError
+from adapters.base import (
+    AuthError,
+    PlatformError,
+    PlatformStep,
+    Published,
+    RetryableError,
+    clean_up,
+)
 from adapters.gcp import Adapter, GcpImage, GcpPublished, names
 from adapters.gcp.compute_faults import AlreadyExistsError
 from adapters.gcp.instance_watch import zone_watch
-from adapters.steps import StepRunner, cancel
+from adapters.steps import Outcome, StepRunner, cancel
 
 from .compute_double import ComputeDouble
 from .compute_fixtures import PROJECT, ZONE, clients, compute, connector, context
@@ -149,6 +157,119 @@ async def test_cancel_while_the_image_is_made_deletes_it(compute: ComputeDouble,
         await adapter.close()
     assert compute.images == {} and ctx.resources == []
     assert ctx.removed == [GcpImage(project=PROJECT, name="win10-cancel", task="t0c0ffee").describe()]
+
+
+async def test_the_image_step_again_after_a_failed_attempts_cleanup_makes_the_image(
+        compute: ComputeDouble, tmp_path: Path) -> None:
+    """A retry (or a takeover) reaching the image step after cleanup deleted the first image:
+    a new requestId, so Compute Engine makes a new image instead of answering with the first
+    insert's finished operation."""
+    adapter = Adapter(connector(compute), clients())
+    ctx = context("win10-again", tmp_path / "a.tar.gz")
+    try:
+        await make_image(adapter, ctx)
+        await clean_up(adapter, ctx, Outcome.FAILED)
+        assert compute.images == {} and ctx.resources == []
+        ctx.published = None
+        await make_image(adapter, ctx)
+    finally:
+        await adapter.close()
+    assert compute.images["win10-again"]["status"] == "READY"
+    first, second = (rid for _, rid, _ in compute.received)
+    assert first != second
+    [image] = [r for r in ctx.resources if isinstance(r, GcpImage)]
+    assert image.request_id == second
+
+
+async def test_a_repeated_insert_while_the_record_lives_reuses_its_request_id(
+        compute: ComputeDouble, tmp_path: Path) -> None:
+    """A runner taking the task over during the image step sends the recorded requestId:
+    Google answers with the first insert's operation, no second image."""
+    adapter = Adapter(connector(compute), clients())
+    recorded = GcpImage(project=PROJECT, name="win10-resume", task="t0c0ffee",
+                        request_id=str(uuid.uuid4()))
+    ctx = context("win10-resume", tmp_path / "a.tar.gz", resources=[recorded])
+    try:
+        await make_image(adapter, ctx)
+        ctx.published = None
+        await make_image(adapter, ctx)  # the same record: the same requestId
+    finally:
+        await adapter.close()
+    assert [rid for _, rid, _ in compute.received] == [recorded.request_id] * 2
+    assert ctx.resources == [recorded] and compute.images["win10-resume"]["status"] == "READY"
+
+
+async def test_409_for_this_tasks_own_image_is_taken_over_once_ready(
+        compute: ComputeDouble, tmp_path: Path) -> None:
+    """An image of this name carrying this task's label (an earlier insert whose record was
+    lost): waited for while PENDING, then the publish goes on with it."""
+    adapter = Adapter(connector(compute), clients())
+    compute.images["win10-mine"] = {"name": "win10-mine", "status": "PENDING",
+                                    "labels": {"layerbot-task": "t0c0ffee"},
+                                    "selfLink": compute.image_link("win10-mine")}
+    ctx = context("win10-mine", tmp_path / "a.tar.gz")
+
+    async def becomes_ready() -> None:
+        await asyncio.sleep(0.2)
+        compute.images["win10-mine"]["status"] = "READY"
+
+    try:
+        ready = asyncio.create_task(becomes_ready())
+        await make_image(adapter, ctx)
+        await ready
+    finally:
+        await adapter.close()
+    assert ctx.published is not None and ctx.published.summary == "Google Cloud image win10-mine"
+    assert compute.calls["GET /compute/v1/projects/{project}/global/images/{image}"] >= 2
+
+
+async def test_cancel_while_the_image_is_pending_waits_for_it_then_deletes_it(
+        compute: ComputeDouble, tmp_path: Path) -> None:
+    """Compute Engine refuses to delete a PENDING image (400 resourceNotReady): cleanup waits
+    until it is READY (or FAILED), then deletes it."""
+    compute.polls_to_done = 1000
+    adapter = Adapter(connector(compute), clients())
+    ctx = context("win10-pending", tmp_path / "a.tar.gz")
+    try:
+        job = asyncio.create_task(make_image(adapter, ctx))
+        while "win10-pending" not in compute.images:
+            await asyncio.sleep(0.01)
+        cancel(job)
+        compute.polls_to_done = 6  # made a few polls later
+        with pytest.raises(asyncio.CancelledError):
+            await job
+    finally:
+        await adapter.close()
+    assert compute.images == {} and ctx.resources == []
+    assert ctx.removed == [GcpImage(project=PROJECT, name="win10-pending", task="t0c0ffee").describe()]
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("storage_locations", ["europe-west1"]), ("storage_locations", ["eu"]),
+    ("licenses", ["projects/windows-cloud/global/licenses/windows-10-enterprise-byol"]),
+])
+async def test_the_double_accepts_what_google_accepts(compute: ComputeDouble, tmp_path: Path,
+                                                      setting: str, value: list[str]) -> None:
+    adapter = Adapter(connector(compute, **{setting: value}), clients())
+    try:
+        await make_image(adapter, context("win10-ok", tmp_path / "a.tar.gz"))
+    finally:
+        await adapter.close()
+    [(_, rid, body)] = compute.received
+    assert uuid.UUID(rid).version == 4 and body[{"storage_locations": "storageLocations"}.get(
+        setting, setting)] == value
+
+
+async def test_the_double_refuses_a_request_id_that_is_not_a_uuid(compute: ComputeDouble) -> None:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {compute.token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for rid in ("task-t0c0ffee", str(uuid.UUID(int=0))):
+            async with http.post(f"{compute.url}/compute/v1/projects/{PROJECT}/global/images",
+                                 params={"requestId": rid}, json={"name": "x"}) as answer:
+                assert answer.status == 400, rid
+                assert "requestId" in (await answer.json())["error"]["message"]
 
 
 async def _vm(double: ComputeDouble, adapter: Adapter, action: str, name: str, image: str = "") -> None:

@@ -4,6 +4,9 @@ uploaded object, operation errors, GCE names, the shared zone watch, removal of 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -270,6 +273,20 @@ async def test_the_double_refuses_a_request_id_that_is_not_a_uuid(compute: Compu
                                  params={"requestId": rid}, json={"name": "x"}) as answer:
                 assert answer.status == 400, rid
                 assert "requestId" in (await answer.json())["error"]["message"]
+
+
+def test_the_image_step_imports_compute_v1_off_the_event_loop() -> None:
+    """google.cloud.compute_v1 takes seconds to import: the first import must happen on a
+    worker thread, never stalling the event loop (a fresh interpreter, where it is not
+    imported yet; a generous bound on the loop's lag)."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "tests.gcp.image_step_probe"], cwd=root,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["already_imported"] is False and found["status"] == "READY"
+    assert found["on_loop_thread"] and not any(found["on_loop_thread"]), found
+    assert found["max_lag"] < 0.5, found
 
 
 async def _vm(double: ComputeDouble, adapter: Adapter, action: str, name: str, image: str = "") -> None:

@@ -78,8 +78,12 @@ def translate(exc: BaseException, doing: str, secret: str | None = None) -> Adap
                   else None) or exc.reason or ""
         body = {"error": {"message": exc.message, "errors": [{"reason": reason}]}}
         return from_status(int(exc.code or 0), body, headers, doing, secret)
-    if isinstance(exc, auth.RefreshError | auth.DefaultCredentialsError):
-        return AuthError(mask(f"Google Cloud: {doing} failed: credentials: {exc}", secret))
+    if isinstance(exc, auth.DefaultCredentialsError):
+        return AuthError(f"Google Cloud: {doing} failed: no credentials: set credentials_file_env "
+                         "or provide application default credentials")
+    if isinstance(exc, auth.GoogleAuthError):  # its text may quote the token endpoint's answer
+        return AuthError(f"Google Cloud: {doing} failed: the credentials were refused and could "
+                         f"not be renewed ({type(exc).__name__})")
     if isinstance(exc, http.ConnectionError | http.Timeout):
         return RetryableError(mask(f"Google Cloud: {doing} failed: cannot reach the server: "
                                    f"{type(exc).__name__}: {exc}", secret))

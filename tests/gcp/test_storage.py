@@ -201,6 +201,47 @@ async def test_an_error_keeps_googles_message_and_never_the_session(
         assert upload_id not in shown and upload.session_url not in shown
 
 
+async def test_debug_logs_of_an_upload_never_show_the_session(emulator: Emulator, gcs: Proxy,
+                                                             tarball: Path) -> None:
+    """``layerbot -v``: the root logger at DEBUG, where urllib3 logs every chunk's PUT with its
+    query string; the CLI's handler masks the session's upload_id."""
+    import io
+    import logging
+
+    from bot.cli import log_setup
+
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handler = log_setup.configure(verbose=True, stream=stream)
+    ctx = context(tarball)
+    storage = Storage(access(gcs))
+    try:
+        await storage.upload(ctx, BUCKET, NAME)
+    finally:
+        await storage.close()
+        root.removeHandler(handler)
+        root.setLevel(level)
+    upload = latest(ctx.resources, GcsUpload)
+    assert upload is not None
+    upload_id = upload.session_url.partition("upload_id=")[2]
+    logged = stream.getvalue()
+    assert upload_id and upload_id not in logged
+    assert logged.count(f"upload_id={log_setup.MASK}") >= len(gcs.chunks[upload_id])  # every PUT
+
+
+def test_a_refused_token_refresh_never_shows_its_text() -> None:
+    """google-auth's RefreshError quotes the token endpoint's answer: it is never shown."""
+    from google.auth.exceptions import RefreshError
+
+    from adapters.gcp.gcs_errors import translate
+
+    found = translate(RefreshError("invalid_grant: token ya29.SECRET-VALUE expired", {"x": 1}),
+                      "uploading gs://b/o")
+    assert isinstance(found, AuthError) and "SECRET" not in str(found)
+    assert "RefreshError" in str(found)
+
+
 async def test_a_missing_bucket_is_not_found(emulator: Emulator, gcs: Proxy,
                                              tarball: Path) -> None:
     storage = Storage(access(gcs))

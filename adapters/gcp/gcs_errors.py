@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from adapters.base import AdapterError, AuthError, NotFoundError, PlatformError, RetryableError
+from adapters.gcp.compute_faults import is_auth
 from adapters.retry import retry_after
 
 #: reasons that mean "later" whatever the status (Google sends some rate limits as 403)
@@ -56,7 +57,7 @@ def from_status(status: int, body: bytes | str | Mapping[str, Any] | None,
     wait = retry_after(headers.get("Retry-After"))
     if status == 429 or status >= 500 or reason in _RETRY_REASONS:
         return RetryableError(text, retry_after=wait)
-    if status in (401, 403):
+    if is_auth(status, reason):
         return AuthError(text)
     if status == 404:
         return NotFoundError(text)

@@ -132,6 +132,30 @@ async def test_http_errors_become_adapter_errors_with_reason_and_message(
     assert isinstance(by_status(403, "rateLimitExceeded", "x"), RetryableError)
 
 
+async def test_a_quota_error_is_a_platform_error_keeping_reason_and_message(
+        compute: ComputeDouble, tmp_path: Path) -> None:
+    """QUOTA_EXCEEDED comes with HTTP 403 but is not about the credentials."""
+    adapter = Adapter(connector(compute), clients())
+    compute.fail_image = ("QUOTA_EXCEEDED", "Quota 'IMAGES' exceeded. Limit: 100.0 globally.", 403)
+    compute.http_errors.append(("POST", "/global/images$", 403, "quotaExceeded",
+                                "Quota exceeded for quota metric 'Queries'"))
+    try:
+        with pytest.raises(PlatformError) as by_http:
+            await make_image(adapter, context("win10-q1", tmp_path / "a.tar.gz"))
+        with pytest.raises(PlatformError) as by_operation:
+            await make_image(adapter, context("win10-q2", tmp_path / "a.tar.gz"))
+    finally:
+        await adapter.close()
+    assert not isinstance(by_http.value, AuthError)
+    assert "403 quotaExceeded: Quota exceeded for quota metric 'Queries'" in str(by_http.value)
+    assert not isinstance(by_operation.value, AuthError)
+    assert "QUOTA_EXCEEDED: Quota 'IMAGES' exceeded. Limit: 100.0 globally." in str(by_operation.value)
+    from adapters.gcp.compute_faults import by_status
+
+    assert isinstance(by_status(403, "insufficientPermissions", "x"), AuthError)
+    assert isinstance(by_status(403, "", "x"), AuthError)
+
+
 async def test_a_wrong_token_is_an_auth_error(compute: ComputeDouble, tmp_path: Path) -> None:
     compute.token = "another-token"
     adapter = Adapter(connector(compute), clients())

@@ -260,6 +260,7 @@ SESSION = "https://storage.googleapis.com/upload/storage/v1/b/b/o?uploadType=res
     (429, "rateLimitExceeded", RetryableError), (403, "rateLimitExceeded", RetryableError),
     (503, "backendError", RetryableError), (500, "", RetryableError),
     (409, "conflict", PlatformError), (400, "invalid", PlatformError),
+    (403, "quotaExceeded", PlatformError), (403, "insufficientPermissions", AuthError),
 ])
 def test_google_errors_map_to_adapter_errors(status: int, reason: str,
                                              error: type[Exception]) -> None:

@@ -55,7 +55,7 @@ from adapters.gcp.compute_session import Clients, ComputeSession, session_key
 from adapters.gcp.gcp_config import Config
 from adapters.gcp.gcp_resources import GcpImage, GcpInstanceRan, GcpPublished
 from adapters.gcp.instance_watch import RAN, STOPPED, watching
-from adapters.resources import Lifetime, Resource, latest
+from adapters.resources import Lifetime, Resource
 from adapters.steps import Step
 
 if TYPE_CHECKING:
@@ -114,16 +114,8 @@ class Adapter:
     async def _upload(self, ctx: PublishContext) -> None:
         if ctx.artifact_format != "gce-tar":
             raise PlatformError(f"{self.platform}: expected a gce-tar tarball, got {ctx.artifact_format}")
-        from adapters.gcp.storage import GcsUpload
-
-        storage = await self.storage()
-        recorded = latest(ctx.resources, GcsUpload)
-        if recorded is not None:  # a runner that took the task over says where it goes on
-            held = await storage.uploaded_bytes(recorded, ctx.artifact)
-            if held:
-                await ctx.progress(held / recorded.size, f"resuming the upload of "
-                                                         f"{recorded.uri} at byte {held}")
-        await storage.upload(ctx, self.config.bucket, object_name(ctx))
+        # a runner that took the task over continues the recorded session (and says so)
+        await (await self.storage()).upload(ctx, self.config.bucket, object_name(ctx))
 
     async def uploaded_bytes(self, upload: Resource, artifact: Path) -> int:
         from adapters.gcp.storage import GcsUpload

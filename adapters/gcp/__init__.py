@@ -193,6 +193,11 @@ class Adapter:
                         f"{image.name} to run and shut down (watch_timeout)") from None
                 if isinstance(report, BaseException):
                     raise report
+                if gone := sorted(ran - {instance.name for instance in report}):
+                    # seen RUNNING (by this runner or the one before), now deleted: it
+                    # stopped first (see instance_watch)
+                    await ctx.progress(1.0, f"VM {gone[0]} has shut down and was deleted")
+                    return
                 for instance in report:
                     if instance.status in RAN and instance.name not in ran:
                         ran.add(instance.name)

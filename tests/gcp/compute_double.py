@@ -1,7 +1,7 @@
 """A local double of the Compute Engine v1 REST API (aiohttp on 127.0.0.1, a random port),
 shaped from Google's discovery document (/work/shared/apis/gcp/ holds the extract; the
 Image schema's properties are copied into IMAGE_FIELDS below): images insert/get/delete,
-globalOperations and zoneOperations get/wait, instances insert/list/get/start/stop, disks
+globalOperations and zoneOperations get/wait, instances insert/list/get/delete/start/stop, disks
 list. Operations go PENDING -> RUNNING -> DONE over polls; an image is PENDING until its
 insert's operation is DONE (reading the image counts as a poll of it) and cannot be deleted
 before (400 resourceNotReady). A repeated requestId gets the first insert's operation. It
@@ -13,6 +13,7 @@ next image operation end with an error, ``http_errors`` queues HTTP errors.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import uuid
@@ -115,6 +116,8 @@ class ComputeDouble:
     http_errors: list[tuple[str, str, int, str, str]] = field(default_factory=list)
     #: the next image insert's operation ends with this error (code, message, http status)
     fail_image: tuple[str, str, int] | None = None
+    #: (http method, path regex, gate): matching requests wait until the gate is set
+    held: list[tuple[str, str, asyncio.Event]] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
     received: list[tuple[str, str, Any]] = field(default_factory=list)
     _request_ids: dict[str, str] = field(default_factory=dict)
@@ -138,6 +141,7 @@ class ComputeDouble:
         app.router.add_post(base + "/zones/{zone}/instances", self._instance_insert)
         app.router.add_get(base + "/zones/{zone}/instances", self._instance_list)
         app.router.add_get(base + "/zones/{zone}/instances/{instance}", self._instance_get)
+        app.router.add_delete(base + "/zones/{zone}/instances/{instance}", self._instance_delete)
         app.router.add_post(base + "/zones/{zone}/instances/{instance}/start", self._instance_start)
         app.router.add_post(base + "/zones/{zone}/instances/{instance}/stop", self._instance_stop)
         app.router.add_get(base + "/zones/{zone}/disks", self._disk_list)
@@ -165,6 +169,9 @@ class ComputeDouble:
             if project is not None and project != self.project:
                 raise Refused(403, "forbidden", f"Required 'compute' permission for "
                                                 f"'projects/{project}'")
+            for method, pattern, gate in self.held:
+                if method == request.method and re.search(pattern, request.path):
+                    await gate.wait()
             for i, (method, pattern, status, reason, message) in enumerate(self.http_errors):
                 if method == request.method and re.search(pattern, request.path):
                     del self.http_errors[i]
@@ -358,6 +365,17 @@ class ComputeDouble:
     async def _instance_get(self, request: web.Request) -> web.Response:
         return web.json_response(self._instance(request.match_info["zone"],
                                                 request.match_info["instance"]))
+
+    async def _instance_delete(self, request: web.Request) -> web.Response:
+        zone, name = request.match_info["zone"], request.match_info["instance"]
+        inst = self._instance(zone, name)
+
+        def gone() -> None:  # the boot disk is auto-deleted with it
+            self.instances.pop((zone, name), None)
+            self.disks.pop((zone, name), None)
+
+        op = self._operation("delete", inst["selfLink"], gone, zone)
+        return web.json_response(op.body(self.project))
 
     async def _instance_start(self, request: web.Request) -> web.Response:
         inst = self._instance(request.match_info["zone"], request.match_info["instance"])

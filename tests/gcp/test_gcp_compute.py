@@ -319,7 +319,9 @@ async def _vm(double: ComputeDouble, adapter: Adapter, action: str, name: str, i
 
     def call(c: object) -> None:
         instances = c.instances  # type: ignore[attr-defined]
-        if action == "create":
+        if action == "delete":
+            op = instances.delete_unary(project=PROJECT, zone=ZONE, instance=name)
+        elif action == "create":
             body = compute_v1.Instance(
                 name=name, machine_type=f"zones/{ZONE}/machineTypes/e2-small",
                 disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True, initialize_params=(
@@ -348,7 +350,8 @@ async def test_watch_done_once_a_vm_from_the_image_ran_and_stopped_one_listing_p
         watch = zone_watch(adapter.session, PROJECT, ZONE)
         assert watch is not None and len(watch.waiting) == 3
         lists = compute.calls["GET /compute/v1/projects/{project}/zones/{zone}/disks"]
-        assert 1 <= lists <= watch.rounds  # one listing per round for all three tasks
+        # one listing per round for all three tasks (+ 1: a round under way, not yet counted)
+        assert 1 <= lists <= watch.rounds + 1
         await _vm(compute, adapter, "create", "vm-1", image="win10-w1")
         while not any(r.kind == "gcp.instance_ran" for r in ctxs[1].resources):
             await asyncio.sleep(0.02)
@@ -356,16 +359,74 @@ async def test_watch_done_once_a_vm_from_the_image_ran_and_stopped_one_listing_p
         await _vm(compute, adapter, "stop", "vm-1")
         await asyncio.wait_for(waits[1], 10)
         assert not waits[0].done() and not waits[2].done()
-        # a VM from another image's task, started and stopped between two rounds
+        # a VM from another image's task, started and stopped between two rounds: the
+        # rounds' disk listings wait while it is created and stopped
+        pause = asyncio.Event()
+        compute.held.append(("GET", "/disks$", pause))
         await _vm(compute, adapter, "create", "vm-2", image="win10-w2")
         await _vm(compute, adapter, "stop", "vm-2")
+        pause.set()
         await asyncio.wait_for(waits[2], 10)
+        assert not any(r.kind == "gcp.instance_ran" for r in ctxs[2].resources)  # never seen running
         waits[0].cancel()
         with pytest.raises(asyncio.CancelledError):
             await waits[0]
         assert zone_watch(adapter.session, PROJECT, ZONE) is None  # gone with the last wait
     finally:
         await adapter.close()
+
+
+async def test_watch_done_when_a_vm_seen_running_is_deleted(compute: ComputeDouble,
+                                                             tmp_path: Path) -> None:
+    """A VM that shut down and was deleted between two rounds: seen RUNNING, then gone."""
+    adapter = Adapter(connector(compute), clients())
+    ctx = context("win10-del", tmp_path / "a.tar.gz")
+    try:
+        await make_image(adapter, ctx)
+        wait = asyncio.create_task(adapter.wait_for_shutdown(ctx.published, ctx))  # type: ignore[arg-type]
+        await _vm(compute, adapter, "create", "vm-del", image="win10-del")
+        while not any(r.kind == "gcp.instance_ran" for r in ctx.resources):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert not wait.done()
+        await _vm(compute, adapter, "delete", "vm-del")
+        await asyncio.wait_for(wait, 10)
+    finally:
+        await adapter.close()
+
+
+async def test_a_failing_watch_gives_each_waiting_task_its_own_exception(
+        compute: ComputeDouble) -> None:
+    from adapters.gcp.instance_watch import watching
+    from adapters.retry import RetryPolicy
+
+    adapter = Adapter(connector(compute), clients())
+    once = RetryPolicy(attempts=1, budget=1.0, first_delay=0.01, max_delay=0.01)
+    compute.http_errors.append(("GET", "/disks$", 403, "forbidden", "Required 'compute.disks.list'"))
+    try:
+        async with watching(adapter.session, PROJECT, ZONE, "img-a", (0.01, 0.05), once) as a, \
+                watching(adapter.session, PROJECT, ZONE, "img-b", (0.01, 0.05), once) as b:
+            first, second = await asyncio.wait_for(asyncio.gather(a.get(), b.get()), 10)
+    finally:
+        await adapter.close()
+    assert isinstance(first, AuthError) and isinstance(second, AuthError)
+    assert first is not second and str(first) == str(second)
+    assert "compute.disks.list" in str(first)
+
+
+@pytest.mark.parametrize(("start", "stop", "ran_and_stopped"), [
+    # 10:00 at -08:00 is 18:00 UTC: a stop at 11:00 UTC came before it (the strings say after)
+    ("2026-01-01T10:00:00.000-08:00", "2026-01-01T11:00:00.000+00:00", False),
+    ("2026-01-01T10:00:00.000-08:00", "2026-01-01T19:00:00.000+00:00", True),
+    ("2026-01-01T10:00:00.5Z", "2026-01-01T10:00:00.25+00:00", False),
+    ("", "2026-01-01T10:00:00.000+00:00", False),
+])
+def test_start_and_stop_times_are_compared_as_times(start: str, stop: str,
+                                                    ran_and_stopped: bool) -> None:
+    from adapters.gcp.instance_watch import InstanceState, parse_time
+
+    state = InstanceState("vm", "TERMINATED", parse_time(start), parse_time(stop))
+    assert state.ran_and_stopped is ran_and_stopped
 
 
 async def test_watch_times_out(compute: ComputeDouble, tmp_path: Path) -> None:

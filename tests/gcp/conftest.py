@@ -35,15 +35,9 @@ _OBJECT = re.compile(r"/storage/v1/b/([^/]+)/o/(.+)")
 @dataclass
 class Emulator:
     url: str
-    #: the emulator's gcp_storage_emulator.storage.Storage (e.g. ``get_file_list(BUCKET)``)
+    #: the emulator's gcp_storage_emulator.storage.Storage (e.g. ``get_file_list(BUCKET)``):
+    #: tests read it, not the HTTP API (a blocking call on the event loop that runs the proxy)
     storage: Any
-
-    def client(self) -> Any:
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        return storage.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                              client_options={"api_endpoint": self.url})
 
 
 @pytest.fixture
@@ -60,7 +54,9 @@ def emulator() -> Iterator[Emulator]:
     buckets.create_bucket(BUCKET, store)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(RequestHandler, store))
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="gcs-emulator", daemon=True)
+    # a short poll interval: shutdown() waits for serve_forever's next poll
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="gcs-emulator", daemon=True)
     thread.start()
     host, port = httpd.server_address[:2]
     try:

@@ -50,11 +50,12 @@ from adapters.base import (
     Published,
 )
 from adapters.gcp import console, images, names
+from adapters.gcp.compute_faults import AlreadyExistsError
 from adapters.gcp.compute_session import Clients, ComputeSession, session_key
 from adapters.gcp.gcp_config import Config
 from adapters.gcp.gcp_resources import GcpImage, GcpInstanceRan, GcpPublished
 from adapters.gcp.instance_watch import RAN, STOPPED, watching
-from adapters.resources import Lifetime, Resource, latest
+from adapters.resources import Lifetime, Resource
 from adapters.steps import Step
 
 if TYPE_CHECKING:
@@ -113,16 +114,8 @@ class Adapter:
     async def _upload(self, ctx: PublishContext) -> None:
         if ctx.artifact_format != "gce-tar":
             raise PlatformError(f"{self.platform}: expected a gce-tar tarball, got {ctx.artifact_format}")
-        from adapters.gcp.storage import GcsUpload
-
-        storage = await self.storage()
-        recorded = latest(ctx.resources, GcsUpload)
-        if recorded is not None:  # a runner that took the task over says where it goes on
-            held = await storage.uploaded_bytes(recorded, ctx.artifact)
-            if held:
-                await ctx.progress(held / recorded.size, f"resuming the upload of "
-                                                         f"{recorded.uri} at byte {held}")
-        await storage.upload(ctx, self.config.bucket, object_name(ctx))
+        # a runner that took the task over continues the recorded session (and says so)
+        await (await self.storage()).upload(ctx, self.config.bucket, object_name(ctx))
 
     async def uploaded_bytes(self, upload: Resource, artifact: Path) -> int:
         from adapters.gcp.storage import GcsUpload
@@ -132,18 +125,23 @@ class Adapter:
         return await (await self.storage()).uploaded_bytes(upload, artifact)
 
     async def _create_image(self, ctx: PublishContext) -> None:
-        cfg, session = self.config, self.session
+        cfg, session, poll = self.config, self.session, self.clients.operation_poll
         name = names.image_name(ctx.image_name, ctx.task_id)
-        body = images.image_body(cfg, name, images.source_url(cfg.bucket, object_name(ctx)),
-                                 image_labels(cfg, ctx))
-        await ctx.record(GcpImage(project=cfg.project, name=name, task=ctx.task_id))
+        image = await self._image_record(ctx, name)
         doing = f"creating image {name}"
         await ctx.progress(0.0, doing)
-        operation = await images.insert(session, cfg.project, body, ctx.task_id)
-        await images.wait(session, cfg.project, operation, doing, self.clients.operation_poll,
-                          ctx.progress)
-        found, _ = await images.status(session, cfg.project, name)
-        images.check_ready(name, found)
+        try:
+            operation = await images.insert(session, cfg, name,
+                                            images.source_url(cfg.bucket, object_name(ctx)),
+                                            image_labels(cfg, ctx), image.request_id)
+        except AlreadyExistsError:
+            if not await images.take_over(session, cfg.project, name, ctx.task_id, poll,
+                                          self.clients.pending_image_bound):
+                raise
+        else:
+            await images.wait(session, cfg.project, operation, doing, poll, ctx.progress)
+            found, _ = await images.status(session, cfg.project, name)
+            images.check_ready(name, found)
         if cfg.keep_object:  # the tarball stays: cleanup must not delete it
             for staging in [r for r in ctx.resources if r.lifetime is Lifetime.STAGING]:
                 await ctx.forget(staging)
@@ -152,6 +150,21 @@ class Adapter:
             link=console.image_page(cfg.project, name), summary=f"Google Cloud image {name}",
             resource=GcpPublished(project=cfg.project, zone=cfg.zone, name=name,
                                   published_at=time.time()))
+
+    async def _image_record(self, ctx: PublishContext, name: str) -> GcpImage:
+        """The image's record, with its request ID: the recorded one while it survives (a retry
+        or a takeover repeats the same insert), else a new one recorded before the insert."""
+        for recorded in reversed(ctx.resources):
+            if isinstance(recorded, GcpImage) and recorded.name == name:
+                if recorded.request_id:
+                    return recorded
+                fresh = recorded.model_copy(update={"request_id": images.new_request_id()})
+                await ctx.replace(recorded, fresh)
+                return fresh
+        image = GcpImage(project=self.config.project, name=name, task=ctx.task_id,
+                         request_id=images.new_request_id())
+        await ctx.record(image)
+        return image
 
     def next_steps(self, published: Published) -> str:
         image = published.expect(GcpPublished)
@@ -180,6 +193,11 @@ class Adapter:
                         f"{image.name} to run and shut down (watch_timeout)") from None
                 if isinstance(report, BaseException):
                     raise report
+                if gone := sorted(ran - {instance.name for instance in report}):
+                    # seen RUNNING (by this runner or the one before), now deleted: it
+                    # stopped first (see instance_watch)
+                    await ctx.progress(1.0, f"VM {gone[0]} has shut down and was deleted")
+                    return
                 for instance in report:
                     if instance.status in RAN and instance.name not in ran:
                         ran.add(instance.name)
@@ -195,7 +213,8 @@ class Adapter:
     async def remove(self, resource: Resource) -> list[str]:
         if isinstance(resource, GcpImage):
             return await images.delete(self.session, resource.project, resource.name,
-                                       resource.task, self.clients.operation_poll)
+                                       resource.task, self.clients.operation_poll,
+                                       self.clients.pending_image_bound)
         from adapters.gcp.storage import GcsUpload
 
         if isinstance(resource, GcsUpload):
@@ -209,7 +228,8 @@ class Adapter:
         image = published.expect(GcpPublished)
         try:
             return await images.delete(self.session, image.project, image.name, task_id,
-                                       self.clients.operation_poll)
+                                       self.clients.operation_poll,
+                                       self.clients.pending_image_bound)
         except NotFoundError:
             return []
 

@@ -24,6 +24,17 @@ from adapters.base import (
 PLATFORM = "Google Cloud"
 #: reasons of a 403 that mean "too fast", not "not allowed"
 _RATE_LIMITED = {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"}
+#: reasons of a 403 that mean "these credentials may not": the others (QUOTA_EXCEEDED, an
+#: organisation policy, a disabled API...) are the platform's refusal, not an auth problem
+AUTH_REASONS = frozenset({
+    "forbidden", "insufficientPermissions", "PERMISSION_DENIED", "IAM_PERMISSION_DENIED",
+    "accessDenied", "authError", "required", "unauthorized", "accountDisabled",
+    "ACCESS_TOKEN_SCOPE_INSUFFICIENT", "SERVICE_DISABLED_FOR_CREDENTIALS"})
+
+
+def is_auth(status: int | None, reason: str) -> bool:
+    """401, or a 403 whose reason is about permission (a 403 without one: Google's default)."""
+    return status == 401 or (status == 403 and (not reason or reason in AUTH_REASONS))
 
 
 class AlreadyExistsError(PlatformError):
@@ -46,7 +57,7 @@ def by_status(status: int | None, reason: str, text: str,
     """The adapter error for an HTTP ``status`` and Google ``reason``."""
     if reason in _RATE_LIMITED or status == 429:
         return RetryableError(text, retry_after=retry_after)
-    if status in (401, 403):
+    if is_auth(status, reason):
         return AuthError(text)
     if status == 404:
         return NotFoundError(text)

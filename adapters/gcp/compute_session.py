@@ -116,6 +116,8 @@ class Clients:
     operation_poll: tuple[float, float] = (1.0, 10.0)
     #: first and longest pause between listings of a zone's instances while tasks wait
     watch_poll: tuple[float, float] = (5.0, 60.0)
+    #: how long a takeover or a cleanup waits for a PENDING image to be READY or FAILED
+    pending_image_bound: float = 1800.0
     sessions: SessionPool[ComputeSession] = field(default=SESSIONS)
     #: more settings of adapters.gcp.storage.StorageAccess (chunk_size, timeout, retry)
     storage_options: dict[str, Any] = field(default_factory=dict)

@@ -10,12 +10,19 @@ from adapters.resources import Lifetime, Resource
 
 class GcpImage(Resource):
     """The image ``images.insert`` creates, recorded before the call. Removed only when it
-    carries this task's ``layerbot-task`` label (a 409 leaves someone else's image alone)."""
+    carries this task's ``layerbot-task`` label (a 409 leaves someone else's image alone).
+
+    ``request_id`` is random, made when the image is recorded: a repeated insert (a retry, a
+    runner taking the task over) reuses it while this record lives, so Compute Engine answers
+    with the first insert's operation; once cleanup deleted the image (and forgot the
+    record) the next attempt gets a new one, else Google would answer with that finished
+    operation and make no image. "" in records made before it existed: a new one is made."""
 
     kind: ClassVar[str] = "gcp.image"
     project: str
     name: str
     task: str
+    request_id: str = ""
 
     def describe(self) -> str:
         return f"Google Cloud image {self.name} (project {self.project})"

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from adapters.base import AdapterError, AuthError, NotFoundError, PlatformError, RetryableError
+from adapters.gcp.compute_faults import is_auth
 from adapters.retry import retry_after
 
 #: reasons that mean "later" whatever the status (Google sends some rate limits as 403)
@@ -56,7 +57,7 @@ def from_status(status: int, body: bytes | str | Mapping[str, Any] | None,
     wait = retry_after(headers.get("Retry-After"))
     if status == 429 or status >= 500 or reason in _RETRY_REASONS:
         return RetryableError(text, retry_after=wait)
-    if status in (401, 403):
+    if is_auth(status, reason):
         return AuthError(text)
     if status == 404:
         return NotFoundError(text)
@@ -78,8 +79,12 @@ def translate(exc: BaseException, doing: str, secret: str | None = None) -> Adap
                   else None) or exc.reason or ""
         body = {"error": {"message": exc.message, "errors": [{"reason": reason}]}}
         return from_status(int(exc.code or 0), body, headers, doing, secret)
-    if isinstance(exc, auth.RefreshError | auth.DefaultCredentialsError):
-        return AuthError(mask(f"Google Cloud: {doing} failed: credentials: {exc}", secret))
+    if isinstance(exc, auth.DefaultCredentialsError):
+        return AuthError(f"Google Cloud: {doing} failed: no credentials: set credentials_file_env "
+                         "or provide application default credentials")
+    if isinstance(exc, auth.GoogleAuthError):  # its text may quote the token endpoint's answer
+        return AuthError(f"Google Cloud: {doing} failed: the credentials were refused and could "
+                         f"not be renewed ({type(exc).__name__})")
     if isinstance(exc, http.ConnectionError | http.Timeout):
         return RetryableError(mask(f"Google Cloud: {doing} failed: cannot reach the server: "
                                    f"{type(exc).__name__}: {exc}", secret))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,13 +24,14 @@ def source_url(bucket: str, object_name: str) -> str:
     return f"https://storage.googleapis.com/{bucket}/{quote(object_name)}"
 
 
-def request_id(task_id: str, name: str) -> str:
-    """The same for every attempt of the task: Compute Engine answers a repeated insert
-    with the first one's operation instead of making a second image."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"layerbot:{task_id}:{name}"))
+def new_request_id() -> str:
+    """A fresh ``requestId`` (Compute Engine wants a UUID): one per recorded image."""
+    return str(uuid.uuid4())
 
 
 def image_body(config: Config, name: str, source: str, labels: dict[str, str]) -> Any:
+    """The Image resource. Blocking: importing google.cloud.compute_v1 takes seconds, so it
+    is called on a session thread, never on the event loop."""
     from google.cloud import compute_v1
 
     return compute_v1.Image(
@@ -39,15 +41,19 @@ def image_body(config: Config, name: str, source: str, labels: dict[str, str]) -
         storage_locations=list(config.storage_locations), architecture=config.architecture)
 
 
-async def insert(session: ComputeSession, project: str, body: Any, task_id: str) -> str:
-    """Start ``images.insert``; the name of its global operation (safe to repeat)."""
-    from google.cloud import compute_v1
+async def insert(session: ComputeSession, config: Config, name: str, source: str,
+                 labels: dict[str, str], request_id: str) -> str:
+    """Start ``images.insert``; the name of its global operation. Safe to repeat with the same
+    ``request_id``: Compute Engine answers with the first insert's operation."""
+    def call(c: Any) -> Any:
+        from google.cloud import compute_v1
 
-    request = compute_v1.InsertImageRequest(project=project, image_resource=body,
-                                            request_id=request_id(task_id, body.name))
-    operation = await session.call(
-        lambda c: c.images.insert_unary(request=request),
-        f"creating image {body.name}", idempotent=True)
+        request = compute_v1.InsertImageRequest(
+            project=config.project, image_resource=image_body(config, name, source, labels),
+            request_id=request_id)
+        return c.images.insert_unary(request=request)
+
+    operation = await session.call(call, f"creating image {name}", idempotent=True)
     return str(operation.name)
 
 
@@ -55,8 +61,6 @@ async def wait(session: ComputeSession, project: str, operation: str, doing: str
                poll: tuple[float, float], progress: Progress | None = None) -> None:
     """Poll the global operation (short calls: a cancel is never held up) until DONE;
     its error as an adapter error keeping Google's code and message."""
-    from google.cloud import compute_v1
-
     backoff = Backoff(*poll)
     last = None
     while True:
@@ -65,7 +69,7 @@ async def wait(session: ComputeSession, project: str, operation: str, doing: str
             f"{doing}: reading operation {operation}", idempotent=True)
         if op.error and op.error.errors:
             raise operation_error(op, doing)
-        if op.status == compute_v1.Operation.Status.DONE:
+        if op.status.name == "DONE":
             return
         state = (op.status.name, op.progress)
         if state != last:
@@ -83,14 +87,43 @@ async def status(session: ComputeSession, project: str, name: str) -> tuple[str,
     return str(image.status), dict(image.labels)
 
 
+async def settled(session: ComputeSession, project: str, name: str, poll: tuple[float, float],
+                  bound: float) -> tuple[str, dict[str, str]]:
+    """The image's status and labels once it is no longer PENDING (Compute Engine refuses to
+    delete a PENDING image: 400 resourceNotReady); PlatformError after ``bound`` seconds."""
+    backoff = Backoff(*poll)
+    deadline = time.monotonic() + bound
+    while True:
+        found, labels = await status(session, project, name)
+        if found != "PENDING":
+            return found, labels
+        if time.monotonic() >= deadline:
+            raise PlatformError(f"{PLATFORM}: image {name} is still PENDING after {bound:g} s")
+        await backoff.sleep()
+
+
+async def take_over(session: ComputeSession, project: str, name: str, task_id: str,
+                    poll: tuple[float, float], bound: float) -> bool:
+    """After a 409 for ``name``: whether the image is this task's (its ``layerbot-task``
+    label; an earlier attempt's insert, its record lost), waiting until it is not PENDING."""
+    from adapters.gcp.names import label_value
+
+    found, labels = await settled(session, project, name, poll, bound)
+    if labels.get("layerbot-task") != label_value(task_id):
+        return False
+    check_ready(name, found)
+    return True
+
+
 async def delete(session: ComputeSession, project: str, name: str, task_id: str,
-                 poll: tuple[float, float]) -> list[str]:
+                 poll: tuple[float, float], bound: float) -> list[str]:
     """Delete the image if this task made it (its ``layerbot-task`` label); [] when it is
-    gone. Another's image of the same name is left alone, which the line says."""
+    gone. Another's image of the same name is left alone, which the line says. A PENDING
+    image (a cancel during its creation) is waited for, at most ``bound`` seconds."""
     from adapters.gcp.names import label_value
 
     try:
-        _, labels = await status(session, project, name)
+        _, labels = await settled(session, project, name, poll, bound)
     except NotFoundError:
         return []
     if labels.get("layerbot-task") != label_value(task_id):

@@ -6,16 +6,22 @@ round is one ``disks.list`` filtered to the watched images (a disk records the
 one ``instances.list`` of the disks' users; an instance counts when its *boot* disk is one
 of them. Rounds back off while nothing changes. The watch ends when the last task stops
 waiting.
+
+A VM counts as having run and stopped when a round sees it TERMINATED/STOPPED with its last
+stop after its last start, or when it was seen RUNNING and a later round does not find it
+(deleted between two rounds: a guest that shut down and was deleted at once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from adapters.base import AdapterError, Backoff
 from adapters.gcp.compute_session import ComputeSession
@@ -29,18 +35,27 @@ STOPPED = ("TERMINATED", "STOPPED")
 WATCH_RETRY = RetryPolicy(attempts=8, budget=600.0, first_delay=2.0, max_delay=60.0)
 
 
+def parse_time(value: str) -> datetime | None:
+    """An RFC 3339 time of the API (``2026-01-02T03:04:05.678-08:00``); None when empty.
+    Compared as datetimes: two offsets make string order wrong."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 @dataclass(frozen=True)
 class InstanceState:
     name: str
     status: str
-    #: RFC 3339 times ("" when never started/stopped)
-    last_start: str
-    last_stop: str
+    #: None when never started/stopped
+    last_start: datetime | None
+    last_stop: datetime | None
 
     @property
     def ran_and_stopped(self) -> bool:
         """Stopped after a start (a guest quicker than the round that would have seen it run)."""
-        return self.status in STOPPED and bool(self.last_start) and self.last_stop >= self.last_start
+        return (self.status in STOPPED and self.last_start is not None
+                and self.last_stop is not None and self.last_stop >= self.last_start)
 
 
 def _last(url: str) -> str:
@@ -111,7 +126,8 @@ class ZoneWatch:
                 boot = next((d.source for d in inst.disks if d.boot), None)
                 if boot in by_disk:
                     out.append((by_disk[boot], InstanceState(
-                        inst.name, inst.status, inst.last_start_timestamp, inst.last_stop_timestamp)))
+                        inst.name, inst.status, parse_time(inst.last_start_timestamp),
+                        parse_time(inst.last_stop_timestamp))))
             return out
 
         for image, state in await self.session.call(instances, f"listing the instances of {zone}",
@@ -129,9 +145,11 @@ class ZoneWatch:
                 try:
                     found = await retrying(self.one_round, f"watching {self.zone}", self.retry)
                 except AdapterError as exc:
+                    # each task raises its own copy: one object raised by several tasks
+                    # would collect their tracebacks and contexts into each other
                     for queues in self.waiting.values():
                         for queue in queues:
-                            queue.put_nowait(exc)
+                            queue.put_nowait(copy.copy(exc).with_traceback(None))
                     return
                 self.rounds += 1
                 if found != last:

@@ -89,6 +89,9 @@ class GcsUpload(Resource):
     crc32c: str
     #: authorises the upload: masked in every message, never logged
     session_url: str = Field(repr=False)
+    #: the object's generation once the upload finished: cleanup deletes that generation (a
+    #: later object of the same name, someone else's, is left alone)
+    generation: int | None = None
 
     @property
     def uri(self) -> str:
@@ -136,6 +139,16 @@ class Storage:
         self.access = access
         self._client: storage.Client | None = None
         self._http: requests.Session | None = None
+        #: (path, size, mtime) -> CRC-32C: a takeover reads a large tarball once, not per check
+        self._crcs: dict[tuple[str, int, int], str] = {}
+
+    async def checksum(self, artifact: Path) -> str:
+        """The artifact's CRC-32C (base64), computed once while the file is unchanged."""
+        stat = artifact.stat()
+        key = (str(artifact), stat.st_size, stat.st_mtime_ns)
+        if key not in self._crcs:
+            self._crcs[key] = await asyncio.to_thread(file_crc32c, artifact)
+        return self._crcs[key]
 
     # ------------------------------------------------------------ clients
     def _credentials(self) -> Credentials:
@@ -177,7 +190,7 @@ class Storage:
         size = artifact.stat().st_size
         if size == 0:
             raise PlatformError(f"Google Cloud: {artifact.name} is empty: nothing to upload")
-        crc = await asyncio.to_thread(file_crc32c, artifact)
+        crc = await self.checksum(artifact)
 
         def create() -> str:
             blob = self._storage().bucket(bucket).blob(name)
@@ -212,7 +225,7 @@ class Storage:
         """What GCS holds of ``artifact`` in ``upload`` (0: start over: the session is gone or
         the artifact is not the one it was started for)."""
         size = artifact.stat().st_size
-        if size != upload.size or await asyncio.to_thread(file_crc32c, artifact) != upload.crc32c:
+        if size != upload.size or await self.checksum(artifact) != upload.crc32c:
             return 0
         return await self.persisted(upload) or 0
 
@@ -278,7 +291,7 @@ class Storage:
                                 lambda: self._storage().bucket(upload.bucket).get_blob(upload.name))
         if blob is None:
             raise PlatformError(f"Google Cloud: GCS holds every byte of {upload.uri} but no object")
-        return {"size": blob.size, "crc32c": blob.crc32c}
+        return {"size": blob.size, "crc32c": blob.crc32c, "generation": blob.generation}
 
     async def _verify(self, upload: GcsUpload, done: Mapping[str, Any]) -> None:
         """The object GCS made is the artifact (size and CRC-32C); else it is deleted."""
@@ -292,12 +305,15 @@ class Storage:
     # ------------------------------------------------------------ what an adapter calls
     async def upload(self, ctx: PublishContext, bucket: str, name: str) -> Uploaded:
         """Upload ``ctx.artifact`` to gs://bucket/name, continuing the task's recorded session
-        when GCS still has it and it was started for this artifact."""
+        when GCS still has it and it was started for this artifact. A recorded upload that is
+        not continued (another artifact, another bucket or name, an expired session) is
+        removed first (its session cancelled, the object it made deleted), then replaced."""
         recorded = latest(ctx.resources, GcsUpload)
         held = 0
         if recorded is not None and (recorded.bucket, recorded.name) == (bucket, name):
             held = await self.uploaded_bytes(recorded, ctx.artifact)
         if recorded is not None and held == 0:
+            await self.remove(recorded)
             fresh = await self.begin(bucket, name, ctx.artifact)
             await ctx.replace(recorded, fresh)
             recorded = fresh
@@ -307,11 +323,18 @@ class Storage:
         if held:
             log.info("%s: GCS holds %d of %d bytes of %s; sending the rest", ctx.task_id, held,
                      recorded.size, recorded.uri)
-        sent, _ = await self.send(recorded, ctx.artifact, ctx.progress, held)
+            await ctx.progress(held / recorded.size, f"resuming the upload of {recorded.uri} at "
+                                                     f"byte {held}")
+        sent, done = await self.send(recorded, ctx.artifact, ctx.progress, held)
+        if done.get("generation") is not None:
+            finished = recorded.model_copy(update={"generation": int(done["generation"])})
+            await ctx.replace(recorded, finished)
+            recorded = finished
         return Uploaded(recorded, sent, held)
 
     async def remove(self, upload: GcsUpload) -> list[str]:
-        """Cancel the session and delete the object; [] when neither existed."""
+        """Cancel the session and delete the object (the generation it made, when known);
+        [] when neither existed."""
         from google.api_core.exceptions import NotFound
 
         cancelled = await self._call(
@@ -321,8 +344,8 @@ class Storage:
 
         def delete() -> bool:
             try:
-                self._storage().bucket(upload.bucket).blob(upload.name).delete(
-                    timeout=self.access.timeout)
+                self._storage().bucket(upload.bucket).blob(
+                    upload.name, generation=upload.generation).delete(timeout=self.access.timeout)
             except NotFound:
                 return False
             return True

@@ -5,7 +5,6 @@ Exit codes: 0 every task done, 1 a task failed or was cancelled, 2 bad usage or 
 
 from __future__ import annotations
 
-import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import click
 
+from bot.cli import log_setup
 from bot.cli.output import EXIT_FAILED, EXIT_USAGE, escape_markup, out
 from bot.store import states
 from bot.store.states import EventKind
@@ -119,8 +119,7 @@ def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: bool
 
     Example: layerbot --config examples/demo/layerbot.yml publish demo-office --yes
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_setup.configure(verbose)
     ctx.obj = Context(config, db)
 
 

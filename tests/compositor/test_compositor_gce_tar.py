@@ -90,19 +90,37 @@ def test_the_gzip_depends_only_on_the_bytes(tmp_path: Path) -> None:
 
 async def test_the_tarball_lists_disk_raw_of_the_disk_size(tmp_path: Path) -> None:
     raw = tmp_path / "composited.img"
-    sparse_disk(raw, 2 * GIB, [(0, MIB), (GIB + 4096, 3 * 4096)])
+    sparse_disk(raw, GIB, [(0, MIB), (GIB // 2 + 4096, 3 * 4096)])
     out = tmp_path / "disk.tar.gz"
-    assert await convert(raw, "gce-tar", out, lambda _: None, KeyIdentity("k")) == 2 * GIB
+    assert await convert(raw, "gce-tar", out, lambda _: None, KeyIdentity("k")) == GIB
     listing = subprocess.run(["tar", "-tvzf", out], capture_output=True, text=True, check=True)
     [line] = listing.stdout.splitlines()
     fields = line.split()
-    assert (fields[0], fields[1], fields[2], fields[-1]) == ("-rw-r--r--", "0/0", str(2 * GIB),
+    assert (fields[0], fields[1], fields[2], fields[-1]) == ("-rw-r--r--", "0/0", str(GIB),
                                                             "disk.raw")
     extracted = tmp_path / "x"
     extracted.mkdir()
     subprocess.run(["tar", "-xzf", out, "-C", extracted], check=True)
     assert subprocess.run(["cmp", raw, extracted / "disk.raw"]).returncode == 0
     assert not list(tmp_path.glob("*.d")), "the hard-link folder is removed"
+
+
+async def test_converting_reports_progress_as_the_data_is_archived(tmp_path: Path) -> None:
+    """gce-tar's progress: the tar stream compressed so far against the disk's data bytes."""
+    raw = tmp_path / "composited.img"
+    sparse_disk(raw, GIB, [(i * 100 * MIB, MIB) for i in range(8)])
+    fractions: list[float] = []
+    await convert(raw, "gce-tar", tmp_path / "disk.tar.gz", fractions.append, KeyIdentity("k"))
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert len([f for f in fractions if 0 < f < 1]) >= 4, fractions  # one a block, 8 blocks
+
+
+def test_data_bytes_counts_the_extents_not_the_holes(tmp_path: Path) -> None:
+    from compositor.convert import data_bytes
+
+    raw = tmp_path / "disk.raw"
+    data = sparse_disk(raw, GIB, [(MIB, MIB), (GIB - 2 * MIB, 2 * MIB)])
+    assert data_bytes(raw) == data
 
 
 async def test_a_disk_that_is_not_whole_gib_is_refused(tmp_path: Path) -> None:

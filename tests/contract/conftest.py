@@ -145,9 +145,8 @@ async def gcp_target(tmp_path: Path, gcs: Any, emulator: Any) -> AsyncIterator[T
     await first.close()
 
     def objects() -> list[str]:
-        # the emulator's own state, not its HTTP API: it serves one connection at a time
-        # and the proxy on this event loop may hold one open (a call from here would wait
-        # for the loop it blocks)
+        # the emulator's own state, not its HTTP API: a blocking HTTP call from this event
+        # loop's thread would go through the proxy that runs on this very loop
         found, _ = emulator.storage.get_file_list(BUCKET)
         return sorted(o["name"] for o in found)
 

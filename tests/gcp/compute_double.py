@@ -1,17 +1,22 @@
 """A local double of the Compute Engine v1 REST API (aiohttp on 127.0.0.1, a random port),
 shaped from Google's discovery document (/work/shared/apis/gcp/ holds the extract; the
 Image schema's properties are copied into IMAGE_FIELDS below): images insert/get/delete,
-globalOperations and zoneOperations get/wait, instances insert/list/get/start/stop, disks
-list. Operations go PENDING -> RUNNING -> DONE over polls. It *validates* what it receives
-(resource names, rawDisk.source, labels, enums, unknown fields, the bearer token, and that
-the object exists when given a storage check) and keeps state; ``fail_image`` makes the
+globalOperations and zoneOperations get/wait, instances insert/list/get/delete/start/stop, disks
+list. Operations go PENDING -> RUNNING -> DONE over polls; an image is PENDING until its
+insert's operation is DONE (reading the image counts as a poll of it) and cannot be deleted
+before (400 resourceNotReady). A repeated requestId gets the first insert's operation. It
+*validates* what it receives (resource names, rawDisk.source, labels, enums, storage
+locations, licenses, the requestId's UUID, unknown fields, the bearer token, and that the
+object exists when given a storage check) and keeps state; ``fail_image`` makes the
 next image operation end with an error, ``http_errors`` queues HTTP errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +29,10 @@ SELF = "https://www.googleapis.com/compute/v1"
 NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+#: a region (europe-west1) or a multi-region (eu, us, asia)
+STORAGE_LOCATION = re.compile(r"[a-z]+(?:-[a-z]+[0-9]+)?")
+LICENSE = re.compile(r"(?:https://www\.googleapis\.com/compute/v1/)?projects/[a-z][-a-z0-9.:]*[a-z0-9]/"
+                     r"global/licenses/[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 RAW_SOURCE = re.compile(r"https://storage\.googleapis\.com/([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(.+)")
 #: schemas.Image.properties of compute-v1-discovery-extract.json
 IMAGE_FIELDS = {
@@ -107,9 +116,13 @@ class ComputeDouble:
     http_errors: list[tuple[str, str, int, str, str]] = field(default_factory=list)
     #: the next image insert's operation ends with this error (code, message, http status)
     fail_image: tuple[str, str, int] | None = None
+    #: (http method, path regex, gate): matching requests wait until the gate is set
+    held: list[tuple[str, str, asyncio.Event]] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
     received: list[tuple[str, str, Any]] = field(default_factory=list)
     _request_ids: dict[str, str] = field(default_factory=dict)
+    #: image name -> the operation of the insert that makes it
+    _image_ops: dict[str, Operation] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     url: str = ""
@@ -128,6 +141,7 @@ class ComputeDouble:
         app.router.add_post(base + "/zones/{zone}/instances", self._instance_insert)
         app.router.add_get(base + "/zones/{zone}/instances", self._instance_list)
         app.router.add_get(base + "/zones/{zone}/instances/{instance}", self._instance_get)
+        app.router.add_delete(base + "/zones/{zone}/instances/{instance}", self._instance_delete)
         app.router.add_post(base + "/zones/{zone}/instances/{instance}/start", self._instance_start)
         app.router.add_post(base + "/zones/{zone}/instances/{instance}/stop", self._instance_stop)
         app.router.add_get(base + "/zones/{zone}/disks", self._disk_list)
@@ -155,6 +169,9 @@ class ComputeDouble:
             if project is not None and project != self.project:
                 raise Refused(403, "forbidden", f"Required 'compute' permission for "
                                                 f"'projects/{project}'")
+            for method, pattern, gate in self.held:
+                if method == request.method and re.search(pattern, request.path):
+                    await gate.wait()
             for i, (method, pattern, status, reason, message) in enumerate(self.http_errors):
                 if method == request.method and re.search(pattern, request.path):
                     del self.http_errors[i]
@@ -183,6 +200,17 @@ class ComputeDouble:
         return image
 
     @staticmethod
+    def _check_request_id(value: str) -> None:
+        """requestId: "a valid UUID with the exception that zero UUID is not supported"."""
+        try:
+            valid = uuid.UUID(value).int != 0 and len(value) == 36
+        except ValueError:
+            valid = False
+        if not valid:
+            raise Refused(400, "invalid", f"Invalid value for field 'requestId': '{value}'. "
+                                          "Must be a valid UUID.")
+
+    @staticmethod
     def _check_name(value: Any, what: str) -> None:
         if not isinstance(value, str) or NAME.fullmatch(value) is None:
             raise Refused(400, "invalid", f"Invalid value for field '{what}': '{value}'. Must be a "
@@ -193,6 +221,8 @@ class ComputeDouble:
         body = await request.json()
         self.received.append(("images.insert", request.query.get("requestId", ""), body))
         rid = request.query.get("requestId")
+        if rid is not None:
+            self._check_request_id(rid)
         if rid and rid in self._request_ids:  # a repeated request: the first one's operation
             return web.json_response(self.operations[self._request_ids[rid]].body(self.project))
         unknown = sorted(set(body) - IMAGE_FIELDS)
@@ -220,8 +250,17 @@ class ComputeDouble:
                                               f"'resource.guestOsFeatures[].type': '{feature}'")
         if body.get("architecture", "X86_64") not in ("X86_64", "ARM64"):
             raise Refused(400, "invalid", "Invalid value for field 'resource.architecture'")
-        if len(body.get("storageLocations") or []) > 1:
+        locations = body.get("storageLocations") or []
+        if len(locations) > 1:
             raise Refused(400, "invalid", "Only one storage location may be specified")
+        for location in locations:
+            if STORAGE_LOCATION.fullmatch(location) is None:
+                raise Refused(400, "invalid", f"Invalid value for field 'resource.storageLocations[0]': "
+                                              f"'{location}'")
+        for i, license_url in enumerate(body.get("licenses") or []):
+            if LICENSE.fullmatch(license_url) is None:
+                raise Refused(400, "invalid", f"Invalid value for field 'resource.licenses[{i}]': "
+                                              f"'{license_url}'")
         name = body["name"]
         if name in self.images:
             raise Refused(409, "alreadyExists", f"The resource 'projects/{self.project}/global/"
@@ -237,16 +276,25 @@ class ComputeDouble:
         op = self._operation("insert", self.image_link(name), ready, error=error)
         if error is not None:
             image["status"] = "FAILED"
+        self._image_ops[name] = op
         if rid:
             self._request_ids[rid] = op.name
         return web.json_response(op.body(self.project))
 
     async def _image_get(self, request: web.Request) -> web.Response:
-        return web.json_response(self._image(request.match_info["image"]))
+        name = request.match_info["image"]
+        image = self._image(name)
+        creating = self._image_ops.get(name)
+        if image["status"] == "PENDING" and creating is not None:
+            creating.advance(self.polls_to_done)  # the image is made whether or not one polls
+        return web.json_response(image)
 
     async def _image_delete(self, request: web.Request) -> web.Response:
         name = request.match_info["image"]
         image = self._image(name)
+        if image["status"] == "PENDING":
+            raise Refused(400, "resourceNotReady", f"The resource '{image['selfLink']}' is not "
+                                                   "ready")
         op = self._operation("delete", image["selfLink"], lambda: self.images.pop(name, None))
         return web.json_response(op.body(self.project))
 
@@ -317,6 +365,17 @@ class ComputeDouble:
     async def _instance_get(self, request: web.Request) -> web.Response:
         return web.json_response(self._instance(request.match_info["zone"],
                                                 request.match_info["instance"]))
+
+    async def _instance_delete(self, request: web.Request) -> web.Response:
+        zone, name = request.match_info["zone"], request.match_info["instance"]
+        inst = self._instance(zone, name)
+
+        def gone() -> None:  # the boot disk is auto-deleted with it
+            self.instances.pop((zone, name), None)
+            self.disks.pop((zone, name), None)
+
+        op = self._operation("delete", inst["selfLink"], gone, zone)
+        return web.json_response(op.body(self.project))
 
     async def _instance_start(self, request: web.Request) -> web.Response:
         inst = self._instance(request.match_info["zone"], request.match_info["instance"])

@@ -4,7 +4,8 @@ The proxy counts what each upload session is sent, answers injected errors (429 
 Retry-After) instead of forwarding a chunk, checks every non-final chunk is a multiple of
 256 KiB, and fixes one emulator bug that matters for resuming: to a status query about a
 session that holds nothing, the emulator answers ``Range: bytes=0-0`` (one byte) where GCS
-sends no Range.
+sends no Range; and one for cleanup: the emulator deletes the live object whatever
+``generation`` a DELETE names, where GCS answers 404 unless it is that generation.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from http.server import ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -27,20 +29,15 @@ from adapters.retry import RetryPolicy
 BUCKET = "layerbot-images"
 PROJECT = "layerbot-test"
 _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_OBJECT = re.compile(r"/storage/v1/b/([^/]+)/o/(.+)")
 
 
 @dataclass
 class Emulator:
     url: str
-    #: the emulator's gcp_storage_emulator.storage.Storage (e.g. ``get_file_list(BUCKET)``)
+    #: the emulator's gcp_storage_emulator.storage.Storage (e.g. ``get_file_list(BUCKET)``):
+    #: tests read it, not the HTTP API (a blocking call on the event loop that runs the proxy)
     storage: Any
-
-    def client(self) -> Any:
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        return storage.Client(project=PROJECT, credentials=AnonymousCredentials(),
-                              client_options={"api_endpoint": self.url})
 
 
 @pytest.fixture
@@ -57,7 +54,9 @@ def emulator() -> Iterator[Emulator]:
     buckets.create_bucket(BUCKET, store)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(RequestHandler, store))
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="gcs-emulator", daemon=True)
+    # a short poll interval: shutdown() waits for serve_forever's next poll
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="gcs-emulator", daemon=True)
     thread.start()
     host, port = httpd.server_address[:2]
     try:
@@ -122,6 +121,17 @@ async def gcs(emulator: Emulator) -> AsyncIterator[Proxy]:
                                          status=404)
             proxy.cancelled.append(upload_id)
             return web.Response(status=499)
+        deleting = _OBJECT.fullmatch(request.path) if request.method == "DELETE" else None
+        if deleting and "generation" in request.query:
+            # the emulator deletes the live object whatever generation is asked; GCS: 404
+            bucket, name = deleting.group(1), unquote(deleting.group(2))
+            try:
+                live = emulator.storage.get_file_obj(bucket, name)["generation"]
+            except Exception:
+                live = None
+            if str(live) != request.query["generation"]:
+                return web.json_response({"error": {"code": 404, "message": "No such object"}},
+                                         status=404)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("content-length", "transfer-encoding")}
         async with session.request(request.method, emulator.url + request.path_qs, data=body,

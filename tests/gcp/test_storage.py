@@ -25,6 +25,7 @@ from compositor.identity import KeyIdentity
 from .conftest import BUCKET, Emulator, Proxy, access
 
 NAME = object_name("win10-office", "t1")
+pytestmark = pytest.mark.timeout(60)
 
 
 class RunnerDied(Exception):
@@ -69,8 +70,16 @@ def context(artifact: Path, resources: list[Resource] | None = None,
 
 
 def read_back(emulator: Emulator, name: str = NAME) -> bytes:
-    data: bytes = emulator.client().bucket(BUCKET).blob(name).download_as_bytes()
+    """The object's bytes from the emulator's own state (its HTTP API from this event loop's
+    thread would block the loop that runs the proxy in front of it)."""
+    data: bytes = emulator.storage.get_file(BUCKET, name)
     return data
+
+
+def objects(emulator: Emulator) -> dict[str, int]:
+    """Object name -> its generation, from the emulator's own state."""
+    found, _ = emulator.storage.get_file_list(BUCKET)
+    return {o["name"]: int(o["generation"]) for o in found}
 
 
 async def test_the_object_read_back_is_the_tarball(emulator: Emulator, gcs: Proxy,
@@ -116,7 +125,10 @@ async def test_a_second_uploader_sends_only_the_rest(emulator: Emulator, gcs: Pr
     assert done.resumed_from == sent_before
     assert done.sent == gcs.sent() - sent_before == size - sent_before
     assert read_back(emulator) == tarball.read_bytes()
-    assert second.resources == first.resources  # the same session: nothing new recorded
+    # the same session: nothing new recorded, the finished object's generation added
+    [upload] = second.resources
+    assert isinstance(upload, GcsUpload) and upload.session_url == done.upload.session_url
+    assert upload == first.resources[0].model_copy(update={"generation": upload.generation})
 
 
 async def test_429_is_retried_after_its_retry_after(emulator: Emulator, gcs: Proxy,
@@ -161,6 +173,40 @@ async def test_an_upload_for_another_artifact_starts_a_new_session(
     assert read_back(emulator) == other.read_bytes()
 
 
+async def test_an_upload_to_another_name_deletes_the_finished_object_first(
+        emulator: Emulator, gcs: Proxy, tarball: Path) -> None:
+    """The object's name changed between attempts (a renamed template): the first attempt's
+    finished object is deleted, not just forgotten; each record holds its object's
+    generation."""
+    ctx = context(tarball)
+    other = object_name("win10-renamed", "t1")
+    storage = Storage(access(gcs))
+    try:
+        first = await storage.upload(ctx, BUCKET, NAME)
+        assert first.upload.generation == objects(emulator)[NAME]
+        second = await storage.upload(ctx, BUCKET, other)
+    finally:
+        await storage.close()
+    assert list(objects(emulator)) == [other]
+    assert ctx.resources == [second.upload] and second.upload.generation == objects(emulator)[other]
+
+
+async def test_cleanup_deletes_the_recorded_generation_only(emulator: Emulator, gcs: Proxy,
+                                                             tarball: Path) -> None:
+    """A later object of the same name (another generation) is not this upload's: left alone."""
+    ctx = context(tarball)
+    storage = Storage(access(gcs))
+    try:
+        done = await storage.upload(ctx, BUCKET, NAME)
+        gone = done.upload.model_copy(update={"generation": done.upload.generation + 1})
+        assert not any(line.startswith("deleted") for line in await storage.remove(gone))
+        assert NAME in objects(emulator)
+        assert await storage.remove(done.upload) == [f"deleted {done.upload.describe()}"]
+    finally:
+        await storage.close()
+    assert NAME not in objects(emulator)
+
+
 async def test_cleanup_deletes_the_staging_object_once(emulator: Emulator, gcs: Proxy,
                                                        tarball: Path) -> None:
     ctx = context(tarball)
@@ -179,7 +225,7 @@ async def test_cleanup_deletes_the_staging_object_once(emulator: Emulator, gcs: 
         await storage.close()
     assert lines == [f"deleted Cloud Storage object gs://{BUCKET}/{NAME}"]
     assert ctx.resources == [] and again == []
-    assert emulator.client().bucket(BUCKET).get_blob(NAME) is None
+    assert NAME not in objects(emulator)
 
 
 async def test_an_error_keeps_googles_message_and_never_the_session(
@@ -201,6 +247,47 @@ async def test_an_error_keeps_googles_message_and_never_the_session(
         assert upload_id not in shown and upload.session_url not in shown
 
 
+async def test_debug_logs_of_an_upload_never_show_the_session(emulator: Emulator, gcs: Proxy,
+                                                             tarball: Path) -> None:
+    """``layerbot -v``: the root logger at DEBUG, where urllib3 logs every chunk's PUT with its
+    query string; the CLI's handler masks the session's upload_id."""
+    import io
+    import logging
+
+    from bot.cli import log_setup
+
+    root = logging.getLogger()
+    level = root.level
+    stream = io.StringIO()
+    handler = log_setup.configure(verbose=True, stream=stream)
+    ctx = context(tarball)
+    storage = Storage(access(gcs))
+    try:
+        await storage.upload(ctx, BUCKET, NAME)
+    finally:
+        await storage.close()
+        root.removeHandler(handler)
+        root.setLevel(level)
+    upload = latest(ctx.resources, GcsUpload)
+    assert upload is not None
+    upload_id = upload.session_url.partition("upload_id=")[2]
+    logged = stream.getvalue()
+    assert upload_id and upload_id not in logged
+    assert logged.count(f"upload_id={log_setup.MASK}") >= len(gcs.chunks[upload_id])  # every PUT
+
+
+def test_a_refused_token_refresh_never_shows_its_text() -> None:
+    """google-auth's RefreshError quotes the token endpoint's answer: it is never shown."""
+    from google.auth.exceptions import RefreshError
+
+    from adapters.gcp.gcs_errors import translate
+
+    found = translate(RefreshError("invalid_grant: token ya29.SECRET-VALUE expired", {"x": 1}),
+                      "uploading gs://b/o")
+    assert isinstance(found, AuthError) and "SECRET" not in str(found)
+    assert "RefreshError" in str(found)
+
+
 async def test_a_missing_bucket_is_not_found(emulator: Emulator, gcs: Proxy,
                                              tarball: Path) -> None:
     storage = Storage(access(gcs))
@@ -219,6 +306,7 @@ SESSION = "https://storage.googleapis.com/upload/storage/v1/b/b/o?uploadType=res
     (429, "rateLimitExceeded", RetryableError), (403, "rateLimitExceeded", RetryableError),
     (503, "backendError", RetryableError), (500, "", RetryableError),
     (409, "conflict", PlatformError), (400, "invalid", PlatformError),
+    (403, "quotaExceeded", PlatformError), (403, "insufficientPermissions", AuthError),
 ])
 def test_google_errors_map_to_adapter_errors(status: int, reason: str,
                                              error: type[Exception]) -> None:
@@ -230,5 +318,5 @@ def test_google_errors_map_to_adapter_errors(status: int, reason: str,
     assert text.startswith(f"Google Cloud: uploading gs://b/o failed: HTTP {status}: it said no at")
     assert (f"({reason})" in text) == bool(reason)
     assert "SECRET1" not in text
-    assert found.retry_after == (7.0 if error is RetryableError else None) or \
-        error is not RetryableError
+    if error is RetryableError:
+        assert found.retry_after == 7.0

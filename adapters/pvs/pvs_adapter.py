@@ -16,9 +16,11 @@ from adapters.base import (
 from adapters.pvs.pvs_config import LICENSE_MODES, Config
 from adapters.pvs.pvs_names import file_unc, properties_unc, vdisk_name
 from adapters.pvs.pvs_resources import PvsConvertedDisk, PvsDiskLocator, PvsFile, PvsPublished
-from adapters.pvs.pvs_scripts import Script, import_disk, remove_locator, set_disk
+from adapters.pvs.pvs_scripts import import_disk, remove_locator, set_disk
 from adapters.resources import Resource
 from adapters.steps import Step
+from adapters.windows_remote.powershell import Endpoint, RemoteClients, Script, acquire
+from adapters.windows_remote.smb_copy import SmbCopier, SmbShare
 
 PLATFORM = "Citrix Provisioning"
 NEXT_STEPS = ("The vDisk {name} is registered in store {store}, site {site} on {server}: "
@@ -27,15 +29,12 @@ NEXT_STEPS = ("The vDisk {name} is registered in store {store}, site {site} on {
 
 @dataclass
 class Clients:
-    """How the adapter reaches the Provisioning server (tests inject recorders/short timeouts)."""
+    """How the adapter reaches the Provisioning server; tests inject the PowerShell runner
+    (``remote.connect``), short timings and the hypervisor connector's own clients."""
 
-    #: PowerShell remoting to the server
-    remote: Any = None
-    #: the SMB copy to the store's share
-    share: Any = None
-    #: the hypervisor connector's own clients (its adapter module's ``Clients``)
+    remote: RemoteClients = field(default_factory=RemoteClients)
+    #: the hypervisor adapter module's ``Clients`` (None: its defaults)
     hypervisor: object | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Adapter:
@@ -129,16 +128,36 @@ class Adapter:
 
     # ------------------------------------------------------------ transport
     def _open_transport(self) -> None:
-        raise NotImplementedError
+        cfg = self.config
+        validation: bool | str = (False if cfg.insecure else
+                                  str(cfg.ca_file) if cfg.ca_file is not None else True)
+        endpoint = Endpoint(cfg.server, cfg.user_env, cfg.password_env, cfg.auth, cfg.https,
+                            cfg.winrm_port, validation)
+        self._key, self.session = acquire(endpoint, self.clients.remote)
+        share = SmbShare(cfg.share_server, cfg.user_env, cfg.password_env, cfg.smb_port,
+                         "negotiate" if cfg.auth == "credssp" else cfg.auth, cfg.smb_encrypt,
+                         self.clients.remote.timeout)
+        self.copier = SmbCopier(share, self.clients.remote.chunk_size)
 
     async def _close_transport(self) -> None:
-        raise NotImplementedError
+        try:
+            await self.copier.close()
+        finally:
+            await self.clients.remote.pool.release(self._key, self.session)
 
-    async def _run(self, script: Script) -> Any:
-        raise NotImplementedError
+    async def _run(self, script: Script) -> dict[str, Any]:
+        answer = await self.session.run(script, idempotent=True)
+        if len(answer) != 1 or not isinstance(answer[0], dict):
+            raise PlatformError(f"{PLATFORM}: {script.doing}: expected one object, got {answer!r:.200}")
+        return answer[0]
 
     async def _copy_file(self, ctx: PublishContext, target: str) -> None:
-        raise NotImplementedError
+        name = target.rsplit("\\", 1)[-1]
+
+        async def progress(done: int, total: int) -> None:
+            await ctx.progress(done / total if total else 1.0, f"copying {name}")
+
+        await self.copier.copy(ctx.artifact, target, progress)
 
     async def _delete_file(self, target: str) -> bool:
-        raise NotImplementedError
+        return await self.copier.remove(target)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from adapters.base import ConnectorConfig, ConnectorReference
+from adapters.base import CatalogFile, ConnectorConfig, ConnectorReference
 
 #: Citrix Provisioning's write cache types (``Set-PvsDisk -WriteCacheType``): name -> number
 WRITE_CACHE_TYPES: dict[str, int] = {
@@ -37,13 +37,15 @@ class Config(ConnectorConfig):
 
     type: Literal["pvs"]
     #: the Provisioning server that runs the Citrix.PVS.SnapIn cmdlets (PowerShell remoting)
-    server: str = Field(min_length=1)
-    #: WinRM port (default: 5986 with HTTPS, 5985 without)
-    port: int | None = Field(None, ge=1, le=65535)
-    #: WinRM over HTTPS (the default); plain HTTP only with NTLM/Kerberos message encryption
+    server: str = Field(min_length=1, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    #: WinRM over HTTPS (5986, the default); false: HTTP (5985), messages still encrypted
     https: bool = True
-    #: skip the TLS certificate check (a lab's self-signed WinRM listener)
+    #: WinRM port (default: 5986 with https, else 5985)
+    winrm_port: int | None = Field(None, ge=1, le=65535)
+    #: skip the WinRM certificate check (labs only)
     insecure: bool = False
+    #: CA bundle (PEM) that signed the WinRM certificate; default: the system's
+    ca_file: CatalogFile | None = None
     auth: Literal["ntlm", "kerberos", "credssp"] = "ntlm"
     #: names of the environment variables holding the user (DOMAIN\\user) and password
     user_env: str
@@ -53,6 +55,10 @@ class Config(ConnectorConfig):
     site: str = Field(min_length=1)
     #: the store's folder as a UNC path (\\\\server\\share[\\folder]); the vhdx is copied there
     store_share: str
+    #: the SMB port of the share's server
+    smb_port: int = Field(445, ge=1, le=65535)
+    #: SMB 3 encryption of the copy (the disk may hold licences and keys)
+    smb_encrypt: bool = True
     #: vDisk properties
     access_mode: Literal["standard", "private"] = "standard"
     #: default: cacheInDeviceRamWithOverflowOnHardDisk for a standard image, private for private
@@ -90,6 +96,8 @@ class Config(ConnectorConfig):
                 "a private image has write_cache 'private', a standard image any other")
         if self.insecure and not self.https:
             raise ValueError("insecure: true only applies with https: true")
+        if self.insecure and self.ca_file is not None:
+            raise ValueError("set either insecure or ca_file, not both")
         return self
 
     @property

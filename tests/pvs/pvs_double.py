@@ -1,8 +1,8 @@
 """A stand-in for a Provisioning server's Citrix.PVS.SnapIn cmdlets behind PowerShell remoting:
 it records each script block and its parameters and answers the JSON the adapter's scripts
-print, from its own farm state (disk locators by store, site and name). Import-PvsDisk needs
-the vhdx in the store's folder, as the real cmdlet does; a cmdlet can be made to fail with a
-given message."""
+print, from its own farm state (disk locators by store, site and name). It is the ``connect``
+of :class:`~adapters.windows_remote.powershell.RemoteClients`. Import-PvsDisk needs the vhdx
+in the store's folder, as the real cmdlet does; a cmdlet can be made to fail with a message."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from adapters.windows_remote.powershell import Endpoint, PSError, PSResult
 
 
 @dataclass
@@ -20,13 +22,13 @@ class Call:
     @property
     def cmdlet(self) -> str:
         for name in ("Import-PvsDisk", "Set-PvsDisk", "Remove-PvsDiskLocator"):
-            if f"{name} @at" in self.script or f"{name} @props" in self.script:
+            if f"{name} @at" in self.script:
                 return name
         return "?"
 
 
 class CmdletError(Exception):
-    """What the remoting reports for an error record of the script."""
+    """A cmdlet's terminating error (the double turns it into an error record)."""
 
 
 @dataclass
@@ -39,8 +41,24 @@ class PvsDouble:
     #: cmdlet -> the error message it fails with
     failing: dict[str, str] = field(default_factory=dict)
 
+    #: who logged in: (host, user) per runspace opened
+    logins: list[tuple[str, str]] = field(default_factory=list)
+
+    def connect(self, endpoint: Endpoint, user: str, password: str, timeout: float) -> PvsDouble:
+        self.logins.append((endpoint.host, user))
+        return self
+
+    def close(self) -> None:
+        """The runspace is closed (the farm stays)."""
+
+    def run(self, script: str, parameters: dict[str, Any]) -> PSResult:
+        try:
+            return PSResult([f"[{self.answer(script, parameters)}]"])
+        except CmdletError as exc:
+            return PSResult([], [PSError(str(exc), "PvsCmdletError", "InvalidOperation")], True)
+
     def answer(self, script: str, parameters: dict[str, Any]) -> str:
-        """The script's output: one line of JSON."""
+        """The script's object, as JSON."""
         call = Call(script, dict(parameters))
         self.calls.append(call)
         if call.cmdlet in self.failing:
@@ -60,7 +78,8 @@ class PvsDouble:
                                "SiteName": p["Site"]})
         if call.cmdlet == "Set-PvsDisk":
             disk = self.disks[key]
-            disk.update({k: p[k] for k in ("WriteCacheType", "LicenseMode", "WriteCacheSize") if k in p})
+            disk.update({k: p[k] for k in ("WriteCacheType", "LicenseMode", "WriteCacheSize")
+                         if p.get(k) is not None})
             return json.dumps({k: disk[k] for k in ("WriteCacheType", "LicenseMode", "WriteCacheSize")})
         if call.cmdlet == "Remove-PvsDiskLocator":
             return json.dumps({"Removed": self.disks.pop(key, None) is not None})

@@ -72,8 +72,8 @@ class Adapter:
             raise PlatformError(f"{PLATFORM}: expected a VHDX, got {ctx.artifact_format}")
         name = vdisk_name(ctx.image_name)
         target = file_unc(self.config.store_share, name)
-        await ctx.record(PvsFile(path=target))
         await ctx.progress(0.0, f"copying {name}.vhdx to {self.config.store_share}")
+        await ctx.record(PvsFile(path=target))
         await self._copy_file(ctx, target)
 
     async def _register(self, ctx: PublishContext) -> None:

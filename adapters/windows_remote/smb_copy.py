@@ -91,6 +91,17 @@ def translate(exc: BaseException, where: str) -> AdapterError:
     return PlatformError(f"{where} failed: {name}: {exc}")
 
 
+def _close(remote: Any, after_failure: bool) -> None:
+    try:
+        remote.close()
+    except Exception:
+        # the connection died: the server dropped the handle with it; smbclient still thinks
+        # it open (a ResourceWarning when collected) unless told
+        remote.fd.connected = False
+        if not after_failure:
+            raise
+
+
 class SmbCopier:
     """Copies files to, sizes and removes files on one SMB server (blocking calls on threads)."""
 
@@ -128,20 +139,25 @@ class SmbCopier:
         self._connect()
         total = source.stat().st_size
         done = 0
-        with open(source, "rb") as local, smbclient.open_file(
-                unc, mode="wb", buffering=0, share_access="r", **self._kwargs()) as remote:
-            while chunk := local.read(self.chunk_size):
-                if stop.is_set():
-                    raise CopyStopped
-                view = memoryview(chunk)
-                if chunk.count(0) == len(chunk):
-                    remote.seek(done + len(chunk))
-                else:
-                    while view:
-                        view = view[remote.write(view):]
-                done += len(chunk)
-                report(done)
+        remote = smbclient.open_file(unc, mode="wb", buffering=0, share_access="r", **self._kwargs())
+        copied = False
+        try:
+            with open(source, "rb") as local:
+                while chunk := local.read(self.chunk_size):
+                    if stop.is_set():
+                        raise CopyStopped
+                    view = memoryview(chunk)
+                    if chunk.count(0) == len(chunk):
+                        remote.seek(done + len(chunk))
+                    else:
+                        while view:
+                            view = view[remote.write(view):]
+                    done += len(chunk)
+                    report(done)
             remote.truncate(total)  # the end of the file, after a last run of zeros
+            copied = True
+        finally:
+            _close(remote, after_failure=not copied)
         size = smbclient.stat(unc, **self._kwargs()).st_size
         if size != total:
             raise PlatformError(f"{unc}: the copy on the share has {size} bytes, the disk {total}")

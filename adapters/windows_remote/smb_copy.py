@@ -97,7 +97,7 @@ def _close(remote: Any, after_failure: bool) -> None:
     except Exception:
         # the connection died: the server dropped the handle with it; smbclient still thinks
         # it open (a ResourceWarning when collected) unless told
-        remote.fd.connected = False
+        remote.fd._connected = False
         if not after_failure:
             raise
 

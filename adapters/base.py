@@ -23,7 +23,11 @@ Flow for one task::
         await clean_up(adapter, ctx, Outcome.FAILED)            # idempotent, resumable
 
 Capabilities are used: ``WATCH_POWER`` adapters implement :class:`Watcher` (the others define
-no such method); ``RESUMABLE_UPLOAD`` adapters implement :class:`ResumableUpload`, and a
+no such method). They may differ per connector: ``Adapter(config)`` may construct a subclass
+(a Provisioning connector with a ``hypervisor`` watches that connector's VM, adapters/pvs), and
+the runner reads them from the instance. A connector that names another one declares it in
+``ConnectorConfig.references()``; the catalog checks and links it at load.
+``RESUMABLE_UPLOAD`` adapters implement :class:`ResumableUpload`, and a
 runner that takes a task over keeps their recorded upload and continues it. Platform calls
 that are safe to repeat go through :func:`adapters.retry.retrying` (``retryable`` errors,
 back-off, Retry-After). ``Published.resource`` is a typed resource too. Old task rows hold

@@ -11,8 +11,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from adapters import config_model
+from adapters import close_blocking, config_model, create
+from adapters.base import Capability, Watcher
+from adapters.blocking import SessionPool
+from adapters.pvs import Clients
 from adapters.pvs.pvs_names import MAX_VDISK_NAME, vdisk_name
+from adapters.windows_remote.powershell import RemoteClients
 from bot.catalog import CatalogError, load_catalog
 from tests.conftest import BASIC_CATALOG
 
@@ -105,3 +109,17 @@ def test_a_hypervisor_missing_or_of_another_type_is_named(write_catalog: Callabl
     with pytest.raises(CatalogError) as err:
         load_catalog(write_catalog(catalog_with(write_catalog, name)))
     assert err.value.problems == [expected]
+
+
+def test_a_connector_with_a_hypervisor_watches_like_it(write_catalog: Callable[[str], Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("PVS_USER", "PVS_PASSWORD", "PRISM_USER", "PRISM_PASSWORD"):
+        monkeypatch.setenv(var, "x")
+    cat = load_catalog(write_catalog(catalog_with(write_catalog, "ahv")))
+    with_vm = create(cat.connectors["farm"], Clients(remote=RemoteClients(sessions=SessionPool())))
+    try:
+        assert with_vm.capabilities == Capability.WATCH_POWER | Capability.CREATES_VM
+        assert isinstance(with_vm, Watcher)
+        assert with_vm.hypervisor.type_name == "nutanix"  # type: ignore[attr-defined]
+    finally:
+        close_blocking(with_vm)

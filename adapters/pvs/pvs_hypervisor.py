@@ -41,10 +41,14 @@ class WithHypervisor(Adapter):
         # first: a hypervisor that cannot be created leaves no session of ours open
         self.hypervisor: AdapterProtocol = adapters.create(config.linked("hypervisor"),
                                                            clients.hypervisor)
-        if Capability.WATCH_POWER not in self.hypervisor.capabilities:
-            raise PlatformError(f"{PLATFORM}: hypervisor {config.hypervisor!r} "
-                                f"({self.hypervisor.platform}) cannot watch a VM")
-        super().__init__(config, clients)
+        try:
+            if Capability.WATCH_POWER not in self.hypervisor.capabilities:
+                raise PlatformError(f"{PLATFORM}: hypervisor {config.hypervisor!r} "
+                                    f"({self.hypervisor.platform}) cannot watch a VM")
+            super().__init__(config, clients)
+        except BaseException:
+            adapters.close_blocking(self.hypervisor)
+            raise
 
     def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
         fmt = self.hypervisor.disk_format()

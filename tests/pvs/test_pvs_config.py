@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+import adapters.nutanix
 from adapters import close_blocking, config_model, create
-from adapters.base import Capability, Watcher
+from adapters.base import AuthError, Capability, Watcher
 from adapters.blocking import SessionPool
 from adapters.pvs import Clients
 from adapters.pvs.pvs_names import MAX_VDISK_NAME, vdisk_name
@@ -123,3 +124,22 @@ def test_a_connector_with_a_hypervisor_watches_like_it(write_catalog: Callable[[
         assert with_vm.hypervisor.type_name == "nutanix"  # type: ignore[attr-defined]
     finally:
         close_blocking(with_vm)
+
+
+def test_a_pvs_connector_that_cannot_open_closes_its_hypervisor(
+        write_catalog: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("PRISM_USER", "PRISM_PASSWORD"):
+        monkeypatch.setenv(var, "x")
+    monkeypatch.delenv("PVS_USER", raising=False)
+    cat = load_catalog(write_catalog(catalog_with(write_catalog, "ahv")))
+    closed: list[str] = []
+    real_close = adapters.nutanix.Adapter.close
+
+    async def close(self: Any) -> None:
+        closed.append(self.type_name)
+        await real_close(self)
+
+    monkeypatch.setattr(adapters.nutanix.Adapter, "close", close)
+    with pytest.raises(AuthError, match="environment variable PVS_USER is not set"):
+        create(cat.connectors["farm"], Clients(remote=RemoteClients(sessions=SessionPool())))
+    assert closed == ["nutanix"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from adapters.base import Capability, PlatformError, RetryableError, Watcher, cl
 from adapters.nutanix import NutanixPoweredOn, NutanixVm
 from adapters.pvs import PvsDiskLocator, PvsFile, PvsPublished
 from adapters.steps import Outcome, cancel
+from tests.hyperv.conftest import LOCAL_PATH, hyperv_config
+from tests.hyperv.conftest import short_clients as hyperv_clients
+from tests.hyperv.hyperv_double import HyperVDouble
 from tests.nutanix.conftest import FAST, connector
 from tests.nutanix.prism_double import PrismDouble
 from tests.windows_remote.samba_peer import SambaPeer
@@ -164,3 +168,37 @@ async def test_cancel_while_the_hypervisor_uploads_removes_its_image_the_locator
     assert prism.images == {} and prism.vms == {} and ctx.resources == []
     assert list((tmp_path / "work").iterdir()) == []
     assert any(line.startswith("vDisk win10-cancel") for line in ctx.removed)
+
+
+async def test_with_hyper_v_the_vhdx_is_used_as_is_and_the_vm_power_cycle_is_done(
+        farm: PvsDouble, smb_env: SambaPeer, disk: Path, tmp_path: Path) -> None:
+    folder = smb_env.share_dir / "hv"  # Hyper-V's own folder on the share (its host's D:\...)
+    folder.mkdir()
+    host = HyperVDouble(LOCAL_PATH, folder)
+    hv = hyperv_config(smb_env, share=f"{smb_env.unc}\\hv")
+    adapter = make_adapter(farm, smb_env, hv, hyperv_clients(host))
+    name = "win10-20261202-101010-abc123"
+    ctx = context(disk, name, scratch=tmp_path / "work")
+    try:
+        published = await publish(adapter, ctx)
+        assert not (tmp_path / "work").exists()  # Generation 2 takes the vhdx: nothing converted
+        assert (folder / f"{name}.vhdx").read_bytes() == disk.read_bytes()
+        assert (smb_env.share_dir / f"{name}.vhdx").read_bytes() == disk.read_bytes()
+        [new_vm] = host.of("New-VM")
+        assert new_vm.parameters["VHDPath"] == f"{LOCAL_PATH}\\{name}.vhdx"
+        assert farm.of("Import-PvsDisk")[0]["Name"] == name
+
+        watch = asyncio.ensure_future(adapter.wait_for_shutdown(published, ctx))
+        await asyncio.sleep(0.2)
+        host.set_state(name, "Running")
+        await asyncio.sleep(0.3)
+        assert not watch.done()
+        host.set_state(name, "Off")
+        await asyncio.wait_for(watch, 10)
+
+        await clean_up(adapter, ctx, Outcome.FAILED)
+        assert host.vms == {} and farm.disks == {}
+        assert smb_env.files() == ["hv"] and list(folder.iterdir()) == []
+    finally:
+        await adapter.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -48,7 +48,8 @@ _MODULES: dict[str, AdapterEntry] = {
     "nutanix": AdapterEntry("adapters.nutanix"),
     "hyperv": AdapterEntry("adapters.hyperv", ("pypsrp", "smbprotocol"), _extra("hyperv")),
     "xenserver": AdapterEntry("adapters.xenserver", ("XenAPI",), _extra("xen")),
-    "pvs": AdapterEntry("adapters.pvs"),
+    # the same transport as hyperv (PowerShell remoting, SMB); [pvs] installs [hyperv]
+    "pvs": AdapterEntry("adapters.pvs", ("pypsrp", "smbprotocol"), _extra("pvs")),
 }
 
 

@@ -23,7 +23,11 @@ Flow for one task::
         await clean_up(adapter, ctx, Outcome.FAILED)            # idempotent, resumable
 
 Capabilities are used: ``WATCH_POWER`` adapters implement :class:`Watcher` (the others define
-no such method); ``RESUMABLE_UPLOAD`` adapters implement :class:`ResumableUpload`, and a
+no such method). They may differ per connector: ``Adapter(config)`` may construct a subclass
+(a Provisioning connector with a ``hypervisor`` watches that connector's VM, adapters/pvs), and
+the runner reads them from the instance. A connector that names another one declares it in
+``ConnectorConfig.references()``; the catalog checks and links it at load.
+``RESUMABLE_UPLOAD`` adapters implement :class:`ResumableUpload`, and a
 runner that takes a task over keeps their recorded upload and continues it. Platform calls
 that are safe to repeat go through :func:`adapters.retry.retrying` (``retryable`` errors,
 back-off, Retry-After). ``Published.resource`` is a typed resource too. Old task rows hold
@@ -43,7 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+)
 
 from adapters.resources import Lifetime, R, Resource, ResourceError, load
 from adapters.steps import Outcome, Step, StepRunner
@@ -163,6 +175,19 @@ class AccessConfig(BaseModel):
     approval: Literal["none", "second_person"] = "none"
 
 
+@dataclass(frozen=True)
+class ConnectorReference:
+    """A connector setting that names another connector (e.g. the hypervisor a Provisioning
+    connector also creates its VM on): the catalog checks at load that it exists and is of one
+    of ``types``, then links it (:meth:`ConnectorConfig.linked`)."""
+
+    #: the setting, e.g. "hypervisor"
+    key: str
+    #: the connector it names
+    name: str
+    types: frozenset[str]
+
+
 class ConnectorConfig(BaseModel):
     """Settings shared by every connector type; each adapter module subclasses it."""
 
@@ -178,6 +203,23 @@ class ConnectorConfig(BaseModel):
     shutdown: Literal["auto", "manual"] = "auto"
     notify_channel: str | None = None
     access: AccessConfig | None = None
+    _linked: dict[str, ConnectorConfig] = PrivateAttr(default_factory=dict)
+
+    def references(self) -> list[ConnectorReference]:
+        """The other connectors this one names (none by default)."""
+        return []
+
+    def link(self, key: str, config: ConnectorConfig) -> None:
+        """Resolve the reference ``key`` (the catalog, once it checked it)."""
+        self._linked[key] = config
+
+    def linked(self, key: str) -> ConnectorConfig:
+        """The connector the reference ``key`` names, as the catalog linked it."""
+        try:
+            return self._linked[key]
+        except KeyError:
+            raise AdapterError(f"connector setting {key}: the connector it names was not linked "
+                               "(connectors that name others are loaded through the catalog)") from None
 
     @field_validator("scripts")
     @classmethod

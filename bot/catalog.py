@@ -316,6 +316,24 @@ def _check_references(
             )
 
 
+def _link_connectors(fname: str, cat: Catalog, declared: set[str], problems: list[str]) -> None:
+    """Check and link the connectors a connector names (a Provisioning connector's hypervisor)."""
+    for cname, connector in cat.connectors.items():
+        for ref in connector.references():
+            loc = f"{fname}: connectors.{cname}.{ref.key}"
+            if ref.name not in declared:
+                problems.append(f"{loc}: {unknown_name('connector', ref.name, declared)}")
+                continue
+            other = cat.connectors.get(ref.name)
+            if other is None:
+                continue  # it failed its own checks, reported already
+            if other.type not in ref.types:
+                problems.append(f"{loc}: connector {ref.name!r} is of type {other.type!r}; it must be "
+                                f"one of {', '.join(sorted(ref.types))}")
+                continue
+            connector.link(ref.key, other)
+
+
 _SECTIONS = ("layers", "connectors", "templates", "runner")
 
 
@@ -344,7 +362,9 @@ def load_catalog(path: Path) -> Catalog:
         runner = RunnerSettings.model_validate({}, context=context)
     cat = Catalog.model_construct(path=path.resolve(), layers=layers, connectors=connectors,
                                   templates=templates, runner=runner)
-    _check_references(fname, cat, {k: set(map(str, v)) for k, v in sections.items()}, problems)
+    declared = {k: set(map(str, v)) for k, v in sections.items()}
+    _check_references(fname, cat, declared, problems)
+    _link_connectors(fname, cat, declared["connectors"], problems)
     if not problems and not templates:  # when there are other problems, the file is not empty
         problems.append(f"{fname}: templates: none, so there is nothing to publish; a catalog "
                         f"needs at least one layer, connector and template, like this:\n"

@@ -72,6 +72,30 @@ async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction, ids: Ke
     return await _verify_qemu(out, qemu_fmt, size, fmt)
 
 
+async def reformat(source: Path, source_fmt: str, fmt: str, out: Path, on_fraction: Fraction) -> int:
+    """Write a disk already converted (``source_fmt``) as ``fmt`` (a target that composes
+    another one wanting its own format); verified like :func:`convert`. Returns the virtual size."""
+    if fmt == source_fmt or fmt not in (*_QEMU, "raw") or source_fmt not in _QEMU:
+        raise CompositorError(f"cannot rewrite a {source_fmt} disk as {fmt}")
+    src_qemu = _QEMU[source_fmt][0]
+    info = json.loads((await tool_runner.run(
+        [tool_path("qemu-img"), "info", "--output=json", "-f", src_qemu, source])).stdout)
+    size = int(info["virtual-size"])
+    qemu_fmt, options = _QEMU.get(fmt, ("raw", None))
+
+    def on_line(line: str) -> None:
+        if match := _PROGRESS.search(line):
+            on_fraction(float(match.group(1)) / 100)
+
+    argv: list[str | Path] = [tool_path("qemu-img"), "convert", "-p", "-f", src_qemu, "-O", qemu_fmt]
+    if options:
+        argv += ["-o", options]
+    await tool_runner.run([*argv, source, out], on_output=on_line)
+    if fmt in _CHECKABLE:
+        await _check_qemu(out, qemu_fmt, fmt)
+    return await _verify_qemu(out, qemu_fmt, size, fmt)
+
+
 async def _check_qemu(out: Path, qemu_fmt: str, fmt: str) -> None:
     """qemu-img check of the rewritten metadata (reads tables only, not the data)."""
     try:

@@ -16,6 +16,7 @@ APT_PACKAGES=(
   debootstrap         # tests: a real minimal Debian OS layer
   golang-go golang-github-vmware-govmomi-dev   # tests: vcsim, VMware's vCenter simulator
   nodejs npm          # tests: Azurite, Microsoft's Azure Storage emulator (from npm, below)
+  samba               # tests: smbd, the SMB share the Hyper-V/PVS disk copy goes to
   python3-venv
 )
 # commands another source may provide (NodeSource's nodejs bundles npm, and conflicts with

@@ -27,15 +27,19 @@ from tests.gcp.test_gcp_publish import adapter_for
 from tests.nutanix.conftest import FAST, prism, prism_ca, qcow2_disk
 from tests.nutanix.conftest import connector as nutanix_connector
 from tests.nutanix.prism_double import PrismDouble
+from tests.pvs.conftest import clients as pvs_clients
+from tests.pvs.conftest import pvs_config, vhdx_disk
+from tests.pvs.pvs_double import PvsDouble
 from tests.qemu.test_qemu_adapter import TINY
 from tests.qemu.test_qemu_adapter import raw_disk as qemu_raw_disk
 from tests.vsphere.conftest import connector, find_vms, make_raw_disk, vc_env, vcsim, vcsim_binary
+from tests.windows_remote.samba_peer import SambaPeer, samba, smb_env
 from tests.xenserver.conftest import dynamic_vhd, short_clients, xapi, xen_config, xen_env
 
-__all__ = ["arm_double", "arm_tls", "emulator", "gcs", "prism", "prism_ca", "vc_env",
-           "vcsim", "vcsim_binary", "xapi", "xen_env"]
+__all__ = ["arm_double", "arm_tls", "emulator", "gcs", "prism", "prism_ca", "samba", "smb_env",
+           "vc_env", "vcsim", "vcsim_binary", "xapi", "xen_env"]
 
-TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver"]
+TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver", "pvs"]
 
 
 @dataclass
@@ -183,3 +187,16 @@ async def xenserver_target(tmp_path: Path, xapi: Any, xen_env: None) -> AsyncIte
     vhd, _ = dynamic_vhd(tmp_path / "disk.vhd", 32)  # random data: the file is its virtual size and more
     yield Target(lambda: create(cfg, clients), vhd, "vhd-dynamic", xapi.leftovers,
                  sessions=clients.pool)
+
+
+@pytest.fixture
+async def pvs_target(tmp_path: Path, smb_env: SambaPeer) -> AsyncIterator[Target]:
+    farm = PvsDouble(store_dir=smb_env.share_dir)
+    cfg = pvs_config(smb_env)
+    clients = pvs_clients(farm)
+
+    def leftovers(name: str) -> list[Any]:  # the share and the farm are this test's own
+        return [*smb_env.files(), *farm.disks]
+
+    yield Target(lambda: create(cfg, clients), vhdx_disk(tmp_path / "disk.vhdx", 32), "vhdx",
+                 leftovers, sessions=clients.remote.sessions)

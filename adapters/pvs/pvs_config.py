@@ -1,0 +1,115 @@
+"""``type: pvs`` connector settings, validated at load (no pypsrp/smbprotocol import)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from adapters.base import CatalogFile, ConnectorConfig, ConnectorReference
+
+#: Citrix Provisioning's write cache types (``Set-PvsDisk -WriteCacheType``): name -> number
+WRITE_CACHE_TYPES: dict[str, int] = {
+    "private": 0,
+    "cacheOnServer": 1,
+    "cacheInDeviceRam": 3,
+    "cacheOnDeviceHardDisk": 4,
+    "cacheInDeviceRamDisk": 6,
+    "cacheOnServerPersistent": 7,
+    "cacheInDeviceRamWithOverflowOnHardDisk": 9,
+}
+WriteCache = Literal["private", "cacheOnServer", "cacheInDeviceRam", "cacheOnDeviceHardDisk",
+                     "cacheInDeviceRamDisk", "cacheOnServerPersistent",
+                     "cacheInDeviceRamWithOverflowOnHardDisk"]
+#: ``Set-PvsDisk -LicenseMode``: none, Multiple Activation Key, Key Management Service
+LICENSE_MODES: dict[str, int] = {"none": 0, "mak": 1, "kms": 2}
+#: connector types whose adapter creates the target VM next to the vDisk
+HYPERVISOR_TYPES = frozenset({"nutanix", "xenserver", "hyperv", "vsphere"})
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# \\server\share[\folder...]: no empty part, none of the characters Windows forbids in names
+_UNC = re.compile(r"\\\\[^\\/:*?\"<>|]+(\\[^\\/:*?\"<>|]+)+")
+
+
+class Config(ConnectorConfig):
+    """See the example connector in adapters/pvs/__init__.py and docs/pvs.md."""
+
+    type: Literal["pvs"]
+    #: the Provisioning server that runs the Citrix.PVS.SnapIn cmdlets (PowerShell remoting)
+    server: str = Field(min_length=1, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    #: WinRM over HTTPS (5986, the default); false: HTTP (5985), messages still encrypted
+    https: bool = True
+    #: WinRM port (default: 5986 with https, else 5985)
+    winrm_port: int | None = Field(None, ge=1, le=65535)
+    #: skip the WinRM certificate check (labs only)
+    insecure: bool = False
+    #: CA bundle (PEM) that signed the WinRM certificate; default: the system's
+    ca_file: CatalogFile | None = None
+    auth: Literal["ntlm", "kerberos", "credssp"] = "ntlm"
+    #: names of the environment variables holding the user (DOMAIN\\user) and password
+    user_env: str
+    password_env: str
+    #: the vDisk's store and site at the farm
+    store: str = Field(min_length=1)
+    site: str = Field(min_length=1)
+    #: the store's folder as a UNC path (\\\\server\\share[\\folder]); the vhdx is copied there
+    store_share: str
+    #: the SMB port of the share's server
+    smb_port: int = Field(445, ge=1, le=65535)
+    #: SMB 3 encryption of the copy (the disk may hold licences and keys)
+    smb_encrypt: bool = True
+    #: vDisk properties
+    access_mode: Literal["standard", "private"] = "standard"
+    #: default: cacheInDeviceRamWithOverflowOnHardDisk for a standard image, private for private
+    write_cache: WriteCache | None = None
+    #: RAM for the device RAM caches, MB (PVS's default when not set)
+    write_cache_size_mb: int | None = Field(None, ge=0, le=131072)
+    license_mode: Literal["none", "mak", "kms"] = "none"
+    #: another connector (nutanix, xenserver, hyperv, vsphere) that also creates a target VM
+    hypervisor: str | None = None
+
+    @field_validator("user_env", "password_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if _ENV_NAME.fullmatch(value) is None:
+            raise ValueError(f"{value!r} is not an environment variable name (the connector names "
+                             "the variable that holds the secret, never the secret itself)")
+        return value
+
+    @field_validator("store_share")
+    @classmethod
+    def _unc(cls, value: str) -> str:
+        if _UNC.fullmatch(value.rstrip("\\")) is None:
+            raise ValueError(f"{value!r} is not a UNC path like \\\\pvs01\\Store (a server, a share, "
+                             "optionally folders; backslashes)")
+        return value.rstrip("\\")
+
+    @model_validator(mode="after")
+    def _cache_matches_access(self) -> Config:
+        private = self.access_mode == "private"
+        if self.write_cache is None:
+            self.write_cache = "private" if private else "cacheInDeviceRamWithOverflowOnHardDisk"
+        elif private != (self.write_cache == "private"):
+            raise ValueError(
+                f"write_cache {self.write_cache!r} does not go with access_mode {self.access_mode!r}: "
+                "a private image has write_cache 'private', a standard image any other")
+        if self.insecure and not self.https:
+            raise ValueError("insecure: true only applies with https: true")
+        if self.insecure and self.ca_file is not None:
+            raise ValueError("set either insecure or ca_file, not both")
+        return self
+
+    @property
+    def share_server(self) -> str:
+        return self.store_share[2:].split("\\", 1)[0]
+
+    @property
+    def write_cache_type(self) -> int:
+        assert self.write_cache is not None  # set by the validator
+        return WRITE_CACHE_TYPES[self.write_cache]
+
+    def references(self) -> list[ConnectorReference]:
+        if self.hypervisor is None:
+            return []
+        return [ConnectorReference("hypervisor", self.hypervisor, HYPERVISOR_TYPES)]

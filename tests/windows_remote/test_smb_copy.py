@@ -1,0 +1,123 @@
+"""The SMB copy against a real Samba server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from adapters.base import AuthError, RetryableError
+from adapters.windows_remote.smb_copy import SmbCopier, SmbShare
+
+from .samba_peer import SMB_PASSWORD_ENV, SMB_USER_ENV, SambaPeer
+
+pytestmark = pytest.mark.timeout(120)
+CHUNK = 1 << 20
+
+
+def disk(path: Path, mib: int = 24) -> Path:
+    """Random data, runs of zeros (skipped by the copy) and a ragged end (not whole chunks)."""
+    with open(path, "wb") as f:
+        for i in range(mib):
+            f.write(bytes(CHUNK) if i % 3 == 1 else os.urandom(CHUNK))
+        f.write(os.urandom(1000))
+        f.write(bytes(3 * CHUNK + 5))  # ends in zeros: the file's end is set, not written
+    return path
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    """Compared by digest: pytest's diff of two large byte strings takes minutes."""
+    return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+
+
+def copier(samba: SambaPeer, encrypt: bool = True) -> SmbCopier:
+    share = SmbShare("127.0.0.1", SMB_USER_ENV, SMB_PASSWORD_ENV, samba.port, "ntlm", encrypt, 10)
+    return SmbCopier(share, CHUNK)
+
+
+async def test_copy_equals_the_disk_byte_for_byte_and_remove_deletes_it(smb_env: SambaPeer,
+                                                                       tmp_path: Path) -> None:
+    source = disk(tmp_path / "d.vhdx")
+    notes: list[tuple[int, int]] = []
+
+    async def progress(done: int, total: int) -> None:
+        notes.append((done, total))
+
+    smb = copier(smb_env)
+    unc = f"{smb_env.unc}\\d.vhdx"
+    try:
+        assert await smb.copy(source, unc, progress) == source.stat().st_size
+        assert same_bytes(smb_env.share_dir / "d.vhdx", source)
+        assert notes[-1] == (source.stat().st_size,) * 2
+        assert [d for d, _ in notes] == sorted(d for d, _ in notes) and len(notes) > 3
+        assert await smb.size(unc) == source.stat().st_size
+        assert await smb.remove(unc) is True
+        assert smb_env.files() == [] and await smb.size(unc) is None
+        assert await smb.remove(unc) is False  # idempotent
+    finally:
+        await smb.close()
+
+
+async def test_an_interrupted_copy_fails_retryably_and_the_partial_file_can_be_removed(
+        smb_env: SambaPeer, tmp_path: Path) -> None:
+    source = disk(tmp_path / "d.vhdx", 64)
+    smb = copier(smb_env)
+    unc = f"{smb_env.unc}\\cut.vhdx"
+    before = set(smb_env.connections())
+
+    async def cut(done: int, total: int) -> None:
+        if done >= 4 * CHUNK:  # the server side of this connection dies mid-copy
+            for pid in set(smb_env.connections()) - before:
+                os.kill(pid, signal.SIGKILL)
+
+    try:
+        with pytest.raises(RetryableError, match="SMB connection was lost"):
+            await smb.copy(source, unc, cut)
+        assert "cut.vhdx" in smb_env.files()
+        assert await smb.remove(unc) is True  # a new connection
+        assert smb_env.files() == []
+    finally:
+        await smb.close()
+
+
+async def test_a_cancelled_copy_stops_and_closes_the_file(smb_env: SambaPeer, tmp_path: Path) -> None:
+    source = disk(tmp_path / "d.vhdx", 64)
+    smb = copier(smb_env)
+    unc = f"{smb_env.unc}\\cancel.vhdx"
+    seen: list[int] = []
+
+    async def progress(done: int, total: int) -> None:
+        seen.append(done)
+        if done >= 2 * CHUNK:
+            job.cancel()
+
+    job = asyncio.ensure_future(smb.copy(source, unc, progress))
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        size = (smb_env.share_dir / "cancel.vhdx").stat().st_size
+        assert size < source.stat().st_size  # it stopped
+        assert await smb.remove(unc) is True and smb_env.files() == []
+    finally:
+        await smb.close()
+
+
+async def test_a_wrong_password_is_an_auth_error_without_the_password(
+        smb_env: SambaPeer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SMB_PASSWORD_ENV, "Wrong-secret-42")
+    smb = copier(smb_env)
+    try:
+        with pytest.raises(AuthError) as caught:
+            await smb.copy(disk(tmp_path / "d.vhdx", 1), f"{smb_env.unc}\\x.vhdx", _ignore)
+        assert "Wrong-secret-42" not in str(caught.value)
+        assert smb_env.files() == []
+    finally:
+        await smb.close()
+
+
+async def _ignore(done: int, total: int) -> None:
+    pass

@@ -24,18 +24,23 @@ from tests.gcp.compute_double import ComputeDouble
 from tests.gcp.compute_fixtures import PROJECT, TOKEN, object_check
 from tests.gcp.conftest import BUCKET, emulator, gcs
 from tests.gcp.test_gcp_publish import adapter_for
+from tests.hyperv.conftest import data_disk, hyperv_config
+from tests.hyperv.conftest import short_clients as hyperv_clients
+from tests.hyperv.hyperv_double import HyperVDouble
 from tests.nutanix.conftest import FAST, prism, prism_ca, qcow2_disk
 from tests.nutanix.conftest import connector as nutanix_connector
 from tests.nutanix.prism_double import PrismDouble
 from tests.qemu.test_qemu_adapter import TINY
 from tests.qemu.test_qemu_adapter import raw_disk as qemu_raw_disk
 from tests.vsphere.conftest import connector, find_vms, make_raw_disk, vc_env, vcsim, vcsim_binary
+from tests.windows_remote.samba_peer import SambaPeer, samba, smb_env
 from tests.xenserver.conftest import dynamic_vhd, short_clients, xapi, xen_config, xen_env
 
-__all__ = ["arm_double", "arm_tls", "azurite", "emulator", "gcs", "prism", "prism_ca", "vc_env",
-           "vcsim", "vcsim_binary", "xapi", "xen_env"]
+__all__ = ["arm_double", "arm_tls", "azurite", "emulator", "gcs", "prism", "prism_ca", "samba",
+           "smb_env", "vc_env", "vcsim", "vcsim_binary", "xapi", "xen_env"]
 
-TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver"]
+TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver",
+           "hyperv"]
 
 
 @dataclass
@@ -184,3 +189,12 @@ async def xenserver_target(tmp_path: Path, xapi: Any, xen_env: None) -> AsyncIte
     vhd, _ = dynamic_vhd(tmp_path / "disk.vhd", 32)  # random data: the file is its virtual size and more
     yield Target(lambda: create(cfg, clients), vhd, "vhd-dynamic", xapi.leftovers,
                  sessions=clients.pool)
+
+
+@pytest.fixture
+async def hyperv_target(tmp_path: Path, smb_env: SambaPeer) -> AsyncIterator[Target]:
+    double = HyperVDouble("D:\\Hyper-V\\layerbot", smb_env.share_dir)
+    cfg = hyperv_config(smb_env)
+    clients = hyperv_clients(double)
+    yield Target(lambda: create(cfg, clients), data_disk(tmp_path / "disk.vhdx", 24), "vhdx",
+                 lambda name: [*double.vms, *smb_env.files()], sessions=clients.pool)

@@ -24,6 +24,9 @@ from tests.gcp.compute_double import ComputeDouble
 from tests.gcp.compute_fixtures import PROJECT, TOKEN, object_check
 from tests.gcp.conftest import BUCKET, emulator, gcs
 from tests.gcp.test_gcp_publish import adapter_for
+from tests.hyperv.conftest import data_disk, hyperv_config
+from tests.hyperv.conftest import short_clients as hyperv_clients
+from tests.hyperv.hyperv_double import HyperVDouble
 from tests.nutanix.conftest import FAST, prism, prism_ca, qcow2_disk
 from tests.nutanix.conftest import connector as nutanix_connector
 from tests.nutanix.prism_double import PrismDouble
@@ -39,7 +42,8 @@ from tests.xenserver.conftest import dynamic_vhd, short_clients, xapi, xen_confi
 __all__ = ["arm_double", "arm_tls", "emulator", "gcs", "prism", "prism_ca", "samba", "smb_env",
            "vc_env", "vcsim", "vcsim_binary", "xapi", "xen_env"]
 
-TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver", "pvs"]
+TARGETS = ["local", "qemu", "vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver", "hyperv",
+           "pvs"]
 
 
 @dataclass
@@ -200,3 +204,12 @@ async def pvs_target(tmp_path: Path, smb_env: SambaPeer) -> AsyncIterator[Target
 
     yield Target(lambda: create(cfg, clients), vhdx_disk(tmp_path / "disk.vhdx", 32), "vhdx",
                  leftovers, sessions=clients.remote.sessions)
+
+
+@pytest.fixture
+async def hyperv_target(tmp_path: Path, smb_env: SambaPeer) -> AsyncIterator[Target]:
+    double = HyperVDouble("D:\\Hyper-V\\layerbot", smb_env.share_dir)
+    cfg = hyperv_config(smb_env)
+    clients = hyperv_clients(double)
+    yield Target(lambda: create(cfg, clients), data_disk(tmp_path / "disk.vhdx", 24), "vhdx",
+                 lambda name: [*double.vms, *smb_env.files()], sessions=clients.pool)

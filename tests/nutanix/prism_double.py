@@ -7,6 +7,7 @@ QUEUED -> RUNNING -> SUCCEEDED (or FAILED) over ``polls_to_done`` reads."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import ssl
@@ -56,6 +57,9 @@ class PrismDouble:
     #: close the connection after this many bytes of the next upload
     cut_upload_after: int | None = None
     uploads: list[tuple[str, int, int]] = field(default_factory=list)  # image, bytes, virtual size
+    #: while set, VM listings wait for it (a watch round held open); ``held_lists`` counts them
+    hold_lists: asyncio.Event | None = None
+    held_lists: int = 0
     calls: Counter[str] = field(default_factory=Counter)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -294,6 +298,9 @@ class PrismDouble:
             if attribute != {"vm": "vm_name", "cluster": "name", "subnet": "name"}.get(kind):
                 return _error(400, "INVALID_REQUEST", f"unknown filter attribute {attribute!r}", kind)
             wanted.add(value)
+        if kind == "vm" and self.hold_lists is not None:
+            self.held_lists += 1
+            await self.hold_lists.wait()
         if kind == "vm":
             found = [vm for vm in self.vms.values() if vm["spec"]["name"] in wanted]
         elif kind in ("cluster", "subnet"):

@@ -50,6 +50,8 @@ class PrismDouble:
     vms: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     polls_to_done: int = 2
+    #: operation ("create_vm", ...) -> the reads its tasks take instead of ``polls_to_done``
+    polls_for: dict[str, int] = field(default_factory=dict)
     #: operation ("create_image", "create_vm", ...) -> the error_detail its next task fails with
     fail_task: dict[str, str] = field(default_factory=dict)
     #: (method, path regex, status, reason, message): answered once, in order
@@ -106,7 +108,8 @@ class PrismDouble:
 
     # ------------------------------------------------------------ helpers
     def _task(self, operation: str, kind: str, uuid: str) -> str:
-        task = Task(str(uuids.uuid4()), operation, (kind, uuid), self.polls_to_done,
+        task = Task(str(uuids.uuid4()), operation, (kind, uuid),
+                    self.polls_for.get(operation, self.polls_to_done),
                     self.fail_task.pop(operation, None))
         self.tasks[task.uuid] = task
         return task.uuid

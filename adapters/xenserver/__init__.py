@@ -1,7 +1,7 @@
 """Citrix Hypervisor / XenServer adapter (XenAPI over XML-RPC, the disk over HTTP).
 
 Publish: log in (``session.login_with_password``), find the SR, network and ``vm_template``
-by name (a missing one is named in the error before anything is made) -> ``VDI.create`` with
+by UUID or unique name (a missing or ambiguous one is named before anything is made) -> ``VDI.create`` with
 the disk's virtual size -> ``PUT /import_raw_vdi?...&format=vhd`` streams the compositor's
 dynamic VHD (:mod:`adapters.xenserver.vdi_import`) and its task is checked -> ``VM.clone`` of
 ``vm_template`` (a template clone is provisioned and made a VM) -> a bootable VBD (userdevice
@@ -21,7 +21,7 @@ Example connector (layerbot.yml)::
         ca_file: certs/xen-ca.pem          # or insecure: true (labs only)
         sr: Local storage                  # storage repository (name_label)
         network: Pool-wide network associated with eth0
-        vm_template: Windows 10 (64-bit)   # a template or VM (name_label) to clone
+        vm_template: Windows 10 (64-bit)   # a template or VM (name_label or UUID) to clone
         console_url: https://xo.lab.example/#/vms/{uuid}/general   # optional
         scripts: [scripts/activate-office.cmd]
 """

@@ -54,8 +54,8 @@ from adapters.xenserver.xen_objects import (
     destroy_vdi,
     destroy_vm,
     find_one,
+    halted_after_a_start,
     make_vm,
-    started_since,
 )
 from adapters.xenserver.xen_resources import TASK_TAG, XenPublished, XenVdi, XenVm, XenVmRan
 from adapters.xenserver.xen_watch import watching
@@ -185,7 +185,7 @@ class Adapter:
                     # it may have run while no runner watched (a restart before "ran" was saved)
                     ran = await self.session.xapi(
                         "reading the VM's start time",
-                        lambda x: started_since(x, vm.ref, vm.published_at), idempotent=True)
+                        lambda x: halted_after_a_start(x, vm.ref, vm.published_at), idempotent=True)
                     if ran:
                         await ctx.record(XenVmRan(uuid=vm.uuid))
                 if report == "Running" and not ran:

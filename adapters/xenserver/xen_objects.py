@@ -90,9 +90,12 @@ def attach(x: Any, vm: str, vdi: str, network: str) -> None:
                   "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
 
 
-def started_since(x: Any, vm: str, since: float) -> bool:
-    """True when the VM was started at or after ``since`` (VM_metrics.start_time, whole
-    seconds in UTC; a VM never started has the epoch)."""
+def halted_after_a_start(x: Any, vm: str, since: float) -> bool:
+    """True when the VM is Halted now and was started at or after ``since``
+    (VM_metrics.start_time, whole seconds in UTC; a VM never started has the epoch). The
+    state is read again here: a Halted report may be older than a start."""
+    if x.VM.get_power_state(vm) != "Halted":
+        return False
     metrics = x.VM.get_metrics(vm)
     if metrics == NULL:
         return False

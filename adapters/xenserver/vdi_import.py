@@ -15,6 +15,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urljoin
 
 from adapters.base import (
@@ -47,18 +48,17 @@ class _Sent:
     bytes: int = 0
 
 
-async def _body(path: Path, sent: _Sent, progress: ProgressFn, what: str) -> AsyncIterator[bytes]:
+async def _body(fh: BinaryIO, sent: _Sent, progress: ProgressFn, what: str) -> AsyncIterator[bytes]:
     reported = -1.0
     sent.bytes = 0
-    with open(path, "rb") as fh:
-        while chunk := await asyncio.to_thread(fh.read, CHUNK):
-            sent.bytes += len(chunk)
-            fraction = sent.bytes / sent.size
-            if fraction - reported >= PROGRESS_STEP or sent.bytes == sent.size:
-                reported = fraction
-                await progress(fraction * 0.95, f"uploading {what}: {sent.bytes >> 20} of "
-                                                f"{sent.size >> 20} MiB")
-            yield chunk
+    while chunk := await asyncio.to_thread(fh.read, CHUNK):
+        sent.bytes += len(chunk)
+        fraction = sent.bytes / sent.size
+        if fraction - reported >= PROGRESS_STEP or sent.bytes == sent.size:
+            reported = fraction
+            await progress(fraction * 0.95, f"uploading {what}: {sent.bytes >> 20} of "
+                                            f"{sent.size >> 20} MiB")
+        yield chunk
 
 
 async def import_vhd(session: XapiSession, vdi_ref: str, vdi_name: str, artifact: Path,
@@ -112,17 +112,28 @@ async def _put(url: str, artifact: Path, sent: _Sent, context: ssl.SSLContext | 
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=600)
     async with aiohttp.ClientSession(connector=connector) as http:
         for _ in range(MAX_REDIRECTS + 1):
-            async with http.put(url, data=_body(artifact, sent, progress, what),
-                                headers={"Content-Length": str(sent.size),
-                                         "Content-Type": "application/octet-stream"},
-                                allow_redirects=False, timeout=timeout) as resp:
-                location = resp.headers.get("Location")
-                if resp.status in _REDIRECTS and location:
-                    url = urljoin(url, location)
-                    continue
-                await resp.read()  # xapi closes the connection once it has read the body
-                return resp.status, resp.reason or ""
+            # the file is closed here: aiohttp drops the body's generator unfinished on a cut
+            with open(artifact, "rb") as fh:
+                status, reason, location = await _put_once(http, url, _body(fh, sent, progress, what),
+                                                           sent.size, timeout)
+            if location is None:
+                return status, reason
+            url = urljoin(url, location)
     raise PlatformError(f"import_raw_vdi of {what}: more than {MAX_REDIRECTS} redirects")
+
+
+async def _put_once(http: Any, url: str, body: AsyncIterator[bytes], size: int, timeout: Any
+                    ) -> tuple[int, str, str | None]:
+    """One PUT: its status and reason, and where a redirect points (None: no redirect)."""
+    async with http.put(url, data=body,
+                        headers={"Content-Length": str(size),
+                                 "Content-Type": "application/octet-stream"},
+                        allow_redirects=False, timeout=timeout) as resp:
+        location = resp.headers.get("Location")
+        if resp.status in _REDIRECTS and location:
+            return resp.status, resp.reason or "", location
+        await resp.read()  # xapi closes the connection once it has read the body
+        return resp.status, resp.reason or "", None
 
 
 async def _raise_cut_off(session: XapiSession, task: str, what: str, sent: _Sent, how: str) -> None:

@@ -29,8 +29,10 @@ Example connector (layerbot.yml)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any, ClassVar
+from collections.abc import Awaitable
+from typing import Any, ClassVar, TypeVar
 
 from adapters.base import (
     Capability,
@@ -59,6 +61,8 @@ from adapters.xenserver.xen_objects import (
 )
 from adapters.xenserver.xen_resources import TASK_TAG, XenPublished, XenVdi, XenVm, XenVmRan
 from adapters.xenserver.xen_watch import watching
+
+T = TypeVar("T")
 
 __all__ = ["Adapter", "Clients", "Config", "XenPublished", "XenVdi", "XenVm", "XenVmRan"]
 
@@ -113,10 +117,11 @@ class Adapter:
                   "SR": sr, "virtual_size": str(ctx.virtual_size), "type": "user",
                   "sharable": False, "read_only": False,
                   "other_config": {TASK_TAG: ctx.task_id}}
+        await ctx.progress(0.0, f"creating disk {ctx.image_name} on SR {cfg.sr}")
         pending = XenVdi(name=ctx.image_name, task_id=ctx.task_id)
         await ctx.record(pending)
-        await ctx.progress(0.0, f"creating disk {ctx.image_name} on SR {cfg.sr}")
-        vdi, uuid = await self.session.xapi("creating the disk", lambda x: create_vdi(x, record))
+        vdi, uuid = await _completed(self.session.xapi("creating the disk",
+                                                       lambda x: create_vdi(x, record)))
         await ctx.replace(pending, XenVdi(uuid=uuid, name=ctx.image_name, task_id=ctx.task_id))
         await retrying(lambda: import_vhd(self.session, vdi, ctx.image_name, ctx.artifact,
                                           self.context, ctx.progress, self.clients.task_poll),
@@ -129,11 +134,11 @@ class Adapter:
         network = await self._one("network", cfg.network, "network")
         template_uuid = await self.session.xapi("reading vm_template",
                                                 lambda x: x.VM.get_uuid(template), idempotent=True)
+        await ctx.progress(0.0, f"cloning {cfg.vm_template!r} as VM {name}")
         pending = XenVm(name=name, task_id=ctx.task_id, template_uuid=template_uuid)
         await ctx.record(pending)
-        await ctx.progress(0.0, f"cloning {cfg.vm_template!r} as VM {name}")
-        vm, uuid = await self.session.xapi("cloning vm_template",
-                                           lambda x: clone_vm(x, template, name, ctx.task_id))
+        vm, uuid = await _completed(self.session.xapi(
+            "cloning vm_template", lambda x: clone_vm(x, template, name, ctx.task_id)))
         await ctx.replace(pending, XenVm(uuid=uuid, name=name, task_id=ctx.task_id))
         await self.session.xapi("preparing the VM", lambda x: make_vm(x, vm))
         await self.session.xapi("attaching the disk and network",
@@ -210,6 +215,18 @@ class Adapter:
         if not self._closed:
             self._closed = True
             await self.clients.pool.release(self._key, self.session)
+
+
+async def _completed(call: Awaitable[T]) -> T:
+    """``await call``; a cancel waits for the call to finish before it goes on (a create on a
+    worker thread runs to its end anyway: the cleanup after the cancel must come later)."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 def _need(resource: Resource | None, what: str) -> Any:

@@ -56,8 +56,11 @@ class EndpointWatch:
                 await self._task
         await self.prism.close()
 
-    async def one_round(self) -> dict[str, str]:
-        names = sorted({name for name, _ in self.waiting.values()})
+    async def one_round(self) -> tuple[frozenset[str], dict[str, str]]:
+        """The UUIDs this round looked for (snapshot at its start) and their power states:
+        a task that starts waiting while the round is in flight waits for the next one."""
+        watched = {uuid: name for uuid, (name, _) in self.waiting.items()}
+        names = sorted(set(watched.values()))
         answer = await self.prism.call(
             "POST", "/vms/list", {"kind": "vm", "length": 500,
                                   "filter": ",".join(f"vm_name=={n}" for n in names)},
@@ -66,9 +69,9 @@ class EndpointWatch:
         for vm in answer.get("entities") or []:
             uuid = (vm.get("metadata") or {}).get("uuid")
             state = _power_state(vm)
-            if uuid in self.waiting and state:
+            if uuid in watched and state:
                 states[uuid] = state
-        return states
+        return frozenset(watched), states
 
     async def _run(self) -> None:
         backoff = Backoff(*self.poll)
@@ -76,7 +79,7 @@ class EndpointWatch:
         while self.waiting:
             self._wake.clear()
             try:
-                found = await retrying(self.one_round, "watching the VMs", self.retry)
+                watched, found = await retrying(self.one_round, "watching the VMs", self.retry)
             except AdapterError as exc:
                 for _, queues in self.waiting.values():
                     for queue in queues:
@@ -86,8 +89,8 @@ class EndpointWatch:
             if found != last:
                 backoff.reset()
             last = found
-            for _, queues in self.waiting.values():
-                for queue in queues:
+            for uuid in watched & self.waiting.keys():
+                for queue in self.waiting[uuid][1]:
                     queue.put_nowait(found)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff.current):

@@ -1,7 +1,7 @@
 """Citrix Hypervisor / XenServer adapter (XenAPI over XML-RPC, the disk over HTTP).
 
 Publish: log in (``session.login_with_password``), find the SR, network and ``vm_template``
-by name (a missing one is named in the error before anything is made) -> ``VDI.create`` with
+by UUID or unique name (a missing or ambiguous one is named before anything is made) -> ``VDI.create`` with
 the disk's virtual size -> ``PUT /import_raw_vdi?...&format=vhd`` streams the compositor's
 dynamic VHD (:mod:`adapters.xenserver.vdi_import`) and its task is checked -> ``VM.clone`` of
 ``vm_template`` (a template clone is provisioned and made a VM) -> a bootable VBD (userdevice
@@ -21,7 +21,7 @@ Example connector (layerbot.yml)::
         ca_file: certs/xen-ca.pem          # or insecure: true (labs only)
         sr: Local storage                  # storage repository (name_label)
         network: Pool-wide network associated with eth0
-        vm_template: Windows 10 (64-bit)   # a template or VM (name_label) to clone
+        vm_template: Windows 10 (64-bit)   # a template or VM (name_label or UUID) to clone
         console_url: https://xo.lab.example/#/vms/{uuid}/general   # optional
         scripts: [scripts/activate-office.cmd]
 """
@@ -29,26 +29,40 @@ Example connector (layerbot.yml)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any, ClassVar
+from collections.abc import Awaitable
+from typing import Any, ClassVar, TypeVar
 
 from adapters.base import (
     Capability,
     DiskFormat,
     GuestTimeoutError,
-    NotFoundError,
     PlatformError,
     PlatformStep,
     PublishContext,
     Published,
 )
 from adapters.resources import Resource, latest
+from adapters.retry import retrying
 from adapters.steps import Step
 from adapters.xenserver.vdi_import import import_vhd
 from adapters.xenserver.xapi_session import Clients, XapiSession, session_key, tls_context
 from adapters.xenserver.xen_config import Config
-from adapters.xenserver.xen_resources import XenPublished, XenVdi, XenVm, XenVmRan
+from adapters.xenserver.xen_objects import (
+    attach,
+    clone_vm,
+    create_vdi,
+    destroy_vdi,
+    destroy_vm,
+    find_one,
+    halted_after_a_start,
+    make_vm,
+)
+from adapters.xenserver.xen_resources import TASK_TAG, XenPublished, XenVdi, XenVm, XenVmRan
 from adapters.xenserver.xen_watch import watching
+
+T = TypeVar("T")
 
 __all__ = ["Adapter", "Clients", "Config", "XenPublished", "XenVdi", "XenVm", "XenVmRan"]
 
@@ -86,14 +100,11 @@ class Adapter:
     def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
         return [PlatformStep("disk", self, self._disk), PlatformStep("vm", self, self._vm)]
 
-    async def _one(self, cls: str, label: str, key: str) -> str:
-        """The ref of the object of class ``cls`` named ``label``; NotFoundError naming the key."""
-        refs: list[str] = await self.session.xapi(
-            f"looking up {cls} {label!r}",
-            lambda x: getattr(x, cls).get_by_name_label(label), idempotent=True)
-        if not refs:
-            raise NotFoundError(f"XenServer {self.config.url}: {key}: no {cls} named {label!r}")
-        return refs[0]
+    async def _one(self, cls: str, wanted: str, key: str) -> str:
+        """The ref of the ``cls`` object with the UUID or the only name ``wanted``."""
+        return await self.session.xapi(
+            f"looking up {cls} {wanted!r}",
+            lambda x: find_one(x, cls, wanted, key, f"XenServer {self.config.url}"), idempotent=True)
 
     async def _disk(self, ctx: PublishContext) -> None:
         if ctx.artifact_format != "vhd-dynamic":
@@ -105,27 +116,33 @@ class Adapter:
         record = {"name_label": ctx.image_name, "name_description": f"layerbot task {ctx.task_id}",
                   "SR": sr, "virtual_size": str(ctx.virtual_size), "type": "user",
                   "sharable": False, "read_only": False,
-                  "other_config": {"layerbot-task": ctx.task_id}}
+                  "other_config": {TASK_TAG: ctx.task_id}}
         await ctx.progress(0.0, f"creating disk {ctx.image_name} on SR {cfg.sr}")
-        vdi = await self.session.xapi("creating the disk", lambda x: x.VDI.create(record))
-        uuid = await self.session.xapi("reading the disk", lambda x: x.VDI.get_uuid(vdi),
-                                       idempotent=True)
-        await ctx.record(XenVdi(uuid=uuid, name=ctx.image_name))
-        await import_vhd(self.session, vdi, ctx.image_name, ctx.artifact, self.context,
-                         ctx.progress, self.clients.task_poll)
+        pending = XenVdi(name=ctx.image_name, task_id=ctx.task_id)
+        await ctx.record(pending)
+        vdi, uuid = await _completed(self.session.xapi("creating the disk",
+                                                       lambda x: create_vdi(x, record)))
+        await ctx.replace(pending, XenVdi(uuid=uuid, name=ctx.image_name, task_id=ctx.task_id))
+        await retrying(lambda: import_vhd(self.session, vdi, ctx.image_name, ctx.artifact,
+                                          self.context, ctx.progress, self.clients.task_poll),
+                       f"uploading disk {ctx.image_name}", self.clients.upload_retry)
 
     async def _vm(self, ctx: PublishContext) -> None:
         cfg, name = self.config, ctx.image_name
         vdi_uuid = _need(latest(ctx.resources, XenVdi), "the uploaded disk").uuid
         template = await self._one("VM", cfg.vm_template, "vm_template")
         network = await self._one("network", cfg.network, "network")
+        template_uuid = await self.session.xapi("reading vm_template",
+                                                lambda x: x.VM.get_uuid(template), idempotent=True)
         await ctx.progress(0.0, f"cloning {cfg.vm_template!r} as VM {name}")
-        vm = await self.session.xapi("cloning vm_template", lambda x: x.VM.clone(template, name))
-        uuid = await self.session.xapi("reading the VM", lambda x: x.VM.get_uuid(vm), idempotent=True)
-        await ctx.record(XenVm(uuid=uuid, name=name))
-        await self.session.xapi("preparing the VM", lambda x: _make_vm(x, vm, ctx.task_id))
+        pending = XenVm(name=name, task_id=ctx.task_id, template_uuid=template_uuid)
+        await ctx.record(pending)
+        vm, uuid = await _completed(self.session.xapi(
+            "cloning vm_template", lambda x: clone_vm(x, template, name, ctx.task_id)))
+        await ctx.replace(pending, XenVm(uuid=uuid, name=name, task_id=ctx.task_id))
+        await self.session.xapi("preparing the VM", lambda x: make_vm(x, vm))
         await self.session.xapi("attaching the disk and network",
-                                lambda x: _attach(x, vm, x.VDI.get_by_uuid(vdi_uuid), network))
+                                lambda x: attach(x, vm, x.VDI.get_by_uuid(vdi_uuid), network))
         state = await self.session.xapi("reading the VM", lambda x: x.VM.get_power_state(vm),
                                         idempotent=True)
         if state != "Halted":
@@ -169,6 +186,13 @@ class Adapter:
                 if report == "deleted":
                     raise PlatformError(f"{self.platform}: VM {vm.name} ({vm.uuid}) was deleted "
                                         "before it ran and shut down")
+                if report == "Halted" and not ran:
+                    # it may have run while no runner watched (a restart before "ran" was saved)
+                    ran = await self.session.xapi(
+                        "reading the VM's start time",
+                        lambda x: halted_after_a_start(x, vm.ref, vm.published_at), idempotent=True)
+                    if ran:
+                        await ctx.record(XenVmRan(uuid=vm.uuid))
                 if report == "Running" and not ran:
                     ran = True
                     await ctx.record(XenVmRan(uuid=vm.uuid))
@@ -181,10 +205,10 @@ class Adapter:
     async def remove(self, resource: Resource) -> list[str]:
         if isinstance(resource, XenVm):
             return await self.session.xapi(f"removing {resource.describe()}",
-                                           lambda x: _destroy_vm(x, resource))
+                                           lambda x: destroy_vm(x, resource))
         if isinstance(resource, XenVdi):
             return await self.session.xapi(f"removing {resource.describe()}",
-                                           lambda x: _destroy_vdi(x, resource))
+                                           lambda x: destroy_vdi(x, resource))
         raise PlatformError(f"{self.platform}: cannot remove {resource.describe()}")
 
     async def close(self) -> None:
@@ -193,67 +217,19 @@ class Adapter:
             await self.clients.pool.release(self._key, self.session)
 
 
-def _need(resource: Resource | None, what: str) -> Any:
-    if resource is None:
-        raise PlatformError(f"Citrix Hypervisor: {what} was not recorded")
-    return resource
-
-
-def _make_vm(x: Any, vm: str, task_id: str) -> None:
-    """A clone of a template is a template: provisioned (without the template's own disk
-    list: the uploaded disk is the VM's) and made a VM."""
-    if x.VM.get_is_a_template(vm):
-        x.VM.remove_from_other_config(vm, "disks")
-        x.VM.provision(vm)
-        x.VM.set_is_a_template(vm, False)
-    x.VM.add_to_other_config(vm, "layerbot-task", task_id)
-
-
-def _attach(x: Any, vm: str, vdi: str, network: str) -> None:
-    x.VBD.create({"VM": vm, "VDI": vdi, "userdevice": "0", "bootable": True, "mode": "RW",
-                  "type": "Disk", "unpluggable": False, "empty": False, "other_config": {},
-                  "qos_algorithm_type": "", "qos_algorithm_params": {}})
-    devices = {int(x.VIF.get_device(vif)) for vif in x.VM.get_VIFs(vm)}
-    device = next(n for n in range(len(devices) + 1) if n not in devices)
-    x.VIF.create({"device": str(device), "network": network, "VM": vm, "MAC": "", "MTU": "1500",
-                  "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
-
-
-def _ref_of(getter: Any, uuid: str) -> str | None:
-    from adapters.xenserver.xen_watch import is_gone
-
+async def _completed(call: Awaitable[T]) -> T:
+    """``await call``; a cancel waits for the call to finish before it goes on (a create on a
+    worker thread runs to its end anyway: the cleanup after the cancel must come later)."""
+    task = asyncio.ensure_future(call)
     try:
-        return str(getter(uuid))
-    except Exception as exc:
-        if is_gone(exc):
-            return None
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
         raise
 
 
-def _destroy_vm(x: Any, vm: XenVm) -> list[str]:
-    ref = _ref_of(x.VM.get_by_uuid, vm.uuid)
-    if ref is None:
-        return []
-    if x.VM.get_power_state(ref) != "Halted":
-        x.VM.hard_shutdown(ref)
-    removed = []
-    for vbd in x.VM.get_VBDs(ref):
-        vdi = x.VBD.get_VDI(vbd)
-        kind = x.VBD.get_type(vbd)
-        x.VBD.destroy(vbd)
-        if kind == "Disk" and vdi != "OpaqueRef:NULL":
-            label = x.VDI.get_name_label(vdi)
-            x.VDI.destroy(vdi)
-            removed.append(f"XenServer disk {label}")
-    for vif in x.VM.get_VIFs(vm_ref := ref):
-        x.VIF.destroy(vif)
-    x.VM.destroy(vm_ref)
-    return [vm.describe(), *removed]
-
-
-def _destroy_vdi(x: Any, vdi: XenVdi) -> list[str]:
-    ref = _ref_of(x.VDI.get_by_uuid, vdi.uuid)
-    if ref is None:
-        return []
-    x.VDI.destroy(ref)
-    return [vdi.describe()]
+def _need(resource: Resource | None, what: str) -> Any:
+    if resource is None or getattr(resource, "uuid", "") is None:
+        raise PlatformError(f"Citrix Hypervisor: {what} was not recorded")
+    return resource

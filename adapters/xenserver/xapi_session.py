@@ -31,6 +31,7 @@ from adapters.base import (
     secret_from_env,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
+from adapters.retry import RetryPolicy
 
 T = TypeVar("T")
 
@@ -160,13 +161,17 @@ class XapiSession(Session[Any]):
     def error(self, exc: Exception, doing: str) -> AdapterError:
         return translate(exc, f"XenServer {self.url}: {doing}")
 
-    def session_ref(self) -> str:
-        """The session reference for HTTP handlers (import_raw_vdi); a secret: never shown."""
-        return str(self.client().handle)
+    async def session_ref(self) -> str:
+        """The session reference for HTTP handlers (import_raw_vdi); a secret: never shown.
+        Read on a worker thread: a log-in under way holds the session's lock for a while."""
+        return await self.call(lambda c: str(c.handle), "reading the session", idempotent=True)
 
     async def xapi(self, doing: str, fn: Callable[[Any], T], *, idempotent: bool = False) -> T:
         """``fn(session.xenapi)`` on a worker thread."""
         return await self.call(lambda c: fn(c.xenapi), doing, idempotent=idempotent)
+
+
+UPLOAD_RETRY = RetryPolicy(attempts=3, budget=1800.0, first_delay=5.0, max_delay=60.0)
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,8 @@ class Clients:
     event_wait: float = 30.0
     #: seconds between polls of an upload's task (first, longest)
     task_poll: tuple[float, float] = (0.5, 5.0)
+    #: an upload cut off is sent again whole, into the same VDI
+    upload_retry: RetryPolicy = UPLOAD_RETRY
     sessions: SessionPool[XapiSession] | None = None
 
     @property

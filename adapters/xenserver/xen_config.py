@@ -22,11 +22,11 @@ class Config(ConnectorConfig):
     password_env: str
     insecure: bool = False
     ca_file: CatalogPath | None = None
-    #: storage repository (name_label) the disk goes to
+    #: storage repository (name_label or UUID) the disk goes to
     sr: str = Field(min_length=1)
-    #: network (name_label) of the VM's interface
+    #: network (name_label or UUID) of the VM's interface
     network: str = Field(min_length=1)
-    #: template or VM (name_label) cloned for the new VM
+    #: template or VM (name_label or UUID) cloned for the new VM
     vm_template: str = Field(min_length=1)
     #: a link to the VM for the task message, e.g. https://xo.example/#/vms/{uuid}/general
     console_url: str | None = None

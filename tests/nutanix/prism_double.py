@@ -7,6 +7,7 @@ QUEUED -> RUNNING -> SUCCEEDED (or FAILED) over ``polls_to_done`` reads."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import ssl
@@ -49,6 +50,8 @@ class PrismDouble:
     vms: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     polls_to_done: int = 2
+    #: operation ("create_vm", ...) -> the reads its tasks take instead of ``polls_to_done``
+    polls_for: dict[str, int] = field(default_factory=dict)
     #: operation ("create_image", "create_vm", ...) -> the error_detail its next task fails with
     fail_task: dict[str, str] = field(default_factory=dict)
     #: (method, path regex, status, reason, message): answered once, in order
@@ -56,6 +59,9 @@ class PrismDouble:
     #: close the connection after this many bytes of the next upload
     cut_upload_after: int | None = None
     uploads: list[tuple[str, int, int]] = field(default_factory=list)  # image, bytes, virtual size
+    #: while set, VM listings wait for it (a watch round held open); ``held_lists`` counts them
+    hold_lists: asyncio.Event | None = None
+    held_lists: int = 0
     calls: Counter[str] = field(default_factory=Counter)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -102,7 +108,8 @@ class PrismDouble:
 
     # ------------------------------------------------------------ helpers
     def _task(self, operation: str, kind: str, uuid: str) -> str:
-        task = Task(str(uuids.uuid4()), operation, (kind, uuid), self.polls_to_done,
+        task = Task(str(uuids.uuid4()), operation, (kind, uuid),
+                    self.polls_for.get(operation, self.polls_to_done),
                     self.fail_task.pop(operation, None))
         self.tasks[task.uuid] = task
         return task.uuid
@@ -294,6 +301,9 @@ class PrismDouble:
             if attribute != {"vm": "vm_name", "cluster": "name", "subnet": "name"}.get(kind):
                 return _error(400, "INVALID_REQUEST", f"unknown filter attribute {attribute!r}", kind)
             wanted.add(value)
+        if kind == "vm" and self.hold_lists is not None:
+            self.held_lists += 1
+            await self.hold_lists.wait()
         if kind == "vm":
             found = [vm for vm in self.vms.values() if vm["spec"]["name"] in wanted]
         elif kind in ("cluster", "subnet"):

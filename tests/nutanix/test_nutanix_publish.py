@@ -4,6 +4,7 @@ the upload cut off, cancel, a restart during the watch, and the settings checked
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,19 @@ from .conftest import PASSWORD, connector, context, make_adapter, qcow2_disk
 from .prism_double import PrismDouble
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def vm_uuid(prism: PrismDouble, name: str) -> str:
+    [uuid] = [u for u, vm in prism.vms.items() if vm["spec"]["name"] == name]
+    return uuid
 
 
 @pytest.fixture
@@ -68,9 +82,10 @@ async def test_publish_then_power_on_and_off_is_done(prism: PrismDouble, ca_file
         lists_before = prism.calls["POST /api/nutanix/v3/{kind}s/list"]
         waits = [asyncio.create_task(adapter.wait_for_shutdown(published, ctx)),
                  asyncio.create_task(other.wait_for_shutdown(second, ctx2))]
-        await asyncio.sleep(0.3)
+        await until(lambda: (w := endpoint_watch(adapter.config)) is not None
+                    and len(w.waiting) == 2 and w.rounds >= 1, "both tasks waiting and a round")
         watch = endpoint_watch(adapter.config)
-        assert watch is not None and len(watch.waiting) == 2
+        assert watch is not None
         assert 1 <= prism.calls["POST /api/nutanix/v3/{kind}s/list"] - lists_before <= watch.rounds
         prism.power(vm_uuid, "ON")
         while not any(isinstance(r, NutanixPoweredOn) for r in ctx.resources):
@@ -86,6 +101,35 @@ async def test_publish_then_power_on_and_off_is_done(prism: PrismDouble, ca_file
     finally:
         await adapter.close()
         await other.close()
+
+
+async def test_a_task_joining_while_a_round_is_in_flight_waits_for_the_next_round(
+        prism: PrismDouble, ca_file: Path, disk: Path) -> None:
+    first, second = make_adapter(prism, ca_file), make_adapter(prism, ca_file)
+    try:
+        ctx1, ctx2 = context(disk, "win10-early"), context(disk, "win10-late")
+        published1, published2 = await publish(first, ctx1), await publish(second, ctx2)
+        hold = prism.hold_lists = asyncio.Event()
+        early = asyncio.create_task(first.wait_for_shutdown(published1, ctx1))
+        await until(lambda: prism.held_lists == 1, "a round in flight")
+        late = asyncio.create_task(second.wait_for_shutdown(published2, ctx2))
+        watch = endpoint_watch(first.config)
+        assert watch is not None
+        await until(lambda: len(watch.waiting) == 2, "the second task waiting")
+        prism.hold_lists = None
+        hold.set()
+        await until(lambda: watch.rounds >= 2 or late.done(), "the round after the held one")
+        assert not late.done() and not early.done()  # the held round did not look for win10-late
+        uuid = vm_uuid(prism, "win10-late")
+        prism.power(uuid, "ON")
+        await until(lambda: any(isinstance(r, NutanixPoweredOn) for r in ctx2.resources), "ON")
+        prism.power(uuid, "OFF")
+        await asyncio.wait_for(late, 10)
+        early.cancel()
+        await asyncio.gather(early, return_exceptions=True)
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_keep_image_and_vm_template(prism: PrismDouble, ca_file: Path, disk: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from adapters import config_model, create
 from adapters.blocking import SessionPool
+from adapters.retry import RetryPolicy
 from adapters.xenserver import Adapter, Clients, Config
 
 from .xapi_double import XapiDouble
@@ -46,7 +47,8 @@ def xen_config(double: XapiDouble, **overrides: Any) -> Config:
 
 def short_clients() -> Clients:
     """Short waits, and this test's own session pool (its entries can be checked)."""
-    return Clients(timeout=10.0, event_wait=0.5, task_poll=(0.05, 0.2), sessions=SessionPool())
+    return Clients(timeout=10.0, event_wait=0.5, task_poll=(0.05, 0.2), sessions=SessionPool(),
+                   upload_retry=RetryPolicy(attempts=3, budget=30, first_delay=0.01, max_delay=0.05))
 
 
 def make_adapter(config: Config, clients: Clients) -> Adapter:

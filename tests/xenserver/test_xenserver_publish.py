@@ -78,7 +78,7 @@ async def test_publish_then_power_on_and_off_is_done(xapi: XapiDouble, xen_env: 
 
         watch = asyncio.create_task(adapter.wait_for_shutdown(published, ctx))
         await until(lambda: any("waiting for VM" in n for _, n in notes), "the watch")
-        await asyncio.sleep(0.2)
+        await until(lambda: xapi.state.event_calls > 0, "the event session's first call")
         xapi.drop_sessions()  # xapi restarted: both sessions log in again
         logins = xapi.state.logins
         xapi.set_power("win10-office-1", "Running")
@@ -158,9 +158,24 @@ async def test_an_import_task_failing_mid_way_keeps_the_code_and_leaves_nothing(
         await adapter.close()
 
 
-async def test_an_upload_cut_off_fails_without_the_session_and_leaves_nothing(
+async def test_an_upload_cut_off_once_is_sent_again_into_the_same_disk(
         xapi: XapiDouble, xen_env: None, tmp_path: Path) -> None:
     xapi.state.cut_upload_at = 1 << 20
+    adapter = make_adapter(xen_config(xapi), short_clients())
+    ctx = context(dynamic_vhd(tmp_path / "disk.vhd"))
+    try:
+        await publish(adapter, ctx)
+        [upload] = xapi.state.uploads
+        assert xapi.state.puts == 2 and len(xapi.state.vdis) == 1
+        assert upload.size == (tmp_path / "disk.vhd").stat().st_size
+        assert xapi.state.tasks == {}  # both upload tasks destroyed
+    finally:
+        await adapter.close()
+
+
+async def test_an_upload_cut_off_every_time_fails_without_the_session_and_leaves_nothing(
+        xapi: XapiDouble, xen_env: None, tmp_path: Path) -> None:
+    xapi.state.cut_upload_at, xapi.state.cut_uploads = 1 << 20, 3
     adapter = make_adapter(xen_config(xapi), short_clients())
     ctx = context(dynamic_vhd(tmp_path / "disk.vhd"))
     try:
@@ -168,7 +183,8 @@ async def test_an_upload_cut_off_fails_without_the_session_and_leaves_nothing(
                                                  r"after \d+ of \d+ bytes") as err:
             await publish(adapter, ctx)
         assert "OpaqueRef" not in str(err.value) and "session" not in str(err.value)
-        assert xapi.leftovers("win10-office-1") == [] and ctx.resources == []
+        assert xapi.state.puts == 3  # upload_retry: 3 attempts
+        assert xapi.leftovers() == [] and ctx.resources == []
         assert xapi.state.uploads == []
     finally:
         await adapter.close()

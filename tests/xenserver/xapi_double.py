@@ -5,14 +5,22 @@ It validates what it receives (the session of every call, the required fields of
 VBD.create and VIF.create, the upload's query, Content-Length and VHD footer/header, and that
 the VHD's virtual size fits the VDI) and keeps state: SRs, networks, VMs (templates too),
 VDIs, VBDs, VIFs, power states, tasks and the VM events ``event.from`` returns with tokens.
-Faults are switched on by tests (``fail_import``, ``cut_upload_at``, ``drop_sessions``).
+Faults are switched on by tests (``fail_import``, ``cut_upload_at``, ``redirect_import``,
+``drop_sessions``, ``holds``).
+
+Like xapi, ``PUT /import_raw_vdi`` answers ``200`` (HTTP/1.0, no Content-Length, a
+``task-id`` header) before it reads the body and tells the outcome only through the task,
+which it finishes on a thread of its own after the body was read.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
+import time
 import uuid as uuidlib
+import xmlrpc.client
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -62,8 +70,16 @@ class XapiState:
     event_calls: int = 0
     #: xapi's error of the next import task, set after half the body is read
     fail_import: list[str] | None = None
-    #: the next upload's connection is closed after this many body bytes
+    #: the next ``cut_uploads`` uploads' connections are closed after this many body bytes
     cut_upload_at: int | None = None
+    cut_uploads: int = 1
+    #: the next upload is answered 302 to the same handler (as a host that sees the SR)
+    redirect_import: bool = False
+    redirects: int = 0
+    puts: int = 0
+    #: method ("VM.clone") -> an event its calls wait for (outside the lock); ``entered`` counts them
+    holds: dict[str, threading.Event] = field(default_factory=dict)
+    entered: Counter[str] = field(default_factory=Counter)
 
 
 class XapiDouble:
@@ -73,6 +89,8 @@ class XapiDouble:
         self.changed = threading.Condition(self.lock)
         self.add_sr("Local storage", sr_size)
         self.add_network("Pool-wide network associated with eth0")
+        #: the VMs, VDIs and VBDs a test set up (all else is made through the API)
+        self.given: set[str] = set()
         self.add_vm("Windows 10 (64-bit)", template=True, other_config={"disks": "<provision/>"})
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -91,11 +109,30 @@ class XapiDouble:
 
     def add_vm(self, name: str, *, template: bool = False,
                other_config: dict[str, str] | None = None) -> str:
-        ref = _ref()
+        """A template or VM that exists before the test (not counted as a leftover)."""
+        with self.lock:
+            ref = self._new_vm(name, template, other_config or {})
+            self.given.add(ref)
+            return ref
+
+    def add_disk(self, vm_ref: str, name: str, userdevice: str, size: int = 1 << 30) -> str:
+        """A disk of a given VM at ``userdevice`` (its VDI and VBD are not leftovers)."""
+        with self.lock:
+            sr = next(iter(self.state.srs))
+            vdi = self.x_VDI_create({"name_label": name, "SR": sr, "virtual_size": str(size),
+                                     "type": "user", "sharable": False, "read_only": False,
+                                     "other_config": {}})
+            vbd = self._new_vbd(vm_ref, vdi, userdevice)
+            self.given.update((vdi, vbd))
+            return vdi
+
+    def _new_vm(self, name: str, template: bool, other_config: dict[str, str]) -> str:
+        ref, metrics = _ref(), _ref()
         self.state.vms[ref] = {"uuid": str(uuidlib.uuid4()), "name_label": name,
                                "is_a_template": template, "power_state": "Halted",
-                               "VBDs": [], "VIFs": [], "other_config": dict(other_config or {}),
-                               "provisioned": False}
+                               "VBDs": [], "VIFs": [], "other_config": dict(other_config),
+                               "provisioned": False, "metrics": metrics,
+                               "start_time": "19700101T00:00:00Z"}
         self._event("vm", "add", ref)
         return ref
 
@@ -110,12 +147,13 @@ class XapiDouble:
             found = [(r, v) for r, v in self.state.vms.items() if v["name_label"] == name]
             return found[0] if found else None
 
-    def leftovers(self, name: str) -> list[str]:
-        """Every VM, VDI, VBD and VIF layerbot made (all but the initial template)."""
+    def leftovers(self, name: str = "") -> list[str]:
+        """Every VM (a clone still a template too), VDI, VBD and VIF made through the API."""
         with self.lock:
-            made = [v["name_label"] for v in self.state.vms.values() if not v["is_a_template"]]
-            made += [f"vdi {v['name_label']}" for v in self.state.vdis.values()]
-            made += [f"vbd {r}" for r in self.state.vbds]
+            made = [v["name_label"] for r, v in self.state.vms.items() if r not in self.given]
+            made += [f"vdi {v['name_label']}" for r, v in self.state.vdis.items()
+                     if r not in self.given]
+            made += [f"vbd {r}" for r in self.state.vbds if r not in self.given]
             made += [f"vif {r}" for r in self.state.vifs]
             return made
 
@@ -125,6 +163,8 @@ class XapiDouble:
             found = self.vm_by_name(vm_name)
             assert found is not None, vm_name
             found[1]["power_state"] = state
+            if state == "Running":  # VM_metrics.start_time: whole seconds, UTC
+                found[1]["start_time"] = time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime())
             self._event("vm", "mod", found[0])
 
     def drop_sessions(self) -> None:
@@ -170,6 +210,11 @@ class XapiDouble:
             if method == "session.login_with_password":
                 return {"Status": "Success", "Value": self._login(*params[:2])}
             session, *args = params
+            gate = self.state.holds.get(method)
+            if gate is not None:
+                with self.lock:
+                    self.state.entered[method] += 1
+                gate.wait(30)
             if method == "event.from":  # waits outside the lock
                 self._check_session(session)
                 return {"Status": "Success", "Value": self._event_from(*args)}
@@ -217,6 +262,15 @@ class XapiDouble:
     def x_VM_get_by_name_label(self, name: str) -> list[str]:
         return self._by_name(self.state.vms, name)
 
+    def x_VDI_get_by_name_label(self, name: str) -> list[str]:
+        return self._by_name(self.state.vdis, name)
+
+    def x_SR_get_by_uuid(self, uuid: str) -> str:
+        return self._by_uuid(self.state.srs, uuid)
+
+    def x_network_get_by_uuid(self, uuid: str) -> str:
+        return self._by_uuid(self.state.networks, uuid)
+
     def _get(self, table: dict[str, dict[str, Any]], ref: str) -> dict[str, Any]:
         if ref not in table:
             raise XapiFailure("HANDLE_INVALID", "object", ref)
@@ -256,6 +310,9 @@ class XapiDouble:
     def x_VDI_get_by_uuid(self, uuid: str) -> str:
         return self._by_uuid(self.state.vdis, uuid)
 
+    def x_VDI_get_other_config(self, ref: str) -> dict[str, str]:
+        return dict(self._get(self.state.vdis, ref)["other_config"])
+
     def x_VDI_get_name_label(self, ref: str) -> str:
         return str(self._get(self.state.vdis, ref)["name_label"])
 
@@ -288,7 +345,30 @@ class XapiDouble:
         source = self._get(self.state.vms, ref)
         if source["power_state"] != "Halted":
             raise XapiFailure("VM_BAD_POWER_STATE", ref, "Halted", source["power_state"])
-        return self.add_vm(name, template=source["is_a_template"], other_config=source["other_config"])
+        clone = self._new_vm(name, source["is_a_template"], source["other_config"])
+        for vbd in source["VBDs"]:  # xapi clones the disks too
+            record = self.state.vbds[vbd]
+            vdi = self.state.vdis[record["VDI"]]
+            copy = self.x_VDI_create({"name_label": vdi["name_label"], "SR": vdi["SR"],
+                                      "virtual_size": str(vdi["virtual_size"]), "type": vdi["type"],
+                                      "sharable": False, "read_only": False,
+                                      "other_config": dict(vdi["other_config"])})
+            self._new_vbd(clone, copy, record["userdevice"])
+        for vif in source["VIFs"]:
+            self.x_VIF_create({**self.state.vifs[vif], "VM": clone})
+        return clone
+
+    def x_VM_get_other_config(self, ref: str) -> dict[str, str]:
+        return dict(self._get(self.state.vms, ref)["other_config"])
+
+    def x_VM_get_metrics(self, ref: str) -> str:
+        return str(self._get(self.state.vms, ref)["metrics"])
+
+    def x_VM_metrics_get_start_time(self, ref: str) -> xmlrpc.client.DateTime:
+        for vm in self.state.vms.values():
+            if vm["metrics"] == ref:
+                return xmlrpc.client.DateTime(vm["start_time"])
+        raise XapiFailure("HANDLE_INVALID", "VM_metrics", ref)
 
     def x_VM_get_uuid(self, ref: str) -> str:
         return str(self._get(self.state.vms, ref)["uuid"])
@@ -363,6 +443,15 @@ class XapiDouble:
         vm["VBDs"].append(ref)
         vdi["VBDs"].append(ref)
         return ref
+
+    def _new_vbd(self, vm: str, vdi: str, userdevice: str) -> str:
+        return self.x_VBD_create({"VM": vm, "VDI": vdi, "userdevice": userdevice, "bootable": True,
+                                  "mode": "RW", "type": "Disk", "unpluggable": False, "empty": False,
+                                  "other_config": {}, "qos_algorithm_type": "",
+                                  "qos_algorithm_params": {}})
+
+    def x_VBD_get_userdevice(self, ref: str) -> str:
+        return str(self._get(self.state.vbds, ref)["userdevice"])
 
     def x_VBD_get_VDI(self, ref: str) -> str:
         return str(self._get(self.state.vbds, ref)["VDI"])
@@ -442,6 +531,7 @@ class XapiDouble:
             handler.wfile.write(text.encode())
 
         with self.lock:
+            self.state.puts += 1
             if parts.path != "/import_raw_vdi":
                 return answer(404, "no such handler")
             if query.get("session_id") not in self.state.sessions:
@@ -450,21 +540,44 @@ class XapiDouble:
             vdi = self.state.vdis.get(query.get("vdi", ""))
             if task is None or vdi is None:
                 return answer(400, "task_id or vdi missing or invalid")
-            fail, cut = self.state.fail_import, self.state.cut_upload_at
-            self.state.fail_import = self.state.cut_upload_at = None
+            redirect, self.state.redirect_import = self.state.redirect_import, False
+            if not redirect:
+                fail, cut = self.state.fail_import, self.state.cut_upload_at
+                self.state.fail_import = None
+                if cut is not None:
+                    self.state.cut_uploads -= 1
+                    if self.state.cut_uploads <= 0:
+                        self.state.cut_upload_at = None
+        length = handler.headers.get("Content-Length")
+        if redirect:  # another host sees the SR: answered before the body, which is discarded
+            self.state.redirects += 1
+            handler.send_response(302)
+            handler.send_header("Location", f"{self.url}{handler.path}")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            handler.wfile.flush()
+            _discard(handler, int(length) if length and length.isdigit() else 0)
+            handler.close_connection = True
+            return None
         if query.get("format", "raw").lower() != "vhd":
             task.update(status="failure", error_info=["INTERNAL_ERROR", "Unknown format"])
             return answer(404, "unknown format")
         if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
             return answer(400, "Transfer-Encoding is refused")
-        length = handler.headers.get("Content-Length")
         if length is None or not length.isdigit():
             return answer(411, "Content-Length required")
         size = int(length)
-        if cut is not None:
+        # xapi: 200 with the task before the body (HTTP/1.0, no length: the end is the close)
+        handler.protocol_version = "HTTP/1.0"
+        handler.send_response(200)
+        handler.send_header("task-id", query["task_id"])
+        handler.end_headers()
+        handler.wfile.flush()
+        handler.close_connection = True
+        if cut is not None:  # the connection drops mid-body; xapi fails the task
             handler.rfile.read(min(cut, size))
-            handler.close_connection = True
-            handler.connection.close()
+            handler.connection.shutdown(2)
+            self._finish(task, ["VDI_IO_ERROR", "Device I/O errors: the connection was lost"])
             return None
         head = handler.rfile.read(min(1024, size))
         body_left = size - len(head)
@@ -478,19 +591,39 @@ class XapiDouble:
             tail = (tail + chunk)[-512:]
             if fail is not None and not failed and body_left < size // 2:
                 failed = True
-                task.update(status="failure", error_info=fail)
+                self._finish(task, fail)
+        if failed:
+            return None
         footer = (head + tail)[-512:] if size <= 1024 else tail
         problem = _vhd_problem(head, footer, size, vdi["virtual_size"])
+        if body_left or problem:
+            self._finish(task, ["VDI_IO_ERROR", problem or "short body"])
+            return None
         with self.lock:
-            if failed:
-                return answer(200, "")
-            if body_left or problem:
-                task.update(status="failure", error_info=["VDI_IO_ERROR", problem or "short body"])
-                return answer(500, problem or "short body")
             vdi["imported"] = size
             self.state.uploads.append(Upload(query["vdi"], size, struct.unpack(">Q", footer[48:56])[0]))
-            task.update(status="success", progress=1.0)
-        return answer(200, "")
+        self._finish(task, None)
+        return None
+
+    def _finish(self, task: dict[str, Any], error: list[str] | None) -> None:
+        """The import's outcome, a moment later on a thread of its own (as xapi's task)."""
+        def finish() -> None:
+            time.sleep(0.05)
+            with self.lock:
+                if error is None:
+                    task.update(status="success", progress=1.0)
+                else:
+                    task.update(status="failure", error_info=error)
+
+        threading.Thread(target=finish, daemon=True).start()
+
+
+def _discard(handler: SimpleXMLRPCRequestHandler, size: int) -> None:
+    while size > 0:
+        chunk = handler.rfile.read(min(1 << 20, size))
+        if not chunk:
+            return
+        size -= len(chunk)
 
 
 def _vhd_problem(head: bytes, footer: bytes, size: int, vdi_size: int) -> str | None:

@@ -136,6 +136,8 @@ class ArmDouble:
     static_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     #: status polls an operation answers InProgress before it completes
     lro_polls: int = 1
+    #: kind (images, versions...) -> its own count of InProgress answers
+    lro_polls_of: dict[str, int] = field(default_factory=dict)
     base_url: str = ""
     tokens: set[str] = field(default_factory=set)
     token_requests: int = 0
@@ -146,6 +148,9 @@ class ArmDouble:
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
     vms: dict[str, dict[str, Any]] = field(default_factory=dict)
     operations: dict[str, Operation] = field(default_factory=dict)
+    #: resource id (lower case) -> the operation creating it: a GET of the resource advances
+    #: it, as time passing does in Azure (a cancelled client no longer polls the operation)
+    creating: dict[str, Operation] = field(default_factory=dict)
     #: (method, kind) of every ARM request, for tests counting calls (VM listings...)
     requests: list[tuple[str, str]] = field(default_factory=list)
     throttles: list[Throttle] = field(default_factory=list)
@@ -287,7 +292,8 @@ class ArmDouble:
                 raise failure
             return await finish()
 
-        op = self.operations[op_id] = Operation(op_id, self.lro_polls, ending)
+        op = self.operations[op_id] = Operation(op_id, self.lro_polls_of.get(kind, self.lro_polls),
+                                                 ending)
         return op
 
     def _op_headers(self, op: Operation, version: str) -> dict[str, str]:
@@ -327,8 +333,26 @@ class ArmDouble:
                 raise
 
         op.finish = finish_or_mark
+        self.creating[resource["id"].lower()] = op
         return web.json_response(resource, status=status,
                                  headers=self._op_headers(op, request.query["api-version"]))
+
+    async def _read(self, resource: dict[str, Any]) -> web.Response:
+        """A GET of a resource: its creation moves on (time passes), then its state."""
+        op = self.creating.get(resource["id"].lower())
+        if op is not None:
+            await op.step()
+            if op.status != "InProgress":
+                self.creating.pop(resource["id"].lower(), None)
+        return web.json_response(resource)
+
+    @staticmethod
+    def _refuse_busy(resource: dict[str, Any], kind: str, code: str = "OperationNotAllowed") -> None:
+        """Azure answers 409 to a DELETE of a resource still being created or updated."""
+        state = resource["properties"].get("provisioningState")
+        if state in ("Creating", "Updating"):
+            raise ArmFault(409, code, f"Operation 'Delete' is not allowed on {kind} "
+                           f"'{resource['name']}' since its provisioning state is {state}.")
 
     async def _operation(self, request: web.Request, op_id: str) -> web.Response:
         op = self.operations.get(op_id)
@@ -362,10 +386,11 @@ class ArmDouble:
         if request.method == "GET":
             if disk is None:
                 raise _not_found("disks", name)
-            return web.json_response(disk)
+            return await self._read(disk)
         if request.method == "DELETE":
             if disk is None:
                 return web.Response(status=204)
+            self._refuse_busy(disk, "disk")
             if disk["properties"]["diskState"] in ("ActiveUpload", "ActiveSAS"):
                 raise ArmFault(409, "OperationNotAllowed", f"Disk {name} is in state "
                                f"{disk['properties']['diskState']}: revoke its access first.")
@@ -437,10 +462,11 @@ class ArmDouble:
         if request.method == "GET":
             if key not in self.images:
                 raise _not_found("images", name)
-            return web.json_response(self.images[key])
+            return await self._read(self.images[key])
         if request.method == "DELETE":
             if key not in self.images:
                 return web.Response(status=204)
+            self._refuse_busy(self.images[key], "image")
 
             async def deleted() -> None:
                 self.images.pop(key, None)
@@ -478,7 +504,7 @@ class ArmDouble:
                 if dkey not in self.definitions:
                     raise ArmFault(404, "GalleryImageNotFound",
                                    f"The gallery image {definition} was not found")
-                return web.json_response(self.definitions[dkey])
+                return await self._read(self.definitions[dkey])
             _require(body, "location", "properties.osType", "properties.osState",
                      "properties.identifier.publisher", "properties.identifier.offer",
                      "properties.identifier.sku")
@@ -492,10 +518,11 @@ class ArmDouble:
         if request.method == "GET":
             if vkey not in self.versions:
                 raise ArmFault(404, "ResourceNotFound", f"The image version {version} was not found")
-            return web.json_response(self.versions[vkey])
+            return await self._read(self.versions[vkey])
         if request.method == "DELETE":
             if vkey not in self.versions:
                 return web.Response(status=204)
+            self._refuse_busy(self.versions[vkey], "gallery image version", "Conflict")
 
             async def deleted() -> None:
                 self.versions.pop(vkey, None)

@@ -226,7 +226,7 @@ async def test_wrong_secret_is_an_auth_error_without_the_secret(
         assert arm_double.disks == {} and arm_double.requests == []
         # recorded before ARM was asked, it stays recorded for a later cleanup, and says so
         assert ctx.removed == ["could not remove Azure managed disk denied-upload: "
-                               + str(raised.value).replace("creating", "closing", 1)]
+                               + str(raised.value).replace("creating", "reading", 1)]
     finally:
         await adapter.close()
 

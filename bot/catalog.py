@@ -314,6 +314,12 @@ def _check_references(
                 f"used with connector {t.connector!r} (type {connector.type}: "
                 f"{', '.join(connector.filesystems)} only)"
             )
+        limit = connector.disk_limit_gib() if connector is not None else None
+        if limit is not None and t.disk.size_gib > limit:
+            problems.append(
+                f"{fname}: templates.{tname}.disk.size_gib: {t.disk.size_gib} is over the "
+                f"{limit} GiB that connector {t.connector!r} (type {connector.type}) takes"
+            )
 
 
 _SECTIONS = ("layers", "connectors", "templates", "runner")

@@ -118,8 +118,9 @@ async def upload_pages(sas_url: str, vhd: Path, *, progress: ProgressFn | None =
         await sender.run(_batches((c for c in clears), concurrency), concurrency, sender.clear)
         await sender.report(final=True)
     data = total(found)
+    missing = total(subtract(merged(found), held))
     return UploadStats(size=size, data_bytes=data, sent_bytes=sender.sent,
-                       requests=sender.requests, present_bytes=data - sender.sent,
+                       requests=sender.requests, present_bytes=data - missing,
                        cleared_bytes=total(clears), seconds=time.monotonic() - started)
 
 

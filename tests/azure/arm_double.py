@@ -85,6 +85,16 @@ class Throttle:
 
 
 @dataclass
+class Injected:
+    """The next ``times`` requests ``method`` on ``kind`` are answered with ``fault``."""
+
+    method: str
+    kind: str
+    fault: ArmFault
+    times: int = 1
+
+
+@dataclass
 class Blobs:
     """Where disks' page blobs live: Azurite's account and a container of the double's."""
 
@@ -141,7 +151,8 @@ class ArmDouble:
     #: kind (images, versions...) -> its own count of InProgress answers
     lro_polls_of: dict[str, int] = field(default_factory=dict)
     base_url: str = ""
-    tokens: set[str] = field(default_factory=set)
+    #: tokens the token endpoint issued -> their audience (the scope without /.default)
+    tokens: dict[str, str] = field(default_factory=dict)
     token_requests: int = 0
     disks: dict[str, dict[str, Any]] = field(default_factory=dict)
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -156,6 +167,7 @@ class ArmDouble:
     #: (method, kind) of every ARM request, for tests counting calls (VM listings...)
     requests: list[tuple[str, str]] = field(default_factory=list)
     throttles: list[Throttle] = field(default_factory=list)
+    injected: list[Injected] = field(default_factory=list)
     #: kind -> the fault its next long-running operation ends with
     failures: dict[str, ArmFault] = field(default_factory=dict)
     _ops: itertools.count[int] = field(default_factory=itertools.count)
@@ -163,6 +175,12 @@ class ArmDouble:
     # ------------------------------------------------------------ injection
     def throttle(self, method: str, kind: str, times: int = 1, retry_after: int = 1) -> None:
         self.throttles.append(Throttle(method, kind, times, retry_after))
+
+    def refuse(self, method: str, kind: str, status: int, code: str, message: str,
+               times: int = 1) -> None:
+        """Answer the next ``times`` requests with Azure's error ``code`` (AuthorizationFailed,
+        Conflict, OperationNotAllowed, QuotaExceeded...)."""
+        self.injected.append(Injected(method, kind, ArmFault(status, code, message), times))
 
     def fail_next(self, kind: str, code: str, message: str) -> None:
         self.failures[kind] = ArmFault(400, code, message)
@@ -209,20 +227,32 @@ class ArmDouble:
                                       "AADSTS7000215: Invalid client secret provided. Ensure the "
                                       "secret being sent in the request is the client secret "
                                       "value, not the client secret ID."}, status=401)
+        scope = str(form["scope"])
+        if not scope.endswith("/.default") or not scope.startswith("https://"):
+            return web.json_response({"error": "invalid_scope", "error_description":
+                                      f"AADSTS70011: The provided request must include a 'scope' "
+                                      f"input parameter. The provided value for the input "
+                                      f"parameter 'scope' is not valid: {scope!r}."}, status=400)
         token = secrets.token_urlsafe(24)
-        self.tokens.add(token)
+        self.tokens[token] = scope.removesuffix("/.default")
         return web.json_response({"token_type": "Bearer", "expires_in": 3600,
                                   "ext_expires_in": 3600, "access_token": token})
 
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         token = header.removeprefix("Bearer ")
+        challenge = {"WWW-Authenticate": f'Bearer authorization_uri="{self.base_url}/'
+                                         f'{self.tenant_id}", error="invalid_token"'}
         if not header.startswith("Bearer ") or (token not in self.tokens
                                                 and token != self.static_token):
+            raise ArmFault(401, "InvalidAuthenticationToken", "The access token is invalid.",
+                           challenge)
+        audience = self.tokens.get(token, self.base_url)
+        if audience.rstrip("/") != self.base_url:
             raise ArmFault(401, "InvalidAuthenticationToken",
-                           "The access token is invalid.",
-                           {"WWW-Authenticate": f'Bearer authorization_uri="{self.base_url}/'
-                                               f'{self.tenant_id}", error="invalid_token"'})
+                           f"The access token has been obtained for wrong audience or resource "
+                           f"'{audience}'. It should exactly match with one of the allowed "
+                           f"audiences '{self.base_url}/','{self.base_url}'.", challenge)
 
     async def _arm(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
@@ -270,6 +300,10 @@ class ArmDouble:
         return await handler(request, rg, parts[1:], body)
 
     def _throttled(self, method: str, kind: str) -> None:
+        for injected in self.injected:
+            if injected.times > 0 and injected.method == method and injected.kind == kind:
+                injected.times -= 1
+                raise injected.fault
         for throttle in self.throttles:
             if throttle.times > 0 and throttle.method == method and throttle.kind == kind:
                 throttle.times -= 1

@@ -6,7 +6,7 @@
 (a) naive: one sequential ``BlobClient.upload_blob(file, blob_type=PageBlob)`` of the whole
     VHD (the SDK reads all of it and skips only 4 MiB chunks that are entirely zero);
 (b) ours: ``adapters.azure_blob.pages.upload_pages``: only the non-zero 512-byte pages, found
-    through SEEK_DATA/SEEK_HOLE and a scan of the data extents, 8 requests of <= 4 MiB at once.
+    through SEEK_DATA/SEEK_HOLE and a scan of the data extents, CONCURRENCY (32) requests of <= 4 MiB at once.
 
 The data is spread like files on a fresh file system: runs of 64 KiB to 2 MiB at unaligned
 offsets, holes between them, some zero pages inside. Both runs go to one Azurite started for
@@ -142,12 +142,15 @@ def page_blob_url(peer: Any, container: str, blob: str) -> str:
 
 
 def main() -> None:
+    from adapters.azure_blob.pages import CONCURRENCY
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gib", type=int, default=4)
     parser.add_argument("--data-mib", type=int, default=400)
     parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--concurrency", type=int, default=8, help="requests at once (ours)")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY,
+                        help="requests at once (ours; the adapters' default)")
     parser.add_argument("--request-mib", type=float, default=4, help="largest request (ours)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

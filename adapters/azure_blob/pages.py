@@ -54,6 +54,10 @@ from adapters.base import AdapterError, PlatformError, ProgressFn
 from adapters.retry import DEFAULT, RetryPolicy, retrying
 
 T = TypeVar("T")
+#: Put Page requests at once: each waits on the service's write more than on the link, so
+#: more of them in flight go faster (bench/azure_upload.py against Azurite: 8 -> 28-33 MiB/s,
+#: 16 -> 56, 32 -> 66); at most 32 x 4 MiB of the file is read into memory at a time
+CONCURRENCY = 32
 #: requests the scanner plans ahead of the senders, per sender
 _AHEAD = 2
 
@@ -67,6 +71,8 @@ class BlobOptions:
     transport: Any = None
     connection_verify: bool | str = True
     retry: RetryPolicy = DEFAULT
+    #: Put Page requests an upload runs at once
+    concurrency: int = CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -86,15 +92,17 @@ class UploadStats:
 
 
 async def upload_pages(sas_url: str, vhd: Path, *, progress: ProgressFn | None = None,
-                       concurrency: int = 8, present: Sequence[Range] | None = None,
+                       concurrency: int | None = None, present: Sequence[Range] | None = None,
                        options: BlobOptions | None = None,
                        max_request: int = MAX_REQUEST) -> UploadStats:
     """Write the non-zero pages of ``vhd`` missing from ``present`` (ranges the blob already
     holds, from :func:`present_ranges`) into the page blob at ``sas_url``, ``concurrency``
-    requests at a time; clear the pages ``present`` holds where the VHD is zero."""
+    requests at a time (default: ``options.concurrency``); clear the pages ``present`` holds
+    where the VHD is zero."""
+    options = options or BlobOptions()
+    concurrency = options.concurrency if concurrency is None else concurrency
     if concurrency < 1 or max_request < PAGE or max_request % PAGE:
         raise ValueError(f"concurrency {concurrency} / max_request {max_request}: out of range")
-    options = options or BlobOptions()
     started = time.monotonic()
     size = vhd.stat().st_size
     if size % PAGE:

@@ -190,7 +190,6 @@ class ConnectorConfig(BaseModel):
             raise ValueError(f"two scripts share the file name {dupes[0]!r}")
         return value
 
-
     def disk_limit_gib(self) -> int | None:
         """The largest ``disk.size_gib`` of a template publishing to this connector (a
         connector whose format is a setting overrides this)."""

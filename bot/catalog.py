@@ -314,8 +314,8 @@ def _check_references(
                 f"used with connector {t.connector!r} (type {connector.type}: "
                 f"{', '.join(connector.filesystems)} only)"
             )
-        limit = connector.disk_limit_gib() if connector is not None else None
-        if limit is not None and t.disk.size_gib > limit:
+        limit = None if connector is None else connector.disk_limit_gib()
+        if connector is not None and limit is not None and t.disk.size_gib > limit:
             problems.append(
                 f"{fname}: templates.{tname}.disk.size_gib: {t.disk.size_gib} is over the "
                 f"{limit} GiB that connector {t.connector!r} (type {connector.type}) takes"

@@ -54,9 +54,10 @@ from adapters.base import AdapterError, PlatformError, ProgressFn
 from adapters.retry import DEFAULT, RetryPolicy, retrying
 
 T = TypeVar("T")
-#: Put Page requests at once: each waits on the service's write more than on the link, so
-#: more of them in flight go faster (bench/azure_upload.py against Azurite: 8 -> 28-33 MiB/s,
-#: 16 -> 56, 32 -> 66); at most 32 x 4 MiB of the file is read into memory at a time
+#: Put Page requests at once: each waits on the service (a round trip to Azure's region) more
+#: than on this host, so more in flight hide that latency. Against Azurite on loopback it
+#: helped in one run (8 -> 31 MiB/s, 32 -> 66) and not in another (7.3 s vs 8.0 s), where the
+#: client's CPU per request was the limit. At most 32 x 4 MiB of the file is in memory at once.
 CONCURRENCY = 32
 #: requests the scanner plans ahead of the senders, per sender
 _AHEAD = 2

@@ -194,6 +194,8 @@ class ConnectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: The template filesystems (``disk.filesystem``) this target can use; None: any.
     filesystems: ClassVar[tuple[str, ...] | None] = None
+    #: The largest template disk (``disk.size_gib``) this target takes; None: no known limit.
+    max_disk_gib: ClassVar[int | None] = None
     type: str
     #: Script files (paths relative to the catalog file) copied into the image
     #: and run by the guest on first boot, in this order.
@@ -229,6 +231,16 @@ class ConnectorConfig(BaseModel):
         if dupes:
             raise ValueError(f"two scripts share the file name {dupes[0]!r}")
         return value
+
+    def disk_limit_gib(self) -> int | None:
+        """The largest ``disk.size_gib`` of a template publishing to this connector (a
+        connector whose format is a setting overrides this)."""
+        return self.max_disk_gib
+
+
+#: formats with a hard size limit: qemu-img's vpc driver refuses a VHD over 2040 GiB
+#: (VHD_MAX_SECTORS, "The image size is too large for file format 'vpc'"), fixed or dynamic
+FORMAT_MAX_GIB: dict[str, int] = {"vhd": 2040, "vhd-dynamic": 2040}
 
 
 def secret_from_env(var: str) -> str:

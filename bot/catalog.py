@@ -314,6 +314,12 @@ def _check_references(
                 f"used with connector {t.connector!r} (type {connector.type}: "
                 f"{', '.join(connector.filesystems)} only)"
             )
+        limit = None if connector is None else connector.disk_limit_gib()
+        if connector is not None and limit is not None and t.disk.size_gib > limit:
+            problems.append(
+                f"{fname}: templates.{tname}.disk.size_gib: {t.disk.size_gib} is over the "
+                f"{limit} GiB that connector {t.connector!r} (type {connector.type}) takes"
+            )
 
 
 def _link_connectors(fname: str, cat: Catalog, declared: set[str], problems: list[str]) -> None:

@@ -205,3 +205,56 @@ def test_entry_of_the_wrong_type_says_what_a_mapping_looks_like(
         "layerbot.yml: templates.win10-office.disk: must be a mapping of settings like "
         "{size_gib: 20, filesystem: ext4}, got 'big'",
     ]
+
+
+AZURE_CONNECTORS = """\
+  azure:
+    type: azure
+    subscription_id: 3f2c8a6e-5b1d-4c7e-9a0f-1e2d3c4b5a69
+    tenant_id: 8d7c6b5a-4e3f-4a1b-8c9d-0e1f2a3b4c5d
+    resource_group: layering
+    location: westeurope
+    credential: managed_identity
+  mcs:
+    type: azure-mcs
+    subscription_id: 3f2c8a6e-5b1d-4c7e-9a0f-1e2d3c4b5a69
+    tenant_id: 8d7c6b5a-4e3f-4a1b-8c9d-0e1f2a3b4c5d
+    resource_group: layering
+    location: westeurope
+    credential: managed_identity
+    gallery: layering_gallery
+    image_definition: win10-vda
+"""
+
+
+def _with_template(connector: str, size_gib: int) -> str:
+    """BASIC_CATALOG with the Azure connectors and a second template on ``connector``."""
+    text = BASIC_CATALOG.replace("templates:\n", AZURE_CONNECTORS + "templates:\n")
+    return text.replace("runner:\n", f"  big:\n    os_layer: base-os\n    connector: {connector}\n"
+                                     f"    disk: {{size_gib: {size_gib}}}\n" + "runner:\n")
+
+
+@pytest.mark.parametrize("connector", ["azure", "mcs"])
+def test_a_disk_over_the_vhd_limit_of_an_azure_connector(
+        write_catalog: Callable[[str], Path], connector: str) -> None:
+    kind = "azure" if connector == "azure" else "azure-mcs"
+    assert problems(write_catalog(_with_template(connector, 2041))) == [
+        f"layerbot.yml: templates.big.disk.size_gib: 2041 is over the 2040 GiB that connector "
+        f"{connector!r} (type {kind}) takes"]
+    assert load_catalog(write_catalog(_with_template(connector, 2040))).templates["big"]
+
+
+def test_the_limit_of_a_local_connector_follows_its_format(
+        write_catalog: Callable[[str], Path]) -> None:
+    assert load_catalog(write_catalog(_with_template("folder", 2048))).templates["big"]
+    vhd = _with_template("folder", 2048).replace("format: qcow2", "format: vhd-dynamic")
+    assert problems(write_catalog(vhd)) == [
+        "layerbot.yml: templates.big.disk.size_gib: 2048 is over the 2040 GiB that connector "
+        "'folder' (type local) takes"]
+
+
+def test_the_limit_of_a_xenserver_connector() -> None:
+    from adapters import config_model
+
+    assert config_model("xenserver").max_disk_gib == 2040
+    assert config_model("gcp").max_disk_gib is None  # no known hard limit below 2048

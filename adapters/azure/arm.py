@@ -70,6 +70,11 @@ class Clients:
     watch_first: float = 15.0
     watch_longest: float = 300.0
     watch_retry: RetryPolicy = WATCH_RETRY
+    #: before a delete, how long to wait for the resource's provisioning to end (ARM refuses
+    #: to delete one still Creating): first and longest sleep, and the whole wait
+    settle_first: float = 5.0
+    settle_longest: float = 60.0
+    settle_budget: float = 1800.0
     #: how the page-blob upload reaches the disk's SAS (adapters.azure_blob.pages)
     blob: BlobOptions = field(default_factory=BlobOptions)
 

@@ -6,12 +6,12 @@ import os
 import re
 import string
 from datetime import UTC, datetime
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from adapters.base import ConnectorConfig
+from adapters.base import FORMAT_MAX_GIB, ConnectorConfig
 
 _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 #: a tenant is its directory id (a UUID) or one of its domain names (contoso.onmicrosoft.com)
@@ -37,6 +37,10 @@ def _https(value: str, key: str) -> str:
 
 class AzureConfig(ConnectorConfig):
     """What both Azure connector types share."""
+
+    #: the fixed VHD's limit (adapters.base.FORMAT_MAX_GIB), below Azure's own: a managed OS
+    #: disk may be 4095 GiB and an upload disk 32 TiB + 512 bytes (uploadSizeBytes' range)
+    max_disk_gib: ClassVar[int | None] = FORMAT_MAX_GIB["vhd"]
 
     #: template filesystems an Azure VM boots from (ext4 for Linux, ntfs for Windows)
     subscription_id: str = Field(pattern=_UUID)

@@ -8,6 +8,7 @@ from typing import Any
 from adapters.azure.arm import Arm
 from adapters.azure.arm_errors import AzureNotFoundError
 from adapters.azure.azure_config import McsConfig
+from adapters.azure.settle import settled
 from adapters.base import PlatformError
 
 
@@ -84,7 +85,12 @@ async def create_version(arm: Arm, version: str, disk_id: str) -> str:
 
 
 async def delete_version(arm: Arm, gallery: str, definition: str, version: str) -> bool:
+    """Delete the version once it is no longer being created; False when it did not exist."""
     rg = arm.cfg.resource_group
+    if not await settled(arm, lambda c: c.gallery_image_versions.get(rg, gallery, definition,
+                                                                     version),
+                         f"the image version {version}"):
+        return False
     try:
         await arm.wait(lambda c: c.gallery_image_versions.begin_delete(rg, gallery, definition,
                                                                        version),

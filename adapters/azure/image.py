@@ -7,6 +7,7 @@ from typing import Any
 from adapters.azure.arm import Arm
 from adapters.azure.arm_errors import AzureNotFoundError
 from adapters.azure.azure_config import AzureConfig
+from adapters.azure.settle import settled
 
 
 def image_body(cfg: AzureConfig, disk_id: str) -> dict[str, Any]:
@@ -27,7 +28,10 @@ async def create(arm: Arm, name: str, disk_id: str) -> str:
 
 
 async def delete(arm: Arm, name: str) -> bool:
+    """Delete the image once it is no longer being created; False when it did not exist."""
     rg = arm.cfg.resource_group
+    if not await settled(arm, lambda c: c.images.get(rg, name), f"the image {name}"):
+        return False
     try:
         await arm.wait(lambda c: c.images.begin_delete(rg, name), f"deleting the image {name}")
     except AzureNotFoundError:

@@ -9,6 +9,7 @@ from typing import Any
 from adapters.azure.arm import Arm
 from adapters.azure.arm_errors import AzureNotFoundError
 from adapters.azure.azure_config import AzureConfig
+from adapters.azure.settle import settled
 from adapters.base import PlatformError
 
 MIB = 1 << 20
@@ -111,8 +112,11 @@ async def revoke(arm: Arm, name: str) -> None:
 
 
 async def delete(arm: Arm, name: str) -> bool:
-    """Revoke any SAS access, then delete; False when the disk did not exist."""
+    """Once the disk is no longer being created, revoke any SAS access, then delete; False
+    when the disk did not exist."""
     rg = arm.cfg.resource_group
+    if not await settled(arm, lambda c: c.disks.get(rg, name), f"the upload disk {name}"):
+        return False
     try:
         await revoke(arm, name)
     except AzureNotFoundError:

@@ -54,6 +54,11 @@ from adapters.base import AdapterError, PlatformError, ProgressFn
 from adapters.retry import DEFAULT, RetryPolicy, retrying
 
 T = TypeVar("T")
+#: Put Page requests at once: each waits on the service (a round trip to Azure's region) more
+#: than on this host, so more in flight hide that latency. Against Azurite on loopback it
+#: helped in one run (8 -> 31 MiB/s, 32 -> 66) and not in another (7.3 s vs 8.0 s), where the
+#: client's CPU per request was the limit. At most 32 x 4 MiB of the file is in memory at once.
+CONCURRENCY = 32
 #: requests the scanner plans ahead of the senders, per sender
 _AHEAD = 2
 
@@ -67,6 +72,8 @@ class BlobOptions:
     transport: Any = None
     connection_verify: bool | str = True
     retry: RetryPolicy = DEFAULT
+    #: Put Page requests an upload runs at once
+    concurrency: int = CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -86,15 +93,17 @@ class UploadStats:
 
 
 async def upload_pages(sas_url: str, vhd: Path, *, progress: ProgressFn | None = None,
-                       concurrency: int = 8, present: Sequence[Range] | None = None,
+                       concurrency: int | None = None, present: Sequence[Range] | None = None,
                        options: BlobOptions | None = None,
                        max_request: int = MAX_REQUEST) -> UploadStats:
     """Write the non-zero pages of ``vhd`` missing from ``present`` (ranges the blob already
     holds, from :func:`present_ranges`) into the page blob at ``sas_url``, ``concurrency``
-    requests at a time; clear the pages ``present`` holds where the VHD is zero."""
+    requests at a time (default: ``options.concurrency``); clear the pages ``present`` holds
+    where the VHD is zero."""
+    options = options or BlobOptions()
+    concurrency = options.concurrency if concurrency is None else concurrency
     if concurrency < 1 or max_request < PAGE or max_request % PAGE:
         raise ValueError(f"concurrency {concurrency} / max_request {max_request}: out of range")
-    options = options or BlobOptions()
     started = time.monotonic()
     size = vhd.stat().st_size
     if size % PAGE:
@@ -118,8 +127,9 @@ async def upload_pages(sas_url: str, vhd: Path, *, progress: ProgressFn | None =
         await sender.run(_batches((c for c in clears), concurrency), concurrency, sender.clear)
         await sender.report(final=True)
     data = total(found)
+    missing = total(subtract(merged(found), held))
     return UploadStats(size=size, data_bytes=data, sent_bytes=sender.sent,
-                       requests=sender.requests, present_bytes=data - sender.sent,
+                       requests=sender.requests, present_bytes=data - missing,
                        cleared_bytes=total(clears), seconds=time.monotonic() - started)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Literal
 
 from adapters.base import (
+    FORMAT_MAX_GIB,
     Capability,
     CatalogPath,
     ConnectorConfig,
@@ -79,6 +80,9 @@ class Config(ConnectorConfig):
     type: Literal["local"]
     path: CatalogPath
     format: DiskFormat = "qcow2"
+
+    def disk_limit_gib(self) -> int | None:
+        return FORMAT_MAX_GIB.get(self.format)
 
 
 class Adapter:

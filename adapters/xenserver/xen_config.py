@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from adapters.base import CatalogPath, ConnectorConfig, path_kind
+from adapters.base import FORMAT_MAX_GIB, CatalogPath, ConnectorConfig, path_kind
 
 
 class Config(ConnectorConfig):
     """See the example connector in adapters/xenserver/__init__.py and docs/xenserver.md."""
 
+    #: its dynamic VHD (adapters.base.FORMAT_MAX_GIB)
+    max_disk_gib: ClassVar[int | None] = FORMAT_MAX_GIB["vhd-dynamic"]
     type: Literal["xenserver"]
     #: the pool coordinator: a host name (HTTPS) or an http(s)://host[:port] URL
     host: str = Field(min_length=1)

@@ -85,6 +85,16 @@ class Throttle:
 
 
 @dataclass
+class Injected:
+    """The next ``times`` requests ``method`` on ``kind`` are answered with ``fault``."""
+
+    method: str
+    kind: str
+    fault: ArmFault
+    times: int = 1
+
+
+@dataclass
 class Blobs:
     """Where disks' page blobs live: Azurite's account and a container of the double's."""
 
@@ -92,6 +102,8 @@ class Blobs:
     account_name: str
     account_key: str
     container: str = "disks"
+    #: where the disks' SAS URLs lead, when not straight to Azurite (a test's counting proxy)
+    sas_account_url: str = ""
 
     async def create(self, name: str, size: int) -> None:
         """Make the disk's empty page blob."""
@@ -112,7 +124,7 @@ class Blobs:
                                 account_key=self.account_key,
                                 permission=BlobSasPermissions(read=True, write=write),
                                 expiry=datetime.now(UTC) + timedelta(hours=1))
-        return f"{self.account_url}/{self.container}/{name}?{sas}"
+        return f"{self.sas_account_url or self.account_url}/{self.container}/{name}?{sas}"
 
     async def delete(self, name: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -136,8 +148,11 @@ class ArmDouble:
     static_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     #: status polls an operation answers InProgress before it completes
     lro_polls: int = 1
+    #: kind (images, versions...) -> its own count of InProgress answers
+    lro_polls_of: dict[str, int] = field(default_factory=dict)
     base_url: str = ""
-    tokens: set[str] = field(default_factory=set)
+    #: tokens the token endpoint issued -> their audience (the scope without /.default)
+    tokens: dict[str, str] = field(default_factory=dict)
     token_requests: int = 0
     disks: dict[str, dict[str, Any]] = field(default_factory=dict)
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -146,9 +161,13 @@ class ArmDouble:
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
     vms: dict[str, dict[str, Any]] = field(default_factory=dict)
     operations: dict[str, Operation] = field(default_factory=dict)
+    #: resource id (lower case) -> the operation creating it: a GET of the resource advances
+    #: it, as time passing does in Azure (a cancelled client no longer polls the operation)
+    creating: dict[str, Operation] = field(default_factory=dict)
     #: (method, kind) of every ARM request, for tests counting calls (VM listings...)
     requests: list[tuple[str, str]] = field(default_factory=list)
     throttles: list[Throttle] = field(default_factory=list)
+    injected: list[Injected] = field(default_factory=list)
     #: kind -> the fault its next long-running operation ends with
     failures: dict[str, ArmFault] = field(default_factory=dict)
     _ops: itertools.count[int] = field(default_factory=itertools.count)
@@ -156,6 +175,12 @@ class ArmDouble:
     # ------------------------------------------------------------ injection
     def throttle(self, method: str, kind: str, times: int = 1, retry_after: int = 1) -> None:
         self.throttles.append(Throttle(method, kind, times, retry_after))
+
+    def refuse(self, method: str, kind: str, status: int, code: str, message: str,
+               times: int = 1) -> None:
+        """Answer the next ``times`` requests with Azure's error ``code`` (AuthorizationFailed,
+        Conflict, OperationNotAllowed, QuotaExceeded...)."""
+        self.injected.append(Injected(method, kind, ArmFault(status, code, message), times))
 
     def fail_next(self, kind: str, code: str, message: str) -> None:
         self.failures[kind] = ArmFault(400, code, message)
@@ -202,20 +227,32 @@ class ArmDouble:
                                       "AADSTS7000215: Invalid client secret provided. Ensure the "
                                       "secret being sent in the request is the client secret "
                                       "value, not the client secret ID."}, status=401)
+        scope = str(form["scope"])
+        if not scope.endswith("/.default") or not scope.startswith("https://"):
+            return web.json_response({"error": "invalid_scope", "error_description":
+                                      f"AADSTS70011: The provided request must include a 'scope' "
+                                      f"input parameter. The provided value for the input "
+                                      f"parameter 'scope' is not valid: {scope!r}."}, status=400)
         token = secrets.token_urlsafe(24)
-        self.tokens.add(token)
+        self.tokens[token] = scope.removesuffix("/.default")
         return web.json_response({"token_type": "Bearer", "expires_in": 3600,
                                   "ext_expires_in": 3600, "access_token": token})
 
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         token = header.removeprefix("Bearer ")
+        challenge = {"WWW-Authenticate": f'Bearer authorization_uri="{self.base_url}/'
+                                         f'{self.tenant_id}", error="invalid_token"'}
         if not header.startswith("Bearer ") or (token not in self.tokens
                                                 and token != self.static_token):
+            raise ArmFault(401, "InvalidAuthenticationToken", "The access token is invalid.",
+                           challenge)
+        audience = self.tokens.get(token, self.base_url)
+        if audience.rstrip("/") != self.base_url:
             raise ArmFault(401, "InvalidAuthenticationToken",
-                           "The access token is invalid.",
-                           {"WWW-Authenticate": f'Bearer authorization_uri="{self.base_url}/'
-                                               f'{self.tenant_id}", error="invalid_token"'})
+                           f"The access token has been obtained for wrong audience or resource "
+                           f"'{audience}'. It should exactly match with one of the allowed "
+                           f"audiences '{self.base_url}/','{self.base_url}'.", challenge)
 
     async def _arm(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
@@ -263,6 +300,10 @@ class ArmDouble:
         return await handler(request, rg, parts[1:], body)
 
     def _throttled(self, method: str, kind: str) -> None:
+        for injected in self.injected:
+            if injected.times > 0 and injected.method == method and injected.kind == kind:
+                injected.times -= 1
+                raise injected.fault
         for throttle in self.throttles:
             if throttle.times > 0 and throttle.method == method and throttle.kind == kind:
                 throttle.times -= 1
@@ -287,7 +328,8 @@ class ArmDouble:
                 raise failure
             return await finish()
 
-        op = self.operations[op_id] = Operation(op_id, self.lro_polls, ending)
+        op = self.operations[op_id] = Operation(op_id, self.lro_polls_of.get(kind, self.lro_polls),
+                                                 ending)
         return op
 
     def _op_headers(self, op: Operation, version: str) -> dict[str, str]:
@@ -327,8 +369,26 @@ class ArmDouble:
                 raise
 
         op.finish = finish_or_mark
+        self.creating[resource["id"].lower()] = op
         return web.json_response(resource, status=status,
                                  headers=self._op_headers(op, request.query["api-version"]))
+
+    async def _read(self, resource: dict[str, Any]) -> web.Response:
+        """A GET of a resource: its creation moves on (time passes), then its state."""
+        op = self.creating.get(resource["id"].lower())
+        if op is not None:
+            await op.step()
+            if op.status != "InProgress":
+                self.creating.pop(resource["id"].lower(), None)
+        return web.json_response(resource)
+
+    @staticmethod
+    def _refuse_busy(resource: dict[str, Any], kind: str, code: str = "OperationNotAllowed") -> None:
+        """Azure answers 409 to a DELETE of a resource still being created or updated."""
+        state = resource["properties"].get("provisioningState")
+        if state in ("Creating", "Updating"):
+            raise ArmFault(409, code, f"Operation 'Delete' is not allowed on {kind} "
+                           f"'{resource['name']}' since its provisioning state is {state}.")
 
     async def _operation(self, request: web.Request, op_id: str) -> web.Response:
         op = self.operations.get(op_id)
@@ -362,10 +422,11 @@ class ArmDouble:
         if request.method == "GET":
             if disk is None:
                 raise _not_found("disks", name)
-            return web.json_response(disk)
+            return await self._read(disk)
         if request.method == "DELETE":
             if disk is None:
                 return web.Response(status=204)
+            self._refuse_busy(disk, "disk")
             if disk["properties"]["diskState"] in ("ActiveUpload", "ActiveSAS"):
                 raise ArmFault(409, "OperationNotAllowed", f"Disk {name} is in state "
                                f"{disk['properties']['diskState']}: revoke its access first.")
@@ -437,10 +498,11 @@ class ArmDouble:
         if request.method == "GET":
             if key not in self.images:
                 raise _not_found("images", name)
-            return web.json_response(self.images[key])
+            return await self._read(self.images[key])
         if request.method == "DELETE":
             if key not in self.images:
                 return web.Response(status=204)
+            self._refuse_busy(self.images[key], "image")
 
             async def deleted() -> None:
                 self.images.pop(key, None)
@@ -478,7 +540,7 @@ class ArmDouble:
                 if dkey not in self.definitions:
                     raise ArmFault(404, "GalleryImageNotFound",
                                    f"The gallery image {definition} was not found")
-                return web.json_response(self.definitions[dkey])
+                return await self._read(self.definitions[dkey])
             _require(body, "location", "properties.osType", "properties.osState",
                      "properties.identifier.publisher", "properties.identifier.offer",
                      "properties.identifier.sku")
@@ -492,10 +554,11 @@ class ArmDouble:
         if request.method == "GET":
             if vkey not in self.versions:
                 raise ArmFault(404, "ResourceNotFound", f"The image version {version} was not found")
-            return web.json_response(self.versions[vkey])
+            return await self._read(self.versions[vkey])
         if request.method == "DELETE":
             if vkey not in self.versions:
                 return web.Response(status=204)
+            self._refuse_busy(self.versions[vkey], "gallery image version", "Conflict")
 
             async def deleted() -> None:
                 self.versions.pop(vkey, None)

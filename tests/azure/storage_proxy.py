@@ -28,7 +28,7 @@ class StorageProxy:
     hold_after: int | None = None
     #: set once a Put Page request is held
     holding: asyncio.Event = field(default_factory=asyncio.Event)
-    #: requests being forwarded to Azurite (held ones not counted)
+    #: requests being read or forwarded to Azurite (held ones not counted)
     forwarding: int = 0
     endpoint: str = ""
     _released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -62,23 +62,28 @@ class StorageProxy:
         return sas_url.replace(self.upstream, self.endpoint, 1)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if request.method == "PUT" and request.query.get("comp") == "page" \
-                and request.headers.get("x-ms-page-write") == "update":
-            if self.throttle > 0:
-                self.throttle -= 1
-                self.throttled += 1
-                return web.Response(status=429, body=_THROTTLED, content_type="application/xml",
-                                    headers={"Retry-After": self.retry_after,
-                                             "x-ms-error-code": "TooManyRequests"})
-            if self.hold_after is not None and len(self.put_sizes) >= self.hold_after:
-                self.holding.set()
-                await self._released.wait()  # never forwarded: the proxy is stopping
-                return web.Response(status=503)
-            self.put_sizes.append(len(body))
-        assert self._session is not None
+        # counted from the first byte: a request whose body is still being read is on its way
         self.forwarding += 1
         try:
+            body = await request.read()
+            if request.method == "PUT" and request.query.get("comp") == "page" \
+                    and request.headers.get("x-ms-page-write") == "update":
+                if self.throttle > 0:
+                    self.throttle -= 1
+                    self.throttled += 1
+                    return web.Response(status=429, body=_THROTTLED, content_type="application/xml",
+                                        headers={"Retry-After": self.retry_after,
+                                                 "x-ms-error-code": "TooManyRequests"})
+                if self.hold_after is not None and len(self.put_sizes) >= self.hold_after:
+                    self.holding.set()
+                    self.forwarding -= 1  # held: never forwarded
+                    try:
+                        await self._released.wait()  # the proxy is stopping
+                    finally:
+                        self.forwarding += 1
+                    return web.Response(status=503)
+                self.put_sizes.append(len(body))
+            assert self._session is not None
             return await self._send(request, body)
         finally:
             self.forwarding -= 1
@@ -87,6 +92,7 @@ class StorageProxy:
         """Wait until no forwarded request is still on its way (a client that gave up does not
         stop one already sent, as with the real service)."""
         async with asyncio.timeout(timeout):
+            await asyncio.sleep(0.1)  # a request fully sent may not have reached the handler yet
             while self.forwarding:
                 await asyncio.sleep(0.05)
 

@@ -198,6 +198,12 @@ class Adapter:
                     await ctx.record(XenVmRan(uuid=vm.uuid))
                     await ctx.progress(0.5, f"VM {vm.name} is running; waiting for it to shut down")
                 elif report == "Halted" and ran:
+                    # a Halted report may be older than the Running one (the first read and the
+                    # event session race): only the VM's state now ends the watch
+                    if await self.session.xapi("reading the VM",
+                                               lambda x: x.VM.get_power_state(vm.ref),
+                                               idempotent=True) != "Halted":
+                        continue
                     await ctx.progress(1.0, f"VM {vm.name} has shut down")
                     return
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,38 @@ async def test_the_published_vm_survives_a_json_round_trip_and_cleanup_removes_i
         await adapter.close()
 
 
+
+
+async def test_a_halted_report_older_than_the_running_one_does_not_end_the_watch(
+        xapi: XapiDouble, xen_env: None, tmp_path: Path) -> None:
+    """The watch's first read and the event session race: a Halted read before the guest
+    started can be queued after its Running event (seen once in a full run). Only the VM's
+    state now may end the watch."""
+    adapter = make_adapter(xen_config(xapi), short_clients())
+    notes: list[tuple[float, str]] = []
+    ctx = context(dynamic_vhd(tmp_path / "disk.vhd"), notes=notes)
+    try:
+        published = await publish(adapter, ctx)
+        vm_ref = published.expect(XenPublished).ref
+        watch = asyncio.create_task(adapter.wait_for_shutdown(published, ctx))
+        state_when_done: list[str] = []
+        watch.add_done_callback(lambda _: state_when_done.append(
+            xapi.state.vms[vm_ref]["power_state"]))
+        await until(lambda: xapi.state.event_calls > 0, "the event session's first call")
+        xapi.set_power("win10-office-1", "Running")
+        await until(lambda: any(isinstance(r, XenVmRan) for r in ctx.resources), "Running")
+
+        assert not watch.done(), f"the watch ended while the VM was {state_when_done}"
+        gate = xapi.state.holds["VM.get_power_state"] = threading.Event()
+        events = host_events(adapter._key)
+        assert events is not None
+        for queue in events.waiting[vm_ref]:
+            queue.put_nowait("Halted")  # the stale report
+        await until(lambda: watch.done() or xapi.state.entered["VM.get_power_state"] > 0,
+                    "the watch to take the stale report")
+        gate.set()
+        xapi.set_power("win10-office-1", "Halted")
+        await asyncio.wait_for(watch, 20)
+        assert state_when_done == ["Halted"]
+    finally:
+        await adapter.close()

@@ -211,6 +211,11 @@ class ConnectorConfig(BaseModel):
         """The other connectors this one names (none by default)."""
         return []
 
+    def link_problems(self, key: str, name: str, config: ConnectorConfig) -> list[str]:
+        """Why the connector ``name`` (``config``, of an allowed type) cannot be linked as the
+        reference ``key`` (none by default); the catalog reports them at load."""
+        return []
+
     def link(self, key: str, config: ConnectorConfig) -> None:
         """Resolve the reference ``key`` (the catalog, once it checked it)."""
         self._linked[key] = config

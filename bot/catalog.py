@@ -337,7 +337,10 @@ def _link_connectors(fname: str, cat: Catalog, declared: set[str], problems: lis
                 problems.append(f"{loc}: connector {ref.name!r} is of type {other.type!r}; it must be "
                                 f"one of {', '.join(sorted(ref.types))}")
                 continue
-            connector.link(ref.key, other)
+            refused = connector.link_problems(ref.key, ref.name, other)
+            problems += [f"{loc}: {problem}" for problem in refused]
+            if not refused:
+                connector.link(ref.key, other)
 
 
 _SECTIONS = ("layers", "connectors", "templates", "runner")

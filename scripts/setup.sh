@@ -17,6 +17,7 @@ APT_PACKAGES=(
   golang-go golang-github-vmware-govmomi-dev   # tests: vcsim, VMware's vCenter simulator
   nodejs npm          # tests: Azurite, Microsoft's Azure Storage emulator (from npm, below)
   samba               # tests: smbd, the SMB share the Hyper-V/PVS disk copy goes to
+  libkrb5-dev gcc python3-dev  # [hyperv]: gssapi and krb5 (Kerberos) are built from source
   python3-venv
 )
 # commands another source may provide (NodeSource's nodejs bundles npm, and conflicts with

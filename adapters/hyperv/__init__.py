@@ -47,7 +47,7 @@ from adapters.base import (
 from adapters.hyperv import hyperv_scripts as scripts
 from adapters.hyperv.hyperv_config import Config
 from adapters.hyperv.hyperv_resources import HypervDisk, HypervPublished, HypervVm, HypervVmRan
-from adapters.hyperv.hyperv_watch import watching
+from adapters.hyperv.hyperv_watch import Seen, watching
 from adapters.resources import Resource, latest
 from adapters.steps import Step
 from adapters.windows_remote.powershell import Endpoint, RemoteClients, acquire
@@ -106,7 +106,8 @@ class Adapter:
     async def _vm(self, ctx: PublishContext) -> None:
         cfg, name = self.config, ctx.image_name
         disk: HypervDisk = _need(latest(ctx.resources, HypervDisk), "the copied disk")
-        pending = HypervVm(name=name, host=cfg.host, notes=f"layerbot task {ctx.task_id}")
+        pending = HypervVm(name=name, host=cfg.host, notes=f"layerbot task {ctx.task_id}",
+                           vhd_path=disk.local_path)
         await ctx.record(pending)
         await ctx.progress(0.0, f"creating VM {name} on {cfg.host}")
         [made] = await self.session.run(scripts.new_vm(
@@ -123,7 +124,8 @@ class Adapter:
                 else f"VM {name} on {cfg.host}")
         ctx.published = Published(
             link=link, summary=f"Hyper-V VM {name} (generation {cfg.generation}) on {cfg.host}, Off",
-            resource=HypervPublished(name=name, host=cfg.host, vm_id=vm_id, published_at=time.time()))
+            resource=HypervPublished(name=name, host=cfg.host, vm_id=vm_id, published_at=time.time(),
+                                     disk_written=Seen.of(made).disk_written))
 
     def next_steps(self, published: Published) -> str:
         vm = published.expect(HypervPublished)
@@ -150,22 +152,24 @@ class Adapter:
                         "and shut down (watch_timeout)") from None
                 if isinstance(report, BaseException):
                     raise report
-                state = report.get(vm.vm_id)
-                if state is None:
+                seen = report.get(vm.vm_id)
+                if seen is None:
                     raise PlatformError(f"{self.platform}: VM {vm.name} ({vm.vm_id}) on {vm.host} was "
                                         "deleted before it ran and shut down")
-                if state == "Running" and not ran:
+                if seen.running and not ran:
                     ran = True
                     await ctx.record(HypervVmRan(vm_id=vm.vm_id))
                     await ctx.progress(0.5, f"VM {vm.name} is running; waiting for it to shut down")
-                elif state == "Off" and ran:
+                elif seen.off and (ran or _written_since(seen, vm)):
+                    # a power cycle shorter than a round is seen only by its disk's writes
                     await ctx.progress(1.0, f"VM {vm.name} has shut down")
                     return
 
     # ------------------------------------------------------------ cleanup
     async def remove(self, resource: Resource) -> list[str]:
         if isinstance(resource, HypervVm):
-            gone = await self.session.run(scripts.remove_vm(resource.name, resource.vm_id, resource.notes))
+            gone = await self.session.run(scripts.remove_vm(resource.name, resource.vm_id, resource.notes,
+                                                            resource.vhd_path))
             return [resource.describe()] if gone else []
         if isinstance(resource, HypervDisk):
             return [resource.describe()] if await self.smb.remove(resource.unc) else []
@@ -176,6 +180,11 @@ class Adapter:
             self._closed = True
             await self.smb.close()
             await self.clients.pool.release(self._key, self.session)
+
+
+def _written_since(seen: Seen, vm: HypervPublished) -> bool:
+    return (seen.disk_written is not None and vm.disk_written is not None
+            and seen.disk_written > vm.disk_written)
 
 
 def _need(resource: Resource | None, what: str) -> Any:

@@ -21,13 +21,16 @@ class HypervDisk(Resource):
 
 class HypervVm(Resource):
     """The VM, recorded before New-VM: until its VMId is known it is found by name and the
-    task's note (a VM of the same name that is not ours is never removed)."""
+    task's note, or by name and this task's disk when it has no note (a VM of the same name
+    that is not ours is never removed)."""
 
     kind: ClassVar[str] = "hyperv.vm"
     name: str
     host: str
     notes: str
     vm_id: str | None = None
+    #: its disk as the host sees it ("" in records older than this field)
+    vhd_path: str = ""
 
     def describe(self) -> str:
         return f"Hyper-V VM {self.name} on {self.host}" + (f" ({self.vm_id})" if self.vm_id else "")
@@ -42,6 +45,8 @@ class HypervPublished(Resource):
     host: str
     vm_id: str
     published_at: float
+    #: the disk's LastWriteTimeUtc after New-VM (the host's clock); later, the guest ran
+    disk_written: float | None = None
 
     def describe(self) -> str:
         return f"Hyper-V VM {self.name} ({self.vm_id}) on {self.host}"

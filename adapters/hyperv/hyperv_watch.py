@@ -1,18 +1,23 @@
 """The VMs' states, one ``Get-VM`` per host (and user) for every waiting task.
 
 Each round is one script (:func:`adapters.hyperv.hyperv_scripts.vm_states`) naming every
-watched VM; a VM missing from the answer is gone. Rounds back off while nothing changes and
-start again at once when a task starts waiting. The watch holds its own share of the host's
-runspace, so it outlives the adapter that started it, and ends with the last waiting task.
+watched VM; a VM missing from the answer is gone. A round answers only the tasks whose VM it
+asked about: one that starts waiting while a round is in flight waits for the next. Rounds
+back off while nothing changes and start again at once when a task starts waiting. The watch
+holds its own share of the host's runspace, so it outlives the adapter that started it, and
+ends with the last waiting task; a round that fails gives each waiting task its own error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
-from adapters.base import AdapterError, Backoff
+from adapters.base import AdapterError, Backoff, PlatformError
 from adapters.blocking import SessionKey
 from adapters.hyperv.hyperv_scripts import vm_states
 from adapters.retry import RetryPolicy, retrying
@@ -21,7 +26,32 @@ from adapters.windows_remote.powershell import Endpoint, PowerShellSession, Remo
 #: how long a round is retried while the host fails before the watches fail
 WATCH_RETRY = RetryPolicy(attempts=8, budget=600.0, first_delay=2.0, max_delay=60.0)
 
-Report = dict[str, str] | BaseException  # VMId -> State (absent: the VM is gone)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A watched VM in one round."""
+
+    #: Hyper-V's VMState: Running, Off, and their *Critical forms (storage trouble), Saved...
+    state: str
+    #: when its disk was last written (Unix seconds, the host's clock); None: not known
+    disk_written: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("Running", "RunningCritical")
+
+    @property
+    def off(self) -> bool:
+        return self.state in ("Off", "OffCritical")
+
+    @classmethod
+    def of(cls, answer: dict[str, Any]) -> Seen:
+        written = answer.get("DiskWritten")
+        return cls(str(answer["State"]), float(written) if isinstance(written, int | float) else None)
+
+
+Report = dict[str, Seen] | BaseException  # VMId -> what the round saw (absent: the VM is gone)
 
 
 class HostWatch:
@@ -56,31 +86,40 @@ class HostWatch:
                 await self._task
         await self.clients.pool.release(self.key, self.session)
 
-    async def one_round(self) -> dict[str, str]:
-        ids = sorted(self.waiting)
-        names = sorted({name for name, _ in self.waiting.values()})
-        found = await self.session.run(vm_states(names, ids), idempotent=True)
-        return {str(vm["VMId"]): str(vm["State"]) for vm in found
-                if isinstance(vm, dict) and vm.get("VMId") in self.waiting}
+    async def one_round(self) -> tuple[frozenset[str], dict[str, Seen]]:
+        """The VMIds this round asked about (those waited for at its start) and what it saw."""
+        watched = {vm_id: name for vm_id, (name, _) in self.waiting.items()}
+        found = await self.session.run(vm_states(sorted(set(watched.values())), sorted(watched)),
+                                       idempotent=True)
+        seen = {str(vm["VMId"]): Seen.of(vm) for vm in found
+                if isinstance(vm, dict) and vm.get("VMId") in watched}
+        return frozenset(watched), seen
+
+    def _fail(self, exc: Exception) -> None:
+        """Every waiting task gets its own error (one instance raised in many tasks would
+        collect all their tracebacks)."""
+        where = f"{self.session.remote.host}: watching the VMs"
+        for _, queues in self.waiting.values():
+            for queue in queues:
+                queue.put_nowait(copy.copy(exc) if isinstance(exc, AdapterError) else
+                                 PlatformError(f"{where} failed: {type(exc).__name__}: {exc}"))
 
     async def _run(self) -> None:
         backoff = Backoff(*self.clients.poll)
-        last: dict[str, str] = {}
+        last: dict[str, Seen] = {}
         while self.waiting:
             self._wake.clear()
             try:
-                found = await retrying(self.one_round, "watching the VMs", self.retry)
-            except AdapterError as exc:
-                for _, queues in self.waiting.values():
-                    for queue in queues:
-                        queue.put_nowait(exc)
+                watched, found = await retrying(self.one_round, "watching the VMs", self.retry)
+            except Exception as exc:
+                self._fail(exc)
                 return
             self.rounds += 1
             if found != last:
                 backoff.reset()
             last = found
-            for _, queues in self.waiting.values():
-                for queue in queues:
+            for vm_id in watched & self.waiting.keys():
+                for queue in self.waiting[vm_id][1]:
                     queue.put_nowait(found)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff.current):

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from adapters.base import CatalogFile, ConnectorConfig, ConnectorReference
+from adapters.base import ConnectorConfig, ConnectorReference
+from adapters.windows_remote.winrm_settings import WinRMLogin
 
 #: Citrix Provisioning's write cache types (``Set-PvsDisk -WriteCacheType``): name -> number
 WRITE_CACHE_TYPES: dict[str, int] = {
@@ -27,38 +28,23 @@ LICENSE_MODES: dict[str, int] = {"none": 0, "mak": 1, "kms": 2}
 #: connector types whose adapter creates the target VM next to the vDisk
 HYPERVISOR_TYPES = frozenset({"nutanix", "xenserver", "hyperv", "vsphere"})
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # \\server\share[\folder...]: no empty part, none of the characters Windows forbids in names
 _UNC = re.compile(r"\\\\[^\\/:*?\"<>|]+(\\[^\\/:*?\"<>|]+)+")
 
 
-class Config(ConnectorConfig):
-    """See the example connector in adapters/pvs/__init__.py and docs/pvs.md."""
+class Config(WinRMLogin):
+    """See the example connector in adapters/pvs/__init__.py and docs/pvs.md. The login and
+    transport settings (user_env, password_env, auth, https, ca_file, smb_port...) and their
+    checks are :class:`~adapters.windows_remote.winrm_settings.WinRMLogin`'s."""
 
     type: Literal["pvs"]
     #: the Provisioning server that runs the Citrix.PVS.SnapIn cmdlets (PowerShell remoting)
     server: str = Field(min_length=1, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-    #: WinRM over HTTPS (5986, the default); false: HTTP (5985), messages still encrypted
-    https: bool = True
-    #: WinRM port (default: 5986 with https, else 5985)
-    winrm_port: int | None = Field(None, ge=1, le=65535)
-    #: skip the WinRM certificate check (labs only)
-    insecure: bool = False
-    #: CA bundle (PEM) that signed the WinRM certificate; default: the system's
-    ca_file: CatalogFile | None = None
-    auth: Literal["ntlm", "kerberos", "credssp"] = "ntlm"
-    #: names of the environment variables holding the user (DOMAIN\\user) and password
-    user_env: str
-    password_env: str
     #: the vDisk's store and site at the farm
     store: str = Field(min_length=1)
     site: str = Field(min_length=1)
     #: the store's folder as a UNC path (\\\\server\\share[\\folder]); the vhdx is copied there
     store_share: str
-    #: the SMB port of the share's server
-    smb_port: int = Field(445, ge=1, le=65535)
-    #: SMB 3 encryption of the copy (the disk may hold licences and keys)
-    smb_encrypt: bool = True
     #: vDisk properties
     access_mode: Literal["standard", "private"] = "standard"
     #: default: cacheInDeviceRamWithOverflowOnHardDisk for a standard image, private for private
@@ -68,14 +54,6 @@ class Config(ConnectorConfig):
     license_mode: Literal["none", "mak", "kms"] = "none"
     #: another connector (nutanix, xenserver, hyperv, vsphere) that also creates a target VM
     hypervisor: str | None = None
-
-    @field_validator("user_env", "password_env")
-    @classmethod
-    def _env_name(cls, value: str) -> str:
-        if _ENV_NAME.fullmatch(value) is None:
-            raise ValueError(f"{value!r} is not an environment variable name (the connector names "
-                             "the variable that holds the secret, never the secret itself)")
-        return value
 
     @field_validator("store_share")
     @classmethod
@@ -94,10 +72,6 @@ class Config(ConnectorConfig):
             raise ValueError(
                 f"write_cache {self.write_cache!r} does not go with access_mode {self.access_mode!r}: "
                 "a private image has write_cache 'private', a standard image any other")
-        if self.insecure and not self.https:
-            raise ValueError("insecure: true only applies with https: true")
-        if self.insecure and self.ca_file is not None:
-            raise ValueError("set either insecure or ca_file, not both")
         return self
 
     @property
@@ -113,3 +87,12 @@ class Config(ConnectorConfig):
         if self.hypervisor is None:
             return []
         return [ConnectorReference("hypervisor", self.hypervisor, HYPERVISOR_TYPES)]
+
+    def link_problems(self, key: str, name: str, config: ConnectorConfig) -> list[str]:
+        share = getattr(config, "share", None) if config.type == "hyperv" else None
+        if isinstance(share, str) and share.casefold() == self.store_share.casefold():
+            # both copy <image name>.vhdx there: one would overwrite and remove the other's file
+            return [f"connector {name!r} (type hyperv) copies its disks to share '{share}', which is "
+                    f"this connector's store_share '{self.store_share}': give connectors.{name}.share "
+                    "another folder"]
+        return []

@@ -8,7 +8,9 @@ another (a STAGING file, removed after the publish)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +34,10 @@ from adapters.pvs.pvs_resources import PvsConvertedDisk, PvsPublished
 from adapters.resources import Resource
 from adapters.steps import Outcome, Step
 
+log = logging.getLogger(__name__)
+#: closes under way on the event loop (a task nobody references may be collected unfinished)
+_CLOSING: set[asyncio.Task[None]] = set()
+
 
 class WithHypervisor(Adapter):
     capabilities: ClassVar[Capability] = Capability.WATCH_POWER | Capability.CREATES_VM
@@ -47,7 +53,7 @@ class WithHypervisor(Adapter):
                                     f"({self.hypervisor.platform}) cannot watch a VM")
             super().__init__(config, clients)
         except BaseException:
-            adapters.close_blocking(self.hypervisor)
+            _close_soon(self.hypervisor)
             raise
 
     def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:
@@ -95,6 +101,25 @@ class WithHypervisor(Adapter):
             await super().close()
         finally:
             await self.hypervisor.close()
+
+
+def _close_soon(adapter: AdapterProtocol) -> None:
+    """Close ``adapter``: on the running event loop as a task of its own (its sessions belong
+    to that loop, and the loop must not wait for the close), else to the end here."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        adapters.close_blocking(adapter)
+        return
+    task = loop.create_task(adapter.close(), name=f"close {adapter.platform} adapter")
+    _CLOSING.add(task)
+    task.add_done_callback(_closed)
+
+
+def _closed(task: asyncio.Task[None]) -> None:
+    _CLOSING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("closing the hypervisor adapter failed: %s", task.exception())
 
 
 class OnContext:

@@ -18,10 +18,15 @@ if (-not (Get-Command Import-PvsDisk -ErrorAction SilentlyContinue)) {
     if (Test-Path -LiteralPath $dll) { Import-Module $dll } else { Add-PSSnapin Citrix.PVS.SnapIn }
 }
 $at = @{ DiskLocatorName = $Name; StoreName = $Store; SiteName = $Site }
+# the locator or $null: a missing locator is a terminating error of the PVS cmdlets, which
+# -ErrorAction SilentlyContinue does not silence
+function Find-Locator {
+    try { Get-PvsDiskLocator @at } catch { $null }
+}
 """
 
 IMPORT_DISK = _SNAPIN + """\
-if ($null -eq (Get-PvsDiskLocator @at -ErrorAction SilentlyContinue)) {
+if ($null -eq (Find-Locator)) {
     Import-PvsDisk @at -VHDX -Description $Description | Out-Null
 }
 $d = Get-PvsDiskLocator @at
@@ -31,14 +36,14 @@ $d = Get-PvsDiskLocator @at
 SET_DISK = _SNAPIN + """\
 $props = @{ WriteCacheType = $WriteCacheType; LicenseMode = $LicenseMode }
 if ($null -ne $WriteCacheSize) { $props.WriteCacheSize = $WriteCacheSize }
-Set-PvsDisk @at @props
+Set-PvsDisk @at @props | Out-Null
 $d = Get-PvsDisk @at
 [pscustomobject]@{ WriteCacheType = [int]$d.WriteCacheType; LicenseMode = [int]$d.LicenseMode;
                    WriteCacheSize = [int]$d.WriteCacheSize }"""
 
 REMOVE_LOCATOR = _SNAPIN + """\
-$found = Get-PvsDiskLocator @at -ErrorAction SilentlyContinue
-if ($null -ne $found) { Remove-PvsDiskLocator @at }
+$found = Find-Locator
+if ($null -ne $found) { Remove-PvsDiskLocator @at | Out-Null }
 [pscustomobject]@{ Removed = ($null -ne $found) }"""
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from adapters.windows_remote.winrm_settings import WindowsRemoteSettings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 _INT32 = range(-(2**31), 2**31)
@@ -175,6 +178,11 @@ def translate_transport(exc: BaseException, where: str) -> AdapterError:
         return AuthError(f"{where}: WinRM rejected the credentials ({name})")
     if name in ("Timeout", "ReadTimeout", "ConnectTimeout") or isinstance(exc, TimeoutError):
         return PlatformTimeoutError(f"{where}: no answer in time")
+    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        # not transient: trying again cannot help until the settings change
+        return PlatformError(f"{where}: the host's WinRM certificate could not be verified ({name}: {exc}); "
+                             "set ca_file to the CA bundle (PEM) that signed it, or insecure: true "
+                             "(labs only)")
     if name in ("ConnectionError", "SSLError") or isinstance(exc, OSError):
         return RetryableError(f"{where}: connection failed: {name}: {exc}")
     if name == "WSManFaultError":
@@ -285,8 +293,20 @@ def _error(record: Any) -> PSError:
     category = getattr(record, "category", None)
     name = _CATEGORIES[category] if isinstance(category, int) and 0 <= category < len(_CATEGORIES) \
         else "NotSpecified"
-    message = str(record).strip() or str(getattr(record, "message", "") or "")
+    # the record's ToString (the exception's message); pypsrp's str() of a record without one
+    # is "None": then ErrorCategory_Message
+    shown = getattr(record, "_to_string", None)
+    message = str(shown).strip() if shown else str(getattr(record, "message", "") or "")
     return PSError(message, str(getattr(record, "fq_error", "") or ""), name)
+
+
+def _quietly(close: Callable[[], object], doing: str) -> None:
+    """A close whose failure must not hide the call's result or error (a pipeline that did
+    not finish cannot be closed; the host drops it with the runspace)."""
+    try:
+        close()
+    except Exception as exc:
+        log.debug("%s failed: %s: %s", doing, type(exc).__name__, exc)
 
 
 class PypsrpConnection:
@@ -303,18 +323,25 @@ class PypsrpConnection:
                            operation_timeout=operation, read_timeout=operation + 10,
                            connection_timeout=30)
         self.pool = RunspacePool(self.wsman)
-        self.pool.open()
+        try:
+            self.pool.open()
+        except BaseException:
+            _quietly(self.wsman.close, "closing the WinRM session of a failed login")
+            raise
 
     def run(self, script: str, parameters: Mapping[str, Any]) -> PSResult:
         from pypsrp.powershell import PowerShell
 
         ps = PowerShell(self.pool)
-        ps.add_script(script)
-        if parameters:
-            ps.add_parameters({name: _tagged(value) for name, value in parameters.items()})
-        output = ps.invoke()
-        return PSResult([str(o) for o in output], [_error(r) for r in ps.streams.error],
-                        bool(ps.had_errors))
+        try:
+            ps.add_script(script)
+            if parameters:
+                ps.add_parameters({name: _tagged(value) for name, value in parameters.items()})
+            output = ps.invoke()
+            return PSResult([str(o) for o in output], [_error(r) for r in ps.streams.error],
+                            bool(ps.had_errors))
+        finally:  # the host keeps a pipeline until it is closed
+            _quietly(ps.close, "closing a PowerShell pipeline")
 
     def close(self) -> None:
         try:

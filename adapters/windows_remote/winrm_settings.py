@@ -1,11 +1,14 @@
 """Connection settings of a connector driven by PowerShell remoting plus an SMB share.
 
-A platform's ``Config`` subclasses :class:`WindowsRemoteSettings`; the checks run at load
-and name the key and the value that is wrong (never a secret: only variable names are set).
+A platform's ``Config`` subclasses :class:`WindowsRemoteSettings` (a host and a share with
+its local path, Hyper-V) or :class:`WinRMLogin` (the login and transport settings only, a
+Provisioning server names its own host and share keys); the checks run at load and name the
+key and the value that is wrong (never a secret: only variable names are set).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -20,13 +23,24 @@ _PART = r'[^\\/:*?"<>|]+'
 _UNC = re.compile(rf"^\\\\(?P<server>{_PART})\\(?P<share>{_PART})(\\{_PART})*\\?$")
 #: D:\folder[\...] or C:\ClusterStorage\Volume1\... (a local path on the Windows host)
 _LOCAL = re.compile(r'^[A-Za-z]:\\([^\\/:*?"<>|]+\\?)*$')
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: auth -> the Python module it needs beyond NTLM (pypsrp's and smbprotocol's extras)
+AUTH_MODULES = {"kerberos": "gssapi", "credssp": "requests_credssp"}
+AUTH_INSTALL = ("pip install 'layerbot[hyperv]' (Kerberos builds gssapi: apt-get install "
+                "libkrb5-dev first)")
 
 
-class WindowsRemoteSettings(ConnectorConfig):
-    """Where PowerShell runs and the share the disk is copied to."""
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
-    #: the Windows host's name (as its WinRM certificate names it)
-    host: str = Field(min_length=1, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+class WinRMLogin(ConnectorConfig):
+    """How PowerShell remoting (WinRM) and SMB log in to a Windows host."""
+
+    #: names of the environment variables holding the user (DOMAIN\\user) and password
     user_env: str
     password_env: str
     auth: Literal["ntlm", "kerberos", "credssp"] = "ntlm"
@@ -38,14 +52,50 @@ class WindowsRemoteSettings(ConnectorConfig):
     insecure: bool = False
     #: CA bundle (PEM) that signed the WinRM certificate; default: the system's
     ca_file: CatalogPath | None = None
-    #: UNC path of the folder the disk is copied to, e.g. \\hv01\layerbot
-    share: str
-    #: that folder as a path on the host, e.g. D:\Hyper-V\layerbot
-    share_local_path: str
     #: the SMB port of the share's server
     smb_port: int = Field(445, ge=1, le=65535)
     #: SMB 3 encryption of the copy (the disk may hold licences and keys)
     smb_encrypt: bool = True
+
+    @field_validator("user_env", "password_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if _ENV_NAME.fullmatch(value) is None:
+            raise ValueError(f"{value!r} is not an environment variable name (the connector names "
+                             "the variable that holds the secret, never the secret itself)")
+        return value
+
+    @model_validator(mode="after")
+    def _login_checks(self) -> WinRMLogin:
+        problems: list[str] = []
+        if self.insecure and not self.https:
+            problems.append("insecure: true only applies with https: true")
+        if self.insecure and self.ca_file is not None:
+            problems.append("set either insecure or ca_file, not both")
+        if self.ca_file is not None and path_kind(Path(self.ca_file)) != "file":
+            problems.append(f"ca_file {str(self.ca_file)!r} does not exist")
+        for field in ("user_env", "password_env"):
+            var = getattr(self, field)
+            if not os.environ.get(var):
+                problems.append(f"environment variable {var} ({field}) is not set")
+        module = AUTH_MODULES.get(self.auth)
+        if module is not None and not _installed(module):
+            problems.append(f"auth {self.auth!r} needs the Python module {module}, which is not "
+                            f"installed: {AUTH_INSTALL}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class WindowsRemoteSettings(WinRMLogin):
+    """Where PowerShell runs and the share the disk is copied to."""
+
+    #: the Windows host's name (as its WinRM certificate names it)
+    host: str = Field(min_length=1, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    #: UNC path of the folder the disk is copied to, e.g. \\hv01\layerbot
+    share: str
+    #: that folder as a path on the host, e.g. D:\Hyper-V\layerbot
+    share_local_path: str
 
     @field_validator("share")
     @classmethod
@@ -72,21 +122,6 @@ class WindowsRemoteSettings(ConnectorConfig):
     def local_file(self, file_name: str) -> str:
         """The same file as the host sees it."""
         return f"{self.share_local_path}\\{file_name}"
-
-    @model_validator(mode="after")
-    def _remote_checks(self) -> WindowsRemoteSettings:
-        problems: list[str] = []
-        if self.insecure and self.ca_file is not None:
-            problems.append("set either insecure or ca_file, not both")
-        if self.ca_file is not None and path_kind(Path(self.ca_file)) != "file":
-            problems.append(f"ca_file {str(self.ca_file)!r} does not exist")
-        for field in ("user_env", "password_env"):
-            var = getattr(self, field)
-            if not os.environ.get(var):
-                problems.append(f"environment variable {var} ({field}) is not set")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
 
 def safe_file_name(name: str, suffix: str) -> str:

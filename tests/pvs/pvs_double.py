@@ -65,6 +65,9 @@ class PvsDouble:
             raise CmdletError(self.failing[call.cmdlet])
         p = parameters
         key = (p["Store"], p["Site"], p["Name"])
+        if key not in self.disks and "Get-PvsDiskLocator @at -ErrorAction SilentlyContinue" in script:
+            # the snap-in throws for a missing locator: a terminating error -ErrorAction cannot silence
+            raise CmdletError("Get-PvsDiskLocator : Record not found.")
         if call.cmdlet == "Import-PvsDisk":
             if key not in self.disks:
                 if not (self.store_dir / f"{p['Name']}.vhdx").is_file():
@@ -80,7 +83,10 @@ class PvsDouble:
             disk = self.disks[key]
             disk.update({k: p[k] for k in ("WriteCacheType", "LicenseMode", "WriteCacheSize")
                          if p.get(k) is not None})
-            return json.dumps({k: disk[k] for k in ("WriteCacheType", "LicenseMode", "WriteCacheSize")})
+            answer = json.dumps({k: disk[k] for k in ("WriteCacheType", "LicenseMode", "WriteCacheSize")})
+            if "Set-PvsDisk @at @props | Out-Null" not in script:  # Set-PvsDisk writes the disk too
+                answer = json.dumps({"Name": p["Name"], "Enabled": True}) + "," + answer
+            return answer
         if call.cmdlet == "Remove-PvsDiskLocator":
             return json.dumps({"Removed": self.disks.pop(key, None) is not None})
         raise CmdletError(f"the double does not know this script: {script[:80]!r}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,14 @@ from adapters.pvs.pvs_names import MAX_VDISK_NAME, vdisk_name
 from adapters.windows_remote.powershell import RemoteClients
 from bot.catalog import CatalogError, load_catalog
 from tests.conftest import BASIC_CATALOG
+
+
+@pytest.fixture(autouse=True)
+def pvs_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connector's user and password variables are set (they are checked at load)."""
+    monkeypatch.setenv("PVS_USER", "CORP\\svc-pvs")
+    monkeypatch.setenv("PVS_PASSWORD", "x")
+
 
 BASE = {"type": "pvs", "server": "pvs01.example", "user_env": "PVS_USER", "password_env": "PVS_PASSWORD",
         "store": "Store1", "site": "Site1", "store_share": "\\\\pvs01\\Store1"}
@@ -130,8 +139,8 @@ def test_a_pvs_connector_that_cannot_open_closes_its_hypervisor(
         write_catalog: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("PRISM_USER", "PRISM_PASSWORD"):
         monkeypatch.setenv(var, "x")
-    monkeypatch.delenv("PVS_USER", raising=False)
     cat = load_catalog(write_catalog(catalog_with(write_catalog, "ahv")))
+    monkeypatch.delenv("PVS_USER")  # unset after the load: the PVS side fails to open
     closed: list[str] = []
     real_close = adapters.nutanix.Adapter.close
 
@@ -143,3 +152,59 @@ def test_a_pvs_connector_that_cannot_open_closes_its_hypervisor(
     with pytest.raises(AuthError, match="environment variable PVS_USER is not set"):
         create(cat.connectors["farm"], Clients(remote=RemoteClients(sessions=SessionPool())))
     assert closed == ["nutanix"]
+
+
+async def test_on_the_event_loop_the_hypervisor_is_closed_by_that_loop_without_blocking_it(
+        write_catalog: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("PRISM_USER", "PRISM_PASSWORD"):
+        monkeypatch.setenv(var, "x")
+    cat = load_catalog(write_catalog(catalog_with(write_catalog, "ahv")))
+    monkeypatch.delenv("PVS_USER")
+    closed_on: list[asyncio.AbstractEventLoop] = []
+    real_close = adapters.nutanix.Adapter.close
+
+    async def close(self: Any) -> None:
+        await asyncio.sleep(0.05)  # a close that waits for its sessions
+        closed_on.append(asyncio.get_running_loop())
+        await real_close(self)
+
+    monkeypatch.setattr(adapters.nutanix.Adapter, "close", close)
+    with pytest.raises(AuthError, match="environment variable PVS_USER is not set"):
+        create(cat.connectors["farm"], Clients(remote=RemoteClients(sessions=SessionPool())))
+    assert closed_on == []  # create returned at once: the close runs on this loop, later
+    async with asyncio.timeout(10):
+        while not closed_on:
+            await asyncio.sleep(0.01)
+    assert closed_on == [asyncio.get_running_loop()]
+
+
+def test_a_hyper_v_hypervisor_sharing_the_store_share_is_refused_at_load(
+        write_catalog: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    hyperv = r"""
+  hv:
+    type: hyperv
+    host: hv01.example
+    user_env: PVS_USER
+    password_env: PVS_PASSWORD
+    share: '\\PVS01\store1\'
+    share_local_path: 'D:\Store1'
+    switch: LabSwitch
+"""
+    text = BASIC_CATALOG.replace("connectors:\n", "connectors:\n" + PVS.lstrip("\n").format(
+        hypervisor="hv") + hyperv.lstrip("\n"))
+    with pytest.raises(CatalogError) as err:
+        load_catalog(write_catalog(text))
+    assert err.value.problems == [
+        "layerbot.yml: connectors.farm.hypervisor: connector 'hv' (type hyperv) copies its disks to "
+        "share '\\\\PVS01\\store1', which is this connector's store_share '\\\\pvs01\\Store1': "
+        "give connectors.hv.share another folder"]
+    load_catalog(write_catalog(text.replace("store1\\'", "store1\\hv'")))  # a folder of its own
+
+
+def test_the_login_checks_are_those_of_hyper_v(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PVS_PASSWORD")
+    assert "environment variable PVS_PASSWORD (password_env) is not set" in problems()
+    monkeypatch.setenv("PVS_PASSWORD", "x")
+    monkeypatch.setitem(__import__("sys").modules, "gssapi", None)  # not installed
+    assert ("auth 'kerberos' needs the Python module gssapi, which is not installed: "
+            "pip install 'layerbot[hyperv]'") in problems(auth="kerberos")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 
 from adapters.base import Capability, PlatformError, RetryableError, Watcher, clean_up, publish
+from adapters.hyperv import HypervVmRan
 from adapters.nutanix import NutanixPoweredOn, NutanixVm
 from adapters.pvs import PvsDiskLocator, PvsFile, PvsPublished
 from adapters.steps import Outcome, cancel
@@ -85,26 +85,27 @@ async def test_a_cmdlet_error_keeps_its_message_and_removes_the_file_and_locator
 
 
 async def test_an_interrupted_copy_fails_retryably_and_leaves_nothing(
-        farm: PvsDouble, smb_env: SambaPeer, tmp_path: Path) -> None:
-    big = vhdx_disk(tmp_path / "big.vhdx", 48)
+        farm: PvsDouble, smb_env: SambaPeer, disk: Path) -> None:
     adapter = make_adapter(farm, smb_env)
-    before = set(smb_env.connections())
-    cut: list[bool] = []
-
-    async def progress(fraction: float, note: str) -> None:
-        if 0 < fraction < 0.5 and not cut:  # the server side of the copy dies mid-way
-            cut.append(True)
-            for pid in set(smb_env.connections()) - before:
-                os.kill(pid, signal.SIGKILL)
-
-    ctx = context(big, "win10-cut")
-    ctx.progress = progress
+    cut = smb_env.cut_copy_after_first_chunk(adapter.copier)  # type: ignore[attr-defined]
+    ctx = context(disk, "win10-cut")
     try:
         with pytest.raises(RetryableError, match="connection"):
             await publish(adapter, ctx)
     finally:
         await adapter.close()
-    assert cut and farm.calls == [] and smb_env.files() == [] and ctx.resources == []
+    assert cut == [1 << 20] and farm.calls == [] and smb_env.files() == [] and ctx.resources == []
+
+
+async def test_removing_a_locator_that_was_never_imported_finds_nothing(
+        farm: PvsDouble, smb_env: SambaPeer) -> None:
+    adapter = make_adapter(farm, smb_env)
+    try:
+        assert await adapter.remove(PvsDiskLocator(name="never", store="Store 1", site="Site's 1")) == []
+    finally:
+        await adapter.close()
+    [call] = farm.calls
+    assert "try { Get-PvsDiskLocator @at } catch { $null }" in call.script
 
 
 async def test_with_a_hypervisor_its_vm_is_made_and_watched_and_cleanup_removes_all(
@@ -191,7 +192,9 @@ async def test_with_hyper_v_the_vhdx_is_used_as_is_and_the_vm_power_cycle_is_don
         watch = asyncio.ensure_future(adapter.wait_for_shutdown(published, ctx))
         await asyncio.sleep(0.2)
         host.set_state(name, "Running")
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):
+            while not any(isinstance(r, HypervVmRan) for r in ctx.resources):
+                await asyncio.sleep(0.01)
         assert not watch.done()
         host.set_state(name, "Off")
         await asyncio.wait_for(watch, 10)

@@ -17,9 +17,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +54,27 @@ class SambaPeer:
         """The pids of smbd's children (one per client connection, plus helpers)."""
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
+
+    def cut_copy_after_first_chunk(self, copier: Any) -> list[int]:
+        """Make ``copier`` (an SmbCopier) lose its connection after its first chunk: the
+        server side of the connections opened since is killed on the copy's own thread, before
+        the next chunk is sent (deterministic, whatever the speed). The bytes at the cut."""
+        before = set(self.connections())
+        real = copier._copy_sync
+        cut: list[int] = []
+
+        def copy(source: Path, unc: str, stop: Any, report: Callable[[int], None]) -> int:
+            def report_then_cut(done: int) -> None:
+                report(done)
+                if not cut:
+                    cut.append(done)
+                    for pid in set(self.connections()) - before:
+                        os.kill(pid, signal.SIGKILL)
+
+            return int(real(source, unc, stop, report_then_cut))
+
+        copier._copy_sync = copy
+        return cut
 
     def log(self) -> str:
         path = self.root / "smbd.out"

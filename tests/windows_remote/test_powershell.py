@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
-from adapters.base import AuthError, NotFoundError, PlatformError
+from adapters.base import AuthError, NotFoundError, PlatformError, RetryableError
 from adapters.blocking import SessionPool
 from adapters.windows_remote.powershell import (
     Endpoint,
@@ -116,3 +117,168 @@ def test_ints_beyond_int32_are_sent_as_int64() -> None:
     assert Serializer().serialize(four_gib).tag == "I64"  # type: ignore[union-attr]
     assert _tagged(2) == 2 and _tagged(True) is True
     assert Serializer().serialize(_tagged(2)).tag == "I32"  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- the real pypsrp path
+class FakePool:
+    """pypsrp.powershell.RunspacePool without a host."""
+
+    fail_open: BaseException | None = None
+
+    def __init__(self, wsman: Any) -> None:
+        self.wsman = wsman
+
+    def open(self) -> None:
+        if FakePool.fail_open is not None:
+            raise FakePool.fail_open
+
+    def close(self) -> None:
+        pass
+
+
+class FakePowerShell:
+    """pypsrp.powershell.PowerShell: what the host answered is set by the test."""
+
+    made: ClassVar[list[FakePowerShell]] = []
+    output: ClassVar[list[Any]] = []
+    errors: ClassVar[list[Any]] = []
+    invoke_fails: BaseException | None = None
+
+    def __init__(self, pool: FakePool) -> None:
+        self.scripts: list[str] = []
+        self.parameters: dict[str, Any] = {}
+        self.closed = 0
+        self.had_errors = bool(FakePowerShell.errors)
+        self.streams = type("Streams", (), {"error": list(FakePowerShell.errors)})()
+        FakePowerShell.made.append(self)
+
+    def add_script(self, script: str) -> None:
+        self.scripts.append(script)
+
+    def add_parameters(self, parameters: dict[str, Any]) -> None:
+        self.parameters.update(parameters)
+
+    def invoke(self) -> list[Any]:
+        if FakePowerShell.invoke_fails is not None:
+            raise FakePowerShell.invoke_fails
+        return FakePowerShell.output
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.fixture
+def fake_pypsrp(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """RunspacePool and PowerShell replaced; the WSMan is pypsrp's (its close is counted)."""
+    import pypsrp.powershell
+    import pypsrp.wsman
+
+    closed: list[str] = []
+    monkeypatch.setattr(pypsrp.powershell, "RunspacePool", FakePool)
+    monkeypatch.setattr(pypsrp.powershell, "PowerShell", FakePowerShell)
+    monkeypatch.setattr(pypsrp.wsman.WSMan, "close", lambda self: closed.append("wsman"))
+    monkeypatch.setattr(FakePool, "fail_open", None)
+    monkeypatch.setattr(FakePowerShell, "made", [])
+    monkeypatch.setattr(FakePowerShell, "errors", [])
+    monkeypatch.setattr(FakePowerShell, "invoke_fails", None)
+    return closed
+
+
+def _record(message: str | None, fq_error: str, category: int, category_message: str = "") -> Any:
+    from pypsrp.complex_objects import ErrorRecord
+
+    record = ErrorRecord(fq_error=fq_error, category=category, message=category_message)
+    record._to_string = message  # what a deserialized record carries (<ToString>)
+    return record
+
+
+def test_pypsrp_run_binds_parameters_keeps_error_records_and_closes_each_pipeline(
+        endpoint: Endpoint, fake_pypsrp: list[str]) -> None:
+    from pypsrp.serializer import TaggedValue
+
+    from adapters.windows_remote.powershell import PypsrpConnection
+
+    conn = PypsrpConnection(endpoint, "lab\\admin", "pw-Secret-9", 30)
+    FakePowerShell.output = ['[{"VMId":"1"}]']
+    FakePowerShell.errors = [
+        _record("Hyper-V was unable to find a virtual switch with name \"x\".",
+                "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.NewVM", 5),
+        _record(None, "ObjectNotFound,Microsoft.HyperV.PowerShell.Commands.GetVM", 13,
+                "ObjectNotFound: (x:String) [Get-VM], VirtualizationException")]
+    result = conn.run("param($Name, $Bytes)\nNew-VM", {"Name": NASTY, "Bytes": 6144 * 2**20})
+    [ps] = FakePowerShell.made
+    assert ps.scripts == ["param($Name, $Bytes)\nNew-VM"] and ps.parameters["Name"] == NASTY
+    assert isinstance(ps.parameters["Bytes"], TaggedValue) and ps.parameters["Bytes"].tag == "I64"
+    assert result == PSResult(['[{"VMId":"1"}]'], [
+        PSError("Hyper-V was unable to find a virtual switch with name \"x\".",
+                "InvalidParameter,Microsoft.HyperV.PowerShell.Commands.NewVM", "InvalidArgument"),
+        PSError("ObjectNotFound: (x:String) [Get-VM], VirtualizationException",
+                "ObjectNotFound,Microsoft.HyperV.PowerShell.Commands.GetVM", "ObjectNotFound")], True)
+    assert ps.closed == 1
+    FakePowerShell.errors = []
+    FakePowerShell.invoke_fails = ConnectionResetError("reset")
+    with pytest.raises(ConnectionResetError):
+        conn.run("Get-VM", {})
+    assert FakePowerShell.made[-1].closed == 1  # closed after a failure too
+    conn.close()
+    assert fake_pypsrp == ["wsman"]
+
+
+def test_a_login_whose_runspace_cannot_open_closes_its_wsman_session(
+        endpoint: Endpoint, fake_pypsrp: list[str]) -> None:
+    from adapters.windows_remote.powershell import PypsrpConnection
+
+    class AuthenticationError(Exception):
+        pass
+
+    FakePool.fail_open = AuthenticationError("401")
+    with pytest.raises(AuthenticationError):
+        PypsrpConnection(endpoint, "lab\\admin", "pw-Secret-9", 30)
+    assert fake_pypsrp == ["wsman"]
+
+
+async def test_a_certificate_that_cannot_be_verified_is_not_retried_and_names_the_settings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real TLS server on 127.0.0.1 with a certificate of an unknown CA (trustme)."""
+    import socket
+    import ssl
+    import threading
+
+    import trustme
+
+    from adapters.windows_remote.powershell import pypsrp_connect
+
+    monkeypatch.setenv("PS_TEST_USER", "lab\\admin")
+    monkeypatch.setenv("PS_TEST_PASSWORD", "pw-Secret-9")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(server_ctx)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                server_ctx.wrap_socket(conn, server_side=True)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    clients = RemoteClients(connect=pypsrp_connect, timeout=5, sessions=SessionPool())
+    endpoint = Endpoint("127.0.0.1", "PS_TEST_USER", "PS_TEST_PASSWORD", port=listener.getsockname()[1])
+    key, session = acquire(endpoint, clients)
+    try:
+        with pytest.raises(PlatformError) as caught:
+            await session.run(script("reading", "Get-VM"), idempotent=True)
+        assert not isinstance(caught.value, RetryableError)
+        assert "certificate could not be verified" in str(caught.value)
+        assert "ca_file" in str(caught.value) and "insecure: true" in str(caught.value)
+        assert "pw-Secret-9" not in str(caught.value)
+    finally:
+        await clients.pool.release(key, session)
+        stop.set()
+        thread.join()
+        listener.close()

@@ -86,7 +86,10 @@ def translate(exc: BaseException, where: str) -> AdapterError:
         return InsufficientSpaceError(f"{where}: the share is full ({name}: {exc})")
     if isinstance(exc, TimeoutError):
         return PlatformTimeoutError(f"{where}: no answer in time")
-    if name == "SMBConnectionClosed" or isinstance(exc, ConnectionError):
+    # EBADF/ENOTCONN: smbprotocol's receiver closed the socket when the connection died, and
+    # the copy's next send found it closed
+    if name == "SMBConnectionClosed" or isinstance(exc, ConnectionError) or (
+            type(exc) is OSError and exc.errno in (errno.EBADF, errno.ENOTCONN)):
         return RetryableError(f"{where}: the SMB connection was lost ({name}: {exc})")
     return PlatformError(f"{where} failed: {name}: {exc}")
 

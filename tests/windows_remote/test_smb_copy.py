@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapters.base import AuthError, RetryableError
-from adapters.windows_remote.smb_copy import SmbCopier, SmbShare
+from adapters.windows_remote.smb_copy import SmbCopier, SmbShare, translate
 
 from .samba_peer import SMB_PASSWORD_ENV, SMB_USER_ENV, SambaPeer
 
@@ -121,3 +122,18 @@ async def test_a_wrong_password_is_an_auth_error_without_the_password(
 
 async def _ignore(done: int, total: int) -> None:
     pass
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.EBADF, "Bad file descriptor"),    # the socket closed under the copy's send
+    OSError(errno.ENOTCONN, "Transport endpoint is not connected"),
+    ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+])
+def test_a_socket_lost_mid_copy_is_retryable(error: OSError) -> None:
+    """smbprotocol's receiver closes the socket when the server goes away; the next send of the
+    copy then fails with EBADF (seen once in a loop of the interrupted-copy test)."""
+    assert isinstance(translate(error, "copying disk.vhdx"), RetryableError)
+
+
+def test_other_os_errors_are_not_retried() -> None:
+    assert not isinstance(translate(OSError(errno.EINVAL, "Invalid argument"), "copying"), RetryableError)

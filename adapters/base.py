@@ -38,6 +38,7 @@ static ``legacy_resources(dict) -> list[Resource]`` and ``legacy_published(dict)
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import logging
 import os
@@ -120,6 +121,16 @@ class GuestTimeoutError(AdapterError):
 
 class PlatformError(AdapterError):
     """Any other failure reported by the platform (its message is kept)."""
+
+
+def error_for_waiter(exc: BaseException, where: str) -> AdapterError:
+    """What one task waiting on a shared watch (one poller for many tasks) raises when the
+    poller failed: its own object, since one instance raised in many tasks collects all their
+    tracebacks; an AdapterError as it is, anything else (a bug, an SDK surprise) as a
+    PlatformError naming it."""
+    if isinstance(exc, AdapterError):
+        return copy.copy(exc).with_traceback(None)
+    return PlatformError(f"{where} failed: {type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------- config

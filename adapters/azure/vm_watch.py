@@ -16,7 +16,7 @@ from typing import Any
 
 from adapters.azure.arm import Arm, Clients, credential_identity
 from adapters.azure.azure_config import AzureConfig
-from adapters.base import AdapterError, Backoff, PlatformError
+from adapters.base import AdapterError, Backoff, error_for_waiter
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,10 @@ class SubscriptionPoller:
         while self.waiters:
             try:
                 vms = await self._list()
-            except AdapterError as exc:  # past the retry budget (or not retryable): all fail
+            except Exception as exc:  # past the retry budget, a bug, an SDK surprise: all fail
+                if not isinstance(exc, AdapterError):
+                    log.exception("Azure: the VM watch failed")
                 self._fail(exc)
-                return
-            except Exception as exc:  # a bug or an SDK surprise: the waiters hear of it
-                log.exception("Azure: the VM watch failed")
-                self._fail(PlatformError(f"Azure: the VM watch failed: {type(exc).__name__}: "
-                                         f"{exc}"))
                 return
             self.listings += 1
             by_image: dict[str, list[VmPower]] = {}
@@ -119,9 +116,9 @@ class SubscriptionPoller:
                 waiter.deliver(by_image.get(waiter.image_id, []))
             await backoff.sleep()
 
-    def _fail(self, error: AdapterError) -> None:
+    def _fail(self, error: Exception) -> None:
         for waiter in self.waiters:
-            waiter.deliver(error)
+            waiter.deliver(error_for_waiter(error, "Azure: the VM watch"))
 
 
 class Watches:

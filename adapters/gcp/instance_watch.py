@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from adapters.base import AdapterError, Backoff
+from adapters.base import Backoff, error_for_waiter
 from adapters.gcp.compute_session import ComputeSession
 from adapters.retry import RetryPolicy, retrying
 
@@ -91,9 +90,13 @@ class ZoneWatch:
             queues.remove(queue)
         if not queues:
             self.waiting.pop(image, None)
-        if not self.waiting and self._task is not None:
-            self._task.cancel()
-            self._task = None
+
+    async def stop(self) -> None:
+        """End the rounds (the last task stopped waiting); returns once they have ended."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def one_round(self) -> dict[str, list[InstanceState]]:
         """The instances booted from each watched image."""
@@ -144,12 +147,10 @@ class ZoneWatch:
                 self._wake.clear()
                 try:
                     found = await retrying(self.one_round, f"watching {self.zone}", self.retry)
-                except AdapterError as exc:
-                    # each task raises its own copy: one object raised by several tasks
-                    # would collect their tracebacks and contexts into each other
+                except Exception as exc:  # past the retry budget, or a bug: every task hears of it
                     for queues in self.waiting.values():
                         for queue in queues:
-                            queue.put_nowait(copy.copy(exc).with_traceback(None))
+                            queue.put_nowait(error_for_waiter(exc, f"Google Cloud: watching {self.zone}"))
                     return
                 self.rounds += 1
                 if found != last:
@@ -184,8 +185,10 @@ async def watching(session: ComputeSession, project: str, zone: str, image: str,
         yield queue
     finally:
         watch.remove(image, queue)
-        if not watch.waiting and _WATCHES.get(key) is watch:
-            del _WATCHES[key]
+        if not watch.waiting:
+            if _WATCHES.get(key) is watch:
+                del _WATCHES[key]
+            await watch.stop()
 
 
 def zone_watch(session: ComputeSession, project: str, zone: str) -> ZoneWatch | None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import AdapterError, Backoff, PlatformError
+from adapters.base import Backoff, error_for_waiter
 from adapters.blocking import SessionKey
 from adapters.hyperv.hyperv_scripts import vm_states
 from adapters.retry import RetryPolicy, retrying
@@ -96,13 +95,10 @@ class HostWatch:
         return frozenset(watched), seen
 
     def _fail(self, exc: Exception) -> None:
-        """Every waiting task gets its own error (one instance raised in many tasks would
-        collect all their tracebacks)."""
         where = f"{self.session.remote.host}: watching the VMs"
         for _, queues in self.waiting.values():
             for queue in queues:
-                queue.put_nowait(copy.copy(exc) if isinstance(exc, AdapterError) else
-                                 PlatformError(f"{where} failed: {type(exc).__name__}: {exc}"))
+                queue.put_nowait(error_for_waiter(exc, where))
 
     async def _run(self) -> None:
         backoff = Backoff(*self.clients.poll)

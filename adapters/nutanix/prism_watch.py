@@ -3,7 +3,8 @@
 Each round is one ``POST /vms/list`` filtered to the watched VM names (FIQL ``,`` is OR);
 the VMs are matched by UUID. Rounds back off while nothing changes and start again at once
 when a task starts waiting. The watch has its own client, so it outlives the adapter that
-started it, and ends with the last waiting task.
+started it, and ends with the last waiting task; a round that fails gives each waiting task
+its own error.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from adapters.base import AdapterError, Backoff
+from adapters.base import Backoff, error_for_waiter
 from adapters.nutanix.nutanix_config import Config
 from adapters.nutanix.prism_client import Clients, PrismClient, endpoint_key
+from adapters.nutanix.prism_errors import PLATFORM
 from adapters.retry import RetryPolicy, retrying
 
 #: how long a round is retried while Prism fails before the watches fail
@@ -80,10 +82,10 @@ class EndpointWatch:
             self._wake.clear()
             try:
                 watched, found = await retrying(self.one_round, "watching the VMs", self.retry)
-            except AdapterError as exc:
+            except Exception as exc:  # past the retry budget, or a bug: every task hears of it
                 for _, queues in self.waiting.values():
                     for queue in queues:
-                        queue.put_nowait(exc)
+                        queue.put_nowait(error_for_waiter(exc, f"{PLATFORM}: watching the VMs"))
                 return
             self.rounds += 1
             if found != last:

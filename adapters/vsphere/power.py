@@ -12,7 +12,8 @@ The collector is rebuilt (filters and states included) when the session was lost
 drops a session's collectors with it. A retryable failure of the wait (vCenter restarting, a
 timeout) does not end the watches: the loop backs off (:class:`adapters.retry.RetryPolicy`)
 and rebuilds the collector, logging in again through the session; only failures that last
-past the policy's budget, or a non-retryable error, are sent to every watch.
+past the policy's budget, or a non-retryable error, are sent to every watch (each its own
+error; one that is no AdapterError as a PlatformError naming it).
 
 The last watch to end (or a first watch that fails while starting) destroys the collector,
 shuts the thread down and removes the watcher from the registry.
@@ -27,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from adapters.base import AdapterError, NotFoundError
+from adapters.base import AdapterError, NotFoundError, error_for_waiter
 from adapters.retry import RetryPolicy
 from adapters.vsphere.session import VSphereSession
 
@@ -288,7 +289,8 @@ class PowerWatcher:
 
     def _send(self, moid: str, report: Report) -> None:
         for queue in self._queues.get(moid, ()):
-            queue.put_nowait(report)
+            queue.put_nowait(report if isinstance(report, str) else
+                             error_for_waiter(report, f"vSphere {self.session.endpoint}: the power watch"))
 
     # ------------------------------------------------------------ vCenter calls
     async def _call(self, fn: Callable[[Any], T], doing: str) -> T:

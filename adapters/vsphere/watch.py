@@ -52,7 +52,6 @@ async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, d
     what = "the VM to be powered on and shut down"
     watcher = power_watcher(session, wait_seconds, retry)
     announced = False
-    last = None
     async with watcher.watch(vm, what) as reports:
         while True:
             remaining = deadline - time.time()
@@ -66,9 +65,8 @@ async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, d
                 raise _deadline_error(what, timeout) from None
             if isinstance(report, BaseException):
                 raise report
-            if report == last:  # the same state again (the read, then the collector's enter)
-                continue
-            last = report
+            # (no report is skipped as a repeat: "off" again after a rebuilt collector may
+            # follow a power cycle no collector saw, during a vCenter outage)
             if report == "poweredOn":
                 seen_on = True
                 # also when the events already told (it was powered on before this watch

@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from adapters.base import AdapterError
+from adapters.base import AdapterError, error_for_waiter
 from adapters.blocking import SessionKey
 from adapters.retry import RetryPolicy, retrying
 from adapters.xenserver.xapi_session import XapiSession, failure_code
@@ -93,10 +93,10 @@ class HostEvents:
                 try:
                     events, token = await retrying(lambda t=token: self._next(t), "watching VM events",
                                                    self.retry)
-                except AdapterError as exc:
+                except Exception as exc:  # past the retry budget, or a bug: every task hears of it
                     for queues in self.waiting.values():
                         for queue in queues:
-                            queue.put_nowait(exc)
+                            queue.put_nowait(error_for_waiter(exc, f"{self.session.url}: watching VM events"))
                     return
                 self._deliver(events)
         except asyncio.CancelledError:

@@ -11,7 +11,7 @@ import pytest
 
 from adapters import create
 from adapters.azure.publish import AzureAdapterBase
-from adapters.azure.vm_watch import WATCHES, SubscriptionPoller
+from adapters.azure.vm_watch import WATCHES, SubscriptionPoller, Waiter
 from adapters.base import PlatformError, Watcher, publish
 from tests.azure.arm_double import ArmDouble
 from tests.azure.arm_fixtures import Tls, arm_double, arm_tls, clients, config
@@ -64,3 +64,23 @@ async def test_an_unexpected_poller_error_reaches_the_waiters(
         assert WATCHES.pollers == {}
     finally:
         await adapter.close()
+
+
+async def test_each_waiter_gets_its_own_error(arm_double: ArmDouble, arm_tls: Tls,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """One exception object raised in two tasks would chain their tracebacks into each other."""
+    async def broken(self: SubscriptionPoller) -> list[Any]:
+        raise KeyError("properties")
+
+    async def next_error(waiter: Waiter) -> BaseException:
+        with pytest.raises(PlatformError) as raised:
+            await waiter.next()
+        return raised.value
+
+    monkeypatch.setattr(SubscriptionPoller, "_list", broken)
+    cfg, azure_clients = config(arm_double), clients(arm_double, arm_tls)
+    async with WATCHES.watch(cfg, azure_clients, "/images/a") as a, \
+            WATCHES.watch(cfg, azure_clients, "/images/b") as b:
+        first, second = await asyncio.wait_for(asyncio.gather(next_error(a), next_error(b)), 30)
+    assert first is not second and "the VM watch failed: KeyError" in str(first)
+    assert WATCHES.pollers == {}

@@ -414,6 +414,33 @@ async def test_a_failing_watch_gives_each_waiting_task_its_own_exception(
     assert "compute.disks.list" in str(first)
 
 
+async def test_an_unexpected_watch_error_reaches_each_task_and_the_rounds_end_with_the_last(
+        compute: ComputeDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapters.gcp.instance_watch import ZoneWatch, watching
+
+    async def broken(self: ZoneWatch) -> dict[str, object]:
+        raise KeyError("users")
+
+    def rounds() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if t.get_name().startswith("gcp-watch") and not t.done()]
+
+    adapter = Adapter(connector(compute), clients())
+    monkeypatch.setattr(ZoneWatch, "one_round", broken)
+    try:
+        async with watching(adapter.session, PROJECT, ZONE, "img-a", (0.01, 0.05)) as a, \
+                watching(adapter.session, PROJECT, ZONE, "img-b", (0.01, 0.05)) as b:
+            first, second = await asyncio.wait_for(asyncio.gather(a.get(), b.get()), 10)
+        assert isinstance(first, PlatformError) and isinstance(second, PlatformError)
+        assert first is not second and "KeyError" in str(first)
+        monkeypatch.undo()
+        async with watching(adapter.session, PROJECT, ZONE, "img-c", (0.01, 0.05)) as c:
+            assert await asyncio.wait_for(c.get(), 10) == []  # a new watch for a new task
+            assert len(rounds()) == 1
+        assert rounds() == [] and zone_watch(adapter.session, PROJECT, ZONE) is None
+    finally:
+        await adapter.close()
+
+
 @pytest.mark.parametrize(("start", "stop", "ran_and_stopped"), [
     # 10:00 at -08:00 is 18:00 UTC: a stop at 11:00 UTC came before it (the strings say after)
     ("2026-01-01T10:00:00.000-08:00", "2026-01-01T11:00:00.000+00:00", False),

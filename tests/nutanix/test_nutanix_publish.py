@@ -12,10 +12,10 @@ import pytest
 from pydantic import ValidationError
 
 from adapters import resources
-from adapters.base import AuthError, NotFoundError, Published, publish
+from adapters.base import AuthError, NotFoundError, PlatformError, Published, publish
 from adapters.nutanix import NutanixPoweredOn, NutanixPublished, NutanixVm
 from adapters.nutanix.prism_errors import SpecVersionConflict, TaskFailed
-from adapters.nutanix.prism_watch import endpoint_watch
+from adapters.nutanix.prism_watch import EndpointWatch, endpoint_watch
 from adapters.resources import Resource
 from adapters.steps import cancel
 
@@ -127,6 +127,32 @@ async def test_a_task_joining_while_a_round_is_in_flight_waits_for_the_next_roun
         await asyncio.wait_for(late, 10)
         early.cancel()
         await asyncio.gather(early, return_exceptions=True)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_an_unexpected_watch_error_reaches_each_waiting_task_as_its_own(
+        prism: PrismDouble, ca_file: Path, disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = make_adapter(prism, ca_file), make_adapter(prism, ca_file)
+    release = asyncio.Event()
+
+    async def broken(self: EndpointWatch) -> tuple[frozenset[str], dict[str, str]]:
+        await release.wait()
+        raise KeyError("entities")
+    try:
+        ctx1, ctx2 = context(disk, "win10-one"), context(disk, "win10-two")
+        published1, published2 = await publish(first, ctx1), await publish(second, ctx2)
+        monkeypatch.setattr(EndpointWatch, "one_round", broken)
+        waits = [asyncio.create_task(first.wait_for_shutdown(published1, ctx1)),
+                 asyncio.create_task(second.wait_for_shutdown(published2, ctx2))]
+        await until(lambda: (w := endpoint_watch(first.config)) is not None and len(w.waiting) == 2,
+                    "both tasks waiting")
+        release.set()
+        errors = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 10)
+        assert all(isinstance(e, PlatformError) and "KeyError" in str(e) for e in errors), errors
+        assert errors[0] is not errors[1]
+        assert endpoint_watch(first.config) is None
     finally:
         await first.close()
         await second.close()

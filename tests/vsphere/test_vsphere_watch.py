@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from adapters import config_model, create
-from adapters.base import NotFoundError, PlatformTimeoutError, publish
+from adapters.base import NotFoundError, PlatformError, PlatformTimeoutError, publish
 from adapters.retry import RetryPolicy
 from adapters.vsphere import Clients, power
 
@@ -149,4 +149,56 @@ async def test_a_failing_first_watch_leaves_no_thread_or_collector(vcsim: VcSim,
     assert watcher.collectors == 1
     assert [pc for pc in watcher.made if await collector_exists(adapter, pc)] == []
     assert [w for w in power.watchers() if w.session is adapter.session] == []
+    await adapter.close()
+
+
+async def test_a_power_cycle_during_an_outage_ends_the_watch(vcsim: VcSim, vc_env: None,
+                                                              raw_disk: Path) -> None:
+    """No collector saw the VM on: the rebuilt collector's "off" (as before) is asked of the
+    events, not skipped as a repeat."""
+    outage = Outage()
+    adapter = make_adapter(vcsim, outage, RetryPolicy(attempts=100, budget=60, first_delay=0.2,
+                                                      max_delay=0.5))
+    rec = Recorder()
+    published = await publish(adapter, rec.context(raw_disk, "cycle-in-outage"))
+    watch = asyncio.create_task(adapter.wait_for_shutdown(published, rec.context(raw_disk, "x")))
+    await asyncio.sleep(0.5)
+    [watcher] = power.watchers()
+    outage.failures = 1_000
+    for _ in range(100):  # failing: the collector was dropped and cannot be rebuilt
+        if outage.failed >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert outage.failed >= 2 and watcher._pc is None
+    [vm] = find_vms(vcsim, "cycle-in-outage")
+    run_task(vcsim, vm.PowerOnVM_Task())
+    run_task(vcsim, vm.PowerOffVM_Task())
+    outage.failures = 0
+    await asyncio.wait_for(watch, 15)
+    await adapter.close()
+
+
+async def test_an_unexpected_watch_error_reaches_each_task_as_its_own(
+        vcsim: VcSim, vc_env: None, raw_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = make_adapter(vcsim, Outage(), power.WATCH_RETRY)
+    release = asyncio.Event()
+
+    async def broken(self: power.PowerWatcher, pc: Any, version: str) -> Any:
+        await release.wait()
+        raise KeyError("filterSet")
+
+    rec = Recorder()
+    published = [await publish(adapter, rec.context(raw_disk, f"broken-{i}")) for i in range(2)]
+    monkeypatch.setattr(power.PowerWatcher, "_wait", broken)
+    watches = [asyncio.create_task(adapter.wait_for_shutdown(p, rec.context(raw_disk, "x")))
+               for p in published]
+    for _ in range(100):
+        if [w.watched for w in power.watchers()] == [2]:
+            break
+        await asyncio.sleep(0.1)
+    release.set()
+    errors = await asyncio.wait_for(asyncio.gather(*watches, return_exceptions=True), 15)
+    assert all(isinstance(e, PlatformError) and "KeyError" in str(e) for e in errors), errors
+    assert errors[0] is not errors[1]
+    assert await no_watch_threads()
     await adapter.close()

@@ -14,6 +14,7 @@ from adapters.base import (
     AuthError,
     InsufficientSpaceError,
     NotFoundError,
+    PlatformError,
     PublishContext,
     Published,
     RetryableError,
@@ -23,7 +24,7 @@ from adapters.base import (
 from adapters.resources import Resource
 from adapters.steps import Outcome, cancel
 from adapters.xenserver import XenPublished, XenVmRan
-from adapters.xenserver.xen_watch import host_events
+from adapters.xenserver.xen_watch import HostEvents, host_events
 
 from .conftest import PASSWORD, PASSWORD_ENV, dynamic_vhd, make_adapter, short_clients, xen_config
 from .xapi_double import XapiDouble
@@ -113,6 +114,32 @@ async def test_one_event_session_serves_every_waiting_vm(xapi: XapiDouble, xen_e
             xapi.set_power(f"vm-{i}", "Halted")
         await asyncio.wait_for(asyncio.gather(*watches), 20)
         assert xapi.state.logins == before  # one event session, logged in before
+    finally:
+        await adapter.close()
+
+
+async def test_an_unexpected_event_loop_error_reaches_each_waiting_task_as_its_own(
+        xapi: XapiDouble, xen_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = make_adapter(xen_config(xapi), short_clients())
+    vhd = dynamic_vhd(tmp_path / "disk.vhd")
+    release = asyncio.Event()
+
+    async def broken(self: HostEvents, token: str) -> tuple[list[dict[str, Any]], str]:
+        await release.wait()
+        raise KeyError("events")
+    try:
+        contexts = [context(vhd, f"vm-{i}") for i in range(2)]
+        published = [await publish(adapter, ctx) for ctx in contexts]
+        monkeypatch.setattr(HostEvents, "_next", broken)
+        watches = [asyncio.create_task(adapter.wait_for_shutdown(p, c))
+                   for p, c in zip(published, contexts, strict=True)]
+        await until(lambda: (h := host_events(adapter._key)) is not None and len(h.waiting) == 2,
+                    "two waiting VMs")
+        release.set()
+        errors = await asyncio.wait_for(asyncio.gather(*watches, return_exceptions=True), 20)
+        assert all(isinstance(e, PlatformError) and "KeyError" in str(e) for e in errors), errors
+        assert errors[0] is not errors[1]
+        assert host_events(adapter._key) is None
     finally:
         await adapter.close()
 

@@ -69,7 +69,8 @@ class SambaPeer:
                 if not cut:
                     cut.append(done)
                     for pid in set(self.connections()) - before:
-                        os.kill(pid, signal.SIGKILL)
+                        with contextlib.suppress(ProcessLookupError):  # a helper that just ended
+                            os.kill(pid, signal.SIGKILL)
 
             return int(real(source, unc, stop, report_then_cut))
 

@@ -81,6 +81,9 @@ async def wait_power_cycle(session: VSphereSession, vm: Any, *, seen_on: bool, d
                 if not seen_on:
                     seen_on = await session.call(lambda si: was_powered_on(si, vm),
                                                  "reading VM events")
+                    if seen_on and not announced:  # it ran: recorded as a seen "on" would be
+                        announced = True
+                        await on_powered_on()
                 # the first report (a read) and the collector's are not ordered: an "off"
                 # may be older than the "on" before it; only the state now is sure
                 if seen_on and await watcher.current(vm) == "poweredOff":

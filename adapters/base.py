@@ -43,6 +43,7 @@ import enum
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,23 @@ class Backoff:
     async def sleep(self) -> None:
         await asyncio.sleep(self.current)
         self.current = min(self.current * self.factor, self.longest)
+
+
+async def next_report(reports: asyncio.Queue[Any], deadline: float, timed_out: str) -> Any:
+    """The next report a shared watch queued for one task, before ``deadline`` (``time.time()``
+    seconds): the poller's error is raised (see :func:`error_for_waiter`), and
+    GuestTimeoutError(``timed_out``) once the deadline has passed."""
+    remaining = deadline - time.time()
+    try:
+        if remaining <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(remaining):
+            report = await reports.get()
+    except TimeoutError:
+        raise GuestTimeoutError(timed_out) from None
+    if isinstance(report, BaseException):
+        raise report
+    return report
 
 
 ProgressFn = Callable[[float, str], Awaitable[None]]

@@ -258,3 +258,13 @@ def test_the_limit_of_a_xenserver_connector() -> None:
 
     assert config_model("xenserver").max_disk_gib == 2040
     assert config_model("gcp").max_disk_gib is None  # no known hard limit below 2048
+
+
+@pytest.mark.parametrize("connector", ["azure", "mcs"])
+def test_a_disk_size_that_is_not_a_whole_number_of_mib_is_refused_at_load(
+        write_catalog: Callable[[str], Path], connector: str) -> None:
+    """Azure takes a fixed VHD of whole MiB only; sizes are whole GiB in the catalog, so a
+    fractional size is refused where it is written, before any compositing."""
+    [problem] = problems(write_catalog(_with_template(connector, 1.5)))  # type: ignore[arg-type]
+    assert problem.startswith("layerbot.yml: templates.big.disk.size_gib: ")
+    assert "1.5" in problem and "integer" in problem

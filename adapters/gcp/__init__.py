@@ -42,12 +42,12 @@ from typing import TYPE_CHECKING, ClassVar
 from adapters.base import (
     Capability,
     DiskFormat,
-    GuestTimeoutError,
     NotFoundError,
     PlatformError,
     PlatformStep,
     PublishContext,
     Published,
+    next_report,
 )
 from adapters.gcp import console, images, names
 from adapters.gcp.compute_faults import AlreadyExistsError
@@ -181,18 +181,10 @@ class Adapter:
         async with watching(self.session, image.project, image.zone, image.name,
                             self.clients.watch_poll) as reports:
             while True:
-                remaining = deadline - time.time()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(remaining):
-                        report = await reports.get()
-                except TimeoutError:
-                    raise GuestTimeoutError(
-                        f"{self.platform}: waited {timeout:g} s for a VM booted from image "
-                        f"{image.name} to run and shut down (watch_timeout)") from None
-                if isinstance(report, BaseException):
-                    raise report
+                report = await next_report(
+                    reports, deadline,
+                    f"{self.platform}: waited {timeout:g} s for a VM booted from image "
+                    f"{image.name} to run and shut down (watch_timeout)")
                 if gone := sorted(ran - {instance.name for instance in report}):
                     # seen RUNNING (by this runner or the one before), now deleted: it
                     # stopped first (see instance_watch)

@@ -31,18 +31,17 @@ Example connector (layerbot.yml)::
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, ClassVar
 
 from adapters.base import (
     Capability,
     DiskFormat,
-    GuestTimeoutError,
     PlatformError,
     PlatformStep,
     PublishContext,
     Published,
+    next_report,
 )
 from adapters.hyperv import hyperv_scripts as scripts
 from adapters.hyperv.hyperv_config import Config
@@ -140,18 +139,10 @@ class Adapter:
         await ctx.progress(0.0, f"waiting for VM {vm.name} to be powered on and shut down")
         async with watching(self.endpoint, self.clients, vm.vm_id, vm.name) as reports:
             while True:
-                remaining = deadline - time.time()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(remaining):
-                        report = await reports.get()
-                except TimeoutError:
-                    raise GuestTimeoutError(
-                        f"{self.platform}: waited {timeout:g} s for VM {vm.name} to be powered on "
-                        "and shut down (watch_timeout)") from None
-                if isinstance(report, BaseException):
-                    raise report
+                report = await next_report(
+                    reports, deadline,
+                    f"{self.platform}: waited {timeout:g} s for VM {vm.name} to be powered on "
+                    "and shut down (watch_timeout)")
                 seen = report.get(vm.vm_id)
                 if seen is None:
                     raise PlatformError(f"{self.platform}: VM {vm.name} ({vm.vm_id}) on {vm.host} was "

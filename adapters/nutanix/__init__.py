@@ -40,11 +40,11 @@ from typing import ClassVar
 from adapters.base import (
     Capability,
     DiskFormat,
-    GuestTimeoutError,
     PlatformError,
     PlatformStep,
     PublishContext,
     Published,
+    next_report,
 )
 from adapters.nutanix.nutanix_config import Config
 from adapters.nutanix.nutanix_resources import (
@@ -180,18 +180,10 @@ class Adapter:
                            f"waiting for VM {vm.name} to be powered on, run its scripts and shut down")
         async with watching(self.config, self.clients, vm.uuid, vm.name) as reports:
             while True:
-                remaining = deadline - time.time()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(remaining):
-                        report = await reports.get()
-                except TimeoutError:
-                    raise GuestTimeoutError(
-                        f"{self.platform}: waited {timeout:g} s for VM {vm.name} to be powered on "
-                        "and shut down (watch_timeout)") from None
-                if isinstance(report, BaseException):
-                    raise report
+                report = await next_report(
+                    reports, deadline,
+                    f"{self.platform}: waited {timeout:g} s for VM {vm.name} to be powered on "
+                    "and shut down (watch_timeout)")
                 state = report.get(vm.uuid)
                 if state is None:
                     raise PlatformError(f"{PLATFORM}: VM {vm.name} ({vm.uuid}) is gone")

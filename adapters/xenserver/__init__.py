@@ -37,11 +37,11 @@ from typing import Any, ClassVar, TypeVar
 from adapters.base import (
     Capability,
     DiskFormat,
-    GuestTimeoutError,
     PlatformError,
     PlatformStep,
     PublishContext,
     Published,
+    next_report,
 )
 from adapters.resources import Resource, latest
 from adapters.retry import retrying
@@ -171,18 +171,10 @@ class Adapter:
                                           idempotent=True)
             reports.put_nowait(now)
             while True:
-                remaining = deadline - time.time()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(remaining):
-                        report = await reports.get()
-                except TimeoutError:
-                    raise GuestTimeoutError(
-                        f"{self.platform}: waited {timeout:g} s for VM {vm.name} to be powered on "
-                        "and shut down (watch_timeout)") from None
-                if isinstance(report, BaseException):
-                    raise report
+                report = await next_report(
+                    reports, deadline,
+                    f"{self.platform}: waited {timeout:g} s for VM {vm.name} to be powered on "
+                    "and shut down (watch_timeout)")
                 if report == "deleted":
                     raise PlatformError(f"{self.platform}: VM {vm.name} ({vm.uuid}) was deleted "
                                         "before it ran and shut down")

@@ -1,0 +1,121 @@
+"""The PostgreSQL task store (psycopg 3): one database shared by runners on many machines.
+
+The same schema (the migrations' PostgreSQL forms) and logic (:class:`SqlStore`) as SQLite;
+what differs: claims lock the chosen row with ``FOR UPDATE SKIP LOCKED`` (busy runners do not
+queue behind each other), leases are timed by the server's clock (``now()``), never a runner's,
+and event inserts are serialised until commit so event ids become visible in their order.
+The password comes from ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads them), never the URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+
+from bot.store.migrations import Migration
+from bot.store.model import StoreError
+from bot.store.sql_store import SqlStore
+
+#: pg_advisory_xact_lock keys (one namespace of layerbot's own)
+_SCHEMA_LOCK, _CREATE_LOCK, _EVENTS_LOCK = 0x6C62_0001, 0x6C62_0002, 0x6C62_0003
+_NOW = "extract(epoch FROM now())::double precision"
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ***: what errors and logs may show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _placeholders(sql: str) -> str:
+    # the store's statements use ? and contain no literal ? or %
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresStore(SqlStore):
+    claim_lock = " FOR UPDATE SKIP LOCKED"
+    row_lock = " FOR UPDATE"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        if urlsplit(url).password is not None:
+            raise StoreError(
+                f"the task database URL {redacted(url)} carries a password: set PGPASSWORD or use "
+                "~/.pgpass instead (a URL shows in process lists, shell history and logs)")
+        self.location = url
+        try:
+            self._conn = psycopg.connect(url, autocommit=True)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to the task database {url}: {exc}") from None
+        self._migrate()
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock, self._conn.transaction():
+            yield self._conn
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self._conn.execute(_placeholders(sql), list(params))  # type: ignore[arg-type]
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(_placeholders(sql), list(params))  # type: ignore[arg-type]
+            return cur.fetchall()
+
+    def _now(self) -> tuple[str, list[Any]]:
+        return _NOW, []
+
+    def _in(self, column: str, values: Collection[str]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?::text[])", [list(values)]
+
+    def _fenced(self, held: Mapping[str, int | None]) -> tuple[str, list[Any]]:
+        return ("id = ANY(?::text[]) AND EXISTS (SELECT 1 FROM unnest(?::text[], ?::bigint[]) AS h(id, fence)"
+                " WHERE h.id = tasks.id AND (h.fence IS NULL OR h.fence = tasks.lease_generation))",
+                [list(held), list(held), list(held.values())])
+
+    def schema_version(self) -> int:
+        with self._lock:
+            exists = self._exec("SELECT to_regclass('layerbot_schema') IS NOT NULL").fetchone()
+            if not exists[0]:
+                return 0
+            row = self._exec("SELECT version FROM layerbot_schema").fetchone()
+        return int(row[0]) if row else 0
+
+    def _lock_schema(self) -> None:
+        self._exec("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK])
+        self._exec("CREATE TABLE IF NOT EXISTS layerbot_schema (version INTEGER NOT NULL)")
+
+    def _apply_migration(self, migration: Migration) -> None:
+        if not migration.postgres:
+            raise StoreError(f"migration {migration.version} ({migration.summary}) has no PostgreSQL form")
+        for statement in migration.postgres:
+            self._conn.execute(statement.encode())  # DDL: no parameters, no placeholder translation
+
+    def _set_schema_version(self, version: int) -> None:
+        self._exec("DELETE FROM layerbot_schema")
+        self._exec("INSERT INTO layerbot_schema (version) VALUES (?)", [version])
+
+    def _lock_creates(self) -> None:
+        self._exec("SELECT pg_advisory_xact_lock(?)", [_CREATE_LOCK])
+
+    def _lock_events(self) -> None:
+        self._exec("SELECT pg_advisory_xact_lock(?)", [_EVENTS_LOCK])
+
+    def set_synchronous(self, mode: str) -> None:
+        # normal: like SQLite's in WAL mode, a crash may lose the last commits, never consistency
+        settings = {"normal": "off", "full": "on"}
+        if mode.lower() not in settings:
+            raise ValueError(f"synchronous mode {mode!r}: one of normal, full")
+        with self._lock:
+            self._exec(f"SET synchronous_commit = {settings[mode.lower()]}")
+
+    def close(self) -> None:
+        self._conn.close()

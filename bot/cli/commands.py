@@ -21,10 +21,11 @@ if TYPE_CHECKING:  # the commands import these when they run: `--help` stays fas
     from bot.catalog import Catalog, Template
     from bot.runner.job_runner import JobRunner
     from bot.runner.planning import PublishPlan
-    from bot.store.task_store import Event, Task, TaskStore
+    from bot.store.interface import Store
+    from bot.store.model import Event, Task
 
 class Context:
-    def __init__(self, config: Path | None, db: Path | None) -> None:
+    def __init__(self, config: Path | None, db: str | None) -> None:
         self._config = config
         self._db = db
 
@@ -35,10 +36,11 @@ class Context:
         return default_path(self._config)
 
     @property
-    def db_path(self) -> Path:
-        from bot.store.task_store import default_db_path
+    def db_location(self) -> str:
+        """A SQLite path or a postgresql:// URL (its password from PGPASSWORD or ~/.pgpass)."""
+        from bot.store.backends import default_db_location
 
-        return default_db_path(self._db)
+        return default_db_location(self._db)
 
     def catalog(self) -> Catalog:
         from bot.catalog import CatalogError, load_catalog
@@ -50,17 +52,16 @@ class Context:
                 out().print(f"[red]error:[/red] {escape_markup(problem)}", soft_wrap=True)
             sys.exit(EXIT_USAGE)
 
-    def store(self) -> TaskStore:
-        import sqlite3
-
-        from bot.store.task_store import TaskStore
+    def store(self) -> Store:
+        from bot.store.backends import open_store
+        from bot.store.model import StoreError
 
         try:
-            return TaskStore(self.db_path)
-        except sqlite3.Error as exc:
-            raise click.UsageError(f"cannot open the task database {self.db_path}: {exc}") from None
+            return open_store(self.db_location)
+        except StoreError as exc:
+            raise click.UsageError(str(exc)) from None
 
-    def task(self, store: TaskStore, task_id: str) -> Task:
+    def task(self, store: Store, task_id: str) -> Task:
         from bot.store.task_store import TaskNotFound
 
         try:
@@ -110,11 +111,11 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup)
 @click.option("--config", type=click.Path(path_type=Path), help="layerbot.yml "
               "(default: $LAYERBOT_CONFIG, else ./layerbot.yml)")
-@click.option("--db", type=click.Path(path_type=Path), help="task database "
-              "(default: $LAYERBOT_DB, else ./layerbot.db)")
+@click.option("--db", help="task database: a SQLite file or a postgresql://user@host/db URL, its "
+              "password in PGPASSWORD or ~/.pgpass (default: $LAYERBOT_DB, else ./layerbot.db)")
 @click.option("-v", "--verbose", is_flag=True, help="log debug details to stderr")
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, db: Path | None, verbose: bool) -> None:
+def main(ctx: click.Context, config: Path | None, db: str | None, verbose: bool) -> None:
     """layerbot: publish layered images from templates.
 
     Example: layerbot --config examples/demo/layerbot.yml publish demo-office --yes
@@ -147,7 +148,7 @@ def _event_line(event: Event, template: str) -> str:
     return f"[dim]{template}[/dim] {text}"
 
 
-async def _watch(store: TaskStore, runner: JobRunner | None, ids: list[str]) -> None:
+async def _watch(store: Store, runner: JobRunner | None, ids: list[str]) -> None:
     import asyncio
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -351,8 +352,10 @@ def worker(ctx: Context) -> None:
     from bot.runner.job_runner import JobRunner
 
     catalog = ctx.catalog()
+    from bot.store.backends import shown
+
     runner = JobRunner(ctx.store(), catalog)
-    out().print(f"runner {runner.owner}: working tasks from {ctx.db_path} "
+    out().print(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
                   f"(max {runner.max_parallel} at once); Ctrl-C to stop")
     try:
         asyncio.run(runner.run())

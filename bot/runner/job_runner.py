@@ -31,8 +31,9 @@ from bot import messages
 from bot.catalog import Catalog
 from bot.runner.task_steps import Job, TaskConfigError, build_job, remove_partial, remove_staging, steps_for
 from bot.store import states
+from bot.store.interface import Store
+from bot.store.model import LeaseLost, Task
 from bot.store.states import EventKind
-from bot.store.task_store import LeaseLost, Task, TaskStore
 from compositor import CompositorError, sweep_stale
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def failure_reason(exc: BaseException) -> str:
 class JobRunner:
     def __init__(
         self,
-        store: TaskStore,
+        store: Store,
         catalog: Catalog,
         *,
         owner: str | None = None,
@@ -80,6 +81,8 @@ class JobRunner:
         self._leased: set[str] = set()
         #: when each held lease was last extended (time.monotonic() before the call)
         self._renewed_at: dict[str, float] = {}
+        #: the fencing token (lease_generation) each held task was claimed with
+        self._fences: dict[str, int] = {}
         self._cancel_sent: set[str] = set()
         #: jobs told to let go because their lease could not be renewed: no crash, so their
         #: release gives the attempt back; renewals go on while they finish a cleanup
@@ -154,6 +157,7 @@ class JobRunner:
             if task is None:
                 return
             self._leased.add(task.id)
+            self._fences[task.id] = task.lease_generation
             self._renewed_at[task.id] = asked_at
             if task.published is None:
                 self._working.add(task.id)
@@ -175,6 +179,7 @@ class JobRunner:
         self._cancel_sent.discard(task_id)
         self._letting_go.discard(task_id)
         self._renewed_at.pop(task_id, None)
+        self._fences.pop(task_id, None)
         self._wake.set()
 
     async def shutdown(self) -> None:
@@ -208,7 +213,7 @@ class JobRunner:
         finally:
             self._leased.discard(task.id)  # renewals stop before the release
             await self._store(self.store.release, task.id, self.owner,
-                              count_attempt=not stopped_cleanly)
+                              count_attempt=not stopped_cleanly, fence=task.lease_generation)
 
     async def _keep_leases(self) -> None:
         """Renew every held lease in one statement; detach a job whose lease another runner
@@ -223,7 +228,8 @@ class JobRunner:
                 await asyncio.sleep(period)
                 if pending is None:
                     held = {t: self._jobs[t] for t in self._leased if t in self._jobs}
-                    call = self._store(self.store.renew_held, self.owner, list(held), self.lease_seconds)
+                    fences = {t: self._fences.get(t) for t in held}
+                    call = self._store(self.store.renew_held, self.owner, fences, self.lease_seconds)
                     pending = (loop.create_task(call), held, time.monotonic())
                 # a renewal stuck on a locked database stays pending; the deadlines still count
                 done, _ = await asyncio.wait([pending[0]], timeout=period)
@@ -272,7 +278,8 @@ class JobRunner:
 
     async def _fail(self, task: Task, reason: str) -> None:
         await self._store(
-            self.store.update, task.id, self.owner, status=states.FAILED, error=reason,
+            self.store.update, task.id, self.owner, fence=task.lease_generation,
+            status=states.FAILED, error=reason,
             event=(EventKind.FAILED, messages.failed(reason, [])))
 
     async def _run_job(self, task: Task) -> None:

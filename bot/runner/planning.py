@@ -14,7 +14,8 @@ from adapters.base import Adapter
 from bot import messages
 from bot.catalog import Catalog, Template
 from bot.runner.task_steps import image_spec, layer_sources
-from bot.store.task_store import Task, TaskStore
+from bot.store.interface import Store
+from bot.store.model import Task
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def _plan(catalog: Catalog, name: str, template: Template, adapter: Adapter, *,
 
 
 def enqueue(
-    store: TaskStore,
+    store: Store,
     p: PublishPlan,
     *,
     requested_by: str,

@@ -40,8 +40,9 @@ from adapters.steps import Outcome, Step
 from bot import messages
 from bot.catalog import Catalog, Template
 from bot.store import states
+from bot.store.interface import Store
+from bot.store.model import LeaseLost, Task
 from bot.store.states import EventKind
-from bot.store.task_store import LeaseLost, Task, TaskStore
 from compositor.evict import ArtifactHold, evict, hold_artifact_async
 from compositor.firstboot import publish_layer
 from compositor.isolated import build_image_isolated, publish_layer_isolated
@@ -58,7 +59,7 @@ class TaskConfigError(Exception):
 @dataclass
 class Job:
     task: Task
-    store: TaskStore
+    store: Store
     owner: str
     catalog: Catalog
     template: Template
@@ -79,14 +80,16 @@ class Job:
     async def update(self, *, event: tuple[EventKind, str] | None = None,
                      data: dict[str, Any] | None = None, **fields: Any) -> None:
         self.task = await asyncio.to_thread(
-            self.store.update, self.task.id, self.owner, event=event, data=data, **fields)
+            self.store.update, self.task.id, self.owner, event=event, data=data,
+            fence=self.task.lease_generation, **fields)
 
     async def persist(self, recorded: list[Resource]) -> None:
         """Write what exists at the platform (an adapter calls it before relying on it)."""
         await self.update(resources=resources.dump(recorded))
 
     async def add_event(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> None:
-        await asyncio.to_thread(self.store.add_event, self.task.id, kind, message, data)
+        await asyncio.to_thread(self.store.add_event, self.task.id, kind, message, data,
+                                owner=self.owner, fence=self.task.lease_generation)
 
     def progress(self, percent: float, note: str) -> None:
         """Store progress at most once a second, an event every 10 %. Blocking; thread-safe."""
@@ -104,7 +107,7 @@ class Job:
         # a late report after this runner let go of the task is not ours to write
         with contextlib.suppress(LeaseLost):
             self.store.update(self.task.id, self.owner, progress=round(percent, 1), event=event,
-                              data={"percent": percent})
+                              data={"percent": percent}, fence=self.task.lease_generation)
 
 
 def layer_sources(catalog: Catalog, template: Template) -> tuple[LayerSource, ...]:
@@ -322,7 +325,7 @@ async def remove_staging(job: Job) -> None:
         await clean_up(job.adapter, publish_context(job), Outcome.SUCCEEDED)
 
 
-def build_job(task: Task, store: TaskStore, owner: str, catalog: Catalog,
+def build_job(task: Task, store: Store, owner: str, catalog: Catalog,
               on_waiting: Callable[[], None] = lambda: None,
               clients: Mapping[str, object] | None = None) -> Job:
     if task.template not in catalog.templates:

@@ -20,7 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.base import AccessConfig
 from bot import messages
 from bot.catalog import Catalog
-from bot.store.task_store import TaskStore
+from bot.store.interface import Store
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def groups_in_use(catalog: Catalog) -> set[str]:
     return out
 
 
-def record(store: TaskStore, user: str, action: str, target: str, decision: Decision) -> None:
+def record(store: Store, user: str, action: str, target: str, decision: Decision) -> None:
     store.audit(user, action, target, decision.allowed, decision.reason or "allowed")
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from bot.slack.access import ApprovalRule
-from bot.store.task_store import TaskStore
+from bot.store.interface import Store
 
 TTL_SECONDS = 15 * 60
 CANCELLED_MARK = "!cancelled:"
@@ -46,7 +46,7 @@ class Claim(enum.Enum):
 
 
 class IntentStore:
-    def __init__(self, store: TaskStore, ttl: float = TTL_SECONDS) -> None:
+    def __init__(self, store: Store, ttl: float = TTL_SECONDS) -> None:
         self.store = store
         self.ttl = ttl
 
@@ -63,10 +63,10 @@ class IntentStore:
                 if live is not None and not live.cancelled and (
                         live.claimed_by is not None or live.expires_at > now):
                     return live, False
-                self.store.db.execute("DELETE FROM slack_intents WHERE id = ?", [intent_id])
+                self.store.execute("DELETE FROM slack_intents WHERE id = ?", [intent_id])
             intent_id = intent_id or "i" + secrets.token_urlsafe(12)
-            self.store.db.execute(
-                "INSERT INTO slack_intents (id, user, channel, templates, rule, created_at,"
+            self.store.execute(
+                "INSERT INTO slack_intents (id, \"user\", channel, templates, rule, created_at,"
                 " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [intent_id, user, channel, json.dumps(templates), rule, now, now + self.ttl],
             )
@@ -88,12 +88,12 @@ class IntentStore:
         """Take the intent for ``by``; exactly one caller ever gets CLAIMED."""
         now = time.time() if now is None else now
         with self.store.transaction():
-            cur = self.store.db.execute(
+            changed = self.store.execute(
                 "UPDATE slack_intents SET claimed_by = ?, claimed_at = ?"
                 " WHERE id = ? AND claimed_by IS NULL AND expires_at > ?",
                 [by, now, intent_id, now],
             )
-            if cur.rowcount == 1:
+            if changed == 1:
                 return Claim.CLAIMED
         intent = self.get(intent_id)
         if intent is None:
@@ -107,12 +107,12 @@ class IntentStore:
         (tasks already queued for it are not queued twice: they have idempotency keys).
         False when the intent is not claimed by ``by`` (e.g. it was cancelled)."""
         with self.store.transaction():
-            cur = self.store.db.execute(
+            changed = self.store.execute(
                 "UPDATE slack_intents SET claimed_by = NULL, claimed_at = NULL"
                 " WHERE id = ? AND claimed_by = ?",
                 [intent_id, by],
             )
-        return cur.rowcount == 1
+        return changed == 1
 
     def cancel(self, intent_id: str, by: str) -> Claim:
         """Withdraw an unclaimed intent so its card can no longer start anything."""
@@ -120,7 +120,7 @@ class IntentStore:
 
     def purge(self, older_than: float = 7 * 24 * 3600) -> int:
         with self.store.transaction():
-            cur = self.store.db.execute(
+            changed = self.store.execute(
                 "DELETE FROM slack_intents WHERE expires_at < ?", [time.time() - older_than]
             )
-        return cur.rowcount
+        return changed

@@ -31,8 +31,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.slack import blocks as slack_blocks
 from bot.slack.records import SlackDB
 from bot.store.events import follow
+from bot.store.interface import Store
+from bot.store.model import Event, Task, TaskNotFound
 from bot.store.states import EventKind
-from bot.store.task_store import Event, Task, TaskNotFound, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def retry_after(exc: SlackApiError, default: float = 1.0) -> float:
 
 
 class SlackNotifier:
-    def __init__(self, store: TaskStore, db: SlackDB, client: AsyncWebClient, *,
+    def __init__(self, store: Store, db: SlackDB, client: AsyncWebClient, *,
                  update_interval: float = 3.0, update_spacing: float = 1.2,
                  poll_interval: float = 0.2, max_attempts: int = 5) -> None:
         """``store`` is the loop's connection (reads, following events); writes go
@@ -91,7 +92,7 @@ class SlackNotifier:
     def _save_cursor(self, event_id: int) -> None:
         store = self.db.store
         with store.transaction():
-            store.db.execute(
+            store.execute(
                 "INSERT INTO slack_cursor (name, event_id) VALUES (?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET event_id = excluded.event_id",
                 [CURSOR, event_id],

@@ -19,21 +19,22 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from bot.slack.intents import IntentStore
-from bot.store.task_store import TaskStore
+from bot.store.backends import open_store
+from bot.store.interface import Store
 
 T = TypeVar("T")
 
 
 class SlackDB:
-    def __init__(self, main: TaskStore) -> None:
+    def __init__(self, main: Store) -> None:
         self._executor: ThreadPoolExecutor | None = None
-        if str(main.path) == ":memory:":
+        if main.location == ":memory:":
             self.store = main
             self.intents = IntentStore(main)
             return
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="slack-db")
-        self.store = self._executor.submit(TaskStore, main.path).result()
-        self._executor.submit(self.store.db.execute, "PRAGMA synchronous = NORMAL").result()
+        self.store = self._executor.submit(open_store, main.location).result()
+        self._executor.submit(self.store.set_synchronous, "normal").result()
         self.intents = self._executor.submit(IntentStore, self.store).result()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

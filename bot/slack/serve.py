@@ -35,7 +35,7 @@ def serve(ctx: Any, host: str, port: int, synchronous: str) -> None:
         raise click.UsageError(str(exc)) from None
     catalog = ctx.catalog()
     store = ctx.store()
-    store.db.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    store.set_synchronous(synchronous)
 
     async def main() -> None:
         service = SlackService(settings, catalog, store)

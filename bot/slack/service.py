@@ -36,7 +36,7 @@ from bot.slack.handlers import Background, Handlers
 from bot.slack.notifier import SlackNotifier
 from bot.slack.payloads import Workspace
 from bot.slack.records import SlackDB
-from bot.store.task_store import TaskStore
+from bot.store.interface import Store
 from compositor import set_tool_niceness
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class LoopLagMonitor:
 class SlackService:
     """Everything ``serve`` runs, wired together; tests run it in-process."""
 
-    def __init__(self, settings: SlackSettings, catalog: Catalog, store: TaskStore, *,
+    def __init__(self, settings: SlackSettings, catalog: Catalog, store: Store, *,
                  update_interval: float = 3.0, update_spacing: float = 1.2,
                  runner_poll: float = 0.5,
                  command: str = "/publish") -> None:

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Collection
 
-from bot.store.task_store import Event, TaskStore
+from bot.store.interface import Store
+from bot.store.model import Event
 
 
 async def follow(
-    store: TaskStore,
+    store: Store,
     *,
     task_ids: Collection[str] | None = None,
     after: int = 0,

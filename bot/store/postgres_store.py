@@ -55,7 +55,11 @@ class PostgresStore(SqlStore):
             self._conn = psycopg.connect(url, autocommit=True)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the task database {url}: {exc}") from None
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:

@@ -42,6 +42,7 @@ import copy
 import enum
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -217,6 +218,9 @@ class ConnectorConfig(BaseModel):
     shutdown: Literal["auto", "manual"] = "auto"
     notify_channel: str | None = None
     access: AccessConfig | None = None
+    #: Only a runner started with all of these tags (``layerbot worker --tags``) works this
+    #: connector's tasks; none: any runner.
+    runner_tags: list[str] = Field(default_factory=list)
     _linked: dict[str, ConnectorConfig] = PrivateAttr(default_factory=dict)
 
     def references(self) -> list[ConnectorReference]:
@@ -249,10 +253,32 @@ class ConnectorConfig(BaseModel):
             raise ValueError(f"two scripts share the file name {dupes[0]!r}")
         return value
 
+    @field_validator("runner_tags")
+    @classmethod
+    def _tags_valid(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            check_runner_tag(tag)
+        dupes = sorted({t for t in value if value.count(t) > 1})
+        if dupes:
+            raise ValueError(f"the tag {dupes[0]!r} is named twice")
+        return value
+
     def disk_limit_gib(self) -> int | None:
         """The largest ``disk.size_gib`` of a template publishing to this connector (a
         connector whose format is a setting overrides this)."""
         return self.max_disk_gib
+
+
+#: what a runner tag may be: it is written in ``--tags a,b`` lists and matched exactly
+RUNNER_TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
+def check_runner_tag(tag: str) -> str:
+    """``tag`` if it is a valid runner tag, else ValueError naming it."""
+    if not RUNNER_TAG_PATTERN.fullmatch(tag):
+        raise ValueError(f"runner tag {tag!r}: lowercase letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit, at most 63 characters")
+    return tag
 
 
 #: formats with a hard size limit: qemu-img's vpc driver refuses a VHD over 2040 GiB

@@ -268,3 +268,17 @@ def test_a_disk_size_that_is_not_a_whole_number_of_mib_is_refused_at_load(
     [problem] = problems(write_catalog(_with_template(connector, 1.5)))  # type: ignore[arg-type]
     assert problem.startswith("layerbot.yml: templates.big.disk.size_gib: ")
     assert "1.5" in problem and "integer" in problem
+
+
+def test_runner_tags_are_validated_at_load(write_catalog: Callable[[str], Path]) -> None:
+    def tagged(tags: str) -> Path:
+        fmt = "format: qcow2"
+        return write_catalog(BASIC_CATALOG.replace(fmt, f"{fmt}\n    runner_tags: {tags}"))
+
+    ok = load_catalog(tagged("[dc-east, win]"))
+    assert ok.connectors["folder"].runner_tags == ["dc-east", "win"]
+    found = problems(tagged("[dc-east, 'DC East']"))
+    assert any(p.startswith("layerbot.yml: connectors.folder.runner_tags") and "'DC East'" in p
+               for p in found), found
+    found = problems(tagged("[a, a]"))
+    assert any("connectors.folder.runner_tags" in p and "'a' is named twice" in p for p in found), found

@@ -340,23 +340,40 @@ def cancel(ctx: Context, task_id: str) -> None:
                   + ("" if t.finished else " (cancel requested; its runner cleans up)"))
 
 
+def _runner_tags(value: str | None) -> list[str]:
+    """``--tags a,b`` as a list; UsageError naming a tag that is not valid."""
+    from adapters.base import check_runner_tag
+
+    tags = [t.strip() for t in (value or "").split(",") if t.strip()]
+    try:
+        return [check_runner_tag(t) for t in tags]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tags") from None
+
+
 @main.command()
+@click.option("--tags", metavar="A,B", help="this worker's runner tags: it takes the tasks of connectors "
+              "whose runner_tags are all among them (and of untagged connectors); without "
+              "--tags, only untagged connectors' tasks")
+@click.option("--slots", type=click.IntRange(1, 64), default=None,
+              help="tasks compositing/uploading at once (default: runner.max_parallel)")
 @pass_ctx
-def worker(ctx: Context) -> None:
+def worker(ctx: Context, tags: str | None, slots: int | None) -> None:
     """Run a job runner (no Slack) until interrupted.
 
-    Example: layerbot worker
+    Example: layerbot worker --tags dc-east --slots 2
     """
     import asyncio
 
     from bot.runner.job_runner import JobRunner
-
-    catalog = ctx.catalog()
     from bot.store.backends import shown
 
-    runner = JobRunner(ctx.store(), catalog)
+    runner_tags = _runner_tags(tags)
+    catalog = ctx.catalog()
+    runner = JobRunner(ctx.store(), catalog, max_parallel=slots, tags=runner_tags)
+    takes = f"tags {', '.join(sorted(runner.tags))} or none" if runner.tags else "untagged connectors only"
     out().print(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
-                  f"(max {runner.max_parallel} at once); Ctrl-C to stop")
+                f"(max {runner.max_parallel} at once; {takes}); Ctrl-C to stop", soft_wrap=True)
     try:
         asyncio.run(runner.run())
     except KeyboardInterrupt:

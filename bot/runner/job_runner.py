@@ -34,6 +34,7 @@ from bot.store import states
 from bot.store.interface import Store
 from bot.store.model import LeaseLost, Task
 from bot.store.states import EventKind
+from bot.store.wakeups import CANCEL_NOTICE, TASKS_CHANNEL, wait_or_timeout
 from compositor import CompositorError, sweep_stale
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,11 @@ class JobRunner:
         max_parallel: int | None = None,
         poll_interval: float = 0.5,
         clients: Mapping[str, object] | None = None,
+        tags: Collection[str] = (),
     ) -> None:
         self.store = store
+        #: this runner takes only tasks whose runner_tags are all among these
+        self.tags = frozenset(tags)
         #: connector type -> the client factory its adapters get (None: the platform SDK's)
         self.clients = dict(clients or {})
         self.catalog = catalog
@@ -88,6 +92,10 @@ class JobRunner:
         #: release gives the attempt back; renewals go on while they finish a cleanup
         self._letting_go: set[str] = set()
         self._wake = asyncio.Event()
+        #: a cancel was requested somewhere: renew (which tells cancels) without waiting
+        self._renew_now = asyncio.Event()
+        #: set once the store's wake-ups are listened to (at once on a polling-only store)
+        self.listening = asyncio.Event()
         self._stopping = False
         self._store_threads: ThreadPoolExecutor | None = None
 
@@ -122,24 +130,39 @@ class JobRunner:
         if swept:
             log.info("removed %d files left by runners that died: %s", len(swept), swept)
         keeper = asyncio.create_task(self._keep_leases(), name="leases")
+        listener = asyncio.create_task(self._listen(), name="wake-ups")
         try:
             while not (stop and stop.is_set()):
                 await self._fill(only)
                 if until_done and only is not None and await self._all_finished(only):
                     break
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await wait_or_timeout(self._wake, self.poll_interval)
         finally:
             try:
                 await self.shutdown()
             finally:
                 keeper.cancel()
-                await asyncio.gather(keeper, return_exceptions=True)
+                listener.cancel()
+                await asyncio.gather(keeper, listener, return_exceptions=True)
                 if self._store_threads is not None:
                     # a renewal stuck on a locked database is abandoned, not waited for
                     self._store_threads.shutdown(wait=False)
                     self._store_threads = None
+
+    async def _listen(self) -> None:
+        """Wake the claim loop when a task is queued or released, the lease keeper when a
+        cancel is requested (PostgreSQL); polling stays the fallback."""
+        def on_notice(payload: str) -> None:
+            if payload == CANCEL_NOTICE:
+                self._renew_now.set()
+            else:  # queued, released, or a reconnection that may have missed either
+                self._wake.set()
+
+        try:
+            await self.store.listen(TASKS_CHANNEL, on_notice, on_ready=self.listening.set)
+        finally:
+            self.listening.set()  # a store without notifications: polling only
 
     async def _all_finished(self, ids: Collection[str]) -> bool:
         if self._jobs:
@@ -153,7 +176,8 @@ class JobRunner:
             asked_at = time.monotonic()
             # never a task this runner still works, even if its lease ran out meanwhile
             task = await self._store(self.store.claim, self.owner, self.lease_seconds, only,
-                                     published_only=not slot_free, exclude=list(self._jobs))
+                                     published_only=not slot_free, exclude=list(self._jobs),
+                                     tags=self.tags)
             if task is None:
                 return
             self._leased.add(task.id)
@@ -225,7 +249,8 @@ class JobRunner:
         pending: tuple[asyncio.Future[dict[str, bool]], dict[str, asyncio.Task[None]], float] | None = None
         try:
             while True:
-                await asyncio.sleep(period)
+                await wait_or_timeout(self._renew_now, period)
+                self._renew_now.clear()
                 if pending is None:
                     held = {t: self._jobs[t] for t in self._leased if t in self._jobs}
                     fences = {t: self._fences.get(t) for t in held}

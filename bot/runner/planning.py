@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import adapters
 import compositor
@@ -33,6 +33,8 @@ class PublishPlan:
     disk_format: str
     scripts: list[str]
     cache_hit: bool
+    #: the connector's runner tags: only a runner having them all works the task
+    runner_tags: list[str] = field(default_factory=list)
 
 
 class PlanError(ValueError):
@@ -83,6 +85,7 @@ def _plan(catalog: Catalog, name: str, template: Template, adapter: Adapter, *,
         disk_format=adapter.disk_format(),
         scripts=[p.name for p in connector.scripts],
         cache_hit=bool(hit),
+        runner_tags=list(connector.runner_tags),
     )
 
 
@@ -104,6 +107,7 @@ def enqueue(
         message=messages.task_created(p.template, requested_by),
         channel=channel,
         idempotency_key=idempotency_key or uuid.uuid4().hex,
+        runner_tags=p.runner_tags,
     )
 
 

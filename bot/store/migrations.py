@@ -118,6 +118,12 @@ def _lease_generation(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN lease_generation INTEGER NOT NULL DEFAULT 0")
 
 
+def _runner_tags(db: sqlite_utils.Database) -> None:
+    if "runner_tags" in db["tasks"].columns_dict:
+        return
+    db.execute("ALTER TABLE tasks ADD COLUMN runner_tags TEXT NOT NULL DEFAULT '[]'")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tasks, task events and the audit log", _tasks_events_audit, _TASKS_EVENTS_AUDIT_PG),
     Migration(2, "Slack confirmation cards (slack_intents) and the notifier's cursor (slack_cursor)",
@@ -126,6 +132,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               ("CREATE INDEX idx_tasks_image_name ON tasks (image_name)",)),
     Migration(4, "tasks.lease_generation: the fencing token every claim bumps", _lease_generation,
               ("ALTER TABLE tasks ADD COLUMN lease_generation INTEGER NOT NULL DEFAULT 0",)),
+    Migration(5, "tasks.runner_tags: the connector's runner tags at enqueue (a JSON list; [] = any runner)",
+              _runner_tags, ("ALTER TABLE tasks ADD COLUMN runner_tags TEXT NOT NULL DEFAULT '[]'",)),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.steps import Detach
@@ -54,6 +54,9 @@ class Task:
     published: dict[str, Any] | None
     #: the fencing token: bumped by every claim; a runner's writes carry the one it claimed with
     lease_generation: int = 0
+    #: the runner tags of the task's connector when it was queued: only a runner having all
+    #: of them claims it (none: any runner)
+    runner_tags: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -64,6 +67,7 @@ class Task:
         data = dict(row)
         data["resources"] = json.loads(data["resources"] or "[]")
         data["published"] = json.loads(data["published"]) if data["published"] else None
+        data["runner_tags"] = json.loads(data.get("runner_tags") or "[]")
         return cls(**data)
 
 

@@ -9,12 +9,16 @@ The password comes from ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads them), neve
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
 from bot.store.migrations import Migration
@@ -24,6 +28,10 @@ from bot.store.sql_store import SqlStore
 #: pg_advisory_xact_lock keys (one namespace of layerbot's own)
 _SCHEMA_LOCK, _CREATE_LOCK, _EVENTS_LOCK = 0x6C62_0001, 0x6C62_0002, 0x6C62_0003
 _NOW = "extract(epoch FROM now())::double precision"
+#: pause before listening again after the connection was lost (polling covers the gap)
+_RELISTEN_SECONDS = 2.0
+
+log = logging.getLogger(__name__)
 
 
 def redacted(url: str) -> str:
@@ -112,6 +120,34 @@ class PostgresStore(SqlStore):
 
     def _lock_events(self) -> None:
         self._exec("SELECT pg_advisory_xact_lock(?)", [_EVENTS_LOCK])
+
+    def _tags_within(self, tags: Collection[str]) -> tuple[str, list[Any]]:
+        return "runner_tags::jsonb <@ ?::jsonb", [json.dumps(sorted(set(tags)))]
+
+    def _notify(self, channel: str, payload: str) -> None:
+        self._exec("SELECT pg_notify(?, ?)", [channel, payload])
+
+    async def listen(self, channel: str, on_notice: Callable[[str], None],
+                     on_ready: Callable[[], None] | None = None) -> None:
+        """LISTEN on a connection of its own (async: no thread, and the store's lock is not
+        held). A lost connection is opened again after a pause; since notices may have been
+        missed meanwhile, each (re)connection counts as one."""
+        ready = on_ready
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.location, autocommit=True) as conn:
+                    await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+                    if ready is not None:
+                        ready()
+                        ready = None
+                    else:
+                        on_notice("")
+                    async for notice in conn.notifies():
+                        on_notice(notice.payload)
+            except psycopg.Error as exc:
+                log.warning("listening on %s at %s: %s; polling until it is back", channel,
+                            redacted(self.location), exc)
+            await asyncio.sleep(_RELISTEN_SECONDS)
 
     def set_synchronous(self, mode: str) -> None:
         # normal: like SQLite's in WAL mode, a crash may lose the last commits, never consistency

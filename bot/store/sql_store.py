@@ -11,13 +11,14 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from bot.store import states
 from bot.store.migrations import Migration, migrate
 from bot.store.model import Event, LeaseLost, Task, TaskNotFound, new_task_id
 from bot.store.states import EventKind
+from bot.store.wakeups import CANCEL_NOTICE, EVENTS_CHANNEL, QUEUED_NOTICE, RELEASED_NOTICE, TASKS_CHANNEL
 
 
 class SqlStore(ABC):
@@ -84,6 +85,21 @@ class SqlStore(ABC):
         """Before an event insert: event ids must become visible in their order (followers
         read ``id > last seen``)."""
 
+    @abstractmethod
+    def _tags_within(self, tags: Collection[str]) -> tuple[str, list[Any]]:
+        """Every one of a tasks row's ``runner_tags`` is in ``tags``, as SQL and its parameters."""
+
+    @abstractmethod
+    def _notify(self, channel: str, payload: str) -> None:
+        """In a transaction: wake the processes listening on ``channel`` once it commits (none
+        on a backend without notifications: they poll)."""
+
+    @abstractmethod
+    async def listen(self, channel: str, on_notice: Callable[[str], None],
+                     on_ready: Callable[[], None] | None = None) -> None:
+        """Call ``on_notice(payload)`` for each notice on ``channel`` until cancelled. A backend
+        without notifications returns at once (its readers poll)."""
+
     def _migrate(self) -> None:
         migrate(self)
 
@@ -95,6 +111,7 @@ class SqlStore(ABC):
             "INSERT INTO task_events (task_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)",
             [task_id, time.time(), str(kind), message, json.dumps(data or {}, sort_keys=True)],
         )
+        self._notify(EVENTS_CHANNEL, "")
 
     def _check_lease(self, task_id: str, owner: str | None, fence: int | None) -> tuple[Any, ...]:
         """The task's (status, lease_owner, lease_generation), locked for this transaction;
@@ -111,9 +128,11 @@ class SqlStore(ABC):
     def create_task(
         self, *, template: str, connector: str, platform: str, image_name: str, requested_by: str,
         message: str, channel: str | None = None, idempotency_key: str | None = None,
+        runner_tags: Collection[str] = (),
     ) -> tuple[Task, bool]:
         """Queue a task; returns (task, created). A repeated idempotency key returns
-        the existing task with created=False, so retries never start work twice."""
+        the existing task with created=False, so retries never start work twice.
+        ``runner_tags``: only a runner having all of them claims the task."""
         now = time.time()
         task_id = new_task_id()
         with self.transaction():
@@ -122,16 +141,17 @@ class SqlStore(ABC):
             cur = self._exec(
                 "INSERT INTO tasks (id, template, connector, platform, status, stage,"
                 " progress, requested_by, channel, idempotency_key, created_at, updated_at,"
-                " image_name) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)"
+                " image_name, runner_tags) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
                 [task_id, template, connector, platform, states.QUEUED, requested_by, channel,
-                 idempotency_key, now, now, image_name],
+                 idempotency_key, now, now, image_name, json.dumps(sorted(set(runner_tags)))],
             )
             if cur.rowcount == 0:
                 row = self._exec("SELECT id FROM tasks WHERE idempotency_key = ?",
                                  [idempotency_key]).fetchone()
                 return self.get(row[0]), False
             self._event(task_id, EventKind.CREATED, message, {"requested_by": requested_by})
+            self._notify(TASKS_CHANNEL, QUEUED_NOTICE)
         return self.get(task_id), True
 
     def _unused_image_name(self, wanted: str) -> str:
@@ -181,14 +201,16 @@ class SqlStore(ABC):
     # ------------------------------------------------------------ leases
     def claim(
         self, owner: str, lease_seconds: float, ids: Collection[str] | None = None, *,
-        published_only: bool = False, exclude: Collection[str] = (),
+        published_only: bool = False, exclude: Collection[str] = (), tags: Collection[str] | None = None,
     ) -> Task | None:
         """Atomically take the oldest task that is unfinished and not leased (or whose
         lease expired because its runner died); ``ids`` limits the choice. The claim bumps the
         task's ``lease_generation``, the fencing token of this runner's writes.
         ``published_only``: only a task whose image is published (it only waits for its
         guest), for a runner whose compose/upload slots are all taken.
-        ``exclude``: tasks the runner still works (their lease may have run out meanwhile)."""
+        ``exclude``: tasks the runner still works (their lease may have run out meanwhile).
+        ``tags``: the runner's tags; only a task whose ``runner_tags`` are all among them (a
+        runner without tags: only untagged tasks). None: any task (tools, tests)."""
         now, now_args = self._now()
         only = ""
         only_args: list[Any] = []
@@ -202,6 +224,10 @@ class SqlStore(ABC):
         if exclude:
             sql, args = self._in("id", exclude)
             only += f" AND NOT {sql}"
+            only_args = [*only_args, *args]
+        if tags is not None:
+            sql, args = self._tags_within(tags)
+            only += f" AND {sql}"
             only_args = [*only_args, *args]
         active = ", ".join("?" * len(states.ACTIVE))
         with self.transaction():
@@ -259,8 +285,10 @@ class SqlStore(ABC):
         undo = "" if count_attempt else ", attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
         fenced, fence_args = self._fenced({task_id: fence})
         with self.transaction():
-            self._exec(f"UPDATE tasks SET lease_owner = NULL, lease_until = 0{undo}"
-                       f" WHERE lease_owner = ? AND {fenced}", [owner, *fence_args])
+            cur = self._exec(f"UPDATE tasks SET lease_owner = NULL, lease_until = 0{undo}"
+                             f" WHERE lease_owner = ? AND {fenced}", [owner, *fence_args])
+            if cur.rowcount:
+                self._notify(TASKS_CHANNEL, RELEASED_NOTICE)
 
     # ------------------------------------------------------------ changes
     def update(
@@ -307,6 +335,7 @@ class SqlStore(ABC):
             self._exec("UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
                        [time.time(), task_id])
             self._event(task_id, EventKind.CANCEL_REQUESTED, message, {"by": by})
+            self._notify(TASKS_CHANNEL, CANCEL_NOTICE)
         now, now_args = self._now()
         with self.transaction():
             at = time.time()
@@ -326,7 +355,7 @@ class SqlStore(ABC):
         task, _ = self.create_task(
             template=old.template, connector=old.connector, platform=old.platform,
             image_name=image_name, requested_by=requested_by, message=message,
-            channel=old.channel, idempotency_key=idempotency_key,
+            channel=old.channel, idempotency_key=idempotency_key, runner_tags=old.runner_tags,
         )
         return task
 

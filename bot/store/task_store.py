@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,17 @@ class TaskStore(SqlStore):
         return ("id IN (SELECT value FROM json_each(?)) AND EXISTS (SELECT 1 FROM json_each(?) AS h"
                 " WHERE h.key = tasks.id AND (h.value IS NULL OR h.value = tasks.lease_generation))",
                 [json.dumps(list(held)), json.dumps(held)])
+
+    def _tags_within(self, tags: Collection[str]) -> tuple[str, list[Any]]:
+        return ("NOT EXISTS (SELECT 1 FROM json_each(tasks.runner_tags) AS t"
+                " WHERE t.value NOT IN (SELECT value FROM json_each(?)))", [json.dumps(sorted(set(tags)))])
+
+    def _notify(self, channel: str, payload: str) -> None:
+        pass  # no notifications: SQLite's processes share one machine and poll
+
+    async def listen(self, channel: str, on_notice: Callable[[str], None],
+                     on_ready: Callable[[], None] | None = None) -> None:
+        return  # polling only
 
     def schema_version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])

@@ -262,3 +262,24 @@ def test_a_wrong_password_is_a_store_error_naming_the_database(
         open_store(pg_url)
     assert "wrong-s3cr3t" not in str(failed.value)
     assert isinstance(failed.value.__context__, psycopg.Error) or failed.value.__cause__ is None
+
+
+def test_a_runner_claims_only_tasks_whose_tags_it_has_all_of(store: Store) -> None:
+    def queued(tags: list[str], key: str) -> str:
+        task, _ = store.create_task(template="t", connector="c", platform="Local folder", image_name=key,
+                                    requested_by="alice", message="queued", idempotency_key=key,
+                                    runner_tags=tags)
+        return task.id
+
+    east = queued(["dc-east"], "east")
+    east_win = queued(["windows", "dc-east"], "east-win")
+    plain = queued([], "plain")
+    assert store.get(east_win).runner_tags == ["dc-east", "windows"]
+    assert store.claim("untagged", 60, tags=()).id == plain  # no tags: untagged tasks only
+    assert store.claim("untagged", 60, tags=()) is None
+    assert store.claim("west", 60, tags=["dc-west", "windows"]) is None
+    assert store.claim("east", 60, tags=["dc-east"]).id == east  # not east_win: no "windows"
+    assert store.claim("east", 60, tags=["dc-east"]) is None
+    assert store.claim("east-win", 60, tags=["windows", "dc-east", "x"]).id == east_win
+    retried = store.retry(east_win, "again", "alice", "retried", "east-win-2")
+    assert retried.runner_tags == ["dc-east", "windows"]

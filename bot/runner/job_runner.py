@@ -363,7 +363,8 @@ class JobRunner:
             return
         elapsed = time.time() - task.created_at
         await job.update(status=states.DONE, progress=100.0, stage="done",
-                   event=(EventKind.DONE, messages.done(elapsed)), data={"elapsed": elapsed})
+                   event=(EventKind.DONE, messages.done(elapsed)),
+                   data={"elapsed": elapsed, "runner": self.owner})
 
     @staticmethod
     def _cancelled_message(job: Job) -> str:

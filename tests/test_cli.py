@@ -406,3 +406,9 @@ def test_task_shows_an_event_kind_of_a_newer_layerbot_as_it_is(cli: Callable[...
     code, out = cli("task", task.id)
     assert code == 0, out
     assert "snapshot_taken" in out and "Snapshot s1 taken" in out
+
+
+def test_worker_refuses_a_bad_tag_naming_it(cli: Callable[..., tuple[int, str]]) -> None:
+    code, output = cli("worker", "--tags", "dc-east,DC West")
+    assert code == 2
+    assert "--tags" in output and "'DC West'" in output

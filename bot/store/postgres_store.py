@@ -145,7 +145,8 @@ class PostgresStore(SqlStore):
         """The other connections of layerbots to this database, with the schema version each knows."""
         with self._lock:
             rows = self._exec(
-                "SELECT pid, COALESCE(host(client_addr), 'a local socket'), application_name"
+                "SELECT pid, COALESCE(host(client_addr), 'a Unix socket or a hidden address'),"
+                " application_name"
                 " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 " AND application_name LIKE 'layerbot schema=%'").fetchall()
         return [Peer(int(pid), client, int(match.group(1))) for pid, client, name in rows

@@ -30,20 +30,21 @@ def shown(location: str) -> str:
     return location
 
 
-def open_store(location: str) -> Store:
-    """The store at ``location``; StoreError (naming it, without a password) if it cannot open."""
+def open_store(location: str, *, migrate: bool = True) -> Store:
+    """The store at ``location``; StoreError (naming it, without a password) if it cannot open.
+    ``migrate=False``: as it is, without applying pending migrations."""
     if is_postgres(location):
         try:
             from bot.store.postgres_store import PostgresStore
         except ImportError as exc:
             raise StoreError(f"{shown(location)}: PostgreSQL needs psycopg: "
                              f"pip install 'layerbot[postgres]' ({exc})") from None
-        return PostgresStore(location)
+        return PostgresStore(location, migrate=migrate)
     import sqlite3
 
     from bot.store.task_store import TaskStore
 
     try:
-        return TaskStore(location)
+        return TaskStore(location, migrate=migrate)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the task database {location}: {exc}") from None

@@ -150,7 +150,7 @@ def migrate(store: SqlStore, migrations: tuple[Migration, ...] | None = None) ->
     # read first, without a write lock: opening an up-to-date database (every CLI call, every
     # runner) must not queue behind a writer of another process
     version = store.schema_version()
-    _refuse_newer(store, version, latest)
+    refuse_newer(store, version, latest)
     if version == latest:
         return []
     applied: list[int] = []
@@ -158,7 +158,7 @@ def migrate(store: SqlStore, migrations: tuple[Migration, ...] | None = None) ->
         with store.transaction():
             store._lock_schema()
             version = store.schema_version()  # again under the lock: another process may have won
-            _refuse_newer(store, version, latest)
+            refuse_newer(store, version, latest)
             if version >= migration.version:
                 continue
             store._apply_migration(migration)
@@ -167,7 +167,7 @@ def migrate(store: SqlStore, migrations: tuple[Migration, ...] | None = None) ->
     return applied
 
 
-def _refuse_newer(store: SqlStore, version: int, latest: int) -> None:
+def refuse_newer(store: SqlStore, version: int, latest: int = LATEST) -> None:
     if version > latest:
         raise SchemaTooNew(
             f"{store.location}: the task database has schema version {version}, newer than "

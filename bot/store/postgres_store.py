@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +23,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
-from bot.store.migrations import Migration
+from bot.store.migrations import LATEST, Migration
 from bot.store.model import StoreError
 from bot.store.sql_store import SqlStore
 
@@ -32,6 +34,22 @@ _NOW = "extract(epoch FROM now())::double precision"
 _RELISTEN_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
+#: how every connection announces itself in pg_stat_activity: `layerbot db upgrade` reads the
+#: schema versions of the layerbots connected (no table to keep current, gone with the connection)
+APPLICATION_NAME = f"layerbot schema={LATEST}"
+_PEER_NAME = re.compile(r"layerbot schema=(\d+)")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another connection of a layerbot to the same database."""
+
+    pid: int
+    client: str
+    schema: int
+
+    def __str__(self) -> str:
+        return f"backend pid {self.pid} from {self.client} (schema version {self.schema})"
 
 
 def redacted(url: str) -> str:
@@ -52,7 +70,8 @@ class PostgresStore(SqlStore):
     claim_lock = " FOR UPDATE SKIP LOCKED"
     row_lock = " FOR UPDATE"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        """``migrate=False``: open as it is (``layerbot db upgrade`` and ``db copy`` look first)."""
         super().__init__()
         if urlsplit(url).password is not None:
             raise StoreError(
@@ -60,11 +79,12 @@ class PostgresStore(SqlStore):
                 "~/.pgpass instead (a URL shows in process lists, shell history and logs)")
         self.location = url
         try:
-            self._conn = psycopg.connect(url, autocommit=True)
+            self._conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the task database {url}: {exc}") from None
         try:
-            self._migrate()
+            if migrate:
+                self._migrate()
         except BaseException:
             self._conn.close()
             raise
@@ -156,6 +176,17 @@ class PostgresStore(SqlStore):
             raise ValueError(f"synchronous mode {mode!r}: one of normal, full")
         with self._lock:
             self._exec(f"SET synchronous_commit = {settings[mode.lower()]}")
+
+    def connected_layerbots(self) -> list[Peer]:
+        """The other connections of layerbots to this database, with the schema version each knows."""
+        with self._lock:
+            rows = self._exec(
+                "SELECT pid, COALESCE(host(client_addr), 'a Unix socket or a hidden address'),"
+                " application_name"
+                " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND application_name LIKE 'layerbot schema=%'").fetchall()
+        return [Peer(int(pid), client, int(match.group(1))) for pid, client, name in rows
+                if (match := _PEER_NAME.fullmatch(name))]
 
     def close(self) -> None:
         self._conn.close()

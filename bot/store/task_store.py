@@ -49,7 +49,8 @@ class TaskStore(SqlStore):
     wait for fsync) off the event loop by calling the store from worker threads.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, migrate: bool = True) -> None:
+        """``migrate=False``: open as it is (``layerbot db upgrade`` and ``db copy`` look first)."""
         super().__init__()
         self.path = Path(path) if str(path) != ":memory:" else path
         self.location = str(path)
@@ -60,7 +61,8 @@ class TaskStore(SqlStore):
         self.db = sqlite_utils.Database(conn)
         if str(path) != ":memory:":
             self.db.enable_wal()
-        self._migrate()
+        if migrate:
+            self._migrate()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -32,7 +32,7 @@ from bot.catalog import Catalog
 from bot.runner.task_steps import Job, TaskConfigError, build_job, remove_partial, remove_staging, steps_for
 from bot.store import states
 from bot.store.interface import Store
-from bot.store.model import LeaseLost, Task
+from bot.store.model import LeaseLost, StoreUnavailable, Task
 from bot.store.states import EventKind
 from bot.store.wakeups import CANCEL_NOTICE, TASKS_CHANNEL, wait_or_timeout
 from compositor import CompositorError, sweep_stale
@@ -133,9 +133,12 @@ class JobRunner:
         listener = asyncio.create_task(self._listen(), name="wake-ups")
         try:
             while not (stop and stop.is_set()):
-                await self._fill(only)
-                if until_done and only is not None and await self._all_finished(only):
-                    break
+                try:
+                    await self._fill(only)
+                    if until_done and only is not None and await self._all_finished(only):
+                        break
+                except StoreUnavailable as exc:  # polling again reconnects once it is back
+                    log.warning("%s; trying again in %.1f s", exc, self.poll_interval)
                 self._wake.clear()
                 await wait_or_timeout(self._wake, self.poll_interval)
         finally:
@@ -228,6 +231,10 @@ class JobRunner:
             stopped_cleanly = self._stopping or task.id in self._letting_go
         except LeaseLost:
             log.warning("task %s: lease lost, another runner has it", task.id)
+        except StoreUnavailable as exc:
+            # no verdict from a passing outage: the task resumes from its stage once its lease
+            # runs out, here or on another runner
+            log.warning("task %s: left for later: %s", task.id, exc)
         except Exception as exc:
             # Never release a task that broke this way without a verdict: it would be
             # claimed again at once, forever.
@@ -236,8 +243,11 @@ class JobRunner:
                 await self._fail(task, failure_reason(exc))
         finally:
             self._leased.discard(task.id)  # renewals stop before the release
-            await self._store(self.store.release, task.id, self.owner,
-                              count_attempt=not stopped_cleanly, fence=task.lease_generation)
+            try:
+                await self._store(self.store.release, task.id, self.owner,
+                                  count_attempt=not stopped_cleanly, fence=task.lease_generation)
+            except StoreUnavailable as exc:
+                log.warning("task %s: not released (its lease runs out instead): %s", task.id, exc)
 
     async def _keep_leases(self) -> None:
         """Renew every held lease in one statement; detach a job whose lease another runner
@@ -263,7 +273,9 @@ class JobRunner:
                     pending = None
                     try:
                         self._renewed(renewal.result(), held, asked_at)
-                    except Exception:  # a locked or unreachable database: try again next round
+                    except StoreUnavailable as exc:
+                        log.warning("renewing the leases failed: %s", exc)
+                    except Exception:  # a locked database: try again next round
                         log.exception("renewing the leases failed")
                 self._let_go_of_expiring(margin=min(2 * period, self.lease_seconds / 3))
         finally:
@@ -352,7 +364,7 @@ class JobRunner:
                        event=(EventKind.CANCELLED, self._cancelled_message(job)),
                        data={"removed": job.removed})
             return
-        except LeaseLost:
+        except (LeaseLost, StoreUnavailable):
             raise
         except Exception as exc:
             log.info("task %s failed", task.id, exc_info=not isinstance(exc, _USER_ERRORS))

@@ -25,6 +25,11 @@ class StoreError(RuntimeError):
     """The task database cannot be opened (bad location, unreachable server, missing driver)."""
 
 
+class StoreUnavailable(StoreError):
+    """The connection to the task database was lost during a call. Retryable: the store opens a
+    new connection on its next call; whether a commit in flight happened is unknown."""
+
+
 @dataclass(frozen=True)
 class Task:
     id: str

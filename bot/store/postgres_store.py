@@ -24,7 +24,7 @@ from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
 from bot.store.migrations import LATEST, Migration
-from bot.store.model import StoreError
+from bot.store.model import StoreError, StoreUnavailable
 from bot.store.sql_store import SqlStore
 
 #: pg_advisory_xact_lock keys (one namespace of layerbot's own)
@@ -78,10 +78,13 @@ class PostgresStore(SqlStore):
                 f"the task database URL {redacted(url)} carries a password: set PGPASSWORD or use "
                 "~/.pgpass instead (a URL shows in process lists, shell history and logs)")
         self.location = url
+        self._closed = False
         try:
-            self._conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME)
+            self._conn = self._connect()
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the task database {url}: {exc}") from None
+        #: SET statements (set_synchronous) to repeat on a new connection
+        self._session: list[str] = []
         try:
             if migrate:
                 self._migrate()
@@ -89,18 +92,56 @@ class PostgresStore(SqlStore):
             self._conn.close()
             raise
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.location, autocommit=True, application_name=APPLICATION_NAME)
+
+    def _live(self) -> psycopg.Connection[Any]:
+        """The store's connection, opened again if it was lost (StoreUnavailable while the
+        server cannot be reached)."""
+        if self._conn.closed or self._conn.broken:
+            if self._closed:
+                raise StoreError(f"the task database {redacted(self.location)} was closed by this process")
+            try:
+                conn = self._connect()
+                for statement in self._session:
+                    conn.execute(statement.encode())
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"the task database {redacted(self.location)} cannot be "
+                                       f"reached: {exc}".strip()) from None
+            self._conn = conn
+            log.info("reconnected to the task database %s", redacted(self.location))
+        return self._conn
+
+    def _lost(self, exc: psycopg.OperationalError) -> Exception:
+        """``exc`` as StoreUnavailable when it broke the connection; other errors as they are."""
+        if not (self._conn.closed or self._conn.broken):
+            return exc
+        return StoreUnavailable(f"the connection to the task database {redacted(self.location)} "
+                                f"was lost: {str(exc).strip()}")
+
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._lock, self._conn.transaction():
-            yield self._conn
+        with self._lock:
+            conn = self._live()
+            try:
+                with conn.transaction():
+                    yield conn
+            except psycopg.OperationalError as exc:  # also from the commit or the rollback
+                raise self._lost(exc) from None
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        return self._conn.execute(_placeholders(sql), list(params))  # type: ignore[arg-type]
+        try:
+            return self._live().execute(_placeholders(sql), list(params))  # type: ignore[arg-type]
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc) from None
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(_placeholders(sql), list(params))  # type: ignore[arg-type]
-            return cur.fetchall()
+        try:
+            with self._live().cursor(row_factory=dict_row) as cur:
+                cur.execute(_placeholders(sql), list(params))  # type: ignore[arg-type]
+                return cur.fetchall()
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc) from None
 
     def _now(self) -> tuple[str, list[Any]]:
         return _NOW, []
@@ -174,8 +215,10 @@ class PostgresStore(SqlStore):
         settings = {"normal": "off", "full": "on"}
         if mode.lower() not in settings:
             raise ValueError(f"synchronous mode {mode!r}: one of normal, full")
+        statement = f"SET synchronous_commit = {settings[mode.lower()]}"
         with self._lock:
-            self._exec(f"SET synchronous_commit = {settings[mode.lower()]}")
+            self._exec(statement)
+            self._session = [statement]
 
     def connected_layerbots(self) -> list[Peer]:
         """The other connections of layerbots to this database, with the schema version each knows."""
@@ -189,4 +232,5 @@ class PostgresStore(SqlStore):
                 if (match := _PEER_NAME.fullmatch(name))]
 
     def close(self) -> None:
+        self._closed = True
         self._conn.close()

@@ -36,10 +36,23 @@ class PgCluster:
     user: str
     password: str
     data_dir: Path
+    bin_dir: Path
+    options: str
+    log: Path
 
     def url(self, dbname: str = "postgres") -> str:
         """A postgresql:// URL without the password (it comes from PGPASSWORD or .pgpass)."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}"
+
+    def stop(self) -> None:
+        """Stop the server (an outage: clients' connections are cut)."""
+        _run([*_as_server_user(), str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
+              "-w", "stop"], "pg_ctl stop")
+
+    def start(self) -> None:
+        """Start it again on the same port."""
+        _run([*_as_server_user(), str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l",
+              str(self.log), "-o", self.options, "-w", "-t", "60", "start"], "pg_ctl start")
 
 
 def postgres_bin_dir() -> Path:
@@ -100,7 +113,7 @@ def pg_cluster() -> Iterator[PgCluster]:
         if not started:
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise PostgresUnavailable(f"pg_ctl start failed: {tail}")
-        yield PgCluster("127.0.0.1", port, SUPERUSER, password, data)
+        yield PgCluster("127.0.0.1", port, SUPERUSER, password, data, bin_dir, options, log)
     finally:
         if started:
             subprocess.run([*sudo, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",

@@ -1,0 +1,61 @@
+"""The database goes away and comes back (pg_ctl stop, then start on the same port): the
+store's connection is opened again, and a worker carries on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.catalog import load_catalog
+from bot.runner.planning import enqueue, plan
+from bot.store.backends import open_store
+from bot.store.model import StoreUnavailable
+from tests.store.pg_cluster import PgCluster
+from tests.store.workers import done_once, machine, start_worker, stop_workers, wait_finished
+
+OUTAGE_SECONDS = 20
+
+
+def test_a_lost_connection_is_retryable_and_opened_again(pg_url: str, postgres: PgCluster) -> None:
+    store = open_store(pg_url)
+    assert store.list_tasks() == []
+    postgres.stop()
+    try:
+        with pytest.raises(StoreUnavailable, match="task database") as lost:
+            store.list_tasks()
+        assert postgres.password not in str(lost.value)
+        with pytest.raises(StoreUnavailable, match="cannot be reached"):
+            store.list_tasks()  # still down: a new connection is refused the same way
+    finally:
+        postgres.start()
+    assert store.list_tasks() == []
+    store.close()
+
+
+def test_a_worker_carries_on_after_a_20_s_outage(
+    pg_url: str, postgres: PgCluster, catalog_dir: Path, tmp_path: Path,
+) -> None:
+    published = tmp_path / "published"
+    config = machine(tmp_path / "m", catalog_dir / "layers", published, lease_seconds=3)
+    store = open_store(pg_url)
+    catalog = load_catalog(config)
+    ids = [enqueue(store, plan(catalog, "plain", check_cache=False), requested_by="alice")[0].id
+           for _ in range(8)]
+    worker = start_worker(config, pg_url, tmp_path / "worker.log")
+    try:
+        wait_finished(store, ids[:1], 120, [worker])
+        postgres.stop()
+        try:
+            time.sleep(OUTAGE_SECONDS)
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        finally:
+            postgres.start()
+        wait_finished(store, ids, 180, [worker])
+    finally:
+        codes = stop_workers([worker])
+    log = (tmp_path / "worker.log").read_text()
+    assert codes == [0], log[-3000:]
+    print("after the outage:", done_once(store, ids, published))
+    store.close()

@@ -318,11 +318,13 @@ class JobRunner:
             self.store.update, task.id, self.owner, fence=task.lease_generation,
             status=states.FAILED, error=reason,
             event=(EventKind.FAILED, messages.failed(reason, [])))
+        self._leased.discard(task.id)  # the lease went with the verdict: no renewal misses it
 
     async def _run_job(self, task: Task) -> None:
         try:
             job = build_job(task, self.store, self.owner, self.catalog,
-                            on_waiting=lambda: self._waiting(task.id), clients=self.clients)
+                            on_waiting=lambda: self._waiting(task.id),
+                            on_finished=lambda: self._leased.discard(task.id), clients=self.clients)
         except Exception as exc:  # the catalog changed, or the adapter cannot be set up
             await self._fail(task, failure_reason(exc))
             return

@@ -73,6 +73,8 @@ class Job:
     artifact_hold: ArtifactHold | None = None
     #: called once the task waits for its guest: the runner frees its compose/upload slot
     on_waiting: Callable[[], None] = lambda: None
+    #: called once the task is finished (its lease went with the verdict): renewals stop
+    on_finished: Callable[[], None] = lambda: None
     _last_progress: tuple[float, float] = (0.0, -100.0)  # (time, percent) last written
     _progress_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -82,6 +84,8 @@ class Job:
         self.task = await asyncio.to_thread(
             self.store.update, self.task.id, self.owner, event=event, data=data,
             fence=self.task.lease_generation, **fields)
+        if self.task.finished:
+            self.on_finished()
 
     async def persist(self, recorded: list[Resource]) -> None:
         """Write what exists at the platform (an adapter calls it before relying on it)."""
@@ -327,6 +331,7 @@ async def remove_staging(job: Job) -> None:
 
 def build_job(task: Task, store: Store, owner: str, catalog: Catalog,
               on_waiting: Callable[[], None] = lambda: None,
+              on_finished: Callable[[], None] = lambda: None,
               clients: Mapping[str, object] | None = None) -> Job:
     if task.template not in catalog.templates:
         raise TaskConfigError(
@@ -345,7 +350,8 @@ def build_job(task: Task, store: Store, owner: str, catalog: Catalog,
         legacy=getattr(adapter_class, "legacy_published", None))
     adapter = adapters.create(config, (clients or {}).get(config.type))
     job = Job(task=task, store=store, owner=owner, catalog=catalog, template=template,
-              adapter=adapter, resources=recorded, on_waiting=on_waiting)
+              adapter=adapter, resources=recorded, on_waiting=on_waiting,
+              on_finished=on_finished)
     job.published = published
     return job
 

@@ -302,6 +302,9 @@ class SqlStore(ABC):
         """
         if fields.get("status") in states.TERMINAL:
             fields.setdefault("finished_at", time.time())
+            # with the verdict, not in a later release: a runner dying in between must not
+            # leave a finished task leased
+            fields.update(lease_owner=None, lease_until=0)
         for key in ("resources", "published"):
             if key in fields and fields[key] is not None:
                 fields[key] = json.dumps(fields[key], sort_keys=True)

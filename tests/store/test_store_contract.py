@@ -128,6 +128,21 @@ def test_every_claim_bumps_the_fencing_token_and_stale_writes_are_refused(store:
     assert store.get(task.id).lease_owner is None
 
 
+def test_a_finished_status_releases_the_lease_in_the_same_update(store: Store) -> None:
+    """A runner dying between its verdict and its release must not leave a finished task leased."""
+    for n, verdict in enumerate((states.DONE, states.FAILED, states.CANCELLED)):
+        task, _ = new_task(store, image_name=f"t-{n}")
+        claimed = store.claim("r", 10, ids=[task.id])
+        assert claimed is not None
+        fence = claimed.lease_generation
+        store.update(task.id, "r", fence=fence, status=states.COMPOSITING)
+        store.update(task.id, "r", fence=fence, status=states.UPLOADING)
+        finished = store.update(task.id, "r", fence=fence, status=verdict, event=("done", "finished"))
+        assert (finished.status, finished.lease_owner, finished.lease_until) == (verdict, None, 0), verdict
+        store.release(task.id, "r", fence=fence)  # the release that follows is harmless
+        assert store.get(task.id).lease_owner is None
+
+
 def test_update_writes_row_and_event_together(store: Store) -> None:
     task, _ = new_task(store)
     store.claim("r", 10)

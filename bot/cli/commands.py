@@ -5,6 +5,8 @@ Exit codes: 0 every task done, 1 a task failed or was cancelled, 2 bad usage or 
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -373,12 +375,21 @@ def worker(ctx: Context, tags: str | None, slots: int | None) -> None:
     catalog = ctx.catalog()
     runner = JobRunner(ctx.store(), catalog, max_parallel=slots, tags=runner_tags)
     takes = f"tags {', '.join(sorted(runner.tags))} or none" if runner.tags else "untagged connectors only"
-    out().print(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
-                f"(max {runner.max_parallel} at once; {takes}); Ctrl-C to stop", soft_wrap=True)
-    try:
-        asyncio.run(runner.run())
-    except KeyboardInterrupt:
-        out().print("stopped; unfinished tasks are left for another runner")
+
+    async def work() -> None:
+        # SIGTERM (systemd, docker stop, kill) is a clean stop like Ctrl-C: the jobs detach
+        # and their tasks are released without counting an attempt
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, lambda: (stop.set(), runner.wake()))
+        # printed once both signals stop it cleanly: supervisors and tests may wait for it
+        out().print(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
+                    f"(max {runner.max_parallel} at once; {takes}); Ctrl-C to stop", soft_wrap=True)
+        await runner.run(stop=stop)
+
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the handlers are in place
+        asyncio.run(work())
+    out().print("stopped; unfinished tasks are left for another runner")
 
 
 def _check_tar_layers(catalog: Catalog) -> list[str]:

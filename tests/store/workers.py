@@ -39,17 +39,38 @@ def machine(root: Path, layers: Path, published: Path, *, lease_seconds: float =
     return root / "layerbot.yml"
 
 
-def start_worker(config: Path, db: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([LAYERBOT, "--config", str(config), "--db", db, "worker"],
-                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+class WorkerProcess(subprocess.Popen[bytes]):
+    """A `layerbot worker` process appending its output to ``log``."""
+
+    def __init__(self, config: Path, db: str, log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            super().__init__([LAYERBOT, "--config", str(config), "--db", db, "worker"],
+                             stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+    def wait_ready(self, seconds: float = 60) -> None:
+        """Until it announced itself: its SIGINT/SIGTERM handlers are in place by then (a
+        signal during the interpreter's start-up is a crash no program can prevent)."""
+        marker = f":{self.pid}:"
+        deadline = time.monotonic() + seconds
+        while not any(marker in line and "working tasks from" in line
+                      for line in self.log.read_text(errors="replace").splitlines()):
+            assert self.poll() is None, f"worker {self.pid} exited: {self.log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"worker {self.pid} not ready after {seconds} s"
+            time.sleep(0.05)
 
 
-def stop_workers(workers: list[subprocess.Popen[bytes]]) -> list[int]:
-    """SIGINT each one still running (a clean stop); their exit codes."""
+def start_worker(config: Path, db: str, log: Path) -> WorkerProcess:
+    return WorkerProcess(config, db, log)
+
+
+def stop_workers(workers: Sequence[WorkerProcess], sig: signal.Signals = signal.SIGINT) -> list[int]:
+    """Stop each one still running cleanly (SIGINT or SIGTERM, once it is ready for it); their
+    exit codes."""
     for w in workers:
         if w.poll() is None:
-            w.send_signal(signal.SIGINT)
+            w.wait_ready()
+            w.send_signal(sig)
     for w in workers:
         try:
             w.wait(timeout=60)

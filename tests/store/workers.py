@@ -48,13 +48,16 @@ class WorkerProcess(subprocess.Popen[bytes]):
             super().__init__([LAYERBOT, "--config", str(config), "--db", db, "worker"],
                              stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
 
-    def wait_ready(self, seconds: float = 60) -> None:
+    def wait_ready(self, seconds: float = 60) -> str:
         """Until it announced itself: its SIGINT/SIGTERM handlers are in place by then (a
-        signal during the interpreter's start-up is a crash no program can prevent)."""
+        signal during the interpreter's start-up is a crash no program can prevent). Returns
+        its runner id (the tasks' lease_owner)."""
         marker = f":{self.pid}:"
         deadline = time.monotonic() + seconds
-        while not any(marker in line and "working tasks from" in line
-                      for line in self.log.read_text(errors="replace").splitlines()):
+        while True:
+            for line in self.log.read_text(errors="replace").splitlines():
+                if line.startswith("runner ") and marker in line and "working tasks from" in line:
+                    return line.split()[1].rstrip(":")
             assert self.poll() is None, f"worker {self.pid} exited: {self.log.read_text()[-2000:]}"
             assert time.monotonic() < deadline, f"worker {self.pid} not ready after {seconds} s"
             time.sleep(0.05)

@@ -297,3 +297,18 @@ async def test_a_task_whose_runner_died_after_publishing_loses_its_staging_not_i
     assert vm.exists()  # partial, and the publish succeeded: kept
     assert task.resources == [FakeVm(path=vm).to_json()]
     assert "disk_created" not in kinds(store, task_id)  # not published a second time
+
+
+async def test_a_layer_this_machine_cannot_read_fails_the_task_naming_the_machine_and_path(
+        catalog: Catalog, store: TaskStore, catalog_dir: Path) -> None:
+    """A worker whose share went away after it started: the task fails at once (no hang), and
+    says where — the path and this machine (layers may sit on a share other machines see)."""
+    import socket
+
+    task_id = queue(store, catalog)
+    layer = catalog_dir / "layers" / "os.tar"
+    layer.unlink()  # the mount is gone
+    await run_until_finished(store, catalog, [task_id], timeout=60)
+    task = store.get(task_id)
+    assert task.status == states.FAILED
+    assert str(layer) in (task.error or "") and f"(on {socket.gethostname()})" in (task.error or "")

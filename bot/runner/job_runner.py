@@ -36,6 +36,7 @@ from bot.store.model import LeaseLost, StoreUnavailable, Task
 from bot.store.states import EventKind
 from bot.store.wakeups import CANCEL_NOTICE, TASKS_CHANNEL, wait_or_timeout
 from compositor import CompositorError, sweep_stale
+from compositor.errors import LayerError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def runner_id() -> str:
 
 
 def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, LayerError):  # layers may sit on a share another machine has mounted
+        return f"{exc} (on {socket.gethostname()})"
     if isinstance(exc, _USER_ERRORS):
         return str(exc)
     return f"internal error ({type(exc).__name__}: {exc})"

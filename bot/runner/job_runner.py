@@ -136,13 +136,15 @@ class JobRunner:
         listener = asyncio.create_task(self._listen(), name="wake-ups")
         try:
             while not (stop and stop.is_set()):
+                # cleared before looking, not after: a job that ends (or a notice that comes)
+                # while _fill runs must wake the next look, not wait for the poll
+                self._wake.clear()
                 try:
                     await self._fill(only)
                     if until_done and only is not None and await self._all_finished(only):
                         break
                 except StoreUnavailable as exc:  # polling again reconnects once it is back
                     log.warning("%s; trying again in %.1f s", exc, self.poll_interval)
-                self._wake.clear()
                 await wait_or_timeout(self._wake, self.poll_interval)
         finally:
             try:

@@ -16,15 +16,6 @@ def new_task(store: TaskStore, key: str | None = None):
                              requested_by="alice", message="queued", idempotency_key=key)
 
 
-def test_idempotency_key_creates_one_task(store: TaskStore) -> None:
-    first, created = new_task(store, "k1")
-    again, created_again = new_task(store, "k1")
-    assert created and not created_again
-    assert again.id == first.id
-    assert len(store.list_tasks()) == 1
-    assert [e.kind for e in store.events(first.id)] == ["created"]
-
-
 def test_claim_is_atomic_across_processes_sharing_the_file(tmp_path: Path) -> None:
     path = tmp_path / "shared.db"
     TaskStore(path).close()
@@ -44,31 +35,6 @@ def test_claim_is_atomic_across_processes_sharing_the_file(tmp_path: Path) -> No
     for t in threads:
         t.join()
     assert sorted(claimed) == sorted(ids)  # each task exactly once
-
-
-def test_expired_lease_is_taken_over_and_recorded(store: TaskStore) -> None:
-    task, _ = new_task(store)
-    assert store.claim("a", 0.2).id == task.id
-    assert store.claim("b", 10) is None
-    time.sleep(0.3)
-    resumed = store.claim("b", 10)
-    assert resumed is not None and resumed.lease_owner == "b" and resumed.attempts == 2
-    assert store.events(task.id)[-1].kind == "resumed"
-    with pytest.raises(LeaseLost):
-        store.renew(task.id, "a", 10)
-    with pytest.raises(LeaseLost):
-        store.update(task.id, "a", status=states.COMPOSITING)
-
-
-def test_update_writes_row_and_event_together(store: TaskStore) -> None:
-    task, _ = new_task(store)
-    store.claim("r", 10)
-    updated = store.update(task.id, "r", status=states.COMPOSITING, stage="compositing",
-                           resources={"vm": "vm-1"}, event=("stage", "Compositing 3 layers"))
-    assert updated.status == "compositing" and updated.resources == {"vm": "vm-1"}
-    assert store.events(task.id)[-1].message == "Compositing 3 layers"
-    with pytest.raises(states.InvalidTransition):
-        store.update(task.id, "r", status=states.QUEUED)
 
 
 def test_cancel_of_a_queued_task_is_immediate(store: TaskStore) -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,32 +18,17 @@ from bot.store import states
 from bot.store.backends import open_store
 from bot.store.states import EventKind
 
+from .workers import machine
+
 LAYERBOT = str(Path(sys.executable).parent / "layerbot")
 
-
-def machine_catalog(root: Path, layers: Path, published: Path) -> Path:
-    """A machine's layerbot.yml: shared layers and target folder, its own cache and work dirs."""
-    root.mkdir()
-    (root / "layerbot.yml").write_text(textwrap.dedent(f"""\
-        layers:
-          base-os: {{kind: os, source: {layers / 'os.tar'}}}
-          office: {{kind: app, source: {layers / 'office'}}}
-        connectors:
-          folder: {{type: local, path: {published}, format: raw}}
-          east-folder: {{type: local, path: {published}, format: raw, runner_tags: [dc-east]}}
-        templates:
-          plain: {{os_layer: base-os, app_layers: [office], connector: folder, disk: {{size_gib: 1}}}}
-          eastern: {{os_layer: base-os, app_layers: [office], connector: east-folder, disk: {{size_gib: 1}}}}
-        runner: {{max_parallel: 2, lease_seconds: 5, cache_dir: cache, work_dir: work}}
-        """))
-    return root / "layerbot.yml"
 
 
 def test_two_workers_do_each_task_once_and_tags_route_tasks(
     pg_url: str, catalog_dir: Path, tmp_path: Path,
 ) -> None:
     published = tmp_path / "published"
-    configs = [machine_catalog(tmp_path / m, catalog_dir / "layers", published) for m in ("east", "west")]
+    configs = [machine(tmp_path / m, catalog_dir / "layers", published) for m in ("east", "west")]
     store = open_store(pg_url)
     catalog = load_catalog(configs[0])
     names = ["plain"] * 6 + ["eastern"] * 4

@@ -23,7 +23,8 @@ LAYERBOT = str(Path(sys.executable).parent / "layerbot")
 
 def machine(root: Path, layers: Path, published: Path, *, lease_seconds: float = 5,
             max_attempts: int = 8) -> Path:
-    """A machine's layerbot.yml (template ``plain`` on the local target); returns its path."""
+    """A machine's layerbot.yml (template ``plain`` on the local target, ``eastern`` on a
+    connector tagged ``dc-east``); returns its path."""
     root.mkdir()
     (root / "layerbot.yml").write_text(textwrap.dedent(f"""\
         layers:
@@ -31,8 +32,10 @@ def machine(root: Path, layers: Path, published: Path, *, lease_seconds: float =
           office: {{kind: app, source: {layers / 'office'}}}
         connectors:
           folder: {{type: local, path: {published}, format: raw}}
+          east-folder: {{type: local, path: {published}, format: raw, runner_tags: [dc-east]}}
         templates:
           plain: {{os_layer: base-os, app_layers: [office], connector: folder, disk: {{size_gib: 1}}}}
+          eastern: {{os_layer: base-os, app_layers: [office], connector: east-folder, disk: {{size_gib: 1}}}}
         runner: {{max_parallel: 2, lease_seconds: {lease_seconds}, max_attempts: {max_attempts},
                   cache_dir: cache, work_dir: work}}
         """))

@@ -218,14 +218,32 @@ def owned_by(vm_dir: Path, task_id: str) -> bool:
         return not any(vm_dir.iterdir())
 
 
-def remove_vm(vm_dir: Path, task_id: str) -> bool:
+def remove_vm(vm_dir: Path, task_id: str, timeout: float = 10.0) -> bool:
     """Stop and delete a VM directory that ``task_id`` created. True when something was
     removed; a directory of someone else is left untouched."""
     if not vm_dir.exists() or not owned_by(vm_dir, task_id):
         return False
-    kill_qemu(vm_dir)
-    shutil.rmtree(vm_dir, ignore_errors=True)
+    if kill_qemu(vm_dir):
+        _wait_for_monitor(vm_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        shutil.rmtree(vm_dir, ignore_errors=True)
+        if not vm_dir.exists() or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # a file written while the tree was being removed
+    if vm_dir.exists():
+        raise PlatformError(f"could not remove the VM directory {vm_dir}")
     return True
+
+
+def _wait_for_monitor(vm_dir: Path, timeout: float = 10.0) -> None:
+    """Wait until the monitor of a just-killed QEMU wrote its final state: until then it may
+    still write into the directory being removed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (read_state(vm_dir) or {}).get("state") not in (STARTING, RUNNING):
+            return
+        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------ start

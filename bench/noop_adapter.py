@@ -1,4 +1,4 @@
-"""The no-op connector type of bench/queue.py: publishing does nothing and succeeds at once, so
+"""The no-op connector type of bench/queue_bench.py: publishing does nothing and succeeds at once, so
 a task's time is the queue's (claim, lease, updates, events, release), not a platform's."""
 
 from __future__ import annotations

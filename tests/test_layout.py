@@ -34,3 +34,13 @@ def test_bot_is_split_into_the_slack_edge_cli_runner_and_store_packages() -> Non
     for package in ("bot/slack", "bot/cli", "bot/runner", "bot/store"):
         assert (ROOT / package / "__init__.py").is_file(), package
     assert not list((ROOT / "bot").glob("slack_*.py"))
+
+
+def test_no_script_directory_module_shadows_the_standard_library() -> None:
+    """`python bench/x.py` puts bench/ first on sys.path: a bench/queue.py there replaced the
+    stdlib queue that asyncio's thread pool imports, and every other bench failed to start."""
+    import sys
+
+    for folder in ("bench", "scripts", "tools"):
+        for path in (ROOT / folder).glob("*.py"):
+            assert path.stem not in sys.stdlib_module_names, path.relative_to(ROOT)

@@ -161,7 +161,7 @@ async def test_a_wake_while_the_runner_looks_for_work_is_not_lost(
         catalog: Any, store: TaskStore) -> None:
     """A job that ends (or a notice that comes) while the loop is looking for work must make
     it look again at once, not after the poll: the wake was cleared after the look, and one
-    PostgreSQL worker of bench/queue.py did 6.7 tasks/s instead of ~90."""
+    PostgreSQL worker of bench/queue_bench.py did 6.7 tasks/s instead of ~90."""
     runner = JobRunner(store, catalog, poll_interval=30)
     looks: list[float] = []
     stop = asyncio.Event()

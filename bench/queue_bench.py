@@ -1,6 +1,6 @@
 """Queue throughput and wake-up latency of the task store: SQLite vs PostgreSQL, 1/2/4/8 workers.
 
-A worker is a separate Python process (``bench/queue.py --worker``) running one ``JobRunner``, the
+A worker is a separate Python process (``bench/queue_bench.py --worker``) running one ``JobRunner``, the
 class ``layerbot worker`` runs, with ``--slots`` tasks at a time (default 1). Its tasks are on a
 no-op connector (bench/noop_adapter.py) and its compose stage is replaced by a stand-in that
 records the stage and hands over a prebuilt 4 KiB artifact: everything else is the real runner
@@ -20,7 +20,7 @@ PostgreSQL runs in a throw-away cluster (tests/store/pg_cluster.py: initdb in a 
 loopback port, removed afterwards). All processes share this machine's cores: on a small machine
 more workers mostly contend for CPU.
 
-Example: .venv/bin/python bench/queue.py --tasks 1000 --workers 1,2,4,8
+Example: .venv/bin/python bench/queue_bench.py --tasks 1000 --workers 1,2,4,8
 """
 
 from __future__ import annotations

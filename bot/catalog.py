@@ -87,6 +87,11 @@ class RunnerSettings(BaseModel):
     #: Where composited artifacts are cached (relative to the catalog file).
     cache_dir: CatalogPath = Field(default=Path(".layerbot/cache"), validate_default=True)
     work_dir: CatalogPath = Field(default=Path(".layerbot/work"), validate_default=True)
+    #: Build in RAM (a tmpfs) when the layers take at most half the free memory: the staging
+    #: tree and raw disk are temporary, and writing them to a disk costs more than the build.
+    ram_scratch: bool = True
+    #: The tmpfs folder for that (null: /dev/shm).
+    ram_scratch_dir: CatalogPath | None = None
     #: After each composite, least recently used cache entries are removed until the cache
     #: occupies at most this much (GiB of disk blocks); null keeps everything.
     cache_max_gib: float | None = Field(default=50.0, gt=0)

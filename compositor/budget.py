@@ -22,7 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import DiskTooSmallError, HostInodesError, TooManyEntriesError
+from .errors import DiskTooSmallError, HostInodesError, ScratchFull, TooManyEntriesError
 
 BLOCK = 4096
 #: what an entry costs besides its data blocks (an ext4 inode; NTFS's MFT record is 1 KiB,
@@ -68,6 +68,8 @@ class SpaceBudget:
         self.used = 0
         self.entries = 0
         self.host: tuple[Path, int] | None = None  # the work folder and its free inodes
+        #: the bytes a work folder in RAM has room for (compositor.scratch)
+        self.ram_limit: int | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -109,6 +111,8 @@ class SpaceBudget:
             used = self.used
         if used > self.limit:
             raise self.too_big(layer, member, used)
+        if self.ram_limit is not None and used > self.ram_limit:
+            raise ScratchFull()
 
     def refund(self, n: int) -> None:
         """Bytes charged but not written (a short read at the end of the data)."""

@@ -7,17 +7,17 @@ import errno
 import functools
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from . import convert as converter
+from . import scratch
 from .budget import SpaceBudget
 from .cache import Cache, image_key, raw_key
 from .digest import cached_digest, layer_digest
 from .dirlayer import scan_dir_layer
-from .errors import CompositorError, HostSpaceError, LayerError, ToolMissingError
+from .errors import CompositorError, HostSpaceError, LayerError, ScratchFull, ToolMissingError
 from .evict import ArtifactHold, hold_artifact
 from .ext4 import build_ext4_disk
 from .identity import DiskIdentity, KeyIdentity, build_epoch
@@ -27,7 +27,6 @@ from .ntfs import build_ntfs_disk
 from .progress import Reporter
 from .publish_layer import write_publish_layer
 from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec, LayerSource, ProgressCallback
-from .sweep import BUILD_PREFIX, owner_prefix
 from .tarlayer import extract_tar_layer
 from .threads import in_thread, settle
 from .tools import required_tools
@@ -35,16 +34,21 @@ from .tools import required_tools
 DiskBuilder = Callable[..., Awaitable[None]]
 #: filesystem -> builder(staging, meta, raw, work, size_gib, identity, cancel, report)
 FILESYSTEM_BUILDERS: dict[str, DiskBuilder] = {"ext4": build_ext4_disk, "ntfs": build_ntfs_disk}
+#: the raw disk's name in a work folder in RAM
+RAW_NAME = "disk.img"
 
 
 async def build_image(
     spec: ImageSpec, *, work_dir: Path, cache_dir: Path,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | None = None, ram_scratch: bool = True,
+    ram_dir: Path | None = None,
 ) -> BuiltImage:
     """Composite the spec's layers into a disk image of spec.format (or reuse the cached one).
 
-    Temporary files live in a fresh directory under work_dir and are removed afterwards, also
-    on failure and cancellation; child processes are killed when the task is cancelled.
+    Temporary files live in a fresh directory, in RAM when the layers fit (compositor.scratch;
+    ``ram_scratch=False`` never, ``ram_dir`` a tmpfs folder other than /dev/shm), else under
+    work_dir, and are removed afterwards, also on failure and cancellation; child processes are
+    killed when the task is cancelled.
     """
     validate(spec)
     report = Reporter(progress)
@@ -56,8 +60,22 @@ async def build_image(
             report.stage("reusing the cached image", 1.0)
             return hit
     _check_tools(spec)
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=owner_prefix(BUILD_PREFIX), dir=work_dir))
+    try:
+        return await _build(spec, Path(work_dir), cache, remembered, report,
+                            ram_dir if ram_scratch else None, ram_scratch)
+    except ScratchFull:
+        report.stage("the layers are larger than the memory set aside: building on disk", 0.0)
+        return await _build(spec, Path(work_dir), cache, remembered, report, None, False)
+
+
+async def _build(
+    spec: ImageSpec, work_dir: Path, cache: Cache, remembered: dict[str, str] | None,
+    report: Reporter, ram_dir: Path | None, use_ram: bool,
+) -> BuiltImage:
+    place = await asyncio.to_thread(
+        scratch.choose, work_dir, spec.layers, spec.size_gib << 30, ram_dir=ram_dir,
+        use_ram=use_ram)
+    work = place.work
     cancel = threading.Event()
     temps: list[Path] = []
     holds: list[ArtifactHold] = []
@@ -69,8 +87,9 @@ async def build_image(
         else:
             # Unknown layers: hash them while extracting, so a miss costs no extra pass.
             report.stage("computing layer digests", 0.0)
-            preparing = asyncio.ensure_future(_prepare_layers(spec, work, cancel, report))
-            digests = await _digests(spec, Path(cache_dir), cancel)
+            preparing = asyncio.ensure_future(_prepare_layers(spec, work, cancel, report,
+                                                              place.ram_limit))
+            digests = await _digests(spec, cache.root, cancel)
         key = image_key(spec, digests)
         if (hit := cache.lookup(key, spec.format, digests)) is not None:
             report.stage("reusing the cached image", 1.0)
@@ -82,21 +101,30 @@ async def build_image(
             holds.append(raw_hold)
             await asyncio.to_thread(cache.touch, raw)
         else:
-            raw_tmp = cache.new_temp(".img")
+            # In RAM, the raw disk is only a step towards the artifact: not kept in the cache
+            # (writing it to disk would cost as much as the artifact itself).
+            keep_raw = not place.in_ram or spec.format == "raw"
+            raw_tmp = cache.new_temp(".img") if keep_raw else work / RAW_NAME
             temps.append(raw_tmp)
             if preparing is None:
-                preparing = asyncio.ensure_future(_prepare_layers(spec, work, cancel, report))
+                preparing = asyncio.ensure_future(_prepare_layers(spec, work, cancel, report,
+                                                                  place.ram_limit))
             trees = await preparing
-            await _build_raw(spec, trees, work, raw_tmp, raw.stem, cancel, report)
-            holds.append(hold_artifact(raw_tmp))
-            cache.publish(raw_tmp, raw)
+            await _build_raw(spec, trees, work, raw_tmp, raw_key(spec, digests), cancel, report)
+            if keep_raw:
+                holds.append(hold_artifact(raw_tmp))
+                cache.publish(raw_tmp, raw)
+            else:
+                raw = raw_tmp
             # The staging files are not needed any more: delete them while converting.
-            sweeping = asyncio.ensure_future(asyncio.to_thread(_empty_dir, work))
+            staging = [child for child in work.iterdir() if child != raw]
+            sweeping = asyncio.ensure_future(asyncio.to_thread(_remove_all, staging))
         report.stage(f"converting to {spec.format}", 0.8)
         out_tmp = cache.new_temp("." + FORMAT_EXTENSIONS[spec.format])
         temps.append(out_tmp)
         span = report.span(f"converting to {spec.format}", 0.8, 0.99)
-        virtual = await converter.convert(raw, spec.format, out_tmp, span, KeyIdentity(raw.stem))
+        virtual = await converter.convert(raw, spec.format, out_tmp, span,
+                                          KeyIdentity(raw_key(spec, digests)))
         final = await asyncio.to_thread(cache.store_artifact, out_tmp, key, spec.format, virtual)
         report.stage("done", 1.0)
         return BuiltImage(
@@ -106,10 +134,16 @@ async def build_image(
         )
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise HostSpaceError(Path(exc.filename).parent if exc.filename else Path(work_dir),
-                                 "compositing") from exc
+            folder = Path(exc.filename).parent if exc.filename else work_dir
+            if place.in_ram and folder.is_relative_to(work):
+                raise ScratchFull() from exc
+            raise HostSpaceError(folder, "compositing") from exc
         where = f" ({exc.filename})" if exc.filename else ""
         raise CompositorError(f"building the image failed: {exc.strerror or exc}{where}") from exc
+    except HostSpaceError as exc:
+        if place.in_ram and exc.folder.is_relative_to(work):
+            raise ScratchFull() from exc
+        raise
     finally:
         for hold in holds:
             hold.release()
@@ -118,6 +152,7 @@ async def build_image(
             if pending is not None:
                 await settle(pending, cancel=True)
         await _cleanup(work, temps)
+        place.release()
 
 
 def cache_lookup(spec: ImageSpec, *, cache_dir: Path) -> BuiltImage | None:
@@ -182,12 +217,14 @@ def _remembered_digests(spec: ImageSpec, cache_dir: Path) -> dict[str, str] | No
 
 
 async def _prepare_layers(
-    spec: ImageSpec, work: Path, cancel: threading.Event, report: Reporter
+    spec: ImageSpec, work: Path, cancel: threading.Event, report: Reporter,
+    ram_limit: int | None = None,
 ) -> list[LayerTree]:
     """Extract tar layers (two at a time) and scan directory layers, all charged to one
-    budget: the disk's size (compositor.budget)."""
+    budget: the disk's size (compositor.budget), and ``ram_limit`` when work is in RAM."""
     count = len(spec.layers)
     budget = SpaceBudget.for_disk(spec.filesystem, spec.size_gib)
+    budget.ram_limit = ram_limit
     budget.watch_host(work)
     slots = asyncio.Semaphore(max(1, min(2, os.cpu_count() or 1)))
     done = 0
@@ -242,8 +279,8 @@ def _hold_cached(path: Path) -> ArtifactHold | None:
         return None
 
 
-def _empty_dir(folder: Path) -> None:
-    for child in folder.iterdir():
+def _remove_all(paths: list[Path]) -> None:
+    for child in paths:
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child, ignore_errors=True)
         else:

@@ -136,7 +136,10 @@ async def _gce_tar(raw: Path, out: Path, size: int, on_fraction: Fraction) -> in
             reported[0] = percent
             loop.call_soon_threadsafe(on_fraction, percent / 100)
 
-    folder = out.parent / (out.name + ".d")
+    # tar names the member after the file it reads: a link named disk.raw, next to out, or
+    # next to the raw disk when that is on another filesystem (a work folder in RAM)
+    same_fs = os.stat(raw.parent).st_dev == os.stat(out.parent).st_dev
+    folder = (out.parent if same_fs else raw.parent) / (out.name + ".d")
     folder.mkdir()
     try:
         await asyncio.to_thread(os.link, raw, folder / "disk.raw")

@@ -123,6 +123,11 @@ class HostSpaceError(CompositorError):
         self.folder = folder
 
 
+class ScratchFull(Exception):
+    """The layers unpack to more than the RAM scratch reserved for them (compositor.scratch):
+    not an error of the build, which starts again on disk."""
+
+
 def free_bytes(folder: Path) -> int:
     try:
         return shutil.disk_usage(folder).free

@@ -120,14 +120,17 @@ def _plain(value: Any) -> bool:
 # ------------------------------------------------------------------ the parent's side
 async def build_image_isolated(
     spec: ImageSpec, *, work_dir: Path, cache_dir: Path,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | None = None, ram_scratch: bool = True,
+    ram_dir: Path | None = None,
 ) -> BuiltImage:
     """compositor.build_image(spec, ...) run by a child process; same result and errors.
 
     ``progress`` is called from the event loop (build_image also calls it from threads).
     """
     result = await _in_child({"op": "build_image", "spec": spec_to_json(spec),
-                              "work_dir": os.fspath(work_dir), "cache_dir": os.fspath(cache_dir)},
+                              "work_dir": os.fspath(work_dir), "cache_dir": os.fspath(cache_dir),
+                              "ram_scratch": ram_scratch,
+                              "ram_dir": os.fspath(ram_dir) if ram_dir else None},
                              progress)
     return built_from_json(result)
 

@@ -19,6 +19,7 @@ and UNIX modes in the layers' metadata do not apply to NTFS.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import threading
@@ -136,13 +137,25 @@ def copy_sparse(src: Path, dest: Path, offset: int, cancel: threading.Event) -> 
     """Copy src's data ranges (holes skipped) into dest starting at byte offset."""
     from .layertree import check_cancel
 
+    in_kernel = True  # copy_file_range, until it refuses (two filesystems: RAM and disk)
     with open(src, "rb") as fin, open(dest, "r+b") as fout:
         for start, end in data_extents(fin.fileno(), os.fstat(fin.fileno()).st_size):
             pos = start
             while pos < end:
                 check_cancel(cancel)
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), min(_COPY_CHUNK, end - pos),
-                                       pos, offset + pos)
+                count = min(_COPY_CHUNK, end - pos)
+                if in_kernel:
+                    try:
+                        n = os.copy_file_range(fin.fileno(), fout.fileno(), count, pos,
+                                               offset + pos)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+                                             errno.EOPNOTSUPP):
+                            raise
+                        in_kernel = False
+                        continue
+                else:
+                    n = os.pwrite(fout.fileno(), os.pread(fin.fileno(), count, pos), offset + pos)
                 if n == 0:
                     raise OSError(5, f"unexpected end of {src}")
                 pos += n

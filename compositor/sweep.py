@@ -26,6 +26,8 @@ from pathlib import Path
 BUILD_PREFIX = "layerbot-build-"
 CACHE_TEMP_PREFIX = "tmp-"
 DIGEST_TEMP_PREFIX = ".tmp-"
+#: a RAM scratch reservation (compositor.scratch), next to the build folders in RAM
+RESERVE_PREFIX = "reserve-"
 #: how old an entry of an unknown or remote owner must be before it is swept
 STALE_AFTER = 24 * 3600
 
@@ -43,13 +45,17 @@ def owner_prefix(prefix: str) -> str:
     return f"{prefix}{host_name()}-{os.getpid()}-"
 
 
-def sweep_stale(work_dir: Path, cache_dir: Path, *, now: float | None = None) -> list[Path]:
-    """Remove the work directories and cache temp files of builds whose process is gone;
-    return what was removed. Missing directories are fine."""
+def sweep_stale(work_dir: Path, cache_dir: Path, *, now: float | None = None,
+                ram_root: Path | None = None) -> list[Path]:
+    """Remove the work directories and cache temp files of builds whose process is gone (and
+    their work directories and reservations in ``ram_root``, the RAM scratch); return what was
+    removed. Missing directories are fine."""
     now = time.time() if now is None else now
     host = host_name()
     candidates = [
         *_entries(Path(work_dir), BUILD_PREFIX),
+        *(_entries(ram_root, BUILD_PREFIX) + _entries(ram_root, RESERVE_PREFIX)
+          if ram_root is not None else []),
         # every entry of tmp/ is a temp file; older versions named them tmp<random><suffix>
         *((path, rest.removeprefix(CACHE_TEMP_PREFIX))
           for path, rest in _entries(Path(cache_dir) / "tmp", "")),
@@ -66,6 +72,18 @@ def sweep_stale(work_dir: Path, cache_dir: Path, *, now: float | None = None) ->
         if _remove(path):
             removed.append(path)
     return removed
+
+
+def reserved_by_live_builds(folder: Path, prefix: str) -> int:
+    """The sum of the byte counts in folder's ``<prefix><owner>`` files whose owner lives."""
+    now, host, total = time.time(), host_name(), 0
+    for path, owned_part in _entries(folder, prefix):
+        try:
+            if not _stale(owned_part, path.lstat().st_mtime, host, now):
+                total += int(path.read_text() or 0)
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 def _entries(folder: Path, prefix: str) -> list[tuple[Path, str]]:

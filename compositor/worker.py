@@ -71,7 +71,8 @@ async def serve(request: dict[str, Any], channel: Channel) -> None:
 async def _build_image(request: dict[str, Any], channel: Channel) -> Any:
     built = await build_image(
         spec_from_json(request["spec"]), work_dir=request["work_dir"],
-        cache_dir=request["cache_dir"],
+        cache_dir=request["cache_dir"], ram_scratch=request.get("ram_scratch", True),
+        ram_dir=Path(request["ram_dir"]) if request.get("ram_dir") else None,
         progress=lambda note, fraction: channel.send({"progress": [note, fraction]}))
     return built_to_json(built)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import tarfile
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +15,32 @@ import pytest
 
 from bot.catalog import Catalog, load_catalog
 from bot.store.task_store import TaskStore
+from compositor import scratch
 from tests.azure.azurite import Azurite, AzuriteUnavailable, start_azurite
+
+
+@pytest.fixture(autouse=True)
+def ram_scratch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path | None]:
+    """Each test's builds work in a tmpfs folder of their own (the compositor's child processes
+    inherit it through the environment); compositor tests then check that nothing was left
+    there. None where this machine has no writable tmpfs: builds then work on disk."""
+    base = next((d for d in scratch.DEFAULT_RAM_DIRS if os.access(d, os.W_OK)), None)
+    folder = Path(tempfile.mkdtemp(prefix="layerbot-test-", dir=base)) if base else None
+    if folder is None or scratch.ram_root(folder) is None:
+        if folder is not None:
+            shutil.rmtree(folder)
+        monkeypatch.setenv(scratch.ENV_VAR, "off")
+        yield None
+        return
+    monkeypatch.setenv(scratch.ENV_VAR, str(folder))
+    try:
+        yield folder
+        if "tests/compositor/" in str(request.node.path):
+            root = scratch.ram_root(folder)
+            assert root is not None
+            assert sorted(os.listdir(root)) in ([], [".lock"]), "a build left files in RAM"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_tar(path: Path, members: dict[str, bytes | None], *, compression: str = "") -> Path:

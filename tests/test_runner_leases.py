@@ -43,7 +43,8 @@ class Probe:
 
 def _runner(store: TaskStore, tmp_path: Path, probe: Probe) -> JobRunner:
     catalog: Any = types.SimpleNamespace(runner=types.SimpleNamespace(
-        max_parallel=2, lease_seconds=LEASE, max_attempts=100, work_dir=tmp_path, cache_dir=tmp_path))
+        max_parallel=2, lease_seconds=LEASE, max_attempts=100, work_dir=tmp_path, cache_dir=tmp_path,
+        ram_scratch=False, ram_scratch_dir=None))
     runner = JobRunner(store, catalog, poll_interval=0.05)
     runner._run_job = probe.run_job  # type: ignore[method-assign]
     return runner

@@ -37,6 +37,7 @@ from bot.store.states import EventKind
 from bot.store.wakeups import CANCEL_NOTICE, TASKS_CHANNEL, wait_or_timeout
 from compositor import CompositorError, sweep_stale
 from compositor.errors import LayerError
+from compositor.scratch import ram_root
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,10 @@ class JobRunner:
                   until_done: bool = False) -> None:
         """Claim and work tasks until ``stop`` is set, or (``until_done``) until every
         task in ``only`` is finished."""
+        settings = self.catalog.runner
         swept = await asyncio.to_thread(
-            sweep_stale, self.catalog.runner.work_dir, self.catalog.runner.cache_dir)
+            sweep_stale, settings.work_dir, settings.cache_dir,
+            ram_root=ram_root(settings.ram_scratch_dir) if settings.ram_scratch else None)
         if swept:
             log.info("removed %d files left by runners that died: %s", len(swept), swept)
         keeper = asyncio.create_task(self._keep_leases(), name="leases")

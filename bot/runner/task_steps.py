@@ -179,6 +179,8 @@ class ComposeStep:
                     work_dir=job.catalog.runner.work_dir,
                     cache_dir=job.catalog.runner.cache_dir,
                     progress=on_progress,
+                    ram_scratch=job.catalog.runner.ram_scratch,
+                    ram_dir=job.catalog.runner.ram_scratch_dir,
                 )
                 try:
                     job.artifact_hold = await hold_artifact_async(built.path)

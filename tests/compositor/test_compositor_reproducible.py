@@ -49,9 +49,11 @@ def _spec(layers: tuple[LayerSource, ...]) -> ImageSpec:
 
 
 async def _build_twice(spec: ImageSpec, tmp_path: Path) -> tuple[BuiltImage, BuiltImage]:
-    first = await build_image(spec, work_dir=tmp_path / "work1", cache_dir=tmp_path / "cache1")
+    first = await build_image(spec, work_dir=tmp_path / "work1", cache_dir=tmp_path / "cache1",
+                              ram_scratch=False)  # the raw disk is compared too
     time.sleep(1.1)  # every clock-derived second differs between the builds
-    second = await build_image(spec, work_dir=tmp_path / "work2", cache_dir=tmp_path / "cache2")
+    second = await build_image(spec, work_dir=tmp_path / "work2", cache_dir=tmp_path / "cache2",
+                               ram_scratch=False)
     assert not first.cache_hit and not second.cache_hit
     assert first.cache_key == second.cache_key
     return first, second
@@ -102,7 +104,8 @@ async def test_every_format_of_one_raw_disk_is_byte_identical_across_builds(tmp_
     for run in ("1", "2"):
         for fmt in CONVERTED:
             image = await build_image(dataclasses.replace(spec, format=fmt),  # type: ignore[arg-type]
-                                      work_dir=tmp_path / f"work{run}", cache_dir=tmp_path / f"cache{run}")
+                                      work_dir=tmp_path / f"work{run}", cache_dir=tmp_path / f"cache{run}",
+                                      ram_scratch=False)  # the raw disk is compared too
             assert not image.cache_hit
             built[fmt].append(image.path)
         time.sleep(1.1)  # every clock-derived second differs between the builds

@@ -123,7 +123,7 @@ async def test_disk_too_small_fails_early_with_numbers(
     assert "at least 2 GiB" in message
     assert info.value.needed_bytes >= mib << 20
     assert not list((tmp_path / "work").iterdir())
-    assert not list((tmp_path / "cache" / "tmp").iterdir())
+    assert not list((tmp_path / "cache" / "tmp").glob("*"))
 
 
 async def test_unknown_filesystem_not_supported(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from compositor import sweep_stale
-from compositor.sweep import STALE_AFTER, host_name
+from compositor import scratch, sweep_stale
+from compositor.sweep import RESERVE_PREFIX, STALE_AFTER, host_name
 
 from .layer_builder import directory, file, write_tar
 
@@ -45,23 +45,18 @@ def _leftovers(work: Path, cache: Path) -> list[Path]:
     return found + list((cache / "digests").glob(".tmp-*"))
 
 
-def test_sweep_removes_what_a_killed_build_left(tmp_path: Path) -> None:
-    layer = write_tar(tmp_path / "os.tar", [directory("etc"), file("etc/os-release", b"ID=t\n")])
-    work, cache = tmp_path / "work", tmp_path / "cache"
+def _killed_mid_build(layer: Path, work: Path, cache: Path, env: dict[str, str]) -> int:
+    """Run CHILD until its raw disk is written; check sweep_stale leaves the live build alone;
+    SIGKILL it. Returns its pid."""
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(layer), str(work), str(cache)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, **env},
     )
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
-        builds = list(work.glob("layerbot-build-*"))
-        temps = list((cache / "tmp").glob("*.img"))
-        assert len(builds) == 1 and len(temps) == 1  # mid-build: both exist
-        tag = f"{host_name()}-{child.pid}-"
-        assert builds[0].name.startswith("layerbot-build-" + tag)
-        assert temps[0].name.startswith("tmp-" + tag)
-        assert sweep_stale(work, cache) == []  # the owner is alive: nothing is touched
+        ram = scratch.ram_root(Path(env[scratch.ENV_VAR])) if env[scratch.ENV_VAR] != "off" else None
+        assert sweep_stale(work, cache, ram_root=ram) == []  # the owner is alive: nothing is touched
         child.send_signal(signal.SIGKILL)
         child.wait()
     finally:
@@ -70,10 +65,41 @@ def test_sweep_removes_what_a_killed_build_left(tmp_path: Path) -> None:
             child.wait()
         assert child.stdout is not None
         child.stdout.close()
-    assert _leftovers(work, cache)  # SIGKILL: the build could not clean up
+    return child.pid
+
+
+def test_sweep_removes_what_a_killed_build_left_on_disk(tmp_path: Path) -> None:
+    layer = write_tar(tmp_path / "os.tar", [directory("etc"), file("etc/os-release", b"ID=t\n")])
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    pid = _killed_mid_build(layer, work, cache, {scratch.ENV_VAR: "off"})
+    builds = list(work.glob("layerbot-build-*"))
+    temps = list((cache / "tmp").glob("*.img"))
+    assert len(builds) == 1 and len(temps) == 1  # SIGKILL: the build could not clean up
+    tag = f"{host_name()}-{pid}-"
+    assert builds[0].name.startswith("layerbot-build-" + tag)
+    assert temps[0].name.startswith("tmp-" + tag)
     removed = sweep_stale(work, cache)
     assert sorted(removed) == sorted(builds + temps)
     assert _leftovers(work, cache) == []
+
+
+def test_sweep_removes_what_a_killed_build_left_in_ram(tmp_path: Path, ram_scratch: Path | None) -> None:
+    if ram_scratch is None:
+        pytest.skip("this machine has no writable tmpfs")
+    layer = write_tar(tmp_path / "os.tar", [directory("etc"), file("etc/os-release", b"ID=t\n")])
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    _killed_mid_build(layer, work, cache, {scratch.ENV_VAR: str(ram_scratch)})
+    ram = scratch.ram_root(ram_scratch)
+    assert ram is not None
+    builds = list(ram.glob("layerbot-build-*"))
+    reservations = list(ram.glob(RESERVE_PREFIX + "*"))
+    assert len(builds) == 1 and len(reservations) == 1
+    assert (builds[0] / "disk.img").is_file()  # the raw disk was in RAM, not in the cache
+    assert not list((cache / "tmp").glob("*.img")) and not list(work.iterdir())
+    assert scratch.reserved_by_live_builds(ram, RESERVE_PREFIX) == 0  # a dead build's is ignored
+    removed = sweep_stale(work, cache, ram_root=ram)
+    assert sorted(removed) == sorted(builds + reservations)
+    assert sorted(os.listdir(ram)) == [".lock"]
 
 
 def test_sweep_keeps_live_owners_and_fresh_foreign_entries(tmp_path: Path) -> None:

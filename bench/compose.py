@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true",
                         help="also build 1, 2, 4, 8 templates at once and 4/8/32 GiB disks")
     parser.add_argument("--scale-only", action="store_true", help="only the --scale cases")
-    parser.add_argument("--scale-mib", type=int, default=128, help="layer data per template")
+    parser.add_argument("--scale-mib", type=int, default=256, help="layer data per template")
     parser.add_argument("--tmp", type=Path, default=None, help="where to generate the data")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args()

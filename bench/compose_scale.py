@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from host_load import Load, block_device, load_between, snapshot
 from layer_data import MIB, drop_caches, merged_bytes, plan_layers, write_layers
 from tree_rss import TreeRss
 
@@ -73,8 +74,7 @@ class Run:
     data_bytes: int
     wall: float
     cpu: float
-    host_busy: float
-    host_iowait: float
+    host: Load
     rss: TreeRss
     stages: dict[str, float]
     built: list[BuiltImage]
@@ -83,14 +83,6 @@ class Run:
     @property
     def mib_per_s(self) -> float:
         return self.data_bytes / MIB / self.wall
-
-
-def _host_cpu() -> tuple[int, int, int]:
-    """Total, busy and iowait jiffies of the whole host (other users' load included)."""
-    user, nice, system, idle, iowait, irq, softirq, steal = (
-        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
-    busy = user + nice + system + irq + softirq + steal
-    return busy + idle + iowait, busy, iowait
 
 
 def _children_cpu() -> float:
@@ -103,7 +95,8 @@ async def timed_group(label: str, specs: Sequence[ImageSpec], data_bytes: int, w
     """Build specs at once (page cache dropped first, ends with sync) and measure them."""
     drop_caches()
     clocks = [StageClock() for _ in specs]
-    cpu0, (total0, busy0, wait0) = _children_cpu(), _host_cpu()
+    device = block_device(cache.parent)
+    cpu0, host0 = _children_cpu(), snapshot(device)
     with TreeRss() as rss:
         started = time.perf_counter()
         for clock in clocks:
@@ -113,14 +106,13 @@ async def timed_group(label: str, specs: Sequence[ImageSpec], data_bytes: int, w
             for spec, clock in zip(specs, clocks, strict=True)))
         await asyncio.to_thread(os.sync)
         wall = time.perf_counter() - started
-    total1, busy1, wait1 = _host_cpu()
+    host = load_between(host0, snapshot(device), wall)
     stages: dict[str, float] = {}
     for clock in clocks:
         for key, seconds in clock.durations(started + wall).items():
             stages[key] = stages.get(key, 0.0) + seconds / len(clocks)
-    jiffies = max(1, total1 - total0)
-    return Run(label, len(specs), data_bytes, wall, _children_cpu() - cpu0,
-               (busy1 - busy0) / jiffies, (wait1 - wait0) / jiffies, rss, stages, list(built))
+    return Run(label, len(specs), data_bytes, wall, _children_cpu() - cpu0, host, rss, stages,
+               list(built))
 
 
 def _generate(folder: Path, total: int, seed: int) -> tuple[tuple[LayerSource, ...], int]:
@@ -147,22 +139,19 @@ async def scale_case(scale_mib: int, tmp: Path) -> list[str]:
     base = runs[0].mib_per_s
     print(f"\n== {scale_mib} MiB templates built at once -> qcow2 (4 GiB), one shared cache, "
           f"{cpus} CPUs")
-    print(" n  wall s   MiB  MiB/s  speedup  eff.  cpu s  cpu/wall  host busy  iowait"
-          "  RSS sum MiB  per build  largest process")
+    print(" n  wall s   MiB  MiB/s  speedup  eff.  RSS sum MiB  per build  largest process")
     missed = []
     for run in runs:
         speedup = run.mib_per_s / base
-        eff = speedup / min(run.builds, cpus)
-        largest = run.rss.peak_process
         sum_mib = run.rss.peak_total_kib / 1024
         print(f"{run.builds:2d} {run.wall:7.1f} {run.data_bytes / MIB:5.0f} {run.mib_per_s:6.1f}"
-              f" {speedup:7.2f}x {eff:5.2f} {run.cpu:6.1f} {run.cpu / run.wall:8.2f}"
-              f" {run.host_busy:9.0%} {run.host_iowait:7.0%} {sum_mib:12.0f}"
-              f" {sum_mib / run.builds:10.0f}  {largest.kib / 1024:.0f} MiB ({largest.name})")
+              f" {speedup:7.2f}x {speedup / min(run.builds, cpus):5.2f} {sum_mib:12.0f}"
+              f" {sum_mib / run.builds:10.0f}  {_largest(run.rss)}")
         if run.builds > 1 and speedup < MIN_SPEEDUP:
             missed.append(f"{run.builds} builds at once: speedup {speedup:.2f} < {MIN_SPEEDUP}")
     print(f"target: speedup >= {MIN_SPEEDUP} at every count (not slower than one after another);"
-          f" eff. = speedup / min(n, CPUs); cpu s = the builds' processes' CPU time")
+          " eff. = speedup / min(n, CPUs)")
+    print_resources(runs)
     print_stages("seconds per build and stage (mean), by builds at once", runs)
     return missed
 
@@ -178,21 +167,21 @@ async def disk_size_case(size_mib: int, tmp: Path) -> list[str]:
         cache = root / f"cache-{size_gib}"
         run = await timed_group(f"{size_gib} GiB", [spec], data, root / "work", cache)
         raws = list((cache / "raw").glob("*.img"))
-        run.note = f"{sum(_allocated(p) for p in raws) / MIB:.0f} MiB allocated"
+        run.note = f"{sum(_allocated(p) for p in raws) / MIB:.0f}"
         runs.append(run)
         shutil.rmtree(cache)
     print(f"\n== the same {data / MIB:.0f} MiB into larger (sparse) disks -> qcow2")
-    print(" disk GiB  wall s  MiB/s  qcow2 MiB  RSS sum MiB  largest process     raw file")
+    print(" disk GiB  wall s  MiB/s  qcow2 MiB  raw allocated MiB  RSS sum MiB  largest process")
     for size_gib, run in zip(DISK_SIZES_GIB, runs, strict=True):
-        largest = run.rss.peak_process
         print(f"{size_gib:9d} {run.wall:7.1f} {run.mib_per_s:6.1f}"
-              f" {run.built[0].file_size / MIB:10.0f} {run.rss.peak_total_kib / 1024:12.0f}"
-              f"  {largest.kib / 1024:4.0f} MiB {largest.name:9s} {run.note}")
+              f" {run.built[0].file_size / MIB:10.0f} {run.note:>18s}"
+              f" {run.rss.peak_total_kib / 1024:12.0f}  {_largest(run.rss)}")
     small, large = runs[0], runs[-1]
     time_ratio = large.wall / small.wall
     rss_ratio = large.rss.peak_total_kib / max(1, small.rss.peak_total_kib)
     print(f"{DISK_SIZES_GIB[-1]}/{DISK_SIZES_GIB[0]} GiB: time {time_ratio:.2f}x, "
           f"peak RSS {rss_ratio:.2f}x  (flat: both <= {FLAT_RATIO})")
+    print_resources(runs)
     print_stages("seconds per stage, by disk size", runs)
     missed = []
     if time_ratio > FLAT_RATIO:
@@ -204,6 +193,23 @@ async def disk_size_case(size_mib: int, tmp: Path) -> list[str]:
 
 def _allocated(path: Path) -> int:
     return path.stat().st_blocks * 512
+
+
+def _largest(rss: TreeRss) -> str:
+    return f"{rss.peak_process.kib / 1024:.0f} MiB ({rss.peak_process.name})"
+
+
+def print_resources(runs: Sequence[Run]) -> None:
+    """Where the time went: the builds' CPU, the host's CPU and disk, stalls (PSI), memory."""
+    print("-- resources (host-wide columns include other users' load)")
+    print("     run  cpu s  cpu/wall  host busy  iowait  disk read  written  disk busy"
+          "  cpu stall  io stall  RSS at peak, MiB")
+    for run in runs:
+        host = run.host
+        parts = ", ".join(f"{name} {kib / 1024:.0f}" for name, kib in run.rss.at_peak_by_name().items())
+        print(f"{run.label:>8s} {run.cpu:6.1f} {run.cpu / run.wall:9.2f} {host.cpu_busy:10.0%}"
+              f" {host.iowait:7.0%} {host.read_bytes / MIB:7.0f} M {host.written_bytes / MIB:6.0f} M"
+              f" {host.disk_busy:10.0%} {host.cpu_stall:10.0%} {host.io_stall:9.0%}  {parts}")
 
 
 def print_stages(title: str, runs: Sequence[Run]) -> None:

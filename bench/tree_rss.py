@@ -73,17 +73,28 @@ class TreeRss:
         self.samples = 0
         self.peak_total_kib = 0
         self.peak_process = ProcessRss(0, "-", 0)
+        #: the processes sampled when the sum peaked
+        self.at_peak: list[ProcessRss] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-rss", daemon=True)
 
     def sample(self) -> None:
         pids = descendants(self.root) + ([self.root] if self.include_root else [])
         found = [rss for rss in map(process_rss, pids) if rss is not None]
-        self.peak_total_kib = max(self.peak_total_kib, sum(rss.kib for rss in found))
+        total = sum(rss.kib for rss in found)
+        if total > self.peak_total_kib or not self.samples:
+            self.peak_total_kib, self.at_peak = total, found
         for rss in found:
             if rss.kib > self.peak_process.kib:
                 self.peak_process = rss
         self.samples += 1
+
+    def at_peak_by_name(self) -> dict[str, int]:
+        """KiB per process name at the peak, largest first."""
+        sums: dict[str, int] = {}
+        for rss in self.at_peak:
+            sums[rss.name] = sums.get(rss.name, 0) + rss.kib
+        return dict(sorted(sums.items(), key=lambda item: -item[1]))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -34,6 +34,7 @@ def test_the_peak_is_the_sum_over_children_and_grandchildren() -> None:
     assert alone is not None and alone.kib >= HOLD_KIB and alone.name.startswith("python")
     assert rss.peak_total_kib >= 2 * HOLD_KIB
     assert HOLD_KIB <= rss.peak_process.kib < 2 * HOLD_KIB
+    assert sum(rss.at_peak_by_name().values()) == rss.peak_total_kib
     assert rss.samples >= 3  # entering, the explicit one, leaving
 
 

@@ -74,6 +74,8 @@ class Run:
     data_bytes: int
     wall: float
     cpu: float
+    #: of which in the kernel (system time)
+    cpu_sys: float
     host: Load
     rss: TreeRss
     stages: dict[str, float]
@@ -85,9 +87,10 @@ class Run:
         return self.data_bytes / MIB / self.wall
 
 
-def _children_cpu() -> float:
+def _children_cpu() -> tuple[float, float]:
+    """User and system seconds of the ended child processes (and their waited-for children)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime, usage.ru_stime
 
 
 async def timed_group(label: str, specs: Sequence[ImageSpec], data_bytes: int, work: Path,
@@ -111,7 +114,8 @@ async def timed_group(label: str, specs: Sequence[ImageSpec], data_bytes: int, w
     for clock in clocks:
         for key, seconds in clock.durations(started + wall).items():
             stages[key] = stages.get(key, 0.0) + seconds / len(clocks)
-    return Run(label, len(specs), data_bytes, wall, _children_cpu() - cpu0, host, rss, stages,
+    user, system = (after - before for after, before in zip(_children_cpu(), cpu0, strict=True))
+    return Run(label, len(specs), data_bytes, wall, user + system, system, host, rss, stages,
                list(built))
 
 
@@ -202,12 +206,13 @@ def _largest(rss: TreeRss) -> str:
 def print_resources(runs: Sequence[Run]) -> None:
     """Where the time went: the builds' CPU, the host's CPU and disk, stalls (PSI), memory."""
     print("-- resources (host-wide columns include other users' load)")
-    print("     run  cpu s  cpu/wall  host busy  iowait  disk read  written  disk busy"
+    print("     run  cpu s  sys  cpu/wall  host busy  iowait  disk read  written  disk busy"
           "  cpu stall  io stall  RSS at peak, MiB")
     for run in runs:
         host = run.host
         parts = ", ".join(f"{name} {kib / 1024:.0f}" for name, kib in run.rss.at_peak_by_name().items())
-        print(f"{run.label:>8s} {run.cpu:6.1f} {run.cpu / run.wall:9.2f} {host.cpu_busy:10.0%}"
+        print(f"{run.label:>8s} {run.cpu:6.1f} {run.cpu_sys / run.cpu:4.0%} {run.cpu / run.wall:9.2f}"
+              f" {host.cpu_busy:10.0%}"
               f" {host.iowait:7.0%} {host.read_bytes / MIB:7.0f} M {host.written_bytes / MIB:6.0f} M"
               f" {host.disk_busy:10.0%} {host.cpu_stall:10.0%} {host.io_stall:9.0%}  {parts}")
 

@@ -2,128 +2,45 @@
 
     .venv/bin/python bench/compose.py                 # full size (about 1 GiB, 18,000-entry dir)
     .venv/bin/python bench/compose.py --size-mib 64 --bigdir-entries 3000   # quick smoke run
+    .venv/bin/python bench/compose.py --scale-only    # 1/2/4/8 builds at once; 4, 8, 32 GiB disks
+    .venv/bin/python bench/compose.py --scale-only --scale-mib 16 --size-mib 64  # its smoke run
 
 Prints the composite time and its throughput as a ratio to `cp -a` of the merged tree on the
 same disk (both end with sync; page cache dropped first when running as root), the cache-hit
 republish time, peak RSS of this process and of its children, and the big-directory case.
+With --scale (bench/compose_scale.py), also the scaling curve and the disk-size flatness.
+Exits 1 when a target the cases check is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
-import io
 import os
 import random
 import resource
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from compose_scale import disk_size_case, scale_case
+from layer_data import (
+    MIB,
+    FileSpec,
+    drop_caches,
+    plan_layers,
+    tree_bytes,
+    write_dir_layer,
+    write_layers,
+    write_tar_layer,
+)
+
 from compositor import ImageSpec, LayerSource, build_image
-
-MIB = 1 << 20
-_NOISE = random.Random(7).randbytes(4 * MIB)
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    path: str
-    size: int
-    seed: int
-
-
-def _data(spec: FileSpec) -> bytes:
-    start = spec.seed % (len(_NOISE) - 1)
-    out = bytearray()
-    while len(out) < spec.size:
-        out += _NOISE[start : start + spec.size - len(out)]
-        start = 0
-    return bytes(out)
-
-
-def _sizes(total: int, rng: random.Random) -> Iterator[int]:
-    """File sizes from 256 B to 1 MiB, log-uniform: about 14,000 files per GiB."""
-    left = total
-    while left > 0:
-        size = min(left, int(2 ** rng.uniform(8, 20)))
-        left -= size
-        yield size
-
-
-def plan_layers(total: int) -> list[tuple[str, str, list[FileSpec]]]:
-    """Five layers: os 40 %, three apps 15 % each, platform 15 %; later layers replace a few
-    files of earlier ones."""
-    rng = random.Random(1)
-    shares = [("os", "os", 0.40), ("app1", "app", 0.15), ("app2", "app", 0.15),
-              ("app3", "app", 0.15), ("platform", "platform", 0.15)]
-    layers = []
-    earlier: list[str] = []
-    for name, kind, share in shares:
-        files = []
-        for i, size in enumerate(_sizes(int(total * share), rng)):
-            folder = f"{name}/d{i // 400:03d}/s{i % 20:02d}"
-            files.append(FileSpec(f"usr/{folder}/f{i:06d}", size, rng.randrange(1 << 30)))
-        for path in rng.sample(earlier, min(len(earlier), 50)):
-            files.append(FileSpec(path, 4096, rng.randrange(1 << 30)))  # overrides
-        earlier += [f.path for f in files if f.size < 65536]
-        layers.append((name, kind, files))
-    return layers
-
-
-def write_tar_layer(path: Path, files: list[FileSpec], compress: str) -> None:
-    raw = open(path, "wb")  # noqa: SIM115 - closed below, after the compressor
-    sink: BinaryIO = raw
-    if compress == "zst":
-        sink = zstandard.ZstdCompressor(level=1).stream_writer(raw)  # type: ignore[assignment]
-    elif compress == "gz":
-        sink = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1)  # type: ignore[assignment]
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-        dirs: set[str] = set()
-        for spec in files:
-            parts = spec.path.split("/")
-            for i in range(1, len(parts)):
-                folder = "/".join(parts[:i])
-                if folder not in dirs:
-                    dirs.add(folder)
-                    info = tarfile.TarInfo(folder)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
-                    tar.addfile(info)
-            info = tarfile.TarInfo(spec.path)
-            info.size, info.mode, info.mtime = spec.size, 0o644, 1_700_000_000
-            tar.addfile(info, io.BytesIO(_data(spec)))
-    sink.close()
-    if sink is not raw:
-        raw.close()
-
-
-def write_dir_layer(root: Path, files: list[FileSpec]) -> None:
-    for spec in files:
-        path = root / spec.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_data(spec))
-        os.utime(path, (1_700_000_000, 1_700_000_000))
-
-
-def drop_caches() -> bool:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def timed_cp(src: Path, dst: Path) -> float:
@@ -144,31 +61,13 @@ async def timed_build(spec: ImageSpec, work: Path, cache: Path) -> tuple[float, 
     return time.perf_counter() - started, built
 
 
-def tree_bytes(root: Path) -> int:
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-
-
 async def main_case(args: argparse.Namespace, tmp: Path) -> None:
-    total = args.size_mib * MIB
-    layers_dir = tmp / "layers"
-    layers_dir.mkdir()
     merged = tmp / "merged"
-    sources = []
     print(f"generating ~{args.size_mib} MiB across 5 layers in {tmp} ...", flush=True)
-    formats = {"os": "zst", "app1": "", "app2": "dir", "app3": "gz", "platform": ""}
-    for name, kind, files in plan_layers(total):
-        fmt = formats[name]
-        if fmt == "dir":
-            source = layers_dir / name
-            write_dir_layer(source, files)
-        else:
-            source = layers_dir / (f"{name}.tar" + (f".{fmt}" if fmt else ""))
-            write_tar_layer(source, files, fmt)
-        write_dir_layer(merged, files)  # the reference merged tree for cp -a
-        sources.append(LayerSource(name, kind, source))  # type: ignore[arg-type]
+    sources = write_layers(tmp / "layers", plan_layers(args.size_mib * MIB), merged)
     size = tree_bytes(merged)
     files = sum(1 for _ in merged.rglob("*"))
-    spec = ImageSpec(layers=tuple(sources), size_gib=args.disk_gib, format="qcow2")
+    spec = ImageSpec(layers=sources, size_gib=args.disk_gib, format="qcow2")
     cp_s = timed_cp(merged, tmp / "cp-copy")
     build_s, built = await timed_build(spec, tmp / "work", tmp / "cache")
     started = time.perf_counter()
@@ -226,19 +125,32 @@ def main() -> None:
     parser.add_argument("--no-bigdir", action="store_true", help="skip the big-directory case")
     parser.add_argument("--compare-mke2fs", action="store_true",
                         help="also time plain mke2fs -d on the big directory (slow)")
+    parser.add_argument("--scale", action="store_true",
+                        help="also build 1, 2, 4, 8 templates at once and 4/8/32 GiB disks")
+    parser.add_argument("--scale-only", action="store_true", help="only the --scale cases")
+    parser.add_argument("--scale-mib", type=int, default=256, help="layer data per template")
     parser.add_argument("--tmp", type=Path, default=None, help="where to generate the data")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="layerbot-bench-", dir=args.tmp))
+    missed: list[str] = []
     try:
         print(f"page cache dropped before each timed run: {drop_caches()}")
-        asyncio.run(main_case(args, tmp))
-        if not args.no_bigdir:
-            asyncio.run(bigdir_case(args, tmp))
-        peak_rss()
+        if not args.scale_only:
+            asyncio.run(main_case(args, tmp))
+            if not args.no_bigdir:
+                asyncio.run(bigdir_case(args, tmp))
+            peak_rss()
+        if args.scale or args.scale_only:
+            missed += asyncio.run(scale_case(args.scale_mib, tmp))
+            missed += asyncio.run(disk_size_case(args.size_mib, tmp))
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+    for target in missed:
+        print(f"MISSED: {target}")
+    if missed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

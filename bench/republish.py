@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import os
 import shutil
 import sys
@@ -73,23 +74,32 @@ def restore_layer(layers: Layers) -> None:
     write_tar_layer(Path(source.source), layers.files[CHANGED], FORMATS[CHANGED])
 
 
-async def timed_build(spec: ImageSpec, work: Path, cache: Path) -> float:
+async def timed_build(spec: ImageSpec, work: Path, cache: Path, stages: bool) -> float:
     drop_caches()
+    marks: list[tuple[float, str]] = []
     started = time.perf_counter()
-    built = await build_image(spec, work_dir=work, cache_dir=cache)
+    built = await build_image(spec, work_dir=work, cache_dir=cache,
+                              progress=lambda note, _: marks.append((time.perf_counter(), note)))
     os.sync()
     elapsed = time.perf_counter() - started
     assert not built.cache_hit
+    if stages:
+        marks.append((started + elapsed, "end"))
+        spent: dict[str, float] = {}
+        for (at, note), (later, _) in itertools.pairwise(marks):
+            stage = note.split(" (")[0].split(" layer ")[0]
+            spent[stage] = spent.get(stage, 0.0) + later - at
+        print("   " + ", ".join(f"{stage} {s:.1f}s" for stage, s in spent.items() if s >= 0.05))
     return elapsed
 
 
 async def run_mode(layers: Layers, spec: ImageSpec, work: Path, cache: Path,
-                   layer_cache: bool) -> tuple[float, float]:
+                   layer_cache: bool, stages: bool) -> tuple[float, float]:
     os.environ[ENABLE_ENV] = "1" if layer_cache else "0"
     restore_layer(layers)
-    cold = await timed_build(spec, work, cache)
+    cold = await timed_build(spec, work, cache, stages)
     change_layer(layers)
-    republish = await timed_build(spec, work, cache)
+    republish = await timed_build(spec, work, cache, stages)
     shutil.rmtree(cache)
     return cold, republish
 
@@ -102,7 +112,8 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> bool:
     try:
         results = {}
         for layer_cache in (False, True):
-            results[layer_cache] = await run_mode(layers, spec, work, tmp / "cache", layer_cache)
+            results[layer_cache] = await run_mode(layers, spec, work, tmp / "cache", layer_cache,
+                                                  args.stages)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     share = layers.changed_bytes / layers.total_bytes
@@ -128,6 +139,7 @@ def main() -> None:
     parser.add_argument("--disk-gib", type=int, default=4, help="virtual disk size")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="the builds' work_dir (e.g. /dev/shm); default: next to the cache")
+    parser.add_argument("--stages", action="store_true", help="print each build's stage times")
     parser.add_argument("--tmp", type=Path, default=None, help="where to generate the data")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="layerbot-republish-", dir=args.tmp))

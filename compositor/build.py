@@ -8,7 +8,7 @@ import functools
 import os
 import shutil
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from . import convert as converter
@@ -21,6 +21,7 @@ from .errors import CompositorError, HostSpaceError, LayerError, ScratchFull, To
 from .evict import ArtifactHold, hold_artifact
 from .ext4 import build_ext4_disk
 from .identity import DiskIdentity, KeyIdentity, build_epoch
+from .layer_cache import TREE, LayerCache, layer_cache_enabled
 from .layertree import LayerTree
 from .merge import Merger
 from .ntfs import build_ntfs_disk
@@ -79,6 +80,8 @@ async def _build(
     cancel = threading.Event()
     temps: list[Path] = []
     holds: list[ArtifactHold] = []
+    layers = LayerCache(cache.root) if layer_cache_enabled() else None
+    hashing: list[asyncio.Future[str]] = []
     preparing: asyncio.Future[list[LayerTree]] | None = None
     sweeping: asyncio.Future[None] | None = None
     try:
@@ -87,9 +90,11 @@ async def _build(
         else:
             # Unknown layers: hash them while extracting, so a miss costs no extra pass.
             report.stage("computing layer digests", 0.0)
-            preparing = asyncio.ensure_future(_prepare_layers(spec, work, cancel, report,
-                                                              place.ram_limit))
-            digests = await _digests(spec, cache.root, cancel)
+            hashing = _hash_layers(spec, cache.root, cancel)
+            preparing = asyncio.ensure_future(_prepare_layers(
+                spec, work, cancel, report, layers, hashing, place.ram_limit))
+            results = await asyncio.gather(*hashing)
+            digests = {layer.name: d for layer, d in zip(spec.layers, results, strict=True)}
         key = image_key(spec, digests)
         if (hit := cache.lookup(key, spec.format, digests)) is not None:
             report.stage("reusing the cached image", 1.0)
@@ -107,10 +112,12 @@ async def _build(
             raw_tmp = cache.new_temp(".img") if keep_raw else work / RAW_NAME
             temps.append(raw_tmp)
             if preparing is None:
-                preparing = asyncio.ensure_future(_prepare_layers(spec, work, cancel, report,
-                                                                  place.ram_limit))
+                preparing = asyncio.ensure_future(_prepare_layers(
+                    spec, work, cancel, report, layers, _known(digests, spec), place.ram_limit))
             trees = await preparing
             await _build_raw(spec, trees, work, raw_tmp, raw_key(spec, digests), cancel, report)
+            if layers is not None:
+                layers.release()
             if keep_raw:
                 holds.append(hold_artifact(raw_tmp))
                 cache.publish(raw_tmp, raw)
@@ -148,10 +155,10 @@ async def _build(
         for hold in holds:
             hold.release()
         cancel.set()
-        for pending in (preparing, sweeping):
+        for pending in (preparing, sweeping, *hashing):
             if pending is not None:
                 await settle(pending, cancel=True)
-        await _cleanup(work, temps)
+        await _cleanup(work, temps, layers)
         place.release()
 
 
@@ -195,15 +202,22 @@ def _check_tools(spec: ImageSpec) -> None:
             raise ToolMissingError(tool.name, tool.package)
 
 
-async def _digests(
+def _hash_layers(
     spec: ImageSpec, cache_dir: Path, cancel: threading.Event
-) -> dict[str, str]:
-    results = await asyncio.gather(*(
-        in_thread(cancel, functools.partial(layer_digest, cache_dir=cache_dir, layer=layer.name),
-                  Path(layer.source))
-        for layer in spec.layers
-    ))
-    return {layer.name: digest for layer, digest in zip(spec.layers, results, strict=True)}
+) -> list[asyncio.Future[str]]:
+    """Each layer's digest, computed in its own thread (spec.layers' order)."""
+    return [asyncio.ensure_future(in_thread(
+        cancel, functools.partial(layer_digest, cache_dir=cache_dir, layer=layer.name),
+        Path(layer.source))) for layer in spec.layers]
+
+
+def _known(digests: Mapping[str, str], spec: ImageSpec) -> list[asyncio.Future[str]]:
+    out: list[asyncio.Future[str]] = []
+    for layer in spec.layers:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future.set_result(digests[layer.name])
+        out.append(future)
+    return out
 
 
 def _remembered_digests(spec: ImageSpec, cache_dir: Path) -> dict[str, str] | None:
@@ -218,10 +232,13 @@ def _remembered_digests(spec: ImageSpec, cache_dir: Path) -> dict[str, str] | No
 
 async def _prepare_layers(
     spec: ImageSpec, work: Path, cancel: threading.Event, report: Reporter,
+    layers: LayerCache | None, digests: Sequence[asyncio.Future[str]],
     ram_limit: int | None = None,
 ) -> list[LayerTree]:
     """Extract tar layers (two at a time) and scan directory layers, all charged to one
-    budget: the disk's size (compositor.budget), and ``ram_limit`` when work is in RAM."""
+    budget: the disk's size (compositor.budget), and ``ram_limit`` when work is in RAM. With a
+    layer cache, a tar layer whose digest is known and cached is reused, and one extracted is
+    stored there (by digests[i])."""
     count = len(spec.layers)
     budget = SpaceBudget.for_disk(spec.filesystem, spec.size_gib)
     budget.ram_limit = ram_limit
@@ -236,11 +253,13 @@ async def _prepare_layers(
                          0.05 + 0.4 * done / count)
             if Path(layer.source).is_dir():
                 tree = await in_thread(cancel, scan_dir_layer, layer, cancel, budget)
-            else:
+            elif layers is None:
                 dest = work / "layers" / str(index)
                 dest.mkdir(parents=True)
                 tree = await in_thread(cancel, extract_tar_layer, layer, dest, cancel, None,
                                        budget)
+            else:
+                tree = await _cached_tar_layer(layer, layers, digests[index], cancel, budget)
             done += 1
             return tree
 
@@ -251,6 +270,26 @@ async def _prepare_layers(
         cancel.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def _cached_tar_layer(
+    layer: LayerSource, layers: LayerCache, digest: asyncio.Future[str],
+    cancel: threading.Event, budget: SpaceBudget,
+) -> LayerTree:
+    """The layer's cached tree (held), else the layer extracted into the cache. A digest not
+    known yet (a new or changed layer) is not waited for: it is stored once extracted."""
+    if digest.done() and not digest.cancelled() and digest.exception() is None:
+        known: str | None = digest.result()
+    else:
+        known = await in_thread(cancel, functools.partial(
+            cached_digest, layer.source, cache_dir=layers.cache.root))
+    if known is not None:
+        tree = await in_thread(cancel, layers.open, known, layer, budget)
+        if tree is not None:
+            return tree
+    temp = await in_thread(cancel, layers.new_extraction)
+    tree = await in_thread(cancel, extract_tar_layer, layer, temp / TREE, cancel, None, budget)
+    return await in_thread(cancel, layers.store, await digest, temp, tree)
 
 
 async def _build_raw(
@@ -287,10 +326,12 @@ def _remove_all(paths: list[Path]) -> None:
             child.unlink(missing_ok=True)
 
 
-async def _cleanup(work: Path, temps: list[Path]) -> None:
+async def _cleanup(work: Path, temps: list[Path], layers: LayerCache | None) -> None:
     def remove() -> None:
         for tmp in temps:
             Cache.discard(tmp)
+        if layers is not None:
+            layers.close()
         shutil.rmtree(work, ignore_errors=True)
 
     task = asyncio.ensure_future(asyncio.to_thread(remove))

@@ -3,6 +3,7 @@
 Layout under cache_dir:
   images/<key>.<ext> + images/<key>.json   finished artifacts and their facts
   raw/<raw-key>.img                        the partitioned raw disk, shared by all formats
+  layers/<digest>/                         extracted tar layers (layer_cache.py)
   tmp/                                     in-flight files (same filesystem, so rename is atomic),
                                            named after their process (see sweep.py)
 """
@@ -13,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,6 +102,18 @@ class Cache:
         final = self.artifact(key, fmt)
         self.publish(tmp, final)
         return final
+
+    def retire(self, folder: Path) -> None:
+        """Remove a directory of the cache: first renamed into tmp/ (it vanishes at once, and
+        if this process dies while deleting it, sweep_stale finishes the job), then deleted."""
+        grave = Path(tempfile.mkdtemp(dir=self.temp_dir(), suffix=".gone",
+                                      prefix=owner_prefix(CACHE_TEMP_PREFIX)))
+        try:
+            os.rename(folder, grave)  # replaces the empty grave
+        except FileNotFoundError:
+            grave.rmdir()
+            return
+        shutil.rmtree(grave, ignore_errors=True)
 
     @staticmethod
     def touch(path: Path) -> None:

@@ -1,7 +1,9 @@
 """Keep the artifact cache under a size limit: the least recently used entries go first.
 
-An entry is a finished artifact (``images/<key>.<ext>`` with its ``<key>.json``) or a raw disk
-(``raw/<key>.img``); its last use is its mtime, which a cache hit renews. Sizes are the blocks
+An entry is a finished artifact (``images/<key>.<ext>`` with its ``<key>.json``), a raw disk
+(``raw/<key>.img``) or an extracted layer (``layers/<digest>/``, see layer_cache.py, whose
+``layer.json`` stands for it: its lock, its mtime, its recorded size); its last use is its
+mtime, which a cache hit renews. Sizes are the blocks
 a file really occupies (raw disks are sparse), and a hard-linked file (the ``raw`` format's
 artifact is the raw disk itself) is counted once, and freed only with its last name.
 
@@ -26,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cache import Cache
 from .errors import free_bytes
 
 #: entries used more recently than this are never evicted (seconds)
@@ -40,10 +43,14 @@ class CacheEntry:
     used: float
     #: bytes this entry's files occupy (a file shared with another entry counts in both)
     size: int
+    #: an extracted layer's directory, removed whole
+    folder: Path | None = None
 
     @property
     def kind(self) -> str:
         data = self.paths[0]
+        if self.folder is not None:
+            return "layer"
         return "raw disk" if data.parent.name == "raw" else data.name.split(".", 1)[-1]
 
 
@@ -198,18 +205,43 @@ def _scan(root: Path) -> list[CacheEntry]:
         used = max(st.st_mtime for _, st in files)
         size = sum(st.st_blocks * 512 for _, st in files)
         entries.append(CacheEntry(key, tuple(p for p, _ in files), used, size))
+    entries += _layer_entries(root)
     entries.sort(key=lambda e: e.used)
+    return entries
+
+
+def _layer_entries(root: Path) -> list[CacheEntry]:
+    from .layer_cache import FACTS, read_facts  # layer_cache holds its entries with this module
+
+    try:
+        names = os.listdir(root / "layers")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    entries = []
+    for name in names:
+        folder = root / "layers" / name
+        facts = read_facts(folder)
+        try:
+            used = (folder / FACTS).stat().st_mtime
+        except OSError:
+            continue  # not (or no longer) an entry: layer_cache discards broken ones it meets
+        size = facts.disk_bytes if facts is not None else 0
+        entries.append(CacheEntry(name, (folder / FACTS,), used, size, folder))
     return entries
 
 
 def _total(entries: list[CacheEntry]) -> int:
     seen: dict[tuple[int, int], int] = {}
+    layers = 0
     for entry in entries:
+        if entry.folder is not None:
+            layers += entry.size
+            continue
         for path in entry.paths:
             with contextlib.suppress(FileNotFoundError):
                 st = path.lstat()
                 seen[(st.st_dev, st.st_ino)] = st.st_blocks * 512
-    return sum(seen.values())
+    return sum(seen.values()) + layers
 
 
 def _remove_entry(entry: CacheEntry, min_age: float, now: float) -> int | None:
@@ -231,6 +263,9 @@ def _remove_entry(entry: CacheEntry, min_age: float, now: float) -> int | None:
             st = os.fstat(fd)
             if now - st.st_mtime < min_age or not _names(data, st) or _held_here(st):
                 return None
+        if entry.folder is not None:
+            Cache(entry.folder.parent.parent).retire(entry.folder)
+            return entry.size
         # a lookup needs both the artifact and its facts: it misses once the first is gone
         for path in entry.paths:
             try:

@@ -25,9 +25,11 @@ adapters.register("fake", "tests.fake_adapter")
 
 
 def _age_cache(cache: Path, seconds: float) -> None:
+    """Make every entry look last used `seconds` ago (an extracted layer's files keep their
+    mtimes: they are the layer's)."""
     past = time.time() - seconds
-    for path in cache.rglob("*"):
-        if path.is_file():
+    for entry in cache_usage(cache).entries:
+        for path in entry.paths:
             os.utime(path, (past, past))
 
 
@@ -42,8 +44,12 @@ async def test_old_entries_are_evicted_after_a_composite(
     assert store.get(first).status == states.DONE
     assert "cache_evicted" not in kinds(store, first)  # its own entries are new and in use
     cache = cat.runner.cache_dir
-    old_keys = {e.key for e in cache_usage(cache).entries}
+    entries = cache_usage(cache).entries
+    old_keys = {e.key for e in entries if e.kind != "layer"}
+    layer_keys = {e.key for e in entries if e.kind == "layer"}
+    layer_inodes = {e.paths[0].stat().st_ino for e in entries if e.kind == "layer"}
     assert len(old_keys) == 2  # the raw disk and the qcow2
+    assert len(layer_keys) == 2  # the extracted tar layers (base-os, vda)
     _age_cache(cache, 3600)
 
     bigger = load_catalog(write_catalog(text.replace("disk: {size_gib: 1}", "disk: {size_gib: 2}")))
@@ -57,6 +63,9 @@ async def test_old_entries_are_evicted_after_a_composite(
     assert evicted[0].message.endswith(
         "to stay under 0.0001 GiB and keep 5 GiB free on its disk")
     assert {e.key for e in cache_usage(cache).entries}.isdisjoint(old_keys)
+    # the second template used the same layers (taken from the cache, not extracted again:
+    # the same entries, just used, so kept)
+    assert layer_inodes <= {e.paths[0].stat().st_ino for e in cache_usage(cache).entries}
 
     # the first template composites again: its disk is no longer cached
     again = queue(store, cat)

@@ -195,3 +195,70 @@ def many_empty_files(path: Path, count: int) -> Path:
             fh.write(info.tobuf(format=tarfile.GNU_FORMAT))
         fh.write(bytes(2 * tarfile.BLOCKSIZE))
     return path
+
+
+def _debugfs_script(image: Path, commands: list[str], folder: Path) -> dict[str, str]:
+    """Run commands in one debugfs session; each command's output, by command."""
+    script = folder / "commands.debugfs"
+    script.write_text("".join(c + "\n" for c in commands))
+    done = subprocess.run(["debugfs", "-f", str(script), f"{image}?offset={OFFSET}"],
+                          capture_output=True, text=True, errors="surrogateescape", check=True)
+    wanted = set(commands)
+    outputs: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in done.stdout.splitlines():
+        if line.startswith("debugfs: ") and line[len("debugfs: "):] in wanted:
+            current = outputs.setdefault(line[len("debugfs: "):], [])
+            continue
+        current.append(line)
+    return {cmd: "\n".join(lines) for cmd, lines in outputs.items()}
+
+
+def image_manifest(image: Path, folder: Path) -> dict[str, tuple[object, ...]]:
+    """Every entry of an ext4 image (but lost+found), by path: type, mode, owner, size, mtime,
+    link count, device numbers or symlink target, extended attributes, a regular file's content,
+    and which other paths share its inode (hard links). Read with debugfs: no root needed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[str] = []
+    level = ["/"]
+    while level:
+        listed = _debugfs_script(image, [f"ls -p {d}" for d in level], folder)
+        below = []
+        for parent in level:
+            for line in listed[f"ls -p {parent}"].splitlines():
+                parts = line.split("/")
+                if len(parts) < 7 or parts[5] in (".", "..", "") or parts[5] == "lost+found":
+                    continue
+                path = parent.rstrip("/") + "/" + parts[5]
+                paths.append(path)
+                if parts[2].startswith("04"):
+                    below.append(path)
+        level = below
+    stats = _debugfs_script(image, [f"stat {p}" for p in paths] + [f"ea_list {p}" for p in paths],
+                            folder)
+    inodes: dict[str, list[str]] = {}
+    facts: dict[str, list[object]] = {}
+    dumps: dict[str, Path] = {}
+    for i, path in enumerate(paths):
+        out = stats[f"stat {path}"]
+        head = re.search(r"Inode: (\d+)\s+Type: ([\w ]+?)\s+Mode:\s+(\d+)", out)
+        owner = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+).*Size: (\d+)", out)
+        links = re.search(r"Links: (\d+)", out)
+        mtime = re.search(r"mtime: (0x[0-9a-f:]+)", out)
+        assert head and owner and links and mtime, out
+        device = re.search(r"Device major/minor number: (\S+) \(hex (\S+)\)", out)
+        target = re.search(r'Fast link dest: "(.*)"', out)
+        inodes.setdefault(head.group(1), []).append(path)
+        facts[path] = [head.group(2), head.group(3), owner.group(1), owner.group(2),
+                       owner.group(3), mtime.group(1), links.group(1),
+                       device.group(1) if device else None, target.group(1) if target else None,
+                       stats[f"ea_list {path}"].strip(), head.group(1)]
+        if head.group(2) == "regular":
+            dumps[path] = folder / f"dump{i}"
+    _debugfs_script(image, [f"dump {p} {out}" for p, out in dumps.items()], folder)
+    manifest: dict[str, tuple[object, ...]] = {}
+    for path, row in facts.items():
+        *rest, inode = row
+        content = dumps[path].read_bytes() if path in dumps else None
+        manifest[path] = (*rest, content, tuple(sorted(inodes[str(inode)])))
+    return manifest

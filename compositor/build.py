@@ -80,7 +80,10 @@ async def _build(
     cancel = threading.Event()
     temps: list[Path] = []
     holds: list[ArtifactHold] = []
-    layers = LayerCache(cache.root) if layer_cache_enabled() else None
+    # Extracted layers are kept where extracting is expensive: on disk. In RAM, extracting a
+    # layer again costs less than copying its cached files in (bench/republish.py: 4.4 s
+    # against 6.6 s for a republish of 1 GiB after one changed layer).
+    layers = LayerCache(cache.root) if layer_cache_enabled() and not place.in_ram else None
     hashing: list[asyncio.Future[str]] = []
     preparing: asyncio.Future[list[LayerTree]] | None = None
     sweeping: asyncio.Future[None] | None = None

@@ -167,19 +167,24 @@ async def _watch(store: Store, runner: JobRunner | None, ids: list[str]) -> None
                         TimeElapsedColumn(), console=out(), transient=False)
     bars = {i: progress.add_task(templates[i], total=100, status="queued") for i in ids}
 
+    changed = asyncio.Event()
+
     async def refresh() -> None:
         while not stop.is_set():
+            changed.clear()
             tasks = await asyncio.to_thread(lambda: [store.get(i) for i in ids])
             for t in tasks:
                 progress.update(bars[t.id], completed=t.progress,
                                 status=f"{states.LABELS[t.status]} · {t.stage}")
             if all(t.finished for t in tasks):
-                await asyncio.sleep(0.3)  # let the follower print the last events
-                stop.set()
-            await asyncio.sleep(0.2)
+                stop.set()  # the follower still prints what was written before
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), 0.2)
 
     async def print_events() -> None:
         async for event in follow(store, task_ids=ids, after=after, stop=stop):
+            changed.set()
             if event.kind != EventKind.PROGRESS:
                 progress.console.print(_event_line(event, templates[event.task_id]),
                                        soft_wrap=True)

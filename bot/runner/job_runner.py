@@ -137,6 +137,8 @@ class JobRunner:
             log.info("removed %d files left by runners that died: %s", len(swept), swept)
         keeper = asyncio.create_task(self._keep_leases(), name="leases")
         listener = asyncio.create_task(self._listen(), name="wake-ups")
+        stopping = asyncio.create_task(stop.wait() if stop else asyncio.Event().wait())
+        stopping.add_done_callback(lambda _: self._wake.set())  # stop now, not at the next poll
         try:
             while not (stop and stop.is_set()):
                 # cleared before looking, not after: a job that ends (or a notice that comes)
@@ -153,9 +155,9 @@ class JobRunner:
             try:
                 await self.shutdown()
             finally:
-                keeper.cancel()
-                listener.cancel()
-                await asyncio.gather(keeper, listener, return_exceptions=True)
+                for helper in (keeper, listener, stopping):
+                    helper.cancel()
+                await asyncio.gather(keeper, listener, stopping, return_exceptions=True)
                 if self._store_threads is not None:
                     # a renewal stuck on a locked database is abandoned, not waited for
                     self._store_threads.shutdown(wait=False)

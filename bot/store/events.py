@@ -24,20 +24,25 @@ async def follow(
     stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Event]:
     """Yield events (of ``task_ids``, or of every task) newer than event id ``after``,
-    until ``stop`` is set. On PostgreSQL a NOTIFY on ``layerbot_events`` reads them at once;
-    ``poll_interval`` is the fallback (and SQLite's only way)."""
+    until ``stop`` is set (those written before it was set included). On PostgreSQL a NOTIFY
+    on ``layerbot_events`` reads them at once; ``poll_interval`` is the fallback (and SQLite's
+    only way)."""
     wanted = set(task_ids) if task_ids is not None else None
     notice = asyncio.Event()
     listener = asyncio.create_task(store.listen(EVENTS_CHANNEL, lambda _payload: notice.set()),
                                    name="event-wake-ups")
     try:
-        while not (stop and stop.is_set()):
+        while True:
+            # what was written before stop was set is still read, once
+            stopping = stop is not None and stop.is_set()
             notice.clear()
             # a worker thread: the store's lock may be held by a commit waiting for fsync
             for event in await asyncio.to_thread(store.events, after=after):
                 after = event.id
                 if wanted is None or event.task_id in wanted:
                     yield event
+            if stopping:
+                break
             await _wait_for_any(notice, stop, poll_interval)
     finally:
         listener.cancel()

@@ -12,6 +12,7 @@ from bot.runner.job_runner import JobRunner
 from bot.store.backends import open_store
 from bot.store.events import follow
 from bot.store.interface import Store
+from bot.store.states import EventKind
 
 #: far longer than any bound below: a claim within the bound came from a notice
 LONG_POLL = 30.0
@@ -80,3 +81,38 @@ def test_follow_reads_a_new_postgres_event_on_its_notify(pg_url: str) -> None:
     latency = asyncio.run(first_event_after_queue())
     print(f"event-to-follower on PostgreSQL, polling every {LONG_POLL:.0f} s: {latency * 1000:.1f} ms")
     assert latency < 1.0
+
+
+def test_follow_still_yields_what_was_written_before_stop(tmp_path: Path) -> None:
+    """`layerbot publish` stops following once its tasks finished: their last events (Done)
+    were written before that and must still be printed, without waiting for a poll."""
+    store = open_store(str(tmp_path / "tasks.db"))
+    task_id = queue(store, "k1")
+    store.add_event(task_id, EventKind.DONE, "Done in 1 s")
+
+    async def read() -> list[str]:
+        stop = asyncio.Event()
+        stop.set()
+        return [e.message async for e in follow(store, task_ids=[task_id], stop=stop,
+                                                    poll_interval=LONG_POLL)]
+
+    try:
+        assert asyncio.run(asyncio.wait_for(read(), 10)) == ["queued", "Done in 1 s"]
+    finally:
+        store.close()
+
+
+def test_a_runner_stops_when_told_not_at_its_next_poll(tmp_path: Path, catalog: Catalog) -> None:
+    async def run() -> float:
+        store = open_store(str(tmp_path / "tasks.db"))
+        runner = JobRunner(store, catalog, poll_interval=LONG_POLL)
+        stop = asyncio.Event()
+        running = asyncio.create_task(runner.run(stop=stop))
+        await asyncio.sleep(0.5)  # idle, waiting for its next poll
+        started = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(running, LONG_POLL * 2)
+        store.close()
+        return time.monotonic() - started
+
+    assert asyncio.run(run()) < LONG_POLL / 3

@@ -36,8 +36,9 @@ def _age_cache(cache: Path, seconds: float) -> None:
 async def test_old_entries_are_evicted_after_a_composite(
     write_catalog: Callable[[str], Path], store: TaskStore, catalog_dir: Path,
 ) -> None:
+    # on disk: the raw disk and the extracted layers are cache entries too (in RAM, only the qcow2)
     text = BASIC_CATALOG.replace("  max_parallel: 2\n",
-                                 "  max_parallel: 2\n  cache_max_gib: 0.0001\n")
+                                 "  max_parallel: 2\n  cache_max_gib: 0.0001\n  ram_scratch: false\n")
     cat = load_catalog(write_catalog(text))
     first = queue(store, cat)
     await run_until_finished(store, cat, [first])

@@ -19,7 +19,16 @@ from pathlib import Path
 import pytest
 
 import compositor.build as build_module
-from compositor import ImageSpec, LayerError, LayerSource, build_image, cache_usage, evict_cache, sweep_stale
+from compositor import (
+    ImageSpec,
+    LayerError,
+    LayerSource,
+    build_image,
+    cache_usage,
+    evict_cache,
+    scratch,
+    sweep_stale,
+)
 from compositor.budget import SpaceBudget
 from compositor.layer_cache import ENABLE_ENV, FACTS, TABLE, TREE, LayerCache
 from compositor.tarlayer import extract_tar_layer
@@ -34,6 +43,12 @@ from .layer_builder import (
     symlink,
     write_tar,
 )
+
+
+@pytest.fixture(autouse=True)
+def on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer cache serves builds that work on disk (in RAM, extracting again is cheaper)."""
+    monkeypatch.setenv(scratch.ENV_VAR, "off")
 
 
 def _os_entries() -> list[Entry]:

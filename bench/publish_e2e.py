@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.layer_data import (  # noqa: E402
+from bench.layer_data import (
     LAYER_FORMATS,
     MIB,
     drop_caches,
@@ -107,7 +107,7 @@ def main() -> None:
         cold_s = publish(tmp, config, env)
 
         # one app layer replaced by one of the same size, different content
-        name, _, files = next(item for item in plan if item[0] == CHANGED)
+        name = CHANGED
         changed = plan_layers(args.size_mib * MIB, seed=2)
         new_files = next(f for n, _, f in changed if n == CHANGED)
         write_tar_layer(sources[name][1], new_files, LAYER_FORMATS[name])

@@ -1,6 +1,6 @@
 """What the Slack app does for each command and click. Every handler runs after the
 request was acknowledged (see :mod:`bot.slack.app`), so it may call the Web API,
-resolve user groups and plan templates (layer hashing runs in a thread).
+resolve user groups and plan templates (in the planner's process: :mod:`bot.runner.planner`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
 from bot.catalog import Catalog, unknown_name
-from bot.runner.planning import PlanError, PublishPlan, enqueue, new_image_name, plan
+from bot.runner.planner import Planner
+from bot.runner.planning import PlanError, PublishPlan, enqueue, new_image_name
 from bot.slack import access as slack_access
 from bot.slack import blocks as slack_blocks
 from bot.slack import payloads as slack_payloads
@@ -101,8 +102,10 @@ def ephemeral(respond: Respond) -> Reply:
 
 class Handlers:
     def __init__(self, *, db: SlackDB, catalog: Catalog, client: AsyncWebClient,
-                 groups: GroupDirectory, wake_runner: Callable[[], None] = lambda: None) -> None:
+                 groups: GroupDirectory, planner: Planner,
+                 wake_runner: Callable[[], None] = lambda: None) -> None:
         self.db = db
+        self.planner = planner
         self.store = db.store  # touched only through db.run (its own thread)
         self.intents = db.intents
         self.catalog = catalog
@@ -164,8 +167,7 @@ class Handlers:
         return reply
 
     async def _plans(self, names: list[str], *, check_cache: bool) -> list[PublishPlan]:
-        return await asyncio.to_thread(
-            lambda: [plan(self.catalog, n, check_cache=check_cache) for n in names])
+        return await self.planner.plans(names, check_cache=check_cache)
 
     # ------------------------------------------------------------ /publish
     async def command(self, body: dict[str, Any], respond: Respond) -> None:

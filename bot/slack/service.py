@@ -37,6 +37,7 @@ from bot.slack.handlers import Background, Handlers
 from bot.slack.notifier import SlackNotifier
 from bot.slack.payloads import Workspace
 from bot.slack.records import SlackDB
+from bot.slack.response_urls import ResponseUrls
 from bot.store.interface import Store
 from compositor import set_tool_niceness
 
@@ -127,8 +128,10 @@ class SlackService:
         self.handlers = Handlers(db=self.db, catalog=catalog, client=self.client,
                                  groups=GroupDirectory(self.client), planner=self.planner,
                                  wake_runner=self.runner.wake)
+        self.responses = ResponseUrls()
         self.app = build_app(self.handlers, self.background, client=self.client,
-                             signing_secret=settings.signing_secret, command=command)
+                             signing_secret=settings.signing_secret, responses=self.responses,
+                             command=command)
         self.gate = SlackGate(self.db, self.client)
         self.edge = HttpEdge(self.app, self.gate, settings.signing_secret)
         notifier_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
@@ -229,6 +232,7 @@ class SlackService:
             loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self.planner.close()
+        await self.responses.close()
         self.db.close()
 
 

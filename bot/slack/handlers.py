@@ -25,6 +25,7 @@ from bot.slack.access import Decision, GroupDirectory
 from bot.slack.blocks import Message
 from bot.slack.intents import Claim, Intent
 from bot.slack.records import SlackDB
+from bot.slack.response_urls import Respond, Turns
 from bot.store import states
 from bot.store.task_store import Task, TaskNotFound
 
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Sends a message to the user who acted (ephemeral where possible).
 Reply = Callable[[Message], Awaitable[None]]
-#: bolt's ``respond`` (response_url).
-Respond = Callable[..., Awaitable[Any]]
 
 
 class Background:
@@ -96,15 +95,16 @@ def selected_templates(view: dict[str, Any]) -> list[str]:
 
 def ephemeral(respond: Respond) -> Reply:
     async def reply(message: Message) -> None:
-        await respond(response_type="ephemeral", replace_original=False, **message.payload())
+        await respond(message, response_type="ephemeral", replace_original=False)
     return reply
 
 
 class Handlers:
     def __init__(self, *, db: SlackDB, catalog: Catalog, client: AsyncWebClient,
-                 groups: GroupDirectory, planner: Planner,
+                 groups: GroupDirectory, planner: Planner, turns: Turns,
                  wake_runner: Callable[[], None] = lambda: None) -> None:
         self.db = db
+        self.turns = turns
         self.planner = planner
         self.store = db.store  # touched only through db.run (its own thread)
         self.intents = db.intents
@@ -155,15 +155,15 @@ class Handlers:
     def _dm(self, user: str, channel: str | None) -> Reply:
         """Ephemeral in ``channel`` if possible, else a direct message."""
         async def reply(message: Message) -> None:
+            payload = await self.turns.run(message.payload)
             if channel:
                 try:
-                    await self.client.chat_postEphemeral(channel=channel, user=user,
-                                                         **message.payload())
+                    await self.client.chat_postEphemeral(channel=channel, user=user, **payload)
                     return
                 except SlackApiError as exc:
                     log.info("postEphemeral in %s failed (%s); sending a DM", channel,
                              exc.response.get("error"))
-            await self.client.chat_postMessage(channel=user, **message.payload())
+            await self.client.chat_postMessage(channel=user, **payload)
         return reply
 
     async def _plans(self, names: list[str], *, check_cache: bool) -> list[PublishPlan]:
@@ -299,9 +299,8 @@ class Handlers:
             return
         if intent.expires_at <= time.time():
             await self._decide(clicker, "confirm", target, Decision(False, "expired"))
-            await respond(replace_original=True,
-                          **slack_blocks.text_message(messages.intent_expired(
-                              int(self.intents.ttl // 60))).payload())
+            await respond(slack_blocks.text_message(messages.intent_expired(
+                int(self.intents.ttl // 60))), replace_original=True)
             return
         decision = await self._may_confirm(intent, clicker)
         await self._decide(clicker, "confirm", target, decision)
@@ -327,8 +326,8 @@ class Handlers:
             released = await self.db.run(self.intents.unclaim, intent.id, clicker)
             await reply(slack_blocks.text_message(messages.start_failed(intent.templates, exc, released)))
             return
-        await respond(replace_original=True, **slack_blocks.text_message(
-            messages.publishing(len(tasks), intent.user, clicker)).payload())
+        await respond(slack_blocks.text_message(
+            messages.publishing(len(tasks), intent.user, clicker)), replace_original=True)
 
     async def _may_confirm(self, intent: Intent, clicker: str) -> Decision:
         decision = slack_access.may_confirm(intent.rule, requester=intent.user, clicker=clicker)
@@ -370,8 +369,8 @@ class Handlers:
                 "cancel", ", ".join(intent.templates), messages.reason_not_requester(intent.user))))
             return
         if await self.db.run(self.intents.cancel, intent.id, clicker) is Claim.CLAIMED:
-            await respond(replace_original=True, **slack_blocks.text_message(
-                messages.publish_cancelled(clicker)).payload())
+            await respond(slack_blocks.text_message(messages.publish_cancelled(clicker)),
+                          replace_original=True)
             return
         await self._refuse(clicker, "dismiss", ",".join(intent.templates),
                            "already used, withdrawn or expired", ephemeral(respond),

@@ -37,7 +37,7 @@ from bot.slack.handlers import Background, Handlers
 from bot.slack.notifier import SlackNotifier
 from bot.slack.payloads import Workspace
 from bot.slack.records import SlackDB
-from bot.slack.response_urls import ResponseUrls
+from bot.slack.response_urls import ResponseUrls, Turns
 from bot.store.interface import Store
 from compositor import set_tool_niceness
 
@@ -125,10 +125,11 @@ class SlackService:
         self.planner = Planner(catalog, niceness=WORKER_NICENESS)
         self.background = Background()
         self.db = SlackDB(store)
-        self.handlers = Handlers(db=self.db, catalog=catalog, client=self.client,
+        turns = Turns()
+        self.handlers = Handlers(db=self.db, catalog=catalog, client=self.client, turns=turns,
                                  groups=GroupDirectory(self.client), planner=self.planner,
                                  wake_runner=self.runner.wake)
-        self.responses = ResponseUrls()
+        self.responses = ResponseUrls(turns)
         self.app = build_app(self.handlers, self.background, client=self.client,
                              signing_secret=settings.signing_secret, responses=self.responses,
                              command=command)

@@ -37,9 +37,12 @@ Reply = Callable[[Message], Awaitable[None]]
 
 class Background:
     """Owns the work started after an ack, so it is not garbage collected mid-way and
-    can be awaited on shutdown (and by tests)."""
+    can be awaited on shutdown (and by tests). Each piece of work starts in a loop turn of its
+    own (``turns``): a burst's hundred handlers, started together, would run their first steps
+    in one turn while the next requests of the burst wait for their acks."""
 
-    def __init__(self) -> None:
+    def __init__(self, turns: Turns | None = None) -> None:
+        self.turns = turns
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -55,9 +58,10 @@ class Background:
         if not self._tasks:
             self._idle.set()
 
-    @staticmethod
-    async def _guard(coro: Coroutine[Any, Any, None], name: str) -> None:
+    async def _guard(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         try:
+            if self.turns is not None:
+                await self.turns.run(lambda: None)
             await coro
         except Exception:
             log.exception("slack: %s failed", name)
@@ -264,9 +268,9 @@ class Handlers:
                 messages.intent_used(intent.claimed_by) if intent.claimed_by
                 else messages.approval_pending(intent.user, intent.templates)))
             return
-        card = slack_blocks.confirm_card(plans, intent.id, user,
-                                         second_person=rule == "second_person",
-                                         ttl_minutes=int(self.intents.ttl // 60))
+        card = await self.turns.run(lambda: slack_blocks.confirm_card(
+            plans, intent.id, user, second_person=rule == "second_person",
+            ttl_minutes=int(self.intents.ttl // 60)))
         if rule == "requester":
             await reply(card)
             return

@@ -123,9 +123,9 @@ class SlackService:
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
         self.runner = JobRunner(store, catalog, poll_interval=runner_poll)
         self.planner = Planner(catalog, niceness=WORKER_NICENESS)
-        self.background = Background()
-        self.db = SlackDB(store)
         turns = Turns()
+        self.background = Background(turns)
+        self.db = SlackDB(store)
         self.handlers = Handlers(db=self.db, catalog=catalog, client=self.client, turns=turns,
                                  groups=GroupDirectory(self.client), planner=self.planner,
                                  wake_runner=self.runner.wake)

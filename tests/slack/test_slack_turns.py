@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from bot.slack.blocks import text_message
+from bot.slack.handlers import Background
 from bot.slack.response_urls import ResponseUrls, Turns
 
 
@@ -68,3 +69,23 @@ async def test_an_answer_is_sent_again_once_after_a_dropped_connection() -> None
         await runner.cleanup()
     assert got[1] == {"response_type": "ephemeral", "text": "hi",
                       "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}]}
+
+
+async def test_work_spawned_together_starts_in_turns_of_its_own() -> None:
+    """What a burst's acks spawn starts one per loop turn: the next requests' acks, ready
+    meanwhile, are not held behind a hundred handlers' first steps."""
+    background = Background(Turns())
+    order: list[str] = []
+
+    async def work(i: int) -> None:
+        order.append(f"work {i}")
+
+    async def ack() -> None:  # ready a loop turn after the spawns
+        await asyncio.sleep(0)
+        order.append("ack")
+
+    for i in range(3):
+        background.spawn(work(i), f"work {i}")
+    await asyncio.gather(ack(), background.drain(5))
+    assert order.index("ack") < order.index("work 1"), order
+    assert sorted(order) == ["ack", "work 0", "work 1", "work 2"]

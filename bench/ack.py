@@ -1,9 +1,10 @@
 """Ack latency of ``layerbot serve`` beside a bare slack-bolt app, and serve's event-loop lag.
 
-Starts a local Slack Web API double, writes a catalog with two templates (directory
-layers of ``--layer-mib`` MiB each), runs ``layerbot serve`` and a bare slack-bolt AsyncApp
-(bench/bare_bolt.py: a ``/publish`` listener that only acks, on the same aiohttp stack) as
-subprocesses on 127.0.0.1, then:
+Starts a local Slack Web API double (bench/slack_peer.py: in a process of its own, so taking
+the confirm cards does not share the event loop that times the acks), writes a catalog with
+two templates (directory layers of ``--layer-mib`` MiB each), runs ``layerbot serve`` and a
+bare slack-bolt AsyncApp (bench/bare_bolt.py: a ``/publish`` listener that only acks, on the
+same aiohttp stack) as subprocesses on 127.0.0.1, then:
 
 1. idle: ``--rounds`` times, ``--requests`` concurrent signed ``/publish`` to layerbot (then
    waits for its confirm cards) and the same to bare bolt; reports each one's p50/p99 ack
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bot.store.task_store import TaskStore  # noqa: E402
-from tests.slack.slack_double import SlackDouble  # noqa: E402
 
 SECRET = "bench-signing-secret"
 TOKEN = "xoxb-bench-token"
@@ -93,7 +93,34 @@ def signed(body: str) -> dict[str, str]:
                                                                                   body=body))}
 
 
-def command(double: SlackDouble, text: str, user: str) -> str:
+class Peer:
+    """bench/slack_peer.py: the Slack Web API and the response URLs."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "slack_peer.py")],
+                                        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.url, self.control = self.process.stdout.readline().split()
+        self.session = session
+        self._responses = 0
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/api/"
+
+    def new_response_url(self) -> str:
+        self._responses += 1
+        return f"{self.url}/response/{self._responses}"
+
+    async def calls(self, method: str) -> list[dict[str, Any]]:
+        async with self.session.get(f"{self.control}/calls/{method}") as resp:
+            return list(await resp.json())
+
+    async def answers(self) -> int:
+        return len(await self.calls("response_url"))
+
+
+def command(double: Peer, text: str, user: str) -> str:
     return urllib.parse.urlencode({
         "team_id": "T0001", "channel_id": "CBENCH", "user_id": user, "command": "/publish",
         "text": text, "response_url": double.new_response_url(), "trigger_id": "t",
@@ -111,7 +138,7 @@ async def one(session: aiohttp.ClientSession, url: str, body: str) -> float:
     return time.perf_counter() - started
 
 
-async def burst(session: aiohttp.ClientSession, url: str, double: SlackDouble, n: int,
+async def burst(session: aiohttp.ClientSession, url: str, double: Peer, n: int,
                 text: str) -> list[float]:
     bodies = [command(double, text, f"UBENCH{i}") for i in range(n)]
     return list(await asyncio.gather(*(one(session, url, b) for b in bodies)))
@@ -126,9 +153,9 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not check():
+    while not await check():
         if time.monotonic() > deadline:
             raise TimeoutError(what)
         await asyncio.sleep(0.05)
@@ -200,7 +227,8 @@ async def main(args: argparse.Namespace) -> int:
     for name in ("os", "app-a", "app-b"):
         write_layer(tmp / "layers" / name, args.layer_mib)
     (tmp / "layerbot.yml").write_text(CATALOG.format(size=args.disk_gib))
-    double = await SlackDouble().start()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    double = Peer(session)
     env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET,
            "SLACK_API_URL": double.api_url}
     env.pop("SLACK_APP_TOKEN", None)
@@ -215,25 +243,27 @@ async def main(args: argparse.Namespace) -> int:
     ]
     failed = False
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with session:
             layerbot, bolt = (Server(name, f"http://127.0.0.1:{port}", proc, session)
                               for name, port, proc in zip(("layerbot serve", "bare bolt"), ports, processes,
                                                           strict=True))
+            async def answered(n: int) -> bool:
+                return await double.answers() >= n
+
             for server in (layerbot, bolt):
                 await server.started()
                 # warm-up: connections, imports, bolt's auth.test (layerbot answers help too)
                 await one(session, server.events, command(double, "help", "UWARM"))
-            await wait_for(lambda: len(double.of("response_url")) == 1, 30, "warm-up")
+            await wait_for(lambda: answered(1), 30, "warm-up")
 
             async def rounds(phase: Phase, text: str) -> None:
                 """Bursts to each server in turn; layerbot's confirm cards are awaited before
                 bolt's burst, so its after-ack work is measured in its window only."""
                 for _ in range(args.rounds):
-                    before = len(double.of("response_url"))
+                    before = await double.answers()
                     began = time.monotonic()
                     phase.layerbot += await burst(session, layerbot.events, double, args.requests, text)
-                    expected = before + args.requests
-                    await wait_for(lambda: len(double.of("response_url")) >= expected, 120,  # noqa: B023
+                    await wait_for(lambda: answered(before + args.requests), 120,  # noqa: B023
                                    "confirm cards")
                     phase.cards.append(time.monotonic() - began)
                     phase.lag = max(phase.lag, await layerbot.lag(time.monotonic() - began))
@@ -247,13 +277,18 @@ async def main(args: argparse.Namespace) -> int:
             failed |= idle.missed()
 
             store = TaskStore(db)
-            cards = [c.params for c in double.of("response_url")
-                     if "intent_confirm" in json.dumps(c.params.get("blocks"))]
+            cards = [c for c in await double.calls("response_url")
+                     if "intent_confirm" in json.dumps(c.get("blocks"))]
 
             def statuses(intent: str = "") -> list[str]:
                 rows = store.db.execute("SELECT status FROM tasks WHERE idempotency_key LIKE ?",
                                         [intent + "%"]).fetchall()
                 return [r[0] for r in rows]
+
+            def when(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+                async def checked() -> bool:
+                    return check()
+                return checked
 
             async def two_composites(card: dict[str, Any]) -> str:
                 """Confirm a card of both templates: two composites start at once."""
@@ -267,15 +302,15 @@ async def main(args: argparse.Namespace) -> int:
                            "actions": [{"action_id": "intent_confirm", "value": intent,
                                         "type": "button", "block_id": "intent"}]}
                 await one(session, layerbot.events, urllib.parse.urlencode({"payload": json.dumps(payload)}))
-                await wait_for(lambda: statuses(intent).count("compositing") == 2, 60, "two composites")
+                await wait_for(when(lambda: statuses(intent).count("compositing") == 2), 60, "two composites")
                 return str(intent)
 
             async def composited(intent: str) -> None:
-                await wait_for(lambda: not {"queued", "compositing"} & set(statuses(intent)), 900,
+                await wait_for(when(lambda: not {"queued", "compositing"} & set(statuses(intent))), 900,
                                "composites to end")
 
             async def finished(intent: str) -> list[str]:
-                await wait_for(lambda: set(statuses(intent)) <= {"done", "failed"}, 900,
+                await wait_for(when(lambda: set(statuses(intent)) <= {"done", "failed"}), 900,
                                "tasks to finish")
                 return statuses(intent)
 
@@ -310,7 +345,8 @@ async def main(args: argparse.Namespace) -> int:
             process.terminate()
         for process in processes:
             await asyncio.to_thread(process.wait, 60)
-        await double.close()
+        double.process.terminate()
+        await asyncio.to_thread(double.process.wait, 60)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"targets: p99 <= {TARGET_RATIO}x bare bolt's, loop lag < {ms(TARGET_LAG)}:",
           "MISSED" if failed else "met")

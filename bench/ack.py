@@ -172,6 +172,11 @@ class Server:
     def events(self) -> str:
         return self.base + "/slack/events"
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the server's own process has used so far (Linux)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def lag(self, window: float) -> float:
         """The worst event-loop lag (seconds) the server saw over the last ``window`` s."""
         async with self.session.get(self.base + "/healthz", params={"window": f"{window:.2f}"}) as resp:
@@ -200,6 +205,8 @@ class Phase:
     lag: float = 0.0
     bolt_lag: float = 0.0
     cards: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+    bolt_cpu: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -215,7 +222,9 @@ class Phase:
                 f"layerbot's p99 is {p99 / SLACK_LIMIT:.1%} of Slack's 3 s",
                 f"  serve's worst loop lag {ms(self.lag)} (target < {ms(TARGET_LAG)}; bare bolt's "
                 f"{ms(self.bolt_lag)}); all confirm cards posted {ms(max(self.cards))} after a "
-                f"burst began (worst round)"]
+                f"burst began (worst round)",
+                f"  CPU per command: serve {ms(self.cpu / len(self.layerbot))} (ack, plan request, "
+                f"card; not the planner process), bare bolt {ms(self.bolt_cpu / len(self.bolt))}"]
 
     def missed(self) -> bool:
         return self.ratio > TARGET_RATIO or self.lag >= TARGET_LAG
@@ -261,14 +270,18 @@ async def main(args: argparse.Namespace) -> int:
                 bolt's burst, so its after-ack work is measured in its window only."""
                 for _ in range(args.rounds):
                     before = await double.answers()
+                    cpu = layerbot.cpu()
                     began = time.monotonic()
                     phase.layerbot += await burst(session, layerbot.events, double, args.requests, text)
                     await wait_for(lambda: answered(before + args.requests), 120,  # noqa: B023
                                    "confirm cards")
                     phase.cards.append(time.monotonic() - began)
+                    phase.cpu += layerbot.cpu() - cpu
+                    cpu = bolt.cpu()
                     phase.lag = max(phase.lag, await layerbot.lag(time.monotonic() - began))
                     began = time.monotonic()
                     phase.bolt += await burst(session, bolt.events, double, args.requests, text)
+                    phase.bolt_cpu += bolt.cpu() - cpu
                     phase.bolt_lag = max(phase.bolt_lag, await bolt.lag(time.monotonic() - began))
 
             idle = Phase(f"{args.rounds}x {args.requests} concurrent /publish, idle")

@@ -67,6 +67,16 @@ def register(type_name: str, module: str, sdk_modules: tuple[str, ...] = (),
     _MODULES[type_name] = AdapterEntry(module, sdk_modules, install)
 
 
+def registry() -> dict[str, AdapterEntry]:
+    """Every registered connector type, for :func:`restore_registry` in a child process."""
+    return dict(_MODULES)
+
+
+def restore_registry(entries: dict[str, AdapterEntry]) -> None:
+    """Register in this process the types :func:`registry` gave in another."""
+    _MODULES.update(entries)
+
+
 def known_types() -> list[str]:
     """Connector types whose adapter module exists in this installation."""
     return [t for t, e in _MODULES.items() if importlib.util.find_spec(e.module) is not None]

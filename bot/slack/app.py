@@ -8,11 +8,12 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack import blocks as sb
 from bot.slack.handlers import Background, Handlers
+from bot.slack.response_urls import Respond, ResponseUrls
 
 log = logging.getLogger("bot.slack")
 
@@ -29,16 +30,13 @@ log.addFilter(_SkipTokenWarning())
 
 
 def build_app(handlers: Handlers, background: Background, *, client: AsyncWebClient,
-              signing_secret: str, command: str = "/publish") -> AsyncApp:
+              signing_secret: str, responses: ResponseUrls, command: str = "/publish") -> AsyncApp:
     # HttpEdge (bot/slack/edge.py) verified the signature on the raw bytes before bolt sees the
     # request; bolt's own check would hash and parse every body a second time
     app = AsyncApp(client=client, signing_secret=signing_secret, name="layerbot", logger=log,
                    request_verification_enabled=False)
 
-    @app.command(command)
-    async def publish_command(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        background.spawn(handlers.command(body, respond), "command")
+    app.command(command)(_acked_button(background, handlers, responses, handlers.command, "command"))
 
     @app.view(sb.VIEW_PUBLISH)
     async def publish_modal(ack: AsyncAck, body: dict[str, Any]) -> None:
@@ -52,7 +50,7 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
         sb.ACTION_TASK_RETRY: (handlers.task_retry, "task-retry"),
     }
     for action_id, (handler, name) in buttons.items():
-        app.action(action_id)(_acked_button(background, handlers, handler, name))
+        app.action(action_id)(_acked_button(background, handlers, responses, handler, name))
 
     @app.action(sb.ACTION_HOME_PUBLISH)
     async def home_publish(ack: AsyncAck, body: dict[str, Any]) -> None:
@@ -71,19 +69,20 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
     return app
 
 
-ButtonHandler = Callable[[dict[str, Any], AsyncRespond], Coroutine[Any, Any, None]]
+ButtonHandler = Callable[[dict[str, Any], Respond], Coroutine[Any, Any, None]]
 
 
-def _acked_button(background: Background, handlers: Handlers, handler: ButtonHandler,
-                  name: str) -> Any:
-    """A listener that acks, then leaves the work to ``handler`` in the background. These
-    buttons sit in messages, whose clicks always carry a response_url to answer on."""
+def _acked_button(background: Background, handlers: Handlers, responses: ResponseUrls,
+                  handler: ButtonHandler, name: str) -> Any:
+    """A listener that acks, then leaves the work to ``handler`` in the background. Commands,
+    and these buttons that sit in messages, always carry a response_url to answer on."""
 
-    async def listener(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+    async def listener(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
-        if not isinstance(body.get("response_url"), str):
+        url = body.get("response_url")
+        if not isinstance(url, str):
             background.spawn(handlers.refuse_request(body, f"{name} without a response_url"), name)
             return
-        background.spawn(handler(body, respond), name)
+        background.spawn(handler(body, responses.respond(url)), name)
 
     return listener

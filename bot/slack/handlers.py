@@ -1,6 +1,6 @@
 """What the Slack app does for each command and click. Every handler runs after the
 request was acknowledged (see :mod:`bot.slack.app`), so it may call the Web API,
-resolve user groups and plan templates (layer hashing runs in a thread).
+resolve user groups and plan templates (in the planner's process: :mod:`bot.runner.planner`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
 from bot.catalog import Catalog, unknown_name
-from bot.runner.planning import PlanError, PublishPlan, enqueue, new_image_name, plan
+from bot.runner.planner import Planner
+from bot.runner.planning import PlanError, PublishPlan, enqueue, new_image_name
 from bot.slack import access as slack_access
 from bot.slack import blocks as slack_blocks
 from bot.slack import payloads as slack_payloads
@@ -24,6 +25,7 @@ from bot.slack.access import Decision, GroupDirectory
 from bot.slack.blocks import Message
 from bot.slack.intents import Claim, Intent
 from bot.slack.records import SlackDB
+from bot.slack.response_urls import Respond, Turns
 from bot.store import states
 from bot.store.task_store import Task, TaskNotFound
 
@@ -31,15 +33,16 @@ log = logging.getLogger(__name__)
 
 #: Sends a message to the user who acted (ephemeral where possible).
 Reply = Callable[[Message], Awaitable[None]]
-#: bolt's ``respond`` (response_url).
-Respond = Callable[..., Awaitable[Any]]
 
 
 class Background:
     """Owns the work started after an ack, so it is not garbage collected mid-way and
-    can be awaited on shutdown (and by tests)."""
+    can be awaited on shutdown (and by tests). Each piece of work starts in a loop turn of its
+    own (``turns``): a burst's hundred handlers, started together, would run their first steps
+    in one turn while the next requests of the burst wait for their acks."""
 
-    def __init__(self) -> None:
+    def __init__(self, turns: Turns | None = None) -> None:
+        self.turns = turns
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -55,9 +58,10 @@ class Background:
         if not self._tasks:
             self._idle.set()
 
-    @staticmethod
-    async def _guard(coro: Coroutine[Any, Any, None], name: str) -> None:
+    async def _guard(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         try:
+            if self.turns is not None:
+                await self.turns.run(lambda: None)
             await coro
         except Exception:
             log.exception("slack: %s failed", name)
@@ -95,14 +99,17 @@ def selected_templates(view: dict[str, Any]) -> list[str]:
 
 def ephemeral(respond: Respond) -> Reply:
     async def reply(message: Message) -> None:
-        await respond(response_type="ephemeral", replace_original=False, **message.payload())
+        await respond(message, response_type="ephemeral", replace_original=False)
     return reply
 
 
 class Handlers:
     def __init__(self, *, db: SlackDB, catalog: Catalog, client: AsyncWebClient,
-                 groups: GroupDirectory, wake_runner: Callable[[], None] = lambda: None) -> None:
+                 groups: GroupDirectory, planner: Planner, turns: Turns,
+                 wake_runner: Callable[[], None] = lambda: None) -> None:
         self.db = db
+        self.turns = turns
+        self.planner = planner
         self.store = db.store  # touched only through db.run (its own thread)
         self.intents = db.intents
         self.catalog = catalog
@@ -152,20 +159,19 @@ class Handlers:
     def _dm(self, user: str, channel: str | None) -> Reply:
         """Ephemeral in ``channel`` if possible, else a direct message."""
         async def reply(message: Message) -> None:
+            payload = await self.turns.run(message.payload)
             if channel:
                 try:
-                    await self.client.chat_postEphemeral(channel=channel, user=user,
-                                                         **message.payload())
+                    await self.client.chat_postEphemeral(channel=channel, user=user, **payload)
                     return
                 except SlackApiError as exc:
                     log.info("postEphemeral in %s failed (%s); sending a DM", channel,
                              exc.response.get("error"))
-            await self.client.chat_postMessage(channel=user, **message.payload())
+            await self.client.chat_postMessage(channel=user, **payload)
         return reply
 
     async def _plans(self, names: list[str], *, check_cache: bool) -> list[PublishPlan]:
-        return await asyncio.to_thread(
-            lambda: [plan(self.catalog, n, check_cache=check_cache) for n in names])
+        return await self.planner.plans(names, check_cache=check_cache)
 
     # ------------------------------------------------------------ /publish
     async def command(self, body: dict[str, Any], respond: Respond) -> None:
@@ -262,9 +268,9 @@ class Handlers:
                 messages.intent_used(intent.claimed_by) if intent.claimed_by
                 else messages.approval_pending(intent.user, intent.templates)))
             return
-        card = slack_blocks.confirm_card(plans, intent.id, user,
-                                         second_person=rule == "second_person",
-                                         ttl_minutes=int(self.intents.ttl // 60))
+        card = await self.turns.run(lambda: slack_blocks.confirm_card(
+            plans, intent.id, user, second_person=rule == "second_person",
+            ttl_minutes=int(self.intents.ttl // 60)))
         if rule == "requester":
             await reply(card)
             return
@@ -297,9 +303,8 @@ class Handlers:
             return
         if intent.expires_at <= time.time():
             await self._decide(clicker, "confirm", target, Decision(False, "expired"))
-            await respond(replace_original=True,
-                          **slack_blocks.text_message(messages.intent_expired(
-                              int(self.intents.ttl // 60))).payload())
+            await respond(slack_blocks.text_message(messages.intent_expired(
+                int(self.intents.ttl // 60))), replace_original=True)
             return
         decision = await self._may_confirm(intent, clicker)
         await self._decide(clicker, "confirm", target, decision)
@@ -325,8 +330,8 @@ class Handlers:
             released = await self.db.run(self.intents.unclaim, intent.id, clicker)
             await reply(slack_blocks.text_message(messages.start_failed(intent.templates, exc, released)))
             return
-        await respond(replace_original=True, **slack_blocks.text_message(
-            messages.publishing(len(tasks), intent.user, clicker)).payload())
+        await respond(slack_blocks.text_message(
+            messages.publishing(len(tasks), intent.user, clicker)), replace_original=True)
 
     async def _may_confirm(self, intent: Intent, clicker: str) -> Decision:
         decision = slack_access.may_confirm(intent.rule, requester=intent.user, clicker=clicker)
@@ -368,8 +373,8 @@ class Handlers:
                 "cancel", ", ".join(intent.templates), messages.reason_not_requester(intent.user))))
             return
         if await self.db.run(self.intents.cancel, intent.id, clicker) is Claim.CLAIMED:
-            await respond(replace_original=True, **slack_blocks.text_message(
-                messages.publish_cancelled(clicker)).payload())
+            await respond(slack_blocks.text_message(messages.publish_cancelled(clicker)),
+                          replace_original=True)
             return
         await self._refuse(clicker, "dismiss", ",".join(intent.templates),
                            "already used, withdrawn or expired", ephemeral(respond),

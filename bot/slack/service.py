@@ -29,6 +29,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.catalog import Catalog
 from bot.runner.job_runner import JobRunner
+from bot.runner.planner import Planner
 from bot.slack.access import GroupDirectory
 from bot.slack.app import build_app
 from bot.slack.edge import MAX_BODY, RUNNER_OPTIONS, GatedSocketModeHandler, HttpEdge, SlackGate
@@ -36,12 +37,16 @@ from bot.slack.handlers import Background, Handlers
 from bot.slack.notifier import SlackNotifier
 from bot.slack.payloads import Workspace
 from bot.slack.records import SlackDB
+from bot.slack.response_urls import ResponseUrls, Turns
 from bot.store.interface import Store
 from compositor import set_tool_niceness
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
+#: How much nicer than the event loop the worker threads (compositing, copying) and the
+#: planner's process run.
+WORKER_NICENESS = 10
 
 
 class SettingsError(ValueError):
@@ -117,12 +122,17 @@ class SlackService:
         self.store = store
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
         self.runner = JobRunner(store, catalog, poll_interval=runner_poll)
-        self.background = Background()
+        self.planner = Planner(catalog, niceness=WORKER_NICENESS)
+        turns = Turns()
+        self.background = Background(turns)
         self.db = SlackDB(store)
-        self.handlers = Handlers(db=self.db, catalog=catalog, client=self.client,
-                                 groups=GroupDirectory(self.client), wake_runner=self.runner.wake)
+        self.handlers = Handlers(db=self.db, catalog=catalog, client=self.client, turns=turns,
+                                 groups=GroupDirectory(self.client), planner=self.planner,
+                                 wake_runner=self.runner.wake)
+        self.responses = ResponseUrls(turns)
         self.app = build_app(self.handlers, self.background, client=self.client,
-                             signing_secret=settings.signing_secret, command=command)
+                             signing_secret=settings.signing_secret, responses=self.responses,
+                             command=command)
         self.gate = SlackGate(self.db, self.client)
         self.edge = HttpEdge(self.app, self.gate, settings.signing_secret)
         notifier_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
@@ -165,6 +175,7 @@ class SlackService:
         """Start the runner, the notifier and the server; returns the HTTP port.
         Raises SettingsError if Slack rejects the bot token."""
         await self._check_token()
+        await self.planner.start()
         purged = await self.db.run(self.db.intents.purge)
         if purged:
             log.info("removed %d old confirmation intents", purged)
@@ -221,11 +232,9 @@ class SlackService:
             log.warning("%s did not stop in time; cancelling it", loop_task.get_name())
             loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.planner.close()
+        await self.responses.close()
         self.db.close()
-
-
-#: How much nicer than the event loop the worker threads run (compositing, copying).
-WORKER_NICENESS = 10
 
 
 def _nicer_thread() -> None:

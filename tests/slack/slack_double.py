@@ -49,6 +49,8 @@ class SlackDouble:
         self.sockets: list[web.WebSocketResponse] = []
         #: tokens answered with invalid_auth
         self.reject_tokens: set[str] = set()
+        #: the client address (host, port) of each response_url post: one per connection
+        self.response_peers: list[tuple[str, int] | None] = []
 
     # ------------------------------------------------------------ server
     async def start(self) -> SlackDouble:
@@ -179,5 +181,7 @@ class SlackDouble:
 
     async def _response(self, request: web.Request) -> web.Response:
         body = await request.json()
+        transport = request.transport
+        self.response_peers.append(transport.get_extra_info("peername") if transport else None)
         self.record("response_url", {"id": request.match_info["id"], **body})
         return web.Response(text="ok")

@@ -105,3 +105,12 @@ async def test_a_channel_the_bot_cannot_post_in_falls_back_to_a_dm(make_slack: M
     await slack.double.wait_for(lambda: slack.store.get(task.id).channel == "DALICE")
     await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel="DALICE",
                                                         reply_broadcast=True))
+
+
+async def test_answers_on_response_urls_share_one_connection(make_slack: MakeSlack) -> None:
+    """bolt's respond opened a connection (at Slack, a TLS handshake) per message."""
+    slack = await make_slack()
+    for _ in range(3):
+        await slack.answer(await slack.command("help"))
+    assert len(slack.double.response_peers) == 3
+    assert len(set(slack.double.response_peers)) == 1, slack.double.response_peers

@@ -17,11 +17,20 @@ from .budget import SpaceBudget
 from .cache import Cache, image_key, raw_key
 from .digest import cached_digest, layer_digest
 from .dirlayer import scan_dir_layer
-from .errors import CompositorError, HostSpaceError, LayerError, ScratchFull, ToolMissingError
+from .errors import (
+    CompositorError,
+    HostInodesError,
+    HostSpaceError,
+    LayerError,
+    ScratchFull,
+    ToolFailedError,
+    ToolMissingError,
+    host_full,
+)
 from .evict import ArtifactHold, hold_artifact
 from .ext4 import build_ext4_disk
 from .identity import DiskIdentity, KeyIdentity, build_epoch
-from .layer_cache import TREE, LayerCache, layer_cache_enabled
+from .layer_cache import TREE, BrokenEntry, LayerCache, layer_cache_enabled
 from .layertree import LayerTree
 from .merge import Merger
 from .ntfs import build_ntfs_disk
@@ -73,9 +82,7 @@ async def _build(
     spec: ImageSpec, work_dir: Path, cache: Cache, remembered: dict[str, str] | None,
     report: Reporter, ram_dir: Path | None, use_ram: bool,
 ) -> BuiltImage:
-    place = await asyncio.to_thread(
-        scratch.choose, work_dir, spec.layers, spec.size_gib << 30, ram_dir=ram_dir,
-        use_ram=use_ram)
+    place = await _choose_place(spec, work_dir, ram_dir, use_ram)
     work = place.work
     cancel = threading.Event()
     temps: list[Path] = []
@@ -144,14 +151,18 @@ async def _build(
         )
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            folder = Path(exc.filename).parent if exc.filename else work_dir
-            if place.in_ram and folder.is_relative_to(work):
+            folder = Path(exc.filename).parent if exc.filename else None
+            if _ram_ran_out(place, folder):
                 raise ScratchFull() from exc
-            raise HostSpaceError(folder, "compositing") from exc
+            raise HostSpaceError(folder or work_dir, "compositing") from exc
         where = f" ({exc.filename})" if exc.filename else ""
         raise CompositorError(f"building the image failed: {exc.strerror or exc}{where}") from exc
-    except HostSpaceError as exc:
-        if place.in_ram and exc.folder.is_relative_to(work):
+    except (HostSpaceError, HostInodesError) as exc:
+        if _ram_ran_out(place, exc.folder):
+            raise ScratchFull() from exc
+        raise
+    except ToolFailedError as exc:  # e.g. wimlib capturing the tree into a full RAM folder
+        if _ram_ran_out(place, None):
             raise ScratchFull() from exc
         raise
     finally:
@@ -163,6 +174,32 @@ async def _build(
                 await settle(pending, cancel=True)
         await _cleanup(work, temps, layers)
         place.release()
+
+
+async def _choose_place(spec: ImageSpec, work_dir: Path, ram_dir: Path | None,
+                        use_ram: bool) -> scratch.Scratch:
+    """scratch.choose in a thread; a build cancelled meanwhile still gives its place back."""
+    copies = scratch.NTFS_COPIES if spec.filesystem == "ntfs" else scratch.EXT4_COPIES
+    choosing = asyncio.ensure_future(asyncio.to_thread(
+        scratch.choose, work_dir, spec.layers, spec.size_gib << 30, ram_dir=ram_dir,
+        use_ram=use_ram, copies=copies))
+    try:
+        return await asyncio.shield(choosing)
+    except asyncio.CancelledError:
+        place = await choosing
+        place.release()
+        await asyncio.to_thread(shutil.rmtree, place.work, True)
+        raise
+
+
+def _ram_ran_out(place: scratch.Scratch, folder: Path | None) -> bool:
+    """Whether a failure means the RAM folder is full: it names a path in it, or names none
+    while the tmpfs has (next to) nothing left."""
+    if not place.in_ram:
+        return False
+    if folder is not None:
+        return folder.is_relative_to(place.work)
+    return host_full(place.work)
 
 
 def cache_lookup(spec: ImageSpec, *, cache_dir: Path) -> BuiltImage | None:
@@ -292,7 +329,10 @@ async def _cached_tar_layer(
             return tree
     temp = await in_thread(cancel, layers.new_extraction)
     tree = await in_thread(cancel, extract_tar_layer, layer, temp / TREE, cancel, None, budget)
-    return await in_thread(cancel, layers.store, await digest, temp, tree)
+    try:
+        return await in_thread(cancel, layers.store, await digest, temp, tree)
+    except BrokenEntry:  # not stored (e.g. the table disagrees with the files): used uncached
+        return tree
 
 
 async def _build_raw(

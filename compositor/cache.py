@@ -23,7 +23,8 @@ from pathlib import Path
 from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec
 from .sweep import CACHE_TEMP_PREFIX, owner_prefix
 
-_KEY_VERSION = 1
+#: 2: the superblock's lifetime-writes counter is pinned (the bytes of every ext4 disk changed)
+_KEY_VERSION = 2
 
 
 def raw_key(spec: ImageSpec, digests: Mapping[str, str]) -> str:

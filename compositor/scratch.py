@@ -8,14 +8,15 @@ writing to ext4 and 1.3-1.6 s writing to tmpfs (it writes 4 KiB at a time: 273,0
 GiB).
 
 RAM is only used when it is plentiful: a build reserves twice the bytes its layers can unpack
-to (staging tree + raw disk, which overlap while mke2fs runs) and goes to RAM only when that is
-at most half of both the memory available and the tmpfs' free space, less what other live
-builds reserved. Reservations are files ``<root>/reserve-<host>-<pid>-<random>`` holding the
-byte count, taken under an flock so two builds cannot both take the last of it; a dead
-build's reservation is ignored and its work folder removed by :func:`compositor.sweep_stale`.
+to (staging tree + raw disk, which overlap while mke2fs runs; NTFS builds three times, the WIM
+too) and goes to RAM only when that is at most half of both the memory available and the
+tmpfs' free space, less what other live builds reserved. Reservations are files
+``<root>/reserve-<host>-<pid>-<random>`` holding the byte count, taken under an flock so two
+builds cannot both take the last of it; a dead build's reservation and work folder are removed
+then (and by :func:`compositor.sweep_stale`).
 
 The bound is an estimate for compressed layers whose unpacked size their header does not say
-(4 times their size); the build's SpaceBudget stops the extraction with :class:`ScratchFull`
+(4 times their size); the build's SpaceBudget stops the extraction with ScratchFull
 when the layers unpack to more than was reserved, and the build starts again in work_dir.
 """
 
@@ -33,7 +34,7 @@ import zstandard
 
 from .budget import entry_cost
 from .spec import LayerSource
-from .sweep import BUILD_PREFIX, RESERVE_PREFIX, owner_prefix, reserved_by_live_builds
+from .sweep import BUILD_PREFIX, RESERVE_PREFIX, owner_prefix, reserved_by_live_builds, sweep_ram_root
 
 #: the folder tried when none is configured
 DEFAULT_RAM_DIRS = (Path("/dev/shm"),)
@@ -43,6 +44,9 @@ ENV_VAR = "LAYERBOT_RAM_SCRATCH"
 #: a compressed layer whose unpacked size is unknown is assumed to unpack to this many times
 #: its size (zstd and gzip of an OS layer: 2.5-3.5x)
 UNKNOWN_RATIO = 4
+#: the copies of the layers' data a build has in its work folder at once: ext4, the staging
+#: tree and the raw disk; NTFS, also the WIM wimlib captures (then the volume file)
+EXT4_COPIES, NTFS_COPIES = 2, 3
 #: the share of free memory (and of the tmpfs' free space) builds may reserve together
 RAM_SHARE = 0.5
 #: see _tar_cost
@@ -93,17 +97,23 @@ def ram_root(configured: Path | None = None) -> Path | None:
 
 
 def choose(work_dir: Path, layers: Sequence[LayerSource], disk_bytes: int, *,
-           ram_dir: Path | None = None, use_ram: bool = True) -> Scratch:
-    """A fresh work folder: in RAM when the layers fit (see the module doc), else in work_dir."""
+           ram_dir: Path | None = None, use_ram: bool = True, copies: int = EXT4_COPIES) -> Scratch:
+    """A fresh work folder: in RAM when ``copies`` times what the layers unpack to fits (see
+    the module doc), else in work_dir. Anything that goes wrong on the way to RAM (a layer that
+    cannot be read, a tmpfs out of inodes) means work_dir: the build then says what it is."""
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     root = ram_root(ram_dir) if use_ram else None
     if root is not None:
-        bound = min(unpacked_bound(layers, disk_bytes), disk_bytes)
-        need = 2 * bound + _FS_SLACK
-        reservation = _reserve(root, need)
-        if reservation is not None:
-            work = Path(tempfile.mkdtemp(prefix=owner_prefix(BUILD_PREFIX), dir=root))
-            return Scratch(work, ram_limit=bound, reservation=reservation)
+        reservation: Path | None = None
+        try:
+            bound = min(unpacked_bound(layers, disk_bytes), disk_bytes)
+            reservation = _reserve(root, copies * bound + _FS_SLACK)
+            if reservation is not None:
+                work = Path(tempfile.mkdtemp(prefix=owner_prefix(BUILD_PREFIX), dir=root))
+                return Scratch(work, ram_limit=bound, reservation=reservation)
+        except OSError:
+            if reservation is not None:
+                reservation.unlink(missing_ok=True)
     return Scratch(Path(tempfile.mkdtemp(prefix=owner_prefix(BUILD_PREFIX), dir=work_dir)))
 
 
@@ -165,6 +175,7 @@ def _tree_cost(root: Path, cap: int) -> int:
 
 def _reserve(root: Path, need: int) -> Path | None:
     with _locked(root):
+        sweep_ram_root(root)  # a build killed since (its runner may not restart for days)
         free = min(_mem_available(), _free_bytes(root))
         taken = reserved_by_live_builds(root, RESERVE_PREFIX)
         if need > RAM_SHARE * free - taken:

@@ -54,13 +54,25 @@ def sweep_stale(work_dir: Path, cache_dir: Path, *, now: float | None = None,
     host = host_name()
     candidates = [
         *_entries(Path(work_dir), BUILD_PREFIX),
-        *(_entries(ram_root, BUILD_PREFIX) + _entries(ram_root, RESERVE_PREFIX)
-          if ram_root is not None else []),
+        *(_ram_entries(ram_root) if ram_root is not None else []),
         # every entry of tmp/ is a temp file; older versions named them tmp<random><suffix>
         *((path, rest.removeprefix(CACHE_TEMP_PREFIX))
           for path, rest in _entries(Path(cache_dir) / "tmp", "")),
         *_entries(Path(cache_dir) / "digests", DIGEST_TEMP_PREFIX),
     ]
+    return _sweep(candidates, host, now)
+
+
+def sweep_ram_root(root: Path) -> list[Path]:
+    """Remove the work folders and reservations of dead builds in a RAM scratch root."""
+    return _sweep(_ram_entries(root), host_name(), time.time())
+
+
+def _ram_entries(root: Path) -> list[tuple[Path, str]]:
+    return _entries(root, BUILD_PREFIX) + _entries(root, RESERVE_PREFIX)
+
+
+def _sweep(candidates: list[tuple[Path, str]], host: str, now: float) -> list[Path]:
     removed: list[Path] = []
     for path, owned_part in candidates:
         try:

@@ -23,10 +23,13 @@ from tests.azure.azurite import Azurite, AzuriteUnavailable, start_azurite
 def ram_scratch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path | None]:
     """Each test's builds work in a tmpfs folder of their own (the compositor's child processes
     inherit it through the environment); compositor tests then check that nothing was left
-    there. None where this machine has no writable tmpfs: builds then work on disk."""
+    there. None where this machine has no writable tmpfs with 2 GiB to spare: builds then work
+    on disk."""
     base = next((d for d in scratch.DEFAULT_RAM_DIRS if os.access(d, os.W_OK)), None)
     folder = Path(tempfile.mkdtemp(prefix="layerbot-test-", dir=base)) if base else None
-    if folder is None or scratch.ram_root(folder) is None:
+    # a small tmpfs (Docker's 64 MiB /dev/shm) fits no build: they all work on disk there
+    roomy = folder is not None and min(scratch._free_bytes(folder), scratch._mem_available()) >= 2 << 30
+    if folder is None or not roomy or scratch.ram_root(folder) is None:
         if folder is not None:
             shutil.rmtree(folder)
         monkeypatch.setenv(scratch.ENV_VAR, "off")

@@ -3,16 +3,19 @@ the layers turn out larger than the memory set aside, and a memory share that is
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import errno
 import filecmp
 import gzip
 import os
+import time
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from compositor import ImageSpec, LayerSource, build, build_image, scratch
+from compositor import HostSpaceError, ImageSpec, LayerSource, ToolFailedError, build, build_image, scratch
 from compositor.sweep import RESERVE_PREFIX, host_name, owner_prefix
 
 from .layer_builder import MTIME, directory, file, stat, write_tar
@@ -163,3 +166,100 @@ def test_the_estimate_reads_sizes_from_the_layers_without_unpacking_them(tmp_pat
     assert bound(unknown) == unknown.stat().st_size * scratch.UNKNOWN_RATIO
     assert bound(folder) == 3 * 4096 + 256  # the file's blocks and inode (the folder: the caller's)
     assert bound(plain, cap=1000) == 1000
+
+
+@pytest.mark.parametrize("failure", ["enospc", "tool"])
+async def test_a_full_ram_folder_that_no_error_names_sends_the_build_to_disk(
+        tmp_path: Path, ram: Path, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    """A write that fills the tmpfs raises ENOSPC without a file name (os.write,
+    copy_file_range), a tool says so on stderr: with the tmpfs full, both mean ScratchFull."""
+    layer = write_tar(tmp_path / "os.tar", [directory("etc"), file("etc/a", b"a\n")])
+    spec = ImageSpec(layers=(LayerSource("os", "os", layer),), size_gib=1, format="qcow2")
+    real = build.FILESYSTEM_BUILDERS["ext4"]
+    root = scratch.ram_root(ram)
+    assert root is not None
+
+    async def full_in_ram(staging: Path, *args: object) -> None:
+        if staging.is_relative_to(root):
+            if failure == "enospc":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise ToolFailedError("wimlib-imagex", 1, "No space left on device")
+        await real(staging, *args)
+
+    monkeypatch.setitem(build.FILESYSTEM_BUILDERS, "ext4", full_in_ram)
+    monkeypatch.setattr(build, "host_full", lambda folder: Path(folder).is_relative_to(root))
+    notes: list[str] = []
+    built = await build_image(spec, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache",
+                              progress=lambda note, _: notes.append(note))
+    assert not built.cache_hit and built.path.is_file()
+    assert "the layers are larger than the memory set aside: building on disk" in notes
+
+
+async def test_enospc_on_disk_is_still_the_hosts_disk(tmp_path: Path, ram: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = write_tar(tmp_path / "os.tar", [directory("etc"), file("etc/a", b"a\n")])
+    spec = ImageSpec(layers=(LayerSource("os", "os", layer),), size_gib=1, format="qcow2")
+
+    async def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setitem(build.FILESYSTEM_BUILDERS, "ext4", full)
+    with pytest.raises(HostSpaceError, match="no space left on this machine's disk"):
+        await build_image(spec, work_dir=tmp_path / "work", cache_dir=tmp_path / "cache")
+
+
+def test_ntfs_reserves_three_copies_and_dead_builds_are_swept_first(tmp_path: Path, ram: Path) -> None:
+    root = scratch.ram_root(ram)
+    assert root is not None
+    dead = f"{host_name()}-999999999-abcdefgh"
+    (root / f"layerbot-build-{dead}").mkdir()
+    (root / f"layerbot-build-{dead}" / "disk.img").write_bytes(b"x" * 4096)
+    (root / f"{RESERVE_PREFIX}{dead}").write_text(str(1 << 40))
+    layer = write_tar(tmp_path / "os.tar", [directory("etc"), file("etc/a", bytes(1 << 20))])
+    layers = [LayerSource("os", "os", layer)]
+    place = scratch.choose(tmp_path / "work", layers, 1 << 30, ram_dir=ram,
+                           copies=scratch.NTFS_COPIES)
+    try:
+        assert place.in_ram  # the dead build's terabyte does not count, and is gone
+        assert sorted(p.name for p in root.iterdir() if "999999999" in p.name) == []
+        assert scratch.reserved_by_live_builds(root, RESERVE_PREFIX) == \
+            3 * scratch.unpacked_bound(layers, 1 << 30) + scratch._FS_SLACK
+    finally:
+        place.release()
+        place.work.rmdir()
+
+
+def test_a_layer_that_cannot_be_read_sends_the_build_to_disk_without_a_reservation(
+        tmp_path: Path, ram: Path) -> None:
+    place = scratch.choose(tmp_path / "work", [LayerSource("os", "os", tmp_path / "gone.tar")],
+                           1 << 30, ram_dir=ram)
+    assert not place.in_ram and place.work.parent == tmp_path / "work"
+    root = scratch.ram_root(ram)
+    assert root is not None and scratch.reserved_by_live_builds(root, RESERVE_PREFIX) == 0
+    place.work.rmdir()
+
+
+async def test_a_build_cancelled_while_its_place_is_chosen_gives_it_back(
+        tmp_path: Path, ram: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = write_tar(tmp_path / "os.tar", [directory("etc"), file("etc/a", b"a\n")])
+    spec = ImageSpec(layers=(LayerSource("os", "os", layer),), size_gib=1, format="qcow2")
+    real = scratch.choose
+    chosen: list[scratch.Scratch] = []
+
+    def slow_choose(*args: object, **kwargs: object) -> scratch.Scratch:
+        time.sleep(0.5)
+        place = real(*args, **kwargs)  # type: ignore[arg-type]
+        chosen.append(place)
+        return place
+
+    monkeypatch.setattr(scratch, "choose", slow_choose)
+    building = asyncio.ensure_future(build_image(spec, work_dir=tmp_path / "work",
+                                                 cache_dir=tmp_path / "cache"))
+    await asyncio.sleep(0.1)
+    building.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await building
+    assert len(chosen) == 1 and chosen[0].in_ram
+    assert not chosen[0].work.exists()
+    root = scratch.ram_root(ram)
+    assert root is not None and sorted(os.listdir(root)) == [".lock"]

@@ -6,8 +6,9 @@
     .venv/bin/python bench/compose.py --scale-only --scale-mib 16 --size-mib 64  # its smoke run
 
 Prints the composite time and its throughput as a ratio to `cp -a` of the merged tree on the
-same disk (both end with sync; page cache dropped first when running as root), the cache-hit
-republish time, peak RSS of this process and of its children, and the big-directory case.
+same disk (both end with sync; page cache dropped first when running as root), the same build
+working on disk instead of in RAM, the cache-hit republish time, peak RSS of this process and
+of its children, and the big-directory case.
 With --scale (bench/compose_scale.py), also the scaling curve and the disk-size flatness.
 Exits 1 when a target the cases check is missed.
 """
@@ -53,15 +54,20 @@ def timed_cp(src: Path, dst: Path) -> float:
     return elapsed
 
 
-async def timed_build(spec: ImageSpec, work: Path, cache: Path) -> tuple[float, object]:
+async def timed_build(spec: ImageSpec, work: Path, cache: Path,
+                      ram_scratch: bool = True) -> tuple[float, object]:
     drop_caches()
     started = time.perf_counter()
-    built = await build_image(spec, work_dir=work, cache_dir=cache)
+    built = await build_image(spec, work_dir=work, cache_dir=cache, ram_scratch=ram_scratch)
     os.sync()
     return time.perf_counter() - started, built
 
 
-async def main_case(args: argparse.Namespace, tmp: Path) -> None:
+#: cp -a seconds / build seconds, cold, both ending with sync
+COLD_TARGET = 0.8
+
+
+async def main_case(args: argparse.Namespace, tmp: Path) -> list[str]:
     merged = tmp / "merged"
     print(f"generating ~{args.size_mib} MiB across 5 layers in {tmp} ...", flush=True)
     sources = write_layers(tmp / "layers", plan_layers(args.size_mib * MIB), merged)
@@ -74,16 +80,26 @@ async def main_case(args: argparse.Namespace, tmp: Path) -> None:
     hit = await build_image(spec, work_dir=tmp / "work", cache_dir=tmp / "cache")
     hit_s = time.perf_counter() - started
     assert hit.cache_hit
+    disk_s, _ = await timed_build(spec, tmp / "work", tmp / "cache-disk", ram_scratch=False)
     print(f"\n== 5 layers -> qcow2: {size / MIB:.0f} MiB in {files} entries (merged)")
     print(f"cp -a merged tree:        {cp_s:6.2f} s  ({size / MIB / cp_s:6.1f} MiB/s)")
     print(f"build_image (qcow2):      {build_s:6.2f} s  ({size / MIB / build_s:6.1f} MiB/s)")
-    print(f"throughput vs cp -a:      {cp_s / build_s:6.2f} x  (target >= 0.5)")
+    print(f"throughput vs cp -a:      {cp_s / build_s:6.2f} x  (target >= {COLD_TARGET})")
+    print(f"... working on disk:      {disk_s:6.2f} s  ({cp_s / disk_s:.2f} x; in RAM "
+          f"{disk_s / build_s:.2f} x faster)")
     print(f"cache-hit republish:      {hit_s:6.3f} s  (target < 1 s)")
     print(f"artifact:                 {built.file_size / MIB:.0f} MiB qcow2")  # type: ignore[attr-defined]
     shutil.rmtree(tmp / "cache")
+    shutil.rmtree(tmp / "cache-disk")
+    missed = []
+    if cp_s / build_s < COLD_TARGET:
+        missed.append(f"composite {cp_s / build_s:.2f} x cp -a, target >= {COLD_TARGET}")
+    if hit_s >= 1:
+        missed.append(f"cache-hit republish {hit_s:.3f} s, target < 1 s")
+    return missed
 
 
-async def bigdir_case(args: argparse.Namespace, tmp: Path) -> None:
+async def bigdir_case(args: argparse.Namespace, tmp: Path) -> list[str]:
     folder = tmp / "bigdir"
     rng = random.Random(3)
     files = [FileSpec(f"usr/share/man/man1/command-{i:05d}.1.gz", rng.randrange(800, 6000),
@@ -99,7 +115,8 @@ async def bigdir_case(args: argparse.Namespace, tmp: Path) -> None:
     build_s, _ = await timed_build(spec, folder / "work", folder / "cache")
     print(f"\n== one directory of {args.bigdir_entries} entries ({size / MIB:.0f} MiB) -> qcow2")
     print(f"cp -a merged tree:        {cp_s:6.2f} s")
-    print(f"build_image (qcow2):      {build_s:6.2f} s  (ratio to cp -a {cp_s / build_s:.2f} x)")
+    print(f"build_image (qcow2):      {build_s:6.2f} s  (ratio to cp -a {cp_s / build_s:.2f} x, "
+          f"target >= {COLD_TARGET})")
     if args.compare_mke2fs:
         image = folder / "plain.img"
         with open(image, "wb") as fh:
@@ -108,6 +125,9 @@ async def bigdir_case(args: argparse.Namespace, tmp: Path) -> None:
         subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(merged), str(image)],
                        check=True)
         print(f"plain mke2fs -d (no fix): {time.perf_counter() - started:6.2f} s  (reference)")
+    if cp_s / build_s < COLD_TARGET:
+        return [f"big directory {cp_s / build_s:.2f} x cp -a, target >= {COLD_TARGET}"]
+    return []
 
 
 def peak_rss() -> None:
@@ -137,9 +157,9 @@ def main() -> None:
     try:
         print(f"page cache dropped before each timed run: {drop_caches()}")
         if not args.scale_only:
-            asyncio.run(main_case(args, tmp))
+            missed += asyncio.run(main_case(args, tmp))
             if not args.no_bigdir:
-                asyncio.run(bigdir_case(args, tmp))
+                missed += asyncio.run(bigdir_case(args, tmp))
             peak_rss()
         if args.scale or args.scale_only:
             missed += asyncio.run(scale_case(args.scale_mib, tmp))

@@ -18,21 +18,34 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait
 
 import adapters
 from bot.catalog import Catalog
-from bot.runner.planning import PublishPlan, plan
+from bot.runner.parent_death import die_with_parent
+from bot.runner.planning import PlanError, PublishPlan, plan
 
 log = logging.getLogger(__name__)
 
 PlanKey = tuple[tuple[str, ...], bool]
 
+#: How long close() lets the child finish its plan before it is terminated.
+CLOSE_GRACE_SECONDS = 2.0
+
 _catalog: Catalog | None = None
 
 
-def _start_child(catalog: Catalog, registry: dict[str, adapters.AdapterEntry], niceness: int) -> None:
+class UnexpectedPlanError(RuntimeError):
+    """Planning raised an error of a type the caller does not expect; the message names it."""
+
+
+def _start_child(catalog: Catalog, registry: dict[str, adapters.AdapterEntry], niceness: int,
+                 parent: int) -> None:
+    die_with_parent(parent)
     global _catalog
     _catalog = catalog
     adapters.restore_registry(registry)
@@ -42,7 +55,25 @@ def _start_child(catalog: Catalog, registry: dict[str, adapters.AdapterEntry], n
 
 def _plans_in_child(names: tuple[str, ...], check_cache: bool) -> list[PublishPlan]:
     assert _catalog is not None, "the planner process was not started with a catalog"
-    return [plan(_catalog, name, check_cache=check_cache) for name in names]
+    try:
+        return [plan(_catalog, name, check_cache=check_cache) for name in names]
+    except (KeyError, PlanError, adapters.SDKMissing) as exc:
+        if _survives_pickling(exc):
+            raise
+        raise UnexpectedPlanError(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        # An exception that cannot be rebuilt in the parent (its __init__ takes other
+        # arguments than its .args) would break the pool: the plan would run again and the
+        # user would read "the planner process died" instead of this message.
+        raise UnexpectedPlanError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _survives_pickling(exc: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return True
 
 
 class Planner:
@@ -53,13 +84,16 @@ class Planner:
         self.niceness = niceness
         self._pool: ProcessPoolExecutor | None = None
         self._running: dict[PlanKey, asyncio.Future[list[PublishPlan]]] = {}
+        self._closed = False
 
     def _executor(self) -> ProcessPoolExecutor:
+        if self._closed:
+            raise RuntimeError("the planner is closed")
         if self._pool is None:
             # spawn, not fork: this process has threads (the store's, the executor's)
             self._pool = ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child,
-                initargs=(self.catalog, adapters.registry(), self.niceness))
+                initargs=(self.catalog, adapters.registry(), self.niceness, os.getpid()))
         return self._pool
 
     async def start(self) -> None:
@@ -85,6 +119,8 @@ class Planner:
             try:
                 return await loop.run_in_executor(self._executor(), _plans_in_child, *key)
             except BrokenProcessPool:
+                if self._closed:  # close() terminated the child
+                    raise
                 log.error("the planner process died while planning %s (attempt %d)",
                           list(key[0]), attempt)
                 self._discard()
@@ -98,6 +134,23 @@ class Planner:
             self._pool = None
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        """Stop the child: at once when idle, after CLOSE_GRACE_SECONDS when a plan runs
+        (an adapter opening a connection may take its time): serve's stop does not wait on it."""
+        self._closed = True
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        children = list(pool._processes.values())  # type: ignore[attr-defined]
+        pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(_end, children, CLOSE_GRACE_SECONDS)
+
+
+def _end(children: list[multiprocessing.process.BaseProcess], grace: float) -> None:
+    """Wait up to ``grace`` seconds for the children to exit, then terminate the others.
+    Waits on their sentinels, not join(): the pool's own thread reaps them."""
+    deadline = time.monotonic() + grace
+    for child in children:
+        if not wait([child.sentinel], max(0.0, deadline - time.monotonic())):
+            log.warning("the planner process %s is still planning; terminating it", child.pid)
+            child.terminate()
+            wait([child.sentinel], grace)

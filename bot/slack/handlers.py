@@ -52,6 +52,8 @@ class Background:
         self._tasks.add(task)
         self._idle.clear()
         task.add_done_callback(self._done)
+        # a task cancelled before it awaited ``coro`` would leave it never awaited (a warning)
+        task.add_done_callback(lambda _: coro.close())
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -71,8 +73,13 @@ class Background:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         except TimeoutError:
-            for task in list(self._tasks):
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
+            # awaited: their cleanup (an answer in a finally) runs before the caller closes
+            # what they use; bounded, as a task may hold off its cancellation
+            if tasks:
+                await asyncio.wait(tasks, timeout=timeout)
 
 
 def _field(value: object, key: str) -> object:

@@ -50,8 +50,11 @@ class ResponseUrls:
         self.turns = turns
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _shared(self) -> aiohttp.ClientSession:
+        if self._closed:  # a session opened now would never be closed
+            raise RuntimeError("cannot answer on a response_url: the Slack app is stopping")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
@@ -74,10 +77,15 @@ class ResponseUrls:
                         log.warning("an answer on a response_url got HTTP %d", resp.status)
                     return
             except aiohttp.ClientConnectionError:
+                # Slack may have accepted the first attempt before the connection broke: the
+                # user then reads the message twice. Acceptable: losing the answer is worse,
+                # and the usual failure (a kept-alive connection the peer closed while idle)
+                # comes before Slack read anything.
                 if attempt == 2:
                     raise
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -264,7 +264,7 @@ async def serve_forever(service: SlackService, host: str, port: int) -> None:
         loop.add_signal_handler(sig, done.set)
     try:
         bound = await service.start(host, port)
-    except SettingsError:
+    except BaseException:  # a rejected token, a port in use...: the planner's process is started
         await service.close()
         raise
     mode = "Socket Mode" if service.settings.socket_mode else f"HTTP on {host}:{bound}"

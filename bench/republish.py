@@ -26,14 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.compose import FileSpec, drop_caches, plan_layers, write_dir_layer, write_tar_layer
+from bench import layer_data
+from bench.layer_data import LAYER_FORMATS as FORMATS
+from bench.layer_data import FileSpec, drop_caches, plan_layers, write_tar_layer
 from compositor import ImageSpec, LayerSource, build_image
 from compositor.layer_cache import ENABLE_ENV
 
 MIB = 1 << 20
 TARGET = 0.5
-#: layer name -> how it is given: a compressed or plain tar, or a directory
-FORMATS = {"os": "zst", "app1": "", "app2": "dir", "app3": "gz", "platform": ""}
 CHANGED = "app1"
 
 
@@ -46,20 +46,11 @@ class Layers:
 
 
 def write_layers(root: Path, total: int) -> Layers:
-    root.mkdir(parents=True, exist_ok=True)
-    sources, files = [], {}
-    for name, kind, specs in plan_layers(total):
-        fmt = FORMATS[name]
-        if fmt == "dir":
-            source = root / name
-            write_dir_layer(source, specs)
-        else:
-            source = root / (f"{name}.tar" + (f".{fmt}" if fmt else ""))
-            write_tar_layer(source, specs, fmt)
-        sources.append(LayerSource(name, kind, source))  # type: ignore[arg-type]
-        files[name] = specs
+    plan = plan_layers(total)
+    sources = layer_data.write_layers(root, plan)
+    files = {name: specs for name, _, specs in plan}
     sizes = {name: sum(f.size for f in specs) for name, specs in files.items()}
-    return Layers(sources, files, sizes[CHANGED], sum(sizes.values()))
+    return Layers(list(sources), files, sizes[CHANGED], sum(sizes.values()))
 
 
 def change_layer(layers: Layers) -> None:

@@ -86,7 +86,7 @@ def _signature(source: Path) -> str:
     if not stat.S_ISDIR(st.st_mode):
         return f"file:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}"
     h = hashlib.sha256()
-    for rel, est in _walk(source):
+    for rel, est in walk_entries(source):
         h.update(
             f"{rel}\0{est.st_mode}\0{est.st_uid}\0{est.st_gid}\0{est.st_size}\0"
             f"{est.st_mtime_ns}\0{est.st_ino}\n".encode(errors="surrogateescape")
@@ -102,7 +102,7 @@ def _file_digest(source: Path) -> str:
 def _dir_digest(source: Path) -> str:
     h = hashlib.sha256()
     first_path: dict[tuple[int, int], str] = {}
-    for rel, st in _walk(source):
+    for rel, st in walk_entries(source):
         kind = stat.S_IFMT(st.st_mode)
         if stat.S_ISREG(st.st_mode):
             key = (st.st_dev, st.st_ino)
@@ -124,7 +124,7 @@ def _dir_digest(source: Path) -> str:
     return h.hexdigest()
 
 
-def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
+def walk_entries(root: Path) -> list[tuple[str, os.stat_result]]:
     """Every entry below root, sorted by path, with its lstat."""
     out: list[tuple[str, os.stat_result]] = []
     stack = [""]

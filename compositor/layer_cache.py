@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .budget import SpaceBudget, entry_cost
 from .cache import Cache
+from .digest import walk_entries
 from .evict import ArtifactHold, hold_artifact
 from .layertree import LayerTree
 from .meta import Meta
@@ -193,7 +194,7 @@ def _write_table(temp: Path, tree: LayerTree) -> LayerFacts:
     """Write table.json and layer.json for the tree in temp/tree; their facts are measured on
     the tree itself."""
     meta: dict[str, Meta] = tree.meta  # type: ignore[assignment]
-    found = _walk(Path(temp) / TREE)
+    found = dict(walk_entries(Path(temp) / TREE))
     if found.keys() != meta.keys():  # extraction keeps them equal; never store a mismatch
         raise BrokenEntry(f"{temp}: {len(found)} entries extracted, {len(meta)} in the table")
     seen: set[tuple[int, int]] = set()
@@ -246,7 +247,7 @@ def _verify(root: Path, tree: LayerTree, sizes: dict[str, int]) -> None:
     """Every entry of the table is in the tree with its type (device nodes and fifos are
     stand-in files) and size, every regular file with its mtime; nothing else is there."""
     try:
-        found = _walk(root)
+        found = dict(walk_entries(root))
     except OSError as exc:
         raise BrokenEntry(f"{root}: {exc}") from exc
     meta: dict[str, Meta] = tree.meta  # type: ignore[assignment]
@@ -264,18 +265,3 @@ def _verify(root: Path, tree: LayerTree, sizes: dict[str, int]) -> None:
             raise BrokenEntry(f"{root}/{rel}: {st.st_size} bytes, {sizes[rel]} recorded")
         if stat.S_ISREG(want.mode) and st.st_mtime_ns != want.mtime_ns:
             raise BrokenEntry(f"{root}/{rel}: changed since it was extracted")
-
-
-def _walk(root: Path) -> dict[str, os.stat_result]:
-    out: dict[str, os.stat_result] = {}
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        for item in os.scandir(os.path.join(root, rel_dir)):
-            rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
-            st = item.stat(follow_symlinks=False)
-            out[rel] = st
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(rel)
-    return out
-

@@ -37,6 +37,7 @@ def write_publish_layer(spec: ImageSpec, dest: Path, epoch: int) -> LayerTree:
     for link_path, target in spec.extra_symlinks:
         rel = _place(tree, meta, link_path, now)
         os.symlink(target, dest / rel)
+        os.utime(dest / rel, ns=(now, now), follow_symlinks=False)  # mke2fs copies the link's own
         meta[rel] = Meta(stat.S_IFLNK | 0o777, 0, 0, now)
     return tree
 

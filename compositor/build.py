@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import functools
 import os
@@ -10,6 +11,7 @@ import shutil
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import convert as converter
 from . import scratch
@@ -36,7 +38,7 @@ from .merge import Merger
 from .ntfs import build_ntfs_disk
 from .progress import Reporter
 from .publish_layer import write_publish_layer
-from .spec import FORMAT_EXTENSIONS, BuiltImage, ImageSpec, LayerSource, ProgressCallback
+from .spec import FORMAT_EXTENSIONS, BuiltImage, ExtraFile, ImageSpec, LayerSource, ProgressCallback
 from .tarlayer import extract_tar_layer
 from .threads import in_thread, settle
 from .tools import required_tools
@@ -48,10 +50,14 @@ FILESYSTEM_BUILDERS: dict[str, DiskBuilder] = {"ext4": build_ext4_disk, "ntfs": 
 RAW_NAME = "disk.img"
 
 
+#: makes the publish layer (compositor.firstboot.publish_layer with its arguments bound)
+PublishLayerMaker = Callable[[], tuple[tuple[ExtraFile, ...], tuple[tuple[str, str], ...]]]
+
+
 async def build_image(
     spec: ImageSpec, *, work_dir: Path, cache_dir: Path,
     progress: ProgressCallback | None = None, ram_scratch: bool = True,
-    ram_dir: Path | None = None,
+    ram_dir: Path | None = None, publish_layer: PublishLayerMaker | None = None,
 ) -> BuiltImage:
     """Composite the spec's layers into a disk image of spec.format (or reuse the cached one).
 
@@ -59,28 +65,55 @@ async def build_image(
     ``ram_scratch=False`` never, ``ram_dir`` a tmpfs folder other than /dev/shm), else under
     work_dir, and are removed afterwards, also on failure and cancellation; child processes are
     killed when the task is cancelled.
+
+    ``publish_layer`` makes the spec's extra files and symlinks (which it then must not have)
+    while the layers are hashed and extracted: the guest inspection reads the same archives,
+    and the first read of a cold archive is most of its cost.
     """
     validate(spec)
     report = Reporter(progress)
     cache = Cache(Path(cache_dir))
-    remembered = await asyncio.to_thread(_remembered_digests, spec, Path(cache_dir))
-    if remembered is not None:
-        hit = cache.lookup(image_key(spec, remembered), spec.format, remembered)
-        if hit is not None:
-            report.stage("reusing the cached image", 1.0)
-            return hit
-    _check_tools(spec)
+    inspecting = asyncio.ensure_future(asyncio.to_thread(publish_layer)) if publish_layer else None
     try:
-        return await _build(spec, Path(work_dir), cache, remembered, report,
-                            ram_dir if ram_scratch else None, ram_scratch)
-    except ScratchFull:
-        report.stage("the layers are larger than the memory set aside: building on disk", 0.0)
-        return await _build(spec, Path(work_dir), cache, remembered, report, None, False)
+        remembered = await asyncio.to_thread(_remembered_digests, spec, Path(cache_dir))
+        if remembered is not None:
+            if inspecting is not None:  # the key needs the publish layer: nothing to overlap
+                spec = _with_publish_layer(spec, await inspecting)
+            hit = cache.lookup(image_key(spec, remembered), spec.format, remembered)
+            if hit is not None:
+                report.stage("reusing the cached image", 1.0)
+                return hit
+        _check_tools(spec)
+        try:
+            return await _build(spec, Path(work_dir), cache, remembered, report,
+                                ram_dir if ram_scratch else None, ram_scratch, inspecting)
+        except ScratchFull:
+            report.stage("the layers are larger than the memory set aside: building on disk", 0.0)
+            return await _build(spec, Path(work_dir), cache, remembered, report, None, False,
+                                inspecting)
+    except CompositorError as exc:
+        # the layers' own problem first, as when the inspection ran before the build
+        if inspecting is not None:
+            await settle(inspecting)
+            found = None if inspecting.cancelled() else inspecting.exception()
+            if isinstance(found, CompositorError) and found is not exc:
+                raise found from exc
+        raise
+    finally:
+        if inspecting is not None:
+            await settle(inspecting)
+
+
+def _with_publish_layer(spec: ImageSpec, made: tuple[tuple[ExtraFile, ...],
+                                                     tuple[tuple[str, str], ...]]) -> ImageSpec:
+    files, links = made
+    return dataclasses.replace(spec, extra_files=tuple(files), extra_symlinks=tuple(links))
 
 
 async def _build(
     spec: ImageSpec, work_dir: Path, cache: Cache, remembered: dict[str, str] | None,
     report: Reporter, ram_dir: Path | None, use_ram: bool,
+    inspecting: asyncio.Future[Any] | None = None,
 ) -> BuiltImage:
     place = await _choose_place(spec, work_dir, ram_dir, use_ram)
     work = place.work
@@ -105,6 +138,8 @@ async def _build(
                 spec, work, cancel, report, layers, hashing, place.ram_limit))
             results = await asyncio.gather(*hashing)
             digests = {layer.name: d for layer, d in zip(spec.layers, results, strict=True)}
+        if inspecting is not None and not spec.extra_files and not spec.extra_symlinks:
+            spec = _with_publish_layer(spec, await inspecting)
         key = image_key(spec, digests)
         if (hit := cache.lookup(key, spec.format, digests)) is not None:
             report.stage("reusing the cached image", 1.0)

@@ -118,19 +118,28 @@ def _plain(value: Any) -> bool:
 
 
 # ------------------------------------------------------------------ the parent's side
+#: the rest of compositor.firstboot.publish_layer's arguments: scripts, shutdown, size_gib
+PublishLayerArgs = tuple[Sequence[Path], ShutdownMode, int | None]
+
+
 async def build_image_isolated(
     spec: ImageSpec, *, work_dir: Path, cache_dir: Path,
     progress: ProgressCallback | None = None, ram_scratch: bool = True,
-    ram_dir: Path | None = None,
+    ram_dir: Path | None = None, publish_layer: PublishLayerArgs | None = None,
 ) -> BuiltImage:
     """compositor.build_image(spec, ...) run by a child process; same result and errors.
+    With ``publish_layer`` (scripts, shutdown, size_gib), the child makes the spec's publish
+    layer (compositor.firstboot.publish_layer) while it hashes and extracts the layers.
 
     ``progress`` is called from the event loop (build_image also calls it from threads).
     """
     result = await _in_child({"op": "build_image", "spec": spec_to_json(spec),
                               "work_dir": os.fspath(work_dir), "cache_dir": os.fspath(cache_dir),
                               "ram_scratch": ram_scratch,
-                              "ram_dir": os.fspath(ram_dir) if ram_dir else None},
+                              "ram_dir": os.fspath(ram_dir) if ram_dir else None,
+                              "publish_layer": None if publish_layer is None else {
+                                  "scripts": [os.fspath(p) for p in publish_layer[0]],
+                                  "shutdown": publish_layer[1], "size_gib": publish_layer[2]}},
                              progress)
     return built_from_json(result)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -69,11 +70,18 @@ async def serve(request: dict[str, Any], channel: Channel) -> None:
 
 
 async def _build_image(request: dict[str, Any], channel: Channel) -> Any:
+    spec = spec_from_json(request["spec"])
+    maker = None
+    if (args := request.get("publish_layer")) is not None:
+        maker = functools.partial(publish_layer, spec.layers, spec.filesystem,
+                                  [Path(s) for s in args["scripts"]], args["shutdown"],
+                                  args["size_gib"])
     built = await build_image(
-        spec_from_json(request["spec"]), work_dir=request["work_dir"],
+        spec, work_dir=request["work_dir"],
         cache_dir=request["cache_dir"], ram_scratch=request.get("ram_scratch", True),
         ram_dir=Path(request["ram_dir"]) if request.get("ram_dir") else None,
-        progress=lambda note, fraction: channel.send({"progress": [note, fraction]}))
+        progress=lambda note, fraction: channel.send({"progress": [note, fraction]}),
+        publish_layer=maker)
     return built_to_json(built)
 
 

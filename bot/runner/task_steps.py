@@ -45,7 +45,7 @@ from bot.store.model import LeaseLost, Task
 from bot.store.states import EventKind
 from compositor.evict import ArtifactHold, evict, hold_artifact_async
 from compositor.firstboot import publish_layer
-from compositor.isolated import build_image_isolated, publish_layer_isolated
+from compositor.isolated import build_image_isolated
 from compositor.spec import BuiltImage, ImageSpec, LayerSource
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,12 @@ class ComposeStep:
     name = "compose"
 
     async def run(self, job: Job) -> None:
-        # image_spec's guest inspection, in a child process: reading a big tar layer's index
-        # is seconds of Python, which would hold this process's GIL.
+        # image_spec's guest inspection runs in the compositor's child process (reading a big
+        # tar layer's index is seconds of Python, which would hold this process's GIL), while
+        # it hashes and extracts the layers: both read the same archives.
         layers = layer_sources(job.catalog, job.template)
-        publish = await publish_layer_isolated(
-            *publish_layer_args(job.catalog, job.template, layers))
-        spec = assemble_spec(job.template, job.adapter, layers, publish)
+        _, _, scripts, shutdown, size_gib = publish_layer_args(job.catalog, job.template, layers)
+        spec = assemble_spec(job.template, job.adapter, layers, ((), ()))
         await job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
                          event=(EventKind.STAGE, messages.stage_compositing(len(spec.layers))))
 
@@ -181,6 +181,7 @@ class ComposeStep:
                     progress=on_progress,
                     ram_scratch=job.catalog.runner.ram_scratch,
                     ram_dir=job.catalog.runner.ram_scratch_dir,
+                    publish_layer=(scripts, shutdown, size_gib),
                 )
                 try:
                     job.artifact_hold = await hold_artifact_async(built.path)

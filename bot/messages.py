@@ -110,7 +110,7 @@ def human_duration(elapsed: float) -> str:
 # Everything the Slack app says. Slack mrkdwn: *bold*, <@U123> mentions a user,
 # <#C123> a channel, <url|text> a link.
 
-CONFIRM_TITLE = "Confirm and Complete"
+CONFIRM_TITLE = "Review and publish"
 BUTTON_PUBLISH = "Publish Layered Images"
 BUTTON_CANCEL = "Cancel"
 BUTTON_RETRY = "Retry"
@@ -135,7 +135,7 @@ NONE = "none"
 
 SLACK_HELP = (
     "*`/publish`* publishes layered images from image templates.\n"
-    "\u2022 `/publish NAME [NAME...]` \u2014 show the *Confirm and Complete* card for these "
+    "\u2022 `/publish NAME [NAME...]` \u2014 show the *Review and publish* card for these "
     "templates, then click *Publish Layered Images*\n"
     "\u2022 `/publish` \u2014 choose templates in a dialog\n"
     "\u2022 `/publish list` \u2014 the templates you may publish\n"
@@ -169,21 +169,34 @@ def confirm_expires(minutes: int) -> str:
 
 
 def confirm_fallback(names: list[str]) -> str:
-    return f"{CONFIRM_TITLE}: publish {', '.join(names)}?"
+    return f"Publish {', '.join(names)}?"
+
+
+def _labelled(singular: str, plural: str, items: list[str]) -> list[str]:
+    """``*Label:* a, b`` with the label's number matching; nothing for no items."""
+    if not items:
+        return []
+    return [f"*{singular if len(items) == 1 else plural}:* {', '.join(items)}"]
+
+
+def plan_title(icon: str, template: str, description: str) -> str:
+    return f"{icon} *{template}*" + (f" \u2014 {description}" if description else "")
 
 
 def plan_layers(os_layer: str, app_layers: list[str], platform_layer: str | None) -> str:
-    apps = ", ".join(app_layers) or NONE
-    return f"*OS layer:* {os_layer}\n*App layers:* {apps}\n*Platform layer:* {platform_layer or NONE}"
+    return "\n".join([f"*OS layer:* {os_layer}", *_labelled("App layer", "App layers", app_layers),
+                      *_labelled("Platform layer", "Platform layers",
+                                 [platform_layer] if platform_layer else [])])
 
 
 def plan_target(connector: str, platform: str, size_gib: int, filesystem: str, fmt: str) -> str:
-    return f"*Connector:* {connector} ({platform})\n*Disk:* {size_gib} GiB {filesystem}, {fmt}"
+    return (f"*Connector:* {connector} ({platform})\n"
+            f"*Disk:* {human_bytes(size_gib * 2**30)} {filesystem}, {fmt}")
 
 
 def plan_scripts(scripts: list[str], cache_hit: bool) -> str:
     cached = CACHE_REUSED if cache_hit else CACHE_MISS
-    return f"*Scripts:* {', '.join(scripts) or NONE}\n*Cached disk:* {cached}"
+    return "\n".join([*_labelled("Script", "Scripts", scripts), f"*Cached disk:* {cached}"])
 
 
 def approval_requested(requester: str, names: list[str]) -> str:
@@ -332,7 +345,7 @@ def status_line(task_id: str, template: str, label: str, stage: str, percent: fl
 
 def list_line(icon: str, name: str, description: str, allowed: bool) -> str:
     lock = "" if allowed else " :lock:"
-    return f"{icon} *{name}*{lock} \u2014 {description or NONE}"
+    return f"{icon} *{name}*{lock}" + (f" \u2014 {description}" if description else "")
 
 
 def no_status() -> str:

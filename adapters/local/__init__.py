@@ -39,6 +39,7 @@ from adapters.base import (
 )
 from adapters.resources import Lifetime, Resource, latest
 from adapters.steps import Step
+from bot.messages import human_bytes
 from compositor.paths import UnsafePath, join_inside
 from compositor.sparse import data_extents
 from compositor.spec import FORMAT_EXTENSIONS
@@ -156,7 +157,7 @@ class Adapter:
         size = dest.stat().st_size
         ctx.published = Published(
             link=dest.resolve().as_uri(),
-            summary=f"{dest.name} ({self.config.format}, {size} bytes) in {dest.parent}",
+            summary=f"{dest.name} ({self.config.format}, {human_bytes(size)})",
             resource=mine,
         )
 

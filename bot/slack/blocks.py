@@ -100,7 +100,7 @@ def text_message(text: str) -> Message:
 
 # ------------------------------------------------------------------ confirm card
 def _plan_blocks(p: PublishPlan, detailed: bool) -> list[Block]:
-    title = f"{p.icon} *{escape(p.template)}* \u2014 {escape(p.description) or messages.NONE}"
+    title = messages.plan_title(p.icon, escape(p.template), escape(p.description))
     layers = messages.plan_layers(p.os_layer, p.app_layers, p.platform_layer)
     target = messages.plan_target(p.connector, p.platform, p.size_gib, p.filesystem, p.disk_format)
     scripts = messages.plan_scripts(p.scripts, p.cache_hit)

@@ -17,8 +17,8 @@ async def test_publish_confirm_and_follow_to_done(make_slack: MakeSlack) -> None
     card = await slack.answer(await slack.command("win10-office"))
     assert card["response_type"] == "ephemeral"
     shown = texts(card)
-    for expected in ("Confirm and Complete", ":computer:", "Windows 10 with Office", "base-os",
-                     "office", "vda", "folder (Local folder)", "1 GiB ext4, qcow2", "setup.sh",
+    for expected in ("Review and publish", ":computer:", "Windows 10 with Office", "base-os",
+                     "office", "vda", "folder (Local folder)", "1.0 GiB ext4, qcow2", "setup.sh",
                      "no, the layers are composited"):
         assert expected in shown, expected
     intent = button_value(card["blocks"], "intent_confirm")

@@ -22,7 +22,7 @@ async def test_publish_with_a_layer_claiming_a_tebibyte(make_slack: MakeSlack,
     started = time.monotonic()
     card = await slack.answer(await slack.command("win10-office"))
     assert time.monotonic() - started < 10
-    assert "Confirm and Complete" in texts(card)
+    assert "Review and publish" in texts(card)
 
     await slack.answer(await slack.click("intent_confirm",
                                          button_value(card["blocks"], "intent_confirm")))

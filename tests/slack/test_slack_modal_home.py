@@ -45,7 +45,7 @@ async def test_modal_lists_allowed_templates_and_leads_to_the_card(make_slack: M
     assert resp.status == 200
     [card] = await slack.double.wait_for(lambda: slack.double.of("chat.postEphemeral"))
     assert card.params["user"] == BOB and card.params["channel"] == CHANNEL
-    assert "Confirm and Complete" in texts(card.params)
+    assert "Review and publish" in texts(card.params)
     intent = button_value(card.params["blocks"], "intent_confirm")
     await slack.answer(await slack.click("intent_confirm", intent, user=BOB))
     assert [t.template for t in slack.store.list_tasks()] == ["win10-office"]
@@ -82,7 +82,7 @@ async def test_app_home_lists_templates_and_latest_tasks(make_slack: MakeSlack) 
     # Publish from App Home: the card arrives as a direct message
     await slack.click("home_publish", "win10-office", user=BOB, channel=None)
     [dm] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel=BOB))
-    assert "Confirm and Complete" in texts(dm.params)
+    assert "Review and publish" in texts(dm.params)
     intent = button_value(dm.params["blocks"], "intent_confirm")
     await slack.answer(await slack.click("intent_confirm", intent, user=BOB, channel="DBOB"))
     new = [t for t in slack.store.list_tasks() if t.requested_by == BOB]

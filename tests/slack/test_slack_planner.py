@@ -47,7 +47,7 @@ async def test_publish_is_planned_outside_serves_process(make_slack: MakeSlack,
     remember_digests(slack.service.handlers.catalog)
     booby_trap_planning_here(monkeypatch)
     card = await slack.answer(await slack.command("win10-office"))
-    assert "Confirm and Complete" in texts(card), texts(card)
+    assert "Review and publish" in texts(card), texts(card)
     assert "Cannot prepare" not in texts(card)
 
 

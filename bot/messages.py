@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 TASK_TITLE = "Publishing Layered Image"
 
 LOCAL_USER_HINT = (
@@ -126,6 +128,11 @@ MODAL_LABEL = "Image templates"
 MODAL_PLACEHOLDER = "Choose templates"
 HOME_TEMPLATES = "Image templates you may publish"
 HOME_TASKS = "Latest tasks"
+HOME_TASKS_MINE = "Your latest tasks"
+BUTTON_TASKS_MINE = "Mine"
+BUTTON_TASKS_ALL = "All"
+STATUS_MINE = "mine"
+STATUS_ALL = "all"
 HOME_NO_TEMPLATES = "There is no template you may publish. Ask an admin to add you to a template's `access:`."
 HOME_NO_TASKS = "No tasks yet. Publish a template to start one."
 NO_TEMPLATES = "There is no template you may publish here."
@@ -139,7 +146,9 @@ SLACK_HELP = (
     "templates, then click *Publish Layered Images*\n"
     "\u2022 `/publish` \u2014 choose templates in a dialog\n"
     "\u2022 `/publish list` \u2014 the templates you may publish\n"
-    "\u2022 `/publish status [TASK]` \u2014 the latest tasks, or one task and its events\n"
+    "\u2022 `/publish status [mine|all]` \u2014 your latest tasks, or everyone's you may see\n"
+    "\u2022 `/publish status TEMPLATE` \u2014 the latest tasks of one template\n"
+    "\u2022 `/publish status TASK` \u2014 one task and its events\n"
     "\u2022 `/publish help` \u2014 this text\n"
     "Each template starts one *Publishing Layered Image* task; its progress, the link to the "
     "disk and the next steps appear in a thread."
@@ -338,9 +347,36 @@ def no_task(task_id: str) -> str:
 
 
 def status_line(task_id: str, template: str, label: str, stage: str, percent: float,
-                link: str | None) -> str:
-    where = f" \u00b7 <{link}|link>" if link else ""
-    return f"`{task_id}` *{template}* \u2014 {label} \u00b7 {stage} {percent:.0f}%{where}"
+                link: str | None, *, requester: str, started: float,
+                message_link: str | None = None, finished: bool = False) -> str:
+    """One task in a list: id (linking to its task message), template, state, who, when."""
+    ref = f"<{message_link}|`{task_id}`>" if message_link else f"`{task_id}`"
+    progress = "" if finished else f" \u00b7 {stage} {percent:.0f}%"
+    where = f" \u00b7 <{link}|{BUTTON_OPEN.lower()}>" if link else ""
+    return (f"{ref} *{template}* \u2014 {label}{progress} \u00b7 <@{requester}> \u00b7 "
+            f"{slack_time(started)}{where}")
+
+
+def slack_time(epoch: float) -> str:
+    """A time each reader sees in their own time zone (``<!date^…>``), UTC where unsupported."""
+    fallback = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+    return f"<!date^{int(epoch)}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def status_heading(mine: bool, template: str | None = None) -> str:
+    if template:
+        return f"Latest tasks of *{template}*" + (" you requested" if mine else "")
+    return "Your latest tasks" if mine else "Latest tasks you may see"
+
+
+def unknown_status_word(word: str, guess: str | None) -> str:
+    hint = f" (did you mean *{guess}*?)" if guess else ""
+    return (f"There is no task or template `{word}`{hint}. `/publish status` lists the latest "
+            "tasks, `/publish list` the templates.")
+
+
+def unknown_template(name: str, guess: str | None) -> str:
+    return f"no template named '{name}'" + (f" (did you mean '{guess}'?)" if guess else "")
 
 
 def list_line(icon: str, name: str, description: str, allowed: bool) -> str:
@@ -350,6 +386,10 @@ def list_line(icon: str, name: str, description: str, allowed: bool) -> str:
 
 def no_status() -> str:
     return "No tasks yet."
+
+
+def no_status_mine() -> str:
+    return "You have no tasks yet. `/publish status all` shows everyone's you may see."
 
 
 def _images(count: int) -> str:

@@ -57,6 +57,13 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
         await ack()
         background.spawn(handlers.home_publish(body), "home-publish")
 
+    async def home_tasks(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        background.spawn(handlers.home_tasks(body), "home-tasks")
+
+    for view_name in ("mine", "all"):
+        app.action(f"{sb.ACTION_HOME_TASKS}_{view_name}")(home_tasks)
+
     @app.action(sb.ACTION_OPEN_LINK)
     async def open_link(ack: AsyncAck) -> None:
         await ack()  # a link button: Slack opens the URL, nothing to do

@@ -50,6 +50,7 @@ ACTION_TASK_CANCEL = "task_cancel"
 ACTION_TASK_RETRY = "task_retry"
 ACTION_HOME_PUBLISH = "home_publish"
 ACTION_OPEN_LINK = "open_link"
+ACTION_HOME_TASKS = "home_tasks"
 VIEW_PUBLISH = "publish_modal"
 BLOCK_TEMPLATES = "templates"
 ACTION_TEMPLATES = "selected"
@@ -204,35 +205,57 @@ def publish_modal(templates: Sequence[tuple[str, str]], channel: str | None) -> 
     )
 
 
-def home_view(templates: Sequence[tuple[str, str, str]], tasks: Sequence[Task]) -> View:
-    """``templates``: (name, icon, description) the user may publish."""
+def home_view(templates: Sequence[tuple[str, str, str]], tasks: Sequence[Task], *,
+              mine: bool = False, workspace_url: str | None = None) -> View:
+    """``templates``: (name, icon, description) the user may publish; ``tasks``: the user's
+    own (``mine``) or all they may see. Publish buttons stay plain: one primary per set."""
     tasks = list(tasks)[:HOME_TASKS]
-    room = MAX_VIEW_BLOCKS - 6 - len(tasks)
+    room = MAX_VIEW_BLOCKS - 7 - len(tasks)
     blocks: list[Block] = [HeaderBlock(text=messages.HOME_TEMPLATES)]
     if not templates:
         blocks.append(section(messages.HOME_NO_TEMPLATES))
     for name, icon, desc in templates[:room]:
         blocks.append(section(messages.list_line(icon, escape(name), escape(desc), True),
                               accessory=button(messages.BUTTON_PUBLISH_ONE, ACTION_HOME_PUBLISH,
-                                               name, style="primary")))
-    blocks += [DividerBlock(), HeaderBlock(text=messages.HOME_TASKS)]
+                                               name)))
+    blocks += [DividerBlock(),
+               HeaderBlock(text=messages.HOME_TASKS_MINE if mine else messages.HOME_TASKS),
+               ActionsBlock(block_id="home_tasks", elements=[
+                   button(text, ACTION_HOME_TASKS + "_" + value, value,
+                          style="primary" if (value == messages.STATUS_MINE) == mine else None)
+                   for text, value in ((messages.BUTTON_TASKS_MINE, messages.STATUS_MINE),
+                                       (messages.BUTTON_TASKS_ALL, messages.STATUS_ALL))])]
     if not tasks:
-        blocks.append(section(messages.HOME_NO_TASKS))
-    blocks += [section(status_line(t)) for t in tasks]
+        blocks.append(section(messages.no_status_mine() if mine else messages.HOME_NO_TASKS))
+    blocks += [section(status_line(t, workspace_url)) for t in tasks]
     return View(type="home", blocks=blocks)
 
 
-def status_line(t: Task) -> str:
+def message_permalink(workspace_url: str | None, channel: str | None, ts: str | None) -> str | None:
+    """The link to a message, as Slack forms it: ``<workspace>/archives/<channel>/p<ts digits>``
+    (built, not asked for: a status list would cost one chat.getPermalink per line)."""
+    if not (workspace_url and workspace_url.startswith("https://") and channel and ts):
+        return None
+    return f"{workspace_url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
+
+
+def status_line(t: Task, workspace_url: str | None = None) -> str:
     link = t.link if t.link and t.link.startswith(("http://", "https://")) else None
     return messages.status_line(t.id, escape(t.template), states.LABELS[t.status],
-                                escape(t.stage), t.progress, link)
+                                escape(t.stage), t.progress, link, requester=t.requested_by,
+                                started=t.created_at, finished=t.finished,
+                                message_link=message_permalink(workspace_url, t.channel,
+                                                               t.message_ts))
 
 
-def status_message(tasks: Sequence[Task]) -> Message:
+def status_message(tasks: Sequence[Task], heading: str | None = None,
+                   workspace_url: str | None = None, *, mine: bool = False) -> Message:
     if not tasks:
-        return text_message(messages.no_status())
-    lines = [status_line(t) for t in tasks]
-    return Message(text="\n".join(lines), blocks=[section(line) for line in lines[:MAX_MESSAGE_BLOCKS]])
+        return text_message(messages.no_status_mine() if mine else messages.no_status())
+    lines = [status_line(t, workspace_url) for t in tasks]
+    head = [heading] if heading else []
+    return Message(text="\n".join([*head, *lines]),
+                   blocks=[section(line) for line in [*head, *lines][:MAX_MESSAGE_BLOCKS]])
 
 
 def task_detail(task: Task, events: Sequence[Event]) -> Message:

@@ -6,6 +6,7 @@ resolve user groups and plan templates (in the planner's process: :mod:`bot.runn
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -15,7 +16,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
-from bot.catalog import Catalog, unknown_name
+from bot.catalog import Catalog
 from bot.runner.planner import Planner
 from bot.runner.planning import PlanError, PublishPlan, enqueue, new_image_name
 from bot.slack import access as slack_access
@@ -123,6 +124,8 @@ class Handlers:
         self.client = client
         self.groups = groups
         self.wake_runner = wake_runner
+        #: the workspace's address (auth.test's ``url``), for links to task messages
+        self.workspace_url: str | None = None
 
     # ------------------------------------------------------------ helpers
     async def _groups(self, user: str) -> set[str]:
@@ -177,6 +180,17 @@ class Handlers:
             await self.client.chat_postMessage(channel=user, **payload)
         return reply
 
+    def _template_named(self, word: str) -> str | None:
+        """The catalog's spelling of template ``word``, matched case-insensitively."""
+        if word in self.catalog.templates:
+            return word
+        return {n.lower(): n for n in self.catalog.templates}.get(word.lower())
+
+    def _closest_template(self, word: str, among: list[str]) -> str | None:
+        by_lower = {n.lower(): n for n in among}
+        guess = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+        return by_lower[guess[0]] if guess else None
+
     async def _plans(self, names: list[str], *, check_cache: bool) -> list[PublishPlan]:
         return await self.planner.plans(names, check_cache=check_cache)
 
@@ -202,16 +216,48 @@ class Handlers:
         rows = [(n, t.icon, t.description, n in allowed) for n, t in self.catalog.templates.items()]
         await reply(slack_blocks.list_message(rows))
 
+    async def _tasks_view(self, user: str, mine: bool, limit: int) -> list[Task]:
+        if mine:
+            return await self.db.run(self.store.tasks_visible_to, user, [], limit)
+        return await self._visible_tasks(user, limit)
+
+    async def _template_tasks(self, user: str, template: str, limit: int) -> list[Task]:
+        """The latest tasks of ``template`` this user may see: all if they may publish it."""
+        if self._may_see_template(template, user, await self._groups(user)):
+            return await self.db.run(self.store.tasks_visible_to, "", [template], limit)
+        own = await self.db.run(self.store.tasks_visible_to, user, [], 200)
+        return [t for t in own if t.template == template][:limit]
+
+    def _may_see_template(self, template: str, user: str, groups: set[str]) -> bool:
+        return slack_access.may_publish(self.catalog, template, user=user, groups=groups,
+                                        channel=None, check_channel=False).allowed
+
     async def status(self, user: str, task_id: str | None, reply: Reply) -> None:
-        if task_id is None:
-            await reply(slack_blocks.status_message(await self._visible_tasks(user, 10)))
+        """``status``, ``status mine|all``, ``status TEMPLATE`` (any case) or ``status TASK``."""
+        word = (task_id or messages.STATUS_ALL).lower()
+        if word in (messages.STATUS_MINE, messages.STATUS_ALL):
+            mine = word == messages.STATUS_MINE
+            await reply(slack_blocks.status_message(
+                await self._tasks_view(user, mine, 10), messages.status_heading(mine),
+                self.workspace_url, mine=mine))
             return
-        no_task = messages.no_task(slack_blocks.escape(task_id))
+        assert task_id is not None
+        template = self._template_named(task_id)
+        if template is not None:
+            mine = not self._may_see_template(template, user, await self._groups(user))
+            await reply(slack_blocks.status_message(
+                await self._template_tasks(user, template, 10),
+                messages.status_heading(mine, slack_blocks.escape(template)), self.workspace_url))
+            return
         try:
             task = await self.db.run(self.store.get, task_id)
         except TaskNotFound:
-            await self._refuse(user, "status", task_id, "no such task", reply, no_task)
+            allowed = await self._allowed_templates(user, None)
+            guess = self._closest_template(task_id, allowed)
+            await self._refuse(user, "status", task_id, "no such task", reply,
+                               messages.unknown_status_word(slack_blocks.escape(task_id), guess))
             return
+        no_task = messages.no_task(slack_blocks.escape(task_id))
         if not self._may_see(task, user, await self._groups(user)):
             # the same answer as for an unknown id: the task's existence is not told either
             await self._refuse(user, "status", task_id, messages.reason_user("template", task.template),
@@ -238,11 +284,14 @@ class Handlers:
     async def request(self, user: str, channel: str | None, names: list[str],
                       reply: Reply, *, intent_id: str | None = None) -> None:
         """Check names and access, then offer the confirm card. ``intent_id``: a fixed id (a
-        retry), so a second request while its card is live posts no second card."""
+        retry), so a second request while its card is live posts no second card. Names match
+        templates case-insensitively."""
+        names = list(dict.fromkeys(self._template_named(n) or n for n in names))
         unknown = [n for n in names if n not in self.catalog.templates]
         if unknown:
-            problems = [slack_blocks.escape(unknown_name("template", n, self.catalog.templates))
-                        for n in unknown]
+            templates = list(self.catalog.templates)
+            problems = [slack_blocks.escape(messages.unknown_template(
+                n, self._closest_template(n, templates))) for n in unknown]
             await reply(slack_blocks.text_message(messages.unknown_templates(problems)))
             return
         if len(names) > slack_blocks.MAX_CARD_TEMPLATES:
@@ -468,13 +517,20 @@ class Handlers:
     async def home_opened(self, event: dict[str, Any]) -> None:
         if event.get("tab", "home") != "home":
             return
-        user = event["user"]
+        await self._publish_home(event["user"], mine=False)
+
+    async def _publish_home(self, user: str, *, mine: bool) -> None:
         names = await self._allowed_templates(user, None)
         rows = [(n, self.catalog.templates[n].icon, self.catalog.templates[n].description)
                 for n in names]
-        tasks = await self._visible_tasks(user, slack_blocks.HOME_TASKS)
-        view = slack_blocks.home_view(rows, tasks)
+        tasks = await self._tasks_view(user, mine, slack_blocks.HOME_TASKS)
+        view = slack_blocks.home_view(rows, tasks, mine=mine, workspace_url=self.workspace_url)
         await self.client.views_publish(user_id=user, view=view)
+
+    async def home_tasks(self, body: dict[str, Any]) -> None:
+        """App Home's Mine/All buttons: the tasks list again, filtered."""
+        await self._publish_home(body["user"]["id"],
+                                 mine=body["actions"][0].get("value") == messages.STATUS_MINE)
 
     async def home_publish(self, body: dict[str, Any]) -> None:
         user = body["user"]["id"]

@@ -214,6 +214,8 @@ class SlackService:
                         self.settings.api_url, type(exc).__name__)
             return
         self.gate.workspace = Workspace.from_auth_test(auth.data)
+        url = auth.get("url")
+        self.handlers.workspace_url = url if isinstance(url, str) else None
         for middleware in getattr(self.app, "_async_middleware_list", []):
             if isinstance(middleware, AsyncSingleTeamAuthorization):
                 middleware.auth_test_result = auth

@@ -107,4 +107,4 @@ async def test_help_list_and_status(make_slack: MakeSlack) -> None:
     detail = await slack.answer(await slack.command(f"status {task.id}"))
     assert "`done` Done in" in texts(detail)
     missing = (await slack.answer(await slack.command("status tnope")))["text"]
-    assert "There is no task `tnope`" in missing
+    assert "There is no task or template `tnope`" in missing

@@ -11,6 +11,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import messages
 from bot.slack import blocks as sb
 from bot.slack.handlers import Background, Handlers
 from bot.slack.response_urls import Respond, ResponseUrls
@@ -38,10 +39,17 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
 
     app.command(command)(_acked_button(background, handlers, responses, handlers.command, "command"))
 
+    # both steps keep the modal open (an empty ack would close it) and show a notice that the
+    # handler replaces with views.update once it has the answer
     @app.view(sb.VIEW_PUBLISH)
     async def publish_modal(ack: AsyncAck, body: dict[str, Any]) -> None:
-        await ack()
+        await ack(response_action="update", view=sb.modal_notice(messages.MODAL_PREPARING))
         background.spawn(handlers.modal_submitted(body), "modal")
+
+    @app.view(sb.VIEW_CONFIRM)
+    async def confirm_modal(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack(response_action="update", view=sb.modal_notice(messages.MODAL_STARTING))
+        background.spawn(handlers.modal_confirmed(body), "modal-confirm")
 
     buttons = {
         sb.ACTION_CONFIRM: (handlers.confirm, "confirm"),

@@ -7,6 +7,7 @@ Wording comes from :mod:`bot.messages`; this module only arranges it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,8 @@ ACTION_HOME_PUBLISH = "home_publish"
 ACTION_OPEN_LINK = "open_link"
 ACTION_HOME_TASKS = "home_tasks"
 VIEW_PUBLISH = "publish_modal"
+VIEW_CONFIRM = "publish_confirm"
+VIEW_NOTICE = "publish_notice"
 BLOCK_TEMPLATES = "templates"
 ACTION_TEMPLATES = "selected"
 
@@ -187,10 +190,19 @@ def thread_reply(task: Task, event: Event) -> Message | None:
 
 
 # ------------------------------------------------------------------ modal and App Home
-def publish_modal(templates: Sequence[tuple[str, str]], channel: str | None) -> View:
-    """``templates``: (name, description) pairs the user may publish."""
+def _option_description(description: str, needs_approval: bool) -> str | None:
+    parts = [description] if description else []
+    if needs_approval:
+        parts.insert(0, f"\U0001f512 {messages.MODAL_NEEDS_APPROVAL}")
+    return clip(" \u00b7 ".join(parts), 75) if parts else None
+
+
+def publish_modal(templates: Sequence[tuple[str, str]], channel: str | None,
+                  needs_approval: frozenset[str] = frozenset()) -> View:
+    """``templates``: (name, description) pairs the user may publish; those in
+    ``needs_approval`` are marked."""
     options = [Option(value=name, text=clip(name, 75),
-                      description=clip(desc, 75) if desc else None)
+                      description=_option_description(desc, name in needs_approval))
                for name, desc in templates[:100]]
     return View(
         type="modal", callback_id=VIEW_PUBLISH, private_metadata=channel or "",
@@ -203,6 +215,38 @@ def publish_modal(templates: Sequence[tuple[str, str]], channel: str | None) -> 
                                              options=options),
         )],
     )
+
+
+def modal_step(message: Message, channel: str | None) -> View:
+    """The publish modal's next view showing ``message``: a confirm card becomes the confirm
+    step (its Publish button the modal's submit, the intent id in ``private_metadata``); any
+    other message a notice with only Close."""
+    intent_id = _intent_of(message.blocks)
+    blocks = [b for b in message.blocks if not (isinstance(b, ActionsBlock) and b.block_id == "intent")]
+    if len(blocks) > MAX_VIEW_BLOCKS:
+        raise TooManyBlocks(f"{len(blocks)} blocks (a view allows {MAX_VIEW_BLOCKS})")
+    if intent_id is None:
+        return View(type="modal", callback_id=VIEW_NOTICE, title=messages.MODAL_TITLE[:24],
+                    close=messages.MODAL_CLOSE, blocks=blocks)
+    return View(type="modal", callback_id=VIEW_CONFIRM, title=messages.MODAL_TITLE[:24],
+                submit=messages.CONFIRM_DIALOG_YES, close=messages.MODAL_CLOSE,
+                private_metadata=json.dumps({"intent": intent_id, "channel": channel}),
+                blocks=blocks)
+
+
+def _intent_of(blocks: Sequence[Block]) -> str | None:
+    for block in blocks:
+        if isinstance(block, ActionsBlock) and block.block_id == "intent":
+            for element in block.elements:
+                if isinstance(element, ButtonElement) and element.action_id == ACTION_CONFIRM:
+                    return element.value
+    return None
+
+
+def modal_notice(text: str) -> View:
+    """A modal view saying ``text`` (what the modal shows while the next step is prepared)."""
+    return View(type="modal", callback_id=VIEW_NOTICE, title=messages.MODAL_TITLE[:24],
+                close=messages.MODAL_CLOSE, blocks=[section(text)])
 
 
 def home_view(templates: Sequence[tuple[str, str, str]], tasks: Sequence[Task], *,

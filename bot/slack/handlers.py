@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -267,8 +268,10 @@ class Handlers:
 
     async def open_modal(self, user: str, channel: str | None, trigger_id: str) -> None:
         names = await self._allowed_templates(user, channel)
+        approval = frozenset(n for n in names
+                             if slack_access.approval_rule(self.catalog, [n]) == "second_person")
         view = slack_blocks.publish_modal(
-            [(n, self.catalog.templates[n].description) for n in names], channel)
+            [(n, self.catalog.templates[n].description) for n in names], channel, approval)
         if not names:
             await self._dm(user, channel)(slack_blocks.text_message(messages.NO_TEMPLATES))
             return
@@ -279,7 +282,45 @@ class Handlers:
         view = body["view"]
         channel = view.get("private_metadata") or None
         names = selected_templates(view)
-        await self.request(user, channel, names, self._dm(user, channel))
+        view_id = view.get("id")
+        reply = self._modal(view_id, user, channel) if isinstance(view_id, str) else self._dm(user, channel)
+        await self.request(user, channel, names, reply)
+
+    def _modal(self, view_id: str, user: str, channel: str | None) -> Reply:
+        """Shows a message as the modal's next view (the confirm step for a confirm card);
+        a modal closed meanwhile gets it as an ephemeral or direct message instead."""
+        async def reply(message: Message) -> None:
+            view = await self.turns.run(lambda: slack_blocks.modal_step(message, channel))
+            try:
+                await self.client.views_update(view_id=view_id, view=view)
+            except SlackApiError as exc:
+                log.info("views.update of %s failed (%s); sending a message", view_id,
+                         exc.response.get("error"))
+                await self._dm(user, channel)(message)
+        return reply
+
+    async def modal_confirmed(self, body: dict[str, Any]) -> None:
+        """The modal's confirm step was submitted: the same checks and start as the card's
+        Publish button, answered in the modal."""
+        user = body["user"]["id"]
+        view = body["view"]
+        try:
+            meta = json.loads(view.get("private_metadata") or "{}")
+        except ValueError:
+            meta = None
+        intent_id = _field(meta, "intent")
+        channel = _field(meta, "channel")
+        channel = channel if isinstance(channel, str) and channel else None
+        reply = self._modal(str(view.get("id") or ""), user, channel)
+
+        async def respond(message: Message, **_: Any) -> None:
+            await reply(message)
+
+        click: dict[str, Any] = {"user": {"id": user},
+                                 "actions": [{"value": intent_id if isinstance(intent_id, str) else ""}]}
+        if channel:
+            click["channel"] = {"id": channel}
+        await self.confirm(click, respond)
 
     async def request(self, user: str, channel: str | None, names: list[str],
                       reply: Reply, *, intent_id: str | None = None) -> None:

@@ -1,7 +1,8 @@
 """A local stand-in for the Slack Web API and for response_url, on 127.0.0.1 and a
 random port. It records every call (method + parameters) and answers like Slack:
 auth.test, chat.postMessage (increasing ts), chat.postEphemeral, chat.update (or 429
-with Retry-After on demand), views.open, views.publish, usergroups.users.list; and
+with Retry-After on demand), views.open, views.publish, views.update and views.push (checked as
+Slack checks a modal: :meth:`SlackDouble.modal_problem`), usergroups.users.list; and
 apps.connections.open with a Socket Mode WebSocket that sends envelopes and records
 their acknowledgements."""
 
@@ -150,11 +151,42 @@ class SlackDouble:
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts")}
         if method in ("views.open", "views.publish"):
             return {"ok": True, "view": {"id": "V0001", **(params.get("view") or {})}}
+        if method in ("views.update", "views.push"):
+            problem = self.modal_problem(method, params)
+            if problem:
+                return {"ok": False, "error": "invalid_arguments", "response_metadata": {
+                    "messages": [problem]}}
+            return {"ok": True, "view": {"id": params.get("view_id") or "V0002", **params["view"]}}
         if method == "apps.connections.open":
             return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}
         if method == "usergroups.users.list":
             return {"ok": True, "users": self.groups.get(str(params.get("usergroup")), [])}
         return {"ok": False, "error": "unknown_method"}
+
+    @staticmethod
+    def modal_problem(method: str, params: dict[str, Any]) -> str | None:
+        """What Slack would refuse in a views.update/views.push call (its documented limits)."""
+        if method == "views.update" and not (params.get("view_id") or params.get("external_id")):
+            return "view_id or external_id is required"
+        if method == "views.push" and not params.get("trigger_id"):
+            return "trigger_id is required"
+        view = params.get("view")
+        if not isinstance(view, dict) or view.get("type") != "modal":
+            return "view must be a modal"
+        for key, limit in (("title", 24), ("submit", 24), ("close", 24)):
+            text = view.get(key)
+            if key == "title" and text is None:
+                return "view.title is required"
+            if text is not None and (text.get("type") != "plain_text" or len(text["text"]) > limit):
+                return f"view.{key} must be plain_text of at most {limit} characters"
+        blocks = view.get("blocks")
+        if not isinstance(blocks, list) or not 0 < len(blocks) <= 100:
+            return "view.blocks must hold 1 to 100 blocks"
+        if any(b.get("type") == "input" for b in blocks) and not view.get("submit"):
+            return "a view with inputs needs submit"
+        if len(view.get("private_metadata") or "") > 3000 or len(view.get("callback_id") or "") > 255:
+            return "private_metadata (3000) or callback_id (255) too long"
+        return None
 
     async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
         """Send a Socket Mode envelope to the connected app; returns its envelope id."""

@@ -3,10 +3,12 @@ list and status answer ephemerally."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.conftest import BASIC_CATALOG
 from tests.slack.conftest import ALICE, BOB, CHANNEL, MakeSlack, Slack, button_value, texts
+from tests.slack.slack_double import SlackDouble
 
 RESTRICTED = BASIC_CATALOG.replace("runner:\n", """\
   secret-os:
@@ -43,12 +45,38 @@ async def test_modal_lists_allowed_templates_and_leads_to_the_card(make_slack: M
     resp = await slack.post(submission(slack, view, BOB, ["win10-office"]),
                             "application/x-www-form-urlencoded")
     assert resp.status == 200
-    [card] = await slack.double.wait_for(lambda: slack.double.of("chat.postEphemeral"))
-    assert card.params["user"] == BOB and card.params["channel"] == CHANNEL
-    assert "Review and publish" in texts(card.params)
-    intent = button_value(card.params["blocks"], "intent_confirm")
-    await slack.answer(await slack.click("intent_confirm", intent, user=BOB))
-    assert [t.template for t in slack.store.list_tasks()] == ["win10-office"]
+    assert (await resp.json())["response_action"] == "update"  # the modal stays open
+    # the confirm step is the modal's next view, not a message
+    [step] = await slack.double.wait_for(lambda: slack.double.of("views.update"))
+    assert step.params["view_id"] == "V0001" and not slack.double.of("chat.postEphemeral")
+    confirm = step.params["view"]
+    assert "Review and publish" in texts(confirm) and confirm["submit"]["text"] == "Publish"
+    assert SlackDouble.modal_problem("views.update", step.params) is None
+    assert json.loads(confirm["private_metadata"])["channel"] == CHANNEL
+
+    resp = await slack.post(submission(slack, confirm, BOB, []), "application/x-www-form-urlencoded")
+    assert (await resp.json())["response_action"] == "update"
+    done = await slack.double.wait_for(lambda: slack.double.of("views.update")[1:])
+    assert "Publishing 1 layered image" in texts(done[0].params["view"])
+    assert "submit" not in done[0].params["view"]
+    [task] = slack.store.list_tasks()
+    assert (task.template, task.requested_by, task.channel) == ("win10-office", BOB, CHANNEL)
+
+    # a second submit of the same step starts nothing more
+    await slack.post(submission(slack, confirm, BOB, []), "application/x-www-form-urlencoded")
+    again = await slack.double.wait_for(lambda: slack.double.of("views.update")[2:])
+    assert "already used" in texts(again[0].params["view"])
+    assert len(slack.store.list_tasks()) == 1
+
+
+async def test_modal_marks_templates_that_need_approval(make_slack: MakeSlack) -> None:
+    slack = await make_slack(RESTRICTED.replace("    access: {users: [UALICE]}",
+                                                "    access: {approval: second_person}"))
+    await slack.command("", user=BOB)
+    [opened] = await slack.double.wait_for(lambda: slack.double.of("views.open"))
+    options = {o["value"]: (o.get("description") or {}).get("text", "")
+               for o in opened.params["view"]["blocks"][0]["element"]["options"]}
+    assert "second person" in options["secret-os"] and "second person" not in options["win10-office"]
 
 
 async def test_modal_submission_is_rechecked(make_slack: MakeSlack) -> None:
@@ -56,8 +84,9 @@ async def test_modal_submission_is_rechecked(make_slack: MakeSlack) -> None:
     view = {"type": "modal", "callback_id": "publish_modal", "private_metadata": CHANNEL}
     await slack.post(submission(slack, view, BOB, ["secret-os"]),
                      "application/x-www-form-urlencoded")
-    [denied] = await slack.double.wait_for(lambda: slack.double.of("chat.postEphemeral"))
-    assert "You may not publish secret-os" in denied.params["text"]
+    [denied] = await slack.double.wait_for(lambda: slack.double.of("views.update"))
+    assert "You may not publish secret-os" in texts(denied.params["view"])
+    assert "submit" not in denied.params["view"]
 
 
 async def test_app_home_lists_templates_and_latest_tasks(make_slack: MakeSlack) -> None:

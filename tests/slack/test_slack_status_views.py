@@ -12,7 +12,7 @@ from tests.slack.conftest import ALICE, BOB, CHANNEL, MakeSlack, Slack, texts
 async def publish(slack: Slack, name: str, user: str) -> str:
     intent = await slack.card(name, user=user)
     await slack.answer(await slack.click("intent_confirm", intent, user=user))
-    task = [t for t in slack.store.list_tasks() if t.requested_by == user][0]
+    task = next(t for t in slack.store.list_tasks() if t.requested_by == user)
     await slack.task_done(task.id)
     await slack.double.wait_for(lambda: slack.store.get(task.id).message_ts)
     return task.id

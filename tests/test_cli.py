@@ -43,7 +43,7 @@ def test_publish_shows_the_plan_runs_to_done_and_lists(cli: Callable[..., tuple[
                                                        tmp_path: Path) -> None:
     code, out = cli("publish", "win10-office", "--yes")
     assert code == 0, out
-    for text in ("Confirm and Complete", "base-os", "office", "vda", "folder (Local folder)",
+    for text in ("Review and publish: 1 layered image\n", "base-os", "office", "vda", "folder (Local folder)",
                  "1 GiB ext4, qcow2", "setup.sh", "no, will composite", "Disk created",
                  messages.LOCAL_USER_HINT[:40], "Done in"):
         assert text in out, text

@@ -246,7 +246,10 @@ def publish(ctx: Context, names: tuple[str, ...], yes: bool, no_run: bool) -> No
         raise click.UsageError(str(exc.args[0])) from None
     except PlanError as exc:
         raise click.UsageError(str(exc)) from None
-    out().print(f"[bold]Confirm and Complete[/bold]: publish {len(plans)} layered image(s)")
+    from bot.messages import CONFIRM_TITLE
+
+    count = f"{len(plans)} layered image" + ("s" if len(plans) != 1 else "")
+    out().print(f"[bold]{CONFIRM_TITLE}[/bold]: {count}")
     for p in plans:
         _print_plan(p)
     if not yes and not click.confirm("Publish Layered Images?", default=True):

@@ -1,4 +1,4 @@
-"""What a publish will do, per template: the "Confirm and Complete" summary shown by
+"""What a publish will do, per template: the "Review and publish" summary shown by
 the CLI and the Slack confirm card alike."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Confirmation intents: what a "Confirm and Complete" card would start.
+"""Confirmation intents: what a "Review and publish" card would start.
 
 The card's button carries only the intent id. Clicking it claims the intent with one
 atomic UPDATE (unclaimed and not expired), so a double click, two people clicking or

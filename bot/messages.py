@@ -280,6 +280,17 @@ def thread_hint() -> str:
             "log in with a local user, not a domain user.")
 
 
+def thread_published(message: str, link: str | None, next_steps: str, hint: bool) -> str:
+    """One reply for the published disk: the link, the next step and, where a guest is logged
+    into, the local-user hint."""
+    parts = [thread_disk_created(message, link)]
+    if next_steps:
+        parts.append(thread_next_steps(next_steps))
+    if hint:
+        parts.append(thread_hint())
+    return "\n".join(parts)
+
+
 def thread_done(template: str, message: str) -> str:
     return _line(":white_check_mark:", "Done", template, message)
 
@@ -292,8 +303,8 @@ def thread_cancelled(template: str, message: str) -> str:
     return _line(":no_entry_sign:", "Cancelled", template, message)
 
 
-def thread_waiting(message: str) -> str:
-    return f":hourglass: {message}"
+def thread_waiting(message: str, requester: str) -> str:
+    return f":point_right: *Action required* \u00b7 <@{requester}> {message}"
 
 
 def cancel_requested_by(user: str) -> str:

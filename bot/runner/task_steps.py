@@ -33,6 +33,7 @@ from adapters.base import (
     Published,
     Watcher,
     clean_up,
+    guest_login,
 )
 from adapters.base import publish as publish_steps
 from adapters.resources import Lifetime, Resource
@@ -250,11 +251,15 @@ class UploadStep:
         finally:
             release_artifact(job)
         job.published = published
+        next_steps = job.adapter.next_steps(published)
+        login = guest_login(job.adapter.capabilities)
+        # the next step and whether the hint applies ride along, so Slack tells all in one reply
         await job.update(link=published.link, published=published.to_json(), progress=100.0,
                    event=(EventKind.DISK_CREATED, messages.disk_created(published.summary, published.link)),
-                   data={"link": published.link})
-        await job.add_event(EventKind.NEXT_STEPS, job.adapter.next_steps(published))
-        await job.add_event(EventKind.HINT, messages.LOCAL_USER_HINT)
+                   data={"link": published.link, "next_steps": next_steps, "guest_login": login})
+        await job.add_event(EventKind.NEXT_STEPS, next_steps)
+        if login:
+            await job.add_event(EventKind.HINT, messages.LOCAL_USER_HINT)
 
     async def cleanup(self, job: Job, outcome: Outcome) -> None:
         """The adapter's steps removed what they made; this catches what they could not

@@ -167,13 +167,13 @@ def thread_reply(task: Task, event: Event) -> Message | None:
     """The thread reply for an event, or None if the event only changes the task message."""
     msg = escape(event.message)
     if event.kind == EventKind.DISK_CREATED:
-        text = messages.thread_disk_created(msg, event.data.get("link") or task.link)
-    elif event.kind == EventKind.NEXT_STEPS:
-        text = messages.thread_next_steps(msg)
-    elif event.kind == EventKind.HINT:
-        text = messages.thread_hint()
+        text = messages.thread_published(msg, event.data.get("link") or task.link,
+                                         escape(str(event.data.get("next_steps") or "")),
+                                         bool(event.data.get("guest_login")))
+    elif event.kind in (EventKind.NEXT_STEPS, EventKind.HINT):
+        return None  # already in the disk-created reply
     elif event.kind == EventKind.WAITING:
-        text = messages.thread_waiting(msg)
+        text = messages.thread_waiting(msg, task.requested_by)
     elif event.kind == EventKind.DONE:
         text = messages.thread_done(escape(task.template), msg)
     elif event.kind == EventKind.FAILED:

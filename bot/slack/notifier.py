@@ -4,8 +4,9 @@ prints) and keeps one task message per task current, with thread replies.
 - ``created``: post the task message (in the task's channel; if the bot cannot post
   there, in a DM to the requester) and save its ``ts`` on the task, so a restarted
   ``serve`` edits the same message and continues the same thread.
-- disk created, next steps, the local-user hint, waiting, and the final Done/Failed
-  (broadcast to the channel) / Cancelled: thread replies.
+- disk created with the next step and the local-user hint (one reply), waiting (*Action
+  required*, broadcast to the channel), and the final Done / Failed (broadcast) / Cancelled:
+  thread replies.
 - Any event marks the task message dirty; it is edited with ``chat.update`` at most
   once per ``update_interval`` seconds per task, later if Slack answers 429, and at most
   one edit per ``update_spacing`` seconds over all tasks (chat.update is Tier 3, ~50/min).
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 CURSOR = "notifier"
 #: Seconds between cursor saves when only the task messages changed.
 CURSOR_EVERY = 5.0
-BROADCAST = frozenset({EventKind.DONE, EventKind.FAILED})
+#: Sent to the channel too: the moments someone must act. Done is only on the task message.
+BROADCAST = frozenset({EventKind.WAITING, EventKind.FAILED})
 #: Errors after which posting to the task's channel is hopeless: DM the requester.
 CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived",
                             "restricted_action", "cannot_dm_bot"})

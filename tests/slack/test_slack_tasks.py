@@ -107,12 +107,15 @@ async def test_action_required_until_the_guest_powers_off(make_slack: MakeSlack,
     task = await start(slack)
     await slack.double.wait_for(lambda: slack.store.get(task.id).status == states.ACTION_REQUIRED)
     await slack.double.wait_for(lambda: "Action required" in task_message_now(slack, task.id))
-    thread = await slack.double.wait_for(lambda: len(thread_of(slack, task.id)) >= 4
+    thread = await slack.double.wait_for(lambda: len(thread_of(slack, task.id)) >= 2
                                          and thread_of(slack, task.id))
     assert "Disk created" in thread[0]
-    assert "Power it on and let the scripts run" in thread[1]
-    assert "local user" in thread[2]
-    assert "Waiting for the guest" in thread[3]
+    assert "Power it on and let the scripts run" in thread[0]
+    assert "local user" in thread[0]  # a VM: the guest is logged into
+    assert "*Action required*" in thread[1] and "Waiting for the guest" in thread[1]
+    assert f"<@{ALICE}>" in thread[1]
+    replies = slack.double.of("chat.postMessage", thread_ts=slack.store.get(task.id).message_ts)
+    assert [bool(c.params.get("reply_broadcast")) for c in replies] == [False, True]
     vm = next((catalog_dir / "vms").glob("*.vm"))
     Path(f"{vm}.off").touch()
     assert (await slack.task_done(task.id)).status == states.DONE

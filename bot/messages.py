@@ -237,17 +237,40 @@ def slack_error(what: str) -> str:
     return f":warning: {what}. Nothing was published; try again, or ask an admin to check the bot's log."
 
 
+FINISHED_LABELS = ("Done", "Failed", "Cancelled")
+
+
 def task_header(template: str) -> str:
-    return f"{TASK_TITLE} \u00b7 {template}"
+    """The same whatever the state (it said "Publishing" after Done); the status line tells."""
+    return f"Layered image \u00b7 {template}"
+
+
+def task_step(step: int, steps: int, stage: str) -> str:
+    """``Step 2 of 3 · Uploading to VMware vSphere``."""
+    return f"Step {step} of {steps} \u00b7 {stage}" if stage else f"Step {step} of {steps}"
 
 
 def task_status_line(label: str, stage: str, requester: str, platform: str) -> str:
+    """``stage``: the step while working (``task_step``), nothing once queued or finished."""
     emoji = STATUS_EMOJI.get(label, "")
-    stage_text = f" \u00b7 {stage}" if stage and label not in ("Done", "Cancelled") else ""
+    stage_text = f" \u00b7 {stage}" if stage and label not in (*FINISHED_LABELS, "Queued") else ""
     return f"{emoji} *{label}*{stage_text}\nRequested by <@{requester}> \u00b7 {platform}"
 
 
+def slack_date(at: float, fallback: str) -> str:
+    """A time every reader sees in their own time zone (Slack's date formatting)."""
+    return f"<!date^{int(at)}^{{date_short_pretty}} at {{time}}|{fallback}>"
+
+
+def task_times(started: str, elapsed: float, finished: bool) -> str:
+    """``started``: a :func:`slack_date`."""
+    took = f"took {human_duration(elapsed)}" if finished else f"{human_duration(elapsed)} so far"
+    return f"Started {started} \u00b7 {took}"
+
+
 def task_fallback(template: str, label: str, percent: float) -> str:
+    if label in FINISHED_LABELS:
+        return f"{task_header(template)}: {label}"
     return f"{task_header(template)}: {label} ({percent:.0f}%)"
 
 

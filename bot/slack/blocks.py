@@ -7,6 +7,7 @@ Wording comes from :mod:`bot.messages`; this module only arranges it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from slack_sdk.models.views import View
 
 from bot import messages
 from bot.runner.planning import PublishPlan
+from bot.slack.task_view import TaskView, task_view
 from bot.store import states
 from bot.store.states import EventKind
 from bot.store.task_store import Event, Task
@@ -140,15 +142,25 @@ def confirm_card(plans: Sequence[PublishPlan], intent_id: str, requester: str, *
 
 
 # ------------------------------------------------------------------ task message
-def task_message(task: Task) -> Message:
+def task_times(task: Task, now: float | None = None) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(task.created_at))
+    end = task.finished_at if task.finished and task.finished_at else (now or time.time())
+    return messages.task_times(messages.slack_date(task.created_at, started),
+                               max(0.0, end - task.created_at), task.finished)
+
+
+def task_message(task: Task, view: TaskView | None = None) -> Message:
+    """``view``: the step and overall progress from the task's events (else from the task)."""
+    view = view or task_view(task)
     label = states.LABELS[task.status]
+    step = messages.task_step(view.step, view.steps, escape(view.stage)) if view.step else ""
     blocks: list[Block] = [
         HeaderBlock(text=clip(messages.task_header(task.template), 150)),
-        section(messages.task_status_line(label, escape(task.stage), task.requested_by,
-                                          task.platform)),
+        section(messages.task_status_line(label, step, task.requested_by, task.platform)),
     ]
-    if not task.finished or task.status == states.DONE:
-        blocks.append(section(messages.progress_bar(task.progress)))
+    if not task.finished:
+        blocks.append(section(messages.progress_bar(view.percent)))
+    blocks.append(context(task_times(task)))
     blocks.append(context(messages.task_ref(task.id, escape(task.error) if task.error else None)))
     elements: list[ButtonElement] = []
     if task.link and task.link.startswith(("http://", "https://")):
@@ -160,7 +172,7 @@ def task_message(task: Task) -> Message:
                                style="primary"))
     if elements:
         blocks.append(ActionsBlock(block_id="task", elements=elements))
-    return Message(text=messages.task_fallback(task.template, label, task.progress), blocks=blocks)
+    return Message(text=messages.task_fallback(task.template, label, view.percent), blocks=blocks)
 
 
 def thread_reply(task: Task, event: Event) -> Message | None:

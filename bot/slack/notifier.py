@@ -31,6 +31,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack import blocks as slack_blocks
 from bot.slack.records import SlackDB
+from bot.slack.task_view import task_view
 from bot.store.events import follow
 from bot.store.interface import Store
 from bot.store.model import Event, Task, TaskNotFound
@@ -167,8 +168,12 @@ class SlackNotifier:
         self._dirty.add(task_id)
         self._wake.set()
 
+    async def _task_message(self, task: Task) -> slack_blocks.Message:
+        events = await self.db.run(self.db.store.events, task.id)
+        return slack_blocks.task_message(task, task_view(task, events))
+
     async def _post_task_message(self, task: Task) -> Task:
-        message = slack_blocks.task_message(task)
+        message = await self._task_message(task)
         assert task.channel is not None
         try:
             resp = await self._call("chat_postMessage", channel=task.channel, **message.payload(),
@@ -218,7 +223,7 @@ class SlackNotifier:
             return False
         if not (task.channel and task.message_ts):
             return False
-        payload = slack_blocks.task_message(task).payload()
+        payload = (await self._task_message(task)).payload()
         if self._last_sent.get(task_id) == payload:
             return False
         self._next_update[task_id] = time.monotonic() + self.update_interval

@@ -54,7 +54,7 @@ async def test_429_from_chat_update_is_retried_after_retry_after(make_slack: Mak
     after = [c.at for c in slack.double.calls if c.method == "chat.update"
              and c.at > limited[0].at]
     assert after and after[0] - limited[0].at >= 0.95
-    assert "100%" in task_message_now(slack, task.id)
+    assert "*Done*" in task_message_now(slack, task.id)
 
 
 async def test_a_restarted_app_continues_the_same_message_and_thread(

@@ -51,8 +51,38 @@ def done(elapsed: float) -> str:
 
 
 def failed(reason: str, removed: list[str]) -> str:
-    cleaned = "; cleaned up: " + ", ".join(removed) if removed else ""
-    return f"Failed: {reason}{cleaned}"
+    if not removed:
+        return f"Failed: {reason}"
+    if reason.endswith("."):  # a sentence (failure_sentence)
+        return f"Failed: {reason} Cleaned up: {', '.join(removed)}."
+    return f"Failed: {reason}; cleaned up: {', '.join(removed)}"
+
+
+#: What to do about a failure, by the error's class (adapters.base, compositor.errors).
+_FAILURE_ADVICE = {
+    "AuthError": "Ask an admin to check the connector's credentials.",
+    "InsufficientSpaceError": "Free some space at the target, then click Retry.",
+    "HostSpaceError": "Ask an admin to free space on the runner's disk, then click Retry.",
+    "RetryableError": "The platform may be busy: click Retry in a few minutes.",
+    "PlatformTimeoutError": "The platform did not answer in time: click Retry in a few minutes.",
+    "GuestTimeoutError": "Check the VM's console: its scripts did not finish.",
+    "TaskConfigError": "Ask an admin: the catalog changed since this task was queued.",
+    "LayerError": "Ask an admin to check the layer.",
+    "ToolMissingError": "Ask an admin to install the missing tool (`layerbot check`).",
+}
+
+
+def failure_advice(error_class: str | None) -> str:
+    """What the requester does about a failure whose error (worded by the adapter or the
+    compositor) was of this class; nothing for an unexpected one, whose text says it."""
+    if not error_class:
+        return ""
+    return _FAILURE_ADVICE.get(error_class, "Fix that, then click Retry.")
+
+
+def unexpected_failure(reference: str) -> str:
+    return (f"layerbot hit an unexpected error (reference `{reference}`). Click Retry; if it "
+            "happens again, ask an admin to look the reference up in the bot's log.")
 
 
 def cancelled(removed: list[str], kept: str | None = None) -> str:
@@ -318,8 +348,12 @@ def thread_done(template: str, message: str) -> str:
     return _line(":white_check_mark:", "Done", template, message)
 
 
-def thread_failed(template: str, message: str) -> str:
-    return _line(":x:", "Failed", template, message)
+def thread_failed(template: str, message: str, requester: str | None = None,
+                  advice: str = "") -> str:
+    """``requester``: @mentioned, as the one who can act on it."""
+    mention = f"<@{requester}> " if requester else ""
+    text = message.removeprefix("Failed: ").rstrip(".")
+    return _line(":x:", "Failed", template, mention + text + (f". {advice}" if advice else ""))
 
 
 def thread_cancelled(template: str, message: str) -> str:

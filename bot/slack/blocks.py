@@ -189,7 +189,8 @@ def thread_reply(task: Task, event: Event) -> Message | None:
     elif event.kind == EventKind.DONE:
         text = messages.thread_done(escape(task.template), msg)
     elif event.kind == EventKind.FAILED:
-        text = messages.thread_failed(escape(task.template), msg)
+        text = messages.thread_failed(escape(task.template), msg, task.requested_by,
+                                      messages.failure_advice(event.data.get("error_class")))
     elif event.kind == EventKind.CANCELLED:
         text = messages.thread_cancelled(escape(task.template), msg)
     else:

@@ -82,7 +82,8 @@ async def test_failure_is_explained_and_retry_starts_one_new_task(make_slack: Ma
     assert (await slack.task_done(task.id)).status == states.FAILED
     await slack.double.wait_for(lambda: any("*Failed*" in t for t in thread_of(slack, task.id)))
     failed = thread_of(slack, task.id)[-1]
-    assert "the datastore went away (simulated)" in failed and "cleaned up: VM" in failed
+    assert f"<@{ALICE}> the datastore went away (simulated); cleaned up: VM" in failed, failed
+    assert failed.endswith(". Fix that, then click Retry."), failed
     last = slack.double.of("chat.postMessage", thread_ts=slack.store.get(task.id).message_ts)[-1]
     assert last.params["reply_broadcast"] is True
     await slack.double.wait_for(lambda: "Failed" in task_message_now(slack, task.id))

@@ -388,6 +388,25 @@ def retry_ack(old: str, new: str) -> str:
     return f"Retrying task `{old}` as task `{new}`."
 
 
+def _task_link(task_id: str, url: str | None) -> str:
+    return f"<{url}|task `{task_id}`>" if url else f"task `{task_id}`"
+
+
+def retried_as(new: str, url: str | None) -> str:
+    """On the failed task's message, once Retry was clicked."""
+    return f":repeat: Retried as {_task_link(new, url)} \u2192"
+
+
+def retry_of(old: str, url: str | None) -> str:
+    """On the retry's message."""
+    return f":leftwards_arrow_with_hook: Retry of {_task_link(old, url)}"
+
+
+def already_retried(old: str, new: str, url: str | None, label: str) -> str:
+    """A second Retry click on the same task."""
+    return f"Task `{old}` was already retried as {_task_link(new, url)} ({label.lower()})."
+
+
 def no_task(task_id: str) -> str:
     return f"There is no task `{task_id}`. `/publish status` lists the latest tasks."
 

@@ -31,6 +31,7 @@ from slack_sdk.models.views import View
 
 from bot import messages
 from bot.runner.planning import PublishPlan
+from bot.slack.task_retries import TaskLink
 from bot.slack.task_view import TaskView, task_view
 from bot.store import states
 from bot.store.states import EventKind
@@ -149,8 +150,10 @@ def task_times(task: Task, now: float | None = None) -> str:
                                max(0.0, end - task.created_at), task.finished)
 
 
-def task_message(task: Task, view: TaskView | None = None) -> Message:
-    """``view``: the step and overall progress from the task's events (else from the task)."""
+def task_message(task: Task, view: TaskView | None = None, *, retry_of: TaskLink | None = None,
+                 retried_as: TaskLink | None = None) -> Message:
+    """``view``: the step and overall progress from the task's events (else from the task);
+    ``retry_of``/``retried_as``: the task this one retries / the retry Retry made of it."""
     view = view or task_view(task)
     label = states.LABELS[task.status]
     step = messages.task_step(view.step, view.steps, escape(view.stage)) if view.step else ""
@@ -162,12 +165,16 @@ def task_message(task: Task, view: TaskView | None = None) -> Message:
         blocks.append(section(messages.progress_bar(view.percent)))
     blocks.append(context(task_times(task)))
     blocks.append(context(messages.task_ref(task.id, escape(task.error) if task.error else None)))
+    if retry_of is not None:
+        blocks.append(context(messages.retry_of(retry_of.task_id, retry_of.url)))
+    if retried_as is not None:
+        blocks.append(context(messages.retried_as(retried_as.task_id, retried_as.url)))
     elements: list[ButtonElement] = []
     if task.link and task.link.startswith(("http://", "https://")):
         elements.append(button(messages.BUTTON_OPEN, ACTION_OPEN_LINK, task.id, url=task.link))
     if not task.finished:
         elements.append(button(messages.BUTTON_CANCEL, ACTION_TASK_CANCEL, task.id, style="danger"))
-    elif task.status in (states.FAILED, states.CANCELLED):
+    elif task.status in (states.FAILED, states.CANCELLED) and retried_as is None:
         elements.append(button(messages.BUTTON_RETRY, ACTION_TASK_RETRY, task.id,
                                style="primary"))
     if elements:

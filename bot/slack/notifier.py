@@ -31,7 +31,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack import blocks as slack_blocks
 from bot.slack.records import SlackDB
+from bot.slack.task_retries import Permalinks, find_original, find_retry, retried_from
 from bot.slack.task_view import task_view
+from bot.store import states
 from bot.store.events import follow
 from bot.store.interface import Store
 from bot.store.model import Event, Task, TaskNotFound
@@ -80,6 +82,7 @@ class SlackNotifier:
         self._last_sent: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self.permalinks = Permalinks(client)
 
     # ------------------------------------------------------------ cursor
     def cursor(self) -> int:
@@ -153,6 +156,8 @@ class SlackNotifier:
         if task.message_ts is None:
             task = await self._post_task_message(task)
             posted = True
+            if (old := retried_from(task)) and task.message_ts:
+                self.mark_dirty(old)  # its message links to this one now
             if event.kind == EventKind.CREATED or task.message_ts is None:
                 return posted
         reply = slack_blocks.thread_reply(task, event)
@@ -170,7 +175,13 @@ class SlackNotifier:
 
     async def _task_message(self, task: Task) -> slack_blocks.Message:
         events = await self.db.run(self.db.store.events, task.id)
-        return slack_blocks.task_message(task, task_view(task, events))
+        retry_of = retried_as = None
+        if retried_from(task):
+            retry_of = await self.permalinks.of(await self.db.run(find_original, self.db.store, task))
+        if task.status in (states.FAILED, states.CANCELLED):
+            retried_as = await self.permalinks.of(await self.db.run(find_retry, self.db.store, task.id))
+        return slack_blocks.task_message(task, task_view(task, events), retry_of=retry_of,
+                                         retried_as=retried_as)
 
     async def _post_task_message(self, task: Task) -> Task:
         message = await self._task_message(task)

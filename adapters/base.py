@@ -78,6 +78,13 @@ class Capability(enum.Flag):
     RESUMABLE_UPLOAD = enum.auto()
 
 
+def guest_login(capabilities: Capability) -> bool:
+    """Whether publishing ends in a guest someone logs into (a VM, or one booted from the image
+    and watched): only then can the guest say "This system was not shut down properly". A file
+    in a folder, a gallery image or a vDisk alone has no guest yet."""
+    return bool(capabilities & (Capability.WATCH_POWER | Capability.CREATES_VM))
+
+
 # ---------------------------------------------------------------- errors
 class AdapterError(Exception):
     """Base of every error an adapter raises; the message is shown to users as is.

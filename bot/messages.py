@@ -53,8 +53,38 @@ def done(elapsed: float) -> str:
 
 
 def failed(reason: str, removed: list[str]) -> str:
-    cleaned = "; cleaned up: " + ", ".join(removed) if removed else ""
-    return f"Failed: {reason}{cleaned}"
+    if not removed:
+        return f"Failed: {reason}"
+    if reason.endswith("."):  # a sentence (failure_sentence)
+        return f"Failed: {reason} Cleaned up: {', '.join(removed)}."
+    return f"Failed: {reason}; cleaned up: {', '.join(removed)}"
+
+
+#: What to do about a failure, by the error's class (adapters.base, compositor.errors).
+_FAILURE_ADVICE = {
+    "AuthError": "Ask an admin to check the connector's credentials.",
+    "InsufficientSpaceError": "Free some space at the target, then click Retry.",
+    "HostSpaceError": "Ask an admin to free space on the runner's disk, then click Retry.",
+    "RetryableError": "The platform may be busy: click Retry in a few minutes.",
+    "PlatformTimeoutError": "The platform did not answer in time: click Retry in a few minutes.",
+    "GuestTimeoutError": "Check the VM's console: its scripts did not finish.",
+    "TaskConfigError": "Ask an admin: the catalog changed since this task was queued.",
+    "LayerError": "Ask an admin to check the layer.",
+    "ToolMissingError": "Ask an admin to install the missing tool (`layerbot check`).",
+}
+
+
+def failure_advice(error_class: str | None) -> str:
+    """What the requester does about a failure whose error (worded by the adapter or the
+    compositor) was of this class; nothing for an unexpected one, whose text says it."""
+    if not error_class:
+        return ""
+    return _FAILURE_ADVICE.get(error_class, "Fix that, then click Retry.")
+
+
+def unexpected_failure(reference: str) -> str:
+    return (f"layerbot hit an unexpected error (reference `{reference}`). Click Retry; if it "
+            "happens again, ask an admin to look the reference up in the bot's log.")
 
 
 def cancelled(removed: list[str], kept: str | None = None) -> str:
@@ -262,17 +292,40 @@ def slack_error(what: str) -> str:
     return f":warning: {what}. Nothing was published; try again, or ask an admin to check the bot's log."
 
 
+FINISHED_LABELS = ("Done", "Failed", "Cancelled")
+
+
 def task_header(template: str) -> str:
-    return f"{TASK_TITLE} \u00b7 {template}"
+    """The same whatever the state (it said "Publishing" after Done); the status line tells."""
+    return f"Layered image \u00b7 {template}"
+
+
+def task_step(step: int, steps: int, stage: str) -> str:
+    """``Step 2 of 3 · Uploading to VMware vSphere``."""
+    return f"Step {step} of {steps} \u00b7 {stage}" if stage else f"Step {step} of {steps}"
 
 
 def task_status_line(label: str, stage: str, requester: str, platform: str) -> str:
+    """``stage``: the step while working (``task_step``), nothing once queued or finished."""
     emoji = STATUS_EMOJI.get(label, "")
-    stage_text = f" \u00b7 {stage}" if stage and label not in ("Done", "Cancelled") else ""
+    stage_text = f" \u00b7 {stage}" if stage and label not in (*FINISHED_LABELS, "Queued") else ""
     return f"{emoji} *{label}*{stage_text}\nRequested by <@{requester}> \u00b7 {platform}"
 
 
+def slack_date(at: float, fallback: str) -> str:
+    """A time every reader sees in their own time zone (Slack's date formatting)."""
+    return f"<!date^{int(at)}^{{date_short_pretty}} at {{time}}|{fallback}>"
+
+
+def task_times(started: str, elapsed: float, finished: bool) -> str:
+    """``started``: a :func:`slack_date`."""
+    took = f"took {human_duration(elapsed)}" if finished else f"{human_duration(elapsed)} so far"
+    return f"Started {started} \u00b7 {took}"
+
+
 def task_fallback(template: str, label: str, percent: float) -> str:
+    if label in FINISHED_LABELS:
+        return f"{task_header(template)}: {label}"
     return f"{task_header(template)}: {label} ({percent:.0f}%)"
 
 
@@ -305,20 +358,35 @@ def thread_hint() -> str:
             "log in with a local user, not a domain user.")
 
 
+def thread_published(message: str, link: str | None, next_steps: str, hint: bool) -> str:
+    """One reply for the published disk: the link, the next step and, where a guest is logged
+    into, the local-user hint."""
+    parts = [thread_disk_created(message, link)]
+    if next_steps:
+        parts.append(thread_next_steps(next_steps))
+    if hint:
+        parts.append(thread_hint())
+    return "\n".join(parts)
+
+
 def thread_done(template: str, message: str) -> str:
     return _line(":white_check_mark:", "Done", template, message)
 
 
-def thread_failed(template: str, message: str) -> str:
-    return _line(":x:", "Failed", template, message)
+def thread_failed(template: str, message: str, requester: str | None = None,
+                  advice: str = "") -> str:
+    """``requester``: @mentioned, as the one who can act on it."""
+    mention = f"<@{requester}> " if requester else ""
+    text = message.removeprefix("Failed: ").rstrip(".")
+    return _line(":x:", "Failed", template, mention + text + (f". {advice}" if advice else ""))
 
 
 def thread_cancelled(template: str, message: str) -> str:
     return _line(":no_entry_sign:", "Cancelled", template, message)
 
 
-def thread_waiting(message: str) -> str:
-    return f":hourglass: {message}"
+def thread_waiting(message: str, requester: str) -> str:
+    return f":point_right: *Action required* \u00b7 <@{requester}> {message}"
 
 
 def cancel_requested_by(user: str) -> str:
@@ -343,6 +411,25 @@ def too_many(limit: int) -> str:
 
 def retry_ack(old: str, new: str) -> str:
     return f"Retrying task `{old}` as task `{new}`."
+
+
+def _task_link(task_id: str, url: str | None) -> str:
+    return f"<{url}|task `{task_id}`>" if url else f"task `{task_id}`"
+
+
+def retried_as(new: str, url: str | None) -> str:
+    """On the failed task's message, once Retry was clicked."""
+    return f":repeat: Retried as {_task_link(new, url)} \u2192"
+
+
+def retry_of(old: str, url: str | None) -> str:
+    """On the retry's message."""
+    return f":leftwards_arrow_with_hook: Retry of {_task_link(old, url)}"
+
+
+def already_retried(old: str, new: str, url: str | None, label: str) -> str:
+    """A second Retry click on the same task."""
+    return f"Task `{old}` was already retried as {_task_link(new, url)} ({label.lower()})."
 
 
 def no_task(task_id: str) -> str:

@@ -52,6 +52,8 @@ class Config(ConnectorConfig):
     poll_max_seconds: float = 0.5
     #: Setting the adapter up fails with an unexpected error (a bad certificate, say).
     broken: bool = False
+    #: The upload fails with an unexpected error (a bug, not a platform's answer).
+    crash_upload: bool = False
 
 
 class FakeVm(Resource):
@@ -102,6 +104,8 @@ class Adapter:
             await asyncio.Event().wait()
         if self.config.fail_upload:
             raise PlatformError("the datastore went away (simulated)")
+        if self.config.crash_upload:
+            raise KeyError("vm_uuid (simulated)")
         ctx.published = Published(link=vm.as_uri(), summary=f"VM {ctx.image_name} (powered off)",
                                   resource=FakeVm(path=vm))
 

@@ -125,7 +125,10 @@ class Adapter:
             adopted = LocalUpload(path=partial)
             await ctx.replace(upload, adopted)
             upload = adopted
-        offset = await self.uploaded_bytes(upload, ctx.artifact)
+        try:
+            offset = await self.uploaded_bytes(upload, ctx.artifact)
+        except OSError as exc:  # e.g. a file where the template's folder goes
+            raise PlatformError(f"cannot write to the folder {dest.parent}: {exc.strerror}") from exc
         if offset:
             await ctx.progress(offset / max(ctx.artifact.stat().st_size, 1),
                                f"resuming the copy at byte {offset}")
@@ -181,7 +184,7 @@ class Adapter:
             return []  # gone, or another file now: not this task's to remove
         try:
             resource.path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a file where a folder goes: none there
             return []
         return [resource.describe()]
 

@@ -19,6 +19,7 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -51,12 +52,22 @@ def runner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{int(time.time() * 1000) % 100000}"
 
 
-def failure_reason(exc: BaseException) -> str:
+def failure_data(exc: BaseException) -> dict[str, Any]:
+    """For the FAILED event: the error's class tells Slack what to advise (none: unexpected)."""
+    return {"error_class": type(exc).__name__ if isinstance(exc, _USER_ERRORS) else None}
+
+
+def failure_reason(exc: BaseException, task_id: str = "") -> str:
+    """A sentence the requester can act on. An unexpected error's text (a Python exception, a
+    temporary file) is not for them: it is logged with its traceback under a short reference
+    that the message gives instead."""
     if isinstance(exc, LayerError):  # layers may sit on a share another machine has mounted
         return f"{exc} (on {socket.gethostname()})"
     if isinstance(exc, _USER_ERRORS):
         return str(exc)
-    return f"internal error ({type(exc).__name__}: {exc})"
+    reference = secrets.token_hex(3)
+    log.error("task %s: unexpected error, reference %s", task_id or "?", reference, exc_info=exc)
+    return messages.unexpected_failure(reference)
 
 
 class JobRunner:
@@ -250,7 +261,7 @@ class JobRunner:
             # claimed again at once, forever.
             log.exception("task %s: unexpected error", task.id)
             with contextlib.suppress(LeaseLost):
-                await self._fail(task, failure_reason(exc))
+                await self._fail(task, failure_reason(exc, task.id), failure_data(exc))
         finally:
             self._leased.discard(task.id)  # renewals stop before the release
             try:
@@ -323,11 +334,11 @@ class JobRunner:
             self._letting_go.add(task_id)
             detach(job)
 
-    async def _fail(self, task: Task, reason: str) -> None:
+    async def _fail(self, task: Task, reason: str, data: dict[str, Any] | None = None) -> None:
         await self._store(
             self.store.update, task.id, self.owner, fence=task.lease_generation,
             status=states.FAILED, error=reason,
-            event=(EventKind.FAILED, messages.failed(reason, [])))
+            event=(EventKind.FAILED, messages.failed(reason, [])), data=data)
         self._leased.discard(task.id)  # the lease went with the verdict: no renewal misses it
 
     async def _run_job(self, task: Task) -> None:
@@ -336,7 +347,7 @@ class JobRunner:
                             on_waiting=lambda: self._waiting(task.id),
                             on_finished=lambda: self._leased.discard(task.id), clients=self.clients)
         except Exception as exc:  # the catalog changed, or the adapter cannot be set up
-            await self._fail(task, failure_reason(exc))
+            await self._fail(task, failure_reason(exc, task.id), failure_data(exc))
             return
         try:
             await self._run_steps(job)
@@ -379,11 +390,11 @@ class JobRunner:
         except (LeaseLost, StoreUnavailable):
             raise
         except Exception as exc:
-            log.info("task %s failed", task.id, exc_info=not isinstance(exc, _USER_ERRORS))
-            reason = failure_reason(exc)
+            log.info("task %s failed: %s", task.id, type(exc).__name__)
+            reason = failure_reason(exc, task.id)
             await job.update(status=states.FAILED, error=reason,
                        event=(EventKind.FAILED, messages.failed(reason, job.removed)),
-                       data={"removed": job.removed})
+                       data={"removed": job.removed, **failure_data(exc)})
             return
         elapsed = time.time() - task.created_at
         await job.update(status=states.DONE, progress=100.0, stage="done",

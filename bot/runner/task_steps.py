@@ -33,6 +33,7 @@ from adapters.base import (
     Published,
     Watcher,
     clean_up,
+    guest_login,
 )
 from adapters.base import publish as publish_steps
 from adapters.resources import Lifetime, Resource
@@ -160,7 +161,8 @@ class ComposeStep:
         _, _, scripts, shutdown, size_gib = publish_layer_args(job.catalog, job.template, layers)
         spec = assemble_spec(job.template, job.adapter, layers, ((), ()))
         await job.update(status=states.COMPOSITING, stage="compositing", progress=0.0,
-                         event=(EventKind.STAGE, messages.stage_compositing(len(spec.layers))))
+                         event=(EventKind.STAGE, messages.stage_compositing(len(spec.layers))),
+                         data={"step": 1, "steps": step_count(job)})
 
         # Progress arrives on the event loop; a store write waits for fsync, so every
         # report is handed to one writer thread (in order).
@@ -239,7 +241,8 @@ class UploadStep:
     async def run(self, job: Job) -> None:
         assert job.built is not None
         await job.update(status=states.UPLOADING, stage="uploading", progress=0.0,
-                   event=(EventKind.STAGE, messages.stage_uploading(job.adapter.platform)))
+                   event=(EventKind.STAGE, messages.stage_uploading(job.adapter.platform)),
+                   data={"step": 2, "steps": step_count(job)})
 
         async def report(fraction: float, note: str) -> None:
             await asyncio.to_thread(job.progress, fraction * 100, note)
@@ -250,11 +253,15 @@ class UploadStep:
         finally:
             release_artifact(job)
         job.published = published
+        next_steps = job.adapter.next_steps(published)
+        login = guest_login(job.adapter.capabilities)
+        # the next step and whether the hint applies ride along, so Slack tells all in one reply
         await job.update(link=published.link, published=published.to_json(), progress=100.0,
                    event=(EventKind.DISK_CREATED, messages.disk_created(published.summary, published.link)),
-                   data={"link": published.link})
-        await job.add_event(EventKind.NEXT_STEPS, job.adapter.next_steps(published))
-        await job.add_event(EventKind.HINT, messages.LOCAL_USER_HINT)
+                   data={"link": published.link, "next_steps": next_steps, "guest_login": login})
+        await job.add_event(EventKind.NEXT_STEPS, next_steps)
+        if login:
+            await job.add_event(EventKind.HINT, messages.LOCAL_USER_HINT)
 
     async def cleanup(self, job: Job, outcome: Outcome) -> None:
         """The adapter's steps removed what they made; this catches what they could not
@@ -270,7 +277,8 @@ class WatchStep:
     async def run(self, job: Job) -> None:
         assert job.published is not None
         await job.update(status=states.ACTION_REQUIRED, stage="waiting for shutdown",
-                   event=(EventKind.WAITING, messages.waiting_for_shutdown()))
+                   event=(EventKind.WAITING, messages.waiting_for_shutdown()),
+                   data={"step": 3, "steps": step_count(job)})
         job.on_waiting()
 
         async def report(fraction: float, note: str) -> None:
@@ -357,6 +365,11 @@ def build_job(task: Task, store: Store, owner: str, catalog: Catalog,
               on_finished=on_finished)
     job.published = published
     return job
+
+
+def step_count(job: Job) -> int:
+    """The steps a user sees: compose, upload and, where the guest is watched, watch."""
+    return 3 if Capability.WATCH_POWER in job.adapter.capabilities else 2
 
 
 def steps_for(job: Job) -> list[Step[Job]]:

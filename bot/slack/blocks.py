@@ -8,6 +8,7 @@ Wording comes from :mod:`bot.messages`; this module only arranges it.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ from slack_sdk.models.views import View
 
 from bot import messages
 from bot.runner.planning import PublishPlan
+from bot.slack.task_retries import TaskLink
+from bot.slack.task_view import TaskView, task_view
 from bot.store import states
 from bot.store.states import EventKind
 from bot.store.task_store import Event, Task
@@ -144,44 +147,61 @@ def confirm_card(plans: Sequence[PublishPlan], intent_id: str, requester: str, *
 
 
 # ------------------------------------------------------------------ task message
-def task_message(task: Task) -> Message:
+def task_times(task: Task, now: float | None = None) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(task.created_at))
+    end = task.finished_at if task.finished and task.finished_at else (now or time.time())
+    return messages.task_times(messages.slack_date(task.created_at, started),
+                               max(0.0, end - task.created_at), task.finished)
+
+
+def task_message(task: Task, view: TaskView | None = None, *, retry_of: TaskLink | None = None,
+                 retried_as: TaskLink | None = None) -> Message:
+    """``view``: the step and overall progress from the task's events (else from the task);
+    ``retry_of``/``retried_as``: the task this one retries / the retry Retry made of it."""
+    view = view or task_view(task)
     label = states.LABELS[task.status]
+    step = messages.task_step(view.step, view.steps, escape(view.stage)) if view.step else ""
     blocks: list[Block] = [
         HeaderBlock(text=clip(messages.task_header(task.template), 150)),
-        section(messages.task_status_line(label, escape(task.stage), task.requested_by,
-                                          task.platform)),
+        section(messages.task_status_line(label, step, task.requested_by, task.platform)),
     ]
-    if not task.finished or task.status == states.DONE:
-        blocks.append(section(messages.progress_bar(task.progress)))
+    if not task.finished:
+        blocks.append(section(messages.progress_bar(view.percent)))
+    blocks.append(context(task_times(task)))
     blocks.append(context(messages.task_ref(task.id, escape(task.error) if task.error else None)))
+    if retry_of is not None:
+        blocks.append(context(messages.retry_of(retry_of.task_id, retry_of.url)))
+    if retried_as is not None:
+        blocks.append(context(messages.retried_as(retried_as.task_id, retried_as.url)))
     elements: list[ButtonElement] = []
     if task.link and task.link.startswith(("http://", "https://")):
         elements.append(button(messages.BUTTON_OPEN, ACTION_OPEN_LINK, task.id, url=task.link))
     if not task.finished:
         elements.append(button(messages.BUTTON_CANCEL, ACTION_TASK_CANCEL, task.id, style="danger"))
-    elif task.status in (states.FAILED, states.CANCELLED):
+    elif task.status in (states.FAILED, states.CANCELLED) and retried_as is None:
         elements.append(button(messages.BUTTON_RETRY, ACTION_TASK_RETRY, task.id,
                                style="primary"))
     if elements:
         blocks.append(ActionsBlock(block_id="task", elements=elements))
-    return Message(text=messages.task_fallback(task.template, label, task.progress), blocks=blocks)
+    return Message(text=messages.task_fallback(task.template, label, view.percent), blocks=blocks)
 
 
 def thread_reply(task: Task, event: Event) -> Message | None:
     """The thread reply for an event, or None if the event only changes the task message."""
     msg = escape(event.message)
     if event.kind == EventKind.DISK_CREATED:
-        text = messages.thread_disk_created(msg, event.data.get("link") or task.link)
-    elif event.kind == EventKind.NEXT_STEPS:
-        text = messages.thread_next_steps(msg)
-    elif event.kind == EventKind.HINT:
-        text = messages.thread_hint()
+        text = messages.thread_published(msg, event.data.get("link") or task.link,
+                                         escape(str(event.data.get("next_steps") or "")),
+                                         bool(event.data.get("guest_login")))
+    elif event.kind in (EventKind.NEXT_STEPS, EventKind.HINT):
+        return None  # already in the disk-created reply
     elif event.kind == EventKind.WAITING:
-        text = messages.thread_waiting(msg)
+        text = messages.thread_waiting(msg, task.requested_by)
     elif event.kind == EventKind.DONE:
         text = messages.thread_done(escape(task.template), msg)
     elif event.kind == EventKind.FAILED:
-        text = messages.thread_failed(escape(task.template), msg)
+        text = messages.thread_failed(escape(task.template), msg, task.requested_by,
+                                      messages.failure_advice(event.data.get("error_class")))
     elif event.kind == EventKind.CANCELLED:
         text = messages.thread_cancelled(escape(task.template), msg)
     else:

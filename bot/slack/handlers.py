@@ -28,6 +28,7 @@ from bot.slack.blocks import Message
 from bot.slack.intents import Claim, Intent
 from bot.slack.records import SlackDB
 from bot.slack.response_urls import Respond, Turns
+from bot.slack.task_retries import Permalinks, find_retry, retry_key
 from bot.store import states
 from bot.store.task_store import Task, TaskNotFound
 
@@ -549,7 +550,12 @@ class Handlers:
             await self.request(user, channel, [task.template], reply,
                                intent_id=f"retry-{task.id}")
             return
-        new = await self.db.run(self.store.retry, task.id, f"retry:{task.id}", user,
+        if (earlier := await self.db.run(find_retry, self.store, task.id)) is not None:
+            link = await Permalinks(self.client).of(earlier)
+            await reply(slack_blocks.text_message(messages.already_retried(
+                task.id, earlier.id, link.url if link else None, states.LABELS[earlier.status])))
+            return
+        new = await self.db.run(self.store.retry, task.id, retry_key(task.id), user,
                                 messages.retried(task.id, user), new_image_name(task.template))
         self.wake_runner()
         await reply(slack_blocks.text_message(messages.retry_ack(task.id, new.id)))

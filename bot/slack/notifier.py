@@ -4,8 +4,9 @@ prints) and keeps one task message per task current, with thread replies.
 - ``created``: post the task message (in the task's channel; if the bot cannot post
   there, in a DM to the requester) and save its ``ts`` on the task, so a restarted
   ``serve`` edits the same message and continues the same thread.
-- disk created, next steps, the local-user hint, waiting, and the final Done/Failed
-  (broadcast to the channel) / Cancelled: thread replies.
+- disk created with the next step and the local-user hint (one reply), waiting (*Action
+  required*, broadcast to the channel), and the final Done / Failed (broadcast) / Cancelled:
+  thread replies.
 - Any event marks the task message dirty; it is edited with ``chat.update`` at most
   once per ``update_interval`` seconds per task, later if Slack answers 429, and at most
   one edit per ``update_spacing`` seconds over all tasks (chat.update is Tier 3, ~50/min).
@@ -30,6 +31,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack import blocks as slack_blocks
 from bot.slack.records import SlackDB
+from bot.slack.task_retries import Permalinks, find_original, find_retry, retried_from
+from bot.slack.task_view import task_view
+from bot.store import states
 from bot.store.events import follow
 from bot.store.interface import Store
 from bot.store.model import Event, Task, TaskNotFound
@@ -40,7 +44,8 @@ log = logging.getLogger(__name__)
 CURSOR = "notifier"
 #: Seconds between cursor saves when only the task messages changed.
 CURSOR_EVERY = 5.0
-BROADCAST = frozenset({EventKind.DONE, EventKind.FAILED})
+#: Sent to the channel too: the moments someone must act. Done is only on the task message.
+BROADCAST = frozenset({EventKind.WAITING, EventKind.FAILED})
 #: Errors after which posting to the task's channel is hopeless: DM the requester.
 CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived",
                             "restricted_action", "cannot_dm_bot"})
@@ -77,6 +82,7 @@ class SlackNotifier:
         self._last_sent: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self.permalinks = Permalinks(client)
 
     # ------------------------------------------------------------ cursor
     def cursor(self) -> int:
@@ -150,6 +156,8 @@ class SlackNotifier:
         if task.message_ts is None:
             task = await self._post_task_message(task)
             posted = True
+            if (old := retried_from(task)) and task.message_ts:
+                self.mark_dirty(old)  # its message links to this one now
             if event.kind == EventKind.CREATED or task.message_ts is None:
                 return posted
         reply = slack_blocks.thread_reply(task, event)
@@ -165,8 +173,18 @@ class SlackNotifier:
         self._dirty.add(task_id)
         self._wake.set()
 
+    async def _task_message(self, task: Task) -> slack_blocks.Message:
+        events = await self.db.run(self.db.store.events, task.id)
+        retry_of = retried_as = None
+        if retried_from(task):
+            retry_of = await self.permalinks.of(await self.db.run(find_original, self.db.store, task))
+        if task.status in (states.FAILED, states.CANCELLED):
+            retried_as = await self.permalinks.of(await self.db.run(find_retry, self.db.store, task.id))
+        return slack_blocks.task_message(task, task_view(task, events), retry_of=retry_of,
+                                         retried_as=retried_as)
+
     async def _post_task_message(self, task: Task) -> Task:
-        message = slack_blocks.task_message(task)
+        message = await self._task_message(task)
         assert task.channel is not None
         try:
             resp = await self._call("chat_postMessage", channel=task.channel, **message.payload(),
@@ -216,7 +234,7 @@ class SlackNotifier:
             return False
         if not (task.channel and task.message_ts):
             return False
-        payload = slack_blocks.task_message(task).payload()
+        payload = (await self._task_message(task)).payload()
         if self._last_sent.get(task_id) == payload:
             return False
         self._next_update[task_id] = time.monotonic() + self.update_interval

@@ -1,8 +1,9 @@
 """A local stand-in for the Slack Web API and for response_url, on 127.0.0.1 and a
 random port. It records every call (method + parameters) and answers like Slack:
-auth.test, chat.postMessage (increasing ts), chat.postEphemeral, chat.update (or 429
-with Retry-After on demand), views.open, views.publish, views.update and views.push (checked as
-Slack checks a modal: :meth:`SlackDouble.modal_problem`), usergroups.users.list; and
+auth.test, chat.postMessage (increasing ts), chat.postEphemeral, chat.getPermalink,
+chat.update (or 429 with Retry-After on demand), views.open, views.publish, views.update and
+views.push (checked as Slack checks a modal: :meth:`SlackDouble.modal_problem`),
+usergroups.users.list; and
 apps.connections.open with a Socket Mode WebSocket that sends envelopes and records
 their acknowledgements."""
 
@@ -147,6 +148,10 @@ class SlackDouble:
             return {"ok": True, "channel": channel, "ts": ts, "message": {"ts": ts}}
         if method == "chat.postEphemeral":
             return {"ok": True, "message_ts": f"1700000000.{next(self._ts):06d}"}
+        if method == "chat.getPermalink":
+            channel, ts = str(params.get("channel")), str(params.get("message_ts"))
+            return {"ok": True, "channel": channel,
+                    "permalink": f"https://example.slack.com/archives/{channel}/p{ts.replace('.', '')}"}
         if method == "chat.update":
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts")}
         if method in ("views.open", "views.publish"):

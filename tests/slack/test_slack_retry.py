@@ -1,0 +1,41 @@
+"""Retry edits the failed task's message to link to the retry, the retry's message links back,
+and a second Retry click on the same task says where the retry is."""
+
+from __future__ import annotations
+
+from bot.store import states
+from tests.fake_adapter import with_fake
+from tests.slack.conftest import ALICE, BOB, MakeSlack
+from tests.slack.test_slack_tasks import start, task_message_now
+
+
+def permalink(channel: str, ts: str) -> str:
+    """As the Slack double's chat.getPermalink makes them."""
+    return f"https://example.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+
+
+async def test_retry_links_both_messages_and_a_second_click_says_where(make_slack: MakeSlack) -> None:
+    slack = await make_slack(with_fake("fail_upload: true"))
+    task = await start(slack)
+    assert (await slack.task_done(task.id)).status == states.FAILED
+    await slack.double.wait_for(lambda: "Failed" in task_message_now(slack, task.id))
+
+    first = await slack.answer(await slack.click("task_retry", task.id, user=ALICE))
+    assert "Retrying task" in first["text"]
+    [retry] = [t for t in slack.store.list_tasks() if t.idempotency_key == f"retry:{task.id}"]
+    new_ts = await slack.double.wait_for(lambda: slack.store.get(retry.id).message_ts)
+    old = slack.store.get(task.id)
+    assert old.channel and old.message_ts
+    to_new = f"Retried as <{permalink(old.channel, new_ts)}|task `{retry.id}`>"
+    to_old = f"Retry of <{permalink(old.channel, old.message_ts)}|task `{task.id}`>"
+    await slack.double.wait_for(lambda: to_new in task_message_now(slack, task.id))
+    edited = slack.double.of("chat.update", ts=old.message_ts)[-1].params
+    assert "task_retry" not in str(edited["blocks"])  # retried: no Retry button any more
+    await slack.double.wait_for(lambda: to_old in task_message_now(slack, retry.id))
+
+    again = await slack.answer(await slack.click("task_retry", task.id, user=BOB))
+    assert "Retrying" not in again["text"], again["text"]
+    assert f"already retried as <{permalink(old.channel, new_ts)}|task `{retry.id}`>" in again["text"]
+    assert [t.id for t in slack.store.list_tasks() if t.template == "win10-office"
+            and t.id != task.id] == [retry.id]
+    await slack.task_done(retry.id)

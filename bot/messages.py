@@ -300,6 +300,20 @@ def cancel_requested_by(user: str) -> str:
     return f"Cancel requested by <@{user}>"
 
 
+CANCEL_DIALOG_TITLE = "Cancel this task?"
+CANCEL_DIALOG_YES = "Cancel the task"
+CANCEL_DIALOG_NO = "Keep it running"
+
+
+def cancel_dialog(template: str) -> str:
+    return (f"Stop publishing {template}? Its runner removes any partial upload, and the channel "
+            "sees that you cancelled it.")
+
+
+def cancelled_by(user: str, finished: bool) -> str:
+    return f"Cancelled by <@{user}>" if finished else f"Cancel requested by <@{user}>"
+
+
 def cancel_ack(task_id: str) -> str:
     return f"Cancel requested for task `{task_id}`; its runner removes any partial upload."
 

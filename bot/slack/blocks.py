@@ -140,13 +140,16 @@ def confirm_card(plans: Sequence[PublishPlan], intent_id: str, requester: str, *
 
 
 # ------------------------------------------------------------------ task message
-def task_message(task: Task) -> Message:
+def task_message(task: Task, *, cancelled_by: str | None = None) -> Message:
+    """``cancelled_by``: who asked for the cancel of this task, if anyone did."""
     label = states.LABELS[task.status]
     blocks: list[Block] = [
         HeaderBlock(text=clip(messages.task_header(task.template), 150)),
         section(messages.task_status_line(label, escape(task.stage), task.requested_by,
                                           task.platform)),
     ]
+    if cancelled_by:
+        blocks.append(context(messages.cancelled_by(cancelled_by, task.finished)))
     if not task.finished or task.status == states.DONE:
         blocks.append(section(messages.progress_bar(task.progress)))
     blocks.append(context(messages.task_ref(task.id, escape(task.error) if task.error else None)))
@@ -154,7 +157,8 @@ def task_message(task: Task) -> Message:
     if task.link and task.link.startswith(("http://", "https://")):
         elements.append(button(messages.BUTTON_OPEN, ACTION_OPEN_LINK, task.id, url=task.link))
     if not task.finished:
-        elements.append(button(messages.BUTTON_CANCEL, ACTION_TASK_CANCEL, task.id, style="danger"))
+        elements.append(button(messages.BUTTON_CANCEL, ACTION_TASK_CANCEL, task.id, style="danger",
+                               confirm=cancel_confirm(task)))
     elif task.status in (states.FAILED, states.CANCELLED):
         elements.append(button(messages.BUTTON_RETRY, ACTION_TASK_RETRY, task.id,
                                style="primary"))
@@ -163,7 +167,15 @@ def task_message(task: Task) -> Message:
     return Message(text=messages.task_fallback(task.template, label, task.progress), blocks=blocks)
 
 
-def thread_reply(task: Task, event: Event) -> Message | None:
+def cancel_confirm(task: Task) -> ConfirmObject:
+    """A task's Cancel sits on a shared message: one stray click must not stop it."""
+    return ConfirmObject(title=messages.CANCEL_DIALOG_TITLE,
+                         text=clip(messages.cancel_dialog(task.template), 300),
+                         confirm=messages.CANCEL_DIALOG_YES, deny=messages.CANCEL_DIALOG_NO,
+                         style="danger")
+
+
+def thread_reply(task: Task, event: Event, *, cancelled_by: str | None = None) -> Message | None:
     """The thread reply for an event, or None if the event only changes the task message."""
     msg = escape(event.message)
     if event.kind == EventKind.DISK_CREATED:
@@ -180,6 +192,8 @@ def thread_reply(task: Task, event: Event) -> Message | None:
         text = messages.thread_failed(escape(task.template), msg)
     elif event.kind == EventKind.CANCELLED:
         text = messages.thread_cancelled(escape(task.template), msg)
+        if cancelled_by:
+            text += "\n" + messages.cancelled_by(cancelled_by, True)
     else:
         return None
     return text_message(text)

@@ -75,6 +75,7 @@ class SlackNotifier:
         self._dirty: set[str] = set()
         self._next_update: dict[str, float] = {}
         self._last_sent: dict[str, dict[str, Any]] = {}
+        self._cancellers: dict[str, str | None] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -152,7 +153,7 @@ class SlackNotifier:
             posted = True
             if event.kind == EventKind.CREATED or task.message_ts is None:
                 return posted
-        reply = slack_blocks.thread_reply(task, event)
+        reply = slack_blocks.thread_reply(task, event, cancelled_by=await self._cancelled_by(task))
         if reply is not None:
             await self._call("chat_postMessage", channel=task.channel, thread_ts=task.thread_ts,
                              reply_broadcast=event.kind in BROADCAST, unfurl_links=False,
@@ -160,6 +161,17 @@ class SlackNotifier:
             posted = True
         self.mark_dirty(task.id)
         return posted
+
+    async def _cancelled_by(self, task: Task) -> str | None:
+        """Who asked for the task's cancel (its ``cancel_requested`` event), remembered."""
+        if not task.cancel_requested:
+            return None
+        if task.id not in self._cancellers:
+            events = await self.db.run(self.db.store.events, task.id)
+            self._cancellers[task.id] = next(
+                (str(e.data["by"]) for e in reversed(events)
+                 if e.kind == EventKind.CANCEL_REQUESTED and e.data.get("by")), None)
+        return self._cancellers[task.id]
 
     def mark_dirty(self, task_id: str) -> None:
         self._dirty.add(task_id)
@@ -216,7 +228,8 @@ class SlackNotifier:
             return False
         if not (task.channel and task.message_ts):
             return False
-        payload = slack_blocks.task_message(task).payload()
+        payload = slack_blocks.task_message(
+            task, cancelled_by=await self._cancelled_by(task)).payload()
         if self._last_sent.get(task_id) == payload:
             return False
         self._next_update[task_id] = time.monotonic() + self.update_interval

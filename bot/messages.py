@@ -203,6 +203,11 @@ def publishing(count: int, requester: str, approver: str | None = None) -> str:
     return text
 
 
+def task_links(links: list[tuple[str, str]]) -> list[str]:
+    """``links``: (template, permalink of its task message)."""
+    return [f"\u2022 <{url}|{template}> \u2014 task message" for template, url in links]
+
+
 def publish_cancelled(user: str) -> str:
     return f"Not published: <@{user}> cancelled the confirmation. Nothing was queued."
 

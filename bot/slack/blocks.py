@@ -7,7 +7,7 @@ Wording comes from :mod:`bot.messages`; this module only arranges it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from slack_sdk.models.views import View
 
 from bot import messages
 from bot.runner.planning import PublishPlan
+from bot.slack.people import name_users
 from bot.store import states
 from bot.store.states import EventKind
 from bot.store.task_store import Event, Task
@@ -137,6 +138,22 @@ def confirm_card(plans: Sequence[PublishPlan], intent_id: str, requester: str, *
         button(messages.BUTTON_CANCEL, ACTION_DISMISS, intent_id),
     ]))
     return Message(text=messages.confirm_fallback([p.template for p in plans]), blocks=blocks)
+
+
+def publishing_message(text: str, links: Sequence[tuple[str, str]]) -> Message:
+    """What the confirm card becomes once the task messages exist: a link to each."""
+    return Message(text=text, blocks=[section(text), *text_sections(messages.task_links(list(links)))])
+
+
+def text_sections(lines: Sequence[str], room: int = MAX_MESSAGE_BLOCKS - 1) -> list[Block]:
+    """``lines`` in as few sections as fit, never splitting a line (nor a link in it)."""
+    chunks: list[str] = []
+    for line in lines:
+        if chunks and len(chunks[-1]) + len(line) + 1 <= MAX_TEXT:
+            chunks[-1] += "\n" + line
+        else:
+            chunks.append(clip(line, MAX_TEXT))
+    return [section(c) for c in chunks[:room]]
 
 
 # ------------------------------------------------------------------ task message
@@ -249,9 +266,13 @@ def status_message(tasks: Sequence[Task]) -> Message:
     return Message(text="\n".join(lines), blocks=[section(line) for line in lines[:MAX_MESSAGE_BLOCKS]])
 
 
-def task_detail(task: Task, events: Sequence[Event]) -> Message:
+def task_detail(task: Task, events: Sequence[Event], *,
+                names: Mapping[str, str] | None = None) -> Message:
+    """``names``: user id -> display name, shown instead of the bare ids in event texts."""
     base = task_message(task)
-    lines = [f"`{e.kind}` {escape(e.message)}" for e in events if e.kind != EventKind.PROGRESS]
+    shown = {user: escape(name) for user, name in (names or {}).items()}
+    lines = [name_users(f"`{e.kind}` {escape(e.message)}", shown)
+             for e in events if e.kind != EventKind.PROGRESS]
     text = clip("\n".join(lines[-30:]), MAX_TEXT)
     blocks = [b for b in base.blocks if not isinstance(b, ActionsBlock)]
     if text:

@@ -24,12 +24,17 @@ from bot.slack import payloads as slack_payloads
 from bot.slack.access import Decision, GroupDirectory
 from bot.slack.blocks import Message
 from bot.slack.intents import Claim, Intent
+from bot.slack.people import UserDirectory
 from bot.slack.records import SlackDB
 from bot.slack.response_urls import Respond, Turns
 from bot.store import states
 from bot.store.task_store import Task, TaskNotFound
 
 log = logging.getLogger(__name__)
+
+#: How long a confirmed card waits for the notifier to post its task messages (to link them).
+PERMALINK_WAIT = 60.0
+PERMALINK_POLL = 0.25
 
 #: Sends a message to the user who acted (ephemeral where possible).
 Reply = Callable[[Message], Awaitable[None]]
@@ -122,6 +127,7 @@ class Handlers:
         self.catalog = catalog
         self.client = client
         self.groups = groups
+        self.users = UserDirectory(client)
         self.wake_runner = wake_runner
 
     # ------------------------------------------------------------ helpers
@@ -217,7 +223,10 @@ class Handlers:
             await self._refuse(user, "status", task_id, messages.reason_user("template", task.template),
                                reply, no_task)
             return
-        await reply(slack_blocks.task_detail(task, await self.db.run(self.store.events, task.id)))
+        events = await self.db.run(self.store.events, task.id)
+        names = await self.users.names([task.requested_by, *(
+            str(e.data["by"]) for e in events if isinstance(e.data.get("by"), str))])
+        await reply(slack_blocks.task_detail(task, events, names=names))
 
     async def open_modal(self, user: str, channel: str | None, trigger_id: str) -> None:
         names = await self._allowed_templates(user, channel)
@@ -337,8 +346,39 @@ class Handlers:
             released = await self.db.run(self.intents.unclaim, intent.id, clicker)
             await reply(slack_blocks.text_message(messages.start_failed(intent.templates, exc, released)))
             return
-        await respond(slack_blocks.text_message(
-            messages.publishing(len(tasks), intent.user, clicker)), replace_original=True)
+        publishing = messages.publishing(len(tasks), intent.user, clicker)
+        await respond(slack_blocks.text_message(publishing), replace_original=True)
+        links = await self._task_permalinks(tasks)
+        if links:
+            await respond(slack_blocks.publishing_message(publishing, links), replace_original=True)
+
+    async def _task_permalinks(self, tasks: list[Task]) -> list[tuple[str, str]]:
+        """(template, permalink) of each task message the notifier posts within
+        ``PERMALINK_WAIT``; a task whose message is not there by then goes unlinked."""
+        deadline = time.monotonic() + PERMALINK_WAIT
+        posted: dict[str, Task] = {}
+        while len(posted) < len(tasks):
+            for task in tasks:
+                if task.id not in posted:
+                    now = await self.db.run(self.store.get, task.id)
+                    if now.channel and now.message_ts:
+                        posted[task.id] = now
+            if len(posted) == len(tasks) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(PERMALINK_POLL)
+        links = []
+        for task in tasks:
+            if (now := posted.get(task.id)) is None:
+                continue
+            try:
+                resp = await self.client.chat_getPermalink(channel=now.channel,
+                                                           message_ts=now.message_ts)
+            except SlackApiError as exc:
+                log.info("chat.getPermalink for task %s failed: %s", task.id,
+                         exc.response.get("error"))
+                continue
+            links.append((task.template, str(resp["permalink"])))
+        return links
 
     async def _may_confirm(self, intent: Intent, clicker: str) -> Decision:
         decision = slack_access.may_confirm(intent.rule, requester=intent.user, clicker=clicker)

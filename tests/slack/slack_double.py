@@ -1,7 +1,8 @@
 """A local stand-in for the Slack Web API and for response_url, on 127.0.0.1 and a
 random port. It records every call (method + parameters) and answers like Slack:
 auth.test, chat.postMessage (increasing ts), chat.postEphemeral, chat.update (or 429
-with Retry-After on demand), views.open, views.publish, usergroups.users.list; and
+with Retry-After on demand), chat.getPermalink (of a message it posted), views.open,
+views.publish, usergroups.users.list, users.info (of ``users``); and
 apps.connections.open with a Socket Mode WebSocket that sends envelopes and records
 their acknowledgements."""
 
@@ -49,6 +50,10 @@ class SlackDouble:
         self.sockets: list[web.WebSocketResponse] = []
         #: tokens answered with invalid_auth
         self.reject_tokens: set[str] = set()
+        #: users.info answers: id -> the ``user`` object (name, real_name, profile)
+        self.users: dict[str, dict[str, Any]] = {}
+        #: (channel, ts) of every message chat.postMessage posted
+        self.posted: set[tuple[str, str]] = set()
         #: the client address (host, port) of each response_url post: one per connection
         self.response_peers: list[tuple[str, int] | None] = []
 
@@ -143,7 +148,13 @@ class SlackDouble:
             if channel.startswith(("U", "W")):
                 channel = "D" + channel[1:]
             ts = f"1700000000.{next(self._ts):06d}"
+            self.posted.add((channel, ts))
             return {"ok": True, "channel": channel, "ts": ts, "message": {"ts": ts}}
+        if method == "chat.getPermalink":
+            return self._permalink(params)
+        if method == "users.info":
+            user = self.users.get(str(params.get("user")))
+            return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
         if method == "chat.postEphemeral":
             return {"ok": True, "message_ts": f"1700000000.{next(self._ts):06d}"}
         if method == "chat.update":
@@ -155,6 +166,16 @@ class SlackDouble:
         if method == "usergroups.users.list":
             return {"ok": True, "users": self.groups.get(str(params.get("usergroup")), [])}
         return {"ok": False, "error": "unknown_method"}
+
+    def _permalink(self, params: dict[str, Any]) -> dict[str, Any]:
+        """As Slack: both arguments required, and only a message that exists has a link."""
+        channel, ts = params.get("channel"), params.get("message_ts")
+        if not channel or not ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        if (channel, ts) not in self.posted:
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": channel,
+                "permalink": f"https://example.slack.com/archives/{channel}/p{ts.replace('.', '')}"}
 
     async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
         """Send a Socket Mode envelope to the connected app; returns its envelope id."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 TASK_TITLE = "Publishing Layered Image"
 
 LOCAL_USER_HINT = (
@@ -189,6 +191,43 @@ def plan_scripts(scripts: list[str], cache_hit: bool) -> str:
 def approval_requested(requester: str, names: list[str]) -> str:
     return (f"Approval needed: <@{requester}> wants to publish {', '.join(names)}. "
             "The confirmation card is in this channel.")
+
+
+BUTTON_APPROVE = "Approve"
+BUTTON_REJECT = "Reject"
+APPROVE_DIALOG_TITLE = "Approve this publish?"
+APPROVE_DIALOG_YES = "Approve"
+APPROVE_DIALOG_NO = "Not yet"
+
+
+def approval_ask(requester: str, count: int, approvers: list[str]) -> str:
+    """``approvers``: Slack mentions (``<@U1>``, ``<!subteam^S1>``); none: anyone allowed."""
+    who = " or ".join(approvers) if approvers else "someone who may publish these templates"
+    return (f":lock: {who}: <@{requester}> asks you to approve publishing {_images(count)} "
+            "to a protected target. Check the details, then *Approve* or *Reject*.")
+
+
+def approval_expires(expires_at: float) -> str:
+    """``<!date^…>``: each reader sees the time in their own time zone."""
+    fallback = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
+    return f"This request expires <!date^{int(expires_at)}^{{date_short_pretty}} at {{time}}|{fallback}>."
+
+
+def approval_rejected(by: str, requester: str, names: list[str]) -> str:
+    what = ", ".join(names)
+    if by == requester:
+        return f":no_entry_sign: Withdrawn by <@{by}>: {what} was not published."
+    return (f":no_entry_sign: Rejected by <@{by}>: <@{requester}>'s request to publish {what}. "
+            "Nothing was queued.")
+
+
+def approval_expired(requester: str, names: list[str]) -> str:
+    return (f":hourglass: Expired: nobody approved <@{requester}>'s request to publish "
+            f"{', '.join(names)} in time. Nothing was queued; run `/publish` again.")
+
+
+def approved_by(user: str) -> str:
+    return f"Approved by <@{user}>"
 
 
 def approval_needs_channel() -> str:

@@ -46,6 +46,7 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
     buttons = {
         sb.ACTION_CONFIRM: (handlers.confirm, "confirm"),
         sb.ACTION_DISMISS: (handlers.dismiss, "dismiss"),
+        sb.ACTION_REJECT: (handlers.reject, "reject"),
         sb.ACTION_TASK_CANCEL: (handlers.task_cancel, "task-cancel"),
         sb.ACTION_TASK_RETRY: (handlers.task_retry, "task-retry"),
     }

@@ -47,6 +47,7 @@ HOME_TASKS = 10
 # action and view ids the app listens to
 ACTION_CONFIRM = "intent_confirm"
 ACTION_DISMISS = "intent_cancel"
+ACTION_REJECT = "intent_reject"
 ACTION_TASK_CANCEL = "task_cancel"
 ACTION_TASK_RETRY = "task_retry"
 ACTION_HOME_PUBLISH = "home_publish"
@@ -140,6 +141,31 @@ def confirm_card(plans: Sequence[PublishPlan], intent_id: str, requester: str, *
     return Message(text=messages.confirm_fallback([p.template for p in plans]), blocks=blocks)
 
 
+def approval_card(plans: Sequence[PublishPlan], intent_id: str, requester: str, *,
+                  approvers: Sequence[str], expires_at: float) -> Message:
+    """The card a protected target's publish waits on, posted in the channel: it speaks to
+    ``approvers`` (Slack mentions), shows its expiry, and has Approve and Reject."""
+    if len(plans) > MAX_CARD_TEMPLATES:
+        raise TooManyBlocks(f"at most {MAX_CARD_TEMPLATES} templates on one card")
+    detailed = len(plans) <= DETAILED_CARD_TEMPLATES
+    names = [p.template for p in plans]
+    blocks: list[Block] = [
+        HeaderBlock(text=messages.CONFIRM_TITLE),
+        section(messages.approval_ask(requester, len(plans), list(approvers))),
+    ]
+    for p in plans:
+        blocks += _plan_blocks(p, detailed)
+    blocks.append(context(messages.approval_expires(expires_at)))
+    confirm = ConfirmObject(title=messages.APPROVE_DIALOG_TITLE,
+                            text=clip(messages.confirm_fallback(names), 300),
+                            confirm=messages.APPROVE_DIALOG_YES, deny=messages.APPROVE_DIALOG_NO)
+    blocks.append(ActionsBlock(block_id="intent", elements=[
+        button(messages.BUTTON_APPROVE, ACTION_CONFIRM, intent_id, style="primary", confirm=confirm),
+        button(messages.BUTTON_REJECT, ACTION_REJECT, intent_id, style="danger"),
+    ]))
+    return Message(text=messages.approval_ask(requester, len(plans), list(approvers)), blocks=blocks)
+
+
 def publishing_message(text: str, links: Sequence[tuple[str, str]]) -> Message:
     """What the confirm card becomes once the task messages exist: a link to each."""
     return Message(text=text, blocks=[section(text), *text_sections(messages.task_links(list(links)))])
@@ -157,14 +183,18 @@ def text_sections(lines: Sequence[str], room: int = MAX_MESSAGE_BLOCKS - 1) -> l
 
 
 # ------------------------------------------------------------------ task message
-def task_message(task: Task, *, cancelled_by: str | None = None) -> Message:
-    """``cancelled_by``: who asked for the cancel of this task, if anyone did."""
+def task_message(task: Task, *, cancelled_by: str | None = None,
+                 approved_by: str | None = None) -> Message:
+    """``cancelled_by``: who asked for the cancel of this task, if anyone did;
+    ``approved_by``: the second person who approved it, on a protected target."""
     label = states.LABELS[task.status]
     blocks: list[Block] = [
         HeaderBlock(text=clip(messages.task_header(task.template), 150)),
         section(messages.task_status_line(label, escape(task.stage), task.requested_by,
                                           task.platform)),
     ]
+    if approved_by and approved_by != task.requested_by:
+        blocks.append(context(messages.approved_by(approved_by)))
     if cancelled_by:
         blocks.append(context(messages.cancelled_by(cancelled_by, task.finished)))
     if not task.finished or task.status == states.DONE:

@@ -284,16 +284,19 @@ class Handlers:
                 messages.intent_used(intent.claimed_by) if intent.claimed_by
                 else messages.approval_pending(intent.user, intent.templates)))
             return
-        card = await self.turns.run(lambda: slack_blocks.confirm_card(
-            plans, intent.id, user, second_person=rule == "second_person",
-            ttl_minutes=int(self.intents.ttl // 60)))
         if rule == "requester":
-            await reply(card)
+            await reply(await self.turns.run(lambda: slack_blocks.confirm_card(
+                plans, intent.id, user, second_person=False,
+                ttl_minutes=int(self.intents.ttl // 60))))
             return
+        card = await self.turns.run(lambda: slack_blocks.approval_card(
+            plans, intent.id, user, approvers=slack_access.approvers(self.catalog, names, user),
+            expires_at=intent.expires_at))
         # an approver must see the card: post it in the channel, not ephemerally
         assert channel is not None
         try:
-            await self.client.chat_postMessage(channel=channel, **card.payload())
+            posted = await self.client.chat_postMessage(channel=channel, **card.payload())
+            await self.db.run(self.intents.set_card, intent.id, posted["channel"], posted["ts"])
         except SlackApiError as exc:
             log.warning("cannot post the approval card in %s: %s", channel,
                         exc.response.get("error"))
@@ -308,6 +311,10 @@ class Handlers:
         intent_id = body["actions"][0].get("value") or ""
         reply = ephemeral(respond)
         intent = await self.db.run(self.intents.get, intent_id) if intent_id else None
+        if intent is not None and intent.expired:
+            await self._refuse(clicker, "confirm", ",".join(intent.templates), "expired", reply,
+                               messages.intent_expired(int(self.intents.ttl // 60)))
+            return
         if intent is None or intent.cancelled:
             await self._refuse(clicker, "confirm", intent_id or "", "unknown or withdrawn confirmation",
                                reply, messages.intent_unknown())
@@ -426,6 +433,46 @@ class Handlers:
         await self._refuse(clicker, "dismiss", ",".join(intent.templates),
                            "already used, withdrawn or expired", ephemeral(respond),
                            messages.intent_unknown())
+
+    async def reject(self, body: dict[str, Any], respond: Respond) -> None:
+        """Reject an approval card (an approver), or withdraw it (its requester); the card
+        says who, for everyone in the channel."""
+        clicker = body["user"]["id"]
+        intent_id = body["actions"][0].get("value") or ""
+        reply = ephemeral(respond)
+        intent = await self.db.run(self.intents.get, intent_id) if intent_id else None
+        if intent is None:
+            await self._refuse(clicker, "reject", intent_id, "unknown confirmation", reply,
+                               messages.intent_unknown())
+            return
+        target = ",".join(intent.templates)
+        decision = (slack_access.ALLOW if clicker == intent.user
+                    else await self._may_confirm(intent, clicker))
+        await self._decide(clicker, "reject", target, decision)
+        if not decision.allowed:
+            await reply(slack_blocks.text_message(
+                messages.denied("reject", ", ".join(intent.templates), decision.reason)))
+            return
+        if await self.db.run(self.intents.cancel, intent.id, clicker) is not Claim.CLAIMED:
+            await self._refuse(clicker, "reject", target, "already used, withdrawn or expired",
+                               reply, messages.intent_unknown())
+            return
+        await respond(slack_blocks.text_message(
+            messages.approval_rejected(clicker, intent.user, intent.templates)), replace_original=True)
+
+    async def expire_approvals(self) -> int:
+        """Edit every approval card that expired unanswered; returns how many were closed."""
+        closed = await self.db.run(self.intents.expire_cards)
+        for intent in closed:
+            assert intent.card_channel and intent.card_ts
+            message = slack_blocks.text_message(messages.approval_expired(intent.user, intent.templates))
+            try:
+                await self.client.chat_update(channel=intent.card_channel, ts=intent.card_ts,
+                                              **message.payload())
+            except SlackApiError as exc:
+                log.warning("cannot edit the expired approval card %s: %s", intent.id,
+                            exc.response.get("error"))
+        return len(closed)
 
     # ------------------------------------------------------------ task message buttons
     async def _task_decision(self, task: Task, user: str, action: str) -> Decision:

@@ -76,6 +76,7 @@ class SlackNotifier:
         self._next_update: dict[str, float] = {}
         self._last_sent: dict[str, dict[str, Any]] = {}
         self._cancellers: dict[str, str | None] = {}
+        self._approvers: dict[str, str | None] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -173,12 +174,24 @@ class SlackNotifier:
                  if e.kind == EventKind.CANCEL_REQUESTED and e.data.get("by")), None)
         return self._cancellers[task.id]
 
+    async def _approved_by(self, task: Task) -> str | None:
+        """The second person whose click started the task: the task's idempotency key is
+        ``<intent id>:<template>`` (see handlers), and a protected target's intent records
+        its approver. Remembered."""
+        if task.id not in self._approvers:
+            intent_id = (task.idempotency_key or "").rpartition(":")[0]
+            intent = await self.db.run(self.db.intents.get, intent_id) if intent_id else None
+            self._approvers[task.id] = (
+                intent.claimed_by if intent is not None and intent.rule == "second_person"
+                and intent.claimed_by and not intent.cancelled else None)
+        return self._approvers[task.id]
+
     def mark_dirty(self, task_id: str) -> None:
         self._dirty.add(task_id)
         self._wake.set()
 
     async def _post_task_message(self, task: Task) -> Task:
-        message = slack_blocks.task_message(task)
+        message = slack_blocks.task_message(task, approved_by=await self._approved_by(task))
         assert task.channel is not None
         try:
             resp = await self._call("chat_postMessage", channel=task.channel, **message.payload(),
@@ -229,7 +242,8 @@ class SlackNotifier:
         if not (task.channel and task.message_ts):
             return False
         payload = slack_blocks.task_message(
-            task, cancelled_by=await self._cancelled_by(task)).payload()
+            task, cancelled_by=await self._cancelled_by(task),
+            approved_by=await self._approved_by(task)).payload()
         if self._last_sent.get(task_id) == payload:
             return False
         self._next_update[task_id] = time.monotonic() + self.update_interval

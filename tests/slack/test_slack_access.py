@@ -99,7 +99,7 @@ async def test_second_person_approval(make_slack: MakeSlack) -> None:
     # the card is posted in the channel, where an approver can see it
     [posted] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage",
                                                                    channel=CHANNEL))
-    assert "second person" in texts(posted.params)
+    assert "asks you to approve" in texts(posted.params)
     intent = button_value(posted.params["blocks"], "intent_confirm")
 
     own = await slack.answer(await slack.click("intent_confirm", intent, user=ALICE))
@@ -152,7 +152,7 @@ async def test_retry_is_a_new_publish_checked_like_one(make_slack: MakeSlack) ->
     assert len(slack.store.list_tasks()) == 1  # no task until someone else approves
     cards = slack.double.of("chat.postMessage", channel=CHANNEL)
     second = button_value(cards[-1].params["blocks"], "intent_confirm")
-    assert second != intent and "second person" in texts(cards[-1].params)
+    assert second != intent and "asks you to approve" in texts(cards[-1].params)
     # clicking Retry again while that card waits posts no second card
     pending = await slack.answer(await slack.click("task_retry", task.id, user=BOB))
     assert "already in this channel, waiting for a second person" in pending["text"]

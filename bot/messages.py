@@ -230,6 +230,16 @@ def approved_by(user: str) -> str:
     return f"Approved by <@{user}>"
 
 
+APPROVAL_CHANNEL_TITLE = "Ask for approval"
+APPROVAL_CHANNEL_SUBMIT = "Ask"
+APPROVAL_CHANNEL_LABEL = "Post the approval request in"
+
+
+def approval_channel_intro(template: str) -> str:
+    return (f"{template} publishes to a protected target: someone else must approve it. Choose the "
+            "channel where the approvers will see the request.")
+
+
 def approval_needs_channel() -> str:
     return ("These templates need a second person to confirm: use `/publish` in a channel, "
             "where someone else can see the confirmation.")

@@ -43,6 +43,11 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
         await ack()
         background.spawn(handlers.modal_submitted(body), "modal")
 
+    @app.view(sb.VIEW_APPROVAL_CHANNEL)
+    async def approval_channel_modal(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        background.spawn(handlers.approval_channel_submitted(body), "approval-channel")
+
     buttons = {
         sb.ACTION_CONFIRM: (handlers.confirm, "confirm"),
         sb.ACTION_DISMISS: (handlers.dismiss, "dismiss"),

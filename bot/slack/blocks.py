@@ -17,6 +17,8 @@ from slack_sdk.models.blocks import (
     ButtonElement,
     ConfirmObject,
     ContextBlock,
+    ConversationFilter,
+    ConversationSelectElement,
     DividerBlock,
     HeaderBlock,
     InputBlock,
@@ -55,6 +57,9 @@ ACTION_OPEN_LINK = "open_link"
 VIEW_PUBLISH = "publish_modal"
 BLOCK_TEMPLATES = "templates"
 ACTION_TEMPLATES = "selected"
+VIEW_APPROVAL_CHANNEL = "approval_channel_modal"
+BLOCK_APPROVAL_CHANNEL = "approval_channel"
+ACTION_APPROVAL_CHANNEL = "channel"
 
 
 class TooManyBlocks(ValueError):
@@ -262,6 +267,24 @@ def publish_modal(templates: Sequence[tuple[str, str]], channel: str | None) -> 
                                              placeholder=messages.MODAL_PLACEHOLDER,
                                              options=options),
         )],
+    )
+
+
+def approval_channel_modal(template: str, channel: str | None) -> View:
+    """From App Home (no channel): where to post a protected template's approval card;
+    ``channel`` is offered first."""
+    return View(
+        type="modal", callback_id=VIEW_APPROVAL_CHANNEL, private_metadata=template,
+        title=messages.APPROVAL_CHANNEL_TITLE[:24], submit=messages.APPROVAL_CHANNEL_SUBMIT,
+        close=messages.MODAL_CLOSE,
+        blocks=[
+            section(messages.approval_channel_intro(escape(template))),
+            InputBlock(block_id=BLOCK_APPROVAL_CHANNEL, label=messages.APPROVAL_CHANNEL_LABEL,
+                       element=ConversationSelectElement(
+                           action_id=ACTION_APPROVAL_CHANNEL, initial_conversation=channel,
+                           filter=ConversationFilter(include=["public", "private"],
+                                                     exclude_bot_users=True))),
+        ],
     )
 
 

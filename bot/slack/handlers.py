@@ -564,5 +564,36 @@ class Handlers:
         await self.client.views_publish(user_id=user, view=view)
 
     async def home_publish(self, body: dict[str, Any]) -> None:
+        """Publish from App Home. A template that needs a second person's approval has no
+        channel for its card there: a dialog asks where to post it, then the flow is the
+        channel's."""
         user = body["user"]["id"]
-        await self.request(user, None, [body["actions"][0].get("value") or ""], self._dm(user, None))
+        name = body["actions"][0].get("value") or ""
+        trigger = body.get("trigger_id")
+        if (name in self.catalog.templates and isinstance(trigger, str) and trigger
+                and slack_access.approval_rule(self.catalog, [name]) == "second_person"):
+            view = slack_blocks.approval_channel_modal(name, self._approval_channel(name))
+            await self.client.views_open(trigger_id=trigger, view=view)
+            return
+        await self.request(user, None, [name], self._dm(user, None))
+
+    def _approval_channel(self, name: str) -> str | None:
+        """Where a template's approvers likely are: its connector's notify_channel, else the
+        first channel its access rules allow."""
+        template = self.catalog.templates[name]
+        connector = self.catalog.connectors.get(template.connector)
+        if connector is not None and connector.notify_channel:
+            return connector.notify_channel
+        for access in (template.access, connector.access if connector else None):
+            if access is not None and access.channels:
+                return access.channels[0]
+        return None
+
+    async def approval_channel_submitted(self, body: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        view = body["view"]
+        state = _field(_field(_field(view.get("state"), "values"), slack_blocks.BLOCK_APPROVAL_CHANNEL),
+                       slack_blocks.ACTION_APPROVAL_CHANNEL)
+        channel = _field(state, "selected_conversation")
+        channel = channel if isinstance(channel, str) and channel else None
+        await self.request(user, channel, [view.get("private_metadata") or ""], self._dm(user, channel))

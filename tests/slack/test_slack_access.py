@@ -121,10 +121,13 @@ async def test_second_person_approval(make_slack: MakeSlack) -> None:
 
 
 async def test_second_person_targets_need_a_channel(make_slack: MakeSlack) -> None:
+    """From App Home a dialog asks where to post the approval card (see test_slack_approval_card)."""
     slack = await make_slack(with_access(connector="{approval: second_person}"))
     await slack.click("home_publish", "win10-office", user=ALICE, channel=None)
-    [dm] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel=ALICE))
-    assert "use `/publish` in a channel" in dm.params["text"]
+    [opened] = await slack.double.wait_for(lambda: slack.double.of("views.open"))
+    assert opened.params["view"]["callback_id"] == "approval_channel_modal"
+    await slack.idle()
+    assert not slack.double.of("chat.postMessage", channel=ALICE)
     assert slack.store.rows("SELECT COUNT(*) AS n FROM slack_intents") == [{"n": 0}]
 
 

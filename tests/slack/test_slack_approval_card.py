@@ -86,3 +86,29 @@ async def test_an_unanswered_card_is_edited_when_it_expires(make_slack: MakeSlac
     await slack.service.handlers.expire_approvals()
     assert len(slack.double.of("chat.update", channel=CHANNEL)) == 1  # edited once
     assert slack.store.list_tasks() == []
+
+
+async def test_app_home_publish_asks_where_then_posts_the_same_card(make_slack: MakeSlack) -> None:
+    slack = await make_slack(PROTECTED.replace("    format: qcow2\n",
+                                               "    format: qcow2\n    notify_channel: CNOTIFY\n"))
+    await slack.click("home_publish", "win10-office", user=ALICE, channel=None)
+    [opened] = await slack.double.wait_for(lambda: slack.double.of("views.open"))
+    view = opened.params["view"]
+    assert opened.params["trigger_id"] == "trigger-click"
+    [select] = [b["element"] for b in view["blocks"] if b["type"] == "input"]
+    assert select["type"] == "conversations_select" and select["initial_conversation"] == "CNOTIFY"
+    assert not slack.double.of("chat.postMessage", channel=ALICE)  # no "use /publish" DM
+
+    values = {"approval_channel": {"channel": {"type": "conversations_select",
+                                               "selected_conversation": "CBUILD"}}}
+    payload = {"type": "view_submission", "team": {"id": "T0001"}, "user": {"id": ALICE},
+               "api_app_id": "A0001", "trigger_id": "trigger-submit",
+               "view": {**view, "id": "V0001", "state": {"values": values}}}
+    resp = await slack.post(slack.payload_body(payload), "application/x-www-form-urlencoded")
+    assert resp.status == 200
+    [card] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel="CBUILD"))
+    assert f"<@{ALICE}> asks you to approve" in texts(card.params)
+    intent = button_value(card.params["blocks"], "intent_confirm")
+    await slack.answer(await slack.click("intent_confirm", intent, user=BOB, channel="CBUILD"))
+    [task] = slack.store.list_tasks()
+    assert task.requested_by == ALICE and task.channel == "CNOTIFY"

@@ -246,6 +246,53 @@ def approval_requested(requester: str, names: list[str]) -> str:
             "The confirmation card is in this channel.")
 
 
+BUTTON_APPROVE = "Approve"
+BUTTON_REJECT = "Reject"
+APPROVE_DIALOG_TITLE = "Approve this publish?"
+APPROVE_DIALOG_YES = "Approve"
+APPROVE_DIALOG_NO = "Not yet"
+
+
+def approval_ask(requester: str, count: int, approvers: list[str]) -> str:
+    """``approvers``: Slack mentions (``<@U1>``, ``<!subteam^S1>``); none: anyone allowed."""
+    who = " or ".join(approvers) if approvers else "someone who may publish these templates"
+    return (f":lock: {who}: <@{requester}> asks you to approve publishing {_images(count)} "
+            "to a protected target. Check the details, then *Approve* or *Reject*.")
+
+
+def approval_expires(expires_at: float) -> str:
+    """``<!date^…>``: each reader sees the time in their own time zone."""
+    fallback = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
+    return f"This request expires <!date^{int(expires_at)}^{{date_short_pretty}} at {{time}}|{fallback}>."
+
+
+def approval_rejected(by: str, requester: str, names: list[str]) -> str:
+    what = ", ".join(names)
+    if by == requester:
+        return f":no_entry_sign: Withdrawn by <@{by}>: {what} was not published."
+    return (f":no_entry_sign: Rejected by <@{by}>: <@{requester}>'s request to publish {what}. "
+            "Nothing was queued.")
+
+
+def approval_expired(requester: str, names: list[str]) -> str:
+    return (f":hourglass: Expired: nobody approved <@{requester}>'s request to publish "
+            f"{', '.join(names)} in time. Nothing was queued; run `/publish` again.")
+
+
+def approved_by(user: str) -> str:
+    return f"Approved by <@{user}>"
+
+
+APPROVAL_CHANNEL_TITLE = "Ask for approval"
+APPROVAL_CHANNEL_SUBMIT = "Ask"
+APPROVAL_CHANNEL_LABEL = "Post the approval request in"
+
+
+def approval_channel_intro(template: str) -> str:
+    return (f"{template} publishes to a protected target: someone else must approve it. Choose the "
+            "channel where the approvers will see the request.")
+
+
 def approval_needs_channel() -> str:
     return ("These templates need a second person to confirm: use `/publish` in a channel, "
             "where someone else can see the confirmation.")
@@ -256,6 +303,11 @@ def publishing(count: int, requester: str, approver: str | None = None) -> str:
     if approver and approver != requester:
         text += f", approved by <@{approver}>"
     return text
+
+
+def task_links(links: list[tuple[str, str]]) -> list[str]:
+    """``links``: (template, permalink of its task message)."""
+    return [f"\u2022 <{url}|{template}> \u2014 task message" for template, url in links]
 
 
 def publish_cancelled(user: str) -> str:
@@ -391,6 +443,20 @@ def thread_waiting(message: str, requester: str) -> str:
 
 def cancel_requested_by(user: str) -> str:
     return f"Cancel requested by <@{user}>"
+
+
+CANCEL_DIALOG_TITLE = "Cancel this task?"
+CANCEL_DIALOG_YES = "Cancel the task"
+CANCEL_DIALOG_NO = "Keep it running"
+
+
+def cancel_dialog(template: str) -> str:
+    return (f"Stop publishing {template}? Its runner removes any partial upload, and the channel "
+            "sees that you cancelled it.")
+
+
+def cancelled_by(user: str, finished: bool) -> str:
+    return f"Cancelled by <@{user}>" if finished else f"Cancel requested by <@{user}>"
 
 
 def cancel_ack(task_id: str) -> str:

@@ -58,6 +58,7 @@ DONE = task(states.DONE, stage="Done", progress=100.0, finished_at=STARTED + 95,
             link="https://vcenter.example/ui/vm-42")
 FAILED = task(states.FAILED, stage="Uploading to Local folder",
               error="no space left in /srv/images")
+CANCELLED = task(states.CANCELLED, stage="Cancelled", finished_at=STARTED + 40)
 
 
 def kinds() -> list[tuple[str, Callable[[], dict[str, Any]]]]:
@@ -72,15 +73,18 @@ def kinds() -> list[tuple[str, Callable[[], dict[str, Any]]]]:
             [PLAN], "i0123", "UALICE", second_person=False, ttl_minutes=15), "COPS").to_dict()),
         ("The confirm card (`/publish win10-office`)", lambda: sb.confirm_card(
             [PLAN], "i0123", "UALICE", second_person=False, ttl_minutes=15).payload()),
-        ("The card on a target that needs a second person", lambda: sb.confirm_card(
-            [PLAN], "i0123", "UALICE", second_person=True, ttl_minutes=15).payload()),
+        ("The approval card on a target that needs a second person", lambda: sb.approval_card(
+            [PLAN], "i0123", "UALICE", approvers=["<@UCAROL>", "<!subteam^S0OPS>"],
+            expires_at=STARTED + 900).payload()),
         ("The task message, running", lambda: sb.task_message(task(states.UPLOADING)).payload()),
         ("The task message, done", lambda: sb.task_message(DONE).payload()),
         ("The task message, failed", lambda: sb.task_message(FAILED).payload()),
-        ("Thread reply: disk created", lambda: _reply(DONE, event(
-            EventKind.DISK_CREATED, "Disk created: VM win10-office-20231114 (powered off)"))),
-        ("Thread reply: next step", lambda: _reply(DONE, event(
-            EventKind.NEXT_STEPS, "Start the VM; it runs its scripts and shuts down."))),
+        ("Thread reply: disk created (with the next step and, on a VM target, the hint)",
+         lambda: _reply(DONE, event(
+             EventKind.DISK_CREATED, "Disk created: VM win10-office-20231114 (powered off)",
+             next_steps="Start the VM; it runs its scripts and shuts down.", guest_login=True))),
+        ("Thread reply: cancelled", lambda: sb.thread_reply(CANCELLED, event(
+            EventKind.CANCELLED, "Cancelled"), cancelled_by="UCAROL").payload()),  # type: ignore[union-attr]
         ("Thread reply: done", lambda: _reply(DONE, event(EventKind.DONE, "Done in 1 min 35 s"))),
         ("Thread reply: failed", lambda: _reply(FAILED, event(
             EventKind.FAILED, "Failed: no space left in /srv/images"))),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from bot.store.interface import Store
 log = logging.getLogger(__name__)
 
 ApprovalRule = Literal["requester", "second_person"]
+SLACK_ID = re.compile(r"[A-Z0-9]{2,32}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,26 @@ def approval_rule(catalog: Catalog, templates: Iterable[str]) -> ApprovalRule:
             if access is not None and access.approval == "second_person":
                 return "second_person"
     return "requester"
+
+
+def approvers(catalog: Catalog, templates: Iterable[str], requester: str) -> list[str]:
+    """Who an approval card speaks to: the users (``<@U1>``) and user groups
+    (``<!subteam^S1>``) the templates' and their connectors' ``access:`` name, but the
+    requester; none when no access block names anyone (anyone allowed may approve)."""
+    users: dict[str, None] = {}
+    groups: dict[str, None] = {}
+    for name in templates:
+        t = catalog.templates.get(name)
+        if t is None:
+            continue
+        connector = catalog.connectors.get(t.connector)
+        for access in (t.access, connector.access if connector else None):
+            if access is not None:
+                users.update(dict.fromkeys(u for u in access.users if u != requester))
+                groups.update(dict.fromkeys(access.user_groups))
+    # a Slack id is [A-Z0-9]; anything else in layerbot.yml matches no one, and is not markup
+    return ([f"<@{u}>" for u in users if SLACK_ID.fullmatch(u)]
+            + [f"<!subteam^{g}>" for g in groups if SLACK_ID.fullmatch(g)])
 
 
 def may_confirm(rule: ApprovalRule, *, requester: str, clicker: str) -> Decision:

@@ -51,9 +51,15 @@ def build_app(handlers: Handlers, background: Background, *, client: AsyncWebCli
         await ack(response_action="update", view=sb.modal_notice(messages.MODAL_STARTING))
         background.spawn(handlers.modal_confirmed(body), "modal-confirm")
 
+    @app.view(sb.VIEW_APPROVAL_CHANNEL)
+    async def approval_channel_modal(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        background.spawn(handlers.approval_channel_submitted(body), "approval-channel")
+
     buttons = {
         sb.ACTION_CONFIRM: (handlers.confirm, "confirm"),
         sb.ACTION_DISMISS: (handlers.dismiss, "dismiss"),
+        sb.ACTION_REJECT: (handlers.reject, "reject"),
         sb.ACTION_TASK_CANCEL: (handlers.task_cancel, "task-cancel"),
         sb.ACTION_TASK_RETRY: (handlers.task_retry, "task-retry"),
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,8 @@ from slack_sdk.models.blocks import (
     ButtonElement,
     ConfirmObject,
     ContextBlock,
+    ConversationFilter,
+    ConversationSelectElement,
     DividerBlock,
     HeaderBlock,
     InputBlock,
@@ -32,6 +34,7 @@ from slack_sdk.models.views import View
 
 from bot import messages
 from bot.runner.planning import PublishPlan
+from bot.slack.people import name_users
 from bot.slack.task_retries import TaskLink
 from bot.slack.task_view import TaskView, task_view
 from bot.store import states
@@ -50,6 +53,7 @@ HOME_TASKS = 10
 # action and view ids the app listens to
 ACTION_CONFIRM = "intent_confirm"
 ACTION_DISMISS = "intent_cancel"
+ACTION_REJECT = "intent_reject"
 ACTION_TASK_CANCEL = "task_cancel"
 ACTION_TASK_RETRY = "task_retry"
 ACTION_HOME_PUBLISH = "home_publish"
@@ -60,6 +64,9 @@ VIEW_CONFIRM = "publish_confirm"
 VIEW_NOTICE = "publish_notice"
 BLOCK_TEMPLATES = "templates"
 ACTION_TEMPLATES = "selected"
+VIEW_APPROVAL_CHANNEL = "approval_channel_modal"
+BLOCK_APPROVAL_CHANNEL = "approval_channel"
+ACTION_APPROVAL_CHANNEL = "channel"
 
 
 class TooManyBlocks(ValueError):
@@ -146,6 +153,47 @@ def confirm_card(plans: Sequence[PublishPlan], intent_id: str, requester: str, *
     return Message(text=messages.confirm_fallback([p.template for p in plans]), blocks=blocks)
 
 
+def approval_card(plans: Sequence[PublishPlan], intent_id: str, requester: str, *,
+                  approvers: Sequence[str], expires_at: float) -> Message:
+    """The card a protected target's publish waits on, posted in the channel: it speaks to
+    ``approvers`` (Slack mentions), shows its expiry, and has Approve and Reject."""
+    if len(plans) > MAX_CARD_TEMPLATES:
+        raise TooManyBlocks(f"at most {MAX_CARD_TEMPLATES} templates on one card")
+    detailed = len(plans) <= DETAILED_CARD_TEMPLATES
+    names = [p.template for p in plans]
+    blocks: list[Block] = [
+        HeaderBlock(text=messages.CONFIRM_TITLE),
+        section(messages.approval_ask(requester, len(plans), list(approvers))),
+    ]
+    for p in plans:
+        blocks += _plan_blocks(p, detailed)
+    blocks.append(context(messages.approval_expires(expires_at)))
+    confirm = ConfirmObject(title=messages.APPROVE_DIALOG_TITLE,
+                            text=clip(messages.confirm_fallback(names), 300),
+                            confirm=messages.APPROVE_DIALOG_YES, deny=messages.APPROVE_DIALOG_NO)
+    blocks.append(ActionsBlock(block_id="intent", elements=[
+        button(messages.BUTTON_APPROVE, ACTION_CONFIRM, intent_id, style="primary", confirm=confirm),
+        button(messages.BUTTON_REJECT, ACTION_REJECT, intent_id, style="danger"),
+    ]))
+    return Message(text=messages.approval_ask(requester, len(plans), list(approvers)), blocks=blocks)
+
+
+def publishing_message(text: str, links: Sequence[tuple[str, str]]) -> Message:
+    """What the confirm card becomes once the task messages exist: a link to each."""
+    return Message(text=text, blocks=[section(text), *text_sections(messages.task_links(list(links)))])
+
+
+def text_sections(lines: Sequence[str], room: int = MAX_MESSAGE_BLOCKS - 1) -> list[Block]:
+    """``lines`` in as few sections as fit, never splitting a line (nor a link in it)."""
+    chunks: list[str] = []
+    for line in lines:
+        if chunks and len(chunks[-1]) + len(line) + 1 <= MAX_TEXT:
+            chunks[-1] += "\n" + line
+        else:
+            chunks.append(clip(line, MAX_TEXT))
+    return [section(c) for c in chunks[:room]]
+
+
 # ------------------------------------------------------------------ task message
 def task_times(task: Task, now: float | None = None) -> str:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(task.created_at))
@@ -155,9 +203,12 @@ def task_times(task: Task, now: float | None = None) -> str:
 
 
 def task_message(task: Task, view: TaskView | None = None, *, retry_of: TaskLink | None = None,
-                 retried_as: TaskLink | None = None) -> Message:
+                 retried_as: TaskLink | None = None, cancelled_by: str | None = None,
+                 approved_by: str | None = None) -> Message:
     """``view``: the step and overall progress from the task's events (else from the task);
-    ``retry_of``/``retried_as``: the task this one retries / the retry Retry made of it."""
+    ``retry_of``/``retried_as``: the task this one retries / the retry Retry made of it;
+    ``cancelled_by``: who asked for the cancel of this task, if anyone did;
+    ``approved_by``: the second person who approved it, on a protected target."""
     view = view or task_view(task)
     label = states.LABELS[task.status]
     step = messages.task_step(view.step, view.steps, escape(view.stage)) if view.step else ""
@@ -165,6 +216,10 @@ def task_message(task: Task, view: TaskView | None = None, *, retry_of: TaskLink
         HeaderBlock(text=clip(messages.task_header(task.template), 150)),
         section(messages.task_status_line(label, step, task.requested_by, task.platform)),
     ]
+    if approved_by and approved_by != task.requested_by:
+        blocks.append(context(messages.approved_by(approved_by)))
+    if cancelled_by:
+        blocks.append(context(messages.cancelled_by(cancelled_by, task.finished)))
     if not task.finished:
         blocks.append(section(messages.progress_bar(view.percent)))
     blocks.append(context(task_times(task)))
@@ -177,7 +232,8 @@ def task_message(task: Task, view: TaskView | None = None, *, retry_of: TaskLink
     if task.link and task.link.startswith(("http://", "https://")):
         elements.append(button(messages.BUTTON_OPEN, ACTION_OPEN_LINK, task.id, url=task.link))
     if not task.finished:
-        elements.append(button(messages.BUTTON_CANCEL, ACTION_TASK_CANCEL, task.id, style="danger"))
+        elements.append(button(messages.BUTTON_CANCEL, ACTION_TASK_CANCEL, task.id, style="danger",
+                               confirm=cancel_confirm(task)))
     elif task.status in (states.FAILED, states.CANCELLED) and retried_as is None:
         elements.append(button(messages.BUTTON_RETRY, ACTION_TASK_RETRY, task.id,
                                style="primary"))
@@ -186,7 +242,15 @@ def task_message(task: Task, view: TaskView | None = None, *, retry_of: TaskLink
     return Message(text=messages.task_fallback(task.template, label, view.percent), blocks=blocks)
 
 
-def thread_reply(task: Task, event: Event) -> Message | None:
+def cancel_confirm(task: Task) -> ConfirmObject:
+    """A task's Cancel sits on a shared message: one stray click must not stop it."""
+    return ConfirmObject(title=messages.CANCEL_DIALOG_TITLE,
+                         text=clip(messages.cancel_dialog(task.template), 300),
+                         confirm=messages.CANCEL_DIALOG_YES, deny=messages.CANCEL_DIALOG_NO,
+                         style="danger")
+
+
+def thread_reply(task: Task, event: Event, *, cancelled_by: str | None = None) -> Message | None:
     """The thread reply for an event, or None if the event only changes the task message."""
     msg = escape(event.message)
     if event.kind == EventKind.DISK_CREATED:
@@ -204,6 +268,8 @@ def thread_reply(task: Task, event: Event) -> Message | None:
                                       messages.failure_advice(event.data.get("error_class")))
     elif event.kind == EventKind.CANCELLED:
         text = messages.thread_cancelled(escape(task.template), msg)
+        if cancelled_by:
+            text += "\n" + messages.cancelled_by(cancelled_by, True)
     else:
         return None
     return text_message(text)
@@ -269,6 +335,24 @@ def modal_notice(text: str) -> View:
                 close=messages.MODAL_CLOSE, blocks=[section(text)])
 
 
+def approval_channel_modal(template: str, channel: str | None) -> View:
+    """From App Home (no channel): where to post a protected template's approval card;
+    ``channel`` is offered first."""
+    return View(
+        type="modal", callback_id=VIEW_APPROVAL_CHANNEL, private_metadata=template,
+        title=messages.APPROVAL_CHANNEL_TITLE[:24], submit=messages.APPROVAL_CHANNEL_SUBMIT,
+        close=messages.MODAL_CLOSE,
+        blocks=[
+            section(messages.approval_channel_intro(escape(template))),
+            InputBlock(block_id=BLOCK_APPROVAL_CHANNEL, label=messages.APPROVAL_CHANNEL_LABEL,
+                       element=ConversationSelectElement(
+                           action_id=ACTION_APPROVAL_CHANNEL, initial_conversation=channel,
+                           filter=ConversationFilter(include=["public", "private"],
+                                                     exclude_bot_users=True))),
+        ],
+    )
+
+
 def home_view(templates: Sequence[tuple[str, str, str]], tasks: Sequence[Task], *,
               mine: bool = False, workspace_url: str | None = None) -> View:
     """``templates``: (name, icon, description) the user may publish; ``tasks``: the user's
@@ -322,9 +406,13 @@ def status_message(tasks: Sequence[Task], heading: str | None = None,
                    blocks=[section(line) for line in [*head, *lines][:MAX_MESSAGE_BLOCKS]])
 
 
-def task_detail(task: Task, events: Sequence[Event]) -> Message:
+def task_detail(task: Task, events: Sequence[Event], *,
+                names: Mapping[str, str] | None = None) -> Message:
+    """``names``: user id -> display name, shown instead of the bare ids in event texts."""
     base = task_message(task)
-    lines = [f"`{e.kind}` {escape(e.message)}" for e in events if e.kind != EventKind.PROGRESS]
+    shown = {user: escape(name) for user, name in (names or {}).items()}
+    lines = [name_users(f"`{e.kind}` {escape(e.message)}", shown)
+             for e in events if e.kind != EventKind.PROGRESS]
     text = clip("\n".join(lines[-30:]), MAX_TEXT)
     blocks = [b for b in base.blocks if not isinstance(b, ActionsBlock)]
     if text:

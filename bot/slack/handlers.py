@@ -26,6 +26,7 @@ from bot.slack import payloads as slack_payloads
 from bot.slack.access import Decision, GroupDirectory
 from bot.slack.blocks import Message
 from bot.slack.intents import Claim, Intent
+from bot.slack.people import UserDirectory
 from bot.slack.records import SlackDB
 from bot.slack.response_urls import Respond, Turns
 from bot.slack.task_retries import Permalinks, find_retry, retry_key
@@ -33,6 +34,10 @@ from bot.store import states
 from bot.store.task_store import Task, TaskNotFound
 
 log = logging.getLogger(__name__)
+
+#: How long a confirmed card waits for the notifier to post its task messages (to link them).
+PERMALINK_WAIT = 60.0
+PERMALINK_POLL = 0.25
 
 #: Sends a message to the user who acted (ephemeral where possible).
 Reply = Callable[[Message], Awaitable[None]]
@@ -125,6 +130,7 @@ class Handlers:
         self.catalog = catalog
         self.client = client
         self.groups = groups
+        self.users = UserDirectory(client)
         self.wake_runner = wake_runner
         #: the workspace's address (auth.test's ``url``), for links to task messages
         self.workspace_url: str | None = None
@@ -265,7 +271,10 @@ class Handlers:
             await self._refuse(user, "status", task_id, messages.reason_user("template", task.template),
                                reply, no_task)
             return
-        await reply(slack_blocks.task_detail(task, await self.db.run(self.store.events, task.id)))
+        events = await self.db.run(self.store.events, task.id)
+        names = await self.users.names([task.requested_by, *(
+            str(e.data["by"]) for e in events if isinstance(e.data.get("by"), str))])
+        await reply(slack_blocks.task_detail(task, events, names=names))
 
     async def open_modal(self, user: str, channel: str | None, trigger_id: str) -> None:
         names = await self._allowed_templates(user, channel)
@@ -366,16 +375,19 @@ class Handlers:
                 messages.intent_used(intent.claimed_by) if intent.claimed_by
                 else messages.approval_pending(intent.user, intent.templates)))
             return
-        card = await self.turns.run(lambda: slack_blocks.confirm_card(
-            plans, intent.id, user, second_person=rule == "second_person",
-            ttl_minutes=int(self.intents.ttl // 60)))
         if rule == "requester":
-            await reply(card)
+            await reply(await self.turns.run(lambda: slack_blocks.confirm_card(
+                plans, intent.id, user, second_person=False,
+                ttl_minutes=int(self.intents.ttl // 60))))
             return
+        card = await self.turns.run(lambda: slack_blocks.approval_card(
+            plans, intent.id, user, approvers=slack_access.approvers(self.catalog, names, user),
+            expires_at=intent.expires_at))
         # an approver must see the card: post it in the channel, not ephemerally
         assert channel is not None
         try:
-            await self.client.chat_postMessage(channel=channel, **card.payload())
+            posted = await self.client.chat_postMessage(channel=channel, **card.payload())
+            await self.db.run(self.intents.set_card, intent.id, posted["channel"], posted["ts"])
         except SlackApiError as exc:
             log.warning("cannot post the approval card in %s: %s", channel,
                         exc.response.get("error"))
@@ -390,6 +402,10 @@ class Handlers:
         intent_id = body["actions"][0].get("value") or ""
         reply = ephemeral(respond)
         intent = await self.db.run(self.intents.get, intent_id) if intent_id else None
+        if intent is not None and intent.expired:
+            await self._refuse(clicker, "confirm", ",".join(intent.templates), "expired", reply,
+                               messages.intent_expired(int(self.intents.ttl // 60)))
+            return
         if intent is None or intent.cancelled:
             await self._refuse(clicker, "confirm", intent_id or "", "unknown or withdrawn confirmation",
                                reply, messages.intent_unknown())
@@ -428,8 +444,39 @@ class Handlers:
             released = await self.db.run(self.intents.unclaim, intent.id, clicker)
             await reply(slack_blocks.text_message(messages.start_failed(intent.templates, exc, released)))
             return
-        await respond(slack_blocks.text_message(
-            messages.publishing(len(tasks), intent.user, clicker)), replace_original=True)
+        publishing = messages.publishing(len(tasks), intent.user, clicker)
+        await respond(slack_blocks.text_message(publishing), replace_original=True)
+        links = await self._task_permalinks(tasks)
+        if links:
+            await respond(slack_blocks.publishing_message(publishing, links), replace_original=True)
+
+    async def _task_permalinks(self, tasks: list[Task]) -> list[tuple[str, str]]:
+        """(template, permalink) of each task message the notifier posts within
+        ``PERMALINK_WAIT``; a task whose message is not there by then goes unlinked."""
+        deadline = time.monotonic() + PERMALINK_WAIT
+        posted: dict[str, Task] = {}
+        while len(posted) < len(tasks):
+            for task in tasks:
+                if task.id not in posted:
+                    now = await self.db.run(self.store.get, task.id)
+                    if now.channel and now.message_ts:
+                        posted[task.id] = now
+            if len(posted) == len(tasks) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(PERMALINK_POLL)
+        links = []
+        for task in tasks:
+            if (now := posted.get(task.id)) is None:
+                continue
+            try:
+                resp = await self.client.chat_getPermalink(channel=now.channel,
+                                                           message_ts=now.message_ts)
+            except SlackApiError as exc:
+                log.info("chat.getPermalink for task %s failed: %s", task.id,
+                         exc.response.get("error"))
+                continue
+            links.append((task.template, str(resp["permalink"])))
+        return links
 
     async def _may_confirm(self, intent: Intent, clicker: str) -> Decision:
         decision = slack_access.may_confirm(intent.rule, requester=intent.user, clicker=clicker)
@@ -477,6 +524,46 @@ class Handlers:
         await self._refuse(clicker, "dismiss", ",".join(intent.templates),
                            "already used, withdrawn or expired", ephemeral(respond),
                            messages.intent_unknown())
+
+    async def reject(self, body: dict[str, Any], respond: Respond) -> None:
+        """Reject an approval card (an approver), or withdraw it (its requester); the card
+        says who, for everyone in the channel."""
+        clicker = body["user"]["id"]
+        intent_id = body["actions"][0].get("value") or ""
+        reply = ephemeral(respond)
+        intent = await self.db.run(self.intents.get, intent_id) if intent_id else None
+        if intent is None:
+            await self._refuse(clicker, "reject", intent_id, "unknown confirmation", reply,
+                               messages.intent_unknown())
+            return
+        target = ",".join(intent.templates)
+        decision = (slack_access.ALLOW if clicker == intent.user
+                    else await self._may_confirm(intent, clicker))
+        await self._decide(clicker, "reject", target, decision)
+        if not decision.allowed:
+            await reply(slack_blocks.text_message(
+                messages.denied("reject", ", ".join(intent.templates), decision.reason)))
+            return
+        if await self.db.run(self.intents.cancel, intent.id, clicker) is not Claim.CLAIMED:
+            await self._refuse(clicker, "reject", target, "already used, withdrawn or expired",
+                               reply, messages.intent_unknown())
+            return
+        await respond(slack_blocks.text_message(
+            messages.approval_rejected(clicker, intent.user, intent.templates)), replace_original=True)
+
+    async def expire_approvals(self) -> int:
+        """Edit every approval card that expired unanswered; returns how many were closed."""
+        closed = await self.db.run(self.intents.expire_cards)
+        for intent in closed:
+            assert intent.card_channel and intent.card_ts
+            message = slack_blocks.text_message(messages.approval_expired(intent.user, intent.templates))
+            try:
+                await self.client.chat_update(channel=intent.card_channel, ts=intent.card_ts,
+                                              **message.payload())
+            except SlackApiError as exc:
+                log.warning("cannot edit the expired approval card %s: %s", intent.id,
+                            exc.response.get("error"))
+        return len(closed)
 
     # ------------------------------------------------------------ task message buttons
     async def _task_decision(self, task: Task, user: str, action: str) -> Decision:
@@ -580,5 +667,36 @@ class Handlers:
                                  mine=body["actions"][0].get("value") == messages.STATUS_MINE)
 
     async def home_publish(self, body: dict[str, Any]) -> None:
+        """Publish from App Home. A template that needs a second person's approval has no
+        channel for its card there: a dialog asks where to post it, then the flow is the
+        channel's."""
         user = body["user"]["id"]
-        await self.request(user, None, [body["actions"][0].get("value") or ""], self._dm(user, None))
+        name = body["actions"][0].get("value") or ""
+        trigger = body.get("trigger_id")
+        if (name in self.catalog.templates and isinstance(trigger, str) and trigger
+                and slack_access.approval_rule(self.catalog, [name]) == "second_person"):
+            view = slack_blocks.approval_channel_modal(name, self._approval_channel(name))
+            await self.client.views_open(trigger_id=trigger, view=view)
+            return
+        await self.request(user, None, [name], self._dm(user, None))
+
+    def _approval_channel(self, name: str) -> str | None:
+        """Where a template's approvers likely are: its connector's notify_channel, else the
+        first channel its access rules allow."""
+        template = self.catalog.templates[name]
+        connector = self.catalog.connectors.get(template.connector)
+        if connector is not None and connector.notify_channel:
+            return connector.notify_channel
+        for access in (template.access, connector.access if connector else None):
+            if access is not None and access.channels:
+                return access.channels[0]
+        return None
+
+    async def approval_channel_submitted(self, body: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        view = body["view"]
+        state = _field(_field(_field(view.get("state"), "values"), slack_blocks.BLOCK_APPROVAL_CHANNEL),
+                       slack_blocks.ACTION_APPROVAL_CHANNEL)
+        channel = _field(state, "selected_conversation")
+        channel = channel if isinstance(channel, str) and channel else None
+        await self.request(user, channel, [view.get("private_metadata") or ""], self._dm(user, channel))

@@ -19,6 +19,8 @@ from bot.store.interface import Store
 
 TTL_SECONDS = 15 * 60
 CANCELLED_MARK = "!cancelled:"
+#: who "cancels" an approval nobody answered in time
+EXPIRED_BY = "expiry"
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,18 @@ class Intent:
     expires_at: float
     claimed_by: str | None
     claimed_at: float | None
+    #: where the approval card was posted (a card in a channel, edited when it expires)
+    card_channel: str | None = None
+    card_ts: str | None = None
 
     @property
     def cancelled(self) -> bool:
         return bool(self.claimed_by and self.claimed_by.startswith(CANCELLED_MARK))
+
+    @property
+    def expired(self) -> bool:
+        """Its card was closed as expired (see :meth:`IntentStore.expire_cards`)."""
+        return self.claimed_by == CANCELLED_MARK + EXPIRED_BY
 
 
 class Claim(enum.Enum):
@@ -82,7 +92,29 @@ class IntentStore:
         return Intent(id=row["id"], user=row["user"], channel=row["channel"],
                       templates=json.loads(row["templates"]), rule=row["rule"],
                       created_at=row["created_at"], expires_at=row["expires_at"],
-                      claimed_by=row["claimed_by"], claimed_at=row["claimed_at"])
+                      claimed_by=row["claimed_by"], claimed_at=row["claimed_at"],
+                      card_channel=row.get("card_channel"), card_ts=row.get("card_ts"))
+
+    def set_card(self, intent_id: str, channel: str, ts: str) -> None:
+        with self.store.transaction():
+            self.store.execute("UPDATE slack_intents SET card_channel = ?, card_ts = ? WHERE id = ?",
+                               [channel, ts, intent_id])
+
+    def expire_cards(self, *, now: float | None = None) -> list[Intent]:
+        """Close every posted card that expired unanswered; each is returned once, to edit."""
+        now = time.time() if now is None else now
+        due = self.store.rows(
+            "SELECT id FROM slack_intents WHERE card_ts IS NOT NULL AND claimed_by IS NULL"
+            " AND expires_at <= ?", [now])
+        closed = []
+        for row in due:
+            with self.store.transaction():
+                changed = self.store.execute(
+                    "UPDATE slack_intents SET claimed_by = ?, claimed_at = ?"
+                    " WHERE id = ? AND claimed_by IS NULL", [CANCELLED_MARK + EXPIRED_BY, now, row["id"]])
+            if changed == 1 and (intent := self.get(row["id"])) is not None:
+                closed.append(intent)
+        return closed
 
     def claim(self, intent_id: str, by: str, *, now: float | None = None) -> Claim:
         """Take the intent for ``by``; exactly one caller ever gets CLAIMED."""

@@ -80,6 +80,8 @@ class SlackNotifier:
         self._dirty: set[str] = set()
         self._next_update: dict[str, float] = {}
         self._last_sent: dict[str, dict[str, Any]] = {}
+        self._cancellers: dict[str, str | None] = {}
+        self._approvers: dict[str, str | None] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.permalinks = Permalinks(client)
@@ -160,7 +162,7 @@ class SlackNotifier:
                 self.mark_dirty(old)  # its message links to this one now
             if event.kind == EventKind.CREATED or task.message_ts is None:
                 return posted
-        reply = slack_blocks.thread_reply(task, event)
+        reply = slack_blocks.thread_reply(task, event, cancelled_by=await self._cancelled_by(task))
         if reply is not None:
             await self._call("chat_postMessage", channel=task.channel, thread_ts=task.thread_ts,
                              reply_broadcast=event.kind in BROADCAST, unfurl_links=False,
@@ -168,6 +170,29 @@ class SlackNotifier:
             posted = True
         self.mark_dirty(task.id)
         return posted
+
+    async def _cancelled_by(self, task: Task) -> str | None:
+        """Who asked for the task's cancel (its ``cancel_requested`` event), remembered."""
+        if not task.cancel_requested:
+            return None
+        if task.id not in self._cancellers:
+            events = await self.db.run(self.db.store.events, task.id)
+            self._cancellers[task.id] = next(
+                (str(e.data["by"]) for e in reversed(events)
+                 if e.kind == EventKind.CANCEL_REQUESTED and e.data.get("by")), None)
+        return self._cancellers[task.id]
+
+    async def _approved_by(self, task: Task) -> str | None:
+        """The second person whose click started the task: the task's idempotency key is
+        ``<intent id>:<template>`` (see handlers), and a protected target's intent records
+        its approver. Remembered."""
+        if task.id not in self._approvers:
+            intent_id = (task.idempotency_key or "").rpartition(":")[0]
+            intent = await self.db.run(self.db.intents.get, intent_id) if intent_id else None
+            self._approvers[task.id] = (
+                intent.claimed_by if intent is not None and intent.rule == "second_person"
+                and intent.claimed_by and not intent.cancelled else None)
+        return self._approvers[task.id]
 
     def mark_dirty(self, task_id: str) -> None:
         self._dirty.add(task_id)
@@ -181,7 +206,9 @@ class SlackNotifier:
         if task.status in (states.FAILED, states.CANCELLED):
             retried_as = await self.permalinks.of(await self.db.run(find_retry, self.db.store, task.id))
         return slack_blocks.task_message(task, task_view(task, events), retry_of=retry_of,
-                                         retried_as=retried_as)
+                                         retried_as=retried_as,
+                                         cancelled_by=await self._cancelled_by(task),
+                                         approved_by=await self._approved_by(task))
 
     async def _post_task_message(self, task: Task) -> Task:
         message = await self._task_message(task)

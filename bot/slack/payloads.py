@@ -98,6 +98,8 @@ class InputState(_Open):
 
     type: Text = None
     selected_options: list[Option] | None = None
+    #: a conversations_select's choice
+    selected_conversation: Text = None
 
 
 class ViewState(_Open):

@@ -140,6 +140,8 @@ class SlackService:
                                       update_interval=update_interval,
                                       update_spacing=update_spacing)
         self.monitor = LoopLagMonitor()
+        #: seconds between looks for approval cards that expired unanswered
+        self.approval_sweep = 30.0
         self.stop = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._site_runner: web.AppRunner | None = None
@@ -183,6 +185,7 @@ class SlackService:
             asyncio.create_task(self.runner.run(stop=self.stop), name="runner"),
             asyncio.create_task(self.notifier.run(self.stop), name="notifier"),
             asyncio.create_task(self.monitor.run(self.stop), name="loop-lag"),
+            asyncio.create_task(self._expire_approvals(self.stop), name="approval-expiry"),
         ]
         self._site_runner = web.AppRunner(self.web_app(), access_log=None, **RUNNER_OPTIONS)
         await self._site_runner.setup()
@@ -196,6 +199,16 @@ class SlackService:
             self._socket = GatedSocketModeHandler(self.app, self.settings.app_token, self.gate)
             await self._socket.connect_async()
         return self.port
+
+    async def _expire_approvals(self, stop: asyncio.Event) -> None:
+        """Every ``approval_sweep`` seconds, edit the approval cards that expired unanswered."""
+        while not stop.is_set():
+            try:
+                await self.handlers.expire_approvals()
+            except Exception:
+                log.exception("expiring approval cards failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.approval_sweep)
 
     async def _check_token(self) -> None:
         """auth.test once at start: a rejected token fails now, not at the first command,

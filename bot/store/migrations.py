@@ -124,6 +124,12 @@ def _runner_tags(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN runner_tags TEXT NOT NULL DEFAULT '[]'")
 
 
+def _approval_cards(db: sqlite_utils.Database) -> None:
+    for column in ("card_channel", "card_ts"):
+        if column not in db["slack_intents"].columns_dict:
+            db.execute(f"ALTER TABLE slack_intents ADD COLUMN {column} TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tasks, task events and the audit log", _tasks_events_audit, _TASKS_EVENTS_AUDIT_PG),
     Migration(2, "Slack confirmation cards (slack_intents) and the notifier's cursor (slack_cursor)",
@@ -134,6 +140,9 @@ MIGRATIONS: tuple[Migration, ...] = (
               ("ALTER TABLE tasks ADD COLUMN lease_generation INTEGER NOT NULL DEFAULT 0",)),
     Migration(5, "tasks.runner_tags: the connector's runner tags at enqueue (a JSON list; [] = any runner)",
               _runner_tags, ("ALTER TABLE tasks ADD COLUMN runner_tags TEXT NOT NULL DEFAULT '[]'",)),
+    Migration(6, "slack_intents.card_channel, card_ts: where an approval card is, to edit it when it expires",
+              _approval_cards, ("ALTER TABLE slack_intents ADD COLUMN card_channel TEXT",
+                                "ALTER TABLE slack_intents ADD COLUMN card_ts TEXT")),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -1,9 +1,9 @@
 """A local stand-in for the Slack Web API and for response_url, on 127.0.0.1 and a
 random port. It records every call (method + parameters) and answers like Slack:
-auth.test, chat.postMessage (increasing ts), chat.postEphemeral, chat.getPermalink,
-chat.update (or 429 with Retry-After on demand), views.open, views.publish, views.update and
-views.push (checked as Slack checks a modal: :meth:`SlackDouble.modal_problem`),
-usergroups.users.list; and
+auth.test, chat.postMessage (increasing ts), chat.postEphemeral, chat.getPermalink (of a
+message it posted), chat.update (or 429 with Retry-After on demand), views.open, views.publish,
+views.update and views.push (checked as Slack checks a modal: :meth:`SlackDouble.modal_problem`),
+usergroups.users.list, users.info (of ``users``); and
 apps.connections.open with a Socket Mode WebSocket that sends envelopes and records
 their acknowledgements."""
 
@@ -51,6 +51,10 @@ class SlackDouble:
         self.sockets: list[web.WebSocketResponse] = []
         #: tokens answered with invalid_auth
         self.reject_tokens: set[str] = set()
+        #: users.info answers: id -> the ``user`` object (name, real_name, profile)
+        self.users: dict[str, dict[str, Any]] = {}
+        #: (channel, ts) of every message chat.postMessage posted
+        self.posted: set[tuple[str, str]] = set()
         #: the client address (host, port) of each response_url post: one per connection
         self.response_peers: list[tuple[str, int] | None] = []
 
@@ -145,13 +149,15 @@ class SlackDouble:
             if channel.startswith(("U", "W")):
                 channel = "D" + channel[1:]
             ts = f"1700000000.{next(self._ts):06d}"
+            self.posted.add((channel, ts))
             return {"ok": True, "channel": channel, "ts": ts, "message": {"ts": ts}}
+        if method == "chat.getPermalink":
+            return self._permalink(params)
+        if method == "users.info":
+            user = self.users.get(str(params.get("user")))
+            return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
         if method == "chat.postEphemeral":
             return {"ok": True, "message_ts": f"1700000000.{next(self._ts):06d}"}
-        if method == "chat.getPermalink":
-            channel, ts = str(params.get("channel")), str(params.get("message_ts"))
-            return {"ok": True, "channel": channel,
-                    "permalink": f"https://example.slack.com/archives/{channel}/p{ts.replace('.', '')}"}
         if method == "chat.update":
             return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts")}
         if method in ("views.open", "views.publish"):
@@ -192,6 +198,16 @@ class SlackDouble:
         if len(view.get("private_metadata") or "") > 3000 or len(view.get("callback_id") or "") > 255:
             return "private_metadata (3000) or callback_id (255) too long"
         return None
+
+    def _permalink(self, params: dict[str, Any]) -> dict[str, Any]:
+        """As Slack: both arguments required, and only a message that exists has a link."""
+        channel, ts = params.get("channel"), params.get("message_ts")
+        if not channel or not ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        if (channel, ts) not in self.posted:
+            return {"ok": False, "error": "message_not_found"}
+        return {"ok": True, "channel": channel,
+                "permalink": f"https://example.slack.com/archives/{channel}/p{ts.replace('.', '')}"}
 
     async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
         """Send a Socket Mode envelope to the connected app; returns its envelope id."""

@@ -99,7 +99,7 @@ async def test_second_person_approval(make_slack: MakeSlack) -> None:
     # the card is posted in the channel, where an approver can see it
     [posted] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage",
                                                                    channel=CHANNEL))
-    assert "second person" in texts(posted.params)
+    assert "asks you to approve" in texts(posted.params)
     intent = button_value(posted.params["blocks"], "intent_confirm")
 
     own = await slack.answer(await slack.click("intent_confirm", intent, user=ALICE))
@@ -121,10 +121,13 @@ async def test_second_person_approval(make_slack: MakeSlack) -> None:
 
 
 async def test_second_person_targets_need_a_channel(make_slack: MakeSlack) -> None:
+    """From App Home a dialog asks where to post the approval card (see test_slack_approval_card)."""
     slack = await make_slack(with_access(connector="{approval: second_person}"))
     await slack.click("home_publish", "win10-office", user=ALICE, channel=None)
-    [dm] = await slack.double.wait_for(lambda: slack.double.of("chat.postMessage", channel=ALICE))
-    assert "use `/publish` in a channel" in dm.params["text"]
+    [opened] = await slack.double.wait_for(lambda: slack.double.of("views.open"))
+    assert opened.params["view"]["callback_id"] == "approval_channel_modal"
+    await slack.idle()
+    assert not slack.double.of("chat.postMessage", channel=ALICE)
     assert slack.store.rows("SELECT COUNT(*) AS n FROM slack_intents") == [{"n": 0}]
 
 
@@ -152,7 +155,7 @@ async def test_retry_is_a_new_publish_checked_like_one(make_slack: MakeSlack) ->
     assert len(slack.store.list_tasks()) == 1  # no task until someone else approves
     cards = slack.double.of("chat.postMessage", channel=CHANNEL)
     second = button_value(cards[-1].params["blocks"], "intent_confirm")
-    assert second != intent and "second person" in texts(cards[-1].params)
+    assert second != intent and "asks you to approve" in texts(cards[-1].params)
     # clicking Retry again while that card waits posts no second card
     pending = await slack.answer(await slack.click("task_retry", task.id, user=BOB))
     assert "already in this channel, waiting for a second person" in pending["text"]

@@ -44,7 +44,8 @@ def test_manifest_declares_what_the_app_uses(manifest: dict[str, Any]) -> None:
     assert all(u.startswith("https://") and u.endswith("/slack/events") for u in urls)
     assert settings["socket_mode_enabled"] is False
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    assert scopes == {"commands", "chat:write", "chat:write.public", "usergroups:read"}
+    assert scopes == {"commands", "chat:write", "chat:write.public", "usergroups:read",
+                      "users:read"}
 
 
 def test_action_ids_fit_slack_limits() -> None:

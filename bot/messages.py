@@ -578,14 +578,19 @@ def _why(exc: BaseException) -> str:
     return why if len(why) <= 300 else why[:299] + "\u2026"
 
 
-def cannot_prepare(templates: list[str], exc: BaseException, *, explained: bool) -> str:
-    """Planning a publish failed; an ``explained`` error's message says why in words."""
-    why = str(exc) if explained else _why(exc)
-    return f"Cannot prepare {', '.join(templates)}: {why}"
+def cannot_prepare(templates: list[str], exc: BaseException, *, reference: str | None) -> str:
+    """Planning a publish failed: a PlanError says why in words; anything else is a bug whose
+    exception is for the log (``reference``), not for the channel."""
+    if reference is not None:
+        return (f"Cannot prepare {', '.join(templates)}: layerbot hit an unexpected error "
+                f"(reference `{reference}`); ask an admin to look it up in the bot's log.")
+    return f"Cannot prepare {', '.join(templates)}: {exc}"
 
 
-def start_failed(templates: list[str], exc: BaseException, released: bool) -> str:
-    """What the clicker reads when starting the confirmed templates failed."""
+def start_failed(templates: list[str], reference: str, released: bool) -> str:
+    """What the clicker reads when starting the confirmed templates failed (a bug: the
+    exception is in the log under ``reference``)."""
     then = f"Click *{BUTTON_PUBLISH}* again to retry" if released else "Run `/publish` again"
-    return (f":warning: Cannot start {', '.join(templates)}: {_why(exc)}. {then}, or ask an "
-            "admin to check the bot's log.")
+    return (f":warning: Cannot start {', '.join(templates)}: layerbot hit an unexpected error "
+            f"(reference `{reference}`). {then}, or ask an admin to look the reference up in "
+            "the bot's log.")

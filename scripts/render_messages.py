@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -171,8 +172,11 @@ def render(payload: dict[str, Any]) -> str:
 
 def section() -> str:
     parts = [BEGIN, ""]
-    for title, build in kinds():
-        parts += [f"**{title}**", "", "```text", render(build()), "```", ""]
+    # a running task's message says how long it has run: rendered at a fixed moment, so the
+    # section does not change with the clock
+    with mock.patch.object(sb.time, "time", return_value=STARTED + 100):
+        for title, build in kinds():
+            parts += [f"**{title}**", "", "```text", render(build()), "```", ""]
     parts.append(END)
     return "\n".join(parts)
 

@@ -9,6 +9,7 @@ import asyncio
 import difflib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -363,10 +364,14 @@ class Handlers:
         try:
             plans = await self._plans(names, check_cache=True)
         except Exception as exc:
-            log.log(logging.INFO if isinstance(exc, PlanError) else logging.ERROR,
-                    "planning %s failed", names, exc_info=not isinstance(exc, PlanError))
+            reference = None
+            if isinstance(exc, PlanError):
+                log.info("planning %s failed: %s", names, exc)
+            else:
+                reference = secrets.token_hex(3)
+                log.error("planning %s failed, reference %s", names, reference, exc_info=exc)
             await reply(slack_blocks.text_message(messages.slack_error(
-                messages.cannot_prepare(names, exc, explained=isinstance(exc, PlanError)))))
+                messages.cannot_prepare(names, exc, reference=reference))))
             return
         intent, new = await self.db.run(self.intents.create, user, channel, names, rule,
                                         intent_id=intent_id)
@@ -439,10 +444,12 @@ class Handlers:
         try:
             tasks = await self._start(intent, channel)
         except Exception as exc:
-            log.exception("starting %s failed", intent.templates)
+            reference = secrets.token_hex(3)
+            log.error("starting %s failed, reference %s", intent.templates, reference, exc_info=exc)
             # nothing (or not everything) was queued: let a second click try again
             released = await self.db.run(self.intents.unclaim, intent.id, clicker)
-            await reply(slack_blocks.text_message(messages.start_failed(intent.templates, exc, released)))
+            await reply(slack_blocks.text_message(
+                messages.start_failed(intent.templates, reference, released)))
             return
         publishing = messages.publishing(len(tasks), intent.user, clicker)
         await respond(slack_blocks.text_message(publishing), replace_original=True)

@@ -4,7 +4,9 @@ runs, when its start fails; a planning error the parent cannot unpickle still re
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -138,13 +140,19 @@ async def test_a_failed_start_stops_the_planner_process(catalog_dir: Path, tmp_p
 
 
 @pytest.mark.timeout(120)
-async def test_an_error_the_parent_cannot_unpickle_reaches_the_user(make_slack: MakeSlack) -> None:
+async def test_an_error_the_parent_cannot_unpickle_reaches_the_log_under_a_reference(
+        make_slack: MakeSlack, caplog: pytest.LogCaptureFixture) -> None:
     slack = await make_slack(with_planning_connector(BASIC_CATALOG, odd=True))
     planner = slack.service.planner
     [child] = child_pids(planner)
-    answer = await slack.answer(await slack.command("win10-office"))
-    assert "OddError: hv1.example answered 503" in texts(answer), texts(answer)
-    assert "died" not in texts(answer)
+    with caplog.at_level(logging.ERROR, logger="bot.slack.handlers"):
+        answer = await slack.answer(await slack.command("win10-office"))
+    # the user gets a reference, the admin the error under it (issue 16: no exception text)
+    match = re.search(r"reference `([0-9a-f]{6})`", texts(answer))
+    assert match, texts(answer)
+    assert "OddError" not in texts(answer) and "died" not in texts(answer)
+    logged = [r for r in caplog.records if match.group(1) in r.getMessage()]
+    assert logged and "OddError: hv1.example answered 503" in str(logged[0].exc_info[1])
     with pytest.raises(UnexpectedPlanError, match=r"OddError: hv1\.example answered 503"):
         await planner.plans(["win10-office"], check_cache=False)
     assert child_pids(planner) == [child]  # the same pool and process: not marked broken

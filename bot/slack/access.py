@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,16 +70,22 @@ def may_publish(catalog: Catalog, template: str, *, user: str, groups: set[str],
                         channel=channel, check_channel=check_channel)
 
 
-def approval_rule(catalog: Catalog, templates: Iterable[str]) -> ApprovalRule:
-    """The strictest rule of the templates and their connectors."""
+def _access_blocks(catalog: Catalog, templates: Iterable[str]) -> Iterator[AccessConfig]:
+    """The ``access:`` blocks of the templates and their connectors (those that have one)."""
     for name in templates:
         t = catalog.templates.get(name)
         if t is None:
             continue
         connector = catalog.connectors.get(t.connector)
         for access in (t.access, connector.access if connector else None):
-            if access is not None and access.approval == "second_person":
-                return "second_person"
+            if access is not None:
+                yield access
+
+
+def approval_rule(catalog: Catalog, templates: Iterable[str]) -> ApprovalRule:
+    """The strictest rule of the templates and their connectors."""
+    if any(a.approval == "second_person" for a in _access_blocks(catalog, templates)):
+        return "second_person"
     return "requester"
 
 
@@ -89,15 +95,9 @@ def approvers(catalog: Catalog, templates: Iterable[str], requester: str) -> lis
     requester; none when no access block names anyone (anyone allowed may approve)."""
     users: dict[str, None] = {}
     groups: dict[str, None] = {}
-    for name in templates:
-        t = catalog.templates.get(name)
-        if t is None:
-            continue
-        connector = catalog.connectors.get(t.connector)
-        for access in (t.access, connector.access if connector else None):
-            if access is not None:
-                users.update(dict.fromkeys(u for u in access.users if u != requester))
-                groups.update(dict.fromkeys(access.user_groups))
+    for access in _access_blocks(catalog, templates):
+        users.update(dict.fromkeys(u for u in access.users if u != requester))
+        groups.update(dict.fromkeys(access.user_groups))
     # a Slack id is [A-Z0-9]; anything else in layerbot.yml matches no one, and is not markup
     return ([f"<@{u}>" for u in users if SLACK_ID.fullmatch(u)]
             + [f"<!subteam^{g}>" for g in groups if SLACK_ID.fullmatch(g)])

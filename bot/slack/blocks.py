@@ -425,10 +425,4 @@ def list_message(rows: Sequence[tuple[str, str, str, bool]]) -> Message:
     if not rows:
         return text_message(messages.NO_TEMPLATES)
     lines = [messages.list_line(icon, escape(name), escape(desc), ok) for name, icon, desc, ok in rows]
-    chunks: list[str] = []
-    for line in lines:
-        if chunks and len(chunks[-1]) + len(line) + 1 <= MAX_TEXT:
-            chunks[-1] += "\n" + line
-        else:
-            chunks.append(clip(line, MAX_TEXT))
-    return Message(text="\n".join(lines), blocks=[section(c) for c in chunks[:MAX_MESSAGE_BLOCKS]])
+    return Message(text="\n".join(lines), blocks=text_sections(lines, MAX_MESSAGE_BLOCKS))

@@ -258,8 +258,10 @@ class JobRunner:
             log.warning("task %s: left for later: %s", task.id, exc)
         except Exception as exc:
             # Never release a task that broke this way without a verdict: it would be
-            # claimed again at once, forever.
-            log.exception("task %s: unexpected error", task.id)
+            # claimed again at once, forever. (failure_reason logs it, traceback and reference,
+            # once; a known error is logged here without one.)
+            if isinstance(exc, _USER_ERRORS):
+                log.warning("task %s failed: %s", task.id, exc)
             with contextlib.suppress(LeaseLost):
                 await self._fail(task, failure_reason(exc, task.id), failure_data(exc))
         finally:

@@ -22,6 +22,7 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bot import messages  # noqa: E402
 from bot.runner.planning import PublishPlan  # noqa: E402
 from bot.slack import blocks as sb  # noqa: E402
 from bot.store import states  # noqa: E402
@@ -29,6 +30,7 @@ from bot.store.model import Event, Task  # noqa: E402
 from bot.store.states import EventKind  # noqa: E402
 
 DOC = ROOT / "docs" / "slack.md"
+README = ROOT / "README.md"
 BEGIN = "<!-- render_messages.py: begin (generated; run scripts/render_messages.py --write) -->"
 END = "<!-- render_messages.py: end -->"
 STARTED = 1_700_000_000.0
@@ -77,6 +79,13 @@ def kinds() -> list[tuple[str, Callable[[], dict[str, Any]]]]:
         ("The approval card on a target that needs a second person", lambda: sb.approval_card(
             [PLAN], "i0123", "UALICE", approvers=["<@UCAROL>", "<!subteam^S0OPS>"],
             expires_at=STARTED + 900).payload()),
+        ("The approval card once rejected", lambda: sb.text_message(messages.approval_rejected(
+            "UCAROL", "UALICE", ["win10-office"])).payload()),
+        ("The approval card once expired", lambda: sb.text_message(messages.approval_expired(
+            "UALICE", ["win10-office"])).payload()),
+        ("The card once published, with a link to each task message", lambda: sb.publishing_message(
+            messages.publishing(1, "UALICE"),
+            [("win10-office", "https://example.slack.com/archives/COPS/p1700000000000100")]).payload()),
         ("The task message, running", lambda: sb.task_message(task(states.UPLOADING)).payload()),
         ("The task message, done", lambda: sb.task_message(DONE).payload()),
         ("The task message, failed", lambda: sb.task_message(FAILED).payload()),
@@ -86,6 +95,8 @@ def kinds() -> list[tuple[str, Callable[[], dict[str, Any]]]]:
              next_steps="Start the VM; it runs its scripts and shuts down.", guest_login=True))),
         ("Thread reply: cancelled", lambda: sb.thread_reply(CANCELLED, event(
             EventKind.CANCELLED, "Cancelled"), cancelled_by="UCAROL").payload()),  # type: ignore[union-attr]
+        ("Thread reply: action required", lambda: _reply(task(states.ACTION_REQUIRED), event(
+            EventKind.WAITING, "Start the VM: it runs its scripts and shuts down."))),
         ("Thread reply: done", lambda: _reply(DONE, event(EventKind.DONE, "Done in 1 min 35 s"))),
         ("Thread reply: failed", lambda: _reply(FAILED, event(
             EventKind.FAILED, "Failed: no space left in /srv/images"))),
@@ -170,13 +181,20 @@ def render(payload: dict[str, Any]) -> str:
     return body
 
 
-def section() -> str:
+#: the kinds README.md shows (what a channel sees of one publish); docs/slack.md shows all
+README_KINDS = ("The task message, running", "The task message, done",
+                "Thread reply: disk created (with the next step and, on a VM target, the hint)",
+                "Thread reply: done", "Thread reply: failed")
+
+
+def section(only: tuple[str, ...] | None = None) -> str:
     parts = [BEGIN, ""]
     # a running task's message says how long it has run: rendered at a fixed moment, so the
     # section does not change with the clock
     with mock.patch.object(sb.time, "time", return_value=STARTED + 100):
         for title, build in kinds():
-            parts += [f"**{title}**", "", "```text", render(build()), "```", ""]
+            if only is None or title in only:
+                parts += [f"**{title}**", "", "```text", render(build()), "```", ""]
     parts.append(END)
     return "\n".join(parts)
 
@@ -184,18 +202,21 @@ def section() -> str:
 def replaced(doc: str, new: str) -> str:
     start, end = doc.find(BEGIN), doc.find(END)
     if start < 0 or end < start:
-        raise SystemExit(f"{DOC}: the markers {BEGIN!r} and {END!r} are missing")
+        raise SystemExit(f"the markers {BEGIN!r} and {END!r} are missing")
     return doc[:start] + new + doc[end + len(END):]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help=f"replace the section in {DOC}")
+    parser.add_argument("--write", action="store_true",
+                        help=f"replace the sections in {DOC} and {README}")
+    parser.add_argument("--readme", action="store_true", help="print README.md's section")
     args = parser.parse_args()
     if args.write:
         DOC.write_text(replaced(DOC.read_text(), section()))
+        README.write_text(replaced(README.read_text(), section(README_KINDS)))
     else:
-        print(section())
+        print(section(README_KINDS if args.readme else None))
 
 
 if __name__ == "__main__":

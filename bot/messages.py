@@ -573,11 +573,6 @@ def reason_unknown_template(name: str) -> str:
     return f"the template {name} is no longer in the catalog"
 
 
-def _why(exc: BaseException) -> str:
-    why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return why if len(why) <= 300 else why[:299] + "\u2026"
-
-
 def cannot_prepare(templates: list[str], exc: BaseException, *, reference: str | None) -> str:
     """Planning a publish failed: a PlanError says why in words; anything else is a bug whose
     exception is for the log (``reference``), not for the channel."""

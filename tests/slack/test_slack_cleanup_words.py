@@ -4,6 +4,8 @@ path nor the platform's exception text, which stay in the events the CLI shows a
 from __future__ import annotations
 
 import errno
+import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 import adapters.local
 from bot.store import states
+from tests.fake_adapter import with_fake
 from tests.slack.conftest import MakeSlack, texts
 from tests.slack.test_slack_failures import PYTHON, everything_said, failed_reply
 from tests.slack.test_slack_tasks import start
@@ -58,3 +61,14 @@ async def test_a_copy_cancelled_midway_says_so_without_paths(
     assert "the partial upload was removed" in status, status
     said = everything_said(slack)
     assert not [m for m in said if PYTHON.search(m)], [PYTHON.search(m) for m in said]
+
+
+async def test_a_connector_failing_unexpectedly_shows_a_reference_not_the_exception(
+        make_slack: MakeSlack, caplog: pytest.LogCaptureFixture) -> None:
+    slack = await make_slack(with_fake("broken: true"))
+    with caplog.at_level(logging.ERROR, logger="bot.slack"):
+        answer = texts(await slack.answer(await slack.command("win10-office")))
+    found = re.search(r"reference `(\w+)`", answer)
+    assert found and "cannot load the CA certificate" not in answer, answer
+    logged = [r for r in caplog.records if found.group(1) in r.getMessage()]
+    assert logged and "cannot load the CA certificate" in str(logged[0].exc_info[1])

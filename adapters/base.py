@@ -496,6 +496,15 @@ _REMOVED_AFTER: dict[Outcome, frozenset[Lifetime]] = {
 }
 
 
+#: How a cleanup line reporting a resource that could not be removed begins.
+REMOVAL_PROBLEM = "could not remove "
+
+
+def removal_problems(lines: Iterable[str]) -> list[str]:
+    """The lines of :func:`clean_up` that report a resource it could not remove."""
+    return [line for line in lines if line.startswith(REMOVAL_PROBLEM)]
+
+
 async def clean_up(adapter: Adapter, ctx: PublishContext, outcome: Outcome,
                    among: Iterable[Resource] | None = None) -> list[str]:
     """Remove the recorded resources that ``outcome`` calls for (of ``among``, default all),
@@ -511,7 +520,7 @@ async def clean_up(adapter: Adapter, ctx: PublishContext, outcome: Outcome,
             removed = await adapter.remove(resource)
         except (AdapterError, OSError) as exc:
             log.warning("%s: could not remove %s: %s", ctx.task_id, resource.describe(), exc)
-            lines.append(f"could not remove {resource.describe()}: {exc}")
+            lines.append(f"{REMOVAL_PROBLEM}{resource.describe()}: {exc}")
             continue
         await ctx.forget(resource)
         lines += removed

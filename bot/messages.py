@@ -100,6 +100,51 @@ def resume_cleanup_failed(problems: list[str]) -> str:
             "remove it at the platform, then retry): " + "; ".join(problems))
 
 
+def resume_cleanup_failed_briefly(problems: int, task_id: str) -> str:
+    """:func:`resume_cleanup_failed` without the paths and the platform's words (Slack)."""
+    return ("the previous attempt left " + cleanup_problems(problems, task_id)
+            + "; remove it at the platform, then retry")
+
+
+def cleanup_problems(problems: int, task_id: str) -> str:
+    """What could not be removed, for Slack: the log's lines start with the task id."""
+    items = "1 item" if problems == 1 else f"{problems} items"
+    it = "it" if problems == 1 else "them"
+    return (f"{items} could not be removed (an admin finds {it} in the log under reference "
+            f"`{task_id}`, or with `layerbot task {task_id}`)")
+
+
+def cleanup_note(removed: int, problems: int, task_id: str) -> str:
+    """A cleanup in words, for Slack: ``removed`` lines of the cleanup, ``problems`` of them
+    reporting what could not be removed."""
+    done = removed - problems
+    parts = []
+    if done:
+        parts.append("the partial upload was removed" if done == 1
+                     else f"the {done} partial items were removed")
+    if problems:
+        parts.append(cleanup_problems(problems, task_id))
+    return "; ".join(parts)
+
+
+def failed_briefly(reason: str, cleanup: str) -> str:
+    """:func:`failed` with the cleanup in words (:func:`cleanup_note`), for Slack."""
+    return f"Failed: {reason.rstrip('.')}" + (f"; {cleanup}" if cleanup else "")
+
+
+def cancelled_briefly(cleanup: str, kept: str | None) -> str:
+    """:func:`cancelled` with the cleanup in words (:func:`cleanup_note`), for Slack."""
+    return cancelled([cleanup] if cleanup else [], kept).replace("; cleaned up: ", "; ", 1)
+
+
+def cleaned_up_briefly(cleanup: str) -> str:
+    return cleanup[:1].upper() + cleanup[1:] if cleanup else "Nothing to remove"
+
+
+def resumed_briefly(cleanup: str) -> str:
+    return f"Resumed; {cleanup}" if cleanup else resumed_cleanup([])
+
+
 def resumed_cleanup(removed: list[str]) -> str:
     if not removed:
         return "Resumed; nothing of the previous attempt had to be removed"

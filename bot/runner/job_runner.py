@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from adapters.base import AdapterError
+from adapters.base import AdapterError, removal_problems
 from adapters.steps import StepRunner, cancel, detach, is_detach
 from bot import messages
 from bot.catalog import Catalog
@@ -340,7 +340,7 @@ class JobRunner:
         await self._store(
             self.store.update, task.id, self.owner, fence=task.lease_generation,
             status=states.FAILED, error=reason,
-            event=(EventKind.FAILED, messages.failed(reason, [])), data=data)
+            event=(EventKind.FAILED, messages.failed(reason, [])), data={"reason": reason, **(data or {})})
         self._leased.discard(task.id)  # the lease went with the verdict: no renewal misses it
 
     async def _run_job(self, task: Task) -> None:
@@ -365,18 +365,23 @@ class JobRunner:
                 await remove_partial(job)
             await job.update(status=states.CANCELLED,
                              event=(EventKind.CANCELLED, self._cancelled_message(job)),
-                             data={"removed": job.removed})
+                             data=self._cancelled_data(job))
             return
         if task.status == states.UPLOADING and job.resources and job.published is None:
             if await remove_partial(job, keep_resumable=True):
                 # carrying on would orphan it: the platform's reason goes to the user
-                problems = [line for line in job.removed if line.startswith("could not remove ")]
+                problems = removal_problems(job.removed)
                 reason = messages.resume_cleanup_failed(problems)
+                # the details (paths, the platform's words) are for the CLI and the log; the
+                # data Slack renders from has only counts
                 await job.update(status=states.FAILED, error=reason,
                                  event=(EventKind.FAILED, messages.failed(reason, [])),
-                                 data={"removed": job.removed})
+                                 data={"removed": job.removed, "not_removed": len(problems),
+                                       "reason": messages.resume_cleanup_failed_briefly(
+                                           len(problems), task.id)})
                 return
-            await job.add_event(EventKind.RESUMED, messages.resumed_cleanup(job.removed))
+            await job.add_event(EventKind.RESUMED, messages.resumed_cleanup(job.removed),
+                                {"removed": job.removed, "not_removed": 0})
             job.removed = []
         if job.published is not None:
             await remove_staging(job)
@@ -387,7 +392,7 @@ class JobRunner:
                 raise
             await job.update(status=states.CANCELLED, error="cancelled",
                        event=(EventKind.CANCELLED, self._cancelled_message(job)),
-                       data={"removed": job.removed})
+                       data=self._cancelled_data(job))
             return
         except (LeaseLost, StoreUnavailable):
             raise
@@ -396,12 +401,18 @@ class JobRunner:
             reason = failure_reason(exc, task.id)
             await job.update(status=states.FAILED, error=reason,
                        event=(EventKind.FAILED, messages.failed(reason, job.removed)),
-                       data={"removed": job.removed, **failure_data(exc)})
+                       data={"removed": job.removed, "reason": reason,
+                             "not_removed": len(removal_problems(job.removed)), **failure_data(exc)})
             return
         elapsed = time.time() - task.created_at
         await job.update(status=states.DONE, progress=100.0, stage="done",
                    event=(EventKind.DONE, messages.done(elapsed)),
                    data={"elapsed": elapsed, "runner": self.owner})
+
+    @staticmethod
+    def _cancelled_data(job: Job) -> dict[str, Any]:
+        return {"removed": job.removed, "not_removed": len(removal_problems(job.removed)),
+                "kept": job.published.summary if job.published else None}
 
     @staticmethod
     def _cancelled_message(job: Job) -> str:

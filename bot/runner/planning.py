@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import adapters
 import compositor
-from adapters.base import Adapter
+from adapters.base import Adapter, AdapterError
 from bot import messages
 from bot.catalog import Catalog, Template
 from bot.runner.task_steps import image_spec, layer_sources
@@ -38,7 +38,17 @@ class PublishPlan:
 
 
 class PlanError(ValueError):
-    """The template cannot be published as configured; the message says why."""
+    """The template cannot be published as configured; the message says why. ``explained``:
+    the cause is a configuration or platform problem worded for users; else it is unexpected
+    (a bug) and its text is for the log and the CLI, not for a chat channel."""
+
+    def __init__(self, message: str, *, explained: bool = True) -> None:
+        super().__init__(message)
+        self.explained = explained
+
+
+#: Errors setting up an adapter that say in words what is wrong with the connector.
+_EXPLAINED = (AdapterError, adapters.SDKMissing, adapters.UnknownConnectorType)
 
 
 def plan(catalog: Catalog, name: str, *, check_cache: bool = True) -> PublishPlan:
@@ -49,7 +59,8 @@ def plan(catalog: Catalog, name: str, *, check_cache: bool = True) -> PublishPla
     try:
         adapter = adapters.create(connector)
     except Exception as exc:
-        raise PlanError(messages.connector_unusable(template.connector, exc)) from exc
+        raise PlanError(messages.connector_unusable(template.connector, exc),
+                        explained=isinstance(exc, _EXPLAINED)) from exc
     try:
         return _plan(catalog, name, template, adapter, check_cache=check_cache)
     finally:  # a vSphere adapter holds a share of its vCenter session

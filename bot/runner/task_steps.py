@@ -34,6 +34,7 @@ from adapters.base import (
     Watcher,
     clean_up,
     guest_login,
+    removal_problems,
 )
 from adapters.base import publish as publish_steps
 from adapters.resources import Lifetime, Resource
@@ -330,7 +331,8 @@ async def remove_partial(job: Job, *, keep_resumable: bool = False) -> list[Reso
         return []
     removed = await clean_up(job.adapter, publish_context(job), Outcome.FAILED, among)
     await job.add_event(EventKind.CLEANUP, "Removed: " + ", ".join(removed) if removed
-                        else "Nothing to remove", {"removed": removed})
+                        else "Nothing to remove",
+                        {"removed": removed, "not_removed": len(removal_problems(removed))})
     return [r for r in among if any(r is left for left in job.resources)]
 
 

@@ -223,7 +223,8 @@ def task_message(task: Task, view: TaskView | None = None, *, retry_of: TaskLink
     if not task.finished:
         blocks.append(section(messages.progress_bar(view.percent)))
     blocks.append(context(task_times(task)))
-    blocks.append(context(messages.task_ref(task.id, escape(task.error) if task.error else None)))
+    error = view.error if view.error is not None else task.error
+    blocks.append(context(messages.task_ref(task.id, escape(error) if error else None)))
     if retry_of is not None:
         blocks.append(context(messages.retry_of(retry_of.task_id, retry_of.url)))
     if retried_as is not None:
@@ -250,9 +251,37 @@ def cancel_confirm(task: Task) -> ConfirmObject:
                          style="danger")
 
 
+def _cleanup(task: Task, event: Event) -> str:
+    removed = event.data.get("removed") or []
+    return messages.cleanup_note(len(removed), int(event.data.get("not_removed") or 0), task.id)
+
+
+def failure_reason(task: Task, event: Event) -> str:
+    """Why a task failed, for Slack: the event's reason (none for events older than it: the
+    task's error)."""
+    return str(event.data.get("reason") or task.error or "")
+
+
+def event_text(task: Task, event: Event) -> str:
+    """An event as Slack shows it (escaped): a cleanup in words from the event's data, since
+    its message names paths and the platform's errors (for the CLI and the log)."""
+    if "removed" not in event.data:
+        return escape(event.message)
+    if event.kind == EventKind.FAILED:
+        return escape(messages.failed_briefly(failure_reason(task, event), _cleanup(task, event)))
+    if event.kind == EventKind.CANCELLED:
+        kept = event.data.get("kept")
+        return escape(messages.cancelled_briefly(_cleanup(task, event), str(kept) if kept else None))
+    if event.kind == EventKind.CLEANUP:
+        return escape(messages.cleaned_up_briefly(_cleanup(task, event)))
+    if event.kind == EventKind.RESUMED:
+        return escape(messages.resumed_briefly(_cleanup(task, event)))
+    return escape(event.message)
+
+
 def thread_reply(task: Task, event: Event, *, cancelled_by: str | None = None) -> Message | None:
     """The thread reply for an event, or None if the event only changes the task message."""
-    msg = escape(event.message)
+    msg = event_text(task, event)
     if event.kind == EventKind.DISK_CREATED:
         text = messages.thread_published(msg, event.data.get("link") or task.link,
                                          escape(str(event.data.get("next_steps") or "")),
@@ -409,9 +438,9 @@ def status_message(tasks: Sequence[Task], heading: str | None = None,
 def task_detail(task: Task, events: Sequence[Event], *,
                 names: Mapping[str, str] | None = None) -> Message:
     """``names``: user id -> display name, shown instead of the bare ids in event texts."""
-    base = task_message(task)
+    base = task_message(task, task_view(task, events))
     shown = {user: escape(name) for user, name in (names or {}).items()}
-    lines = [name_users(f"`{e.kind}` {escape(e.message)}", shown)
+    lines = [name_users(f"`{e.kind}` {event_text(task, e)}", shown)
              for e in events if e.kind != EventKind.PROGRESS]
     text = clip("\n".join(lines[-30:]), MAX_TEXT)
     blocks = [b for b in base.blocks if not isinstance(b, ActionsBlock)]

@@ -365,7 +365,7 @@ class Handlers:
             plans = await self._plans(names, check_cache=True)
         except Exception as exc:
             reference = None
-            if isinstance(exc, PlanError):
+            if isinstance(exc, PlanError) and exc.explained:
                 log.info("planning %s failed: %s", names, exc)
             else:
                 reference = secrets.token_hex(3)

@@ -29,6 +29,8 @@ class TaskView:
     stage: str
     #: 0-100 over all steps, never lower than before
     percent: float
+    #: why it failed, from its failed event's data (Slack words: no paths); None: the task's error
+    error: str | None = None
 
 
 def _overall(step: int, steps: int, fraction: float) -> float:
@@ -50,7 +52,10 @@ def task_view(task: Task, events: Sequence[Event] = ()) -> TaskView:
     stage = ""
     fraction = 0.0
     best = 0.0
+    error: str | None = None
     for event in events:
+        if event.kind == EventKind.FAILED and event.data.get("reason"):
+            error = str(event.data["reason"])
         if event.kind in _STEP_KINDS:
             step = int(event.data.get("step") or _legacy_step(event, step))
             steps = int(event.data.get("steps") or max(steps, step, 2))
@@ -68,4 +73,4 @@ def task_view(task: Task, events: Sequence[Event] = ()) -> TaskView:
         best = max(best, _overall(step, steps, task.progress / 100))
     if task.status == states.DONE:
         best = 100.0
-    return TaskView(step=step, steps=steps, stage=stage, percent=best)
+    return TaskView(step=step, steps=steps, stage=stage, percent=best, error=error)

@@ -56,7 +56,7 @@ async def test_cancel_button_cancels_and_cleans_up(make_slack: MakeSlack, catalo
     assert done.status == states.CANCELLED
     assert not list((catalog_dir / "vms").glob("*.vm"))
     await slack.double.wait_for(lambda: any("*Cancelled*" in t for t in thread_of(slack, task.id)))
-    assert "cleaned up: VM" in thread_of(slack, task.id)[-1]
+    assert "the partial upload was removed" in thread_of(slack, task.id)[-1]
     await slack.double.wait_for(lambda: "Cancelled" in task_message_now(slack, task.id))
     assert "Retry" in task_message_now(slack, task.id)
     events = [e.kind for e in slack.store.events(task.id)]
@@ -82,7 +82,7 @@ async def test_failure_is_explained_and_retry_starts_one_new_task(make_slack: Ma
     assert (await slack.task_done(task.id)).status == states.FAILED
     await slack.double.wait_for(lambda: any("*Failed*" in t for t in thread_of(slack, task.id)))
     failed = thread_of(slack, task.id)[-1]
-    assert f"<@{ALICE}> the datastore went away (simulated); cleaned up: VM" in failed, failed
+    assert f"<@{ALICE}> the datastore went away (simulated); the partial upload was removed" in failed, failed
     assert failed.endswith(". Fix that, then click Retry."), failed
     last = slack.double.of("chat.postMessage", thread_ts=slack.store.get(task.id).message_ts)[-1]
     assert last.params["reply_broadcast"] is True

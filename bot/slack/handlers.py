@@ -30,7 +30,7 @@ from bot.slack.intents import Claim, Intent
 from bot.slack.people import UserDirectory
 from bot.slack.records import SlackDB
 from bot.slack.response_urls import Respond, Turns
-from bot.slack.task_retries import Permalinks, find_retry, retry_key
+from bot.slack.task_retries import Permalinks, find_retry, retry_intent_id, retry_key
 from bot.store import states
 from bot.store.task_store import Task, TaskNotFound
 
@@ -640,14 +640,14 @@ class Handlers:
             await reply(slack_blocks.text_message(messages.denied("retry", task.id,
                                                                   decision.reason)))
             return
-        if slack_access.approval_rule(self.catalog, [task.template]) == "second_person":
-            await self.request(user, channel, [task.template], reply,
-                               intent_id=f"retry-{task.id}")
-            return
-        if (earlier := await self.db.run(find_retry, self.store, task.id)) is not None:
+        if (earlier := await self.db.run(find_retry, self.store, task)) is not None:
             link = await Permalinks(self.client).of(earlier)
             await reply(slack_blocks.text_message(messages.already_retried(
                 task.id, earlier.id, link.url if link else None, states.LABELS[earlier.status])))
+            return
+        if slack_access.approval_rule(self.catalog, [task.template]) == "second_person":
+            await self.request(user, channel, [task.template], reply,
+                               intent_id=retry_intent_id(task.id))
             return
         new = await self.db.run(self.store.retry, task.id, retry_key(task.id), user,
                                 messages.retried(task.id, user), new_image_name(task.template))

@@ -509,12 +509,15 @@ def no_task(task_id: str) -> str:
     return f"There is no task `{task_id}`. `/publish status` lists the latest tasks."
 
 
-def status_line(task_id: str, template: str, label: str, stage: str, percent: float,
+def status_line(task_id: str, template: str, label: str, step: str, percent: float | None,
                 link: str | None, *, requester: str, started: float,
-                message_link: str | None = None, finished: bool = False) -> str:
-    """One task in a list: id (linking to its task message), template, state, who, when."""
+                message_link: str | None = None) -> str:
+    """One task in a list: id (linking to its task message), template, state, who, when.
+    ``step``: ``task_step`` while working, else nothing; ``percent``: the overall progress
+    (``None``: not shown, as for a queued or finished task)."""
     ref = f"<{message_link}|`{task_id}`>" if message_link else f"`{task_id}`"
-    progress = "" if finished else f" \u00b7 {stage} {percent:.0f}%"
+    progress = (f" \u00b7 {step}" if step else "") + (
+        f" \u00b7 {percent:.0f}%" if percent is not None else "")
     where = f" \u00b7 <{link}|{BUTTON_OPEN.lower()}>" if link else ""
     return (f"{ref} *{template}* \u2014 {label}{progress} \u00b7 <@{requester}> \u00b7 "
             f"{slack_time(started)}{where}")

@@ -16,8 +16,13 @@ def task_created(template: str, requester: str) -> str:
     return f"{TASK_TITLE} \u00b7 {template} queued by {requester}"
 
 
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 layer``, ``3 layers``: the noun agrees with the number."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
 def stage_compositing(n_layers: int) -> str:
-    return f"Compositing {n_layers} layers"
+    return f"Compositing {counted(n_layers, 'layer')}"
 
 
 def cache_hit(key: str) -> str:
@@ -165,11 +170,13 @@ def image_name(template: str, stamp: str) -> str:
 
 
 def human_bytes(n: float) -> str:
+    """``1.5 GiB``; a whole number without ``.0`` (``40 GiB``)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            shown = f"{n:.0f}" if unit == "B" else f"{n:.1f}".removesuffix(".0")
+            return f"{shown} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"
+    raise AssertionError("unreachable: TiB is the last unit")
 
 
 def human_duration(elapsed: float) -> str:
@@ -252,7 +259,7 @@ def confirm_needs_approval(requester: str) -> str:
 
 
 def confirm_expires(minutes: int) -> str:
-    return f"This confirmation expires in {minutes} minutes."
+    return f"This confirmation expires in {counted(minutes, 'minute')}."
 
 
 def confirm_fallback(names: list[str]) -> str:
@@ -360,7 +367,7 @@ def publish_cancelled(user: str) -> str:
 
 
 def intent_expired(minutes: int) -> str:
-    return (f"This confirmation expired (they are valid for {minutes} minutes). "
+    return (f"This confirmation expired (they are valid for {counted(minutes, 'minute')}). "
             "Run `/publish` again.")
 
 
@@ -547,12 +554,15 @@ def no_task(task_id: str) -> str:
     return f"There is no task `{task_id}`. `/publish status` lists the latest tasks."
 
 
-def status_line(task_id: str, template: str, label: str, stage: str, percent: float,
+def status_line(task_id: str, template: str, label: str, step: str, percent: float | None,
                 link: str | None, *, requester: str, started: float,
-                message_link: str | None = None, finished: bool = False) -> str:
-    """One task in a list: id (linking to its task message), template, state, who, when."""
+                message_link: str | None = None) -> str:
+    """One task in a list: id (linking to its task message), template, state, who, when.
+    ``step``: ``task_step`` while working, else nothing; ``percent``: the overall progress
+    (``None``: not shown, as for a queued or finished task)."""
     ref = f"<{message_link}|`{task_id}`>" if message_link else f"`{task_id}`"
-    progress = "" if finished else f" \u00b7 {stage} {percent:.0f}%"
+    progress = (f" \u00b7 {step}" if step else "") + (
+        f" \u00b7 {percent:.0f}%" if percent is not None else "")
     where = f" \u00b7 <{link}|{BUTTON_OPEN.lower()}>" if link else ""
     return (f"{ref} *{template}* \u2014 {label}{progress} \u00b7 <@{requester}> \u00b7 "
             f"{slack_time(started)}{where}")
@@ -594,7 +604,7 @@ def no_status_mine() -> str:
 
 
 def _images(count: int) -> str:
-    return f"{count} layered image" + ("" if count == 1 else "s")
+    return counted(count, "layered image")
 
 
 def reason_user(kind: str, name: str) -> str:

@@ -121,8 +121,8 @@ def test_a_file_over_the_size_limit_is_refused_before_reading(catalog_dir: Path)
     path = catalog_dir / "layerbot.yml"
     with path.open("ab") as file:
         file.truncate(40 << 20)  # sparse: 40 MiB of NULs after the catalog
-    assert problems(path) == ["layerbot.yml: a catalog may have at most 1.0 MiB and this file "
-                              "is 40.0 MiB (a real catalog is a few KB)"]
+    assert problems(path) == ["layerbot.yml: a catalog may have at most 1 MiB and this file "
+                              "is 40 MiB (a real catalog is a few KB)"]
 
 
 def test_names_must_be_strings_of_the_pattern(write_catalog: Callable[[str], Path]) -> None:

@@ -234,7 +234,7 @@ def test_unreadable_catalogs_exit_2_naming_the_file_and_line(
     with path.open("ab") as file:
         file.truncate(40 << 20)
     code, out = cli("check")
-    assert code == 2 and "this file is 40.0 MiB" in out, out
+    assert code == 2 and "this file is 40 MiB" in out, out
 
 
 def test_names_yaml_reads_as_other_types_or_paths_exit_2(

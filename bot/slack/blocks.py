@@ -383,9 +383,11 @@ def approval_channel_modal(template: str, channel: str | None) -> View:
 
 
 def home_view(templates: Sequence[tuple[str, str, str]], tasks: Sequence[Task], *,
-              mine: bool = False, workspace_url: str | None = None) -> View:
+              mine: bool = False, workspace_url: str | None = None,
+              views: Mapping[str, TaskView] | None = None) -> View:
     """``templates``: (name, icon, description) the user may publish; ``tasks``: the user's
-    own (``mine``) or all they may see. Publish buttons stay plain: one primary per set."""
+    own (``mine``) or all they may see; ``views``: as for ``status_message``. Publish
+    buttons stay plain: one primary per set."""
     tasks = list(tasks)[:HOME_TASKS]
     room = MAX_VIEW_BLOCKS - 7 - len(tasks)
     blocks: list[Block] = [HeaderBlock(text=messages.HOME_TEMPLATES)]
@@ -404,7 +406,7 @@ def home_view(templates: Sequence[tuple[str, str, str]], tasks: Sequence[Task], 
                                        (messages.BUTTON_TASKS_ALL, messages.STATUS_ALL))])]
     if not tasks:
         blocks.append(section(messages.no_status_mine() if mine else messages.HOME_NO_TASKS))
-    blocks += [section(status_line(t, workspace_url)) for t in tasks]
+    blocks += [section(status_line(t, workspace_url, (views or {}).get(t.id))) for t in tasks]
     return View(type="home", blocks=blocks)
 
 
@@ -416,20 +418,28 @@ def message_permalink(workspace_url: str | None, channel: str | None, ts: str | 
     return f"{workspace_url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
 
 
-def status_line(t: Task, workspace_url: str | None = None) -> str:
+def status_line(t: Task, workspace_url: str | None = None, view: TaskView | None = None) -> str:
+    """``view``: the step and overall progress from the task's events (else from the task);
+    a queued or finished task shows neither."""
     link = t.link if t.link and t.link.startswith(("http://", "https://")) else None
+    view = view or task_view(t)
+    working = view.step > 0 and not t.finished and t.status != states.QUEUED
     return messages.status_line(t.id, escape(t.template), states.LABELS[t.status],
-                                escape(t.stage), t.progress, link, requester=t.requested_by,
-                                started=t.created_at, finished=t.finished,
+                                messages.task_step(view.step, view.steps, escape(view.stage))
+                                if working else "",
+                                view.percent if working else None, link,
+                                requester=t.requested_by, started=t.created_at,
                                 message_link=message_permalink(workspace_url, t.channel,
                                                                t.message_ts))
 
 
 def status_message(tasks: Sequence[Task], heading: str | None = None,
-                   workspace_url: str | None = None, *, mine: bool = False) -> Message:
+                   workspace_url: str | None = None, *, mine: bool = False,
+                   views: Mapping[str, TaskView] | None = None) -> Message:
+    """``views``: task id -> its view (``task_views``), for the step and overall progress."""
     if not tasks:
         return text_message(messages.no_status_mine() if mine else messages.no_status())
-    lines = [status_line(t, workspace_url) for t in tasks]
+    lines = [status_line(t, workspace_url, (views or {}).get(t.id)) for t in tasks]
     head = [heading] if heading else []
     return Message(text="\n".join([*head, *lines]),
                    blocks=[section(line) for line in [*head, *lines][:MAX_MESSAGE_BLOCKS]])

@@ -30,7 +30,8 @@ from bot.slack.intents import Claim, Intent
 from bot.slack.people import UserDirectory
 from bot.slack.records import SlackDB
 from bot.slack.response_urls import Respond, Turns
-from bot.slack.task_retries import Permalinks, find_retry, retry_key
+from bot.slack.task_retries import Permalinks, find_retry, retry_intent_id, retry_key
+from bot.slack.task_view import task_views
 from bot.store import states
 from bot.store.task_store import Task, TaskNotFound
 
@@ -246,17 +247,19 @@ class Handlers:
         word = (task_id or messages.STATUS_ALL).lower()
         if word in (messages.STATUS_MINE, messages.STATUS_ALL):
             mine = word == messages.STATUS_MINE
+            tasks = await self._tasks_view(user, mine, 10)
             await reply(slack_blocks.status_message(
-                await self._tasks_view(user, mine, 10), messages.status_heading(mine),
-                self.workspace_url, mine=mine))
+                tasks, messages.status_heading(mine), self.workspace_url, mine=mine,
+                views=await self.db.run(task_views, self.store, tasks)))
             return
         assert task_id is not None
         template = self._template_named(task_id)
         if template is not None:
             mine = not self._may_see_template(template, user, await self._groups(user))
+            tasks = await self._template_tasks(user, template, 10)
             await reply(slack_blocks.status_message(
-                await self._template_tasks(user, template, 10),
-                messages.status_heading(mine, slack_blocks.escape(template)), self.workspace_url))
+                tasks, messages.status_heading(mine, slack_blocks.escape(template)),
+                self.workspace_url, views=await self.db.run(task_views, self.store, tasks)))
             return
         try:
             task = await self.db.run(self.store.get, task_id)
@@ -640,14 +643,14 @@ class Handlers:
             await reply(slack_blocks.text_message(messages.denied("retry", task.id,
                                                                   decision.reason)))
             return
-        if slack_access.approval_rule(self.catalog, [task.template]) == "second_person":
-            await self.request(user, channel, [task.template], reply,
-                               intent_id=f"retry-{task.id}")
-            return
-        if (earlier := await self.db.run(find_retry, self.store, task.id)) is not None:
+        if (earlier := await self.db.run(find_retry, self.store, task)) is not None:
             link = await Permalinks(self.client).of(earlier)
             await reply(slack_blocks.text_message(messages.already_retried(
                 task.id, earlier.id, link.url if link else None, states.LABELS[earlier.status])))
+            return
+        if slack_access.approval_rule(self.catalog, [task.template]) == "second_person":
+            await self.request(user, channel, [task.template], reply,
+                               intent_id=retry_intent_id(task.id))
             return
         new = await self.db.run(self.store.retry, task.id, retry_key(task.id), user,
                                 messages.retried(task.id, user), new_image_name(task.template))
@@ -665,7 +668,8 @@ class Handlers:
         rows = [(n, self.catalog.templates[n].icon, self.catalog.templates[n].description)
                 for n in names]
         tasks = await self._tasks_view(user, mine, slack_blocks.HOME_TASKS)
-        view = slack_blocks.home_view(rows, tasks, mine=mine, workspace_url=self.workspace_url)
+        view = slack_blocks.home_view(rows, tasks, mine=mine, workspace_url=self.workspace_url,
+                                      views=await self.db.run(task_views, self.store, tasks))
         await self.client.views_publish(user_id=user, view=view)
 
     async def home_tasks(self, body: dict[str, Any]) -> None:

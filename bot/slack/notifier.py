@@ -204,7 +204,7 @@ class SlackNotifier:
         if retried_from(task):
             retry_of = await self.permalinks.of(await self.db.run(find_original, self.db.store, task))
         if task.status in (states.FAILED, states.CANCELLED):
-            retried_as = await self.permalinks.of(await self.db.run(find_retry, self.db.store, task.id))
+            retried_as = await self.permalinks.of(await self.db.run(find_retry, self.db.store, task))
         return slack_blocks.task_message(task, task_view(task, events), retry_of=retry_of,
                                          retried_as=retried_as,
                                          cancelled_by=await self._cancelled_by(task),

@@ -2,6 +2,9 @@
 
 A retry is a new task whose idempotency key names the failed one (one per failed task, however
 often Retry is clicked), so both directions are a lookup, whichever process made the retry.
+Two forms: ``retry:<id>`` for a retry queued on the click, ``retry-<id>:<template>`` for one a
+second person approved (its intent's id is ``retry-<id>``; an approved task's key is
+``<intent id>:<template>``).
 """
 
 from __future__ import annotations
@@ -19,22 +22,38 @@ from bot.store.model import Task, TaskNotFound
 log = logging.getLogger(__name__)
 
 _PREFIX = "retry:"
+_APPROVED_PREFIX = "retry-"
 
 
 def retry_key(task_id: str) -> str:
-    """The idempotency key of the retry of ``task_id``."""
+    """The idempotency key of the retry of ``task_id``, queued on the click."""
     return _PREFIX + task_id
 
 
+def retry_intent_id(task_id: str) -> str:
+    """The id of the approval intent of a retry of ``task_id`` on a protected target."""
+    return _APPROVED_PREFIX + task_id
+
+
+def _retry_keys(task: Task) -> list[str]:
+    """Every idempotency key a retry of ``task`` may have."""
+    return [retry_key(task.id), f"{retry_intent_id(task.id)}:{task.template}"]
+
+
 def retried_from(task: Task) -> str | None:
-    """The id of the task ``task`` retries, if it is a retry."""
+    """The id of the task ``task`` retries, if it is a retry (either form)."""
     key = task.idempotency_key or ""
-    return key.removeprefix(_PREFIX) if key.startswith(_PREFIX) else None
+    if key.startswith(_PREFIX):
+        return key.removeprefix(_PREFIX) or None
+    if key.startswith(_APPROVED_PREFIX):
+        return key.removeprefix(_APPROVED_PREFIX).partition(":")[0] or None
+    return None
 
 
-def find_retry(store: Store, task_id: str) -> Task | None:
-    """The retry of ``task_id``, if Retry was clicked (blocking: a store call)."""
-    rows = store.rows("SELECT id FROM tasks WHERE idempotency_key = ?", [retry_key(task_id)])
+def find_retry(store: Store, task: Task) -> Task | None:
+    """The retry of ``task``, if Retry was clicked (blocking: a store call)."""
+    rows = store.rows("SELECT id FROM tasks WHERE idempotency_key IN (?, ?) ORDER BY created_at",
+                      _retry_keys(task))
     return store.get(rows[0]["id"]) if rows else None
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.store import states
+from bot.store.interface import Store
 from bot.store.model import Event, Task
 from bot.store.states import EventKind
 
@@ -74,3 +75,9 @@ def task_view(task: Task, events: Sequence[Event] = ()) -> TaskView:
     if task.status == states.DONE:
         best = 100.0
     return TaskView(step=step, steps=steps, stage=stage, percent=best, error=error)
+
+
+def task_views(store: Store, tasks: Sequence[Task]) -> dict[str, TaskView]:
+    """The view of each task, for a list (blocking: store calls). A finished task's line
+    shows no progress, so only working ones read their events."""
+    return {t.id: task_view(t, store.events(t.id) if not t.finished else ()) for t in tasks}

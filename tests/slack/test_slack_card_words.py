@@ -41,7 +41,7 @@ def test_several_layers_and_scripts_are_plural() -> None:
 
 
 def test_sizes_come_from_the_one_helper() -> None:
-    assert "*Disk:* 1.0 GiB ext4, qcow2" in card_text(PLAN)
+    assert "*Disk:* 1 GiB ext4, qcow2" in card_text(PLAN)
     assert messages.human_bytes(1613103104) == "1.5 GiB"
 
 

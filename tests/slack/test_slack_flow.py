@@ -18,7 +18,7 @@ async def test_publish_confirm_and_follow_to_done(make_slack: MakeSlack) -> None
     assert card["response_type"] == "ephemeral"
     shown = texts(card)
     for expected in ("Review and publish", ":computer:", "Windows 10 with Office", "base-os",
-                     "office", "vda", "folder (Local folder)", "1.0 GiB ext4, qcow2", "setup.sh",
+                     "office", "vda", "folder (Local folder)", "1 GiB ext4, qcow2", "setup.sh",
                      "no, the layers are composited"):
         assert expected in shown, expected
     intent = button_value(card["blocks"], "intent_confirm")

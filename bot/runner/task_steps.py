@@ -259,7 +259,8 @@ class UploadStep:
         # the next step and whether the hint applies ride along, so Slack tells all in one reply
         await job.update(link=published.link, published=published.to_json(), progress=100.0,
                    event=(EventKind.DISK_CREATED, messages.disk_created(published.summary, published.link)),
-                   data={"link": published.link, "next_steps": next_steps, "guest_login": login})
+                   data={"link": published.link, "summary": published.summary,
+                         "next_steps": next_steps, "guest_login": login})
         await job.add_event(EventKind.NEXT_STEPS, next_steps)
         if login:
             await job.add_event(EventKind.HINT, messages.LOCAL_USER_HINT)

@@ -283,9 +283,14 @@ def thread_reply(task: Task, event: Event, *, cancelled_by: str | None = None) -
     """The thread reply for an event, or None if the event only changes the task message."""
     msg = event_text(task, event)
     if event.kind == EventKind.DISK_CREATED:
-        text = messages.thread_published(msg, event.data.get("link") or task.link,
-                                         escape(str(event.data.get("next_steps") or "")),
-                                         bool(event.data.get("guest_login")))
+        # the summary without the link the event's message ends with; a file:// link opens
+        # nothing in Slack (the next step names the folder)
+        summary = event.data.get("summary")
+        link = event.data.get("link") or task.link
+        text = messages.thread_published(
+            escape(str(summary)) if summary else msg,
+            None if link and link.startswith("file:") else link,
+            escape(str(event.data.get("next_steps") or "")), bool(event.data.get("guest_login")))
     elif event.kind in (EventKind.NEXT_STEPS, EventKind.HINT):
         return None  # already in the disk-created reply
     elif event.kind == EventKind.WAITING:

@@ -4,6 +4,8 @@ next step and (on a VM target only) the local-user hint in one reply, and only f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import adapters
 from adapters.base import guest_login
 from bot.store import states
@@ -65,3 +67,16 @@ def test_the_hint_goes_only_where_a_guest_is_logged_into() -> None:
     assert not guest_login(adapters.adapter_class("local").capabilities)
     assert guest_login(adapters.adapter_class("qemu").capabilities)
     assert guest_login(adapters.adapter_class("fake").capabilities)
+
+
+async def test_a_folder_publish_names_its_file_once_in_words_and_no_dead_link(
+        make_slack: MakeSlack) -> None:
+    """The disk reply of a folder target: the summary (file name, format, size), then the next
+    step naming the folder once; no file:// link, which opens nothing in Slack."""
+    slack = await make_slack()
+    await publish_and_count(slack, "win10-office")
+    [task] = slack.store.list_tasks()
+    [reply] = [r for r in thread_of(slack, task.id) if "Disk created" in r]
+    folder = str(Path(slack.store.get(task.id).link.removeprefix("file://")).parent)
+    assert reply.count(folder) == reply.count("Disk created"), reply  # once per rendering (text, blocks)
+    assert "file://" not in reply and f"{task.id}.qcow2 (qcow2, " in reply

@@ -344,7 +344,8 @@ class Handlers:
         names = list(dict.fromkeys(self._template_named(n) or n for n in names))
         unknown = [n for n in names if n not in self.catalog.templates]
         if unknown:
-            templates = list(self.catalog.templates)
+            # suggest only what this user may publish here: a guess must not reveal the rest
+            templates = await self._allowed_templates(user, channel)
             problems = [slack_blocks.escape(messages.unknown_template(
                 n, self._closest_template(n, templates))) for n in unknown]
             await reply(slack_blocks.text_message(messages.unknown_templates(problems)))

@@ -35,6 +35,15 @@ async def test_unknown_template_gets_did_you_mean_and_no_task(make_slack: MakeSl
     assert slack.store.rows("SELECT COUNT(*) AS n FROM slack_intents") == [{"n": 0}]
 
 
+async def test_did_you_mean_suggests_only_a_template_the_user_may_publish(
+        make_slack: MakeSlack) -> None:
+    slack = await make_slack(with_access(template="{users: [UALICE]}"))
+    answer = texts(await slack.answer(await slack.command("win10-ofice", user=BOB)))
+    assert "no template named 'win10-ofice'" in answer and "win10-office" not in answer
+    answer = texts(await slack.answer(await slack.command("win10-ofice", user=ALICE)))
+    assert "(did you mean 'win10-office'?)" in answer
+
+
 async def test_user_not_listed_is_denied_with_reason_and_audited(make_slack: MakeSlack) -> None:
     slack = await make_slack(with_access(template="{users: [UALICE]}"))
     answer = await slack.answer(await slack.command("win10-office", user=BOB))

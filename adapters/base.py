@@ -192,6 +192,8 @@ def _own_words(exc: BaseException) -> str:
             name = cause.filename
             path = os.fsdecode(name) if isinstance(name, str | bytes) else name
             return cause.strerror + (f": {path}" if path is not None else "")
+        if isinstance(cause, KeyError) and cause.args:  # its str() is the bare key
+            return f"{cause.args[0]!r} is missing"
         text = str(cause).strip() or str(getattr(cause, "message", "") or "").strip()
         if text:
             return text

@@ -40,9 +40,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import enum
+import errno
 import logging
 import os
 import re
+import ssl
 import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -139,7 +141,63 @@ def error_for_waiter(exc: BaseException, where: str) -> AdapterError:
     PlatformError naming it."""
     if isinstance(exc, AdapterError):
         return copy.copy(exc).with_traceback(None)
-    return PlatformError(f"{where} failed: {type(exc).__name__}: {exc}")
+    return PlatformError(f"{where} failed: {error_words(exc)}")
+
+
+_ERRNO_WORDS = {errno.ECONNREFUSED: "connection refused", errno.ETIMEDOUT: "timed out",
+                errno.ECONNRESET: "the connection was reset", errno.EHOSTUNREACH: "the host is unreachable",
+                errno.ENETUNREACH: "the network is unreachable", errno.EPIPE: "the connection was closed"}
+
+
+def error_words(exc: BaseException, about: str | None = None, *, quote: bool = True) -> str:
+    """``exc`` as words a user can act on, never its Python class name (the log keeps that).
+
+    ``about`` (a host, a path) is put in front. The causes are looked through, so an SDK's
+    wrapper of a refused connection reads "connection refused". With ``quote=False`` an
+    exception's own text is never shown (it may quote a URL with a secret in it): only the
+    words for the kinds known here."""
+    words = _kind_words(exc) or (_own_words(exc) if quote else "") or "an unexpected error"
+    return f"{about}: {words}" if about else words
+
+
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen and len(seen) < 10:
+        seen.add(id(cause))
+        yield cause
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+
+
+def _kind_words(exc: BaseException) -> str:
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"the TLS handshake failed (the certificate could not be verified: " \
+                   f"{cause.verify_message or 'no reason given'})"
+        if isinstance(cause, ssl.SSLError):
+            code = getattr(cause, "reason", None)  # set by the ssl module, not by ssl.SSLError(...)
+            reason = code.replace("_", " ").lower() if code else cause.strerror or str(cause)
+            return f"the TLS handshake failed ({reason or 'no reason given'})"
+        if isinstance(cause, TimeoutError):  # asyncio.TimeoutError and socket.timeout too
+            return "timed out"
+        if isinstance(cause, OSError) and cause.errno in _ERRNO_WORDS:
+            return _ERRNO_WORDS[cause.errno]
+    return ""
+
+
+def _own_words(exc: BaseException) -> str:
+    """The text of the first exception in the chain that has some (a bare wrapper has none)."""
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.strerror:
+            name = cause.filename
+            path = os.fsdecode(name) if isinstance(name, str | bytes) else name
+            return cause.strerror + (f": {path}" if path is not None else "")
+        if isinstance(cause, KeyError) and cause.args:  # its str() is the bare key
+            return f"{cause.args[0]!r} is missing"
+        text = str(cause).strip() or str(getattr(cause, "message", "") or "").strip()
+        if text:
+            return text
+    return ""
 
 
 # ---------------------------------------------------------------- config

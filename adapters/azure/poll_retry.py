@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.base import RetryableError
+from adapters.base import RetryableError, error_words
 from adapters.retry import RetryPolicy, retry_after, retrying
 
 #: statuses worth another GET: throttling, and ARM's transient failures
@@ -47,7 +47,7 @@ class GetRetryPolicy:
             try:
                 response = await self.next.send(request)
             except (ServiceRequestError, ServiceResponseError) as exc:
-                raise _Transient(f"cannot reach Azure: {type(exc).__name__}", error=exc) from exc
+                raise _Transient(f"cannot reach Azure: {error_words(exc)}", error=exc) from exc
             status = response.http_response.status_code
             if status in RETRY_STATUSES:
                 after = retry_after(response.http_response.headers.get("Retry-After"))

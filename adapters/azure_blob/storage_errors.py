@@ -17,6 +17,7 @@ from adapters.base import (
     PlatformError,
     PlatformTimeoutError,
     RetryableError,
+    error_words,
 )
 from adapters.retry import retry_after
 
@@ -66,5 +67,5 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
         return PlatformError(text)
     if isinstance(exc, ServiceRequestError | ServiceResponseError | TimeoutError | ConnectionError):
         return PlatformTimeoutError(f"{prefix}: cannot reach the storage endpoint: "
-                                    f"{redact(str(exc)) or type(exc).__name__}")
-    return PlatformError(f"{prefix}: {type(exc).__name__}: {redact(str(exc))}")
+                                    f"{redact(error_words(exc))}")
+    return PlatformError(f"{prefix}: {redact(error_words(exc))}")

@@ -19,6 +19,7 @@ from adapters.base import (
     PlatformError,
     PlatformTimeoutError,
     RetryableError,
+    error_words,
 )
 
 PLATFORM = "Google Cloud"
@@ -87,10 +88,11 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
                          "or provide application default credentials")
     if isinstance(exc, auth_exc.GoogleAuthError):  # its text may quote the token endpoint's answer
         return AuthError(f"{PLATFORM}: {doing} failed: the credentials were refused and could "
-                         f"not be renewed ({type(exc).__name__})")
+                         "not be renewed")
     if isinstance(exc, OSError):  # requests' errors too
-        return PlatformTimeoutError(f"{PLATFORM}: {doing} failed: cannot reach the API: {exc}")
-    return PlatformError(f"{PLATFORM}: {doing} failed: {exc}")
+        return PlatformTimeoutError(f"{PLATFORM}: {doing} failed: cannot reach the API: "
+                                    f"{error_words(exc)}")
+    return PlatformError(f"{PLATFORM}: {doing} failed: {error_words(exc)}")
 
 
 def operation_error(operation: Any, doing: str) -> AdapterError:

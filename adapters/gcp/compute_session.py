@@ -40,9 +40,9 @@ def default_credentials(config: Config) -> Any:
                             "does not exist")
         try:
             return service_account.Credentials.from_service_account_file(path, scopes=SCOPES)
-        except (ValueError, KeyError) as exc:  # not a key file; its text is never shown
+        except (ValueError, KeyError):  # not a key file; its text is never shown
             raise AuthError(f"the file named by {config.credentials_file_env} is not a "
-                            f"service-account key ({type(exc).__name__})") from None
+                            "service-account key") from None
     credentials, _ = google.auth.default(scopes=SCOPES)
     return credentials
 

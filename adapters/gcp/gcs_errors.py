@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from adapters.base import AdapterError, AuthError, NotFoundError, PlatformError, RetryableError
+from adapters.base import AdapterError, AuthError, NotFoundError, PlatformError, RetryableError, error_words
 from adapters.gcp.compute_faults import is_auth
 from adapters.retry import retry_after
 
@@ -84,8 +84,8 @@ def translate(exc: BaseException, doing: str, secret: str | None = None) -> Adap
                          "or provide application default credentials")
     if isinstance(exc, auth.GoogleAuthError):  # its text may quote the token endpoint's answer
         return AuthError(f"Google Cloud: {doing} failed: the credentials were refused and could "
-                         f"not be renewed ({type(exc).__name__})")
+                         "not be renewed")
     if isinstance(exc, http.ConnectionError | http.Timeout):
         return RetryableError(mask(f"Google Cloud: {doing} failed: cannot reach the server: "
-                                   f"{type(exc).__name__}: {exc}", secret))
-    return PlatformError(mask(f"Google Cloud: {doing} failed: {type(exc).__name__}: {exc}", secret))
+                                   f"{error_words(exc)}", secret))
+    return PlatformError(mask(f"Google Cloud: {doing} failed: {error_words(exc)}", secret))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.base import AdapterError, Backoff, RetryableError, secret_from_env
+from adapters.base import AdapterError, Backoff, RetryableError, error_words, secret_from_env
 from adapters.nutanix.prism_errors import PLATFORM, from_status, task_failed
 from adapters.retry import DEFAULT, RetryPolicy, retrying
 
@@ -96,7 +96,7 @@ class PrismClient:
                     raise from_status(resp.status, data, doing, resp.headers.get("Retry-After"))
                 return data if isinstance(data, dict) else {}
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise RetryableError(f"{PLATFORM}: {doing}: {type(exc).__name__}: {exc}") from None
+            raise RetryableError(f"{PLATFORM}: {doing}: {error_words(exc)}") from exc
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                    doing: str, idempotent: bool = False) -> dict[str, Any]:
@@ -181,7 +181,7 @@ class PrismClient:
                     raise from_status(resp.status, said, doing, resp.headers.get("Retry-After"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise RetryableError(f"{PLATFORM}: {doing}: the upload was cut off "
-                                 f"({type(exc).__name__}: {exc})") from None
+                                 f"({error_words(exc)})") from exc
 
     async def close(self) -> None:
         self.closed = True

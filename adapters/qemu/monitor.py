@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adapters.base import error_words
 from adapters.qemu import vmfiles
 
 _CONNECT_SECONDS = 30.0
@@ -225,7 +226,7 @@ def main() -> None:
     try:
         sys.exit(run(vm_dir))
     except Exception as exc:
-        vmfiles.write_state(vm_dir, vmfiles.FAILED, error=f"{type(exc).__name__}: {exc}")
+        vmfiles.write_state(vm_dir, vmfiles.FAILED, error=error_words(exc))
         raise
 
 

@@ -31,6 +31,7 @@ from adapters.base import (
     PlatformError,
     PlatformTimeoutError,
     RetryableError,
+    error_words,
     secret_from_env,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
@@ -175,19 +176,21 @@ def translate_transport(exc: BaseException, where: str) -> AdapterError:
     name = type(exc).__name__
     code = getattr(exc, "code", None)
     if name == "AuthenticationError" or (name == "WinRMTransportError" and code == 401):
-        return AuthError(f"{where}: WinRM rejected the credentials ({name})")
+        return AuthError(f"{where}: WinRM rejected the credentials")
     if name in ("Timeout", "ReadTimeout", "ConnectTimeout") or isinstance(exc, TimeoutError):
         return PlatformTimeoutError(f"{where}: no answer in time")
     if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
         # not transient: trying again cannot help until the settings change
-        return PlatformError(f"{where}: the host's WinRM certificate could not be verified ({name}: {exc}); "
+        return PlatformError(f"{where}: the host's WinRM certificate could not be verified "
+                             f"({error_words(exc)}); "
                              "set ca_file to the CA bundle (PEM) that signed it, or insecure: true "
                              "(labs only)")
     if name in ("ConnectionError", "SSLError") or isinstance(exc, OSError):
-        return RetryableError(f"{where}: connection failed: {name}: {exc}")
+        return RetryableError(f"{where}: connection failed: {error_words(exc)}")
     if name == "WSManFaultError":
-        return PlatformError(f"{where} failed: WSMan fault {code}: {getattr(exc, 'reason', exc)}")
-    return PlatformError(f"{where} failed: {name}: {exc}")
+        reason = getattr(exc, "reason", None) or error_words(exc)
+        return PlatformError(f"{where} failed: WSMan fault {code}: {reason}")
+    return PlatformError(f"{where} failed: {error_words(exc)}")
 
 
 class PowerShellSession(Session[PSConnection]):

@@ -28,6 +28,7 @@ from adapters.base import (
     PlatformError,
     PlatformTimeoutError,
     RetryableError,
+    error_words,
     secret_from_env,
 )
 
@@ -79,19 +80,19 @@ def translate(exc: BaseException, where: str) -> AdapterError:
         return exc
     name = type(exc).__name__
     if name in _DENIED:
-        return AuthError(f"{where}: the SMB server refused the credentials or access ({name}: {exc})")
+        return AuthError(f"{where}: the SMB server refused the credentials or access ({error_words(exc)})")
     if _missing(exc):
-        return NotFoundError(f"{where}: not found ({name}: {exc})")
+        return NotFoundError(f"{where}: not found ({error_words(exc)})")
     if name in _FULL:
-        return InsufficientSpaceError(f"{where}: the share is full ({name}: {exc})")
+        return InsufficientSpaceError(f"{where}: the share is full ({error_words(exc)})")
     if isinstance(exc, TimeoutError):
         return PlatformTimeoutError(f"{where}: no answer in time")
     # EBADF/ENOTCONN: smbprotocol's receiver closed the socket when the connection died, and
     # the copy's next send found it closed
     if name == "SMBConnectionClosed" or isinstance(exc, ConnectionError) or (
             type(exc) is OSError and exc.errno in (errno.EBADF, errno.ENOTCONN)):
-        return RetryableError(f"{where}: the SMB connection was lost ({name}: {exc})")
-    return PlatformError(f"{where} failed: {name}: {exc}")
+        return RetryableError(f"{where}: the SMB connection was lost ({error_words(exc)})")
+    return PlatformError(f"{where} failed: {error_words(exc)}")
 
 
 def _close(remote: Any, after_failure: bool) -> None:

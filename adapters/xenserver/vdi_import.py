@@ -27,6 +27,7 @@ from adapters.base import (
     PlatformError,
     ProgressFn,
     RetryableError,
+    error_words,
 )
 from adapters.xenserver.xapi_session import XapiSession, translate_details
 
@@ -77,10 +78,10 @@ async def import_vhd(session: XapiSession, vdi_ref: str, vdi_name: str, artifact
         try:
             status, reason = await _put(f"{session.url}/import_raw_vdi?{query}", artifact, sent,
                                         context, progress, what)
-        except Exception as exc:  # aiohttp's errors quote the URL: only the type is kept
+        except Exception as exc:  # aiohttp's errors quote the URL (its session_id): not their text
             if not _is_transport_error(exc):
                 raise
-            cut = type(exc).__name__
+            cut = error_words(exc, quote=False)
         else:
             if status != 200:
                 await _raise_task_error(session, task, what)

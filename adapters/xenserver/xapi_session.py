@@ -28,6 +28,7 @@ from adapters.base import (
     PlatformError,
     PlatformTimeoutError,
     RetryableError,
+    error_words,
     secret_from_env,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
@@ -70,10 +71,10 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return PlatformTimeoutError(f"{doing}: no answer in time")
     if isinstance(exc, (ConnectionError, http.client.HTTPException, OSError)):
-        return RetryableError(f"{doing}: connection failed: {type(exc).__name__}: {exc}")
+        return RetryableError(f"{doing}: connection failed: {error_words(exc)}")
     if isinstance(exc, xmlrpc.client.Fault):
         return PlatformError(f"{doing} failed: XML-RPC fault {exc.faultCode}: {exc.faultString}")
-    return PlatformError(f"{doing} failed: {type(exc).__name__}: {exc}")
+    return PlatformError(f"{doing} failed: {error_words(exc)}")
 
 
 class _Transport(xmlrpc.client.SafeTransport):

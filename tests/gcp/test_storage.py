@@ -285,7 +285,7 @@ def test_a_refused_token_refresh_never_shows_its_text() -> None:
     found = translate(RefreshError("invalid_grant: token ya29.SECRET-VALUE expired", {"x": 1}),
                       "uploading gs://b/o")
     assert isinstance(found, AuthError) and "SECRET" not in str(found)
-    assert "RefreshError" in str(found)
+    assert str(found).endswith("the credentials were refused and could not be renewed")
 
 
 async def test_a_missing_bucket_is_not_found(emulator: Emulator, gcs: Proxy,

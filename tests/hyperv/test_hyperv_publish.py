@@ -300,7 +300,7 @@ async def test_a_failing_watch_gives_each_waiting_task_its_own_error(
             return_exceptions=True), 10)
         assert all(isinstance(r, PlatformError) for r in results), results
         assert results[0] is not results[1]
-        assert str(results[0]) == "hv01.lab.example: watching the VMs failed: KeyError: 'State'"
+        assert str(results[0]) == "hv01.lab.example: watching the VMs failed: 'State' is missing"
     finally:
         await adapter.close()
 

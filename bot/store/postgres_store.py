@@ -40,6 +40,11 @@ APPLICATION_NAME = f"layerbot schema={LATEST}"
 _PEER_NAME = re.compile(r"layerbot schema=(\d+)")
 
 
+#: how long a session may sit inside a transaction doing nothing before the server ends it
+#: (ours last milliseconds; see PostgresStore._connect)
+IDLE_IN_TRANSACTION_MS = 10_000
+
+
 @dataclass(frozen=True)
 class Peer:
     """Another connection of a layerbot to the same database."""
@@ -93,7 +98,12 @@ class PostgresStore(SqlStore):
             raise
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.location, autocommit=True, application_name=APPLICATION_NAME)
+        # A runner stopped in the middle of a transaction (SIGSTOP, a frozen VM) would keep its
+        # task's row locked, and every other runner's claim (SKIP LOCKED) would pass it by for
+        # ever; the server ends such a session, and the runner reconnects when it wakes.
+        return psycopg.connect(
+            self.location, autocommit=True, application_name=APPLICATION_NAME,
+            options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
 
     def _live(self) -> psycopg.Connection[Any]:
         """The store's connection, opened again if it was lost (StoreUnavailable while the

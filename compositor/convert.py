@@ -17,6 +17,7 @@ from . import tool_runner
 from .errors import CompositorError, ToolFailedError
 from .format_identity import pin_identity
 from .identity import CONVERTED_TIME, KeyIdentity
+from .sparse import punch_zero_blocks
 from .tools import tool_path
 
 GIB = 1 << 30
@@ -126,6 +127,7 @@ async def _gce_tar(raw: Path, out: Path, size: int, on_fraction: Fraction) -> in
     only the data: its stream is the data plus a few headers and the sparse map)."""
     if size % GIB:
         raise CompositorError(f"gce-tar: disk.raw must be a whole number of GiB, not {size} B")
+    await asyncio.to_thread(punch_zero_blocks, raw)  # tar's sparse map: from the bytes alone
     data = await asyncio.to_thread(data_bytes, raw)
     loop = asyncio.get_running_loop()
     reported = [0]  # whole percent, only written by the consumer thread
@@ -177,9 +179,8 @@ def gce_tar_command(folder: Path) -> list[str | Path]:
     Only the disk's data is read: ``--hole-detection=seek`` finds it with SEEK_DATA/SEEK_HOLE
     (where the filesystem cannot, tar falls back to reading). The holes are then neither read
     nor compressed: the sparse member holds only the data and its map. The map is the
-    filesystem's, so the same raw file gives the same bytes where it is stored the same way
-    (the cache's copy); a copy whose zero blocks were written out would give a larger tar of
-    the same disk."""
+    filesystem's; ``punch_zero_blocks`` first makes it follow from the disk's bytes alone, so
+    the same disk gives the same tar wherever and however it was written."""
     return [
         tool_path("tar"), "--format=oldgnu", "--sparse", "--hole-detection=seek",
         "--numeric-owner", "--owner=0", "--group=0", "--mode=0644", f"--mtime=@{CONVERTED_TIME}",

@@ -161,3 +161,29 @@ async def test_cancelling_stops_the_tool_and_the_consumer() -> None:
     count = len(read)
     await asyncio.sleep(0.1)
     assert len(read) == count, "the consumer stopped: it reached the end of the killed tool's output"
+
+
+async def test_zeros_written_out_or_left_as_holes_give_the_same_archive(tmp_path: Path) -> None:
+    """The sparse map follows the disk's bytes, not how they were written: a disk whose zero
+    blocks were written out (as ext4 reports an unwritten extent whose pages are cached) gives
+    the archive a disk with holes there gives. The bytes of the raw disk do not change."""
+    data = os.urandom(64 * 1024)
+    holes, written = tmp_path / "holes.raw", tmp_path / "written.raw"
+    with open(holes, "wb") as fh:
+        fh.truncate(GIB)
+        fh.seek(MIB)
+        fh.write(data)
+    with open(written, "wb") as fh:
+        fh.truncate(GIB)
+        fh.write(bytes(MIB))
+        fh.write(data)
+        fh.write(bytes(3 * MIB + 100))
+    before = written.read_bytes()[: 5 * MIB]
+    archives = []
+    for raw in (holes, written):
+        out = tmp_path / f"{raw.stem}.tar.gz"
+        await convert(raw, "gce-tar", out, lambda _: None, KeyIdentity("k"))
+        archives.append(out.read_bytes())
+    assert archives[0] == archives[1]
+    assert written.read_bytes()[: 5 * MIB] == before
+    assert os.stat(written).st_blocks * 512 < 2 * MIB  # the zeros became holes

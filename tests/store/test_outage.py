@@ -59,3 +59,22 @@ def test_a_worker_carries_on_after_a_20_s_outage(
     assert codes == [0], log[-3000:]
     print("after the outage:", done_once(store, ids, published))
     store.close()
+
+
+def test_a_session_ended_by_the_server_mid_transaction_is_retryable_and_opened_again(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner frozen inside a transaction past idle_in_transaction_session_timeout wakes to a
+    session the server has ended: StoreUnavailable (the runner detaches and retries), not an
+    unexpected error that fails its task."""
+    from bot.store import postgres_store
+
+    monkeypatch.setattr(postgres_store, "IDLE_IN_TRANSACTION_MS", 200)
+    store = open_store(pg_url)
+    try:
+        with pytest.raises(StoreUnavailable, match="was lost"), store.transaction():  # type: ignore[attr-defined]
+            store.list_tasks()
+            time.sleep(1.0)  # frozen, as by SIGSTOP
+            store.list_tasks()
+        assert store.list_tasks() == []  # opened again
+    finally:
+        store.close()

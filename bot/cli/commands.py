@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import click
 
-from bot.cli import log_setup
+from bot.cli import credentials, log_setup
 from bot.cli.output import EXIT_FAILED, EXIT_USAGE, escape_markup, out
 from bot.store import states
 from bot.store.states import EventKind
@@ -125,6 +125,10 @@ def main(ctx: click.Context, config: Path | None, db: str | None, verbose: bool)
     """
     log_setup.configure(verbose)
     ctx.obj = Context(config, db)
+    try:
+        credentials.load_credentials()  # before any command reads a secret from the environment
+    except credentials.CredentialError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 # ------------------------------------------------------------------ publish

@@ -84,7 +84,8 @@ class LazyGroup(click.Group):
     lazy: ClassVar[dict[str, tuple[str, str]]] = {
         "serve": ("bot.slack.serve:serve", "Run the Slack app, the job runner and the Slack notifier."),
         "vm": ("adapters.qemu.vm_cli:vm", "The VMs of tasks published to a QEMU target."),
-        "db": ("bot.cli.db:db", "Upgrade the task database's schema or copy a SQLite one to PostgreSQL."),
+        "db": ("bot.cli.db:db", "Upgrade the task database's schema, copy a SQLite one to PostgreSQL, "
+                         "or back it up."),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -153,3 +153,12 @@ def test_systemd_analyze_verify_reports_a_broken_unit(tmp_path: Path) -> None:
     broken.write_text(broken.read_text().replace("ProtectSystem=strict", "ProtectSytem=strict"))
     result = systemd_analyze_verify(broken)
     assert "ProtectSytem" in result.stdout + result.stderr
+
+
+def test_the_operations_guide_installs_what_the_units_run() -> None:
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    assert SHIPPED_BINARY in guide
+    for unit in (SERVE, WORKER):
+        for path in [c.partition(":")[2] for c in values(unit, "LoadCredential")] + \
+                [f.lstrip("-").replace("%i", "TAG") for f in values(unit, "EnvironmentFile")]:
+            assert path in guide, path

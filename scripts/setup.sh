@@ -19,6 +19,7 @@ APT_PACKAGES=(
   samba               # tests: smbd, the SMB share the Hyper-V/PVS disk copy goes to
   libkrb5-dev gcc python3-dev  # [hyperv]: gssapi and krb5 (Kerberos) are built from source
   postgresql          # tests: a throw-away PostgreSQL cluster for the shared task store
+  systemd             # tests: systemd-analyze verify of deploy/systemd's units
   python3-venv
 )
 # commands another source may provide (NodeSource's nodejs bundles npm, and conflicts with

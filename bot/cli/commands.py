@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import click
 
-from bot.cli import log_setup
+from bot.cli import credentials, log_setup
 from bot.cli.output import EXIT_FAILED, EXIT_USAGE, escape_markup, out
 from bot.store import states
 from bot.store.states import EventKind
@@ -84,7 +84,8 @@ class LazyGroup(click.Group):
     lazy: ClassVar[dict[str, tuple[str, str]]] = {
         "serve": ("bot.slack.serve:serve", "Run the Slack app, the job runner and the Slack notifier."),
         "vm": ("adapters.qemu.vm_cli:vm", "The VMs of tasks published to a QEMU target."),
-        "db": ("bot.cli.db:db", "Upgrade the task database's schema or copy a SQLite one to PostgreSQL."),
+        "db": ("bot.cli.db:db", "Upgrade the task database's schema, copy a SQLite one to PostgreSQL, "
+                         "or back it up."),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -125,6 +126,10 @@ def main(ctx: click.Context, config: Path | None, db: str | None, verbose: bool)
     """
     log_setup.configure(verbose)
     ctx.obj = Context(config, db)
+    try:
+        credentials.load_credentials()  # before any command reads a secret from the environment
+    except credentials.CredentialError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 # ------------------------------------------------------------------ publish

@@ -70,8 +70,10 @@ def test_json_logs_of_a_publish_carry_the_task(catalog_dir: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     task = only_task(db)
     records = json_lines(proc.stderr)
-    work = [r for r in records if r["logger"].startswith("bot.runner.")]
+    child = [r for r in records if r["message"].startswith("compositor process ")]
+    work = [r for r in records if r["logger"].startswith("bot.runner.")] + child
     messages = [r["message"] for r in work]
+    assert child  # the compositor process's records, at its parent's level
     assert any(m.startswith(f"claimed {task.id}") for m in messages), messages
     assert any(m.startswith("stage: Compositing") for m in messages), messages
     assert any(m.startswith("disk_created: ") for m in messages), messages
@@ -178,12 +180,26 @@ def test_json_records_are_masked_in_every_field_and_stay_json(json_log: io.Strin
 
 
 async def test_the_compositor_process_log_carries_the_task_fields(json_log: io.StringIO) -> None:
-    """The child process has no task context; its stderr is logged here by a reader task the
-    job's context created, so each of its lines names the task."""
+    """The child process has no task context: it sends its records as JSON lines on stderr,
+    which a reader task the job's context created logs here again, one record each (its
+    traceback in ``exc``, not a record a line), at the child's level, naming the task."""
     from compositor.isolated import WorkerCrashed, _in_child
 
     with logcontext.task_context("t0c0ffee", "win10", "lab"), pytest.raises(WorkerCrashed):
         await _in_child({"op": "build_image", "spec": {}}, None)  # a bug in the child: KeyError
-    child = [r for r in json_lines(json_log.getvalue()) if r["logger"] == "compositor.isolated"]
-    assert any("KeyError" in r["message"] for r in child), child
-    assert all(r.get("task_id") == "t0c0ffee" and r.get("connector") == "lab" for r in child), child
+    child = [r for r in json_lines(json_log.getvalue()) if r["logger"].startswith("compositor.")]
+    [crash] = child
+    assert crash["logger"] == "compositor.worker" and crash["level"] == "ERROR", crash
+    assert crash["message"].endswith(": build_image failed"), crash
+    assert "Traceback (most recent call last)" in crash["exc"] and "KeyError: 'layers'" in crash["exc"]
+    assert (crash["task_id"], crash["template"], crash["connector"]) == ("t0c0ffee", "win10", "lab")
+
+
+async def test_the_compositor_process_logs_at_this_process_level(json_log: io.StringIO) -> None:
+    """At DEBUG here, the child's DEBUG records come back too (asyncio's, at its start)."""
+    from compositor.isolated import WorkerCrashed, _in_child
+
+    with pytest.raises(WorkerCrashed):
+        await _in_child({"op": "build_image", "spec": {}}, None)
+    child = [r for r in json_lines(json_log.getvalue()) if r["message"].startswith("compositor process ")]
+    assert any(r["level"] == "DEBUG" and r["logger"] == "asyncio" for r in child), child

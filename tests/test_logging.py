@@ -3,6 +3,7 @@ the task fields on every record of a task's work, masking in every JSON field.""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -203,3 +204,27 @@ async def test_the_compositor_process_logs_at_this_process_level(json_log: io.St
         await _in_child({"op": "build_image", "spec": {}}, None)
     child = [r for r in json_lines(json_log.getvalue()) if r["message"].startswith("compositor process ")]
     assert any(r["level"] == "DEBUG" and r["logger"] == "asyncio" for r in child), child
+
+
+async def test_the_planner_process_logs_as_this_one(catalog: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    """serve plans a /publish in a child process sharing its stderr: JSON there too, masked."""
+    import functools
+
+    from bot.runner.planner import Planner
+
+    root = logging.getLogger()
+    level = root.level
+    handler = log_setup.configure(logging.INFO, "json")  # sys.stderr, as the CLI does
+    planner = Planner(catalog)
+    try:
+        say = functools.partial(logging.getLogger("tests.planner").warning, "asked with Bearer %s",
+                                "Pl4nn3rT0k3n")
+        await asyncio.get_running_loop().run_in_executor(planner._executor(), say)
+    finally:
+        await planner.close()
+        root.removeHandler(handler)
+        root.setLevel(level)
+    err = capfd.readouterr().err
+    assert "Pl4nn3rT0k3n" not in err
+    [said] = [r for r in json_lines(err) if r["logger"] == "tests.planner"]
+    assert said["message"] == f"asked with Bearer {log_setup.MASK}" and said["level"] == "WARNING"

@@ -72,6 +72,16 @@ class JsonFormatter(logging.Formatter):
                           ensure_ascii=False)
 
 
+#: the last configure()'s level and format, for child processes (None: not configured)
+_settings: tuple[int, LogFormat] | None = None
+
+
+def settings() -> tuple[int, LogFormat] | None:
+    """What a child process passes to configure() to log as this one does (its stderr is
+    this process's)."""
+    return _settings
+
+
 class _CliHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler this module installed (a second call replaces it)."""
 
@@ -89,4 +99,6 @@ def configure(level: int = logging.WARNING, log_format: LogFormat = "text",
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
+    global _settings
+    _settings = (level, log_format)
     return handler

@@ -228,3 +228,26 @@ async def test_the_planner_process_logs_as_this_one(catalog: Any, capfd: pytest.
     assert "Pl4nn3rT0k3n" not in err
     [said] = [r for r in json_lines(err) if r["logger"] == "tests.planner"]
     assert said["message"] == f"asked with Bearer {log_setup.MASK}" and said["level"] == "WARNING"
+
+
+def test_a_crash_is_one_masked_json_record(tmp_path: Path) -> None:
+    """An uncaught exception (in the main thread or another) is logged, not printed as it is."""
+    script = """if True:
+        import logging, threading
+        from bot.cli import log_setup
+        log_setup.configure(logging.WARNING, "json")
+        def fail(): raise ValueError("GET /o?upload_id=Cr4shS3ss1on")
+        copier = threading.Thread(target=fail, name="copier")
+        copier.start()
+        copier.join()
+        raise RuntimeError("Bearer Cr4shT0k3n")
+    """
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Cr4sh" not in proc.stderr
+    thread, main = json_lines(proc.stderr)
+    assert thread["message"] == "uncaught exception in thread copier" and thread["level"] == "CRITICAL"
+    assert f"ValueError: GET /o?upload_id={log_setup.MASK}" in thread["exc"]
+    assert main["message"] == "uncaught exception"
+    assert f"RuntimeError: Bearer {log_setup.MASK}" in main["exc"]

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
+import threading
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, Literal, TextIO
 
 from bot.logcontext import FIELDS, TaskFieldsFilter
@@ -82,6 +85,24 @@ def settings() -> tuple[int, LogFormat] | None:
     return _settings
 
 
+def _log_uncaught(kind: type[BaseException], exc: BaseException,
+                  traceback: TracebackType | None) -> None:
+    """A crash's traceback through the handler too: masked, and one JSON record in a JSON log
+    (Python would print it to stderr as it is)."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, traceback)
+        return
+    logging.getLogger("layerbot").critical("uncaught exception", exc_info=(kind, exc, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    name = args.thread.name if args.thread else "?"
+    logging.getLogger("layerbot").critical("uncaught exception in thread %s", name,
+                                           exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
 class _CliHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler this module installed (a second call replaces it)."""
 
@@ -99,6 +120,8 @@ def configure(level: int = logging.WARNING, log_format: LogFormat = "text",
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     global _settings
     _settings = (level, log_format)
     return handler

@@ -120,8 +120,11 @@ def configure(level: int = logging.WARNING, log_format: LogFormat = "text",
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
-    sys.excepthook = _log_uncaught
-    threading.excepthook = _log_uncaught_in_thread
+    # Python's own hooks only: a host's (pytest's) keeps seeing what it watches for
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _log_uncaught
+    if threading.excepthook is threading.__excepthook__:
+        threading.excepthook = _log_uncaught_in_thread
     global _settings
     _settings = (level, log_format)
     return handler

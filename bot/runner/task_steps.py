@@ -117,8 +117,8 @@ class Job:
         with contextlib.suppress(LeaseLost):
             self.store.update(self.task.id, self.owner, progress=round(percent, 1), event=event,
                               data={"percent": percent}, fence=self.task.lease_generation)
-        if event is not None:
-            _log_event(*event)
+            if event is not None:
+                _log_event(*event)
 
 
 def _log_event(kind: EventKind, message: str) -> None:

@@ -6,8 +6,9 @@ composites run.
 The child is ``python -m compositor.worker``, one per call. It reads one JSON request line on
 stdin (the operation and its arguments, the niceness) and writes JSON lines on stdout:
 ``{"progress": [note, fraction]}``, then ``{"result": ...}`` or ``{"error": {...}}``. A compositor error is
-raised here again as the same class with the same message and attributes. Its stderr
-(logging) goes to this process's log.
+raised here again as the same class with the same message and attributes. Its log records
+(JSON lines on its stderr, from this process's level up) are logged here again, each at its
+level and logger; anything else it writes to stderr is logged a line at a time, as a warning.
 
 Cancelling the awaiting task sends the child SIGTERM: it cancels its work (build_image kills
 its tools and removes its temporary files) and exits; after a grace period it gets SIGKILL.
@@ -161,6 +162,7 @@ async def publish_layer_isolated(
 
 async def _in_child(request: dict[str, Any], progress: ProgressCallback | None) -> Any:
     request["niceness"] = tool_niceness()
+    request["log_level"] = logging.getLogger().getEffectiveLevel()
     path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "compositor.worker",
@@ -205,10 +207,29 @@ async def _read_messages(stream: asyncio.StreamReader, progress: ProgressCallbac
 
 
 async def _log_stderr(stream: asyncio.StreamReader, pid: int) -> None:
+    # runs in the awaiting task's context: the records carry its task fields (bot.logcontext)
     while line := await stream.readline():
         text = line.decode(errors="replace").rstrip()
         if text:
-            log.warning("compositor process %d: %s", pid, text)
+            _log_child_line(pid, text)
+
+
+def _log_child_line(pid: int, text: str) -> None:
+    """One of the child's records (compositor.worker.RecordLines) again, or the line as a
+    warning (a tool or the interpreter writing to stderr)."""
+    try:
+        entry = json.loads(text)["log"]
+        name, level, message = str(entry["logger"]), int(entry["level"]), str(entry["message"])
+        exc = entry.get("exc")
+    except (ValueError, TypeError, KeyError):
+        log.warning("compositor process %d: %s", pid, text)
+        return
+    logger = logging.getLogger(name)
+    if logger.isEnabledFor(level):
+        record = logger.makeRecord(name, level, __file__, 0, "compositor process %d: %s",
+                                   (pid, message), None)
+        record.exc_text = str(exc) if exc else None
+        logger.handle(record)
 
 
 async def _stop(proc: asyncio.subprocess.Process, readers: asyncio.Future[Any]) -> None:

@@ -2,7 +2,8 @@
 operation (build_image or publish_layer) and exits.
 
 stdin: one JSON request line, then nothing until the parent goes (EOF cancels the work).
-stdout: JSON lines, progress then a result or an error. stderr: log messages.
+stdout: JSON lines, progress then a result or an error. stderr: log records, one JSON object a
+line (``{"log": {"level", "logger", "message", "exc"}}``), from ``log_level`` (the parent's) up.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from .tool_runner import set_tool_niceness
 
 #: exit status of a cancelled build
 CANCELLED = 130
+#: run as ``-m``, this module's own name would be __main__
+log = logging.getLogger("compositor.worker")
 
 
 class Channel:
@@ -63,7 +66,7 @@ async def serve(request: dict[str, Any], channel: Channel) -> None:
         channel.send({"error": error_to_json(exc)})
         return
     except Exception as exc:  # a bug: the parent reports it as an internal error
-        logging.getLogger(__name__).exception("%s failed", request["op"])
+        log.exception("%s failed", request["op"])
         channel.send({"crash": f"{type(exc).__name__}: {exc}"})
         return
     channel.send({"result": result})
@@ -94,6 +97,17 @@ async def _publish_layer(request: dict[str, Any], channel: Channel) -> Any:
     return {"files": encoded["extra_files"], "links": encoded["extra_symlinks"]}
 
 
+class RecordLines(logging.Formatter):
+    """A record as one JSON line the parent logs again (compositor.isolated): no traceback
+    split over lines, each record at its own level and logger, with the parent's task fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"level": record.levelno, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps({"log": entry})
+
+
 OPERATIONS: dict[str, Callable[[dict[str, Any], Channel], Awaitable[Any]]] = {
     "build_image": _build_image,
     "publish_layer": _publish_layer,
@@ -104,9 +118,10 @@ def main() -> int:
     # The protocol owns the real stdout; anything else printed goes to stderr.
     channel = Channel(os.fdopen(os.dup(1), "w"))
     os.dup2(2, 1)
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
     request = json.loads(sys.stdin.readline())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RecordLines())
+    logging.basicConfig(handlers=[handler], level=int(request.get("log_level") or logging.WARNING))
     niceness = int(request.get("niceness") or 0)
     if niceness:
         with contextlib.suppress(OSError):

@@ -117,19 +117,46 @@ class LazyGroup(click.Group):
               "(default: $LAYERBOT_CONFIG, else ./layerbot.yml)")
 @click.option("--db", help="task database: a SQLite file or a postgresql://user@host/db URL, its "
               "password in PGPASSWORD or ~/.pgpass (default: $LAYERBOT_DB, else ./layerbot.db)")
-@click.option("-v", "--verbose", is_flag=True, help="log debug details to stderr")
+@click.option("--log-level", type=click.Choice(list(log_setup.LEVELS), case_sensitive=False),
+              envvar="LAYERBOT_LOG_LEVEL", show_envvar=True,
+              help="log records of this level and above to stderr (default: info for serve and "
+                   "worker, warning for the other commands)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              envvar="LAYERBOT_LOG_FORMAT", show_envvar=True, show_default=True,
+              help="json: one JSON object a line (ts, level, logger, message, exc, task_id, "
+                   "template, connector)")
+@click.option("-v", "--verbose", is_flag=True, help="the same as --log-level debug")
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, db: str | None, verbose: bool) -> None:
+def main(ctx: click.Context, config: Path | None, db: str | None, log_level: str | None,
+         log_format: log_setup.LogFormat, verbose: bool) -> None:
     """layerbot: publish layered images from templates.
 
     Example: layerbot --config examples/demo/layerbot.yml publish demo-office --yes
     """
-    log_setup.configure(verbose)
+    log_setup.configure(_log_level(ctx, log_level, verbose), log_format)
     ctx.obj = Context(config, db)
     try:
         credentials.load_credentials()  # before any command reads a secret from the environment
     except credentials.CredentialError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+#: the long-running services log what they do; a one-shot command only what went wrong
+_SERVICES = ("serve", "worker")
+
+
+def _log_level(ctx: click.Context, log_level: str | None, verbose: bool) -> int:
+    """-v, else --log-level (or $LAYERBOT_LOG_LEVEL), else the sub-command's default."""
+    from click.core import ParameterSource
+
+    given_here = ctx.get_parameter_source("log_level") is ParameterSource.COMMANDLINE
+    if verbose and given_here and log_level and log_level.lower() != "debug":
+        raise click.UsageError(f"-v means --log-level debug, not also --log-level {log_level}")
+    if verbose:
+        return log_setup.LEVELS["debug"]
+    if log_level:
+        return log_setup.LEVELS[log_level.lower()]
+    return log_setup.LEVELS["info" if ctx.invoked_subcommand in _SERVICES else "warning"]
 
 
 # ------------------------------------------------------------------ publish

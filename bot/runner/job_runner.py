@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from adapters.base import AdapterError, removal_problems
 from adapters.steps import StepRunner, cancel, detach, is_detach
-from bot import messages
+from bot import logcontext, messages
 from bot.catalog import Catalog
 from bot.runner.task_steps import Job, TaskConfigError, build_job, remove_partial, remove_staging, steps_for
 from bot.store import states
@@ -102,6 +102,8 @@ class JobRunner:
         self._renewed_at: dict[str, float] = {}
         #: the fencing token (lease_generation) each held task was claimed with
         self._fences: dict[str, int] = {}
+        #: the log fields of each held task, for records about it from outside its job
+        self._log_fields: dict[str, dict[str, str]] = {}
         self._cancel_sent: set[str] = set()
         #: jobs told to let go because their lease could not be renewed: no crash, so their
         #: release gives the attempt back; renewals go on while they finish a cleanup
@@ -120,7 +122,7 @@ class JobRunner:
         if self._store_threads is None:
             self._store_threads = ThreadPoolExecutor(2, thread_name_prefix="layerbot-store")
         return await asyncio.get_running_loop().run_in_executor(
-            self._store_threads, functools.partial(call, *args, **kwargs))
+            self._store_threads, logcontext.in_context(call, *args, **kwargs))
 
     def wake(self) -> None:
         """A task was queued in this process: look for work now."""
@@ -206,6 +208,7 @@ class JobRunner:
                 return
             self._leased.add(task.id)
             self._fences[task.id] = task.lease_generation
+            self._log_fields[task.id] = logcontext.fields(task.id, task.template, task.connector)
             self._renewed_at[task.id] = asked_at
             if task.published is None:
                 self._working.add(task.id)
@@ -228,6 +231,7 @@ class JobRunner:
         self._letting_go.discard(task_id)
         self._renewed_at.pop(task_id, None)
         self._fences.pop(task_id, None)
+        self._log_fields.pop(task_id, None)
         self._wake.set()
 
     async def shutdown(self) -> None:
@@ -240,6 +244,12 @@ class JobRunner:
 
     # ------------------------------------------------------------ one task
     async def _work(self, task: Task) -> None:
+        # this asyncio task's own context: whatever it starts or logs names the task
+        with logcontext.task_context(task.id, task.template, task.connector):
+            await self._work_in_context(task)
+
+    async def _work_in_context(self, task: Task) -> None:
+        log.info("claimed %s (attempt %d, status %s)", task.id, task.attempts, task.status)
         stopped_cleanly = False
         try:
             if task.attempts > self.max_attempts:
@@ -269,6 +279,7 @@ class JobRunner:
             try:
                 await self._store(self.store.release, task.id, self.owner,
                                   count_attempt=not stopped_cleanly, fence=task.lease_generation)
+                log.debug("released %s", task.id)
             except StoreUnavailable as exc:
                 log.warning("task %s: not released (its lease runs out instead): %s", task.id, exc)
 
@@ -311,7 +322,8 @@ class JobRunner:
             if task_id not in self._leased or self._jobs.get(task_id) is not job:
                 continue  # the job let go meanwhile
             if task_id not in renewed:
-                log.warning("task %s: lease lost, another runner has it", task_id)
+                log.warning("task %s: lease lost, another runner has it", task_id,
+                            extra=self._log_fields.get(task_id))
                 self._leased.discard(task_id)
                 detach(job)
                 continue
@@ -332,7 +344,7 @@ class JobRunner:
                     or now - renewed_at + margin < self.lease_seconds:
                 continue
             log.warning("task %s: lease not renewed for %.0f s, letting go of it before it runs out",
-                        task_id, now - renewed_at)
+                        task_id, now - renewed_at, extra=self._log_fields.get(task_id))
             self._letting_go.add(task_id)
             detach(job)
 

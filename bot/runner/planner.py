@@ -26,6 +26,7 @@ from multiprocessing.connection import wait
 
 import adapters
 from bot.catalog import Catalog
+from bot.cli import log_setup
 from bot.runner.parent_death import die_with_parent
 from bot.runner.planning import PlanError, PublishPlan, plan
 
@@ -44,8 +45,10 @@ class UnexpectedPlanError(RuntimeError):
 
 
 def _start_child(catalog: Catalog, registry: dict[str, adapters.AdapterEntry], niceness: int,
-                 parent: int) -> None:
+                 parent: int, logging_settings: tuple[int, log_setup.LogFormat] | None = None) -> None:
     die_with_parent(parent)
+    if logging_settings is not None:  # else its records would reach stderr unmasked, as plain text
+        log_setup.configure(*logging_settings)
     global _catalog
     _catalog = catalog
     adapters.restore_registry(registry)
@@ -93,7 +96,8 @@ class Planner:
             # spawn, not fork: this process has threads (the store's, the executor's)
             self._pool = ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child,
-                initargs=(self.catalog, adapters.registry(), self.niceness, os.getpid()))
+                initargs=(self.catalog, adapters.registry(), self.niceness, os.getpid(),
+                          log_setup.settings()))
         return self._pool
 
     async def start(self) -> None:

@@ -39,7 +39,7 @@ from adapters.base import (
 from adapters.base import publish as publish_steps
 from adapters.resources import Lifetime, Resource
 from adapters.steps import Outcome, Step
-from bot import messages
+from bot import logcontext, messages
 from bot.catalog import Catalog, Template
 from bot.store import states
 from bot.store.interface import Store
@@ -86,6 +86,8 @@ class Job:
         self.task = await asyncio.to_thread(
             self.store.update, self.task.id, self.owner, event=event, data=data,
             fence=self.task.lease_generation, **fields)
+        if event is not None:
+            _log_event(*event)
         if self.task.finished:
             self.on_finished()
 
@@ -96,6 +98,7 @@ class Job:
     async def add_event(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> None:
         await asyncio.to_thread(self.store.add_event, self.task.id, kind, message, data,
                                 owner=self.owner, fence=self.task.lease_generation)
+        _log_event(kind, message)
 
     def progress(self, percent: float, note: str) -> None:
         """Store progress at most once a second, an event every 10 %. Blocking; thread-safe."""
@@ -114,6 +117,14 @@ class Job:
         with contextlib.suppress(LeaseLost):
             self.store.update(self.task.id, self.owner, progress=round(percent, 1), event=event,
                               data={"percent": percent}, fence=self.task.lease_generation)
+            if event is not None:
+                _log_event(*event)
+
+
+def _log_event(kind: EventKind, message: str) -> None:
+    """Each event of a task is also a log record (progress at DEBUG), so a service's log
+    tells what its runner did; the record's task fields say which task."""
+    log.log(logging.DEBUG if kind == EventKind.PROGRESS else logging.INFO, "%s: %s", kind, message)
 
 
 def layer_sources(catalog: Catalog, template: Template) -> tuple[LayerSource, ...]:
@@ -170,7 +181,7 @@ class ComposeStep:
         writer = ThreadPoolExecutor(1, thread_name_prefix=f"progress-{job.task.id}")
 
         def on_progress(note: str, fraction: float) -> None:
-            writer.submit(job.progress, fraction * 100, note)
+            writer.submit(logcontext.in_context(job.progress, fraction * 100, note))
 
         started = time.monotonic()
         try:

@@ -259,7 +259,7 @@ async def test_debug_logs_of_an_upload_never_show_the_session(emulator: Emulator
     root = logging.getLogger()
     level = root.level
     stream = io.StringIO()
-    handler = log_setup.configure(verbose=True, stream=stream)
+    handler = log_setup.configure(logging.DEBUG, stream=stream)
     ctx = context(tarball)
     storage = Storage(access(gcs))
     try:

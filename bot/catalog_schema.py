@@ -64,4 +64,11 @@ def _document_model() -> type[BaseModel]:
 def catalog_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of layerbot.yml."""
     schema = _document_model().model_json_schema(mode="validation")
+    # an unknown or missing type is one clear error, not one per connector type's settings
+    by_type = schema["properties"]["connectors"]["anyOf"][0]
+    by_type["additionalProperties"] = {
+        "type": "object", "required": ["type"],
+        "properties": {"type": {"enum": adapters.known_types(), "description": "the connector type"}},
+        **by_type["additionalProperties"],
+    }
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}

@@ -1,5 +1,6 @@
-"""``layerbot audit``: the audit trail of who asked, confirmed, approved, dismissed, rejected,
-cancelled and retried what, in Slack and on the command line, and what was refused and why."""
+"""``layerbot audit``: the audit trail of who asked, confirmed (an approver's confirm is the
+approval), dismissed, rejected, cancelled and retried what, in Slack and on the command line,
+and what was refused and why."""
 
 from __future__ import annotations
 
@@ -74,8 +75,8 @@ def audit(click_ctx: click.Context, since: float | None, user: str | None, limit
           as_json: bool) -> None:
     """Show the audit trail: who asked, confirmed, cancelled, retried, and what was refused.
 
-    Newest first: Slack's access decisions (publish, confirm, approve, dismiss, reject, cancel,
-    retry, status) and the command line's publish confirmations and cancels.
+    Newest first: Slack's access decisions (publish, confirm — an approver's too —, dismiss,
+    reject, cancel, retry, status) and the command line's publish confirmations and cancels.
 
     Example: layerbot audit --since 2d --user U024BE7LH
     """

@@ -74,13 +74,16 @@ def test_publish_completes_the_template_names_of_the_catalog(tmp_path: Path) -> 
     assert values("layerbot publish rhel9 ", {"LAYERBOT_CONFIG": str(two)}) == ["win10-office", "win11-cad"]
 
 
-@pytest.mark.parametrize("broken", ["templates: [a, b]\n", "templates: {a: 1}\n  bad: indent\n",
-                                    "\x00\xff", None])
-def test_a_broken_or_missing_catalog_completes_nothing_silently(broken: str | None, tmp_path: Path) -> None:
+def test_a_broken_or_missing_catalog_completes_nothing_silently(tmp_path: Path) -> None:
     path = tmp_path / "layerbot.yml"
-    if broken is not None:
-        path.write_text(broken)
-    assert complete(f"layerbot --config {path} publish ") == []
+    path.write_text("templates:\n  win10-office: {}\n")
+    assert values(f"layerbot --config {path} publish ") == ["win10-office"]  # the control
+    for broken in ("templates: [a, b]\n", "templates: {a: 1}\n  bad: indent\n", "\x00\xff", None):
+        if broken is None:
+            path.unlink()
+        else:
+            path.write_text(broken)
+        assert complete(f"layerbot --config {path} publish ") == [], broken
 
 
 def test_task_and_cancel_complete_recent_task_ids(tmp_path: Path) -> None:
@@ -98,6 +101,12 @@ def test_task_and_cancel_complete_recent_task_ids(tmp_path: Path) -> None:
 
 def test_no_database_completes_nothing_and_creates_none(tmp_path: Path) -> None:
     db = tmp_path / "none.db"
+    control = tmp_path / "t.db"
+    store = TaskStore(control)
+    task = store.create_task(template="rhel9", connector="folder", platform="Local folder",
+                             image_name="rhel9", requested_by="alice", message="queued")[0]
+    store.close()
+    assert values(f"layerbot --db {control} task ") == [task.id]
     assert complete(f"layerbot --db {db} task ") == []
     assert not db.exists()
     assert complete("layerbot --db postgresql://nobody@127.0.0.1:1/none cancel ") == []

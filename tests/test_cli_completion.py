@@ -110,3 +110,11 @@ def test_no_database_completes_nothing_and_creates_none(tmp_path: Path) -> None:
     assert complete(f"layerbot --db {db} task ") == []
     assert not db.exists()
     assert complete("layerbot --db postgresql://nobody@127.0.0.1:1/none cancel ") == []
+
+
+def test_the_new_commands_help_and_completion_script_import_no_command_library(tmp_path: Path) -> None:
+    from tests.test_lazy_imports import COMMAND_LIBRARIES, PLATFORM_SDKS, cli_modules
+
+    for args in (["audit", "--help"], ["schema", "--help"], ["completion", "bash"]):
+        modules = cli_modules(tmp_path, *args)
+        assert [m for m in modules if m.startswith(PLATFORM_SDKS + COMMAND_LIBRARIES)] == [], args

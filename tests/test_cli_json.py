@@ -144,3 +144,13 @@ def test_the_docs_list_exactly_the_fields_of_the_schema() -> None:
     assert documented == objects
     headed = set(re.findall(r"\(`\$defs/(\w+)`\)", DOCS.read_text()))
     assert headed == set(SCHEMA["$defs"])  # the lists too have a section
+
+
+def test_a_broken_catalog_leaves_stdout_empty_and_says_why_on_stderr(
+        catalog_dir: Path, tmp_path: Path, write_catalog: Callable[[str], Path]) -> None:
+    write_catalog(BASIC_CATALOG.replace("size_gib: 1", "size_gib: big"))
+    for command in ("templates", "cache"):
+        result = CliRunner().invoke(main, ["--config", str(catalog_dir / "layerbot.yml"), "--db",
+                                           str(tmp_path / "t.db"), command, "--json"])
+        assert result.exit_code == 2 and result.stdout == "", command
+        assert "layerbot.yml: templates.win10-office.disk.size_gib: " in result.stderr

@@ -50,14 +50,18 @@ class Context:
 
         return default_db_location(self._db)
 
-    def catalog(self) -> Catalog:
+    def catalog(self, *, json_on_stdout: bool = False) -> Catalog:
+        """The catalog, or exit 2 printing every problem (on stderr when stdout is for JSON)."""
         from bot.catalog import CatalogError, load_catalog
 
         try:
             return load_catalog(self.config_path)
         except CatalogError as exc:
             for problem in exc.problems:
-                out().print(f"[red]error:[/red] {escape_markup(problem)}", soft_wrap=True)
+                if json_on_stdout:
+                    click.echo(f"error: {problem}", err=True)
+                else:
+                    out().print(f"[red]error:[/red] {escape_markup(problem)}", soft_wrap=True)
             sys.exit(EXIT_USAGE)
 
     def store(self) -> Store:
@@ -298,7 +302,7 @@ def templates(ctx: Context, as_json: bool) -> None:
     """
     from rich.table import Table
 
-    catalog = ctx.catalog()
+    catalog = ctx.catalog(json_on_stdout=as_json)
     if as_json:
         from bot.cli.json_output import template_records
 
@@ -491,7 +495,7 @@ def cache(ctx: Context, prune: bool, max_gib: float | None, as_json: bool) -> No
     from bot.messages import human_bytes
     from compositor import cache_usage, evict_cache
 
-    settings = ctx.catalog().runner
+    settings = ctx.catalog(json_on_stdout=as_json).runner
     limit = max_gib if max_gib is not None else settings.cache_max_gib
     if max_gib is not None and not prune:
         raise click.UsageError("--max-gib goes with --prune")

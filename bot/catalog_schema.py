@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 import adapters
 from bot.catalog import NAME_PATTERN, Layer, RunnerSettings, Template
 
-SCHEMA_ID = "https://layerbot.invalid/schemas/layerbot.yml.json"
 _CHECKED_ELSEWHERE = (
     "Checked by `layerbot check`, not by this schema: layer sources exist (a directory or a "
     "tar archive), templates name declared layers of the right kind and a declared connector, "
@@ -71,4 +70,4 @@ def catalog_schema() -> dict[str, Any]:
         "properties": {"type": {"enum": adapters.known_types(), "description": "the connector type"}},
         **by_type["additionalProperties"],
     }
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -99,7 +99,17 @@ def test_check_json_names_each_failing_check_and_exits_2(
     assert check["problems"] == [{"stage": "catalog", "message": "layerbot.yml: templates.win10-office"
                                   ".app_layers[0]: no layer named 'ofice' (did you mean 'office'?)"}]
 
+    import adapters
+
     write_catalog(BASIC_CATALOG)
+    with monkeypatch.context() as patched:
+        patched.setattr(adapters, "missing_sdk", lambda kind: f"the {kind} connector needs its SDK")
+        code, check = cli_json("check")
+    assert code == 2
+    validate(check, "check")
+    assert check["problems"] == [{"stage": "connector_sdk", "message": "layerbot.yml: connectors.folder"
+                                  ".type: the local connector needs its SDK"}]
+
     import compositor.tools
 
     real_find = compositor.tools.find_tool

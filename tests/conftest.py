@@ -17,6 +17,7 @@ from bot.catalog import Catalog, load_catalog
 from bot.store.task_store import TaskStore
 from compositor import scratch
 from tests.azure.azurite import Azurite, AzuriteUnavailable, start_azurite
+from tests.catalog_schema_check import wrap_load_catalog
 
 
 @pytest.fixture(autouse=True)
@@ -142,3 +143,9 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
         pytest.fail(str(exc), pytrace=False)
     yield peer
     peer.stop()
+
+
+@pytest.fixture(autouse=True)
+def _loaded_catalogs_fit_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever catalog a test loads, `layerbot schema` must take too (tests/catalog_schema_check.py)."""
+    wrap_load_catalog(monkeypatch)

@@ -6,7 +6,7 @@ import os
 import re
 import string
 from datetime import UTC, datetime
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,6 +24,18 @@ _DEFINITION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,78}[A-Za-z0-9]$"
 #: Azure: at most 50 tags; a name at most 512 characters without < > % & \ ? /, a value 256
 _TAG_NAME_FORBIDDEN = set('<>%&\\?/')
 INT32_MAX = 2**31 - 1
+
+def _any_case(*words: str) -> Any:
+    """The JSON Schema input of a setting read in any case: the words (for completion) or any
+    casing of them (JSON Schema patterns have no case-insensitive flag)."""
+    letters = ("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in w)
+               for w in words)
+    return Literal[words] | Annotated[str, Field(pattern=f"^(?:{'|'.join(letters)})$")]
+
+
+def _capitalized(value: object) -> object:
+    return value.capitalize() if isinstance(value, str) else value
+
 
 DiskSku = Literal["Standard_LRS", "StandardSSD_LRS", "Premium_LRS", "StandardSSD_ZRS", "Premium_ZRS"]
 
@@ -70,11 +82,17 @@ class AzureConfig(ConnectorConfig):
     #: seconds to wait for a VM made from the image to run and shut down (default: the runner's)
     watch_timeout: float | None = Field(None, gt=0)
 
-    @field_validator("os_state", "os_type", mode="before")
+    # the issue and Azure's docs write both "generalized" and "Generalized"
+    @field_validator("os_type", mode="before", json_schema_input_type=_any_case("Windows", "Linux"))
     @classmethod
-    def _capitalized(cls, value: object) -> object:
-        # the issue and Azure's docs write both "generalized" and "Generalized"
-        return value.capitalize() if isinstance(value, str) else value
+    def _os_type(cls, value: object) -> object:
+        return _capitalized(value)
+
+    @field_validator("os_state", mode="before",
+                     json_schema_input_type=_any_case("Generalized", "Specialized"))
+    @classmethod
+    def _os_state(cls, value: object) -> object:
+        return _capitalized(value)
 
     @field_validator("arm_endpoint", "authority", "portal")
     @classmethod

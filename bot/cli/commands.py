@@ -15,16 +15,22 @@ from typing import TYPE_CHECKING, ClassVar
 import click
 
 from bot.cli import credentials, log_setup
+from bot.cli.completion import complete_task_ids, complete_template_names
+from bot.cli.json_output import JSON_HELP, emit, missing_tools_command
 from bot.cli.output import EXIT_FAILED, EXIT_USAGE, escape_markup, out
 from bot.store import states
 from bot.store.states import EventKind
 
 if TYPE_CHECKING:  # the commands import these when they run: `--help` stays fast
-    from bot.catalog import Catalog, Template
+    from bot.catalog import Catalog
     from bot.runner.job_runner import JobRunner
     from bot.runner.planning import PublishPlan
     from bot.store.interface import Store
     from bot.store.model import Event, Task
+
+#: the audit trail's reason for what a local user did on the command line
+CLI_REASON = "command line"
+
 
 class Context:
     def __init__(self, config: Path | None, db: str | None) -> None:
@@ -44,14 +50,18 @@ class Context:
 
         return default_db_location(self._db)
 
-    def catalog(self) -> Catalog:
+    def catalog(self, *, json_on_stdout: bool = False) -> Catalog:
+        """The catalog, or exit 2 printing every problem (on stderr when stdout is for JSON)."""
         from bot.catalog import CatalogError, load_catalog
 
         try:
             return load_catalog(self.config_path)
         except CatalogError as exc:
             for problem in exc.problems:
-                out().print(f"[red]error:[/red] {escape_markup(problem)}", soft_wrap=True)
+                if json_on_stdout:
+                    click.echo(f"error: {problem}", err=True)
+                else:
+                    out().print(f"[red]error:[/red] {escape_markup(problem)}", soft_wrap=True)
             sys.exit(EXIT_USAGE)
 
     def store(self) -> Store:
@@ -86,6 +96,11 @@ class LazyGroup(click.Group):
         "vm": ("adapters.qemu.vm_cli:vm", "The VMs of tasks published to a QEMU target."),
         "db": ("bot.cli.db:db", "Upgrade the task database's schema, copy a SQLite one to PostgreSQL, "
                          "or back it up."),
+        "audit": ("bot.cli.audit:audit", "Show the audit trail: who asked, confirmed, cancelled, retried, "
+                  "and what was refused."),
+        "completion": ("bot.cli.completion:completion",
+                       "Print the shell completion script for bash, zsh or fish."),
+        "schema": ("bot.cli.schema:schema", "Print the JSON Schema of layerbot.yml."),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -113,6 +128,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup)
+@click.version_option(package_name="layerbot", prog_name="layerbot")
 @click.option("--config", type=click.Path(path_type=Path), help="layerbot.yml "
               "(default: $LAYERBOT_CONFIG, else ./layerbot.yml)")
 @click.option("--db", help="task database: a SQLite file or a postgresql://user@host/db URL, its "
@@ -256,7 +272,7 @@ def detach_lines(tasks: list[Task]) -> list[str]:
 
 
 @main.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_template_names)
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 @click.option("--no-run", is_flag=True, help="only queue the tasks for another runner")
 @pass_ctx
@@ -284,11 +300,14 @@ def publish(ctx: Context, names: tuple[str, ...], yes: bool, no_run: bool) -> No
     out().print(f"[bold]{CONFIRM_TITLE}[/bold]: {count}")
     for p in plans:
         _print_plan(p)
+    user = getpass.getuser()
+    target = ",".join(p.template for p in plans)
     if not yes and not click.confirm("Publish Layered Images?", default=True):
+        ctx.store().audit(user, "dismiss", target, True, CLI_REASON)
         out().print("Cancelled; nothing was queued.")
         return
     store = ctx.store()
-    user = getpass.getuser()
+    store.audit(user, "confirm", target, True, CLI_REASON + (" (--yes)" if yes else ""))
     ids = [enqueue(store, p, requested_by=user)[0].id for p in plans]
     out().print("Queued: " + ", ".join(ids))
     if no_run:
@@ -306,15 +325,21 @@ def publish(ctx: Context, names: tuple[str, ...], yes: bool, no_run: bool) -> No
 
 # ------------------------------------------------------------------ listings
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
-def templates(ctx: Context) -> None:
+def templates(ctx: Context, as_json: bool) -> None:
     """List the templates of the catalog.
 
     Example: layerbot templates
     """
     from rich.table import Table
 
-    catalog = ctx.catalog()
+    catalog = ctx.catalog(json_on_stdout=as_json)
+    if as_json:
+        from bot.cli.json_output import template_records
+
+        emit(template_records(catalog))
+        return
     table = Table("template", "description", "layers", "connector", "disk")
     for name, t in catalog.templates.items():
         layers = ", ".join(n for n, _ in catalog.layers_of(t))
@@ -330,14 +355,20 @@ def _when(ts: float | None) -> str:
 @main.command()
 @click.option("--status", type=click.Choice(states.ALL), help="only tasks in this state")
 @click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
-def tasks(ctx: Context, status: str | None, limit: int) -> None:
+def tasks(ctx: Context, status: str | None, limit: int, as_json: bool) -> None:
     """List tasks, newest first.
 
     Example: layerbot tasks --status failed
     """
     from rich.table import Table
 
+    if as_json:
+        from bot.cli.json_output import task_record
+
+        emit([task_record(t) for t in ctx.store().list_tasks(status=status, limit=limit)])
+        return
     table = Table("id", "template", "platform", "status", "stage", "progress", "created (UTC)",
                   "link / error")
     for t in ctx.store().list_tasks(status=status, limit=limit):
@@ -347,15 +378,21 @@ def tasks(ctx: Context, status: str | None, limit: int) -> None:
 
 
 @main.command()
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
-def task(ctx: Context, task_id: str) -> None:
+def task(ctx: Context, task_id: str, as_json: bool) -> None:
     """Show one task and its events.
 
     Example: layerbot task t1a2b3c4d
     """
     store = ctx.store()
     t = ctx.task(store, task_id)
+    if as_json:
+        from bot.cli.json_output import task_with_events
+
+        emit(task_with_events(t, store.events(t.id)))
+        return
     out().print(f"[bold]{t.id}[/bold] {t.template} → {t.connector} ({t.platform}): "
                   f"{states.LABELS[t.status]}, {t.stage} {t.progress:.0f}%")
     if t.link:
@@ -367,7 +404,7 @@ def task(ctx: Context, task_id: str) -> None:
 
 
 @main.command()
-@click.argument("task_id")
+@click.argument("task_id", shell_complete=complete_task_ids)
 @pass_ctx
 def cancel(ctx: Context, task_id: str) -> None:
     """Cancel a task; its runner removes any partial upload.
@@ -378,7 +415,10 @@ def cancel(ctx: Context, task_id: str) -> None:
 
     store = ctx.store()
     user = getpass.getuser()
-    t = store.request_cancel(ctx.task(store, task_id).id, user, f"Cancel requested by {user}")
+    before = ctx.task(store, task_id)
+    reason = f"the task is {states.LABELS[before.status].lower()}" if before.finished else CLI_REASON
+    store.audit(user, "cancel", before.id, not before.finished, reason)
+    t = store.request_cancel(before.id, user, f"Cancel requested by {user}")
     out().print(f"{t.id}: {states.LABELS[t.status]}"
                   + ("" if t.finished else " (cancel requested; its runner cleans up)"))
 
@@ -432,85 +472,40 @@ def worker(ctx: Context, tags: str | None, slots: int | None) -> None:
     out().print("stopped; unfinished tasks are left for another runner")
 
 
-def _check_tar_layers(catalog: Catalog) -> list[str]:
-    """Every member header of every tar layer (a plain tar: seeks; a compressed one is read
-    through, but only as far as the largest disk of a template using it holds), then each
-    template's tar layers together against its disk. Problems as "key path: message"."""
-    from compositor import CompositorError, DiskTooSmallError
-    from compositor.budget import SpaceBudget
-    from compositor.tarlayer import check_archive
-
-    def disk_budget(template: Template) -> SpaceBudget:
-        return SpaceBudget.for_disk(template.disk.filesystem, template.disk.size_gib)
-
-    problems: list[str] = []
-    unpacked: dict[str, int] = {}
-    for name, layer in catalog.layers.items():
-        if layer.source.is_dir():
-            continue
-        users = [disk_budget(t) for t in catalog.templates.values()
-                 if name in dict(catalog.layers_of(t))]
-        budget = max(users, key=lambda b: b.limit) if users else None
-        try:
-            unpacked[name] = check_archive(name, layer.source, budget)
-        except CompositorError as exc:
-            problems.append(f"layers.{name}.source: {exc}")
-    for tname, template in catalog.templates.items():
-        names = [n for n, _ in catalog.layers_of(template) if n in unpacked]
-        budget = disk_budget(template)
-        total = sum(unpacked[n] for n in names)
-        if len(names) > 1 and total > budget.limit:
-            too_big = DiskTooSmallError(total, budget.capacity, budget.size_gib)
-            problems.append(f"templates.{tname}.disk.size_gib: layers {', '.join(names)}: "
-                            f"{too_big}")
-    return problems
-
-
 # ------------------------------------------------------------------ check
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
-def check(ctx: Context) -> None:
+def check(ctx: Context, as_json: bool) -> None:
     """Validate the catalog and check the tools the compositor needs.
 
     Example: layerbot --config layerbot.yml check
     """
-    import adapters
-    import compositor
-    from bot.runner.planning import PlanError, plan
+    from bot.cli.check_report import CheckReport, Problem, run_checks
 
-    catalog = ctx.catalog()
-    unusable = 0
-    for name, connector in catalog.connectors.items():
-        if (problem := adapters.missing_sdk(connector.type)) is not None:
-            out().print(f"[red]error:[/red] {ctx.config_path.name}: connectors.{name}.type: "
-                        f"{escape_markup(problem)}", soft_wrap=True)
-            unusable += 1
-    if unusable:
-        sys.exit(EXIT_USAGE)
-    if problems := _check_tar_layers(catalog):
-        for problem in problems:
-            out().print(f"[red]error:[/red] {ctx.config_path.name}: {escape_markup(problem)}", soft_wrap=True)
-        sys.exit(EXIT_USAGE)
-    out().print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
-                  f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")
-    plans = []
-    for name in catalog.templates:
+    if as_json:
+        from bot.catalog import CatalogError, load_catalog
+
         try:
-            plans.append(plan(catalog, name, check_cache=False))
-        except PlanError as exc:
-            out().print(f"[red]error:[/red] templates.{name}: {escape_markup(str(exc))}", soft_wrap=True)
-    if len(plans) < len(catalog.templates):
-        sys.exit(EXIT_USAGE)
-    formats = sorted({p.disk_format for p in plans})
-    filesystems = sorted({p.filesystem for p in plans} | {"ext4"})
-    missing = []
-    for tool in compositor.required_tools(formats, filesystems):
+            report = run_checks(ctx.config_path, load_catalog(ctx.config_path))
+        except CatalogError as exc:
+            report = CheckReport(ctx.config_path, problems=[Problem("catalog", p) for p in exc.problems])
+        emit(report.as_json())
+        sys.exit(0 if report.ok else EXIT_USAGE)
+    catalog = ctx.catalog()
+    report = run_checks(ctx.config_path, catalog)
+    for stages in (("connector_sdk", "tar_layer"), ("plan",)):
+        if stages == ("plan",):
+            out().print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
+                        f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")
+        if problems := report.problems_of(*stages):
+            for problem in problems:
+                out().print(f"[red]error:[/red] {escape_markup(problem)}", soft_wrap=True)
+            sys.exit(EXIT_USAGE)
+    for tool in report.tools:
         out().print(f"  {tool.name:<14} {tool.path or '[red]missing[/red]'}")
-        if not tool.path:
-            missing.append(tool.package)
-    if missing:
-        pkgs = " ".join(sorted(set(missing)))
-        out().print(f"[red]missing tools[/red]: install with: sudo apt-get install -y {pkgs}")
+    if missing := report.missing_packages:
+        out().print(f"[red]missing tools[/red]: install with: {missing_tools_command(missing)}")
         sys.exit(EXIT_USAGE)
 
 
@@ -520,8 +515,9 @@ def check(ctx: Context) -> None:
 @click.option("--max-gib", type=click.FloatRange(min=0), default=None,
               help="with --prune: this limit instead of the configured one (0 empties the "
                    "cache of everything not in use)")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @pass_ctx
-def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
+def cache(ctx: Context, prune: bool, max_gib: float | None, as_json: bool) -> None:
     """Show the composited-disk cache (least recently used first), or prune it.
 
     Example: layerbot cache --prune --max-gib 20
@@ -531,7 +527,7 @@ def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
     from bot.messages import human_bytes
     from compositor import cache_usage, evict_cache
 
-    settings = ctx.catalog().runner
+    settings = ctx.catalog(json_on_stdout=as_json).runner
     limit = max_gib if max_gib is not None else settings.cache_max_gib
     if max_gib is not None and not prune:
         raise click.UsageError("--max-gib goes with --prune")
@@ -541,6 +537,11 @@ def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
             raise click.UsageError("runner.cache_max_gib is null (no limit): give --max-gib")
         result = evict_cache(settings.cache_dir, None if limit is None else int(limit * (1 << 30)),
                              min_free_bytes=int(min_free * (1 << 30)))
+        if as_json:
+            from bot.cli.json_output import prune_record
+
+            emit(prune_record(str(settings.cache_dir), result))
+            return
         count = len(result.removed)
         out().print(f"removed {count} {'entry' if count == 1 else 'entries'} "
                       f"({human_bytes(result.freed)}); "
@@ -549,6 +550,11 @@ def cache(ctx: Context, prune: bool, max_gib: float | None) -> None:
                          if result.busy else ""))
         return
     usage = cache_usage(settings.cache_dir)
+    if as_json:
+        from bot.cli.json_output import cache_record
+
+        emit(cache_record(str(settings.cache_dir), usage, limit, settings.cache_min_free_gib))
+        return
     table = Table("entry", "kind", "size", "last used")
     for entry in usage.entries:
         table.add_row(entry.key[:12], entry.kind, human_bytes(entry.size), _when(entry.used))

@@ -26,6 +26,13 @@ def current() -> Metrics:
     return current()
 
 
+def reset() -> Metrics:
+    """Start over with a fresh registry (tests: counters of one test only)."""
+    from bot.metrics.registry import reset
+
+    return reset()
+
+
 @contextlib.contextmanager
 def timed_stage(stage: str, platform: str) -> Iterator[None]:
     """Observe how long the block (one stage of a task) took, with how it ended."""

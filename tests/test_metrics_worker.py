@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,3 +94,17 @@ async def test_worker_serves_metrics_after_a_publish(catalog: Catalog, catalog_d
             worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, log.read_text()[-2000:]
         store.close()
+
+
+def test_a_metrics_port_in_use_is_a_usage_error_naming_it(catalog_dir: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [LAYERBOT, "--config", str(catalog_dir / "layerbot.yml"), "--db", str(tmp_path / "t.db"),
+             "worker", "--metrics-port", str(port)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"Invalid value for --metrics-port: cannot listen on 127.0.0.1:{port}: Address already in use" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -6,6 +6,7 @@ Exit codes: 0 every task done, 1 a task failed or was cancelled, 2 bad usage or 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -404,8 +405,9 @@ def worker(ctx: Context, tags: str | None, slots: int | None, metrics_port: int 
                     bound = await serving.enter_async_context(
                         ops_endpoints(store, catalog, runner, metrics_host, metrics_port))
                 except OSError as exc:
-                    raise click.BadParameter(f"cannot listen on {metrics_host}:{metrics_port}: "
-                                             f"{exc.strerror or exc}", param_hint="--metrics-port") from None
+                    why = os.strerror(exc.errno) if exc.errno else str(exc)
+                    raise click.BadParameter(f"cannot listen on {metrics_host}:{metrics_port}: {why}",
+                                             param_hint="--metrics-port") from None
                 out().print(f"metrics: http://{metrics_host}:{bound}/metrics (also /healthz, /readyz)",
                             soft_wrap=True)
             # printed once both signals stop it cleanly: supervisors and tests may wait for it

@@ -94,20 +94,16 @@ def observe_loop_lag(seconds: float) -> None:
 def watch(store: Store, runner: RunnerLoad, cache_dir: Path) -> Callable[[], None]:
     """Report at each scrape the tasks by status and platform (read from ``store``), this
     runner's slots and guest waits, and the bytes the composite cache holds. Returns the call
-    that stops it (a process that serves again, a test, registers anew)."""
-    from bot.metrics.collectors import CacheCollector, RunnerCollector, TaskCollector
-    from compositor import cache_usage
+    that stops it."""
+    from bot.metrics.collectors import Watched
 
-    registry = current().registry
-    collectors = [TaskCollector(store), RunnerCollector(runner),
-                  CacheCollector(Path(cache_dir), lambda d: cache_usage(d).total)]
-    for collector in collectors:
-        registry.register(collector)
+    live = current().live
+    watched = Watched(store, runner, Path(cache_dir))
+    live.watched.append(watched)
 
     def unwatch() -> None:
-        for collector in collectors:
-            with contextlib.suppress(KeyError):  # the registry was reset meanwhile
-                registry.unregister(collector)
+        with contextlib.suppress(ValueError):  # the registry was reset meanwhile
+            live.watched.remove(watched)
 
     return unwatch
 

@@ -7,8 +7,12 @@ scraped: the CLI's short commands never load prometheus-client.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.process_collector import ProcessCollector
+
+from bot.metrics.collectors import LiveCollector
 
 #: compose and upload take seconds to an hour; a watch lasts until a person boots the VM
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
@@ -44,8 +48,17 @@ class Metrics:
         self.loop_lag = Histogram(
             "layerbot_event_loop_lag_seconds", "How late the event loop woke up from a short sleep",
             buckets=LAG_BUCKETS, registry=reg)
+        #: the store, runner and cache read at each scrape (bot.metrics.watch)
+        self.live = LiveCollector(_cache_bytes)
+        reg.register(self.live)
         for result in ("hit", "miss"):  # both series exist from the start: rate() needs them
             self.cache_lookups.labels(result)
+
+
+def _cache_bytes(cache_dir: Path) -> int:
+    from compositor import cache_usage
+
+    return cache_usage(cache_dir).total
 
 
 _current: Metrics | None = None

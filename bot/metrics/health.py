@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.catalog import Catalog
 from bot.store.interface import Store
 from compositor.tools import ToolStatus, find_tool, required_tools
+
+if TYPE_CHECKING:
+    from bot.runner.planning import PublishPlan
 
 log = logging.getLogger(__name__)
 
@@ -19,17 +23,29 @@ log = logging.getLogger(__name__)
 STORE_TIMEOUT = 5.0
 
 
-def tools_for(catalog: Catalog) -> list[ToolStatus]:
-    """The tools compositing the catalog's templates needs, as ``layerbot check`` finds them
-    (a template whose connector cannot be planned is left to ``check`` to report)."""
-    from bot.runner.planning import PlanError, plan
+#: a template's plan (its disk format): in a thread here, or serve's planner process, which
+#: keeps platform SDKs out of serve's own process
+PlanOne = Callable[[str], Awaitable["PublishPlan"]]
 
+
+def planned_here(catalog: Catalog) -> PlanOne:
+    async def plan_one(name: str) -> PublishPlan:
+        from bot.runner.planning import plan
+
+        return await asyncio.to_thread(plan, catalog, name, check_cache=False)
+
+    return plan_one
+
+
+async def tools_for(catalog: Catalog, plan_one: PlanOne) -> list[ToolStatus]:
+    """The tools compositing the catalog's templates needs, as ``layerbot check`` finds them
+    (a template that cannot be planned is left to ``check`` and its publish to report)."""
     formats: set[str] = set()
     for name in catalog.templates:
         try:
-            formats.add(plan(catalog, name, check_cache=False).disk_format)
-        except PlanError as exc:
-            log.warning("readiness: template %s cannot be planned: %s", name, exc)
+            formats.add((await plan_one(name)).disk_format)
+        except Exception as exc:
+            log.warning("readiness: template %s cannot be planned: %s", name, type(exc).__name__)
     filesystems = {t.disk.filesystem for t in catalog.templates.values()} | {"ext4"}
     return required_tools(sorted(formats), sorted(filesystems))
 
@@ -42,8 +58,8 @@ class Readiness:
     tools: list[ToolStatus] = field(default_factory=list)
 
     @classmethod
-    async def of(cls, store: Store, catalog: Catalog) -> Readiness:
-        return cls(store, catalog, await asyncio.to_thread(tools_for, catalog))
+    async def of(cls, store: Store, catalog: Catalog, plan_one: PlanOne | None = None) -> Readiness:
+        return cls(store, catalog, await tools_for(catalog, plan_one or planned_here(catalog)))
 
     async def check(self) -> tuple[bool, dict[str, Any]]:
         """(ready, what was checked): each check is "ok" or says what is wrong."""

@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.slack.service import LoopLagMonitor
+from bot.metrics.loop_lag import LoopLagMonitor
 
 
 def bolt_app() -> AsyncApp:

@@ -21,8 +21,6 @@ SERVE = UNITS / "layerbot-serve.service"
 WORKER = UNITS / "layerbot-worker@.service"
 SHIPPED_BINARY = "/opt/layerbot/.venv/bin/layerbot"
 INSTANCE = "dc-east"
-#: worker's --metrics-port comes with issue 17's metrics part (removed at its merge)
-NOT_YET_IN_THE_CLI = {"--metrics-port"}
 
 HARDENING = {
     "User": "layerbot", "StateDirectory": "layerbot", "CacheDirectory": "layerbot",
@@ -67,13 +65,7 @@ def exec_start_args(unit: Path) -> list[str]:
 
 def cli_problems(args: list[str]) -> list[str]:
     """What click refuses in ``layerbot ARGS`` (parsed and type-checked, not run)."""
-    kept: list[str] = []
-    rest = iter(args)
-    for arg in rest:
-        if arg in NOT_YET_IN_THE_CLI:
-            next(rest)  # each takes a value
-        else:
-            kept.append(arg)
+    kept = list(args)
     try:
         at = next((i for i, arg in enumerate(kept) if arg in main.list_commands(click.Context(main))), None)
         if at is None:

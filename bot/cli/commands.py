@@ -6,6 +6,7 @@ Exit codes: 0 every task done, 1 a task failed or was cancelled, 2 bad usage or 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -440,11 +441,16 @@ def _runner_tags(value: str | None) -> list[str]:
               "--tags, only untagged connectors' tasks")
 @click.option("--slots", type=click.IntRange(1, 64), default=None,
               help="tasks compositing/uploading at once (default: runner.max_parallel)")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="serve /metrics, /healthz and /readyz on this port (0: a free one, printed)")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="address --metrics-port listens on")
 @pass_ctx
-def worker(ctx: Context, tags: str | None, slots: int | None) -> None:
+def worker(ctx: Context, tags: str | None, slots: int | None, metrics_port: int | None,
+           metrics_host: str) -> None:
     """Run a job runner (no Slack) until interrupted.
 
-    Example: layerbot worker --tags dc-east --slots 2
+    Example: layerbot worker --tags dc-east --slots 2 --metrics-port 9464
     """
     import asyncio
 
@@ -453,7 +459,8 @@ def worker(ctx: Context, tags: str | None, slots: int | None) -> None:
 
     runner_tags = _runner_tags(tags)
     catalog = ctx.catalog()
-    runner = JobRunner(ctx.store(), catalog, max_parallel=slots, tags=runner_tags)
+    store = ctx.store()
+    runner = JobRunner(store, catalog, max_parallel=slots, tags=runner_tags)
     takes = f"tags {', '.join(sorted(runner.tags))} or none" if runner.tags else "untagged connectors only"
 
     async def work() -> None:
@@ -462,10 +469,23 @@ def worker(ctx: Context, tags: str | None, slots: int | None) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, lambda: (stop.set(), runner.wake()))
-        # printed once both signals stop it cleanly: supervisors and tests may wait for it
-        out().print(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
-                    f"(max {runner.max_parallel} at once; {takes}); Ctrl-C to stop", soft_wrap=True)
-        await runner.run(stop=stop)
+        async with contextlib.AsyncExitStack() as serving:
+            if metrics_port is not None:
+                from bot.metrics.http import ops_endpoints
+
+                try:
+                    bound = await serving.enter_async_context(
+                        ops_endpoints(store, catalog, runner, metrics_host, metrics_port))
+                except OSError as exc:
+                    why = os.strerror(exc.errno) if exc.errno else str(exc)
+                    raise click.BadParameter(f"cannot listen on {metrics_host}:{metrics_port}: {why}",
+                                             param_hint="--metrics-port") from None
+                out().print(f"metrics: http://{metrics_host}:{bound}/metrics (also /healthz, /readyz)",
+                            soft_wrap=True)
+            # printed once both signals stop it cleanly: supervisors and tests may wait for it
+            out().print(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
+                        f"(max {runner.max_parallel} at once; {takes}); Ctrl-C to stop", soft_wrap=True)
+            await runner.run(stop=stop)
 
     with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the handlers are in place
         asyncio.run(work())

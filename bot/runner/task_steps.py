@@ -39,7 +39,7 @@ from adapters.base import (
 from adapters.base import publish as publish_steps
 from adapters.resources import Lifetime, Resource
 from adapters.steps import Outcome, Step
-from bot import logcontext, messages
+from bot import logcontext, messages, metrics
 from bot.catalog import Catalog, Template
 from bot.store import states
 from bot.store.interface import Store
@@ -166,6 +166,10 @@ class ComposeStep:
     name = "compose"
 
     async def run(self, job: Job) -> None:
+        with metrics.timed_stage(self.name, job.adapter.platform):
+            await self._compose(job)
+
+    async def _compose(self, job: Job) -> None:
         # image_spec's guest inspection runs in the compositor's child process (reading a big
         # tar layer's index is seconds of Python, which would hold this process's GIL), while
         # it hashes and extracts the layers: both read the same archives.
@@ -208,6 +212,7 @@ class ComposeStep:
         finally:
             await asyncio.to_thread(writer.shutdown)
         job.built = built
+        metrics.count_cache_lookup(built.cache_hit)
         if built.cache_hit:
             await job.add_event(EventKind.CACHE_HIT, messages.cache_hit(built.cache_key),
                                 {"cache_key": built.cache_key})
@@ -232,6 +237,7 @@ class ComposeStep:
             log.warning("%s: cache eviction failed: %s", job.task.id, exc)
             return
         if result.removed:
+            metrics.count_cache_evictions(len(result.removed), result.freed)
             await job.add_event(
                 EventKind.CACHE_EVICTED,
                 messages.cache_evicted(len(result.removed), result.freed, limit, min_free),
@@ -251,12 +257,19 @@ class UploadStep:
         self.context: PublishContext | None = None
 
     async def run(self, job: Job) -> None:
+        with metrics.timed_stage(self.name, job.adapter.platform):
+            await self._upload(job)
+
+    async def _upload(self, job: Job) -> None:
         assert job.built is not None
         await job.update(status=states.UPLOADING, stage="uploading", progress=0.0,
                    event=(EventKind.STAGE, messages.stage_uploading(job.adapter.platform)),
                    data={"step": 2, "steps": step_count(job)})
 
+        sent = metrics.UploadMeter(job.adapter.platform, job.built.file_size)
+
         async def report(fraction: float, note: str) -> None:
+            sent.reached(fraction)
             await asyncio.to_thread(job.progress, fraction * 100, note)
 
         self.context = publish_context(job, report)
@@ -264,6 +277,7 @@ class UploadStep:
             published = await publish_steps(job.adapter, self.context)
         finally:
             release_artifact(job)
+        sent.reached(1.0)  # adapters that report no progress (or not up to 100 %) sent it all
         job.published = published
         next_steps = job.adapter.next_steps(published)
         login = guest_login(job.adapter.capabilities)
@@ -288,6 +302,10 @@ class WatchStep:
     name = "watch"
 
     async def run(self, job: Job) -> None:
+        with metrics.timed_stage(self.name, job.adapter.platform):
+            await self._watch(job)
+
+    async def _watch(self, job: Job) -> None:
         assert job.published is not None
         await job.update(status=states.ACTION_REQUIRED, stage="waiting for shutdown",
                    event=(EventKind.WAITING, messages.waiting_for_shutdown()),

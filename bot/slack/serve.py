@@ -10,7 +10,7 @@ import click
 
 @click.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="address to listen on")
-@click.option("--port", default=3000, show_default=True, help="HTTP port (also /healthz)")
+@click.option("--port", default=3000, show_default=True, help="HTTP port (also /healthz, /readyz, /metrics)")
 @click.option("--synchronous", type=click.Choice(["normal", "full"]), default="full",
               show_default=True,
               help="SQLite commit mode of the task database in this process: full (fsync every "

@@ -1,6 +1,6 @@
 """What ``layerbot serve`` runs: the Slack app, the job runner and the Slack notifier in one
-event loop. HTTP mode (``POST /slack/events``, ``GET /healthz``) or, when
-``SLACK_APP_TOKEN`` is set, Socket Mode (plus the health endpoint).
+event loop. HTTP mode (``POST /slack/events``, ``GET /healthz``, ``/readyz``, ``/metrics``) or, when
+``SLACK_APP_TOKEN`` is set, Socket Mode (plus the health and metrics endpoints).
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +24,16 @@ from slack_bolt.middleware.authorization.async_single_team_authorization import 
     AsyncSingleTeamAuthorization,
 )
 from slack_sdk.errors import SlackApiError
-from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import metrics
 from bot.catalog import Catalog
+from bot.metrics.health import Readiness
+from bot.metrics.http import HealthRoutes
+from bot.metrics.loop_lag import LoopLagMonitor
+from bot.metrics.slack_calls import counted_client
 from bot.runner.job_runner import JobRunner
 from bot.runner.planner import Planner
+from bot.runner.planning import PublishPlan
 from bot.slack.access import GroupDirectory
 from bot.slack.app import build_app
 from bot.slack.edge import MAX_BODY, RUNNER_OPTIONS, GatedSocketModeHandler, HttpEdge, SlackGate
@@ -80,58 +84,6 @@ class SlackSettings:
         return self.app_token is not None
 
 
-class LoopLagMonitor:
-    """How late the event loop wakes up: sleeps ``interval`` and records the excess, and how
-    much of it the loop's thread spent runnable but without a CPU (the kernel's run delay,
-    /proc/thread-self/schedstat): that part is the machine's load, not the app's doing."""
-
-    def __init__(self, interval: float = 0.02, keep: float = 600.0) -> None:
-        self.interval = interval
-        self.keep = keep
-        #: (loop time, lag, run delay during the sleep), seconds
-        self.samples: deque[tuple[float, float, float]] = deque()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            before, delayed = loop.time(), _run_delay()
-            await asyncio.sleep(self.interval)
-            now = loop.time()
-            lag = max(0.0, now - before - self.interval)
-            self.samples.append((now, lag, min(lag, max(0.0, _run_delay() - delayed))))
-            while self.samples and self.samples[0][0] < now - self.keep:
-                self.samples.popleft()
-
-    def recent(self, window: float | None = None) -> list[float]:
-        """Lags (seconds) sampled over the last ``window`` seconds (default: all kept)."""
-        return [lag for _, lag, _ in self._window(window)]
-
-    def worst(self, window: float | None = None) -> float:
-        return max(self.recent(window), default=0.0)
-
-    def worst_own(self, window: float | None = None) -> float:
-        """The worst lag less the time the loop's thread waited for a CPU meanwhile."""
-        return max((lag - waited for _, lag, waited in self._window(window)), default=0.0)
-
-    def p99(self, window: float | None = None) -> float:
-        lags = sorted(self.recent(window))
-        return lags[int(len(lags) * 0.99)] if lags else 0.0
-
-    def _window(self, window: float | None) -> list[tuple[float, float, float]]:
-        since = asyncio.get_running_loop().time() - window if window else float("-inf")
-        return [sample for sample in self.samples if sample[0] >= since]
-
-
-def _run_delay() -> float:
-    """Seconds the calling thread has spent runnable but waiting for a CPU (0 where the
-    kernel does not say)."""
-    try:
-        with open("/proc/thread-self/schedstat", "rb") as fh:
-            return int(fh.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 class SlackService:
     """Everything ``serve`` runs, wired together; tests run it in-process."""
 
@@ -141,7 +93,8 @@ class SlackService:
                  command: str = "/publish") -> None:
         self.settings = settings
         self.store = store
-        self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
+        self.catalog = catalog
+        self.client = counted_client(token=settings.bot_token, base_url=settings.api_url)
         self.runner = JobRunner(store, catalog, poll_interval=runner_poll)
         self.planner = Planner(catalog, niceness=WORKER_NICENESS)
         turns = Turns()
@@ -156,11 +109,14 @@ class SlackService:
                              command=command)
         self.gate = SlackGate(self.db, self.client)
         self.edge = HttpEdge(self.app, self.gate, settings.signing_secret)
-        notifier_client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_url)
+        notifier_client = counted_client(token=settings.bot_token, base_url=settings.api_url)
         self.notifier = SlackNotifier(store, self.db, notifier_client,
                                       update_interval=update_interval,
                                       update_spacing=update_spacing)
         self.monitor = LoopLagMonitor()
+        #: /metrics and /readyz (ready once the tools are found, at start)
+        self.health = HealthRoutes(None)
+        self._unwatch: Callable[[], None] = lambda: None
         #: seconds between looks for approval cards that expired unanswered
         self.approval_sweep = 30.0
         self.stop = asyncio.Event()
@@ -175,6 +131,7 @@ class SlackService:
         if not self.settings.socket_mode:  # Socket Mode has no signing secret to check
             app.router.add_post("/slack/events", self.edge.handle)
         app.router.add_get("/healthz", self._healthz)
+        self.health.add_to(app, healthz=False)
         return app
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -200,6 +157,8 @@ class SlackService:
         Raises SettingsError if Slack rejects the bot token."""
         await self._check_token()
         await self.planner.start()
+        self.health.readiness = await Readiness.of(self.store, self.catalog, self._plan_one)
+        self._unwatch = metrics.watch(self.store, self.runner, self.catalog.runner.cache_dir)
         purged = await self.db.run(self.db.intents.purge)
         if purged:
             log.info("removed %d old confirmation intents", purged)
@@ -221,6 +180,10 @@ class SlackService:
             self._socket = GatedSocketModeHandler(self.app, self.settings.app_token, self.gate)
             await self._socket.connect_async()
         return self.port
+
+    async def _plan_one(self, name: str) -> PublishPlan:
+        [plan] = await self.planner.plans([name], check_cache=False)
+        return plan
 
     async def _expire_approvals(self, stop: asyncio.Event) -> None:
         """Every ``approval_sweep`` seconds, edit the approval cards that expired unanswered."""
@@ -271,6 +234,7 @@ class SlackService:
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self.planner.close()
         await self.responses.close()
+        self._unwatch()
         self.db.close()
 
 
@@ -305,7 +269,8 @@ async def serve_forever(service: SlackService, host: str, port: int) -> None:
         await service.close()
         raise
     mode = "Socket Mode" if service.settings.socket_mode else f"HTTP on {host}:{bound}"
-    click.echo(f"layerbot serve: {mode} (POST /slack/events, GET /healthz on port {bound}); "
+    click.echo(f"layerbot serve: {mode} (POST /slack/events; GET /healthz, /readyz, /metrics on port "
+               f"{bound}); "
                f"runner {service.runner.owner}, max {service.runner.max_parallel} tasks "
                f"compositing/uploading at once",
                err=True)

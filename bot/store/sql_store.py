@@ -193,6 +193,13 @@ class SqlStore(ABC):
                 f"SELECT * FROM task_events WHERE id > ? {where} ORDER BY id", [after, *args])
         return [Event.from_row(r) for r in rows]
 
+    def count_by_status(self) -> list[tuple[str, str, int]]:
+        """(status, platform, tasks) for every pair that has tasks: one GROUP BY, for /metrics."""
+        with self._lock:
+            rows = self._query("SELECT status, COALESCE(platform, '') AS platform, COUNT(*) AS n"
+                               " FROM tasks GROUP BY status, COALESCE(platform, '')")
+        return [(str(r["status"]), str(r["platform"]), int(r["n"])) for r in rows]
+
     def last_event_id(self) -> int:
         with self._lock:
             row = self._exec("SELECT COALESCE(MAX(id), 0) FROM task_events").fetchone()

@@ -51,20 +51,20 @@ async def test_healthz_reports_runner_and_loop_lag(make_slack: MakeSlack) -> Non
 def test_the_lag_a_busy_machine_caused_is_told_apart() -> None:
     """A CPU hog in another process delays the loop's thread; the kernel's run delay for it
     (/proc/thread-self/schedstat) is subtracted from the app's own worst lag."""
-    from bot.slack.service import _run_delay
+    from bot.metrics.loop_lag import run_delay
 
-    before = _run_delay()
+    before = run_delay()
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
             for _ in range(2 * (os.cpu_count() or 2))]
     try:
         deadline = time.monotonic() + 5
-        while _run_delay() == before and time.monotonic() < deadline:
+        while run_delay() == before and time.monotonic() < deadline:
             sum(range(100_000))  # stay runnable: only a runnable thread waits for a CPU
     finally:
         for hog in hogs:
             hog.kill()
             hog.wait()
-    assert _run_delay() > before
+    assert run_delay() > before
 
 
 async def test_secrets_never_reach_messages_or_the_database(make_slack: MakeSlack) -> None:

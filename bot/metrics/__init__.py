@@ -1,5 +1,5 @@
 """Metrics of a layerbot process, served as ``/metrics`` (Prometheus text format) by ``serve``
-and ``worker --metrics-port``; docs/metrics.md lists them.
+and ``worker --metrics-port``; docs/operations.md lists them.
 
 The code measures through the helpers here; prometheus-client is imported the first time one
 is called (bot.metrics.registry), so commands that measure nothing never load it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.process_collector import ProcessCollector
 
 from bot.metrics.collectors import LiveCollector
@@ -18,6 +18,11 @@ from bot.metrics.collectors import LiveCollector
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 #: serve answers Slack within 3 s; lags past 20 ms are what the benches flag
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+#: a ``*_created`` gauge beside every counter and histogram doubles the series for a value
+#: Prometheus itself does not use (it detects counter resets on its own)
+disable_created_metrics()
 
 
 class Metrics:

@@ -399,3 +399,24 @@ async def test_lease_calls_share_one_helper() -> None:
     other = _Lease(RuntimeError("boom"))
     with pytest.raises(RuntimeError, match="boom"):
         await _lease_call(session, other.HttpNfcLeaseComplete, "x")  # type: ignore[arg-type]
+
+
+def test_a_busy_or_cut_short_answer_is_worth_another_call() -> None:
+    """What a proxy or a restarting vCenter answers in place of SOAP (tests/faults finds them)."""
+    import http.client
+    from xml.parsers.expat import ExpatError
+
+    from adapters.vsphere.faults import translate
+
+    for status in ("503 Service Unavailable", "502 Bad Gateway", "429 Too Many Requests"):
+        busy = translate(http.client.HTTPException(status), "finding the placement")
+        assert busy.retryable, status
+        assert str(busy) == (f"vSphere: finding the placement failed: HTTP {status} "
+                             "(vCenter is busy or restarting)")
+    assert not translate(http.client.HTTPException("404 Not Found"), "x").retryable
+    cut = translate(ExpatError("no element found: line 1, column 120"), "reading the datastore")
+    assert cut.retryable and "cut short" in str(cut) and "no element found" in str(cut)
+    down = translate(Exception("vc.example:443 is down or is not a VIM server"), "connecting")
+    assert down.retryable
+    assert str(down) == ("vSphere: connecting failed: "
+                         "Exception: vc.example:443 is down or is not a VIM server")

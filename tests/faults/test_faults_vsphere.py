@@ -1,0 +1,142 @@
+"""vSphere through the fault proxy: vcsim's SOAP API and its NFC upload both behind a proxy that
+terminates TLS, at a 20 % fault rate. A publish either succeeds or fails with vSphere's message,
+and after the runner's cleanup vcsim holds no VM and no datastore file of the task; a vCenter
+whose certificate changes under a pinned CA is refused."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from adapters import config_model, create
+from adapters.base import AdapterError, publish
+from adapters.blocking import SessionPool
+from adapters.vsphere import Clients
+from tests.faults.figures import fault_run, record
+from tests.faults.proxy import FaultProxy, FaultSchedule
+from tests.vsphere.conftest import (
+    Recorder,
+    VcSim,
+    connector,
+    find_vms,
+    make_raw_disk,
+    vc_env,
+    vcsim,
+    vcsim_binary,
+    watching_stub,
+)
+
+__all__ = ["vc_env", "vcsim", "vcsim_binary"]  # the vcsim fixtures
+pytestmark = pytest.mark.timeout(120)
+SEEDS = tuple(range(1, 9))
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    return ctx
+
+
+def through(proxy: FaultProxy, sim: VcSim) -> Any:
+    """vcsim's SOAP answers with every URL of vcsim rewritten to the proxy (the NFC device URLs
+    of import leases)."""
+    here, there = f"{sim.host}:{sim.port}", proxy.url.removeprefix("https://")
+
+    def after(method: str, result: Any) -> Any:
+        if method == "RetrievePropertiesEx" and result is not None:
+            for item in result.objects:
+                for value in item.propSet:
+                    for device in getattr(value.val, "deviceUrl", None) or []:
+                        device.url = device.url.replace(here, there)
+        return result
+
+    return watching_stub(after)
+
+
+def adapter_through(proxy: FaultProxy, sim: VcSim, **overrides: Any) -> Any:
+    port = int(proxy.url.rpartition(":")[2])
+    cfg = config_model("vsphere").model_validate(connector(sim, host="127.0.0.1", port=port,
+                                                           **overrides))
+    # a pool of its own: a session of another test (another proxy) is never shared
+    return create(cfg, Clients(connect=through(proxy, sim), wait_seconds=1,
+                               sessions=SessionPool()))
+
+
+def leftovers(sim: VcSim, name: str) -> list[str]:
+    """The task's VMs and datastore files in vcsim (each datastore is a local folder there)."""
+    from pyVmomi import vim
+
+    found = [f"VM {vm._moId} {vm.name}" for vm in find_vms(sim, name)]
+    si = sim.si()
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.Datastore], True)
+    try:
+        roots = [Path(ds.info.url) for ds in view.view]
+    finally:
+        view.DestroyView()
+    for root in roots:
+        if root.is_dir():
+            found += [f"file {p}" for p in root.rglob(f"*{name}*")]
+    return found
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Path:
+    return make_raw_disk(tmp_path / "disk.img", size_mib=24)
+
+
+@pytest.fixture
+async def proxy_tls(ca: trustme.CA) -> AsyncIterator[ssl.SSLContext]:
+    yield server_tls(ca)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
+        vcsim: VcSim, vc_env: None, small_disk: Path, proxy_tls: ssl.SSLContext, seed: int) -> None:
+    name = f"faults-{seed}"
+    schedule = FaultSchedule(seed=seed, rate=0.2)
+    async with FaultProxy(vcsim.url.split("/sdk")[0], schedule, tls=proxy_tls) as proxy:
+        adapter = adapter_through(proxy, vcsim, insecure=True)
+        rec = Recorder()
+        error: str | None = None
+        try:
+            await publish(adapter, rec.context(small_disk, name))
+        except AdapterError as exc:
+            error = str(exc)
+        proxy.heal()
+        if error is not None:
+            assert error.startswith("vSphere: "), error
+            await rec.cleanup(adapter)  # what the runner does after a failure
+        await adapter.close()
+    orphans = [] if error is None else leftovers(vcsim, name)
+    record(fault_run("vsphere", seed, [proxy], error=error, orphans=orphans))
+    assert proxy.total_injected > 0
+    if error is None:
+        assert [vm.name for vm in find_vms(vcsim, name)] == [name]
+    assert orphans == [], f"seed {seed} ({error}) left {orphans}; faults {proxy.injections}"
+
+
+async def test_a_changed_certificate_is_refused_naming_it(
+        vcsim: VcSim, vc_env: None, small_disk: Path, ca: trustme.CA, tmp_path: Path) -> None:
+    pinned = tmp_path / "vcenter-ca.pem"
+    ca.cert_pem.write_to_path(str(pinned))
+    async with FaultProxy(vcsim.url.split("/sdk")[0], FaultSchedule(seed=1, rate=0.0),
+                          tls=server_tls(ca)) as proxy:
+        adapter = adapter_through(proxy, vcsim, insecure=False, ca_file=str(pinned))
+        rec = Recorder()
+        proxy.change_certificate(server_tls(trustme.CA()))
+        with pytest.raises(AdapterError) as refused:
+            await publish(adapter, rec.context(small_disk, "cert-change"))
+        await adapter.close()
+    assert "the server's TLS certificate is not trusted (unable to get local issuer certificate)" \
+        in str(refused.value)
+    assert proxy.forwarded == 0 and find_vms(vcsim, "cert-change") == []

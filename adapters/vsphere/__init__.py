@@ -77,7 +77,14 @@ from adapters.vsphere.session import (
     soap_stub,
     ssl_context,
 )
-from adapters.vsphere.upload import ImportLeaseLost, UploadRefused, complete, upload_disk, wait_ready
+from adapters.vsphere.upload import (
+    ImportLeaseLost,
+    UploadRefused,
+    complete,
+    lease_vm,
+    upload_disk,
+    wait_ready,
+)
 from adapters.vsphere.vm import destroy_vm, mark_as_template, remove_partial
 from adapters.vsphere.watch import wait_for_deploy, wait_power_cycle
 from compositor.sparse import data_extents
@@ -428,7 +435,12 @@ class Adapter:
     # ------------------------------------------------------------ cleanup
     async def remove(self, resource: Resource) -> list[str]:
         if isinstance(resource, VSphereImport):
-            return await remove_partial(self.session, resource.lease, resource.vm, resource.name)
+            vm = resource.vm
+            if vm is None and resource.lease:
+                # the answer that named the VM may have been lost (a dropped connection, a
+                # crash): the lease still knows it
+                vm = await lease_vm(self.session, resource.lease)
+            return await remove_partial(self.session, resource.lease, vm, resource.name)
         if isinstance(resource, VSphereVm):
             return await destroy_vm(self.session, resource.moref, resource.name)
         raise PlatformError(f"vSphere: cannot remove {resource.describe()}")

@@ -420,3 +420,54 @@ def test_a_busy_or_cut_short_answer_is_worth_another_call() -> None:
     assert down.retryable
     assert str(down) == ("vSphere: connecting failed: "
                          "Exception: vc.example:443 is down or is not a VIM server")
+
+
+async def test_an_import_whose_vm_was_never_learnt_is_removed_through_its_lease(
+        vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    """The answer naming the lease's VM is lost (here: vCenter refuses the read that would have
+    named it): the recorded lease alone leads cleanup to the VM."""
+    from pyVmomi import vim
+
+    refused: list[str] = []
+
+    def lose_the_ready_lease(method: str, result: Any) -> Any:
+        if method == "RetrievePropertiesEx" and result is not None and not refused:
+            for item in result.objects:
+                if any(v.name == "state" and v.val == "ready" for v in item.propSet) \
+                        and isinstance(item.obj, vim.HttpNfcLease):
+                    refused.append(item.obj._moId)
+                    raise vim.fault.InvalidState(msg="the lease cannot be read now")
+        return result
+
+    adapter = make_adapter(vcsim, Clients(connect=watching_stub(lose_the_ready_lease),
+                                          wait_seconds=1))
+    rec = Recorder()
+    with pytest.raises(PlatformError, match="the lease cannot be read now"):
+        await publish(adapter, rec.context(raw_disk, "vm-never-learnt"))
+    assert refused
+    assert find_vms(vcsim, "vm-never-learnt") == []
+    assert rec.latest(VSphereImport) is None
+    await adapter.close()
+
+
+async def test_a_busy_answer_while_waiting_for_the_lease_is_read_again(
+        vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    import http.client
+
+    from pyVmomi import vim
+
+    busy: list[str] = []
+
+    def busy_once(method: str, result: Any) -> Any:
+        if method == "RetrievePropertiesEx" and result is not None and not busy and any(
+                isinstance(item.obj, vim.HttpNfcLease) for item in result.objects):
+            busy.append(method)
+            raise http.client.HTTPException("503 Service Unavailable")
+        return result
+
+    adapter = make_adapter(vcsim, Clients(connect=watching_stub(busy_once), wait_seconds=1))
+    published = await publish(adapter, Recorder().context(raw_disk, "lease-read-again"))
+    assert busy
+    assert [vm._moId for vm in find_vms(vcsim, "lease-read-again")] == [
+        published.expect(VSpherePublished).moref]
+    await adapter.close()

@@ -64,7 +64,7 @@ from adapters.base import (
 )
 from adapters.blocking import SessionKey, SessionPool
 from adapters.resources import Lifetime, Resource, latest
-from adapters.retry import RetryPolicy, retrying
+from adapters.retry import DEFAULT, RetryPolicy, retrying
 from adapters.steps import Outcome, Step
 from adapters.vsphere.inventory import Placement, prop, props, resolve
 from adapters.vsphere.ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
@@ -243,6 +243,8 @@ class Clients:
     watch_retry: RetryPolicy = WATCH_RETRY
     #: How often an import starts over after a lost lease or a busy NFC endpoint (429/503).
     import_retry: RetryPolicy = IMPORT_RETRY
+    #: How reads (placement, lease state...) are retried after a busy or cut-short answer.
+    read_retry: RetryPolicy = DEFAULT
     #: Where sessions are shared (one per vCenter, user and password).
     sessions: SessionPool[VSphereSession] = SESSIONS
 
@@ -278,7 +280,7 @@ class Adapter:
         self._key = session_key(config, self.clients.connect)
         self.session = self.clients.sessions.acquire(self._key, lambda: VSphereSession(
             config.host, config.port, config.user_env, config.password_env, self.ssl,
-            connect=self.clients.connect))
+            connect=self.clients.connect, read_retry=self.clients.read_retry))
         self._closed = False
 
     def disk_format(self) -> DiskFormat:

@@ -16,6 +16,7 @@ import trustme
 from adapters import config_model, create
 from adapters.base import AdapterError, publish
 from adapters.blocking import SessionPool
+from adapters.retry import RetryPolicy
 from adapters.vsphere import Clients
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import FaultProxy, FaultSchedule
@@ -32,7 +33,8 @@ from tests.vsphere.conftest import (
 
 __all__ = ["vc_env", "vcsim", "vcsim_binary"]  # the vcsim fixtures
 pytestmark = pytest.mark.timeout(120)
-SEEDS = (1, 2, 3)
+SEEDS = (1, 2, 3, 4, 5, 6)
+QUICK = RetryPolicy(attempts=4, budget=30.0, first_delay=0.05, max_delay=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def adapter_through(proxy: FaultProxy, sim: VcSim, phase: ImportPhase | None = N
                                                            **overrides))
     # a pool of its own: a session of another test (another proxy) is never shared
     return create(cfg, Clients(connect=through(proxy, sim, phase), wait_seconds=1,
-                               sessions=SessionPool()))
+                               sessions=SessionPool(), read_retry=QUICK, import_retry=QUICK))
 
 
 def leftovers(sim: VcSim, name: str) -> list[str]:

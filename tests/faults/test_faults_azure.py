@@ -37,6 +37,8 @@ from tests.faults.figures import fault_run, record
 from tests.faults.proxy import FaultProxy, FaultSchedule
 
 __all__ = ["arm_tls"]
+#: connector types these runs publish to (tests/faults/test_fault_coverage.py)
+COVERS = ("azure", "azure-mcs")
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")]
 #: seeds whose schedule injects at least one fault in a publish (seed 5 injects none)

@@ -24,6 +24,8 @@ from tests.gcp.compute_fixtures import clients, compute, connector, context, obj
 from tests.gcp.conftest import BUCKET, Proxy, emulator, gcs
 
 __all__ = ["compute", "emulator", "gcs"]
+#: connector types these runs publish to (tests/faults/test_fault_coverage.py)
+COVERS = ("gcp",)
 pytestmark = pytest.mark.timeout(120)
 CHUNK = 256 * 1024
 QUICK = RetryPolicy(attempts=4, budget=30.0, first_delay=0.05, max_delay=0.2)

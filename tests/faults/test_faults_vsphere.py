@@ -32,6 +32,8 @@ from tests.vsphere.conftest import (
 )
 
 __all__ = ["vc_env", "vcsim", "vcsim_binary"]  # the vcsim fixtures
+#: connector types these runs publish to (tests/faults/test_fault_coverage.py)
+COVERS = ("vsphere",)
 pytestmark = pytest.mark.timeout(120)
 SEEDS = (1, 2, 3, 4, 5, 6)
 QUICK = RetryPolicy(attempts=4, budget=30.0, first_delay=0.05, max_delay=0.2)

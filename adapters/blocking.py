@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from adapters.base import AdapterError, PlatformError
-from adapters.retry import retrying
+from adapters.retry import DEFAULT, RetryPolicy, retrying
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -53,8 +53,10 @@ class SessionClosedError(AdapterError):
 class Session(ABC, Generic[C]):
     """One logged-in client of a blocking SDK; see the module docstring."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, read_retry: RetryPolicy = DEFAULT) -> None:
         self.endpoint = endpoint
+        #: how ``idempotent`` calls are retried after a retryable error
+        self.read_retry = read_retry
         self.logins = 0
         self._client: C | None = None
         self._lock = threading.Lock()
@@ -138,7 +140,8 @@ class Session(ABC, Generic[C]):
         """``fn(client)`` on a worker thread. ``idempotent`` calls (reads) are also retried
         after a timeout or a dropped connection; a call that creates something is not."""
         if idempotent:
-            return await retrying(lambda: asyncio.to_thread(self.call_sync, fn, doing), doing)
+            return await retrying(lambda: asyncio.to_thread(self.call_sync, fn, doing), doing,
+                                  self.read_retry)
         return await asyncio.to_thread(self.call_sync, fn, doing)
 
     def _refuse_if_closed(self) -> None:

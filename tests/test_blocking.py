@@ -197,3 +197,27 @@ async def test_close_logs_out_only_after_the_calls_under_way_have_returned() -> 
     order.append("logged out")
     assert await call == 1
     assert order == ["call returned", "logged out"] and sdk.logouts == [1]
+
+
+async def test_reads_follow_the_sessions_retry_policy() -> None:
+    from adapters.base import RetryableError
+    from adapters.retry import RetryPolicy
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    session = FakeSession(FakeSdk())
+    session.read_retry = RetryPolicy(attempts=3, first_delay=0.5, max_delay=0.5, sleep=sleep,
+                                     random=lambda: 1.0)
+    calls: list[int] = []
+
+    def busy(client: Client) -> int:
+        calls.append(client.token)
+        raise RetryableError("busy")
+
+    with pytest.raises(RetryableError, match="busy"):
+        await session.call(busy, "reading", idempotent=True)
+    assert len(calls) == 3 and slept == [0.5, 0.5]
+    await session.close()

@@ -4,6 +4,7 @@ signature or a token)."""
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Any
 
 from adapters.base import AdapterError, AuthError, NotFoundError, PlatformError, RetryableError
@@ -59,6 +60,20 @@ def _code_and_message(exc: Any) -> tuple[str | None, str]:
     return code, message
 
 
+def _certificate_problem(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc`` (azure-core and aiohttp wrap it)."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        # aiohttp's ClientConnectorCertificateError is one too, holding the real one
+        if isinstance(found, ssl.SSLCertVerificationError) and hasattr(found, "verify_message"):
+            return found
+        seen.add(id(found))
+        inner = getattr(found, "inner_exception", None) or getattr(found, "certificate_error", None)
+        found = inner or found.__cause__ or found.__context__
+    return None
+
+
 def adapter_error(exc: Exception, doing: str) -> AdapterError:
     """The adapter error for an azure-core/azure-identity exception raised while ``doing``."""
     from azure.core.exceptions import (
@@ -67,6 +82,12 @@ def adapter_error(exc: Exception, doing: str) -> AdapterError:
         ServiceResponseError,
     )
 
+    if (untrusted := _certificate_problem(exc)) is not None:
+        # not worth another try: the same certificate comes back
+        return AzurePlatformError(
+            f"Azure: {doing}: the server's TLS certificate is not trusted "
+            f"({untrusted.verify_message}): an intercepting proxy, or its CA is missing from "
+            "this host's trust store")
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return AzureRetryableError(f"Azure: {doing}: cannot reach Azure: {scrub(str(exc))}")
     code, message = _code_and_message(exc)

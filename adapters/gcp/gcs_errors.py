@@ -88,4 +88,9 @@ def translate(exc: BaseException, doing: str, secret: str | None = None) -> Adap
     if isinstance(exc, http.ConnectionError | http.Timeout):
         return RetryableError(mask(f"Google Cloud: {doing} failed: cannot reach the server: "
                                    f"{error_words(exc)}", secret))
+    if isinstance(exc, http.ChunkedEncodingError | http.ContentDecodingError):
+        # the answer was cut short (a dropped connection mid-body): a resumable upload asks what
+        # GCS persisted before it sends again
+        return RetryableError(mask(f"Google Cloud: {doing} failed: the answer was cut short: "
+                                   f"{error_words(exc)}", secret))
     return PlatformError(mask(f"Google Cloud: {doing} failed: {error_words(exc)}", secret))

@@ -64,7 +64,7 @@ from adapters.base import (
 )
 from adapters.blocking import SessionKey, SessionPool
 from adapters.resources import Lifetime, Resource, latest
-from adapters.retry import RetryPolicy, retrying
+from adapters.retry import DEFAULT, RetryPolicy, retrying
 from adapters.steps import Outcome, Step
 from adapters.vsphere.inventory import Placement, prop, props, resolve
 from adapters.vsphere.ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
@@ -77,7 +77,14 @@ from adapters.vsphere.session import (
     soap_stub,
     ssl_context,
 )
-from adapters.vsphere.upload import ImportLeaseLost, UploadRefused, complete, upload_disk, wait_ready
+from adapters.vsphere.upload import (
+    ImportLeaseLost,
+    UploadRefused,
+    complete,
+    lease_vm,
+    upload_disk,
+    wait_ready,
+)
 from adapters.vsphere.vm import destroy_vm, mark_as_template, remove_partial
 from adapters.vsphere.watch import wait_for_deploy, wait_power_cycle
 from compositor.sparse import data_extents
@@ -236,6 +243,8 @@ class Clients:
     watch_retry: RetryPolicy = WATCH_RETRY
     #: How often an import starts over after a lost lease or a busy NFC endpoint (429/503).
     import_retry: RetryPolicy = IMPORT_RETRY
+    #: How reads (placement, lease state...) are retried after a busy or cut-short answer.
+    read_retry: RetryPolicy = DEFAULT
     #: Where sessions are shared (one per vCenter, user and password).
     sessions: SessionPool[VSphereSession] = SESSIONS
 
@@ -271,7 +280,7 @@ class Adapter:
         self._key = session_key(config, self.clients.connect)
         self.session = self.clients.sessions.acquire(self._key, lambda: VSphereSession(
             config.host, config.port, config.user_env, config.password_env, self.ssl,
-            connect=self.clients.connect))
+            connect=self.clients.connect, read_retry=self.clients.read_retry))
         self._closed = False
 
     def disk_format(self) -> DiskFormat:
@@ -428,7 +437,12 @@ class Adapter:
     # ------------------------------------------------------------ cleanup
     async def remove(self, resource: Resource) -> list[str]:
         if isinstance(resource, VSphereImport):
-            return await remove_partial(self.session, resource.lease, resource.vm, resource.name)
+            vm = resource.vm
+            if vm is None and resource.lease:
+                # the answer that named the VM may have been lost (a dropped connection, a
+                # crash): the lease still knows it
+                vm = await lease_vm(self.session, resource.lease)
+            return await remove_partial(self.session, resource.lease, vm, resource.name)
         if isinstance(resource, VSphereVm):
             return await destroy_vm(self.session, resource.moref, resource.name)
         raise PlatformError(f"vSphere: cannot remove {resource.describe()}")

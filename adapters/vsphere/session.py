@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from adapters.base import AdapterError, secret_from_env
 from adapters.blocking import Session, SessionPool
+from adapters.retry import DEFAULT, RetryPolicy
 from adapters.vsphere.faults import fault_name, translate
 
 T = TypeVar("T")
@@ -70,8 +71,8 @@ class VSphereSession(Session[Any]):
 
     def __init__(self, host: str, port: int, user_env: str, password_env: str,
                  ssl_ctx: ssl.SSLContext, timeout: float = 120.0,
-                 connect: StubFactory = soap_stub) -> None:
-        super().__init__(host if port == 443 else f"{host}:{port}")
+                 connect: StubFactory = soap_stub, read_retry: RetryPolicy = DEFAULT) -> None:
+        super().__init__(host if port == 443 else f"{host}:{port}", read_retry)
         self.host = host
         self.port = port
         self.make_stub = connect

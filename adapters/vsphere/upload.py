@@ -69,7 +69,8 @@ async def wait_ready(session: VSphereSession, lease: Any, timeout: float = 600.0
     """Wait until the lease is ``ready``; raise with vCenter's message if it fails."""
     deadline = time.monotonic() + timeout
     while True:
-        values = await session.call(lambda si: lease_props(si, lease), "reading the import lease")
+        values = await session.call(lambda si: lease_props(si, lease), "reading the import lease",
+                                    idempotent=True)
         state = values.get("state")
         if state == "ready":
             info = values["info"]
@@ -124,6 +125,26 @@ async def abort(session: VSphereSession, lease: Any) -> bool:
             raise
 
     return await session.call(do_abort, "aborting the import")
+
+
+async def lease_vm(session: VSphereSession, lease_id: str) -> str | None:
+    """The moref of the VM lease ``lease_id`` imports into, once vCenter made it (None before,
+    or when the lease is gone)."""
+    def read(si: Any) -> str | None:
+        from pyVmomi import vim
+
+        try:
+            info = lease_props(si, vim.HttpNfcLease(lease_id, si._stub)).get("info")
+        except ImportLeaseLost:
+            return None
+        except Exception as exc:
+            if fault_name(exc) == "ManagedObjectNotFound":
+                return None
+            raise
+        entity = getattr(info, "entity", None)
+        return entity._moId if entity is not None else None
+
+    return await session.call(read, "reading the import lease", idempotent=True)
 
 
 class _Throttle:

@@ -320,3 +320,22 @@ def test_google_errors_map_to_adapter_errors(status: int, reason: str,
     assert "SECRET1" not in text
     if error is RetryableError:
         assert found.retry_after == 7.0
+
+
+def test_an_answer_cut_short_is_retryable_and_masks_the_session() -> None:
+    """What tests/faults' truncated and reset answers give requests: the upload asks GCS what it
+    holds and goes on, rather than failing the task."""
+    from http.client import IncompleteRead
+
+    from requests.exceptions import ChunkedEncodingError
+    from urllib3.exceptions import ProtocolError
+
+    from adapters.gcp.gcs_errors import MASK, translate
+
+    session = "https://storage.example/upload?upload_id=SESSION-ID"
+    cut = ChunkedEncodingError(ProtocolError(f"Connection broken reading {session}",
+                                             IncompleteRead(b"", 1)))
+    found = translate(cut, "uploading gs://b/o", secret=session)
+    assert found.retryable
+    assert str(found).startswith("Google Cloud: uploading gs://b/o failed: the answer was cut short")
+    assert "SESSION-ID" not in str(found) and MASK in str(found)

@@ -399,3 +399,75 @@ async def test_lease_calls_share_one_helper() -> None:
     other = _Lease(RuntimeError("boom"))
     with pytest.raises(RuntimeError, match="boom"):
         await _lease_call(session, other.HttpNfcLeaseComplete, "x")  # type: ignore[arg-type]
+
+
+def test_a_busy_or_cut_short_answer_is_worth_another_call() -> None:
+    """What a proxy or a restarting vCenter answers in place of SOAP (tests/faults finds them)."""
+    import http.client
+    from xml.parsers.expat import ExpatError
+
+    from adapters.vsphere.faults import translate
+
+    for status in ("503 Service Unavailable", "502 Bad Gateway", "429 Too Many Requests"):
+        busy = translate(http.client.HTTPException(status), "finding the placement")
+        assert busy.retryable, status
+        assert str(busy) == (f"vSphere: finding the placement failed: HTTP {status} "
+                             "(vCenter is busy or restarting)")
+    assert not translate(http.client.HTTPException("404 Not Found"), "x").retryable
+    cut = translate(ExpatError("no element found: line 1, column 120"), "reading the datastore")
+    assert cut.retryable and "cut short" in str(cut) and "no element found" in str(cut)
+    down = translate(Exception("vc.example:443 is down or is not a VIM server"), "connecting")
+    assert down.retryable
+    assert str(down) == ("vSphere: connecting failed: "
+                         "Exception: vc.example:443 is down or is not a VIM server")
+
+
+async def test_an_import_whose_vm_was_never_learnt_is_removed_through_its_lease(
+        vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    """The answer naming the lease's VM is lost (here: vCenter refuses the read that would have
+    named it): the recorded lease alone leads cleanup to the VM."""
+    from pyVmomi import vim
+
+    refused: list[str] = []
+
+    def lose_the_ready_lease(method: str, result: Any) -> Any:
+        if method == "RetrievePropertiesEx" and result is not None and not refused:
+            for item in result.objects:
+                if any(v.name == "state" and v.val == "ready" for v in item.propSet) \
+                        and isinstance(item.obj, vim.HttpNfcLease):
+                    refused.append(item.obj._moId)
+                    raise vim.fault.InvalidState(msg="the lease cannot be read now")
+        return result
+
+    adapter = make_adapter(vcsim, Clients(connect=watching_stub(lose_the_ready_lease),
+                                          wait_seconds=1))
+    rec = Recorder()
+    with pytest.raises(PlatformError, match="the lease cannot be read now"):
+        await publish(adapter, rec.context(raw_disk, "vm-never-learnt"))
+    assert refused
+    assert find_vms(vcsim, "vm-never-learnt") == []
+    assert rec.latest(VSphereImport) is None
+    await adapter.close()
+
+
+async def test_a_busy_answer_while_waiting_for_the_lease_is_read_again(
+        vcsim: VcSim, vc_env: None, raw_disk: Path) -> None:
+    import http.client
+
+    from pyVmomi import vim
+
+    busy: list[str] = []
+
+    def busy_once(method: str, result: Any) -> Any:
+        if method == "RetrievePropertiesEx" and result is not None and not busy and any(
+                isinstance(item.obj, vim.HttpNfcLease) for item in result.objects):
+            busy.append(method)
+            raise http.client.HTTPException("503 Service Unavailable")
+        return result
+
+    adapter = make_adapter(vcsim, Clients(connect=watching_stub(busy_once), wait_seconds=1))
+    published = await publish(adapter, Recorder().context(raw_disk, "lease-read-again"))
+    assert busy
+    assert [vm._moId for vm in find_vms(vcsim, "lease-read-again")] == [
+        published.expect(VSpherePublished).moref]
+    await adapter.close()

@@ -1,0 +1,47 @@
+"""What a fault run writes for bench/reliability.py: one JSON line per run, in
+``$LAYERBOT_RELIABILITY_OUT/faults.jsonl`` when that variable is set (nothing otherwise)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tests.faults.proxy import FaultProxy, counts_by_kind
+
+ENV_VAR = "LAYERBOT_RELIABILITY_OUT"
+FILE_NAME = "faults.jsonl"
+
+
+@dataclass
+class FaultRun:
+    platform: str
+    seed: int
+    #: "succeeded" or "failed cleanly"
+    outcome: str
+    injected: dict[str, int] = field(default_factory=dict)
+    retried: int = 0
+    forwarded: int = 0
+    #: what was left at the peer after the run and the runner's cleanup (must be empty)
+    orphans: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def fault_run(platform: str, seed: int, proxies: list[FaultProxy], *, error: str | None,
+              orphans: list[str]) -> FaultRun:
+    return FaultRun(platform=platform, seed=seed,
+                    outcome="succeeded" if error is None else "failed cleanly",
+                    injected=counts_by_kind(proxies), retried=sum(p.retried for p in proxies),
+                    forwarded=sum(p.forwarded for p in proxies), orphans=orphans,
+                    error=error or "")
+
+
+def record(run: FaultRun) -> None:
+    out = os.environ.get(ENV_VAR)
+    if not out:
+        return
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / FILE_NAME, "a", encoding="utf-8") as f:
+        f.write(json.dumps(asdict(run), sort_keys=True) + "\n")

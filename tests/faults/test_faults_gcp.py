@@ -1,0 +1,96 @@
+"""GCP through the fault proxy: one proxy in front of the Cloud Storage peer (the emulator behind
+tests/gcp's fixing proxy), another in front of the Compute double, both at a 20 % fault rate. A
+publish either succeeds or fails with GCP's message, and after the runner's cleanup the bucket
+holds no object and the double no image or instance of the task."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.base import AdapterError, clean_up, publish
+from adapters.gcp import Adapter
+from adapters.retry import RetryPolicy
+from adapters.steps import Outcome
+from tests.faults.figures import fault_run, record
+from tests.faults.proxy import FaultProxy, FaultSchedule
+from tests.gcp.compute_double import ComputeDouble
+from tests.gcp.compute_fixtures import clients, compute, connector, context, object_check
+from tests.gcp.conftest import BUCKET, Proxy, emulator, gcs
+
+__all__ = ["compute", "emulator", "gcs"]
+#: connector types these runs publish to (tests/faults/test_fault_coverage.py)
+COVERS = ("gcp",)
+pytestmark = pytest.mark.timeout(120)
+CHUNK = 256 * 1024
+QUICK = RetryPolicy(attempts=4, budget=30.0, first_delay=0.05, max_delay=0.2)
+SEEDS = tuple(range(1, 9))
+
+
+@dataclass
+class Peers:
+    compute: ComputeDouble
+    storage: FaultProxy
+    api: FaultProxy
+
+    @property
+    def proxies(self) -> list[FaultProxy]:
+        return [self.storage, self.api]
+
+
+@pytest.fixture
+async def peers(request: pytest.FixtureRequest, compute: ComputeDouble, gcs: Proxy
+                ) -> AsyncIterator[Peers]:
+    seed = request.node.callspec.params["seed"]
+    # stalls outlast the storage client's timeout (1 s, set below)
+    async with FaultProxy(gcs.url, FaultSchedule(seed=seed, rate=0.2), stall_seconds=2.0,
+                          client_max_size=8 << 20) as storage, \
+            FaultProxy(compute.url, FaultSchedule(seed=seed + 1000, rate=0.2)) as api:
+        compute.object_exists = object_check(gcs.url)  # the double's own check: no faults
+        yield Peers(compute, storage, api)
+
+
+def leftovers(peers: Peers, emulator: Any, name: str) -> list[str]:
+    """The bucket's objects (from the emulator's state, not through the proxies) and the
+    double's images and instances of the image ``name``."""
+    found, _ = emulator.storage.get_file_list(BUCKET)
+    return ([f"object {o['name']}" for o in found]
+            + [f"image {n}" for n in peers.compute.images if name in n]
+            + [f"instance {zone}/{n}" for zone, n in peers.compute.instances])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
+        peers: Peers, emulator: Any, tmp_path: Path, seed: int) -> None:
+    name = f"faults-gcp-{seed}"
+    artifact = tmp_path / "disk.tar.gz"
+    artifact.write_bytes(os.urandom(12 * CHUNK + 1000))
+    cfg = connector(peers.compute, peers.storage.url).model_copy(
+        update={"compute_endpoint": peers.api.url})
+    adapter = Adapter(cfg, clients(chunk_size=CHUNK, timeout=1.0, retry=QUICK))
+    ctx = context(name, artifact)
+    error: str | None = None
+    try:
+        try:
+            await publish(adapter, ctx)
+        except AdapterError as exc:
+            error = str(exc)
+        for proxy in peers.proxies:
+            proxy.heal()
+        if error is not None:
+            assert error.startswith(("gcp", "GCP", "Google")), error
+            await clean_up(adapter, ctx, Outcome.FAILED)  # what the runner does after a failure
+    finally:
+        await adapter.close()
+    orphans = leftovers(peers, emulator, name) if error is not None else []
+    record(fault_run("gcp", seed, peers.proxies, error=error, orphans=orphans))
+    assert sum(p.total_injected for p in peers.proxies) > 0
+    if error is None:
+        assert peers.compute.images[name]["status"] == "READY"
+    assert orphans == [], (f"seed {seed} ({error}) left {orphans}; faults "
+                           f"{[i for p in peers.proxies for i in p.injections]}")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import Field
 
-from adapters.base import AdapterError, PlatformError, ProgressFn, PublishContext
+from adapters.base import AdapterError, PlatformError, ProgressFn, PublishContext, RetryableError
 from adapters.gcp.gcs_errors import from_status, translate
 from adapters.resources import Lifetime, Resource, latest
 from adapters.retry import DEFAULT, RetryPolicy, retrying
@@ -248,7 +248,7 @@ class Storage:
         if response.status_code == 308:
             return _persisted(response.headers), None
         if response.status_code in (200, 201):
-            return upload.size, response.json()
+            return upload.size, _object_of(response, doing)
         raise from_status(response.status_code, response.content, response.headers, doing,
                           upload.session_url)
 
@@ -380,3 +380,16 @@ class _Progress:
             self.last = (now, fraction)
             await self.progress(fraction, f"uploading to Google Cloud Storage: "
                                           f"{held / MIB:.0f} of {self.size / MIB:.0f} MiB")
+
+
+def _object_of(response: Any, doing: str) -> Mapping[str, Any]:
+    """The object GCS describes in a final answer; a body cut short (the connection dropped
+    after GCS stored the last chunk) is retryable: the retry asks GCS what it holds."""
+    try:
+        found = response.json()
+    except ValueError:  # requests' JSONDecodeError
+        raise RetryableError(f"Google Cloud: {doing} failed: the answer was cut short "
+                             f"({len(response.content)} bytes of JSON)") from None
+    if not isinstance(found, Mapping):
+        raise PlatformError(f"Google Cloud: {doing}: the answer is not a JSON object")
+    return found

@@ -45,3 +45,15 @@ def test_the_cache_filling_up_mid_composite_fails_the_task_saying_which_folder(t
     assert error in shown_by_layerbot_task(tmp_path, task_id)
     assert temp_files(tmp_path / "cache-after", tmp_path / "work") == []
     assert not (tmp_path / "published").exists() or not any((tmp_path / "published").rglob("*.qcow2"))
+
+
+def test_a_cache_on_its_own_filesystem_publishes_to_a_folder_on_another(tmp_path: Path) -> None:
+    """Not a fault but the set-up of one: the cache on a filesystem of its own (here the 16 MiB
+    tmpfs the disk-full test fills) and the target folder on another."""
+    site(tmp_path)
+    run = with_small_cache(tmp_path, "16m", layerbot(tmp_path, "publish", "--yes", "desk"))
+    task_id, status, error = only_task(tmp_path)
+    assert (run.returncode, status, error) == (0, states.DONE, None), run.stdout
+    published = tmp_path / "published" / "desk" / f"{task_id}.qcow2"
+    assert published.read_bytes() == next((tmp_path / "cache-after" / "images").glob("*.qcow2")).read_bytes()
+    assert temp_files(tmp_path / "cache-after", tmp_path / "work") == []

@@ -1,12 +1,11 @@
-"""A layerbot installation for the resource-fault tests, and the ways they take a resource
-away from its runner without root: a size-limited filesystem in a user and mount namespace
-(``unshare --user --map-root-user --mount``: any user may mount a tmpfs there, and its ENOSPC
-is the kernel's, not a simulation) and an unprivileged user for permissions (root ignores
-file modes)."""
+"""A layerbot installation for the resource-fault tests, and how they take a resource away from
+its runner without root: mounts in a user and mount namespace of the runner's own (``unshare
+--user --map-root-user --mount``; any user may mount a tmpfs or a read-only bind mount there).
+A size-limited tmpfs gives the kernel's own ENOSPC, a read-only bind mount a folder nobody can
+write (file modes would not do: the tests may run as root, whom they do not stop)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tarfile
@@ -19,7 +18,6 @@ import pytest
 from compositor.sweep import BUILD_PREFIX, DIGEST_TEMP_PREFIX
 
 LAYERBOT = str(Path(sys.executable).parent / "layerbot")
-NOBODY = 65534
 
 
 def site(root: Path, *, fmt: str = "qcow2", lease_seconds: float = 3) -> Path:
@@ -52,29 +50,28 @@ def layerbot(root: Path, *args: str) -> list[str]:
     return [LAYERBOT, "--config", str(root / "layerbot.yml"), "--db", str(root / "layerbot.db"), *args]
 
 
-def with_small_cache(root: Path, size: str, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    """Run argv with ``root/cache`` a tmpfs of ``size`` (mount's notation, e.g. 1m); what the
-    run left in it is copied to ``root/cache-after`` (the tmpfs ends with the namespace)."""
-    script = ('mount -t tmpfs -o size="$1" layerbot-cache "$2/cache" || exit 99; shift 2; "$@"; rc=$?; '
-              'cp -a "$0/cache" "$0/cache-after"; exit $rc')
+def in_namespace(root: Path, mounts: str, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run argv after the shell commands ``mounts`` (``$R`` is ``root``), in a user and mount
+    namespace of its own; what the run left in ``root/cache`` is copied to ``root/cache-after``
+    (a tmpfs there ends with the namespace)."""
+    script = (f'R="$0"; {{ {mounts}; }} || exit 99; "$@"; rc=$?; cp -a "$R/cache" "$R/cache-after"; exit $rc')
     done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script,
-                           str(root), size, str(root), *argv],
-                          capture_output=True, text=True, timeout=120)
+                           str(root), *argv], capture_output=True, text=True, timeout=120)
     if done.returncode == 99:
-        pytest.fail(f"cannot mount a tmpfs in a user namespace here: {done.stderr}", pytrace=False)
+        pytest.fail(f"cannot mount in a user namespace here: {done.stderr}", pytrace=False)
     return done
 
 
-def as_nobody(root: Path, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    """Run argv as an unprivileged user owning ``root`` (when the tests run as root, whom file
-    modes do not stop); ``root`` must be reachable by that user."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        for path in (root, *root.rglob("*")):
-            os.lchown(path, NOBODY, NOBODY)
-        prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
-    return subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HOME": str(root)})
+def with_small_cache(root: Path, size: str, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """argv with ``root/cache`` a tmpfs of ``size`` (mount's notation, e.g. 1m)."""
+    return in_namespace(root, f'mount -t tmpfs -o size={size} layerbot-cache "$R/cache"', argv)
+
+
+def with_read_only(root: Path, folder: str, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """argv with ``root/folder`` read-only (a read-only bind mount of it on itself: file modes
+    would not stop root, and the tests may run as root)."""
+    return in_namespace(root, f'mount --bind "$R/{folder}" "$R/{folder}" && '
+                              f'mount -o remount,bind,ro "$R/{folder}"', argv)
 
 
 def temp_files(cache: Path, work: Path) -> list[Path]:

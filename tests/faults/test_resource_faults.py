@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from bot.cli.commands import main
 from bot.store import states
 from bot.store.task_store import TaskStore
-from tests.faults.sites import layerbot, site, temp_files, with_small_cache
+from tests.faults.sites import layerbot, site, temp_files, with_read_only, with_small_cache
 
 
 def only_task(root: Path) -> tuple[str, str, str | None]:
@@ -56,4 +56,17 @@ def test_a_cache_on_its_own_filesystem_publishes_to_a_folder_on_another(tmp_path
     assert (run.returncode, status, error) == (0, states.DONE, None), run.stdout
     published = tmp_path / "published" / "desk" / f"{task_id}.qcow2"
     assert published.read_bytes() == next((tmp_path / "cache-after" / "images").glob("*.qcow2")).read_bytes()
+    assert temp_files(tmp_path / "cache-after", tmp_path / "work") == []
+
+
+def test_an_unwritable_work_dir_fails_the_task_naming_it(tmp_path: Path) -> None:
+    site(tmp_path)
+    run = with_read_only(tmp_path, "work", layerbot(tmp_path, "publish", "--yes", "desk"))
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    task_id, status, error = only_task(tmp_path)
+    assert (status, error) == (states.FAILED, (
+        f"cannot create a build folder in the work dir {tmp_path / 'work'}: Read-only file system; make it "
+        "writable by the user layerbot runs as, or set runner.work_dir in the catalog"))
+    assert error in shown_by_layerbot_task(tmp_path, task_id)
+    assert "Traceback" not in run.stderr
     assert temp_files(tmp_path / "cache-after", tmp_path / "work") == []

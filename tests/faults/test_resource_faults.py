@@ -5,14 +5,23 @@ state, and leaves no temp files."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+from bot.catalog import load_catalog
 from bot.cli.commands import main
+from bot.runner.planning import enqueue, plan
 from bot.store import states
-from bot.store.task_store import TaskStore
+from bot.store.model import StoreError
+from bot.store.states import EventKind
+from bot.store.task_store import BUSY_SECONDS_ENV, TaskStore
 from tests.faults.sites import layerbot, site, temp_files, with_read_only, with_small_cache
+from tests.store.workers import start_worker, stop_workers, wait_finished
 
 
 def only_task(root: Path) -> tuple[str, str, str | None]:
@@ -70,3 +79,56 @@ def test_an_unwritable_work_dir_fails_the_task_naming_it(tmp_path: Path) -> None
     assert error in shown_by_layerbot_task(tmp_path, task_id)
     assert "Traceback" not in run.stderr
     assert temp_files(tmp_path / "cache-after", tmp_path / "work") == []
+
+
+def hold_write_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding a write transaction on the SQLite database for ``seconds``;
+    returns once it holds it."""
+    code = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(float(sys.argv[2])); "
+            "c.execute('ROLLBACK')")
+    locker = subprocess.Popen([sys.executable, "-c", code, str(db), str(seconds)], stdout=subprocess.PIPE,
+                              text=True)
+    assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
+    return locker
+
+
+def test_a_sqlite_database_locked_past_the_busy_timeout_mid_task_is_resumed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = site(tmp_path, lease_seconds=3)
+    monkeypatch.setenv(BUSY_SECONDS_ENV, "1")
+    db = tmp_path / "layerbot.db"
+    store = TaskStore(db)
+    try:
+        task = enqueue(store, plan(load_catalog(config), "desk", check_cache=False), requested_by="alice")[0]
+        worker = start_worker(config, str(db), tmp_path / "worker.log")
+        try:
+            deadline = time.monotonic() + 60
+            while store.get(task.id).status == states.QUEUED:
+                assert time.monotonic() < deadline and worker.poll() is None, worker.log.read_text()
+                time.sleep(0.01)
+            locker = hold_write_lock(db, 5)  # the busy timeout 5 times over, the lease too
+            locker.communicate(timeout=30)
+            assert locker.returncode == 0
+            wait_finished(store, [task.id], 60, [worker])
+        finally:
+            codes = stop_workers([worker])
+        log = worker.log.read_text()
+        assert codes == [0], log[-3000:]
+        assert "database is locked" in log, log[-3000:]  # the fault did hit the task
+        assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+        assert store.get(task.id).status == states.DONE, store.get(task.id)
+        kinds = [e.kind for e in store.events(task.id)]
+        assert EventKind.RESUMED in kinds and kinds.count(EventKind.DONE) == 1, kinds
+        assert temp_files(tmp_path / "cache", tmp_path / "work") == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("setting", ["soon", "0", "-1"])
+def test_a_bad_busy_timeout_setting_is_refused_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    monkeypatch.setenv(BUSY_SECONDS_ENV, setting)
+    with pytest.raises(StoreError) as refused:
+        TaskStore(tmp_path / "layerbot.db")
+    assert str(refused.value) == f"{BUSY_SECONDS_ENV}={setting!r}: a number of seconds, more than 0"

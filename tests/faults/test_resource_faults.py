@@ -132,3 +132,43 @@ def test_a_bad_busy_timeout_setting_is_refused_naming_it(
     with pytest.raises(StoreError) as refused:
         TaskStore(tmp_path / "layerbot.db")
     assert str(refused.value) == f"{BUSY_SECONDS_ENV}={setting!r}: a number of seconds, more than 0"
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.parametrize("jump", ["+1h", "-1h"])
+def test_a_task_left_by_a_dead_runner_is_resumed_after_the_clock_jumps_an_hour(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jump: str) -> None:
+    """A runner dies holding a task's lease; the machine's clock then steps an hour (NTP):
+    the next runner (libfaketime: its wall clock, not its monotonic one, as a clock step)
+    resumes the task within seconds, never an hour later."""
+    assert LIBFAKETIME.exists(), "libfaketime is missing: apt-get install faketime"
+    config = site(tmp_path, lease_seconds=3)
+    db = tmp_path / "layerbot.db"
+    store = TaskStore(db)
+    try:
+        task = enqueue(store, plan(load_catalog(config), "desk", check_cache=False), requested_by="alice")[0]
+        first = start_worker(config, str(db), tmp_path / "first.log")
+        deadline = time.monotonic() + 60
+        while store.get(task.id).status == states.QUEUED:
+            assert time.monotonic() < deadline and first.poll() is None, first.log.read_text()
+            time.sleep(0.01)
+        first.kill()
+        first.wait()
+        assert store.get(task.id).lease_owner is not None
+        monkeypatch.setenv("LD_PRELOAD", str(LIBFAKETIME))
+        monkeypatch.setenv("FAKETIME", jump)
+        monkeypatch.setenv("DONT_FAKE_MONOTONIC", "1")
+        second = start_worker(config, str(db), tmp_path / "second.log")
+        try:
+            wait_finished(store, [task.id], 30, [second])
+        finally:
+            codes = stop_workers([second])
+        assert codes == [0], second.log.read_text()[-3000:]
+        kinds = [e.kind for e in store.events(task.id)]
+        assert store.get(task.id).status == states.DONE and kinds.count(EventKind.DONE) == 1, kinds
+        assert EventKind.RESUMED in kinds, kinds
+        assert temp_files(tmp_path / "cache", tmp_path / "work") == []
+    finally:
+        store.close()

@@ -172,3 +172,41 @@ def test_a_task_left_by_a_dead_runner_is_resumed_after_the_clock_jumps_an_hour(
         assert temp_files(tmp_path / "cache", tmp_path / "work") == []
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("jump", ["+1h", "-1h"])
+def test_a_runner_whose_clock_jumps_an_hour_mid_task_finishes_it_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jump: str) -> None:
+    """The runner's wall clock steps an hour while it composites (libfaketime re-reading its
+    offset from a file): its lease, renewed on that clock, still holds, and the task is done
+    once by it, not left or resumed."""
+    config = site(tmp_path, lease_seconds=3)
+    db = tmp_path / "layerbot.db"
+    offset = tmp_path / "clock-offset"
+    offset.write_text("+0\n")
+    store = TaskStore(db)
+    try:
+        task = enqueue(store, plan(load_catalog(config), "desk", check_cache=False), requested_by="alice")[0]
+        monkeypatch.setenv("LD_PRELOAD", str(LIBFAKETIME))
+        monkeypatch.setenv("FAKETIME_TIMESTAMP_FILE", str(offset))
+        monkeypatch.setenv("FAKETIME_NO_CACHE", "1")
+        monkeypatch.setenv("DONT_FAKE_MONOTONIC", "1")
+        worker = start_worker(config, str(db), tmp_path / "worker.log")
+        try:
+            deadline = time.monotonic() + 60
+            while store.get(task.id).status == states.QUEUED:
+                assert time.monotonic() < deadline and worker.poll() is None, worker.log.read_text()
+                time.sleep(0.01)
+            offset.write_text(f"{jump}\n")
+            wait_finished(store, [task.id], 30, [worker])
+        finally:
+            codes = stop_workers([worker])
+        assert codes == [0], worker.log.read_text()[-3000:]
+        kinds = [e.kind for e in store.events(task.id)]
+        assert store.get(task.id).status == states.DONE and kinds.count(EventKind.DONE) == 1, kinds
+        assert EventKind.RESUMED not in kinds, kinds
+        [done] = [e for e in store.events(task.id) if e.kind == EventKind.DONE]
+        assert abs(done.at - task.created_at) > 3000  # the runner's clock did jump mid-task
+        assert temp_files(tmp_path / "cache", tmp_path / "work") == []
+    finally:
+        store.close()

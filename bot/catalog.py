@@ -97,7 +97,9 @@ class RunnerSettings(BaseModel):
     cache_max_gib: float | None = Field(default=50.0, gt=0)
     #: ... and until the cache's file system has this much free (0: no such rule).
     cache_min_free_gib: float = Field(default=5.0, ge=0)
-    lease_seconds: float = Field(default=30.0, gt=1)
+    #: at most bot.store.sql_store.MAX_LEASE_SECONDS: a lease ending later is taken for a clock
+    #: that stepped back, and expired
+    lease_seconds: float = Field(default=30.0, gt=1, le=600)
     #: A task whose runner died this many times (crash loop) fails instead of being resumed.
     max_attempts: int = Field(default=8, ge=1)
     #: Seconds to wait for the guest to run its scripts and power off.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import tool_runner
-from .errors import CompositorError, ToolFailedError
+from .errors import CompositorError, HostSpaceError, ToolFailedError
 from .format_identity import pin_identity
 from .identity import CONVERTED_TIME, KeyIdentity
 from .sparse import punch_zero_blocks
@@ -66,7 +66,7 @@ async def convert(raw: Path, fmt: str, out: Path, on_fraction: Fraction, ids: Ke
     argv: list[str | Path] = [tool_path("qemu-img"), "convert", "-p", "-f", "raw", "-O", qemu_fmt]
     if options:
         argv += ["-o", options]
-    await tool_runner.run([*argv, raw, out], on_output=on_line)
+    await _qemu_convert([*argv, raw, out], out, fmt, on_line)
     await asyncio.to_thread(pin_identity, fmt, out, ids)
     if fmt in _CHECKABLE:
         await _check_qemu(out, qemu_fmt, fmt)
@@ -91,10 +91,20 @@ async def reformat(source: Path, source_fmt: str, fmt: str, out: Path, on_fracti
     argv: list[str | Path] = [tool_path("qemu-img"), "convert", "-p", "-f", src_qemu, "-O", qemu_fmt]
     if options:
         argv += ["-o", options]
-    await tool_runner.run([*argv, source, out], on_output=on_line)
+    await _qemu_convert([*argv, source, out], out, fmt, on_line)
     if fmt in _CHECKABLE:
         await _check_qemu(out, qemu_fmt, fmt)
     return await _verify_qemu(out, qemu_fmt, size, fmt)
+
+
+async def _qemu_convert(argv: list[str | Path], out: Path, fmt: str, on_line: Callable[[str], None]) -> None:
+    """qemu-img convert; ENOSPC is the folder of ``out`` being full (qemu-img names no file)."""
+    try:
+        await tool_runner.run(argv, on_output=on_line)
+    except ToolFailedError as exc:
+        if "No space left on device" in exc.stderr:
+            raise HostSpaceError(out.parent, f"converting the disk to {fmt}") from exc
+        raise
 
 
 async def _check_qemu(out: Path, qemu_fmt: str, fmt: str) -> None:

@@ -23,6 +23,7 @@ when the layers unpack to more than was reserved, and the build starts again in 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import tempfile
@@ -33,6 +34,7 @@ from pathlib import Path
 import zstandard
 
 from .budget import entry_cost
+from .errors import CompositorError, HostSpaceError
 from .spec import LayerSource
 from .sweep import BUILD_PREFIX, RESERVE_PREFIX, owner_prefix, reserved_by_live_builds, sweep_ram_root
 
@@ -101,7 +103,8 @@ def choose(work_dir: Path, layers: Sequence[LayerSource], disk_bytes: int, *,
     """A fresh work folder: in RAM when ``copies`` times what the layers unpack to fits (see
     the module doc), else in work_dir. Anything that goes wrong on the way to RAM (a layer that
     cannot be read, a tmpfs out of inodes) means work_dir: the build then says what it is."""
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with _work_dir_errors(Path(work_dir)):
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
     root = ram_root(ram_dir) if use_ram else None
     if root is not None:
         reservation: Path | None = None
@@ -114,7 +117,21 @@ def choose(work_dir: Path, layers: Sequence[LayerSource], disk_bytes: int, *,
         except OSError:
             if reservation is not None:
                 reservation.unlink(missing_ok=True)
-    return Scratch(Path(tempfile.mkdtemp(prefix=owner_prefix(BUILD_PREFIX), dir=work_dir)))
+    with _work_dir_errors(Path(work_dir)):
+        return Scratch(Path(tempfile.mkdtemp(prefix=owner_prefix(BUILD_PREFIX), dir=work_dir)))
+
+
+@contextlib.contextmanager
+def _work_dir_errors(work_dir: Path) -> Iterator[None]:
+    """An OSError making the work dir or a folder in it is a CompositorError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise HostSpaceError(work_dir, "creating a build folder") from exc
+        raise CompositorError(
+            f"cannot create a build folder in the work dir {work_dir}: {exc.strerror}; make it "
+            "writable by the user layerbot runs as, or set runner.work_dir in the catalog") from exc
 
 
 def unpacked_bound(layers: Sequence[LayerSource], cap: int) -> int:

@@ -282,3 +282,8 @@ def test_runner_tags_are_validated_at_load(write_catalog: Callable[[str], Path])
                for p in found), found
     found = problems(tagged("[a, a]"))
     assert any("connectors.folder.runner_tags" in p and "'a' is named twice" in p for p in found), found
+
+
+def test_a_lease_longer_than_any_the_store_keeps_is_refused(write_catalog: Callable[[str], Path]) -> None:
+    found = problems(write_catalog(BASIC_CATALOG.replace("lease_seconds: 3", "lease_seconds: 3600")))
+    assert len(found) == 1 and "runner.lease_seconds" in found[0] and "600" in found[0], found

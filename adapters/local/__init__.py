@@ -340,7 +340,7 @@ def _copy(src: Path, locked: _LockedPartial, dest: Path, offset: int,
             while pos < end:
                 if stop.is_set():
                     raise _Stopped
-                n = os.copy_file_range(fin.fileno(), fd, min(_CHUNK, end - pos), pos, pos)
+                n = _copy_range(fin.fileno(), fd, min(_CHUNK, end - pos), pos)
                 if n == 0:
                     raise OSError(errno.EIO, f"unexpected end of {src}")
                 pos += n
@@ -348,3 +348,19 @@ def _copy(src: Path, locked: _LockedPartial, dest: Path, offset: int,
                 report(done / total)
     os.ftruncate(fd, size)
     os.fsync(fd)  # the data is on disk before a name makes it the published image
+
+
+#: copy_file_range refuses these where the kernel or the filesystems cannot copy between the
+#: two files: across filesystems (EXDEV, e.g. a cache on local disk and the folder on NFS)
+_NO_COPY_RANGE = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
+
+
+def _copy_range(src: int, dst: int, count: int, pos: int) -> int:
+    """Copy up to ``count`` bytes at ``pos`` of src to the same offset of dst; the bytes copied."""
+    try:
+        return os.copy_file_range(src, dst, count, pos, pos)
+    except OSError as exc:
+        if exc.errno not in _NO_COPY_RANGE:
+            raise
+    os.lseek(dst, pos, os.SEEK_SET)
+    return os.sendfile(dst, src, pos, count)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import sqlite_utils
 
+from bot.store.model import StoreError
+
 if TYPE_CHECKING:
     from bot.store.sql_store import SqlStore
 
@@ -32,8 +34,9 @@ class Migration:
     postgres: tuple[str, ...] = ()
 
 
-class SchemaTooNew(RuntimeError):
-    """The database was written by a newer layerbot."""
+class SchemaTooNew(StoreError):
+    """The database was written by a newer layerbot (a StoreError: every command that opens the
+    database refuses it with this message)."""
 
 
 def _tasks_events_audit(db: sqlite_utils.Database) -> None:

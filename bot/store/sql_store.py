@@ -20,6 +20,10 @@ from bot.store.model import Event, LeaseLost, Task, TaskNotFound, new_task_id
 from bot.store.states import EventKind
 from bot.store.wakeups import CANCEL_NOTICE, EVENTS_CHANNEL, QUEUED_NOTICE, RELEASED_NOTICE, TASKS_CHANNEL
 
+#: the longest lease a runner takes (runner.lease_seconds is at most this)
+MAX_LEASE_SECONDS = 600
+_LEASE_SLACK_SECONDS = 60
+
 
 class SqlStore(ABC):
     location: str
@@ -238,13 +242,14 @@ class SqlStore(ABC):
             only_args = [*only_args, *args]
         active = ", ".join("?" * len(states.ACTIVE))
         with self.transaction():
+            expired, expired_args = _lease_expired(now, now_args)
             row = self._exec(
                 f"UPDATE tasks SET lease_owner = ?, lease_until = {now} + ?, attempts = attempts + 1,"
                 " lease_generation = lease_generation + 1"
-                f" WHERE id = (SELECT id FROM tasks WHERE status IN ({active}) AND lease_until < {now}"
-                f"{only} ORDER BY created_at, id LIMIT 1{self.claim_lock}) AND lease_until < {now}"
+                f" WHERE id = (SELECT id FROM tasks WHERE status IN ({active}) AND {expired}"
+                f"{only} ORDER BY created_at, id LIMIT 1{self.claim_lock}) AND {expired}"
                 " RETURNING id, attempts, status",
-                [owner, *now_args, lease_seconds, *states.ACTIVE, *now_args, *only_args, *now_args],
+                [owner, *now_args, lease_seconds, *states.ACTIVE, *expired_args, *only_args, *expired_args],
             ).fetchone()
             if row is None:
                 return None
@@ -351,8 +356,8 @@ class SqlStore(ABC):
             at = time.time()
             cur = self._exec(
                 "UPDATE tasks SET status = ?, finished_at = ?, updated_at = ?"
-                f" WHERE id = ? AND status = ? AND lease_until < {now}",
-                [states.CANCELLED, at, at, task_id, states.QUEUED, *now_args])
+                f" WHERE id = ? AND status = ? AND {_lease_expired(now, now_args)[0]}",
+                [states.CANCELLED, at, at, task_id, states.QUEUED, *_lease_expired(now, now_args)[1]])
             if cur.rowcount:
                 self._event(task_id, EventKind.CANCELLED, "Cancelled before it started", {"by": by})
         return self.get(task_id)
@@ -388,3 +393,11 @@ class SqlStore(ABC):
         with self._lock:
             return int(self._exec(sql, params).rowcount)
 
+
+def _lease_expired(now: str, now_args: list[Any]) -> tuple[str, list[Any]]:
+    """SQL for a lease that ran out, or that ends further ahead than any runner renews one
+    (MAX_LEASE_SECONDS): written before the clock of its runner's machine (SQLite) or of the
+    server stepped back, by NTP say. Without this, a runner that died just before the clock
+    went back an hour would keep its task for that hour."""
+    return (f"(lease_until < {now} OR lease_until > {now} + {MAX_LEASE_SECONDS + _LEASE_SLACK_SECONDS})",
+            [*now_args, *now_args])

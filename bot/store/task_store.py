@@ -28,7 +28,7 @@ from typing import Any
 import sqlite_utils
 
 from bot.store.migrations import Migration
-from bot.store.model import Event, LeaseLost, StoreError, Task, TaskNotFound, new_task_id
+from bot.store.model import Event, LeaseLost, StoreError, StoreUnavailable, Task, TaskNotFound, new_task_id
 from bot.store.sql_store import SqlStore
 
 __all__ = ["Event", "LeaseLost", "StoreError", "Task", "TaskNotFound", "TaskStore", "default_db_path",
@@ -40,6 +40,21 @@ def default_db_path(explicit: Path | None) -> Path:
         return explicit
     env = os.environ.get("LAYERBOT_DB")
     return Path(env) if env else Path("layerbot.db")
+
+
+#: how long a write waits for another process's write transaction (then StoreUnavailable)
+BUSY_SECONDS_ENV = "LAYERBOT_SQLITE_BUSY_SECONDS"
+
+
+def busy_seconds() -> float:
+    setting = os.environ.get(BUSY_SECONDS_ENV, "30")
+    try:
+        seconds = float(setting)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds < 86400:
+        raise StoreError(f"{BUSY_SECONDS_ENV}={setting!r}: a number of seconds, more than 0")
+    return seconds
 
 
 class TaskStore(SqlStore):
@@ -54,10 +69,11 @@ class TaskStore(SqlStore):
         super().__init__()
         self.path = Path(path) if str(path) != ":memory:" else path
         self.location = str(path)
+        self.busy_seconds = busy_seconds()
         conn = sqlite3.connect(
-            str(path), timeout=30, isolation_level=None, check_same_thread=False
+            str(path), timeout=self.busy_seconds, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_seconds * 1000)}")
         self.db = sqlite_utils.Database(conn)
         if str(path) != ":memory:":
             self.db.enable_wal()
@@ -65,9 +81,21 @@ class TaskStore(SqlStore):
             self._migrate()
 
     @contextmanager
+    def _locked_is_unavailable(self) -> Iterator[None]:
+        """Another process's write transaction outlasting the busy timeout is a passing outage
+        (StoreUnavailable: the runner leaves the task for later), not a crash."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise StoreUnavailable(f"the task database {self.location} is locked by another process "
+                                   f"(waited {self.busy_seconds:g} s): {exc}") from None
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.db.conn
-        with self._lock:
+        with self._lock, self._locked_is_unavailable():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -78,11 +106,13 @@ class TaskStore(SqlStore):
                 raise
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self.db.execute(sql, list(params))
+        with self._locked_is_unavailable():
+            return self.db.execute(sql, list(params))
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         # sqlite-utils 4.2 wraps each query in a named savepoint: the caller holds the lock
-        return list(self.db.query(sql, list(params)))
+        with self._locked_is_unavailable():
+            return list(self.db.query(sql, list(params)))
 
     def _now(self) -> tuple[str, list[Any]]:
         # one machine's runners share this clock

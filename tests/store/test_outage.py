@@ -10,10 +10,18 @@ import pytest
 
 from bot.catalog import load_catalog
 from bot.runner.planning import enqueue, plan
+from bot.store import states
 from bot.store.backends import open_store
 from bot.store.model import StoreUnavailable
 from tests.store.pg_cluster import PgCluster
-from tests.store.workers import done_once, machine, start_worker, stop_workers, wait_finished
+from tests.store.workers import (
+    done_once,
+    leftover_temp_files,
+    machine,
+    start_worker,
+    stop_workers,
+    wait_finished,
+)
 
 OUTAGE_SECONDS = 20
 
@@ -78,3 +86,33 @@ def test_a_session_ended_by_the_server_mid_transaction_is_retryable_and_opened_a
         assert store.list_tasks() == []  # opened again
     finally:
         store.close()
+
+
+def test_a_restart_mid_task_is_resumed_and_done_once(
+    pg_url: str, postgres: PgCluster, catalog_dir: Path, tmp_path: Path,
+) -> None:
+    """PostgreSQL restarted while a task composites (issue 18 part 3): the task is resumed
+    and done once, nothing left behind."""
+    published = tmp_path / "published"
+    config = machine(tmp_path / "m", catalog_dir / "layers", published, lease_seconds=3)
+    store = open_store(pg_url)
+    queued = enqueue(store, plan(load_catalog(config), "plain", check_cache=False), requested_by="alice")
+    task_id = queued[0].id
+    worker = start_worker(config, pg_url, tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + 60
+        while store.get(task_id).status == states.QUEUED:
+            assert time.monotonic() < deadline and worker.poll() is None, worker.log.read_text()[-3000:]
+            time.sleep(0.01)
+        assert store.get(task_id).status not in states.TERMINAL  # restarted mid-task
+        postgres.stop()
+        postgres.start()
+        wait_finished(store, [task_id], 120, [worker])
+    finally:
+        codes = stop_workers([worker])
+    log = worker.log.read_text()
+    assert codes == [0], log[-3000:]
+    assert "server closed the connection" in log and "Traceback" not in log, log[-3000:]
+    done_once(store, [task_id], published)
+    assert leftover_temp_files(tmp_path / "m") == []
+    store.close()

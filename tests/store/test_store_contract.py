@@ -298,3 +298,15 @@ def test_a_runner_claims_only_tasks_whose_tags_it_has_all_of(store: Store) -> No
     assert store.claim("east-win", 60, tags=["windows", "dc-east", "x"]).id == east_win
     retried = store.retry(east_win, "again", "alice", "retried", "east-win-2")
     assert retried.runner_tags == ["dc-east", "windows"]
+
+
+def test_a_lease_ending_further_ahead_than_any_runner_takes_one_is_expired(store: Store) -> None:
+    """Written before the clock stepped back an hour (NTP): its runner may be dead, and the task
+    must not wait that hour for another one (issue 18 part 3)."""
+    task, _ = new_task(store)
+    assert store.claim("a", 30) is not None
+    assert store.claim("b", 30) is None  # a lease of a normal length holds
+    store.execute("UPDATE tasks SET lease_until = lease_until + ?", [3600])  # type: ignore[attr-defined]
+    taken = store.claim("b", 30)
+    assert taken is not None and (taken.id, taken.lease_owner) == (task.id, "b")
+    assert store.claim("a", 30) is None  # and b's new lease holds

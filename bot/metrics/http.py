@@ -18,6 +18,12 @@ from bot.metrics.loop_lag import LoopLagMonitor
 from bot.store.interface import Store
 
 
+def ops_url(host: str, port: int, path: str = "/metrics") -> str:
+    """The URL of ``path`` on ``host:port``; an IPv6 address goes in brackets (RFC 3986)."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}{path}"
+
+
 class HealthRoutes:
     def __init__(self, readiness: Readiness | None) -> None:
         #: None until the process has found its tools (readyz says "starting" meanwhile)

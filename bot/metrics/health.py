@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.catalog import Catalog
+from bot.metrics.single_flight import SingleFlight
 from bot.store.interface import Store
 from compositor.tools import ToolStatus, find_tool, required_tools
 
@@ -56,6 +57,11 @@ class Readiness:
     catalog: Catalog | None
     #: found once at start (planning creates adapters); whether each is still there, per call
     tools: list[ToolStatus] = field(default_factory=list)
+    #: SELECT 1 on a thread of its own: a store that hangs holds no thread of the shared pool
+    _ping: SingleFlight[object] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._ping = SingleFlight(lambda: self.store.rows("SELECT 1"), "layerbot-readyz")
 
     @classmethod
     async def of(cls, store: Store, catalog: Catalog, plan_one: PlanOne | None = None) -> Readiness:
@@ -72,7 +78,7 @@ class Readiness:
 
     async def _store(self) -> str:
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.store.rows, "SELECT 1"), STORE_TIMEOUT)
+            await self._ping.wait(STORE_TIMEOUT)
         except TimeoutError:
             return f"the task database did not answer within {STORE_TIMEOUT:g} s"
         except Exception as exc:  # the store's errors name the database, never a password

@@ -15,6 +15,7 @@ from bot.catalog import Catalog
 from bot.metrics.collectors import RunnerLoad
 from bot.metrics.health import Readiness
 from bot.metrics.loop_lag import LoopLagMonitor
+from bot.metrics.single_flight import SingleFlight
 from bot.store.interface import Store
 
 
@@ -28,6 +29,8 @@ class HealthRoutes:
     def __init__(self, readiness: Readiness | None) -> None:
         #: None until the process has found its tools (readyz says "starting" meanwhile)
         self.readiness = readiness
+        #: concurrent scrapes share the one in flight, on a thread of its own
+        self._scrape = SingleFlight(metrics.exposition, "layerbot-scrape")
 
     def add_to(self, app: web.Application, *, healthz: bool = True) -> None:
         app.router.add_get("/metrics", self.metrics)
@@ -36,7 +39,7 @@ class HealthRoutes:
             app.router.add_get("/healthz", self.healthz)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body, content_type = await asyncio.to_thread(metrics.exposition)  # reads the store
+        body, content_type = await self._scrape.wait()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -37,6 +37,7 @@ def exposed(tmp_path: Path) -> set[str]:
     try:
         metrics.count_slack_call("chat.postMessage", "429")  # labelled series appear once used
         metrics.add_uploaded_bytes("Local folder", 1)
+        metrics.count_task_finished("Local folder", "failed")
         with metrics.timed_stage("compose", "Local folder"):
             pass
         text = metrics.exposition()[0].decode()

@@ -34,6 +34,9 @@ class Metrics:
         self.stage_seconds = Histogram(
             "layerbot_stage_duration_seconds", "How long a task's stage took in this process",
             ["stage", "platform", "outcome"], buckets=STAGE_BUCKETS, registry=reg)
+        self.tasks_finished = Counter(
+            "layerbot_tasks_finished", "Tasks this runner ended, by platform and final status",
+            ["platform", "status"], registry=reg)
         self.uploaded_bytes = Counter(
             "layerbot_upload_bytes", "Bytes of disk images uploaded, per platform",
             ["platform"], registry=reg)

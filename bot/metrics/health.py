@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.catalog import Catalog
 from bot.metrics.single_flight import SingleFlight
+from bot.store.backends import shown
 from bot.store.interface import Store
 from compositor.tools import ToolStatus, find_tool, required_tools
 
@@ -59,6 +60,8 @@ class Readiness:
     tools: list[ToolStatus] = field(default_factory=list)
     #: SELECT 1 on a thread of its own: a store that hangs holds no thread of the shared pool
     _ping: SingleFlight[object] = field(init=False, repr=False)
+    #: the last detail logged per failed check
+    _logged: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._ping = SingleFlight(lambda: self.store.rows("SELECT 1"), "layerbot-readyz")
@@ -68,24 +71,41 @@ class Readiness:
         return cls(store, catalog, await tools_for(catalog, plan_one or planned_here(catalog)))
 
     async def check(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, what was checked): each check is "ok" or says what is wrong."""
+        """(ready, what was checked): each check is "ok" or a short code; the body is served on
+        serve's public port, so the details (the database's location, the install command) go
+        to the log, never into it."""
         checks: dict[str, Any] = {"store": await self._store(), "catalog": self._catalog()}
         missing = [t for t in self.tools if find_tool(t.name) is None]
-        checks["tools"] = "ok" if not missing else {
-            "missing": [t.name for t in missing],
-            "install": "sudo apt-get install -y " + " ".join(sorted({t.package for t in missing}))}
+        checks["tools"] = "ok" if not missing else {"missing": [t.name for t in missing]}
+        if missing:
+            self._log_once("tools", "readiness: tools missing: %s (sudo apt-get install -y %s)",
+                           ", ".join(t.name for t in missing), " ".join(sorted({t.package for t in missing})))
+        else:
+            self._logged.pop("tools", None)
         return all(v == "ok" for v in checks.values()), checks
 
     async def _store(self) -> str:
         try:
             await self._ping.wait(STORE_TIMEOUT)
         except TimeoutError:
-            return f"the task database did not answer within {STORE_TIMEOUT:g} s"
+            self._log_once("store", "readiness: the task database %s did not answer within %g s",
+                           shown(self.store.location), STORE_TIMEOUT)
+            return "timeout"
         except Exception as exc:  # the store's errors name the database, never a password
-            return f"the task database is unreachable: {exc}"
+            self._log_once("store", "readiness: the task database %s is unreachable: %s",
+                           shown(self.store.location), exc)
+            return "unreachable"
+        self._logged.pop("store", None)
         return "ok"
 
     def _catalog(self) -> str:
         if self.catalog is None or not self.catalog.templates:
-            return "no catalog loaded"
+            return "not_loaded"
         return "ok"
+
+    def _log_once(self, check: str, message: str, *args: object) -> None:
+        """Log a failed check when what it says changes: a load balancer asks every few seconds."""
+        said = message % args
+        if self._logged.get(check) != said:
+            self._logged[check] = said
+            log.warning("%s", said)

@@ -20,6 +20,7 @@ class IdleRunner:
     busy: int = 0
     waiting: int = 0
     max_parallel: int = 2
+    tags: frozenset[str] = frozenset()
 
 
 def documented() -> set[str]:

@@ -31,6 +31,8 @@ class RunnerLoad(Protocol):
     @property
     def waiting(self) -> int: ...
     max_parallel: int
+    #: the runner tags it claims tasks of (readiness checks the tools of those templates only)
+    tags: frozenset[str]
 
 
 @dataclass(frozen=True, eq=False)

@@ -83,7 +83,7 @@ async def ops_endpoints(store: Store, catalog: Catalog, runner: RunnerLoad, host
     """``/metrics``, ``/healthz`` and ``/readyz`` of a process without Slack (``layerbot worker``),
     with its event-loop lag measured, while the block runs; yields the port listened on.
     Raises OSError when it cannot listen there."""
-    routes = HealthRoutes(await Readiness.of(store, catalog))
+    routes = HealthRoutes(Readiness.of(store, catalog, runner.tags))
     server = OpsServer(routes)
     await server.start(host, port)
     assert server.port is not None

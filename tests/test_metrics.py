@@ -32,6 +32,7 @@ async def test_serve_metrics_after_a_publish(make_slack: MakeSlack, catalog_dir:
     samples = await scrape(port)
     assert_task_counts_match(samples, slack.store)
     assert value(samples, "layerbot_tasks", status="done", platform=PLATFORM) == 1
+    assert value(samples, "layerbot_tasks_finished_total", status="done", platform=PLATFORM) == 1
     for stage in ("compose", "upload"):
         assert value(samples, "layerbot_stage_duration_seconds_count",
                      stage=stage, platform=PLATFORM, outcome="ok") == 1
@@ -59,6 +60,7 @@ async def test_serve_metrics_after_a_publish(make_slack: MakeSlack, catalog_dir:
     samples = await scrape(port)
     assert_task_counts_match(samples, slack.store)
     assert value(samples, "layerbot_tasks", status="done", platform=PLATFORM) == 2
+    assert value(samples, "layerbot_tasks_finished_total", status="done", platform=PLATFORM) == 2
     assert value(samples, "layerbot_cache_lookups_total", result="hit") == 1
 
     async with aiohttp.ClientSession() as session, \

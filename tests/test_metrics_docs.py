@@ -20,6 +20,7 @@ class IdleRunner:
     busy: int = 0
     waiting: int = 0
     max_parallel: int = 2
+    tags: frozenset[str] = frozenset()
 
 
 def documented() -> set[str]:
@@ -37,6 +38,7 @@ def exposed(tmp_path: Path) -> set[str]:
     try:
         metrics.count_slack_call("chat.postMessage", "429")  # labelled series appear once used
         metrics.add_uploaded_bytes("Local folder", 1)
+        metrics.count_task_finished("Local folder", "failed")
         with metrics.timed_stage("compose", "Local folder"):
             pass
         text = metrics.exposition()[0].decode()

@@ -77,6 +77,7 @@ async def test_a_busy_slot_and_the_bytes_of_an_upload_in_progress(
         assert value(samples, "layerbot_stage_duration_seconds_count",
                      stage="compose", platform=PLATFORM, outcome="ok") == 1
         assert value(samples, "layerbot_runner_slots_busy") == 0
+        assert value(samples, "layerbot_tasks_finished_total", status="cancelled", platform=PLATFORM) == 1
         assert_task_counts_match(samples, store)
 
     await run_with_metrics(store, catalog, body)

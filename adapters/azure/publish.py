@@ -48,8 +48,13 @@ class AzureAdapterBase:
         #: what each upload of this adapter sent
         self.uploads: list[pages.UploadStats] = []
 
-    def disk_format(self) -> DiskFormat:
+    @classmethod
+    def format_for(cls, config: object) -> DiskFormat:
+        """The format from the connector's configuration alone (readiness: no adapter made)."""
         return "vhd"
+
+    def disk_format(self) -> DiskFormat:
+        return self.format_for(self.config)
 
     def upload_step(self) -> PlatformStep:
         return PlatformStep("upload", self, self._upload)  # type: ignore[arg-type]

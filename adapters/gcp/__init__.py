@@ -103,8 +103,13 @@ class Adapter:
                 **self.clients.storage_options))
         return self._storage
 
-    def disk_format(self) -> DiskFormat:
+    @classmethod
+    def format_for(cls, config: object) -> DiskFormat:
+        """The format from the connector's configuration alone (readiness: no adapter made)."""
         return "gce-tar"
+
+    def disk_format(self) -> DiskFormat:
+        return self.format_for(self.config)
 
     # ------------------------------------------------------------ publish
     def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:

@@ -79,8 +79,13 @@ class Adapter:
         self.smb = SmbCopier(SmbShare.of(config, self.clients.timeout), self.clients.chunk_size)
         self._closed = False
 
+    @classmethod
+    def format_for(cls, config: Config) -> DiskFormat:
+        """The format from the connector's configuration alone (readiness: no adapter made)."""
+        return "vhdx" if config.generation == 2 else "vhd"
+
     def disk_format(self) -> DiskFormat:
-        return "vhdx" if self.config.generation == 2 else "vhd"
+        return self.format_for(self.config)
 
     # ------------------------------------------------------------ publish
     def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:

@@ -94,8 +94,13 @@ class Adapter:
     def __init__(self, config: Config) -> None:
         self.config = config
 
+    @classmethod
+    def format_for(cls, config: Config) -> DiskFormat:
+        """The format from the connector's configuration alone (readiness: no adapter made)."""
+        return config.format
+
     def disk_format(self) -> DiskFormat:
-        return self.config.format
+        return self.format_for(self.config)
 
     def destination(self, ctx: PublishContext) -> Path:
         ext = FORMAT_EXTENSIONS[self.config.format]

@@ -88,8 +88,13 @@ class Adapter:
         self._placement: Placement | None = None
         self._placement_lock = asyncio.Lock()
 
-    def disk_format(self) -> DiskFormat:
+    @classmethod
+    def format_for(cls, config: object) -> DiskFormat:
+        """The format from the connector's configuration alone (readiness: no adapter made)."""
         return "qcow2"
+
+    def disk_format(self) -> DiskFormat:
+        return self.format_for(self.config)
 
     async def placement(self) -> Placement:
         async with self._placement_lock:

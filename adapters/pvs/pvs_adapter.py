@@ -59,8 +59,13 @@ class Adapter:
         self._closed = False
         self._open_transport()
 
-    def disk_format(self) -> DiskFormat:
+    @classmethod
+    def format_for(cls, config: object) -> DiskFormat:
+        """The format from the connector's configuration alone (readiness: no adapter made)."""
         return "vhdx"
+
+    def disk_format(self) -> DiskFormat:
+        return self.format_for(self.config)
 
     # ------------------------------------------------------------ publish
     def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:

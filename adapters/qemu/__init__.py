@@ -91,9 +91,14 @@ class Adapter:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def disk_format(self) -> DiskFormat:
-        """Raw from the compositor: the kernel is read from it; publish writes the qcow2."""
+    @classmethod
+    def format_for(cls, config: object) -> DiskFormat:
+        """The format from the connector's configuration alone (readiness: no adapter made)."""
+        # raw from the compositor: the kernel is read from it; publish writes the qcow2
         return "raw"
+
+    def disk_format(self) -> DiskFormat:
+        return self.format_for(self.config)
 
     def vm_dir(self, image_name: str) -> Path:
         try:

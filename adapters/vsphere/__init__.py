@@ -283,8 +283,13 @@ class Adapter:
             connect=self.clients.connect, read_retry=self.clients.read_retry))
         self._closed = False
 
-    def disk_format(self) -> DiskFormat:
+    @classmethod
+    def format_for(cls, config: object) -> DiskFormat:
+        """The format from the connector's configuration alone (readiness: no adapter made)."""
         return "raw"
+
+    def disk_format(self) -> DiskFormat:
+        return self.format_for(self.config)
 
     # ------------------------------------------------------------ publish
     def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:

@@ -93,8 +93,13 @@ class Adapter:
         return XapiSession(cfg.url, cfg.user_env, cfg.password_env, self.context,
                            self.clients.timeout)
 
-    def disk_format(self) -> DiskFormat:
+    @classmethod
+    def format_for(cls, config: object) -> DiskFormat:
+        """The format from the connector's configuration alone (readiness: no adapter made)."""
         return "vhd-dynamic"
+
+    def disk_format(self) -> DiskFormat:
+        return self.format_for(self.config)
 
     # ------------------------------------------------------------ publish
     def steps(self, ctx: PublishContext) -> list[Step[PublishContext]]:

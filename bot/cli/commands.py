@@ -471,7 +471,7 @@ def worker(ctx: Context, tags: str | None, slots: int | None, metrics_port: int 
             asyncio.get_running_loop().add_signal_handler(sig, lambda: (stop.set(), runner.wake()))
         async with contextlib.AsyncExitStack() as serving:
             if metrics_port is not None:
-                from bot.metrics.http import ops_endpoints
+                from bot.metrics.http import ops_endpoints, ops_url
 
                 try:
                     bound = await serving.enter_async_context(
@@ -480,7 +480,7 @@ def worker(ctx: Context, tags: str | None, slots: int | None, metrics_port: int 
                     why = os.strerror(exc.errno) if exc.errno else str(exc)
                     raise click.BadParameter(f"cannot listen on {metrics_host}:{metrics_port}: {why}",
                                              param_hint="--metrics-port") from None
-                out().print(f"metrics: http://{metrics_host}:{bound}/metrics (also /healthz, /readyz)",
+                out().print(f"metrics: {ops_url(metrics_host, bound)} (also /healthz, /readyz)",
                             soft_wrap=True)
             # printed once both signals stop it cleanly: supervisors and tests may wait for it
             out().print(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "

@@ -69,6 +69,11 @@ class UploadMeter:
             self.counted = done
 
 
+def count_task_finished(platform: str, status: str) -> None:
+    """A task this runner worked ended (done, failed or cancelled)."""
+    current().tasks_finished.labels(platform, status).inc()
+
+
 def count_cache_lookup(hit: bool) -> None:
     current().cache_lookups.labels("hit" if hit else "miss").inc()
 

@@ -7,17 +7,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bot.metrics.single_flight import SingleFlight
 from bot.store import states
 from bot.store.interface import Store
 
 log = logging.getLogger(__name__)
+
+#: a scrape reports ``layerbot_store_up 0`` rather than wait longer for the task counts (a
+#: runner's commit waiting for fsync holds the store's lock; Prometheus times out at 10 s)
+STORE_READ_TIMEOUT = 2.0
 
 
 class RunnerLoad(Protocol):
@@ -26,6 +31,8 @@ class RunnerLoad(Protocol):
     @property
     def waiting(self) -> int: ...
     max_parallel: int
+    #: the runner tags it claims tasks of (readiness checks the tools of those templates only)
+    tags: frozenset[str]
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +40,11 @@ class Watched:
     store: Store
     runner: RunnerLoad
     cache_dir: Path
+    #: the task counts, read on a thread of their own with a time limit
+    counts: SingleFlight[list[tuple[str, str, int]]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counts", SingleFlight(self.store.count_by_status, "layerbot-store-read"))
 
 
 class LiveCollector(Collector):
@@ -51,16 +63,22 @@ class LiveCollector(Collector):
         watched = list(self.watched)  # scrapes run in a thread; watch() runs on the loop
         if not watched:
             return
-        yield from task_metrics(watched[-1].store)
+        yield from task_metrics(watched[-1].counts)
         yield from runner_metrics([w.runner for w in watched])
         yield from cache_metrics(watched[-1].cache_dir, self.cache_usage)
 
 
-def task_metrics(store: Store) -> Iterator[Metric]:
-    """``layerbot_tasks{status, platform}`` from one GROUP BY, and whether the store answered."""
+def task_metrics(counted: SingleFlight[list[tuple[str, str, int]]]) -> Iterator[Metric]:
+    """``layerbot_tasks{status, platform}`` from one GROUP BY, and whether the store answered
+    within STORE_READ_TIMEOUT."""
     up = GaugeMetricFamily("layerbot_store_up", "1 if the task database answered this scrape")
     try:
-        counts = store.count_by_status()
+        counts = counted.result(STORE_READ_TIMEOUT)
+    except TimeoutError:
+        log.warning("metrics: the task database did not answer within %g s", STORE_READ_TIMEOUT)
+        up.add_metric([], 0)
+        yield up
+        return
     except Exception as exc:  # the scrape still answers: the store's outage is a sample
         log.warning("metrics: the task database did not answer: %s", type(exc).__name__)
         up.add_metric([], 0)

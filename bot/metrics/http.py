@@ -15,13 +15,22 @@ from bot.catalog import Catalog
 from bot.metrics.collectors import RunnerLoad
 from bot.metrics.health import Readiness
 from bot.metrics.loop_lag import LoopLagMonitor
+from bot.metrics.single_flight import SingleFlight
 from bot.store.interface import Store
+
+
+def ops_url(host: str, port: int, path: str = "/metrics") -> str:
+    """The URL of ``path`` on ``host:port``; an IPv6 address goes in brackets (RFC 3986)."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}{path}"
 
 
 class HealthRoutes:
     def __init__(self, readiness: Readiness | None) -> None:
         #: None until the process has found its tools (readyz says "starting" meanwhile)
         self.readiness = readiness
+        #: concurrent scrapes share the one in flight, on a thread of its own
+        self._scrape = SingleFlight(metrics.exposition, "layerbot-scrape")
 
     def add_to(self, app: web.Application, *, healthz: bool = True) -> None:
         app.router.add_get("/metrics", self.metrics)
@@ -30,7 +39,7 @@ class HealthRoutes:
             app.router.add_get("/healthz", self.healthz)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body, content_type = await asyncio.to_thread(metrics.exposition)  # reads the store
+        body, content_type = await self._scrape.wait()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -74,7 +83,7 @@ async def ops_endpoints(store: Store, catalog: Catalog, runner: RunnerLoad, host
     """``/metrics``, ``/healthz`` and ``/readyz`` of a process without Slack (``layerbot worker``),
     with its event-loop lag measured, while the block runs; yields the port listened on.
     Raises OSError when it cannot listen there."""
-    routes = HealthRoutes(await Readiness.of(store, catalog))
+    routes = HealthRoutes(Readiness.of(store, catalog, runner.tags))
     server = OpsServer(routes)
     await server.start(host, port)
     assert server.port is not None

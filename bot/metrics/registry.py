@@ -7,6 +7,7 @@ scraped: the CLI's short commands never load prometheus-client.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -33,6 +34,9 @@ class Metrics:
         self.stage_seconds = Histogram(
             "layerbot_stage_duration_seconds", "How long a task's stage took in this process",
             ["stage", "platform", "outcome"], buckets=STAGE_BUCKETS, registry=reg)
+        self.tasks_finished = Counter(
+            "layerbot_tasks_finished", "Tasks this runner ended, by platform and final status",
+            ["platform", "status"], registry=reg)
         self.uploaded_bytes = Counter(
             "layerbot_upload_bytes", "Bytes of disk images uploaded, per platform",
             ["platform"], registry=reg)
@@ -67,17 +71,24 @@ def _cache_bytes(cache_dir: Path) -> int:
 
 
 _current: Metrics | None = None
+#: scrapes and stages measure from worker threads: two first calls must not make two registries
+_creating = threading.Lock()
 
 
 def current() -> Metrics:
     global _current
-    if _current is None:
-        _current = Metrics()
-    return _current
+    made = _current
+    if made is not None:
+        return made
+    with _creating:
+        if _current is None:
+            _current = Metrics()
+        return _current
 
 
 def reset() -> Metrics:
     """A fresh registry (tests; an embedding process that starts over)."""
     global _current
-    _current = Metrics()
-    return _current
+    with _creating:
+        _current = Metrics()
+        return _current

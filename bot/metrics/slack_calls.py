@@ -7,6 +7,7 @@ asks for a retry, and leaves the decision to the handlers after it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
@@ -18,10 +19,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import metrics
 
+#: a Web API method name; anything else (a typo, an id in a path) would be a new label value
+#: per URL, so it is counted as "other"
+_METHOD = re.compile(r"^[a-z]+(\.[A-Za-z]+)+$")
+
 
 def api_method(url: str) -> str:
-    """``https://slack.com/api/chat.update?x=1`` -> ``chat.update``."""
-    return url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "unknown"
+    """``https://slack.com/api/chat.update?x=1`` -> ``chat.update``; not a method name -> ``other``."""
+    name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return name if _METHOD.fullmatch(name) else "other"
 
 
 class CountingHandler(AsyncRetryHandler):

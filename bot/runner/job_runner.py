@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from adapters.base import AdapterError, removal_problems
 from adapters.steps import StepRunner, cancel, detach, is_detach
-from bot import logcontext, messages
+from bot import logcontext, messages, metrics
 from bot.catalog import Catalog
 from bot.runner.task_steps import Job, TaskConfigError, build_job, remove_partial, remove_staging, steps_for
 from bot.store import states
@@ -353,6 +353,7 @@ class JobRunner:
             self.store.update, task.id, self.owner, fence=task.lease_generation,
             status=states.FAILED, error=reason,
             event=(EventKind.FAILED, messages.failed(reason, [])), data={"reason": reason, **(data or {})})
+        metrics.count_task_finished(task.platform or "", states.FAILED)
         self._leased.discard(task.id)  # the lease went with the verdict: no renewal misses it
 
     async def _run_job(self, task: Task) -> None:

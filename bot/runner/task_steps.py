@@ -83,12 +83,15 @@ class Job:
     # Store calls run in worker threads: a commit waits for fsync, the event loop must not.
     async def update(self, *, event: tuple[EventKind, str] | None = None,
                      data: dict[str, Any] | None = None, **fields: Any) -> None:
+        was_finished = self.task.finished
         self.task = await asyncio.to_thread(
             self.store.update, self.task.id, self.owner, event=event, data=data,
             fence=self.task.lease_generation, **fields)
         if event is not None:
             _log_event(*event)
         if self.task.finished:
+            if not was_finished:
+                metrics.count_task_finished(self.task.platform or "", self.task.status)
             self.on_finished()
 
     async def persist(self, recorded: list[Resource]) -> None:

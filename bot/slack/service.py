@@ -33,7 +33,6 @@ from bot.metrics.loop_lag import LoopLagMonitor
 from bot.metrics.slack_calls import counted_client
 from bot.runner.job_runner import JobRunner
 from bot.runner.planner import Planner
-from bot.runner.planning import PublishPlan
 from bot.slack.access import GroupDirectory
 from bot.slack.app import build_app
 from bot.slack.edge import MAX_BODY, RUNNER_OPTIONS, GatedSocketModeHandler, HttpEdge, SlackGate
@@ -157,7 +156,7 @@ class SlackService:
         Raises SettingsError if Slack rejects the bot token."""
         await self._check_token()
         await self.planner.start()
-        self.health.readiness = await Readiness.of(self.store, self.catalog, self._plan_one)
+        self.health.readiness = Readiness.of(self.store, self.catalog, self.runner.tags)
         self._unwatch = metrics.watch(self.store, self.runner, self.catalog.runner.cache_dir)
         purged = await self.db.run(self.db.intents.purge)
         if purged:
@@ -180,10 +179,6 @@ class SlackService:
             self._socket = GatedSocketModeHandler(self.app, self.settings.app_token, self.gate)
             await self._socket.connect_async()
         return self.port
-
-    async def _plan_one(self, name: str) -> PublishPlan:
-        [plan] = await self.planner.plans([name], check_cache=False)
-        return plan
 
     async def _expire_approvals(self, stop: asyncio.Event) -> None:
         """Every ``approval_sweep`` seconds, edit the approval cards that expired unanswered."""

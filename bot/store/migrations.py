@@ -133,6 +133,10 @@ def _approval_cards(db: sqlite_utils.Database) -> None:
             db.execute(f"ALTER TABLE slack_intents ADD COLUMN {column} TEXT")
 
 
+def _status_platform_index(db: sqlite_utils.Database) -> None:
+    db["tasks"].create_index(["status", "platform"], if_not_exists=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tasks, task events and the audit log", _tasks_events_audit, _TASKS_EVENTS_AUDIT_PG),
     Migration(2, "Slack confirmation cards (slack_intents) and the notifier's cursor (slack_cursor)",
@@ -146,6 +150,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "slack_intents.card_channel, card_ts: where an approval card is, to edit it when it expires",
               _approval_cards, ("ALTER TABLE slack_intents ADD COLUMN card_channel TEXT",
                                 "ALTER TABLE slack_intents ADD COLUMN card_ts TEXT")),
+    Migration(7, "an index on tasks (status, platform): each /metrics scrape counts tasks by both",
+              _status_platform_index,
+              ("CREATE INDEX idx_tasks_status_platform ON tasks (status, platform)",)),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -199,10 +199,14 @@ class SqlStore(ABC):
 
     def count_by_status(self) -> list[tuple[str, str, int]]:
         """(status, platform, tasks) for every pair that has tasks: one GROUP BY, for /metrics."""
+        # grouped by the bare columns, so the (status, platform) index answers it without a sort
         with self._lock:
-            rows = self._query("SELECT status, COALESCE(platform, '') AS platform, COUNT(*) AS n"
-                               " FROM tasks GROUP BY status, COALESCE(platform, '')")
-        return [(str(r["status"]), str(r["platform"]), int(r["n"])) for r in rows]
+            rows = self._query("SELECT status, platform, COUNT(*) AS n FROM tasks GROUP BY status, platform")
+        counts: dict[tuple[str, str], int] = {}
+        for r in rows:  # a task without a platform (NULL or '') counts under ''
+            key = (str(r["status"]), str(r["platform"] or ""))
+            counts[key] = counts.get(key, 0) + int(r["n"])
+        return [(status, platform, n) for (status, platform), n in counts.items()]
 
     def last_event_id(self) -> int:
         with self._lock:

@@ -480,16 +480,15 @@ def worker(ctx: Context, tags: str | None, slots: int | None, metrics_port: int 
                     why = os.strerror(exc.errno) if exc.errno else str(exc)
                     raise click.BadParameter(f"cannot listen on {metrics_host}:{metrics_port}: {why}",
                                              param_hint="--metrics-port") from None
-                out().print(f"metrics: http://{metrics_host}:{bound}/metrics (also /healthz, /readyz)",
-                            soft_wrap=True)
+                log_setup.announce(f"metrics: http://{metrics_host}:{bound}/metrics (also /healthz, /readyz)")
             # printed once both signals stop it cleanly: supervisors and tests may wait for it
-            out().print(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
-                        f"(max {runner.max_parallel} at once; {takes}); Ctrl-C to stop", soft_wrap=True)
+            log_setup.announce(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
+                               f"(max {runner.max_parallel} at once; {takes}); Ctrl-C to stop")
             await runner.run(stop=stop)
 
     with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the handlers are in place
         asyncio.run(work())
-    out().print("stopped; unfinished tasks are left for another runner")
+    log_setup.announce("stopped; unfinished tasks are left for another runner")
 
 
 # ------------------------------------------------------------------ check

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import adapters
 from adapters.base import AccessConfig, CatalogPath, ConnectorConfig, path_kind
+from bot.runner_dirs import with_systemd_defaults
 from bot.yamlfile import YamlError, load_yaml
 
 LayerKind = Literal["os", "app", "platform"]
@@ -84,7 +85,8 @@ class Template(BaseModel):
 class RunnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_parallel: int = Field(default=2, ge=1, le=64)
-    #: Where composited artifacts are cached (relative to the catalog file).
+    #: Where composited artifacts are cached (relative to the catalog file). Unset, under
+    #: systemd's $CACHE_DIRECTORY (work_dir: $STATE_DIRECTORY) when set (bot/runner_dirs.py).
     cache_dir: CatalogPath = Field(default=Path(".layerbot/cache"), validate_default=True)
     work_dir: CatalogPath = Field(default=Path(".layerbot/work"), validate_default=True)
     #: Build in RAM (a tmpfs) when the layers take at most half the free memory: the staging
@@ -370,7 +372,7 @@ def load_catalog(path: Path) -> Catalog:
     connectors = _connectors(fname, sections["connectors"], context, problems)
     templates = _entries(fname, "templates", sections["templates"], Template, context, problems)
     try:
-        runner = RunnerSettings.model_validate(raw.get("runner") or {}, context=context)
+        runner = RunnerSettings.model_validate(with_systemd_defaults(raw.get("runner")), context=context)
     except ValidationError as exc:
         problems += _pydantic_problems(fname, ("runner",), exc)
         runner = RunnerSettings.model_validate({}, context=context)

@@ -65,6 +65,18 @@ class Context:
                     out().print(f"[red]error:[/red] {escape_markup(problem)}", soft_wrap=True)
             sys.exit(EXIT_USAGE)
 
+    def service_catalog(self) -> Catalog:
+        """The catalog of a long-running service (serve, worker): also exit 2 when a folder
+        the runner writes to is not writable, before any task is taken."""
+        from bot.runner_dirs import unwritable_dirs
+
+        catalog = self.catalog()
+        if problems := unwritable_dirs(catalog.runner):
+            for problem in problems:
+                click.echo(f"error: {self.config_path.name}: {problem}", err=True)
+            sys.exit(EXIT_USAGE)
+        return catalog
+
     def store(self) -> Store:
         from bot.store.backends import open_store
         from bot.store.model import StoreError
@@ -458,7 +470,7 @@ def worker(ctx: Context, tags: str | None, slots: int | None, metrics_port: int 
     from bot.store.backends import shown
 
     runner_tags = _runner_tags(tags)
-    catalog = ctx.catalog()
+    catalog = ctx.service_catalog()
     store = ctx.store()
     runner = JobRunner(store, catalog, max_parallel=slots, tags=runner_tags)
     takes = f"tags {', '.join(sorted(runner.tags))} or none" if runner.tags else "untagged connectors only"
@@ -513,7 +525,7 @@ def check(ctx: Context, as_json: bool) -> None:
         sys.exit(0 if report.ok else EXIT_USAGE)
     catalog = ctx.catalog()
     report = run_checks(ctx.config_path, catalog)
-    for stages in (("connector_sdk", "tar_layer"), ("plan",)):
+    for stages in (("runner_dir", "connector_sdk", "tar_layer"), ("plan",)):
         if stages == ("plan",):
             out().print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
                         f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")

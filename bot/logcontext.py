@@ -13,13 +13,15 @@ its stderr and are logged by a reader task the job created, so they carry the jo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # imported where a task starts one: every command's `--help` imports this module
+    import asyncio
 
 FIELDS = ("task_id", "template", "connector")
 R = TypeVar("R")
@@ -54,6 +56,8 @@ def in_context(call: Callable[..., R], *args: Any, **kwargs: Any) -> Callable[[]
 def detached_task(coro: Coroutine[Any, Any, R], *, name: str | None = None) -> asyncio.Task[R]:
     """``asyncio.create_task`` for work that serves many tasks: it runs without task fields
     (every other context variable is copied as usual)."""
+    import asyncio
+
     context = contextvars.copy_context()
     context.run(_current.set, None)
     return asyncio.create_task(coro, name=name, context=context)

@@ -81,7 +81,7 @@ def audit(click_ctx: click.Context, since: float | None, user: str | None, limit
     Example: layerbot audit --since 2d --user U024BE7LH
     """
     ctx: Context = click_ctx.find_root().obj
-    rows = audit_rows(ctx.store(), since, user, limit)
+    rows = audit_rows(ctx.store(must_exist=True), since, user, limit)
     if as_json:
         emit(rows)
         return

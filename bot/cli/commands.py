@@ -77,12 +77,17 @@ class Context:
             sys.exit(EXIT_USAGE)
         return catalog
 
-    def store(self) -> Store:
-        from bot.store.backends import open_store
+    def store(self, *, must_exist: bool = False) -> Store:
+        """``must_exist``: for a command that only reads tasks (or needs one), a missing SQLite
+        file exits 2 saying so, on stderr, instead of creating an empty database."""
+        from bot.store.backends import NoDatabase, open_store
         from bot.store.model import StoreError
 
         try:
-            return open_store(self.db_location)
+            return open_store(self.db_location, must_exist=must_exist)
+        except NoDatabase as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
         except StoreError as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -380,11 +385,11 @@ def tasks(ctx: Context, status: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         from bot.cli.json_output import task_record
 
-        emit([task_record(t) for t in ctx.store().list_tasks(status=status, limit=limit)])
+        emit([task_record(t) for t in ctx.store(must_exist=True).list_tasks(status=status, limit=limit)])
         return
     table = Table("id", "template", "platform", "status", "stage", "progress", "created (UTC)",
                   "link / error")
-    for t in ctx.store().list_tasks(status=status, limit=limit):
+    for t in ctx.store(must_exist=True).list_tasks(status=status, limit=limit):
         table.add_row(t.id, t.template, t.platform, states.LABELS[t.status], t.stage,
                       f"{t.progress:.0f}%", _when(t.created_at), escape_markup(t.error or t.link or ""))
     out().print(table)
@@ -399,7 +404,7 @@ def task(ctx: Context, task_id: str, as_json: bool) -> None:
 
     Example: layerbot task t1a2b3c4d
     """
-    store = ctx.store()
+    store = ctx.store(must_exist=True)
     t = ctx.task(store, task_id)
     if as_json:
         from bot.cli.json_output import task_with_events
@@ -426,7 +431,7 @@ def cancel(ctx: Context, task_id: str) -> None:
     """
     import getpass
 
-    store = ctx.store()
+    store = ctx.store(must_exist=True)
     user = getpass.getuser()
     before = ctx.task(store, task_id)
     reason = f"the task is {states.LABELS[before.status].lower()}" if before.finished else CLI_REASON

@@ -52,13 +52,11 @@ def complete_template_names(ctx: click.Context, param: click.Parameter,
 
 def complete_task_ids(ctx: click.Context, param: click.Parameter,
                       incomplete: str) -> list[CompletionItem]:
-    from bot.store.backends import default_db_location, is_postgres, open_store
+    from bot.store.backends import default_db_location, open_store
 
     location = default_db_location(_root_option(ctx, "db"))
-    if not is_postgres(location) and not Path(location).is_file():
-        return []  # opening it would create an empty database
     try:
-        store = open_store(location, migrate=False)
+        store = open_store(location, migrate=False, must_exist=True)
         try:
             recent = store.list_tasks(limit=RECENT_TASKS)
         finally:

@@ -66,7 +66,7 @@ class Layer(BaseModel):
 
 class DiskSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    size_gib: int = Field(ge=1, le=2048)
+    size_gib: int = Field(ge=1, le=2048, strict=True)
     filesystem: Literal["ext4", "ntfs"] = "ext4"
 
 
@@ -82,9 +82,11 @@ class Template(BaseModel):
     access: AccessConfig | None = None
 
 
+# The numbers are strict (no "2" for 2): the JSON Schema editors check against says so, and a
+# quoted number in a config file is more likely a slip than a wish.
 class RunnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_parallel: int = Field(default=2, ge=1, le=64)
+    max_parallel: int = Field(default=2, ge=1, le=64, strict=True)
     #: Where composited artifacts are cached (relative to the catalog file). Unset, under
     #: systemd's $CACHE_DIRECTORY (work_dir: $STATE_DIRECTORY) when set (bot/runner_dirs.py).
     cache_dir: CatalogPath = Field(default=Path(".layerbot/cache"), validate_default=True)
@@ -96,14 +98,14 @@ class RunnerSettings(BaseModel):
     ram_scratch_dir: CatalogPath | None = None
     #: After each composite, least recently used cache entries are removed until the cache
     #: occupies at most this much (GiB of disk blocks); null keeps everything.
-    cache_max_gib: float | None = Field(default=50.0, gt=0)
+    cache_max_gib: float | None = Field(default=50.0, gt=0, strict=True)
     #: ... and until the cache's file system has this much free (0: no such rule).
-    cache_min_free_gib: float = Field(default=5.0, ge=0)
-    lease_seconds: float = Field(default=30.0, gt=1)
+    cache_min_free_gib: float = Field(default=5.0, ge=0, strict=True)
+    lease_seconds: float = Field(default=30.0, gt=1, strict=True)
     #: A task whose runner died this many times (crash loop) fails instead of being resumed.
-    max_attempts: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=8, ge=1, strict=True)
     #: Seconds to wait for the guest to run its scripts and power off.
-    watch_timeout: float = Field(default=24 * 3600.0, gt=0)
+    watch_timeout: float = Field(default=24 * 3600.0, gt=0, strict=True)
 
 
 class Catalog(BaseModel):

@@ -30,7 +30,8 @@ def shown(location: str) -> str:
     return location
 
 
-def open_store(location: str, *, migrate: bool = True, must_exist: bool = False) -> Store:
+def open_store(location: str, *, migrate: bool = True, must_exist: bool = False,
+               connect_timeout: int | None = None) -> Store:
     """The store at ``location``; StoreError (naming it, without a password) if it cannot open.
     ``migrate=False``: as it is, without applying pending migrations. ``must_exist``: a missing
     SQLite file is NoDatabase instead of a new empty database (a reading command's mistyped --db)."""
@@ -40,7 +41,7 @@ def open_store(location: str, *, migrate: bool = True, must_exist: bool = False)
         except ImportError as exc:
             raise StoreError(f"{shown(location)}: PostgreSQL needs psycopg: "
                              f"pip install 'layerbot[postgres]' ({exc})") from None
-        return PostgresStore(location, migrate=migrate)
+        return PostgresStore(location, migrate=migrate, connect_timeout=connect_timeout)
     import sqlite3
     from pathlib import Path
 

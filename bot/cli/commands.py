@@ -103,6 +103,31 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+#: the root options that may also follow the sub-command (``layerbot templates --log-level debug``)
+_LOG_OPTIONS = ("--log-level", "--log-format")
+
+
+def hoist_log_options(args: list[str]) -> list[str]:
+    """``args`` with every --log-level/--log-format (and its value) moved to the front, where
+    the root group parses them, so they work on every command, lazy ones included; nothing
+    after ``--`` moves."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in _LOG_OPTIONS and i + 1 < len(args):
+            front += args[i:i + 2]
+            i += 2
+            continue
+        (front if arg.partition("=")[0] in _LOG_OPTIONS else rest).append(arg)
+        i += 1
+    return front + rest
+
+
 class LazyGroup(click.Group):
     """Commands whose modules load only when they run: the Slack stack for ``serve``, the qemu
     target's ``vm``. ``layerbot --help`` lists them from their summaries here, so it imports
@@ -123,6 +148,9 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_log_options(args))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:
@@ -155,7 +183,7 @@ class LazyGroup(click.Group):
               envvar="LAYERBOT_LOG_LEVEL", show_envvar=True,
               help="log records of this level and above to stderr (default: info for serve and "
                    "worker, warning for the other commands)")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+@click.option("--log-format", type=click.Choice(["text", "json"], case_sensitive=False), default="text",
               envvar="LAYERBOT_LOG_FORMAT", show_envvar=True, show_default=True,
               help="json: one JSON object a line (ts, level, logger, message, exc, task_id, "
                    "template, connector)")

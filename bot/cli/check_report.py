@@ -115,7 +115,7 @@ def run_checks(config: Path, catalog: Catalog) -> CheckReport:
         try:
             plans.append(plan(catalog, name, check_cache=False))
         except PlanError as exc:
-            report.problems.append(Problem("plan", f"templates.{name}: {exc}"))
+            report.problems.append(Problem("plan", f"{config.name}: templates.{name}: {exc}"))
     if report.problems:
         return report
     formats = sorted({p.disk_format for p in plans})

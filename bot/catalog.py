@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import adapters
 from adapters.base import AccessConfig, CatalogPath, ConnectorConfig, path_kind
+from bot.runner_dirs import with_systemd_defaults
 from bot.yamlfile import YamlError, load_yaml
 
 LayerKind = Literal["os", "app", "platform"]
@@ -65,7 +66,7 @@ class Layer(BaseModel):
 
 class DiskSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    size_gib: int = Field(ge=1, le=2048)
+    size_gib: int = Field(ge=1, le=2048, strict=True)
     filesystem: Literal["ext4", "ntfs"] = "ext4"
 
 
@@ -81,10 +82,13 @@ class Template(BaseModel):
     access: AccessConfig | None = None
 
 
+# The numbers are strict (no "2" for 2): the JSON Schema editors check against says so, and a
+# quoted number in a config file is more likely a slip than a wish.
 class RunnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_parallel: int = Field(default=2, ge=1, le=64)
-    #: Where composited artifacts are cached (relative to the catalog file).
+    max_parallel: int = Field(default=2, ge=1, le=64, strict=True)
+    #: Where composited artifacts are cached (relative to the catalog file). Unset, under
+    #: systemd's $CACHE_DIRECTORY (work_dir: $STATE_DIRECTORY) when set (bot/runner_dirs.py).
     cache_dir: CatalogPath = Field(default=Path(".layerbot/cache"), validate_default=True)
     work_dir: CatalogPath = Field(default=Path(".layerbot/work"), validate_default=True)
     #: Build in RAM (a tmpfs) when the layers take at most half the free memory: the staging
@@ -94,16 +98,16 @@ class RunnerSettings(BaseModel):
     ram_scratch_dir: CatalogPath | None = None
     #: After each composite, least recently used cache entries are removed until the cache
     #: occupies at most this much (GiB of disk blocks); null keeps everything.
-    cache_max_gib: float | None = Field(default=50.0, gt=0)
+    cache_max_gib: float | None = Field(default=50.0, gt=0, strict=True)
     #: ... and until the cache's file system has this much free (0: no such rule).
-    cache_min_free_gib: float = Field(default=5.0, ge=0)
+    cache_min_free_gib: float = Field(default=5.0, ge=0, strict=True)
     #: at most bot.store.sql_store.MAX_LEASE_SECONDS: a lease ending later is taken for a clock
     #: that stepped back, and expired
-    lease_seconds: float = Field(default=30.0, gt=1, le=600)
+    lease_seconds: float = Field(default=30.0, gt=1, le=600, strict=True)
     #: A task whose runner died this many times (crash loop) fails instead of being resumed.
-    max_attempts: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=8, ge=1, strict=True)
     #: Seconds to wait for the guest to run its scripts and power off.
-    watch_timeout: float = Field(default=24 * 3600.0, gt=0)
+    watch_timeout: float = Field(default=24 * 3600.0, gt=0, strict=True)
 
 
 class Catalog(BaseModel):
@@ -372,7 +376,7 @@ def load_catalog(path: Path) -> Catalog:
     connectors = _connectors(fname, sections["connectors"], context, problems)
     templates = _entries(fname, "templates", sections["templates"], Template, context, problems)
     try:
-        runner = RunnerSettings.model_validate(raw.get("runner") or {}, context=context)
+        runner = RunnerSettings.model_validate(with_systemd_defaults(raw.get("runner")), context=context)
     except ValidationError as exc:
         problems += _pydantic_problems(fname, ("runner",), exc)
         runner = RunnerSettings.model_validate({}, context=context)

@@ -1,5 +1,9 @@
 """Which task a log record is about: ``task_id``, ``template`` and ``connector``.
 
+A loop shared by many tasks (an adapter's power or event watcher) is started with
+``detached_task``: started plainly, it would copy the context of the task that happened to
+start it and name that task in every record it writes for the others.
+
 The runner sets them (``task_context``) around all of one task's work. An asyncio task copies
 the context when it is created and ``asyncio.to_thread`` runs its function in a copy, so every
 record of that work carries them; a thread pool of one's own does not (``in_context`` hands it
@@ -13,8 +17,11 @@ import contextlib
 import contextvars
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # imported where a task starts one: every command's `--help` imports this module
+    import asyncio
 
 FIELDS = ("task_id", "template", "connector")
 R = TypeVar("R")
@@ -44,6 +51,16 @@ def task_context(task_id: str, template: str, connector: str) -> Iterator[None]:
 def in_context(call: Callable[..., R], *args: Any, **kwargs: Any) -> Callable[[], R]:
     """``call(*args, **kwargs)`` bound to a copy of this context, for another thread."""
     return functools.partial(contextvars.copy_context().run, call, *args, **kwargs)
+
+
+def detached_task(coro: Coroutine[Any, Any, R], *, name: str | None = None) -> asyncio.Task[R]:
+    """``asyncio.create_task`` for work that serves many tasks: it runs without task fields
+    (every other context variable is copied as usual)."""
+    import asyncio
+
+    context = contextvars.copy_context()
+    context.run(_current.set, None)
+    return asyncio.create_task(coro, name=name, context=context)
 
 
 class TaskFieldsFilter(logging.Filter):

@@ -35,6 +35,9 @@ from .spec import BuiltImage, ExtraFile, Filesystem, ImageSpec, LayerSource, Pro
 from .tool_runner import tool_niceness
 
 log = logging.getLogger(__name__)
+#: the longest line read from the child: a result (stdout) lists a publish layer's files, and
+#: a stderr line can be a tool's long output (the child truncates its own records)
+LINE_LIMIT = 16 * 1024 * 1024
 
 #: How long a cancelled child may take to clean up before it is killed.
 GRACE_SECONDS = 30.0
@@ -167,7 +170,7 @@ async def _in_child(request: dict[str, Any], progress: ProgressCallback | None) 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "compositor.worker",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": path},
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": path}, limit=LINE_LIMIT,
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     outcome: dict[str, Any] = {}
@@ -207,11 +210,23 @@ async def _read_messages(stream: asyncio.StreamReader, progress: ProgressCallbac
 
 
 async def _log_stderr(stream: asyncio.StreamReader, pid: int) -> None:
-    # runs in the awaiting task's context: the records carry its task fields (bot.logcontext)
-    while line := await stream.readline():
+    """Logs the child's stderr until it closes; never fails (a log line is no reason to fail a
+    build). Runs in the awaiting task's context: the records carry its task fields."""
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # longer than LINE_LIMIT: readline dropped it (a tool's output)
+            log.warning("compositor process %d: a stderr line over %d bytes was not logged",
+                        pid, LINE_LIMIT)
+            continue
+        if not line:
+            return
         text = line.decode(errors="replace").rstrip()
         if text:
-            _log_child_line(pid, text)
+            try:
+                _log_child_line(pid, text)
+            except Exception:  # logging it must not fail the build
+                log.exception("compositor process %d: could not log a stderr line", pid)
 
 
 def _log_child_line(pid: int, text: str) -> None:

@@ -102,10 +102,22 @@ class RecordLines(logging.Formatter):
     split over lines, each record at its own level and logger, with the parent's task fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"level": record.levelno, "logger": record.name, "message": record.getMessage()}
+        entry = {"level": record.levelno, "logger": record.name,
+                 "message": _truncated(record.getMessage())}
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = _truncated(self.formatException(record.exc_info))
         return json.dumps({"log": entry})
+
+
+#: characters of a record's message (and traceback) the child sends: well under the
+#: parent's line limit (compositor.isolated.LINE_LIMIT) even when every one is escaped
+MAX_RECORD_CHARS = 16 * 1024
+
+
+def _truncated(text: str) -> str:
+    if len(text) <= MAX_RECORD_CHARS:
+        return text
+    return f"{text[:MAX_RECORD_CHARS]}... ({len(text) - MAX_RECORD_CHARS} more characters not shown)"
 
 
 OPERATIONS: dict[str, Callable[[dict[str, Any], Channel], Awaitable[Any]]] = {

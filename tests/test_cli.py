@@ -111,9 +111,12 @@ def test_every_command_documents_an_example() -> None:
 
 
 def test_unusable_database_and_unknown_task_are_usage_errors(catalog_dir: Path) -> None:
-    result = CliRunner().invoke(main, ["--db", "/nonexistent/dir/x.db", "tasks"])
+    result = CliRunner().invoke(main, ["--db", "/nonexistent/dir/x.db", "--config",
+                                       str(catalog_dir / "layerbot.yml"), "publish", "--no-run", "--yes",
+                                       "win10-office"])
     assert result.exit_code == 2
     assert "cannot open the task database /nonexistent/dir/x.db" in result.output
+    TaskStore(catalog_dir / "t.db").close()
     result = CliRunner().invoke(main, ["--db", str(catalog_dir / "t.db"), "task", "tnope"])
     assert result.exit_code == 2 and "no task with id 'tnope'" in result.output
 
@@ -194,6 +197,7 @@ def test_config_and_db_default_to_the_environment(catalog_dir: Path, tmp_path: P
     # the options win over the environment
     result = runner.invoke(main, ["--config", str(elsewhere / "none.yml"), "templates"], env=env)
     assert result.exit_code == 2 and "none.yml: cannot read" in result.output
+    TaskStore(tmp_path / "other.db").close()
     result = runner.invoke(main, ["--db", str(tmp_path / "other.db"), "tasks"], env=env,
                            terminal_width=200)
     assert result.exit_code == 0 and task.id not in result.output

@@ -118,3 +118,19 @@ def test_the_new_commands_help_and_completion_script_import_no_command_library(t
     for args in (["audit", "--help"], ["schema", "--help"], ["completion", "bash"]):
         modules = cli_modules(tmp_path, *args)
         assert [m for m in modules if m.startswith(PLATFORM_SDKS + COMMAND_LIBRARIES)] == [], args
+
+
+def test_task_id_completion_gives_up_on_a_postgresql_that_never_answers() -> None:
+    pytest.importorskip("psycopg")
+    import socket
+    import time
+
+    with socket.socket() as blackhole:  # listens, never accepts: the connection hangs after the SYN
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(8)
+        port = blackhole.getsockname()[1]
+        started = time.monotonic()
+        found = values("layerbot task ", {"LAYERBOT_DB": f"postgresql://layerbot@127.0.0.1:{port}/layerbot"})
+        took = time.monotonic() - started
+    assert found == []
+    assert took < 20, f"completion took {took:.1f} s"  # libpq's default would wait for ever

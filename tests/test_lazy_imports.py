@@ -91,6 +91,9 @@ def test_the_help_summaries_of_lazy_commands_are_their_own() -> None:
 
 
 def test_templates_and_tasks_import_no_platform_sdk_nor_slack(tmp_path: Path) -> None:
+    from bot.store.task_store import TaskStore
+
+    TaskStore(tmp_path / "t.db").close()  # `tasks` reads a database; it creates none
     for args in (["--config", str(DEMO), "templates"], ["tasks"]):
         modules = cli_modules(tmp_path, *args)
         assert "bot.cli.commands" in modules  # the hook saw the command run

@@ -102,6 +102,7 @@ def test_the_units_are_hardened(unit: Path) -> None:
     for key, expected in HARDENING.items():
         assert values(unit, key) == [expected], key
     assert values(unit, "KillMode") == ["mixed"]  # layerbot stops its own children on SIGTERM
+    assert values(unit, "RestartPreventExitStatus") == ["2"]  # a bad catalog: no restart loop
     assert all(v.startswith("/etc/layerbot/credentials/") for v in
                [c.partition(":")[2] for c in values(unit, "LoadCredential")])
 

@@ -17,6 +17,7 @@ from typing import Any
 from adapters.azure.arm import Arm, Clients, credential_identity
 from adapters.azure.azure_config import AzureConfig
 from adapters.base import AdapterError, Backoff, error_for_waiter
+from bot.logcontext import detached_task
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Watches:
         waiter = Waiter(image_id.lower())
         poller.waiters.append(waiter)
         if poller.task is None or poller.task.done():
-            poller.task = asyncio.create_task(poller.run(), name=f"azure-watch {cfg.subscription_id}")
+            poller.task = detached_task(poller.run(), name=f"azure-watch {cfg.subscription_id}")
         try:
             yield waiter
         finally:

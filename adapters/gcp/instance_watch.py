@@ -25,6 +25,7 @@ from datetime import datetime
 from adapters.base import Backoff, error_for_waiter
 from adapters.gcp.compute_session import ComputeSession
 from adapters.retry import RetryPolicy, retrying
+from bot.logcontext import detached_task
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ZoneWatch:
         self.waiting.setdefault(image, []).append(queue)
         self._wake.set()  # a new image is looked for at once
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"gcp-watch-{self.zone}")
+            self._task = detached_task(self._run(), name=f"gcp-watch-{self.zone}")
         return queue
 
     def remove(self, image: str, queue: asyncio.Queue[list[InstanceState] | BaseException]) -> None:

@@ -21,6 +21,7 @@ from adapters.blocking import SessionKey
 from adapters.hyperv.hyperv_scripts import vm_states
 from adapters.retry import RetryPolicy, retrying
 from adapters.windows_remote.powershell import Endpoint, PowerShellSession, RemoteClients, acquire
+from bot.logcontext import detached_task
 
 #: how long a round is retried while the host fails before the watches fail
 WATCH_RETRY = RetryPolicy(attempts=8, budget=600.0, first_delay=2.0, max_delay=60.0)
@@ -68,7 +69,7 @@ class HostWatch:
         self.waiting.setdefault(vm_id, (name, []))[1].append(queue)
         self._wake.set()
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"hyperv-watch-{self.session.endpoint}")
+            self._task = detached_task(self._run(), name=f"hyperv-watch-{self.session.endpoint}")
         return queue
 
     def remove(self, vm_id: str, queue: asyncio.Queue[Report]) -> None:

@@ -19,6 +19,7 @@ from adapters.nutanix.nutanix_config import Config
 from adapters.nutanix.prism_client import Clients, PrismClient, endpoint_key
 from adapters.nutanix.prism_errors import PLATFORM
 from adapters.retry import RetryPolicy, retrying
+from bot.logcontext import detached_task
 
 #: how long a round is retried while Prism fails before the watches fail
 WATCH_RETRY = RetryPolicy(attempts=8, budget=600.0, first_delay=2.0, max_delay=60.0)
@@ -41,7 +42,7 @@ class EndpointWatch:
         self.waiting.setdefault(uuid, (name, []))[1].append(queue)
         self._wake.set()
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="nutanix-watch")
+            self._task = detached_task(self._run(), name="nutanix-watch")
         return queue
 
     def remove(self, uuid: str, queue: asyncio.Queue[Report]) -> None:

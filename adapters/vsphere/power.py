@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from adapters.base import AdapterError, NotFoundError, error_for_waiter
 from adapters.retry import RetryPolicy
 from adapters.vsphere.session import VSphereSession
+from bot.logcontext import detached_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,7 +122,7 @@ class PowerWatcher:
                 raise
         queue.put_nowait(state)
         if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run(), name="vsphere-power-watch")
+            self._runner = detached_task(self._run(), name="vsphere-power-watch")
         try:
             yield queue
         finally:

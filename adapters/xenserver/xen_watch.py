@@ -20,6 +20,7 @@ from adapters.base import AdapterError, error_for_waiter
 from adapters.blocking import SessionKey
 from adapters.retry import RetryPolicy, retrying
 from adapters.xenserver.xapi_session import XapiSession, failure_code
+from bot.logcontext import detached_task
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class HostEvents:
         queue: asyncio.Queue[Report] = asyncio.Queue()
         self.waiting.setdefault(vm_ref, []).append(queue)
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"xen-events-{self.session.url}")
+            self._task = detached_task(self._run(), name=f"xen-events-{self.session.url}")
         return queue
 
     def remove(self, vm_ref: str, queue: asyncio.Queue[Report]) -> None:

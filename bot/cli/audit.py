@@ -75,13 +75,13 @@ def audit(click_ctx: click.Context, since: float | None, user: str | None, limit
           as_json: bool) -> None:
     """Show the audit trail: who asked, confirmed, cancelled, retried, and what was refused.
 
-    Newest first: Slack's access decisions (publish, confirm — an approver's too —, dismiss,
+    Newest first: Slack's access decisions (publish, confirm, approve (someone else's request), dismiss,
     reject, cancel, retry, status) and the command line's publish confirmations and cancels.
 
     Example: layerbot audit --since 2d --user U024BE7LH
     """
     ctx: Context = click_ctx.find_root().obj
-    rows = audit_rows(ctx.store(), since, user, limit)
+    rows = audit_rows(ctx.store(must_exist=True), since, user, limit)
     if as_json:
         emit(rows)
         return

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Problem:
-    #: catalog, connector_sdk, tar_layer or plan
+    #: catalog, runner_dir, connector_sdk, tar_layer or plan
     stage: str
     message: str
 
@@ -97,8 +97,10 @@ def run_checks(config: Path, catalog: Catalog) -> CheckReport:
     import adapters
     import compositor
     from bot.runner.planning import PlanError, plan
+    from bot.runner_dirs import unwritable_dirs
 
     report = CheckReport(config, catalog)
+    report.problems += [Problem("runner_dir", f"{config.name}: {p}") for p in unwritable_dirs(catalog.runner)]
     for name, connector in catalog.connectors.items():
         if (problem := adapters.missing_sdk(connector.type)) is not None:
             report.problems.append(Problem("connector_sdk",
@@ -113,7 +115,7 @@ def run_checks(config: Path, catalog: Catalog) -> CheckReport:
         try:
             plans.append(plan(catalog, name, check_cache=False))
         except PlanError as exc:
-            report.problems.append(Problem("plan", f"templates.{name}: {exc}"))
+            report.problems.append(Problem("plan", f"{config.name}: templates.{name}: {exc}"))
     if report.problems:
         return report
     formats = sorted({p.disk_format for p in plans})

@@ -65,12 +65,29 @@ class Context:
                     out().print(f"[red]error:[/red] {escape_markup(problem)}", soft_wrap=True)
             sys.exit(EXIT_USAGE)
 
-    def store(self) -> Store:
-        from bot.store.backends import open_store
+    def service_catalog(self) -> Catalog:
+        """The catalog of a long-running service (serve, worker): also exit 2 when a folder
+        the runner writes to is not writable, before any task is taken."""
+        from bot.runner_dirs import unwritable_dirs
+
+        catalog = self.catalog()
+        if problems := unwritable_dirs(catalog.runner):
+            for problem in problems:
+                click.echo(f"error: {self.config_path.name}: {problem}", err=True)
+            sys.exit(EXIT_USAGE)
+        return catalog
+
+    def store(self, *, must_exist: bool = False) -> Store:
+        """``must_exist``: for a command that only reads tasks (or needs one), a missing SQLite
+        file exits 2 saying so, on stderr, instead of creating an empty database."""
+        from bot.store.backends import NoDatabase, open_store
         from bot.store.model import StoreError
 
         try:
-            return open_store(self.db_location)
+            return open_store(self.db_location, must_exist=must_exist)
+        except NoDatabase as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
         except StoreError as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -84,6 +101,31 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+#: the root options that may also follow the sub-command (``layerbot templates --log-level debug``)
+_LOG_OPTIONS = ("--log-level", "--log-format")
+
+
+def hoist_log_options(args: list[str]) -> list[str]:
+    """``args`` with every --log-level/--log-format (and its value) moved to the front, where
+    the root group parses them, so they work on every command, lazy ones included; nothing
+    after ``--`` moves."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in _LOG_OPTIONS and i + 1 < len(args):
+            front += args[i:i + 2]
+            i += 2
+            continue
+        (front if arg.partition("=")[0] in _LOG_OPTIONS else rest).append(arg)
+        i += 1
+    return front + rest
 
 
 class LazyGroup(click.Group):
@@ -106,6 +148,9 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_log_options(args))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:
@@ -138,7 +183,7 @@ class LazyGroup(click.Group):
               envvar="LAYERBOT_LOG_LEVEL", show_envvar=True,
               help="log records of this level and above to stderr (default: info for serve and "
                    "worker, warning for the other commands)")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+@click.option("--log-format", type=click.Choice(["text", "json"], case_sensitive=False), default="text",
               envvar="LAYERBOT_LOG_FORMAT", show_envvar=True, show_default=True,
               help="json: one JSON object a line (ts, level, logger, message, exc, task_id, "
                    "template, connector)")
@@ -368,11 +413,11 @@ def tasks(ctx: Context, status: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         from bot.cli.json_output import task_record
 
-        emit([task_record(t) for t in ctx.store().list_tasks(status=status, limit=limit)])
+        emit([task_record(t) for t in ctx.store(must_exist=True).list_tasks(status=status, limit=limit)])
         return
     table = Table("id", "template", "platform", "status", "stage", "progress", "created (UTC)",
                   "link / error")
-    for t in ctx.store().list_tasks(status=status, limit=limit):
+    for t in ctx.store(must_exist=True).list_tasks(status=status, limit=limit):
         table.add_row(t.id, t.template, t.platform, states.LABELS[t.status], t.stage,
                       f"{t.progress:.0f}%", _when(t.created_at), escape_markup(t.error or t.link or ""))
     out().print(table)
@@ -387,7 +432,7 @@ def task(ctx: Context, task_id: str, as_json: bool) -> None:
 
     Example: layerbot task t1a2b3c4d
     """
-    store = ctx.store()
+    store = ctx.store(must_exist=True)
     t = ctx.task(store, task_id)
     if as_json:
         from bot.cli.json_output import task_with_events
@@ -414,7 +459,7 @@ def cancel(ctx: Context, task_id: str) -> None:
     """
     import getpass
 
-    store = ctx.store()
+    store = ctx.store(must_exist=True)
     user = getpass.getuser()
     before = ctx.task(store, task_id)
     reason = f"the task is {states.LABELS[before.status].lower()}" if before.finished else CLI_REASON
@@ -458,7 +503,7 @@ def worker(ctx: Context, tags: str | None, slots: int | None, metrics_port: int 
     from bot.store.backends import shown
 
     runner_tags = _runner_tags(tags)
-    catalog = ctx.catalog()
+    catalog = ctx.service_catalog()
     store = ctx.store()
     runner = JobRunner(store, catalog, max_parallel=slots, tags=runner_tags)
     takes = f"tags {', '.join(sorted(runner.tags))} or none" if runner.tags else "untagged connectors only"
@@ -480,16 +525,15 @@ def worker(ctx: Context, tags: str | None, slots: int | None, metrics_port: int 
                     why = os.strerror(exc.errno) if exc.errno else str(exc)
                     raise click.BadParameter(f"cannot listen on {metrics_host}:{metrics_port}: {why}",
                                              param_hint="--metrics-port") from None
-                out().print(f"metrics: {ops_url(metrics_host, bound)} (also /healthz, /readyz)",
-                            soft_wrap=True)
+                log_setup.announce(f"metrics: {ops_url(metrics_host, bound)} (also /healthz, /readyz)")
             # printed once both signals stop it cleanly: supervisors and tests may wait for it
-            out().print(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
-                        f"(max {runner.max_parallel} at once; {takes}); Ctrl-C to stop", soft_wrap=True)
+            log_setup.announce(f"runner {runner.owner}: working tasks from {shown(ctx.db_location)} "
+                               f"(max {runner.max_parallel} at once; {takes}); Ctrl-C to stop")
             await runner.run(stop=stop)
 
     with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the handlers are in place
         asyncio.run(work())
-    out().print("stopped; unfinished tasks are left for another runner")
+    log_setup.announce("stopped; unfinished tasks are left for another runner")
 
 
 # ------------------------------------------------------------------ check
@@ -514,7 +558,7 @@ def check(ctx: Context, as_json: bool) -> None:
         sys.exit(0 if report.ok else EXIT_USAGE)
     catalog = ctx.catalog()
     report = run_checks(ctx.config_path, catalog)
-    for stages in (("connector_sdk", "tar_layer"), ("plan",)):
+    for stages in (("runner_dir", "connector_sdk", "tar_layer"), ("plan",)):
         if stages == ("plan",):
             out().print(f"{ctx.config_path}: {len(catalog.layers)} layers, "
                         f"{len(catalog.connectors)} connectors, {len(catalog.templates)} templates: ok")

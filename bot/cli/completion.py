@@ -50,15 +50,18 @@ def complete_template_names(ctx: click.Context, param: click.Parameter,
             if isinstance(name, str) and name.startswith(incomplete) and name not in chosen]
 
 
+#: seconds a Tab press waits for PostgreSQL before it completes nothing
+COMPLETION_CONNECT_TIMEOUT = 2
+
+
 def complete_task_ids(ctx: click.Context, param: click.Parameter,
                       incomplete: str) -> list[CompletionItem]:
-    from bot.store.backends import default_db_location, is_postgres, open_store
+    from bot.store.backends import default_db_location, open_store
 
     location = default_db_location(_root_option(ctx, "db"))
-    if not is_postgres(location) and not Path(location).is_file():
-        return []  # opening it would create an empty database
     try:
-        store = open_store(location, migrate=False)
+        store = open_store(location, migrate=False, must_exist=True,
+                           connect_timeout=COMPLETION_CONNECT_TIMEOUT)
         try:
             recent = store.list_tasks(limit=RECENT_TASKS)
         finally:

@@ -85,6 +85,17 @@ def settings() -> tuple[int, LogFormat] | None:
     return _settings
 
 
+def announce(text: str, *, err: bool = False) -> None:
+    """A service's start or stop line. journald keeps stdout and stderr in one stream, so in a
+    JSON log it is a record like any other (``journalctl -o cat | jq`` reads every line);
+    in a text log it is the plain line people and scripts read today."""
+    if _settings is not None and _settings[1] == "json":
+        logging.getLogger("layerbot").info("%s", text)
+        return
+    stream = sys.stderr if err else sys.stdout
+    print(text, file=stream, flush=True)
+
+
 def _log_uncaught(kind: type[BaseException], exc: BaseException,
                   traceback: TracebackType | None) -> None:
     """A crash's traceback through the handler too: masked, and one JSON record in a JSON log

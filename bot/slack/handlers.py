@@ -430,7 +430,8 @@ class Handlers:
                 int(self.intents.ttl // 60))), replace_original=True)
             return
         decision = await self._may_confirm(intent, clicker)
-        await self._decide(clicker, "confirm", target, decision)
+        # someone other than the requester clicking is an approval: the trail tells them apart
+        await self._decide(clicker, "confirm" if clicker == intent.user else "approve", target, decision)
         if not decision.allowed:
             await reply(slack_blocks.text_message(
                 messages.denied("confirm", ", ".join(intent.templates), decision.reason)))

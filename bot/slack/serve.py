@@ -33,7 +33,7 @@ def serve(ctx: Any, host: str, port: int, synchronous: str) -> None:
         settings = SlackSettings.from_env()
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
-    catalog = ctx.catalog()
+    catalog = ctx.service_catalog()
     store = ctx.store()
     store.set_synchronous(synchronous)
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import click
 from aiohttp import web
 from slack_bolt.middleware.authorization.async_single_team_authorization import (
     AsyncSingleTeamAuthorization,
@@ -27,6 +26,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import metrics
 from bot.catalog import Catalog
+from bot.cli.log_setup import announce
 from bot.metrics.health import Readiness
 from bot.metrics.http import HealthRoutes
 from bot.metrics.loop_lag import LoopLagMonitor
@@ -264,15 +264,13 @@ async def serve_forever(service: SlackService, host: str, port: int) -> None:
         await service.close()
         raise
     mode = "Socket Mode" if service.settings.socket_mode else f"HTTP on {host}:{bound}"
-    click.echo(f"layerbot serve: {mode} (POST /slack/events; GET /healthz, /readyz, /metrics on port "
-               f"{bound}); "
-               f"runner {service.runner.owner}, max {service.runner.max_parallel} tasks "
-               f"compositing/uploading at once",
-               err=True)
+    announce(f"layerbot serve: {mode} (POST /slack/events; GET /healthz, /readyz, /metrics on port "
+             f"{bound}); runner {service.runner.owner}, max {service.runner.max_parallel} tasks "
+             f"compositing/uploading at once", err=True)
     started = time.monotonic()
     try:
         await done.wait()
     finally:
-        click.echo(f"layerbot serve: stopping after {time.monotonic() - started:.0f} s", err=True)
+        announce(f"layerbot serve: stopping after {time.monotonic() - started:.0f} s", err=True)
         with contextlib.suppress(Exception):
             await service.close()

@@ -34,13 +34,28 @@ def backup_sqlite(source: Path, destination: Path) -> BackupResult:
     partial = destination.with_name(f".{destination.name}.partial-{os.getpid()}")
     try:
         result = _copy(source, partial)
-        os.replace(partial, destination)
+        _publish(partial, destination)
     except sqlite3.Error as exc:
         raise BackupError(f"backing up {source} to {destination}: {exc}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     return result
+
+
+def _publish(partial: Path, destination: Path) -> None:
+    """Give the checked copy its name only if nothing has it: a link fails when the name
+    exists, even if it appeared after the check above (a rename would replace it)."""
+    try:
+        os.link(partial, destination)
+    except FileExistsError:
+        raise BackupError(f"{destination}: already exists (a backup never overwrites a file)") from None
+    partial.unlink()
+    folder = os.open(destination.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)  # the new name survives a power loss
+    finally:
+        os.close(folder)
 
 
 def _copy(source: Path, target: Path) -> BackupResult:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,21 @@ IDLE_IN_TRANSACTION_MS = 10_000
 _SESSION_ENDED = frozenset({"25P03", "57P01", "57P02", "57P03", "57P05"})
 
 
+#: seconds to give up connecting when neither the URL nor $PGCONNECT_TIMEOUT says: libpq's
+#: default is to wait for ever on a server that accepts and never answers
+DEFAULT_CONNECT_TIMEOUT = 10
+
+
+def _configured_connect_timeout(url: str) -> int | None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(url).get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT")
+    try:
+        return int(str(given)) if given else None
+    except ValueError:
+        return None  # libpq reports the URL's bad value itself
+
+
 @dataclass(frozen=True)
 class Peer:
     """Another connection of a layerbot to the same database."""
@@ -80,8 +96,10 @@ class PostgresStore(SqlStore):
     claim_lock = " FOR UPDATE SKIP LOCKED"
     row_lock = " FOR UPDATE"
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
-        """``migrate=False``: open as it is (``layerbot db upgrade`` and ``db copy`` look first)."""
+    def __init__(self, url: str, *, migrate: bool = True, connect_timeout: int | None = None) -> None:
+        """``migrate=False``: open as it is (``layerbot db upgrade`` and ``db copy`` look first).
+        ``connect_timeout``: seconds to give up connecting (shell completion: a short one);
+        else the URL's or $PGCONNECT_TIMEOUT, else DEFAULT_CONNECT_TIMEOUT."""
         super().__init__()
         if urlsplit(url).password is not None:
             raise StoreError(
@@ -89,6 +107,7 @@ class PostgresStore(SqlStore):
                 "~/.pgpass instead (a URL shows in process lists, shell history and logs)")
         self.location = url
         self._closed = False
+        self._connect_timeout = connect_timeout or _configured_connect_timeout(url) or DEFAULT_CONNECT_TIMEOUT
         try:
             self._conn = self._connect()
         except psycopg.Error as exc:
@@ -108,6 +127,7 @@ class PostgresStore(SqlStore):
         # ever; the server ends such a session, and the runner reconnects when it wakes.
         return psycopg.connect(
             self.location, autocommit=True, application_name=APPLICATION_NAME,
+            connect_timeout=self._connect_timeout,
             options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
 
     def _live(self) -> psycopg.Connection[Any]:
@@ -215,7 +235,8 @@ class PostgresStore(SqlStore):
         ready = on_ready
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.location, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                        self.location, autocommit=True, connect_timeout=self._connect_timeout) as conn:
                     await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
                     if ready is not None:
                         ready()

@@ -126,8 +126,8 @@ async def test_second_person_approval(make_slack: MakeSlack) -> None:
     [task] = slack.store.list_tasks()
     assert task.requested_by == ALICE
     actions = [(r["user"], r["action"], r["allowed"]) for r in audit(slack)]
-    assert (ALICE, "confirm", 0) in actions and (CAROL, "confirm", 0) in actions
-    assert (BOB, "confirm", 1) in actions
+    assert (ALICE, "confirm", 0) in actions and (CAROL, "approve", 0) in actions
+    assert (BOB, "approve", 1) in actions and (BOB, "confirm", 1) not in actions
 
 
 async def test_second_person_targets_need_a_channel(make_slack: MakeSlack) -> None:

@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from bot.cli.commands import main
@@ -93,3 +94,23 @@ def test_a_restored_backup_opens_as_the_task_database(tmp_path: Path) -> None:
         assert restored.get(task.id).template == "win10"
     finally:
         restored.close()
+
+
+def test_a_file_made_during_the_copy_is_not_overwritten(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.store import backup
+
+    TaskStore(tmp_path / "live.db").close()
+    destination = tmp_path / "backup.db"
+    copy = backup._copy
+
+    def copy_then_someone_writes_the_name(source: Path, target: Path) -> backup.BackupResult:
+        result = copy(source, target)
+        destination.write_text("someone else's file")  # after the exists() check
+        return result
+
+    monkeypatch.setattr(backup, "_copy", copy_then_someone_writes_the_name)
+    with pytest.raises(backup.BackupError, match=r"backup\.db: already exists"):
+        backup.backup_sqlite(tmp_path / "live.db", destination)
+    assert destination.read_text() == "someone else's file"
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []

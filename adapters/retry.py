@@ -43,6 +43,9 @@ class RetryPolicy:
 
 
 DEFAULT = RetryPolicy()
+#: HTTP statuses that say "not now" (throttled, a gateway or the service briefly down): worth
+#: another try after Retry-After. A 500 is the platform's own failure: reported, not retried.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
 
 async def retrying(call: Callable[[], Awaitable[T]], doing: str,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from xml.parsers.expat import ExpatError
 
 from adapters.base import (
     AdapterError,
@@ -30,9 +31,11 @@ from adapters.base import (
     RetryableError,
     error_words,
     secret_from_env,
+    untrusted_certificate,
+    untrusted_words,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
-from adapters.retry import RetryPolicy
+from adapters.retry import DEFAULT, TRANSIENT_STATUSES, RetryPolicy, retry_after
 
 T = TypeVar("T")
 
@@ -68,8 +71,19 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
     """The adapter error for a failed call, keeping xapi's code and parameters."""
     if failure_code(exc) is not None:
         return translate_details(list(getattr(exc, "details", [])), doing)
+    if (untrusted := untrusted_certificate(exc)) is not None:
+        return PlatformError(f"{doing}: {untrusted_words(untrusted)}")
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return PlatformTimeoutError(f"{doing}: no answer in time")
+    if isinstance(exc, xmlrpc.client.ProtocolError):  # an HTTP status; its text quotes the URL
+        text = f"{doing}: HTTP {exc.errcode} {exc.errmsg}"
+        if exc.errcode in TRANSIENT_STATUSES:
+            return RetryableError(text, retry_after=retry_after((exc.headers or {}).get("Retry-After")))
+        return PlatformError(text)
+    if isinstance(exc, ExpatError | http.client.IncompleteRead):
+        # xmlrpc.client reads the answer in blocks until the connection ends: one cut short is
+        # a broken XML document
+        return RetryableError(f"{doing}: the answer was cut short (not a whole XML-RPC answer)")
     if isinstance(exc, (ConnectionError, http.client.HTTPException, OSError)):
         return RetryableError(f"{doing}: connection failed: {error_words(exc)}")
     if isinstance(exc, xmlrpc.client.Fault):
@@ -108,8 +122,8 @@ class XapiSession(Session[Any]):
     """A logged-in ``XenAPI.Session`` of one pool coordinator, user and password."""
 
     def __init__(self, url: str, user_env: str, password_env: str, context: ssl.SSLContext,
-                 timeout: float) -> None:
-        super().__init__(url)
+                 timeout: float, read_retry: RetryPolicy = DEFAULT) -> None:
+        super().__init__(url, read_retry)
         self.url = url
         self.user_env = user_env
         self.password_env = password_env
@@ -129,7 +143,12 @@ class XapiSession(Session[Any]):
 
     def login(self) -> Any:
         proxy = self._new_proxy()
-        self._log_in(proxy)
+        try:
+            self._log_in(proxy)
+        except BaseException:
+            with contextlib.suppress(Exception):  # its connection, else left open
+                proxy("close")()
+            raise
         return proxy
 
     def login_again(self, client: Any) -> Any:
@@ -187,6 +206,8 @@ class Clients:
     task_poll: tuple[float, float] = (0.5, 5.0)
     #: an upload cut off is sent again whole, into the same VDI
     upload_retry: RetryPolicy = UPLOAD_RETRY
+    #: how reads (and other calls safe to repeat) are retried after a transient failure
+    read_retry: RetryPolicy = DEFAULT
     sessions: SessionPool[XapiSession] | None = None
 
     @property
@@ -197,7 +218,7 @@ class Clients:
 def session_key(url: str, user_env: str, password_env: str, insecure: bool,
                 ca_file: Path | None, clients: Clients) -> SessionKey:
     return SessionKey.of(url, secret_from_env(user_env), secret_from_env(password_env),
-                         insecure, str(ca_file), clients.timeout)
+                         insecure, str(ca_file), clients.timeout, clients.read_retry)
 
 
 #: XenAPI sessions of this process, one per pool coordinator, user and password.

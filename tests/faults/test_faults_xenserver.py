@@ -7,10 +7,13 @@ coordinator whose certificate changes under the pinned CA is refused."""
 
 from __future__ import annotations
 
+import gc
 import ssl
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -21,7 +24,7 @@ from adapters.retry import RetryPolicy
 from adapters.steps import Outcome
 from adapters.xenserver import Adapter, Clients
 from tests.faults.figures import fault_run, record
-from tests.faults.proxy import FaultProxy, FaultSchedule
+from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
 from tests.xenserver.conftest import dynamic_vhd, make_adapter, xapi, xen_config, xen_env
 from tests.xenserver.xapi_double import XapiDouble
 
@@ -135,3 +138,74 @@ async def test_a_changed_certificate_is_refused_naming_it(peer: Peer, tmp_path: 
         "from this host's trust store (ca_file)")
     assert not refused.value.retryable
     assert peer.proxy.forwarded == 0 and leftovers(peer.double) == []
+
+
+class FirstOf:
+    """A schedule's ``applies``: only the first request of ``method`` (and ``path``, if given)."""
+
+    def __init__(self, method: str, path: str | None = None) -> None:
+        self.method, self.path, self.done = method, path, False
+
+    def __call__(self, method: str, path: str) -> bool:
+        if self.done or method != self.method or self.path not in (None, path):
+            return False
+        self.done = True
+        return True
+
+
+def only(proxy: FaultProxy, fault: Fault, applies: FirstOf) -> None:
+    proxy.schedule = FaultSchedule(seed=1, rate=1.0, menu=(fault,), applies=applies)
+
+
+@pytest.mark.parametrize("fault", [Fault.THROTTLED_RETRY_AFTER, Fault.STATUS_502, Fault.TRUNCATED,
+                                   Fault.RESET_MID_BODY])
+async def test_a_transient_xml_rpc_fault_on_a_read_is_retried(peer: Peer, fault: Fault) -> None:
+    only(peer.proxy, fault, FirstOf("POST"))  # the log-in, under the first read
+    adapter = peer.adapter()
+    try:
+        sr = await adapter._one("SR", "Local storage", "sr")
+    finally:
+        await adapter.close()
+    assert sr in peer.double.state.srs
+    assert (peer.proxy.total_injected, peer.proxy.retried) == (1, 1)
+
+
+async def test_an_http_500_is_reported_by_status_and_not_retried(peer: Peer) -> None:
+    only(peer.proxy, Fault.STATUS_500, FirstOf("POST"))
+    adapter = peer.adapter()
+    try:
+        with pytest.raises(AdapterError) as failed:
+            await adapter._one("SR", "Local storage", "sr")
+    finally:
+        await adapter.close()
+    assert str(failed.value) == (f"XenServer {peer.proxy.url}: logging in: HTTP 500 Internal "
+                                 "Server Error")
+    assert not failed.value.retryable and peer.proxy.retried == 0
+
+
+async def test_a_failed_log_in_closes_its_connection(peer: Peer, monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    only(peer.proxy, Fault.STATUS_500, FirstOf("POST"))
+    adapter = peer.adapter()
+    try:
+        await adapter._one("SR", "Local storage", "sr")
+    except AdapterError:
+        pass
+    finally:
+        await adapter.close()
+    gc.collect()
+    assert [str(u.exc_value) for u in unraisable] == []
+
+
+async def test_an_import_answered_503_is_sent_again(peer: Peer, tmp_path: Path) -> None:
+    only(peer.proxy, Fault.STATUS_503, FirstOf("PUT", "/import_raw_vdi"))
+    adapter = peer.adapter()
+    try:
+        await publish(adapter, context(dynamic_vhd(tmp_path / "disk.vhd"), "import-503"))
+    finally:
+        await adapter.close()
+    assert (peer.proxy.total_injected, peer.proxy.retried) == (1, 1)
+    assert [u.size for u in peer.double.state.uploads] == [(tmp_path / "disk.vhd").stat().st_size]
+    assert peer.double.state.tasks == {}

@@ -107,6 +107,11 @@ class RetryableError(AdapterError):
     retryable = True
 
 
+class RefusedError(RetryableError):
+    """The platform refused the request before acting on it (HTTP 429 or 503): safe to send
+    again even when the request creates something (:data:`adapters.retry.REFUSED_STATUSES`)."""
+
+
 class AuthError(AdapterError):
     """The platform rejected the credentials."""
 

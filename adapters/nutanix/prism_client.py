@@ -16,6 +16,7 @@ from adapters.base import (
     AdapterError,
     Backoff,
     PlatformError,
+    RefusedError,
     RetryableError,
     error_words,
     secret_from_env,
@@ -111,11 +112,10 @@ class PrismClient:
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                    doing: str, idempotent: bool = False) -> dict[str, Any]:
-        """One JSON call; a safe-to-repeat one is retried after a transient failure."""
-        if not idempotent:
-            return await self._once(method, path, body, doing)
+        """One JSON call; a safe-to-repeat one is retried after a transient failure, any other
+        only after Prism refused it before acting (429, 503)."""
         return await retrying(lambda: self._once(method, path, body, doing), doing,
-                              self.clients.retry)
+                              self.clients.retry, only=(AdapterError,) if idempotent else (RefusedError,))
 
     async def find(self, kind: str, name_attribute: str, name: str) -> list[dict[str, Any]]:
         """The entities of ``kind`` named ``name`` (``POST /{kind}s/list`` with a FIQL filter)."""

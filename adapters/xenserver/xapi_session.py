@@ -14,6 +14,7 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from adapters.base import (
     NotFoundError,
     PlatformError,
     PlatformTimeoutError,
+    RefusedError,
     RetryableError,
     error_words,
     secret_from_env,
@@ -35,7 +37,7 @@ from adapters.base import (
     untrusted_words,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
-from adapters.retry import DEFAULT, TRANSIENT_STATUSES, RetryPolicy, retry_after
+from adapters.retry import DEFAULT, REFUSED_STATUSES, TRANSIENT_STATUSES, RetryPolicy, retry_after
 
 T = TypeVar("T")
 
@@ -78,7 +80,8 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
     if isinstance(exc, xmlrpc.client.ProtocolError):  # an HTTP status; its text quotes the URL
         text = f"{doing}: HTTP {exc.errcode} {exc.errmsg}"
         if exc.errcode in TRANSIENT_STATUSES:
-            return RetryableError(text, retry_after=retry_after((exc.headers or {}).get("Retry-After")))
+            cls = RefusedError if exc.errcode in REFUSED_STATUSES else RetryableError
+            return cls(text, retry_after=retry_after((exc.headers or {}).get("Retry-After")))
         return PlatformError(text)
     if isinstance(exc, ExpatError | http.client.IncompleteRead):
         # xmlrpc.client reads the answer in blocks until the connection ends: one cut short is
@@ -92,12 +95,31 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
 
 
 class _Transport(xmlrpc.client.SafeTransport):
-    """HTTP or HTTPS with a TLS context and a socket timeout (the SDK's has none)."""
+    """HTTP or HTTPS with a TLS context and a socket timeout (the SDK's has none). One XML-RPC
+    request refused before xapi acted on it (HTTP 429, 503) is sent again after the policy's
+    back-off, whatever it does: a create done in several requests is never repeated whole."""
 
-    def __init__(self, https: bool, context: ssl.SSLContext, timeout: float) -> None:
+    def __init__(self, https: bool, context: ssl.SSLContext, timeout: float,
+                 retry: RetryPolicy = DEFAULT) -> None:
         super().__init__(context=context)
         self.https = https
         self.timeout = timeout
+        self.retry = retry
+
+    def request(self, host: Any, handler: str, request_body: bytes, verbose: bool = False) -> Any:
+        started, attempt = self.retry.clock(), 1
+        while True:
+            try:
+                return super().request(host, handler, request_body, verbose)
+            except xmlrpc.client.ProtocolError as exc:
+                if exc.errcode not in REFUSED_STATUSES or attempt >= self.retry.attempts:
+                    raise
+                wait = self.retry.delay(attempt, RefusedError(
+                    "", retry_after=retry_after((exc.headers or {}).get("Retry-After"))))
+                if self.retry.clock() + wait - started > self.retry.budget:
+                    raise
+                time.sleep(wait)  # a worker thread's: the session's calls run one at a time
+                attempt += 1
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
         if self._connection and host == self._connection[0]:
@@ -138,7 +160,8 @@ class XapiSession(Session[Any]):
     def _new_proxy(self) -> Any:
         import XenAPI
 
-        transport = _Transport(self.url.startswith("https:"), self.context, self.timeout)
+        transport = _Transport(self.url.startswith("https:"), self.context, self.timeout,
+                               self.read_retry)
         return XenAPI.Session(self.url + "/", transport=transport)
 
     def login(self) -> Any:
@@ -206,7 +229,8 @@ class Clients:
     task_poll: tuple[float, float] = (0.5, 5.0)
     #: an upload cut off is sent again whole, into the same VDI
     upload_retry: RetryPolicy = UPLOAD_RETRY
-    #: how reads (and other calls safe to repeat) are retried after a transient failure
+    #: how reads (calls safe to repeat) are retried after a transient failure, and any one
+    #: XML-RPC request after xapi refused it unread (HTTP 429, 503)
     read_retry: RetryPolicy = DEFAULT
     sessions: SessionPool[XapiSession] | None = None
 

@@ -125,3 +125,18 @@ async def test_an_answer_cut_short_is_retried_not_a_raw_aiohttp_error(peer: Peer
     finally:
         await adapter.close()
     assert (cluster["spec"]["name"], peer.proxy.total_injected, peer.proxy.retried) == (CLUSTER, 1, 1)
+
+
+@pytest.mark.parametrize("fault", [Fault.THROTTLED, Fault.STATUS_503])
+async def test_a_create_refused_unread_is_sent_again(peer: Peer, tmp_path: Path, fault: Fault) -> None:
+    first = iter([True])
+    peer.proxy.schedule = FaultSchedule(
+        seed=1, rate=1.0, menu=(fault,),
+        applies=lambda method, path: method == "POST" and path.endswith("/images") and next(first, False))
+    adapter = make_adapter(peer.double, peer.ca_file, QUICK, prism_url=peer.proxy.url)
+    try:
+        await publish(adapter, context(qcow2_disk(tmp_path / "disk.qcow2"), "refused-once"))
+    finally:
+        await adapter.close()
+    assert (peer.proxy.total_injected, peer.proxy.retried) == (1, 1)
+    assert [vm["spec"]["name"] for vm in peer.double.vms.values()] == ["refused-once"]

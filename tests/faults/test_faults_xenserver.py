@@ -209,3 +209,22 @@ async def test_an_import_answered_503_is_sent_again(peer: Peer, tmp_path: Path) 
     assert (peer.proxy.total_injected, peer.proxy.retried) == (1, 1)
     assert [u.size for u in peer.double.state.uploads] == [(tmp_path / "disk.vhd").stat().st_size]
     assert peer.double.state.tasks == {}
+
+
+async def test_a_create_refused_unread_is_sent_again_once(peer: Peer) -> None:
+    creating = FirstOf("POST")
+    creating.done = True  # no fault until the create
+    only(peer.proxy, Fault.STATUS_503, creating)
+    adapter = peer.adapter()
+    try:
+        sr = await adapter._one("SR", "Local storage", "sr")  # logged in
+        creating.done = False  # the next XML-RPC request, VDI.create, is answered 503 unread
+        record = {"name_label": "refused-once", "name_description": "", "SR": sr,
+                  "virtual_size": str(8 << 20), "type": "user", "sharable": False,
+                  "read_only": False, "other_config": {}}
+        ref = await adapter.session.xapi("creating the disk", lambda x: x.VDI.create(record))
+    finally:
+        await adapter.close()
+    assert (peer.proxy.total_injected, peer.proxy.retried) == (1, 1)
+    assert [v["name_label"] for v in peer.double.state.vdis.values()] == ["refused-once"]
+    assert ref in peer.double.state.vdis

@@ -107,6 +107,11 @@ class RetryableError(AdapterError):
     retryable = True
 
 
+class RefusedError(RetryableError):
+    """The platform refused the request before acting on it (HTTP 429 or 503): safe to send
+    again even when the request creates something (:data:`adapters.retry.REFUSED_STATUSES`)."""
+
+
 class AuthError(AdapterError):
     """The platform rejected the credentials."""
 
@@ -169,11 +174,34 @@ def _causes(exc: BaseException) -> Iterable[BaseException]:
         cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
 
 
+def untrusted_certificate(exc: BaseException) -> str | None:
+    """Why the server's TLS certificate was refused (OpenSSL's words), when a certificate check
+    is among ``exc``'s causes; None otherwise. Not worth another try: the same certificate comes
+    back, so an adapter raises a non-retryable error saying :func:`untrusted_words`."""
+    for cause in _causes(exc):
+        # an SDK's wrapper (aiohttp's ClientConnectorCertificateError) is one too, without the words
+        message = getattr(cause, "verify_message", None)
+        if isinstance(cause, ssl.SSLCertVerificationError) and message is not None:
+            return str(message) or "no reason given"
+        inner = getattr(cause, "certificate_error", None)
+        if isinstance(inner, ssl.SSLCertVerificationError) and inner is not cause:
+            return untrusted_certificate(inner)
+    return None
+
+
+def untrusted_words(reason: str) -> str:
+    return (f"the server's TLS certificate is not trusted ({reason}): an intercepting proxy, or "
+            "its CA is missing from this host's trust store (ca_file)")
+
+
 def _kind_words(exc: BaseException) -> str:
     for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError) and (
+                getattr(cause, "verify_message", None) is None and cause.__cause__ is not None):
+            continue  # a wrapper of the check's own error, which has the words
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"the TLS handshake failed (the certificate could not be verified: " \
-                   f"{cause.verify_message or 'no reason given'})"
+                   f"{getattr(cause, 'verify_message', None) or 'no reason given'})"
         if isinstance(cause, ssl.SSLError):
             code = getattr(cause, "reason", None)  # set by the ssl module, not by ssl.SSLError(...)
             reason = code.replace("_", " ").lower() if code else cause.strerror or str(cause)

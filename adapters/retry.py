@@ -43,6 +43,12 @@ class RetryPolicy:
 
 
 DEFAULT = RetryPolicy()
+#: HTTP statuses that say "not now" (throttled, a gateway or the service briefly down): worth
+#: another try after Retry-After. A 500 is the platform's own failure: reported, not retried.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+#: of those, the ones that say the request was not acted on (a 502 or 504 may come after the
+#: platform acted): a request that creates something is sent again after these only
+REFUSED_STATUSES = frozenset({429, 503})
 
 
 async def retrying(call: Callable[[], Awaitable[T]], doing: str,

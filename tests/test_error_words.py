@@ -9,7 +9,7 @@ import ssl
 
 import pytest
 
-from adapters.base import PlatformError, error_for_waiter, error_words
+from adapters.base import PlatformError, error_for_waiter, error_words, untrusted_certificate
 from adapters.xenserver.xapi_session import translate
 
 
@@ -99,3 +99,25 @@ def test_xenserver_connection_failure_reason_has_no_class_name() -> None:
     assert str(error) == (f"XenServer http://127.0.0.1:{port}: logging in: connection failed: "
                           "connection refused")
     assert not isinstance(error, PlatformError) and error.retryable
+
+
+def _aiohttp_certificate_error() -> Exception:
+    """What aiohttp raises when the server's certificate fails the check: its own wrapper (an
+    SSLCertVerificationError too, without OpenSSL's words) raised from the check's error."""
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+
+    check = ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local "
+           "issuer certificate (_ssl.c:1006)")
+    check.verify_message = "unable to get local issuer certificate"
+    key = ConnectionKey("127.0.0.1", 9440, True, True, None, None, None, None)
+    return _chained(aiohttp.ClientConnectorCertificateError(key, check), check)
+
+
+def test_aiohttp_certificate_wrapper_reads_as_openssl_words() -> None:
+    wrapped = _aiohttp_certificate_error()
+    assert error_words(wrapped) == ("the TLS handshake failed (the certificate could not be "
+                                    "verified: unable to get local issuer certificate)")
+    assert untrusted_certificate(wrapped) == "unable to get local issuer certificate"
+    assert untrusted_certificate(ConnectionRefusedError(errno.ECONNREFUSED, "refused")) is None

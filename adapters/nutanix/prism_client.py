@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.base import AdapterError, Backoff, RetryableError, error_words, secret_from_env
+from adapters.base import (
+    AdapterError,
+    Backoff,
+    PlatformError,
+    RefusedError,
+    RetryableError,
+    error_words,
+    secret_from_env,
+    untrusted_certificate,
+    untrusted_words,
+)
 from adapters.nutanix.prism_errors import PLATFORM, from_status, task_failed
 from adapters.retry import DEFAULT, RetryPolicy, retrying
 
@@ -96,15 +106,16 @@ class PrismClient:
                     raise from_status(resp.status, data, doing, resp.headers.get("Retry-After"))
                 return data if isinstance(data, dict) else {}
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise RetryableError(f"{PLATFORM}: {doing}: {error_words(exc)}") from exc
+            raise unreachable(exc, doing, f"{PLATFORM}: {doing}: {error_words(exc)}") from exc
+        except aiohttp.ClientPayloadError as exc:  # its text quotes aiohttp's internals
+            raise RetryableError(f"{PLATFORM}: {doing}: the answer was cut short") from exc
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                    doing: str, idempotent: bool = False) -> dict[str, Any]:
-        """One JSON call; a safe-to-repeat one is retried after a transient failure."""
-        if not idempotent:
-            return await self._once(method, path, body, doing)
+        """One JSON call; a safe-to-repeat one is retried after a transient failure, any other
+        only after Prism refused it before acting (429, 503)."""
         return await retrying(lambda: self._once(method, path, body, doing), doing,
-                              self.clients.retry)
+                              self.clients.retry, only=(AdapterError,) if idempotent else (RefusedError,))
 
     async def find(self, kind: str, name_attribute: str, name: str) -> list[dict[str, Any]]:
         """The entities of ``kind`` named ``name`` (``POST /{kind}s/list`` with a FIQL filter)."""
@@ -180,14 +191,23 @@ class PrismClient:
                         said = await resp.text()
                     raise from_status(resp.status, said, doing, resp.headers.get("Retry-After"))
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise RetryableError(f"{PLATFORM}: {doing}: the upload was cut off "
-                                 f"({error_words(exc)})") from exc
+            raise unreachable(exc, doing, f"{PLATFORM}: {doing}: the upload was cut off "
+                                          f"({error_words(exc)})") from exc
 
     async def close(self) -> None:
         self.closed = True
         if self._http is not None:
             http, self._http = self._http, None
             await http.close()
+
+
+def unreachable(exc: BaseException, doing: str, text: str) -> AdapterError:
+    """A failed connection (``text``) is worth another try, unless Prism's certificate was
+    refused: the same one comes back."""
+    reason = untrusted_certificate(exc)
+    if reason is not None:
+        return PlatformError(f"{PLATFORM}: {doing}: {untrusted_words(reason)}")
+    return RetryableError(text)
 
 
 def entity_name(entity: dict[str, Any]) -> str | None:

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.base import AdapterError, AuthError, NotFoundError, PlatformError, RetryableError
-from adapters.retry import retry_after
+from adapters.base import (
+    AdapterError,
+    AuthError,
+    NotFoundError,
+    PlatformError,
+    RefusedError,
+    RetryableError,
+)
+from adapters.retry import REFUSED_STATUSES, TRANSIENT_STATUSES, retry_after
 
 PLATFORM = "Nutanix Prism"
 
@@ -46,7 +53,9 @@ def from_status(status: int, body: Any, doing: str, retry_after_header: str | No
         return NotFoundError(text)
     if status == 409:
         return SpecVersionConflict(text)
-    if status in (429, 502, 503, 504):
+    if status in REFUSED_STATUSES:
+        return RefusedError(text, retry_after=retry_after(retry_after_header))
+    if status in TRANSIENT_STATUSES:
         return RetryableError(text, retry_after=retry_after(retry_after_header))
     return PlatformError(text)
 

@@ -91,7 +91,7 @@ class Adapter:
     def _new_session(self) -> XapiSession:
         cfg = self.config
         return XapiSession(cfg.url, cfg.user_env, cfg.password_env, self.context,
-                           self.clients.timeout)
+                           self.clients.timeout, self.clients.read_retry)
 
     @classmethod
     def format_for(cls, config: object) -> DiskFormat:

@@ -29,6 +29,7 @@ from adapters.base import (
     RetryableError,
     error_words,
 )
+from adapters.retry import TRANSIENT_STATUSES, retry_after
 from adapters.xenserver.xapi_session import XapiSession, translate_details
 
 CHUNK = 1 << 20
@@ -76,8 +77,8 @@ async def import_vhd(session: XapiSession, vdi_ref: str, vdi_name: str, artifact
                            "vdi": vdi_ref, "format": "vhd"})
         cut: str | None = None
         try:
-            status, reason = await _put(f"{session.url}/import_raw_vdi?{query}", artifact, sent,
-                                        context, progress, what)
+            status, reason, wait = await _put(f"{session.url}/import_raw_vdi?{query}", artifact,
+                                              sent, context, progress, what)
         except Exception as exc:  # aiohttp's errors quote the URL (its session_id): not their text
             if not _is_transport_error(exc):
                 raise
@@ -85,8 +86,10 @@ async def import_vhd(session: XapiSession, vdi_ref: str, vdi_name: str, artifact
         else:
             if status != 200:
                 await _raise_task_error(session, task, what)
-                raise PlatformError(f"XenServer {session.url}: import_raw_vdi refused {what}: HTTP "
-                                    f"{status} {reason}")
+                text = f"XenServer {session.url}: import_raw_vdi refused {what}: HTTP {status} {reason}"
+                if status in TRANSIENT_STATUSES:  # sent again whole, into the same VDI
+                    raise RetryableError(text, retry_after=wait)
+                raise PlatformError(text)
             if sent.bytes < sent.size:
                 cut = "the connection closed"
         if cut is not None:
@@ -105,8 +108,9 @@ def _is_transport_error(exc: BaseException) -> bool:
 
 
 async def _put(url: str, artifact: Path, sent: _Sent, context: ssl.SSLContext | None,
-               progress: ProgressFn, what: str) -> tuple[int, str]:
-    """PUT the file (again, whole, to where a 302 points); the final status and reason."""
+               progress: ProgressFn, what: str) -> tuple[int, str, float | None]:
+    """PUT the file (again, whole, to where a 302 points); the final status, its reason and
+    the seconds of its Retry-After."""
     import aiohttp
 
     connector = aiohttp.TCPConnector(ssl=context if url.startswith("https:") else False)
@@ -115,26 +119,28 @@ async def _put(url: str, artifact: Path, sent: _Sent, context: ssl.SSLContext | 
         for _ in range(MAX_REDIRECTS + 1):
             # the file is closed here: aiohttp drops the body's generator unfinished on a cut
             with open(artifact, "rb") as fh:
-                status, reason, location = await _put_once(http, url, _body(fh, sent, progress, what),
-                                                           sent.size, timeout)
+                status, reason, location, wait = await _put_once(
+                    http, url, _body(fh, sent, progress, what), sent.size, timeout)
             if location is None:
-                return status, reason
+                return status, reason, wait
             url = urljoin(url, location)
     raise PlatformError(f"import_raw_vdi of {what}: more than {MAX_REDIRECTS} redirects")
 
 
 async def _put_once(http: Any, url: str, body: AsyncIterator[bytes], size: int, timeout: Any
-                    ) -> tuple[int, str, str | None]:
-    """One PUT: its status and reason, and where a redirect points (None: no redirect)."""
+                    ) -> tuple[int, str, str | None, float | None]:
+    """One PUT: its status and reason, where a redirect points (None: no redirect) and the
+    seconds of its Retry-After."""
     async with http.put(url, data=body,
                         headers={"Content-Length": str(size),
                                  "Content-Type": "application/octet-stream"},
                         allow_redirects=False, timeout=timeout) as resp:
         location = resp.headers.get("Location")
+        wait = retry_after(resp.headers.get("Retry-After"))
         if resp.status in _REDIRECTS and location:
-            return resp.status, resp.reason or "", location
+            return resp.status, resp.reason or "", location, wait
         await resp.read()  # xapi closes the connection once it has read the body
-        return resp.status, resp.reason or "", None
+        return resp.status, resp.reason or "", None, wait
 
 
 async def _raise_cut_off(session: XapiSession, task: str, what: str, sent: _Sent, how: str) -> None:

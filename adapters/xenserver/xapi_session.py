@@ -14,11 +14,13 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from xml.parsers.expat import ExpatError
 
 from adapters.base import (
     AdapterError,
@@ -27,12 +29,15 @@ from adapters.base import (
     NotFoundError,
     PlatformError,
     PlatformTimeoutError,
+    RefusedError,
     RetryableError,
     error_words,
     secret_from_env,
+    untrusted_certificate,
+    untrusted_words,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
-from adapters.retry import RetryPolicy
+from adapters.retry import DEFAULT, REFUSED_STATUSES, TRANSIENT_STATUSES, RetryPolicy, retry_after
 
 T = TypeVar("T")
 
@@ -68,8 +73,20 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
     """The adapter error for a failed call, keeping xapi's code and parameters."""
     if failure_code(exc) is not None:
         return translate_details(list(getattr(exc, "details", [])), doing)
+    if (untrusted := untrusted_certificate(exc)) is not None:
+        return PlatformError(f"{doing}: {untrusted_words(untrusted)}")
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return PlatformTimeoutError(f"{doing}: no answer in time")
+    if isinstance(exc, xmlrpc.client.ProtocolError):  # an HTTP status; its text quotes the URL
+        text = f"{doing}: HTTP {exc.errcode} {exc.errmsg}"
+        if exc.errcode in TRANSIENT_STATUSES:
+            cls = RefusedError if exc.errcode in REFUSED_STATUSES else RetryableError
+            return cls(text, retry_after=retry_after((exc.headers or {}).get("Retry-After")))
+        return PlatformError(text)
+    if isinstance(exc, ExpatError | http.client.IncompleteRead):
+        # xmlrpc.client reads the answer in blocks until the connection ends: one cut short is
+        # a broken XML document
+        return RetryableError(f"{doing}: the answer was cut short (not a whole XML-RPC answer)")
     if isinstance(exc, (ConnectionError, http.client.HTTPException, OSError)):
         return RetryableError(f"{doing}: connection failed: {error_words(exc)}")
     if isinstance(exc, xmlrpc.client.Fault):
@@ -78,12 +95,31 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
 
 
 class _Transport(xmlrpc.client.SafeTransport):
-    """HTTP or HTTPS with a TLS context and a socket timeout (the SDK's has none)."""
+    """HTTP or HTTPS with a TLS context and a socket timeout (the SDK's has none). One XML-RPC
+    request refused before xapi acted on it (HTTP 429, 503) is sent again after the policy's
+    back-off, whatever it does: a create done in several requests is never repeated whole."""
 
-    def __init__(self, https: bool, context: ssl.SSLContext, timeout: float) -> None:
+    def __init__(self, https: bool, context: ssl.SSLContext, timeout: float,
+                 retry: RetryPolicy = DEFAULT) -> None:
         super().__init__(context=context)
         self.https = https
         self.timeout = timeout
+        self.retry = retry
+
+    def request(self, host: Any, handler: str, request_body: bytes, verbose: bool = False) -> Any:
+        started, attempt = self.retry.clock(), 1
+        while True:
+            try:
+                return super().request(host, handler, request_body, verbose)
+            except xmlrpc.client.ProtocolError as exc:
+                if exc.errcode not in REFUSED_STATUSES or attempt >= self.retry.attempts:
+                    raise
+                wait = self.retry.delay(attempt, RefusedError(
+                    "", retry_after=retry_after((exc.headers or {}).get("Retry-After"))))
+                if self.retry.clock() + wait - started > self.retry.budget:
+                    raise
+                time.sleep(wait)  # a worker thread's: the session's calls run one at a time
+                attempt += 1
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
         if self._connection and host == self._connection[0]:
@@ -108,8 +144,8 @@ class XapiSession(Session[Any]):
     """A logged-in ``XenAPI.Session`` of one pool coordinator, user and password."""
 
     def __init__(self, url: str, user_env: str, password_env: str, context: ssl.SSLContext,
-                 timeout: float) -> None:
-        super().__init__(url)
+                 timeout: float, read_retry: RetryPolicy = DEFAULT) -> None:
+        super().__init__(url, read_retry)
         self.url = url
         self.user_env = user_env
         self.password_env = password_env
@@ -124,12 +160,18 @@ class XapiSession(Session[Any]):
     def _new_proxy(self) -> Any:
         import XenAPI
 
-        transport = _Transport(self.url.startswith("https:"), self.context, self.timeout)
+        transport = _Transport(self.url.startswith("https:"), self.context, self.timeout,
+                               self.read_retry)
         return XenAPI.Session(self.url + "/", transport=transport)
 
     def login(self) -> Any:
         proxy = self._new_proxy()
-        self._log_in(proxy)
+        try:
+            self._log_in(proxy)
+        except BaseException:
+            with contextlib.suppress(Exception):  # its connection, else left open
+                proxy("close")()
+            raise
         return proxy
 
     def login_again(self, client: Any) -> Any:
@@ -187,6 +229,9 @@ class Clients:
     task_poll: tuple[float, float] = (0.5, 5.0)
     #: an upload cut off is sent again whole, into the same VDI
     upload_retry: RetryPolicy = UPLOAD_RETRY
+    #: how reads (calls safe to repeat) are retried after a transient failure, and any one
+    #: XML-RPC request after xapi refused it unread (HTTP 429, 503)
+    read_retry: RetryPolicy = DEFAULT
     sessions: SessionPool[XapiSession] | None = None
 
     @property
@@ -197,7 +242,7 @@ class Clients:
 def session_key(url: str, user_env: str, password_env: str, insecure: bool,
                 ca_file: Path | None, clients: Clients) -> SessionKey:
     return SessionKey.of(url, secret_from_env(user_env), secret_from_env(password_env),
-                         insecure, str(ca_file), clients.timeout)
+                         insecure, str(ca_file), clients.timeout, clients.read_retry)
 
 
 #: XenAPI sessions of this process, one per pool coordinator, user and password.

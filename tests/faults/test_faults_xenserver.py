@@ -1,0 +1,230 @@
+"""XenServer (XenAPI XML-RPC and the disk's HTTP import) through the fault proxy: the XenAPI
+double speaks plain HTTP, so the proxy terminates TLS with a certificate of a CA the connector
+pins (ca_file), as a pool coordinator's HTTPS does, at a 20 % fault rate on the XML-RPC calls
+and the ``PUT /import_raw_vdi`` alike. A publish either succeeds or fails with XenServer's
+message, and after the runner's cleanup the double holds no VM, VDI, VBD, VIF or task of it; a
+coordinator whose certificate changes under the pinned CA is refused."""
+
+from __future__ import annotations
+
+import gc
+import ssl
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from adapters.base import AdapterError, PublishContext, clean_up, publish
+from adapters.blocking import SessionPool
+from adapters.retry import RetryPolicy
+from adapters.steps import Outcome
+from adapters.xenserver import Adapter, Clients
+from tests.faults.figures import fault_run, record
+from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
+from tests.xenserver.conftest import dynamic_vhd, make_adapter, xapi, xen_config, xen_env
+from tests.xenserver.xapi_double import XapiDouble
+
+__all__ = ["xapi", "xen_env"]  # the XenAPI double's fixtures
+#: connector types these runs publish to (tests/faults/test_fault_coverage.py)
+COVERS = ("xenserver",)
+pytestmark = pytest.mark.timeout(120)
+SEEDS = tuple(range(1, 9))
+QUICK = RetryPolicy(attempts=4, budget=30.0, first_delay=0.05, max_delay=0.2)
+
+
+def quick_clients() -> Clients:
+    """A call gives up after 1 s (before the proxy's 2 s stall ends); short retries; a pool of
+    the test's own (a session of another test, another proxy, is never shared)."""
+    return Clients(timeout=1.0, event_wait=0.5, task_poll=(0.05, 0.2), sessions=SessionPool(),
+                   upload_retry=QUICK, read_retry=QUICK)
+
+
+@dataclass
+class Peer:
+    double: XapiDouble
+    proxy: FaultProxy
+    ca_file: Path
+
+    def adapter(self) -> Adapter:
+        return make_adapter(xen_config(self.double, host=self.proxy.url, ca_file=str(self.ca_file)),
+                            quick_clients())
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[trustme.CA, Path]]:
+    authority = trustme.CA()
+    pem = tmp_path_factory.mktemp("xen-ca") / "ca.pem"
+    authority.cert_pem.write_to_path(str(pem))
+    yield authority, pem
+
+
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture
+async def peer(request: pytest.FixtureRequest, xapi: XapiDouble, xen_env: None,
+               ca: tuple[trustme.CA, Path]) -> AsyncIterator[Peer]:
+    callspec = getattr(request.node, "callspec", None)
+    seed = callspec.params.get("seed", 0) if callspec is not None else 0
+    async with FaultProxy(xapi.url, FaultSchedule(seed=seed, rate=0.2), tls=server_tls(ca[0]),
+                          client_max_size=64 << 20) as proxy:
+        yield Peer(xapi, proxy, ca[1])
+
+
+def context(vhd: tuple[Path, int], name: str) -> PublishContext:
+    async def progress(fraction: float, note: str) -> None:
+        pass
+
+    return PublishContext(task_id="t0fa017c", template="win10", image_name=name, artifact=vhd[0],
+                          artifact_format="vhd-dynamic", virtual_size=vhd[1], progress=progress)
+
+
+def leftovers(double: XapiDouble) -> list[str]:
+    """What the double holds that the publish made (read from its state, not through the proxy):
+    VMs, VDIs, VBDs and VIFs made through the API, and every task."""
+    with double.lock:
+        tasks = [f"task {ref} {t.get('name_label', '')} {t.get('status', '')}"
+                 for ref, t in double.state.tasks.items()]
+    return double.leftovers() + tasks
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
+        peer: Peer, tmp_path: Path, seed: int) -> None:
+    name = f"faults-xen-{seed}"
+    adapter = peer.adapter()
+    ctx = context(dynamic_vhd(tmp_path / "disk.vhd"), name)
+    error: str | None = None
+    try:
+        try:
+            await publish(adapter, ctx)
+        except AdapterError as exc:
+            error = str(exc)
+        peer.proxy.heal()
+        if error is not None:
+            assert error.startswith(("XenServer", "Citrix Hypervisor")), error
+            await clean_up(adapter, ctx, Outcome.FAILED)  # what the runner does after a failure
+    finally:
+        await adapter.close()
+    orphans = leftovers(peer.double) if error is not None else []
+    record(fault_run("xenserver", seed, [peer.proxy], error=error, orphans=orphans))
+    assert peer.proxy.total_injected > 0
+    if error is None:
+        found = peer.double.vm_by_name(name)
+        assert found is not None and found[1]["power_state"] == "Halted"
+        assert peer.double.state.tasks == {}  # the upload's task was destroyed
+    assert orphans == [], f"seed {seed} ({error}) left {orphans}; faults {peer.proxy.injections}"
+
+
+async def test_a_changed_certificate_is_refused_naming_it(peer: Peer, tmp_path: Path) -> None:
+    peer.proxy.heal()
+    peer.proxy.change_certificate(server_tls(trustme.CA()))
+    adapter = peer.adapter()
+    try:
+        with pytest.raises(AdapterError) as refused:
+            await publish(adapter, context(dynamic_vhd(tmp_path / "disk.vhd"), "cert-change"))
+    finally:
+        await adapter.close()
+    assert str(refused.value) == (
+        f"XenServer {peer.proxy.url}: logging in: the server's TLS certificate is not trusted "
+        "(unable to get local issuer certificate): an intercepting proxy, or its CA is missing "
+        "from this host's trust store (ca_file)")
+    assert not refused.value.retryable
+    assert peer.proxy.forwarded == 0 and leftovers(peer.double) == []
+
+
+class FirstOf:
+    """A schedule's ``applies``: only the first request of ``method`` (and ``path``, if given)."""
+
+    def __init__(self, method: str, path: str | None = None) -> None:
+        self.method, self.path, self.done = method, path, False
+
+    def __call__(self, method: str, path: str) -> bool:
+        if self.done or method != self.method or self.path not in (None, path):
+            return False
+        self.done = True
+        return True
+
+
+def only(proxy: FaultProxy, fault: Fault, applies: FirstOf) -> None:
+    proxy.schedule = FaultSchedule(seed=1, rate=1.0, menu=(fault,), applies=applies)
+
+
+@pytest.mark.parametrize("fault", [Fault.THROTTLED_RETRY_AFTER, Fault.STATUS_502, Fault.TRUNCATED,
+                                   Fault.RESET_MID_BODY])
+async def test_a_transient_xml_rpc_fault_on_a_read_is_retried(peer: Peer, fault: Fault) -> None:
+    only(peer.proxy, fault, FirstOf("POST"))  # the log-in, under the first read
+    adapter = peer.adapter()
+    try:
+        sr = await adapter._one("SR", "Local storage", "sr")
+    finally:
+        await adapter.close()
+    assert sr in peer.double.state.srs
+    assert (peer.proxy.total_injected, peer.proxy.retried) == (1, 1)
+
+
+async def test_an_http_500_is_reported_by_status_and_not_retried(peer: Peer) -> None:
+    only(peer.proxy, Fault.STATUS_500, FirstOf("POST"))
+    adapter = peer.adapter()
+    try:
+        with pytest.raises(AdapterError) as failed:
+            await adapter._one("SR", "Local storage", "sr")
+    finally:
+        await adapter.close()
+    assert str(failed.value) == (f"XenServer {peer.proxy.url}: logging in: HTTP 500 Internal "
+                                 "Server Error")
+    assert not failed.value.retryable and peer.proxy.retried == 0
+
+
+async def test_a_failed_log_in_closes_its_connection(peer: Peer, monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    only(peer.proxy, Fault.STATUS_500, FirstOf("POST"))
+    adapter = peer.adapter()
+    try:
+        await adapter._one("SR", "Local storage", "sr")
+    except AdapterError:
+        pass
+    finally:
+        await adapter.close()
+    gc.collect()
+    assert [str(u.exc_value) for u in unraisable] == []
+
+
+async def test_an_import_answered_503_is_sent_again(peer: Peer, tmp_path: Path) -> None:
+    only(peer.proxy, Fault.STATUS_503, FirstOf("PUT", "/import_raw_vdi"))
+    adapter = peer.adapter()
+    try:
+        await publish(adapter, context(dynamic_vhd(tmp_path / "disk.vhd"), "import-503"))
+    finally:
+        await adapter.close()
+    assert (peer.proxy.total_injected, peer.proxy.retried) == (1, 1)
+    assert [u.size for u in peer.double.state.uploads] == [(tmp_path / "disk.vhd").stat().st_size]
+    assert peer.double.state.tasks == {}
+
+
+async def test_a_create_refused_unread_is_sent_again_once(peer: Peer) -> None:
+    creating = FirstOf("POST")
+    creating.done = True  # no fault until the create
+    only(peer.proxy, Fault.STATUS_503, creating)
+    adapter = peer.adapter()
+    try:
+        sr = await adapter._one("SR", "Local storage", "sr")  # logged in
+        creating.done = False  # the next XML-RPC request, VDI.create, is answered 503 unread
+        record = {"name_label": "refused-once", "name_description": "", "SR": sr,
+                  "virtual_size": str(8 << 20), "type": "user", "sharable": False,
+                  "read_only": False, "other_config": {}}
+        ref = await adapter.session.xapi("creating the disk", lambda x: x.VDI.create(record))
+    finally:
+        await adapter.close()
+    assert (peer.proxy.total_injected, peer.proxy.retried) == (1, 1)
+    assert [v["name_label"] for v in peer.double.state.vdis.values()] == ["refused-once"]
+    assert ref in peer.double.state.vdis

@@ -76,7 +76,8 @@ class Adapter:
         self.clients = clients or RemoteClients()
         self.endpoint = Endpoint.of(config)
         self._key, self.session = acquire(self.endpoint, self.clients)
-        self.smb = SmbCopier(SmbShare.of(config, self.clients.timeout), self.clients.chunk_size)
+        self.smb = SmbCopier(SmbShare.of(config, self.clients.timeout), self.clients.chunk_size,
+                             self.clients.smb_retry)
         self._closed = False
 
     @classmethod

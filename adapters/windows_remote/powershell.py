@@ -35,6 +35,8 @@ from adapters.base import (
     secret_from_env,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
+from adapters.retry import RetryPolicy
+from adapters.windows_remote.smb_copy import COPY_RETRY
 
 if TYPE_CHECKING:
     from adapters.windows_remote.winrm_settings import WindowsRemoteSettings
@@ -258,6 +260,8 @@ class RemoteClients:
     chunk_size: int = 4 << 20
     #: seconds between rounds of a watch (first, longest)
     poll: tuple[float, float] = (15.0, 300.0)
+    #: how an SMB copy (or a size, a removal) whose connection was lost is tried again
+    smb_retry: RetryPolicy = COPY_RETRY
     sessions: SessionPool[PowerShellSession] | None = None
 
     @property

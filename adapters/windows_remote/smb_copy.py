@@ -31,6 +31,7 @@ from adapters.base import (
     error_words,
     secret_from_env,
 )
+from adapters.retry import RetryPolicy, retrying
 
 if TYPE_CHECKING:
     from adapters.windows_remote.winrm_settings import WindowsRemoteSettings
@@ -43,6 +44,9 @@ _DENIED = frozenset({"SMBAuthenticationError", "LogonFailure", "AccessDenied", "
                      "AccountRestriction"})
 _MISSING = frozenset({"ObjectNameNotFound", "ObjectPathNotFound", "BadNetworkName"})
 _FULL = frozenset({"DiskFull", "QuotaExceeded"})
+#: a copy whose connection was lost starts again (the file is opened for writing, replaced):
+#: a dropped SMB session, a server restarting, a refused connection
+COPY_RETRY = RetryPolicy(attempts=4, budget=900.0, first_delay=2.0, max_delay=30.0)
 
 
 class CopyStopped(Exception):
@@ -109,9 +113,10 @@ def _close(remote: Any, after_failure: bool) -> None:
 class SmbCopier:
     """Copies files to, sizes and removes files on one SMB server (blocking calls on threads)."""
 
-    def __init__(self, share: SmbShare, chunk_size: int = 4 << 20) -> None:
+    def __init__(self, share: SmbShare, chunk_size: int = 4 << 20, retry: RetryPolicy = COPY_RETRY) -> None:
         self.share = share
         self.chunk_size = chunk_size
+        self.retry = retry
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -191,15 +196,23 @@ class SmbCopier:
         return True
 
     async def _call(self, where: str, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except Exception as exc:
-            self._drop_connections()
-            raise translate(exc, where) from exc
+        async def once() -> Any:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except Exception as exc:
+                self._drop_connections()
+                raise translate(exc, where) from exc
+
+        return await retrying(once, where, self.retry)
 
     # ------------------------------------------------------------ async API
     async def copy(self, source: Path, unc: str, progress: CopyProgress) -> int:
-        """Copy ``source`` to ``unc`` (replacing it); the bytes copied, checked on the share."""
+        """Copy ``source`` to ``unc`` (replacing it); the bytes copied, checked on the share.
+        A copy whose connection was lost starts again from its first byte (``retry``)."""
+        return await retrying(lambda: self._copy_once(source, unc, progress),
+                              f"copying {source.name} to {unc}", self.retry)
+
+    async def _copy_once(self, source: Path, unc: str, progress: CopyProgress) -> int:
         loop = asyncio.get_running_loop()
         total = source.stat().st_size
         stop = threading.Event()

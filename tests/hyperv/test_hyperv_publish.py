@@ -170,15 +170,39 @@ async def test_a_cmdlet_error_keeps_its_message_and_cleanup_removes_the_disk(
         await adapter.close()
 
 
-async def test_an_interrupted_copy_fails_and_leaves_nothing(smb_env: SambaPeer, hyperv: HyperVDouble,
-                                                            tmp_path: Path) -> None:
+async def test_a_copy_interrupted_once_starts_again_and_the_vm_is_made(
+        smb_env: SambaPeer, hyperv: HyperVDouble, tmp_path: Path) -> None:
     adapter = create(hyperv_config(smb_env), short_clients(hyperv))
     cut = smb_env.cut_copy_after_first_chunk(adapter.smb)  # type: ignore[attr-defined]
-    ctx = context(data_disk(tmp_path / "disk.vhdx", 8), "vm-cut")
+    disk = data_disk(tmp_path / "disk.vhdx", 8)
+    ctx = context(disk, "vm-cut")
+    try:
+        await publish(adapter, ctx)
+        assert cut == [1 << 20]  # the first attempt lost its connection after one chunk
+        assert smb_env.files() == ["vm-cut.vhdx"]
+        assert digest(smb_env.share_dir / "vm-cut.vhdx") == digest(disk)
+        assert len(hyperv.of("New-VM")) == 1
+    finally:
+        await adapter.close()
+
+
+async def test_a_copy_interrupted_at_every_attempt_fails_and_leaves_nothing(
+        smb_env: SambaPeer, hyperv: HyperVDouble, tmp_path: Path) -> None:
+    adapter = create(hyperv_config(smb_env), short_clients(hyperv))
+    real = adapter.smb._copy_sync  # type: ignore[attr-defined]
+    attempts: list[int] = []
+
+    def copy_then_lose_the_connection(*args: Any) -> int:
+        attempts.append(1)
+        real(*args)
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    adapter.smb._copy_sync = copy_then_lose_the_connection  # type: ignore[attr-defined]
+    ctx = context(data_disk(tmp_path / "disk.vhdx", 2), "vm-cut")
     try:
         with pytest.raises(RetryableError, match="SMB connection was lost"):
             await publish(adapter, ctx)
-        assert cut == [1 << 20]
+        assert len(attempts) == 3  # short_clients' smb_retry
         assert smb_env.files() == [] and ctx.resources == []
         assert hyperv.of("New-VM") == []
     finally:

@@ -9,16 +9,19 @@ import hashlib
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from adapters.base import AuthError, RetryableError
+from adapters.retry import RetryPolicy
 from adapters.windows_remote.smb_copy import SmbCopier, SmbShare, translate
 
 from .samba_peer import SMB_PASSWORD_ENV, SMB_USER_ENV, SambaPeer
 
 pytestmark = pytest.mark.timeout(120)
 CHUNK = 1 << 20
+QUICK = RetryPolicy(attempts=3, budget=30.0, first_delay=0.05, max_delay=0.1)
 
 
 def disk(path: Path, mib: int = 24) -> Path:
@@ -38,7 +41,7 @@ def same_bytes(a: Path, b: Path) -> bool:
 
 def copier(samba: SambaPeer, encrypt: bool = True) -> SmbCopier:
     share = SmbShare("127.0.0.1", SMB_USER_ENV, SMB_PASSWORD_ENV, samba.port, "ntlm", encrypt, 10)
-    return SmbCopier(share, CHUNK)
+    return SmbCopier(share, CHUNK, QUICK)
 
 
 async def test_copy_equals_the_disk_byte_for_byte_and_remove_deletes_it(smb_env: SambaPeer,
@@ -64,12 +67,33 @@ async def test_copy_equals_the_disk_byte_for_byte_and_remove_deletes_it(smb_env:
         await smb.close()
 
 
-async def test_an_interrupted_copy_fails_retryably_and_the_partial_file_can_be_removed(
+async def test_a_copy_whose_connection_drops_once_starts_again_and_completes(
+        smb_env: SambaPeer, tmp_path: Path) -> None:
+    source = disk(tmp_path / "d.vhdx", 8)
+    smb = copier(smb_env)
+    cut = smb_env.cut_copy_after_first_chunk(smb)
+    unc = f"{smb_env.unc}\\again.vhdx"
+    try:
+        assert await smb.copy(source, unc, _ignore) == source.stat().st_size
+        assert cut == [CHUNK]  # the first attempt lost its connection after one chunk
+        assert same_bytes(smb_env.share_dir / "again.vhdx", source)
+    finally:
+        await smb.close()
+
+
+async def test_a_copy_interrupted_at_every_attempt_fails_retryably_and_the_partial_file_can_be_removed(
         smb_env: SambaPeer, tmp_path: Path) -> None:
     source = disk(tmp_path / "d.vhdx", 64)
     smb = copier(smb_env)
     unc = f"{smb_env.unc}\\cut.vhdx"
     before = set(smb_env.connections())
+    real, attempts = smb._copy_sync, []
+
+    def counted(*args: Any) -> int:
+        attempts.append(1)
+        return real(*args)
+
+    smb._copy_sync = counted  # type: ignore[method-assign]
 
     async def cut(done: int, total: int) -> None:
         if done >= 4 * CHUNK:  # the server side of this connection dies mid-copy
@@ -80,6 +104,7 @@ async def test_an_interrupted_copy_fails_retryably_and_the_partial_file_can_be_r
     try:
         with pytest.raises(RetryableError, match="SMB connection was lost"):
             await smb.copy(source, unc, cut)
+        assert len(attempts) == QUICK.attempts  # each attempt started again
         assert "cut.vhdx" in smb_env.files()
         assert await smb.remove(unc) is True  # a new connection
         assert smb_env.files() == []

@@ -35,7 +35,7 @@ from adapters.base import (
     secret_from_env,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
-from adapters.retry import RetryPolicy
+from adapters.retry import DEFAULT, RetryPolicy
 from adapters.windows_remote.smb_copy import COPY_RETRY
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ _CATEGORIES = (
 _NOT_FOUND = frozenset({"ObjectNotFound"})
 _DENIED = frozenset({"PermissionDenied", "SecurityError", "AuthenticationError"})
 _TRANSIENT = frozenset({"ResourceBusy", "OperationTimeout", "ConnectionError"})
+#: HTTP answers of a host or proxy too busy or restarting (the request was not run)
+_BUSY = frozenset({429, 502, 503, 504})
 #: WSMan fault: the shell (runspace) is gone, e.g. after the host's WinRM service restarted
 _SHELL_GONE = 2150858843
 
@@ -187,6 +189,10 @@ def translate_transport(exc: BaseException, where: str) -> AdapterError:
                              f"({error_words(exc)}); "
                              "set ca_file to the CA bundle (PEM) that signed it, or insecure: true "
                              "(labs only)")
+    if name == "WinRMTransportError" and code in _BUSY:
+        # the host (or a proxy in front of it) did not take the request: try again
+        return RetryableError(f"{where}: WinRM answered HTTP {code} (the host or a proxy in front "
+                              "of it is busy or restarting)")
     if name in ("ConnectionError", "SSLError") or isinstance(exc, OSError):
         return RetryableError(f"{where}: connection failed: {error_words(exc)}")
     if name == "WSManFaultError":
@@ -198,8 +204,9 @@ def translate_transport(exc: BaseException, where: str) -> AdapterError:
 class PowerShellSession(Session[PSConnection]):
     """A runspace on one host as one user (see the module docstring)."""
 
-    def __init__(self, endpoint: Endpoint, connect: Connect, timeout: float) -> None:
-        super().__init__(endpoint.host)
+    def __init__(self, endpoint: Endpoint, connect: Connect, timeout: float,
+                 read_retry: RetryPolicy = DEFAULT) -> None:
+        super().__init__(endpoint.host, read_retry)
         self.remote = endpoint
         self.connect = connect
         self.timeout = timeout
@@ -262,6 +269,9 @@ class RemoteClients:
     poll: tuple[float, float] = (15.0, 300.0)
     #: how an SMB copy (or a size, a removal) whose connection was lost is tried again
     smb_retry: RetryPolicy = COPY_RETRY
+    #: how a script that can run twice (a query, a setting) is tried again after a dropped
+    #: connection, a timeout or a busy host
+    read_retry: RetryPolicy = DEFAULT
     sessions: SessionPool[PowerShellSession] | None = None
 
     @property
@@ -279,7 +289,7 @@ def acquire(endpoint: Endpoint, clients: RemoteClients) -> tuple[SessionKey, Pow
     """The shared session of ``endpoint`` (release it with ``clients.pool.release``)."""
     key = session_key(endpoint, clients)
     return key, clients.pool.acquire(
-        key, lambda: PowerShellSession(endpoint, clients.connect, clients.timeout))
+        key, lambda: PowerShellSession(endpoint, clients.connect, clients.timeout, clients.read_retry))
 
 
 # ---------------------------------------------------------------- pypsrp

@@ -78,6 +78,22 @@ def _missing(exc: BaseException) -> bool:
             or getattr(exc, "errno", None) == errno.ENOENT)
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """The connection died (or could not be made): smbprotocol raises a ValueError("Failed to
+    connect ...") whose cause is the socket's error, so the causes are looked through."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        # EBADF/ENOTCONN: smbprotocol's receiver closed the socket when the connection died,
+        # and the copy's next send found it closed
+        if type(seen).__name__ == "SMBConnectionClosed" or isinstance(seen, ConnectionError) or (
+                type(seen) is OSError and seen.errno in (errno.EBADF, errno.ENOTCONN)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def translate(exc: BaseException, where: str) -> AdapterError:
     """The adapter error for an smbprotocol failure, keeping its status text."""
     if isinstance(exc, AdapterError):
@@ -91,10 +107,7 @@ def translate(exc: BaseException, where: str) -> AdapterError:
         return InsufficientSpaceError(f"{where}: the share is full ({error_words(exc)})")
     if isinstance(exc, TimeoutError):
         return PlatformTimeoutError(f"{where}: no answer in time")
-    # EBADF/ENOTCONN: smbprotocol's receiver closed the socket when the connection died, and
-    # the copy's next send found it closed
-    if name == "SMBConnectionClosed" or isinstance(exc, ConnectionError) or (
-            type(exc) is OSError and exc.errno in (errno.EBADF, errno.ENOTCONN)):
+    if _connection_lost(exc):
         return RetryableError(f"{where}: the SMB connection was lost ({error_words(exc)})")
     return PlatformError(f"{where} failed: {error_words(exc)}")
 

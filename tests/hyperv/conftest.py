@@ -19,7 +19,7 @@ from .hyperv_double import HyperVDouble
 __all__ = ["samba", "smb_env"]
 
 LOCAL_PATH = "D:\\Hyper-V\\layerbot"
-#: an SMB copy whose connection was lost starts again at once
+#: an SMB copy whose connection was lost (a query after a dropped connection) starts again at once
 QUICK_SMB_RETRY = RetryPolicy(attempts=3, budget=30.0, first_delay=0.05, max_delay=0.1)
 
 
@@ -38,7 +38,7 @@ def hyperv_config(samba: SambaPeer, **overrides: Any) -> Config:
 
 def short_clients(double: HyperVDouble) -> Clients:
     return Clients(connect=double.connect, timeout=10, chunk_size=1 << 20, poll=(0.02, 0.1),
-                   sessions=SessionPool(), smb_retry=QUICK_SMB_RETRY)
+                   sessions=SessionPool(), smb_retry=QUICK_SMB_RETRY, read_retry=QUICK_SMB_RETRY)
 
 
 def data_disk(path: Path, size_mib: int = 16) -> Path:

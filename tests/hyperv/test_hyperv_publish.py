@@ -414,3 +414,26 @@ def test_the_double_refuses_what_hyper_v_refuses(hyperv: HyperVDouble, change: d
     firmware = scripts.set_secure_boot("some-id", "NoSuchTemplate")
     assert "Cannot find the Secure Boot template 'NoSuchTemplate'" in \
         hyperv.run(firmware.text, firmware.parameters).errors[0].message
+
+
+async def test_settings_of_the_new_vm_are_tried_again_after_a_dropped_connection(
+        smb_env: SambaPeer, hyperv: HyperVDouble, tmp_path: Path) -> None:
+    """Set-VMProcessor and Set-VMFirmware can run twice: a connection lost on each is retried
+    (New-VM is not: a second one would make a second VM)."""
+    dropped: list[str] = []
+
+    def drop_once(call: Call) -> None:
+        if call.cmdlet in ("Set-VMProcessor", "Set-VMFirmware") and call.cmdlet not in dropped:
+            dropped.append(call.cmdlet)
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    hyperv.before = drop_once
+    adapter = create(hyperv_config(smb_env, secure_boot="MicrosoftWindows"), short_clients(hyperv))
+    try:
+        await publish(adapter, context(data_disk(tmp_path / "disk.vhdx", 2), "vm-retried"))
+    finally:
+        await adapter.close()
+    assert dropped == ["Set-VMProcessor", "Set-VMFirmware"]
+    [vm] = hyperv.vms.values()
+    assert vm["Count"] == 2 and vm["SecureBootTemplate"] == "MicrosoftWindows"
+    assert len(hyperv.of("New-VM")) == 1

@@ -44,7 +44,8 @@ def pvs_config(samba: SambaPeer, **overrides: Any) -> Config:
 
 def clients(farm: PvsDouble, hypervisor: object | None = None) -> Clients:
     remote = RemoteClients(connect=farm.connect, timeout=10, chunk_size=1 << 20,
-                           poll=(0.02, 0.1), sessions=SessionPool(), smb_retry=QUICK_SMB_RETRY)
+                           poll=(0.02, 0.1), sessions=SessionPool(), smb_retry=QUICK_SMB_RETRY,
+                           read_retry=QUICK_SMB_RETRY)
     return Clients(remote=remote, hypervisor=hypervisor)
 
 

@@ -18,6 +18,7 @@ from adapters.windows_remote.powershell import (
     _tagged,
     acquire,
     script,
+    translate_transport,
 )
 
 NASTY = "it's \"quoted\" `n $(Remove-Item C:\\ -Recurse) ${env:X}"
@@ -282,3 +283,20 @@ async def test_a_certificate_that_cannot_be_verified_is_not_retried_and_names_th
         stop.set()
         thread.join()
         listener.close()
+
+
+@pytest.mark.parametrize("code", [429, 502, 503, 504])
+def test_a_busy_or_restarting_host_is_retryable(code: int) -> None:
+    from pypsrp.exceptions import WinRMTransportError
+
+    error = translate_transport(WinRMTransportError("http", code, "<html>Service Unavailable</html>"),
+                                "hv01: reading the VMs")
+    assert isinstance(error, RetryableError)
+    assert f"HTTP {code}" in str(error) and "<html>" not in str(error)
+
+
+def test_other_http_answers_of_winrm_are_not_retried() -> None:
+    from pypsrp.exceptions import WinRMTransportError
+
+    error = translate_transport(WinRMTransportError("http", 400, "bad request"), "hv01: reading the VMs")
+    assert isinstance(error, PlatformError) and not error.retryable

@@ -164,3 +164,18 @@ def test_a_socket_lost_mid_copy_is_retryable(error: OSError) -> None:
 
 def test_other_os_errors_are_not_retried() -> None:
     assert not isinstance(translate(OSError(errno.EINVAL, "Invalid argument"), "copying"), RetryableError)
+
+
+def test_a_connection_refused_or_reset_while_connecting_is_retryable() -> None:
+    """smbprotocol's connect raises a ValueError whose cause is the socket's error."""
+    for cause in (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+                  ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")):
+        try:
+            try:
+                raise cause
+            except OSError as err:
+                raise ValueError(f"Failed to connect to '127.0.0.1:445': {err}") from err
+        except ValueError as exc:
+            error = translate(exc, "copying disk.vhdx")
+        assert isinstance(error, RetryableError), error
+        assert "Error" not in str(error)

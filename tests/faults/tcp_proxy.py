@@ -83,6 +83,10 @@ class TcpFaultProxy:
         self.stall_seconds = stall_seconds
         self.port = 0
         self.connections = 0
+        #: connections relayed to the upstream (not refused)
+        self.forwarded = 0
+        #: the number of the connection each fault hit
+        self.faulted_at: list[int] = []
         self.injected: Counter[TcpFault] = Counter()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,6 +109,11 @@ class TcpFaultProxy:
     def total_injected(self) -> int:
         return sum(self.injected.values())
 
+    @property
+    def retried(self) -> int:
+        """Faults after which the client connected again."""
+        return sum(1 for n in self.faulted_at if n < self.connections)
+
     def counts(self) -> dict[str, int]:
         ordered = sorted(self.injected.items(), key=lambda item: item[0].value)
         return {f"tcp {fault.value}": n for fault, n in ordered}
@@ -120,10 +129,12 @@ class TcpFaultProxy:
         planned = self.schedule.draw()
         if planned is not None:
             self.injected[planned.fault] += 1
+            self.faulted_at.append(self.connections)
         try:
             if planned is not None and planned.fault is TcpFault.REFUSE:
                 return
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            self.forwarded += 1
             try:
                 stalled = asyncio.Event()
                 upward = asyncio.ensure_future(self._pump(reader, up_writer, planned, stalled))
@@ -136,6 +147,8 @@ class TcpFaultProxy:
                 _reset(up_writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the relay is closing: the connection ends with it
         finally:
             _reset(writer)
             self._tasks.discard(task)

@@ -35,7 +35,7 @@ from adapters.base import (
     secret_from_env,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
-from adapters.retry import DEFAULT, RetryPolicy
+from adapters.retry import DEFAULT, RetryPolicy, retrying
 from adapters.windows_remote.smb_copy import COPY_RETRY
 
 if TYPE_CHECKING:
@@ -61,6 +61,9 @@ _DENIED = frozenset({"PermissionDenied", "SecurityError", "AuthenticationError"}
 _TRANSIENT = frozenset({"ResourceBusy", "OperationTimeout", "ConnectionError"})
 #: HTTP answers of a host or proxy too busy or restarting (the request was not run)
 _BUSY = frozenset({429, 502, 503, 504})
+#: of those, the answers of the host itself: it did not run the request (a gateway's 502/504
+#: may come after the host ran it)
+_NOT_RUN = frozenset({429, 503})
 #: WSMan fault: the shell (runspace) is gone, e.g. after the host's WinRM service restarted
 _SHELL_GONE = 2150858843
 
@@ -108,6 +111,11 @@ class PSResult:
     errors: list[PSError] = field(default_factory=list)
     #: the pipeline ended in a terminating error
     failed: bool = False
+
+
+class HostBusyError(RetryableError):
+    """WinRM refused the request before running it (HTTP 429, 503): safe to send again, even a
+    script that creates something."""
 
 
 class PSConnection(Protocol):
@@ -190,9 +198,11 @@ def translate_transport(exc: BaseException, where: str) -> AdapterError:
                              "set ca_file to the CA bundle (PEM) that signed it, or insecure: true "
                              "(labs only)")
     if name == "WinRMTransportError" and code in _BUSY:
-        # the host (or a proxy in front of it) did not take the request: try again
-        return RetryableError(f"{where}: WinRM answered HTTP {code} (the host or a proxy in front "
-                              "of it is busy or restarting)")
+        kind = HostBusyError if code in _NOT_RUN else RetryableError
+        return kind(f"{where}: WinRM answered HTTP {code} (the host or a proxy in front of it is "
+                    "busy or restarting)")
+    if name in ("ChunkedEncodingError", "ContentDecodingError") or "IncompleteRead" in str(exc):
+        return RetryableError(f"{where}: the connection dropped in the middle of WinRM's answer")
     if name in ("ConnectionError", "SSLError") or isinstance(exc, OSError):
         return RetryableError(f"{where}: connection failed: {error_words(exc)}")
     if name == "WSManFaultError":
@@ -250,7 +260,11 @@ class PowerShellSession(Session[PSConnection]):
         def call(conn: PSConnection) -> PSResult:
             return conn.run(ps.text, dict(ps.parameters))
 
-        result = await self.call(call, ps.doing, idempotent=idempotent)
+        if idempotent:
+            result = await self.call(call, ps.doing, idempotent=True)
+        else:  # run once, unless the host said it did not run it
+            result = await retrying(lambda: self.call(call, ps.doing), ps.doing, self.read_retry,
+                                    only=(HostBusyError,))
         if result.failed or result.errors:
             raise translate_errors(result.errors, where)
         return parse_output(result, where)

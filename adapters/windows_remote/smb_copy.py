@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -153,6 +154,16 @@ class SmbCopier:
         with self._lock, contextlib.suppress(Exception):
             smbclient.reset_connection_cache(connection_cache=self._cache)
 
+    def _abort_connections(self) -> None:
+        """Shut the sockets down under smbprotocol, which waits for an answer without a time
+        limit: the copy's thread then fails. Not smbprotocol's own close: it waits for a send
+        the silent server never lets finish."""
+        for connection in list(self._cache.values()):
+            sock = getattr(getattr(connection, "transport", None), "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
     # ------------------------------------------------------------ blocking
     def _copy_sync(self, source: Path, unc: str, stop: threading.Event,
                    report: Callable[[int], None]) -> int:
@@ -237,13 +248,18 @@ class SmbCopier:
             loop.call_soon_threadsafe(changed.set)
 
         worker = asyncio.ensure_future(asyncio.to_thread(self._copy_sync, source, unc, stop, report))
+        stalled = False
         try:
             while not worker.done():
                 waiter = asyncio.ensure_future(changed.wait())
                 try:
-                    await asyncio.wait({worker, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    finished, _ = await asyncio.wait({worker, waiter}, timeout=self.share.timeout,
+                                                     return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiter.cancel()
+                if not finished:
+                    stalled = True
+                    self._abort_connections()
                 if changed.is_set():
                     changed.clear()
                     await progress(latest[0], total)
@@ -255,6 +271,10 @@ class SmbCopier:
                     await asyncio.shield(worker)
             if isinstance(exc, Exception):
                 self._drop_connections()
+                if stalled:
+                    raise PlatformTimeoutError(
+                        f"copying {source.name} to {unc}: the SMB server did not answer in "
+                        f"{self.share.timeout:g} s") from exc
                 raise translate(exc, f"copying {source.name} to {unc}") from exc
             raise
 

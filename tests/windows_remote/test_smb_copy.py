@@ -8,12 +8,13 @@ import errno
 import hashlib
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.base import AuthError, RetryableError
+from adapters.base import AuthError, PlatformTimeoutError, RetryableError
 from adapters.retry import RetryPolicy
 from adapters.windows_remote.smb_copy import SmbCopier, SmbShare, translate
 
@@ -179,3 +180,29 @@ def test_a_connection_refused_or_reset_while_connecting_is_retryable() -> None:
             error = translate(exc, "copying disk.vhdx")
         assert isinstance(error, RetryableError), error
         assert "Error" not in str(error)
+
+
+async def test_a_copy_the_server_stops_answering_fails_in_the_share_timeout(
+        smb_env: SambaPeer, tmp_path: Path) -> None:
+    """smbprotocol waits for an answer without a time limit: a connection that goes silent
+    mid-copy (here held 5 s by the relay) ends after the share's timeout (1 s), retryably."""
+    from tests.faults.tcp_proxy import TcpFault, TcpFaultProxy, TcpSchedule
+
+    source = disk(tmp_path / "d.vhdx", 8)
+    stall = TcpSchedule(seed=1, rate=1.0, menu=(TcpFault.STALL,), cut_range=(2 * CHUNK, 2 * CHUNK))
+    async with TcpFaultProxy(smb_env.port, stall, stall_seconds=5.0) as relay:
+        share = SmbShare("127.0.0.1", SMB_USER_ENV, SMB_PASSWORD_ENV, relay.port, "ntlm", True, 1)
+        smb = SmbCopier(share, CHUNK, RetryPolicy(attempts=1))
+        started = time.monotonic()
+        try:
+            with pytest.raises(PlatformTimeoutError, match="did not answer in 1 s") as caught:
+                await smb.copy(source, f"{smb_env.unc}\\stalled.vhdx", _ignore)
+            assert time.monotonic() - started < 4.5  # before the relay's stall ended
+            assert caught.value.retryable
+        finally:
+            await smb.close()
+    smb = copier(smb_env)
+    try:
+        assert await smb.remove(f"{smb_env.unc}\\stalled.vhdx") is True
+    finally:
+        await smb.close()

@@ -45,6 +45,7 @@ _DENIED = frozenset({"SMBAuthenticationError", "LogonFailure", "AccessDenied", "
                      "AccountRestriction"})
 _MISSING = frozenset({"ObjectNameNotFound", "ObjectPathNotFound", "BadNetworkName"})
 _FULL = frozenset({"DiskFull", "QuotaExceeded"})
+_SHARING_VIOLATION = 0xC0000043
 #: a copy whose connection was lost starts again (the file is opened for writing, replaced):
 #: a dropped SMB session, a server restarting, a refused connection
 COPY_RETRY = RetryPolicy(attempts=4, budget=900.0, first_delay=2.0, max_delay=30.0)
@@ -108,6 +109,10 @@ def translate(exc: BaseException, where: str) -> AdapterError:
         return InsufficientSpaceError(f"{where}: the share is full ({error_words(exc)})")
     if isinstance(exc, TimeoutError):
         return PlatformTimeoutError(f"{where}: no answer in time")
+    if name == "SharingViolation" or getattr(exc, "ntstatus", None) == _SHARING_VIOLATION:
+        # a lost connection's handle stays open on the server until it notices the loss
+        return RetryableError(f"{where}: the file is still open on the server (by a connection "
+                              f"that was lost?): {error_words(exc)}")
     if _connection_lost(exc):
         return RetryableError(f"{where}: the SMB connection was lost ({error_words(exc)})")
     return PlatformError(f"{where} failed: {error_words(exc)}")
@@ -163,6 +168,14 @@ class SmbCopier:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def _forget_connections(self) -> None:
+        """After a stall: drop the connections without logging off (a logoff would wait for
+        an answer on the dead connection, without a time limit)."""
+        with self._lock:
+            for name in list(self._cache):
+                with contextlib.suppress(Exception):
+                    self._cache.pop(name).disconnect(close=False)
 
     # ------------------------------------------------------------ blocking
     def _copy_sync(self, source: Path, unc: str, stop: threading.Event,
@@ -224,7 +237,7 @@ class SmbCopier:
             try:
                 return await asyncio.to_thread(fn, *args)
             except Exception as exc:
-                self._drop_connections()
+                await asyncio.to_thread(self._drop_connections)
                 raise translate(exc, where) from exc
 
         return await retrying(once, where, self.retry)
@@ -267,14 +280,18 @@ class SmbCopier:
         except BaseException as exc:
             stop.set()
             if not worker.done():  # let the thread close the file before anyone removes it
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(worker)
+                finished, _ = await asyncio.wait({worker}, timeout=self.share.timeout)
+                if not finished:  # stuck on a silent server
+                    stalled = True
+                    self._abort_connections()
+                    await asyncio.wait({worker})
             if isinstance(exc, Exception):
-                self._drop_connections()
                 if stalled:
+                    await asyncio.to_thread(self._forget_connections)
                     raise PlatformTimeoutError(
                         f"copying {source.name} to {unc}: the SMB server did not answer in "
                         f"{self.share.timeout:g} s") from exc
+                await asyncio.to_thread(self._drop_connections)
                 raise translate(exc, f"copying {source.name} to {unc}") from exc
             raise
 

@@ -20,6 +20,7 @@ from adapters import create
 from adapters.base import AdapterError, PlatformError, clean_up, publish
 from adapters.hyperv import Adapter
 from adapters.hyperv import hyperv_scripts as scripts
+from adapters.retry import RetryPolicy
 from adapters.steps import Outcome
 from tests.faults.figures import Injector, fault_run, record
 from tests.faults.proxy import FaultProxy, FaultSchedule
@@ -37,6 +38,10 @@ pytestmark = pytest.mark.timeout(120)
 SEEDS = tuple(range(1, 21))
 #: SMB messages of a copy are up to a chunk (1 MiB here): a cut lands anywhere in a 6 MiB disk
 CUT = (1 << 12, 6 << 20)
+#: seconds the SMB copy waits for an answer (RemoteClients.timeout)
+SMB_TIMEOUT = 1.5
+#: long enough for Samba to drop the open handle of a connection that went silent
+SMB_RETRY = RetryPolicy(attempts=5, budget=60.0, first_delay=1.0, max_delay=2.0)
 
 
 @dataclass
@@ -65,10 +70,9 @@ async def peers(request: pytest.FixtureRequest, smb_env: SambaPeer) -> AsyncIter
     seed = request.node.callspec.params["seed"]
     host = HyperVDouble(LOCAL_PATH, smb_env.share_dir)
     winrm = FaultyWinRM(host, FaultSchedule(seed=seed + 1000, rate=0.2))
-    # a stall outlasts nothing on SMB (smbprotocol waits for an answer without a timeout): it
-    # ends in a reset after 1 s, as a firewall dropping the idle connection
+    # a stall outlasts the copy's timeout (SMB_TIMEOUT)
     async with TcpFaultProxy(smb_env.port, TcpSchedule(seed=seed, rate=0.2, cut_range=CUT),
-                             stall_seconds=1.0) as smb:
+                             stall_seconds=3.0) as smb:
         yield Peers(smb_env, host, smb, winrm)
 
 
@@ -78,7 +82,8 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     name = f"faults-hyperv-{seed}"
     disk = data_disk(tmp_path / "disk.vhdx", 6)
     clients = short_clients(peers.host)
-    clients = type(clients)(**{**clients.__dict__, "connect": peers.winrm.connect})
+    clients = type(clients)(**{**clients.__dict__, "connect": peers.winrm.connect,
+                               "timeout": SMB_TIMEOUT, "smb_retry": SMB_RETRY})
     adapter = create(hyperv_config(peers.samba, smb_port=peers.smb.port,
                                    secure_boot="MicrosoftWindows"), clients)
     assert isinstance(adapter, Adapter)

@@ -19,7 +19,7 @@ from adapters.steps import Outcome
 from tests.faults.figures import Injector, fault_run, record
 from tests.faults.proxy import FaultSchedule
 from tests.faults.tcp_proxy import TcpFaultProxy, TcpSchedule
-from tests.faults.test_faults_hyperv import CUT
+from tests.faults.test_faults_hyperv import CUT, SMB_RETRY, SMB_TIMEOUT
 from tests.faults.winrm_faults import FaultyWinRM
 from tests.pvs.conftest import clients, context, pvs_config, vhdx_disk
 from tests.pvs.pvs_double import PvsDouble
@@ -59,7 +59,7 @@ async def peers(request: pytest.FixtureRequest, smb_env: SambaPeer) -> AsyncIter
     farm = PvsDouble(store_dir=smb_env.share_dir)
     winrm = FaultyWinRM(farm, FaultSchedule(seed=seed + 1000, rate=0.2))
     async with TcpFaultProxy(smb_env.port, TcpSchedule(seed=seed, rate=0.2, cut_range=CUT),
-                             stall_seconds=1.0) as smb:
+                             stall_seconds=3.0) as smb:
         yield Peers(smb_env, farm, smb, winrm)
 
 
@@ -69,7 +69,8 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     name = f"faults-pvs-{seed}"
     disk = vhdx_disk(tmp_path / "disk.vhdx", 6)
     base = clients(peers.farm)
-    remote = type(base.remote)(**{**base.remote.__dict__, "connect": peers.winrm.connect})
+    remote = type(base.remote)(**{**base.remote.__dict__, "connect": peers.winrm.connect,
+                                  "timeout": SMB_TIMEOUT, "smb_retry": SMB_RETRY})
     adapter = create(pvs_config(peers.samba, smb_port=peers.smb.port), Clients(remote=remote))
     assert isinstance(adapter, Adapter)
     ctx = context(disk, name)

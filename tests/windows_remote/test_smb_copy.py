@@ -206,3 +206,14 @@ async def test_a_copy_the_server_stops_answering_fails_in_the_share_timeout(
         assert await smb.remove(f"{smb_env.unc}\\stalled.vhdx") is True
     finally:
         await smb.close()
+
+
+def test_a_file_still_open_by_a_lost_connection_is_retryable() -> None:
+    """Samba (and Windows) keep a lost connection's handle until they notice the loss: the
+    copy's next attempt gets a sharing violation for a while."""
+    from smbprotocol.exceptions import SMBOSError
+    from smbprotocol.header import NtStatus
+
+    error = translate(SMBOSError(NtStatus.STATUS_SHARING_VIOLATION, "\\\\hv01\\layerbot\\d.vhdx"),
+                      "copying d.vhdx")
+    assert isinstance(error, RetryableError) and "still open" in str(error)

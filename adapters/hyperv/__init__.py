@@ -76,7 +76,8 @@ class Adapter:
         self.clients = clients or RemoteClients()
         self.endpoint = Endpoint.of(config)
         self._key, self.session = acquire(self.endpoint, self.clients)
-        self.smb = SmbCopier(SmbShare.of(config, self.clients.timeout), self.clients.chunk_size)
+        self.smb = SmbCopier(SmbShare.of(config, self.clients.timeout), self.clients.chunk_size,
+                             self.clients.smb_retry)
         self._closed = False
 
     @classmethod
@@ -118,9 +119,10 @@ class Adapter:
             name, cfg.generation, cfg.memory_mb * 2**20, disk.local_path, cfg.switch, pending.notes))
         vm_id = str(made["VMId"])
         await ctx.replace(pending, pending.model_copy(update={"vm_id": vm_id}))
-        await self.session.run(scripts.set_processor(vm_id, cfg.cpus))
+        # settings of the VM made above: the same again changes nothing, so retried
+        await self.session.run(scripts.set_processor(vm_id, cfg.cpus), idempotent=True)
         if cfg.generation == 2 and cfg.secure_boot is not None:
-            await self.session.run(scripts.set_secure_boot(vm_id, cfg.secure_boot))
+            await self.session.run(scripts.set_secure_boot(vm_id, cfg.secure_boot), idempotent=True)
         if made.get("State") != "Off":
             raise PlatformError(f"{self.platform}: VM {name} is {made.get('State')}, expected Off")
         await ctx.progress(1.0, f"VM {name} is created, Off")

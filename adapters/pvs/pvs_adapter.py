@@ -142,7 +142,7 @@ class Adapter:
         share = SmbShare(cfg.share_server, cfg.user_env, cfg.password_env, cfg.smb_port,
                          "negotiate" if cfg.auth == "credssp" else cfg.auth, cfg.smb_encrypt,
                          self.clients.remote.timeout)
-        self.copier = SmbCopier(share, self.clients.remote.chunk_size)
+        self.copier = SmbCopier(share, self.clients.remote.chunk_size, self.clients.remote.smb_retry)
 
     async def _close_transport(self) -> None:
         try:

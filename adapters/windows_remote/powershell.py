@@ -35,6 +35,8 @@ from adapters.base import (
     secret_from_env,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
+from adapters.retry import DEFAULT, RetryPolicy, retrying
+from adapters.windows_remote.smb_copy import COPY_RETRY
 
 if TYPE_CHECKING:
     from adapters.windows_remote.winrm_settings import WindowsRemoteSettings
@@ -57,6 +59,11 @@ _CATEGORIES = (
 _NOT_FOUND = frozenset({"ObjectNotFound"})
 _DENIED = frozenset({"PermissionDenied", "SecurityError", "AuthenticationError"})
 _TRANSIENT = frozenset({"ResourceBusy", "OperationTimeout", "ConnectionError"})
+#: HTTP answers of a host or proxy too busy or restarting (the request was not run)
+_BUSY = frozenset({429, 502, 503, 504})
+#: of those, the answers of the host itself: it did not run the request (a gateway's 502/504
+#: may come after the host ran it)
+_NOT_RUN = frozenset({429, 503})
 #: WSMan fault: the shell (runspace) is gone, e.g. after the host's WinRM service restarted
 _SHELL_GONE = 2150858843
 
@@ -104,6 +111,11 @@ class PSResult:
     errors: list[PSError] = field(default_factory=list)
     #: the pipeline ended in a terminating error
     failed: bool = False
+
+
+class HostBusyError(RetryableError):
+    """WinRM refused the request before running it (HTTP 429, 503): safe to send again, even a
+    script that creates something."""
 
 
 class PSConnection(Protocol):
@@ -185,6 +197,12 @@ def translate_transport(exc: BaseException, where: str) -> AdapterError:
                              f"({error_words(exc)}); "
                              "set ca_file to the CA bundle (PEM) that signed it, or insecure: true "
                              "(labs only)")
+    if name == "WinRMTransportError" and code in _BUSY:
+        kind = HostBusyError if code in _NOT_RUN else RetryableError
+        return kind(f"{where}: WinRM answered HTTP {code} (the host or a proxy in front of it is "
+                    "busy or restarting)")
+    if name in ("ChunkedEncodingError", "ContentDecodingError") or "IncompleteRead" in str(exc):
+        return RetryableError(f"{where}: the connection dropped in the middle of WinRM's answer")
     if name in ("ConnectionError", "SSLError") or isinstance(exc, OSError):
         return RetryableError(f"{where}: connection failed: {error_words(exc)}")
     if name == "WSManFaultError":
@@ -196,8 +214,9 @@ def translate_transport(exc: BaseException, where: str) -> AdapterError:
 class PowerShellSession(Session[PSConnection]):
     """A runspace on one host as one user (see the module docstring)."""
 
-    def __init__(self, endpoint: Endpoint, connect: Connect, timeout: float) -> None:
-        super().__init__(endpoint.host)
+    def __init__(self, endpoint: Endpoint, connect: Connect, timeout: float,
+                 read_retry: RetryPolicy = DEFAULT) -> None:
+        super().__init__(endpoint.host, read_retry)
         self.remote = endpoint
         self.connect = connect
         self.timeout = timeout
@@ -241,7 +260,11 @@ class PowerShellSession(Session[PSConnection]):
         def call(conn: PSConnection) -> PSResult:
             return conn.run(ps.text, dict(ps.parameters))
 
-        result = await self.call(call, ps.doing, idempotent=idempotent)
+        if idempotent:
+            result = await self.call(call, ps.doing, idempotent=True)
+        else:  # run once, unless the host said it did not run it
+            result = await retrying(lambda: self.call(call, ps.doing), ps.doing, self.read_retry,
+                                    only=(HostBusyError,))
         if result.failed or result.errors:
             raise translate_errors(result.errors, where)
         return parse_output(result, where)
@@ -258,6 +281,11 @@ class RemoteClients:
     chunk_size: int = 4 << 20
     #: seconds between rounds of a watch (first, longest)
     poll: tuple[float, float] = (15.0, 300.0)
+    #: how an SMB copy (or a size, a removal) whose connection was lost is tried again
+    smb_retry: RetryPolicy = COPY_RETRY
+    #: how a script that can run twice (a query, a setting) is tried again after a dropped
+    #: connection, a timeout or a busy host
+    read_retry: RetryPolicy = DEFAULT
     sessions: SessionPool[PowerShellSession] | None = None
 
     @property
@@ -275,7 +303,7 @@ def acquire(endpoint: Endpoint, clients: RemoteClients) -> tuple[SessionKey, Pow
     """The shared session of ``endpoint`` (release it with ``clients.pool.release``)."""
     key = session_key(endpoint, clients)
     return key, clients.pool.acquire(
-        key, lambda: PowerShellSession(endpoint, clients.connect, clients.timeout))
+        key, lambda: PowerShellSession(endpoint, clients.connect, clients.timeout, clients.read_retry))
 
 
 # ---------------------------------------------------------------- pypsrp

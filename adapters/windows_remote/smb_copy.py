@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from adapters.base import (
     error_words,
     secret_from_env,
 )
+from adapters.retry import RetryPolicy, retrying
 
 if TYPE_CHECKING:
     from adapters.windows_remote.winrm_settings import WindowsRemoteSettings
@@ -43,6 +45,10 @@ _DENIED = frozenset({"SMBAuthenticationError", "LogonFailure", "AccessDenied", "
                      "AccountRestriction"})
 _MISSING = frozenset({"ObjectNameNotFound", "ObjectPathNotFound", "BadNetworkName"})
 _FULL = frozenset({"DiskFull", "QuotaExceeded"})
+_SHARING_VIOLATION = 0xC0000043
+#: a copy whose connection was lost starts again (the file is opened for writing, replaced):
+#: a dropped SMB session, a server restarting, a refused connection
+COPY_RETRY = RetryPolicy(attempts=4, budget=900.0, first_delay=2.0, max_delay=30.0)
 
 
 class CopyStopped(Exception):
@@ -74,6 +80,22 @@ def _missing(exc: BaseException) -> bool:
             or getattr(exc, "errno", None) == errno.ENOENT)
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """The connection died (or could not be made): smbprotocol raises a ValueError("Failed to
+    connect ...") whose cause is the socket's error, so the causes are looked through."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        # EBADF/ENOTCONN: smbprotocol's receiver closed the socket when the connection died,
+        # and the copy's next send found it closed
+        if type(seen).__name__ == "SMBConnectionClosed" or isinstance(seen, ConnectionError) or (
+                type(seen) is OSError and seen.errno in (errno.EBADF, errno.ENOTCONN)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def translate(exc: BaseException, where: str) -> AdapterError:
     """The adapter error for an smbprotocol failure, keeping its status text."""
     if isinstance(exc, AdapterError):
@@ -87,10 +109,11 @@ def translate(exc: BaseException, where: str) -> AdapterError:
         return InsufficientSpaceError(f"{where}: the share is full ({error_words(exc)})")
     if isinstance(exc, TimeoutError):
         return PlatformTimeoutError(f"{where}: no answer in time")
-    # EBADF/ENOTCONN: smbprotocol's receiver closed the socket when the connection died, and
-    # the copy's next send found it closed
-    if name == "SMBConnectionClosed" or isinstance(exc, ConnectionError) or (
-            type(exc) is OSError and exc.errno in (errno.EBADF, errno.ENOTCONN)):
+    if name == "SharingViolation" or getattr(exc, "ntstatus", None) == _SHARING_VIOLATION:
+        # a lost connection's handle stays open on the server until it notices the loss
+        return RetryableError(f"{where}: the file is still open on the server (by a connection "
+                              f"that was lost?): {error_words(exc)}")
+    if _connection_lost(exc):
         return RetryableError(f"{where}: the SMB connection was lost ({error_words(exc)})")
     return PlatformError(f"{where} failed: {error_words(exc)}")
 
@@ -109,9 +132,10 @@ def _close(remote: Any, after_failure: bool) -> None:
 class SmbCopier:
     """Copies files to, sizes and removes files on one SMB server (blocking calls on threads)."""
 
-    def __init__(self, share: SmbShare, chunk_size: int = 4 << 20) -> None:
+    def __init__(self, share: SmbShare, chunk_size: int = 4 << 20, retry: RetryPolicy = COPY_RETRY) -> None:
         self.share = share
         self.chunk_size = chunk_size
+        self.retry = retry
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -134,6 +158,24 @@ class SmbCopier:
 
         with self._lock, contextlib.suppress(Exception):
             smbclient.reset_connection_cache(connection_cache=self._cache)
+
+    def _abort_connections(self) -> None:
+        """Shut the sockets down under smbprotocol, which waits for an answer without a time
+        limit: the copy's thread then fails. Not smbprotocol's own close: it waits for a send
+        the silent server never lets finish."""
+        for connection in list(self._cache.values()):
+            sock = getattr(getattr(connection, "transport", None), "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _forget_connections(self) -> None:
+        """After a stall: drop the connections without logging off (a logoff would wait for
+        an answer on the dead connection, without a time limit)."""
+        with self._lock:
+            for name in list(self._cache):
+                with contextlib.suppress(Exception):
+                    self._cache.pop(name).disconnect(close=False)
 
     # ------------------------------------------------------------ blocking
     def _copy_sync(self, source: Path, unc: str, stop: threading.Event,
@@ -191,15 +233,23 @@ class SmbCopier:
         return True
 
     async def _call(self, where: str, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except Exception as exc:
-            self._drop_connections()
-            raise translate(exc, where) from exc
+        async def once() -> Any:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except Exception as exc:
+                await asyncio.to_thread(self._drop_connections)
+                raise translate(exc, where) from exc
+
+        return await retrying(once, where, self.retry)
 
     # ------------------------------------------------------------ async API
     async def copy(self, source: Path, unc: str, progress: CopyProgress) -> int:
-        """Copy ``source`` to ``unc`` (replacing it); the bytes copied, checked on the share."""
+        """Copy ``source`` to ``unc`` (replacing it); the bytes copied, checked on the share.
+        A copy whose connection was lost starts again from its first byte (``retry``)."""
+        return await retrying(lambda: self._copy_once(source, unc, progress),
+                              f"copying {source.name} to {unc}", self.retry)
+
+    async def _copy_once(self, source: Path, unc: str, progress: CopyProgress) -> int:
         loop = asyncio.get_running_loop()
         total = source.stat().st_size
         stop = threading.Event()
@@ -211,13 +261,18 @@ class SmbCopier:
             loop.call_soon_threadsafe(changed.set)
 
         worker = asyncio.ensure_future(asyncio.to_thread(self._copy_sync, source, unc, stop, report))
+        stalled = False
         try:
             while not worker.done():
                 waiter = asyncio.ensure_future(changed.wait())
                 try:
-                    await asyncio.wait({worker, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    finished, _ = await asyncio.wait({worker, waiter}, timeout=self.share.timeout,
+                                                     return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiter.cancel()
+                if not finished:
+                    stalled = True
+                    self._abort_connections()
                 if changed.is_set():
                     changed.clear()
                     await progress(latest[0], total)
@@ -225,10 +280,18 @@ class SmbCopier:
         except BaseException as exc:
             stop.set()
             if not worker.done():  # let the thread close the file before anyone removes it
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(worker)
+                finished, _ = await asyncio.wait({worker}, timeout=self.share.timeout)
+                if not finished:  # stuck on a silent server
+                    stalled = True
+                    self._abort_connections()
+                    await asyncio.wait({worker})
             if isinstance(exc, Exception):
-                self._drop_connections()
+                if stalled:
+                    await asyncio.to_thread(self._forget_connections)
+                    raise PlatformTimeoutError(
+                        f"copying {source.name} to {unc}: the SMB server did not answer in "
+                        f"{self.share.timeout:g} s") from exc
+                await asyncio.to_thread(self._drop_connections)
                 raise translate(exc, f"copying {source.name} to {unc}") from exc
             raise
 

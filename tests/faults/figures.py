@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from tests.faults.proxy import FaultProxy, counts_by_kind
+from typing import Protocol
 
 ENV_VAR = "LAYERBOT_RELIABILITY_OUT"
 FILE_NAME = "faults.jsonl"
@@ -28,7 +29,26 @@ class FaultRun:
     error: str = ""
 
 
-def fault_run(platform: str, seed: int, proxies: list[FaultProxy], *, error: str | None,
+class Injector(Protocol):
+    """What injects faults (tests.faults.proxy.FaultProxy, the TCP relay, the WinRM faults)."""
+
+    @property
+    def retried(self) -> int: ...
+
+    @property
+    def forwarded(self) -> int: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+
+def counts_by_kind(injectors: Sequence[Injector]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for injector in injectors:
+        total.update(injector.counts())
+    return dict(total)
+
+
+def fault_run(platform: str, seed: int, proxies: Sequence[Injector], *, error: str | None,
               orphans: list[str]) -> FaultRun:
     return FaultRun(platform=platform, seed=seed,
                     outcome="succeeded" if error is None else "failed cleanly",

@@ -13,8 +13,6 @@ HERE = Path(__file__).parent
 NOT_YET_COVERED = {
     "local": "no network peer: its faults are the resource faults (disk full, unwritable dir)",
     "qemu": "no network peer: a local VM",
-    "hyperv": "WinRM and SMB (Samba): not HTTP through this proxy",
-    "pvs": "WinRM and SMB (Samba): not HTTP through this proxy",
 }
 
 
@@ -42,7 +40,7 @@ def test_every_registered_adapter_has_a_fault_run_or_a_reason() -> None:
         "tests/faults/test_faults_<type>.py (or say why in NOT_YET_COVERED)")
     assert not set(NOT_YET_COVERED) & covered(), "a covered type is still listed as not covered"
     assert set(NOT_YET_COVERED) <= types, "NOT_YET_COVERED names a type the registry no longer has"
-    assert covered() >= {"vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver"}
+    assert covered() >= {"vsphere", "azure", "azure-mcs", "gcp", "nutanix", "xenserver", "hyperv", "pvs"}
 
 
 def test_a_new_adapter_without_a_fault_run_is_named() -> None:

@@ -11,6 +11,7 @@ import pytest
 from adapters import config_model
 from adapters.blocking import SessionPool
 from adapters.hyperv import Clients, Config
+from adapters.retry import RetryPolicy
 from tests.windows_remote.samba_peer import SMB_PASSWORD_ENV, SMB_USER_ENV, SambaPeer, samba, smb_env
 
 from .hyperv_double import HyperVDouble
@@ -18,6 +19,8 @@ from .hyperv_double import HyperVDouble
 __all__ = ["samba", "smb_env"]
 
 LOCAL_PATH = "D:\\Hyper-V\\layerbot"
+#: an SMB copy whose connection was lost (a query after a dropped connection) starts again at once
+QUICK_SMB_RETRY = RetryPolicy(attempts=3, budget=30.0, first_delay=0.05, max_delay=0.1)
 
 
 @pytest.fixture
@@ -35,7 +38,7 @@ def hyperv_config(samba: SambaPeer, **overrides: Any) -> Config:
 
 def short_clients(double: HyperVDouble) -> Clients:
     return Clients(connect=double.connect, timeout=10, chunk_size=1 << 20, poll=(0.02, 0.1),
-                   sessions=SessionPool())
+                   sessions=SessionPool(), smb_retry=QUICK_SMB_RETRY, read_retry=QUICK_SMB_RETRY)
 
 
 def data_disk(path: Path, size_mib: int = 16) -> Path:

@@ -170,15 +170,39 @@ async def test_a_cmdlet_error_keeps_its_message_and_cleanup_removes_the_disk(
         await adapter.close()
 
 
-async def test_an_interrupted_copy_fails_and_leaves_nothing(smb_env: SambaPeer, hyperv: HyperVDouble,
-                                                            tmp_path: Path) -> None:
+async def test_a_copy_interrupted_once_starts_again_and_the_vm_is_made(
+        smb_env: SambaPeer, hyperv: HyperVDouble, tmp_path: Path) -> None:
     adapter = create(hyperv_config(smb_env), short_clients(hyperv))
     cut = smb_env.cut_copy_after_first_chunk(adapter.smb)  # type: ignore[attr-defined]
-    ctx = context(data_disk(tmp_path / "disk.vhdx", 8), "vm-cut")
+    disk = data_disk(tmp_path / "disk.vhdx", 8)
+    ctx = context(disk, "vm-cut")
+    try:
+        await publish(adapter, ctx)
+        assert cut == [1 << 20]  # the first attempt lost its connection after one chunk
+        assert smb_env.files() == ["vm-cut.vhdx"]
+        assert digest(smb_env.share_dir / "vm-cut.vhdx") == digest(disk)
+        assert len(hyperv.of("New-VM")) == 1
+    finally:
+        await adapter.close()
+
+
+async def test_a_copy_interrupted_at_every_attempt_fails_and_leaves_nothing(
+        smb_env: SambaPeer, hyperv: HyperVDouble, tmp_path: Path) -> None:
+    adapter = create(hyperv_config(smb_env), short_clients(hyperv))
+    real = adapter.smb._copy_sync  # type: ignore[attr-defined]
+    attempts: list[int] = []
+
+    def copy_then_lose_the_connection(*args: Any) -> int:
+        attempts.append(1)
+        real(*args)
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    adapter.smb._copy_sync = copy_then_lose_the_connection  # type: ignore[attr-defined]
+    ctx = context(data_disk(tmp_path / "disk.vhdx", 2), "vm-cut")
     try:
         with pytest.raises(RetryableError, match="SMB connection was lost"):
             await publish(adapter, ctx)
-        assert cut == [1 << 20]
+        assert len(attempts) == 3  # short_clients' smb_retry
         assert smb_env.files() == [] and ctx.resources == []
         assert hyperv.of("New-VM") == []
     finally:
@@ -390,3 +414,26 @@ def test_the_double_refuses_what_hyper_v_refuses(hyperv: HyperVDouble, change: d
     firmware = scripts.set_secure_boot("some-id", "NoSuchTemplate")
     assert "Cannot find the Secure Boot template 'NoSuchTemplate'" in \
         hyperv.run(firmware.text, firmware.parameters).errors[0].message
+
+
+async def test_settings_of_the_new_vm_are_tried_again_after_a_dropped_connection(
+        smb_env: SambaPeer, hyperv: HyperVDouble, tmp_path: Path) -> None:
+    """Set-VMProcessor and Set-VMFirmware can run twice: a connection lost on each is retried
+    (New-VM is not: a second one would make a second VM)."""
+    dropped: list[str] = []
+
+    def drop_once(call: Call) -> None:
+        if call.cmdlet in ("Set-VMProcessor", "Set-VMFirmware") and call.cmdlet not in dropped:
+            dropped.append(call.cmdlet)
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    hyperv.before = drop_once
+    adapter = create(hyperv_config(smb_env, secure_boot="MicrosoftWindows"), short_clients(hyperv))
+    try:
+        await publish(adapter, context(data_disk(tmp_path / "disk.vhdx", 2), "vm-retried"))
+    finally:
+        await adapter.close()
+    assert dropped == ["Set-VMProcessor", "Set-VMFirmware"]
+    [vm] = hyperv.vms.values()
+    assert vm["Count"] == 2 and vm["SecureBootTemplate"] == "MicrosoftWindows"
+    assert len(hyperv.of("New-VM")) == 1

@@ -16,6 +16,7 @@ from adapters.blocking import SessionPool
 from adapters.pvs import Adapter, Clients, Config
 from adapters.resources import Resource
 from adapters.windows_remote.powershell import RemoteClients
+from tests.hyperv.conftest import QUICK_SMB_RETRY
 from tests.nutanix.conftest import prism, prism_ca
 from tests.windows_remote.samba_peer import SMB_PASSWORD_ENV, SMB_USER_ENV, SambaPeer, samba, smb_env
 
@@ -43,7 +44,8 @@ def pvs_config(samba: SambaPeer, **overrides: Any) -> Config:
 
 def clients(farm: PvsDouble, hypervisor: object | None = None) -> Clients:
     remote = RemoteClients(connect=farm.connect, timeout=10, chunk_size=1 << 20,
-                           poll=(0.02, 0.1), sessions=SessionPool())
+                           poll=(0.02, 0.1), sessions=SessionPool(), smb_retry=QUICK_SMB_RETRY,
+                           read_retry=QUICK_SMB_RETRY)
     return Clients(remote=remote, hypervisor=hypervisor)
 
 

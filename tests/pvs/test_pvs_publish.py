@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,17 +85,37 @@ async def test_a_cmdlet_error_keeps_its_message_and_removes_the_file_and_locator
     assert ctx.resources == [] and "vDisk win10-x (store Store 1, site Site's 1)" in ctx.removed
 
 
-async def test_an_interrupted_copy_fails_retryably_and_leaves_nothing(
+async def test_a_copy_interrupted_once_starts_again_and_the_vdisk_is_imported(
         farm: PvsDouble, smb_env: SambaPeer, disk: Path) -> None:
     adapter = make_adapter(farm, smb_env)
     cut = smb_env.cut_copy_after_first_chunk(adapter.copier)  # type: ignore[attr-defined]
+    ctx = context(disk, "win10-cut")
+    try:
+        await publish(adapter, ctx)
+    finally:
+        await adapter.close()
+    assert cut == [1 << 20]  # the first attempt lost its connection after one chunk
+    assert (smb_env.share_dir / "win10-cut.vhdx").read_bytes() == disk.read_bytes()
+    assert [key[2] for key in farm.disks] == ["win10-cut"]
+
+
+async def test_a_copy_interrupted_at_every_attempt_fails_retryably_and_leaves_nothing(
+        farm: PvsDouble, smb_env: SambaPeer, disk: Path) -> None:
+    adapter = make_adapter(farm, smb_env)
+    real = adapter.copier._copy_sync  # type: ignore[attr-defined]
+
+    def copy_then_lose_the_connection(*args: Any) -> int:
+        real(*args)
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    adapter.copier._copy_sync = copy_then_lose_the_connection  # type: ignore[attr-defined]
     ctx = context(disk, "win10-cut")
     try:
         with pytest.raises(RetryableError, match="connection"):
             await publish(adapter, ctx)
     finally:
         await adapter.close()
-    assert cut == [1 << 20] and farm.calls == [] and smb_env.files() == [] and ctx.resources == []
+    assert farm.calls == [] and smb_env.files() == [] and ctx.resources == []
 
 
 async def test_removing_a_locator_that_was_never_imported_finds_nothing(

@@ -10,6 +10,7 @@ import pytest
 
 from adapters.base import AuthError, NotFoundError, PlatformError, RetryableError
 from adapters.blocking import SessionPool
+from adapters.retry import RetryPolicy
 from adapters.windows_remote.powershell import (
     Endpoint,
     PSError,
@@ -18,6 +19,7 @@ from adapters.windows_remote.powershell import (
     _tagged,
     acquire,
     script,
+    translate_transport,
 )
 
 NASTY = "it's \"quoted\" `n $(Remove-Item C:\\ -Recurse) ${env:X}"
@@ -282,3 +284,72 @@ async def test_a_certificate_that_cannot_be_verified_is_not_retried_and_names_th
         stop.set()
         thread.join()
         listener.close()
+
+
+@pytest.mark.parametrize("code", [429, 502, 503, 504])
+def test_a_busy_or_restarting_host_is_retryable(code: int) -> None:
+    from pypsrp.exceptions import WinRMTransportError
+
+    error = translate_transport(WinRMTransportError("http", code, "<html>Service Unavailable</html>"),
+                                "hv01: reading the VMs")
+    assert isinstance(error, RetryableError)
+    assert f"HTTP {code}" in str(error) and "<html>" not in str(error)
+
+
+def test_other_http_answers_of_winrm_are_not_retried() -> None:
+    from pypsrp.exceptions import WinRMTransportError
+
+    error = translate_transport(WinRMTransportError("http", 400, "bad request"), "hv01: reading the VMs")
+    assert isinstance(error, PlatformError) and not error.retryable
+
+
+class FailsFirst(Recorder):
+    """Raises ``error`` at its first run (before running the script when ``ran`` is False)."""
+
+    def __init__(self, error: Exception, ran: bool) -> None:
+        super().__init__(PSResult(['[{"VMId":"1"}]']))
+        self.error, self.ran, self.runs = error, ran, 0
+
+    def run(self, text: str, parameters: Mapping[str, Any]) -> PSResult:
+        self.runs += 1
+        if self.runs == 1:
+            if self.ran:
+                super().run(text, parameters)
+            raise self.error
+        return super().run(text, parameters)
+
+
+QUICK = RetryPolicy(attempts=3, budget=10.0, first_delay=0.01, max_delay=0.02)
+
+
+async def test_a_script_that_creates_is_sent_again_only_when_the_host_did_not_run_it(
+        endpoint: Endpoint) -> None:
+    from pypsrp.exceptions import WinRMTransportError
+
+    busy = FailsFirst(WinRMTransportError("http", 503, "busy"), ran=False)
+    clients = RemoteClients(connect=busy.connect, sessions=SessionPool(), read_retry=QUICK)
+    key, session = acquire(endpoint, clients)
+    try:
+        assert await session.run(script("creating VM x", "New-VM -Name $Name", Name="x")) == [{"VMId": "1"}]
+        assert len(busy.calls) == 1  # the host ran it once
+    finally:
+        await clients.pool.release(key, session)
+
+    reset = FailsFirst(ConnectionResetError(104, "Connection reset by peer"), ran=True)
+    clients = RemoteClients(connect=reset.connect, sessions=SessionPool(), read_retry=QUICK)
+    key, session = acquire(endpoint, clients)
+    try:
+        with pytest.raises(RetryableError, match="connection failed"):
+            await session.run(script("creating VM x", "New-VM -Name $Name", Name="x"))
+        assert len(reset.calls) == 1  # it may have run: not sent again
+    finally:
+        await clients.pool.release(key, session)
+
+
+def test_an_answer_cut_short_is_retryable_in_plain_words() -> None:
+    import requests
+
+    error = translate_transport(requests.exceptions.ChunkedEncodingError(
+        "('Connection broken: IncompleteRead(120 bytes read, 200 more expected)')"), "hv01: reading")
+    assert isinstance(error, RetryableError)
+    assert str(error) == "hv01: reading: the connection dropped in the middle of WinRM's answer"

@@ -8,17 +8,21 @@ import errno
 import hashlib
 import os
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from adapters.base import AuthError, RetryableError
+from adapters.base import AuthError, PlatformTimeoutError, RetryableError
+from adapters.retry import RetryPolicy
 from adapters.windows_remote.smb_copy import SmbCopier, SmbShare, translate
 
 from .samba_peer import SMB_PASSWORD_ENV, SMB_USER_ENV, SambaPeer
 
 pytestmark = pytest.mark.timeout(120)
 CHUNK = 1 << 20
+QUICK = RetryPolicy(attempts=3, budget=30.0, first_delay=0.05, max_delay=0.1)
 
 
 def disk(path: Path, mib: int = 24) -> Path:
@@ -38,7 +42,7 @@ def same_bytes(a: Path, b: Path) -> bool:
 
 def copier(samba: SambaPeer, encrypt: bool = True) -> SmbCopier:
     share = SmbShare("127.0.0.1", SMB_USER_ENV, SMB_PASSWORD_ENV, samba.port, "ntlm", encrypt, 10)
-    return SmbCopier(share, CHUNK)
+    return SmbCopier(share, CHUNK, QUICK)
 
 
 async def test_copy_equals_the_disk_byte_for_byte_and_remove_deletes_it(smb_env: SambaPeer,
@@ -64,12 +68,33 @@ async def test_copy_equals_the_disk_byte_for_byte_and_remove_deletes_it(smb_env:
         await smb.close()
 
 
-async def test_an_interrupted_copy_fails_retryably_and_the_partial_file_can_be_removed(
+async def test_a_copy_whose_connection_drops_once_starts_again_and_completes(
+        smb_env: SambaPeer, tmp_path: Path) -> None:
+    source = disk(tmp_path / "d.vhdx", 8)
+    smb = copier(smb_env)
+    cut = smb_env.cut_copy_after_first_chunk(smb)
+    unc = f"{smb_env.unc}\\again.vhdx"
+    try:
+        assert await smb.copy(source, unc, _ignore) == source.stat().st_size
+        assert cut == [CHUNK]  # the first attempt lost its connection after one chunk
+        assert same_bytes(smb_env.share_dir / "again.vhdx", source)
+    finally:
+        await smb.close()
+
+
+async def test_a_copy_interrupted_at_every_attempt_fails_retryably_and_the_partial_file_can_be_removed(
         smb_env: SambaPeer, tmp_path: Path) -> None:
     source = disk(tmp_path / "d.vhdx", 64)
     smb = copier(smb_env)
     unc = f"{smb_env.unc}\\cut.vhdx"
     before = set(smb_env.connections())
+    real, attempts = smb._copy_sync, []
+
+    def counted(*args: Any) -> int:
+        attempts.append(1)
+        return real(*args)
+
+    smb._copy_sync = counted  # type: ignore[method-assign]
 
     async def cut(done: int, total: int) -> None:
         if done >= 4 * CHUNK:  # the server side of this connection dies mid-copy
@@ -80,6 +105,7 @@ async def test_an_interrupted_copy_fails_retryably_and_the_partial_file_can_be_r
     try:
         with pytest.raises(RetryableError, match="SMB connection was lost"):
             await smb.copy(source, unc, cut)
+        assert len(attempts) == QUICK.attempts  # each attempt started again
         assert "cut.vhdx" in smb_env.files()
         assert await smb.remove(unc) is True  # a new connection
         assert smb_env.files() == []
@@ -139,3 +165,55 @@ def test_a_socket_lost_mid_copy_is_retryable(error: OSError) -> None:
 
 def test_other_os_errors_are_not_retried() -> None:
     assert not isinstance(translate(OSError(errno.EINVAL, "Invalid argument"), "copying"), RetryableError)
+
+
+def test_a_connection_refused_or_reset_while_connecting_is_retryable() -> None:
+    """smbprotocol's connect raises a ValueError whose cause is the socket's error."""
+    for cause in (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+                  ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")):
+        try:
+            try:
+                raise cause
+            except OSError as err:
+                raise ValueError(f"Failed to connect to '127.0.0.1:445': {err}") from err
+        except ValueError as exc:
+            error = translate(exc, "copying disk.vhdx")
+        assert isinstance(error, RetryableError), error
+        assert "Error" not in str(error)
+
+
+async def test_a_copy_the_server_stops_answering_fails_in_the_share_timeout(
+        smb_env: SambaPeer, tmp_path: Path) -> None:
+    """smbprotocol waits for an answer without a time limit: a connection that goes silent
+    mid-copy (here held 5 s by the relay) ends after the share's timeout (1 s), retryably."""
+    from tests.faults.tcp_proxy import TcpFault, TcpFaultProxy, TcpSchedule
+
+    source = disk(tmp_path / "d.vhdx", 8)
+    stall = TcpSchedule(seed=1, rate=1.0, menu=(TcpFault.STALL,), cut_range=(2 * CHUNK, 2 * CHUNK))
+    async with TcpFaultProxy(smb_env.port, stall, stall_seconds=5.0) as relay:
+        share = SmbShare("127.0.0.1", SMB_USER_ENV, SMB_PASSWORD_ENV, relay.port, "ntlm", True, 1)
+        smb = SmbCopier(share, CHUNK, RetryPolicy(attempts=1))
+        started = time.monotonic()
+        try:
+            with pytest.raises(PlatformTimeoutError, match="did not answer in 1 s") as caught:
+                await smb.copy(source, f"{smb_env.unc}\\stalled.vhdx", _ignore)
+            assert time.monotonic() - started < 4.5  # before the relay's stall ended
+            assert caught.value.retryable
+        finally:
+            await smb.close()
+    smb = copier(smb_env)
+    try:
+        assert await smb.remove(f"{smb_env.unc}\\stalled.vhdx") is True
+    finally:
+        await smb.close()
+
+
+def test_a_file_still_open_by_a_lost_connection_is_retryable() -> None:
+    """Samba (and Windows) keep a lost connection's handle until they notice the loss: the
+    copy's next attempt gets a sharing violation for a while."""
+    from smbprotocol.exceptions import SMBOSError
+    from smbprotocol.header import NtStatus
+
+    error = translate(SMBOSError(NtStatus.STATUS_SHARING_VIOLATION, "\\\\hv01\\layerbot\\d.vhdx"),
+                      "copying d.vhdx")
+    assert isinstance(error, RetryableError) and "still open" in str(error)

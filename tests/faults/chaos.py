@@ -47,6 +47,8 @@ class Peer(Protocol):
     platform: str
     #: the task states the kills aim at in turn (compositing, uploading, action_required: the watch)
     stages: tuple[str, ...]
+    #: how a worker is started (before its ``--config``): ``layerbot``, or with short polls
+    command: tuple[str, ...]
 
     def connector(self) -> dict[str, Any]:
         """The connector's settings in layerbot.yml (``type`` included)."""
@@ -57,8 +59,9 @@ class Peer(Protocol):
     def recorded(self, task: Task) -> set[str]:
         """The objects at the peer ``task`` records as its published result."""
 
-    def tend_guests(self, rng: random.Random) -> None:
-        """A guest's side of the watch: power off some of the guests a task waits for (at random)."""
+    def tend_guests(self, rng: random.Random, tasks: list[Task]) -> None:
+        """A guest's side of the watch: power on or off some of the guests ``tasks`` wait for (at
+        random)."""
 
 
 def _tasks(store: Store, ids: Iterable[str]) -> dict[str, Task] | None:
@@ -112,24 +115,24 @@ def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, ta
         ids = [enqueue(store, plan(catalog, "plain", check_cache=False), requested_by="chaos")[0].id
                for _ in range(tasks)]
         logs = [r / "worker.log" for r in roots]
-        workers = [start_worker(c, db, log) for c, log in zip(configs, logs, strict=True)]
+        workers = [start_worker(c, db, log, peer.command) for c, log in zip(configs, logs, strict=True)]
         by_stage: Counter[str] = Counter()
         try:
             for kill in range(kills):
                 time.sleep(rng.uniform(*PAUSE))
-                peer.tend_guests(rng)
+                peer.tend_guests(rng, list((_tasks(store, ids) or {}).values()))
                 victim, doing = _pick_victim(workers, store, rng, peer.stages[kill % len(peer.stages)])
                 by_stage[doing] += 1
                 workers[victim].send_signal(signal.SIGKILL)
                 workers[victim].wait()
-                workers[victim] = start_worker(configs[victim], db, logs[victim])
+                workers[victim] = start_worker(configs[victim], db, logs[victim], peer.command)
             finished_while_killing = sum(t.finished for t in (_tasks(store, ids) or {}).values())
             deadline = time.monotonic() + settle_seconds
             while time.monotonic() < deadline:
                 now = _tasks(store, ids)
                 if now is not None and all(t.finished for t in now.values()):
                     break
-                peer.tend_guests(rng)
+                peer.tend_guests(rng, list(now.values()) if now is not None else [])
                 assert all(w.poll() is None for w in workers), "a worker exited"
                 time.sleep(0.2)
         finally:

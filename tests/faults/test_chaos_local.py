@@ -12,6 +12,7 @@ import pytest
 from bot.store import states
 from bot.store.model import Task
 from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.store.workers import LAYERBOT
 
 COVERS = ("local",)
 pytestmark = pytest.mark.timeout(300)
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 class FolderPeer:
     platform = "local"
     stages = (states.COMPOSITING, states.UPLOADING)
+    command = (LAYERBOT,)
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir()
@@ -36,7 +38,7 @@ class FolderPeer:
         resource = (task.published or {}).get("resource") or {}
         return {Path(resource["path"]).relative_to(self.folder).as_posix()} if "path" in resource else set()
 
-    def tend_guests(self, rng: random.Random) -> None:
+    def tend_guests(self, rng: random.Random, tasks: list[Task]) -> None:
         """A folder has no guest: its tasks are Done once the file is in place."""
 
 

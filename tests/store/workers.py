@@ -49,10 +49,10 @@ def machine(root: Path, layers: Path, published: Path, *, lease_seconds: float =
 class WorkerProcess(subprocess.Popen[bytes]):
     """A `layerbot worker` process appending its output to ``log``."""
 
-    def __init__(self, config: Path, db: str, log: Path) -> None:
+    def __init__(self, config: Path, db: str, log: Path, command: Sequence[str] = (LAYERBOT,)) -> None:
         self.log = log
         with log.open("ab") as out:
-            super().__init__([LAYERBOT, "--config", str(config), "--db", db, "worker"],
+            super().__init__([*command, "--config", str(config), "--db", db, "worker"],
                              stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
 
     def wait_ready(self, seconds: float = 60) -> str:
@@ -70,8 +70,9 @@ class WorkerProcess(subprocess.Popen[bytes]):
             time.sleep(0.05)
 
 
-def start_worker(config: Path, db: str, log: Path) -> WorkerProcess:
-    return WorkerProcess(config, db, log)
+def start_worker(config: Path, db: str, log: Path, command: Sequence[str] = (LAYERBOT,)) -> WorkerProcess:
+    """A worker: ``layerbot`` unless ``command`` runs it another way (e.g. with short polls)."""
+    return WorkerProcess(config, db, log, command)
 
 
 def stop_workers(workers: Sequence[WorkerProcess], sig: signal.Signals = signal.SIGINT) -> list[int]:

@@ -82,21 +82,26 @@ def _holding(workers: list[WorkerProcess], store: Store) -> dict[int, str]:
 
 def _pick_victim(workers: list[WorkerProcess], store: Store, rng: random.Random,
                  stage: str) -> tuple[int, str]:
-    """A worker holding a task in ``stage`` (waiting a moment for one), else one holding any
-    task, else any worker; and what its task was doing (``idle`` when it held none)."""
+    """A worker holding a task in ``stage`` (waiting a moment for one); else one in a later
+    stage, else an idle one, else one compositing (so composes, the longest stage, still finish
+    and later stages get their kills); and what its task was doing (``idle``: none)."""
     deadline = time.monotonic() + HOLDER_WAIT
     while True:
         holding = _holding(workers, store)
         in_stage = sorted(n for n, doing in holding.items() if doing == stage)
         if in_stage:
-            victim = rng.choice(in_stage)
-            return victim, stage
+            return rng.choice(in_stage), stage
         if time.monotonic() > deadline:
-            if holding:
-                victim = rng.choice(sorted(holding))
-                return victim, holding[victim]
-            return rng.randrange(len(workers)), "idle"
+            break
         time.sleep(0.05)
+    later = sorted(n for n, doing in holding.items() if doing != states.COMPOSITING)
+    idle = [n for n in range(len(workers)) if n not in holding]
+    for choice in (later, idle):
+        if choice:
+            victim = rng.choice(choice)
+            return victim, holding.get(victim, "idle")
+    victim = rng.randrange(len(workers))
+    return victim, holding.get(victim, "idle")
 
 
 def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, tasks: int = 15,

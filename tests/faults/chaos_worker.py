@@ -15,12 +15,15 @@ from bot.runner.job_runner import JobRunner
 #: connector type -> "module:NAME" of its fast clients
 FAST_CLIENTS = {
     "nutanix": "tests.nutanix.conftest:FAST",
+    "xenserver": "tests.xenserver.conftest:short_clients",
 }
 
 
 def fast_clients(platform: str) -> object:
+    """The clients object (or what a factory of them makes)."""
     module, name = FAST_CLIENTS[platform].split(":")
-    return getattr(importlib.import_module(module), name)
+    found = getattr(importlib.import_module(module), name)
+    return found() if callable(found) else found
 
 
 def install(platform: str) -> None:

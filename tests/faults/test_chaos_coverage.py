@@ -12,7 +12,6 @@ HERE = Path(__file__).parent
 #: connector type -> why tests/faults has no chaos run for it yet (issue 18 tracks each)
 NOT_YET_COVERED = {
     "qemu": "a local VM per task: booting guests under kills is minutes, not seconds",
-    "xenserver": "the XenAPI double in the test process: next",
     "gcp": "the Cloud Storage emulator and the Compute double: next",
     "azure": "Azurite and the ARM double: next",
     "azure-mcs": "Azurite and the ARM double: next",

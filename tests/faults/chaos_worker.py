@@ -16,6 +16,7 @@ from bot.runner.job_runner import JobRunner
 FAST_CLIENTS = {
     "nutanix": "tests.nutanix.conftest:FAST",
     "xenserver": "tests.xenserver.conftest:short_clients",
+    "gcp": "tests.gcp.compute_fixtures:clients",
 }
 
 

@@ -14,7 +14,6 @@ NOT_PLATFORM_RUNS = {"test_chaos_coverage", "test_chaos_harness"}
 #: connector type -> why tests/faults has no chaos run for it yet (issue 18 tracks each)
 NOT_YET_COVERED = {
     "qemu": "a local VM per task: booting guests under kills is minutes, not seconds",
-    "gcp": "the Cloud Storage emulator and the Compute double: next",
     "azure": "Azurite and the ARM double: next",
     "azure-mcs": "Azurite and the ARM double: next",
     "vsphere": "vcsim: next",

@@ -1,12 +1,16 @@
-"""Fault figures per platform: runs the fault tests (tests/faults/test_faults_*.py) with
-LAYERBOT_RELIABILITY_OUT set, then prints, per platform, the publishes run, the faults injected
-(and by kind), how many of them the adapter retried, the publishes that succeeded and those that
-failed cleanly, and the objects left at the peer (must be 0).
+"""Fault and chaos figures per platform: runs the fault tests (tests/faults/test_faults_*.py)
+and the chaos tests (tests/faults/test_chaos_*.py) with LAYERBOT_RELIABILITY_OUT set, then prints,
+per platform, the publishes run, the faults injected (and by kind), how many of them the adapter
+retried, the publishes that succeeded and those that failed cleanly, and the objects left at the
+peer (must be 0); then, per platform and database, the kills survived (by what the killed
+worker was doing), the tasks run, lost, done twice, the objects orphaned at the peer and the temp
+files left (all 0).
 
-    .venv/bin/python bench/reliability.py            # run the fault tests, then the table
-    .venv/bin/python bench/reliability.py --from DIR  # the table of an earlier run's faults.jsonl
+    .venv/bin/python bench/reliability.py            # run the tests, then the tables
+    .venv/bin/python bench/reliability.py --from DIR  # the tables of an earlier run's *.jsonl
+    .venv/bin/python bench/reliability.py -- --long   # with the long variants (50 kills)
 
-Exits 1 when a fault test failed or any orphan was left.
+Exits 1 when a test failed or any orphan, lost or duplicated task was counted.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.faults.figures import ENV_VAR, FILE_NAME  # noqa: E402
+from tests.faults.figures import CHAOS_FILE_NAME, ENV_VAR, FILE_NAME  # noqa: E402
 
 
 @dataclass
@@ -89,8 +93,71 @@ def total(rows: list[Row]) -> Row:
     return out
 
 
+@dataclass
+class ChaosRow:
+    platform: str
+    backend: str
+    runs: int = 0
+    kills: int = 0
+    by_stage: Counter[str] = field(default_factory=Counter)
+    tasks: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    orphans: int = 0
+    temp_files: int = 0
+    seconds: float = 0.0
+
+    def bad(self) -> int:
+        return self.lost + self.duplicated + self.orphans + self.temp_files
+
+
+def chaos_table(runs: list[dict[str, object]]) -> list[ChaosRow]:
+    rows: dict[tuple[str, str], ChaosRow] = {}
+    for run in runs:
+        key = (str(run["platform"]), str(run["backend"]))
+        row = rows.setdefault(key, ChaosRow(*key))
+        row.runs += 1
+        row.kills += int(run["kills"])  # type: ignore[call-overload]
+        row.by_stage.update({str(k): int(v) for k, v in dict(run["kills_by_stage"]).items()})  # type: ignore[arg-type]
+        row.tasks += int(run["tasks"])  # type: ignore[call-overload]
+        # a task whose lease was never released is stuck: lost as well
+        row.lost += len(set(map(str, run["lost"])) | set(map(str, run["leased"])))  # type: ignore[call-overload]
+        row.duplicated += len(run["duplicated"])  # type: ignore[arg-type]
+        row.orphans += len(run["orphans"]) + len(run["missing"])  # type: ignore[arg-type]
+        row.temp_files += len(run["temp_files"])  # type: ignore[arg-type]
+        row.seconds += float(run["seconds"])  # type: ignore[arg-type]
+    return sorted(rows.values(), key=lambda r: (r.platform, r.backend))
+
+
+def chaos_total(rows: list[ChaosRow]) -> ChaosRow:
+    out = ChaosRow("**total**", "")
+    for r in rows:
+        out.runs += r.runs
+        out.kills += r.kills
+        out.by_stage.update(r.by_stage)
+        out.tasks += r.tasks
+        out.lost += r.lost
+        out.duplicated += r.duplicated
+        out.orphans += r.orphans
+        out.temp_files += r.temp_files
+        out.seconds += r.seconds
+    return out
+
+
+def render_chaos(rows: list[ChaosRow]) -> str:
+    head = ("| platform | database | runs | kills survived | kills by stage | tasks | lost | done twice "
+            "| orphans | temp files | seconds |")
+    lines = [head, "|" + " --- |" * 11]
+    for r in [*rows, chaos_total(rows)]:
+        stages = ", ".join(f"{k} {n}" for k, n in sorted(r.by_stage.items()))
+        lines.append(f"| {r.platform} | {r.backend} | {r.runs} | {r.kills} | {stages} | {r.tasks} "
+                     f"| {r.lost} | {r.duplicated} | {r.orphans} | {r.temp_files} | {r.seconds:.0f} |")
+    return "\n".join(lines)
+
+
 def run_tests(out: Path, extra: list[str]) -> int:
-    tests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests/faults").glob("test_faults_*.py"))
+    tests = sorted(str(p.relative_to(ROOT)) for pattern in ("test_faults_*.py", "test_chaos_*.py")
+                   for p in (ROOT / "tests/faults").glob(pattern))
     env = {**os.environ, ENV_VAR: str(out)}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            *tests, *extra], cwd=ROOT, env=env, check=False).returncode
@@ -107,16 +174,26 @@ def main() -> int:
     else:
         folder = Path(tempfile.mkdtemp(prefix="layerbot-reliability-"))
         rc = run_tests(folder, args.pytest_args)
-    path = folder / FILE_NAME
-    if not path.is_file():
-        print(f"no fault run was recorded ({path} is missing)", file=sys.stderr)
+    path, chaos_path = folder / FILE_NAME, folder / CHAOS_FILE_NAME
+    if not path.is_file() and not chaos_path.is_file():
+        print(f"no fault or chaos run was recorded ({path} and {chaos_path} are missing)", file=sys.stderr)
         return 1
-    rows = table(read_runs(path))
-    print(render(rows))
-    orphans = total(rows).orphans
-    if orphans:
-        print(f"{orphans} objects were left at the peers", file=sys.stderr)
-    return 1 if rc or orphans else 0
+    orphans = bad = 0
+    if path.is_file():
+        rows = table(read_runs(path))
+        print(render(rows))
+        orphans = total(rows).orphans
+        if orphans:
+            print(f"{orphans} objects were left at the peers", file=sys.stderr)
+    if chaos_path.is_file():
+        chaos_rows = chaos_table(read_runs(chaos_path))
+        print()
+        print(render_chaos(chaos_rows))
+        bad = chaos_total(chaos_rows).bad()
+        if bad:
+            print(f"chaos: {bad} tasks lost or done twice, objects orphaned or temp files left",
+                  file=sys.stderr)
+    return 1 if rc or orphans or bad else 0
 
 
 if __name__ == "__main__":

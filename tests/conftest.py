@@ -19,6 +19,21 @@ from compositor import scratch
 from tests.azure.azurite import Azurite, AzuriteUnavailable, start_azurite
 from tests.catalog_schema_check import wrap_load_catalog
 
+LONG_ENV_VAR = "LAYERBOT_LONG"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", help="also run the tests marked long")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long") or os.environ.get(LONG_ENV_VAR) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"a long variant: --long or {LONG_ENV_VAR}=1 runs it")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
 
 @pytest.fixture(autouse=True)
 def ram_scratch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path | None]:

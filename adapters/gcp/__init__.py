@@ -55,13 +55,17 @@ from adapters.gcp.compute_session import Clients, ComputeSession, session_key
 from adapters.gcp.gcp_config import Config
 from adapters.gcp.gcp_resources import GcpImage, GcpInstanceRan, GcpPublished
 from adapters.gcp.instance_watch import RAN, STOPPED, watching
+
+# GcsUpload's kind must be known before a runner taking a task over loads its resources
+# (storage.py imports no Google library at module level)
+from adapters.gcp.storage import GcsUpload
 from adapters.resources import Lifetime, Resource
 from adapters.steps import Step
 
 if TYPE_CHECKING:
     from adapters.gcp.storage import Storage
 
-__all__ = ["Adapter", "Clients", "Config", "GcpImage", "GcpInstanceRan", "GcpPublished"]
+__all__ = ["Adapter", "Clients", "Config", "GcpImage", "GcpInstanceRan", "GcpPublished", "GcsUpload"]
 
 
 def object_name(ctx: PublishContext) -> str:

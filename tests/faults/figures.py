@@ -1,5 +1,6 @@
-"""What a fault run writes for bench/reliability.py: one JSON line per run, in
-``$LAYERBOT_RELIABILITY_OUT/faults.jsonl`` when that variable is set (nothing otherwise)."""
+"""What a fault run and a chaos run write for bench/reliability.py: one JSON line per run, in
+``$LAYERBOT_RELIABILITY_OUT/faults.jsonl`` (``chaos.jsonl``) when that variable is set (nothing
+otherwise)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Protocol
 
 ENV_VAR = "LAYERBOT_RELIABILITY_OUT"
 FILE_NAME = "faults.jsonl"
+CHAOS_FILE_NAME = "chaos.jsonl"
 
 
 @dataclass
@@ -57,11 +59,45 @@ def fault_run(platform: str, seed: int, proxies: Sequence[Injector], *, error: s
                     error=error or "")
 
 
-def record(run: FaultRun) -> None:
+@dataclass
+class ChaosRun:
+    """A chaos run (tests/faults/chaos.py): lost, duplicated, leased, orphans, missing and
+    temp_files must all be empty."""
+
+    platform: str
+    #: "sqlite" or "postgresql"
+    backend: str
+    seed: int
+    kills: int
+    #: what the killed worker's task was doing: compositing, uploading, action_required (the
+    #: watch), or idle
+    kills_by_stage: dict[str, int]
+    tasks: int
+    finished_while_killing: int
+    #: tasks not Done at the end ("<id> <status>")
+    lost: list[str]
+    #: tasks with more than one done event
+    duplicated: list[str]
+    #: tasks whose lease was never released
+    leased: list[str]
+    #: objects at the peer no Done task records as its result
+    orphans: list[str]
+    #: results a Done task records that are not at the peer
+    missing: list[str]
+    temp_files: list[str]
+    seconds: float
+
+    def clean(self) -> bool:
+        return not (self.lost or self.duplicated or self.leased or self.orphans or self.missing
+                    or self.temp_files)
+
+
+def record(run: FaultRun | ChaosRun) -> None:
     out = os.environ.get(ENV_VAR)
     if not out:
         return
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / FILE_NAME, "a", encoding="utf-8") as f:
+    name = CHAOS_FILE_NAME if isinstance(run, ChaosRun) else FILE_NAME
+    with open(folder / name, "a", encoding="utf-8") as f:
         f.write(json.dumps(asdict(run), sort_keys=True) + "\n")

@@ -3,14 +3,16 @@ dirs, one shared target folder), `layerbot worker` processes, and the end-state 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from bot.store import states
 from bot.store.interface import Store
@@ -22,16 +24,18 @@ LAYERBOT = str(Path(sys.executable).parent / "layerbot")
 
 
 def machine(root: Path, layers: Path, published: Path, *, lease_seconds: float = 5,
-            max_attempts: int = 8) -> Path:
-    """A machine's layerbot.yml (template ``plain`` on the local target, ``eastern`` on a
-    connector tagged ``dc-east``); returns its path."""
+            max_attempts: int = 8, connector: Mapping[str, Any] | None = None) -> Path:
+    """A machine's layerbot.yml (template ``plain`` on the local target, or on ``connector``'s
+    settings when given; ``eastern`` on a local connector tagged ``dc-east``); returns its path."""
     root.mkdir()
+    folder = json.dumps(dict(connector) if connector is not None
+                        else {"type": "local", "path": str(published), "format": "raw"})
     (root / "layerbot.yml").write_text(textwrap.dedent(f"""\
         layers:
           base-os: {{kind: os, source: {layers / 'os.tar'}}}
           office: {{kind: app, source: {layers / 'office'}}}
         connectors:
-          folder: {{type: local, path: {published}, format: raw}}
+          folder: {folder}
           east-folder: {{type: local, path: {published}, format: raw, runner_tags: [dc-east]}}
         templates:
           plain: {{os_layer: base-os, app_layers: [office], connector: folder, disk: {{size_gib: 1}}}}
@@ -45,10 +49,10 @@ def machine(root: Path, layers: Path, published: Path, *, lease_seconds: float =
 class WorkerProcess(subprocess.Popen[bytes]):
     """A `layerbot worker` process appending its output to ``log``."""
 
-    def __init__(self, config: Path, db: str, log: Path) -> None:
+    def __init__(self, config: Path, db: str, log: Path, command: Sequence[str] = (LAYERBOT,)) -> None:
         self.log = log
         with log.open("ab") as out:
-            super().__init__([LAYERBOT, "--config", str(config), "--db", db, "worker"],
+            super().__init__([*command, "--config", str(config), "--db", db, "worker"],
                              stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
 
     def wait_ready(self, seconds: float = 60) -> str:
@@ -66,8 +70,9 @@ class WorkerProcess(subprocess.Popen[bytes]):
             time.sleep(0.05)
 
 
-def start_worker(config: Path, db: str, log: Path) -> WorkerProcess:
-    return WorkerProcess(config, db, log)
+def start_worker(config: Path, db: str, log: Path, command: Sequence[str] = (LAYERBOT,)) -> WorkerProcess:
+    """A worker: ``layerbot`` unless ``command`` runs it another way (e.g. with short polls)."""
+    return WorkerProcess(config, db, log, command)
 
 
 def stop_workers(workers: Sequence[WorkerProcess], sig: signal.Signals = signal.SIGINT) -> list[int]:

@@ -1,0 +1,192 @@
+"""Chaos per platform: three `layerbot worker` processes ("machines": own catalogs, cache and
+work dirs) on one database publish to a platform's local peer while a random worker is
+SIGKILLed and restarted at random (seeded) moments. Afterwards every task is finished and Done
+once, every object at the peer is a task's recorded result (nothing orphaned) and no machine
+left a temp file.
+
+A platform plugs in through a :class:`Peer`: its connector settings, what is at the peer, what
+a task recorded as its result, and the guests' side of a watch (powering them off)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from bot.catalog import load_catalog
+from bot.runner.planning import enqueue, plan
+from bot.store import states
+from bot.store.backends import open_store
+from bot.store.interface import Store
+from bot.store.model import StoreUnavailable, Task
+from bot.store.states import EventKind
+from tests.faults.figures import ChaosRun, record
+from tests.store.workers import WorkerProcess, leftover_temp_files, machine, start_worker, stop_workers
+
+WORKERS = 3
+#: a killed worker's tasks are taken over after this; attempts are not what is tested
+LEASE_SECONDS = 2
+MAX_ATTEMPTS = 100
+#: the kills' pauses (seconds): short enough that each platform × backend run takes seconds
+PAUSE = (0.1, 0.5)
+#: how long a kill waits for a worker holding a task before it takes any
+HOLDER_WAIT = 0.6
+
+
+class Peer(Protocol):
+    """A platform's local peer (or double), started by the test on 127.0.0.1."""
+
+    #: the connector type, as in the registry
+    platform: str
+    #: the task states the kills aim at in turn (compositing, uploading, action_required: the watch)
+    stages: tuple[str, ...]
+    #: how a worker is started (before its ``--config``): ``layerbot``, or with short polls
+    command: tuple[str, ...]
+
+    def connector(self) -> dict[str, Any]:
+        """The connector's settings in layerbot.yml (``type`` included)."""
+
+    def objects(self) -> set[str]:
+        """Everything at the peer now that a publish may have left (names of the peer's choosing)."""
+
+    def recorded(self, task: Task) -> set[str]:
+        """The objects at the peer ``task`` records as its published result."""
+
+    def tend_guests(self, rng: random.Random, tasks: list[Task]) -> None:
+        """A guest's side of the watch: power on or off some of the guests ``tasks`` wait for (at
+        random)."""
+
+
+def _tasks(store: Store, ids: Iterable[str]) -> dict[str, Task] | None:
+    try:
+        return {i: store.get(i) for i in ids}
+    except StoreUnavailable:
+        return None
+
+
+def _holding(workers: list[WorkerProcess], store: Store) -> dict[int, str]:
+    """Worker index -> what the task it holds is doing (compositing, uploading, action_required)."""
+    try:
+        held = [t for t in store.list_tasks(limit=1000) if t.lease_owner is not None and not t.finished]
+    except StoreUnavailable:
+        return {}
+    return {n: t.status for n, w in enumerate(workers) for t in held if f":{w.pid}:" in (t.lease_owner or "")}
+
+
+def _pick_victim(workers: list[WorkerProcess], store: Store, rng: random.Random,
+                 stage: str) -> tuple[int, str]:
+    """A worker holding a task in ``stage`` (waiting a moment for one); else one in a later
+    stage, else an idle one, else one compositing (so composes, the longest stage, still finish
+    and later stages get their kills); and what its task was doing (``idle``: none)."""
+    deadline = time.monotonic() + HOLDER_WAIT
+    while True:
+        holding = _holding(workers, store)
+        in_stage = sorted(n for n, doing in holding.items() if doing == stage)
+        if in_stage:
+            return rng.choice(in_stage), stage
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    later = sorted(n for n, doing in holding.items() if doing != states.COMPOSITING)
+    idle = [n for n in range(len(workers)) if n not in holding]
+    for choice in (later, idle):
+        if choice:
+            victim = rng.choice(choice)
+            return victim, holding.get(victim, "idle")
+    victim = rng.randrange(len(workers))
+    return victim, holding.get(victim, "idle")
+
+
+def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, tasks: int = 15,
+              kills: int = 30, seed: int = 18, settle_seconds: float = 120) -> ChaosRun:
+    """The chaos run; returns its figures (the caller asserts and records them)."""
+    rng = random.Random(seed)
+    roots = [root / f"m{n}" for n in range(1, WORKERS + 1)]
+    unused = root / "east-folder"  # machine()'s tagged connector: no task goes there
+    unused.mkdir(parents=True)
+    configs = [machine(r, layers, unused, lease_seconds=LEASE_SECONDS,
+                       max_attempts=MAX_ATTEMPTS, connector=peer.connector()) for r in roots]
+    store = open_store(db)
+    started = time.monotonic()
+    try:
+        catalog = load_catalog(configs[0])
+        ids = [enqueue(store, plan(catalog, "plain", check_cache=False), requested_by="chaos")[0].id
+               for _ in range(tasks)]
+        logs = [r / "worker.log" for r in roots]
+        workers = [start_worker(c, db, log, peer.command) for c, log in zip(configs, logs, strict=True)]
+        by_stage: Counter[str] = Counter()
+        try:
+            for kill in range(kills):
+                time.sleep(rng.uniform(*PAUSE))
+                peer.tend_guests(rng, list((_tasks(store, ids) or {}).values()))
+                victim, doing = _pick_victim(workers, store, rng, peer.stages[kill % len(peer.stages)])
+                by_stage[doing] += 1
+                workers[victim].send_signal(signal.SIGKILL)
+                workers[victim].wait()
+                workers[victim] = start_worker(configs[victim], db, logs[victim], peer.command)
+            finished_while_killing = sum(t.finished for t in (_tasks(store, ids) or {}).values())
+            deadline = time.monotonic() + settle_seconds
+            while time.monotonic() < deadline:
+                now = _tasks(store, ids)
+                if now is not None and all(t.finished for t in now.values()):
+                    break
+                peer.tend_guests(rng, list(now.values()) if now is not None else [])
+                assert all(w.poll() is None for w in workers), "a worker exited"
+                time.sleep(0.2)
+        finally:
+            codes = stop_workers(workers)
+        assert codes == [0] * WORKERS, [log.read_text()[-2000:] for log in logs]
+        return _figures(peer, store, ids, roots, backend=backend, seed=seed, kills=kills,
+                        by_stage=by_stage, finished_while_killing=finished_while_killing,
+                        seconds=time.monotonic() - started)
+    finally:
+        store.close()
+
+
+def _figures(peer: Peer, store: Store, ids: list[str], roots: list[Path], *, backend: str, seed: int,
+             kills: int, by_stage: Counter[str], finished_while_killing: int,
+             seconds: float) -> ChaosRun:
+    final = {i: store.get(i) for i in ids}
+    done_events = {i: sum(1 for e in store.events(i) if e.kind == EventKind.DONE) for i in ids}
+    recorded: set[str] = set()
+    for task in final.values():
+        if task.status == states.DONE:
+            recorded |= peer.recorded(task)
+    at_peer = peer.objects()
+    return ChaosRun(
+        platform=peer.platform, backend=backend, seed=seed, kills=kills,
+        kills_by_stage=dict(sorted(by_stage.items())), tasks=len(ids),
+        finished_while_killing=finished_while_killing,
+        lost=sorted(f"{i} {t.status}" for i, t in final.items() if t.status != states.DONE),
+        duplicated=sorted(i for i, n in done_events.items() if n > 1),
+        leased=sorted(i for i, t in final.items() if t.lease_owner is not None),
+        orphans=sorted(at_peer - recorded), missing=sorted(recorded - at_peer),
+        temp_files=[str(p) for r in roots for p in leftover_temp_files(r)],
+        seconds=round(seconds, 1))
+
+
+#: the kills of a chaos test: the short variant runs in CI; ``long`` ones under scripts/test.sh --long
+KILLS = [pytest.param(30, id="30-kills"), pytest.param(50, id="50-kills", marks=pytest.mark.long)]
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database the workers share: a SQLite file, or a new PostgreSQL database (tests/store's
+    throw-away cluster)."""
+    if backend == "sqlite":
+        return str(tmp_path / "layerbot.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+def record_and_check(run: ChaosRun) -> None:
+    record(run)
+    print(f"chaos {run.platform}/{run.backend}: {run.kills} kills {run.kills_by_stage}, "
+          f"{run.tasks} tasks ({run.finished_while_killing} finished while killing), {run.seconds} s")
+    assert run.clean(), asdict(run)

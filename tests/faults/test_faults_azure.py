@@ -17,8 +17,7 @@ import trustme
 
 from adapters import create
 from adapters.azure_blob.pages import BlobOptions
-from adapters.base import AdapterError, clean_up, publish
-from adapters.steps import Outcome
+from adapters.base import AdapterError, publish
 from tests.azure.arm_double import ArmDouble, Blobs
 from tests.azure.arm_fixtures import (
     FAST,
@@ -35,6 +34,7 @@ from tests.azure.azurite import ACCOUNT, KEY, Azurite
 from tests.azure.test_azure_publish import context, vhd
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import FaultProxy, FaultSchedule
+from tests.faults.runs import publish_under_faults
 
 __all__ = ["arm_tls"]
 #: connector types these runs publish to (tests/faults/test_fault_coverage.py)
@@ -108,6 +108,11 @@ def azurite_url(double: ArmDouble) -> str:
     return double.blobs.account_url
 
 
+
+def check_azure_error(error: str) -> None:
+    assert error.startswith("Azure"), error
+
+
 @pytest.mark.parametrize("kind", ["azure", "azure-mcs"])
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
@@ -117,19 +122,8 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     cfg = config(peers.double, kind, arm_endpoint=peers.arm.url)
     adapter = create(cfg, settings)
     ctx = context(vhd(tmp_path / "disk.vhd"), name)
-    error: str | None = None
-    try:
-        try:
-            await publish(adapter, ctx)
-        except AdapterError as exc:
-            error = str(exc)
-        for proxy in peers.proxies:
-            proxy.heal()
-        if error is not None:
-            assert error.startswith("Azure"), error
-            await clean_up(adapter, ctx, Outcome.FAILED)  # what the runner does after a failure
-    finally:
-        await adapter.close()
+    error = await publish_under_faults(adapter, ctx, lambda: [proxy.heal() for proxy in peers.proxies],
+                                       check_azure_error)
     orphans = await leftovers(peers, name) if error is not None else []
     record(fault_run(kind, seed, peers.proxies, error=error, orphans=orphans))
     assert sum(p.total_injected for p in peers.proxies) > 0

@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterError, clean_up, publish
 from adapters.gcp import Adapter
 from adapters.retry import RetryPolicy
-from adapters.steps import Outcome
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import FaultProxy, FaultSchedule
+from tests.faults.runs import publish_under_faults
 from tests.gcp.compute_double import ComputeDouble
 from tests.gcp.compute_fixtures import clients, compute, connector, context, object_check
 from tests.gcp.conftest import BUCKET, Proxy, emulator, gcs
@@ -64,6 +63,11 @@ def leftovers(peers: Peers, emulator: Any, name: str) -> list[str]:
             + [f"instance {zone}/{n}" for zone, n in peers.compute.instances])
 
 
+
+def check_gcp_error(error: str) -> None:
+    assert error.startswith(("gcp", "GCP", "Google")), error
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
         peers: Peers, emulator: Any, tmp_path: Path, seed: int) -> None:
@@ -74,19 +78,8 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
         update={"compute_endpoint": peers.api.url})
     adapter = Adapter(cfg, clients(chunk_size=CHUNK, timeout=1.0, retry=QUICK))
     ctx = context(name, artifact)
-    error: str | None = None
-    try:
-        try:
-            await publish(adapter, ctx)
-        except AdapterError as exc:
-            error = str(exc)
-        for proxy in peers.proxies:
-            proxy.heal()
-        if error is not None:
-            assert error.startswith(("gcp", "GCP", "Google")), error
-            await clean_up(adapter, ctx, Outcome.FAILED)  # what the runner does after a failure
-    finally:
-        await adapter.close()
+    error = await publish_under_faults(adapter, ctx, lambda: [proxy.heal() for proxy in peers.proxies],
+                                       check_gcp_error)
     orphans = leftovers(peers, emulator, name) if error is not None else []
     record(fault_run("gcp", seed, peers.proxies, error=error, orphans=orphans))
     assert sum(p.total_injected for p in peers.proxies) > 0

@@ -17,13 +17,13 @@ import trustme
 from aiohttp import web
 
 from adapters import create
-from adapters.base import AdapterError, PlatformError, clean_up, publish
+from adapters.base import PlatformError
 from adapters.hyperv import Adapter
 from adapters.hyperv import hyperv_scripts as scripts
 from adapters.retry import RetryPolicy
-from adapters.steps import Outcome
 from tests.faults.figures import Injector, fault_run, record
 from tests.faults.proxy import FaultProxy, FaultSchedule
+from tests.faults.runs import publish_under_faults
 from tests.faults.tcp_proxy import TcpFaultProxy, TcpSchedule
 from tests.faults.winrm_faults import FaultyWinRM
 from tests.hyperv.conftest import LOCAL_PATH, data_disk, hyperv_config, short_clients
@@ -76,6 +76,12 @@ async def peers(request: pytest.FixtureRequest, smb_env: SambaPeer) -> AsyncIter
         yield Peers(smb_env, host, smb, winrm)
 
 
+
+def check_hyperv_error(error: str) -> None:
+    assert "hv01.lab.example" in error or "127.0.0.1" in error, error
+    assert "Error(" not in error and "Exception" not in error, error  # no raw class
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
         peers: Peers, tmp_path: Path, seed: int) -> None:
@@ -88,19 +94,7 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
                                    secure_boot="MicrosoftWindows"), clients)
     assert isinstance(adapter, Adapter)
     ctx = context(disk, name)
-    error: str | None = None
-    try:
-        try:
-            await publish(adapter, ctx)
-        except AdapterError as exc:
-            error = str(exc)
-        peers.heal()
-        if error is not None:
-            assert "hv01.lab.example" in error or "127.0.0.1" in error, error
-            assert "Error(" not in error and "Exception" not in error, error  # no raw class
-            await clean_up(adapter, ctx, Outcome.FAILED)  # what the runner does after a failure
-    finally:
-        await adapter.close()
+    error = await publish_under_faults(adapter, ctx, peers.heal, check_hyperv_error)
     orphans = peers.leftovers() if error is not None else []
     record(fault_run("hyperv", seed, peers.injectors, error=error, orphans=orphans))
     assert peers.smb.connections > 0

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import trustme
 
-from adapters.base import AdapterError, clean_up, publish
+from adapters.base import AdapterError, publish
 from adapters.nutanix import Clients
 from adapters.retry import RetryPolicy
-from adapters.steps import Outcome
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
+from tests.faults.runs import publish_under_faults
 from tests.nutanix.conftest import CLUSTER, context, make_adapter, prism, prism_ca, qcow2_disk
 from tests.nutanix.prism_double import PrismDouble
 
@@ -69,6 +69,11 @@ def leftovers(double: PrismDouble, given: set[str]) -> list[str]:
                if t.status in ("QUEUED", "RUNNING") and t.entity[1] in alive])
 
 
+
+def check_nutanix_error(error: str) -> None:
+    assert error.startswith("Nutanix"), error
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
         peer: Peer, tmp_path: Path, seed: int) -> None:
@@ -76,18 +81,7 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     given = set(peer.double.vms)
     adapter = make_adapter(peer.double, peer.ca_file, QUICK, prism_url=peer.proxy.url)
     ctx = context(qcow2_disk(tmp_path / "disk.qcow2"), name)
-    error: str | None = None
-    try:
-        try:
-            await publish(adapter, ctx)
-        except AdapterError as exc:
-            error = str(exc)
-        peer.proxy.heal()
-        if error is not None:
-            assert error.startswith("Nutanix"), error
-            await clean_up(adapter, ctx, Outcome.FAILED)  # what the runner does after a failure
-    finally:
-        await adapter.close()
+    error = await publish_under_faults(adapter, ctx, peer.proxy.heal, check_nutanix_error)
     orphans = leftovers(peer.double, given) if error is not None else []
     record(fault_run("nutanix", seed, [peer.proxy], error=error, orphans=orphans))
     assert peer.proxy.total_injected > 0

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from adapters import create
-from adapters.base import AdapterError, clean_up, publish
 from adapters.pvs import Adapter, Clients
-from adapters.steps import Outcome
 from tests.faults.figures import Injector, fault_run, record
 from tests.faults.proxy import FaultSchedule
+from tests.faults.runs import publish_under_faults
 from tests.faults.tcp_proxy import TcpFaultProxy, TcpSchedule
 from tests.faults.test_faults_hyperv import CUT, SMB_RETRY, SMB_TIMEOUT
 from tests.faults.winrm_faults import FaultyWinRM
@@ -63,6 +62,12 @@ async def peers(request: pytest.FixtureRequest, smb_env: SambaPeer) -> AsyncIter
         yield Peers(smb_env, farm, smb, winrm)
 
 
+
+def check_pvs_error(error: str) -> None:
+    assert "pvs01.test" in error or "127.0.0.1" in error, error
+    assert "Error(" not in error and "Exception" not in error, error  # no raw class
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
         peers: Peers, tmp_path: Path, seed: int) -> None:
@@ -74,19 +79,7 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     adapter = create(pvs_config(peers.samba, smb_port=peers.smb.port), Clients(remote=remote))
     assert isinstance(adapter, Adapter)
     ctx = context(disk, name)
-    error: str | None = None
-    try:
-        try:
-            await publish(adapter, ctx)
-        except AdapterError as exc:
-            error = str(exc)
-        peers.heal()
-        if error is not None:
-            assert "pvs01.test" in error or "127.0.0.1" in error, error
-            assert "Error(" not in error and "Exception" not in error, error  # no raw class
-            await clean_up(adapter, ctx, Outcome.FAILED)  # what the runner does after a failure
-    finally:
-        await adapter.close()
+    error = await publish_under_faults(adapter, ctx, peers.heal, check_pvs_error)
     orphans = peers.leftovers() if error is not None else []
     record(fault_run("pvs", seed, peers.injectors, error=error, orphans=orphans))
     assert peers.smb.connections > 0

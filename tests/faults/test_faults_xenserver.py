@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import trustme
 
-from adapters.base import AdapterError, PublishContext, clean_up, publish
+from adapters.base import AdapterError, PublishContext, publish
 from adapters.blocking import SessionPool
 from adapters.retry import RetryPolicy
-from adapters.steps import Outcome
 from adapters.xenserver import Adapter, Clients
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
+from tests.faults.runs import publish_under_faults
 from tests.xenserver.conftest import dynamic_vhd, make_adapter, xapi, xen_config, xen_env
 from tests.xenserver.xapi_double import XapiDouble
 
@@ -95,24 +95,18 @@ def leftovers(double: XapiDouble) -> list[str]:
     return double.leftovers() + tasks
 
 
+
+def check_xenserver_error(error: str) -> None:
+    assert error.startswith(("XenServer", "Citrix Hypervisor")), error
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
         peer: Peer, tmp_path: Path, seed: int) -> None:
     name = f"faults-xen-{seed}"
     adapter = peer.adapter()
     ctx = context(dynamic_vhd(tmp_path / "disk.vhd"), name)
-    error: str | None = None
-    try:
-        try:
-            await publish(adapter, ctx)
-        except AdapterError as exc:
-            error = str(exc)
-        peer.proxy.heal()
-        if error is not None:
-            assert error.startswith(("XenServer", "Citrix Hypervisor")), error
-            await clean_up(adapter, ctx, Outcome.FAILED)  # what the runner does after a failure
-    finally:
-        await adapter.close()
+    error = await publish_under_faults(adapter, ctx, peer.proxy.heal, check_xenserver_error)
     orphans = leftovers(peer.double) if error is not None else []
     record(fault_run("xenserver", seed, [peer.proxy], error=error, orphans=orphans))
     assert peer.proxy.total_injected > 0

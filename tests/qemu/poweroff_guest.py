@@ -53,7 +53,11 @@ def kernel_image() -> bytes:
 
 
 def os_layer_members() -> dict[str, bytes | None]:
-    """An OS layer (tests.conftest.write_tar members) that boots into this guest."""
-    return {"boot/": None, "boot/vmlinuz-6.1.0-poweroff": kernel_image(),
+    """An OS layer (tests.conftest.write_tar members) that boots into this guest. Its systemd
+    never runs (the guest powers off first); the compositor needs one to install the first-boot
+    runner, as for a real Linux layer."""
+    return {"usr/": None, "usr/lib/": None, "usr/lib/systemd/": None,
+            "usr/lib/systemd/systemd": b"\x7fELF",
+            "boot/": None, "boot/vmlinuz-6.1.0-poweroff": kernel_image(),
             "etc/": None, "etc/hostname": b"guest\n", "etc/os-release": b"ID=poweroff\n"}
 

@@ -211,11 +211,13 @@ def create_owned_dir(vm_dir: Path, task_id: str) -> None:
 
 def owned_by(vm_dir: Path, task_id: str) -> bool:
     """True when ``task_id`` created ``vm_dir``: it holds that task's marker, or nothing yet
-    (created, then the runner died before writing the marker)."""
+    (created, then the runner died before writing the marker, or before writing the marker's
+    text: an empty marker alone)."""
     try:
-        return (vm_dir / OWNER).read_text() == task_id
+        marker = (vm_dir / OWNER).read_text()
     except FileNotFoundError:
         return not any(vm_dir.iterdir())
+    return marker == task_id or (marker == "" and [p.name for p in vm_dir.iterdir()] == [OWNER])
 
 
 def remove_vm(vm_dir: Path, task_id: str, timeout: float = 10.0) -> bool:

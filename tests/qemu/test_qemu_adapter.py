@@ -337,6 +337,17 @@ async def test_cleanup_removes_only_a_vm_directory_with_the_tasks_marker_or_an_e
     empty.mkdir()  # the runner died between mkdir and the marker
     assert await target.remove(QemuVm(vm_dir=empty, task_id="t0000001")) == [
         f"VM directory {empty}"]
+    half_marked = tmp_path / "half-marked"
+    half_marked.mkdir()
+    (half_marked / vmfiles.OWNER).touch()  # ... or between creating the marker and writing it
+    assert await target.remove(QemuVm(vm_dir=half_marked, task_id="t0000001")) == [
+        f"VM directory {half_marked}"]
+    assert not half_marked.exists()
+    theirs_half_marked = tmp_path / "theirs-half-marked"
+    theirs_half_marked.mkdir()
+    (theirs_half_marked / vmfiles.OWNER).touch()
+    (theirs_half_marked / "notes.txt").write_text("not layerbot's")
+    assert await target.remove(QemuVm(vm_dir=theirs_half_marked, task_id="t0000001")) == []
     ours = tmp_path / "ours"
     vmfiles.create_owned_dir(ours, "t0000001")
     (ours / vmfiles.DISK).write_bytes(b"disk")

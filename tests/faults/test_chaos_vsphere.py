@@ -7,6 +7,7 @@ second VM of a task, no VM of an import whose answer was lost, no file of a remo
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from collections.abc import Iterator
@@ -16,16 +17,25 @@ from typing import Any
 import pytest
 import trustme
 
+from adapters import config_model, create
+from adapters.base import publish
+from adapters.vsphere import VSpherePublished
+from bot.catalog import Catalog
+from bot.runner.planning import enqueue, plan
 from bot.store import states
 from bot.store.model import Task
+from bot.store.task_store import TaskStore
 from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.vsphere.clients import short_clients
 from tests.vsphere.conftest import (
     PASSWORD,
     PASSWORD_ENV,
     USER,
     USER_ENV,
+    Recorder,
     VcSim,
     connector,
+    make_raw_disk,
     run_task,
     vcsim_binary,
 )
@@ -138,6 +148,31 @@ def vcsim_peer(vcsim_binary: Path, tmp_path: Path,
         yield VcSimPeer(sim, ca_file)
     finally:
         sim.stop()
+
+
+async def test_the_peer_counts_a_vm_no_task_records_and_its_files(
+        vcsim_peer: VcSimPeer, catalog: Catalog, store: TaskStore, tmp_path: Path) -> None:
+    """What the chaos runs compare: a Done task's VM with its folder and files, and another
+    publish's VM (which no task records) with its own, until it is destroyed."""
+    adapter = create(config_model("vsphere").model_validate(vcsim_peer.connector()),
+                     short_clients())
+    disk = make_raw_disk(tmp_path / "disk.img", size_mib=24)
+    try:
+        kept = await publish(adapter, Recorder().context(disk, "chaos-kept"))
+        stray = await publish(adapter, Recorder().context(disk, "chaos-stray"))
+        task = enqueue(store, plan(catalog, "win10-office", check_cache=False), requested_by="t")[0]
+        done = dataclasses.replace(task, status=states.DONE, published=kept.to_json())
+        recorded = vcsim_peer.recorded(done)
+        assert {o.split(" ")[0] for o in recorded} == {"vm", "file"}
+        assert {"file [LocalDS_0] chaos-kept", "file [LocalDS_0] chaos-kept/chaos-kept.vmx"} < recorded
+        orphans = vcsim_peer.objects() - recorded
+        assert f"vm {stray.expect(VSpherePublished).moref} chaos-stray" in orphans
+        assert "file [LocalDS_0] chaos-stray/chaos-stray.vmx" in orphans
+        assert all("chaos-stray" in o for o in orphans)
+        await adapter.unpublish(stray)
+        assert vcsim_peer.objects() == recorded
+    finally:
+        await adapter.close()
 
 
 @pytest.mark.parametrize("kills", KILLS)

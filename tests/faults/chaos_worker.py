@@ -17,6 +17,7 @@ FAST_CLIENTS = {
     "nutanix": "tests.nutanix.conftest:FAST",
     "xenserver": "tests.xenserver.conftest:short_clients",
     "gcp": "tests.gcp.compute_fixtures:clients",
+    "vsphere": "tests.vsphere.clients:short_clients",
 }
 
 

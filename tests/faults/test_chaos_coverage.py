@@ -18,8 +18,6 @@ NOT_YET_COVERED = {
              "tests/faults/chaos_worker.py, and a guest VM in the double for the watch: next",
     "azure-mcs": "as azure (the same ARM double, plus the gallery): next",
     "vsphere": "vcsim (a Go process): the guest side of the watch needs govc power-offs: next",
-    "hyperv": "WinRM and Samba: after the HTTP peers",
-    "pvs": "WinRM and Samba: after the HTTP peers",
 }
 
 

@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Mapping
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, Protocol
 
@@ -39,17 +40,14 @@ class DoubleServer:
         self.double = double
         self.authkey = os.urandom(32)
         self._listener = Listener(("127.0.0.1", 0), authkey=self.authkey)
+        host, port = self._listener.address
+        self.address: tuple[str, int] = (str(host), int(port))
         self._lock = threading.Lock()
         self._connections: set[Connection] = set()
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._accepter = threading.Thread(target=self._accept, name="ps-double-accept", daemon=True)
         self._accepter.start()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._listener.address
-        return str(host), int(port)
 
     def environment(self) -> dict[str, str]:
         host, port = self.address
@@ -59,7 +57,7 @@ class DoubleServer:
         while True:
             try:
                 connection = self._listener.accept()
-            except OSError:
+            except (OSError, EOFError, AuthenticationError):
                 if self._closed:
                     return
                 continue  # a client that failed the authkey challenge, or went away during it

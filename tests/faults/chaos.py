@@ -5,7 +5,10 @@ once, every object at the peer is a task's recorded result (nothing orphaned) an
 left a temp file.
 
 A platform plugs in through a :class:`Peer`: its connector settings, what is at the peer, what
-a task recorded as its result, and the guests' side of a watch (powering them off)."""
+a task recorded as its result, and the guests' side of a watch (powering them off). The
+guests are tended only while the kills left do not outnumber twice the unfinished tasks, so the
+kills still find work to land on. CHAOS_DEBUG=1 prints each kill (when, what the worker was
+doing, the tasks' states)."""
 
 from __future__ import annotations
 
@@ -88,11 +91,18 @@ def _holding(workers: list[WorkerProcess], store: Store) -> dict[int, str]:
     return {n: t.status for n, w in enumerate(workers) for t in held if f":{w.pid}:" in (t.lease_owner or "")}
 
 
+def _all_finished(store: Store) -> bool:
+    try:
+        return all(t.finished for t in store.list_tasks(limit=1000))
+    except StoreUnavailable:
+        return False
+
+
 def _pick_victim(workers: list[WorkerProcess], store: Store, rng: random.Random,
                  stage: str) -> tuple[int, str]:
     """A worker holding a task in ``stage`` (waiting up to STAGE_WAIT for one); else one
     holding a task in any stage (waiting up to HOLDER_WAIT); else, when no worker has held a
-    task for that long, any worker (``idle``). A worker still starting holds nothing, so kills
+    task for that long (or every task is finished), any worker (``idle``). A worker still starting holds nothing, so kills
     land on work, not on start-ups."""
     started = time.monotonic()
     while True:
@@ -104,7 +114,7 @@ def _pick_victim(workers: list[WorkerProcess], store: Store, rng: random.Random,
         if holding and waited > STAGE_WAIT:
             victim = rng.choice(sorted(holding))
             return victim, holding[victim]
-        if waited > HOLDER_WAIT:
+        if waited > HOLDER_WAIT or (not holding and _all_finished(store)):
             victim = rng.randrange(len(workers))
             return victim, "idle"
         time.sleep(POLL)
@@ -131,7 +141,9 @@ def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, ta
         try:
             for kill in range(kills):
                 time.sleep(rng.uniform(*PAUSE))
-                peer.tend_guests(rng, list((_tasks(store, ids) or {}).values()))
+                now = list((_tasks(store, ids) or {}).values())
+                if kills - kill <= 2 * sum(not t.finished for t in now):
+                    peer.tend_guests(rng, now)  # else the guests wait: the kills left need work
                 victim, doing = _pick_victim(workers, store, rng, peer.stages[kill % len(peer.stages)])
                 by_stage[doing] += 1
                 if os.environ.get("CHAOS_DEBUG"):

@@ -231,6 +231,8 @@ class XapiSession(Session[Any]):
         after it, not while it is being made)."""
         if idempotent:
             return await super().call(fn, doing, idempotent=True)
+        if not self.logged_in:  # retried as a read: nothing of this call has been sent yet
+            await super().call(lambda c: None, "logging in", idempotent=True)
         try:
             return await retrying(lambda: _answered(asyncio.to_thread(self.call_sync, fn, doing)),
                                   doing, self.read_retry, only=(RefusedError,))

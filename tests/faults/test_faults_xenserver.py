@@ -363,3 +363,16 @@ async def test_a_call_run_again_after_a_refusal_does_not_send_its_answered_reque
     assert sorted(v["name_label"] for v in peer.double.state.vdis.values()) == ["first", "second"]
     assert {first, second} == set(peer.double.state.vdis)
     assert peer.proxy.requests == 2 + 4 + 1  # log-in and SR, 3 requests and the refused one again, log-out
+
+
+async def test_a_log_in_cut_short_under_a_create_is_retried_as_a_read(peer: Peer) -> None:
+    only(peer.proxy, Fault.UNANSWERED, FirstOf("POST"))  # the log-in, the session's first request
+    sr = next(iter(peer.double.state.srs))
+    adapter = peer.adapter()
+    try:
+        ref = await adapter.session.xapi("creating the disk",
+                                         lambda x: x.VDI.create(disk_record(sr, "after-log-in")))
+    finally:
+        await adapter.close()
+    assert [v["name_label"] for v in peer.double.state.vdis.values()] == ["after-log-in"]
+    assert ref in peer.double.state.vdis and peer.proxy.retried == 1

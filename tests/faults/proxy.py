@@ -49,7 +49,7 @@ STATUS_OF = {Fault.STATUS_500: 500, Fault.STATUS_502: 502, Fault.STATUS_503: 503
 #: faults injected after the upstream has acted
 AFTER_FORWARDING = frozenset({Fault.RESET_MID_BODY, Fault.TRUNCATED, Fault.UNANSWERED})
 EVERY_FAULT = (Fault.STATUS_500, Fault.STATUS_502, Fault.STATUS_503, Fault.THROTTLED_RETRY_AFTER,
-               Fault.THROTTLED, Fault.RESET_MID_BODY, Fault.STALL, Fault.TRUNCATED)
+               Fault.THROTTLED, Fault.RESET_MID_BODY, Fault.STALL, Fault.TRUNCATED, Fault.UNANSWERED)
 
 
 @dataclass

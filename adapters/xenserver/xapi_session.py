@@ -249,6 +249,11 @@ class XapiSession(Session[Any]):
         journal = Journal()
         return await self.call(lambda c: fn(journal.replaying(c)), doing, idempotent=idempotent)
 
+    async def xapi_once(self, doing: str, fn: Callable[[Any], T]) -> T:
+        """``fn(session.xenapi)`` on a worker thread, once: for a caller whose own policy
+        retries it (the event watch), so that one layer decides; a cancel does not wait."""
+        return await asyncio.to_thread(self.call_sync, lambda c: fn(c.xenapi), doing)
+
 
 async def _answered(call: Awaitable[T]) -> T:
     """``await call``; a cancel waits for the call to finish before it goes on (a request on

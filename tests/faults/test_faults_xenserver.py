@@ -24,6 +24,7 @@ from adapters.base import AdapterError, PublishContext, RefusedError, publish
 from adapters.blocking import SessionPool
 from adapters.retry import RetryPolicy
 from adapters.xenserver import Adapter, Clients
+from adapters.xenserver.xen_watch import watching
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
 from tests.faults.runs import publish_under_faults
@@ -376,3 +377,22 @@ async def test_a_log_in_cut_short_under_a_create_is_retried_as_a_read(peer: Peer
         await adapter.close()
     assert [v["name_label"] for v in peer.double.state.vdis.values()] == ["after-log-in"]
     assert ref in peer.double.state.vdis and peer.proxy.retried == 1
+
+
+async def test_the_event_watch_answered_503_every_time_makes_its_policys_attempts(
+        peer: Peer) -> None:
+    peer.proxy.schedule = FaultSchedule(seed=1, rate=1.0, menu=(Fault.STATUS_503,))
+    adapter = peer.adapter()
+    session = adapter._new_session()  # the watch's own: its log-in under event.from is refused
+    retry = RetryPolicy(attempts=3, budget=30.0, first_delay=0.01, max_delay=0.05)
+    try:
+        async with watching(adapter._key, lambda: session, "OpaqueRef:vm", 0.5, retry) as reports:
+            report = await asyncio.wait_for(reports.get(), 10)
+        refusals = peer.proxy.total_injected
+    finally:
+        await session.close()
+        await adapter.close()
+    assert isinstance(report, RefusedError), report
+    assert str(report).endswith("logging in: HTTP 503 Service Unavailable"), report
+    # the transport sent each event.from QUICK.attempts times under the watch's 3: 12
+    assert refusals == retry.attempts

@@ -107,13 +107,16 @@ class Blobs:
 
     async def create(self, name: str, size: int) -> None:
         """Make the disk's empty page blob."""
+        from azure.core.exceptions import ResourceExistsError
         from azure.storage.blob.aio import BlobServiceClient
 
         async with BlobServiceClient(self.account_url, credential={
                 "account_name": self.account_name, "account_key": self.account_key}) as service:
             container = service.get_container_client(self.container)
             if not await container.exists():
-                await container.create_container()
+                # two disks made at once both find no container: the second's create loses
+                with contextlib.suppress(ResourceExistsError):
+                    await container.create_container()
             await container.get_blob_client(name).create_page_blob(size)
 
     async def create_sas(self, name: str, write: bool = True) -> str:

@@ -17,6 +17,8 @@ FAST_CLIENTS = {
     "nutanix": "tests.nutanix.conftest:FAST",
     "xenserver": "tests.xenserver.conftest:short_clients",
     "gcp": "tests.gcp.compute_fixtures:clients",
+    "azure": "tests.azure.fast_clients:worker_clients",
+    "azure-mcs": "tests.azure.fast_clients:worker_clients",
 }
 
 

@@ -14,9 +14,6 @@ NOT_PLATFORM_RUNS = {"test_chaos_coverage", "test_chaos_harness"}
 #: connector type -> why tests/faults has no chaos run for it yet (issue 18 tracks each)
 NOT_YET_COVERED = {
     "qemu": "a local VM per task: booting guests under kills is minutes, not seconds",
-    "azure": "Azurite and the ARM double: the workers need the double's static token and CA in "
-             "tests/faults/chaos_worker.py, and a guest VM in the double for the watch: next",
-    "azure-mcs": "as azure (the same ARM double, plus the gallery): next",
     "vsphere": "vcsim (a Go process): the guest side of the watch needs govc power-offs: next",
     "hyperv": "WinRM and Samba: after the HTTP peers",
     "pvs": "WinRM and Samba: after the HTTP peers",

@@ -80,6 +80,12 @@ class Adapter(AzureAdapterBase):
         if created:
             await ctx.record(AzureDefinitionCreated(id=definition_id))
         mine = latest(ctx.resources, AzureImageVersion)
+        if mine is not None and await gallery.version_source(self.arm, mine.version) not in (
+                None, upload.id.lower()):
+            # recorded, then the runner stopped before making it; another runner's task (whose
+            # process knew nothing of this claim) took the name: a PUT would replace its version
+            await ctx.forget(mine)
+            mine = None
         if mine is None:  # a resumed task keeps the name it recorded
             key = (cfg.arm_endpoint.lower(), cfg.subscription_id.lower(),
                    cfg.resource_group.lower(), cfg.gallery.lower(), cfg.image_definition.lower())

@@ -575,6 +575,12 @@ class ArmDouble:
         _require(body, "location", "properties.storageProfile.osDiskImage.source.id",
                  "properties.publishingProfile.targetRegions")
         source = body["properties"]["storageProfile"]["osDiskImage"]["source"]["id"]
+        existing = self.versions.get(vkey)
+        if existing is not None and _version_source(existing).lower() != source.lower():
+            # a version's source is fixed once made: a PUT may repeat it, never change it
+            raise ArmFault(409, "PropertyChangeNotAllowed", "Changing property "
+                           "'galleryImageVersion.properties.storageProfile.osDiskImage.source.id' "
+                           "is not allowed.")
         disk = self.disks.get(_rg_name(source))
         if disk is None or disk["properties"]["diskState"] != "Unattached":
             raise ArmFault(409, "OperationNotAllowed",
@@ -648,6 +654,10 @@ def _require(body: dict[str, Any], *paths: str) -> None:
                 raise ArmFault(400, "InvalidParameter",
                                f"Required parameter '{path}' is missing (null).")
             node = node[part]
+
+
+def _version_source(version: dict[str, Any]) -> str:
+    return str(version["properties"]["storageProfile"]["osDiskImage"]["source"]["id"])
 
 
 def _not_found(kind: str, name: str) -> ArmFault:

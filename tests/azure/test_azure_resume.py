@@ -211,3 +211,42 @@ async def test_a_version_name_taken_by_another_runner_meanwhile_is_not_overwritt
     sources = {v["id"]: v["properties"]["storageProfile"]["osDiskImage"]["source"]["id"]
                for v in arm_double.versions.values()}
     assert sources[theirs.id].endswith("/task-b-upload") and sources[mine.id].endswith("/task-a-upload")
+
+
+async def test_a_version_name_another_runner_makes_first_is_chosen_again(
+        arm_double: ArmDouble, arm_tls: Tls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runners (processes: neither knows the other's claims) find one name free and both
+    PUT it: Azure keeps the first version's source and refuses the second PUT; its task
+    chooses the next name rather than failing or publishing the other's version."""
+    from adapters import azure_mcs
+
+    def mcs_adapter() -> AzureAdapterBase:
+        made = create(config(arm_double, "azure-mcs", version="{yyyy}.1.0"), clients(arm_double, arm_tls))
+        assert isinstance(made, AzureAdapterBase)
+        return made
+
+    create_version = azure_mcs.gallery.create_version
+    other, published_b = mcs_adapter(), []
+
+    async def the_other_runner_first(*args: Any) -> str:
+        monkeypatch.setattr(azure_mcs.gallery, "create_version", create_version)
+        claims = azure_mcs._CLAIMS.copy()
+        azure_mcs._CLAIMS.clear()  # the other runner is another process
+        published_b.append(await publish(other, context(vhd(tmp_path / "b.vhd"), "task-b")))
+        azure_mcs._CLAIMS.update(claims)
+        return await create_version(*args)
+    monkeypatch.setattr(azure_mcs.gallery, "create_version", the_other_runner_first)
+    first = mcs_adapter()
+    ctx_a = context(vhd(tmp_path / "a.vhd"), "task-a")
+    try:
+        published_a = await publish(first, ctx_a)
+    finally:
+        await first.close()
+        await other.close()
+    mine, theirs = published_a.expect(AzurePublished), published_b[0].expect(AzurePublished)
+    assert theirs.id.endswith(".1.0") and mine.id.endswith(".1.1")
+    sources = {v["id"]: v["properties"]["storageProfile"]["osDiskImage"]["source"]["id"]
+               for v in arm_double.versions.values()}
+    assert sources[theirs.id].endswith("/task-b-upload") and sources[mine.id].endswith("/task-a-upload")
+    [recorded] = [r for r in ctx_a.resources if isinstance(r, AzureImageVersion)]
+    assert recorded.id == mine.id  # a failed publish's cleanup removes this one only

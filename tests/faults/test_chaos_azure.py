@@ -73,6 +73,8 @@ class ArmPeer:
         self.loop.close()
 
     def connector(self) -> dict[str, Any]:
+        if self.platform == "azure-mcs":  # one name a minute: the runners' tasks contend for it
+            return connector(self.double, self.platform, version="{yyyy}.{mm}{dd}.{hhmm}")
         return connector(self.double, self.platform)
 
     def objects(self) -> set[str]:

@@ -1,10 +1,13 @@
 """Fault and chaos figures per platform: runs the fault tests (tests/faults/test_faults_*.py)
-and the chaos tests (tests/faults/test_chaos_*.py) with LAYERBOT_RELIABILITY_OUT set, then prints,
-per platform, the publishes run, the faults injected (and by kind), how many of them the adapter
-retried, the publishes that succeeded and those that failed cleanly, and the objects left at the
-peer (must be 0); then, per platform and database, the kills survived (by what the killed
-worker was doing), the tasks run, lost, done twice, the objects orphaned at the peer and the temp
-files left (all 0).
+and the chaos tests (tests/faults/test_chaos_*.py) with LAYERBOT_RELIABILITY_OUT set, then prints
+three tables:
+
+- the summary, one line per platform: faults injected, retried, publishes failed cleanly,
+  objects orphaned (must be 0), kills survived, tasks lost and done twice (both 0);
+- the fault runs per platform: publishes run, faults injected (and by kind), how many of them the
+  adapter retried, publishes that succeeded and that failed cleanly, objects left at the peer;
+- the chaos runs per platform and database: kills survived (by what the killed worker was doing),
+  tasks run, lost, done twice, objects orphaned at the peer, temp files left.
 
     .venv/bin/python bench/reliability.py            # run the tests, then the tables
     .venv/bin/python bench/reliability.py --from DIR  # the tables of an earlier run's *.jsonl
@@ -120,8 +123,9 @@ def chaos_table(runs: list[dict[str, object]]) -> list[ChaosRow]:
         row.kills += int(run["kills"])  # type: ignore[call-overload]
         row.by_stage.update({str(k): int(v) for k, v in dict(run["kills_by_stage"]).items()})  # type: ignore[arg-type]
         row.tasks += int(run["tasks"])  # type: ignore[call-overload]
-        # a task whose lease was never released is stuck: lost as well
-        row.lost += len(set(map(str, run["lost"])) | set(map(str, run["leased"])))  # type: ignore[call-overload]
+        # a task whose lease was never released is stuck: lost as well (once: "<id> <status>")
+        lost = {str(t).split()[0] for t in run["lost"]} | set(map(str, run["leased"]))  # type: ignore[attr-defined]
+        row.lost += len(lost)
         row.duplicated += len(run["duplicated"])  # type: ignore[arg-type]
         row.orphans += len(run["orphans"]) + len(run["missing"])  # type: ignore[arg-type]
         row.temp_files += len(run["temp_files"])  # type: ignore[arg-type]
@@ -155,6 +159,57 @@ def render_chaos(rows: list[ChaosRow]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class SummaryRow:
+    platform: str
+    faulted: bool = False
+    chaos: bool = False
+    injected: int = 0
+    retried: int = 0
+    failed_cleanly: int = 0
+    orphans: int = 0
+    kills: int = 0
+    lost: int = 0
+    duplicated: int = 0
+
+
+def summary_table(rows: list[Row], chaos_rows: list[ChaosRow]) -> list[SummaryRow]:
+    """One row per platform: a fault run's label's detail ("vsphere (import)") is dropped, the
+    chaos runs of both databases are added up; orphans count both kinds of run."""
+    out: dict[str, SummaryRow] = {}
+    for r in rows:
+        s = out.setdefault(r.platform.split(" (")[0], SummaryRow(r.platform.split(" (")[0]))
+        s.faulted = True
+        s.injected += sum(r.injected.values())
+        s.retried += r.retried
+        s.failed_cleanly += r.failed_cleanly
+        s.orphans += r.orphans
+    for c in chaos_rows:
+        s = out.setdefault(c.platform, SummaryRow(c.platform))
+        s.chaos = True
+        s.kills += c.kills
+        s.lost += c.lost
+        s.duplicated += c.duplicated
+        s.orphans += c.orphans
+    return sorted(out.values(), key=lambda r: r.platform)
+
+
+def render_summary(rows: list[SummaryRow]) -> str:
+    head = ("| platform | faults injected | retried | failed cleanly | orphans | kills survived "
+            "| tasks lost | done twice |")
+    lines = [head, "|" + " --- |" * 8]
+    total = SummaryRow("**total**", faulted=True, chaos=True)
+    for r in rows:
+        for name in ("injected", "retried", "failed_cleanly", "orphans", "kills", "lost", "duplicated"):
+            setattr(total, name, getattr(total, name) + getattr(r, name))
+    for r in [*rows, total]:
+        faults = [r.injected, r.retried, r.failed_cleanly] if r.faulted else ["—"] * 3
+        chaos = [r.kills, r.lost, r.duplicated] if r.chaos else ["—"] * 3
+        cells = [r.platform, *faults, r.orphans, *chaos]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
 def run_tests(out: Path, extra: list[str]) -> int:
     tests = sorted(str(p.relative_to(ROOT)) for pattern in ("test_faults_*.py", "test_chaos_*.py")
                    for p in (ROOT / "tests/faults").glob(pattern))
@@ -178,15 +233,17 @@ def main() -> int:
     if not path.is_file() and not chaos_path.is_file():
         print(f"no fault or chaos run was recorded ({path} and {chaos_path} are missing)", file=sys.stderr)
         return 1
+    rows = table(read_runs(path)) if path.is_file() else []
+    chaos_rows = chaos_table(read_runs(chaos_path)) if chaos_path.is_file() else []
+    print(render_summary(summary_table(rows, chaos_rows)))
     orphans = bad = 0
-    if path.is_file():
-        rows = table(read_runs(path))
+    if rows:
+        print()
         print(render(rows))
         orphans = total(rows).orphans
         if orphans:
             print(f"{orphans} objects were left at the peers", file=sys.stderr)
-    if chaos_path.is_file():
-        chaos_rows = chaos_table(read_runs(chaos_path))
+    if chaos_rows:
         print()
         print(render_chaos(chaos_rows))
         bad = chaos_total(chaos_rows).bad()

@@ -149,7 +149,7 @@ class Adapter:
         )
 
     async def _convert(self, ctx: PublishContext, dest: Path) -> None:
-        partial = dest.with_name(dest.name + ".partial")
+        partial = dest.with_name(vmfiles.PARTIAL_DISK)
         proc = await asyncio.create_subprocess_exec(
             _qemu_img(), "convert", "-p", "-f", ctx.artifact_format, "-O", "qcow2",
             str(ctx.artifact), str(partial),

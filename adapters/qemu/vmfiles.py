@@ -39,6 +39,8 @@ from adapters.base import PlatformError
 DEFINITION = "vm.json"
 LAUNCHER = "start.sh"
 DISK = "disk.qcow2"
+#: qemu-img convert's output until it is complete (then renamed to DISK)
+PARTIAL_DISK = DISK + ".partial"
 PIDFILE = "qemu.pid"
 QMP_SOCKET = "qmp.sock"
 SERIAL_LOG = "serial.log"
@@ -199,6 +201,38 @@ def kill_qemu(vm_dir: Path, timeout: float = 10.0) -> bool:
     return True
 
 
+def kill_disk_writers(vm_dir: Path, timeout: float = 10.0) -> list[int]:
+    """Stop a qemu-img on this host still converting into ``vm_dir``: one whose runner was
+    killed outlives it (nothing tells it), writing the whole disk again into a file that
+    cleanup unlinks, its space held until it ends. Returns their pids."""
+    partial = os.fsencode(str(vm_dir / PARTIAL_DISK))
+    writers = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+        if partial in argv and os.path.basename(argv[0]) == b"qemu-img":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                writers.append(int(proc.name))
+    deadline = time.monotonic() + timeout
+    while any(map(_alive, writers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return writers
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
 def create_owned_dir(vm_dir: Path, task_id: str) -> None:
     """Create ``vm_dir`` (never an existing one) and mark it as ``task_id``'s at once."""
     vm_dir.mkdir()
@@ -211,11 +245,13 @@ def create_owned_dir(vm_dir: Path, task_id: str) -> None:
 
 def owned_by(vm_dir: Path, task_id: str) -> bool:
     """True when ``task_id`` created ``vm_dir``: it holds that task's marker, or nothing yet
-    (created, then the runner died before writing the marker)."""
+    (created, then the runner died before writing the marker, or before writing the marker's
+    text: an empty marker alone)."""
     try:
-        return (vm_dir / OWNER).read_text() == task_id
+        marker = (vm_dir / OWNER).read_text()
     except FileNotFoundError:
         return not any(vm_dir.iterdir())
+    return marker == task_id or (marker == "" and [p.name for p in vm_dir.iterdir()] == [OWNER])
 
 
 def remove_vm(vm_dir: Path, task_id: str, timeout: float = 10.0) -> bool:
@@ -225,6 +261,7 @@ def remove_vm(vm_dir: Path, task_id: str, timeout: float = 10.0) -> bool:
         return False
     if kill_qemu(vm_dir):
         _wait_for_monitor(vm_dir)
+    kill_disk_writers(vm_dir, timeout)
     deadline = time.monotonic() + timeout
     while True:
         shutil.rmtree(vm_dir, ignore_errors=True)

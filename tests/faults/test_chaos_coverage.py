@@ -12,12 +12,7 @@ HERE = Path(__file__).parent
 #: test_chaos_* modules that publish to no platform
 NOT_PLATFORM_RUNS = {"test_chaos_coverage", "test_chaos_harness"}
 #: connector type -> why tests/faults has no chaos run for it yet (issue 18 tracks each)
-NOT_YET_COVERED = {
-    "qemu": "a local VM per task: booting guests under kills is minutes, not seconds",
-    "vsphere": "vcsim (a Go process): the guest side of the watch needs govc power-offs: next",
-    "hyperv": "WinRM and Samba: after the HTTP peers",
-    "pvs": "WinRM and Samba: after the HTTP peers",
-}
+NOT_YET_COVERED: dict[str, str] = {}
 
 
 def covered() -> set[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.figures import ENV_VAR, ChaosRun, record
+from tests.faults.figures import ENV_VAR, ChaosRun, FaultRun, record
 
 ROOT = Path(__file__).resolve().parents[2]
 CLEAN = ChaosRun(platform="local", backend="sqlite", seed=18, kills=30,
@@ -40,9 +40,30 @@ def test_the_chaos_table_sums_the_runs(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_an_orphan_or_a_lost_task_fails_the_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
-    record(replace(CLEAN, orphans=["plain/t0.img"], leased=["t1"]))
+    record(replace(CLEAN, orphans=["plain/t0.img"], leased=["t1"], lost=["t1 compositing"]))
     out = bench(tmp_path)
     assert out.returncode == 1
     assert "| local | sqlite | 1 | 30 | compositing 20, idle 7, uploading 3 | 15 | 1 | 0 | 1 | 0 | 30 |" \
         in out.stdout.splitlines()
     assert "chaos: 2 tasks lost or done twice" in out.stderr
+
+
+def test_the_summary_has_one_line_per_platform_with_faults_and_kills(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    for phase, kinds, error in (("all", {"500": 2, "stall": 1}, "vCenter said no"),
+                                ("import", {"429": 1}, None)):
+        record(FaultRun(platform=f"vsphere ({phase})", seed=1,
+                        outcome="succeeded" if error is None else "failed cleanly",
+                        injected=kinds, retried=sum(kinds.values()) - 1, error=error or ""))
+    record(replace(CLEAN, platform="vsphere"))
+    record(replace(CLEAN, platform="vsphere", backend="postgresql", duplicated=["t3"]))
+    record(replace(CLEAN, platform="local"))
+    out = bench(tmp_path)
+    assert out.returncode == 1  # the task done twice
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("| platform | faults injected | retried | failed cleanly | orphans "
+                               "| kills survived | tasks lost | done twice |")
+    assert "| local | — | — | — | 0 | 30 | 0 | 0 |" in lines[:6]
+    assert "| vsphere | 4 | 2 | 1 | 0 | 60 | 0 | 1 |" in lines[:6]
+    assert "| **total** | 4 | 2 | 1 | 0 | 90 | 0 | 1 |" in lines[:6]

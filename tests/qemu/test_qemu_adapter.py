@@ -337,8 +337,42 @@ async def test_cleanup_removes_only_a_vm_directory_with_the_tasks_marker_or_an_e
     empty.mkdir()  # the runner died between mkdir and the marker
     assert await target.remove(QemuVm(vm_dir=empty, task_id="t0000001")) == [
         f"VM directory {empty}"]
+    half_marked = tmp_path / "half-marked"
+    half_marked.mkdir()
+    (half_marked / vmfiles.OWNER).touch()  # ... or between creating the marker and writing it
+    assert await target.remove(QemuVm(vm_dir=half_marked, task_id="t0000001")) == [
+        f"VM directory {half_marked}"]
+    assert not half_marked.exists()
+    theirs_half_marked = tmp_path / "theirs-half-marked"
+    theirs_half_marked.mkdir()
+    (theirs_half_marked / vmfiles.OWNER).touch()
+    (theirs_half_marked / "notes.txt").write_text("not layerbot's")
+    assert await target.remove(QemuVm(vm_dir=theirs_half_marked, task_id="t0000001")) == []
     ours = tmp_path / "ours"
     vmfiles.create_owned_dir(ours, "t0000001")
     (ours / vmfiles.DISK).write_bytes(b"disk")
     assert await target.remove(QemuVm(vm_dir=ours, task_id="t0000001")) == [f"VM directory {ours}"]
     assert not ours.exists()
+
+
+async def test_cleanup_stops_a_qemu_img_its_killed_runner_left_converting(tmp_path: Path) -> None:
+    # a runner SIGKILLed mid-upload: its qemu-img goes on converting into the VM folder
+    target = adapter(tmp_path)
+    vm_dir = tmp_path / "vms" / "plain-1"
+    vm_dir.parent.mkdir()
+    vmfiles.create_owned_dir(vm_dir, "t0000001")
+    source = tmp_path / "source.raw"
+    source.write_bytes(os.urandom(8 << 20))
+    convert = subprocess.Popen(["qemu-img", "convert", "-r", "64K", "-f", "raw", "-O", "qcow2",
+                                str(source), str(vm_dir / vmfiles.PARTIAL_DISK)])
+    try:
+        while not (vm_dir / vmfiles.PARTIAL_DISK).exists():
+            assert convert.poll() is None
+            await asyncio.sleep(0.05)
+        assert await target.remove(QemuVm(vm_dir=vm_dir, task_id="t0000001")) == [
+            f"VM directory {vm_dir}"]
+        assert convert.wait(timeout=5) == -signal.SIGKILL  # not left writing for minutes
+        assert not vm_dir.exists()
+    finally:
+        convert.kill()
+        convert.wait()

@@ -180,6 +180,27 @@ def test_json_records_are_masked_in_every_field_and_stay_json(json_log: io.Strin
     assert "stack" in progress and progress["task_id"] == "tOTHER"  # extra= names another task
 
 
+@pytest.mark.parametrize(("level", "shown"), [(logging.INFO, False), (logging.DEBUG, True)])
+def test_the_azure_sdk_logs_each_request_only_at_debug(level: int, shown: bool) -> None:
+    """azure-core logs every request and response with its headers at INFO: a worker's INFO
+    log of an Azure upload would be thousands of those."""
+    root, stream = logging.getLogger(), io.StringIO()
+    sdk = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+    before = root.level, sdk.level
+    handler = log_setup.configure(level, "text", stream)
+    try:
+        sdk.info("Request URL: 'https://acct.blob/c/d.vhd?comp=page&sig=S1gnatureV4lue'")
+        sdk.warning("throttled")
+        logging.getLogger("adapters.azure.publish").info("sent 4 MiB")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(before[0])
+        sdk.setLevel(before[1])
+    logged = stream.getvalue()
+    assert ("Request URL" in logged) is shown
+    assert "throttled" in logged and "sent 4 MiB" in logged and "S1gnatureV4lue" not in logged
+
+
 async def test_the_compositor_process_log_carries_the_task_fields(json_log: io.StringIO) -> None:
     """The child process has no task context: it sends its records as JSON lines on stderr,
     which a reader task the job's context created logs here again, one record each (its

@@ -60,15 +60,29 @@ async def ensure_definition(arm: Arm) -> tuple[str, bool]:
 
 
 async def version_exists(arm: Arm, version: str) -> bool:
+    return await _read_version(arm, version) is not None
+
+
+async def version_source(arm: Arm, version: str) -> str | None:
+    """The id of the disk the image version was made from (lower case); None when the version
+    does not exist."""
+    found = await _read_version(arm, version)
+    if found is None:
+        return None
+    props = found.get("properties") or {}
+    source = ((props.get("storageProfile") or {}).get("osDiskImage") or {}).get("source") or {}
+    return str(source.get("id") or "").lower()
+
+
+async def _read_version(arm: Arm, version: str) -> Any:
     cfg = arm.cfg
     assert isinstance(cfg, McsConfig)
     try:
-        await arm.call(lambda c: c.gallery_image_versions.get(
+        return await arm.call(lambda c: c.gallery_image_versions.get(
             cfg.resource_group, cfg.gallery, cfg.image_definition, version),
             f"reading the image version {version}")
     except AzureNotFoundError:
-        return False
-    return True
+        return None
 
 
 async def create_version(arm: Arm, version: str, disk_id: str) -> str:

@@ -35,7 +35,14 @@ from adapters.azure.azure_config import INT32_MAX, McsConfig, render_version
 from adapters.azure.azure_resources import AzureDefinitionCreated, AzureImageVersion, AzurePublished
 from adapters.azure.links import next_steps, portal_link
 from adapters.azure.publish import AzureAdapterBase
-from adapters.base import Capability, PlatformError, PlatformStep, PublishContext, Published
+from adapters.base import (
+    AdapterError,
+    Capability,
+    PlatformError,
+    PlatformStep,
+    PublishContext,
+    Published,
+)
 from adapters.resources import latest
 from adapters.steps import Step
 
@@ -43,6 +50,8 @@ Config = McsConfig
 __all__ = ["Adapter", "Clients", "Config"]
 
 
+#: names a publish tries before giving up, when other runners' tasks keep taking them first
+NAME_ATTEMPTS = 5
 #: per (endpoint, subscription, group, gallery, definition, event loop): a lock, and the
 #: version names tasks of this process took (recorded before their PUT makes them exist)
 _CLAIMS: dict[tuple[Hashable, ...], tuple[asyncio.Lock, set[str]]] = {}
@@ -79,26 +88,56 @@ class Adapter(AzureAdapterBase):
         definition_id, created = await gallery.ensure_definition(self.arm)
         if created:
             await ctx.record(AzureDefinitionCreated(id=definition_id))
-        mine = latest(ctx.resources, AzureImageVersion)
-        if mine is None:  # a resumed task keeps the name it recorded
-            key = (cfg.arm_endpoint.lower(), cfg.subscription_id.lower(),
-                   cfg.resource_group.lower(), cfg.gallery.lower(), cfg.image_definition.lower())
-            async with _names(key) as claimed:
-                version = render_version(cfg.version, datetime.now(UTC))
-                while version in claimed or await gallery.version_exists(self.arm, version):
-                    version = bump_patch(version)
-                claimed.add(version)
-                mine = AzureImageVersion(id=f"{definition_id}/versions/{version}",
-                                         gallery=cfg.gallery, definition=cfg.image_definition,
-                                         version=version)
-                await ctx.record(mine)
-        version_id = await gallery.create_version(self.arm, mine.version, upload.id)
+        for _ in range(NAME_ATTEMPTS):
+            mine = await self._claim(ctx, definition_id, upload.id)
+            try:
+                version_id = await gallery.create_version(self.arm, mine.version, upload.id)
+                break
+            except AdapterError:
+                if not await self._taken_by_another(mine, upload.id):
+                    raise
+            # another runner's task made a version of this name first (its process knew
+            # nothing of this one's claim): Azure keeps its source, this task chooses again
+            await ctx.forget(mine)
+        else:
+            raise PlatformError(f"Azure: other publishes took {NAME_ATTEMPTS} image version names "
+                                f"in a row from under this one in {cfg.gallery}/"
+                                f"{cfg.image_definition}")
         name = f"{cfg.gallery}/{cfg.image_definition}/{mine.version}"
         mark = AzurePublished(id=version_id, name=name, what="image_version",
                               subscription_id=cfg.subscription_id,
                               resource_group=cfg.resource_group, published_at=time.time())
         ctx.published = Published(link=portal_link(cfg.portal, cfg.tenant_id, version_id),
                                   summary=f"Azure gallery image version {name}", resource=mark)
+
+    async def _claim(self, ctx: PublishContext, definition_id: str,
+                     disk_id: str) -> AzureImageVersion:
+        """The version name this task records: the one it recorded before (a resumed task),
+        unless another runner's task made a version of it meanwhile; else the pattern's, or
+        the next patch free at Azure and in this process."""
+        cfg = self.config
+        mine = latest(ctx.resources, AzureImageVersion)
+        if mine is not None and await self._taken_by_another(mine, disk_id):
+            await ctx.forget(mine)
+            mine = None
+        if mine is not None:
+            return mine
+        key = (cfg.arm_endpoint.lower(), cfg.subscription_id.lower(),
+               cfg.resource_group.lower(), cfg.gallery.lower(), cfg.image_definition.lower())
+        async with _names(key) as claimed:
+            version = render_version(cfg.version, datetime.now(UTC))
+            while version in claimed or await gallery.version_exists(self.arm, version):
+                version = bump_patch(version)
+            claimed.add(version)
+            mine = AzureImageVersion(id=f"{definition_id}/versions/{version}",
+                                     gallery=cfg.gallery, definition=cfg.image_definition,
+                                     version=version)
+            await ctx.record(mine)
+        return mine
+
+    async def _taken_by_another(self, mine: AzureImageVersion, disk_id: str) -> bool:
+        """The version exists, made from another disk than this task's."""
+        return await gallery.version_source(self.arm, mine.version) not in (None, disk_id.lower())
 
     def next_steps(self, published: Published) -> str:
         return next_steps(published.expect(AzurePublished), None)

@@ -34,6 +34,11 @@ _SECRETS = re.compile(
     re.IGNORECASE)
 
 
+#: loggers of libraries that log every HTTP request and response, headers included, at INFO
+#: (azure-core: a page-blob upload is thousands of Put Page requests): shown at DEBUG only
+REQUEST_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy",)
+
+
 def mask_secrets(text: str) -> str:
     return _SECRETS.sub(lambda m: (m.group("key") or m.group("bearer")) + MASK, text)
 
@@ -130,6 +135,8 @@ def configure(level: int = logging.WARNING, log_format: LogFormat = "text",
     handler.addFilter(TaskFieldsFilter())
     root.addHandler(handler)
     root.setLevel(level)
+    for name in REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level <= logging.DEBUG else logging.WARNING)
     logging.captureWarnings(True)
     # Python's own hooks only: a host's (pytest's) keeps seeing what it watches for
     if sys.excepthook is sys.__excepthook__:

@@ -107,13 +107,16 @@ class Blobs:
 
     async def create(self, name: str, size: int) -> None:
         """Make the disk's empty page blob."""
+        from azure.core.exceptions import ResourceExistsError
         from azure.storage.blob.aio import BlobServiceClient
 
         async with BlobServiceClient(self.account_url, credential={
                 "account_name": self.account_name, "account_key": self.account_key}) as service:
             container = service.get_container_client(self.container)
             if not await container.exists():
-                await container.create_container()
+                # two disks made at once both find no container: the second's create loses
+                with contextlib.suppress(ResourceExistsError):
+                    await container.create_container()
             await container.get_blob_client(name).create_page_blob(size)
 
     async def create_sas(self, name: str, write: bool = True) -> str:
@@ -572,6 +575,12 @@ class ArmDouble:
         _require(body, "location", "properties.storageProfile.osDiskImage.source.id",
                  "properties.publishingProfile.targetRegions")
         source = body["properties"]["storageProfile"]["osDiskImage"]["source"]["id"]
+        existing = self.versions.get(vkey)
+        if existing is not None and _version_source(existing).lower() != source.lower():
+            # a version's source is fixed once made: a PUT may repeat it, never change it
+            raise ArmFault(409, "PropertyChangeNotAllowed", "Changing property "
+                           "'galleryImageVersion.properties.storageProfile.osDiskImage.source.id' "
+                           "is not allowed.")
         disk = self.disks.get(_rg_name(source))
         if disk is None or disk["properties"]["diskState"] != "Unattached":
             raise ArmFault(409, "OperationNotAllowed",
@@ -645,6 +654,10 @@ def _require(body: dict[str, Any], *paths: str) -> None:
                 raise ArmFault(400, "InvalidParameter",
                                f"Required parameter '{path}' is missing (null).")
             node = node[part]
+
+
+def _version_source(version: dict[str, Any]) -> str:
+    return str(version["properties"]["storageProfile"]["osDiskImage"]["source"]["id"])
 
 
 def _not_found(kind: str, name: str) -> ArmFault:

@@ -5,7 +5,6 @@ session) is tests/conftest.py's."""
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +16,17 @@ from aiohttp import web
 
 from adapters.azure.arm import Clients
 from adapters.azure.azure_config import AzureConfig
-from adapters.retry import RetryPolicy
 from tests.azure.arm_double import ArmDouble, Blobs, server_ssl
 from tests.azure.azurite import ACCOUNT, KEY, Azurite
+from tests.azure.fast_clients import FAST, StaticCredential, fast_settings, static_clients
+
+__all__ = ["FAST", "StaticCredential"]  # imported from here by the azure tests
 
 SUBSCRIPTION = "3f2c8a6e-5b1d-4c7e-9a0f-1e2d3c4b5a69"
 TENANT = "8d7c6b5a-4e3f-4a1b-8c9d-0e1f2a3b4c5d"
 CLIENT = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5e"
 SECRET = "s3cr3t-Value~ForTheDouble.1"
 SECRET_ENV = "LAYERBOT_TEST_AZURE_SECRET"
-FAST = RetryPolicy(attempts=4, budget=30.0, first_delay=0.01, max_delay=0.05)
 
 
 @dataclass
@@ -73,21 +73,6 @@ async def arm_double(arm_tls: Tls, azurite: Azurite, monkeypatch: pytest.MonkeyP
     await runner.cleanup()
 
 
-class StaticCredential:
-    """A token the double accepts without the token endpoint."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        from azure.core.credentials import AccessToken
-
-        return AccessToken(self.token, int(time.time()) + 3600)
-
-    async def close(self) -> None:
-        pass
-
-
 def connector(double: ArmDouble, kind: str = "azure", **extra: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "type": kind, "subscription_id": SUBSCRIPTION, "tenant_id": TENANT,
@@ -103,13 +88,9 @@ def connector(double: ArmDouble, kind: str = "azure", **extra: Any) -> dict[str,
 def clients(double: ArmDouble, tls: Tls, *, identity: bool = False, **extra: Any) -> Clients:
     """Clients pointed at the double: through azure-identity (the token endpoint) or a static
     token."""
-    settings: dict[str, Any] = {
-        "connection_verify": str(tls.ca_file), "polling_interval": 0.01, "arm_retry": FAST,
-        "watch_first": 0.02, "watch_longest": 0.1, "watch_retry": FAST}
-    if not identity:
-        token = double.static_token
-        settings["credential"] = lambda cfg, verify: StaticCredential(token)
-    return Clients(**(settings | extra))
+    if identity:
+        return Clients(**(fast_settings(tls.ca_file) | extra))
+    return static_clients(double.static_token, tls.ca_file, **extra)
 
 
 def config(double: ArmDouble, kind: str = "azure", **extra: Any) -> AzureConfig:

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from adapters import create, resources
-from adapters.azure.azure_resources import AzureUploadDisk, AzureUploadFinished
+from adapters.azure.azure_resources import (
+    AzureImageVersion,
+    AzurePublished,
+    AzureUploadDisk,
+    AzureUploadFinished,
+)
 from adapters.azure.publish import AzureAdapterBase
 from adapters.base import PublishContext, clean_up, publish
 from adapters.resources import Lifetime, Resource, latest
@@ -155,3 +160,93 @@ async def test_the_blob_of_a_restarted_upload_equals_the_new_vhd(
         assert await blob_bytes(arm_double, disk["name"]) == disk_file.read_bytes()
     finally:
         await second.close()
+
+
+async def test_a_version_name_taken_by_another_runner_meanwhile_is_not_overwritten(
+        arm_double: ArmDouble, arm_tls: Tls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Task A records its version name, then its runner dies before the PUT; another runner
+    (no claims of A's process) finds the name free at ARM and publishes task B under it. A's
+    retake must choose another name: a PUT of the recorded one would replace B's version."""
+    from adapters import azure_mcs
+
+    def mcs_adapter() -> AzureAdapterBase:  # every publish of the year renders one name
+        made = create(config(arm_double, "azure-mcs", version="{yyyy}.1.0"), clients(arm_double, arm_tls))
+        assert isinstance(made, AzureAdapterBase)
+        return made
+
+    first, job = mcs_adapter(), []
+    create_version = azure_mcs.gallery.create_version
+
+    async def dies_before_the_put(*args: Any) -> str:
+        detach(job[0])
+        await asyncio.sleep(0)
+        return await create_version(*args)
+    monkeypatch.setattr(azure_mcs.gallery, "create_version", dies_before_the_put)
+    ctx_a = context(vhd(tmp_path / "a.vhd"), "task-a")
+    try:
+        job.append(asyncio.create_task(publish(first, ctx_a)))
+        with pytest.raises(asyncio.CancelledError):
+            await job[0]
+    finally:
+        await first.close()
+    monkeypatch.setattr(azure_mcs.gallery, "create_version", create_version)
+    monkeypatch.setattr(azure_mcs, "_CLAIMS", {})  # the other runner is another process
+    taken = latest(ctx_a.resources, AzureImageVersion)
+    assert taken is not None and arm_double.versions == {}
+
+    other = mcs_adapter()
+    try:
+        published_b = await publish(other, context(vhd(tmp_path / "b.vhd"), "task-b"))
+    finally:
+        await other.close()
+    assert published_b.expect(AzurePublished).id.endswith(f"/versions/{taken.version}")
+    again = mcs_adapter()
+    try:
+        published_a = await publish(again, context(vhd(tmp_path / "a.vhd"), "task-a", None,
+                                                   stored(ctx_a)))
+    finally:
+        await again.close()
+    mine, theirs = published_a.expect(AzurePublished), published_b.expect(AzurePublished)
+    assert mine.id != theirs.id and len(arm_double.versions) == 2
+    sources = {v["id"]: v["properties"]["storageProfile"]["osDiskImage"]["source"]["id"]
+               for v in arm_double.versions.values()}
+    assert sources[theirs.id].endswith("/task-b-upload") and sources[mine.id].endswith("/task-a-upload")
+
+
+async def test_a_version_name_another_runner_makes_first_is_chosen_again(
+        arm_double: ArmDouble, arm_tls: Tls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runners (processes: neither knows the other's claims) find one name free and both
+    PUT it: Azure keeps the first version's source and refuses the second PUT; its task
+    chooses the next name rather than failing or publishing the other's version."""
+    from adapters import azure_mcs
+
+    def mcs_adapter() -> AzureAdapterBase:
+        made = create(config(arm_double, "azure-mcs", version="{yyyy}.1.0"), clients(arm_double, arm_tls))
+        assert isinstance(made, AzureAdapterBase)
+        return made
+
+    create_version = azure_mcs.gallery.create_version
+    other, published_b = mcs_adapter(), []
+
+    async def the_other_runner_first(*args: Any) -> str:
+        monkeypatch.setattr(azure_mcs.gallery, "create_version", create_version)
+        claims = azure_mcs._CLAIMS.copy()
+        azure_mcs._CLAIMS.clear()  # the other runner is another process
+        published_b.append(await publish(other, context(vhd(tmp_path / "b.vhd"), "task-b")))
+        azure_mcs._CLAIMS.update(claims)
+        return await create_version(*args)
+    monkeypatch.setattr(azure_mcs.gallery, "create_version", the_other_runner_first)
+    first = mcs_adapter()
+    ctx_a = context(vhd(tmp_path / "a.vhd"), "task-a")
+    try:
+        published_a = await publish(first, ctx_a)
+    finally:
+        await first.close()
+        await other.close()
+    mine, theirs = published_a.expect(AzurePublished), published_b[0].expect(AzurePublished)
+    assert theirs.id.endswith(".1.0") and mine.id.endswith(".1.1")
+    sources = {v["id"]: v["properties"]["storageProfile"]["osDiskImage"]["source"]["id"]
+               for v in arm_double.versions.values()}
+    assert sources[theirs.id].endswith("/task-b-upload") and sources[mine.id].endswith("/task-a-upload")
+    [recorded] = [r for r in ctx_a.resources if isinstance(r, AzureImageVersion)]
+    assert recorded.id == mine.id  # a failed publish's cleanup removes this one only

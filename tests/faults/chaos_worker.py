@@ -21,6 +21,8 @@ FAST_CLIENTS = {
     # the PowerShell double the test serves (tests/windows_remote/served_double.py)
     "hyperv": "tests.hyperv.conftest:served_clients",
     "pvs": "tests.pvs.conftest:served_clients",
+    "azure": "tests.azure.fast_clients:worker_clients",
+    "azure-mcs": "tests.azure.fast_clients:worker_clients",
 }
 
 

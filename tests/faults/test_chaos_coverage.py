@@ -12,11 +12,7 @@ HERE = Path(__file__).parent
 #: test_chaos_* modules that publish to no platform
 NOT_PLATFORM_RUNS = {"test_chaos_coverage", "test_chaos_harness"}
 #: connector type -> why tests/faults has no chaos run for it yet (issue 18 tracks each)
-NOT_YET_COVERED = {
-    "azure": "Azurite and the ARM double: the workers need the double's static token and CA in "
-             "tests/faults/chaos_worker.py, and a guest VM in the double for the watch: next",
-    "azure-mcs": "as azure (the same ARM double, plus the gallery): next",
-}
+NOT_YET_COVERED: dict[str, str] = {}
 
 
 def covered() -> set[str]:

@@ -41,9 +41,11 @@ LEASE_SECONDS = 2
 MAX_ATTEMPTS = 100
 #: the kills' pauses (seconds): short enough that each platform × backend run takes seconds
 PAUSE = (0.1, 0.5)
-#: how long a kill waits for a worker holding a task in the stage it aims at, then for one
-#: holding any task, before it takes any worker
-STAGE_WAIT = 3.0
+#: how long a kill waits for a worker holding a task in the stage it aims at (the first kill
+#: aimed at a stage waits longer: each stage gets one), then for one holding any task, before
+#: it takes any worker
+STAGE_WAIT = 1.5
+FIRST_STAGE_WAIT = 20.0
 HOLDER_WAIT = 10.0
 #: how often the store is read for who holds what (an upload to a local peer takes ~0.1 s)
 POLL = 0.02
@@ -99,11 +101,11 @@ def _all_finished(store: Store) -> bool:
 
 
 def _pick_victim(workers: list[WorkerProcess], store: Store, rng: random.Random,
-                 stage: str) -> tuple[int, str]:
-    """A worker holding a task in ``stage`` (waiting up to STAGE_WAIT for one); else one
+                 stage: str, patience: float) -> tuple[int, str]:
+    """A worker holding a task in ``stage`` (waiting up to ``patience`` for one); else one
     holding a task in any stage (waiting up to HOLDER_WAIT); else, when no worker has held a
-    task for that long (or every task is finished), any worker (``idle``). A worker still starting holds nothing, so kills
-    land on work, not on start-ups."""
+    task for that long (or every task is finished), any worker (``idle``). A worker still
+    starting holds nothing, so kills land on work, not on start-ups."""
     started = time.monotonic()
     while True:
         holding = _holding(workers, store)
@@ -111,7 +113,7 @@ def _pick_victim(workers: list[WorkerProcess], store: Store, rng: random.Random,
         in_stage = sorted(n for n, doing in holding.items() if doing == stage)
         if in_stage:
             return rng.choice(in_stage), stage
-        if holding and waited > STAGE_WAIT:
+        if holding and waited > patience:
             victim = rng.choice(sorted(holding))
             return victim, holding[victim]
         if waited > HOLDER_WAIT or (not holding and _all_finished(store)):
@@ -144,7 +146,9 @@ def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, ta
                 now = list((_tasks(store, ids) or {}).values())
                 if kills - kill <= 2 * sum(not t.finished for t in now):
                     peer.tend_guests(rng, now)  # else the guests wait: the kills left need work
-                victim, doing = _pick_victim(workers, store, rng, peer.stages[kill % len(peer.stages)])
+                aim = peer.stages[kill % len(peer.stages)]
+                patience = STAGE_WAIT if by_stage[aim] else FIRST_STAGE_WAIT
+                victim, doing = _pick_victim(workers, store, rng, aim, patience)
                 by_stage[doing] += 1
                 if os.environ.get("CHAOS_DEBUG"):
                     now = _tasks(store, ids) or {}

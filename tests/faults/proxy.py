@@ -17,7 +17,7 @@ import enum
 import random
 import ssl
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -85,8 +85,19 @@ class Injection:
     fault: Fault
     method: str
     path: str
-    #: a later request had the same method and path: the client tried again
+    #: what tells this request apart (:func:`request_key`); () matches no later request
+    request: tuple[str, ...] = ()
+    #: the same request came again later (:attr:`request`): the client tried again
     retried: bool = False
+
+
+def request_key(method: str, path_qs: str, headers: Mapping[str, str]) -> tuple[str, ...]:
+    """A request as a retry repeats it: method, path and query, and for a body its length and
+    Content-Range (the next chunk of a resumable upload, another poll of an operation or a
+    cleanup's GET of the same path is another request, not this one sent again)."""
+    if method not in ("PUT", "POST", "PATCH"):
+        return (method, path_qs)
+    return (method, path_qs, headers.get("Content-Length", ""), headers.get("Content-Range", ""))
 
 
 class FaultProxy:
@@ -176,13 +187,14 @@ class FaultProxy:
     # ------------------------------------------------------------------ the proxy
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        key = request_key(request.method, request.path_qs, request.headers)
         for earlier in self.injections:
-            if not earlier.retried and (earlier.method, earlier.path) == (request.method, request.path):
+            if not earlier.retried and earlier.request == key:
                 earlier.retried = True
         fault = self.schedule.draw(request.method, request.path)
         if fault is not None:
             self.injected[fault] += 1
-            self.injections.append(Injection(fault, request.method, request.path))
+            self.injections.append(Injection(fault, request.method, request.path, key))
         if fault in STATUS_OF:
             await _discard(request.content)
             return _status_answer(fault, self.schedule.retry_after)

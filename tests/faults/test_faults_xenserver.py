@@ -74,8 +74,9 @@ async def peer(request: pytest.FixtureRequest, xapi: XapiDouble, xen_env: None,
                ca: tuple[trustme.CA, Path]) -> AsyncIterator[Peer]:
     callspec = getattr(request.node, "callspec", None)
     seed = callspec.params.get("seed", 0) if callspec is not None else 0
+    # each try of the disk import makes a task of its own (and a new log-in, a session)
     async with FaultProxy(xapi.url, FaultSchedule(seed=seed, rate=0.2), tls=server_tls(ca[0]),
-                          client_max_size=64 << 20) as proxy:
+                          client_max_size=64 << 20, per_attempt=("task_id", "session_id")) as proxy:
         yield Peer(xapi, proxy, ca[1])
 
 

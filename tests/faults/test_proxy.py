@@ -191,3 +191,21 @@ async def test_retried_means_the_same_request_sent_again(upstream: Upstream) -> 
         assert [i.retried for i in proxy.injections] == [True, False]
         await send("PUT", body=BODY[:10], headers={"Content-Range": "bytes 0-9/20"})
     assert [i.retried for i in proxy.injections] == [True, True] and proxy.retried == 2
+
+
+async def test_a_per_attempt_handle_in_the_query_does_not_hide_a_retry(upstream: Upstream) -> None:
+    """XenServer's disk import names a task made anew for each try: with ``per_attempt``
+    naming it, the import sent again is a retry; the import of another disk is not."""
+    schedule = FaultSchedule(seed=1, rate=1.0, menu=(Fault.STATUS_503,))
+    async with FaultProxy(upstream.url, schedule, per_attempt=("task_id",)) as proxy, \
+            aiohttp.ClientSession() as http:
+        async def put(query: str) -> None:
+            async with http.put(f"{proxy.url}/import?{query}", data=BODY) as answer:
+                await answer.read()
+
+        await put("vdi=1&task_id=a")
+        proxy.heal()
+        await put("vdi=2&task_id=b")
+        assert proxy.retried == 0
+        await put("task_id=c&vdi=1")
+    assert proxy.retried == 1

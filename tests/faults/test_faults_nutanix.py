@@ -20,7 +20,7 @@ from adapters.nutanix.nutanix_resources import NutanixPublished
 from adapters.retry import RetryPolicy
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
-from tests.faults.runs import compare, publish_under_faults, published
+from tests.faults.runs import AtThePeer, compare, publish_under_faults, published
 from tests.nutanix.conftest import CLUSTER, SUBNET, context, make_adapter, prism, prism_ca, qcow2_disk
 from tests.nutanix.prism_double import PrismDouble
 
@@ -105,6 +105,21 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     assert left.missing == [], f"seed {seed}: the recorded {left.missing} are not at Prism"
     assert left.orphans == [], (f"seed {seed} ({error}) left {left.orphans}; faults "
                                 f"{peer.proxy.injections}")
+
+
+async def test_the_check_after_a_success_counts_a_second_disk_on_the_vm(
+        peer: Peer, tmp_path: Path) -> None:
+    peer.proxy.heal()
+    given = set(peer.double.vms)
+    adapter = make_adapter(peer.double, peer.ca_file, QUICK, prism_url=peer.proxy.url)
+    ctx = context(qcow2_disk(tmp_path / "disk.qcow2"), "exact")
+    assert await publish_under_faults(adapter, ctx, peer.proxy.heal, check_nutanix_error) is None
+    expected = kept(ctx, peer.double)
+    assert compare(leftovers(peer.double, given), expected) == AtThePeer(orphans=[], missing=[])
+    vm = published(ctx, NutanixPublished).uuid
+    disks = peer.double.vms[vm]["spec"]["resources"]["disk_list"]
+    disks.append(dict(disks[0]))
+    assert compare(leftovers(peer.double, given), expected).orphans == [f"disk of vm {vm}: DISK"]
 
 
 async def test_a_changed_prism_certificate_is_refused_naming_it(peer: Peer, tmp_path: Path) -> None:

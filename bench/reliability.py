@@ -123,8 +123,9 @@ def chaos_table(runs: list[dict[str, object]]) -> list[ChaosRow]:
         row.kills += int(run["kills"])  # type: ignore[call-overload]
         row.by_stage.update({str(k): int(v) for k, v in dict(run["kills_by_stage"]).items()})  # type: ignore[arg-type]
         row.tasks += int(run["tasks"])  # type: ignore[call-overload]
-        # a task whose lease was never released is stuck: lost as well
-        row.lost += len(set(map(str, run["lost"])) | set(map(str, run["leased"])))  # type: ignore[call-overload]
+        # a task whose lease was never released is stuck: lost as well (once: "<id> <status>")
+        lost = {str(t).split()[0] for t in run["lost"]} | set(map(str, run["leased"]))  # type: ignore[attr-defined]
+        row.lost += len(lost)
         row.duplicated += len(run["duplicated"])  # type: ignore[arg-type]
         row.orphans += len(run["orphans"]) + len(run["missing"])  # type: ignore[arg-type]
         row.temp_files += len(run["temp_files"])  # type: ignore[arg-type]
@@ -161,6 +162,8 @@ def render_chaos(rows: list[ChaosRow]) -> str:
 @dataclass
 class SummaryRow:
     platform: str
+    faulted: bool = False
+    chaos: bool = False
     injected: int = 0
     retried: int = 0
     failed_cleanly: int = 0
@@ -176,12 +179,14 @@ def summary_table(rows: list[Row], chaos_rows: list[ChaosRow]) -> list[SummaryRo
     out: dict[str, SummaryRow] = {}
     for r in rows:
         s = out.setdefault(r.platform.split(" (")[0], SummaryRow(r.platform.split(" (")[0]))
+        s.faulted = True
         s.injected += sum(r.injected.values())
         s.retried += r.retried
         s.failed_cleanly += r.failed_cleanly
         s.orphans += r.orphans
     for c in chaos_rows:
         s = out.setdefault(c.platform, SummaryRow(c.platform))
+        s.chaos = True
         s.kills += c.kills
         s.lost += c.lost
         s.duplicated += c.duplicated
@@ -193,13 +198,15 @@ def render_summary(rows: list[SummaryRow]) -> str:
     head = ("| platform | faults injected | retried | failed cleanly | orphans | kills survived "
             "| tasks lost | done twice |")
     lines = [head, "|" + " --- |" * 8]
-    total = SummaryRow("**total**")
+    total = SummaryRow("**total**", faulted=True, chaos=True)
     for r in rows:
         for name in ("injected", "retried", "failed_cleanly", "orphans", "kills", "lost", "duplicated"):
             setattr(total, name, getattr(total, name) + getattr(r, name))
     for r in [*rows, total]:
-        lines.append(f"| {r.platform} | {r.injected} | {r.retried} | {r.failed_cleanly} | {r.orphans} "
-                     f"| {r.kills} | {r.lost} | {r.duplicated} |")
+        faults = [r.injected, r.retried, r.failed_cleanly] if r.faulted else ["—"] * 3
+        chaos = [r.kills, r.lost, r.duplicated] if r.chaos else ["—"] * 3
+        cells = [r.platform, *faults, r.orphans, *chaos]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 

@@ -67,7 +67,13 @@ from adapters.resources import Lifetime, Resource, latest
 from adapters.retry import DEFAULT, RetryPolicy, retrying
 from adapters.steps import Outcome, Step
 from adapters.vsphere.inventory import Placement, prop, props, resolve
-from adapters.vsphere.ovf import Hardware, hardware_from_config, ovf_descriptor, patch_import_spec
+from adapters.vsphere.ovf import (
+    Hardware,
+    hardware_from_config,
+    mark_task,
+    ovf_descriptor,
+    patch_import_spec,
+)
 from adapters.vsphere.power import WATCH_RETRY
 from adapters.vsphere.session import (
     SESSIONS,
@@ -85,7 +91,7 @@ from adapters.vsphere.upload import (
     upload_disk,
     wait_ready,
 )
-from adapters.vsphere.vm import destroy_vm, mark_as_template, remove_partial
+from adapters.vsphere.vm import destroy_marked, destroy_vm, mark_as_template, remove_partial
 from adapters.vsphere.watch import wait_for_deploy, wait_power_cycle
 from compositor.sparse import data_extents
 
@@ -172,15 +178,20 @@ class Config(ConnectorConfig):
 
 class VSphereImport(Resource):
     """An OVF import in progress: its HttpNfcLease and, once the lease is ready, its VM.
-    Removing it aborts the lease, then destroys the VM."""
+    Removing it aborts the lease, then destroys the VM.
+
+    Recorded before ``ImportVApp`` without a lease (pending), with the task that imports: a
+    VM whose lease or VM was never learnt (the answer lost, the runner killed, the lease gone
+    with a dead runner's session) is found by its name and the task in its extraConfig."""
 
     kind: ClassVar[str] = "vsphere.import"
-    lease: str
+    lease: str | None = None
     vm: str | None = None
     name: str
+    task_id: str | None = None
 
     def describe(self) -> str:
-        return f"vSphere import of {self.name} (lease {self.lease})"
+        return f"vSphere import of {self.name} (lease {self.lease or 'being created'})"
 
 
 class VSphereVm(Resource):
@@ -348,16 +359,20 @@ class Adapter:
             lambda si: _create_import_spec(si, descriptor, name, place, network),
             "creating the import spec")
         patch_import_spec(spec_result.importSpec, hw)
+        mark_task(spec_result.importSpec, ctx.task_id)
         # Server time before the VM exists: the deploy watch reads events from here on.
         about, since = await session.call(lambda si: (si.content.about, si.CurrentTime()),
                                           "reading the server time", idempotent=True)
+        pending = VSphereImport(name=name, task_id=ctx.task_id)
+        await ctx.record(pending)
         lease = await session.call(
             lambda si: place.pool.ImportVApp(spec_result.importSpec, place.folder, place.host),
             "starting the import")
-        importing = VSphereImport(lease=lease._moId, name=name)
-        await ctx.record(importing)
+        importing = VSphereImport(lease=lease._moId, name=name, task_id=ctx.task_id)
+        await ctx.replace(pending, importing)
         info = await wait_ready(session, lease)
-        with_vm = VSphereImport(lease=lease._moId, vm=info.vm._moId, name=name)
+        with_vm = VSphereImport(lease=lease._moId, vm=info.vm._moId, name=name,
+                                task_id=ctx.task_id)
         await ctx.replace(importing, with_vm)
         item = spec_result.fileItem[0]
         device = next((d for d in info.device_urls if d.importKey == item.deviceId),
@@ -447,7 +462,11 @@ class Adapter:
                 # the answer that named the VM may have been lost (a dropped connection, a
                 # crash): the lease still knows it
                 vm = await lease_vm(self.session, resource.lease)
-            return await remove_partial(self.session, resource.lease, vm, resource.name)
+            removed = await remove_partial(self.session, resource.lease, vm, resource.name)
+            if vm is None and resource.task_id:
+                # ImportVApp's answer was lost, or the lease went with a dead runner's session
+                removed += await destroy_marked(self.session, resource.name, resource.task_id)
+            return removed
         if isinstance(resource, VSphereVm):
             return await destroy_vm(self.session, resource.moref, resource.name)
         raise PlatformError(f"vSphere: cannot remove {resource.describe()}")

@@ -65,8 +65,17 @@ def find_by_name(si: Any, root: Any, kind: Any, name: str) -> Any | None:
 
 def find_by_property(si: Any, root: Any, kind: Any, path: str, value: Any) -> Any | None:
     """The first object of ``kind`` below ``root`` whose property ``path`` is ``value``."""
+    found = all_by_property(si, root, kind, path, value, first=True)
+    return found[0] if found else None
+
+
+def all_by_property(si: Any, root: Any, kind: Any, path: str, value: Any, *,
+                    first: bool = False) -> list[Any]:
+    """The objects of ``kind`` below ``root`` whose property ``path`` is ``value`` (``first``:
+    stop at the first)."""
     from pyVmomi import vmodl
 
+    found: list[Any] = []
     view = si.content.viewManager.CreateContainerView(root, [kind], True)
     try:
         pc = vmodl.query.PropertyCollector
@@ -77,13 +86,12 @@ def find_by_property(si: Any, root: Any, kind: Any, path: str, value: Any) -> An
         )
         result = si.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
         while result is not None:
-            for item in result.objects:
-                if item.propSet and item.propSet[0].val == value:
-                    return item.obj
-            if not result.token:
+            found += [item.obj for item in result.objects
+                      if item.propSet and item.propSet[0].val == value]
+            if (found and first) or not result.token:
                 break
             result = si.content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
-        return None
+        return found[:1] if first else found
     finally:
         view.DestroyView()
 

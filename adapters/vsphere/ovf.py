@@ -13,6 +13,9 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 MIB = 1024 * 1024
+#: extraConfig key naming the layerbot task that imported a VM: cleanup finds by it (and the
+#: VM's name) a VM whose ImportVApp answer was never recorded
+TASK_KEY = "layerbot.task"
 STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
 _SCSI = {
     "VirtualLsiLogicController": "lsilogic",
@@ -163,3 +166,12 @@ def patch_import_spec(spec: Any, hw: Hardware) -> None:
     config.firmware = hw.firmware
     config.numCoresPerSocket = hw.cores_per_socket
     config.guestId = hw.guest_id
+
+
+def mark_task(spec: Any, task_id: str) -> None:
+    """Name the importing task in the VM's extraConfig (see :data:`TASK_KEY`)."""
+    from pyVmomi import vim
+
+    config = spec.configSpec
+    config.extraConfig = [*(config.extraConfig or []),
+                          vim.option.OptionValue(key=TASK_KEY, value=task_id)]

@@ -7,7 +7,8 @@ from typing import Any
 
 from adapters.base import PlatformError, PlatformTimeoutError
 from adapters.vsphere.faults import fault_message, fault_name
-from adapters.vsphere.inventory import props
+from adapters.vsphere.inventory import all_by_property, props
+from adapters.vsphere.ovf import TASK_KEY
 from adapters.vsphere.session import VSphereSession
 from adapters.vsphere.upload import abort
 
@@ -59,6 +60,27 @@ def _destroy_sync(si: Any, moid: str) -> bool:
 async def destroy_vm(session: VSphereSession, moid: str, name: str) -> list[str]:
     gone = await session.call(lambda si: _destroy_sync(si, moid), f"removing VM {name}")
     return [f"removed VM {name} ({moid})"] if gone else []
+
+
+def _marked_vms(si: Any, name: str, task_id: str) -> list[str]:
+    """The VMs named ``name`` whose extraConfig names ``task_id`` as their importer."""
+    from pyVmomi import vim
+
+    named = all_by_property(si, si.content.rootFolder, vim.VirtualMachine, "name", name)
+    found = props(si, named, vim.VirtualMachine, ["config.extraConfig"]) if named else []
+    return [values["obj"]._moId for values in found
+            if any(option.key == TASK_KEY and option.value == task_id
+                   for option in values.get("config.extraConfig") or [])]
+
+
+async def destroy_marked(session: VSphereSession, name: str, task_id: str) -> list[str]:
+    """Destroy the VMs ``task_id`` imported as ``name`` (found without their moref)."""
+    moids = await session.call(lambda si: _marked_vms(si, name, task_id),
+                               f"finding the VM {name} of task {task_id}", idempotent=True)
+    lines: list[str] = []
+    for moid in moids:
+        lines += await destroy_vm(session, moid, name)
+    return lines
 
 
 async def remove_partial(session: VSphereSession, lease_id: str | None, vm_id: str | None,

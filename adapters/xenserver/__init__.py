@@ -28,11 +28,8 @@ Example connector (layerbot.yml)::
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from adapters.base import (
     Capability,
@@ -61,8 +58,6 @@ from adapters.xenserver.xen_objects import (
 )
 from adapters.xenserver.xen_resources import TASK_TAG, XenPublished, XenVdi, XenVm, XenVmRan
 from adapters.xenserver.xen_watch import watching
-
-T = TypeVar("T")
 
 __all__ = ["Adapter", "Clients", "Config", "XenPublished", "XenVdi", "XenVm", "XenVmRan"]
 
@@ -125,8 +120,7 @@ class Adapter:
         await ctx.progress(0.0, f"creating disk {ctx.image_name} on SR {cfg.sr}")
         pending = XenVdi(name=ctx.image_name, task_id=ctx.task_id)
         await ctx.record(pending)
-        vdi, uuid = await _completed(self.session.xapi("creating the disk",
-                                                       lambda x: create_vdi(x, record)))
+        vdi, uuid = await self.session.xapi("creating the disk", lambda x: create_vdi(x, record))
         await ctx.replace(pending, XenVdi(uuid=uuid, name=ctx.image_name, task_id=ctx.task_id))
         await retrying(lambda: import_vhd(self.session, vdi, ctx.image_name, ctx.artifact,
                                           self.context, ctx.progress, self.clients.task_poll),
@@ -142,8 +136,8 @@ class Adapter:
         await ctx.progress(0.0, f"cloning {cfg.vm_template!r} as VM {name}")
         pending = XenVm(name=name, task_id=ctx.task_id, template_uuid=template_uuid)
         await ctx.record(pending)
-        vm, uuid = await _completed(self.session.xapi(
-            "cloning vm_template", lambda x: clone_vm(x, template, name, ctx.task_id)))
+        vm, uuid = await self.session.xapi(
+            "cloning vm_template", lambda x: clone_vm(x, template, name, ctx.task_id))
         await ctx.replace(pending, XenVm(uuid=uuid, name=name, task_id=ctx.task_id))
         await self.session.xapi("preparing the VM", lambda x: make_vm(x, vm))
         await self.session.xapi("attaching the disk and network",
@@ -218,18 +212,6 @@ class Adapter:
         if not self._closed:
             self._closed = True
             await self.clients.pool.release(self._key, self.session)
-
-
-async def _completed(call: Awaitable[T]) -> T:
-    """``await call``; a cancel waits for the call to finish before it goes on (a create on a
-    worker thread runs to its end anyway: the cleanup after the cancel must come later)."""
-    task = asyncio.ensure_future(call)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
-        raise
 
 
 def _need(resource: Resource | None, what: str) -> Any:

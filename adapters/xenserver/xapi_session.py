@@ -9,14 +9,15 @@ a message.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
+import select
 import socket
 import ssl
 import threading
-import time
 import xmlrpc.client
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +38,15 @@ from adapters.base import (
     untrusted_words,
 )
 from adapters.blocking import Session, SessionKey, SessionPool
-from adapters.retry import DEFAULT, REFUSED_STATUSES, TRANSIENT_STATUSES, RetryPolicy, retry_after
+from adapters.retry import (
+    DEFAULT,
+    REFUSED_STATUSES,
+    TRANSIENT_STATUSES,
+    RetryPolicy,
+    retry_after,
+    retrying,
+)
+from adapters.xenserver.xapi_replay import Journal
 
 T = TypeVar("T")
 
@@ -95,35 +104,26 @@ def translate(exc: BaseException, doing: str) -> AdapterError:
 
 
 class _Transport(xmlrpc.client.SafeTransport):
-    """HTTP or HTTPS with a TLS context and a socket timeout (the SDK's has none). One XML-RPC
-    request refused before xapi acted on it (HTTP 429, 503) is sent again after the policy's
-    back-off, whatever it does: a create done in several requests is never repeated whole."""
+    """HTTP or HTTPS with a TLS context and a socket timeout (the SDK's has none) that sends
+    each request once. ``xmlrpc.client.Transport.request`` sends a request again after the
+    connection dropped (closed without an answer, ECONNRESET, EPIPE), when xapi may already
+    have acted on it: a second VM or VDI nobody records. What is sent again is the session's
+    to decide (:meth:`XapiSession.call`); a kept-alive connection the server closed while it
+    was idle is replaced before a request is written to it, never after."""
 
-    def __init__(self, https: bool, context: ssl.SSLContext, timeout: float,
-                 retry: RetryPolicy = DEFAULT) -> None:
+    def __init__(self, https: bool, context: ssl.SSLContext, timeout: float) -> None:
         super().__init__(context=context)
         self.https = https
         self.timeout = timeout
-        self.retry = retry
 
     def request(self, host: Any, handler: str, request_body: bytes, verbose: bool = False) -> Any:
-        started, attempt = self.retry.clock(), 1
-        while True:
-            try:
-                return super().request(host, handler, request_body, verbose)
-            except xmlrpc.client.ProtocolError as exc:
-                if exc.errcode not in REFUSED_STATUSES or attempt >= self.retry.attempts:
-                    raise
-                wait = self.retry.delay(attempt, RefusedError(
-                    "", retry_after=retry_after((exc.headers or {}).get("Retry-After"))))
-                if self.retry.clock() + wait - started > self.retry.budget:
-                    raise
-                time.sleep(wait)  # a worker thread's: the session's calls run one at a time
-                attempt += 1
+        return self.single_request(host, handler, request_body, verbose)
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
         if self._connection and host == self._connection[0]:
-            return self._connection[1]
+            if not _closed_by_peer(self._connection[1]):
+                return self._connection[1]
+            self.close()
         chost, self._extra_headers, _ = self.get_host_info(host)
         conn: http.client.HTTPConnection
         if self.https:
@@ -132,6 +132,18 @@ class _Transport(xmlrpc.client.SafeTransport):
             conn = http.client.HTTPConnection(chost, timeout=self.timeout)
         self._connection = host, conn
         return conn
+
+
+def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+    """True when an idle kept-alive connection is readable: the server closed it (or sent
+    bytes nobody asked for), so no request can go out on it."""
+    if conn.sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([conn.sock], [], [], 0)
+    except (OSError, ValueError):  # already closed here
+        return True
+    return bool(readable)
 
 
 def tls_context(insecure: bool, ca_file: Path | None) -> ssl.SSLContext:
@@ -160,8 +172,7 @@ class XapiSession(Session[Any]):
     def _new_proxy(self) -> Any:
         import XenAPI
 
-        transport = _Transport(self.url.startswith("https:"), self.context, self.timeout,
-                               self.read_retry)
+        transport = _Transport(self.url.startswith("https:"), self.context, self.timeout)
         return XenAPI.Session(self.url + "/", transport=transport)
 
     def login(self) -> Any:
@@ -209,9 +220,51 @@ class XapiSession(Session[Any]):
         Read on a worker thread: a log-in under way holds the session's lock for a while."""
         return await self.call(lambda c: str(c.handle), "reading the session", idempotent=True)
 
+    async def call(self, fn: Callable[[Any], T], doing: str, *, idempotent: bool = False) -> T:
+        """``fn(client)`` on a worker thread; the one place a XenServer call is retried, under
+        the session's policy (attempts, budget, Retry-After within it). A read is run again
+        after any transient failure. Any other call only after xapi refused a request unread
+        (HTTP 429, 503): a connection that closed or timed out after the request was sent
+        may come after xapi acted, so that call fails instead. The waits are the event
+        loop's, the session free meanwhile and a cancel ends them; a cancel during a
+        request that may create something waits for its answer (what it made is cleaned up
+        after it, not while it is being made)."""
+        if idempotent:
+            return await super().call(fn, doing, idempotent=True)
+        if not self.logged_in:  # retried as a read: nothing of this call has been sent yet
+            await super().call(lambda c: None, "logging in", idempotent=True)
+        try:
+            return await retrying(lambda: _answered(asyncio.to_thread(self.call_sync, fn, doing)),
+                                  doing, self.read_retry, only=(RefusedError,))
+        except AdapterError as exc:
+            if not exc.retryable or isinstance(exc, RefusedError):
+                raise
+            raise type(exc)(f"{exc}; not sent again: xapi may have acted on it",
+                            retry_after=exc.retry_after) from exc
+
     async def xapi(self, doing: str, fn: Callable[[Any], T], *, idempotent: bool = False) -> T:
-        """``fn(session.xenapi)`` on a worker thread."""
-        return await self.call(lambda c: fn(c.xenapi), doing, idempotent=idempotent)
+        """``fn(session.xenapi)`` on a worker thread. Run again after a refused request, it
+        gets the answers of the requests already answered without sending them again
+        (:mod:`adapters.xenserver.xapi_replay`)."""
+        journal = Journal()
+        return await self.call(lambda c: fn(journal.replaying(c)), doing, idempotent=idempotent)
+
+    async def xapi_once(self, doing: str, fn: Callable[[Any], T]) -> T:
+        """``fn(session.xenapi)`` on a worker thread, once: for a caller whose own policy
+        retries it (the event watch), so that one layer decides; a cancel does not wait."""
+        return await asyncio.to_thread(self.call_sync, lambda c: fn(c.xenapi), doing)
+
+
+async def _answered(call: Awaitable[T]) -> T:
+    """``await call``; a cancel waits for the call to finish before it goes on (a request on
+    a worker thread runs to its end anyway: the cleanup after the cancel must come later)."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 UPLOAD_RETRY = RetryPolicy(attempts=3, budget=1800.0, first_delay=5.0, max_delay=60.0)
@@ -229,8 +282,8 @@ class Clients:
     task_poll: tuple[float, float] = (0.5, 5.0)
     #: an upload cut off is sent again whole, into the same VDI
     upload_retry: RetryPolicy = UPLOAD_RETRY
-    #: how reads (calls safe to repeat) are retried after a transient failure, and any one
-    #: XML-RPC request after xapi refused it unread (HTTP 429, 503)
+    #: how reads (calls safe to repeat) are retried after a transient failure, and any call
+    #: after xapi refused one of its requests unread (HTTP 429, 503): the only retry layer
     read_retry: RetryPolicy = DEFAULT
     sessions: SessionPool[XapiSession] | None = None
 

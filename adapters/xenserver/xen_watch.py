@@ -80,7 +80,7 @@ class HostEvents:
 
         self.calls += 1
         try:
-            result = await self.session.xapi("waiting for VM events", call)
+            result = await self.session.xapi_once("waiting for VM events", call)
         except AdapterError as exc:
             if any(code in str(exc) for code in _START_OVER):
                 return [], ""

@@ -5,10 +5,14 @@ once, every object at the peer is a task's recorded result (nothing orphaned) an
 left a temp file.
 
 A platform plugs in through a :class:`Peer`: its connector settings, what is at the peer, what
-a task recorded as its result, and the guests' side of a watch (powering them off)."""
+a task recorded as its result, and the guests' side of a watch (powering them off). The
+guests are tended only while the kills left do not outnumber twice the unfinished tasks, so the
+kills still find work to land on. CHAOS_DEBUG=1 prints each kill (when, what the worker was
+doing, the tasks' states)."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
@@ -27,6 +31,7 @@ from bot.store.backends import open_store
 from bot.store.interface import Store
 from bot.store.model import StoreUnavailable, Task
 from bot.store.states import EventKind
+from compositor import scratch
 from tests.faults.figures import ChaosRun, record
 from tests.store.workers import WorkerProcess, leftover_temp_files, machine, start_worker, stop_workers
 
@@ -36,8 +41,14 @@ LEASE_SECONDS = 2
 MAX_ATTEMPTS = 100
 #: the kills' pauses (seconds): short enough that each platform × backend run takes seconds
 PAUSE = (0.1, 0.5)
-#: how long a kill waits for a worker holding a task before it takes any
-HOLDER_WAIT = 0.6
+#: how long a kill waits for a worker holding a task in the stage it aims at, then for one
+#: holding any task, before it takes any worker
+STAGE_WAIT = 3.0
+HOLDER_WAIT = 10.0
+#: how often the store is read for who holds what (an upload to a local peer takes ~0.1 s)
+POLL = 0.02
+#: at most this share of a run's kills may find no worker holding a task
+MAX_IDLE_SHARE = 0.2
 
 
 class Peer(Protocol):
@@ -80,28 +91,33 @@ def _holding(workers: list[WorkerProcess], store: Store) -> dict[int, str]:
     return {n: t.status for n, w in enumerate(workers) for t in held if f":{w.pid}:" in (t.lease_owner or "")}
 
 
+def _all_finished(store: Store) -> bool:
+    try:
+        return all(t.finished for t in store.list_tasks(limit=1000))
+    except StoreUnavailable:
+        return False
+
+
 def _pick_victim(workers: list[WorkerProcess], store: Store, rng: random.Random,
                  stage: str) -> tuple[int, str]:
-    """A worker holding a task in ``stage`` (waiting a moment for one); else one in a later
-    stage, else an idle one, else one compositing (so composes, the longest stage, still finish
-    and later stages get their kills); and what its task was doing (``idle``: none)."""
-    deadline = time.monotonic() + HOLDER_WAIT
+    """A worker holding a task in ``stage`` (waiting up to STAGE_WAIT for one); else one
+    holding a task in any stage (waiting up to HOLDER_WAIT); else, when no worker has held a
+    task for that long (or every task is finished), any worker (``idle``). A worker still starting holds nothing, so kills
+    land on work, not on start-ups."""
+    started = time.monotonic()
     while True:
         holding = _holding(workers, store)
+        waited = time.monotonic() - started
         in_stage = sorted(n for n, doing in holding.items() if doing == stage)
         if in_stage:
             return rng.choice(in_stage), stage
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    later = sorted(n for n, doing in holding.items() if doing != states.COMPOSITING)
-    idle = [n for n in range(len(workers)) if n not in holding]
-    for choice in (later, idle):
-        if choice:
-            victim = rng.choice(choice)
-            return victim, holding.get(victim, "idle")
-    victim = rng.randrange(len(workers))
-    return victim, holding.get(victim, "idle")
+        if holding and waited > STAGE_WAIT:
+            victim = rng.choice(sorted(holding))
+            return victim, holding[victim]
+        if waited > HOLDER_WAIT or (not holding and _all_finished(store)):
+            victim = rng.randrange(len(workers))
+            return victim, "idle"
+        time.sleep(POLL)
 
 
 def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, tasks: int = 15,
@@ -125,11 +141,21 @@ def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, ta
         try:
             for kill in range(kills):
                 time.sleep(rng.uniform(*PAUSE))
-                peer.tend_guests(rng, list((_tasks(store, ids) or {}).values()))
+                now = list((_tasks(store, ids) or {}).values())
+                if kills - kill <= 2 * sum(not t.finished for t in now):
+                    peer.tend_guests(rng, now)  # else the guests wait: the kills left need work
                 victim, doing = _pick_victim(workers, store, rng, peer.stages[kill % len(peer.stages)])
                 by_stage[doing] += 1
+                if os.environ.get("CHAOS_DEBUG"):
+                    now = _tasks(store, ids) or {}
+                    print(f"kill {kill} t={time.monotonic() - started:.1f} {doing} unfinished="
+                          f"{sum(not t.finished for t in now.values())} "
+                          f"{Counter(t.status for t in now.values())}", flush=True)
                 workers[victim].send_signal(signal.SIGKILL)
-                workers[victim].wait()
+                code = workers[victim].wait()
+                assert code == -signal.SIGKILL, (
+                    f"worker {workers[victim].pid} had exited by itself ({code}) before its kill: "
+                    f"{workers[victim].log.read_text(errors='replace')[-2000:]}")
                 workers[victim] = start_worker(configs[victim], db, logs[victim], peer.command)
             finished_while_killing = sum(t.finished for t in (_tasks(store, ids) or {}).values())
             deadline = time.monotonic() + settle_seconds
@@ -143,6 +169,9 @@ def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, ta
         finally:
             codes = stop_workers(workers)
         assert codes == [0] * WORKERS, [log.read_text()[-2000:] for log in logs]
+        crashes = [f"{log}: {text[text.index('Traceback'):][:2000]}" for log in logs
+                   if "Traceback" in (text := log.read_text(errors="replace"))]
+        assert not crashes, crashes
         return _figures(peer, store, ids, roots, backend=backend, seed=seed, kills=kills,
                         by_stage=by_stage, finished_while_killing=finished_while_killing,
                         seconds=time.monotonic() - started)
@@ -168,8 +197,18 @@ def _figures(peer: Peer, store: Store, ids: list[str], roots: list[Path], *, bac
         duplicated=sorted(i for i, n in done_events.items() if n > 1),
         leased=sorted(i for i, t in final.items() if t.lease_owner is not None),
         orphans=sorted(at_peer - recorded), missing=sorted(recorded - at_peer),
-        temp_files=[str(p) for r in roots for p in leftover_temp_files(r)],
-        seconds=round(seconds, 1))
+        temp_files=[str(p) for r in roots for p in leftover_temp_files(r)] + _ram_leftovers(),
+        seconds=round(seconds, 1), stages=list(peer.stages))
+
+
+def _ram_leftovers() -> list[str]:
+    """What the workers' builds left in the RAM scratch folder they share (tests/conftest.py's
+    ram_scratch sets it for the test and they inherit it): nothing but its lock."""
+    folder = os.environ.get(scratch.ENV_VAR, "off")
+    root = scratch.ram_root(Path(folder)) if folder != "off" else None
+    if root is None or not root.is_dir():
+        return []
+    return sorted(str(p) for p in root.iterdir() if p.name != ".lock")
 
 
 #: the kills of a chaos test: the short variant runs in CI; ``long`` ones under scripts/test.sh --long
@@ -190,3 +229,14 @@ def record_and_check(run: ChaosRun) -> None:
     print(f"chaos {run.platform}/{run.backend}: {run.kills} kills {run.kills_by_stage}, "
           f"{run.tasks} tasks ({run.finished_while_killing} finished while killing), {run.seconds} s")
     assert run.clean(), asdict(run)
+    assert_kills_landed(run)
+
+
+def assert_kills_landed(run: ChaosRun) -> None:
+    """The kills hit work: each stage the run aimed at took at least one, and at most
+    MAX_IDLE_SHARE of them found no worker holding a task."""
+    missed = [s for s in run.stages if not run.kills_by_stage.get(s)]
+    idle = run.kills_by_stage.get("idle", 0)
+    assert not missed and idle <= MAX_IDLE_SHARE * run.kills, (
+        f"the kills did not land where they were aimed: {run.kills_by_stage} (no kill at "
+        f"{missed}; {idle} of {run.kills} with no task held)")

@@ -17,6 +17,10 @@ FAST_CLIENTS = {
     "nutanix": "tests.nutanix.conftest:FAST",
     "xenserver": "tests.xenserver.conftest:short_clients",
     "gcp": "tests.gcp.compute_fixtures:clients",
+    "vsphere": "tests.vsphere.clients:short_clients",
+    # the PowerShell double the test serves (tests/windows_remote/served_double.py)
+    "hyperv": "tests.hyperv.conftest:served_clients",
+    "pvs": "tests.pvs.conftest:served_clients",
 }
 
 

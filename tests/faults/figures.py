@@ -86,6 +86,8 @@ class ChaosRun:
     missing: list[str]
     temp_files: list[str]
     seconds: float
+    #: the task states the kills aimed at in turn (the peer's stages)
+    stages: list[str] = field(default_factory=list)
 
     def clean(self) -> bool:
         return not (self.lost or self.duplicated or self.leased or self.orphans or self.missing

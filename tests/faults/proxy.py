@@ -3,11 +3,12 @@ https, on the test's event loop.
 
 A seeded :class:`FaultSchedule` decides, request by request, whether to inject a fault and which:
 a status (500, 502, 503, 429 with or without Retry-After), a connection reset mid-body, a stall
-past the client's timeout, a truncated response, or — over TLS — a certificate change. Status
-faults and stalls are injected BEFORE forwarding (the upstream never sees the request); resets and
-truncations AFTER forwarding (the upstream acted, the client does not know it did: what tests an
-adapter's idempotency). Request bodies (uploads) are streamed to the upstream, never held whole;
-responses, which are small on every API behind it, are read whole so a fault can cut them.
+past the client's timeout, a truncated response, a connection closed without any answer, or —
+over TLS — a certificate change. Status faults and stalls are injected BEFORE forwarding (the
+upstream never sees the request); resets, truncations and unanswered closes AFTER forwarding
+(the upstream acted, the client does not know it did: what tests an adapter's idempotency).
+Request bodies (uploads) are streamed to the upstream, never held whole; responses, which are
+small on every API behind it, are read whole so a fault can cut them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Fault(enum.Enum):
     RESET_MID_BODY = "reset mid-body"
     STALL = "stall"
     TRUNCATED = "truncated"
+    #: the upstream acted; the client's connection is closed before a byte of the answer
+    UNANSWERED = "closed unanswered"
     #: not drawn by the schedule: :meth:`FaultProxy.change_certificate` switches it on
     CERTIFICATE_CHANGED = "certificate changed"
 
@@ -44,9 +47,9 @@ class Fault(enum.Enum):
 STATUS_OF = {Fault.STATUS_500: 500, Fault.STATUS_502: 502, Fault.STATUS_503: 503,
              Fault.THROTTLED_RETRY_AFTER: 429, Fault.THROTTLED: 429}
 #: faults injected after the upstream has acted
-AFTER_FORWARDING = frozenset({Fault.RESET_MID_BODY, Fault.TRUNCATED})
+AFTER_FORWARDING = frozenset({Fault.RESET_MID_BODY, Fault.TRUNCATED, Fault.UNANSWERED})
 EVERY_FAULT = (Fault.STATUS_500, Fault.STATUS_502, Fault.STATUS_503, Fault.THROTTLED_RETRY_AFTER,
-               Fault.THROTTLED, Fault.RESET_MID_BODY, Fault.STALL, Fault.TRUNCATED)
+               Fault.THROTTLED, Fault.RESET_MID_BODY, Fault.STALL, Fault.TRUNCATED, Fault.UNANSWERED)
 
 
 @dataclass
@@ -109,7 +112,8 @@ class FaultProxy:
 
     def __init__(self, upstream: str, schedule: FaultSchedule, *, stall_seconds: float = 2.0,
                  tls: ssl.SSLContext | None = None, upstream_ssl: ssl.SSLContext | bool = False,
-                 client_max_size: int = 1 << 20, per_attempt: Iterable[str] = ()) -> None:
+                 client_max_size: int = 1 << 20, keepalive_seconds: float = 75.0,
+                 per_attempt: Iterable[str] = ()) -> None:
         if stall_seconds > 5:
             raise ValueError("a stall longer than 5 s slows the suite: lower the client's timeout")
         self.upstream = upstream.rstrip("/")
@@ -126,6 +130,8 @@ class FaultProxy:
         self._serving_tls = tls
         self._upstream_ssl = upstream_ssl
         self._client_max_size = client_max_size
+        #: an idle kept-alive client connection is closed after this (aiohttp's default: 75 s)
+        self._keepalive_seconds = keepalive_seconds
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stalls: set[asyncio.Task[None]] = set()
@@ -141,7 +147,8 @@ class FaultProxy:
     async def start(self) -> None:
         app = web.Application(client_max_size=self._client_max_size)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                                     keepalive_timeout=self._keepalive_seconds)
         await self._runner.setup()
         if self._tls is not None:
             self._tls.sni_callback = self._choose_certificate
@@ -214,6 +221,10 @@ class FaultProxy:
             return await _cut(request, status, headers, body, abort=True)
         if fault is Fault.TRUNCATED:
             return await _cut(request, status, headers, body, abort=False)
+        if fault is Fault.UNANSWERED:
+            if request.transport is not None:
+                request.transport.close()
+            raise asyncio.CancelledError  # nothing more to send on a closed connection
         return web.Response(status=status, headers=headers, body=body)
 
     async def _forward(self, request: web.Request) -> tuple[int, dict[str, str], bytes]:

@@ -7,9 +7,11 @@ coordinator whose certificate changes under the pinned CA is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +20,12 @@ from typing import Any
 import pytest
 import trustme
 
-from adapters.base import AdapterError, PublishContext, publish
+from adapters.base import AdapterError, PublishContext, RefusedError, publish
 from adapters.blocking import SessionPool
 from adapters.retry import RetryPolicy
 from adapters.xenserver import Adapter, Clients
 from adapters.xenserver.xen_resources import XenPublished, XenVdi
+from adapters.xenserver.xen_watch import watching
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
 from tests.faults.runs import AtThePeer, compare, publish_under_faults, published, recorded
@@ -266,3 +269,174 @@ async def test_a_create_refused_unread_is_sent_again_once(peer: Peer) -> None:
     assert (peer.proxy.total_injected, peer.proxy.retried) == (1, 1)
     assert [v["name_label"] for v in peer.double.state.vdis.values()] == ["refused-once"]
     assert ref in peer.double.state.vdis
+
+
+def disk_record(sr: str, name: str) -> dict[str, Any]:
+    return {"name_label": name, "name_description": "", "SR": sr, "virtual_size": str(8 << 20),
+            "type": "user", "sharable": False, "read_only": False, "other_config": {}}
+
+
+async def logged_in(peer: Peer, adapter: Adapter) -> str:
+    """The SR's ref, read with no fault (the session logged in); the schedule's faults apply
+    to the requests after it."""
+    enabled, peer.proxy.schedule.enabled = peer.proxy.schedule.enabled, False
+    sr = await adapter._one("SR", "Local storage", "sr")
+    peer.proxy.schedule.enabled = enabled
+    return sr
+
+
+async def test_a_create_whose_connection_closes_unanswered_is_sent_once_and_fails_clearly(
+        peer: Peer) -> None:
+    only(peer.proxy, Fault.UNANSWERED, FirstOf("POST"))
+    adapter = peer.adapter()
+    try:
+        sr = await logged_in(peer, adapter)
+        requests = peer.proxy.requests
+        with pytest.raises(AdapterError) as failed:
+            await adapter.session.xapi("creating the disk",
+                                       lambda x: x.VDI.create(disk_record(sr, "unanswered")))
+        sent = peer.proxy.requests - requests
+    finally:
+        await adapter.close()  # its log-out is one more request
+    # xmlrpc.client's Transport.request sent it again on the same "Remote end closed" and the
+    # call succeeded: two disks, one of them nobody knew about
+    assert [v["name_label"] for v in peer.double.state.vdis.values()] == ["unanswered"]
+    assert sent == 1 and peer.proxy.total_injected == 1
+    assert str(failed.value) == (
+        f"XenServer {peer.proxy.url}: creating the disk: connection failed: Remote end closed "
+        "connection without response; not sent again: xapi may have acted on it")
+
+
+async def test_a_create_on_a_kept_alive_connection_the_server_closed_is_sent_once(
+        xapi: XapiDouble, xen_env: None, ca: tuple[trustme.CA, Path]) -> None:
+    async with FaultProxy(xapi.url, FaultSchedule(seed=1, rate=0.0), tls=server_tls(ca[0]),
+                          keepalive_seconds=0.2) as proxy:
+        peer = Peer(xapi, proxy, ca[1])
+        adapter = peer.adapter()
+        try:
+            sr = await logged_in(peer, adapter)
+            await asyncio.sleep(0.6)  # the proxy closed the idle connection meanwhile
+            ref = await adapter.session.xapi("creating the disk",
+                                             lambda x: x.VDI.create(disk_record(sr, "idle")))
+        finally:
+            await adapter.close()
+    assert [v["name_label"] for v in xapi.state.vdis.values()] == ["idle"]
+    assert ref in xapi.state.vdis
+
+
+@pytest.mark.parametrize("creating", [False, True])
+async def test_a_call_answered_503_every_time_is_sent_exactly_the_policys_attempts(
+        peer: Peer, creating: bool) -> None:
+    peer.proxy.schedule = FaultSchedule(seed=1, rate=1.0, menu=(Fault.STATUS_503,))
+    adapter = peer.adapter()
+    try:
+        with pytest.raises(RefusedError) as refused:
+            if creating:
+                sr = await logged_in(peer, adapter)
+                await adapter.session.xapi("creating the disk",
+                                           lambda x: x.VDI.create(disk_record(sr, "refused")))
+            else:
+                await adapter._one("SR", "Local storage", "sr")  # its log-in is refused
+        refusals = peer.proxy.total_injected
+    finally:
+        await adapter.close()  # a session logged in logs out: one more request
+    # the transport retried each request QUICK.attempts times and the session each call as
+    # often again: 16 requests
+    assert refusals == QUICK.attempts
+    doing = "creating the disk" if creating else "logging in"
+    assert str(refused.value) == f"XenServer {peer.proxy.url}: {doing}: HTTP 503 Service Unavailable"
+    assert peer.double.state.vdis == {}
+
+
+async def test_a_cancel_ends_the_wait_a_retry_after_asked_for_and_frees_the_session(
+        peer: Peer) -> None:
+    creating = FirstOf("POST")
+    peer.proxy.schedule = FaultSchedule(seed=1, rate=1.0, menu=(Fault.THROTTLED_RETRY_AFTER,),
+                                        applies=creating, retry_after=2)
+    adapter = peer.adapter()
+    try:
+        creating.done = True
+        sr = await logged_in(peer, adapter)
+        creating.done = False  # the create is answered 429, Retry-After: 2
+        call = asyncio.ensure_future(adapter.session.xapi(
+            "creating the disk", lambda x: x.VDI.create(disk_record(sr, "throttled"))))
+        while peer.proxy.total_injected == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        # the transport slept on its thread holding the session: this read waited for it,
+        # then the create was sent after all
+        await adapter._one("SR", "Local storage", "sr")
+        assert time.monotonic() - started < 1.0
+        await asyncio.sleep(2.2)  # past the Retry-After: nothing is sent for the cancelled call
+    finally:
+        await adapter.close()
+    assert peer.double.state.vdis == {}
+    assert peer.proxy.total_injected == 1 and peer.proxy.retried == 1  # only the read's
+
+
+class Nth:
+    """A schedule's ``applies``: only the ``n``-th request from now (1: the next)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def __call__(self, method: str, path: str) -> bool:
+        self.left -= 1
+        return self.left == 0
+
+
+async def test_a_call_run_again_after_a_refusal_does_not_send_its_answered_requests_again(
+        peer: Peer) -> None:
+    adapter = peer.adapter()
+    try:
+        sr = await logged_in(peer, adapter)
+        peer.proxy.schedule = FaultSchedule(seed=1, rate=1.0, menu=(Fault.STATUS_503,),
+                                            applies=Nth(3))  # the second disk's create
+
+        def two_disks(x: Any) -> list[str]:
+            first = x.VDI.create(disk_record(sr, "first"))
+            return [first, x.VDI.get_name_label(first), x.VDI.create(disk_record(sr, "second"))]
+
+        first, label, second = await adapter.session.xapi("creating two disks", two_disks)
+    finally:
+        await adapter.close()
+    assert label == "first" and peer.proxy.total_injected == 1
+    assert sorted(v["name_label"] for v in peer.double.state.vdis.values()) == ["first", "second"]
+    assert {first, second} == set(peer.double.state.vdis)
+    assert peer.proxy.requests == 2 + 4 + 1  # log-in and SR, 3 requests and the refused one again, log-out
+
+
+async def test_a_log_in_cut_short_under_a_create_is_retried_as_a_read(peer: Peer) -> None:
+    only(peer.proxy, Fault.UNANSWERED, FirstOf("POST"))  # the log-in, the session's first request
+    sr = next(iter(peer.double.state.srs))
+    adapter = peer.adapter()
+    try:
+        ref = await adapter.session.xapi("creating the disk",
+                                         lambda x: x.VDI.create(disk_record(sr, "after-log-in")))
+    finally:
+        await adapter.close()
+    assert [v["name_label"] for v in peer.double.state.vdis.values()] == ["after-log-in"]
+    assert ref in peer.double.state.vdis and peer.proxy.retried == 1
+
+
+async def test_the_event_watch_answered_503_every_time_makes_its_policys_attempts(
+        peer: Peer) -> None:
+    peer.proxy.schedule = FaultSchedule(seed=1, rate=1.0, menu=(Fault.STATUS_503,))
+    adapter = peer.adapter()
+    session = adapter._new_session()  # the watch's own: its log-in under event.from is refused
+    retry = RetryPolicy(attempts=3, budget=30.0, first_delay=0.01, max_delay=0.05)
+    try:
+        async with watching(adapter._key, lambda: session, "OpaqueRef:vm", 0.5, retry) as reports:
+            report = await asyncio.wait_for(reports.get(), 10)
+        refusals = peer.proxy.total_injected
+    finally:
+        await session.close()
+        await adapter.close()
+    assert isinstance(report, RefusedError), report
+    assert str(report).endswith("logging in: HTTP 503 Service Unavailable"), report
+    # the transport sent each event.from QUICK.attempts times under the watch's 3: 12
+    assert refusals == retry.attempts

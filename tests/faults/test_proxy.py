@@ -87,6 +87,25 @@ async def test_a_cut_answer_reaches_the_upstream_first(upstream: Upstream, fault
         assert proxy.counts() == {fault.value: 1} and proxy.forwarded == 1
 
 
+async def test_an_unanswered_close_sends_no_byte_after_the_upstream_acted(upstream: Upstream) -> None:
+    async with FaultProxy(upstream.url, only(Fault.UNANSWERED)) as proxy:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /things HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(BODY), BODY))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)  # to the connection's end
+        writer.close()
+        assert answer == b""  # not a status line, not a header: nothing
+        assert upstream.seen == [("POST", "/things", len(BODY))]  # the upstream did act
+        assert proxy.counts() == {"closed unanswered": 1} and proxy.forwarded == 1
+        async with aiohttp.ClientSession() as http:  # what an HTTP client makes of it
+            proxy.schedule = only(Fault.UNANSWERED)
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                await http.post(proxy.url + "/again", data=BODY)
+        assert upstream.seen[-1] == ("POST", "/again", len(BODY))
+
+
 async def test_a_stall_outlasts_the_clients_timeout(upstream: Upstream) -> None:
     async with FaultProxy(upstream.url, only(Fault.STALL), stall_seconds=1.0) as proxy, \
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=0.3)) as http:

@@ -40,7 +40,7 @@ def test_the_chaos_table_sums_the_runs(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_an_orphan_or_a_lost_task_fails_the_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
-    record(replace(CLEAN, orphans=["plain/t0.img"], leased=["t1"]))
+    record(replace(CLEAN, orphans=["plain/t0.img"], leased=["t1"], lost=["t1 compositing"]))
     out = bench(tmp_path)
     assert out.returncode == 1
     assert "| local | sqlite | 1 | 30 | compositing 20, idle 7, uploading 3 | 15 | 1 | 0 | 1 | 0 | 30 |" \
@@ -64,6 +64,6 @@ def test_the_summary_has_one_line_per_platform_with_faults_and_kills(
     lines = out.stdout.splitlines()
     assert lines[0].startswith("| platform | faults injected | retried | failed cleanly | orphans "
                                "| kills survived | tasks lost | done twice |")
-    assert "| local | 0 | 0 | 0 | 0 | 30 | 0 | 0 |" in lines[:6]
+    assert "| local | — | — | — | 0 | 30 | 0 | 0 |" in lines[:6]
     assert "| vsphere | 4 | 2 | 1 | 0 | 60 | 0 | 1 |" in lines[:6]
     assert "| **total** | 4 | 2 | 1 | 0 | 90 | 0 | 1 |" in lines[:6]

@@ -4,11 +4,11 @@ Those doubles are runners (:class:`adapters.windows_remote.powershell.PSConnecti
 HTTP servers (a WSMan/PSRP server is beyond a test double), so the faults of
 :class:`tests.faults.proxy.FaultSchedule` are injected at that boundary as what pypsrp raises
 for them: a status answer is ``WinRMTransportError("http", code, body)``, a stall past the
-read timeout ``requests.ReadTimeout``, a reset ``requests.ConnectionError`` and a truncated
-answer ``requests.ChunkedEncodingError``. As through the HTTP proxy, statuses and stalls come
-before the script runs (the host never sees it), resets and truncations after it ran (the host
-acted, the adapter does not know). The TLS certificate change goes through the real proxy
-(tests/faults/test_faults_hyperv.py) with pypsrp itself.
+read timeout ``requests.ReadTimeout``, a reset or a connection closed unanswered ``requests.ConnectionError``
+and a truncated answer ``requests.ChunkedEncodingError``. As through the HTTP proxy, statuses
+and stalls come before the script runs (the host never sees it), resets, truncations and
+unanswered closes after it ran (the host acted, the adapter does not know). The TLS certificate
+change goes through the real proxy (tests/faults/test_faults_hyperv.py) with pypsrp itself.
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ class FaultyWinRM:
         if fault is Fault.TRUNCATED:
             raise requests.exceptions.ChunkedEncodingError(
                 "Connection broken: IncompleteRead(120 bytes read, 200 more expected)")
+        if fault is Fault.UNANSWERED:
+            raise requests.exceptions.ConnectionError(
+                "('Connection aborted.', RemoteDisconnected('Remote end closed connection "
+                "without response'))")
         assert fault is None or fault not in AFTER_FORWARDING
         return result
 

@@ -13,6 +13,7 @@ from adapters.blocking import SessionPool
 from adapters.hyperv import Clients, Config
 from adapters.retry import RetryPolicy
 from tests.windows_remote.samba_peer import SMB_PASSWORD_ENV, SMB_USER_ENV, SambaPeer, samba, smb_env
+from tests.windows_remote.served_double import DoubleClient
 
 from .hyperv_double import HyperVDouble
 
@@ -36,9 +37,15 @@ def hyperv_config(samba: SambaPeer, **overrides: Any) -> Config:
     return config_model("hyperv").model_validate(settings)  # type: ignore[return-value]
 
 
-def short_clients(double: HyperVDouble) -> Clients:
+def short_clients(double: HyperVDouble | DoubleClient) -> Clients:
     return Clients(connect=double.connect, timeout=10, chunk_size=1 << 20, poll=(0.02, 0.1),
                    sessions=SessionPool(), smb_retry=QUICK_SMB_RETRY, read_retry=QUICK_SMB_RETRY)
+
+
+def served_clients() -> Clients:
+    """A worker process's short clients, its runspaces on the double the test serves (the
+    chaos runs: tests/faults/chaos_worker.py)."""
+    return short_clients(DoubleClient.from_environment())
 
 
 def data_disk(path: Path, size_mib: int = 16) -> Path:

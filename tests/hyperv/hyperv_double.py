@@ -171,5 +171,10 @@ class HyperVDouble:
                 if vm["Name"] == name:
                     vm["State"] = state
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The host's VMs now (copies)."""
+        with self._lock:
+            return [dict(vm) for vm in self.vms.values()]
+
     def of(self, cmdlet: str) -> list[Call]:
         return [c for c in self.calls if c.cmdlet == cmdlet]

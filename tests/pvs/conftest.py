@@ -19,6 +19,7 @@ from adapters.windows_remote.powershell import RemoteClients
 from tests.hyperv.conftest import QUICK_SMB_RETRY
 from tests.nutanix.conftest import prism, prism_ca
 from tests.windows_remote.samba_peer import SMB_PASSWORD_ENV, SMB_USER_ENV, SambaPeer, samba, smb_env
+from tests.windows_remote.served_double import DoubleClient
 
 from .pvs_double import PvsDouble
 
@@ -42,11 +43,17 @@ def pvs_config(samba: SambaPeer, **overrides: Any) -> Config:
     return config_model("pvs").model_validate(settings)  # type: ignore[return-value]
 
 
-def clients(farm: PvsDouble, hypervisor: object | None = None) -> Clients:
+def clients(farm: PvsDouble | DoubleClient, hypervisor: object | None = None) -> Clients:
     remote = RemoteClients(connect=farm.connect, timeout=10, chunk_size=1 << 20,
                            poll=(0.02, 0.1), sessions=SessionPool(), smb_retry=QUICK_SMB_RETRY,
                            read_retry=QUICK_SMB_RETRY)
     return Clients(remote=remote, hypervisor=hypervisor)
+
+
+def served_clients() -> Clients:
+    """A worker process's short clients, its runspaces on the farm double the test serves (the
+    chaos runs: tests/faults/chaos_worker.py)."""
+    return clients(DoubleClient.from_environment())
 
 
 def make_adapter(farm: PvsDouble, samba: SambaPeer, hypervisor: ConnectorConfig | None = None,

@@ -7,6 +7,7 @@ in the store's folder, as the real cmdlet does; a cmdlet can be made to fail wit
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ class PvsDouble:
 
     #: who logged in: (host, user) per runspace opened
     logins: list[tuple[str, str]] = field(default_factory=list)
+    #: the farm's state is one, its runspaces may be served from threads (the chaos runs)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def connect(self, endpoint: Endpoint, user: str, password: str, timeout: float) -> PvsDouble:
         self.logins.append((endpoint.host, user))
@@ -53,9 +56,15 @@ class PvsDouble:
 
     def run(self, script: str, parameters: dict[str, Any]) -> PSResult:
         try:
-            return PSResult([f"[{self.answer(script, parameters)}]"])
+            with self._lock:
+                return PSResult([f"[{self.answer(script, parameters)}]"])
         except CmdletError as exc:
             return PSResult([], [PSError(str(exc), "PvsCmdletError", "InvalidOperation")], True)
+
+    def locators(self) -> list[tuple[str, str, str]]:
+        """The vDisks now: (store, site, name) each."""
+        with self._lock:
+            return list(self.disks)
 
     def answer(self, script: str, parameters: dict[str, Any]) -> str:
         """The script's object, as JSON."""

@@ -78,16 +78,22 @@ def start_worker(config: Path, db: str, log: Path, command: Sequence[str] = (LAY
 def stop_workers(workers: Sequence[WorkerProcess], sig: signal.Signals = signal.SIGINT) -> list[int]:
     """Stop each one still running cleanly (SIGINT or SIGTERM, once it is ready for it); their
     exit codes."""
-    for w in workers:
-        if w.poll() is None:
-            w.wait_ready()
-            w.send_signal(sig)
-    for w in workers:
-        try:
-            w.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            w.kill()
-            w.wait()
+    signalled: set[int] = set()
+    try:
+        for w in workers:
+            if w.poll() is None:
+                w.wait_ready()
+                w.send_signal(sig)
+                signalled.add(w.pid)
+    finally:  # a worker that never got ready (or died) must not leave the others running
+        for w in workers:
+            if w.pid not in signalled and w.poll() is None:
+                w.kill()
+            try:
+                w.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
     return [w.returncode for w in workers]
 
 

@@ -21,6 +21,8 @@ func main() {
 	user := flag.String("user", "layerbot@vsphere.local", "accepted user name")
 	pass := flag.String("pass", "s3cret", "accepted password")
 	idle := flag.Duration("session-idle", 0, "expire sessions idle this long (0: never)")
+	certFile := flag.String("cert", "", "PEM certificate to serve (default: Go's built-in test certificate, a 1024-bit key OpenSSL refuses to trust)")
+	keyFile := flag.String("key", "", "PEM private key of -cert")
 	flag.Parse()
 
 	simulator.SessionIdleTimeout = *idle
@@ -32,6 +34,13 @@ func main() {
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *pass)}
 	if *useTLS {
 		model.Service.TLS = new(tls.Config)
+		if *certFile != "" {
+			pair, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+			if err != nil {
+				log.Fatal(err)
+			}
+			model.Service.TLS.Certificates = []tls.Certificate{pair}
+		}
 	}
 	server := model.Service.NewServer()
 	line, _ := json.Marshal(map[string]string{"url": server.URL.String()})

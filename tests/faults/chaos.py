@@ -102,8 +102,8 @@ def _pick_victim(workers: list[WorkerProcess], store: Store, rng: random.Random,
                  stage: str) -> tuple[int, str]:
     """A worker holding a task in ``stage`` (waiting up to STAGE_WAIT for one); else one
     holding a task in any stage (waiting up to HOLDER_WAIT); else, when no worker has held a
-    task for that long (or every task is finished), any worker (``idle``). A worker still starting holds nothing, so kills
-    land on work, not on start-ups."""
+    task for that long (or every task is finished), any worker (``idle``). A worker still
+    starting holds nothing, so kills land on work, not on start-ups."""
     started = time.monotonic()
     while True:
         holding = _holding(workers, store)

@@ -78,6 +78,7 @@ def adapter_error(exc: Exception, doing: str) -> AdapterError:
     """The adapter error for an azure-core/azure-identity exception raised while ``doing``."""
     from azure.core.exceptions import (
         ClientAuthenticationError,
+        IncompleteReadError,
         ServiceRequestError,
         ServiceResponseError,
     )
@@ -90,6 +91,12 @@ def adapter_error(exc: Exception, doing: str) -> AdapterError:
             "this host's trust store")
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return AzureRetryableError(f"Azure: {doing}: cannot reach Azure: {scrub(str(exc))}")
+    if isinstance(exc, IncompleteReadError):
+        # the connection dropped mid-answer, as after a reset: an HttpResponseError without a
+        # status, which read as a refusal and failed a publish (or left a staging disk) on
+        # one cut answer
+        return AzureRetryableError(f"Azure: {doing}: the answer was cut short (the connection "
+                                   "dropped)")
     code, message = _code_and_message(exc)
     status = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)

@@ -35,7 +35,7 @@ class GetRetryPolicy:
     async def send(self, request: Any) -> Any:
         if request.http_request.method.upper() != "GET":
             return await self.next.send(request)
-        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+        from azure.core.exceptions import IncompleteReadError, ServiceRequestError, ServiceResponseError
 
         attempts = 0
 
@@ -48,6 +48,8 @@ class GetRetryPolicy:
                 response = await self.next.send(request)
             except (ServiceRequestError, ServiceResponseError) as exc:
                 raise _Transient(f"cannot reach Azure: {error_words(exc)}", error=exc) from exc
+            except IncompleteReadError as exc:  # an answer cut short: a GET is safe to repeat
+                raise _Transient("the answer was cut short", error=exc) from exc
             status = response.http_response.status_code
             if status in RETRY_STATUSES:
                 after = retry_after(response.http_response.headers.get("Retry-After"))

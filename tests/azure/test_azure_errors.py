@@ -86,3 +86,16 @@ async def test_a_token_for_another_audience_is_refused_by_arm(
     assert isinstance(error, AuthError) and error.code == "InvalidAuthenticationToken"  # type: ignore[attr-defined]
     assert "wrong audience or resource 'https://management.azure.com'" in str(error)
     assert arm_double.token_requests == 2
+
+
+def test_an_answer_cut_short_is_retryable_and_names_no_raw_error() -> None:
+    """azure-core raises IncompleteReadError (an HttpResponseError without a status) when the
+    connection drops mid-answer: the same as a reset, worth another try."""
+    import aiohttp
+    from azure.core.exceptions import IncompleteReadError
+
+    cut = aiohttp.ClientPayloadError("Response payload is not completed")
+    error = adapter_error(IncompleteReadError(cut, error=cut), "reading the upload disk d1-upload")
+    assert isinstance(error, RetryableError) and error.retryable
+    assert str(error) == ("Azure: reading the upload disk d1-upload: the answer was cut short "
+                          "(the connection dropped)")

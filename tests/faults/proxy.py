@@ -18,7 +18,7 @@ import enum
 import random
 import ssl
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -88,8 +88,22 @@ class Injection:
     fault: Fault
     method: str
     path: str
-    #: a later request had the same method and path: the client tried again
+    #: what tells this request apart (:func:`request_key`); () matches no later request
+    request: tuple[str, ...] = ()
+    #: the same request came again later (:attr:`request`): the client tried again
     retried: bool = False
+
+
+def request_key(method: str, path: str, query: Iterable[tuple[str, str]], headers: Mapping[str, str],
+                per_attempt: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """A request as a retry repeats it: method, path and query (but the ``per_attempt``
+    parameters, handles a client makes anew for each try), and for a body its length and
+    Content-Range (the next chunk of a resumable upload, another poll of an operation or a
+    cleanup's GET of the same path is another request, not this one sent again)."""
+    kept = "&".join(f"{k}={v}" for k, v in sorted(query) if k not in per_attempt)
+    if method not in ("PUT", "POST", "PATCH"):
+        return (method, path, kept)
+    return (method, path, kept, headers.get("Content-Length", ""), headers.get("Content-Range", ""))
 
 
 class FaultProxy:
@@ -98,7 +112,8 @@ class FaultProxy:
 
     def __init__(self, upstream: str, schedule: FaultSchedule, *, stall_seconds: float = 2.0,
                  tls: ssl.SSLContext | None = None, upstream_ssl: ssl.SSLContext | bool = False,
-                 client_max_size: int = 1 << 20, keepalive_seconds: float = 75.0) -> None:
+                 client_max_size: int = 1 << 20, keepalive_seconds: float = 75.0,
+                 per_attempt: Iterable[str] = ()) -> None:
         if stall_seconds > 5:
             raise ValueError("a stall longer than 5 s slows the suite: lower the client's timeout")
         self.upstream = upstream.rstrip("/")
@@ -107,6 +122,8 @@ class FaultProxy:
         self.url = ""
         self.injected: Counter[Fault] = Counter()
         self.injections: list[Injection] = []
+        #: query parameters a client makes anew for each try (:func:`request_key`)
+        self.per_attempt = frozenset(per_attempt)
         self.forwarded = 0
         self.requests = 0
         self._tls = tls
@@ -182,13 +199,15 @@ class FaultProxy:
     # ------------------------------------------------------------------ the proxy
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        key = request_key(request.method, request.path, request.rel_url.query.items(),
+                          request.headers, self.per_attempt)
         for earlier in self.injections:
-            if not earlier.retried and (earlier.method, earlier.path) == (request.method, request.path):
+            if not earlier.retried and earlier.request == key:
                 earlier.retried = True
         fault = self.schedule.draw(request.method, request.path)
         if fault is not None:
             self.injected[fault] += 1
-            self.injections.append(Injection(fault, request.method, request.path))
+            self.injections.append(Injection(fault, request.method, request.path, key))
         if fault in STATUS_OF:
             await _discard(request.content)
             return _status_answer(fault, self.schedule.retry_after)

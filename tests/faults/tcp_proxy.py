@@ -83,9 +83,12 @@ class TcpFaultProxy:
         self.stall_seconds = stall_seconds
         self.port = 0
         self.connections = 0
+        #: connections opened before :meth:`heal` (while the client's own work ran)
+        self.connections_before_heal = 0
         #: connections relayed to the upstream (not refused)
         self.forwarded = 0
-        #: the number of the connection each fault hit
+        #: the number of the connection each fault hit, once it fired (a planned reset or
+        #: stall of a connection closed before its byte N never happened)
         self.faulted_at: list[int] = []
         self.injected: Counter[TcpFault] = Counter()
         self._server: asyncio.Server | None = None
@@ -111,8 +114,10 @@ class TcpFaultProxy:
 
     @property
     def retried(self) -> int:
-        """Faults after which the client connected again."""
-        return sum(1 for n in self.faulted_at if n < self.connections)
+        """Faults after which the client connected again to go on with its work: a connection
+        opened later but before :meth:`heal` (a connection of the cleanup that follows a
+        failed publish is not the publish trying again)."""
+        return sum(1 for n in self.faulted_at if n < self.connections_before_heal)
 
     def counts(self) -> dict[str, int]:
         ordered = sorted(self.injected.items(), key=lambda item: item[0].value)
@@ -121,24 +126,30 @@ class TcpFaultProxy:
     def heal(self) -> None:
         self.schedule.enabled = False
 
+    def _fired(self, fault: TcpFault, connection: int) -> None:
+        self.injected[fault] += 1
+        self.faulted_at.append(connection)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         self.connections += 1
+        connection = self.connections
+        if self.schedule.enabled:
+            self.connections_before_heal = connection
         planned = self.schedule.draw()
-        if planned is not None:
-            self.injected[planned.fault] += 1
-            self.faulted_at.append(self.connections)
         try:
             if planned is not None and planned.fault is TcpFault.REFUSE:
+                self._fired(planned.fault, connection)
                 return
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             self.forwarded += 1
             try:
                 stalled = asyncio.Event()
-                upward = asyncio.ensure_future(self._pump(reader, up_writer, planned, stalled))
-                downward = asyncio.ensure_future(self._pump(up_reader, writer, None, stalled))
+                upward = asyncio.ensure_future(
+                    self._pump(reader, up_writer, planned, stalled, connection))
+                downward = asyncio.ensure_future(self._pump(up_reader, writer, None, stalled, connection))
                 await asyncio.wait({upward, downward}, return_when=asyncio.FIRST_COMPLETED)
                 for pump in (upward, downward):
                     pump.cancel()
@@ -154,9 +165,9 @@ class TcpFaultProxy:
             self._tasks.discard(task)
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
-                    planned: Planned | None, stalled: asyncio.Event) -> None:
+                    planned: Planned | None, stalled: asyncio.Event, connection: int) -> None:
         """Copy until EOF; with a plan, relay ``planned.after`` bytes, then reset or stall
-        (``stalled`` holds the other direction too)."""
+        (``stalled`` holds the other direction too); the fault counts from there."""
         left = planned.after if planned is not None else -1
         while True:
             data = await source.read(_CHUNK if left < 0 else min(_CHUNK, left))
@@ -172,6 +183,7 @@ class TcpFaultProxy:
             left -= len(data)
             if left == 0:
                 assert planned is not None
+                self._fired(planned.fault, connection)
                 if planned.fault is TcpFault.STALL:
                     stalled.set()
                     await asyncio.sleep(self.stall_seconds)  # the client gave up meanwhile

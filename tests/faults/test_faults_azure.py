@@ -16,8 +16,10 @@ import pytest
 import trustme
 
 from adapters import create
+from adapters.azure.azure_config import AzureConfig, McsConfig
+from adapters.azure.azure_resources import AzureDefinitionCreated, AzurePublished
 from adapters.azure_blob.pages import BlobOptions
-from adapters.base import AdapterError, publish
+from adapters.base import AdapterError, PublishContext, publish
 from tests.azure.arm_double import ArmDouble, Blobs
 from tests.azure.arm_fixtures import (
     FAST,
@@ -33,8 +35,8 @@ from tests.azure.arm_fixtures import (
 from tests.azure.azurite import ACCOUNT, KEY, Azurite
 from tests.azure.test_azure_publish import context, vhd
 from tests.faults.figures import fault_run, record
-from tests.faults.proxy import FaultProxy, FaultSchedule
-from tests.faults.runs import publish_under_faults
+from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
+from tests.faults.runs import AtThePeer, compare, publish_under_faults, published
 
 __all__ = ["arm_tls"]
 #: connector types these runs publish to (tests/faults/test_fault_coverage.py)
@@ -86,21 +88,43 @@ async def peers(request: pytest.FixtureRequest, arm_tls: Tls, azurite: Azurite,
         await runner.cleanup()
 
 
-async def leftovers(peers: Peers, name: str) -> list[str]:
-    """What the double and Azurite hold of the image ``name`` (disks, images, gallery versions,
-    VMs; every blob of the test's container)."""
+async def leftovers(peers: Peers) -> list[str]:
+    """Everything the double and Azurite hold (the double and the blob container are the
+    test's own): disks, images, gallery definitions and versions and VMs by their ARM id, and
+    every blob of the container."""
     from azure.storage.blob.aio import ContainerClient
 
     double = peers.double
-    found = [f"{kind} {key}" for kind, store in (
-        ("disk", double.disks), ("image", double.images), ("version", double.versions),
-        ("vm", double.vms)) for key in store if name.lower() in key.lower() or kind == "version"]
+    found = [f"{kind} {resource['id'].lower()}" for kind, store in (
+        ("disk", double.disks), ("image", double.images), ("definition", double.definitions),
+        ("version", double.versions), ("vm", double.vms)) for resource in store.values()]
     assert double.blobs is not None
     async with ContainerClient(azurite_url(double), double.blobs.container, credential={
             "account_name": ACCOUNT, "account_key": KEY}) as container:
         if await container.exists():
             found += [f"blob {blob.name}" async for blob in container.list_blobs()]
     return found
+
+
+def kept(ctx: PublishContext, config: AzureConfig, found: list[str], *, succeeded: bool
+         ) -> list[str]:
+    """What the record says Azure holds after the run: after a success the published image or
+    image version (the upload disk only fed it); and, for azure-mcs, the connector's gallery
+    definition once it exists: ensured (made when missing) for every version and kept by
+    design, failure or not, whether this task made it or its answer was lost."""
+    out: list[str] = []
+    if isinstance(config, McsConfig):
+        definition = (f"definition /subscriptions/{config.subscription_id}/resourcegroups/"
+                      f"{config.resource_group}/providers/microsoft.compute/galleries/"
+                      f"{config.gallery}/images/{config.image_definition}").lower()
+        made = [f"definition {d.id.lower()}" for d in ctx.resources
+                if isinstance(d, AzureDefinitionCreated)]
+        assert set(made) <= {definition}, made
+        out += [definition] if definition in found else []
+    if succeeded:
+        result = published(ctx, AzurePublished)
+        out.append(f"{'image' if result.what == 'image' else 'version'} {result.id.lower()}")
+    return out
 
 
 def azurite_url(double: ArmDouble) -> str:
@@ -124,11 +148,13 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     ctx = context(vhd(tmp_path / "disk.vhd"), name)
     error = await publish_under_faults(adapter, ctx, lambda: [proxy.heal() for proxy in peers.proxies],
                                        check_azure_error)
-    orphans = await leftovers(peers, name) if error is not None else []
-    record(fault_run(kind, seed, peers.proxies, error=error, orphans=orphans))
+    found = await leftovers(peers)
+    left = compare(found, kept(ctx, cfg, found, succeeded=error is None))
+    record(fault_run(kind, seed, peers.proxies, error=error, orphans=left.orphans))
     assert sum(p.total_injected for p in peers.proxies) > 0
-    assert orphans == [], (f"seed {seed} ({error}) left {orphans}; faults "
-                           f"{[i for p in peers.proxies for i in p.injections]}")
+    assert left.missing == [], f"seed {seed}: the recorded {left.missing} are not at Azure"
+    assert left.orphans == [], (f"seed {seed} ({error}) left {left.orphans}; faults "
+                                f"{[i for p in peers.proxies for i in p.injections]}")
 
 
 async def test_a_changed_arm_certificate_is_refused_naming_it(
@@ -152,3 +178,25 @@ async def test_a_changed_arm_certificate_is_refused_naming_it(
         "missing from this host's trust store")
     assert not refused.value.retryable
     assert peers.arm.forwarded == 0 and peers.double.disks == {}
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize("kind", ["azure", "azure-mcs"])
+async def test_an_answer_cut_short_on_the_staging_disk_is_retried(
+        peers: Peers, arm_tls: Tls, tmp_path: Path, kind: str, method: str) -> None:
+    """A read or delete of the upload disk whose answer is cut short is sent again (both are
+    safe to repeat), not given up: the cleanup after a success then left the disk (and its
+    blob) behind, billed."""
+    peers.storage.heal()
+    first = iter([True])
+    peers.arm.schedule = FaultSchedule(
+        seed=1, rate=1.0, menu=(Fault.TRUNCATED,),
+        applies=lambda verb, path: verb == method and "/disks/" in path and next(first, False))
+    cfg = config(peers.double, kind, arm_endpoint=peers.arm.url)
+    adapter = create(cfg, clients(peers.double, arm_tls, blob=BlobOptions(retry=FAST)))
+    ctx = context(vhd(tmp_path / "disk.vhd"), f"cut-{method.lower()}-{kind}")
+    assert await publish_under_faults(adapter, ctx, peers.arm.heal, check_azure_error) is None
+    assert (peers.arm.total_injected, peers.arm.retried) == (1, 1)
+    found = await leftovers(peers)
+    left = compare(found, kept(ctx, cfg, found, succeeded=True))
+    assert left == AtThePeer(orphans=[], missing=[])

@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from adapters.base import PublishContext
 from adapters.gcp import Adapter
+from adapters.gcp.gcp_resources import GcpPublished
 from adapters.retry import RetryPolicy
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import FaultProxy, FaultSchedule
-from tests.faults.runs import publish_under_faults
+from tests.faults.runs import compare, publish_under_faults, published
 from tests.gcp.compute_double import ComputeDouble
 from tests.gcp.compute_fixtures import clients, compute, connector, context, object_check
 from tests.gcp.conftest import BUCKET, Proxy, emulator, gcs
@@ -54,14 +56,20 @@ async def peers(request: pytest.FixtureRequest, compute: ComputeDouble, gcs: Pro
         yield Peers(compute, storage, api)
 
 
-def leftovers(peers: Peers, emulator: Any, name: str) -> list[str]:
+def leftovers(peers: Peers, emulator: Any) -> list[str]:
     """The bucket's objects (from the emulator's state, not through the proxies) and the
-    double's images and instances of the image ``name``."""
+    double's images, instances and disks."""
     found, _ = emulator.storage.get_file_list(BUCKET)
+    compute = peers.compute
     return ([f"object {o['name']}" for o in found]
-            + [f"image {n}" for n in peers.compute.images if name in n]
-            + [f"instance {zone}/{n}" for zone, n in peers.compute.instances])
+            + [f"image {n}" for n in compute.images]
+            + [f"instance {zone}/{n}" for zone, n in compute.instances]
+            + [f"disk {zone}/{n}" for zone, n in compute.disks])
 
+
+def kept(ctx: PublishContext) -> list[str]:
+    """A successful publish leaves its published image alone (the uploaded object fed it)."""
+    return [f"image {published(ctx, GcpPublished).name}"]
 
 
 def check_gcp_error(error: str) -> None:
@@ -80,10 +88,11 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     ctx = context(name, artifact)
     error = await publish_under_faults(adapter, ctx, lambda: [proxy.heal() for proxy in peers.proxies],
                                        check_gcp_error)
-    orphans = leftovers(peers, emulator, name) if error is not None else []
-    record(fault_run("gcp", seed, peers.proxies, error=error, orphans=orphans))
+    left = compare(leftovers(peers, emulator), kept(ctx) if error is None else [])
+    record(fault_run("gcp", seed, peers.proxies, error=error, orphans=left.orphans))
     assert sum(p.total_injected for p in peers.proxies) > 0
     if error is None:
         assert peers.compute.images[name]["status"] == "READY"
-    assert orphans == [], (f"seed {seed} ({error}) left {orphans}; faults "
-                           f"{[i for p in peers.proxies for i in p.injections]}")
+    assert left.missing == [], f"seed {seed}: the recorded {left.missing} are not there"
+    assert left.orphans == [], (f"seed {seed} ({error}) left {left.orphans}; faults "
+                                f"{[i for p in peers.proxies for i in p.injections]}")

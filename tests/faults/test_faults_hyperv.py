@@ -10,20 +10,21 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import pytest
 import trustme
 from aiohttp import web
 
 from adapters import create
-from adapters.base import PlatformError
+from adapters.base import PlatformError, PublishContext
 from adapters.hyperv import Adapter
 from adapters.hyperv import hyperv_scripts as scripts
+from adapters.hyperv.hyperv_resources import HypervDisk, HypervPublished
 from adapters.retry import RetryPolicy
 from tests.faults.figures import Injector, fault_run, record
 from tests.faults.proxy import FaultProxy, FaultSchedule
-from tests.faults.runs import publish_under_faults
+from tests.faults.runs import compare, publish_under_faults, published, recorded
 from tests.faults.tcp_proxy import TcpFaultProxy, TcpSchedule
 from tests.faults.winrm_faults import FaultyWinRM
 from tests.hyperv.conftest import LOCAL_PATH, data_disk, hyperv_config, short_clients
@@ -35,7 +36,10 @@ __all__ = ["samba", "smb_env"]
 #: connector types these runs publish to (tests/faults/test_fault_coverage.py)
 COVERS = ("hyperv",)
 pytestmark = pytest.mark.timeout(120)
-SEEDS = tuple(range(1, 21))
+#: the first 20 seeds that inject a fault: a publish is one SMB connection and a few WinRM
+#: calls, so at 20 % one seed in two injects none (a planned cut past a connection's end
+#: never fires)
+SEEDS = (1, 2, 8, 9, 15, 16, 17, 18, 19, 20, 21, 22, 26, 27, 28, 29, 31, 32, 34, 35)
 #: SMB messages of a copy are up to a chunk (1 MiB here): a cut lands anywhere in a 6 MiB disk
 CUT = (1 << 12, 6 << 20)
 #: seconds the SMB copy waits for an answer (RemoteClients.timeout)
@@ -60,9 +64,17 @@ class Peers:
         self.winrm.heal()
 
     def leftovers(self) -> list[str]:
-        """The share's files (its folder, not through SMB) and the host's VMs."""
+        """The share's files (its folder, not through SMB) and the host's VMs, each with the
+        disk it is attached to."""
         return ([f"file {name}" for name in self.samba.files()]
-                + [f"VM {vm['Name']} ({vm['VMId']})" for vm in self.host.vms.values()])
+                + [f"VM {vm['Name']} ({vm['VMId']}) on {vm['VHDPath']}" for vm in self.host.vms.values()])
+
+
+def kept(ctx: PublishContext) -> list[str]:
+    """What a successful publish's record says is left: its disk on the share and the
+    published VM on that disk."""
+    vm, disk = published(ctx, HypervPublished), recorded(ctx, HypervDisk)
+    return [f"file {PureWindowsPath(disk.unc).name}", f"VM {vm.name} ({vm.vm_id}) on {disk.local_path}"]
 
 
 @pytest.fixture
@@ -95,15 +107,15 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     assert isinstance(adapter, Adapter)
     ctx = context(disk, name)
     error = await publish_under_faults(adapter, ctx, peers.heal, check_hyperv_error)
-    orphans = peers.leftovers() if error is not None else []
-    record(fault_run("hyperv", seed, peers.injectors, error=error, orphans=orphans))
+    left = compare(peers.leftovers(), kept(ctx) if error is None else [])
+    record(fault_run("hyperv", seed, peers.injectors, error=error, orphans=left.orphans))
     assert peers.smb.connections > 0
+    assert peers.smb.total_injected + peers.winrm.total_injected > 0, "no fault was injected"
     if error is None:
-        assert peers.samba.files() == [f"{name}.vhdx"]
         assert (peers.samba.share_dir / f"{name}.vhdx").read_bytes() == disk.read_bytes()
-        assert [vm["Name"] for vm in peers.host.vms.values()] == [name]
-    assert orphans == [], (f"seed {seed} ({error}) left {orphans}; faults "
-                           f"{peers.smb.counts()} {peers.winrm.injections}")
+    assert left.missing == [], f"seed {seed}: the recorded {left.missing} are not there"
+    assert left.orphans == [], (f"seed {seed} ({error}) left {left.orphans}; faults "
+                                f"{peers.smb.counts()} {peers.winrm.injections}")
 
 
 def test_the_runs_inject_faults_of_every_kind() -> None:

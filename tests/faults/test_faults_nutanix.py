@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import trustme
 
-from adapters.base import AdapterError, publish
+from adapters.base import AdapterError, PublishContext, publish
 from adapters.nutanix import Clients
+from adapters.nutanix.nutanix_resources import NutanixPublished
 from adapters.retry import RetryPolicy
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
-from tests.faults.runs import publish_under_faults
-from tests.nutanix.conftest import CLUSTER, context, make_adapter, prism, prism_ca, qcow2_disk
+from tests.faults.runs import AtThePeer, compare, publish_under_faults, published
+from tests.nutanix.conftest import CLUSTER, SUBNET, context, make_adapter, prism, prism_ca, qcow2_disk
 from tests.nutanix.prism_double import PrismDouble
 
 __all__ = ["prism", "prism_ca"]  # the Prism double's fixtures
@@ -59,15 +60,28 @@ async def peer(request: pytest.FixtureRequest, prism: PrismDouble,
 
 def leftovers(double: PrismDouble, given: set[str]) -> list[str]:
     """What the double holds of the publish, read from its state (not through the proxy): every
-    image, every VM but those set up before, and every unfinished task on an entity that still
-    exists (Prism keeps its task history; a task of a deleted entity is moot, and the double
-    moves a task on only when it is read)."""
-    alive = set(double.images) | (set(double.vms) - given)
+    image, every VM but those set up before with each of its disks and NICs, and every
+    unfinished task on an entity that still exists (Prism keeps its task history; a task of a
+    deleted entity is moot, and the double moves a task on only when it is read)."""
+    vms = {uuid: vm for uuid, vm in double.vms.items() if uuid not in given}
+    alive = set(double.images) | set(vms)
     return ([f"image {uuid} {image['spec']['name']}" for uuid, image in double.images.items()]
-            + [f"vm {uuid} {vm['spec']['name']}" for uuid, vm in double.vms.items() if uuid not in given]
+            + [f"vm {uuid} {vm['spec']['name']}" for uuid, vm in vms.items()]
+            + [f"disk of vm {uuid}: {disk['device_properties']['device_type']}"
+               for uuid, vm in vms.items() for disk in vm["spec"]["resources"].get("disk_list") or []]
+            + [f"nic of vm {uuid} on subnet {nic['subnet_reference']['uuid']}"
+               for uuid, vm in vms.items() for nic in vm["spec"]["resources"].get("nic_list") or []]
             + [f"task {t.uuid} {t.operation} {t.status}" for t in double.tasks.values()
                if t.status in ("QUEUED", "RUNNING") and t.entity[1] in alive])
 
+
+def kept(ctx: PublishContext, double: PrismDouble) -> list[str]:
+    """What a successful publish's record says Prism holds: the published VM with one disk and
+    one NIC on the connector's subnet (the staging image is gone once the disk is cloned)."""
+    vm = published(ctx, NutanixPublished)
+    [subnet] = [uuid for uuid, name in double.subnets.items() if name == SUBNET]
+    return [f"vm {vm.uuid} {vm.name}", f"disk of vm {vm.uuid}: DISK",
+            f"nic of vm {vm.uuid} on subnet {subnet}"]
 
 
 def check_nutanix_error(error: str) -> None:
@@ -82,14 +96,30 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     adapter = make_adapter(peer.double, peer.ca_file, QUICK, prism_url=peer.proxy.url)
     ctx = context(qcow2_disk(tmp_path / "disk.qcow2"), name)
     error = await publish_under_faults(adapter, ctx, peer.proxy.heal, check_nutanix_error)
-    orphans = leftovers(peer.double, given) if error is not None else []
-    record(fault_run("nutanix", seed, [peer.proxy], error=error, orphans=orphans))
+    left = compare(leftovers(peer.double, given), kept(ctx, peer.double) if error is None else [])
+    record(fault_run("nutanix", seed, [peer.proxy], error=error, orphans=left.orphans))
     assert peer.proxy.total_injected > 0
     if error is None:
-        [vm] = [vm for uuid, vm in peer.double.vms.items() if uuid not in given]
+        vm = peer.double.vms[published(ctx, NutanixPublished).uuid]
         assert (vm["spec"]["name"], vm["status"]["resources"]["power_state"]) == (name, "OFF")
-        assert peer.double.images == {}  # the staging image is gone once the disk is cloned
-    assert orphans == [], f"seed {seed} ({error}) left {orphans}; faults {peer.proxy.injections}"
+    assert left.missing == [], f"seed {seed}: the recorded {left.missing} are not at Prism"
+    assert left.orphans == [], (f"seed {seed} ({error}) left {left.orphans}; faults "
+                                f"{peer.proxy.injections}")
+
+
+async def test_the_check_after_a_success_counts_a_second_disk_on_the_vm(
+        peer: Peer, tmp_path: Path) -> None:
+    peer.proxy.heal()
+    given = set(peer.double.vms)
+    adapter = make_adapter(peer.double, peer.ca_file, QUICK, prism_url=peer.proxy.url)
+    ctx = context(qcow2_disk(tmp_path / "disk.qcow2"), "exact")
+    assert await publish_under_faults(adapter, ctx, peer.proxy.heal, check_nutanix_error) is None
+    expected = kept(ctx, peer.double)
+    assert compare(leftovers(peer.double, given), expected) == AtThePeer(orphans=[], missing=[])
+    vm = published(ctx, NutanixPublished).uuid
+    disks = peer.double.vms[vm]["spec"]["resources"]["disk_list"]
+    disks.append(dict(disks[0]))
+    assert compare(leftovers(peer.double, given), expected).orphans == [f"disk of vm {vm}: DISK"]
 
 
 async def test_a_changed_prism_certificate_is_refused_naming_it(peer: Peer, tmp_path: Path) -> None:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import pytest
 
 from adapters import create
+from adapters.base import PublishContext
 from adapters.pvs import Adapter, Clients
+from adapters.pvs.pvs_resources import PvsFile, PvsPublished
 from tests.faults.figures import Injector, fault_run, record
 from tests.faults.proxy import FaultSchedule
-from tests.faults.runs import publish_under_faults
+from tests.faults.runs import compare, publish_under_faults, published, recorded
 from tests.faults.tcp_proxy import TcpFaultProxy, TcpSchedule
 from tests.faults.test_faults_hyperv import CUT, SMB_RETRY, SMB_TIMEOUT
 from tests.faults.winrm_faults import FaultyWinRM
@@ -28,7 +30,10 @@ __all__ = ["samba", "smb_env"]
 #: connector types these runs publish to (tests/faults/test_fault_coverage.py)
 COVERS = ("pvs",)
 pytestmark = pytest.mark.timeout(120)
-SEEDS = tuple(range(1, 21))
+#: the first 20 seeds that inject a fault: a publish is one SMB connection and a few WinRM
+#: calls, so at 20 % one seed in two injects none (a planned cut past a connection's end
+#: never fires)
+SEEDS = (1, 9, 14, 15, 17, 18, 19, 20, 21, 22, 26, 27, 28, 29, 31, 32, 34, 35, 37, 38)
 
 
 @dataclass
@@ -50,6 +55,14 @@ class Peers:
         """The store's files (its folder, not through SMB) and the farm's vDisks."""
         return ([f"file {name}" for name in self.samba.files()]
                 + [f"vDisk {name} (store {store}, site {site})" for store, site, name in self.farm.disks])
+
+
+def kept(ctx: PublishContext) -> list[str]:
+    """What a successful publish's record says is left: the recorded vhdx, the vDisk it
+    published and that vDisk's properties file (.pvp, which its import writes beside it)."""
+    disk, file = published(ctx, PvsPublished), PureWindowsPath(recorded(ctx, PvsFile).path)
+    return [f"file {file.name}", f"file {file.stem}.pvp",
+            f"vDisk {disk.name} (store {disk.store}, site {disk.site})"]
 
 
 @pytest.fixture
@@ -80,11 +93,12 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     assert isinstance(adapter, Adapter)
     ctx = context(disk, name)
     error = await publish_under_faults(adapter, ctx, peers.heal, check_pvs_error)
-    orphans = peers.leftovers() if error is not None else []
-    record(fault_run("pvs", seed, peers.injectors, error=error, orphans=orphans))
+    left = compare(peers.leftovers(), kept(ctx) if error is None else [])
+    record(fault_run("pvs", seed, peers.injectors, error=error, orphans=left.orphans))
     assert peers.smb.connections > 0
+    assert peers.smb.total_injected + peers.winrm.total_injected > 0, "no fault was injected"
     if error is None:
         assert (peers.samba.share_dir / f"{name}.vhdx").read_bytes() == disk.read_bytes()
-        assert [key[2] for key in peers.farm.disks] == [name]
-    assert orphans == [], (f"seed {seed} ({error}) left {orphans}; faults "
-                           f"{peers.smb.counts()} {peers.winrm.injections}")
+    assert left.missing == [], f"seed {seed}: the recorded {left.missing} are not there"
+    assert left.orphans == [], (f"seed {seed} ({error}) left {left.orphans}; faults "
+                                f"{peers.smb.counts()} {peers.winrm.injections}")

@@ -14,12 +14,13 @@ import pytest
 import trustme
 
 from adapters import config_model, create
-from adapters.base import AdapterError, publish
+from adapters.base import AdapterError, PublishContext, publish
 from adapters.blocking import SessionPool
 from adapters.retry import RetryPolicy
-from adapters.vsphere import Clients
+from adapters.vsphere import Clients, VSpherePublished
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import FaultProxy, FaultSchedule
+from tests.faults.runs import compare, publish_under_faults, published
 from tests.vsphere.conftest import (
     Recorder,
     VcSim,
@@ -36,6 +37,9 @@ __all__ = ["vc_env", "vcsim", "vcsim_binary"]  # the vcsim fixtures
 COVERS = ("vsphere",)
 pytestmark = pytest.mark.timeout(120)
 SEEDS = (1, 2, 3, 4, 5, 6)
+#: the files of an imported VM in its folder in vcsim (``{name}``: the VM's): its one disk
+#: (descriptor and data), configuration, NVRAM and log
+VM_FILES = ("disk-0.vmdk", "disk-0-flat.vmdk", "{name}.vmx", "{name}.nvram", "vmware.log")
 QUICK = RetryPolicy(attempts=4, budget=30.0, first_delay=0.05, max_delay=0.2)
 
 
@@ -99,21 +103,38 @@ def adapter_through(proxy: FaultProxy, sim: VcSim, phase: ImportPhase | None = N
                                sessions=SessionPool(), read_retry=QUICK, import_retry=QUICK))
 
 
-def leftovers(sim: VcSim, name: str) -> list[str]:
-    """The task's VMs and datastore files in vcsim (each datastore is a local folder there)."""
+def inventory(sim: VcSim) -> list[str]:
+    """vcsim's VMs, each virtual disk as the VM it belongs to and its file, and every file of
+    every datastore (each a local folder there), relative to its datastore."""
     from pyVmomi import vim
 
-    found = [f"VM {vm._moId} {vm.name}" for vm in find_vms(sim, name)]
     si = sim.si()
-    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.Datastore], True)
+    found: list[str] = []
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.VirtualMachine], True)
     try:
-        roots = [Path(ds.info.url) for ds in view.view]
+        for vm in view.view:
+            found.append(f"VM {vm._moId} {vm.name}")
+            found += [f"disk of VM {vm._moId}" for device in vm.config.hardware.device
+                      if isinstance(device, vim.vm.device.VirtualDisk)]
     finally:
         view.DestroyView()
-    for root in roots:
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.Datastore], True)
+    try:
+        roots = [(ds.name, Path(ds.info.url)) for ds in view.view]
+    finally:
+        view.DestroyView()
+    for name, root in roots:
         if root.is_dir():
-            found += [f"file {p}" for p in root.rglob(f"*{name}*")]
+            found += [f"file [{name}] {p.relative_to(root)}" for p in root.rglob("*") if p.is_file()]
     return found
+
+
+def kept(ctx: PublishContext, datastore: str) -> list[str]:
+    """What a successful publish's record says vcsim holds: the published VM with its one
+    disk, and that VM's files in its folder of the connector's datastore."""
+    vm = published(ctx, VSpherePublished)
+    return [f"VM {vm.moref} {vm.name}", f"disk of VM {vm.moref}",
+            *(f"file [{datastore}] {vm.name}/{file.format(name=vm.name)}" for file in VM_FILES)]
 
 
 @pytest.fixture
@@ -136,25 +157,23 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     name = f"faults-{phase}-{seed}"
     importing = ImportPhase() if phase == "import" else None
     schedule = FaultSchedule(seed=seed, rate=0.2, applies=importing or (lambda method, path: True))
+    before = inventory(vcsim)
     async with FaultProxy(vcsim.url.split("/sdk")[0], schedule, tls=proxy_tls) as proxy:
         adapter = adapter_through(proxy, vcsim, importing, insecure=True)
-        rec = Recorder()
-        error: str | None = None
-        try:
-            await publish(adapter, rec.context(small_disk, name))
-        except AdapterError as exc:
-            error = str(exc)
-        proxy.heal()
-        if error is not None:
-            assert error.startswith("vSphere: "), error
-            await rec.cleanup(adapter)  # what the runner does after a failure
-        await adapter.close()
-    orphans = [] if error is None else leftovers(vcsim, name)
-    record(fault_run(f"vsphere ({phase})", seed, [proxy], error=error, orphans=orphans))
+        ctx = Recorder().context(small_disk, name)
+        error = await publish_under_faults(adapter, ctx, proxy.heal, check_vsphere_error)
+    left = compare([line for line in inventory(vcsim) if line not in before],
+                   kept(ctx, adapter.config.datastore) if error is None else [])
+    record(fault_run(f"vsphere ({phase})", seed, [proxy], error=error, orphans=left.orphans))
     assert proxy.total_injected > 0
     if error is None:
         assert [vm.name for vm in find_vms(vcsim, name)] == [name]
-    assert orphans == [], f"seed {seed} ({error}) left {orphans}; faults {proxy.injections}"
+    assert left.missing == [], f"seed {seed}: the recorded {left.missing} are not in vcsim"
+    assert left.orphans == [], f"seed {seed} ({error}) left {left.orphans}; faults {proxy.injections}"
+
+
+def check_vsphere_error(error: str) -> None:
+    assert error.startswith("vSphere: "), error
 
 
 async def test_a_changed_certificate_is_refused_naming_it(

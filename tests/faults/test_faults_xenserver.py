@@ -24,10 +24,11 @@ from adapters.base import AdapterError, PublishContext, RefusedError, publish
 from adapters.blocking import SessionPool
 from adapters.retry import RetryPolicy
 from adapters.xenserver import Adapter, Clients
+from adapters.xenserver.xen_resources import XenPublished, XenVdi
 from adapters.xenserver.xen_watch import watching
 from tests.faults.figures import fault_run, record
 from tests.faults.proxy import Fault, FaultProxy, FaultSchedule
-from tests.faults.runs import publish_under_faults
+from tests.faults.runs import AtThePeer, compare, publish_under_faults, published, recorded
 from tests.xenserver.conftest import dynamic_vhd, make_adapter, xapi, xen_config, xen_env
 from tests.xenserver.xapi_double import XapiDouble
 
@@ -76,8 +77,9 @@ async def peer(request: pytest.FixtureRequest, xapi: XapiDouble, xen_env: None,
                ca: tuple[trustme.CA, Path]) -> AsyncIterator[Peer]:
     callspec = getattr(request.node, "callspec", None)
     seed = callspec.params.get("seed", 0) if callspec is not None else 0
+    # each try of the disk import makes a task of its own (and a new log-in, a session)
     async with FaultProxy(xapi.url, FaultSchedule(seed=seed, rate=0.2), tls=server_tls(ca[0]),
-                          client_max_size=64 << 20) as proxy:
+                          client_max_size=64 << 20, per_attempt=("task_id", "session_id")) as proxy:
         yield Peer(xapi, proxy, ca[1])
 
 
@@ -90,13 +92,30 @@ def context(vhd: tuple[Path, int], name: str) -> PublishContext:
 
 
 def leftovers(double: XapiDouble) -> list[str]:
-    """What the double holds that the publish made (read from its state, not through the proxy):
-    VMs, VDIs, VBDs and VIFs made through the API, and every task."""
+    """Everything the double holds that was made through the API (read from its state, not
+    through the proxy): VMs, VDIs, each VBD as the VM and VDI it joins, each VIF as its VM and
+    network, and every task."""
+    state = double.state
     with double.lock:
-        tasks = [f"task {ref} {t.get('name_label', '')} {t.get('status', '')}"
-                 for ref, t in double.state.tasks.items()]
-    return double.leftovers() + tasks
+        def uuid(table: dict[str, dict[str, Any]], ref: str) -> str:
+            return str(table[ref]["uuid"]) if ref in table else f"gone {ref}"
 
+        return ([f"vm {v['uuid']}" for r, v in state.vms.items() if r not in double.given]
+                + [f"vdi {v['uuid']}" for r, v in state.vdis.items() if r not in double.given]
+                + [f"vbd {uuid(state.vms, b['VM'])} {b['userdevice']} -> vdi {uuid(state.vdis, b['VDI'])}"
+                   for r, b in state.vbds.items() if r not in double.given]
+                + [f"vif {uuid(state.vms, v['VM'])} on {state.networks[v['network']]['name_label']}"
+                   for v in state.vifs.values()]
+                + [f"task {ref} {t.get('name_label', '')} {t.get('status', '')}"
+                   for ref, t in state.tasks.items()])
+
+
+def kept(ctx: PublishContext, network: str) -> list[str]:
+    """What a successful publish's record says the pool holds: the published VM, the uploaded
+    disk it recorded, the one VBD joining them at userdevice 0 and the one VIF on ``network``."""
+    vm = published(ctx, XenPublished).uuid
+    vdi = recorded(ctx, XenVdi).uuid
+    return [f"vm {vm}", f"vdi {vdi}", f"vbd {vm} 0 -> vdi {vdi}", f"vif {vm} on {network}"]
 
 
 def check_xenserver_error(error: str) -> None:
@@ -110,14 +129,39 @@ async def test_a_publish_under_faults_succeeds_or_leaves_nothing(
     adapter = peer.adapter()
     ctx = context(dynamic_vhd(tmp_path / "disk.vhd"), name)
     error = await publish_under_faults(adapter, ctx, peer.proxy.heal, check_xenserver_error)
-    orphans = leftovers(peer.double) if error is not None else []
-    record(fault_run("xenserver", seed, [peer.proxy], error=error, orphans=orphans))
+    left = compare(leftovers(peer.double),
+                   kept(ctx, adapter.config.network) if error is None else [])
+    record(fault_run("xenserver", seed, [peer.proxy], error=error, orphans=left.orphans))
     assert peer.proxy.total_injected > 0
     if error is None:
         found = peer.double.vm_by_name(name)
         assert found is not None and found[1]["power_state"] == "Halted"
-        assert peer.double.state.tasks == {}  # the upload's task was destroyed
-    assert orphans == [], f"seed {seed} ({error}) left {orphans}; faults {peer.proxy.injections}"
+    assert left.missing == [], f"seed {seed}: the recorded {left.missing} are not in the pool"
+    assert left.orphans == [], (f"seed {seed} ({error}) left {left.orphans}; faults "
+                                f"{peer.proxy.injections}")
+
+
+async def test_the_check_after_a_success_counts_what_the_record_does_not_name(
+        peer: Peer, tmp_path: Path) -> None:
+    """Without faults the pool holds exactly the recorded result; a second disk attached to
+    the published VM (found by walking out from it, it would look like part of it) is an
+    orphan."""
+    peer.proxy.heal()
+    adapter = peer.adapter()
+    ctx = context(dynamic_vhd(tmp_path / "disk.vhd"), "exact")
+    assert await publish_under_faults(adapter, ctx, peer.proxy.heal, check_xenserver_error) is None
+    expected = kept(ctx, adapter.config.network)
+    assert compare(leftovers(peer.double), expected) == AtThePeer(orphans=[], missing=[])
+    with peer.double.lock:
+        vm = published(ctx, XenPublished).ref
+        extra = peer.double.x_VDI_create({
+            "name_label": "exact", "SR": next(iter(peer.double.state.srs)), "virtual_size": "1024",
+            "type": "user", "sharable": False, "read_only": False, "other_config": {}})
+        peer.double._new_vbd(vm, extra, "1")
+        extra_uuid = peer.double.state.vdis[extra]["uuid"]
+    vm_uuid = published(ctx, XenPublished).uuid
+    assert compare(leftovers(peer.double), expected).orphans == sorted(
+        [f"vbd {vm_uuid} 1 -> vdi {extra_uuid}", f"vdi {extra_uuid}"])
 
 
 async def test_a_changed_certificate_is_refused_naming_it(peer: Peer, tmp_path: Path) -> None:
@@ -331,7 +375,9 @@ async def test_a_cancel_ends_the_wait_a_retry_after_asked_for_and_frees_the_sess
     finally:
         await adapter.close()
     assert peer.double.state.vdis == {}
-    assert peer.proxy.total_injected == 1 and peer.proxy.retried == 1  # only the read's
+    # the create was never sent again (the read after it is another request, which the
+    # proxy's 'retried' counted before it compared requests)
+    assert peer.proxy.total_injected == 1 and peer.proxy.retried == 0
 
 
 class Nth:

@@ -180,3 +180,51 @@ async def test_a_certificate_change_is_refused_by_a_client_that_trusts_the_first
         assert "certificate verify failed" in str(refused.value)
         assert proxy.counts() == {"certificate changed": 1}
         assert len(upstream.seen) == 1  # the refused request never reached it
+
+
+async def test_retried_means_the_same_request_sent_again(upstream: Upstream) -> None:
+    """Another query (the next poll, the next page), another chunk of an upload (its
+    Content-Range) or another body length is not the faulted request tried again."""
+    schedule = FaultSchedule(seed=1, rate=1.0, menu=(Fault.STATUS_503,),
+                             applies=lambda method, path: path == "/flaky")
+    async with FaultProxy(upstream.url, schedule) as proxy, aiohttp.ClientSession() as http:
+        async def send(method: str, query: str = "", body: bytes | None = None,
+                       headers: dict[str, str] | None = None) -> None:
+            async with http.request(method, f"{proxy.url}/flaky{query}", data=body,
+                                    headers=headers) as answer:
+                await answer.read()
+
+        await send("GET", "?page=1")
+        proxy.heal()
+        await send("GET", "?page=2")
+        await send("GET")
+        assert [i.retried for i in proxy.injections] == [False]
+        await send("GET", "?page=1")
+        assert [i.retried for i in proxy.injections] == [True]
+
+        proxy.schedule = FaultSchedule(seed=1, rate=1.0, menu=(Fault.STATUS_503,))
+        await send("PUT", body=BODY[:10], headers={"Content-Range": "bytes 0-9/20"})
+        proxy.heal()
+        await send("PUT", body=BODY[:10], headers={"Content-Range": "bytes 10-19/20"})
+        await send("PUT", body=BODY[:20], headers={"Content-Range": "bytes 0-19/20"})
+        assert [i.retried for i in proxy.injections] == [True, False]
+        await send("PUT", body=BODY[:10], headers={"Content-Range": "bytes 0-9/20"})
+    assert [i.retried for i in proxy.injections] == [True, True] and proxy.retried == 2
+
+
+async def test_a_per_attempt_handle_in_the_query_does_not_hide_a_retry(upstream: Upstream) -> None:
+    """XenServer's disk import names a task made anew for each try: with ``per_attempt``
+    naming it, the import sent again is a retry; the import of another disk is not."""
+    schedule = FaultSchedule(seed=1, rate=1.0, menu=(Fault.STATUS_503,))
+    async with FaultProxy(upstream.url, schedule, per_attempt=("task_id",)) as proxy, \
+            aiohttp.ClientSession() as http:
+        async def put(query: str) -> None:
+            async with http.put(f"{proxy.url}/import?{query}", data=BODY) as answer:
+                await answer.read()
+
+        await put("vdi=1&task_id=a")
+        proxy.heal()
+        await put("vdi=2&task_id=b")
+        assert proxy.retried == 0
+        await put("task_id=c&vdi=1")
+    assert proxy.retried == 1

@@ -96,3 +96,29 @@ async def test_the_schedule_is_seeded_and_healing_stops_faults() -> None:
     assert schedule.draw() is None
     with pytest.raises(ValueError, match="fault rate"):
         TcpSchedule(seed=1, rate=2.0)
+
+
+async def test_a_planned_cut_counts_only_when_its_byte_comes(echo: int) -> None:
+    """A connection closed before byte N was never reset or stalled: no fault."""
+    for fault in (TcpFault.RESET_AFTER, TcpFault.STALL):
+        async with TcpFaultProxy(echo, only(fault, 1000), stall_seconds=0.2) as relay:
+            assert await round_trip(relay.port, bytes(100)) == bytes(100)
+            await asyncio.sleep(0.05)  # the relay sees the close
+            assert (relay.total_injected, relay.retried) == (0, 0)
+            assert relay.connections == 1
+
+
+async def test_retried_counts_a_fault_followed_by_a_connection_before_healing(echo: int) -> None:
+    async with TcpFaultProxy(echo, only(TcpFault.REFUSE)) as relay:
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await round_trip(relay.port, b"first")
+        assert (relay.total_injected, relay.retried) == (1, 0)
+        relay.heal()
+        assert await round_trip(relay.port, b"cleanup") == b"cleanup"
+        assert relay.retried == 0  # a connection after healing is not the client retrying
+    async with TcpFaultProxy(echo, only(TcpFault.REFUSE)) as relay:
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await round_trip(relay.port, b"first")
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await round_trip(relay.port, b"again")
+        assert (relay.total_injected, relay.retried, relay.connections) == (2, 1, 2)

@@ -43,19 +43,22 @@ class XapiPeer:
                     *(f"vif {r}" for r in state.vifs)}
 
     def recorded(self, task: Task) -> set[str]:
-        """The published VM and what hangs off it: its disks' VBDs and VDIs, its VIFs."""
+        """From the task's record: the published VM, the disk the task recorded, the one VBD
+        joining them and one VIF. Another disk or VBD on that VM is not the task's: an orphan."""
         resource = (task.published or {}).get("resource") or {}
         if resource.get("kind") != "xenserver.published":
             return set()
+        disk = next((r.get("uuid") for r in reversed(task.resources)
+                     if isinstance(r, dict) and r.get("kind") == "xenserver.vdi"), None)
         state = self.double.state
         with self.double.lock:
             vm = state.vms.get(resource["ref"])
             if vm is None:
                 return {f"vm {resource['uuid']}"}  # recorded but gone: counted as missing
-            vbds = [b for b in vm["VBDs"] if b in state.vbds]
-            vdis = [state.vbds[b]["VDI"] for b in vbds if state.vbds[b]["VDI"] in state.vdis]
-            return {f"vm {vm['uuid']}", *(f"vbd {b}" for b in vbds),
-                    *(f"vdi {state.vdis[d]['uuid']}" for d in vdis), *(f"vif {v}" for v in vm["VIFs"])}
+            joining = [b for b in vm["VBDs"] if b in state.vbds
+                       and state.vdis.get(state.vbds[b]["VDI"], {}).get("uuid") == disk]
+            return {f"vm {vm['uuid']}", *(f"vdi {disk}" for _ in joining[:1]),
+                    *(f"vbd {b}" for b in joining[:1]), *(f"vif {v}" for v in vm["VIFs"][:1])}
 
     def tend_guests(self, rng: random.Random, tasks: list[Task]) -> None:
         """Each waiting task's VM: started, then, once the watch saw it run, halted (at random)."""

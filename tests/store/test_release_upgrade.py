@@ -39,6 +39,8 @@ def installed_release(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     site = tmp_path / "site"
     shutil.copytree(FIXTURE, site, ignore=shutil.ignore_patterns("make_fixture.*", "tasks.json"))
     db = sqlite3.connect(site / "layerbot.db")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    assert version < LATEST, f"the fixture is at schema {version}, not older than this release's"
     with db:
         for table, column in PATH_COLUMNS:
             db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", [meta["root"], str(site)])

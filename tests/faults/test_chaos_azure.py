@@ -27,7 +27,7 @@ from tests.azure.arm_double import ArmDouble, Blobs
 from tests.azure.arm_fixtures import SECRET, SECRET_ENV, Tls, arm_tls, connector, make_double, serve
 from tests.azure.azurite import ACCOUNT, KEY, Azurite
 from tests.azure.fast_clients import CA_ENV, TOKEN_ENV
-from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.faults.chaos import database, record_and_check, run_chaos, runs
 
 __all__ = ["arm_tls"]
 COVERS = ("azure", "azure-mcs")
@@ -156,9 +156,9 @@ def arm_peer(request: pytest.FixtureRequest, azurite: Azurite, arm_tls: Tls,
         peer.close()
 
 
-@pytest.mark.parametrize("kills", KILLS)
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("arm_peer", ["azure", "azure-mcs"], indirect=True)
+@pytest.mark.parametrize(("arm_peer", "backend", "kills"), [
+    pytest.param(platform, *run.values, id=f"{platform}-{run.id}", marks=run.marks)
+    for platform in ("azure", "azure-mcs") for run in runs(platform)], indirect=["arm_peer"])
 def test_azure_survives_kills(backend: str, kills: int, arm_peer: ArmPeer, catalog_dir: Path,
                               tmp_path: Path, request: pytest.FixtureRequest) -> None:
     db = database(backend, request, tmp_path)

@@ -17,7 +17,7 @@ import pytest
 
 from bot.store import states
 from bot.store.model import Task
-from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.faults.chaos import database, record_and_check, run_chaos, runs
 from tests.gcp.compute_double import SELF, ComputeDouble
 from tests.gcp.compute_fixtures import ZONE, compute, connector, object_check
 from tests.gcp.conftest import BUCKET, Proxy, emulator, gcs
@@ -87,8 +87,7 @@ class GcpPeer:
             self.double._set_status(inst, "TERMINATED")
 
 
-@pytest.mark.parametrize("kills", KILLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "kills"), runs("gcp"))
 async def test_gcp_survives_kills(backend: str, kills: int, compute: ComputeDouble, gcs: Proxy,
                                   emulator: Any, catalog_dir: Path, tmp_path: Path,
                                   request: pytest.FixtureRequest) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from bot.store import states
 from bot.store.model import Task
-from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.faults.chaos import database, record_and_check, run_chaos, runs
 from tests.hyperv.conftest import LOCAL_PATH, hyperv_config
 from tests.hyperv.hyperv_double import HyperVDouble
 from tests.windows_remote.samba_peer import SambaPeer, samba, smb_env
@@ -81,8 +81,7 @@ def hyperv_peer(smb_env: SambaPeer, monkeypatch: pytest.MonkeyPatch) -> Iterator
         server.stop()
 
 
-@pytest.mark.parametrize("kills", KILLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "kills"), runs("hyperv"))
 def test_hyperv_survives_kills(backend: str, kills: int, hyperv_peer: HyperVPeer, catalog_dir: Path,
                                tmp_path: Path, request: pytest.FixtureRequest) -> None:
     run = run_chaos(hyperv_peer, database(backend, request, tmp_path), backend, tmp_path / "chaos",

@@ -11,7 +11,7 @@ import pytest
 
 from bot.store import states
 from bot.store.model import Task
-from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.faults.chaos import database, record_and_check, run_chaos, runs
 from tests.store.workers import LAYERBOT
 
 COVERS = ("local",)
@@ -42,8 +42,7 @@ class FolderPeer:
         """A folder has no guest: its tasks are Done once the file is in place."""
 
 
-@pytest.mark.parametrize("kills", KILLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "kills"), runs("local"))
 def test_local_target_survives_kills(backend: str, kills: int, catalog_dir: Path, tmp_path: Path,
                                      request: pytest.FixtureRequest) -> None:
     peer = FolderPeer(tmp_path / "published")

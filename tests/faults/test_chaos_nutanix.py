@@ -19,7 +19,7 @@ import trustme
 
 from bot.store import states
 from bot.store.model import Task
-from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.faults.chaos import database, record_and_check, run_chaos, runs
 from tests.nutanix.conftest import CLUSTER, CONTAINER, PASSWORD, SUBNET, USER
 from tests.nutanix.prism_double import PrismDouble
 
@@ -103,8 +103,7 @@ def prism_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pris
         peer.close()
 
 
-@pytest.mark.parametrize("kills", KILLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "kills"), runs("nutanix"))
 def test_nutanix_survives_kills(backend: str, kills: int, prism_peer: PrismPeer, catalog_dir: Path,
                                 tmp_path: Path, request: pytest.FixtureRequest) -> None:
     run = run_chaos(prism_peer, database(backend, request, tmp_path), backend, tmp_path / "chaos",

@@ -17,7 +17,7 @@ import pytest
 
 from bot.store import states
 from bot.store.model import Task
-from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.faults.chaos import database, record_and_check, run_chaos, runs
 from tests.faults.test_chaos_hyperv import share_files
 from tests.pvs.conftest import pvs_config
 from tests.pvs.pvs_double import PvsDouble
@@ -69,8 +69,7 @@ def pvs_peer(smb_env: SambaPeer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pv
         server.stop()
 
 
-@pytest.mark.parametrize("kills", KILLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "kills"), runs("pvs"))
 def test_pvs_survives_kills(backend: str, kills: int, pvs_peer: PvsPeer, catalog_dir: Path,
                             tmp_path: Path, request: pytest.FixtureRequest) -> None:
     run = run_chaos(pvs_peer, database(backend, request, tmp_path), backend, tmp_path / "chaos",

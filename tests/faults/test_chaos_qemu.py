@@ -30,7 +30,7 @@ from adapters.qemu import vmfiles
 from bot.store import states
 from bot.store.model import Task
 from tests.conftest import write_tar
-from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.faults.chaos import database, record_and_check, run_chaos, runs
 from tests.qemu.poweroff_guest import os_layer_members
 from tests.store.workers import LAYERBOT
 
@@ -142,8 +142,7 @@ def poweroff_layers(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("kills", KILLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "kills"), runs("qemu"))
 def test_qemu_target_survives_kills(backend: str, kills: int, qemu_peer: QemuPeer, tmp_path: Path,
                                     request: pytest.FixtureRequest) -> None:
     layers = poweroff_layers(tmp_path / "layers")

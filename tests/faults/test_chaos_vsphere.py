@@ -25,7 +25,7 @@ from bot.runner.planning import enqueue, plan
 from bot.store import states
 from bot.store.model import Task
 from bot.store.task_store import TaskStore
-from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.faults.chaos import database, record_and_check, run_chaos, runs
 from tests.vsphere.clients import short_clients
 from tests.vsphere.conftest import (
     PASSWORD,
@@ -175,8 +175,7 @@ async def test_the_peer_counts_a_vm_no_task_records_and_its_files(
         await adapter.close()
 
 
-@pytest.mark.parametrize("kills", KILLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "kills"), runs("vsphere"))
 def test_vsphere_survives_kills(backend: str, kills: int, vcsim_peer: VcSimPeer, catalog_dir: Path,
                                 tmp_path: Path, request: pytest.FixtureRequest) -> None:
     run = run_chaos(vcsim_peer, database(backend, request, tmp_path), backend, tmp_path / "chaos",

@@ -15,7 +15,7 @@ import pytest
 
 from bot.store import states
 from bot.store.model import Task
-from tests.faults.chaos import BACKENDS, KILLS, database, record_and_check, run_chaos
+from tests.faults.chaos import database, record_and_check, run_chaos, runs
 from tests.xenserver.conftest import PASSWORD, PASSWORD_ENV, USER, USER_ENV, connector
 from tests.xenserver.xapi_double import XapiDouble
 
@@ -83,8 +83,7 @@ def xapi_peer(monkeypatch: pytest.MonkeyPatch) -> Iterator[XapiPeer]:
         double.stop()
 
 
-@pytest.mark.parametrize("kills", KILLS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "kills"), runs("xenserver"))
 def test_xenserver_survives_kills(backend: str, kills: int, xapi_peer: XapiPeer, catalog_dir: Path,
                                   tmp_path: Path, request: pytest.FixtureRequest) -> None:
     run = run_chaos(xapi_peer, database(backend, request, tmp_path), backend, tmp_path / "chaos",

@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -201,12 +202,8 @@ def kill_qemu(vm_dir: Path, timeout: float = 10.0) -> bool:
     return True
 
 
-def kill_disk_writers(vm_dir: Path, timeout: float = 10.0) -> list[int]:
-    """Stop a qemu-img on this host still converting into ``vm_dir``: one whose runner was
-    killed outlives it (nothing tells it), writing the whole disk again into a file that
-    cleanup unlinks, its space held until it ends. Returns their pids."""
-    partial = os.fsencode(str(vm_dir / PARTIAL_DISK))
-    writers = []
+def command_lines() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of each process on this host whose command line can be read."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -214,10 +211,20 @@ def kill_disk_writers(vm_dir: Path, timeout: float = 10.0) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue  # ended meanwhile, or not ours to read
+        yield int(proc.name), argv
+
+
+def kill_disk_writers(vm_dir: Path, timeout: float = 10.0) -> list[int]:
+    """Stop a qemu-img on this host still converting into ``vm_dir``: one whose runner was
+    killed outlives it (nothing tells it), writing the whole disk again into a file that
+    cleanup unlinks, its space held until it ends. Returns their pids."""
+    partial = os.fsencode(str(vm_dir / PARTIAL_DISK))
+    writers = []
+    for pid, argv in command_lines():
         if partial in argv and os.path.basename(argv[0]) == b"qemu-img":
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(proc.name), signal.SIGKILL)
-                writers.append(int(proc.name))
+                os.kill(pid, signal.SIGKILL)
+                writers.append(pid)
     deadline = time.monotonic() + timeout
     while any(map(_alive, writers)) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -20,7 +20,7 @@ from tests.faults.chaos import database, record_and_check, run_chaos, runs
 from tests.hyperv.conftest import LOCAL_PATH, hyperv_config
 from tests.hyperv.hyperv_double import HyperVDouble
 from tests.windows_remote.samba_peer import SambaPeer, samba, smb_env
-from tests.windows_remote.served_double import DoubleServer
+from tests.windows_remote.served_double import served
 
 __all__ = ["samba", "smb_env"]
 COVERS = ("hyperv",)
@@ -72,13 +72,8 @@ class HyperVPeer:
 @pytest.fixture
 def hyperv_peer(smb_env: SambaPeer, monkeypatch: pytest.MonkeyPatch) -> Iterator[HyperVPeer]:
     host = HyperVDouble(LOCAL_PATH, smb_env.share_dir)
-    server = DoubleServer(host)
-    for name, value in server.environment().items():
-        monkeypatch.setenv(name, value)
-    try:
+    with served(host, monkeypatch):
         yield HyperVPeer(smb_env, host)
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize(("backend", "kills"), runs("hyperv"))

@@ -22,7 +22,7 @@ from tests.faults.test_chaos_hyperv import share_files
 from tests.pvs.conftest import pvs_config
 from tests.pvs.pvs_double import PvsDouble
 from tests.windows_remote.samba_peer import SambaPeer, samba, smb_env
-from tests.windows_remote.served_double import DoubleServer
+from tests.windows_remote.served_double import served
 
 __all__ = ["samba", "smb_env"]
 COVERS = ("pvs",)
@@ -60,13 +60,8 @@ class PvsPeer:
 @pytest.fixture
 def pvs_peer(smb_env: SambaPeer, monkeypatch: pytest.MonkeyPatch) -> Iterator[PvsPeer]:
     farm = PvsDouble(store_dir=smb_env.share_dir)
-    server = DoubleServer(farm)
-    for name, value in server.environment().items():
-        monkeypatch.setenv(name, value)
-    try:
+    with served(farm, monkeypatch):
         yield PvsPeer(smb_env, farm)
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize(("backend", "kills"), runs("pvs"))

@@ -49,17 +49,11 @@ def _processes_under(folder: Path) -> dict[int, tuple[str, str]]:
     disk of a killed worker."""
     found: dict[int, tuple[str, str]] = {}
     prefix = os.fsencode(f"{folder}{os.sep}")
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # exited meanwhile
+    for pid, argv in vmfiles.command_lines():
         paths = [a for a in argv if a.startswith(prefix)]
         if paths:
             vm = os.fsdecode(paths[0][len(prefix):]).split(os.sep)[0]
-            found[int(proc.name)] = ("monitor" if MONITOR in argv else Path(os.fsdecode(argv[0])).name, vm)
+            found[pid] = ("monitor" if MONITOR in argv else Path(os.fsdecode(argv[0])).name, vm)
     return found
 
 

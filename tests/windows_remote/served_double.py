@@ -17,12 +17,15 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.windows_remote.powershell import Endpoint, PSConnection, PSResult
+
+if TYPE_CHECKING:  # the workers import this module: not pytest
+    import pytest
 
 #: "host:port" of the served double, and its authkey (hex), in the workers' environment
 ADDRESS_ENV = "LAYERBOT_TEST_PS_DOUBLE_ADDRESS"
@@ -161,3 +164,16 @@ class DoubleClient:
             runspace._connection.close()
             raise
         return runspace
+
+
+@contextlib.contextmanager
+def served(double: PowerShellDouble, monkeypatch: pytest.MonkeyPatch) -> Iterator[DoubleServer]:
+    """``double`` served to the worker processes this test starts (they find it through the
+    environment), stopped at the end."""
+    server = DoubleServer(double)
+    for name, value in server.environment().items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -6,9 +6,9 @@ left a temp file.
 
 A platform plugs in through a :class:`Peer`: its connector settings, what is at the peer, what
 a task recorded as its result, and the guests' side of a watch (powering them off). The
-guests are tended only while the kills left do not outnumber twice the unfinished tasks, so the
-kills still find work to land on. CHAOS_DEBUG=1 prints each kill (when, what the worker was
-doing, the tasks' states)."""
+guests are tended only while the share of the kills left is no larger than the share of the
+tasks unfinished, so the kills still find work to land on. CHAOS_DEBUG=1 prints each kill
+(when, what the worker was doing, the tasks' states)."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, ta
             for kill in range(kills):
                 time.sleep(rng.uniform(*PAUSE))
                 now = list((_tasks(store, ids) or {}).values())
-                if kills - kill <= 2 * sum(not t.finished for t in now):
+                if (kills - kill) * tasks <= kills * sum(not t.finished for t in now):
                     peer.tend_guests(rng, now)  # else the guests wait: the kills left need work
                 aim = peer.stages[kill % len(peer.stages)]
                 patience = STAGE_WAIT if by_stage[aim] else FIRST_STAGE_WAIT

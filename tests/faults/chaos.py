@@ -7,8 +7,8 @@ left a temp file.
 A platform plugs in through a :class:`Peer`: its connector settings, what is at the peer, what
 a task recorded as its result, and the guests' side of a watch (powering them off). The
 guests are tended only while the share of the kills left is no larger than the share of the
-tasks unfinished, so the kills still find work to land on. CHAOS_DEBUG=1 prints each kill
-(when, what the worker was doing, the tasks' states)."""
+tasks unfinished (less one), so the kills still find work to land on. CHAOS_DEBUG=1 prints
+each kill (when, what the worker was doing, the tasks' states)."""
 
 from __future__ import annotations
 
@@ -144,8 +144,10 @@ def run_chaos(peer: Peer, db: str, backend: str, root: Path, layers: Path, *, ta
             for kill in range(kills):
                 time.sleep(rng.uniform(*PAUSE))
                 now = list((_tasks(store, ids) or {}).values())
-                if (kills - kill) * tasks <= kills * sum(not t.finished for t in now):
-                    peer.tend_guests(rng, now)  # else the guests wait: the kills left need work
+                # else the guests wait: the kills left need work (one task to spare: a started
+                # guest may finish its task on its own, as qemu's does)
+                if (kills - kill) * tasks <= kills * (sum(not t.finished for t in now) - 1):
+                    peer.tend_guests(rng, now)
                 aim = peer.stages[kill % len(peer.stages)]
                 patience = STAGE_WAIT if by_stage[aim] else FIRST_STAGE_WAIT
                 victim, doing = _pick_victim(workers, store, rng, aim, patience)
